@@ -1,0 +1,1 @@
+"""The napari-free core: numpy, scipy, scikit-image and torch only."""

@@ -1,0 +1,138 @@
+"""Frozen configuration records shared by the model, prediction and training.
+
+Every record converts to and from a plain JSON-able ``dict`` so that a model file
+can carry it without pickling anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_dict(record: Any) -> dict:
+    """A plain ``dict`` of a config record (nested records become dicts too)."""
+    return dataclasses.asdict(record)
+
+
+def from_dict(cls: type[T], data: dict | None) -> T:
+    """Build ``cls`` from ``data``, ignoring keys that ``cls`` does not know.
+
+    Unknown keys are dropped so that files written by newer versions still load;
+    missing keys take the field defaults.
+    """
+    data = dict(data or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a U-Net (Ronneberger et al. 2015, Fig. 1).
+
+    The defaults are the paper's network: one input channel, two classes, 64 base
+    feature channels doubling over four poolings, dropout 0.5 at the end of the
+    contracting path.
+    """
+
+    in_channels: int = 1
+    n_classes: int = 2
+    base_channels: int = 64
+    depth: int = 4
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.in_channels >= 1, "in_channels must be >= 1"),
+            (self.n_classes >= 2, "n_classes must be >= 2 (background and at least one class)"),
+            (self.base_channels >= 1, "base_channels must be >= 1"),
+            (1 <= self.depth <= 6, "depth must be between 1 and 6"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message} (got {self})")
+
+
+@dataclass(frozen=True)
+class NormalizationConfig:
+    """Per-image percentile normalisation, applied alike in training and prediction.
+
+    Each plane and channel is mapped so that its ``low`` percentile becomes 0 and its
+    ``high`` percentile becomes 1 (values outside are kept, not clipped).
+    """
+
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100 percentiles, got {self}")
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """How per-class probabilities become instance labels.
+
+    ``threshold`` applies to the foreground probability (1 - background); objects
+    smaller than ``min_size`` pixels are dropped; ``fill_holes`` closes holes inside
+    objects; ``expand`` grows every object by that many pixels into background
+    without merging neighbours (giving back the separation gap the network learned
+    to leave between touching cells).
+    """
+
+    threshold: float = 0.5
+    min_size: int = 16
+    fill_holes: bool = True
+    expand: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.min_size < 0 or self.expand < 0:
+            raise ValueError("min_size and expand must be >= 0")
+
+
+@dataclass(frozen=True)
+class WeightMapConfig:
+    """Separation weight map parameters (paper section 3: w0 = 10, sigma = 5 px)."""
+
+    w0: float = 10.0
+    sigma: float = 5.0
+    balance_classes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.w0 < 0 or self.sigma <= 0:
+            raise ValueError(f"need w0 >= 0 and sigma > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a model file records besides the weights."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    class_names: tuple[str, ...] = ("background", "cell")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        return cls(
+            model=from_dict(ModelConfig, data.get("model")),
+            normalization=from_dict(NormalizationConfig, data.get("normalization")),
+            instances=from_dict(InstanceConfig, data.get("instances")),
+            class_names=tuple(data.get("class_names", ("background", "cell"))),
+        )

@@ -1,0 +1,147 @@
+"""Overlap-tile prediction (paper Fig. 2) for images of any size."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import geometry, tiling
+from .devices import autocast, precision_name, resolve_device, resolve_precision
+from .instances import probabilities_to_labels
+from .layout import channels_at_minus3
+from .model import UNet
+from .normalize import normalize
+
+log = logging.getLogger(__name__)
+
+#: Rough bytes of activations per input pixel per base channel during inference
+#: (measured peak for the paper network in fp32 is about 30 B per pixel per base channel).
+_BYTES_PER_PIXEL_PER_CHANNEL = 32
+#: Default activation-memory budget for tiles on a CPU.
+CPU_TILE_BUDGET_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class TileProgress:
+    """Tiles done out of all tiles of the whole image (every plane counted)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run overlap-tile prediction.
+
+    ``tile``: input tile size (an int or (h, w); valid sizes only) or ``None`` for the
+    tile that minimises computed pixels within the memory budget. ``device``:
+    "auto", "cpu", "cuda", "cuda:N" or "mps". ``precision``: "auto", "fp32",
+    "bf16" or "fp16". ``batch_size``: tiles per forward pass (``None``: as many as
+    the budget allows). ``memory_bytes``: activation budget (``None``: 1 GiB on a
+    CPU, half the free memory on a GPU).
+    """
+
+    tile: int | tuple[int, int] | None = None
+    device: str | None = None
+    precision: str | None = None
+    batch_size: int | None = None
+    memory_bytes: int | None = None
+    channel_axis: int | None = None
+
+
+def _memory_budget(device: torch.device, options: PredictOptions) -> int:
+    if options.memory_bytes is not None:
+        return options.memory_bytes
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return CPU_TILE_BUDGET_BYTES
+
+
+def plan_for(model: UNet, image_hw: tuple[int, int], device: torch.device, options: PredictOptions):
+    """The tile plan and batch size for one plane of ``image_hw`` (H, W)."""
+    depth = model.config.depth
+    per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * model.config.base_channels
+    budget_pixels = max(_memory_budget(device, options) // per_pixel, 1)
+    if options.tile is None:
+        plan = geometry.best_tile(image_hw, depth, budget_pixels)
+    else:
+        plan = geometry.plan_tiles(image_hw, options.tile, depth)
+    tile_pixels = plan.tile[0] * plan.tile[1]
+    batch = options.batch_size or max(1, budget_pixels // tile_pixels)
+    return plan, max(1, min(batch, plan.n_tiles))
+
+
+def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TileProgress, None, np.ndarray]:
+    """Per-class probabilities of ``image``, as a generator of :class:`TileProgress`.
+
+    ``image``: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` or stacks ``(*stack, ...)``,
+    see :func:`napari_unet.core.layout.channels_at_minus3`. Each plane is normalised
+    with the model's normalisation, mirror-padded by index and covered by tiles
+    whose outputs abut exactly (no blending). Returns (as the generator's value)
+    float32 probabilities ``(*stack, n_classes, H, W)``.
+
+    Stop early by closing the generator; ``options`` are :class:`PredictOptions`.
+    """
+    opts = PredictOptions(**options)
+    data = channels_at_minus3(image, model.config.in_channels, opts.channel_axis)
+    stack_shape, (height, width) = data.shape[:-3], data.shape[-2:]
+    device = resolve_device(opts.device)
+    dtype = resolve_precision(opts.precision, device)
+    plan, batch_size = plan_for(model, (height, width), device, opts)
+    n_planes = math.prod(stack_shape)
+    total = plan.n_tiles * n_planes
+    log.info(
+        "predicting %s on %s in %s: %d tile(s) of %s, batch %d",
+        image.shape, device, precision_name(dtype), total, plan.tile, batch_size,
+    )
+    output = np.empty((*stack_shape, model.config.n_classes, height, width), np.float32)
+    was_training = model.training
+    model.to(device).eval()
+    done = 0
+    try:
+        for index in np.ndindex(*stack_shape):
+            plane = normalize(data[index], model.spec.normalization)
+            for origins in tiling.tile_batches(plan, batch_size):
+                batch = np.stack([tiling.extract_tile(plane, o, plan) for o in origins])
+                probs = _forward(model, batch, device, dtype)
+                for origin, tile_probs in zip(origins, probs):
+                    tiling.paste_tile(output[index], tile_probs, origin, plan)
+                done += len(origins)
+                yield TileProgress(done, total)
+    finally:
+        model.train(was_training)
+    return output
+
+
+def _forward(model: UNet, batch: np.ndarray, device: torch.device, dtype) -> np.ndarray:
+    """Softmax probabilities (B, K, oh, ow) float32 for a batch (B, C, th, tw)."""
+    inputs = torch.from_numpy(batch).to(device)
+    with torch.inference_mode(), autocast(device, dtype):
+        logits = model(inputs)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def run(generator: Generator):
+    """Drive a progress generator to its end and return its value."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def predict(model: UNet, image: np.ndarray, **options) -> np.ndarray:
+    """Per-class probabilities float32 ``(*stack, n_classes, H, W)``; see :func:`iter_predict`."""
+    return run(iter_predict(model, image, **options))
+
+
+def segment(model: UNet, image: np.ndarray, **options) -> np.ndarray:
+    """Instance labels int32 ``(*stack, H, W)`` using the model's instance settings."""
+    probabilities = predict(model, image, **options)
+    return probabilities_to_labels(probabilities, model.spec.instances)
