@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Label value that marks unannotated pixels: they get weight 0 and never enter the
+#: loss. 0 is annotated background and 1, 2, ... are cells.
+IGNORE_LABEL = -1
+
 
 def to_dict(record: Any) -> dict:
     """A plain ``dict`` of a config record (nested records become dicts too)."""
@@ -114,6 +118,32 @@ class WeightMapConfig:
     def __post_init__(self) -> None:
         if self.w0 < 0 or self.sigma <= 0:
             raise ValueError(f"need w0 >= 0 and sigma > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of training samples (paper section 3.1).
+
+    Elastic deformation: displacement vectors on a coarse ``grid x grid`` grid drawn
+    from N(0, ``elastic_std`` px), interpolated bicubically to every pixel. Plus
+    random flips and 90-degree rotations, and gray-value jitter: the normalised image
+    becomes ``(x * scale + shift) ** gamma``-like with ``scale`` in
+    [1 - ``contrast``, 1 + ``contrast``], ``shift`` in [-``brightness``,
+    ``brightness``] and ``log(gamma)`` in [-``gamma``, ``gamma``].
+    """
+
+    elastic: bool = True
+    grid: int = 3
+    elastic_std: float = 10.0
+    flips: bool = True
+    rotations: bool = True
+    contrast: float = 0.2
+    brightness: float = 0.1
+    gamma: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.grid < 2 or self.elastic_std < 0:
+            raise ValueError(f"need grid >= 2 and elastic_std >= 0, got {self}")
 
 
 @dataclass(frozen=True)
