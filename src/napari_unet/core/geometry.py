@@ -148,8 +148,7 @@ def best_tile(image: tuple[int, int], depth: int, max_tile_pixels: int) -> TileP
             f"usable depth-{depth} tile ({floor}x{floor}); allow more memory"
         )
     candidates = [
-        [s for s in valid_sizes(depth, input_size_for_output(n, depth)) if s >= floor]
-        for n in image
+        [s for s in valid_sizes(depth, input_size_for_output(n, depth)) if s >= floor] for n in image
     ]
     best: TilePlan | None = None
     for th in candidates[0]:

@@ -14,7 +14,9 @@ def foreground(probabilities: np.ndarray) -> np.ndarray:
     return 1.0 - probabilities[..., 0, :, :]
 
 
-def probabilities_to_labels(probabilities: np.ndarray, config: InstanceConfig = InstanceConfig()) -> np.ndarray:
+def probabilities_to_labels(
+    probabilities: np.ndarray, config: InstanceConfig = InstanceConfig()
+) -> np.ndarray:
     """Instance labels int32 (..., H, W) from probabilities (..., K, H, W).
 
     Per plane: threshold the foreground probability, label 4-connected components,

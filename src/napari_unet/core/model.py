@@ -74,9 +74,7 @@ class UNet(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> UNet:
-        return cls(
-            config.in_channels, config.n_classes, config.base_channels, config.depth, config.dropout
-        )
+        return cls(config.in_channels, config.n_classes, config.base_channels, config.depth, config.dropout)
 
     def reset_parameters(self) -> None:
         """He initialisation: N(0, sqrt(2 / incoming connections)), zero biases."""

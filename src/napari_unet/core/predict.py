@@ -98,7 +98,12 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     total = plan.n_tiles * n_planes
     log.info(
         "predicting %s on %s in %s: %d tile(s) of %s, batch %d",
-        image.shape, device, precision_name(dtype), total, plan.tile, batch_size,
+        image.shape,
+        device,
+        precision_name(dtype),
+        total,
+        plan.tile,
+        batch_size,
     )
     output = np.empty((*stack_shape, model.config.n_classes, height, width), np.float32)
     was_training = model.training

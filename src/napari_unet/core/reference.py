@@ -1,0 +1,64 @@
+"""Slow, brute-force reference implementations.
+
+Only tests and benchmarks use these, to validate the fast code in :mod:`.weights` and
+:mod:`.metrics`. They favour being obviously correct over speed: full-image distance
+transforms, explicit loops over objects and boolean masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .config import IGNORE_LABEL
+
+
+def separation_target_reference(labels: np.ndarray) -> np.ndarray:
+    """Target uint8 (H, W): cell pixels whose 3x3 neighbourhood has no other cell.
+
+    Compares every pixel with each of its 8 neighbours through a zero-padded copy.
+    """
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    padded = np.zeros((h + 2, w + 2), labels.dtype)
+    padded[1:-1, 1:-1] = labels
+    cell = labels > 0
+    other_cell_near = np.zeros((h, w), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            neighbour = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            other_cell_near |= (neighbour > 0) & (neighbour != labels)
+    return (cell & ~other_cell_near).astype(np.uint8)
+
+
+def weight_map_reference(
+    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, balance_classes: bool = True
+) -> np.ndarray:
+    """The separation weight map float32 (H, W), by one full-image EDT per cell.
+
+    Same definition as :func:`napari_unet.core.weights.weight_map`: all cell
+    distances are stacked and sorted per pixel to get ``d1`` and ``d2``.
+    """
+    labels = np.asarray(labels)
+    annotated = labels != IGNORE_LABEL
+    target = separation_target_reference(labels)
+
+    class_weight = np.ones(labels.shape)
+    n = annotated.sum()
+    n_fg = (annotated & (target == 1)).sum()
+    n_bg = (annotated & (target == 0)).sum()
+    if balance_classes and n_fg > 0 and n_bg > 0:
+        class_weight[target == 1] = n / (2.0 * n_fg)
+        class_weight[target == 0] = n / (2.0 * n_bg)
+
+    border = np.zeros(labels.shape)
+    cells = [value for value in np.unique(labels) if value > 0]
+    if len(cells) >= 2:
+        distances = np.sort(np.stack([ndimage.distance_transform_edt(labels != c) for c in cells]), axis=0)
+        d1, d2 = distances[0], distances[1]
+        border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
+        border[target != 0] = 0.0
+
+    weights = class_weight + border
+    weights[~annotated] = 0.0
+    return weights.astype(np.float32)

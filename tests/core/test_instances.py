@@ -1,0 +1,43 @@
+import numpy as np
+
+from napari_unet import InstanceConfig
+from napari_unet.core.instances import probabilities_to_labels
+
+
+def as_probabilities(foreground):
+    return np.stack([1 - foreground, foreground]).astype(np.float32)
+
+
+def test_components_threshold_min_size_and_holes():
+    fg = np.zeros((40, 40))
+    fg[2:12, 2:12] = 0.9  # object with a hole
+    fg[5:7, 5:7] = 0.1
+    fg[20:30, 20:30] = 0.7
+    fg[35:37, 35:37] = 0.9  # 4 px: too small
+    fg[15, 2:12] = 0.4  # below threshold
+    config = InstanceConfig(threshold=0.5, min_size=5, fill_holes=True, expand=0)
+    labels = probabilities_to_labels(as_probabilities(fg), config)
+    assert labels.max() == 2
+    assert (labels[2:12, 2:12] == 1).all()  # hole filled
+    assert (labels[20:30, 20:30] == 2).all()
+    assert labels[35, 35] == 0 and labels[15, 5] == 0
+    unfilled = probabilities_to_labels(
+        as_probabilities(fg), InstanceConfig(min_size=5, fill_holes=False, expand=0)
+    )
+    assert unfilled[5, 5] == 0
+
+
+def test_expand_grows_without_merging():
+    fg = np.zeros((20, 30))
+    fg[5:15, 2:10] = 1
+    fg[5:15, 12:20] = 1  # 2 px gap
+    labels = probabilities_to_labels(as_probabilities(fg), InstanceConfig(min_size=0, expand=2))
+    assert labels.max() == 2
+    assert set(np.unique(labels[10, 9:13])) == {1, 2}
+
+
+def test_stacks_label_each_plane():
+    fg = np.zeros((3, 10, 10))
+    fg[1, 2:5, 2:5] = 1
+    labels = probabilities_to_labels(np.stack([1 - fg, fg], axis=1), InstanceConfig(min_size=0, expand=0))
+    assert labels.shape == (3, 10, 10) and labels[0].max() == 0 and labels[1].max() == 1

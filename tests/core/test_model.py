@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from napari_unet import UNet
+from napari_unet.core.geometry import input_size_for_output, output_size
+
+
+def conv_layers(model):
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def test_default_is_the_paper_network():
+    model = UNet()
+    assert len(conv_layers(model)) == 23
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules()) == 4
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert n_parameters == 31_030_658  # about 31.03 M, one input channel, two classes
+    widths = [block[0].out_channels for block in model.down] + [model.bottom[0].out_channels]
+    assert widths == [64, 128, 256, 512, 1024]
+    assert all(conv.padding == (0, 0) for conv in conv_layers(model))
+
+
+def test_paper_tile_572_gives_388():
+    model = UNet(base_channels=4).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 572, 572))
+    assert out.shape == (1, 2, 388, 388)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6])
+def test_shapes_for_every_depth(depth):
+    model = UNet(in_channels=3, n_classes=4, base_channels=2, depth=depth).eval()
+
+    size = input_size_for_output(8, depth)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, size, size + 2**depth))
+    assert out.shape == (2, 4, output_size(size, depth), output_size(size + 2**depth, depth))
+
+
+def test_he_initialisation():
+    model = UNet(base_channels=16)
+    conv = model.down[1][0]  # 3x3 conv with 16 input channels
+    expected = math.sqrt(2.0 / (16 * 9))
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.all(conv.bias == 0)
+
+
+def test_dropout_only_at_the_end_of_the_contracting_path():
+    model = UNet(base_channels=2, dropout=0.5)
+    dropouts = [name for name, m in model.named_modules() if isinstance(m, nn.Dropout2d)]
+    assert dropouts == ["dropout"]
+    assert not any(isinstance(m, nn.Dropout2d) for m in UNet(base_channels=2, dropout=0).modules())
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"depth": 0}, {"depth": 7}, {"base_channels": 0}, {"n_classes": 1}, {"in_channels": 0}]
+)
+def test_bad_architecture_is_refused_clearly(kwargs):
+    with pytest.raises(ValueError, match="must be"):
+        UNet(**kwargs)

@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import ImageShapeError, InvalidTileSize, UNet, iter_predict, predict, segment
+from napari_unet.core import geometry
+from napari_unet.core.normalize import normalize
+from napari_unet.core.tiling import reflect_index
+
+
+def small_model(in_channels=1, n_classes=2, depth=2):
+    torch.manual_seed(1)
+    return UNet(in_channels=in_channels, n_classes=n_classes, base_channels=4, depth=depth).eval()
+
+
+def whole_image_pass(model, image):
+    """One forward pass over the whole mirror-padded image (the reference)."""
+    plane = normalize(image[None] if image.ndim == 2 else image, model.spec.normalization)
+    depth = model.config.depth
+    height, width = plane.shape[-2:]
+    ctx = geometry.context(depth)
+    rows = reflect_index(np.arange(geometry.input_size_for_output(height, depth)) - ctx, height)
+    cols = reflect_index(np.arange(geometry.input_size_for_output(width, depth)) - ctx, width)
+    padded = torch.from_numpy(plane[:, rows[:, None], cols[None, :]][None])
+    with torch.no_grad():
+        logits = model(padded)
+    return torch.softmax(logits, 1)[0, :, :height, :width].numpy()
+
+
+@pytest.mark.parametrize("shape", [(97, 131), (200, 61), (150, 150)])
+@pytest.mark.parametrize("tile", [44, 60, 76, (92, 60)])
+def test_tiles_are_seamless_and_equal_a_whole_image_pass(rng, shape, tile):
+    model = small_model()
+    image = rng.normal(size=shape).astype(np.float32)
+    tiled = predict(model, image, tile=tile, precision="fp32", device="cpu")
+    reference = whole_image_pass(model, image)
+    plan = geometry.plan_tiles(shape, tile, 2)
+    assert plan.n_tiles > 1
+    assert np.abs(tiled - reference).max() <= 1e-5
+
+
+def test_depth4_seamless_with_paper_tile(rng):
+    model = small_model(depth=4)
+    image = rng.normal(size=(500, 420)).astype(np.float32)
+    tiled = predict(model, image, tile=572, precision="fp32")
+    assert np.abs(tiled - whole_image_pass(model, image)).max() <= 1e-5
+
+
+def test_mirroring_matches_numpy_reflect_far_beyond_the_border():
+    for size in [1, 2, 3, 7]:
+        data = np.arange(size)
+        padded = np.pad(data, 40, mode="reflect") if size > 1 else np.zeros(81, int)
+        assert np.array_equal(data[reflect_index(np.arange(-40, size + 40), size)], padded)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (17, 2)])
+def test_images_smaller_than_a_tile(rng, shape):
+    model = small_model()
+    image = rng.normal(size=shape).astype(np.float32)
+    probs = predict(model, image, precision="fp32")
+    assert probs.shape == (2, *shape)
+    assert np.abs(probs - whole_image_pass(model, image)).max() <= 1e-5
+    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
+
+
+def test_stacks_are_processed_plane_by_plane(rng):
+    model = small_model()
+    stack = rng.normal(size=(2, 3, 40, 50)).astype(np.float32)
+    probs = predict(model, stack, precision="fp32")
+    assert probs.shape == (2, 3, 2, 40, 50) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[1, 2], predict(model, stack[1, 2], precision="fp32"), atol=1e-6)
+
+
+def test_rgb_and_channels_first_agree(rng):
+    model = small_model(in_channels=3, n_classes=3)
+    rgb = rng.integers(0, 255, size=(40, 50, 3)).astype(np.uint8)
+    channels_last = predict(model, rgb, precision="fp32")
+    channels_first = predict(model, np.moveaxis(rgb, -1, 0), precision="fp32")
+    assert channels_last.shape == (3, 40, 50)
+    np.testing.assert_allclose(channels_last, channels_first, atol=1e-6)
+
+
+def test_shape_errors_say_what_to_change(rng):
+    with pytest.raises(ImageShapeError, match="looks RGB"):
+        predict(small_model(), rng.random((40, 50, 3)))
+    with pytest.raises(ImageShapeError, match="expects 3 channels"):
+        predict(small_model(in_channels=3), rng.random((40, 50)))
+    with pytest.raises(ImageShapeError, match="at least 2 dimensions"):
+        predict(small_model(), rng.random(10))
+    with pytest.raises(InvalidTileSize, match="nearest valid sizes"):
+        predict(small_model(), rng.random((40, 50)), tile=50)
+    with pytest.raises(ValueError, match="unknown precision"):
+        predict(small_model(), rng.random((40, 50)), precision="fp8")
+
+
+def test_progress_counts_every_tile_and_can_be_cancelled(rng):
+    model = small_model()
+    stack = rng.normal(size=(3, 100, 100)).astype(np.float32)
+    generator = iter_predict(model, stack, tile=44, batch_size=2)
+    first = next(generator)
+    plan = geometry.plan_tiles((100, 100), 44, 2)
+    assert first.total == 3 * plan.n_tiles and first.done == 2
+    generator.close()  # cancelling leaves the model as it was
+    assert not model.training
+    events = []
+    generator = iter_predict(model, stack, tile=44, batch_size=2)
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert events[-1].done == events[-1].total == 3 * plan.n_tiles
+    assert result.shape == (3, 2, 100, 100)
+
+
+def test_memory_is_bounded_by_the_tile_batch(rng):
+    """A tiny memory budget forces many small tiles; the answer stays the same."""
+    model = small_model()
+    image = rng.normal(size=(300, 300)).astype(np.float32)
+    lean = predict(model, image, memory_bytes=4 * 128 * 100 * 100, precision="fp32")
+    assert np.abs(lean - whole_image_pass(model, image)).max() <= 1e-5
+
+
+def test_bf16_stays_close_to_fp32(rng):
+    model = small_model()
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    fp32 = predict(model, image, precision="fp32")
+    bf16 = predict(model, image, precision="bf16")
+    assert np.abs(fp32 - bf16).max() < 0.05
+
+
+def test_segment_gives_deterministic_int32_instances():
+    model = small_model()
+    # make "foreground" mean bright by biasing the head
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 0.0]))
+    image = np.zeros((60, 60), np.float32)
+    labels = segment(model, image)
+    assert labels.dtype == np.int32 and labels.shape == (60, 60)
+    assert np.array_equal(labels, segment(model, image))
+
+
+def test_device_errors_are_clear():
+    with pytest.raises(ValueError, match="device"):
+        predict(
+            small_model(), np.zeros((20, 20)), device="cuda:7" if not torch.cuda.is_available() else "nope"
+        )
