@@ -18,7 +18,7 @@ def available_devices() -> list[str]:
     found = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         found.append("mps")
-    return found + ["cpu"]
+    return [*found, "cpu"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

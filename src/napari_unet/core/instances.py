@@ -15,7 +15,7 @@ def foreground(probabilities: np.ndarray) -> np.ndarray:
 
 
 def probabilities_to_labels(
-    probabilities: np.ndarray, config: InstanceConfig = InstanceConfig()
+    probabilities: np.ndarray, config: InstanceConfig | None = None
 ) -> np.ndarray:
     """Instance labels int32 (..., H, W) from probabilities (..., K, H, W).
 
@@ -23,6 +23,7 @@ def probabilities_to_labels(
     fill holes, drop objects below ``min_size`` px, grow objects by ``expand`` px
     without merging, and number objects 1..n in raster order. Deterministic.
     """
+    config = config or InstanceConfig()
     mask = foreground(probabilities) > config.threshold
     labels = np.zeros(mask.shape, np.int32)
     for index in np.ndindex(*mask.shape[:-2]):
