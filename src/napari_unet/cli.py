@@ -12,23 +12,40 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .core.checkpoint import ModelFileError, describe, load_model
+from .core.config import AugmentConfig, TrainConfig, WeightMapConfig
+from .core.data import TrainingDataError
+from .core.evaluation import evaluate_pairs
 from .core.geometry import InvalidTileSize
 from .core.instances import probabilities_to_labels
 from .core.io import ImageFileError, read_image, write_image
 from .core.layout import ImageShapeError
+from .core.metrics import MatchStats
 from .core.predict import iter_predict
+from .core.train import StepProgress, Trainer, TrainingError, ValidationResult, default_model_config
+from .core.weights import separation_target, weight_map
 
 #: Errors that come from what the user typed or gave us: one line, exit status 2.
-USER_ERRORS = (ModelFileError, ImageFileError, ImageShapeError, InvalidTileSize, ValueError, OSError)
+USER_ERRORS = (
+    ModelFileError,
+    ImageFileError,
+    ImageShapeError,
+    InvalidTileSize,
+    TrainingDataError,
+    TrainingError,
+    ValueError,
+    OSError,
+)
 
 
-class CommandError(Exception):
-    """A user-facing failure of a sub-command."""
+def progress_bar(**kwargs) -> tqdm:
+    """A progress bar on stderr that stays quiet in logs (rare updates when not a terminal)."""
+    interval = 0.2 if sys.stderr.isatty() else 15.0
+    return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=interval, **kwargs)
 
 
 def drive(generator, description: str, unit: str):
-    """Run a progress generator under a tqdm bar; returns the generator's value."""
-    with tqdm(desc=description, unit=unit, dynamic_ncols=True, file=sys.stderr) as bar:
+    """Run a tile-progress generator under a tqdm bar; returns the generator's value."""
+    with progress_bar(desc=description, unit=unit) as bar:
         while True:
             try:
                 progress = next(generator)
@@ -40,6 +57,11 @@ def drive(generator, description: str, unit: str):
 
 def _prediction_options(args: argparse.Namespace) -> dict:
     return {"tile": args.tile, "device": args.device, "precision": args.precision}
+
+
+def _check_pairs(images: list[Path], labels: list[Path], what: str) -> None:
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} {what} image(s) but {len(labels)} label file(s): give one per image")
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -59,19 +81,180 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(describe(args.model), indent=2))
 
 
+def cmd_weights(args: argparse.Namespace) -> None:
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for path in args.labels:
+        labels = read_image(path)
+        if labels.ndim != 2:
+            raise ImageShapeError(f"{path}: weight maps need 2D label images, got shape {labels.shape}")
+        weights = weight_map(labels, args.w0, args.sigma)
+        write_image(args.out_dir / f"{path.stem}_weights.tif", weights)
+        write_image(args.out_dir / f"{path.stem}_target.tif", separation_target(labels))
+        print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {args.out_dir}")
+
+
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        steps=args.steps,
+        minutes=args.minutes,
+        tile=args.tile,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weights=WeightMapConfig(w0=args.w0, sigma=args.sigma),
+        augment=AugmentConfig(elastic=not args.no_elastic),
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        validate_every=args.validate_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def run_training(trainer: Trainer) -> None:
+    """Drive a trainer with a progress bar; Ctrl-C stops it and keeps its checkpoint."""
+    events = trainer.run()
+    bar = progress_bar(total=trainer.config.steps, initial=trainer.step, desc="training", unit="step")
+    try:
+        for event in events:
+            if isinstance(event, StepProgress):
+                bar.total = event.total_steps
+                bar.update(event.step - bar.n)
+                bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
+            elif isinstance(event, ValidationResult):
+                bar.write(
+                    f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}"
+                )
+    except KeyboardInterrupt:
+        events.close()
+        bar.write(f"stopped at step {trainer.step}")
+    finally:
+        bar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    _check_pairs(args.images, args.labels, "training")
+    _check_pairs(args.val_images, args.val_labels, "validation")
+    images = [read_image(p) for p in args.images]
+    labels = [read_image(p) for p in args.labels]
+    val = {
+        "val_images": [read_image(p) for p in args.val_images],
+        "val_labels": [read_image(p) for p in args.val_labels],
+    }
+    checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
+    if args.resume:
+        trainer = Trainer.resume(args.resume, images, labels, checkpoint_path=checkpoint, **val)
+    else:
+        config = train_config_from(args)
+        model = load_model(args.init) if args.init else _new_model(args, images[0])
+        trainer = Trainer(model, images, labels, config, checkpoint_path=checkpoint, **val)
+    run_training(trainer)
+    trainer.save_model(args.out)
+    summary = trainer.summary()
+    print(
+        f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}"
+    )
+    print(f"checkpoint for --resume: {checkpoint}")
+
+
+def _new_model(args: argparse.Namespace, first_image):
+    from .core.layout import channels_at_minus3
+    from .core.model import UNet
+
+    defaults = default_model_config(args.device)
+    in_channels = args.in_channels or 1
+    channels_at_minus3(first_image, in_channels)  # a clear error if the image does not fit
+    return UNet(
+        in_channels=in_channels,
+        base_channels=args.base_channels or defaults.base_channels,
+        depth=args.depth or defaults.depth,
+    )
+
+
+def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
+    """A plain-text table: one row per image (and overall) of instance metrics."""
+    header = f"{'image':<28} {'AP@0.5':>7} {'AP@0.75':>7} {'AP@0.9':>7} {'F1@0.5':>7} {'mIoU':>6} {'pxIoU':>6} {'merged':>6}"
+    lines = [header, "-" * len(header)]
+    for name, stats, pixel_iou, merged in rows:
+        by = {round(s.threshold, 2): s for s in stats}
+        lines.append(
+            f"{name[:28]:<28} {by[0.5].ap:7.3f} {by[0.75].ap:7.3f} {by[0.9].ap:7.3f} "
+            f"{by[0.5].f1:7.3f} {by[0.5].mean_matched_iou:6.3f} {pixel_iou:6.3f} {merged:6d}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    _check_pairs(args.predictions, args.truth, "prediction")
+    pairs = [(p.name, read_image(p), read_image(t)) for p, t in zip(args.predictions, args.truth)]
+    print(format_table(evaluate_pairs(pairs)))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from . import demo
+
+    data = demo.demo_data(args.seed)
+    trainer = demo.demo_trainer(data, minutes=args.minutes, seed=args.seed, device=args.device)
+    config = trainer.model.config
+    print(
+        f"training a U-Net (base {config.base_channels}, depth {config.depth}) on {len(data.train)} synthetic "
+        f"images for {args.minutes:g} min on {trainer.device}"
+    )
+    run_training(trainer)
+    predicted, rows = demo.evaluate_on_test(trainer, data)
+    table = format_table(rows)
+    demo.write_outputs(args.out_dir, trainer, data, predicted, table)
+    print(table)
+    print(f"wrote the model, test images, labels, metrics.txt and overlay.png to {args.out_dir}")
+
+
 def _add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tile",
-        type=int,
-        default=None,
-        help="input tile size (valid sizes only; default: best for the image)",
+        "--tile", type=int, default=None, help="input tile size (valid sizes only; default: best)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
 
 
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    add = parser.add_argument
+    add("images", type=Path, nargs="+", help="training images")
+    add(
+        "--labels",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="instance labels, one per image (-1 = unannotated)",
+    )
+    add("--out", type=Path, required=True, help="model file to write")
+    add("--val-images", type=Path, nargs="*", default=[])
+    add("--val-labels", type=Path, nargs="*", default=[])
+    add("--steps", type=int, default=defaults.steps)
+    add("--minutes", type=float, default=None, help="stop after this many minutes (whichever comes first)")
+    add("--in-channels", type=int, default=None, help="channels of a new model (default 1)")
+    add("--base-channels", type=int, default=None, help="new model width (default: 64 on GPU, 16 on CPU)")
+    add("--depth", type=int, default=None, help="new model depth (default: 4 on GPU, 3 on CPU)")
+    add("--batch-size", type=int, default=defaults.batch_size)
+    add("--lr", type=float, default=None)
+    add("--optimizer", choices=["adam", "sgd"], default=defaults.optimizer)
+    add("--w0", type=float, default=defaults.weights.w0)
+    add("--sigma", type=float, default=defaults.weights.sigma)
+    add("--no-elastic", action="store_true", help="switch off elastic deformation")
+    add("--seed", type=int, default=defaults.seed)
+    add("--validate-every", type=int, default=defaults.validate_every)
+    add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
+    start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")
+    _add_prediction_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-unet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -82,6 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     _add_prediction_arguments(segment)
     segment.set_defaults(run=cmd_segment)
+
+    train = commands.add_parser("train", help="train a model on annotated images")
+    _add_train_arguments(train)
+    train.set_defaults(run=cmd_train)
+
+    weights = commands.add_parser("weights", help="write separation weight maps and training targets")
+    weights.add_argument("labels", type=Path, nargs="+")
+    weights.add_argument("--out-dir", type=Path, required=True)
+    weights.add_argument("--w0", type=float, default=WeightMapConfig().w0)
+    weights.add_argument("--sigma", type=float, default=WeightMapConfig().sigma)
+    weights.set_defaults(run=cmd_weights)
+
+    evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")
+    evaluate.add_argument("predictions", type=Path, nargs="+")
+    evaluate.add_argument("--truth", type=Path, nargs="+", required=True)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="train on synthetic nuclei and segment held-out images")
+    demo.add_argument("--out-dir", type=Path, default=Path("demo_output"))
+    demo.add_argument("--minutes", type=float, default=2.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(run=cmd_demo)
 
     info = commands.add_parser("info", help="show what a model file holds")
     info.add_argument("model", type=Path)
@@ -95,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.run(args)
-    except (CommandError, *USER_ERRORS) as error:
+    except USER_ERRORS as error:
         print(f"napari-unet: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

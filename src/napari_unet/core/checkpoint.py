@@ -112,14 +112,18 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> None:
     """Save weights, architecture, normalisation, instance settings, class names and
     free JSON-able ``metadata`` (e.g. training summary) to one file, atomically."""
+    save_state(path, model_state(model, metadata))
+
+
+def model_state(model: UNet, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The nested state that :func:`save_model` writes (also embedded in checkpoints)."""
     json.dumps(metadata)  # fail early on metadata a file cannot hold
-    state = {
+    return {
         "kind": "model",
         "spec": model.spec.to_dict(),
         "metadata": metadata,
         "weights": dict(model.state_dict()),
     }
-    save_state(path, state)
 
 
 def model_from_state(state: dict[str, Any], path: str | os.PathLike = "<memory>") -> UNet:

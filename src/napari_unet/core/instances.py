@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure, morphology, segmentation
+from skimage import measure, segmentation
 
 from .config import InstanceConfig
 
@@ -14,9 +14,7 @@ def foreground(probabilities: np.ndarray) -> np.ndarray:
     return 1.0 - probabilities[..., 0, :, :]
 
 
-def probabilities_to_labels(
-    probabilities: np.ndarray, config: InstanceConfig | None = None
-) -> np.ndarray:
+def probabilities_to_labels(probabilities: np.ndarray, config: InstanceConfig | None = None) -> np.ndarray:
     """Instance labels int32 (..., H, W) from probabilities (..., K, H, W).
 
     Per plane: threshold the foreground probability, label 4-connected components,
@@ -40,7 +38,9 @@ def _plane_labels(mask: np.ndarray, config: InstanceConfig) -> np.ndarray:
             # a hole takes the id of the object that surrounds it
             labels = np.where(holes, segmentation.expand_labels(labels, distance=max(mask.shape)), labels)
     if config.min_size > 0:
-        labels = morphology.remove_small_objects(labels, max_size=config.min_size - 1)
+        too_small = np.bincount(labels.ravel()) < config.min_size
+        too_small[0] = False
+        labels = np.where(too_small[labels], 0, labels)
     if config.expand > 0:
         labels = segmentation.expand_labels(labels, distance=config.expand)
     relabeled, _, _ = segmentation.relabel_sequential(labels)

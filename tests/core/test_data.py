@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from napari_unet.core import geometry
+from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
+from napari_unet.core.data import SampleStream, TrainingDataError, prepare
+
+NO_AUGMENT = AugmentConfig(elastic=False, flips=False, rotations=False, contrast=0, brightness=0, gamma=0)
+
+
+def discs(shape=(64, 64), centres=((20, 20), (40, 44)), radius=8):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+    image = (labels > 0) * 100.0 + np.random.default_rng(0).normal(0, 5, shape)
+    return image.astype(np.float32), labels
+
+
+def prep(images, labels, in_channels=1):
+    return prepare(
+        images,
+        labels,
+        in_channels=in_channels,
+        normalization=NormalizationConfig(),
+        weights=WeightMapConfig(),
+    )
+
+
+def test_stacks_and_channels_count_plane_by_plane():
+    image, labels = discs()
+    stack = np.stack([image, image, image])
+    stack_labels = np.stack([labels, np.full_like(labels, IGNORE_LABEL), labels])
+    planes = prep([stack, image], [stack_labels, labels])
+    assert len(planes) == 3  # the all-ignore plane is skipped
+    rgb = np.stack([image] * 3, axis=-1)
+    (plane,) = prep([rgb], [labels], in_channels=3)
+    assert plane.image.shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        ([np.zeros((64, 64))], [np.zeros((60, 64), int)], "do not match"),
+        ([np.zeros((64, 64))], [], "one per image"),
+        ([np.zeros((64, 64))], [np.full((64, 64), IGNORE_LABEL)], "annotations are empty"),
+        ([np.zeros((64, 64))], [np.zeros((64, 64), int)], "hold no cells"),
+        ([np.zeros((64, 64))], [np.full((64, 64), 0.5)], "must be integers"),
+        ([np.full((64, 64), np.nan)], [discs()[1]], "not finite"),
+    ],
+)
+def test_bad_training_data_says_what_to_change(images, labels, message):
+    with pytest.raises(TrainingDataError, match=message):
+        prep(images, labels)
+
+
+def test_without_augmentation_a_sample_is_a_plain_crop():
+    _, labels = discs((100, 100), centres=((30, 30), (50, 62), (75, 40)))
+    position_coded = np.arange(100 * 100, dtype=np.float32).reshape(100, 100)
+    (plane,) = prep([position_coded], [labels])
+    tile, out, ctx = 60, 20, geometry.context(2)  # depth 2
+    stream = SampleStream([plane], tile, 2, NO_AUGMENT, np.random.default_rng(3))
+    inside = 0
+    for _ in range(20):
+        sample_image, target, weights = stream.sample()
+        assert sample_image.shape == (1, tile, tile) and target.shape == weights.shape == (out, out)
+        (y, x), *rest = np.argwhere(np.isclose(plane.image[0], sample_image[0, ctx, ctx], atol=1e-6, rtol=0))
+        if rest or not (ctx <= y <= 100 + ctx - tile and ctx <= x <= 100 + ctx - tile):
+            continue  # a mirrored crop: covered by the augmentation tests
+        inside += 1
+        np.testing.assert_allclose(
+            sample_image[0], plane.image[0, y - ctx : y - ctx + tile, x - ctx : x - ctx + tile], atol=1e-4
+        )
+        assert np.array_equal(target, plane.target[y : y + out, x : x + out])
+        np.testing.assert_allclose(weights, plane.weights[y : y + out, x : x + out], atol=1e-5)
+    assert inside >= 3
+
+
+def test_batches_have_training_shapes_and_dtypes():
+    image, labels = discs()
+    stream = SampleStream(prep([image], [labels]), 60, 2, AugmentConfig(), np.random.default_rng(0))
+    batch = stream.batch(3)
+    assert batch.image.shape == (3, 1, 60, 60) and batch.image.dtype == np.float32
+    assert batch.target.shape == (3, 20, 20) and batch.target.dtype == np.int64
+    assert batch.weights.shape == (3, 20, 20) and (batch.weights >= 0).all()
+    assert set(np.unique(batch.target)) <= {0, 1}
+
+
+def test_sample_centres_lie_on_annotated_pixels():
+    image, labels = discs((128, 128), centres=((100, 100),))
+    sparse = np.full_like(labels, IGNORE_LABEL)
+    sparse[80:120, 80:120] = labels[80:120, 80:120]
+    stream = SampleStream(prep([image], [sparse]), 60, 2, NO_AUGMENT, np.random.default_rng(1))
+    for _ in range(10):
+        _, _, weights = stream.sample()
+        assert weights.max() > 0  # every sample sees annotated pixels

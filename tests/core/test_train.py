@@ -1,0 +1,145 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import UNet, load_model
+from napari_unet.core.checkpoint import load_state
+from napari_unet.core.config import AugmentConfig, TrainConfig
+from napari_unet.core.train import (
+    CheckpointSaved,
+    StepProgress,
+    Trainer,
+    ValidationResult,
+    train,
+    weighted_cross_entropy,
+)
+
+from .test_data import discs
+
+FAST = TrainConfig(steps=8, tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=2, seed=3)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return UNet(base_channels=4, depth=2)
+
+
+def data():
+    image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)))
+    return [image], [labels]
+
+
+def test_weighted_loss_is_the_weighted_mean_and_ignores_zero_weight():
+    logits = torch.randn(2, 2, 5, 5)
+    target = torch.randint(0, 2, (2, 5, 5))
+    weights = torch.rand(2, 5, 5)
+    weights[0, :2] = 0
+    manual = -(torch.log_softmax(logits, 1).gather(1, target[:, None])[:, 0] * weights).sum() / weights.sum()
+    assert torch.allclose(weighted_cross_entropy(logits, target, weights), manual)
+    changed = logits.clone()
+    changed[0, :, :2] = 100 * torch.randn(2, 2, 5)
+    assert torch.allclose(weighted_cross_entropy(changed, target, weights), manual)
+
+
+def test_progress_events_validation_and_checkpoints(tmp_path):
+    images, labels = data()
+    config = dataclasses.replace(FAST, validate_every=4, checkpoint_every=4)
+    events = list(
+        train(
+            tiny_model(),
+            images,
+            labels,
+            config,
+            val_images=images,
+            val_labels=labels,
+            checkpoint_path=tmp_path / "c",
+        )
+    )
+    steps = [e for e in events if isinstance(e, StepProgress)]
+    assert [e.step for e in steps] == list(range(1, 9))
+    assert all(e.total_steps == 8 and np.isfinite(e.loss) and 0 <= e.data_fraction <= 1 for e in steps)
+    assert steps[-1].eta_seconds == 0
+    assert [e.step for e in events if isinstance(e, ValidationResult)] == [4, 8]
+    assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [4, 8]
+    assert steps[1].lr > steps[0].lr  # warm-up
+    assert steps[-1].lr < steps[2].lr  # cosine decay
+
+
+def test_loss_goes_down():
+    images, labels = data()
+    config = dataclasses.replace(FAST, steps=60, augment=AugmentConfig(elastic=False), lr=3e-3)
+    losses = [e.loss for e in train(tiny_model(), images, labels, config) if isinstance(e, StepProgress)]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+
+def test_stopping_keeps_a_checkpoint_at_the_last_step(tmp_path):
+    images, labels = data()
+    trainer = Trainer(
+        tiny_model(),
+        images,
+        labels,
+        dataclasses.replace(FAST, checkpoint_every=100),
+        checkpoint_path=tmp_path / "c",
+    )
+    events = trainer.run()
+    for event in events:
+        if isinstance(event, StepProgress) and event.step == 3:
+            break
+    events.close()
+    assert load_state(tmp_path / "c")["step"] == 3
+    assert load_model(tmp_path / "c").config == trainer.model.config
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_continues_exactly(tmp_path, optimizer):
+    images, labels = data()
+    config = dataclasses.replace(FAST, optimizer=optimizer, lr=1e-3, checkpoint_every=100)
+    straight = Trainer(tiny_model(), images, labels, config)
+    list(straight.run())
+
+    first = Trainer(tiny_model(), images, labels, config, checkpoint_path=tmp_path / "c")
+    events = first.run()
+    for event in events:
+        if event.step == 5:
+            break
+    events.close()
+    resumed = Trainer.resume(tmp_path / "c", images, labels)
+    assert resumed.step == 5
+    list(resumed.run())
+    assert resumed.step == 8
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.losses == straight.losses
+
+
+def test_model_file_records_training_and_fine_tunes(tmp_path):
+    images, labels = data()
+    trainer = Trainer(tiny_model(), images, labels, FAST)
+    list(trainer.run())
+    trainer.save_model(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    record = model.metadata["training"]
+    assert record["steps"] == 8 and record["config"]["batch_size"] == 2 and record["tile"] == 60
+    assert model.metadata["weight_map"] == {"w0": 10.0, "sigma": 5.0}
+    tuned = Trainer(model, images, labels, dataclasses.replace(FAST, steps=2))
+    list(tuned.run())
+    assert not torch.equal(tuned.model.head.weight, trainer.model.head.weight)
+
+
+def test_resuming_a_model_file_is_refused_with_a_hint(tmp_path):
+    images, labels = data()
+    from napari_unet import save_model
+
+    save_model(tiny_model(), tmp_path / "m")
+    with pytest.raises(ValueError, match="fine-tune"):
+        Trainer.resume(tmp_path / "m", images, labels)
+
+
+def test_minutes_budget_stops_training():
+    images, labels = data()
+    config = dataclasses.replace(FAST, steps=10_000, minutes=0.02)
+    events = [e for e in train(tiny_model(), images, labels, config) if isinstance(e, StepProgress)]
+    assert 1 <= len(events) < 10_000
+    assert events[-1].seconds < 0.02 * 60 + 2
