@@ -173,7 +173,8 @@ def _new_model(args: argparse.Namespace, first_image):
 
 def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
     """A plain-text table: one row per image (and overall) of instance metrics."""
-    header = f"{'image':<28} {'AP@0.5':>7} {'AP@0.75':>7} {'AP@0.9':>7} {'F1@0.5':>7} {'mIoU':>6} {'pxIoU':>6} {'merged':>6}"
+    columns = [("AP@0.5", 7), ("AP@0.75", 7), ("AP@0.9", 7), ("F1@0.5", 7), ("mIoU", 6), ("pxIoU", 6), ("merged", 6)]
+    header = f"{'image':<28} " + " ".join(f"{name:>{width}}" for name, width in columns)
     lines = [header, "-" * len(header)]
     for name, stats, pixel_iou, merged in rows:
         by = {round(s.threshold, 2): s for s in stats}

@@ -7,7 +7,6 @@ weight map; paper section 3); each sample is then one random coordinate transfor
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -163,4 +162,4 @@ class SampleStream:
 
 def default_tile(depth: int, output: int = 128) -> int:
     """A training tile whose output is at least ``output`` px, rounded to the pooling grid."""
-    return geometry.input_size_for_output(int(math.ceil(output)), depth)
+    return geometry.input_size_for_output(output, depth)
