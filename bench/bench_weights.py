@@ -10,6 +10,7 @@ absolute difference.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.metrics import touching_pairs
 from napari_unet.core.reference import weight_map_reference
 from napari_unet.core.weights import separation_gap, weight_map
 
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
 
     labels = ellipse_labels(args.size, args.cells, args.seed)
     n_cells = len(np.unique(labels[labels > 0]))
-    touching = int(separation_gap(labels).sum())
+    gap_px = int(separation_gap(labels).sum())
+    n_touching = len(touching_pairs(labels))
     fast = weight_map(labels)
     reference = weight_map_reference(labels)
     max_diff = float(np.abs(fast - reference).max())
@@ -77,10 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     reference_ms = median_ms(lambda: weight_map_reference(labels), args.reference_repeats)
 
     print(f"$ python {' '.join(sys.argv)}")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
     print(
-        f"labels {args.size}x{args.size}, {n_cells} cells, {touching} separation-gap px, "
-        f"{int((labels == IGNORE_LABEL).sum())} ignore px, w0=10, sigma=5"
+        f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"labels {args.size}x{args.size}: {args.cells} cells drawn, {n_cells} not wholly under the ignore strip, "
+        f"{n_touching} touching pairs, {gap_px} separation-gap px, "
+        f"{int((labels == IGNORE_LABEL).sum())} ignore px; w0=10, sigma=5"
     )
     print(f"{'implementation':<28}{'median ms':>12}{'repeats':>10}")
     print(f"{'weight_map':<28}{fast_ms:>12.1f}{args.repeats:>10}")

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import IGNORE_LABEL
+from .metrics import MatchStats
 
 
 def separation_target_reference(labels: np.ndarray) -> np.ndarray:
@@ -62,3 +63,56 @@ def weight_map_reference(
     weights = class_weight + border
     weights[~annotated] = 0.0
     return weights.astype(np.float32)
+
+
+def match_instances_reference(
+    pred: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...] = (0.5,)
+) -> list[MatchStats]:
+    """Instance matching by looping over every object pair with boolean masks.
+
+    Pixels where ``truth == IGNORE_LABEL`` are dropped from both images. Pairs with
+    IoU >= threshold are matched greedily by decreasing IoU, which is the unique
+    matching for thresholds >= 0.5 (an object can then overlap at most one partner
+    with IoU >= 0.5, up to exact ties at 0.5 that do not change the counts); lower
+    thresholds raise ``ValueError``. Returns ``MatchStats`` per threshold.
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    keep = truth != IGNORE_LABEL
+    pred, truth = pred[keep], truth[keep]
+    true_ids = [t for t in np.unique(truth) if t > 0]
+    pred_ids = [p for p in np.unique(pred) if p > 0]
+    pair_iou = {}
+    for t in true_ids:
+        t_mask = truth == t
+        for p in pred_ids:
+            p_mask = pred == p
+            pair_iou[(t, p)] = np.sum(t_mask & p_mask) / np.sum(t_mask | p_mask)
+
+    results = []
+    for threshold in thresholds:
+        if threshold < 0.5:
+            raise ValueError("the greedy reference is only valid for thresholds >= 0.5")
+        used_true, used_pred, matched = set(), set(), []
+        for (t, p), iou in sorted(pair_iou.items(), key=lambda item: -item[1]):
+            if iou >= threshold and t not in used_true and p not in used_pred:
+                used_true.add(t)
+                used_pred.add(p)
+                matched.append(iou)
+        tp = len(matched)
+        fp, fn = len(pred_ids) - tp, len(true_ids) - tp
+        results.append(
+            MatchStats(
+                threshold=threshold,
+                tp=tp,
+                fp=fp,
+                fn=fn,
+                precision=tp / (tp + fp) if tp + fp else 0.0,
+                recall=tp / (tp + fn) if tp + fn else 0.0,
+                f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                ap=tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+                mean_matched_iou=float(np.mean(matched)) if matched else 0.0,
+                n_pred=len(pred_ids),
+                n_true=len(true_ids),
+            )
+        )
+    return results

@@ -100,21 +100,22 @@ def separation_target(labels: np.ndarray) -> np.ndarray:
 
 
 def class_weights(target: np.ndarray, annotated: np.ndarray, *, balance: bool = True) -> np.ndarray:
-    """Class-balancing weight w_c float64 (H, W) (paper eq. 2, first term).
+    """Class-balancing weight w_c float32 (H, W) (paper eq. 2, first term).
 
     ``target`` uint8 (H, W) in {0, 1}; ``annotated`` bool (H, W). Over annotated
     pixels ``w_c = N / (2 * N_k)`` for class ``k``, so that classes 0 and 1 carry the
     same total weight ``N / 2``; ``w_c = 1`` if either class is absent or ``balance``
     is False. Unannotated pixels get 0.
     """
+    foreground = target > 0
     n_total = int(np.count_nonzero(annotated))
-    n_fg = int(np.count_nonzero(annotated & (target > 0)))
+    n_fg = int(np.count_nonzero(annotated & foreground))
     n_bg = n_total - n_fg
     if balance and n_fg > 0 and n_bg > 0:
-        per_class = np.array([n_total / (2.0 * n_bg), n_total / (2.0 * n_fg)])
-        weights = per_class[(target > 0).astype(np.intp)]
+        per_class = np.array([n_total / (2.0 * n_bg), n_total / (2.0 * n_fg)], np.float32)
+        weights = per_class[foreground.view(np.uint8)]
     else:
-        weights = np.ones(target.shape)
+        weights = np.ones(target.shape, np.float32)
     weights[~annotated] = 0.0
     return weights
 
@@ -123,18 +124,59 @@ def border_cutoff(w0: float, sigma: float, tol: float = BORDER_TOLERANCE) -> flo
     """Distance sum beyond which ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2)) < tol``.
 
     ``sigma * sqrt(2 * ln(w0 / tol))``; 0 when ``w0 <= tol`` (the term never matters).
+    With the paper's w0 = 10, sigma = 5 and tol = 1e-6 it is about 28.4 px.
     """
     if w0 <= tol:
         return 0.0
     return sigma * math.sqrt(2.0 * math.log(w0 / tol))
 
 
+def _nearest_two_squared(labels: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Squared distances ``(q1, q2, far)`` int (H, W) to the nearest and second nearest cell.
+
+    Integer and exact: squared distances between pixel centres are integers. Each
+    cell's feature transform (the nearest cell pixel of every window pixel) is taken
+    inside its bounding box grown by ``pad`` px; elsewhere, and where there are fewer
+    cells, the value is the sentinel ``far``.
+    """
+    h, w = labels.shape
+    dtype = np.int32 if 2 * (h * h + w * w) < np.iinfo(np.int32).max else np.int64
+    far = int(np.iinfo(dtype).max)
+    q1 = np.full(labels.shape, far, dtype)
+    q2 = np.full(labels.shape, far, dtype)
+    cells = np.maximum(labels, 0)
+    if cells.size and cells.max() > cells.size:  # sparse huge ids: renumber so find_objects stays small
+        cells = np.unique(cells, return_inverse=True)[1].reshape(cells.shape) + (0 if cells.min() == 0 else 1)
+    for index, box in enumerate(ndimage.find_objects(cells)):
+        if box is None:
+            continue
+        window = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, labels.shape))
+        nearest = ndimage.distance_transform_edt(
+            cells[window] != index + 1, return_distances=False, return_indices=True
+        ).astype(dtype, copy=False)
+        rows, cols = (np.arange(s.stop - s.start, dtype=dtype) for s in window)
+        dy = nearest[0] - rows[:, None]
+        dx = nearest[1] - cols
+        np.multiply(dy, dy, out=dy)
+        dy += dx * dx
+        near, second = q1[window], q2[window]
+        np.minimum(second, np.maximum(near, dy), out=second)
+        np.minimum(near, dy, out=near)
+    return q1, q2, far
+
+
+def _pad_for(max_distance: float, shape: tuple[int, ...]) -> int:
+    """Window growth in px that covers every pixel within ``max_distance`` of a box."""
+    return sum(shape) if math.isinf(max_distance) else math.ceil(max_distance)
+
+
 def nearest_two_distances(labels: np.ndarray, max_distance: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Distances ``(d1, d2)`` float64 (H, W) to the nearest and second nearest cell.
 
     ``d_i(x)`` is the Euclidean distance from ``x`` to the nearest pixel of cell ``i``
-    (each positive label value is one cell); ``d1 <= d2`` are the two smallest over
-    all cells, ``inf`` where there are fewer cells.
+    (each positive label value is one cell; ``distance_transform_edt`` semantics);
+    ``d1 <= d2`` are the two smallest over all cells, ``inf`` where there are fewer
+    cells.
 
     Each cell's distance transform is computed only inside its bounding box grown by
     ``ceil(max_distance)`` px (every pixel within ``max_distance`` of the cell lies
@@ -142,60 +184,54 @@ def nearest_two_distances(labels: np.ndarray, max_distance: float = math.inf) ->
     the true value is ``<= max_distance`` and is never smaller than the true value.
     """
     labels = check_labels(labels)
-    d1 = np.full(labels.shape, np.inf)
-    d2 = np.full(labels.shape, np.inf)
-    pad = labels.shape[0] + labels.shape[1] if math.isinf(max_distance) else math.ceil(max_distance)
-    boxes = ndimage.find_objects(np.maximum(labels, 0))
-    for index, box in enumerate(boxes):
-        if box is None:
-            continue
-        window = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, labels.shape))
-        distance = ndimage.distance_transform_edt(labels[window] != index + 1)
-        near, second = d1[window], d2[window]
-        np.minimum(second, np.maximum(near, distance), out=second)
-        np.minimum(near, distance, out=near)
-    return d1, d2
+    q1, q2, far = _nearest_two_squared(labels, _pad_for(max_distance, labels.shape))
+    return tuple(np.where(q == far, np.inf, np.sqrt(q)) for q in (q1, q2))
+
+
+def _add_border_term(weights: np.ndarray, labels: np.ndarray, background: np.ndarray, w0: float, sigma: float) -> None:
+    """Add the border term in place to ``weights`` float (H, W) at ``background`` pixels."""
+    cutoff = border_cutoff(w0, sigma)
+    if cutoff <= 0.0:
+        return
+    q1, q2, _ = _nearest_two_squared(labels, _pad_for(cutoff, labels.shape))
+    candidates = background & (q2 <= cutoff * cutoff)  # q2 is `far` with fewer than two cells
+    total = np.sqrt(q1[candidates]) + np.sqrt(q2[candidates])
+    weights[candidates] += w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
 
 
 def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
-    """Border term ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` float64 (H, W) (paper eq. 2).
+    """Border term ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` float32 (H, W) (paper eq. 2).
 
     Nonzero only at annotated pixels that are background in :func:`separation_target`
     and only when ``labels`` has at least two cells. Within ``BORDER_TOLERANCE`` of
-    the exact value (distances are only computed up to :func:`border_cutoff`).
+    the exact value: it is only evaluated where ``d1 + d2 <= border_cutoff(w0, sigma)``
+    (wherever ``d2`` is within the cutoff, the computed ``d1``, ``d2`` are exact).
     """
     labels = check_labels(labels)
-    term = np.zeros(labels.shape)
-    cutoff = border_cutoff(w0, sigma)
-    if cutoff <= 0.0:
-        return term
-    d1, d2 = nearest_two_distances(labels, cutoff)
-    candidates = (labels == 0) | separation_gap(labels)
-    candidates &= d2 < cutoff  # d2 is inf where there are fewer than two cells
-    total = d1[candidates] + d2[candidates]
-    term[candidates] = w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
+    term = np.zeros(labels.shape, np.float32)
+    _add_border_term(term, labels, (labels == 0) | separation_gap(labels), w0, sigma)
     return term
 
 
-def weight_map(
-    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, balance_classes: bool = True
-) -> np.ndarray:
+def weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, balance_classes: bool = True) -> np.ndarray:
     """Per-pixel loss weight ``w = w_c + border term`` float32 (H, W) (paper eq. 2).
 
     ``labels`` int (H, W): 0 background, > 0 cell ids, ``IGNORE_LABEL`` unannotated.
     ``w0 >= 0`` and ``sigma > 0`` in pixels (paper: 10 and 5). See the module
-    docstring for the exact definitions; ignore pixels get exactly 0.
+    docstring for the exact definitions; ignore pixels get exactly 0. Matches the
+    exact definition to within ``BORDER_TOLERANCE`` plus float32 rounding.
     """
     labels = check_labels(labels)
     if w0 < 0 or sigma <= 0:
         raise ValueError(f"need w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
-    annotated = labels != IGNORE_LABEL
-    weights = class_weights(separation_target(labels), annotated, balance=balance_classes)
-    weights += border_weights(labels, w0, sigma)
-    weights[~annotated] = 0.0
-    return weights.astype(np.float32)
+    gap = separation_gap(labels)
+    target = ((labels > 0) & ~gap).view(np.uint8)
+    weights = class_weights(target, labels != IGNORE_LABEL, balance=balance_classes)
+    _add_border_term(weights, labels, (labels == 0) | gap, w0, sigma)
+    return weights
 
 
-def weight_map_from_config(labels: np.ndarray, config: WeightMapConfig = WeightMapConfig()) -> np.ndarray:
-    """:func:`weight_map` with the parameters of a :class:`WeightMapConfig`."""
+def weight_map_from_config(labels: np.ndarray, config: WeightMapConfig | None = None) -> np.ndarray:
+    """:func:`weight_map` with the parameters of a :class:`WeightMapConfig` (default: the paper's)."""
+    config = config or WeightMapConfig()
     return weight_map(labels, config.w0, config.sigma, balance_classes=config.balance_classes)
