@@ -112,7 +112,7 @@ class SampleStream:
 
     Each sample: pick a plane (weighted by its annotated area), centre a tile of
     input size ``tile`` on a random annotated pixel, draw one coordinate transform,
-    and resample image (bicubic), target (nearest) and weights (linear) through it.
+    and resample image (bicubic), target and weights (nearest) through it.
     Target and weights cover only the tile's output (its centre).
     """
 
@@ -148,7 +148,7 @@ class SampleStream:
         image = resample(plane.image, coords, order=3)
         image = jitter_intensity(image, self.rng, self.augment)
         target = resample(plane.target, inner, order=0)
-        weights = resample(plane.weights, inner, order=1)
+        weights = resample(plane.weights, inner, order=0)  # nearest, like the target: ignore stays 0
         return image, target, weights
 
     def batch(self, size: int) -> Batch:

@@ -1,0 +1,280 @@
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_unet.core.augment import (
+    bicubic_upsample,
+    dihedral,
+    elastic_displacement,
+    identity_grid,
+    jitter_intensity,
+    resample,
+    sampling_grid,
+    tile_center,
+)
+from napari_unet.core.config import IGNORE_LABEL, AugmentConfig
+
+STILL = AugmentConfig(elastic=False, flips=False, rotations=False, contrast=0.0, brightness=0.0, gamma=0.0)
+RIGID = AugmentConfig(elastic=False)
+
+
+def smooth_image(rng, shape, sigma=2.0):
+    return ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+
+
+def dihedral_set(tile):
+    """The 8 flips/rotations of a square tile (4 when it is not square)."""
+    rotations = (0, 1, 2, 3) if tile.shape[0] == tile.shape[1] else (0, 2)
+    return [np.rot90(tile, k) for k in rotations] + [np.rot90(np.flip(tile, 0), k) for k in rotations]
+
+
+def matching_transform(tile, candidates):
+    matches = [i for i, c in enumerate(candidates) if c.shape == tile.shape and np.array_equal(c, tile)]
+    assert len(matches) == 1
+    return matches[0]
+
+
+# --- identity ---------------------------------------------------------------------
+
+
+def test_no_augmentation_is_identity_resampling(rng):
+    image = smooth_image(rng, (40, 50)).astype(np.float32)
+    labels = rng.integers(-1, 6, (40, 50)).astype(np.int32)
+    center = tile_center((5, 7), (24, 31))
+    coords = sampling_grid((24, 31), center, rng, STILL)
+    assert coords.dtype == np.float32 and coords.shape == (2, 24, 31)
+    assert np.array_equal(resample(labels, coords, 0), labels[5:29, 7:38])
+    np.testing.assert_allclose(resample(image, coords, 3), image[5:29, 7:38], atol=1e-5)
+    np.testing.assert_allclose(resample(image, coords, 1), image[5:29, 7:38], atol=1e-6)
+
+
+def test_coordinates_are_y_then_x():
+    ramp = np.add.outer(0.5 * np.arange(30.0), 0.25 * np.arange(40.0))
+    coords = np.stack([np.full((3, 3), 10.3), np.full((3, 3), 20.6)])
+    np.testing.assert_allclose(resample(ramp, coords, 1), 0.5 * 10.3 + 0.25 * 20.6, atol=1e-5)
+
+
+# --- labels, shapes, dtypes, seeds ---------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int8])
+def test_labels_keep_dtype_and_get_no_new_ids(dtype, rng):
+    low = 0 if np.dtype(dtype).kind == "u" else IGNORE_LABEL
+    labels = ndimage.zoom(rng.integers(low, 9, (8, 8)), 6, order=0).astype(dtype)
+    coords = sampling_grid((45, 45), (20.0, 25.0), rng, AugmentConfig(elastic_std=15.0))
+    out = resample(labels, coords, 0)
+    assert out.dtype == labels.dtype and out.shape == (45, 45)
+    assert set(np.unique(out)) <= set(np.unique(labels))
+    assert len(np.unique(out)) > 3
+
+
+def test_shapes_and_dtypes(rng):
+    coords = sampling_grid((20, 28), (30.0, 30.0), rng, AugmentConfig())
+    assert coords.shape == (2, 20, 28)
+    stack = rng.random((3, 60, 60), dtype=np.float32)
+    assert resample(stack, coords, 3).shape == (3, 20, 28)
+    assert resample(stack, coords, 3).dtype == np.float32
+    assert resample(stack, coords, 0).dtype == np.float32
+    assert resample(stack.astype(np.float64), coords, 1).dtype == np.float64
+    assert resample((stack[0] * 1000).astype(np.uint16), coords, 3).dtype == np.float32
+    with pytest.raises(ValueError):
+        resample(stack[None], coords, 1)
+
+
+def test_channels_are_resampled_alike(rng):
+    plane = smooth_image(rng, (50, 50))
+    coords = sampling_grid((30, 30), (25.0, 25.0), rng, AugmentConfig())
+    stacked = resample(np.stack([plane, 2 * plane]), coords, 3)
+    np.testing.assert_allclose(stacked[0], resample(plane, coords, 3))
+    np.testing.assert_allclose(stacked[1], 2 * stacked[0], rtol=1e-12)
+
+
+def test_seeded_runs_repeat_exactly():
+    config = AugmentConfig()
+    grids = [sampling_grid((33, 33), (40.0, 40.0), np.random.default_rng(11), config) for _ in range(2)]
+    assert np.array_equal(grids[0], grids[1])
+    other = sampling_grid((33, 33), (40.0, 40.0), np.random.default_rng(12), config)
+    assert not np.array_equal(grids[0], other)
+    image = np.random.default_rng(0).random((2, 10, 10), dtype=np.float32)
+    jitter = [jitter_intensity(image, np.random.default_rng(5), config) for _ in range(2)]
+    assert np.array_equal(jitter[0], jitter[1])
+
+
+# --- flips and rotations ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flip_y", "flip_x", "k"), list(itertools.product((False, True), (False, True), range(4))))
+def test_dihedral_grid_matches_numpy_flip_and_rot90(flip_y, flip_x, k, rng):
+    image = rng.random((30, 30))
+    center = tile_center((4, 6), (16, 16))
+    tile = resample(image, identity_grid((16, 16), center), 0)
+    expected = tile
+    if flip_y:
+        expected = np.flip(expected, 0)
+    if flip_x:
+        expected = np.flip(expected, 1)
+    expected = np.rot90(expected, k)
+    got = resample(image, dihedral(identity_grid((16, 16), center), flip_y, flip_x, k), 0)
+    assert np.array_equal(got, expected)
+
+
+def test_random_rigid_tiles_are_flips_and_rotations_of_the_tile(rng):
+    image = rng.random((40, 40))
+    center = tile_center((3, 9), (12, 12))
+    candidates = dihedral_set(resample(image, identity_grid((12, 12), center), 0))
+    seen = {
+        matching_transform(resample(image, sampling_grid((12, 12), center, rng, RIGID), 0), candidates)
+        for _ in range(80)
+    }
+    assert seen == set(range(8))
+
+
+def test_non_square_tiles_are_only_flipped_or_half_turned(rng):
+    image = rng.random((40, 40))
+    center = tile_center((2, 5), (10, 14))
+    candidates = dihedral_set(resample(image, identity_grid((10, 14), center), 0))
+    assert len(candidates) == 4
+    seen = {
+        matching_transform(resample(image, sampling_grid((10, 14), center, rng, RIGID), 0), candidates)
+        for _ in range(40)
+    }
+    assert seen == set(range(4))
+
+
+def test_rotations_without_flips(rng):
+    image = rng.random((30, 30))
+    center = tile_center((0, 0), (20, 20))
+    tile = resample(image, identity_grid((20, 20), center), 0)
+    rotations = [np.rot90(tile, k) for k in range(4)]
+    config = AugmentConfig(elastic=False, flips=False)
+    seen = {
+        matching_transform(resample(image, sampling_grid((20, 20), center, rng, config), 0), rotations)
+        for _ in range(30)
+    }
+    assert seen == set(range(4))
+
+
+def test_odd_rotation_of_non_square_grid_is_refused():
+    with pytest.raises(ValueError):
+        dihedral(identity_grid((4, 6), (5.0, 5.0)), False, False, 1)
+
+
+# --- elastic deformation -------------------------------------------------------------
+
+
+def test_displacement_std_matches_config_on_coarse_nodes():
+    rng = np.random.default_rng(1)
+    nodes = np.ix_([0, 32, 64], [0, 32, 64])
+    samples = np.concatenate(
+        [elastic_displacement((65, 65), rng, grid=3, std=10.0)[:, nodes[0], nodes[1]].ravel() for _ in range(300)]
+    )
+    assert samples.size == 300 * 18
+    assert abs(samples.std() - 10.0) < 0.5
+    assert abs(samples.mean()) < 0.5
+
+
+def test_displacement_is_smooth_between_nodes():
+    field = elastic_displacement((65, 65), np.random.default_rng(2), grid=3, std=10.0)
+    step = np.abs(np.diff(field, axis=1)).max()
+    # A 3x3 grid over 64 px: neighbouring pixels move by a small fraction of the std.
+    assert 0 < step < 2.0
+
+
+def test_bicubic_upsample_equals_2d_cubic_spline(rng):
+    coarse = rng.normal(size=(2, 3, 4))
+    out = bicubic_upsample(coarse, (17, 22))
+    rows = np.linspace(0, 2, 17)[:, None] * np.ones((1, 22))
+    cols = np.ones((17, 1)) * np.linspace(0, 3, 22)[None, :]
+    for channel in range(2):
+        ref = ndimage.map_coordinates(coarse[channel], [rows, cols], order=3, mode="mirror")
+        np.testing.assert_allclose(out[channel], ref, atol=1e-12)
+    np.testing.assert_allclose(out[:, ::8, ::7], coarse, atol=1e-12)  # nodes span the tile
+
+
+def test_elastic_grid_deforms_by_about_the_std(rng):
+    center = (100.0, 100.0)
+    coords = sampling_grid((65, 65), center, rng, AugmentConfig(flips=False, rotations=False))
+    offset = coords - identity_grid((65, 65), center)
+    assert 2.0 < np.abs(offset).mean() < 30.0
+
+
+# --- borders ------------------------------------------------------------------------
+
+
+def test_mirroring_matches_numpy_reflect_far_outside_a_tiny_image():
+    tiny = np.arange(12).reshape(3, 4)
+    pad = 40
+    padded = np.pad(tiny, pad, mode="reflect")
+    rows, cols = np.mgrid[-33:36, -31:38]
+    got = resample(tiny, np.stack([rows, cols]).astype(np.float32), 0)
+    assert np.array_equal(got, padded[rows + pad, cols + pad])
+    cubic = resample(tiny.astype(np.float64), np.stack([rows, cols]).astype(np.float64), 3)
+    np.testing.assert_allclose(cubic, padded[rows + pad, cols + pad], atol=1e-9)
+
+
+def test_fractional_mirroring_matches_padded_interpolation(rng):
+    tiny = rng.random((3, 4))
+    pad = 36  # a multiple of both mirror half-periods (H - 1 = 2, W - 1 = 3)
+    padded = np.pad(tiny, pad, mode="reflect")
+    coords = rng.uniform(-30, 33, (2, 25, 25))
+    for order in (1, 3):
+        got = resample(tiny, coords, order)
+        ref = ndimage.map_coordinates(padded, coords + pad, order=order, mode="mirror")
+        np.testing.assert_allclose(got, ref, atol=1e-9)
+
+
+def test_single_pixel_axis_and_nearest_mode():
+    column = np.arange(5.0)[:, None]
+    coords = np.stack(np.meshgrid(np.arange(-7, 12.0), np.arange(-3, 4.0), indexing="ij"))
+    np.testing.assert_allclose(resample(column, coords, 1), np.pad(column, ((7, 7), (0, 0)), "reflect")[:, [0] * 7])
+    edge = resample(column, coords, 0, mode="nearest")
+    assert np.array_equal(edge[:, 0], np.clip(np.arange(-7, 12), 0, 4))
+    with pytest.raises(ValueError):
+        resample(column, coords, 0, mode="wrap")
+
+
+# --- cropping optimisation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("center", [(150.0, 150.0), (4.0, 290.0), (-30.0, 320.0)])
+@pytest.mark.parametrize("order", [1, 3])
+def test_cropped_sampling_equals_whole_image_sampling(center, order, rng):
+    image = rng.random((300, 320))
+    coords = sampling_grid((64, 64), center, rng, AugmentConfig(elastic_std=12.0)).astype(np.float64)
+    ref = ndimage.map_coordinates(image, coords, order=order, mode="mirror")
+    np.testing.assert_allclose(resample(image, coords, order), ref, atol=1e-8)
+
+
+# --- gray values ----------------------------------------------------------------------
+
+
+def test_jitter_with_zero_ranges_is_identity(rng):
+    image = rng.normal(0.5, 0.5, (2, 16, 16)).astype(np.float32)
+    out = jitter_intensity(image, rng, STILL)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out, image, atol=1e-6)
+
+
+def test_jitter_is_monotonic_and_varies(rng):
+    image = rng.normal(0.5, 0.6, (1, 32, 32)).astype(np.float32)
+    order = np.argsort(image.ravel(), kind="stable")
+    outputs = []
+    for _ in range(10):
+        out = jitter_intensity(image, rng, AugmentConfig()).ravel()
+        assert np.all(np.diff(out[order]) >= 0)
+        outputs.append(out)
+    assert np.std([o.mean() for o in outputs]) > 1e-3
+
+
+def test_gamma_acts_on_unit_range_only(rng):
+    config = AugmentConfig(contrast=0.0, brightness=0.0, gamma=0.5)
+    image = np.array([[[-0.5, 0.0, 0.25, 0.5, 1.0, 1.7]]], np.float32)
+    outs = [jitter_intensity(image, rng, config) for _ in range(5)]
+    for out in outs:
+        np.testing.assert_allclose(out[..., [0, 1, 4, 5]], image[..., [0, 1, 4, 5]], atol=1e-6)
+        gamma = np.log(out[0, 0, 3]) / np.log(0.5)
+        np.testing.assert_allclose(out[0, 0, 2], 0.25**gamma, rtol=1e-5)
+        assert np.exp(-0.5) - 1e-6 <= gamma <= np.exp(0.5) + 1e-6
+    assert len({float(o[0, 0, 3]) for o in outs}) > 1
