@@ -122,9 +122,7 @@ def run_training(trainer: Trainer) -> None:
                 bar.update(event.step - bar.n)
                 bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
             elif isinstance(event, ValidationResult):
-                bar.write(
-                    f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}"
-                )
+                bar.write(f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}")
     except KeyboardInterrupt:
         events.close()
         bar.write(f"stopped at step {trainer.step}")
@@ -151,9 +149,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     run_training(trainer)
     trainer.save_model(args.out)
     summary = trainer.summary()
-    print(
-        f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}"
-    )
+    print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
     print(f"checkpoint for --resume: {checkpoint}")
 
 
@@ -210,9 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tile", type=int, default=None, help="input tile size (valid sizes only; default: best)"
-    )
+    parser.add_argument("--tile", type=int, default=None, help="input tile size (valid sizes only; default: best)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
 
@@ -253,9 +247,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)"
-    )
+    parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -75,9 +75,7 @@ def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> np.n
     return (rgb * 255).astype(np.uint8)
 
 
-def write_outputs(
-    out_dir: Path, trainer: Trainer, data: DemoData, predicted: list[np.ndarray], table: str
-) -> None:
+def write_outputs(out_dir: Path, trainer: Trainer, data: DemoData, predicted: list[np.ndarray], table: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(out_dir / "model.safetensors")
     for i, ((image, truth), labels) in enumerate(zip(data.test, predicted)):

@@ -77,9 +77,7 @@ def prepare(
     1.. cells, -1 unannotated. Planes without any annotated pixel are skipped.
     """
     if len(images) != len(labels):
-        raise TrainingDataError(
-            f"{len(images)} image(s) but {len(labels)} label image(s): give one per image"
-        )
+        raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
     if not images:
         raise TrainingDataError("no training images given")
     planes = []
@@ -88,9 +86,7 @@ def prepare(
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
             if not np.isfinite(plane).all():
-                raise TrainingDataError(
-                    f"training pair {number}: the image holds NaN or infinite values (not finite)"
-                )
+                raise TrainingDataError(f"training pair {number}: the image holds NaN or infinite values (not finite)")
             w = weight_map(plane_labels, weights.w0, weights.sigma, balance_classes=weights.balance_classes)
             planes.append(
                 PreparedPlane(
@@ -142,9 +138,7 @@ class SampleStream:
         origin = centre - self.tile // 2  # integer, so unaugmented samples are exact crops
         tile_hw = (self.tile, self.tile)
         coords = sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), self.rng, self.augment)
-        inner = coords[
-            :, self.context : self.context + self.output, self.context : self.context + self.output
-        ]
+        inner = coords[:, self.context : self.context + self.output, self.context : self.context + self.output]
         image = resample(plane.image, coords, order=3)
         image = jitter_intensity(image, self.rng, self.augment)
         target = resample(plane.target, inner, order=0)

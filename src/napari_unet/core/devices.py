@@ -28,9 +28,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"unknown device {device!r}; use one of: auto, {', '.join(available_devices())}"
-        ) from error
+        raise ValueError(f"unknown device {device!r}; use one of: auto, {', '.join(available_devices())}") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use cpu")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():

@@ -147,9 +147,7 @@ def best_tile(image: tuple[int, int], depth: int, max_tile_pixels: int) -> TileP
             f"a memory budget of {max_tile_pixels} px per tile is below the smallest "
             f"usable depth-{depth} tile ({floor}x{floor}); allow more memory"
         )
-    candidates = [
-        [s for s in valid_sizes(depth, input_size_for_output(n, depth)) if s >= floor] for n in image
-    ]
+    candidates = [[s for s in valid_sizes(depth, input_size_for_output(n, depth)) if s >= floor] for n in image]
     best: TilePlan | None = None
     for th in candidates[0]:
         for tw in candidates[1]:

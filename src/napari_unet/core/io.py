@@ -24,9 +24,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise ImageFileError(f"no such image file: {path}")
     if suffix not in IMAGE_SUFFIXES:
-        raise ImageFileError(
-            f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
-        )
+        raise ImageFileError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)

@@ -29,11 +29,7 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
 
 def tile_origins(plan: TilePlan) -> list[tuple[int, int]]:
     """Image coordinates (y, x) of the first output pixel of every tile, row-major."""
-    return [
-        (row * plan.stride[0], col * plan.stride[1])
-        for row in range(plan.grid[0])
-        for col in range(plan.grid[1])
-    ]
+    return [(row * plan.stride[0], col * plan.stride[1]) for row in range(plan.grid[0]) for col in range(plan.grid[1])]
 
 
 def extract_tile(plane: np.ndarray, origin: tuple[int, int], plan: TilePlan) -> np.ndarray:

@@ -138,9 +138,7 @@ class Trainer:
         cfg = self.config
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
+            return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     @classmethod
@@ -149,9 +147,7 @@ class Trainer:
         optimiser, step, random state). Pass the same data as before."""
         state = load_state(path)
         if state.get("kind") != "checkpoint":
-            raise ValueError(
-                f"{path} is a model file, not a training checkpoint: use it to fine-tune instead"
-            )
+            raise ValueError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
         config = TrainConfig.from_dict(state["config"])
         trainer = cls(model_from_state(state["model"], path), images, labels, config, **kwargs)
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -265,9 +261,7 @@ class Trainer:
         tp = fp = fn = 0
         intersection = union = 0.0
         for image, truth in self.validation:
-            probabilities = predict(
-                self.model, image, device=self.device, precision=precision_name(self.dtype)
-            )
+            probabilities = predict(self.model, image, device=self.device, precision=precision_name(self.dtype))
             labels = probabilities_to_labels(probabilities, self.model.spec.instances)
             stats = match_instances(labels, truth, thresholds=(0.5,))[0]
             tp, fp, fn = tp + stats.tp, fp + stats.fp, fn + stats.fn

@@ -1,0 +1,47 @@
+"""A light live loss plot (pyqtgraph), redrawn at most a few times a second."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyqtgraph as pg
+
+
+class LossPlot(pg.PlotWidget):
+    """Training loss per step (faint) and its running mean (bold)."""
+
+    def __init__(self, min_interval: float = 0.2) -> None:
+        super().__init__()
+        self.setBackground(None)
+        self.setMinimumHeight(140)
+        self.setLabel("bottom", "step")
+        self.setLabel("left", "loss")
+        self.raw = self.plot(pen=pg.mkPen((120, 120, 160), width=1))
+        self.smooth = self.plot(pen=pg.mkPen((255, 170, 0), width=2))
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.min_interval = min_interval
+        self._drawn = 0.0
+
+    def clear_data(self) -> None:
+        self.steps.clear()
+        self.losses.clear()
+        self.redraw()
+
+    def add(self, step: int, loss: float, *, force: bool = False) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+        if force or time.monotonic() - self._drawn >= self.min_interval:
+            self.redraw()
+
+    def redraw(self) -> None:
+        self._drawn = time.monotonic()
+        self.raw.setData(self.steps, self.losses)
+        if self.losses:
+            window = max(1, min(25, len(self.losses) // 5))
+            kernel = np.ones(window) / window
+            smooth = np.convolve(self.losses, kernel, mode="valid")
+            self.smooth.setData(self.steps[window - 1 :], smooth)
+        else:
+            self.smooth.setData([], [])

@@ -1,0 +1,148 @@
+"""Segment an image layer with overlap-tile prediction in a worker thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
+from napari.layers import Image
+from napari.utils.notifications import show_error
+
+from .._session import Session
+from ..core.checkpoint import ModelFileError, load_model
+from ..core.model import UNet
+from ._choices import device_choices, precision_choices, tile_choices
+from ._jobs import SegmentationDone, segmentation_job
+from ._layers import LayerError, image_data, layers_of, put_layer, spatial_shape
+from ._runner import JobRunner
+
+CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
+
+
+class SegmentWidget(Container):
+    """Image layer + model -> "<image> labels" layer (and optionally probabilities)."""
+
+    def __init__(self, napari_viewer, session: Session | None = None) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer = napari_viewer
+        self.session = session or Session.of(viewer)
+        self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
+        self.model_source = RadioButtons(
+            label="model", choices=["session model", "file"], value="session model", orientation="horizontal"
+        )
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.model_info = Label(value=self.session.describe())
+        self.tile = ComboBox(label="tile", choices=tile_choices(4), value=None)
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
+        self.planes = ComboBox(label="stacks", choices=[CURRENT_PLANE, ALL_PLANES], value=ALL_PLANES)
+        self.probabilities = CheckBox(text="also show probabilities", value=False)
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
+        self.status = Label(value="")
+        self.extend(
+            [
+                self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
+                self.precision, self.planes, self.probabilities, self.run_button, self.cancel_button,
+                self.progress, self.status,
+            ]
+        )  # fmt: skip
+        self.runner = JobRunner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
+        self.session.model_changed.connect(self._on_model_changed)
+        self.model_source.changed.connect(self._on_model_changed)
+        self.model_file.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.runner.stop)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self.reset_choices()
+        self._on_model_changed()
+
+    def _on_model_changed(self, *_) -> None:
+        """Describe the chosen model and offer the tile sizes valid for its depth."""
+        self._file_model = None
+        if self.model_source.value == "file":
+            try:
+                self._file_model = load_model(self.model_file.value)
+                self.model_info.value = f"file {Path(self.model_file.value).name}"
+            except ModelFileError as error:
+                self.model_info.value = f"⚠ {error}"
+        else:
+            self.model_info.value = self.session.describe()
+        model = self._file_model if self.model_source.value == "file" else self.session.model
+        self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
+        self.tile.value = None
+
+    def model(self) -> UNet:
+        if self.model_source.value == "file":
+            return self._file_model or load_model(self.model_file.value)
+        if self.session.model is None:
+            raise LayerError("no model in this session: train one, open a model file, or choose 'file'")
+        return self.session.model
+
+    def _plane_index(self, layer: Image) -> tuple[int, ...]:
+        """The stack position of the viewer's current plane in ``layer``'s data."""
+        stack_ndim = len(spatial_shape(layer)) - 2
+        world = self.viewer.dims.point
+        data_point = layer.world_to_data(world[-layer.ndim :])
+        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(data_point[:stack_ndim], layer.data.shape))
+
+    def run(self, *_) -> None:
+        if self.runner.busy:
+            return
+        try:
+            layer = self.image.value
+            data, channel_axis = image_data(layer)
+            model = self.model()
+        except (LayerError, ModelFileError) as error:
+            self.status.value = f"⚠ {error}"
+            show_error(str(error))
+            return
+        self._target = (layer, None)
+        if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2:
+            index = self._plane_index(layer)
+            data = data[index]
+            self._target = (layer, index)
+        self.status.value = f"segmenting {layer.name}…"
+        self.cancel_button.enabled, self.run_button.enabled = True, False
+        options = {
+            "tile": self.tile.value,
+            "device": self.device.value,
+            "precision": self.precision.value,
+            "channel_axis": channel_axis,
+        }
+        self.runner.start(
+            segmentation_job, model, np.asarray(data), keep_probabilities=self.probabilities.value, **options
+        )
+
+    def _on_progress(self, progress) -> None:
+        self.progress.max = progress.total
+        self.progress.value = progress.done
+
+    def _on_done(self, result: SegmentationDone | None) -> None:
+        if result is None:
+            self.status.value = "cancelled"
+            return
+        layer, index = self._target
+        labels = result.labels
+        name = f"{layer.name} labels"
+        if index is not None:
+            full = self.viewer.layers[name].data if name in self.viewer.layers else None
+            if full is None or full.shape != spatial_shape(layer):
+                full = np.zeros(spatial_shape(layer), np.int32)
+            full = np.array(full)
+            full[index] = labels
+            labels = full
+        put_layer(self.viewer, name, labels, "labels", layer)
+        if result.probabilities is not None:
+            foreground = 1.0 - result.probabilities[..., 0, :, :]
+            put_layer(self.viewer, f"{layer.name} probability", foreground, "image", layer, colormap="viridis")
+        self.status.value = f"{name}: {int(result.labels.max())} objects"
+
+    def _on_error(self, message: str) -> None:
+        self.status.value = f"⚠ {message}"
+
+    def _on_idle(self) -> None:
+        self.cancel_button.enabled, self.run_button.enabled = False, True

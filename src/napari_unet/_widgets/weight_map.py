@@ -1,0 +1,118 @@
+"""Show the paper's separation weight map and training target of an annotation."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+from napari.layers import Labels
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
+
+from ..core.config import WeightMapConfig
+from ..core.weights import separation_target, weight_map
+from ._layers import LayerError, labels_data, layers_of, put_layer
+from ._runner import JobRunner
+
+
+def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
+    """Weights (float32) and targets (uint8) of every plane of ``labels`` (..., H, W)."""
+    weights = np.zeros(labels.shape, np.float32)
+    target = np.zeros(labels.shape, np.uint8)
+    for index in np.ndindex(*labels.shape[:-2]):
+        if stop.is_set():
+            return None
+        weights[index] = weight_map(labels[index], config.w0, config.sigma, balance_classes=config.balance_classes)
+        target[index] = separation_target(labels[index])
+        yield index
+    return weights, target
+
+
+class WeightMapWidget(Container):
+    """w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / 2 sigma^2) of a labels layer, as an image layer.
+
+    The border term lies on background pixels of the training target, including the
+    gaps cut between touching cells; unannotated (-1) pixels get weight 0.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer = napari_viewer
+        defaults = WeightMapConfig()
+        self.labels = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.w0 = FloatSpinBox(label="w0", value=defaults.w0, min=0.0, max=100.0, step=0.5)
+        self.sigma = FloatSpinBox(label="sigma (px)", value=defaults.sigma, min=0.5, max=50.0, step=0.5)
+        self.balance = CheckBox(text="balance class frequencies", value=defaults.balance_classes)
+        self.live = CheckBox(text="update while painting", value=True)
+        self.compute = PushButton(text="Show weight map")
+        self.status = Label(value="")
+        self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
+        self.runner = JobRunner("weight map", lambda _: None, self._show, self._idle, self._failed)
+        self._again = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self.update_map)
+        self._watched: Labels | None = None
+        self.compute.changed.connect(self.update_map)
+        for control in (self.w0, self.sigma, self.balance):
+            control.changed.connect(self._schedule)
+        self.labels.changed.connect(self._watch)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self.reset_choices()
+
+    @property
+    def config(self) -> WeightMapConfig:
+        return WeightMapConfig(w0=self.w0.value, sigma=self.sigma.value, balance_classes=self.balance.value)
+
+    def update_map(self, *_) -> None:
+        """Compute the weight map in a worker (again, if one is running)."""
+        if self.runner.busy:
+            self._again = True
+            return
+        try:
+            layer = self.labels.value
+            data = labels_data(layer)
+        except LayerError as error:
+            self.status.value = f"⚠ {error}"
+            show_error(str(error))
+            return
+        self._source = layer
+        self.status.value = "computing…"
+        self.runner.start(weight_job, np.array(data), self.config)
+
+    def _show(self, result) -> None:
+        if result is None:
+            return
+        weights, target = result
+        name = self._source.name
+        put_layer(self.viewer, f"{name} weights", weights, "image", self._source, colormap="magma", blending="additive")
+        put_layer(self.viewer, f"{name} target", target, "labels", self._source, opacity=0.4, visible=False)
+        self.status.value = f"weights from {weights.min():.2f} to {weights.max():.2f}"
+
+    def _failed(self, message: str) -> None:
+        self.status.value = f"⚠ {message}"
+
+    def _idle(self) -> None:
+        if self._again:
+            self._again = False
+            self.update_map()
+
+    def _schedule(self, *_) -> None:
+        if self.labels.value is not None and (
+            self.live.value or f"{self.labels.value.name} weights" in self.viewer.layers
+        ):
+            self._timer.start()
+
+    def _watch(self, layer) -> None:
+        if self._watched is not None:
+            self._watched.events.paint.disconnect(self._on_paint)
+            self._watched.events.data.disconnect(self._on_paint)
+        self._watched = layer
+        if layer is not None:
+            layer.events.paint.connect(self._on_paint)
+            layer.events.data.connect(self._on_paint)
+
+    def _on_paint(self, *_) -> None:
+        if self.live.value and f"{self._watched.name} weights" in self.viewer.layers:
+            self._timer.start()

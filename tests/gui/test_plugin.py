@@ -1,0 +1,90 @@
+import numpy as np
+import torch
+from npe2 import PluginManifest
+
+from napari_unet import UNet, save_model
+from napari_unet._reader import get_reader
+from napari_unet._sample_data import nuclei_2d, nuclei_stack
+from napari_unet._session import Session
+from napari_unet._widgets import AnnotateWidget, SegmentWidget, TrainWidget, WeightMapWidget
+
+
+def test_manifest_declares_widgets_sample_data_and_reader():
+    manifest = PluginManifest.from_distribution("napari-unet")
+    widgets = {w.display_name for w in manifest.contributions.widgets}
+    assert widgets == {"Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"nuclei_2d", "nuclei_stack"}
+    assert manifest.contributions.readers[0].filename_patterns == ["*.safetensors"]
+
+
+def test_dock_widgets_share_the_viewer_session(viewer):
+    viewer.window.add_plugin_dock_widget("napari-unet", "Train U-Net")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment with U-Net")
+    session = Session.of(viewer)
+    assert isinstance(segment, SegmentWidget) and segment.session is session
+    session.set_model(UNet(base_channels=2, depth=2), "test")
+    assert "test" in segment.model_info.value
+
+
+def test_sample_data_are_annotated_images():
+    (image, _, kind), (labels, _, labels_kind) = nuclei_2d()
+    assert (kind, labels_kind) == ("image", "labels")
+    assert image.shape == labels.shape == (512, 512) and labels.max() > 50
+    (stack, _, _), (stack_labels, _, _) = nuclei_stack()
+    assert stack.shape == stack_labels.shape == (3, 256, 256)
+
+
+def test_opening_a_model_file_puts_it_in_the_session(viewer, tmp_path):
+    path = tmp_path / "m.safetensors"
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2)
+    save_model(model, path)
+    reader = get_reader(str(path))
+    assert reader is not None and get_reader(str(tmp_path / "missing.safetensors")) is None
+    assert reader(str(path)) == [(None,)]
+    loaded = Session.of(viewer).model
+    assert loaded is not None and torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"junk")
+    assert get_reader(str(path))(str(path)) == [(None,)]
+    assert Session.of(viewer).model is None
+
+
+def test_the_whole_loop(viewer, session, wait_idle, tmp_path, qtbot):
+    """Sample data -> annotate -> weight map -> train -> segment -> objects appear."""
+    for data, meta, kind in nuclei_stack():
+        if kind == "image":
+            image = viewer.add_image(data[0], **meta)
+        else:
+            truth = data[0]
+    annotate = AnnotateWidget(viewer)
+    annotate.image.value = image
+    annotate.create.clicked.emit()
+    annotation = viewer.layers["nuclei stack annotation"]
+    annotation.data = np.where(np.arange(256)[None, :] < 192, truth, -1).astype(np.int32)  # paint 3/4 of it
+
+    weights = WeightMapWidget(viewer)
+    weights.labels.value = annotation
+    weights.compute.clicked.emit()
+    wait_idle(weights)
+    assert viewer.layers["nuclei stack annotation weights"].data.max() > 5
+
+    train = TrainWidget(viewer, session)
+    train.image.value, train.labels.value = image, annotation
+    train.base_channels.value, train.depth.value, train.tile.value = 8, 2, 76
+    train.steps.value, train.lr.value = 60, 0.005
+    train.device.value = "cpu"
+    train.save_path.value = tmp_path / "loop.safetensors"
+    train.start_button.clicked.emit()
+    wait_idle(train)
+    assert session.model is not None
+
+    segment = SegmentWidget(viewer, session)
+    segment.image.value = image
+    segment.run_button.clicked.emit()
+    wait_idle(segment)
+    labels = viewer.layers["nuclei stack labels"].data
+    assert labels.max() >= 5, f"only {labels.max()} objects found"

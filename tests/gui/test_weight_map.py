@@ -1,0 +1,40 @@
+import numpy as np
+
+from napari_unet._widgets import WeightMapWidget
+from napari_unet.core.weights import separation_target, weight_map
+
+from .conftest import paint_discs
+
+
+def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_idle):
+    labels = paint_discs((64, 64), [(20, 20), (20, 31), (45, 40)], 6)
+    layer = viewer.add_labels(labels, name="ann", scale=(2, 2))
+    widget = WeightMapWidget(viewer)
+    widget.labels.value = layer
+    widget.compute.clicked.emit()
+    wait_idle(widget)
+    shown = viewer.layers["ann weights"]
+    np.testing.assert_allclose(shown.data, weight_map(labels, 10.0, 5.0), atol=1e-6)
+    assert tuple(shown.scale) == (2, 2)
+    assert np.array_equal(viewer.layers["ann target"].data, separation_target(labels))
+    widget.w0.value = 0.0  # live update
+    widget._timer.timeout.emit()
+    wait_idle(widget)
+    np.testing.assert_allclose(viewer.layers["ann weights"].data, weight_map(labels, 0.0, 5.0), atol=1e-6)
+
+
+def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
+    labels = np.stack([paint_discs((40, 40), [(10, 10), (10, 21)], 5), paint_discs((40, 40), [(30, 30)], 5)])
+    widget = WeightMapWidget(viewer)
+    widget.labels.value = viewer.add_labels(labels, name="stack")
+    widget.compute.clicked.emit()
+    wait_idle(widget)
+    weights = viewer.layers["stack weights"].data
+    assert weights.shape == (2, 40, 40)
+    np.testing.assert_allclose(weights[1], weight_map(labels[1]), atol=1e-6)
+
+
+def test_no_labels_layer_is_reported(viewer):
+    widget = WeightMapWidget(viewer)
+    widget.compute.clicked.emit()
+    assert "choose a labels layer" in widget.status.value
