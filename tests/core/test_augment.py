@@ -278,3 +278,25 @@ def test_gamma_acts_on_unit_range_only(rng):
         np.testing.assert_allclose(out[0, 0, 2], 0.25**gamma, rtol=1e-5)
         assert np.exp(-0.5) - 1e-6 <= gamma <= np.exp(0.5) + 1e-6
     assert len({float(o[0, 0, 3]) for o in outs}) > 1
+
+
+def test_cubic_convolution_resampling_is_exact_on_the_grid_and_mirrors_like_numpy():
+    from napari_unet.core.augment import resample_cubic
+
+    rng = np.random.default_rng(4)
+    image = rng.random((2, 9, 13)).astype(np.float32)
+    rows, cols = np.meshgrid(np.arange(-20, 30), np.arange(-25, 40), indexing="ij")
+    coords = np.stack([rows, cols]).astype(np.float32)
+    from napari_unet.core.tiling import reflect_index
+
+    expected = image[:, reflect_index(rows, 9), reflect_index(cols, 13)]
+    np.testing.assert_allclose(resample_cubic(image, coords), expected, atol=1e-5)
+
+
+def test_cubic_convolution_stays_close_to_the_spline_on_smooth_images():
+    from napari_unet.core.augment import resample, resample_cubic
+
+    yy, xx = np.mgrid[:64, :64]
+    smooth = (np.sin(yy / 7.0) * np.cos(xx / 5.0)).astype(np.float32)[None]
+    coords = (np.random.default_rng(0).random((2, 30, 30)) * 60 + 1).astype(np.float32)
+    np.testing.assert_allclose(resample_cubic(smooth, coords), resample(smooth, coords, order=3), atol=1e-2)

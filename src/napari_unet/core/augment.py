@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from .config import AugmentConfig
@@ -232,6 +234,30 @@ def _interpolate(planes: np.ndarray, folded_y: np.ndarray, folded_x: np.ndarray,
         source = np.asarray(plane[rows, cols], dtype=dtype)
         ndimage.map_coordinates(source, local, output=out[channel], order=order, mode="mirror")
     return out
+
+
+def resample_cubic(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Bicubic samples of ``image`` (C, H, W) at ``coords`` (2, th, tw) -> float32 (C, th, tw).
+
+    Cubic convolution (Keys, a = -0.75) through ``torch.nn.functional.grid_sample``,
+    with the same mirrored borders as :func:`resample` (reflection about the edge
+    pixel centres, repeated as far as needed). It interpolates exactly at integer
+    coordinates and runs several times faster than the spline of :func:`resample`
+    (which holds the GIL); the training sampler uses it for images.
+    """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    height, width = image.shape[-2:]
+    grid = np.stack(
+        [coords[1] * (2.0 / max(width - 1, 1)) - 1.0, coords[0] * (2.0 / max(height - 1, 1)) - 1.0], axis=-1
+    )
+    sampled = F.grid_sample(
+        torch.from_numpy(image)[None],
+        torch.from_numpy(grid.astype(np.float32))[None],
+        mode="bicubic",
+        padding_mode="reflection",
+        align_corners=True,
+    )
+    return sampled[0].numpy()
 
 
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:

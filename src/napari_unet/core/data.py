@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry
-from .augment import jitter_intensity, resample, sampling_grid, tile_center
+from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from .layout import channels_at_minus3
 from .normalize import normalize
@@ -26,11 +26,20 @@ class TrainingDataError(ValueError):
 
 @dataclass(frozen=True)
 class PreparedPlane:
-    """One annotated plane: image (C, H, W) float32, target (H, W) uint8, weights (H, W) float32."""
+    """One annotated plane: image (C, H, W) float32; ``annotation`` (2, H, W) float32
+    holds the separation target (0/1) and the weight map, sampled together."""
 
     image: np.ndarray
-    target: np.ndarray
-    weights: np.ndarray
+    annotation: np.ndarray
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.annotation[0]
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.annotation[1]
+
     #: Flat indices of annotated pixels (weight > 0): where sample centres are drawn.
     annotated: np.ndarray
 
@@ -91,8 +100,7 @@ def prepare(
             planes.append(
                 PreparedPlane(
                     image=normalize(plane, normalization),
-                    target=separation_target(plane_labels),
-                    weights=w,
+                    annotation=np.stack([separation_target(plane_labels).astype(np.float32), w]),
                     annotated=np.flatnonzero(w > 0),
                 )
             )
@@ -139,10 +147,9 @@ class SampleStream:
         tile_hw = (self.tile, self.tile)
         coords = sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), self.rng, self.augment)
         inner = coords[:, self.context : self.context + self.output, self.context : self.context + self.output]
-        image = resample(plane.image, coords, order=3)
+        image = resample_cubic(plane.image, coords)
         image = jitter_intensity(image, self.rng, self.augment)
-        target = resample(plane.target, inner, order=0)
-        weights = resample(plane.weights, inner, order=0)  # nearest, like the target: ignore stays 0
+        target, weights = resample(plane.annotation, inner, order=0)  # nearest: ignore stays 0
         return image, target, weights
 
     def batch(self, size: int) -> Batch:

@@ -1,0 +1,161 @@
+"""Training speed: steps/s, the share of a step spent on data, and widget vs headless.
+
+    .venv/bin/python bench/bench_train.py [--steps 40] [--skip-widget]
+
+Headless runs drive the core trainer directly; the widget run starts the same
+training from napari's Train widget (in a thread worker, under a virtual display
+when there is no DISPLAY) and measures it the same way. Each setting runs twice,
+alternating headless and widget, and the medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+import torch
+
+from common import format_table, median, print_header
+from napari_unet.core.config import ModelConfig, TrainConfig
+from napari_unet.core.devices import precision_name
+from napari_unet.core.model import UNet
+from napari_unet.core.synthetic import synthetic_dataset
+from napari_unet.core.train import StepProgress, Trainer, default_model_config
+
+WARMUP_STEPS = 3
+
+
+def settings(name: str) -> tuple[ModelConfig, TrainConfig]:
+    if name == "paper":
+        return ModelConfig(), TrainConfig(tile=572, batch_size=1, device="cpu", precision="auto")
+    return default_model_config("cpu"), TrainConfig(device="cpu", precision="auto")
+
+
+def timed_steps(events) -> tuple[float, float]:
+    """Steps/s after the warm-up steps and the mean data share of a step."""
+    stamps, shares = [], []
+    for event in events:
+        if isinstance(event, StepProgress):
+            stamps.append(time.perf_counter())
+            shares.append(event.data_fraction)
+    steady = stamps[WARMUP_STEPS - 1 :]
+    return (len(steady) - 1) / (steady[-1] - steady[0]), float(np.mean(shares[WARMUP_STEPS:]))
+
+
+def make_trainer(name: str, steps: int, data) -> Trainer:
+    model_config, config = settings(name)
+    torch.manual_seed(0)
+    model = UNet.from_config(model_config)
+    config = TrainConfig(**{**config.__dict__, "steps": steps, "checkpoint_every": 10**9})
+    images, labels = zip(*data)
+    return Trainer(model, list(images), list(labels), config)
+
+
+def headless(name: str, steps: int, data) -> tuple[float, float]:
+    return timed_steps(make_trainer(name, steps, data).run())
+
+
+def widget_run(name: str, steps: int, data, tmp: Path) -> float:
+    """Steps/s of the same training started from the Train widget."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._widgets import TrainWidget
+
+    viewer = napari.Viewer(show=False)
+    try:
+        image, labels = data[0]
+        widget = TrainWidget(viewer)
+        widget.image.value = viewer.add_image(image, name="img")
+        widget.labels.value = viewer.add_labels(labels, name="ann")
+        for other_image, other_labels in data[1:]:
+            widget.pairs.append((viewer.add_image(other_image), viewer.add_labels(other_labels)))
+        if widget.pairs:
+            widget.pairs.insert(0, (widget.image.value, widget.labels.value))
+        model_config, config = settings(name)
+        widget.base_channels.value, widget.depth.value = model_config.base_channels, model_config.depth
+        widget.tile.value = config.tile
+        widget.batch_size.value, widget.steps.value = config.batch_size, steps
+        widget.device.value, widget.precision.value = "cpu", "auto"
+        widget.save_path.value = tmp / "model.safetensors"
+        stamps = []
+        torch.manual_seed(0)
+        widget.start_button.clicked.emit()
+        # events reach the main thread only when it processes them: nothing is missed
+        widget.runner.worker.yielded.connect(
+            lambda event: stamps.append(time.perf_counter()) if isinstance(event, StepProgress) else None
+        )
+        app = QApplication.instance()
+        while widget.runner.busy:
+            app.processEvents()
+            time.sleep(0.005)
+        steady = stamps[WARMUP_STEPS - 1 :]
+        return (len(steady) - 1) / (steady[-1] - steady[0])
+    finally:
+        viewer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="steps per run for the CPU default (paper: 1/4)")
+    parser.add_argument("--skip-widget", action="store_true")
+    args = parser.parse_args()
+    print_header("training speed")
+    data = synthetic_dataset(4, (256, 256), seed=0)
+    rows = []
+    for name in ("cpu-default", "paper"):
+        steps = args.steps if name == "cpu-default" else max(args.steps // 4, WARMUP_STEPS + 3)
+        model_config, config = settings(name)
+        runs = [headless(name, steps, data) for _ in range(2)]
+        rate = median([r[0] for r in runs])
+        share = median([r[1] for r in runs])
+        trainer = make_trainer(name, 1, data)
+        rows.append(
+            [
+                name,
+                f"{model_config.base_channels}/{model_config.depth}",
+                f"{trainer.tile}x{config.batch_size}",
+                precision_name(trainer.dtype),
+                f"{rate:.2f}",
+                f"{rate * config.batch_size:.1f}",
+                f"{100 * share:.1f}%",
+            ]
+        )
+    print(
+        format_table(["setting", "base/depth", "tile x batch", "precision", "steps/s", "samples/s", "data share"], rows)
+    )
+    if args.skip_widget:
+        return
+    if not os.environ.get("DISPLAY"):
+        from pyvirtualdisplay import Display
+
+        Display(visible=False, size=(1280, 1024)).start()
+    import tempfile
+
+    rates = {"headless": [], "widget": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(2):
+            rates["headless"].append(headless("cpu-default", args.steps, data[:1])[0])
+            rates["widget"].append(widget_run("cpu-default", args.steps, data[:1], Path(tmp)))
+    head, wid = median(rates["headless"]), median(rates["widget"])
+    print()
+    print(
+        format_table(
+            ["cpu-default, 1 image", "steps/s runs", "median steps/s"],
+            [
+                ["headless trainer", " ".join(f"{r:.2f}" for r in rates["headless"]), f"{head:.2f}"],
+                ["Train widget (worker)", " ".join(f"{r:.2f}" for r in rates["widget"]), f"{wid:.2f}"],
+            ],
+        )
+    )
+    print(f"widget / headless: {100 * wid / head:.0f}%")
+
+
+if __name__ == "__main__":
+    main()
