@@ -65,3 +65,75 @@ def test_info_prints_what_the_file_holds(model_file, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["spec"]["model"]["depth"] == 2 and info["metadata"] == {"note": "cli test"}
     assert info["parameters"] > 0
+
+
+@pytest.fixture
+def annotated_files(tmp_path):
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    paths = []
+    for i in range(2):
+        image, labels = synthetic_nuclei((96, 96), seed=i)
+        tifffile.imwrite(tmp_path / f"img{i}.tif", image)
+        tifffile.imwrite(tmp_path / f"lab{i}.tif", labels)
+        paths.append((tmp_path / f"img{i}.tif", tmp_path / f"lab{i}.tif"))
+    return paths
+
+
+TINY = ["--base-channels", "2", "--depth", "2", "--tile", "60", "--batch-size", "1", "--device", "cpu"]
+
+
+def test_train_resume_and_fine_tune(tmp_path, annotated_files, capsys):
+    (img0, lab0), (img1, lab1) = annotated_files
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(img0), str(img1), "--labels", str(lab0), str(lab1), "--out", str(out)]
+    assert main([*args, "--steps", "3", "--val-images", str(img1), "--val-labels", str(lab1), *TINY]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    from napari_unet import load_model
+    from napari_unet.core.checkpoint import load_state
+
+    assert load_model(out).metadata["training"]["steps"] == 3
+    checkpoint = out.with_name(out.name + ".ckpt")
+    assert load_state(checkpoint)["step"] == 3
+    state = load_state(checkpoint)
+    state["config"]["steps"] = 5  # continue the same run further
+    from napari_unet.core.checkpoint import save_state
+
+    save_state(checkpoint, state)
+    assert main([*args, "--resume", str(checkpoint)]) == 0
+    assert load_model(out).metadata["training"]["steps"] == 5
+    tuned = tmp_path / "tuned.safetensors"
+    fine = ["train", str(img0), "--labels", str(lab0), "--out", str(tuned), "--init", str(out), "--steps", "2"]
+    assert main([*fine, "--device", "cpu", "--tile", "60"]) == 0
+    assert load_model(tuned).config == load_model(out).config
+
+
+def test_train_with_mismatched_files_is_one_clear_line(tmp_path, annotated_files, capsys):
+    (img0, lab0), (img1, _) = annotated_files
+    code = main(["train", str(img0), str(img1), "--labels", str(lab0), "--out", str(tmp_path / "m"), *TINY])
+    assert code == 2 and "2 training image(s) but 1 label file(s)" in capsys.readouterr().err
+
+
+def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
+    (_, lab0), (_, lab1) = annotated_files
+    assert main(["weights", str(lab0), "--out-dir", str(tmp_path / "w"), "--w0", "5"]) == 0
+    from napari_unet.core.weights import weight_map
+
+    written = tifffile.imread(tmp_path / "w" / "lab0_weights.tif")
+    np.testing.assert_allclose(written, weight_map(tifffile.imread(lab0), 5.0, 5.0))
+    assert tifffile.imread(tmp_path / "w" / "lab0_target.tif").max() == 1
+    capsys.readouterr()
+    assert main(["evaluate", str(lab0), str(lab0), "--truth", str(lab0), str(lab1)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["image", "AP@0.5"]
+    perfect = table[2].split()
+    assert perfect[0] == "lab0.tif" and perfect[1] == "1.000"
+    assert table[-1].startswith("overall")
+
+
+def test_demo_writes_everything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out-dir", str(out), "--minutes", "0.05", "--device", "cpu"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "metrics.txt", "overlay.png", "test_0.tif", "test_0_labels.tif"} <= names
+    assert "overall" in capsys.readouterr().out
