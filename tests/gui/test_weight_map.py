@@ -18,7 +18,7 @@ def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_i
     assert tuple(shown.scale) == (2, 2)
     assert np.array_equal(viewer.layers["ann target"].data, separation_target(labels))
     widget.w0.value = 0.0  # live update
-    widget._timer.timeout.emit()
+    widget._edits.timer.timeout.emit()
     wait_idle(widget)
     np.testing.assert_allclose(viewer.layers["ann weights"].data, weight_map(labels, 0.0, 5.0), atol=1e-6)
 

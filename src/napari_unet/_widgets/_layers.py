@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from napari.layers import Image, Labels, Layer
+from qtpy.QtCore import QTimer
 
 
 class LayerError(ValueError):
@@ -60,3 +63,30 @@ def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, **kwa
     placement = {"scale": like.scale[-ndim:], "translate": like.translate[-ndim:], "name": name}
     add = viewer.add_labels if kind == "labels" else viewer.add_image
     return add(data, **placement, **kwargs)
+
+
+class EditWatcher:
+    """Calls ``callback`` once edits of the watched labels layer pause for ``delay_ms``.
+
+    Painting and replacing the data both count; the delay keeps heavy updates off
+    every brush stroke.
+    """
+
+    def __init__(self, callback: Callable[[], None], delay_ms: int = 250) -> None:
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(delay_ms)
+        self.timer.timeout.connect(callback)
+        self.layer: Labels | None = None
+
+    def watch(self, layer: Labels | None) -> None:
+        if self.layer is not None:
+            self.layer.events.data.disconnect(self._edited)
+            self.layer.events.paint.disconnect(self._edited)
+        self.layer = layer
+        if layer is not None:
+            layer.events.data.connect(self._edited)
+            layer.events.paint.connect(self._edited)
+
+    def _edited(self, *_) -> None:
+        self.timer.start()

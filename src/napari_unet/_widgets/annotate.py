@@ -6,12 +6,11 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QTimer
 
 from ..core.config import IGNORE_LABEL
 from ..core.metrics import touching_pairs
 from ..core.weights import separation_gap
-from ._layers import LayerError, labels_data, layers_of, put_layer, spatial_shape
+from ._layers import EditWatcher, LayerError, labels_data, layers_of, put_layer, spatial_shape
 
 NEW_CELL_KEY = "n"
 
@@ -67,11 +66,7 @@ class AnnotateWidget(Container):
         self.contours.changed.connect(self._apply_display)
         self.show_touching.changed.connect(self.refresh)
         self.annotation.changed.connect(self._watch)
-        self._refresh_timer = QTimer()
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(250)
-        self._refresh_timer.timeout.connect(self.refresh)
-        self._watched: Labels | None = None
+        self._edits = EditWatcher(self.refresh)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
@@ -147,19 +142,11 @@ class AnnotateWidget(Container):
             layer.contour = 1 if self.contours.value else 0
 
     def _watch(self, layer: Labels | None) -> None:
-        if self._watched is not None:
-            self._watched.events.data.disconnect(self._schedule_refresh)
-            self._watched.events.paint.disconnect(self._schedule_refresh)
-        self._watched = layer
+        self._edits.watch(layer)
         if layer is not None:
-            layer.events.data.connect(self._schedule_refresh)
-            layer.events.paint.connect(self._schedule_refresh)
             layer.bind_key(NEW_CELL_KEY, lambda _layer: self.select_new_cell(), overwrite=True)
             self._apply_display()
         self.refresh()
-
-    def _schedule_refresh(self, *_) -> None:
-        self._refresh_timer.start()
 
     def refresh(self, *_) -> None:
         """Update the counts and the touching-cells overlay from the annotation."""

@@ -6,11 +6,10 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QTimer
 
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
-from ._layers import LayerError, labels_data, layers_of, put_layer
+from ._layers import EditWatcher, LayerError, labels_data, layers_of, put_layer
 from ._runner import JobRunner
 
 
@@ -48,15 +47,11 @@ class WeightMapWidget(Container):
         self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
         self.runner = JobRunner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
-        self._timer = QTimer()
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(300)
-        self._timer.timeout.connect(self.update_map)
-        self._watched: Labels | None = None
+        self._edits = EditWatcher(self._refresh_shown, delay_ms=300)
         self.compute.changed.connect(self.update_map)
         for control in (self.w0, self.sigma, self.balance):
-            control.changed.connect(self._schedule)
-        self.labels.changed.connect(self._watch)
+            control.changed.connect(lambda _value: self._edits.timer.start())
+        self.labels.changed.connect(self._edits.watch)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
@@ -98,21 +93,8 @@ class WeightMapWidget(Container):
             self._again = False
             self.update_map()
 
-    def _schedule(self, *_) -> None:
-        if self.labels.value is not None and (
-            self.live.value or f"{self.labels.value.name} weights" in self.viewer.layers
-        ):
-            self._timer.start()
-
-    def _watch(self, layer) -> None:
-        if self._watched is not None:
-            self._watched.events.paint.disconnect(self._on_paint)
-            self._watched.events.data.disconnect(self._on_paint)
-        self._watched = layer
-        if layer is not None:
-            layer.events.paint.connect(self._on_paint)
-            layer.events.data.connect(self._on_paint)
-
-    def _on_paint(self, *_) -> None:
-        if self.live.value and f"{self._watched.name} weights" in self.viewer.layers:
-            self._timer.start()
+    def _refresh_shown(self) -> None:
+        """Recompute after edits or parameter changes, if live and already shown."""
+        layer = self.labels.value
+        if self.live.value and layer is not None and f"{layer.name} weights" in self.viewer.layers:
+            self.update_map()
