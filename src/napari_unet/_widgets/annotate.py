@@ -41,6 +41,7 @@ class AnnotateWidget(Container):
         self.source = ComboBox(label="segmentation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.copy = PushButton(text="Start from segmentation")
         self.counts = Label(value="")
+        self.counts.native.setWordWrap(True)
         self.extend(
             [
                 self.image,

@@ -49,6 +49,8 @@ class SegmentWidget(Container):
                 self.progress, self.status,
             ]
         )  # fmt: skip
+        for label in (self.model_info, self.status):
+            label.native.setWordWrap(True)
         self.runner = JobRunner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.session.model_changed.connect(self._on_model_changed)
         self.model_source.changed.connect(self._on_model_changed)

@@ -75,7 +75,7 @@ class TrainWidget(Container):
         self.depth = SpinBox(label="depth", value=cpu.depth, min=1, max=6)
         self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1_000_000)
         self.minutes = FloatSpinBox(label="minutes (0: no limit)", value=0.0, min=0.0, max=10_000.0, step=0.5)
-        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
+        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-5, max=1.0, step=1e-5)
         self.batch_size = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS), value=defaults.optimizer)
         self.tile = ComboBox(label="tile", choices=tile_choices(cpu.depth), value=None)
@@ -104,6 +104,8 @@ class TrainWidget(Container):
             ]
         )  # fmt: skip
         self.native.layout().addWidget(self.plot)
+        for label in (self.status, self.pairs_label, self.validation_label):
+            label.native.setWordWrap(True)  # long paths must not widen the dock
         self.pairs: list[tuple[Image, Labels]] = []
         self.runner = JobRunner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self.trainer: Trainer | None = None

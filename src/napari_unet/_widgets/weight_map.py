@@ -44,6 +44,7 @@ class WeightMapWidget(Container):
         self.live = CheckBox(text="update while painting", value=True)
         self.compute = PushButton(text="Show weight map")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
         self.runner = JobRunner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
