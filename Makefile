@@ -13,13 +13,17 @@ demo: $(VENV)/.installed
 	$(BIN)/napari-unet demo --out-dir demo_output
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/npe2 validate napari-unet --imports
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
+# Each benchmark prints a table with the command that produced it (see bench/README.md).
 bench: $(VENV)/.installed
-	$(BIN)/python bench/run_all.py
+	for script in limits segment peers weights train quality; do $(BIN)/python bench/bench_$$script.py || exit 1; done
+
+screenshot: $(VENV)/.installed
+	$(BIN)/python scripts/screenshot.py

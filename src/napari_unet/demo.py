@@ -43,10 +43,20 @@ def demo_data(seed: int = 0) -> DemoData:
     return DemoData(train, validation, test)
 
 
-def demo_trainer(data: DemoData, *, minutes: float, seed: int, device: str, w0: float = 10.0) -> Trainer:
-    """A trainer for the CPU-sized (or, on a GPU, paper-sized) model on ``data``."""
+def demo_trainer(
+    data: DemoData,
+    *,
+    minutes: float | None,
+    seed: int,
+    device: str,
+    w0: float = 10.0,
+    steps: int = 100_000,
+    lr: float | None = None,
+) -> Trainer:
+    """A trainer for the CPU-sized (or, on a GPU, paper-sized) model on ``data``,
+    stopping after ``minutes`` or ``steps``, whichever comes first."""
     model = UNet.from_config(default_model_config(device))
-    config = TrainConfig(steps=100_000, minutes=minutes, seed=seed, device=device, validate_every=100)
+    config = TrainConfig(steps=steps, minutes=minutes, seed=seed, device=device, validate_every=100, lr=lr)
     config = replace(config, weights=replace(config.weights, w0=w0))
     images, labels = zip(*data.train)
     return Trainer(

@@ -75,7 +75,7 @@ class TrainWidget(Container):
         self.depth = SpinBox(label="depth", value=cpu.depth, min=1, max=6)
         self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1_000_000)
         self.minutes = FloatSpinBox(label="minutes (0: no limit)", value=0.0, min=0.0, max=10_000.0, step=0.5)
-        self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-5, max=1.0, step=1e-5)
+        self.lr = FloatSpinBox(label="learning rate", value=defaults.learning_rate, min=1e-5, max=1.0, step=1e-5)
         self.batch_size = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS), value=defaults.optimizer)
         self.tile = ComboBox(label="tile", choices=tile_choices(cpu.depth), value=None)

@@ -180,7 +180,7 @@ class TrainConfig:
     whichever comes first. ``tile`` is the input tile size (a valid size; ``None``
     picks one whose output is about 128 px). ``optimizer`` "sgd" is the paper's
     (momentum 0.99, batch 1, large tiles); the default "adam" converges faster on
-    few images. ``lr`` ``None`` means 1e-3 for adam and 1e-2 for sgd; the schedule
+    few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
     zero at ``steps``.
     """
@@ -220,7 +220,7 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         """The peak learning rate (``lr``, or the optimiser's default)."""
-        return self.lr if self.lr is not None else {"adam": 1e-3, "sgd": 1e-2}[self.optimizer]
+        return self.lr if self.lr is not None else {"adam": 3e-3, "sgd": 1e-2}[self.optimizer]
 
     def to_dict(self) -> dict:
         return to_dict(self)
