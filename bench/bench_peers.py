@@ -1,0 +1,214 @@
+"""napari-unet against peers on the same images and hardware, in the same run.
+
+Run ``python bench/bench_peers.py`` (``--help`` for options; needs MONAI:
+``pip install monai`` or the ``bench`` extra). For each image size and precision
+it times, round-robin so that all methods see the same load, from a raw image to
+per-class probabilities (percentile normalisation included everywhere):
+
+- ``napari_unet.predict``: overlap-tile prediction with the paper network;
+- ``whole image, our fast path``: one forward pass of the same network over the
+  whole mirror-padded image, with the same CPU kernels predict uses
+  (``CpuInference``); the same function as tiling, computed without overlap;
+- ``whole image, plain module``: the same single pass through the ``nn.Module``
+  as written (NCHW, autocast for bf16), i.e. what a plain PyTorch loop does;
+- ``MONAI sliding_window_inference``: ``monai.networks.nets.BasicUNet`` with the
+  paper's widths 64..1024, ReLU, no normalisation layers and padded ("same")
+  convolutions (31.1 M parameters), MONAI's defaults: ROI ``--roi`` px, overlap
+  0.25, constant blending, one window per batch.
+
+It reports the median wall time, its ratio to ``napari_unet.predict`` and the
+network FLOPs each method computes. Whole-image passes that would need more than
+``--max-gib`` of activation memory are skipped. Weights are random (speed does not
+depend on them); the networks differ, so only times are compared, not outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import napari_unet
+from common import (
+    OtherLoad,
+    benchmark_image,
+    counted_flops,
+    format_table,
+    median,
+    plan_flops,
+    print_header,
+    unet_flops,
+)
+from napari_unet.core import geometry
+from napari_unet.core.devices import autocast, resolve_precision
+from napari_unet.core.model import CpuInference
+from napari_unet.core.normalize import normalize
+from napari_unet.core.predict import PredictOptions, plan_for
+from napari_unet.core.tiling import reflect_index
+
+#: Peak activation bytes per pixel per base channel (measured, with headroom).
+_WHOLE_BYTES = {"plain": {None: 26, torch.bfloat16: 14}, "fast": {None: 22, torch.bfloat16: 12}}
+
+
+def mirror_padded(model, image: np.ndarray) -> np.ndarray:
+    """The normalised image (1, C, H', W') mirror-padded to the smallest valid input
+    whose output covers the image."""
+    plane = normalize(image[None].astype(np.float32), model.spec.normalization)
+    depth = model.config.depth
+    height, width = plane.shape[-2:]
+    ctx = geometry.context(depth)
+    rows = reflect_index(np.arange(geometry.input_size_for_output(height, depth)) - ctx, height)
+    cols = reflect_index(np.arange(geometry.input_size_for_output(width, depth)) - ctx, width)
+    return np.ascontiguousarray(plane[:, rows[:, None], cols[None, :]][None])
+
+
+def whole_image_fast(model, image, dtype):
+    padded = mirror_padded(model, image)
+    with torch.inference_mode():
+        network = CpuInference(model, dtype or torch.float32, padded.shape)
+        logits = network(torch.from_numpy(padded))
+        probs = torch.softmax(logits.float(), dim=1)[0, :, : image.shape[0], : image.shape[1]]
+    return probs.numpy()
+
+
+def whole_image_plain(model, image, dtype):
+    padded = mirror_padded(model, image)
+    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+        logits = model(torch.from_numpy(padded))
+    return torch.softmax(logits.float(), dim=1)[0, :, : image.shape[0], : image.shape[1]].numpy()
+
+
+def monai_network():
+    from monai.networks.nets import BasicUNet
+
+    torch.manual_seed(0)
+    return BasicUNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=2,
+        features=(64, 128, 256, 512, 1024, 64),
+        act="relu",
+        norm=None,
+    ).eval()
+
+
+def monai_predict(network, image, dtype, roi: int, normalization):
+    from monai.inferers import sliding_window_inference
+
+    plane = normalize(image[None].astype(np.float32), normalization)
+    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+        logits = sliding_window_inference(
+            torch.from_numpy(plane[None]), (roi, roi), 1, network, overlap=0.25, mode="constant"
+        )
+    return torch.softmax(logits.float(), dim=1)[0].numpy()
+
+
+def monai_flops(network, image_hw, roi: int) -> int:
+    """FLOPs of MONAI's windows: count its windows like its scan-interval rule."""
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+    roi_size = tuple(min(roi, n) for n in image_hw)
+    interval = _get_scan_interval(image_hw, roi_size, 2, (0.25, 0.25))
+    windows = len(dense_patch_slices(image_hw, roi_size, interval))
+    return windows * counted_flops(network, (1, 1, *roi_size)), windows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="square image sizes (px)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument("--roi", type=int, default=512, help="MONAI sliding-window ROI (px)")
+    parser.add_argument("--max-gib", type=float, default=8.0, help="skip whole-image passes needing more")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    print_header("Peers: napari_unet.predict vs whole-image pass vs MONAI sliding window")
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = napari_unet.UNet().eval()
+    monai_net = monai_network()
+    print(
+        f"ours: paper U-Net, valid convs, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
+        f"parameters; MONAI BasicUNet 64..1024, same convs, "
+        f"{sum(p.numel() for p in monai_net.parameters()) / 1e6:.2f} M parameters; random weights"
+    )
+    rows = []
+    with OtherLoad() as load:
+        for size in args.sizes:
+            image, _, image_note = benchmark_image((size, size), seed=args.seed)
+            print(f"image {size}x{size}: {image_note}")
+            padded_side = geometry.input_size_for_output(size, model.config.depth)
+            for precision in args.precisions:
+                dtype = resolve_precision(precision, device)
+                plan, _ = plan_for(model, (size, size), device, PredictOptions(precision=precision), dtype)
+                whole_flops = unet_flops(padded_side)
+                m_flops, windows = monai_flops(monai_net, (size, size), args.roi)
+                methods = {
+                    "napari_unet.predict": (
+                        lambda image=image, precision=precision: napari_unet.predict(
+                            model, image, precision=precision, device="cpu"
+                        ),
+                        plan_flops(plan, 1, 2, 64),
+                        f"{plan.n_tiles} tile(s) {plan.tile[0]}x{plan.tile[1]}",
+                    ),
+                }
+                pixels = padded_side**2 * model.config.base_channels / 2**30
+                for kind, function, label in (
+                    ("fast", whole_image_fast, "whole image, our fast path"),
+                    ("plain", whole_image_plain, "whole image, plain module"),
+                ):
+                    need = pixels * _WHOLE_BYTES[kind].get(dtype, 26)
+                    if need <= args.max_gib:
+                        methods[label] = (
+                            lambda f=function, image=image, dtype=dtype: f(model, image, dtype),
+                            whole_flops,
+                            f"1 pass {padded_side}x{padded_side}",
+                        )
+                    else:
+                        rows.append((f"{size}x{size}", precision, label, "-", "-", f"skipped: ~{need:.1f} GiB", "-"))
+                methods["MONAI sliding_window_inference"] = (
+                    lambda image=image, dtype=dtype: monai_predict(
+                        monai_net, image, dtype, args.roi, model.spec.normalization
+                    ),
+                    m_flops,
+                    f"{windows} window(s) {min(args.roi, size)}x{min(args.roi, size)}",
+                )
+                times = {name: [] for name in methods}
+                for function, _, _ in methods.values():  # warm-up
+                    function()
+                for _ in range(args.repeats):
+                    for name, (function, _, _) in methods.items():
+                        start = time.perf_counter()
+                        function()
+                        times[name].append(time.perf_counter() - start)
+                ours = np.array(times["napari_unet.predict"])
+                for name, (_, flops, work) in methods.items():
+                    seconds = np.array(times[name])
+                    rows.append(
+                        (
+                            f"{size}x{size}",
+                            precision,
+                            name,
+                            f"{median(seconds):.3f}",
+                            f"{median(seconds) / median(ours):.2f}",
+                            work,
+                            f"{flops / 1e9:.0f}",
+                        )
+                    )
+    print()
+    print(load.describe())
+    print()
+    print(f"## Wall time from raw image to probabilities (s; median of {args.repeats} rounds)")
+    print(
+        format_table(
+            ("image", "prec", "method", "median s", "x predict", "work", "GFLOP"),
+            rows,
+        )
+    )
+    print("x predict: median time / median time of napari_unet.predict (> 1: slower than predict).")
+
+
+if __name__ == "__main__":
+    main()
