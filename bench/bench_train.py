@@ -5,7 +5,8 @@
 Headless runs drive the core trainer directly; the widget run starts the same
 training from napari's Train widget (in a thread worker, under a virtual display
 when there is no DISPLAY) and measures it the same way. Each setting runs twice,
-alternating headless and widget, and the medians are reported.
+alternating headless and widget (three times for the widget comparison), and the
+medians are reported.
 """
 
 from __future__ import annotations
@@ -132,15 +133,16 @@ def main() -> None:
     )
     if args.skip_widget:
         return
+    display = None
     if not os.environ.get("DISPLAY"):
         from pyvirtualdisplay import Display
 
-        Display(visible=False, size=(1280, 1024)).start()
+        display = Display(visible=False, size=(1280, 1024)).start()
     import tempfile
 
     rates = {"headless": [], "widget": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(2):
+        for _ in range(3):
             rates["headless"].append(headless("cpu-default", args.steps, data[:1])[0])
             rates["widget"].append(widget_run("cpu-default", args.steps, data[:1], Path(tmp)))
     head, wid = median(rates["headless"]), median(rates["widget"])
@@ -155,6 +157,8 @@ def main() -> None:
         )
     )
     print(f"widget / headless: {100 * wid / head:.0f}%")
+    if display is not None:
+        display.stop()
 
 
 if __name__ == "__main__":
