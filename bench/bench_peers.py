@@ -17,7 +17,9 @@ per-class probabilities (percentile normalisation included everywhere):
   0.25, constant blending, one window per batch.
 
 It reports the median wall time, its ratio to ``napari_unet.predict`` and the
-network FLOPs each method computes. Whole-image passes that would need more than
+network FLOPs each method computes. Every timed call starts from the same memory
+state (nothing kept from earlier calls), so predict's times are those of a call
+after a pause. Whole-image passes that would need more than
 ``--max-gib`` of activation memory are skipped. Weights are random (speed does not
 depend on them); the networks differ, so only times are compared, not outputs.
 """
@@ -50,6 +52,21 @@ from napari_unet.core.tiling import reflect_index
 
 #: Peak activation bytes per pixel per base channel (measured, with headroom).
 _WHOLE_BYTES = {"plain": {None: 26, torch.bfloat16: 14}, "fast": {None: 22, torch.bfloat16: 12}}
+
+
+def forget_kept_memory() -> None:
+    """Return memory that predict keeps for back-to-back calls (see
+    ``devices.reuse_freed_memory``), so that every method starts from the same state:
+    glibc's defaults, nothing kept. predict's numbers are then those of a first call
+    after a pause; bench_segment.py also shows back-to-back calls."""
+    try:
+        from napari_unet.core import devices
+
+        libc = devices._glibc()
+        if libc is not None:
+            devices._release(libc)
+    except (ImportError, AttributeError):
+        pass
 
 
 def mirror_padded(model, image: np.ndarray) -> np.ndarray:
@@ -180,6 +197,7 @@ def main() -> None:
                     function()
                 for _ in range(args.repeats):
                     for name, (function, _, _) in methods.items():
+                        forget_kept_memory()
                         start = time.perf_counter()
                         function()
                         times[name].append(time.perf_counter() - start)
@@ -208,6 +226,7 @@ def main() -> None:
         )
     )
     print("x predict: median time / median time of napari_unet.predict (> 1: slower than predict).")
+    print("Every timed call starts with nothing kept from earlier calls (predict's first call after a pause).")
 
 
 if __name__ == "__main__":

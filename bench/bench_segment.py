@@ -164,12 +164,12 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
         release()
         for _ in range(repeats):
             for name, run in variants.items():
-                if run is kept:
-                    run()  # back to back, as predict's tiles and successive calls run
+                run()  # each timed run follows one of its own: steady state, as for tiles
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
-            release()  # the others run as in a process that never tuned malloc
+                if run is kept:
+                    release()  # the others run as in a process that never tuned malloc
         base = statistics.median(times["module, NCHW"])
         for name, values in times.items():
             seconds = statistics.median(values)
@@ -179,7 +179,9 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="square image sizes (px)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[512, 2048], help="square image sizes (px); none: ablation only"
+    )
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32, bf16, fp16")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -357,10 +359,10 @@ def main() -> None:
         print()
         print(
             f"## Ablation: one forward pass of a {args.ablation_tile}x{args.ablation_tile} tile "
-            f"(median of {args.repeats + 4} round-robin runs)"
+            f"(median of {args.repeats + 2} round-robin runs, each after an untimed run)"
         )
         with OtherLoad() as load:
-            rows = ablation(model, args.ablation_tile, args.precisions, args.repeats + 4)
+            rows = ablation(model, args.ablation_tile, args.precisions, args.repeats + 2)
         print(format_table(("prec", "variant", "s", "speed-up", "GFLOP/s"), rows))
         print(load.describe())
     if target_rows:

@@ -200,7 +200,7 @@ def plan_flops(plan: TilePlan, in_channels: int, n_classes: int, base_channels: 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table; floats are printed as given (format them before)."""
     cells = [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(str(h)), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
     lines = [
         "  ".join(str(h).ljust(w) for h, w in zip(headers, widths)),
         "  ".join("-" * w for w in widths),

@@ -141,9 +141,9 @@ def reuse_freed_memory() -> Iterator[None]:
     """Inside, freed large blocks stay in the process for reuse (Linux with glibc).
 
     Each layer's activations of a large tile take tens to hundreds of MB. glibc
-    serves such blocks with fresh ``mmap`` pages and unmaps them on free, so every
-    forward pass page-faults and the kernel zeroes all of its activation memory
-    again: about a fifth of the forward time of the paper network on a CPU
+    serves blocks above 32 MB with fresh ``mmap`` pages and unmaps them on free, so
+    every forward pass page-faults and the kernel zeroes that memory again: up to a
+    fifth of the forward time of the paper network on a CPU in fp32, less in bf16
     (measured in bench/). Inside this context glibc keeps freed blocks instead.
     :data:`RELEASE_DELAY_S` seconds after the last user left (a new user cancels
     the countdown), the thresholds go back to the values glibc's own dynamic ones
