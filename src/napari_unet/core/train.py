@@ -23,7 +23,7 @@ from .config import ModelConfig, TrainConfig
 from .data import SampleStream, default_tile, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .instances import probabilities_to_labels
-from .metrics import match_instances, pixel_iou
+from .metrics import combine, match_instances, pixel_iou
 from .model import UNet
 from .predict import predict
 
@@ -257,20 +257,15 @@ class Trainer:
         )
 
     def validate(self) -> ValidationResult:
-        """AP@0.5 and pixel IoU over the validation images (counts pooled over images)."""
-        tp = fp = fn = 0
-        intersection = union = 0.0
+        """AP@0.5 (matches pooled over images) and the area-weighted mean pixel IoU."""
+        matches, ious, areas = [], [], []
         for image, truth in self.validation:
             probabilities = predict(self.model, image, device=self.device, precision=precision_name(self.dtype))
             labels = probabilities_to_labels(probabilities, self.model.spec.instances)
-            stats = match_instances(labels, truth, thresholds=(0.5,))[0]
-            tp, fp, fn = tp + stats.tp, fp + stats.fp, fn + stats.fn
-            area = np.asarray(truth).size
-            iou = pixel_iou(labels, truth)
-            intersection += iou * area
-            union += area
-        ap = tp / (tp + fp + fn) if tp + fp + fn else 1.0
-        return ValidationResult(self.step, ap, intersection / union if union else 1.0)
+            matches.append(match_instances(labels, truth, thresholds=(0.5,)))
+            ious.append(pixel_iou(labels, truth))
+            areas.append(np.asarray(truth).size)
+        return ValidationResult(self.step, combine(matches)[0].ap, float(np.average(ious, weights=areas)))
 
     def summary(self) -> TrainSummary:
         tail = self.losses[-20:]
