@@ -40,7 +40,10 @@ class Session:
         if self.model is None:
             return "no model yet: train one or open a model file"
         config = self.model.config
-        return f"{self.source} (base {config.base_channels}, depth {config.depth}, {config.in_channels} channel(s))"
+        saved = f", file {self.path}" if self.path else ""
+        return (
+            f"{self.source} (base {config.base_channels}, depth {config.depth}, {config.in_channels} channel(s){saved})"
+        )
 
     @classmethod
     def of(cls, viewer) -> Session:
