@@ -21,9 +21,7 @@ def test_components_threshold_min_size_and_holes():
     assert (labels[2:12, 2:12] == 1).all()  # hole filled
     assert (labels[20:30, 20:30] == 2).all()
     assert labels[35, 35] == 0 and labels[15, 5] == 0
-    unfilled = probabilities_to_labels(
-        as_probabilities(fg), InstanceConfig(min_size=5, fill_holes=False, expand=0)
-    )
+    unfilled = probabilities_to_labels(as_probabilities(fg), InstanceConfig(min_size=5, fill_holes=False, expand=0))
     assert unfilled[5, 5] == 0
 
 

@@ -144,6 +144,4 @@ def test_segment_gives_deterministic_int32_instances():
 
 def test_device_errors_are_clear():
     with pytest.raises(ValueError, match="device"):
-        predict(
-            small_model(), np.zeros((20, 20)), device="cuda:7" if not torch.cuda.is_available() else "nope"
-        )
+        predict(small_model(), np.zeros((20, 20)), device="cuda:7" if not torch.cuda.is_available() else "nope")
