@@ -1,35 +1,88 @@
 """napari-unet: the U-Net of Ronneberger et al. (2015) for napari and the command line.
 
-The public API below never imports Qt or napari.
+The public API below never imports Qt or napari::
+
+    import napari_unet as nu
+
+    image, labels = nu.synthetic_nuclei((512, 512), seed=0)
+    model = nu.UNet(base_channels=16, depth=3)
+    summary = nu.train(model, [image], [labels], steps=500)
+    instances = nu.segment(model, image)
 """
 
 from .core.checkpoint import ModelFileError, load_model, save_model
-from .core.config import InstanceConfig, ModelConfig, ModelSpec, NormalizationConfig, WeightMapConfig
+from .core.config import (
+    AugmentConfig,
+    InstanceConfig,
+    ModelConfig,
+    ModelSpec,
+    NormalizationConfig,
+    TrainConfig,
+    WeightMapConfig,
+    default_model_config,
+)
+from .core.data import TrainingDataError
+from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.geometry import InvalidTileSize, best_tile, input_size_for_output, is_valid_size, output_size
+from .core.io import ImageFileError, read_image, write_image
 from .core.layout import ImageShapeError
 from .core.model import UNet
-from .core.predict import TileProgress, iter_predict, predict, segment
+from .core.predict import TileProgress, iter_predict, iter_segment, predict, segment
+from .core.synthetic import synthetic_nuclei
+from .core.train import (
+    CheckpointSaved,
+    StepProgress,
+    Trainer,
+    TrainingError,
+    TrainSummary,
+    ValidationResult,
+    iter_train,
+    train,
+)
+from .core.weights import separation_target, weight_map
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AugmentConfig",
+    "CheckpointSaved",
+    "ConfigError",
+    "ImageFileError",
     "ImageShapeError",
     "InstanceConfig",
     "InvalidTileSize",
     "ModelConfig",
     "ModelFileError",
     "ModelSpec",
+    "NapariUnetError",
     "NormalizationConfig",
+    "OutputFileError",
+    "StepProgress",
     "TileProgress",
+    "TrainConfig",
+    "TrainSummary",
+    "Trainer",
+    "TrainingDataError",
+    "TrainingError",
     "UNet",
+    "ValidationResult",
     "WeightMapConfig",
     "best_tile",
+    "default_model_config",
     "input_size_for_output",
     "is_valid_size",
     "iter_predict",
+    "iter_segment",
+    "iter_train",
     "load_model",
     "output_size",
     "predict",
+    "read_image",
     "save_model",
     "segment",
+    "separation_target",
+    "synthetic_nuclei",
+    "train",
+    "weight_map",
+    "write_image",
 ]

@@ -9,32 +9,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from .core.checkpoint import ModelFileError, describe, load_model
-from .core.config import AugmentConfig, TrainConfig, WeightMapConfig
-from .core.data import TrainingDataError
+from .core.checkpoint import describe, load_model
+from .core.config import AugmentConfig, ModelConfig, TrainConfig, WeightMapConfig, default_model_config
+from .core.errors import ConfigError, NapariUnetError
 from .core.evaluation import evaluate_pairs
-from .core.geometry import InvalidTileSize
-from .core.instances import probabilities_to_labels
-from .core.io import ImageFileError, read_image, write_image
-from .core.layout import ImageShapeError
+from .core.io import read_image, write_image
+from .core.layout import ImageShapeError, channels_at_minus3
 from .core.metrics import MatchStats
-from .core.predict import iter_predict
-from .core.train import StepProgress, Trainer, TrainingError, ValidationResult, default_model_config
+from .core.model import UNet
+from .core.predict import TileProgress, iter_segment
+from .core.progress import drive
+from .core.train import StepProgress, Trainer, ValidationResult
 from .core.weights import separation_target, weight_map
-
-#: Errors that come from what the user typed or gave us: one line, exit status 2.
-USER_ERRORS = (
-    ModelFileError,
-    ImageFileError,
-    ImageShapeError,
-    InvalidTileSize,
-    TrainingDataError,
-    TrainingError,
-    ValueError,
-    OSError,
-)
 
 
 def progress_bar(**kwargs) -> tqdm:
@@ -43,36 +32,35 @@ def progress_bar(**kwargs) -> tqdm:
     return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=interval, **kwargs)
 
 
-def drive(generator, description: str, unit: str):
+def drive_tiles(generator, description: str):
     """Run a tile-progress generator under a tqdm bar; returns the generator's value."""
-    with progress_bar(desc=description, unit=unit) as bar:
-        while True:
-            try:
-                progress = next(generator)
-            except StopIteration as stop:
-                return stop.value
+    with progress_bar(desc=description, unit="tile") as bar:
+
+        def show(progress: TileProgress) -> None:
             bar.total = progress.total
             bar.update(progress.done - bar.n)
 
+        return drive(generator, show)
+
 
 def _prediction_options(args: argparse.Namespace) -> dict:
-    return {"tile": args.tile, "device": args.device, "precision": args.precision}
+    return {"tile": args.tile, "device": args.device, "precision": args.precision, "channel_axis": args.channel_axis}
 
 
 def _check_pairs(images: list[Path], labels: list[Path], what: str) -> None:
     if len(images) != len(labels):
-        raise ValueError(f"{len(images)} {what} image(s) but {len(labels)} label file(s): give one per image")
+        raise ConfigError(f"{len(images)} {what} image(s) but {len(labels)} label file(s): give one per image")
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
     model = load_model(args.model)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.images:
         image = read_image(path)
-        probabilities = drive(iter_predict(model, image, **_prediction_options(args)), path.name, "tile")
-        labels = probabilities_to_labels(probabilities, model.spec.instances)
+        segmentation = iter_segment(model, image, return_probabilities=args.probabilities, **_prediction_options(args))
+        result = drive_tiles(segmentation, path.name)
+        labels, probabilities = result if args.probabilities else (result, None)
         write_image(args.out_dir / f"{path.stem}_labels.tif", labels)
-        if args.probabilities:
+        if probabilities is not None:
             write_image(args.out_dir / f"{path.stem}_probabilities.tif", probabilities)
         print(f"{path}: {int(labels.max())} objects -> {args.out_dir / (path.stem + '_labels.tif')}")
 
@@ -82,7 +70,6 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.labels:
         labels = read_image(path)
         if labels.ndim != 2:
@@ -113,21 +100,20 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
 
 def run_training(trainer: Trainer) -> None:
     """Drive a trainer with a progress bar; Ctrl-C stops it and keeps its checkpoint."""
-    events = trainer.run()
-    bar = progress_bar(total=trainer.config.steps, initial=trainer.step, desc="training", unit="step")
-    try:
-        for event in events:
+    with progress_bar(total=trainer.config.steps, initial=trainer.step, desc="training", unit="step") as bar:
+
+        def show(event) -> None:
             if isinstance(event, StepProgress):
                 bar.total = event.total_steps
                 bar.update(event.step - bar.n)
                 bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
             elif isinstance(event, ValidationResult):
                 bar.write(f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}")
-    except KeyboardInterrupt:
-        events.close()
-        bar.write(f"stopped at step {trainer.step}")
-    finally:
-        bar.close()
+
+        try:
+            drive(trainer.run(), show)
+        except KeyboardInterrupt:  # drive closed the run, which wrote its checkpoint
+            bar.write(f"stopped at step {trainer.step}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -141,11 +127,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if args.resume:
-        trainer = Trainer.resume(args.resume, images, labels, checkpoint_path=checkpoint, **val)
+        trainer = Trainer.resume(
+            args.resume, images, labels, checkpoint_path=checkpoint, channel_axis=args.channel_axis, **val
+        )
     else:
         config = train_config_from(args)
         model = load_model(args.init) if args.init else _new_model(args, images[0])
-        trainer = Trainer(model, images, labels, config, checkpoint_path=checkpoint, **val)
+        trainer = Trainer(
+            model, images, labels, config, checkpoint_path=checkpoint, channel_axis=args.channel_axis, **val
+        )
     run_training(trainer)
     trainer.save_model(args.out)
     summary = trainer.summary()
@@ -153,18 +143,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"checkpoint for --resume: {checkpoint}")
 
 
-def _new_model(args: argparse.Namespace, first_image):
-    from .core.layout import channels_at_minus3
-    from .core.model import UNet
-
+def _new_model(args: argparse.Namespace, first_image) -> UNet:
     defaults = default_model_config(args.device)
-    in_channels = args.in_channels or 1
-    channels_at_minus3(first_image, in_channels)  # a clear error if the image does not fit
-    return UNet(
-        in_channels=in_channels,
-        base_channels=args.base_channels or defaults.base_channels,
-        depth=args.depth or defaults.depth,
-    )
+    chosen = {"in_channels": args.in_channels, "base_channels": args.base_channels, "depth": args.depth}
+    config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
+    channels_at_minus3(first_image, config.in_channels, args.channel_axis)  # a clear error if the image does not fit
+    torch.manual_seed(args.seed)  # the initial weights follow --seed
+    return UNet.from_config(config)
 
 
 def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
@@ -209,6 +194,9 @@ def _add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=None, help="input tile size (valid sizes only; default: best)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--channel-axis", type=int, default=None, help="axis of the images' channels (default: guessed)"
+    )
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,7 +225,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sigma", type=float, default=defaults.weights.sigma)
     add("--no-elastic", action="store_true", help="switch off elastic deformation")
     add("--seed", type=int, default=defaults.seed)
-    add("--validate-every", type=int, default=defaults.validate_every)
+    add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
     add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
     start = parser.add_mutually_exclusive_group()
@@ -294,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.run(args)
-    except USER_ERRORS as error:
+    except NapariUnetError as error:
         print(f"napari-unet: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from .core.config import NormalizationConfig, TrainConfig
+from .core.config import NormalizationConfig, TrainConfig, default_model_config
 from .core.evaluation import Row, evaluate_pairs
 from .core.io import write_image
 from .core.model import UNet
 from .core.normalize import normalize
 from .core.predict import segment
 from .core.synthetic import synthetic_dataset, synthetic_nuclei
-from .core.train import Trainer, default_model_config
+from .core.train import Trainer
 
 TRAIN_IMAGES = 6
 TRAIN_SHAPE = (256, 256)

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import torch
 
-from napari_unet import UNet, save_model
+from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
 
 
@@ -137,3 +138,28 @@ def test_demo_writes_everything(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "metrics.txt", "overlay.png", "test_0.tif", "test_0_labels.tif"} <= names
     assert "overall" in capsys.readouterr().out
+
+
+def test_a_bug_surfaces_as_a_traceback_not_as_bad_input(tmp_path, model_file, monkeypatch):
+    """Only the user's mistakes become one-line errors; a failure inside the core
+    propagates (the console script then exits 1 with its traceback)."""
+    import napari_unet.cli as cli
+
+    np.save(tmp_path / "a.npy", np.zeros((40, 40), np.float32))
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(cli, "iter_segment", broken)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["segment", str(model_file), str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "o")])
+
+
+def test_seed_makes_training_repeatable(tmp_path, annotated_files):
+    image, labels = annotated_files[0]
+    for name in ("first", "second"):
+        args = ["train", str(image), "--labels", str(labels), "--out", str(tmp_path / f"{name}.safetensors")]
+        assert main([*args, *TINY, "--steps", "2", "--seed", "7"]) == 0
+    first, second = (load_model(tmp_path / f"{name}.safetensors") for name in ("first", "second"))
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), key

@@ -20,7 +20,7 @@ from napari_unet.core.metrics import (
     split_and_merged_counts,
     touching_pairs,
 )
-from napari_unet.core.reference import match_instances_reference
+from tests.reference import match_instances_reference
 
 
 def random_truth(rng, shape=(64, 72), n_cells=14):

@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet import UNet
 from napari_unet.core.geometry import input_size_for_output, output_size
+from napari_unet.core.model import CpuInference, forward_flops, layer_input_shapes, layer_plan
 
 
 def conv_layers(model):
@@ -61,3 +63,33 @@ def test_dropout_only_at_the_end_of_the_contracting_path():
 def test_bad_architecture_is_refused_clearly(kwargs):
     with pytest.raises(ValueError, match="must be"):
         UNet(**kwargs)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fast_cpu_inference_equals_the_module(fused):
+    """CpuInference follows the same layer plan; both its fused oneDNN path and its
+    plain channels-last fallback give the module's logits in fp32."""
+    torch.manual_seed(2)
+    model = UNet(in_channels=2, n_classes=3, base_channels=6, depth=3).eval()
+    x = torch.randn(2, 2, 188, 204)
+    with torch.no_grad():
+        expected = model(x)
+    fast = CpuInference(model, torch.float32, (2, 2, 188, 204), fused=fused)
+    assert fast.fused == (fused and torch.backends.mkldnn.is_available())
+    scale = expected.abs().max().item()
+    assert (fast(x).float() - expected).abs().max().item() <= 1e-5 * max(scale, 1.0)
+
+
+def test_layer_plan_gives_shapes_flops_and_margin():
+    from napari_unet.core.geometry import margin
+
+    config = UNet().config
+    shapes = layer_input_shapes(layer_plan(config), (1, 1, 572, 572))
+    assert shapes[-1] == (1, 2, 388, 388)
+    assert [margin(depth) for depth in range(1, 7)] == [12 * 2**depth - 8 for depth in range(1, 7)]
+    small = UNet(base_channels=4, depth=2).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        small(torch.zeros(1, 1, 92, 92))
+    assert forward_flops(small.config, (1, 1, 92, 92)) == counter.get_total_flops()
+    with pytest.raises(ValueError, match="odd"):
+        layer_input_shapes(layer_plan(config), (1, 1, 570, 570))

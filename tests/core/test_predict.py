@@ -1,11 +1,16 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from napari_unet import ImageShapeError, InvalidTileSize, UNet, iter_predict, predict, segment
 from napari_unet.core import geometry
+from napari_unet.core.config import InstanceConfig
+from napari_unet.core.devices import cpu_has_bf16
+from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.normalize import normalize
-from napari_unet.core.tiling import reflect_index
+from napari_unet.core.tiling import extract_tile, reflect_index
 
 
 def small_model(in_channels=1, n_classes=2, depth=2):
@@ -18,10 +23,10 @@ def whole_image_pass(model, image):
     plane = normalize(image[None] if image.ndim == 2 else image, model.spec.normalization)
     depth = model.config.depth
     height, width = plane.shape[-2:]
-    ctx = geometry.context(depth)
-    rows = reflect_index(np.arange(geometry.input_size_for_output(height, depth)) - ctx, height)
-    cols = reflect_index(np.arange(geometry.input_size_for_output(width, depth)) - ctx, width)
-    padded = torch.from_numpy(plane[:, rows[:, None], cols[None, :]][None])
+    one_tile = geometry.plan_tiles(
+        (height, width), [geometry.input_size_for_output(n, depth) for n in (height, width)], depth
+    )
+    padded = torch.from_numpy(extract_tile(plane, (0, 0), one_tile)[None])
     with torch.no_grad():
         logits = model(padded)
     return torch.softmax(logits, 1)[0, :, :height, :width].numpy()
@@ -122,24 +127,37 @@ def test_memory_is_bounded_by_the_tile_batch(rng):
     assert np.abs(lean - whole_image_pass(model, image)).max() <= 1e-5
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions: bf16 falls back to fp32")
 def test_bf16_stays_close_to_fp32(rng):
     model = small_model()
     image = rng.normal(size=(64, 64)).astype(np.float32)
     fp32 = predict(model, image, precision="fp32")
     bf16 = predict(model, image, precision="bf16")
-    assert np.abs(fp32 - bf16).max() < 0.05
+    difference = np.abs(fp32 - bf16).max()
+    assert 0 < difference < 0.05  # it did compute in bf16, and stayed close
 
 
-def test_segment_gives_deterministic_int32_instances():
+def test_segment_gives_deterministic_int32_instances(rng):
+    """segment = the model's instance settings applied to predict's probabilities."""
     model = small_model()
-    # make "foreground" mean bright by biasing the head
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([0.0, 0.0]))
-    image = np.zeros((60, 60), np.float32)
+    image = rng.normal(size=(60, 60)).astype(np.float32)
+    probabilities = predict(model, image)
+    threshold = float(np.median(1 - probabilities[0]))  # half the pixels are foreground
+    model.spec = dataclasses.replace(model.spec, instances=InstanceConfig(threshold=threshold, min_size=4))
     labels = segment(model, image)
-    assert labels.dtype == np.int32 and labels.shape == (60, 60)
-    assert np.array_equal(labels, segment(model, image))
+    assert labels.dtype == np.int32 and labels.shape == (60, 60) and labels.max() >= 2
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probabilities, model.spec.instances))
+    again, again_probabilities = segment(model, image, return_probabilities=True)
+    np.testing.assert_array_equal(labels, again)
+    np.testing.assert_array_equal(probabilities, again_probabilities)
+
+
+def test_predict_leaves_the_callers_model_alone(rng):
+    model = small_model().train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    predict(model, rng.normal(size=(50, 50)).astype(np.float32), precision="fp32")
+    assert model.training  # not switched to eval
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
 def test_device_errors_are_clear():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import napari_unet as nu
 from napari_unet import UNet, load_model
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.config import AugmentConfig, TrainConfig
@@ -11,8 +12,9 @@ from napari_unet.core.train import (
     CheckpointSaved,
     StepProgress,
     Trainer,
+    TrainSummary,
     ValidationResult,
-    train,
+    iter_train,
     weighted_cross_entropy,
 )
 
@@ -47,7 +49,7 @@ def test_progress_events_validation_and_checkpoints(tmp_path):
     images, labels = data()
     config = dataclasses.replace(FAST, validate_every=4, checkpoint_every=4)
     events = list(
-        train(
+        iter_train(
             tiny_model(),
             images,
             labels,
@@ -70,7 +72,7 @@ def test_progress_events_validation_and_checkpoints(tmp_path):
 def test_loss_goes_down():
     images, labels = data()
     config = dataclasses.replace(FAST, steps=60, augment=AugmentConfig(elastic=False), lr=3e-3)
-    losses = [e.loss for e in train(tiny_model(), images, labels, config) if isinstance(e, StepProgress)]
+    losses = [e.loss for e in iter_train(tiny_model(), images, labels, config) if isinstance(e, StepProgress)]
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
 
 
@@ -140,6 +142,64 @@ def test_resuming_a_model_file_is_refused_with_a_hint(tmp_path):
 def test_minutes_budget_stops_training():
     images, labels = data()
     config = dataclasses.replace(FAST, steps=10_000, minutes=0.02)
-    events = [e for e in train(tiny_model(), images, labels, config) if isinstance(e, StepProgress)]
+    events = [e for e in iter_train(tiny_model(), images, labels, config) if isinstance(e, StepProgress)]
     assert 1 <= len(events) < 10_000
     assert events[-1].seconds < 0.02 * 60 + 2
+
+
+def test_train_runs_to_the_end_and_takes_config_fields_as_keywords():
+    images, labels = data()
+    model = tiny_model()
+    before = model.head.weight.detach().clone()
+    summary = nu.train(model, images, labels, FAST, steps=5, seed=1)
+    assert isinstance(summary, TrainSummary) and summary.steps == 5 and np.isfinite(summary.final_loss)
+    assert not torch.equal(model.head.weight, before)
+    with pytest.raises(nu.ConfigError, match="unknown training setting.*stepz"):
+        nu.train(tiny_model(), images, labels, stepz=5)
+
+
+def test_iter_train_returns_the_summary():
+    images, labels = data()
+    events = iter_train(tiny_model(), images, labels, FAST, steps=3)
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            next(events)
+    assert isinstance(finished.value.value, TrainSummary) and finished.value.value.steps == 3
+
+
+def test_channel_axis_says_where_the_channels_are():
+    """A (C, H, W) image whose C == H would be ambiguous without channel_axis."""
+    image, labels = discs((80, 80), centres=((25, 25), (45, 52)))
+    rgb_last = np.repeat(image[..., None], 3, axis=-1)
+    model = UNet(in_channels=3, base_channels=4, depth=2)
+    summary = nu.train(model, [rgb_last], [labels], FAST, steps=2, channel_axis=-1)
+    assert summary.steps == 2
+
+
+def test_training_while_another_thread_predicts_gives_the_same_weights():
+    """Prediction works on a snapshot: the trained weights do not depend on it."""
+    import threading
+
+    images, labels = data()
+    config = dataclasses.replace(FAST, steps=25)
+    alone = tiny_model()
+    nu.train(alone, images, labels, config)
+
+    busy = tiny_model()
+    done = threading.Event()
+    predictions = []
+
+    def predict_in_a_loop():
+        while not done.is_set():
+            predictions.append(nu.predict(busy, images[0], device="cpu", precision="fp32"))
+
+    predictor = threading.Thread(target=predict_in_a_loop)
+    predictor.start()
+    try:
+        nu.train(busy, images, labels, config)
+    finally:
+        done.set()
+        predictor.join()
+    assert len(predictions) >= 2
+    for (name, a), b in zip(alone.state_dict().items(), busy.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

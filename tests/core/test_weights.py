@@ -7,7 +7,6 @@ import pytest
 from scipy import ndimage
 
 from napari_unet.core.config import IGNORE_LABEL, WeightMapConfig
-from napari_unet.core.reference import separation_target_reference, weight_map_reference
 from napari_unet.core.weights import (
     border_cutoff,
     border_weights,
@@ -17,6 +16,7 @@ from napari_unet.core.weights import (
     weight_map,
     weight_map_from_config,
 )
+from tests.reference import separation_target_reference, weight_map_reference
 
 
 def random_cells(seed, shape=(64, 72), n_cells=10, *, overwrite=False, ignore_boxes=1, id_step=1):

@@ -40,6 +40,12 @@ def wait_idle(qtbot):
         qtbot.waitUntil(lambda w=widget: not w.runner.busy, timeout=WORKER_TIMEOUT)
 
 
+def docked(viewer, widget):
+    """Dock ``widget`` as napari does for a plugin (which keeps its layer choices current)."""
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
 def paint_discs(shape, centres, radius):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.int32)

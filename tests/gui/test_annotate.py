@@ -3,12 +3,12 @@ import numpy as np
 from napari_unet._widgets import AnnotateWidget
 from napari_unet.core.config import IGNORE_LABEL
 
-from .conftest import paint_discs
+from .conftest import docked, paint_discs
 
 
 def test_create_annotation_matches_the_image_grid(viewer, nuclei):
     image = viewer.add_image(nuclei[0], name="cells", scale=(0.5, 0.5), translate=(3, 4))
-    widget = AnnotateWidget(viewer)
+    widget = docked(viewer, AnnotateWidget(viewer))
     widget.image.value = image
     widget.create.clicked.emit()
     layer = viewer.layers["cells annotation"]
@@ -19,7 +19,7 @@ def test_create_annotation_matches_the_image_grid(viewer, nuclei):
 
 def test_new_cell_counts_touching_and_ignore(viewer, qtbot):
     image = viewer.add_image(np.zeros((60, 60)), name="img")
-    widget = AnnotateWidget(viewer)
+    widget = docked(viewer, AnnotateWidget(viewer))
     widget.image.value = image
     widget.create.clicked.emit()
     layer = widget.annotation.value
@@ -39,7 +39,7 @@ def test_new_cell_counts_touching_and_ignore(viewer, qtbot):
 def test_start_from_segmentation_copies_labels(viewer, nuclei):
     image = viewer.add_image(nuclei[0], name="cells")
     predicted = viewer.add_labels(nuclei[1], name="cells labels")
-    widget = AnnotateWidget(viewer)
+    widget = docked(viewer, AnnotateWidget(viewer))
     widget.image.value = image
     widget.source.value = predicted
     widget.copy.clicked.emit()
@@ -52,16 +52,16 @@ def test_start_from_segmentation_copies_labels(viewer, nuclei):
 def test_shape_mismatch_and_missing_layers_are_reported(viewer):
     image = viewer.add_image(np.zeros((50, 50)), name="img")
     other = viewer.add_labels(np.zeros((40, 40), np.int32), name="other")
-    widget = AnnotateWidget(viewer)
+    widget = docked(viewer, AnnotateWidget(viewer))
     widget.new_cell.clicked.emit()  # no annotation layer yet
-    assert "no annotation layer" in widget.counts.value
+    assert "no annotation layer" in widget.status.value
     widget.image.value = image
     widget.annotation.value = other
     widget.refresh()
     assert "differs from image" in widget.counts.value
     widget.source.value = other
     widget.copy.clicked.emit()
-    assert "copy the segmentation into" in widget.counts.value  # not into itself
+    assert "copy the segmentation into" in widget.status.value  # not into itself
     widget.create.clicked.emit()
     widget.copy.clicked.emit()
-    assert "⚠" in widget.counts.value and "pick the annotation made for this image" in widget.counts.value
+    assert "⚠" in widget.status.value and "pick the annotation made for this image" in widget.status.value

@@ -8,6 +8,8 @@ from napari_unet._sample_data import nuclei_2d, nuclei_stack
 from napari_unet._session import Session
 from napari_unet._widgets import AnnotateWidget, SegmentWidget, TrainWidget, WeightMapWidget
 
+from .conftest import docked
+
 
 def test_manifest_declares_widgets_sample_data_and_reader():
     manifest = PluginManifest.from_distribution("napari-unet")
@@ -60,19 +62,19 @@ def test_the_whole_loop(viewer, session, wait_idle, tmp_path, qtbot):
             image = viewer.add_image(data[0], **meta)
         else:
             truth = data[0]
-    annotate = AnnotateWidget(viewer)
+    annotate = docked(viewer, AnnotateWidget(viewer))
     annotate.image.value = image
     annotate.create.clicked.emit()
     annotation = viewer.layers["nuclei stack annotation"]
     annotation.data = np.where(np.arange(256)[None, :] < 192, truth, -1).astype(np.int32)  # paint 3/4 of it
 
-    weights = WeightMapWidget(viewer)
+    weights = docked(viewer, WeightMapWidget(viewer))
     weights.labels.value = annotation
     weights.compute.clicked.emit()
     wait_idle(weights)
     assert viewer.layers["nuclei stack annotation weights"].data.max() > 5
 
-    train = TrainWidget(viewer, session)
+    train = docked(viewer, TrainWidget(viewer, session))
     train.image.value, train.labels.value = image, annotation
     train.base_channels.value, train.depth.value, train.tile.value = 8, 2, 76
     train.steps.value, train.lr.value = 60, 0.005
@@ -82,7 +84,7 @@ def test_the_whole_loop(viewer, session, wait_idle, tmp_path, qtbot):
     wait_idle(train)
     assert session.model is not None
 
-    segment = SegmentWidget(viewer, session)
+    segment = docked(viewer, SegmentWidget(viewer, session))
     segment.image.value = image
     segment.run_button.clicked.emit()
     wait_idle(segment)

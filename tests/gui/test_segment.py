@@ -5,6 +5,8 @@ import torch
 from napari_unet import UNet, save_model
 from napari_unet._widgets import SegmentWidget
 
+from .conftest import docked
+
 
 def bright_is_foreground():
     """A tiny model whose foreground probability rises with brightness."""
@@ -16,8 +18,7 @@ def bright_is_foreground():
                 module.weight.abs_()
         model.head.weight.zero_()
         model.head.weight[1] = 1.0
-        model.head.bias.copy_(torch.tensor([model_bias := 2.0, 0.0]))
-    assert model_bias
+        model.head.bias.copy_(torch.tensor([2.0, 0.0]))  # background unless bright
     return model
 
 
@@ -29,7 +30,7 @@ def model_session(session):
 
 def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, model_session, nuclei, wait_idle):
     image = viewer.add_image(nuclei[0], name="cells", scale=(2, 2), translate=(5, 5))
-    widget = SegmentWidget(viewer, model_session)
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = image
     widget.probabilities.value = True
     widget.run_button.clicked.emit()
@@ -49,7 +50,7 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     stack = np.random.default_rng(0).random((3, 50, 60)).astype(np.float32)
     image = viewer.add_image(stack, name="stack")
     viewer.dims.set_current_step(0, 1)
-    widget = SegmentWidget(viewer, model_session)
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = image
     widget.planes.value = "current plane"
     widget.run_button.clicked.emit()
@@ -67,7 +68,7 @@ def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot)
     path = tmp_path / "m.safetensors"
     save_model(bright_is_foreground(), path)
     image = viewer.add_image(np.random.default_rng(0).random((8, 300, 300)).astype(np.float32), name="big")
-    widget = SegmentWidget(viewer, session)
+    widget = docked(viewer, SegmentWidget(viewer, session))
     widget.image.value = image
     widget.model_source.value = "file"
     widget.model_file.value = path
@@ -80,7 +81,7 @@ def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot)
 
 
 def test_bad_input_is_reported(viewer, session, tmp_path):
-    widget = SegmentWidget(viewer, session)
+    widget = docked(viewer, SegmentWidget(viewer, session))
     widget.run_button.clicked.emit()
     assert "choose an image layer" in widget.status.value
     widget.image.value = viewer.add_image(np.zeros((20, 20)), name="img")
@@ -96,9 +97,9 @@ def test_bad_input_is_reported(viewer, session, tmp_path):
 
 def test_worker_errors_become_notifications(viewer, model_session, wait_idle):
     rgb = viewer.add_image(np.zeros((30, 30, 3), np.uint8), name="rgb", rgb=True)
-    widget = SegmentWidget(viewer, model_session)
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = rgb
     widget.run_button.clicked.emit()
     wait_idle(widget)
-    assert "expects 1 channel" in widget.status.value or "channel" in widget.status.value
+    assert "expects 1 channel" in widget.status.value
     assert widget.run_button.enabled

@@ -9,6 +9,8 @@ from napari_unet import load_model
 from napari_unet._widgets import TrainWidget
 from napari_unet.core.checkpoint import load_state
 
+from .conftest import docked
+
 
 def tiny_settings(widget, tmp_path, steps=6):
     widget.base_channels.value = 4
@@ -30,7 +32,7 @@ def annotated(viewer, nuclei):
 
 def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, annotated, tmp_path, wait_idle):
     torch.manual_seed(0)
-    widget = TrainWidget(viewer, session)
+    widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated
     widget.val_image.value, widget.val_labels.value = annotated
     widget.preview_image.value = annotated[0]
@@ -50,7 +52,7 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
 
 
 def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_path, wait_idle, qtbot):
-    widget = TrainWidget(viewer, session)
+    widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.start_button.clicked.emit()
@@ -65,7 +67,7 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
 
 
 def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_path, wait_idle, qtbot):
-    widget = TrainWidget(viewer, session)
+    widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.base_channels.value = 8
@@ -100,7 +102,7 @@ def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_
 def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, message):
     image = viewer.add_image(np.zeros((64, 64)), name="img")
     empty = viewer.add_labels(np.full((64, 64), -1, np.int32), name="empty")
-    widget = TrainWidget(viewer, session)
+    widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value = widget.labels.value = None
     tiny_settings(widget, tmp_path)
     setup(widget, image, empty)
@@ -112,7 +114,7 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
 def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
-    widget = TrainWidget(viewer, session)
+    widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated
     tiny_settings(widget, tmp_path)
     widget.model_source.value = "file"

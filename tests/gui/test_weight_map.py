@@ -3,13 +3,13 @@ import numpy as np
 from napari_unet._widgets import WeightMapWidget
 from napari_unet.core.weights import separation_target, weight_map
 
-from .conftest import paint_discs
+from .conftest import docked, paint_discs
 
 
 def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_idle):
     labels = paint_discs((64, 64), [(20, 20), (20, 31), (45, 40)], 6)
     layer = viewer.add_labels(labels, name="ann", scale=(2, 2))
-    widget = WeightMapWidget(viewer)
+    widget = docked(viewer, WeightMapWidget(viewer))
     widget.labels.value = layer
     widget.compute.clicked.emit()
     wait_idle(widget)
@@ -25,7 +25,7 @@ def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_i
 
 def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
     labels = np.stack([paint_discs((40, 40), [(10, 10), (10, 21)], 5), paint_discs((40, 40), [(30, 30)], 5)])
-    widget = WeightMapWidget(viewer)
+    widget = docked(viewer, WeightMapWidget(viewer))
     widget.labels.value = viewer.add_labels(labels, name="stack")
     widget.compute.clicked.emit()
     wait_idle(widget)
@@ -35,6 +35,6 @@ def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
 
 
 def test_no_labels_layer_is_reported(viewer):
-    widget = WeightMapWidget(viewer)
+    widget = docked(viewer, WeightMapWidget(viewer))
     widget.compute.clicked.emit()
     assert "choose a labels layer" in widget.status.value

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.instances import probabilities_to_labels
 from ..core.model import UNet
-from ..core.predict import iter_predict, segment
+from ..core.predict import iter_segment, segment
+from ..core.progress import until_stopped
 from ..core.train import StepProgress, Trainer
 
 
@@ -42,19 +42,18 @@ def training_job(
     stop: threading.Event,
 ):
     """Run ``trainer``, yielding its events and, every ``preview_every`` steps, a
-    :class:`Preview` of ``preview`` (image, channel axis). Saves the model at the end."""
-    events = trainer.run()
+    :class:`Preview` of ``preview`` (image, channel axis). Saves the model at the end,
+    also when stopped (the stopped run has written its checkpoint by then)."""
+    events = until_stopped(trainer.run(), stop)
     try:
         for event in events:
             yield event
-            if stop.is_set():
-                break
             if preview is not None and isinstance(event, StepProgress) and event.step % preview_every == 0:
                 image, channel_axis = preview
                 labels = segment(trainer.model, image, device=trainer.device, channel_axis=channel_axis)
                 yield Preview(event.step, labels)
     finally:
-        events.close()  # writes the checkpoint of a stopped run
+        events.close()  # a stopped run writes its checkpoint here
         if save_path is not None:
             trainer.save_model(save_path)
     return TrainingDone(trainer, stop.is_set())
@@ -67,17 +66,10 @@ class SegmentationDone:
 
 
 def segmentation_job(model: UNet, image: np.ndarray, *, stop: threading.Event, keep_probabilities: bool, **options):
-    """Predict ``image`` tile by tile, yielding progress; returns ``None`` if stopped."""
-    tiles = iter_predict(model, image, **options)
-    while True:
-        try:
-            progress = next(tiles)
-        except StopIteration as finished:
-            probabilities = finished.value
-            break
-        yield progress
-        if stop.is_set():
-            tiles.close()
-            return None
-    labels = probabilities_to_labels(probabilities, model.spec.instances)
-    return SegmentationDone(labels, probabilities if keep_probabilities else None)
+    """Segment ``image`` tile by tile, yielding progress; returns ``None`` if stopped."""
+    tiles = iter_segment(model, image, return_probabilities=keep_probabilities, **options)
+    result = yield from until_stopped(tiles, stop)
+    if result is None:
+        return None
+    labels, probabilities = result if keep_probabilities else (result, None)
+    return SegmentationDone(labels, probabilities)

@@ -8,8 +8,10 @@ import numpy as np
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QTimer
 
+from ..core.errors import NapariUnetError
 
-class LayerError(ValueError):
+
+class LayerError(NapariUnetError, ValueError):
     """A layer choice that cannot be used (shown to the user as a notification)."""
 
 
@@ -69,11 +71,11 @@ class EditWatcher:
     """Calls ``callback`` once edits of the watched labels layer pause for ``delay_ms``.
 
     Painting and replacing the data both count; the delay keeps heavy updates off
-    every brush stroke.
+    every brush stroke. ``parent`` is the widget's Qt object.
     """
 
-    def __init__(self, callback: Callable[[], None], delay_ms: int = 250) -> None:
-        self.timer = QTimer()
+    def __init__(self, callback: Callable[[], None], parent, delay_ms: int = 250) -> None:
+        self.timer = QTimer(parent)  # dies with the widget, so it never fires into a deleted one
         self.timer.setSingleShot(True)
         self.timer.setInterval(delay_ms)
         self.timer.timeout.connect(callback)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
 
 from ..core.config import IGNORE_LABEL
 from ..core.metrics import touching_pairs
 from ..core.weights import separation_gap
+from ._base import DockWidget
 from ._layers import EditWatcher, LayerError, labels_data, layers_of, put_layer, spatial_shape
 
 NEW_CELL_KEY = "n"
@@ -19,7 +19,7 @@ def annotation_name(image: Image) -> str:
     return f"{image.name} annotation"
 
 
-class AnnotateWidget(Container):
+class AnnotateWidget(DockWidget):
     """Paint cells (1, 2, ...), background (0) and unannotated regions (-1).
 
     Training ignores pixels labelled -1, so a few cells in a large image are enough:
@@ -27,8 +27,8 @@ class AnnotateWidget(Container):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = napari_viewer
+        super().__init__(napari_viewer, labels=True)
+        viewer = self.viewer
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image))
         self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.create = PushButton(text="Create annotation layer for image")
@@ -56,33 +56,19 @@ class AnnotateWidget(Container):
                 self.source,
                 self.copy,
                 self.counts,
+                self.status,
             ]
         )
-        self.create.changed.connect(self._guarded(self.create_annotation))
-        self.new_cell.changed.connect(self._guarded(self.select_new_cell))
-        self.ignore_brush.changed.connect(self._guarded(self.select_ignore))
-        self.ignore_rest.changed.connect(self._guarded(self.ignore_unpainted))
-        self.copy.changed.connect(self._guarded(self.start_from_segmentation))
+        self.create.changed.connect(self.guarded(self.create_annotation))
+        self.new_cell.changed.connect(self.guarded(self.select_new_cell))
+        self.ignore_brush.changed.connect(self.guarded(self.select_ignore))
+        self.ignore_rest.changed.connect(self.guarded(self.ignore_unpainted))
+        self.copy.changed.connect(self.guarded(self.start_from_segmentation))
         self.brush_size.changed.connect(self._apply_display)
         self.contours.changed.connect(self._apply_display)
         self.show_touching.changed.connect(self.refresh)
         self.annotation.changed.connect(self._watch)
-        self._edits = EditWatcher(self.refresh)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self.reset_choices()
-
-    def _guarded(self, action):
-        """Run a button's action, turning bad input into a notification."""
-
-        def run(*_):
-            try:
-                action()
-            except LayerError as error:
-                self.counts.value = f"⚠ {error}"
-                show_error(str(error))
-
-        return run
+        self._edits = EditWatcher(self.refresh, self.native)
 
     def _layer(self) -> Labels:
         layer = self.annotation.value

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, RadioButtons
 from napari.layers import Image
-from napari.utils.notifications import show_error
 
 from .._session import Session
 from ..core.checkpoint import ModelFileError, load_model
 from ..core.model import UNet
+from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import SegmentationDone, segmentation_job
 from ._layers import LayerError, image_data, layers_of, put_layer, spatial_shape
@@ -20,12 +20,12 @@ from ._runner import JobRunner
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 
 
-class SegmentWidget(Container):
+class SegmentWidget(DockWidget):
     """Image layer + model -> "<image> labels" layer (and optionally probabilities)."""
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = napari_viewer
+        super().__init__(napari_viewer, labels=True)
+        viewer = self.viewer
         self.session = session or Session.of(viewer)
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
         self.model_source = RadioButtons(
@@ -41,7 +41,6 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
-        self.status = Label(value="")
         self.extend(
             [
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
@@ -49,17 +48,13 @@ class SegmentWidget(Container):
                 self.progress, self.status,
             ]
         )  # fmt: skip
-        for label in (self.model_info, self.status):
-            label.native.setWordWrap(True)
+        self.model_info.native.setWordWrap(True)
         self.runner = JobRunner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.session.model_changed.connect(self._on_model_changed)
         self.model_source.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
-        self.run_button.changed.connect(self.run)
+        self.run_button.changed.connect(self.guarded(self.run))
         self.cancel_button.changed.connect(self.runner.stop)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self.reset_choices()
         self._on_model_changed()
 
     def _on_model_changed(self, *_) -> None:
@@ -91,23 +86,19 @@ class SegmentWidget(Container):
         data_point = layer.world_to_data(world[-layer.ndim :])
         return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(data_point[:stack_ndim], layer.data.shape))
 
-    def run(self, *_) -> None:
+    def run(self) -> None:
         if self.runner.busy:
             return
-        try:
-            layer = self.image.value
-            data, channel_axis = image_data(layer)
-            model = self.model()
-        except (LayerError, ModelFileError) as error:
-            self.status.value = f"⚠ {error}"
-            show_error(str(error))
-            return
+        layer = self.image.value
+        data, channel_axis = image_data(layer)
+        model = self.model()
         self._target = (layer, None)
         if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2:
             index = self._plane_index(layer)
             data = data[index]
             self._target = (layer, index)
         self.status.value = f"segmenting {layer.name}…"
+        self.progress.value = 0
         self.cancel_button.enabled, self.run_button.enabled = True, False
         options = {
             "tile": self.tile.value,

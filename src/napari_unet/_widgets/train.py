@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -18,16 +17,14 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
 from .._session import Session
-from ..core.checkpoint import ModelFileError, load_model
-from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig
-from ..core.data import TrainingDataError
-from ..core.geometry import InvalidTileSize
-from ..core.layout import ImageShapeError
+from ..core.checkpoint import load_model
+from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_model_config
 from ..core.model import UNet
-from ..core.train import StepProgress, Trainer, ValidationResult, default_model_config
+from ..core.train import StepProgress, Trainer, ValidationResult
+from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import Preview, TrainingDone, training_job
 from ._layers import LayerError, image_data, labels_data, layers_of, put_layer
@@ -35,13 +32,6 @@ from ._plot import LossPlot
 from ._runner import JobRunner
 
 DEFAULT_SAVE = Path.home() / "napari-unet" / "model.safetensors"
-SETUP_ERRORS = (LayerError, TrainingDataError, ImageShapeError, InvalidTileSize, ModelFileError, ValueError)
-
-
-def channels_first(layer: Image | None) -> np.ndarray:
-    """Image layer data with RGB channels moved in front of (H, W), as the core trains on."""
-    data, channel_axis = image_data(layer)
-    return data if channel_axis is None else np.moveaxis(data, channel_axis, -3)
 
 
 def format_seconds(seconds: float) -> str:
@@ -49,12 +39,24 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
-class TrainWidget(Container):
-    """Training data (image + annotation pairs), model, settings, Start/Stop, progress."""
+def group(title: str, *widgets) -> Container:
+    """A titled block of labelled controls."""
+    box = Container(widgets=list(widgets), labels=True)
+    box.margins = (0, 0, 0, 0)
+    heading = Label(value=f"<b>{title}</b>")
+    return Container(widgets=[heading, box], labels=False)
+
+
+class TrainWidget(DockWidget):
+    """Training data (image + annotation pairs), model, settings, Start/Stop, progress.
+
+    What a run needs is shown at once; the paper's hyper-parameters and the preview
+    sit under "advanced settings".
+    """
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = napari_viewer
+        super().__init__(napari_viewer, labels=False)
+        viewer = self.viewer
         self.session = session or Session.of(viewer)
         cpu = default_model_config("cpu")
         defaults = TrainConfig()
@@ -75,6 +77,7 @@ class TrainWidget(Container):
         self.depth = SpinBox(label="depth", value=cpu.depth, min=1, max=6)
         self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1_000_000)
         self.minutes = FloatSpinBox(label="minutes (0: no limit)", value=0.0, min=0.0, max=10_000.0, step=0.5)
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.lr = FloatSpinBox(label="learning rate", value=defaults.learning_rate, min=1e-5, max=1.0, step=1e-5)
         self.batch_size = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS), value=defaults.optimizer)
@@ -82,62 +85,57 @@ class TrainWidget(Container):
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="sigma (px)", value=WeightMapConfig().sigma, min=0.5, max=50.0)
         self.elastic = CheckBox(text="elastic deformation", value=True)
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.preview_image = ComboBox(label="preview on", choices=images, nullable=True, value=None)
         self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=100_000)
         self.save_path = FileEdit(label="save model to", mode="w", value=DEFAULT_SAVE, filter="*.safetensors")
+        self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.start_button = PushButton(text="Start training")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(value=f"devices found: {', '.join(device_choices()[1:])}")
+        self.status.value = f"devices found: {', '.join(device_choices()[1:])}"
         self.validation_label = Label(value="")
         self.plot = LossPlot()
+        self.advanced = group(
+            "Advanced",
+            self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic,
+            self.precision, self.val_image, self.val_labels, self.preview_image, self.preview_every,
+        )  # fmt: skip
+        self.advanced.visible = False
         self.extend(
             [
-                self.image, self.labels, self.add_pair, self.clear_pairs, self.pairs_label,
-                self.val_image, self.val_labels, self.model_source, self.model_file, self.base_channels,
-                self.depth, self.steps, self.minutes, self.lr, self.batch_size, self.optimizer, self.tile,
-                self.w0, self.sigma, self.elastic, self.device, self.precision, self.preview_image,
-                self.preview_every, self.save_path, self.start_button, self.stop_button, self.progress,
-                self.status, self.validation_label,
+                group("Data", self.image, self.labels, self.add_pair, self.clear_pairs, self.pairs_label),
+                group("Model", self.model_source, self.model_file, self.base_channels, self.depth),
+                group("Run", self.steps, self.minutes, self.device, self.save_path),
+                self.show_advanced, self.advanced,
+                self.start_button, self.stop_button, self.progress, self.status, self.validation_label,
             ]
         )  # fmt: skip
         self.native.layout().addWidget(self.plot)
-        for label in (self.status, self.pairs_label, self.validation_label):
-            label.native.setWordWrap(True)  # long paths must not widen the dock
+        for label in (self.pairs_label, self.validation_label):
+            label.native.setWordWrap(True)
         self.pairs: list[tuple[Image, Labels]] = []
         self.runner = JobRunner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self.trainer: Trainer | None = None
-        self.add_pair.changed.connect(self._add_pair)
+        self.add_pair.changed.connect(self.guarded(self._add_pair))
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(lambda depth: self._set_tile_choices(depth))
-        self.start_button.changed.connect(self.start)
+        self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
+        self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self.reset_choices()
 
     def _set_tile_choices(self, depth: int) -> None:
         self.tile.choices = tile_choices(depth)
         self.tile.value = None
 
-    def _add_pair(self, *_) -> None:
-        try:
-            labels_data(self.labels.value, self.image.value)
-        except LayerError as error:
-            self._report(str(error))
-            return
+    def _add_pair(self) -> None:
+        labels_data(self.labels.value, self.image.value)
         self.pairs.append((self.image.value, self.labels.value))
         self.pairs_label.value = "pairs: " + "; ".join(f"{i.name} + {l.name}" for i, l in self.pairs)  # noqa: E741
 
     def _clear_pairs(self, *_) -> None:
         self.pairs.clear()
         self.pairs_label.value = "pairs: the image and annotation above"
-
-    def _report(self, message: str) -> None:
-        self.status.value = f"⚠ {message}"
-        show_error(message)
 
     def config(self) -> TrainConfig:
         return TrainConfig(
@@ -151,8 +149,6 @@ class TrainWidget(Container):
             augment=AugmentConfig(elastic=self.elastic.value),
             device=self.device.value,
             precision=self.precision.value,
-            validate_every=max(1, min(100, self.steps.value // 5)),
-            checkpoint_every=100,
         )
 
     def _model(self, in_channels: int) -> UNet:
@@ -168,30 +164,38 @@ class TrainWidget(Container):
     def build_trainer(self) -> Trainer:
         """A trainer for the chosen layers and settings (raises on bad input)."""
         pairs = self.pairs or [(self.image.value, self.labels.value)]
-        images, annotations = [], []
+        images, annotations, channel_axes = [], [], set()
         for image_layer, labels_layer in pairs:
-            images.append(channels_first(image_layer))
+            data, channel_axis = image_data(image_layer)
+            images.append(data)
+            channel_axes.add(channel_axis)
             annotations.append(labels_data(labels_layer, image_layer))
-        model = self._model(in_channels=images[0].shape[-3] if pairs[0][0].rgb else 1)
+        if len(channel_axes) > 1:
+            raise LayerError("the training images mix RGB and single-channel layers: train on one kind")
+        channel_axis = channel_axes.pop()
+        model = self._model(in_channels=images[0].shape[channel_axis] if channel_axis is not None else 1)
         validation = {}
         if self.val_image.value is not None and self.val_labels.value is not None:
             validation = {
-                "val_images": [channels_first(self.val_image.value)],
+                "val_images": [image_data(self.val_image.value)[0]],
                 "val_labels": [labels_data(self.val_labels.value, self.val_image.value)],
             }
         save = Path(self.save_path.value)
+        checkpoint = save.with_name(save.name + ".ckpt")
         return Trainer(
-            model, images, annotations, self.config(), checkpoint_path=save.with_name(save.name + ".ckpt"), **validation
+            model,
+            images,
+            annotations,
+            self.config(),
+            checkpoint_path=checkpoint,
+            channel_axis=channel_axis,
+            **validation,
         )
 
-    def start(self, *_) -> None:
+    def start(self) -> None:
         if self.runner.busy:
             return
-        try:
-            self.trainer = self.build_trainer()
-        except SETUP_ERRORS as error:
-            self._report(str(error))
-            return
+        self.trainer = self.build_trainer()
         preview = None
         if self.preview_image.value is not None:
             preview = image_data(self.preview_image.value)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 from napari.layers import Labels
-from napari.utils.notifications import show_error
 
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
-from ._layers import EditWatcher, LayerError, labels_data, layers_of, put_layer
+from ._base import DockWidget
+from ._layers import EditWatcher, labels_data, layers_of, put_layer
 from ._runner import JobRunner
 
 
@@ -26,7 +26,7 @@ def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
     return weights, target
 
 
-class WeightMapWidget(Container):
+class WeightMapWidget(DockWidget):
     """w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / 2 sigma^2) of a labels layer, as an image layer.
 
     The border term lies on background pixels of the training target, including the
@@ -34,8 +34,8 @@ class WeightMapWidget(Container):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = viewer = napari_viewer
+        super().__init__(napari_viewer, labels=True)
+        viewer = self.viewer
         defaults = WeightMapConfig()
         self.labels = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.w0 = FloatSpinBox(label="w0", value=defaults.w0, min=0.0, max=100.0, step=0.5)
@@ -43,36 +43,26 @@ class WeightMapWidget(Container):
         self.balance = CheckBox(text="balance class frequencies", value=defaults.balance_classes)
         self.live = CheckBox(text="update while painting", value=True)
         self.compute = PushButton(text="Show weight map")
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
         self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
         self.runner = JobRunner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
-        self._edits = EditWatcher(self._refresh_shown, delay_ms=300)
-        self.compute.changed.connect(self.update_map)
+        self._edits = EditWatcher(self._refresh_shown, self.native, delay_ms=300)
+        self.compute.changed.connect(self.guarded(self.update_map))
         for control in (self.w0, self.sigma, self.balance):
             control.changed.connect(lambda _value: self._edits.timer.start())
         self.labels.changed.connect(self._edits.watch)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        self.reset_choices()
 
     @property
     def config(self) -> WeightMapConfig:
         return WeightMapConfig(w0=self.w0.value, sigma=self.sigma.value, balance_classes=self.balance.value)
 
-    def update_map(self, *_) -> None:
+    def update_map(self) -> None:
         """Compute the weight map in a worker (again, if one is running)."""
         if self.runner.busy:
             self._again = True
             return
-        try:
-            layer = self.labels.value
-            data = labels_data(layer)
-        except LayerError as error:
-            self.status.value = f"⚠ {error}"
-            show_error(str(error))
-            return
+        layer = self.labels.value
+        data = labels_data(layer)
         self._source = layer
         self.status.value = "computing…"
         self.runner.start(weight_job, np.array(data), self.config)
@@ -92,10 +82,10 @@ class WeightMapWidget(Container):
     def _idle(self) -> None:
         if self._again:
             self._again = False
-            self.update_map()
+            self.guarded(self.update_map)()
 
     def _refresh_shown(self) -> None:
         """Recompute after edits or parameter changes, if live and already shown."""
         layer = self.labels.value
         if self.live.value and layer is not None and f"{layer.name} weights" in self.viewer.layers:
-            self.update_map()
+            self.guarded(self.update_map)()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .config import ModelSpec
+from .errors import NapariUnetError
+from .io import write_atomic
 from .model import UNet
 
 FORMAT = "napari-unet"
@@ -26,27 +27,8 @@ FORMAT_VERSION = 1
 _HEADER_KEY = "napari_unet"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(NapariUnetError, ValueError):
     """A file that is not a readable napari-unet model."""
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename.
-
-    A crash mid-write leaves any previous file at ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _flatten(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:

@@ -10,6 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .devices import resolve_device
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 #: Label value that marks unannotated pixels: they get weight 0 and never enter the
@@ -65,7 +68,7 @@ class ModelConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"{message} (got {self})")
+                raise ConfigError(f"{message} (got {self})")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class NormalizationConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low < self.high <= 100.0:
-            raise ValueError(f"need 0 <= low < high <= 100 percentiles, got {self}")
+            raise ConfigError(f"need 0 <= low < high <= 100 percentiles, got {self}")
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,9 @@ class InstanceConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.min_size < 0 or self.expand < 0:
-            raise ValueError("min_size and expand must be >= 0")
+            raise ConfigError("min_size and expand must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class WeightMapConfig:
 
     def __post_init__(self) -> None:
         if self.w0 < 0 or self.sigma <= 0:
-            raise ValueError(f"need w0 >= 0 and sigma > 0, got {self}")
+            raise ConfigError(f"need w0 >= 0 and sigma > 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.grid < 2 or self.elastic_std < 0:
-            raise ValueError(f"need grid >= 2 and elastic_std >= 0, got {self}")
+            raise ConfigError(f"need grid >= 2 and elastic_std >= 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ class TrainConfig:
     (momentum 0.99, batch 1, large tiles); the default "adam" converges faster on
     few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
-    zero at ``steps``.
+    zero at ``steps``. Validation (when validation images are given) runs every
+    ``validate_every`` steps (``None``: see :attr:`validation_interval`) and at the end.
     """
 
     steps: int = 1000
@@ -200,7 +204,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
-    validate_every: int = 100
+    validate_every: int | None = None
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
@@ -211,11 +215,20 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.lr is None or self.lr > 0, "lr must be > 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.validate_every >= 1 and self.checkpoint_every >= 1, "intervals must be >= 1"),
+            (self.validate_every is None or self.validate_every >= 1, "validate_every must be >= 1"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
+
+    @property
+    def validation_interval(self) -> int:
+        """Steps between validations: ``validate_every``, or by default five times per
+        run and at least every 100 steps."""
+        if self.validate_every is not None:
+            return self.validate_every
+        return max(1, min(100, self.steps // 5))
 
     @property
     def learning_rate(self) -> float:
@@ -233,3 +246,11 @@ class TrainConfig:
             "augment": from_dict(AugmentConfig, data.pop("augment", None)),
         }
         return dataclasses.replace(from_dict(cls, data), **nested)
+
+
+def default_model_config(device: str | None = None, in_channels: int = 1) -> ModelConfig:
+    """The paper's network on a GPU; a smaller one (16 base channels, depth 3) on a CPU,
+    where it trains about 10x faster per pixel and still sees 88 px of context."""
+    if resolve_device(device).type == "cuda":
+        return ModelConfig(in_channels=in_channels)
+    return ModelConfig(in_channels=in_channels, base_channels=16, depth=3)

@@ -15,12 +15,13 @@ import numpy as np
 from . import geometry
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
+from .errors import NapariUnetError
 from .layout import channels_at_minus3
 from .normalize import normalize
 from .weights import separation_target, weight_map
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(NapariUnetError, ValueError):
     """Training images and annotations that cannot be used as they are."""
 
 
@@ -53,8 +54,8 @@ class Batch:
     weights: np.ndarray
 
 
-def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, name: str):
-    data = channels_at_minus3(image, in_channels)
+def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str):
+    data = channels_at_minus3(image, in_channels, channel_axis)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         if labels.size and not np.array_equal(labels, np.round(labels)):
@@ -78,12 +79,15 @@ def prepare(
     in_channels: int,
     normalization: NormalizationConfig,
     weights: WeightMapConfig,
+    channel_axis: int | None = None,
 ) -> list[PreparedPlane]:
     """Prepare every annotated plane of ``images`` with ``labels``.
 
     ``images[i]`` is any layout accepted by prediction (stacks count plane by plane)
     and ``labels[i]`` has the same spatial shape (and stack axes): 0 background,
-    1.. cells, -1 unannotated. Planes without any annotated pixel are skipped.
+    1.. cells, -1 unannotated. ``channel_axis`` says where the channels of every
+    image are (default: guessed, see :func:`~napari_unet.core.layout.channels_at_minus3`).
+    Planes without any annotated pixel are skipped.
     """
     if len(images) != len(labels):
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
@@ -91,7 +95,9 @@ def prepare(
         raise TrainingDataError("no training images given")
     planes = []
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
-        for plane, plane_labels in _pair_planes(image, label_image, in_channels, f"training pair {number}"):
+        for plane, plane_labels in _pair_planes(
+            image, label_image, in_channels, channel_axis, f"training pair {number}"
+        ):
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
             if not np.isfinite(plane).all():

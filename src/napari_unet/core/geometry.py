@@ -14,17 +14,27 @@ as a single pass over the whole image; that is what makes tiling exact.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+from .config import ModelConfig
+from .errors import NapariUnetError
+from .model import layer_input_shapes, layer_plan
 
-class InvalidTileSize(ValueError):
+
+class InvalidTileSize(NapariUnetError, ValueError):
     """A tile size that the network cannot process."""
 
 
+@functools.cache
 def margin(depth: int) -> int:
-    """Pixels lost per axis between input and output (184 for depth 4)."""
-    return 12 * 2**depth - 8
+    """Pixels lost per axis between input and output (184 for depth 4), read off the
+    network's layer plan (it equals ``12 * 2**depth - 8``)."""
+    step = 2**depth
+    size = 16 * step - 4  # a valid size for every depth: 4 (step - 1) + 12 step
+    plan = layer_plan(ModelConfig(base_channels=1, depth=depth))
+    return size - layer_input_shapes(plan, (1, 1, size))[-1][-1]
 
 
 def context(depth: int) -> int:

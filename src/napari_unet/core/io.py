@@ -4,17 +4,61 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import write_atomic
+from .errors import NapariUnetError, OutputFileError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
 
-class ImageFileError(ValueError):
+class ImageFileError(NapariUnetError, ValueError):
     """An image file that cannot be read."""
+
+
+def _umask() -> int:
+    """The process's file-mode creation mask, read without changing it where possible."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    A crash mid-write leaves any previous file at ``path`` untouched; the new file's
+    permissions follow the umask like any other program's. Failures raise
+    :class:`OutputFileError` naming ``path``.
+    """
+    path = Path(path)
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(handle, "wb") as stream:
+            os.fchmod(stream.fileno(), 0o666 & ~_umask())
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        raise OutputFileError(f"cannot write {path}: {reason}; any earlier file there is unchanged") from error
+    except BaseException:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import NapariUnetError
 
-class ImageShapeError(ValueError):
+
+class ImageShapeError(NapariUnetError, ValueError):
     """An image whose shape does not fit the model."""
 
 

@@ -1,14 +1,132 @@
-"""The U-Net of Ronneberger et al. 2015 with unpadded ("valid") convolutions."""
+"""The U-Net of Ronneberger et al. 2015 with unpadded ("valid") convolutions.
+
+The network is written down once, as a :func:`layer_plan`: the sequence of layers
+in forward order. The torch module (:class:`UNet`), the fast CPU inference path
+(:class:`CpuInference`), the shape walk (:func:`layer_input_shapes`) and the FLOP
+count (:func:`forward_flops`) all follow that plan.
+"""
 
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .config import ModelConfig, ModelSpec
-from .geometry import smallest_input
+
+CONV, POOL, DROPOUT, UP, CONCAT = "conv", "pool", "dropout", "up", "concat"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One step of the forward pass.
+
+    ``kind``: ``"conv"`` (unpadded ``kernel``-sized convolution, then ReLU if
+    ``relu``), ``"pool"`` (keep the input as a skip connection, then 2x2 max
+    pooling), ``"dropout"``, ``"up"`` (2x2 stride-2 up-convolution) or ``"concat"``
+    (centre-crop the latest skip to the input's size and put it in front of the
+    input's channels). ``module`` names the submodule holding the weights.
+    """
+
+    kind: str
+    module: str = ""
+    in_channels: int = 0
+    out_channels: int = 0
+    kernel: int = 0
+    relu: bool = False
+
+
+def layer_plan(config: ModelConfig) -> list[Layer]:
+    """The layers of the paper's Fig. 1 for ``config``, in forward order.
+
+    Per level two 3x3 convolutions + ReLU, then pooling (the contracting path); at
+    the bottom two more and dropout; per level back up an up-convolution that
+    halves the channels, concatenation with the cropped skip and two convolutions;
+    finally a 1x1 convolution to the classes. Module names match :class:`UNet`'s.
+    """
+    widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
+
+    def double(prefix: str, c_in: int, c_out: int) -> list[Layer]:
+        return [Layer(CONV, f"{prefix}.0", c_in, c_out, 3, True), Layer(CONV, f"{prefix}.2", c_out, c_out, 3, True)]
+
+    plan: list[Layer] = []
+    channels = config.in_channels
+    for level in range(config.depth):
+        plan += [*double(f"down.{level}", channels, widths[level]), Layer(POOL)]
+        channels = widths[level]
+    plan += [*double("bottom", channels, widths[-1]), Layer(DROPOUT, "dropout")]
+    for step, level in enumerate(reversed(range(config.depth))):
+        plan += [Layer(UP, f"up.{step}", widths[level + 1], widths[level], 2), Layer(CONCAT)]
+        plan += double(f"up_conv.{step}", 2 * widths[level], widths[level])
+    plan.append(Layer(CONV, "head", widths[0], config.n_classes, 1, False))
+    return plan
+
+
+def layer_input_shapes(plan: Sequence[Layer], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """The input shape ``(N, C, *spatial)`` of every layer of ``plan``, and at the end
+    the output's shape. Raises ``ValueError`` where a pooling meets an odd size."""
+    shape = tuple(input_shape)
+    skips: list[tuple[int, ...]] = []
+    shapes = []
+    for layer in plan:
+        shapes.append(shape)
+        batch, channels, spatial = shape[0], shape[1], shape[2:]
+        if layer.kind == CONV:
+            shape = (batch, layer.out_channels, *(n - layer.kernel + 1 for n in spatial))
+        elif layer.kind == POOL:
+            if any(n % 2 for n in spatial):
+                raise ValueError(f"2x2 pooling of an odd size {spatial}: {tuple(input_shape)} is not a valid input")
+            skips.append(shape)
+            shape = (batch, channels, *(n // 2 for n in spatial))
+        elif layer.kind == UP:
+            shape = (batch, layer.out_channels, *(2 * n for n in spatial))
+        elif layer.kind == CONCAT:
+            shape = (batch, skips.pop()[1] + channels, *spatial)
+    shapes.append(shape)
+    return shapes
+
+
+def forward_flops(config: ModelConfig, input_shape: Sequence[int]) -> int:
+    """Floating-point operations (2 per multiply-add) of one forward pass on an input
+    of ``input_shape`` ``(N, C, *spatial)``. Counts the convolutions and the
+    up-convolutions (each output pixel takes one tap per input channel); biases,
+    activations, pooling and copies are not counted."""
+    plan = layer_plan(config)
+    total = 0
+    for layer, shape_out in zip(plan, layer_input_shapes(plan, input_shape)[1:]):
+        out_pixels = shape_out[0] * math.prod(shape_out[2:])
+        if layer.kind == CONV:
+            spatial_dims = len(shape_out) - 2
+            total += 2 * layer.in_channels * layer.out_channels * layer.kernel**spatial_dims * out_pixels
+        elif layer.kind == UP:
+            total += 2 * layer.in_channels * layer.out_channels * out_pixels
+    return total
+
+
+def center_crop(features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The central window of ``size`` (its last axes) of ``features`` (N, C, ...)."""
+    window = [slice((have - want) // 2, (have - want) // 2 + want) for have, want in zip(features.shape[2:], size)]
+    return features[(..., *window)]
+
+
+def run_plan(plan: Sequence[Layer], x: torch.Tensor, apply: Callable[[int, Layer, torch.Tensor], torch.Tensor]):
+    """Push ``x`` through ``plan``; ``apply(index, layer, x)`` computes the layers
+    with weights (conv, up, dropout), the plan itself pooling and concatenation."""
+    skips = []
+    for index, layer in enumerate(plan):
+        if layer.kind == POOL:
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        elif layer.kind == CONCAT:
+            x = torch.cat([center_crop(skips.pop(), x.shape[2:]), x], dim=1)
+        else:
+            x = apply(index, layer, x)
+    return x
 
 
 class DoubleConv(nn.Sequential):
@@ -21,13 +139,6 @@ class DoubleConv(nn.Sequential):
             nn.Conv2d(out_channels, out_channels, kernel_size=3),
             nn.ReLU(inplace=True),
         )
-
-
-def center_crop(features: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The central ``height x width`` window of ``features`` (N, C, H, W)."""
-    top = (features.shape[-2] - height) // 2
-    left = (features.shape[-1] - width) // 2
-    return features[..., top : top + height, left : left + width]
 
 
 class UNet(nn.Module):
@@ -54,23 +165,20 @@ class UNet(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.config = ModelConfig(in_channels, n_classes, base_channels, depth, dropout)
-        self.spec = ModelSpec(model=self.config)
+        self.config = config = ModelConfig(in_channels, n_classes, base_channels, depth, dropout)
+        self.spec = ModelSpec(model=config)
+        self.plan = layer_plan(config)
         widths = [base_channels * 2**level for level in range(depth + 1)]
-        self.down = nn.ModuleList()
-        channels = in_channels
-        for width in widths[:-1]:
-            self.down.append(DoubleConv(channels, width))
-            channels = width
-        self.pool = nn.MaxPool2d(2)
+        self.down = nn.ModuleList(
+            DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-2]], widths[:-1])
+        )
         self.bottom = DoubleConv(widths[-2], widths[-1])
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.up = nn.ModuleList()
-        self.up_conv = nn.ModuleList()
-        for level in reversed(range(depth)):
-            self.up.append(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2))
-            self.up_conv.append(DoubleConv(2 * widths[level], widths[level]))
+        levels = list(reversed(range(depth)))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels)
+        self.up_conv = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in levels)
         self.head = nn.Conv2d(widths[0], n_classes, kernel_size=1)
+        self._layers = [self.get_submodule(layer.module) if layer.module else None for layer in self.plan]
         self.reset_parameters()
 
     @classmethod
@@ -90,17 +198,38 @@ class UNet(nn.Module):
             nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_in))
             nn.init.zeros_(module.bias)
 
+    def _apply_layer(self, index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        x = self._layers[index](x)
+        return torch.relu_(x) if layer.relu else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.dropout(self.bottom(x))
-        for up, block, skip in zip(self.up, self.up_conv, reversed(skips)):
-            x = up(x)
-            x = block(torch.cat([center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1))
-        return self.head(x)
+        return run_plan(self.plan, x, self._apply_layer)
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def weights_lock(model: nn.Module) -> threading.Lock:
+    """The lock held while ``model``'s weights change (an optimiser step) or are
+    copied (:func:`snapshot`), so a copy never mixes two steps."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+def snapshot(model: UNet, device: torch.device | str = "cpu") -> UNet:
+    """A copy of ``model`` on ``device`` in eval mode, with a consistent copy of its
+    weights. ``model`` itself is not touched: not moved, not switched to eval, and
+    its random number generators are not drawn from (the copy is built on the meta
+    device and then filled in)."""
+    with torch.device("meta"):
+        copy = UNet.from_config(model.config)
+    copy = copy.to_empty(device=device)
+    with weights_lock(model), torch.no_grad():
+        copy.load_state_dict(model.state_dict())
+    copy.spec = model.spec
+    copy.metadata = dict(getattr(model, "metadata", {}))
+    return copy.eval().requires_grad_(False)
 
 
 def _fused_conv_op():
@@ -111,24 +240,6 @@ def _fused_conv_op():
         return torch.ops.mkldnn._convolution_pointwise
     except (AttributeError, RuntimeError):
         return None
-
-
-def conv_input_shapes(config: ModelConfig, batch: int, height: int, width: int) -> list[tuple[int, ...]]:
-    """Input shapes (N, C, H, W) of the 3x3 and head convolutions, in forward order."""
-    widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
-    shapes = []
-    channels, h, w = config.in_channels, height, width
-    for level in range(config.depth + 1):
-        shapes += [(batch, channels, h, w), (batch, widths[level], h - 2, w - 2)]
-        channels, h, w = widths[level], h - 4, w - 4
-        if level < config.depth:
-            h, w = h // 2, w // 2
-    for level in reversed(range(config.depth)):
-        h, w = 2 * h, 2 * w
-        shapes += [(batch, 2 * widths[level], h, w), (batch, widths[level], h - 2, w - 2)]
-        h, w = h - 4, w - 4
-    shapes.append((batch, widths[0], h, w))
-    return shapes
 
 
 class CpuInference:
@@ -146,39 +257,36 @@ class CpuInference:
       instead of at every call.
 
     ``dtype``: torch.float32, or torch.bfloat16 (what autocast computes convolutions
-    in). ``input_shape``: the (N, C, H, W) the weights are laid out for; other valid
-    shapes work too. The instance holds a snapshot of the weights: build a new one
-    after they change. Calls take ``(N, C, H, W)`` inputs of any layout and dtype and
-    return logits ``(N, K, H - m, W - m)`` in ``dtype``, channels-last.
+    in). ``input_shape``: the valid (N, C, H, W) the weights are laid out for; other
+    valid shapes work too. ``fused=False`` uses plain channels-last convolutions (what runs
+    where oneDNN's fused op is missing). The instance holds its own copy of the
+    weights: build a new one after they change. Calls take ``(N, C, H, W)`` inputs of
+    any layout and dtype and return logits ``(N, K, H - m, W - m)`` in ``dtype``,
+    channels-last.
     """
 
     def __init__(
-        self, model: UNet, dtype: torch.dtype = torch.float32, input_shape: tuple[int, ...] | None = None
+        self,
+        model: UNet,
+        dtype: torch.dtype,
+        input_shape: Sequence[int],
+        *,
+        fused: bool = True,
     ) -> None:
         self.dtype = dtype
-        self.fused = _fused_conv_op() is not None
-        convs = [block[i] for block in (*model.down, model.bottom) for i in (0, 2)]
-        convs += [block[i] for block in model.up_conv for i in (0, 2)]
-        convs.append(model.head)
-        if input_shape is None:
-            size = smallest_input(model.config.depth)
-            input_shape = (1, model.config.in_channels, size, size)
-        shapes = conv_input_shapes(model.config, *input_shape[:1], *input_shape[2:])
-        packed = [self._pack(conv, shape) for conv, shape in zip(convs, shapes)]
-        iter_pairs = iter(packed)
-        self._down = [(next(iter_pairs), next(iter_pairs)) for _ in model.down]
-        self._bottom = (next(iter_pairs), next(iter_pairs))
-        self._up_conv = [(next(iter_pairs), next(iter_pairs)) for _ in model.up_conv]
-        self._head = next(iter_pairs)
-        self._up = [
-            (up.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last), up.bias.detach().to(dtype))
-            for up in model.up
-        ]
+        self.plan = model.plan
+        self.fused = fused and _fused_conv_op() is not None
+        shapes = layer_input_shapes(self.plan, input_shape)
+        with weights_lock(model), torch.no_grad():
+            self.weights = [
+                self._pack(model.get_submodule(layer.module), layer, shape) if layer.kind in (CONV, UP) else None
+                for layer, shape in zip(self.plan, shapes)
+            ]
 
-    def _pack(self, conv: nn.Conv2d, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight = conv.weight.detach().to(self.dtype)
-        bias = None if conv.bias is None else conv.bias.detach().to(self.dtype)
-        if self.fused:
+    def _pack(self, module: nn.Module, layer: Layer, shape: tuple[int, ...]):
+        weight = module.weight.detach().to(self.dtype, copy=True)
+        bias = module.bias.detach().to(self.dtype, copy=True)
+        if layer.kind == CONV and self.fused:
             try:
                 weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     weight.contiguous().to_mkldnn(), [0, 0], [1, 1], [1, 1], 1, list(shape)
@@ -188,24 +296,18 @@ class CpuInference:
                 self.fused = False
         return weight.contiguous(memory_format=torch.channels_last), bias
 
-    def _conv(self, x: torch.Tensor, weights: tuple, relu: bool = True) -> torch.Tensor:
-        weight, bias = weights
+    def _apply_layer(self, index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        if layer.kind == DROPOUT:
+            return x
+        weight, bias = self.weights[index]
+        if layer.kind == UP:
+            return nn.functional.conv_transpose2d(x, weight, bias, stride=2)
         if weight.is_mkldnn:
-            attr = "relu" if relu else "none"
+            attr = "relu" if layer.relu else "none"
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, attr, [], "")
         x = nn.functional.conv2d(x, weight, bias)
-        return torch.relu_(x) if relu else x
+        return torch.relu_(x) if layer.relu else x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        skips = []
-        for first, second in self._down:
-            x = self._conv(self._conv(x, first), second)
-            skips.append(x)
-            x = nn.functional.max_pool2d(x, 2)
-        x = self._conv(self._conv(x, self._bottom[0]), self._bottom[1])
-        for (weight, bias), (first, second), skip in zip(self._up, self._up_conv, reversed(skips)):
-            x = nn.functional.conv_transpose2d(x, weight, bias, stride=2)
-            x = torch.cat([center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
-            x = self._conv(self._conv(x, first), second)
-        return self._conv(x, self._head, relu=False)
+        return run_plan(self.plan, x, self._apply_layer)

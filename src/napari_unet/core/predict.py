@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -12,11 +13,13 @@ import numpy as np
 import torch
 
 from . import geometry, tiling
-from .devices import autocast, precision_name, resolve_device, resolve_precision, reuse_freed_memory
+from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .instances import probabilities_to_labels
 from .layout import channels_at_minus3
-from .model import CpuInference, UNet
+from .memory import reuse_freed_memory
+from .model import CpuInference, UNet, snapshot
 from .normalize import normalize
+from .progress import drive
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,14 @@ CPU_TILE_BUDGET_BYTES = 1 << 30
 
 @dataclass(frozen=True)
 class TileProgress:
-    """Tiles done out of all tiles of the whole image (every plane counted)."""
+    """Tiles done out of all tiles of the whole image (every plane counted), the tile
+    plan of one plane, and the seconds spent so far in the network itself (the rest
+    is reading, normalising, mirroring and stitching)."""
 
     done: int
     total: int
+    plan: geometry.TilePlan
+    network_seconds: float
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,10 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     whose outputs abut exactly (no blending). Returns (as the generator's value)
     float32 probabilities ``(*stack, n_classes, H, W)``.
 
-    Stop early by closing the generator; ``options`` are :class:`PredictOptions`.
+    The caller's ``model`` is left as it is (device, train/eval mode, weights): the
+    prediction runs on a snapshot of its weights, so a model may keep training in
+    another thread meanwhile. Stop early by closing the generator; ``options`` are
+    :class:`PredictOptions`.
     """
     opts = PredictOptions(**options)
     data = channels_at_minus3(image, model.config.in_channels, opts.channel_axis)
@@ -119,34 +129,32 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
         batch_size,
     )
     output = np.empty((*stack_shape, model.config.n_classes, height, width), np.float32)
-    was_training = model.training
-    model.to(device).eval()
-    done = 0
+    done, network_seconds = 0, 0.0
     memory = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
-    try:
-        with memory:
-            network = _network(model, device, dtype, (batch_size, model.config.in_channels, *plan.tile))
-            for index in np.ndindex(*stack_shape):
-                plane = normalize(data[index], model.spec.normalization)
-                for origins in tiling.tile_batches(plan, batch_size):
-                    batch = np.stack([tiling.extract_tile(plane, o, plan) for o in origins])
-                    probs = _forward(network, batch, device, dtype)
-                    for origin, tile_probs in zip(origins, probs):
-                        tiling.paste_tile(output[index], tile_probs, origin, plan)
-                    done += len(origins)
-                    yield TileProgress(done, total)
-    finally:
-        model.train(was_training)
+    with memory:
+        network = _network(model, device, dtype, (batch_size, model.config.in_channels, *plan.tile))
+        for index in np.ndindex(*stack_shape):
+            plane = normalize(data[index], model.spec.normalization)
+            for origins in tiling.tile_batches(plan, batch_size):
+                batch = np.stack([tiling.extract_tile(plane, o, plan) for o in origins])
+                began = time.perf_counter()
+                probs = _forward(network, batch, device, dtype)
+                network_seconds += time.perf_counter() - began
+                for origin, tile_probs in zip(origins, probs):
+                    tiling.paste_tile(output[index], tile_probs, origin, plan)
+                done += len(origins)
+                yield TileProgress(done, total, plan, network_seconds)
     return output
 
 
 def _network(model: UNet, device: torch.device, dtype, input_shape: tuple[int, ...]):
-    """What computes the logits: on a CPU the faster :class:`CpuInference` (fp32 or
-    bf16, results equal to the modules' up to rounding), else the model itself."""
-    if device.type == "cpu" and dtype in (None, torch.bfloat16):
-        with torch.inference_mode():
+    """What computes the logits from a snapshot of ``model``'s weights: on a CPU the
+    faster :class:`CpuInference` (fp32 or bf16, equal to the modules up to rounding),
+    else a copy of the module on ``device``."""
+    with torch.inference_mode():
+        if device.type == "cpu" and dtype in (None, torch.bfloat16):
             return CpuInference(model, dtype or torch.float32, input_shape)
-    return model
+        return snapshot(model, device)
 
 
 def _forward(network, batch: np.ndarray, device: torch.device, dtype) -> np.ndarray:
@@ -157,21 +165,26 @@ def _forward(network, batch: np.ndarray, device: torch.device, dtype) -> np.ndar
     return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
-def run(generator: Generator):
-    """Drive a progress generator to its end and return its value."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
-
-
 def predict(model: UNet, image: np.ndarray, **options) -> np.ndarray:
     """Per-class probabilities float32 ``(*stack, n_classes, H, W)``; see :func:`iter_predict`."""
-    return run(iter_predict(model, image, **options))
+    return drive(iter_predict(model, image, **options))
 
 
-def segment(model: UNet, image: np.ndarray, **options) -> np.ndarray:
-    """Instance labels int32 ``(*stack, H, W)`` using the model's instance settings."""
-    probabilities = predict(model, image, **options)
-    return probabilities_to_labels(probabilities, model.spec.instances)
+def iter_segment(
+    model: UNet, image: np.ndarray, *, return_probabilities: bool = False, **options
+) -> Generator[TileProgress, None, np.ndarray | tuple[np.ndarray, np.ndarray]]:
+    """Instance labels of ``image``, as a generator of :class:`TileProgress`.
+
+    Returns int32 labels ``(*stack, H, W)`` made with the model's instance settings
+    (``model.spec.instances``), or ``(labels, probabilities)`` with
+    ``return_probabilities``; ``options`` as for :func:`iter_predict`.
+    """
+    probabilities = yield from iter_predict(model, image, **options)
+    labels = probabilities_to_labels(probabilities, model.spec.instances)
+    return (labels, probabilities) if return_probabilities else labels
+
+
+def segment(model: UNet, image: np.ndarray, *, return_probabilities: bool = False, **options):
+    """Instance labels int32 ``(*stack, H, W)`` (and the probabilities with
+    ``return_probabilities``); see :func:`iter_segment`."""
+    return drive(iter_segment(model, image, return_probabilities=return_probabilities, **options))

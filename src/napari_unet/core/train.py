@@ -7,6 +7,7 @@ checkpoint when a checkpoint path was given.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,18 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_state, model_from_state, model_state, save_model, save_state
-from .config import ModelConfig, TrainConfig
+from .config import TrainConfig
 from .data import SampleStream, default_tile, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
-from .instances import probabilities_to_labels
+from .errors import ConfigError, NapariUnetError
 from .metrics import combine, match_instances, pixel_iou
-from .model import UNet
-from .predict import predict
+from .model import UNet, weights_lock
+from .predict import segment
+from .progress import drive
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(NapariUnetError, RuntimeError):
     """Training cannot go on (e.g. the loss diverged)."""
 
 
@@ -75,14 +77,6 @@ class TrainSummary:
 TrainEvent = StepProgress | ValidationResult | CheckpointSaved
 
 
-def default_model_config(device: str | torch.device | None = None, in_channels: int = 1) -> ModelConfig:
-    """The paper's network on a GPU; a smaller one (16 base channels, depth 3) on a CPU,
-    where it trains about 10x faster per pixel and still sees 88 px of context."""
-    if resolve_device(device).type == "cuda":
-        return ModelConfig(in_channels=in_channels)
-    return ModelConfig(in_channels=in_channels, base_channels=16, depth=3)
-
-
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Pixel-wise softmax cross entropy weighted by ``weights`` (paper eq. 1).
 
@@ -94,7 +88,14 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: 
 
 
 class Trainer:
-    """Trains ``model`` on images with instance labels (0 background, 1.. cells, -1 ignore)."""
+    """Trains ``model`` on images with instance labels (0 background, 1.. cells, -1 ignore).
+
+    ``images[i]``: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` or stacks, as for
+    prediction (``channel_axis`` says where the channels are when the guess would be
+    wrong); ``labels[i]``: int ``(*stack, H, W)``. Validation images (optional) are
+    segmented every ``config.validation_interval`` steps; a checkpoint is written
+    every ``config.checkpoint_every`` steps and when training stops.
+    """
 
     def __init__(
         self,
@@ -106,14 +107,16 @@ class Trainer:
         val_images: Sequence[np.ndarray] = (),
         val_labels: Sequence[np.ndarray] = (),
         checkpoint_path: str | Path | None = None,
+        channel_axis: int | None = None,
     ) -> None:
         self.model = model
         self.config = config = config or TrainConfig()
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         if len(val_images) != len(val_labels):
-            raise ValueError("give one validation label image per validation image")
+            raise ConfigError("give one validation label image per validation image")
         self.validation = list(zip(val_images, val_labels))
+        self.channel_axis = channel_axis
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         planes = prepare(
             images,
@@ -121,6 +124,7 @@ class Trainer:
             in_channels=model.config.in_channels,
             normalization=model.spec.normalization,
             weights=config.weights,
+            channel_axis=channel_axis,
         )
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
@@ -147,10 +151,11 @@ class Trainer:
         optimiser, step, random state). Pass the same data as before."""
         state = load_state(path)
         if state.get("kind") != "checkpoint":
-            raise ValueError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
+            raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
         config = TrainConfig.from_dict(state["config"])
         trainer = cls(model_from_state(state["model"], path), images, labels, config, **kwargs)
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        with weights_lock(trainer.model):
+            trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])
         trainer.seconds = float(state["seconds"])
         trainer.losses = list(state["losses"])
@@ -170,8 +175,8 @@ class Trainer:
 
     def run(self) -> Generator[TrainEvent, None, TrainSummary]:
         """Train until ``steps`` or ``minutes``; yields a :class:`StepProgress` every step,
-        a :class:`ValidationResult` every ``validate_every`` steps (when validation
-        data was given) and :class:`CheckpointSaved` every ``checkpoint_every``."""
+        a :class:`ValidationResult` every ``config.validation_interval`` steps and at
+        the end (when validation data was given) and :class:`CheckpointSaved` every ``checkpoint_every``."""
         cfg = self.config
         log.info(
             "training on %s in %s: tile %d, batch %d, %s",
@@ -194,7 +199,7 @@ class Trainer:
                 self.losses.append(loss)
                 self.seconds = time.perf_counter() - started
                 yield self._progress(loss, lr, begin, data_seconds)
-                if self.validation and (self.step % cfg.validate_every == 0 or self.step == cfg.steps):
+                if self.validation and (self.step % cfg.validation_interval == 0 or self.step == cfg.steps):
                     self.last_validation = self.validate()
                     yield self.last_validation
                 if self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
@@ -229,11 +234,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            with weights_lock(self.model):
+                self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
-            self.optimizer.step()
+            with weights_lock(self.model):
+                self.optimizer.step()
         return float(loss.detach())
 
     def _progress(self, loss: float, lr: float, begin: float, data_seconds: float) -> StepProgress:
@@ -259,9 +266,9 @@ class Trainer:
     def validate(self) -> ValidationResult:
         """AP@0.5 (matches pooled over images) and the area-weighted mean pixel IoU."""
         matches, ious, areas = [], [], []
+        options = {"device": self.device, "precision": precision_name(self.dtype), "channel_axis": self.channel_axis}
         for image, truth in self.validation:
-            probabilities = predict(self.model, image, device=self.device, precision=precision_name(self.dtype))
-            labels = probabilities_to_labels(probabilities, self.model.spec.instances)
+            labels = segment(self.model, image, **options)
             matches.append(match_instances(labels, truth, thresholds=(0.5,)))
             ious.append(pixel_iou(labels, truth))
             areas.append(np.asarray(truth).size)
@@ -315,6 +322,48 @@ class Trainer:
         log.info("checkpoint at step %d written to %s", self.step, path)
 
 
-def train(model: UNet, images, labels, config: TrainConfig | None = None, **kwargs):
-    """Shorthand for ``Trainer(model, images, labels, config, **kwargs).run()``."""
-    return Trainer(model, images, labels, config, **kwargs).run()
+def iter_train(
+    model: UNet,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    *,
+    val_images: Sequence[np.ndarray] = (),
+    val_labels: Sequence[np.ndarray] = (),
+    checkpoint_path: str | Path | None = None,
+    channel_axis: int | None = None,
+    **overrides,
+) -> Generator[TrainEvent, None, TrainSummary]:
+    """Train ``model`` in place, as a generator of progress events that returns a
+    :class:`TrainSummary`; stop early by closing it.
+
+    ``config`` (default :class:`TrainConfig()`) with any of its fields given as
+    keyword ``overrides`` (``steps=500, device="cpu", seed=0``); the other keywords
+    are :class:`Trainer`'s.
+    """
+    trainer = Trainer(
+        model,
+        images,
+        labels,
+        with_overrides(config or TrainConfig(), overrides),
+        val_images=val_images,
+        val_labels=val_labels,
+        checkpoint_path=checkpoint_path,
+        channel_axis=channel_axis,
+    )
+    return (yield from trainer.run())
+
+
+def train(model: UNet, images, labels, config: TrainConfig | None = None, **kwargs) -> TrainSummary:
+    """Train ``model`` in place to the end and return the :class:`TrainSummary`;
+    arguments as for :func:`iter_train`."""
+    return drive(iter_train(model, images, labels, config, **kwargs))
+
+
+def with_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
+    """``config`` with some fields replaced; unknown names are refused by name."""
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return dataclasses.replace(config, **overrides)

@@ -1,7 +1,7 @@
 """Slow, brute-force reference implementations.
 
-Only tests and benchmarks use these, to validate the fast code in :mod:`.weights` and
-:mod:`.metrics`. They favour being obviously correct over speed: full-image distance
+Only tests and benchmarks use these, to validate the fast code in :mod:`napari_unet.core.weights` and
+:mod:`napari_unet.core.metrics`. They favour being obviously correct over speed: full-image distance
 transforms, explicit loops over objects and boolean masks.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .config import IGNORE_LABEL
-from .metrics import MatchStats
+from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.metrics import MatchStats
 
 
 def separation_target_reference(labels: np.ndarray) -> np.ndarray:
