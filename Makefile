@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup lint bench screenshot
+.PHONY: demo test test-fast setup lint bench screenshot
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh gui
@@ -16,6 +16,10 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/npe2 validate napari-unet --imports
 	$(BIN)/python -m pytest
+
+# The quick loop while editing the core: no GUI, nothing marked slow (under 30 s).
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest tests/core -m "not slow" -p no:xvfb -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench scripts

@@ -84,6 +84,7 @@ def annotated_files(tmp_path):
 TINY = ["--base-channels", "2", "--depth", "2", "--tile", "60", "--batch-size", "1", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_train_resume_and_fine_tune(tmp_path, annotated_files, capsys):
     (img0, lab0), (img1, lab1) = annotated_files
     out = tmp_path / "m.safetensors"
@@ -132,6 +133,7 @@ def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     assert table[-1].startswith("overall")
 
 
+@pytest.mark.slow
 def test_demo_writes_everything(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out-dir", str(out), "--minutes", "0.05", "--device", "cpu"]) == 0

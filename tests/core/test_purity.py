@@ -2,11 +2,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import napari_unet
 
 GUI_MODULES = ("qtpy", "napari", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy")
 
 
+@pytest.mark.slow
 def test_core_and_public_api_import_no_gui_toolkit():
     core = Path(napari_unet.__file__).parent / "core"
     modules = sorted(f"napari_unet.core.{p.stem}" for p in core.glob("*.py") if p.stem != "__init__")

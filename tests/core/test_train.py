@@ -176,6 +176,7 @@ def test_channel_axis_says_where_the_channels_are():
     assert summary.steps == 2
 
 
+@pytest.mark.slow
 def test_training_while_another_thread_predicts_gives_the_same_weights():
     """Prediction works on a snapshot: the trained weights do not depend on it."""
     import threading

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from npe2 import PluginManifest
 
@@ -55,6 +56,7 @@ def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path):
     assert Session.of(viewer).model is None
 
 
+@pytest.mark.slow
 def test_the_whole_loop(viewer, session, wait_idle, tmp_path, qtbot):
     """Sample data -> annotate -> weight map -> train -> segment -> objects appear."""
     for data, meta, kind in nuclei_stack():

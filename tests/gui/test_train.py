@@ -66,6 +66,7 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
     assert session.model is widget.trainer.model and "stopped" in widget.status.value
 
 
+@pytest.mark.slow
 def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_path, wait_idle, qtbot):
     widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated

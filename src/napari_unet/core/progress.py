@@ -19,16 +19,14 @@ Result = TypeVar("Result")
 
 def drive(generator: Generator[Item, None, Result], on_item: Callable[[Item], None] | None = None) -> Result:
     """Run ``generator`` to its end, passing every yielded record to ``on_item``;
-    returns the generator's value. Closing it early (an exception in ``on_item``,
+    returns the generator's value. Leaving early (an exception in ``on_item``,
     Ctrl-C) closes the generator, so its clean-up runs."""
-    with contextlib.closing(generator):
-        while True:
-            try:
-                item = next(generator)
-            except StopIteration as finished:
-                return finished.value
+    result = _Result()
+    with contextlib.closing(_recording(generator, result)) as records:
+        for item in records:
             if on_item is not None:
                 on_item(item)
+    return result.value
 
 
 def until_stopped(
@@ -36,12 +34,19 @@ def until_stopped(
 ) -> Generator[Item, None, Result | None]:
     """Forward ``generator``'s records; when ``stop`` is set after a record, close
     the generator (its clean-up runs) and return ``None`` instead of its value."""
-    with contextlib.closing(generator):
-        while True:
-            try:
-                item = next(generator)
-            except StopIteration as finished:
-                return finished.value
+    result = _Result()
+    with contextlib.closing(_recording(generator, result)) as records:
+        for item in records:
             yield item
             if stop.is_set():
                 return None
+    return result.value
+
+
+class _Result:
+    value = None
+
+
+def _recording(generator: Generator, result: _Result) -> Generator:
+    """Yield what ``generator`` yields and keep its return value in ``result``."""
+    result.value = yield from generator

@@ -8,6 +8,7 @@ checkpoint when a checkpoint path was given.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import time
@@ -327,31 +328,23 @@ def iter_train(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     config: TrainConfig | None = None,
-    *,
-    val_images: Sequence[np.ndarray] = (),
-    val_labels: Sequence[np.ndarray] = (),
-    checkpoint_path: str | Path | None = None,
-    channel_axis: int | None = None,
-    **overrides,
+    **kwargs,
 ) -> Generator[TrainEvent, None, TrainSummary]:
     """Train ``model`` in place, as a generator of progress events that returns a
     :class:`TrainSummary`; stop early by closing it.
 
     ``config`` (default :class:`TrainConfig()`) with any of its fields given as
-    keyword ``overrides`` (``steps=500, device="cpu", seed=0``); the other keywords
-    are :class:`Trainer`'s.
+    keywords (``steps=500, device="cpu", seed=0``); the other keywords are
+    :class:`Trainer`'s (``val_images``, ``val_labels``, ``checkpoint_path``,
+    ``channel_axis``).
     """
-    trainer = Trainer(
-        model,
-        images,
-        labels,
-        with_overrides(config or TrainConfig(), overrides),
-        val_images=val_images,
-        val_labels=val_labels,
-        checkpoint_path=checkpoint_path,
-        channel_axis=channel_axis,
-    )
+    trainer_options = {name: kwargs.pop(name) for name in _TRAINER_OPTIONS if name in kwargs}
+    trainer = Trainer(model, images, labels, with_overrides(config or TrainConfig(), kwargs), **trainer_options)
     return (yield from trainer.run())
+
+
+#: The keyword-only arguments of :class:`Trainer`.
+_TRAINER_OPTIONS = [p.name for p in inspect.signature(Trainer.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY]
 
 
 def train(model: UNet, images, labels, config: TrainConfig | None = None, **kwargs) -> TrainSummary:
