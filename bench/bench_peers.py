@@ -41,11 +41,10 @@ from common import (
     median,
     plan_flops,
     print_header,
-    unet_flops,
 )
 from napari_unet.core import geometry
 from napari_unet.core.devices import autocast, resolve_precision
-from napari_unet.core.model import CpuInference
+from napari_unet.core.model import CpuInference, forward_flops
 from napari_unet.core.normalize import normalize
 from napari_unet.core.predict import PredictOptions, plan_for
 from napari_unet.core.tiling import reflect_index
@@ -160,14 +159,14 @@ def main() -> None:
             for precision in args.precisions:
                 dtype = resolve_precision(precision, device)
                 plan, _ = plan_for(model, (size, size), device, PredictOptions(precision=precision), dtype)
-                whole_flops = unet_flops(padded_side)
+                whole_flops = forward_flops(model.config, (1, model.config.in_channels, padded_side, padded_side))
                 m_flops, windows = monai_flops(monai_net, (size, size), args.roi)
                 methods = {
                     "napari_unet.predict": (
                         lambda image=image, precision=precision: napari_unet.predict(
                             model, image, precision=precision, device="cpu"
                         ),
-                        plan_flops(plan, 1, 2, 64),
+                        plan_flops(plan, model.config),
                         f"{plan.n_tiles} tile(s) {plan.tile[0]}x{plan.tile[1]}",
                     ),
                 }

@@ -42,10 +42,10 @@ from common import (
     paper_model,
     plan_flops,
     print_header,
-    unet_flops,
 )
 from napari_unet.core import predict as predict_module
 from napari_unet.core.devices import resolve_precision
+from napari_unet.core.model import forward_flops
 
 try:
     from napari_unet.core.devices import RELEASE_DELAY_S
@@ -138,7 +138,7 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, model.config.in_channels, tile, tile)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    flops = unet_flops(tile, model.config.in_channels, model.config.n_classes, model.config.base_channels)
+    flops = forward_flops(model.config, tuple(x.shape))
     rows = []
     for precision in precisions:
         dtype = resolve_precision(precision, torch.device("cpu"))
@@ -205,10 +205,11 @@ def main() -> None:
         f"{model_note}"
     )
     check_tile = 188 + 16 * 12
-    assert counted_flops(model, (1, config.in_channels, check_tile, check_tile)) == unet_flops(
-        check_tile, config.in_channels, config.n_classes, config.base_channels, config.depth
-    ), "FLOP formula disagrees with torch.utils.flop_counter"
-    print("FLOP formula checked against torch.utils.flop_counter: equal")
+    check_shape = (1, config.in_channels, check_tile, check_tile)
+    assert counted_flops(model, check_shape) == forward_flops(config, check_shape), (
+        "forward_flops disagrees with torch.utils.flop_counter"
+    )
+    print("FLOPs (napari_unet.core.model.forward_flops) checked against torch.utils.flop_counter: equal")
     device = torch.device(args.device)
     print()
     print("## Limits measured at the start of this run (bench_limits.py)")
@@ -244,7 +245,7 @@ def main() -> None:
                 napari_unet.segment(model, image, precision=precision, device=device)
                 after_idle = time.perf_counter() - start
                 plan, batch = instrument.plans[0]
-                flops = plan_flops(plan, config.in_channels, config.n_classes, config.base_channels)
+                flops = plan_flops(plan, config)
                 total, net = median(totals), median(network)
                 limit = probe.flop_per_s
                 e2e_fraction = flops / total / limit

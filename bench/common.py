@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from napari_unet.core.config import ModelConfig
 from napari_unet.core.geometry import TilePlan
+from napari_unet.core.model import forward_flops
 
 
 def cpu_model() -> str:
@@ -151,47 +153,10 @@ def conv_flops(c_in: int, c_out: int, kernel: int, out_h: int, out_w: int) -> in
     return 2 * c_in * c_out * kernel * kernel * out_h * out_w
 
 
-def unet_flops(
-    tile: int | tuple[int, int],
-    in_channels: int = 1,
-    n_classes: int = 2,
-    base_channels: int = 64,
-    depth: int = 4,
-    batch: int = 1,
-) -> int:
-    """FLOPs of one forward pass of the valid-convolution U-Net on a ``tile`` input.
-
-    Counts every 3x3 convolution, the 2x2 stride-2 up-convolutions (each input pixel
-    feeds 4 output pixels: ``2 * Cin * Cout * (2h) * (2w)``) and the final 1x1
-    convolution, following the architecture of Ronneberger et al. 2015, Fig. 1.
-    ``tile`` must be a valid input size (see ``napari_unet.core.geometry``).
-    """
-    h, w = (tile, tile) if isinstance(tile, int) else tile
-    widths = [base_channels * 2**level for level in range(depth + 1)]
-    total = 0
-    channels = in_channels
-    for level in range(depth + 1):  # contracting path and bottom
-        width = widths[level]
-        total += conv_flops(channels, width, 3, h - 2, w - 2)
-        total += conv_flops(width, width, 3, h - 4, w - 4)
-        h, w, channels = h - 4, w - 4, width
-        if level < depth:
-            assert h % 2 == 0 and w % 2 == 0, "not a valid tile size"
-            h, w = h // 2, w // 2
-    for level in reversed(range(depth)):  # expanding path
-        width = widths[level]
-        h, w = 2 * h, 2 * w
-        total += 2 * channels * width * h * w  # up-convolution
-        total += conv_flops(2 * width, width, 3, h - 2, w - 2)
-        total += conv_flops(width, width, 3, h - 4, w - 4)
-        h, w, channels = h - 4, w - 4, width
-    total += conv_flops(channels, n_classes, 1, h, w)
-    return batch * total
-
-
-def plan_flops(plan: TilePlan, in_channels: int, n_classes: int, base_channels: int) -> int:
-    """FLOPs of all tiles of ``plan`` (one image plane)."""
-    return plan.n_tiles * unet_flops(plan.tile, in_channels, n_classes, base_channels, plan.depth)
+def plan_flops(plan: TilePlan, config: ModelConfig) -> int:
+    """FLOPs of all tiles of ``plan`` (one image plane) through a network of ``config``
+    (:func:`napari_unet.core.model.forward_flops` of a batch of all the tiles)."""
+    return forward_flops(config, (plan.n_tiles, config.in_channels, *plan.tile))
 
 
 # --------------------------------------------------------------------------- tables
@@ -315,7 +280,8 @@ def _train_briefly(minutes: float, seed: int):
 def counted_flops(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass as torch's FlopCounterMode counts them, on a copy of
     ``module`` on the meta device (no memory, no compute). A cross-check of
-    :func:`unet_flops` and the counter for networks without an analytic formula."""
+    :func:`napari_unet.core.model.forward_flops` and the counter for networks without
+    an analytic formula."""
     import copy
 
     from torch.utils.flop_counter import FlopCounterMode
