@@ -10,8 +10,8 @@ after a warm-up run) and reports:
   computed-to-useful output pixel ratio (``TilePlan.output_ratio``) and input ratio;
 - the FLOPs of all convolutions and up-convolutions of those tiles (counted from the
   architecture, cross-checked against ``torch.utils.flop_counter``);
-- the time spent in the network (weight preparation + forward passes + softmax,
-  measured inside the same runs) and the rest;
+- the time spent in the network (forward passes + softmax, as the
+  ``TileProgress.network_seconds`` of the same runs report it) and the rest;
 - achieved FLOP/s of the network part and of the whole run as a fraction of the
   limit of ``bench_limits.py``, re-measured between the runs under the same load;
 - how well bf16 labels agree with fp32 labels (foreground pixel IoU, instance AP at
@@ -35,6 +35,7 @@ import napari_unet
 from bench_limits import LimitProbe, best, limits_table, measure_limits
 from common import (
     OtherLoad,
+    TileRecord,
     benchmark_image,
     counted_flops,
     format_table,
@@ -43,14 +44,10 @@ from common import (
     plan_flops,
     print_header,
 )
-from napari_unet.core import predict as predict_module
-from napari_unet.core.devices import resolve_precision
+from napari_unet.core.devices import precision_name, resolve_precision
+from napari_unet.core.memory import RELEASE_DELAY_S
 from napari_unet.core.model import forward_flops
-
-try:
-    from napari_unet.core.devices import RELEASE_DELAY_S
-except ImportError:  # older core: nothing is kept between calls
-    RELEASE_DELAY_S = 0.0
+from napari_unet.core.progress import drive
 
 TARGETS = {
     # (what, size, precision): minimum fraction of the limit, end to end
@@ -59,48 +56,6 @@ TARGETS = {
 }
 OUTPUT_RATIO_TARGETS = {512: 1.3, 2048: 1.15}
 IOU_TARGET = 0.98
-
-
-class Instrument:
-    """Times predict's network calls and records its tile plan, by wrapping the
-    module-level functions ``iter_predict`` calls (nothing else changes)."""
-
-    def __init__(self) -> None:
-        self.network_seconds = 0.0
-        self.plans: list = []
-        self._saved = {}
-
-    def _wrap_timed(self, name: str) -> None:
-        original = getattr(predict_module, name)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.network_seconds += time.perf_counter() - start
-
-        self._saved[name] = original
-        setattr(predict_module, name, timed)
-
-    def __enter__(self) -> Instrument:
-        self._wrap_timed("_forward")
-        if hasattr(predict_module, "_network"):
-            self._wrap_timed("_network")
-        original_plan = predict_module.plan_for
-        self._saved["plan_for"] = original_plan
-
-        def recorded(*args, **kwargs):
-            result = original_plan(*args, **kwargs)
-            self.plans.append(result)
-            return result
-
-        predict_module.plan_for = recorded
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, original in self._saved.items():
-            setattr(predict_module, name, original)
 
 
 def agreement(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[float, float]:
@@ -226,25 +181,25 @@ def main() -> None:
             print(f"image {size}x{size}: {image_note}, dtype {image.dtype}")
             for precision in args.precisions:
                 dtype = resolve_precision(precision, device)
-                name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+                name = precision_name(dtype)
                 probe = LimitProbe(best_by_precision[(str(device), name)])
                 labels_by[(size, name)] = napari_unet.segment(model, image, precision=precision, device=device)
                 totals, network = [], []
                 for _ in range(args.repeats):
                     probe.sample()
-                    with Instrument() as instrument:
-                        start = time.perf_counter()
-                        napari_unet.segment(model, image, precision=precision, device=device)
-                        totals.append(time.perf_counter() - start)
-                    network.append(instrument.network_seconds)
+                    tiles = TileRecord()
+                    start = time.perf_counter()
+                    drive(napari_unet.iter_segment(model, image, precision=precision, device=device), tiles)
+                    totals.append(time.perf_counter() - start)
+                    network.append(tiles.network_seconds)
                 probe.sample()
                 # the first call after a pause: the activation memory kept between calls
-                # has gone back to the system (see devices.reuse_freed_memory)
+                # has gone back to the system (see napari_unet.core.memory.reuse_freed_memory)
                 time.sleep(RELEASE_DELAY_S + 0.5)
                 start = time.perf_counter()
                 napari_unet.segment(model, image, precision=precision, device=device)
                 after_idle = time.perf_counter() - start
-                plan, batch = instrument.plans[0]
+                plan, batch = tiles.plan, tiles.batch
                 flops = plan_flops(plan, config)
                 total, net = median(totals), median(network)
                 limit = probe.flop_per_s
@@ -334,8 +289,8 @@ def main() -> None:
     print(
         "total s: median of back-to-back runs (as when segmenting many images); min s: fastest run; "
         "idle s: one run after a pause, when the memory kept between calls has been released; "
-        "network s: weight preparation + forward passes + softmax; other s: normalisation, tile "
-        "extraction, stitching, instance labels (total - network). limit: the best 3x3 conv of "
+        "network s: forward passes + softmax (TileProgress.network_seconds); other s: weight preparation, "
+        "normalisation, tile extraction, stitching, instance labels (total - network). limit: the best 3x3 conv of "
         "bench_limits, re-measured between the runs (median). net/limit = GFLOP / network s / limit; "
         "e2e/limit = GFLOP / total s / limit."
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from napari_unet import TileProgress
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.geometry import TilePlan
 from napari_unet.core.model import forward_flops
@@ -143,6 +144,41 @@ def _machine_busy() -> float | None:
 def _own_cpu() -> float:
     times = os.times()
     return times.user + times.system
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+class TileRecord:
+    """What the :class:`napari_unet.TileProgress` records of one prediction tell: pass
+    an instance as ``on_item`` to :func:`napari_unet.core.progress.drive` with
+    ``iter_predict`` or ``iter_segment``.
+
+    ``plan``: the tile plan of a plane; ``batch``: tiles per forward pass (those the
+    first record counts); ``network_seconds``: seconds spent in the network (forward
+    passes and softmax), as the last record counts them.
+    """
+
+    def __init__(self) -> None:
+        self.first: TileProgress | None = None
+        self.last: TileProgress | None = None
+
+    def __call__(self, progress: TileProgress) -> None:
+        if self.first is None:
+            self.first = progress
+        self.last = progress
+
+    @property
+    def plan(self) -> TilePlan:
+        return self.last.plan
+
+    @property
+    def batch(self) -> int:
+        return self.first.done
+
+    @property
+    def network_seconds(self) -> float:
+        return self.last.network_seconds
 
 
 # --------------------------------------------------------------------------- FLOPs
