@@ -44,6 +44,7 @@ from common import (
 )
 from napari_unet.core import geometry
 from napari_unet.core.devices import autocast, resolve_precision
+from napari_unet.core.memory import release_kept_memory
 from napari_unet.core.model import CpuInference, forward_flops
 from napari_unet.core.normalize import normalize
 from napari_unet.core.predict import PredictOptions, plan_for
@@ -51,21 +52,6 @@ from napari_unet.core.tiling import reflect_index
 
 #: Peak activation bytes per pixel per base channel (measured, with headroom).
 _WHOLE_BYTES = {"plain": {None: 26, torch.bfloat16: 14}, "fast": {None: 22, torch.bfloat16: 12}}
-
-
-def forget_kept_memory() -> None:
-    """Return memory that predict keeps for back-to-back calls (see
-    ``devices.reuse_freed_memory``), so that every method starts from the same state:
-    glibc's defaults, nothing kept. predict's numbers are then those of a first call
-    after a pause; bench_segment.py also shows back-to-back calls."""
-    try:
-        from napari_unet.core import devices
-
-        libc = devices._glibc()
-        if libc is not None:
-            devices._release(libc)
-    except (ImportError, AttributeError):
-        pass
 
 
 def mirror_padded(model, image: np.ndarray) -> np.ndarray:
@@ -196,7 +182,7 @@ def main() -> None:
                     function()
                 for _ in range(args.repeats):
                     for name, (function, _, _) in methods.items():
-                        forget_kept_memory()
+                        release_kept_memory()  # every method starts from the same memory state
                         start = time.perf_counter()
                         function()
                         times[name].append(time.perf_counter() - start)

@@ -76,19 +76,14 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
     Variants, timed round-robin: the module as written (NCHW; autocast for bf16),
     the module in channels-last layout, :class:`CpuInference` (channels-last, fused
     conv+ReLU, weights prepared once), and the latter with freed memory kept for reuse
-    (``devices.reuse_freed_memory``), which is what ``predict`` runs on a CPU.
+    (``memory.reuse_freed_memory``), which is what ``predict`` runs on a CPU.
     """
     import copy
     import statistics
 
-    from napari_unet.core import devices
+    from napari_unet.core.devices import autocast
+    from napari_unet.core.memory import release_kept_memory, reuse_freed_memory
     from napari_unet.core.model import CpuInference
-
-    libc = devices._glibc()
-
-    def release():  # back to glibc's settled defaults now, kept memory returned
-        if libc is not None:
-            devices._release(libc)
 
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, model.config.in_channels, tile, tile)
@@ -100,11 +95,11 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
         fast = CpuInference(model, dtype or torch.float32, tuple(x.shape))
 
         def module(net, inputs, dtype=dtype):
-            with torch.inference_mode(), devices.autocast(torch.device("cpu"), dtype):
+            with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
                 return net(inputs)
 
         def kept(fast=fast):
-            with devices.reuse_freed_memory(), torch.inference_mode():
+            with reuse_freed_memory(), torch.inference_mode():
                 return fast(x)
 
         variants = {
@@ -116,7 +111,7 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
         times = {name: [] for name in variants}
         for run in variants.values():
             run()
-        release()
+        release_kept_memory()  # back to glibc's settled defaults, kept memory returned
         for _ in range(repeats):
             for name, run in variants.items():
                 run()  # each timed run follows one of its own: steady state, as for tiles
@@ -124,7 +119,7 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
                 run()
                 times[name].append(time.perf_counter() - start)
                 if run is kept:
-                    release()  # the others run as in a process that never tuned malloc
+                    release_kept_memory()  # the others run as in a process that never tuned malloc
         base = statistics.median(times["module, NCHW"])
         for name, values in times.items():
             seconds = statistics.median(values)
