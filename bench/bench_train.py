@@ -71,6 +71,7 @@ def widget_run(name: str, steps: int, data, tmp: Path) -> float:
     try:
         image, labels = data[0]
         widget = TrainWidget(viewer)
+        viewer.window.add_dock_widget(widget)  # as napari docks it: its layer choices follow the layer list
         widget.image.value = viewer.add_image(image, name="img")
         widget.labels.value = viewer.add_labels(labels, name="ann")
         for other_image, other_labels in data[1:]:
