@@ -28,8 +28,11 @@ from dataclasses import dataclass
 import torch
 
 from common import OtherLoad, conv_flops, format_table, measure, median, print_header, synchronize
+from napari_unet.core.devices import cpu_has_bf16, precision_name
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The dtype of each precision, by the names napari_unet uses (bench_segment looks
+#: limits up by ``precision_name`` of the dtype predict resolves).
+_DTYPES = {precision_name(dtype): dtype or torch.float32 for dtype in (None, torch.bfloat16, torch.float16)}
 PACKED = "channels-last oneDNN packed"
 
 
@@ -96,8 +99,6 @@ def make_conv(device: str, precision: str, variant: str, size: int = 512, channe
 def default_precisions(device: torch.device) -> tuple[str, ...]:
     if device.type == "cuda":
         return ("fp32", "bf16", "fp16")
-    from napari_unet.core.devices import cpu_has_bf16
-
     return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
 
 

@@ -1,13 +1,14 @@
 """napari-unet against peers on the same images and hardware, in the same run.
 
-Run ``python bench/bench_peers.py`` (``--help`` for options; needs MONAI:
-``pip install monai`` or the ``bench`` extra). For each image size and precision
+Run ``python bench/bench_peers.py`` (``--help`` for options; the MONAI rows need
+MONAI: ``pip install monai`` or the ``bench`` extra; without it they are left out,
+and the output says so). For each image size and precision
 it times, round-robin so that all methods see the same load, from a raw image to
 per-class probabilities (percentile normalisation included everywhere):
 
 - ``napari_unet.predict``: overlap-tile prediction with the paper network;
 - ``whole image, our fast path``: one forward pass of the same network over the
-  whole mirror-padded image, with the same CPU kernels predict uses
+  whole mirror-padded image (one tile covering it, ``tiling.extract_tile``), with the same CPU kernels predict uses
   (``CpuInference``); the same function as tiling, computed without overlap;
 - ``whole image, plain module``: the same single pass through the ``nn.Module``
   as written (NCHW, autocast for bf16), i.e. what a plain PyTorch loop does;
@@ -27,6 +28,7 @@ depend on them); the networks differ, so only times are compared, not outputs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import numpy as np
@@ -35,50 +37,36 @@ import torch
 import napari_unet
 from common import (
     OtherLoad,
+    TileRecord,
     benchmark_image,
     counted_flops,
     format_table,
     median,
     plan_flops,
     print_header,
-    unet_flops,
 )
 from napari_unet.core import geometry
 from napari_unet.core.devices import autocast, resolve_precision
-from napari_unet.core.model import CpuInference
+from napari_unet.core.memory import release_kept_memory
+from napari_unet.core.model import CpuInference, forward_flops
 from napari_unet.core.normalize import normalize
-from napari_unet.core.predict import PredictOptions, plan_for
-from napari_unet.core.tiling import reflect_index
+from napari_unet.core.progress import drive
+from napari_unet.core.tiling import extract_tile
 
+MONAI_MISSING = "MONAI NOT INSTALLED (pip install monai, or the bench extra): its rows are left out"
 #: Peak activation bytes per pixel per base channel (measured, with headroom).
 _WHOLE_BYTES = {"plain": {None: 26, torch.bfloat16: 14}, "fast": {None: 22, torch.bfloat16: 12}}
 
 
-def forget_kept_memory() -> None:
-    """Return memory that predict keeps for back-to-back calls (see
-    ``devices.reuse_freed_memory``), so that every method starts from the same state:
-    glibc's defaults, nothing kept. predict's numbers are then those of a first call
-    after a pause; bench_segment.py also shows back-to-back calls."""
-    try:
-        from napari_unet.core import devices
-
-        libc = devices._glibc()
-        if libc is not None:
-            devices._release(libc)
-    except (ImportError, AttributeError):
-        pass
-
-
 def mirror_padded(model, image: np.ndarray) -> np.ndarray:
     """The normalised image (1, C, H', W') mirror-padded to the smallest valid input
-    whose output covers the image."""
+    whose output covers the image: the one tile of a plan with a tile that size."""
     plane = normalize(image[None].astype(np.float32), model.spec.normalization)
     depth = model.config.depth
-    height, width = plane.shape[-2:]
-    ctx = geometry.context(depth)
-    rows = reflect_index(np.arange(geometry.input_size_for_output(height, depth)) - ctx, height)
-    cols = reflect_index(np.arange(geometry.input_size_for_output(width, depth)) - ctx, width)
-    return np.ascontiguousarray(plane[:, rows[:, None], cols[None, :]][None])
+    image_hw = plane.shape[-2:]
+    tile = [geometry.input_size_for_output(n, depth) for n in image_hw]
+    plan = geometry.plan_tiles(image_hw, tile, depth)
+    return np.ascontiguousarray(extract_tile(plane, (0, 0), plan)[None])
 
 
 def whole_image_fast(model, image, dtype):
@@ -98,6 +86,9 @@ def whole_image_plain(model, image, dtype):
 
 
 def monai_network():
+    """MONAI's BasicUNet at the paper's widths, or ``None`` where MONAI is not installed."""
+    if importlib.util.find_spec("monai") is None:
+        return None
     from monai.networks.nets import BasicUNet
 
     torch.manual_seed(0)
@@ -146,10 +137,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = napari_unet.UNet().eval()
     monai_net = monai_network()
+    peer = (
+        f"MONAI BasicUNet 64..1024, same convs, {sum(p.numel() for p in monai_net.parameters()) / 1e6:.2f} M parameters"
+        if monai_net is not None
+        else MONAI_MISSING
+    )
     print(
         f"ours: paper U-Net, valid convs, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
-        f"parameters; MONAI BasicUNet 64..1024, same convs, "
-        f"{sum(p.numel() for p in monai_net.parameters()) / 1e6:.2f} M parameters; random weights"
+        f"parameters; {peer}; random weights"
     )
     rows = []
     with OtherLoad() as load:
@@ -159,16 +154,15 @@ def main() -> None:
             padded_side = geometry.input_size_for_output(size, model.config.depth)
             for precision in args.precisions:
                 dtype = resolve_precision(precision, device)
-                plan, _ = plan_for(model, (size, size), device, PredictOptions(precision=precision), dtype)
-                whole_flops = unet_flops(padded_side)
-                m_flops, windows = monai_flops(monai_net, (size, size), args.roi)
+                whole_flops = forward_flops(model.config, (1, model.config.in_channels, padded_side, padded_side))
+                tiles = TileRecord()  # predict's tile plan, from its progress records
                 methods = {
                     "napari_unet.predict": (
-                        lambda image=image, precision=precision: napari_unet.predict(
-                            model, image, precision=precision, device="cpu"
+                        lambda image=image, precision=precision, tiles=tiles: drive(
+                            napari_unet.iter_predict(model, image, precision=precision, device="cpu"), tiles
                         ),
-                        plan_flops(plan, 1, 2, 64),
-                        f"{plan.n_tiles} tile(s) {plan.tile[0]}x{plan.tile[1]}",
+                        None,  # FLOPs and work: from the plan of the warm-up run
+                        None,
                     ),
                 }
                 pixels = padded_side**2 * model.config.base_channels / 2**30
@@ -185,19 +179,26 @@ def main() -> None:
                         )
                     else:
                         rows.append((f"{size}x{size}", precision, label, "-", "-", f"skipped: ~{need:.1f} GiB", "-"))
-                methods["MONAI sliding_window_inference"] = (
-                    lambda image=image, dtype=dtype: monai_predict(
-                        monai_net, image, dtype, args.roi, model.spec.normalization
-                    ),
-                    m_flops,
-                    f"{windows} window(s) {min(args.roi, size)}x{min(args.roi, size)}",
-                )
+                if monai_net is not None:
+                    m_flops, windows = monai_flops(monai_net, (size, size), args.roi)
+                    methods["MONAI sliding_window_inference"] = (
+                        lambda image=image, dtype=dtype: monai_predict(
+                            monai_net, image, dtype, args.roi, model.spec.normalization
+                        ),
+                        m_flops,
+                        f"{windows} window(s) {min(args.roi, size)}x{min(args.roi, size)}",
+                    )
                 times = {name: [] for name in methods}
                 for function, _, _ in methods.values():  # warm-up
                     function()
+                methods["napari_unet.predict"] = (
+                    methods["napari_unet.predict"][0],
+                    plan_flops(tiles.plan, model.config),
+                    f"{tiles.plan.n_tiles} tile(s) {tiles.plan.tile[0]}x{tiles.plan.tile[1]}",
+                )
                 for _ in range(args.repeats):
                     for name, (function, _, _) in methods.items():
-                        forget_kept_memory()
+                        release_kept_memory()  # every method starts from the same memory state
                         start = time.perf_counter()
                         function()
                         times[name].append(time.perf_counter() - start)
@@ -227,6 +228,8 @@ def main() -> None:
     )
     print("x predict: median time / median time of napari_unet.predict (> 1: slower than predict).")
     print("Every timed call starts with nothing kept from earlier calls (predict's first call after a pause).")
+    if monai_net is None:
+        print(MONAI_MISSING)
 
 
 if __name__ == "__main__":

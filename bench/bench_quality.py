@@ -18,22 +18,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import format_table, print_header
 from napari_unet.core.metrics import touching_pairs
+from napari_unet.core.progress import drive
 from napari_unet.demo import demo_data, demo_trainer, evaluate_on_test
 
 
 def run(minutes: float | None, steps: int, lr: float | None, seed: int, w0: float) -> list[str]:
     data = demo_data(seed)
     trainer = demo_trainer(data, minutes=minutes, steps=steps, lr=lr, seed=seed, device="cpu", w0=w0)
-    for _ in trainer.run():
-        pass
+    summary = drive(trainer.run())
     _, rows = evaluate_on_test(trainer, data)
     overall = {round(s.threshold, 2): s for s in rows[-1][1]}
     pairs = sum(len(touching_pairs(truth)) for _, truth in data.test)
     merged = rows[-1][3]
     return [
         f"{w0:g}",
-        str(trainer.step),
-        f"{trainer.seconds:.0f}",
+        str(summary.steps),
+        f"{summary.seconds:.0f}",
         f"{overall[0.5].ap:.3f}",
         f"{overall[0.75].ap:.3f}",
         f"{overall[0.5].f1:.3f}",

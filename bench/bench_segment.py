@@ -10,12 +10,12 @@ after a warm-up run) and reports:
   computed-to-useful output pixel ratio (``TilePlan.output_ratio``) and input ratio;
 - the FLOPs of all convolutions and up-convolutions of those tiles (counted from the
   architecture, cross-checked against ``torch.utils.flop_counter``);
-- the time spent in the network (weight preparation + forward passes + softmax,
-  measured inside the same runs) and the rest;
+- the time spent in the network (forward passes + softmax, as the
+  ``TileProgress.network_seconds`` of the same runs report it) and the rest;
 - achieved FLOP/s of the network part and of the whole run as a fraction of the
   limit of ``bench_limits.py``, re-measured between the runs under the same load;
 - how well bf16 labels agree with fp32 labels (foreground pixel IoU, instance AP at
-  IoU 0.5) and, for synthetic images, both against the ground truth.
+  IoU 0.5) and both against the synthetic images' ground truth.
 
 The network is the paper's (base 64, depth 4). By default it is trained briefly on
 synthetic nuclei first (``--train-minutes``; cached for later runs); ``--model`` uses
@@ -35,6 +35,7 @@ import napari_unet
 from bench_limits import LimitProbe, best, limits_table, measure_limits
 from common import (
     OtherLoad,
+    TileRecord,
     benchmark_image,
     counted_flops,
     format_table,
@@ -42,15 +43,12 @@ from common import (
     paper_model,
     plan_flops,
     print_header,
-    unet_flops,
 )
-from napari_unet.core import predict as predict_module
-from napari_unet.core.devices import resolve_precision
-
-try:
-    from napari_unet.core.devices import RELEASE_DELAY_S
-except ImportError:  # older core: nothing is kept between calls
-    RELEASE_DELAY_S = 0.0
+from napari_unet.core.devices import precision_name, resolve_precision
+from napari_unet.core.memory import RELEASE_DELAY_S
+from napari_unet.core.metrics import match_instances, pixel_iou
+from napari_unet.core.model import forward_flops
+from napari_unet.core.progress import drive
 
 TARGETS = {
     # (what, size, precision): minimum fraction of the limit, end to end
@@ -61,58 +59,9 @@ OUTPUT_RATIO_TARGETS = {512: 1.3, 2048: 1.15}
 IOU_TARGET = 0.98
 
 
-class Instrument:
-    """Times predict's network calls and records its tile plan, by wrapping the
-    module-level functions ``iter_predict`` calls (nothing else changes)."""
-
-    def __init__(self) -> None:
-        self.network_seconds = 0.0
-        self.plans: list = []
-        self._saved = {}
-
-    def _wrap_timed(self, name: str) -> None:
-        original = getattr(predict_module, name)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.network_seconds += time.perf_counter() - start
-
-        self._saved[name] = original
-        setattr(predict_module, name, timed)
-
-    def __enter__(self) -> Instrument:
-        self._wrap_timed("_forward")
-        if hasattr(predict_module, "_network"):
-            self._wrap_timed("_network")
-        original_plan = predict_module.plan_for
-        self._saved["plan_for"] = original_plan
-
-        def recorded(*args, **kwargs):
-            result = original_plan(*args, **kwargs)
-            self.plans.append(result)
-            return result
-
-        predict_module.plan_for = recorded
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, original in self._saved.items():
-            setattr(predict_module, name, original)
-
-
 def agreement(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[float, float]:
     """(foreground pixel IoU, instance AP@0.5) of ``labels_a`` against ``labels_b``."""
-    fg_a, fg_b = labels_a > 0, labels_b > 0
-    union = np.count_nonzero(fg_a | fg_b)
-    iou = np.count_nonzero(fg_a & fg_b) / union if union else 1.0
-    try:
-        from napari_unet.core.metrics import match_instances
-    except ImportError:
-        return iou, float("nan")
-    return iou, match_instances(labels_a, labels_b, thresholds=(0.5,))[0].ap
+    return pixel_iou(labels_a, labels_b), match_instances(labels_a, labels_b, thresholds=(0.5,))[0].ap
 
 
 def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tuple]:
@@ -121,35 +70,30 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
     Variants, timed round-robin: the module as written (NCHW; autocast for bf16),
     the module in channels-last layout, :class:`CpuInference` (channels-last, fused
     conv+ReLU, weights prepared once), and the latter with freed memory kept for reuse
-    (``devices.reuse_freed_memory``), which is what ``predict`` runs on a CPU.
+    (``memory.reuse_freed_memory``), which is what ``predict`` runs on a CPU.
     """
     import copy
     import statistics
 
-    from napari_unet.core import devices
+    from napari_unet.core.devices import autocast
+    from napari_unet.core.memory import release_kept_memory, reuse_freed_memory
     from napari_unet.core.model import CpuInference
-
-    libc = devices._glibc()
-
-    def release():  # back to glibc's settled defaults now, kept memory returned
-        if libc is not None:
-            devices._release(libc)
 
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, model.config.in_channels, tile, tile)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    flops = unet_flops(tile, model.config.in_channels, model.config.n_classes, model.config.base_channels)
+    flops = forward_flops(model.config, tuple(x.shape))
     rows = []
     for precision in precisions:
         dtype = resolve_precision(precision, torch.device("cpu"))
         fast = CpuInference(model, dtype or torch.float32, tuple(x.shape))
 
         def module(net, inputs, dtype=dtype):
-            with torch.inference_mode(), devices.autocast(torch.device("cpu"), dtype):
+            with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
                 return net(inputs)
 
         def kept(fast=fast):
-            with devices.reuse_freed_memory(), torch.inference_mode():
+            with reuse_freed_memory(), torch.inference_mode():
                 return fast(x)
 
         variants = {
@@ -161,7 +105,7 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
         times = {name: [] for name in variants}
         for run in variants.values():
             run()
-        release()
+        release_kept_memory()  # back to glibc's settled defaults, kept memory returned
         for _ in range(repeats):
             for name, run in variants.items():
                 run()  # each timed run follows one of its own: steady state, as for tiles
@@ -169,7 +113,7 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
                 run()
                 times[name].append(time.perf_counter() - start)
                 if run is kept:
-                    release()  # the others run as in a process that never tuned malloc
+                    release_kept_memory()  # the others run as in a process that never tuned malloc
         base = statistics.median(times["module, NCHW"])
         for name, values in times.items():
             seconds = statistics.median(values)
@@ -205,10 +149,11 @@ def main() -> None:
         f"{model_note}"
     )
     check_tile = 188 + 16 * 12
-    assert counted_flops(model, (1, config.in_channels, check_tile, check_tile)) == unet_flops(
-        check_tile, config.in_channels, config.n_classes, config.base_channels, config.depth
-    ), "FLOP formula disagrees with torch.utils.flop_counter"
-    print("FLOP formula checked against torch.utils.flop_counter: equal")
+    check_shape = (1, config.in_channels, check_tile, check_tile)
+    assert counted_flops(model, check_shape) == forward_flops(config, check_shape), (
+        "forward_flops disagrees with torch.utils.flop_counter"
+    )
+    print("FLOPs (napari_unet.core.model.forward_flops) checked against torch.utils.flop_counter: equal")
     device = torch.device(args.device)
     print()
     print("## Limits measured at the start of this run (bench_limits.py)")
@@ -225,26 +170,26 @@ def main() -> None:
             print(f"image {size}x{size}: {image_note}, dtype {image.dtype}")
             for precision in args.precisions:
                 dtype = resolve_precision(precision, device)
-                name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+                name = precision_name(dtype)
                 probe = LimitProbe(best_by_precision[(str(device), name)])
                 labels_by[(size, name)] = napari_unet.segment(model, image, precision=precision, device=device)
                 totals, network = [], []
                 for _ in range(args.repeats):
                     probe.sample()
-                    with Instrument() as instrument:
-                        start = time.perf_counter()
-                        napari_unet.segment(model, image, precision=precision, device=device)
-                        totals.append(time.perf_counter() - start)
-                    network.append(instrument.network_seconds)
+                    tiles = TileRecord()
+                    start = time.perf_counter()
+                    drive(napari_unet.iter_segment(model, image, precision=precision, device=device), tiles)
+                    totals.append(time.perf_counter() - start)
+                    network.append(tiles.network_seconds)
                 probe.sample()
                 # the first call after a pause: the activation memory kept between calls
-                # has gone back to the system (see devices.reuse_freed_memory)
+                # has gone back to the system (see napari_unet.core.memory.reuse_freed_memory)
                 time.sleep(RELEASE_DELAY_S + 0.5)
                 start = time.perf_counter()
                 napari_unet.segment(model, image, precision=precision, device=device)
                 after_idle = time.perf_counter() - start
-                plan, batch = instrument.plans[0]
-                flops = plan_flops(plan, config.in_channels, config.n_classes, config.base_channels)
+                plan, batch = tiles.plan, tiles.batch
+                flops = plan_flops(plan, config)
                 total, net = median(totals), median(network)
                 limit = probe.flop_per_s
                 e2e_fraction = flops / total / limit
@@ -292,12 +237,17 @@ def main() -> None:
             if (size, "fp32") in labels_by and (size, "bf16") in labels_by:
                 fp32, bf16 = labels_by[(size, "fp32")], labels_by[(size, "bf16")]
                 iou, ap = agreement(bf16, fp32)
-                row = [f"{size}x{size}", f"{iou:.4f}", f"{ap:.4f}", int(fp32.max()), int(bf16.max())]
-                if truth is not None:
-                    row += [f"{agreement(fp32, truth)[1]:.3f}", f"{agreement(bf16, truth)[1]:.3f}"]
-                else:
-                    row += ["-", "-"]
-                agreement_rows.append(row)
+                agreement_rows.append(
+                    (
+                        f"{size}x{size}",
+                        f"{iou:.4f}",
+                        f"{ap:.4f}",
+                        int(fp32.max()),
+                        int(bf16.max()),
+                        f"{agreement(fp32, truth)[1]:.3f}",
+                        f"{agreement(bf16, truth)[1]:.3f}",
+                    )
+                )
                 target_rows.append(
                     (
                         f"{size} bf16 vs fp32 foreground IoU",
@@ -333,8 +283,8 @@ def main() -> None:
     print(
         "total s: median of back-to-back runs (as when segmenting many images); min s: fastest run; "
         "idle s: one run after a pause, when the memory kept between calls has been released; "
-        "network s: weight preparation + forward passes + softmax; other s: normalisation, tile "
-        "extraction, stitching, instance labels (total - network). limit: the best 3x3 conv of "
+        "network s: forward passes + softmax (TileProgress.network_seconds); other s: weight preparation, "
+        "normalisation, tile extraction, stitching, instance labels (total - network). limit: the best 3x3 conv of "
         "bench_limits, re-measured between the runs (median). net/limit = GFLOP / network s / limit; "
         "e2e/limit = GFLOP / total s / limit."
     )

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_train.py [--steps 40] [--skip-widget]
 
-Headless runs drive the core trainer directly; the widget run starts the same
+Headless runs drive ``napari_unet.iter_train`` directly; the widget run starts the same
 training from napari's Train widget (in a thread worker, under a virtual display
 when there is no DISPLAY) and measures it the same way. Each setting runs twice,
 alternating headless and widget (three times for the widget comparison), and the
@@ -22,12 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 import torch
 
+import napari_unet
 from common import format_table, median, print_header
-from napari_unet.core.config import ModelConfig, TrainConfig
+from napari_unet import ModelConfig, StepProgress, TrainConfig, UNet, default_model_config
 from napari_unet.core.devices import precision_name
-from napari_unet.core.model import UNet
 from napari_unet.core.synthetic import synthetic_dataset
-from napari_unet.core.train import StepProgress, Trainer, default_model_config
 
 WARMUP_STEPS = 3
 
@@ -49,17 +48,16 @@ def timed_steps(events) -> tuple[float, float]:
     return (len(steady) - 1) / (steady[-1] - steady[0]), float(np.mean(shares[WARMUP_STEPS:]))
 
 
-def make_trainer(name: str, steps: int, data) -> Trainer:
+def training_inputs(name: str, data) -> tuple[UNet, list, list, TrainConfig]:
+    """A freshly seeded model of setting ``name``, the images, the labels and its config."""
     model_config, config = settings(name)
     torch.manual_seed(0)
-    model = UNet.from_config(model_config)
-    config = TrainConfig(**{**config.__dict__, "steps": steps, "checkpoint_every": 10**9})
     images, labels = zip(*data)
-    return Trainer(model, list(images), list(labels), config)
+    return UNet.from_config(model_config), list(images), list(labels), config
 
 
 def headless(name: str, steps: int, data) -> tuple[float, float]:
-    return timed_steps(make_trainer(name, steps, data).run())
+    return timed_steps(napari_unet.iter_train(*training_inputs(name, data), steps=steps))
 
 
 def widget_run(name: str, steps: int, data, tmp: Path) -> float:
@@ -73,6 +71,7 @@ def widget_run(name: str, steps: int, data, tmp: Path) -> float:
     try:
         image, labels = data[0]
         widget = TrainWidget(viewer)
+        viewer.window.add_dock_widget(widget)  # as napari docks it: its layer choices follow the layer list
         widget.image.value = viewer.add_image(image, name="img")
         widget.labels.value = viewer.add_labels(labels, name="ann")
         for other_image, other_labels in data[1:]:
@@ -116,7 +115,7 @@ def main() -> None:
         runs = [headless(name, steps, data) for _ in range(2)]
         rate = median([r[0] for r in runs])
         share = median([r[1] for r in runs])
-        trainer = make_trainer(name, 1, data)
+        trainer = napari_unet.Trainer(*training_inputs(name, data))  # the tile and precision it resolves
         rows.append(
             [
                 name,

@@ -3,7 +3,7 @@
 Run ``python bench/bench_weights.py`` (options: ``--size``, ``--cells``, ``--repeats``,
 ``--seed``). Builds a seeded synthetic labels image of random ellipses (many of them
 touching, plus an unannotated strip), times :func:`weight_map` (median of repeats) and
-:func:`weight_map_reference`, and prints a table with the speed-up and the largest
+:func:`tests.reference.weight_map_reference`, and prints a table with the speed-up and the largest
 absolute difference.
 """
 
@@ -15,12 +15,18 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
+
+# The brute-force reference lives with the tests (tests/reference.py), which are not
+# installed: put the repository root on the path so that ``python bench/bench_weights.py``
+# finds the ``tests`` package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from tests.reference import weight_map_reference
 
 from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.metrics import touching_pairs
-from napari_unet.core.reference import weight_map_reference
 from napari_unet.core.weights import separation_gap, weight_map
 
 

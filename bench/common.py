@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+import napari_unet
+from napari_unet import TileProgress
+from napari_unet.core.config import ModelConfig
 from napari_unet.core.geometry import TilePlan
+from napari_unet.core.model import forward_flops
+from napari_unet.core.progress import drive
 
 
 def cpu_model() -> str:
@@ -143,6 +148,41 @@ def _own_cpu() -> float:
     return times.user + times.system
 
 
+# --------------------------------------------------------------------------- predictions
+
+
+class TileRecord:
+    """What the :class:`napari_unet.TileProgress` records of one prediction tell: pass
+    an instance as ``on_item`` to :func:`napari_unet.core.progress.drive` with
+    ``iter_predict`` or ``iter_segment``.
+
+    ``plan``: the tile plan of a plane; ``batch``: tiles per forward pass (those the
+    first record counts); ``network_seconds``: seconds spent in the network (forward
+    passes and softmax), as the last record counts them.
+    """
+
+    def __init__(self) -> None:
+        self.first: TileProgress | None = None
+        self.last: TileProgress | None = None
+
+    def __call__(self, progress: TileProgress) -> None:
+        if self.first is None:
+            self.first = progress
+        self.last = progress
+
+    @property
+    def plan(self) -> TilePlan:
+        return self.last.plan
+
+    @property
+    def batch(self) -> int:
+        return self.first.done
+
+    @property
+    def network_seconds(self) -> float:
+        return self.last.network_seconds
+
+
 # --------------------------------------------------------------------------- FLOPs
 
 
@@ -151,47 +191,10 @@ def conv_flops(c_in: int, c_out: int, kernel: int, out_h: int, out_w: int) -> in
     return 2 * c_in * c_out * kernel * kernel * out_h * out_w
 
 
-def unet_flops(
-    tile: int | tuple[int, int],
-    in_channels: int = 1,
-    n_classes: int = 2,
-    base_channels: int = 64,
-    depth: int = 4,
-    batch: int = 1,
-) -> int:
-    """FLOPs of one forward pass of the valid-convolution U-Net on a ``tile`` input.
-
-    Counts every 3x3 convolution, the 2x2 stride-2 up-convolutions (each input pixel
-    feeds 4 output pixels: ``2 * Cin * Cout * (2h) * (2w)``) and the final 1x1
-    convolution, following the architecture of Ronneberger et al. 2015, Fig. 1.
-    ``tile`` must be a valid input size (see ``napari_unet.core.geometry``).
-    """
-    h, w = (tile, tile) if isinstance(tile, int) else tile
-    widths = [base_channels * 2**level for level in range(depth + 1)]
-    total = 0
-    channels = in_channels
-    for level in range(depth + 1):  # contracting path and bottom
-        width = widths[level]
-        total += conv_flops(channels, width, 3, h - 2, w - 2)
-        total += conv_flops(width, width, 3, h - 4, w - 4)
-        h, w, channels = h - 4, w - 4, width
-        if level < depth:
-            assert h % 2 == 0 and w % 2 == 0, "not a valid tile size"
-            h, w = h // 2, w // 2
-    for level in reversed(range(depth)):  # expanding path
-        width = widths[level]
-        h, w = 2 * h, 2 * w
-        total += 2 * channels * width * h * w  # up-convolution
-        total += conv_flops(2 * width, width, 3, h - 2, w - 2)
-        total += conv_flops(width, width, 3, h - 4, w - 4)
-        h, w, channels = h - 4, w - 4, width
-    total += conv_flops(channels, n_classes, 1, h, w)
-    return batch * total
-
-
-def plan_flops(plan: TilePlan, in_channels: int, n_classes: int, base_channels: int) -> int:
-    """FLOPs of all tiles of ``plan`` (one image plane)."""
-    return plan.n_tiles * unet_flops(plan.tile, in_channels, n_classes, base_channels, plan.depth)
+def plan_flops(plan: TilePlan, config: ModelConfig) -> int:
+    """FLOPs of all tiles of ``plan`` (one image plane) through a network of ``config``
+    (:func:`napari_unet.core.model.forward_flops` of a batch of all the tiles)."""
+    return forward_flops(config, (plan.n_tiles, config.in_channels, *plan.tile))
 
 
 # --------------------------------------------------------------------------- tables
@@ -218,22 +221,9 @@ CACHE_DIR = os.path.join(
 
 
 def benchmark_image(shape: tuple[int, int], seed: int = 1):
-    """A realistic test image (H, W) and its labels (or ``None``), and a description.
-
-    Synthetic fluorescent nuclei from ``napari_unet.core.synthetic`` where that module
-    exists; else a smooth random image (no labels).
-    """
-    import numpy as np
-
-    try:
-        from napari_unet.core.synthetic import synthetic_nuclei
-    except ImportError:
-        from scipy import ndimage
-
-        rng = np.random.default_rng(seed)
-        image = ndimage.gaussian_filter(rng.normal(size=shape), 4).astype(np.float32)
-        return image, None, f"smooth random image (seed {seed}; synthetic nuclei unavailable)"
-    image, labels = synthetic_nuclei(shape, seed=seed)
+    """A realistic test image (H, W), its labels and a description: synthetic
+    fluorescent nuclei (:func:`napari_unet.synthetic_nuclei`)."""
+    image, labels = napari_unet.synthetic_nuclei(shape, seed=seed)
     return image, labels, f"synthetic_nuclei(shape={shape}, seed={seed})"
 
 
@@ -244,8 +234,6 @@ def paper_model(model_path: str | None = None, train_minutes: float = 0.0, seed:
     network briefly trained on synthetic nuclei (kept in :data:`CACHE_DIR` and reused
     by later runs); else randomly initialised (He init, seeded).
     """
-    import napari_unet
-
     if model_path:
         model = napari_unet.load_model(model_path).eval()
         return model, f"loaded from {model_path}"
@@ -254,14 +242,8 @@ def paper_model(model_path: str | None = None, train_minutes: float = 0.0, seed:
         if os.path.exists(path):
             model = napari_unet.load_model(path).eval()
             return model, f"briefly trained, cached at {path}: {_training_note(model)}"
-        try:
-            model = _train_briefly(train_minutes, seed)
-        except Exception as error:  # the training API may be missing or changing
-            torch.manual_seed(seed)
-            note = f"RANDOMLY INITIALISED (seed {seed}); training failed: {error!r}"
-            return napari_unet.UNet().eval(), note
         os.makedirs(CACHE_DIR, exist_ok=True)
-        napari_unet.save_model(model, path, **getattr(model, "metadata", {}))
+        model = _train_briefly(train_minutes, seed, path)
         return model, f"briefly trained, saved to {path}: {_training_note(model)}"
     torch.manual_seed(seed)
     return napari_unet.UNet().eval(), f"RANDOMLY INITIALISED paper network (He init, torch seed {seed})"
@@ -278,26 +260,24 @@ def _training_note(model) -> str:
     )
 
 
-def _train_briefly(minutes: float, seed: int):
-    import napari_unet
-    from napari_unet.core.config import TrainConfig
+def _train_briefly(minutes: float, seed: int, path: str):
+    """The paper network trained for ``minutes`` on synthetic nuclei, validated once at
+    the end and saved to ``path`` with its training record."""
     from napari_unet.core.synthetic import synthetic_dataset
-    from napari_unet.core.train import Trainer
 
     data = synthetic_dataset(8, (256, 256), seed=seed)
     val_image, val_labels = synthetic_dataset(1, (512, 512), seed=seed + 1000)[0]
     torch.manual_seed(seed)
     model = napari_unet.UNet()
-    config = TrainConfig(
+    config = napari_unet.TrainConfig(
         steps=100_000,
         minutes=minutes,
         batch_size=2,
         schedule="constant",
         seed=seed,
-        validate_every=100_000,
-        checkpoint_every=100_000,
+        validate_every=100_000,  # the run stops on time, not at a step: validated once below
     )
-    trainer = Trainer(
+    trainer = napari_unet.Trainer(
         model,
         [image for image, _ in data],
         [labels for _, labels in data],
@@ -305,9 +285,9 @@ def _train_briefly(minutes: float, seed: int):
         val_images=[val_image],
         val_labels=[val_labels],
     )
-    for _ in trainer.run():
-        pass
+    drive(trainer.run())
     trainer.last_validation = trainer.validate()
+    trainer.save_model(path)
     model.metadata = trainer.metadata()
     return model.eval()
 
@@ -315,7 +295,8 @@ def _train_briefly(minutes: float, seed: int):
 def counted_flops(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass as torch's FlopCounterMode counts them, on a copy of
     ``module`` on the meta device (no memory, no compute). A cross-check of
-    :func:`unet_flops` and the counter for networks without an analytic formula."""
+    :func:`napari_unet.core.model.forward_flops` and the counter for networks without
+    an analytic formula."""
     import copy
 
     from torch.utils.flop_counter import FlopCounterMode
