@@ -116,3 +116,25 @@ def match_instances_reference(
             )
         )
     return results
+
+
+def plane_labels_reference(mask: np.ndarray, config) -> np.ndarray:
+    """Instance labels of one foreground ``mask`` the plain way (the implementation
+    ``core.instances`` had before it was made local): whole-image hole filling and
+    distance transforms, each step a library call."""
+    from skimage import measure, segmentation
+
+    labels = measure.label(mask, connectivity=1)
+    if config.fill_holes and labels.max() > 0:
+        filled = ndimage.binary_fill_holes(labels > 0)
+        holes = filled & (labels == 0)
+        if holes.any():  # a hole takes the id of the nearest object pixel
+            labels = np.where(holes, segmentation.expand_labels(labels, distance=max(mask.shape)), labels)
+    if config.min_size > 0:
+        too_small = np.bincount(labels.ravel()) < config.min_size
+        too_small[0] = False
+        labels = np.where(too_small[labels], 0, labels)
+    if config.expand > 0:
+        labels = segmentation.expand_labels(labels, distance=config.expand)
+    relabeled, _, _ = segmentation.relabel_sequential(labels)
+    return relabeled.astype(np.int32)

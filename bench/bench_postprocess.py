@@ -1,0 +1,113 @@
+"""What instance post-processing costs inside end-to-end segmentation.
+
+Segments synthetic nuclei with the CPU default network (16 base channels, depth 3),
+briefly trained on synthetic nuclei and cached, and splits the time of
+``napari_unet.segment`` into the network (``TileProgress.network_seconds``), the
+rest of prediction (normalising, mirroring, stitching) and post-processing
+(``probabilities_to_labels``: threshold, components, holes, size filter, 1-px grow).
+The same probabilities also go through the plain whole-image formulation kept in
+tests/reference.py (what the project shipped before), whose labels must be identical.
+
+    .venv/bin/python bench/bench_postprocess.py [--sizes 512 2048] [--repeats 3] [--train-steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))  # for tests.reference
+
+from tests.reference import plane_labels_reference
+
+import napari_unet as nu
+from common import CACHE_DIR, OtherLoad, TileRecord, benchmark_image, format_table, median, print_header
+from napari_unet.core.instances import foreground, probabilities_to_labels
+from napari_unet.core.progress import drive
+
+
+def cpu_default_model(steps: int, seed: int = 0) -> tuple[nu.UNet, str]:
+    """The CPU default network trained ``steps`` steps on synthetic nuclei (cached)."""
+    path = Path(CACHE_DIR) / f"cpu_default_synthetic_{steps}steps_seed{seed}.safetensors"
+    if path.exists():
+        return nu.load_model(path), f"cached at {path}"
+    data = [nu.synthetic_nuclei((256, 256), seed=seed + i) for i in range(6)]
+    model = nu.UNet.from_config(nu.default_model_config("cpu"))
+    summary = nu.train(model, [d[0] for d in data], [d[1] for d in data], steps=steps, device="cpu", seed=seed)
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    nu.save_model(model, path)
+    return model, f"trained {summary.steps} steps in {summary.seconds:.0f} s, saved to {path}"
+
+
+def timed(function):
+    began = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - began
+
+
+def measure_size(model: nu.UNet, size: int, repeats: int) -> list[str]:
+    image, _, _ = benchmark_image((size, size))
+    totals, networks, posts, references = [], [], [], []
+    for _ in range(repeats):
+        record = TileRecord()
+        (labels, probabilities), total = timed(
+            lambda: drive(nu.iter_segment(model, image, return_probabilities=True), record)  # noqa: B023
+        )
+        _, post = timed(lambda: probabilities_to_labels(probabilities, model.spec.instances))  # noqa: B023
+        mask = foreground(probabilities) > model.spec.instances.threshold
+        reference, before = timed(lambda: plane_labels_reference(mask, model.spec.instances))  # noqa: B023
+        if not np.array_equal(labels, reference):
+            raise AssertionError(f"{size}x{size}: labels differ from the reference formulation")
+        totals.append(total)
+        networks.append(record.network_seconds)
+        posts.append(post)
+        references.append(before)
+    total, network, post, before = (median(v) for v in (totals, networks, posts, references))
+    return [
+        f"{size}x{size}",
+        str(int(labels.max())),
+        f"{total:.3f}",
+        f"{network:.3f}",
+        f"{post:.3f}",
+        f"{100 * post / total:.1f}%",
+        f"{before:.3f}",
+        f"{100 * before / (total - post + before):.1f}%",
+        "yes",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=300)
+    args = parser.parse_args()
+    print_header("instance post-processing inside end-to-end segmentation (CPU default network)")
+    model, note = cpu_default_model(args.train_steps)
+    print(f"model: base {model.config.base_channels}, depth {model.config.depth}; {note}")
+    with OtherLoad() as load:
+        rows = [measure_size(model, size, args.repeats) for size in args.sizes]
+    headers = [
+        "image",
+        "objects",
+        "segment s",
+        "network s",
+        "post s",
+        "post share",
+        "before: post s",
+        "before: share",
+        "labels equal",
+    ]
+    print(format_table(headers, rows))
+    print(f"medians of {args.repeats} runs; {load.describe()}")
+    print("post share = post-processing / end-to-end segment(); 'before' = the whole-image formulation")
+
+
+if __name__ == "__main__":
+    main()
