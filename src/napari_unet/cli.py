@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from tqdm import tqdm
 
 from .core.checkpoint import describe, load_model
 from .core.config import AugmentConfig, ModelConfig, TrainConfig, WeightMapConfig, default_model_config
+from .core.devices import resolve_device
+from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, NapariUnetError
 from .core.evaluation import evaluate_pairs
 from .core.io import read_image, write_image
@@ -22,7 +26,7 @@ from .core.metrics import MatchStats
 from .core.model import UNet
 from .core.predict import TileProgress, iter_segment
 from .core.progress import drive
-from .core.train import StepProgress, Trainer, ValidationResult
+from .core.train import StepProgress, Trainer, TrainingError, ValidationResult
 from .core.weights import separation_target, weight_map
 
 
@@ -100,7 +104,14 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
 
 def run_training(trainer: Trainer) -> None:
     """Drive a trainer with a progress bar; Ctrl-C stops it and keeps its checkpoint."""
-    with progress_bar(total=trainer.config.steps, initial=trainer.step, desc="training", unit="step") as bar:
+    bar = progress_bar(
+        total=trainer.config.steps,
+        initial=trainer.step,
+        desc="training",
+        unit="step",
+        disable=not trainer.group.is_main,
+    )
+    with bar:
 
         def show(event) -> None:
             if isinstance(event, StepProgress):
@@ -117,6 +128,16 @@ def run_training(trainer: Trainer) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
+        try:
+            launch(args.nproc, args.argv)
+        except ChildFailedError as error:
+            raise TrainingError(
+                f"a training process failed, so all {args.nproc} stopped ({error.get_first_failure()[1].message}); "
+                f"the last checkpoint is intact"
+            ) from error
+        return
+    group = join_from_environment(resolve_device(args.device))
     _check_pairs(args.images, args.labels, "training")
     _check_pairs(args.val_images, args.val_labels, "validation")
     images = [read_image(p) for p in args.images]
@@ -137,10 +158,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             model, images, labels, config, checkpoint_path=checkpoint, channel_axis=args.channel_axis, **val
         )
     run_training(trainer)
-    trainer.save_model(args.out)
-    summary = trainer.summary()
-    print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
-    print(f"checkpoint for --resume: {checkpoint}")
+    if group.is_main:
+        trainer.save_model(args.out)
+        summary = trainer.summary()
+        print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
+        print(f"checkpoint for --resume: {checkpoint}")
 
 
 def _new_model(args: argparse.Namespace, first_image) -> UNet:
@@ -228,6 +250,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
     add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
+    add(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (one per GPU; on a CPU they share the cores); "
+        "--batch-size is the global batch",
+    )
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
     start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")
@@ -279,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.run(args)

@@ -59,10 +59,10 @@ def test_without_augmentation_a_sample_is_a_plain_crop():
     position_coded = np.arange(100 * 100, dtype=np.float32).reshape(100, 100)
     (plane,) = prep([position_coded], [labels])
     tile, out, ctx = 60, 20, geometry.context(2)  # depth 2
-    stream = SampleStream([plane], tile, 2, NO_AUGMENT, np.random.default_rng(3))
+    stream = SampleStream([plane], tile, 2, NO_AUGMENT, seed=3)
     inside = 0
-    for _ in range(20):
-        sample_image, target, weights = stream.sample()
+    for index in range(20):
+        sample_image, target, weights, _ = stream.sample(index)
         assert sample_image.shape == (1, tile, tile) and target.shape == weights.shape == (out, out)
         (y, x), *rest = np.argwhere(np.isclose(plane.image[0], sample_image[0, ctx, ctx], atol=1e-6, rtol=0))
         if rest or not (ctx <= y <= 100 + ctx - tile and ctx <= x <= 100 + ctx - tile):
@@ -78,19 +78,34 @@ def test_without_augmentation_a_sample_is_a_plain_crop():
 
 def test_batches_have_training_shapes_and_dtypes():
     image, labels = discs()
-    stream = SampleStream(prep([image], [labels]), 60, 2, AugmentConfig(), np.random.default_rng(0))
-    batch = stream.batch(3)
+    stream = SampleStream(prep([image], [labels]), 60, 2, AugmentConfig(), seed=0)
+    batch = stream.batch([0, 1, 2])
     assert batch.image.shape == (3, 1, 60, 60) and batch.image.dtype == np.float32
     assert batch.target.shape == (3, 20, 20) and batch.target.dtype == np.int64
     assert batch.weights.shape == (3, 20, 20) and (batch.weights >= 0).all()
     assert set(np.unique(batch.target)) <= {0, 1}
+    assert len(set(batch.dropout_seeds)) == 3
+
+
+def test_a_sample_depends_only_on_the_seed_and_its_index():
+    """What makes training independent of how many processes split a batch."""
+    image, labels = discs()
+    stream = SampleStream(prep([image], [labels]), 60, 2, AugmentConfig(), seed=5)
+    together = stream.batch([4, 5, 6, 7])
+    apart = [stream.batch([index]) for index in (6, 4, 7, 5)]  # another order, other batches
+    for position, index in enumerate((6, 4, 7, 5)):
+        np.testing.assert_array_equal(together.image[index - 4], apart[position].image[0])
+        np.testing.assert_array_equal(together.weights[index - 4], apart[position].weights[0])
+        assert together.dropout_seeds[index - 4] == apart[position].dropout_seeds[0]
+    other_seed = SampleStream(prep([image], [labels]), 60, 2, AugmentConfig(), seed=6).batch([4])
+    assert not np.array_equal(other_seed.image[0], together.image[0])
 
 
 def test_sample_centres_lie_on_annotated_pixels():
     image, labels = discs((128, 128), centres=((100, 100),))
     sparse = np.full_like(labels, IGNORE_LABEL)
     sparse[80:120, 80:120] = labels[80:120, 80:120]
-    stream = SampleStream(prep([image], [sparse]), 60, 2, NO_AUGMENT, np.random.default_rng(1))
-    for _ in range(10):
-        _, _, weights = stream.sample()
+    stream = SampleStream(prep([image], [sparse]), 60, 2, NO_AUGMENT, seed=1)
+    for index in range(10):
+        _, _, weights, _ = stream.sample(index)
         assert weights.max() > 0  # every sample sees annotated pixels

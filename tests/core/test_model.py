@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet import UNet
 from napari_unet.core.geometry import input_size_for_output, output_size
-from napari_unet.core.model import CpuInference, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.model import CpuInference, SampleDropout2d, forward_flops, layer_input_shapes, layer_plan
 
 
 def conv_layers(model):
@@ -52,9 +52,15 @@ def test_he_initialisation():
 
 def test_dropout_only_at_the_end_of_the_contracting_path():
     model = UNet(base_channels=2, dropout=0.5)
-    dropouts = [name for name, m in model.named_modules() if isinstance(m, nn.Dropout2d)]
+    dropouts = [name for name, m in model.named_modules() if isinstance(m, SampleDropout2d)]
     assert dropouts == ["dropout"]
-    assert not any(isinstance(m, nn.Dropout2d) for m in UNet(base_channels=2, dropout=0).modules())
+    assert [layer.kind for layer in model.plan].index("dropout") == 2 * 5 + 4  # after the bottom convolutions
+    x = torch.ones(3, 4, 5, 5)
+    model.dropout.train()
+    first, again = model.dropout(x, [1, 2, 3]), model.dropout(x, [1, 2, 3])
+    assert torch.equal(first, again) and set(first.unique().tolist()) <= {0.0, 2.0}  # kept channels scaled 1/(1-p)
+    assert torch.equal(model.dropout(x[1:2], [2]), first[1:2])  # a sample's mask follows its seed alone
+    assert torch.equal(UNet(base_channels=2, dropout=0).train().dropout(x, [1, 2, 3]), x)
 
 
 @pytest.mark.parametrize(

@@ -47,11 +47,13 @@ class PreparedPlane:
 
 @dataclass(frozen=True)
 class Batch:
-    """Samples of one step: image (B, C, th, tw), target (B, oh, ow) int64, weights (B, oh, ow)."""
+    """Samples of one step: image (B, C, th, tw), target (B, oh, ow) int64, weights
+    (B, oh, ow), and one dropout seed per sample."""
 
     image: np.ndarray
     target: np.ndarray
     weights: np.ndarray
+    dropout_seeds: tuple[int, ...] = ()
 
 
 def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str):
@@ -118,52 +120,54 @@ def prepare(
 
 
 class SampleStream:
-    """Random augmented training batches from prepared planes.
+    """Augmented training samples from prepared planes, each a pure function of the
+    run's seed and the sample's global index.
 
-    Each sample: pick a plane (weighted by its annotated area), centre a tile of
-    input size ``tile`` on a random annotated pixel, draw one coordinate transform,
-    and resample image (bicubic), target and weights (nearest) through it.
-    Target and weights cover only the tile's output (its centre).
+    Sample ``i`` draws everything random about it — which plane (weighted by its
+    annotated area), the tile centre (a random annotated pixel), the coordinate
+    transform, the gray-value jitter and its dropout seed — from its own generator
+    seeded with ``(seed, i)``. Image (bicubic), target and weights (nearest) are
+    resampled through one transform; target and weights cover the tile's output (its
+    centre). So a batch does not depend on which process draws it, or on what was
+    drawn before: N processes that split a batch train like one, and resuming needs
+    no random state.
     """
 
-    def __init__(
-        self,
-        planes: list[PreparedPlane],
-        tile: int,
-        depth: int,
-        augment: AugmentConfig,
-        rng: np.random.Generator,
-    ) -> None:
+    def __init__(self, planes: list[PreparedPlane], tile: int, depth: int, augment: AugmentConfig, seed: int) -> None:
         geometry.output_size(tile, depth)  # raises a clear error for invalid sizes
         self.planes = planes
         self.tile = tile
         self.context = geometry.context(depth)
         self.output = geometry.output_size(tile, depth)
         self.augment = augment
-        self.rng = rng
+        self.seed = seed
         areas = np.array([len(p.annotated) for p in planes], float)
         self.plane_odds = areas / areas.sum()
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        plane = self.planes[self.rng.choice(len(self.planes), p=self.plane_odds)]
-        flat = plane.annotated[self.rng.integers(len(plane.annotated))]
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Sample ``index``: image (C, th, tw), target (oh, ow), weights (oh, ow), dropout seed."""
+        rng = np.random.default_rng([self.seed, index])
+        plane = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
+        flat = plane.annotated[rng.integers(len(plane.annotated))]
         centre = np.array(np.unravel_index(flat, plane.target.shape))
-        centre += self.rng.integers(-self.output // 4, self.output // 4 + 1, size=2)
+        centre += rng.integers(-self.output // 4, self.output // 4 + 1, size=2)
         origin = centre - self.tile // 2  # integer, so unaugmented samples are exact crops
         tile_hw = (self.tile, self.tile)
-        coords = sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), self.rng, self.augment)
+        coords = sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), rng, self.augment)
         inner = coords[:, self.context : self.context + self.output, self.context : self.context + self.output]
         image = resample_cubic(plane.image, coords)
-        image = jitter_intensity(image, self.rng, self.augment)
+        image = jitter_intensity(image, rng, self.augment)
         target, weights = resample(plane.annotation, inner, order=0)  # nearest: ignore stays 0
-        return image, target, weights
+        return image, target, weights, int(rng.integers(2**63))
 
-    def batch(self, size: int) -> Batch:
-        samples = [self.sample() for _ in range(size)]
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """The samples with these global indices, stacked."""
+        samples = [self.sample(index) for index in indices]
         return Batch(
             image=np.stack([s[0] for s in samples]).astype(np.float32),
             target=np.stack([s[1] for s in samples]).astype(np.int64),
             weights=np.stack([s[2] for s in samples]).astype(np.float32),
+            dropout_seeds=tuple(s[3] for s in samples),
         )
 
 

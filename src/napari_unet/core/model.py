@@ -129,6 +129,31 @@ def run_plan(plan: Sequence[Layer], x: torch.Tensor, apply: Callable[[int, Layer
     return x
 
 
+class SampleDropout2d(nn.Module):
+    """Channel dropout (as ``nn.Dropout2d``) whose masks can come from one seed per sample.
+
+    With ``seeds`` (one int per sample of the batch), sample ``i``'s channel mask is
+    drawn from a generator seeded with ``seeds[i]``, so it does not depend on the
+    batch it travels in or on the process that computes it (data-parallel training).
+    Without seeds it draws from torch's global generator. Identity in eval mode.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if seeds is None:
+            return nn.functional.dropout2d(x, self.p, training=True)
+        keep = torch.stack(
+            [torch.rand(x.shape[1], generator=torch.Generator().manual_seed(int(seed))) >= self.p for seed in seeds]
+        )
+        scale = keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.p)
+        return x * scale.view(*scale.shape, *([1] * (x.ndim - 2)))
+
+
 class DoubleConv(nn.Sequential):
     """Two unpadded 3x3 convolutions, each followed by ReLU: H, W shrink by 4."""
 
@@ -173,7 +198,7 @@ class UNet(nn.Module):
             DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-2]], widths[:-1])
         )
         self.bottom = DoubleConv(widths[-2], widths[-1])
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = SampleDropout2d(dropout)
         levels = list(reversed(range(depth)))
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels)
         self.up_conv = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in levels)
@@ -198,12 +223,17 @@ class UNet(nn.Module):
             nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_in))
             nn.init.zeros_(module.bias)
 
-    def _apply_layer(self, index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
-        x = self._layers[index](x)
-        return torch.relu_(x) if layer.relu else x
+    def forward(self, x: torch.Tensor, dropout_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """Logits of ``x``; ``dropout_seeds`` (one per sample) fix the dropout masks in
+        training mode (see :class:`SampleDropout2d`)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_plan(self.plan, x, self._apply_layer)
+        def apply(index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+            if layer.kind == DROPOUT:
+                return self.dropout(x, dropout_seeds)
+            x = self._layers[index](x)
+            return torch.relu_(x) if layer.relu else x
+
+        return run_plan(self.plan, x, apply)
 
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()

@@ -24,6 +24,7 @@ from .checkpoint import load_state, model_from_state, model_state, save_model, s
 from .config import TrainConfig
 from .data import SampleStream, default_tile, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
+from .distributed import any_process, batch_share, current_group, sum_gradients, sum_over_processes
 from .errors import ConfigError, NapariUnetError
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
@@ -78,14 +79,19 @@ class TrainSummary:
 TrainEvent = StepProgress | ValidationResult | CheckpointSaved
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, total_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Pixel-wise softmax cross entropy weighted by ``weights`` (paper eq. 1).
 
     logits (B, K, H, W), target (B, H, W) int64, weights (B, H, W). Returns the
-    weighted mean, so the scale does not depend on tile size or ignored pixels.
+    weighted sum divided by ``total_weight`` (default: the sum of ``weights``, i.e.
+    the weighted mean, so the scale does not depend on tile size or ignored pixels;
+    in data-parallel training the weight summed over every process's samples).
     """
     per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
-    return (per_pixel * weights).sum() / weights.sum().clamp_min(1e-6)
+    total = weights.sum() if total_weight is None else total_weight
+    return (per_pixel * weights).sum() / total.clamp_min(1e-6)
 
 
 class Trainer:
@@ -96,6 +102,10 @@ class Trainer:
     wrong); ``labels[i]``: int ``(*stack, H, W)``. Validation images (optional) are
     segmented every ``config.validation_interval`` steps; a checkpoint is written
     every ``config.checkpoint_every`` steps and when training stops.
+
+    Inside a torch.distributed process group each process computes its share of
+    every batch and rank 0 alone validates and writes files; the result equals one
+    process's up to float rounding (see :mod:`napari_unet.core.distributed`).
     """
 
     def __init__(
@@ -127,10 +137,10 @@ class Trainer:
             weights=config.weights,
             channel_axis=channel_axis,
         )
-        torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        self.group = current_group()
+        self.share = batch_share(config.batch_size, self.group)
         self.tile = config.tile or default_tile(model.config.depth)
-        self.stream = SampleStream(planes, self.tile, model.config.depth, config.augment, self.rng)
+        self.stream = SampleStream(planes, self.tile, model.config.depth, config.augment, config.seed)
         model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -149,7 +159,8 @@ class Trainer:
     @classmethod
     def resume(cls, path: str | Path, images, labels, **kwargs) -> Trainer:
         """Continue exactly where the checkpoint at ``path`` stopped (weights,
-        optimiser, step, random state). Pass the same data as before."""
+        optimiser, step; every sample's randomness follows from the seed and its
+        index). Pass the same data as before; any number of processes may resume."""
         state = load_state(path)
         if state.get("kind") != "checkpoint":
             raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
@@ -160,8 +171,6 @@ class Trainer:
         trainer.step = int(state["step"])
         trainer.seconds = float(state["seconds"])
         trainer.losses = list(state["losses"])
-        trainer.rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
         return trainer
 
     def learning_rate(self, step: int) -> float:
@@ -192,7 +201,7 @@ class Trainer:
         try:
             while self.step < cfg.steps and not self._out_of_time(started):
                 begin = time.perf_counter()
-                batch = self.stream.batch(cfg.batch_size)
+                batch = self.stream.batch([self.step * cfg.batch_size + j for j in self.share])
                 data_seconds = time.perf_counter() - begin
                 lr = self.learning_rate(self.step)
                 loss = self._optimise(batch, lr)
@@ -200,6 +209,8 @@ class Trainer:
                 self.losses.append(loss)
                 self.seconds = time.perf_counter() - started
                 yield self._progress(loss, lr, begin, data_seconds)
+                if not self.group.is_main:
+                    continue
                 if self.validation and (self.step % cfg.validation_interval == 0 or self.step == cfg.steps):
                     self.last_validation = self.validate()
                     yield self.last_validation
@@ -208,14 +219,16 @@ class Trainer:
                     saved_at = self.step
                     yield CheckpointSaved(self.step, str(self.checkpoint_path))
         finally:
-            if self.checkpoint_path and self.step > saved_at:
+            if self.group.is_main and self.checkpoint_path and self.step > saved_at:
                 self.save_checkpoint(self.checkpoint_path)
             self.model.eval()
         return self.summary()
 
     def _out_of_time(self, started: float) -> bool:
         minutes = self.config.minutes
-        return minutes is not None and time.perf_counter() - started >= 60 * minutes
+        if minutes is None:
+            return False
+        return any_process(time.perf_counter() - started >= 60 * minutes, self.group)
 
     def _optimise(self, batch, lr: float) -> float:
         for group in self.optimizer.param_groups:
@@ -225,24 +238,28 @@ class Trainer:
         target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
         weights = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
         with autocast(self.device, self.dtype):
-            logits = self.model(image)
-        loss = weighted_cross_entropy(logits, target, weights)
-        if not torch.isfinite(loss):
+            logits = self.model(image, dropout_seeds=batch.dropout_seeds)
+        # the weighted mean over the whole batch, whichever process holds which samples
+        loss = weighted_cross_entropy(logits, target, weights, sum_over_processes(weights.sum(), self.group))
+        reported = sum_over_processes(loss.detach(), self.group)
+        if not torch.isfinite(reported):
             raise TrainingError(
-                f"the loss became {loss.item()} at step {self.step + 1}: lower the learning rate "
+                f"the loss became {reported.item()} at step {self.step + 1}: lower the learning rate "
                 f"(now {lr:g}) or use precision fp32"
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            sum_gradients(list(self.model.parameters()), self.group)
             with weights_lock(self.model):
                 self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            sum_gradients(list(self.model.parameters()), self.group)
             with weights_lock(self.model):
                 self.optimizer.step()
-        return float(loss.detach())
+        return float(reported)
 
     def _progress(self, loss: float, lr: float, begin: float, data_seconds: float) -> StepProgress:
         cfg = self.config
@@ -317,7 +334,6 @@ class Trainer:
                 "step": self.step,
                 "seconds": self.seconds,
                 "losses": self.losses,
-                "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
             },
         )
         log.info("checkpoint at step %d written to %s", self.step, path)
