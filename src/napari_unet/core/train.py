@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_state, model_from_state, model_state, save_model, save_state
+from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
 from .data import SampleStream, default_tile, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
@@ -150,17 +150,23 @@ class Trainer:
         """Continue exactly where the checkpoint at ``path`` stopped (weights,
         optimiser, step, random state). Pass the same data as before."""
         state = load_state(path)
-        if state.get("kind") != "checkpoint":
+        if not isinstance(state, dict) or state.get("kind") != "checkpoint":
             raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
-        config = TrainConfig.from_dict(state["config"])
+        try:
+            config = TrainConfig.from_dict(state["config"])
+        except (KeyError, NapariUnetError) as error:
+            raise ModelFileError(f"{path} records unusable training settings: {error}") from error
         trainer = cls(model_from_state(state["model"], path), images, labels, config, **kwargs)
-        with weights_lock(trainer.model):
-            trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.step = int(state["step"])
-        trainer.seconds = float(state["seconds"])
-        trainer.losses = list(state["losses"])
-        trainer.rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
+        try:
+            with weights_lock(trainer.model):
+                trainer.optimizer.load_state_dict(state["optimizer"])
+            trainer.step = _count(state["step"])
+            trainer.seconds = float(state["seconds"])
+            trainer.losses = [float(loss) for loss in state["losses"]]
+            trainer.rng.bit_generator.state = state["rng"]["numpy"]
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
         return trainer
 
     def learning_rate(self, step: int) -> float:
@@ -320,6 +326,12 @@ class Trainer:
             },
         )
         log.info("checkpoint at step %d written to %s", self.step, path)
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"a step count must be a non-negative integer, got {value!r}")
+    return value
 
 
 def iter_train(
