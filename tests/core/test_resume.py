@@ -92,60 +92,78 @@ def _reader(stream, lines, started):
             started.set()
 
 
-def _start_training(folder: Path, image, labels):
-    """A real ``napari-unet train`` process in ``folder``; returns (argv, process, stderr lines, started)."""
+def _training_argv(folder: Path, image, labels) -> list[str]:
+    """A long ``napari-unet train`` run in ``folder`` (at most 2 minutes, a final checkpoint only)."""
     folder.mkdir()
     np.save(folder / "img.npy", image)
     np.save(folder / "lab.npy", labels)
     argv = ["train", str(folder / "img.npy"), "--labels", str(folder / "lab.npy"), "--out", str(folder / "m")]
-    argv += ["--steps", "100000", "--base-channels", "4", "--depth", "2", "--tile", "60", "--batch-size", "2"]
-    argv += ["--device", "cpu", "--precision", "fp32", "--seed", "5", "--checkpoint-every", "100000"]
-    threads = str(torch.get_num_threads())
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": threads, "NAPARI_UNET_MALLOC_TUNING": "0"}
+    argv += ["--steps", "100000", "--minutes", "2", "--base-channels", "4", "--depth", "2", "--tile", "60"]
+    return [*argv, "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--seed", "5"]
+
+
+def _check_stopped_run_resumes_exactly(argv, image, labels):
+    """The run of ``argv`` stopped with a checkpoint and a model at the same step;
+    resuming it for two steps equals running it straight through, bit for bit."""
+    out = Path(argv[argv.index("--out") + 1])
+    checkpoint = out.with_name(out.name + ".ckpt")
+    stopped_at = load_state(checkpoint)["step"]
+    assert stopped_at >= 1 and nu.load_model(out).metadata["training"]["steps"] == stopped_at
+    args = cli.build_parser().parse_args(argv)
+    straight = Trainer(cli._new_model(args, image), [image], [labels], cli.train_config_from(args))
+    run_steps(straight, stopped_at + 2)
+    resumed = Trainer.resume(checkpoint, [image], [labels])
+    run_steps(resumed, stopped_at + 2)
+    assert resumed.step == straight.step == stopped_at + 2
+    assert_same_weights(resumed.model, straight.model)
+
+
+def test_sigterm_stops_a_training_process_between_steps_and_resuming_is_exact(tmp_path):
+    """A real ``napari-unet train`` process gets SIGTERM mid-training (before, it
+    died without a checkpoint or a model): it stops after the current step, writes
+    both, exits with 143, and resuming is bitwise exact."""
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    argv = _training_argv(tmp_path / "run", image, labels)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     command = [sys.executable, "-m", "napari_unet.cli", "-v", *argv]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     lines, started = [], threading.Event()
     threading.Thread(target=_reader, args=(process.stderr, lines, started), daemon=True).start()
-    return argv, process, lines, started
-
-
-def test_sigterm_and_sigint_stop_the_command_line_between_steps_and_resuming_is_exact(tmp_path):
-    """Real ``napari-unet train`` processes get SIGTERM or SIGINT mid-training: each
-    stops after the current step, writes its checkpoint and the model, exits with
-    128 + the signal number, and resuming from its checkpoint is bitwise exact
-    (before, Ctrl-C landed mid-step and the checkpoint recorded random states that
-    had moved on, and SIGTERM wrote nothing)."""
-    image, labels = synthetic_nuclei((96, 96), seed=3)
-    signals = {signal.SIGTERM: "term", signal.SIGINT: "int"}
-    runs = {signum: _start_training(tmp_path / name, image, labels) for signum, name in signals.items()}
     try:
-        for signum, (_, process, lines, started) in runs.items():
-            assert started.wait(timeout=90), "".join(lines)
-            time.sleep(1.5)  # some steps in: the signal lands inside one
-            process.send_signal(signum)
-        for _, process, _, _ in runs.values():
-            process.wait(timeout=60)
+        assert started.wait(timeout=90), "".join(lines)
+        time.sleep(1.0)  # some steps in: the signal lands inside one
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
     finally:
-        for _, process, _, _ in runs.values():
-            process.kill()
-    for signum, (argv, process, lines, _) in runs.items():
-        output = process.stdout.read().decode() + "".join(lines)
-        assert process.returncode == 128 + signum, output
-        assert f"on {signal.Signals(signum).name}" in output and "checkpoint for --resume" in output
-        out = Path(argv[argv.index("--out") + 1])
-        checkpoint = out.with_name(out.name + ".ckpt")
-        stopped_at = load_state(checkpoint)["step"]
-        assert stopped_at >= 1 and nu.load_model(out).metadata["training"]["steps"] == stopped_at
+        process.kill()
+    output = process.stdout.read().decode() + "".join(lines)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "on SIGTERM" in output and "checkpoint for --resume" in output
+    _check_stopped_run_resumes_exactly(argv, image, labels)
 
-        # The same run in this process, uninterrupted, two steps further ...
-        args = cli.build_parser().parse_args(argv)
-        straight = Trainer(cli._new_model(args, image), [image], [labels], cli.train_config_from(args))
-        run_steps(straight, stopped_at + 2)
-        # ... equals resuming the stopped run for two steps.
-        resumed = Trainer.resume(checkpoint, [image], [labels])
-        run_steps(resumed, stopped_at + 2)
-        assert resumed.step == straight.step == stopped_at + 2
-        assert_same_weights(resumed.model, straight.model)
+
+def test_ctrl_c_stops_training_between_steps_and_resuming_is_exact(tmp_path, capsys):
+    """A real SIGINT reaches the command line while it trains in this process (before,
+    the KeyboardInterrupt landed mid-step and the checkpoint recorded random states
+    that had moved on): it stops after the current step and exits with 130."""
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    argv = _training_argv(tmp_path / "run", image, labels)
+    default = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c_while_training():
+        deadline = time.monotonic() + 60
+        while signal.getsignal(signal.SIGINT) is default and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the command line has taken over Ctrl-C, i.e. training runs
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_while_training)
+    presser.start()
+    code = cli.main(argv)
+    presser.join()
+    assert code == 130 and "on SIGINT" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is default  # put back
+    _check_stopped_run_resumes_exactly(argv, image, labels)
 
 
 # --- options when resuming ------------------------------------------------------------------------------------
