@@ -30,6 +30,7 @@ from .core.model import UNet
 from .core.predict import TileProgress, iter_predict, iter_segment, predict, segment
 from .core.synthetic import synthetic_nuclei
 from .core.train import (
+    CheckpointFailed,
     CheckpointSaved,
     StepProgress,
     Trainer,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig",
+    "CheckpointFailed",
     "CheckpointSaved",
     "ConfigError",
     "ImageFileError",

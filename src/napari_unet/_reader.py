@@ -1,10 +1,17 @@
-"""Opening a napari-unet model file in napari makes it the session's model."""
+"""Opening a napari-unet model file in napari makes it the session's model.
+
+The file is read and checked in a thread worker, so a large (or slow to read) file
+never freezes napari; the model enters the session when it is loaded.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .core.checkpoint import ModelFileError, load_model
+
+log = logging.getLogger(__name__)
 
 
 def get_reader(path):
@@ -15,19 +22,37 @@ def get_reader(path):
 
 
 def read_model(path):
-    """Load the model into the current viewer's session; adds no layers."""
+    """Start loading the model into the current viewer's session; adds no layers.
+
+    Returns at once; the returned worker (also kept as ``read_model.worker``) puts
+    the model into the session when it has been loaded, or shows why it cannot be.
+    """
     import napari
+    from napari.qt.threading import create_worker
     from napari.utils.notifications import show_error, show_info
 
     from ._session import Session
 
-    try:
-        model = load_model(path)
-    except ModelFileError as error:
-        show_error(str(error))
-        return [(None,)]
     viewer = napari.current_viewer()
-    if viewer is not None:
-        Session.of(viewer).set_model(model, f"file {Path(path).name}", path)
-        show_info(f"napari-unet: model {Path(path).name} loaded; use it in the Segment or Train widget")
+    session = Session.of(viewer) if viewer is not None else None
+    name = Path(path).name
+
+    def loaded(model) -> None:
+        if session is not None:
+            session.set_model(model, f"file {name}", path)
+        show_info(f"napari-unet: model {name} loaded; use it in the Segment or Train widget")
+
+    def failed(error: BaseException) -> None:
+        if not isinstance(error, ModelFileError):  # a bug: keep its traceback in the log
+            log.error("loading %s failed", path, exc_info=error)
+        show_error(str(error))
+
+    worker = create_worker(load_model, path, _start_thread=False, _ignore_errors=True)
+    worker.returned.connect(loaded)
+    worker.errored.connect(failed)
+    read_model.worker = worker
+    worker.start()
     return [(None,)]
+
+
+read_model.worker = None

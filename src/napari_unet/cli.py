@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,19 +17,26 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from tqdm import tqdm
 
-from .core.checkpoint import describe, load_model
-from .core.config import AugmentConfig, ModelConfig, TrainConfig, WeightMapConfig, default_model_config
+from .core.checkpoint import ModelFileError, describe, load_model, load_state
+from .core.config import (
+    AugmentConfig,
+    ModelConfig,
+    ModelSpec,
+    TrainConfig,
+    WeightMapConfig,
+    default_model_config,
+)
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
-from .core.errors import ConfigError, NapariUnetError
+from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
-from .core.io import read_image, write_image
+from .core.io import ImageFileError, check_writable, read_image, remove_stale_temporaries, write_image
 from .core.layout import ImageShapeError, channels_at_minus3
 from .core.metrics import MatchStats
 from .core.model import UNet
 from .core.predict import TileProgress, iter_segment
 from .core.progress import drive
-from .core.train import StepProgress, Trainer, TrainingError, ValidationResult
+from .core.train import CheckpointFailed, StepProgress, Trainer, TrainingError, ValidationResult, model_bytes
 from .core.weights import separation_target, weight_map
 
 
@@ -56,17 +66,62 @@ def _check_pairs(images: list[Path], labels: list[Path], what: str) -> None:
         raise ConfigError(f"{len(images)} {what} image(s) but {len(labels)} label file(s): give one per image")
 
 
+def output_names(inputs: Sequence[Path]) -> list[str]:
+    """One distinct base name per input file: its stem; where stems collide, the
+    parent folder's name and the stem, then also the suffix, then a number."""
+
+    def name(index: int, level: int) -> str:
+        path = inputs[index]
+        parent = path.absolute().parent.name or "root"
+        parts = [path.stem] if level == 0 else [parent, path.stem]
+        if level >= 2 and path.suffix:
+            parts.append(path.suffix.lstrip("."))
+        if level >= 3:
+            parts.append(str(index + 1))
+        return "_".join(parts)
+
+    levels = [0] * len(inputs)
+    while True:
+        names = [name(i, level) for i, level in enumerate(levels)]
+        clashing = [i for i, n in enumerate(names) if names.count(n) > 1 and levels[i] < 3]
+        if not clashing:
+            return names
+        for i in clashing:
+            levels[i] += 1
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
+    """Before writing anything: refuse to replace existing files (unless
+    ``overwrite``) and make sure every output's folder takes new files."""
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more output file(s))" if len(existing) > 1 else ""
+        raise OutputFileError(f"{existing[0]} exists{more}; pass --overwrite to replace it")
+    for folder in dict.fromkeys(path.parent for path in paths):
+        check_writable(folder / ".napari-unet-output")
+
+
+def _check_inputs(paths: Sequence[Path]) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise ImageFileError(f"no such image file: {path}")
+
+
 def cmd_segment(args: argparse.Namespace) -> None:
+    _check_inputs(args.images)
     model = load_model(args.model)
-    for path in args.images:
+    suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
+    outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]
+    check_outputs([path for files in outputs for path in files.values()], args.overwrite)
+    for path, files in zip(args.images, outputs):
         image = read_image(path)
         segmentation = iter_segment(model, image, return_probabilities=args.probabilities, **_prediction_options(args))
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)
-        write_image(args.out_dir / f"{path.stem}_labels.tif", labels)
+        write_image(files["labels"], labels)
         if probabilities is not None:
-            write_image(args.out_dir / f"{path.stem}_probabilities.tif", probabilities)
-        print(f"{path}: {int(labels.max())} objects -> {args.out_dir / (path.stem + '_labels.tif')}")
+            write_image(files["probabilities"], probabilities)
+        print(f"{path}: {int(labels.max())} objects -> {files['labels']}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -74,14 +129,21 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
-    for path in args.labels:
+    WeightMapConfig(w0=args.w0, sigma=args.sigma)  # refuse bad settings before reading anything
+    outputs = [
+        (args.out_dir / f"{base}_weights.tif", args.out_dir / f"{base}_target.tif")
+        for base in output_names(args.labels)
+    ]
+    _check_inputs(args.labels)
+    check_outputs([path for pair in outputs for path in pair], args.overwrite)
+    for path, (weights_path, target_path) in zip(args.labels, outputs):
         labels = read_image(path)
         if labels.ndim != 2:
             raise ImageShapeError(f"{path}: weight maps need 2D label images, got shape {labels.shape}")
         weights = weight_map(labels, args.w0, args.sigma)
-        write_image(args.out_dir / f"{path.stem}_weights.tif", weights)
-        write_image(args.out_dir / f"{path.stem}_target.tif", separation_target(labels))
-        print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {args.out_dir}")
+        write_image(weights_path, weights)
+        write_image(target_path, separation_target(labels))
+        print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {weights_path}")
 
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
@@ -102,16 +164,41 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def run_training(trainer: Trainer) -> None:
-    """Drive a trainer with a progress bar; Ctrl-C stops it and keeps its checkpoint."""
-    bar = progress_bar(
-        total=trainer.config.steps,
-        initial=trainer.step,
-        desc="training",
-        unit="step",
-        disable=not trainer.group.is_main,
-    )
-    with bar:
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """While inside, SIGINT (Ctrl-C) and SIGTERM ask ``trainer`` to stop after its
+    current step (it then writes its checkpoint); a second one interrupts at once.
+    Yields the list the received signal numbers go to. Outside the main thread
+    (where Python cannot take signals) nothing is installed."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signals = [signal.SIGINT, signal.SIGTERM]
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def first(number, frame) -> None:
+        received.append(number)
+        trainer.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts at once
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+
+    for number in signals:
+        signal.signal(number, first)
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run_training(trainer: Trainer) -> int | None:
+    """Drive a trainer with a progress bar. Ctrl-C or SIGTERM stops it after the
+    current step and keeps its checkpoint; returns that signal's number, if any."""
+    main = trainer.group.is_main  # the other processes of a data-parallel run stay quiet
+    with progress_bar(
+        total=trainer.config.steps, initial=trainer.step, desc="training", unit="step", disable=not main
+    ) as bar:
 
         def show(event) -> None:
             if isinstance(event, StepProgress):
@@ -120,14 +207,89 @@ def run_training(trainer: Trainer) -> None:
                 bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
             elif isinstance(event, ValidationResult):
                 bar.write(f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}")
+            elif isinstance(event, CheckpointFailed):
+                bar.write(f"napari-unet: warning: {event.message}")
 
+        with stop_on_signals(trainer) as received:
+            try:
+                drive(trainer.run(), show)
+            except KeyboardInterrupt:  # a second Ctrl-C: drive closed the run mid-step
+                bar.write(f"interrupted during step {trainer.step + 1}")
+                raise
+        if received:
+            name = signal.Signals(received[0]).name
+            bar.write(f"stopped at step {trainer.step} on {name}")
+            return received[0]
+    return None
+
+
+#: Training settings a resumed run keeps (so that it continues exactly), as the
+#: command line names them, with how to read each from the checkpoint.
+RESUME_KEEPS = {
+    "steps": lambda train, model: train.steps,
+    "minutes": lambda train, model: train.minutes,
+    "tile": lambda train, model: train.tile,
+    "batch_size": lambda train, model: train.batch_size,
+    "optimizer": lambda train, model: train.optimizer,
+    "lr": lambda train, model: train.lr,
+    "w0": lambda train, model: train.weights.w0,
+    "sigma": lambda train, model: train.weights.sigma,
+    "no_elastic": lambda train, model: not train.augment.elastic,
+    "seed": lambda train, model: train.seed,
+    "validate_every": lambda train, model: train.validate_every,
+    "checkpoint_every": lambda train, model: train.checkpoint_every,
+    "in_channels": lambda train, model: model.in_channels,
+    "base_channels": lambda train, model: model.base_channels,
+    "depth": lambda train, model: model.depth,
+}
+
+
+def given_options(argv: Sequence[str]) -> set[str]:
+    """The destinations of the options ``argv`` gives explicitly (not by default)."""
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return set(vars(parser.parse_args(argv)))
+
+
+def _resume(args: argparse.Namespace, images, labels, **kwargs) -> Trainer:
+    """A trainer continuing ``args.resume``; options that would change the run are
+    refused, --device and --precision are applied."""
+    state = load_state(args.resume)
+    given = given_options(args.argv)
+    if isinstance(state, dict) and state.get("kind") == "checkpoint":
         try:
-            drive(trainer.run(), show)
-        except KeyboardInterrupt:  # drive closed the run, which wrote its checkpoint
-            bar.write(f"stopped at step {trainer.step}")
+            recorded_train = TrainConfig.from_dict(state["config"])
+            recorded_model = ModelSpec.from_dict(state["model"]["spec"]).model
+        except (KeyError, TypeError, NapariUnetError) as error:
+            raise ModelFileError(f"{args.resume} records unusable training settings: {error}") from error
+        for dest, recorded in RESUME_KEEPS.items():
+            value = getattr(args, dest)
+            if dest in given and value != recorded(recorded_train, recorded_model):
+                option = "--" + dest.replace("_", "-")
+                shown = "" if isinstance(value, bool) else f" {value}"
+                raise ConfigError(
+                    f"{option}{shown} differs from the checkpoint's {recorded(recorded_train, recorded_model)}: "
+                    f"a resumed run keeps its settings so that it continues exactly; drop {option}, "
+                    "or start a new run from the model with --init"
+                )
+    return Trainer.resume(
+        args.resume,
+        images,
+        labels,
+        state=state,
+        device=args.device if "device" in given else None,
+        precision=args.precision if "precision" in given else None,
+        **kwargs,
+    )
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int | None:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
         try:
             launch(args.nproc, args.argv)
@@ -136,33 +298,42 @@ def cmd_train(args: argparse.Namespace) -> None:
                 f"a training process failed, so all {args.nproc} stopped ({error.get_first_failure()[1].message}); "
                 f"the last checkpoint is intact"
             ) from error
-        return
+        return None
     group = join_from_environment(resolve_device(args.device))
     _check_pairs(args.images, args.labels, "training")
     _check_pairs(args.val_images, args.val_labels, "validation")
+    checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
+    if checkpoint.absolute() == args.out.absolute():
+        raise ConfigError(f"the checkpoint and the model would both be {args.out}: give another --checkpoint")
+    check_writable(args.out)  # before any work, not after the training
+    for stale in remove_stale_temporaries(args.out):
+        logging.getLogger(__name__).info("removed %s, left by an interrupted write", stale)
     images = [read_image(p) for p in args.images]
     labels = [read_image(p) for p in args.labels]
-    val = {
+    options = {
         "val_images": [read_image(p) for p in args.val_images],
         "val_labels": [read_image(p) for p in args.val_labels],
+        "checkpoint_path": checkpoint,
+        "channel_axis": args.channel_axis,
+        "names": [str(p) for p in args.labels],
     }
-    checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if args.resume:
-        trainer = Trainer.resume(
-            args.resume, images, labels, checkpoint_path=checkpoint, channel_axis=args.channel_axis, **val
-        )
+        trainer = _resume(args, images, labels, **options)
     else:
         config = train_config_from(args)
         model = load_model(args.init) if args.init else _new_model(args, images[0])
-        trainer = Trainer(
-            model, images, labels, config, checkpoint_path=checkpoint, channel_axis=args.channel_axis, **val
-        )
-    run_training(trainer)
-    if group.is_main:
+        trainer = Trainer(model, images, labels, config, **options)
+    check_writable(args.out, model_bytes(trainer.model))
+    stopped_by = run_training(trainer)
+    if group.is_main:  # the other processes of a data-parallel run write nothing
         trainer.save_model(args.out)
         summary = trainer.summary()
         print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
-        print(f"checkpoint for --resume: {checkpoint}")
+        if trainer.checkpoint_error:
+            print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)
+        else:
+            print(f"checkpoint for --resume: {checkpoint}")
+    return None if stopped_by is None else 128 + stopped_by
 
 
 def _new_model(args: argparse.Namespace, first_image) -> UNet:
@@ -273,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("images", type=Path, nargs="+")
     segment.add_argument("--out-dir", type=Path, required=True)
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_prediction_arguments(segment)
     segment.set_defaults(run=cmd_segment)
 
@@ -285,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--out-dir", type=Path, required=True)
     weights.add_argument("--w0", type=float, default=WeightMapConfig().w0)
     weights.add_argument("--sigma", type=float, default=WeightMapConfig().sigma)
+    weights.add_argument("--overwrite", action="store_true", help="replace existing output files")
     weights.set_defaults(run=cmd_weights)
 
     evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")
@@ -305,20 +478,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Formatter(logging.Formatter):
+    """Warnings as one ``napari-unet: warning:`` line; other records as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return f"napari-unet: warning: {message}" if record.levelno >= logging.WARNING else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    args.argv = argv
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous_level = root.level
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except NapariUnetError as error:
         print(f"napari-unet: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    return 0
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
 
 
 if __name__ == "__main__":

@@ -37,22 +37,41 @@ def test_sample_data_are_annotated_images():
     assert stack.shape == stack_labels.shape == (3, 256, 256)
 
 
-def test_opening_a_model_file_puts_it_in_the_session(viewer, tmp_path):
+def test_opening_a_model_file_loads_it_off_the_gui_thread_into_the_session(viewer, tmp_path, qtbot, monkeypatch):
+    import threading
+
+    from napari_unet import _reader
+
     path = tmp_path / "m.safetensors"
     torch.manual_seed(0)
     model = UNet(base_channels=2, depth=2)
     save_model(model, path)
     reader = get_reader(str(path))
     assert reader is not None and get_reader(str(tmp_path / "missing.safetensors")) is None
+    threads = []
+    load_model = _reader.load_model
+
+    def load_and_note_the_thread(file):
+        threads.append(threading.current_thread())
+        return load_model(file)
+
+    monkeypatch.setattr(_reader, "load_model", load_and_note_the_thread)
     assert reader(str(path)) == [(None,)]
+    qtbot.waitUntil(lambda: Session.of(viewer).model is not None, timeout=20_000)
+    assert threads and threads[0] is not threading.main_thread()
     loaded = Session.of(viewer).model
-    assert loaded is not None and torch.equal(loaded.head.weight, model.head.weight)
+    assert torch.equal(loaded.head.weight, model.head.weight)
+    assert Session.of(viewer).path == path
 
 
-def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path):
+def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path, qtbot, monkeypatch):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(b"junk")
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     assert get_reader(str(path))(str(path)) == [(None,)]
+    qtbot.waitUntil(lambda: bool(errors), timeout=20_000)
+    assert "bad.safetensors" in errors[0] and "not a napari-unet model" in errors[0]
     assert Session.of(viewer).model is None
 
 

@@ -17,13 +17,14 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
 from .._session import Session
 from ..core.checkpoint import load_model
 from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_model_config
+from ..core.io import check_writable
 from ..core.model import UNet
-from ..core.train import StepProgress, Trainer, ValidationResult
+from ..core.train import CheckpointFailed, StepProgress, Trainer, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import Preview, TrainingDone, training_job
@@ -181,6 +182,7 @@ class TrainWidget(DockWidget):
                 "val_labels": [labels_data(self.val_labels.value, self.val_image.value)],
             }
         save = Path(self.save_path.value)
+        check_writable(save)  # before training, not after it
         checkpoint = save.with_name(save.name + ".ckpt")
         return Trainer(
             model,
@@ -228,6 +230,8 @@ class TrainWidget(DockWidget):
             self.validation_label.value = (
                 f"validation at step {event.step}: AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}"
             )
+        elif isinstance(event, CheckpointFailed):
+            show_warning(f"napari-unet: {event.message}")
         elif isinstance(event, Preview):
             layer = self.preview_image.value
             if layer is not None:
@@ -241,6 +245,8 @@ class TrainWidget(DockWidget):
         verb = "stopped" if done.stopped else "finished"
         self.status.value = f"{verb} at step {trainer.step}; model saved to {path}"
         show_info(f"napari-unet: training {verb}; model saved to {path}")
+        if trainer.checkpoint_error:
+            show_warning(f"napari-unet: the last checkpoint could not be written: {trainer.checkpoint_error}")
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,18 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import ModelSpec
-from .errors import NapariUnetError
 from .io import write_atomic
 from .model import UNet
+from .modelfile import FORMAT, FORMAT_VERSION, HEADER_KEY, ModelFileError, check_model_state, read_checked, unflatten
 
-FORMAT = "napari-unet"
-FORMAT_VERSION = 1
-_HEADER_KEY = "napari_unet"
-
-
-class ModelFileError(NapariUnetError, ValueError):
-    """A file that is not a readable napari-unet model."""
+__all__ = ["ModelFileError", "describe", "load_model", "load_state", "model_from_state", "save_model", "save_state"]
 
 
 def _flatten(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
@@ -45,50 +37,27 @@ def _flatten(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in a model file")
 
 
-def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(skeleton, dict) and "__tensor__" in skeleton:
-        return tensors[skeleton["__tensor__"]]
-    if isinstance(skeleton, dict) and "__items__" in skeleton:
-        return {k: _unflatten(v, tensors) for k, v in skeleton["__items__"]}
-    if isinstance(skeleton, list):
-        return [_unflatten(v, tensors) for v in skeleton]
-    return skeleton
-
-
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Save nested ``state`` (dicts, lists, tensors, JSON scalars) atomically."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors, "t")
-    header = {_HEADER_KEY: json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "state": skeleton})}
+    header = {HEADER_KEY: json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "state": skeleton})}
     write_atomic(path, save_safetensors(tensors, metadata=header))
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Load what :func:`save_state` wrote; raises :class:`ModelFileError` otherwise."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ModelFileError(f"cannot read model file {path}: {error.strerror or error}") from error
+    """Load what :func:`save_state` wrote; raises :class:`ModelFileError` otherwise.
+
+    The file is checked before its tensors are read (see :mod:`.modelfile`): a model
+    file, or the model in a checkpoint, must hold exactly the weights its recorded
+    architecture has, and nothing larger than the file itself is ever allocated.
+    """
+    skeleton, data = read_checked(path)
     try:
         tensors = load_safetensors(data)
-        header_size = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
-        document = json.loads(metadata[_HEADER_KEY])
-    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as error:
-        raise ModelFileError(
-            f"{path} is not a napari-unet model file (corrupt, truncated or another format)"
-        ) from error
-    if document.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a napari-unet model file")
-    if document.get("version", 0) > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} was written by a newer napari-unet (format {document['version']}); upgrade to read it"
-        )
-    try:
-        return _unflatten(document["state"], tensors)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path} is damaged: its tensor index does not match its tensors") from error
+    except (SafetensorError, ValueError, OverflowError) as error:
+        raise ModelFileError(f"{path} is damaged: its tensors cannot be read ({error})") from error
+    return unflatten(skeleton, tensors, path)
 
 
 def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> None:
@@ -109,11 +78,14 @@ def model_state(model: UNet, metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_from_state(state: dict[str, Any], path: str | os.PathLike = "<memory>") -> UNet:
-    """Build the UNet a model state describes (see :func:`save_model`)."""
-    try:
-        spec = ModelSpec.from_dict(state["spec"])
+    """Build the UNet a model state describes (see :func:`save_model`); the weights
+    are checked against the recorded architecture before the network is built."""
+    spec = check_model_state(state, path)
+    with torch.device("meta"):  # no memory and no random draws for weights replaced below
         model = UNet.from_config(spec.model)
-        model.spec = spec
+    model = model.to_empty(device="cpu")
+    model.spec = spec
+    try:
         model.load_state_dict(state["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path} does not hold a usable U-Net: {error}") from error
@@ -124,14 +96,13 @@ def model_from_state(state: dict[str, Any], path: str | os.PathLike = "<memory>"
 def load_model(path: str | os.PathLike) -> UNet:
     """Load a model saved by :func:`save_model` (or a training checkpoint).
 
-    Never executes code from the file. The returned model is in eval mode on the
-    CPU, with ``model.spec`` and ``model.metadata`` filled in.
+    Never executes code from the file, and checks it before allocating anything (see
+    :func:`load_state`). The returned model is in eval mode on the CPU, with
+    ``model.spec`` and ``model.metadata`` filled in.
     """
     state = load_state(path)
-    if state.get("kind") == "checkpoint":
-        state = state["model"]
-    if state.get("kind") != "model":
-        raise ModelFileError(f"{path} holds no model")
+    if isinstance(state, dict) and state.get("kind") == "checkpoint":
+        state = state.get("model")
     return model_from_state(state, path).eval()
 
 

@@ -7,8 +7,12 @@ can carry it without pickling anything.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import numpy as np
 
 from .devices import resolve_device
 from .errors import ConfigError
@@ -31,7 +35,11 @@ def from_dict(cls: type[T], data: dict | None) -> T:
     Unknown keys are dropped so that files written by newer versions still load;
     missing keys take the field defaults.
     """
-    data = dict(data or {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} needs a mapping of settings, got {type(data).__name__}")
+    data = dict(data)
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -41,6 +49,44 @@ def from_dict(cls: type[T], data: dict | None) -> T:
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def check_types(record: Any) -> None:
+    """Refuse field values of the wrong type, read off the field annotations.
+
+    ``int`` fields take integers (not ``bool``), ``float`` fields take finite real
+    numbers, ``bool`` fields take booleans, ``str`` fields strings, tuples of strings
+    tuples of strings; ``| None`` allows ``None``. Nested records must be instances of
+    their class. A hostile value (a string, a list, NaN) thus never reaches the
+    range checks, where it would raise ``TypeError`` or slip through a comparison.
+    Numpy scalars are accepted and stored as the Python numbers they equal.
+    """
+    for spec in dataclasses.fields(record):
+        value = getattr(record, spec.name)
+        kinds = {part.strip() for part in str(spec.type).split("|")}
+        if value is None and "None" in kinds:
+            continue
+        if "int" in kinds:
+            ok, wanted = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+        elif "float" in kinds:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            wanted = "a finite number"
+        elif "bool" in kinds:
+            ok, wanted = isinstance(value, (bool, np.bool_)), "true or false"
+        elif "str" in kinds:
+            ok, wanted = isinstance(value, str), "a string"
+        elif "tuple[str, ...]" in kinds:
+            ok = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+            wanted = "a list of strings"
+        else:
+            cls = globals().get(spec.type)
+            ok, wanted = cls is None or isinstance(value, cls), f"a {spec.type}"
+        if not ok:
+            raise ConfigError(f"{type(record).__name__}.{spec.name} must be {wanted}, got {value!r}")
+        for kind, convert in (("int", int), ("float", float), ("bool", bool)):
+            if kind in kinds and type(value) is not convert:  # numpy scalars become Python's (JSON-able)
+                object.__setattr__(record, spec.name, convert(value))
+                break
 
 
 @dataclass(frozen=True)
@@ -59,6 +105,7 @@ class ModelConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = [
             (self.in_channels >= 1, "in_channels must be >= 1"),
             (self.n_classes >= 2, "n_classes must be >= 2 (background and at least one class)"),
@@ -83,6 +130,7 @@ class NormalizationConfig:
     high: float = 99.8
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ConfigError(f"need 0 <= low < high <= 100 percentiles, got {self}")
 
@@ -104,6 +152,7 @@ class InstanceConfig:
     expand: int = 1
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.min_size < 0 or self.expand < 0:
@@ -119,6 +168,7 @@ class WeightMapConfig:
     balance_classes: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.w0 < 0 or self.sigma <= 0:
             raise ConfigError(f"need w0 >= 0 and sigma > 0, got {self}")
 
@@ -145,6 +195,7 @@ class AugmentConfig:
     gamma: float = 0.2
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.grid < 2 or self.elastic_std < 0:
             raise ConfigError(f"need grid >= 2 and elastic_std >= 0, got {self}")
 
@@ -158,16 +209,24 @@ class ModelSpec:
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     class_names: tuple[str, ...] = ("background", "cell")
 
+    def __post_init__(self) -> None:
+        check_types(self)
+
     def to_dict(self) -> dict:
         return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise ConfigError(f"ModelSpec needs a mapping of settings, got {type(data).__name__}")
+        names = data.get("class_names", ("background", "cell"))
+        if not isinstance(names, (list, tuple)):
+            raise ConfigError(f"ModelSpec.class_names must be a list of strings, got {names!r}")
         return cls(
             model=from_dict(ModelConfig, data.get("model")),
             normalization=from_dict(NormalizationConfig, data.get("normalization")),
             instances=from_dict(InstanceConfig, data.get("instances")),
-            class_names=tuple(data.get("class_names", ("background", "cell"))),
+            class_names=tuple(names),
         )
 
 
@@ -208,12 +267,15 @@ class TrainConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.lr is None or self.lr > 0, "lr must be > 0"),
+            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.validate_every is None or self.validate_every >= 1, "validate_every must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
@@ -240,6 +302,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"TrainConfig needs a mapping of settings, got {type(data).__name__}")
         data = dict(data)
         nested = {
             "weights": from_dict(WeightMapConfig, data.pop("weights", None)),

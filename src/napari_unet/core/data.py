@@ -7,6 +7,7 @@ weight map; paper section 3); each sample is then one random coordinate transfor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from .errors import NapariUnetError
 from .layout import channels_at_minus3
 from .normalize import normalize
 from .weights import separation_target, weight_map
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDataError(NapariUnetError, ValueError):
@@ -56,6 +59,21 @@ class Batch:
     dropout_seeds: tuple[int, ...] = ()
 
 
+def unannotated_value_warning(labels: np.ndarray) -> str | None:
+    """What to tell the user when unsigned labels reach their type's largest value
+    (255 in uint8, 65535 in uint16): often that value marks unannotated pixels, but
+    here it is a cell id, so all those pixels train as one giant cell."""
+    if not np.issubdtype(labels.dtype, np.unsignedinteger) or not labels.size:
+        return None
+    top = np.iinfo(labels.dtype).max
+    if labels.max() != top:
+        return None
+    return (
+        f"the labels are {labels.dtype} and reach {top}, the largest {labels.dtype} value; {top} is trained as one "
+        f"cell. If it marks unannotated pixels, store the labels in a signed type with -1 there instead"
+    )
+
+
 def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str):
     data = channels_at_minus3(image, in_channels, channel_axis)
     labels = np.asarray(labels)
@@ -70,6 +88,9 @@ def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, channe
         )
     if labels.size and labels.min() < IGNORE_LABEL:
         raise TrainingDataError(f"{name}: label values below {IGNORE_LABEL} are not allowed")
+    warning = unannotated_value_warning(labels)
+    if warning:
+        log.warning("%s: %s", name, warning)
     for index in np.ndindex(*data.shape[:-3]):
         yield data[index], labels[index]
 
@@ -82,6 +103,7 @@ def prepare(
     normalization: NormalizationConfig,
     weights: WeightMapConfig,
     channel_axis: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[PreparedPlane]:
     """Prepare every annotated plane of ``images`` with ``labels``.
 
@@ -89,21 +111,23 @@ def prepare(
     and ``labels[i]`` has the same spatial shape (and stack axes): 0 background,
     1.. cells, -1 unannotated. ``channel_axis`` says where the channels of every
     image are (default: guessed, see :func:`~napari_unet.core.layout.channels_at_minus3`).
-    Planes without any annotated pixel are skipped.
+    Planes without any annotated pixel are skipped. Messages call the pairs by their
+    ``names`` (e.g. the label files) or "training pair N".
     """
     if len(images) != len(labels):
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
     if not images:
         raise TrainingDataError("no training images given")
     planes = []
+    if names is not None and len(names) != len(images):
+        raise TrainingDataError(f"{len(images)} image(s) but {len(names)} name(s)")
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
-        for plane, plane_labels in _pair_planes(
-            image, label_image, in_channels, channel_axis, f"training pair {number}"
-        ):
+        name = names[number - 1] if names is not None else f"training pair {number}"
+        for plane, plane_labels in _pair_planes(image, label_image, in_channels, channel_axis, name):
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
             if not np.isfinite(plane).all():
-                raise TrainingDataError(f"training pair {number}: the image holds NaN or infinite values (not finite)")
+                raise TrainingDataError(f"{name}: the image holds NaN or infinite values (not finite)")
             w = weight_map(plane_labels, weights.w0, weights.sigma, balance_classes=weights.balance_classes)
             planes.append(
                 PreparedPlane(

@@ -11,6 +11,24 @@ class ImageShapeError(NapariUnetError, ValueError):
     """An image whose shape does not fit the model."""
 
 
+def as_image(image) -> np.ndarray:
+    """``image`` (an array, or nested lists of numbers) as an ndarray of real numbers
+    with at least two axes and at least one pixel; :class:`ImageShapeError` otherwise."""
+    try:
+        image = np.asarray(image)
+    except (TypeError, ValueError) as error:  # ragged lists, objects numpy cannot stack
+        raise ImageShapeError(f"cannot use this as an image ({error})") from error
+    if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise ImageShapeError(f"an image must hold numbers, got values of type {image.dtype}")
+    if np.iscomplexobj(image):
+        raise ImageShapeError("an image must hold real numbers, got complex values")
+    if image.ndim < 2:
+        raise ImageShapeError(f"need an image with at least 2 dimensions (H, W), got shape {image.shape}")
+    if image.size == 0:
+        raise ImageShapeError(f"the image is empty (shape {image.shape}): it has no pixels")
+    return image
+
+
 def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | None = None) -> np.ndarray:
     """A view of ``image`` as ``(*stack, C, H, W)`` with ``C == in_channels``.
 
@@ -19,9 +37,7 @@ def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | 
     ``channel_axis`` overrides the guess. Stack axes (Z, T, ...) are processed plane
     by plane.
     """
-    image = np.asarray(image)
-    if image.ndim < 2:
-        raise ImageShapeError(f"need an image with at least 2 dimensions (H, W), got shape {image.shape}")
+    image = as_image(image)
     if channel_axis is not None:
         axis = channel_axis % image.ndim
         if axis >= image.ndim - 2 and axis != image.ndim - 1:

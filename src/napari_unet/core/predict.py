@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
+import os
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import torch
 
 from . import geometry, tiling
 from .devices import autocast, precision_name, resolve_device, resolve_precision
+from .errors import ConfigError
 from .instances import probabilities_to_labels
 from .layout import channels_at_minus3
 from .memory import reuse_freed_memory
@@ -63,14 +66,71 @@ class PredictOptions:
     memory_bytes: int | None = None
     channel_axis: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.tile is not None:
+            sizes = tuple(self.tile) if isinstance(self.tile, (tuple, list)) else (self.tile,)
+            if len(sizes) not in (1, 2) or not all(_is_count(size) for size in sizes):
+                raise geometry.InvalidTileSize(
+                    f"tile must be a whole number of pixels, or a pair (h, w) of them; got {self.tile!r}"
+                )
+            object.__setattr__(self, "tile", int(sizes[0]) if len(sizes) == 1 else tuple(map(int, sizes)))
+        for name in ("batch_size", "memory_bytes"):
+            value = getattr(self, name)
+            if value is not None and not _is_count(value):
+                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if self.channel_axis is not None and not isinstance(self.channel_axis, numbers.Integral):
+            raise ConfigError(f"channel_axis must be an integer axis, got {self.channel_axis!r}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
 
 def _memory_budget(device: torch.device, options: PredictOptions) -> int:
+    """What the automatic tile choice may use for activations."""
     if options.memory_bytes is not None:
         return options.memory_bytes
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
     return CPU_TILE_BUDGET_BYTES
+
+
+def _memory_limit(device: torch.device, options: PredictOptions) -> tuple[int, str]:
+    """What tiles chosen by the caller may use, and what it is: ``memory_bytes`` when
+    given, else the GPU's free memory or the machine's physical memory."""
+    if options.memory_bytes is not None:
+        return options.memory_bytes, "memory_bytes"
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], f"the free memory of {device}"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    except (AttributeError, ValueError, OSError):  # no sysconf here: do not guess
+        return 1 << 62, "this machine's memory"
+
+
+def _size(count: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.1f} {unit}"
+    return f"{count} B"
+
+
+def _check_chosen_tile(plan, batch: int, per_pixel: int, depth: int, device, options: PredictOptions) -> None:
+    """Refuse a tile (or batch) the caller chose when it cannot fit, before allocating."""
+    need = batch * plan.tile[0] * plan.tile[1] * per_pixel
+    limit, what = _memory_limit(device, options)
+    if need <= limit:
+        return
+    largest = math.isqrt(max(limit // per_pixel, 0))
+    below, above = geometry.nearest_valid_sizes(largest, depth)
+    fitting = above if above == largest else below
+    hint = f"a tile of at most {fitting} px" if fitting else "a smaller model"
+    raise geometry.InvalidTileSize(
+        f"{batch} tile(s) of {plan.tile[0]}x{plan.tile[1]} px need about {_size(need)} for activations, "
+        f"more than {what} ({_size(limit)}): use {hint}, a smaller batch, "
+        "or leave the tile unset to get the best one within the budget"
+    )
 
 
 def plan_for(
@@ -93,8 +153,10 @@ def plan_for(
     else:
         plan = geometry.plan_tiles(image_hw, options.tile, depth)
     tile_pixels = plan.tile[0] * plan.tile[1]
-    batch = options.batch_size or max(1, budget_pixels // tile_pixels)
-    return plan, max(1, min(batch, plan.n_tiles))
+    batch = max(1, min(options.batch_size or max(1, budget_pixels // tile_pixels), plan.n_tiles))
+    if options.tile is not None or options.batch_size is not None:
+        _check_chosen_tile(plan, batch, per_pixel, depth, device, options)
+    return plan, batch
 
 
 def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TileProgress, None, np.ndarray]:
@@ -121,7 +183,7 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     total = plan.n_tiles * n_planes
     log.info(
         "predicting %s on %s in %s: %d tile(s) of %s, batch %d",
-        image.shape,
+        np.shape(image),
         device,
         precision_name(dtype),
         total,

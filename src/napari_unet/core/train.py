@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_state, model_from_state, model_state, save_model, save_state
+from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
 from .data import SampleStream, default_tile, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .distributed import any_process, batch_share, current_group, sum_gradients, sum_over_processes
-from .errors import ConfigError, NapariUnetError
+from .errors import ConfigError, NapariUnetError, OutputFileError
+from .io import check_writable, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
 from .predict import segment
@@ -69,6 +71,16 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class CheckpointFailed:
+    """A periodic checkpoint could not be written (yielded once per run); training
+    goes on, and the previous checkpoint file, if any, is unchanged."""
+
+    step: int
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
 class TrainSummary:
     steps: int
     seconds: float
@@ -76,7 +88,7 @@ class TrainSummary:
     validation: ValidationResult | None
 
 
-TrainEvent = StepProgress | ValidationResult | CheckpointSaved
+TrainEvent = StepProgress | ValidationResult | CheckpointSaved | CheckpointFailed
 
 
 def weighted_cross_entropy(
@@ -101,7 +113,13 @@ class Trainer:
     prediction (``channel_axis`` says where the channels are when the guess would be
     wrong); ``labels[i]``: int ``(*stack, H, W)``. Validation images (optional) are
     segmented every ``config.validation_interval`` steps; a checkpoint is written
-    every ``config.checkpoint_every`` steps and when training stops.
+    every ``config.checkpoint_every`` steps and when training stops between two steps.
+
+    The checkpoint's location is checked before anything else happens
+    (:class:`~napari_unet.core.errors.OutputFileError` if it cannot be written); a
+    checkpoint that fails later (a full disk) is reported once as
+    :class:`CheckpointFailed` and training goes on. :meth:`request_stop` (from another
+    thread or a signal handler) ends training after the current step.
 
     Inside a torch.distributed process group each process computes its share of
     every batch and rank 0 alone validates and writes files; the result equals one
@@ -119,6 +137,7 @@ class Trainer:
         val_labels: Sequence[np.ndarray] = (),
         checkpoint_path: str | Path | None = None,
         channel_axis: int | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.model = model
         self.config = config = config or TrainConfig()
@@ -129,6 +148,11 @@ class Trainer:
         self.validation = list(zip(val_images, val_labels))
         self.channel_axis = channel_axis
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        if self.checkpoint_path is not None:
+            check_writable(self.checkpoint_path, checkpoint_bytes(model, config))
+        #: Why the last checkpoint could not be written (``None`` when it was).
+        self.checkpoint_error: str | None = None
+        self._stop = threading.Event()
         planes = prepare(
             images,
             labels,
@@ -136,6 +160,7 @@ class Trainer:
             normalization=model.spec.normalization,
             weights=config.weights,
             channel_axis=channel_axis,
+            names=names,
         )
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
@@ -157,20 +182,44 @@ class Trainer:
         return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     @classmethod
-    def resume(cls, path: str | Path, images, labels, **kwargs) -> Trainer:
+    def resume(
+        cls,
+        path: str | Path,
+        images,
+        labels,
+        *,
+        state: dict | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        **kwargs,
+    ) -> Trainer:
         """Continue exactly where the checkpoint at ``path`` stopped (weights,
         optimiser, step; every sample's randomness follows from the seed and its
-        index). Pass the same data as before; any number of processes may resume."""
-        state = load_state(path)
-        if state.get("kind") != "checkpoint":
+        index) with the settings it was started with. Pass the same data as before;
+        any number of processes may resume; ``state`` is the checkpoint when already
+        loaded.
+
+        ``device`` and ``precision`` replace the recorded ones (the results then
+        differ by rounding only); a recorded device this machine lacks (a checkpoint
+        made on a GPU, resumed on a laptop) becomes "auto", with a logged warning.
+        """
+        state = load_state(path) if state is None else state
+        if not isinstance(state, dict) or state.get("kind") != "checkpoint":
             raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
-        config = TrainConfig.from_dict(state["config"])
+        try:
+            config = TrainConfig.from_dict(state["config"])
+        except (KeyError, NapariUnetError) as error:
+            raise ModelFileError(f"{path} records unusable training settings: {error}") from error
+        config = dataclasses.replace(config, **_resume_overrides(config, device, precision))
         trainer = cls(model_from_state(state["model"], path), images, labels, config, **kwargs)
-        with weights_lock(trainer.model):
-            trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.step = int(state["step"])
-        trainer.seconds = float(state["seconds"])
-        trainer.losses = list(state["losses"])
+        try:
+            with weights_lock(trainer.model):
+                trainer.optimizer.load_state_dict(state["optimizer"])
+            trainer.step = _count(state["step"])
+            trainer.seconds = float(state["seconds"])
+            trainer.losses = [float(loss) for loss in state["losses"]]
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
         return trainer
 
     def learning_rate(self, step: int) -> float:
@@ -197,9 +246,15 @@ class Trainer:
             cfg.optimizer,
         )
         started = time.perf_counter() - self.seconds
-        saved_at = self.step
+        saved_at = tried_at = self.step
+        between_steps = True  # whether the state is exactly that after self.step steps
+        reported = False
+        if self.checkpoint_path is not None:
+            for stale in remove_stale_temporaries(self.checkpoint_path):
+                log.info("removed %s, left by an interrupted write", stale)
         try:
-            while self.step < cfg.steps and not self._out_of_time(started):
+            while self.step < cfg.steps and not self._should_stop(started):
+                between_steps = False
                 begin = time.perf_counter()
                 batch = self.stream.batch([self.step * cfg.batch_size + j for j in self.share])
                 data_seconds = time.perf_counter() - begin
@@ -208,6 +263,7 @@ class Trainer:
                 self.step += 1
                 self.losses.append(loss)
                 self.seconds = time.perf_counter() - started
+                between_steps = True
                 yield self._progress(loss, lr, begin, data_seconds)
                 if not self.group.is_main:
                     continue
@@ -215,20 +271,53 @@ class Trainer:
                     self.last_validation = self.validate()
                     yield self.last_validation
                 if self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint(self.checkpoint_path)
-                    saved_at = self.step
-                    yield CheckpointSaved(self.step, str(self.checkpoint_path))
+                    tried_at = self.step
+                    if self._write_checkpoint():
+                        saved_at = self.step
+                        yield CheckpointSaved(self.step, str(self.checkpoint_path))
+                    elif not reported:
+                        reported = True
+                        message = f"checkpoint at step {self.step} failed: {self.checkpoint_error}; training goes on"
+                        yield CheckpointFailed(self.step, str(self.checkpoint_path), message)
         finally:
-            if self.group.is_main and self.checkpoint_path and self.step > saved_at:
-                self.save_checkpoint(self.checkpoint_path)
+            if self.group.is_main and self.checkpoint_path and self.step > tried_at:
+                if between_steps:
+                    self._write_checkpoint()
+                else:
+                    kept = f"the checkpoint of step {saved_at} is kept" if saved_at else "no checkpoint is written"
+                    log.warning(
+                        "training was interrupted in the middle of step %d, whose state is half made: %s "
+                        "(a checkpoint is only written between steps, so that resuming is exact)",
+                        self.step + 1,
+                        kept,
+                    )
             self.model.eval()
         return self.summary()
 
-    def _out_of_time(self, started: float) -> bool:
-        minutes = self.config.minutes
-        if minutes is None:
+    def request_stop(self) -> None:
+        """Stop after the current step: :meth:`run` then writes its checkpoint (at a
+        step boundary, so resuming from it is exact) and returns. Safe to call from
+        another thread or a signal handler."""
+        self._stop.set()
+
+    def _write_checkpoint(self) -> bool:
+        """Write the checkpoint; on failure log it (the first time as a warning), keep
+        the reason in :attr:`checkpoint_error` and return False."""
+        try:
+            self.save_checkpoint(self.checkpoint_path)
+        except OutputFileError as error:
+            report = log.info if self.checkpoint_error else log.warning
+            report("checkpoint at step %d failed: %s; training goes on", self.step, error)
+            self.checkpoint_error = str(error)
             return False
-        return any_process(time.perf_counter() - started >= 60 * minutes, self.group)
+        self.checkpoint_error = None
+        return True
+
+    def _should_stop(self, started: float) -> bool:
+        """Out of time, or asked to stop, on any process (so that all stop together)."""
+        minutes = self.config.minutes
+        out_of_time = minutes is not None and time.perf_counter() - started >= 60 * minutes
+        return any_process(out_of_time or self._stop.is_set(), self.group)
 
     def _optimise(self, batch, lr: float) -> float:
         for group in self.optimizer.param_groups:
@@ -337,6 +426,39 @@ class Trainer:
             },
         )
         log.info("checkpoint at step %d written to %s", self.step, path)
+
+
+def _resume_overrides(config: TrainConfig, device: str | None, precision: str | None) -> dict:
+    overrides = {}
+    if precision is not None:
+        overrides["precision"] = precision
+    if device is not None:
+        overrides["device"] = device
+    else:
+        try:
+            resolve_device(config.device)
+        except ConfigError:
+            log.warning("the checkpoint was made on %s, which this machine lacks: resuming on auto", config.device)
+            overrides["device"] = "auto"
+    return overrides
+
+
+def model_bytes(model: UNet) -> int:
+    """About how large a model file of ``model`` is (its weights, plus 1 MiB)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + (1 << 20)
+
+
+def checkpoint_bytes(model: UNet, config: TrainConfig) -> int:
+    """About how large a checkpoint of ``model`` trained with ``config`` is: the
+    weights plus the optimiser's per-weight state (two moments for Adam, momentum
+    for SGD), and the model's record."""
+    return model_bytes(model) * (3 if config.optimizer == "adam" else 2)
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"a step count must be a non-negative integer, got {value!r}")
+    return value
 
 
 def iter_train(

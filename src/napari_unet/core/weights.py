@@ -222,8 +222,7 @@ def weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, bala
     exact definition to within ``BORDER_TOLERANCE`` plus float32 rounding.
     """
     labels = check_labels(labels)
-    if w0 < 0 or sigma <= 0:
-        raise ValueError(f"need w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
+    WeightMapConfig(w0=w0, sigma=sigma)  # ConfigError (a ValueError) for NaN, infinite or out-of-range values
     gap = separation_gap(labels)
     target = ((labels > 0) & ~gap).view(np.uint8)
     weights = class_weights(target, labels != IGNORE_LABEL, balance=balance_classes)

@@ -1,0 +1,165 @@
+"""Bad input ends in one clear NapariUnetError, never in a traceback."""
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_unet import ConfigError, TrainConfig, WeightMapConfig
+from napari_unet.core.config import InstanceConfig, ModelConfig, NormalizationConfig
+from napari_unet.core.weights import weight_map
+
+
+@pytest.mark.parametrize("w0", [math.nan, math.inf, -1.0])
+def test_weight_map_settings_refuse_nan_and_infinity(w0):
+    with pytest.raises(ConfigError, match="w0"):
+        WeightMapConfig(w0=w0)
+    with pytest.raises(ConfigError):
+        weight_map(np.zeros((8, 8), np.int32), w0=w0)
+    with pytest.raises(ConfigError, match="sigma"):
+        WeightMapConfig(sigma=math.nan)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: ModelConfig(base_channels="64"), "base_channels"),
+        (lambda: ModelConfig(depth=2.0), "depth"),
+        (lambda: ModelConfig(in_channels=True), "in_channels"),
+        (lambda: ModelConfig(dropout=math.nan), "dropout"),
+        (lambda: NormalizationConfig(low=math.nan), "low"),
+        (lambda: InstanceConfig(fill_holes="yes"), "fill_holes"),
+        (lambda: TrainConfig(tile=100.5), "tile"),
+        (lambda: TrainConfig(steps=[3]), "steps"),
+        (lambda: TrainConfig(lr=math.inf), "lr"),
+        (lambda: TrainConfig(weights={"w0": 1}), "weights"),
+    ],
+)
+def test_config_records_refuse_values_of_the_wrong_type(make, field):
+    with pytest.raises(ConfigError, match=field):
+        make()
+
+
+def test_numpy_numbers_are_accepted():
+    config = ModelConfig(base_channels=np.int64(4), depth=np.int32(2), dropout=np.float32(0.25))
+    assert config.base_channels == 4
+    assert type(config.base_channels) is int and type(config.dropout) is float  # JSON-able
+
+
+# --- images, tiles and devices -------------------------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from napari_unet import ImageShapeError, InvalidTileSize, UNet, predict, save_model, segment, train  # noqa: E402
+from napari_unet.cli import main  # noqa: E402
+from napari_unet.core.synthetic import synthetic_nuclei  # noqa: E402
+
+
+@pytest.fixture
+def small():
+    return UNet(base_channels=2, depth=1)
+
+
+@pytest.mark.parametrize("shape", [(0, 10), (10, 0), (0, 0), (3, 0, 20), (0, 20, 20)])
+def test_empty_images_are_refused_by_name(small, shape):
+    with pytest.raises(ImageShapeError, match="empty"):
+        segment(small, np.zeros(shape, np.float32))
+
+
+def test_a_python_list_is_accepted_as_an_image(small, rng):
+    image = rng.random((30, 34)).astype(np.float32)
+    expected = predict(small, image, device="cpu", precision="fp32")
+    np.testing.assert_array_equal(predict(small, image.tolist(), device="cpu", precision="fp32"), expected)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [([[1, 2], [3]], "cannot use this as an image"), ([["a", "b"], ["c", "d"]], "must hold numbers")],
+)
+def test_lists_that_are_no_image_are_refused(small, image, message):
+    with pytest.raises(ImageShapeError, match=message):
+        segment(small, image)
+
+
+@pytest.mark.parametrize("tile", [60.0, 60.5, "60", (60, 60.0), (60,) * 3, 0, -60, True])
+def test_a_tile_that_is_not_a_whole_number_of_pixels_is_refused(small, tile):
+    with pytest.raises(InvalidTileSize, match="whole number of pixels"):
+        segment(small, np.zeros((30, 30), np.float32), tile=tile)
+
+
+def test_numpy_integer_tiles_are_accepted(small):
+    labels = segment(small, np.zeros((30, 30), np.float32), tile=np.int64(60), device="cpu")
+    assert labels.shape == (30, 30)
+
+
+def test_a_tile_beyond_the_memory_budget_is_refused_before_allocating(small, monkeypatch):
+    import napari_unet.core.tiling as tiling
+
+    def never(*args, **kwargs):
+        raise AssertionError("a tile was extracted")
+
+    monkeypatch.setattr(tiling, "extract_tile", never)
+    message = r"about 20.0 MiB .* more than memory_bytes \(1.0 MiB\): use a tile of at most 128 px"
+    with pytest.raises(InvalidTileSize, match=message):
+        segment(small, np.zeros((30, 30), np.float32), tile=572, memory_bytes=1 << 20)
+    with pytest.raises(InvalidTileSize, match="more than this machine's memory"):
+        segment(small, np.zeros((30, 30), np.float32), tile=4_000_000)
+
+
+def test_a_huge_tile_on_the_command_line_is_one_line(tmp_path, small, capsys):
+    save_model(small, tmp_path / "m.safetensors")
+    np.save(tmp_path / "img.npy", np.zeros((30, 30), np.float32))
+    files = [str(tmp_path / "m.safetensors"), str(tmp_path / "img.npy")]
+    code = main(["segment", *files, "--out-dir", str(tmp_path / "o"), "--tile", "4000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("napari-unet: error:") and "for activations" in err[-1]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "xpu", "xpu:0", "cuda:banana", "hpu"])
+def test_unsupported_devices_are_refused_and_leave_the_weights_alone(small, device):
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    image, labels = synthetic_nuclei((64, 64), seed=1)
+    with pytest.raises(ConfigError, match="device"):
+        predict(small, image, device=device)
+    with pytest.raises(ConfigError, match="device"):
+        train(small, [image], [labels], steps=1, device=device)
+    for name, tensor in small.state_dict().items():
+        assert tensor.device.type == "cpu" and torch.equal(tensor, before[name]), name
+    assert small.training  # not switched to eval either
+
+
+@pytest.mark.parametrize(
+    ("option", "message"), [("--depth", "depth must be between 1 and 6"), ("--base-channels", "base_channels")]
+)
+def test_a_zero_sized_network_is_one_line(tmp_path, capsys, option, message):
+    image, labels = synthetic_nuclei((64, 64), seed=1)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", labels)
+    argv = ["train", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--out", str(tmp_path / "m")]
+    code = main([*argv, option, "0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_nan_w0_on_the_command_line_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "lab.npy", np.zeros((8, 8), np.int32))
+    code = main(["weights", str(tmp_path / "lab.npy"), "--out-dir", str(tmp_path / "o"), "--w0", "nan"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "w0 must be a finite number" in err[0]
+
+
+def test_a_hostile_model_header_on_the_command_line_is_one_line(tmp_path, small, capsys):
+    import json
+
+    path = tmp_path / "m.safetensors"
+    save_model(small, path)
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"]["napari_unet"] = json.dumps({"format": "napari-unet", "version": 1, "state": {"x": 1}})
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + size :])
+    code = main(["info", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "m.safetensors" in err[0]

@@ -1,0 +1,241 @@
+"""Stopping training (Ctrl-C, SIGTERM, request_stop) and resuming it exactly."""
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet import cli
+from napari_unet.core.checkpoint import load_state, save_state
+from napari_unet.core.config import TrainConfig
+from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train import StepProgress, Trainer
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+FAST = TrainConfig(steps=10, tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=2, seed=4)
+
+
+def nuclei():
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    return [image], [labels]
+
+
+def run_steps(trainer, steps):
+    """Run ``trainer`` until its step counter reaches ``steps``, then close the run."""
+    run = trainer.run()
+    for event in run:
+        if isinstance(event, StepProgress) and event.step == steps:
+            break
+    run.close()
+
+
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_request_stop_ends_between_steps_and_resuming_is_exact(tmp_path):
+    images, labels = nuclei()
+    torch.manual_seed(1)
+    alone = nu.UNet(base_channels=4, depth=2)
+    reference = Trainer(alone, images, labels, FAST)
+    nu.core.progress.drive(reference.run())
+
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "run.ckpt"
+    first = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, FAST, checkpoint_path=checkpoint)
+    for event in first.run():
+        if isinstance(event, StepProgress) and event.step == 4:
+            threading.Thread(target=first.request_stop).start()  # from another thread, while the run goes on
+            time.sleep(0.05)
+    assert first.step in (4, 5) and load_state(checkpoint)["step"] == first.step
+    resumed = Trainer.resume(checkpoint, images, labels)
+    nu.core.progress.drive(resumed.run())
+    assert resumed.step == FAST.steps
+    assert_same_weights(resumed.model, alone)
+
+
+def test_an_interruption_inside_a_step_keeps_the_last_exact_checkpoint(tmp_path, monkeypatch, caplog):
+    images, labels = nuclei()
+    checkpoint = tmp_path / "run.ckpt"
+    config = dataclasses.replace(FAST, checkpoint_every=3)
+    trainer = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=checkpoint)
+    optimise = trainer._optimise
+
+    def interrupted_at_step_5(batch, lr):
+        if trainer.step == 4:
+            raise KeyboardInterrupt  # lands after the batch for step 5 was drawn
+        return optimise(batch, lr)
+
+    monkeypatch.setattr(trainer, "_optimise", interrupted_at_step_5)
+    with caplog.at_level(logging.WARNING, logger="napari_unet"), pytest.raises(KeyboardInterrupt):
+        nu.core.progress.drive(trainer.run())
+    assert load_state(checkpoint)["step"] == 3
+    assert "middle of step 5" in caplog.text and "checkpoint of step 3 is kept" in caplog.text
+
+
+def _reader(stream, lines, started):
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace")
+        lines.append(line)
+        if "training on cpu" in line:
+            started.set()
+
+
+def _training_argv(folder: Path, image, labels) -> list[str]:
+    """A long ``napari-unet train`` run in ``folder`` (at most 2 minutes, a final checkpoint only)."""
+    folder.mkdir()
+    np.save(folder / "img.npy", image)
+    np.save(folder / "lab.npy", labels)
+    argv = ["train", str(folder / "img.npy"), "--labels", str(folder / "lab.npy"), "--out", str(folder / "m")]
+    argv += ["--steps", "100000", "--minutes", "2", "--base-channels", "4", "--depth", "2", "--tile", "60"]
+    return [*argv, "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--seed", "5"]
+
+
+def _check_stopped_run_resumes_exactly(argv, image, labels):
+    """The run of ``argv`` stopped with a checkpoint and a model at the same step;
+    resuming it for two steps equals running it straight through, bit for bit."""
+    out = Path(argv[argv.index("--out") + 1])
+    checkpoint = out.with_name(out.name + ".ckpt")
+    stopped_at = load_state(checkpoint)["step"]
+    assert stopped_at >= 1 and nu.load_model(out).metadata["training"]["steps"] == stopped_at
+    args = cli.build_parser().parse_args(argv)
+    straight = Trainer(cli._new_model(args, image), [image], [labels], cli.train_config_from(args))
+    run_steps(straight, stopped_at + 2)
+    resumed = Trainer.resume(checkpoint, [image], [labels])
+    run_steps(resumed, stopped_at + 2)
+    assert resumed.step == straight.step == stopped_at + 2
+    assert_same_weights(resumed.model, straight.model)
+
+
+def test_sigterm_stops_a_training_process_between_steps_and_resuming_is_exact(tmp_path):
+    """A real ``napari-unet train`` process gets SIGTERM mid-training (before, it
+    died without a checkpoint or a model): it stops after the current step, writes
+    both, exits with 143, and resuming is bitwise exact."""
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    argv = _training_argv(tmp_path / "run", image, labels)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-m", "napari_unet.cli", "-v", *argv]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    lines, started = [], threading.Event()
+    threading.Thread(target=_reader, args=(process.stderr, lines, started), daemon=True).start()
+    try:
+        assert started.wait(timeout=90), "".join(lines)
+        time.sleep(1.0)  # some steps in: the signal lands inside one
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    output = process.stdout.read().decode() + "".join(lines)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "on SIGTERM" in output and "checkpoint for --resume" in output
+    _check_stopped_run_resumes_exactly(argv, image, labels)
+
+
+def test_ctrl_c_stops_training_between_steps_and_resuming_is_exact(tmp_path, capsys):
+    """A real SIGINT reaches the command line while it trains in this process (before,
+    the KeyboardInterrupt landed mid-step and the checkpoint recorded random states
+    that had moved on): it stops after the current step and exits with 130."""
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    argv = _training_argv(tmp_path / "run", image, labels)
+    default = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c_while_training():
+        deadline = time.monotonic() + 60
+        while signal.getsignal(signal.SIGINT) is default and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the command line has taken over Ctrl-C, i.e. training runs
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_while_training)
+    presser.start()
+    code = cli.main(argv)
+    presser.join()
+    assert code == 130 and "on SIGINT" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is default  # put back
+    _check_stopped_run_resumes_exactly(argv, image, labels)
+
+
+# --- options when resuming ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stopped_run(tmp_path):
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", labels)
+    out = tmp_path / "m.safetensors"
+    argv = ["train", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--out", str(out)]
+    tiny = ["--base-channels", "2", "--depth", "2", "--tile", "60", "--batch-size", "1", "--device", "cpu"]
+    assert cli.main([*argv, "--steps", "2", *tiny]) == 0
+    state = load_state(out.with_name(out.name + ".ckpt"))
+    state["config"]["steps"] = 4
+    save_state(out.with_name(out.name + ".ckpt"), state)
+    return argv, tiny, out.with_name(out.name + ".ckpt")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--steps", "50"], "--steps 50 differs from the checkpoint's 4"),
+        (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's None"),
+        (["--base-channels", "8"], "--base-channels 8 differs from the checkpoint's 2"),
+        (["--no-elastic"], "--no-elastic differs from the checkpoint's False"),
+        (["--seed", "9"], "--seed 9 differs"),
+    ],
+)
+def test_options_that_would_change_a_resumed_run_are_refused(stopped_run, capsys, option, message):
+    argv, _, checkpoint = stopped_run
+    capsys.readouterr()
+    code = cli.main([*argv, "--resume", str(checkpoint), *option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0] and "--init" in err[0]
+
+
+def test_resuming_with_the_same_options_and_a_device_works(stopped_run, capsys):
+    argv, tiny, checkpoint = stopped_run
+    same = [option for option in tiny if option != "--batch-size" and option != "1"]  # --steps not given
+    assert cli.main([*argv, "--resume", str(checkpoint), *same, "--batch-size", "1", "--precision", "fp32"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    assert load_state(checkpoint)["config"]["precision"] == "fp32"
+
+
+def test_a_checkpoint_made_on_a_gpu_resumes_on_the_cpu(stopped_run, caplog, capsys):
+    argv, _, checkpoint = stopped_run
+    state = load_state(checkpoint)
+    state["config"]["device"] = "cuda:3"
+    save_state(checkpoint, state)
+    if torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a cuda:3")
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        trainer = Trainer.resume(checkpoint, *nuclei())
+    assert trainer.device.type in ("cpu", "cuda", "mps") and "made on cuda:3" in caplog.text
+    assert cli.main([*argv, "--resume", str(checkpoint), "--device", "cpu"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+
+
+# --- suspicious label files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_unsigned_labels_at_their_largest_value_get_a_one_line_warning(tmp_path, capsys, dtype):
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    unsigned = labels.astype(dtype)
+    unsigned[:, :20] = np.iinfo(dtype).max  # "unannotated", as some tools write it
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", unsigned)
+    argv = ["train", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--out", str(tmp_path / "m")]
+    assert cli.main([*argv, "--steps", "1", "--base-channels", "2", "--depth", "2", "--device", "cpu"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("napari-unet: warning:")
+    assert "lab.npy" in warnings[0] and str(np.iinfo(dtype).max) in warnings[0] and "-1" in warnings[0]
