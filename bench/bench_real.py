@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000, help="step budget (high: the time limit decides)")
     parser.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS), metavar="NAME")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, default=None, help="keep each split's files (and truth) in KEEP/SPLIT")
     args = parser.parse_args()
     if args.quick:
         args.minutes = 20 / 60
@@ -256,9 +257,15 @@ def main() -> None:
             image, labels = stacks[dataset]
             train_labels, test_labels = cut(labels, train_region), cut(labels, test_region)
             notes.append(describe(name, train_labels, test_labels))
-            with tempfile.TemporaryDirectory() as folder:
+            with contextlib.ExitStack() as stack:
+                if args.keep:
+                    folder = args.keep / re.sub(r"[^\w.-]+", "_", name)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    write_image(folder / "test_truth.tif", test_labels)
+                else:
+                    folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 pred, steps = train_and_segment(
-                    cut(image, train_region), train_labels, cut(image, test_region), args, Path(folder)
+                    cut(image, train_region), train_labels, cut(image, test_region), args, folder
                 )
             rows.append([name, steps, *score(pred, test_labels)])
             print(f"done: {name} ({steps})", file=sys.stderr)
