@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from napari_unet.core.config import IGNORE_LABEL
-from napari_unet.core.taxonomy import ErrorTaxonomy, combine_taxonomies, error_taxonomy, perimeters
+from napari_unet.core.taxonomy import (
+    ErrorTaxonomy,
+    combine_taxonomies,
+    drop_unannotated,
+    error_taxonomy,
+    perimeters,
+)
 
 
 def disc(shape, center, radius):
@@ -82,6 +88,18 @@ def test_unannotated_pixels_count_for_nothing():
     result = error_taxonomy(pred, truth)
     assert counts(result) == (0, 0, 0, 0)
     assert (result.n_pred, result.matched) == (1, 1)
+
+
+def test_objects_mostly_on_unannotated_pixels_are_dropped():
+    truth = boxes((30, 60), (5, 15, 5, 15))
+    truth[:, 30:] = IGNORE_LABEL
+    pred = boxes((30, 60), (5, 15, 5, 15), (5, 15, 26, 40), (20, 25, 20, 36))
+    # object 2: 40 of 140 px annotated, all on background: a false object unless dropped
+    assert error_taxonomy(pred, truth).false_positives == 2
+    kept = drop_unannotated(pred, truth)
+    assert sorted(np.unique(kept)) == [0, 1, 3]  # object 3 has 50 of 80 px annotated: kept
+    assert error_taxonomy(kept, truth).false_positives == 1
+    assert np.array_equal(drop_unannotated(pred, truth, fraction=0.3), np.where(pred == 1, 1, 0))
 
 
 def test_all_categories_in_one_image():

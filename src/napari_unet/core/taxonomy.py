@@ -152,6 +152,26 @@ def combine_taxonomies(parts: list[ErrorTaxonomy]) -> ErrorTaxonomy:
     return ErrorTaxonomy(**{name: sum(getattr(part, name) for part in parts) for name in fields})
 
 
+def drop_unannotated(pred: np.ndarray, truth: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """``pred`` with the objects that lie mostly on unannotated pixels set to background.
+
+    An object with at least ``fraction`` of its pixels where ``truth == IGNORE_LABEL``
+    predicts something nobody annotated; scored as it is, the thin rest of it that
+    sticks out onto annotated background would count as a false object. ``pred`` int
+    (H, W) >= 0, ``truth`` int (H, W) >= -1; returns a new array.
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    annotated_pixels(pred, truth)  # the same checks as everywhere else
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    size = int(pred.max(initial=0)) + 1
+    area = np.bincount(pred.ravel(), minlength=size)
+    unannotated = np.bincount(pred[truth == IGNORE_LABEL], minlength=size)
+    drop = unannotated >= fraction * np.maximum(area, 1)
+    drop[0] = False
+    return np.where(drop[pred], 0, pred)
+
+
 def _annotated_images(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both images as 2D arrays with unannotated pixels set to background (0)."""
     annotated_pixels(pred, truth)  # the same checks as everywhere else
