@@ -8,6 +8,7 @@ import napari_unet as nu
 from napari_unet import UNet, load_model
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.config import AugmentConfig, TrainConfig
+from napari_unet.core.progress import drive
 from napari_unet.core.train import (
     CheckpointSaved,
     StepProgress,
@@ -204,3 +205,34 @@ def test_training_while_another_thread_predicts_gives_the_same_weights():
     assert len(predictions) >= 2
     for (name, a), b in zip(alone.state_dict().items(), busy.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_time_budget_decays_the_learning_rate_by_the_clock():
+    images, labels = data()
+    config = dataclasses.replace(FAST, steps=100_000, minutes=2.0, warmup_steps=2)
+    trainer = Trainer(tiny_model(), images, labels, config)
+    peak = config.learning_rate
+    assert trainer.learning_rate(10, seconds=0.0) == pytest.approx(peak, rel=1e-6)
+    assert trainer.learning_rate(10, seconds=60.0) == pytest.approx(peak / 2)  # half the budget: cos(pi/2)
+    assert trainer.learning_rate(10, seconds=130.0) == pytest.approx(0.0, abs=1e-12)
+    by_steps = Trainer(tiny_model(), images, labels, dataclasses.replace(FAST, steps=22, warmup_steps=2))
+    assert by_steps.learning_rate(12, seconds=1e9) == pytest.approx(peak / 2)  # no budget: the clock is ignored
+
+
+def test_the_best_validated_weights_are_kept(monkeypatch):
+    images, labels = data()
+    config = dataclasses.replace(FAST, steps=6, validate_every=2)
+    trainer = Trainer(tiny_model(), images, labels, config, val_images=images, val_labels=labels)
+    scores = iter([0.4, 0.9, 0.3])
+    snapshots = {}
+
+    def fake_validate():
+        snapshots[trainer.step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        return ValidationResult(trainer.step, next(scores), 0.5)
+
+    monkeypatch.setattr(trainer, "validate", fake_validate)
+    summary = drive(trainer.run())
+    assert summary.steps == 6 and summary.validation.step == 4 and summary.validation.ap50 == 0.9
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, snapshots[4][name]), name
+    assert not torch.equal(trainer.model.head.weight, snapshots[6]["head.weight"])

@@ -245,7 +245,8 @@ class TrainConfig:
     few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
     zero at ``steps``. Validation (when validation images are given) runs every
-    ``validate_every`` steps (``None``: see :attr:`validation_interval`) and at the end.
+    ``validate_every`` steps (``None``: see :attr:`validation_interval`) and at the end;
+    with ``keep_best`` the model ends with the weights of the best validation.
     """
 
     steps: int = 1000
@@ -264,6 +265,7 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     validate_every: int | None = None
+    keep_best: bool = True
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:

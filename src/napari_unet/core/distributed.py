@@ -100,6 +100,15 @@ def sum_gradients(parameters: Sequence[nn.Parameter], group: ProcessGroup) -> No
         offset += grad.numel()
 
 
+def max_over_processes(value: float, group: ProcessGroup) -> float:
+    """The largest ``value`` over all processes (``value`` itself when alone)."""
+    if not group.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def any_process(flag: bool, group: ProcessGroup) -> bool:
     """Whether ``flag`` is true on any process, so that all stop at the same step."""
     if not group.distributed:

@@ -25,7 +25,14 @@ from .checkpoint import ModelFileError, load_state, model_from_state, model_stat
 from .config import TrainConfig
 from .data import SampleStream, default_tile, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
-from .distributed import any_process, batch_share, current_group, sum_gradients, sum_over_processes
+from .distributed import (
+    any_process,
+    batch_share,
+    current_group,
+    max_over_processes,
+    sum_gradients,
+    sum_over_processes,
+)
 from .errors import ConfigError, NapariUnetError, OutputFileError
 from .io import check_writable, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
@@ -173,6 +180,8 @@ class Trainer:
         self.seconds = 0.0
         self.losses: list[float] = []
         self.last_validation: ValidationResult | None = None
+        #: The best validation so far and a copy of the weights that reached it.
+        self.best: tuple[ValidationResult, dict[str, torch.Tensor]] | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
@@ -222,7 +231,10 @@ class Trainer:
             raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
         return trainer
 
-    def learning_rate(self, step: int) -> float:
+    def learning_rate(self, step: int, seconds: float = 0.0) -> float:
+        """The learning rate of step ``step`` (0-based), started ``seconds`` into training:
+        linear warm-up, then constant or a cosine decay that ends when the run ends —
+        at ``steps``, or at the ``minutes`` budget if that comes first."""
         cfg = self.config
         peak = cfg.learning_rate
         if step < cfg.warmup_steps:
@@ -230,7 +242,10 @@ class Trainer:
         if cfg.schedule == "constant":
             return peak
         span = max(cfg.steps - cfg.warmup_steps, 1)
-        return peak * 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+        done = min(step - cfg.warmup_steps, span) / span
+        if cfg.minutes is not None:
+            done = max(done, min(seconds / (60 * cfg.minutes), 1.0))
+        return peak * 0.5 * (1 + math.cos(math.pi * done))
 
     def run(self) -> Generator[TrainEvent, None, TrainSummary]:
         """Train until ``steps`` or ``minutes``; yields a :class:`StepProgress` every step,
@@ -258,7 +273,7 @@ class Trainer:
                 begin = time.perf_counter()
                 batch = self.stream.batch([self.step * cfg.batch_size + j for j in self.share])
                 data_seconds = time.perf_counter() - begin
-                lr = self.learning_rate(self.step)
+                lr = self.learning_rate(self.step, self._elapsed(started))
                 loss = self._optimise(batch, lr)
                 self.step += 1
                 self.losses.append(loss)
@@ -269,6 +284,7 @@ class Trainer:
                     continue
                 if self.validation and (self.step % cfg.validation_interval == 0 or self.step == cfg.steps):
                     self.last_validation = self.validate()
+                    self._remember_if_best(self.last_validation)
                     yield self.last_validation
                 if self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
                     tried_at = self.step
@@ -291,8 +307,33 @@ class Trainer:
                         self.step + 1,
                         kept,
                     )
+            self._restore_best()
             self.model.eval()
         return self.summary()
+
+    def _elapsed(self, started: float) -> float:
+        """Seconds since training started (the longest of all processes' clocks)."""
+        if self.config.minutes is None:
+            return 0.0  # only a time budget makes the schedule depend on the clock
+        return max_over_processes(time.perf_counter() - started, self.group)
+
+    def _remember_if_best(self, result: ValidationResult) -> None:
+        """Keep a copy of the weights with the best validation AP so far."""
+        if not self.config.keep_best or (self.best is not None and result.ap50 <= self.best[0].ap50):
+            return
+        with weights_lock(self.model), torch.no_grad():
+            self.best = (result, {name: value.detach().clone() for name, value in self.model.state_dict().items()})
+
+    def _restore_best(self) -> None:
+        """Give the model the best validated weights, if they beat the last validation.
+        (The checkpoint keeps the last step's state, so resuming stays exact.)"""
+        if self.best is None or self.last_validation is None or self.best[0].ap50 <= self.last_validation.ap50:
+            return
+        result, weights = self.best
+        with weights_lock(self.model), torch.no_grad():
+            self.model.load_state_dict(weights)
+        log.info("kept the weights of step %d (validation AP@0.5 %.3f)", result.step, result.ap50)
+        self.last_validation = result
 
     def request_stop(self) -> None:
         """Stop after the current step: :meth:`run` then writes its checkpoint (at a
