@@ -125,8 +125,14 @@ def load_model(path: str | os.PathLike) -> UNet:
     """Load a model saved by :func:`save_model` (or a training checkpoint).
 
     Never executes code from the file. The returned model is in eval mode on the
-    CPU, with ``model.spec`` and ``model.metadata`` filled in.
+    CPU, with ``model.spec`` and ``model.metadata`` filled in. Also opens the
+    bioimage.io packages napari-unet exports (zip or folder, see
+    :mod:`napari_unet.core.bioimageio_package`).
     """
+    from .bioimageio_package import is_package, read_package
+
+    if is_package(path):
+        return read_package(path)
     state = load_state(path)
     if state.get("kind") == "checkpoint":
         state = state["model"]
