@@ -186,7 +186,7 @@ def test_package_describes_sizes_halo_normalisation_and_citation(package):
         readme = archive.read("README.md").decode()
         architecture = archive.read(ARCHITECTURE_NAME)
     assert {"weights.pt", "weights_torchscript.pt", "weights.onnx", "cover.png", "README.md"} <= names
-    assert {"test_input.npy", "test_output.npy", ARCHITECTURE_NAME, RECORD_NAME} <= names
+    assert {"test_input.npy", "test_output.npy", "sample_input.tif", "sample_output.tif", ARCHITECTURE_NAME} <= names
     assert architecture == Path(standalone_unet.__file__).read_bytes()
     for fragment in ["min: 44", "step: 4", "halo: 20", "mode: reflect", "scale_range", "min_percentile: 2.0"]:
         assert fragment in rdf

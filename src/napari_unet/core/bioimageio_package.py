@@ -30,6 +30,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -263,7 +264,9 @@ def _run_formats(model: UNet, folder: Path, normalized: np.ndarray) -> dict[str,
     inputs = torch.from_numpy(normalized)
     with torch.no_grad():
         outputs = {"pytorch_state_dict": exchange.same_size_network(model)(inputs).numpy()}
-        outputs["torchscript"] = torch.jit.load(str(folder / TORCHSCRIPT_NAME))(inputs).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what bioimage.io runs
+            outputs["torchscript"] = torch.jit.load(str(folder / TORCHSCRIPT_NAME))(inputs).numpy()
     try:
         import onnxruntime
     except ImportError:
@@ -335,6 +338,8 @@ def write_package(
         import imageio.v3 as iio
 
         iio.imwrite(folder / "cover.png", _cover(raw, expected[0, 0]))
+        iio.imwrite(folder / "sample_input.tif", raw.squeeze())  # for people: (C,) H, W
+        iio.imwrite(folder / "sample_output.tif", expected[0, 0].astype(np.float32))
         trained_on = trained_on or "Not recorded at export (pass `--trained-on` to `napari-unet export`)."
         (folder / "README.md").write_text(_readme(model, name, trained_on, checks, raw.shape[-1]), encoding="utf-8")
         record = _record(model, _sha256(files[STATE_DICT_NAME]), _sha256(files[ARCHITECTURE_NAME]))
@@ -369,6 +374,7 @@ def write_package(
                         *(v0_5.SpaceInputAxis(id=axis, size=size) for axis in space),
                     ],
                     test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+                    sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
                     data=v0_5.IntervalOrRatioDataDescr(type="float32"),
                     pad=v0_5.ReflectPadding(mode="reflect"),  # explicit, or the YAML drops it
                     preprocessing=[
@@ -400,6 +406,7 @@ def write_package(
                         ),
                     ],
                     test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+                    sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
                     data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
                 )
             ],
