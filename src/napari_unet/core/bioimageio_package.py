@@ -134,6 +134,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _rounded(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def _describe_training(metadata: dict[str, Any]) -> list[str]:
     training = metadata.get("training")
     if not training:
@@ -141,7 +145,7 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
     config = training.get("config") or {}
     lines = [
         f"- steps: {training.get('steps')} in {training.get('seconds')} s on {training.get('device')} "
-        f"({training.get('precision')}), final loss {training.get('final_loss')}",
+        f"({training.get('precision')}), final loss {_rounded(training.get('final_loss'))}",
         f"- tile: {training.get('tile')} px, batch size {config.get('batch_size')}, optimizer "
         f"{config.get('optimizer')}, learning rate {config.get('lr') or 'default'}, schedule {config.get('schedule')}",
     ]
@@ -333,6 +337,10 @@ def write_package(
             for fmt, out in outputs.items()
             if fmt != "pytorch_state_dict"
         }
+        from .predict import predict
+
+        own = 1.0 - predict(model, raw, precision="fp32", channel_axis=0)[0]
+        checks["pytorch_state_dict vs napari-unet's own prediction"] = float(np.abs(expected[0, 0] - own).max())
         np.save(folder / "test_input.npy", raw[None])
         np.save(folder / "test_output.npy", expected.astype(np.float32))
         import imageio.v3 as iio
