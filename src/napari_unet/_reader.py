@@ -1,4 +1,5 @@
-"""Opening a napari-unet model file in napari makes it the session's model.
+"""Opening a napari-unet model file, or a bioimage.io package napari-unet exported
+(zip or folder), in napari makes it the session's model.
 
 The file is read and checked in a thread worker, so a large (or slow to read) file
 never freezes napari; the model enters the session when it is loaded.
@@ -9,14 +10,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .core.bioimageio_package import is_package
 from .core.checkpoint import ModelFileError, load_model
 
 log = logging.getLogger(__name__)
 
 
 def get_reader(path):
-    """The reader for a single model file, or ``None`` for anything else."""
-    if not isinstance(path, (str, Path)) or not Path(path).is_file():
+    """The reader for a single model file or a bioimage.io package (whose
+    reading explains what is supported if it is not ours), or ``None`` for anything
+    else, such as other zip files and folders."""
+    if not isinstance(path, (str, Path)):
+        return None
+    if is_package(path):
+        return read_model
+    if not Path(path).is_file() or Path(path).suffix.lower() == ".zip":
         return None
     return read_model
 

@@ -383,6 +383,42 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote the model, test images, labels, metrics.txt and overlay.png to {args.out_dir}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .core.exchange import export_model
+
+    model = load_model(args.model)
+    options = {}
+    if args.format == "bioimageio":
+        options = {
+            "authors": args.author,
+            "name": args.name,
+            "license": args.license,
+            "trained_on": args.trained_on,
+            "image": read_image(args.image) if args.image else None,
+            "channel_axis": args.channel_axis,
+        }
+        if not args.author:
+            print("napari-unet: no --author given; the package names its author 'Unknown'", file=sys.stderr)
+    elif args.author or args.name or args.trained_on or args.image:
+        raise ConfigError("--author, --name, --trained-on and --image apply to --format bioimageio only")
+    path = export_model(model, args.out, args.format, **options)
+    print(f"{args.model} -> {path} ({args.format}, {path.stat().st_size / 1e6:.2f} MB)")
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser("export", help="write a model for other software (bioimage.io, ONNX, TorchScript)")
+    export.add_argument("model", type=Path, help="model file (.safetensors) or napari-unet bioimage.io package")
+    export.add_argument("--format", choices=["bioimageio", "onnx", "torchscript"], default="bioimageio")
+    export.add_argument("--out", type=Path, required=True, help="file to write (.zip, .onnx or .pt)")
+    export.add_argument("--author", action="append", default=[], help="package author (repeat for several)")
+    export.add_argument("--name", default=None, help="model name in the package (letters, digits, spaces, _+-())")
+    export.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the weights (default CC-BY-4.0)")
+    export.add_argument("--trained-on", default=None, help="one sentence on the training data, for the README")
+    export.add_argument("--image", type=Path, default=None, help="example image for the test tensors and cover")
+    export.add_argument("--channel-axis", type=int, default=None, help="channel axis of --image (default: guessed)")
+    export.set_defaults(run=cmd_export)
+
+
 def _add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=None, help="input tile size (valid sizes only; default: best)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -471,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
+
+    _add_export_parser(commands)
 
     info = commands.add_parser("info", help="show what a model file holds")
     info.add_argument("model", type=Path)

@@ -17,7 +17,7 @@ def test_manifest_declares_widgets_sample_data_and_reader():
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert widgets == {"Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net"}
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei_2d", "nuclei_stack"}
-    assert manifest.contributions.readers[0].filename_patterns == ["*.safetensors"]
+    assert manifest.contributions.readers[0].filename_patterns == ["*.safetensors", "*.zip"]
 
 
 def test_dock_widgets_share_the_viewer_session(viewer):
@@ -111,3 +111,47 @@ def test_the_whole_loop(viewer, session, wait_idle, tmp_path, qtbot):
     wait_idle(segment)
     labels = viewer.layers["nuclei stack labels"].data
     assert labels.max() >= 5, f"only {labels.max()} objects found"
+
+
+def _napari_unet_package(folder, model):
+    """A package folder as napari-unet writes it, without the bioimage.io extras."""
+    import io
+    import json
+
+    from napari_unet.core import bioimageio_package as bp
+
+    folder.mkdir()
+    (folder / "rdf.yaml").write_text("type: model\n")
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    (folder / bp.STATE_DICT_NAME).write_bytes(buffer.getvalue())
+    record = bp._record(model, bp._sha256(buffer.getvalue()), "")
+    (folder / bp.RECORD_NAME).write_text(json.dumps(record))
+    return folder
+
+
+def test_dropping_a_bioimageio_package_puts_it_in_the_session(viewer, tmp_path):
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2)
+    folder = _napari_unet_package(tmp_path / "package", model)
+    assert get_reader(str(tmp_path)) is None  # a folder that is no package
+    assert get_reader(str(folder))(str(folder)) == [(None,)]
+    loaded = Session.of(viewer).model
+    assert loaded is not None and torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_dropping_a_foreign_package_explains_what_is_supported(viewer, tmp_path, monkeypatch):
+    import zipfile
+
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("rdf.yaml", "type: model\n")
+    assert get_reader(str(path))(str(path)) == [(None,)]
+    assert Session.of(viewer).model is None
+    assert shown and "did not write" in shown[0]
+    plain = tmp_path / "images.zip"
+    with zipfile.ZipFile(plain, "w") as archive:
+        archive.writestr("a.tif", b"")
+    assert get_reader(str(plain)) is None

@@ -103,3 +103,19 @@ def test_worker_errors_become_notifications(viewer, model_session, wait_idle):
     wait_idle(widget)
     assert "expects 1 channel" in widget.status.value
     assert widget.run_button.enabled
+
+
+def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session, tmp_path, qtbot, monkeypatch):
+    from .conftest import WORKER_TIMEOUT
+
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    target = tmp_path / "exported.onnx"
+    monkeypatch.setattr(SegmentWidget, "ask_export_path", lambda self: (target, "onnx"))
+    widget.export_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.export_runner.busy, timeout=WORKER_TIMEOUT)
+    qtbot.wait(10)
+    assert target.is_file() and "exported exported.onnx" in widget.status.value
+    assert widget.export_button.enabled
+    monkeypatch.setattr(SegmentWidget, "ask_export_path", lambda self: None)  # cancelled: nothing happens
+    widget.export_button.clicked.emit()
+    assert not widget.export_runner.busy

@@ -73,3 +73,11 @@ def segmentation_job(model: UNet, image: np.ndarray, *, stop: threading.Event, k
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
     return SegmentationDone(labels, probabilities)
+
+
+def export_job(model: UNet, path: Path, format: str, *, stop: threading.Event, **options):
+    """Export ``model`` to ``path`` (one step: says what it does, then writes); returns the path."""
+    from ..core.exchange import export_model
+
+    yield f"exporting to {path.name} ({format})…"
+    return export_model(model, path, format, **options)

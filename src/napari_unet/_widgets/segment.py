@@ -1,4 +1,5 @@
-"""Segment an image layer with overlap-tile prediction in a worker thread."""
+"""Segment an image layer with overlap-tile prediction in a worker thread; export the
+model for other software (bioimage.io, ONNX, TorchScript)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from ..core.checkpoint import ModelFileError, load_model
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
-from ._jobs import SegmentationDone, segmentation_job
+from ._jobs import SegmentationDone, export_job, segmentation_job
 from ._layers import LayerError, image_data, layers_of, put_layer, spatial_shape
 from ._runner import JobRunner
 
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
+#: Save-dialog filters of the Export… button: (format, file suffix) each.
+EXPORT_FILTERS = {
+    "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
+    "ONNX (*.onnx)": ("onnx", ".onnx"),
+    "TorchScript (*.pt)": ("torchscript", ".pt"),
+}
 
 
 class SegmentWidget(DockWidget):
@@ -31,7 +38,7 @@ class SegmentWidget(DockWidget):
         self.model_source = RadioButtons(
             label="model", choices=["session model", "file"], value="session model", orientation="horizontal"
         )
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")
         self.model_info = Label(value=self.session.describe())
         self.tile = ComboBox(label="tile", choices=tile_choices(4), value=None)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
@@ -50,6 +57,12 @@ class SegmentWidget(DockWidget):
         )  # fmt: skip
         self.model_info.native.setWordWrap(True)
         self.runner = JobRunner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
+        self.export_button = PushButton(text="Export model…", tooltip="write the model for Fiji, bioimage.io, ONNX")
+        self.insert(self.index(self.progress), self.export_button)
+        self.export_runner = JobRunner(
+            "export", self._on_export_step, self._on_exported, self._on_export_idle, self._on_error
+        )
+        self.export_button.changed.connect(self.guarded(self.export))
         self.session.model_changed.connect(self._on_model_changed)
         self.model_source.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
@@ -139,3 +152,44 @@ class SegmentWidget(DockWidget):
 
     def _on_idle(self) -> None:
         self.cancel_button.enabled, self.run_button.enabled = False, True
+
+    def ask_export_path(self) -> tuple[Path, str] | None:
+        """The file and format chosen in a save dialog, or ``None`` if cancelled."""
+        from qtpy.QtWidgets import QFileDialog
+
+        name, chosen = QFileDialog.getSaveFileName(self.native, "Export model", "", ";;".join(EXPORT_FILTERS))
+        if not name:
+            return None
+        format, suffix = EXPORT_FILTERS.get(chosen, ("bioimageio", ".zip"))
+        path = Path(name)
+        return (path if path.suffix else path.with_suffix(suffix)), format
+
+    def export(self) -> None:
+        """Export the chosen model (session or file) in a worker; a bioimage.io package
+        takes its test image from the chosen image layer when that is large enough."""
+        if self.export_runner.busy:
+            return
+        model = self.model()
+        target = self.ask_export_path()
+        if target is None:
+            return
+        path, format = target
+        options = {}
+        layer = self.image.value
+        if format == "bioimageio" and layer is not None:
+            from ..core.exchange import min_size
+
+            if min(spatial_shape(layer)[-2:]) >= min_size(model.config.depth):
+                data, channel_axis = image_data(layer)
+                options = {"image": np.asarray(data), "channel_axis": channel_axis}
+        self.export_button.enabled = False
+        self.export_runner.start(export_job, model, path, format, **options)
+
+    def _on_export_step(self, message: str) -> None:
+        self.status.value = message
+
+    def _on_exported(self, path: Path) -> None:
+        self.status.value = f"exported {path.name} ({path.stat().st_size / 1e6:.1f} MB)"
+
+    def _on_export_idle(self) -> None:
+        self.export_button.enabled = True

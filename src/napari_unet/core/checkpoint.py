@@ -98,8 +98,14 @@ def load_model(path: str | os.PathLike) -> UNet:
 
     Never executes code from the file, and checks it before allocating anything (see
     :func:`load_state`). The returned model is in eval mode on the CPU, with
-    ``model.spec`` and ``model.metadata`` filled in.
+    ``model.spec`` and ``model.metadata`` filled in. Also opens the bioimage.io
+    packages napari-unet exports (zip or folder, see
+    :mod:`napari_unet.core.bioimageio_package`).
     """
+    from .bioimageio_package import is_package, read_package
+
+    if is_package(path):
+        return read_package(path)
     state = load_state(path)
     if isinstance(state, dict) and state.get("kind") == "checkpoint":
         state = state.get("model")

@@ -1,0 +1,559 @@
+"""bioimage.io model packages (model description spec 0.5): write them, and read back ours.
+
+Writing uses ``bioimageio.spec``'s own description classes and packaging (the
+``export`` extra). A package holds:
+
+- ``rdf.yaml``, the description: one input ``raw`` (batch, channel, y, x) whose
+  preprocessing is napari-unet's normalisation as ``scale_range`` (same percentiles,
+  per image and channel, not clipped), mirrored when padded; one output
+  ``foreground`` of the input's size with a ``halo`` on y and x; sizes
+  ``min + n * 2**depth``;
+- weights as ``pytorch_state_dict`` (the parent; architecture: the standalone
+  ``unet_architecture.py``, which does not import napari_unet), ``torchscript`` and
+  ``onnx``, all computing the same network (see :mod:`napari_unet.core.exchange`);
+- test input and output tensors, a cover made from them, a README with the training
+  record, the license, the authors and the citation of the U-Net paper;
+- ``napari_unet.json``: what napari-unet needs to read the package back (the model
+  spec, the training record, the weights file and its SHA-256).
+
+Reading (:func:`read_package`) needs only napari-unet's own dependencies. It accepts
+packages napari-unet wrote, as a zip or an unpacked folder, and loads the state dict
+with ``torch.load(weights_only=True)`` after checking its hash; the packaged
+architecture file is never executed (the network is built from napari-unet's own
+code). Other packages are refused with a message saying what is supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import exchange, standalone_unet
+from .checkpoint import ModelFileError, model_from_state
+from .config import NormalizationConfig
+from .errors import OutputFileError
+from .geometry import margin
+from .layout import channels_at_minus3
+from .model import UNet
+
+PACKAGE_FORMAT = "napari-unet bioimage.io package"
+PACKAGE_VERSION = 1
+RECORD_NAME = "napari_unet.json"
+DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
+ARCHITECTURE_NAME = "unet_architecture.py"
+ARCHITECTURE_CALLABLE = "SameSizeUNet"
+STATE_DICT_NAME = "weights.pt"
+TORCHSCRIPT_NAME = "weights_torchscript.pt"
+ONNX_NAME = "weights.onnx"
+PAPER_DOI = "10.1007/978-3-319-24574-4_28"
+PAPER_TEXT = (
+    "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015, LNCS 9351, pp. 234-241."
+)
+#: Added to the percentile range by ``scale_range`` (the spec requires a positive value;
+#: napari-unet itself adds none, so the smallest keeps the two equal).
+SCALE_RANGE_EPS = 1e-12
+DEFAULT_LICENSE = "CC-BY-4.0"
+DEFAULT_AUTHOR = "Unknown"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _require_spec():
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError as error:
+        raise exchange.ExportError(
+            "writing bioimage.io packages needs bioimageio.spec: pip install 'napari-unet[export]'"
+        ) from error
+
+
+def scale_range(image: np.ndarray, normalization: NormalizationConfig, eps: float = SCALE_RANGE_EPS) -> np.ndarray:
+    """The spec's ``scale_range`` per channel of ``image`` (C, H, W), float32:
+    ``(x - p_low) / (p_high - p_low + eps)`` with linearly interpolated percentiles."""
+    data = np.asarray(image, np.float32)
+    flat = data.reshape(data.shape[0], -1)
+    low, high = np.percentile(flat, [normalization.low, normalization.high], axis=1).astype(np.float32)
+    return ((data - low[:, None, None]) / (high - low + np.float32(eps))[:, None, None]).astype(np.float32)
+
+
+def example_size(depth: int) -> int:
+    """Side of the square test tensors: at least 128 px and one declared size."""
+    step = 2**depth
+    return max(exchange.min_size(depth), -(-128 // step) * step)
+
+
+def example_image(model: UNet, image: np.ndarray | None = None, channel_axis: int | None = None) -> np.ndarray:
+    """The raw test input ``(C, S, S)`` float32: the centre of ``image`` (its first plane
+    if a stack) or, by default, synthetic nuclei in every channel."""
+    depth, channels = model.config.depth, model.config.in_channels
+    size = example_size(depth)
+    if image is None:
+        from .synthetic import synthetic_nuclei
+
+        nuclei = synthetic_nuclei((size, size), seed=0)[0].astype(np.float32)
+        return np.repeat(nuclei[None], channels, axis=0)
+    planes = channels_at_minus3(image, channels, channel_axis)
+    plane = planes.reshape(-1, *planes.shape[-3:])[0]
+    step, smallest = 2**depth, exchange.min_size(depth)
+    sides = []
+    for n in plane.shape[-2:]:
+        if n < smallest:
+            raise exchange.ExportError(
+                f"the example image (shape {np.shape(image)}) is too small for test tensors: "
+                f"a depth-{depth} model needs at least {smallest} x {smallest} px"
+            )
+        sides.append(min(size, smallest + (n - smallest) // step * step))
+    top, left = ((n - s) // 2 for n, s in zip(plane.shape[-2:], sides))
+    return np.ascontiguousarray(plane[:, top : top + sides[0], left : left + sides[1]], dtype=np.float32)
+
+
+def _cover(raw: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """A 2:1 RGB picture: the normalised first channel beside the foreground probability."""
+    low, high = np.percentile(raw[0], [1.0, 99.8])
+    left = np.clip((raw[0] - low) / max(high - low, 1e-12), 0, 1)
+    right = np.clip(foreground, 0, 1)
+    tint = np.stack([right, right * 0.35, right * 0.8], axis=-1)  # magenta probability
+    picture = np.concatenate([np.repeat(left[..., None], 3, axis=-1), tint], axis=1)
+    return (picture * 255).round().astype(np.uint8)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _rounded(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _describe_training(metadata: dict[str, Any]) -> list[str]:
+    training = metadata.get("training")
+    if not training:
+        return ["No training record: the model file did not come from napari-unet's trainer."]
+    config = training.get("config") or {}
+    lines = [
+        f"- steps: {training.get('steps')} in {training.get('seconds')} s on {training.get('device')} "
+        f"({training.get('precision')}), final loss {_rounded(training.get('final_loss'))}",
+        f"- tile: {training.get('tile')} px, batch size {config.get('batch_size')}, optimizer "
+        f"{config.get('optimizer')}, learning rate {config.get('lr') or 'default'}, schedule {config.get('schedule')}",
+    ]
+    augment = config.get("augment") or {}
+    if augment:
+        lines.append(
+            "- augmentation: "
+            + ", ".join(f"{key} {value}" for key, value in augment.items() if not isinstance(value, dict))
+        )
+    validation = training.get("validation")
+    if validation:
+        lines.append(
+            f"- validation at step {validation.get('step')}: AP@0.5 {validation.get('ap50')}, "
+            f"pixel IoU {validation.get('pixel_iou')}"
+        )
+    weight_map = metadata.get("weight_map")
+    if weight_map:
+        lines.append(
+            f"- loss: pixel-weighted cross-entropy with the paper's separation weight map, "
+            f"w0 = {weight_map.get('w0')}, sigma = {weight_map.get('sigma')} px"
+        )
+    return lines
+
+
+def _readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
+    config, spec = model.config, model.spec
+    depth, step = config.depth, 2**config.depth
+    norm, inst = spec.normalization, spec.instances
+    parameters = sum(p.numel() for p in model.parameters())
+    lost = margin(depth)
+    lines = [
+        f"# {name}",
+        "",
+        "A U-Net (Ronneberger et al. 2015) trained and exported with napari-unet. It gives the probability that",
+        "a pixel belongs to an object (a cell or nucleus) rather than to the background.",
+        "",
+        "## Data it was trained on",
+        "",
+        trained_on,
+        "",
+        "## Training",
+        "",
+        *_describe_training(getattr(model, "metadata", {}) or {}),
+        "",
+        "## Network",
+        "",
+        f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.class_names)}), "
+        f"{config.base_channels} base channels, depth {depth}, {parameters:,} parameters",
+        f"- unpadded 3x3 convolutions: the bare network's output is {lost} px smaller than its input. The",
+        f"  exported module mirrors at least {lost // 2} px onto each side itself, so output and input have the",
+        f"  same size; the outer {exchange.halo(depth)} px of each output tile saw mirrored context and are",
+        "  declared as `halo`.",
+        f"- input sizes: {exchange.min_size(depth)} + n * {step} px per axis (n = 0, 1, 2, ...)",
+        "",
+        "## Input and output",
+        "",
+        f"- input `raw` (batch, channel, y, x): any intensities; the preprocessing maps the {norm.low} and",
+        f"  {norm.high} percentiles of each image and channel to 0 and 1 (`scale_range`, values not clipped).",
+        "- output `foreground` (batch, channel, y, x): the foreground probability, 1 minus the softmax",
+        "  probability of the background class.",
+        f"- napari-unet turns it into instances with threshold {inst.threshold}, minimum size {inst.min_size} px,",
+        f"  holes filled: {inst.fill_holes}, objects grown by {inst.expand} px.",
+        "",
+        "## How to use it",
+        "",
+        "- Fiji with deepImageJ: *DeepImageJ Install Model*, choose this zip file; then open an image and run",
+        "  *DeepImageJ Run* with this model; threshold the probability at 0.5 to get a mask.",
+        "- Python: `bioimageio predict` (package bioimageio.core) or `napari_unet.load_model('<this zip>')`.",
+        "- napari: drop the zip on the viewer with napari-unet installed; it becomes the session's model.",
+        "",
+        "## Validation",
+        "",
+        f"Checked when the package was written, on the {size} x {size} px test tensors:",
+        "",
+        *(f"- {label}: max |difference| {value:.2e}" for label, value in checks.items()),
+        "",
+        "Measure the segmentation quality on annotated images of your own before relying on it.",
+        "",
+        "## Citation",
+        "",
+        f"{PAPER_TEXT} doi:{PAPER_DOI}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _record(model: UNet, weights_sha256: str, architecture_sha256: str) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "format": PACKAGE_FORMAT,
+        "version": PACKAGE_VERSION,
+        "napari_unet_version": __version__,
+        "spec": model.spec.to_dict(),
+        "metadata": dict(getattr(model, "metadata", {}) or {}),
+        "weights": {"source": STATE_DICT_NAME, "sha256": weights_sha256},
+        "architecture": {
+            "source": ARCHITECTURE_NAME,
+            "sha256": architecture_sha256,
+            "callable": ARCHITECTURE_CALLABLE,
+            "kwargs": exchange.architecture_kwargs(model),
+        },
+    }
+
+
+def _weights_files(model: UNet, folder: Path) -> dict[str, bytes]:
+    """Write the three weight formats and the architecture file; returns their bytes."""
+    network = exchange.same_size_network(model)
+    buffer = io.BytesIO()
+    torch.save(network.state_dict(), buffer)
+    (folder / STATE_DICT_NAME).write_bytes(buffer.getvalue())
+    (folder / ARCHITECTURE_NAME).write_bytes(Path(standalone_unet.__file__).read_bytes())
+    exchange.export_torchscript(model, folder / TORCHSCRIPT_NAME)
+    exchange.export_onnx(model, folder / ONNX_NAME)
+    return {name: (folder / name).read_bytes() for name in (STATE_DICT_NAME, ARCHITECTURE_NAME)}
+
+
+def _run_formats(model: UNet, folder: Path, normalized: np.ndarray) -> dict[str, np.ndarray]:
+    """The foreground of ``normalized`` (1, C, H, W) by each written weight format."""
+    inputs = torch.from_numpy(normalized)
+    with torch.no_grad():
+        outputs = {"pytorch_state_dict": exchange.same_size_network(model)(inputs).numpy()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what bioimage.io runs
+            outputs["torchscript"] = torch.jit.load(str(folder / TORCHSCRIPT_NAME))(inputs).numpy()
+    try:
+        import onnxruntime
+    except ImportError:
+        return outputs
+    session = onnxruntime.InferenceSession(str(folder / ONNX_NAME), providers=["CPUExecutionProvider"])
+    outputs["onnx"] = session.run(None, {exchange.INPUT_NAME: normalized})[0]
+    return outputs
+
+
+def _describe(**fields):
+    """``ModelDescr(**fields)``; a field the spec rejects (a name with a comma, an
+    unknown license) becomes an :class:`~napari_unet.core.exchange.ExportError`."""
+    from bioimageio.spec.model import v0_5
+    from pydantic import ValidationError
+
+    try:
+        return v0_5.ModelDescr(**fields)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:3])
+        raise exchange.ExportError(f"bioimage.io rejects this description: {problems}") from error
+
+
+def write_package(
+    model: UNet,
+    path: str | os.PathLike,
+    *,
+    authors: Sequence[str] = (),
+    name: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    trained_on: str | None = None,
+    image: np.ndarray | None = None,
+    channel_axis: int | None = None,
+) -> Path:
+    """Write ``model`` as a bioimage.io model package (a zip) to ``path``, atomically.
+
+    ``authors``: names (default: "Unknown"); ``name``: the model's name (letters,
+    digits, spaces, ``_+-()``); ``license``: an SPDX id for the weights;
+    ``trained_on``: a sentence about the training data for the documentation;
+    ``image``: an example image for the test tensors and cover (default: synthetic
+    nuclei). Returns ``path``.
+    """
+    _require_spec()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputFileError(f"{path} is a folder; give a .zip file name to export to")
+    if not path.parent.is_dir():
+        raise OutputFileError(f"cannot write {path}: folder {path.parent} does not exist")
+    config, spec = model.config, model.spec
+    depth, step = config.depth, 2**config.depth
+    name = name or f"napari-unet U-Net base{config.base_channels} depth{depth}"
+    raw = example_image(model, image, channel_axis)
+    normalized = scale_range(raw, spec.normalization)[None]
+
+    with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp:
+        folder = Path(tmp)
+        files = _weights_files(model, folder)
+        outputs = _run_formats(model, folder, normalized)
+        expected = outputs["pytorch_state_dict"]
+        checks = {
+            f"{fmt} vs pytorch_state_dict": float(np.abs(out - expected).max())
+            for fmt, out in outputs.items()
+            if fmt != "pytorch_state_dict"
+        }
+        from .predict import predict
+
+        own = 1.0 - predict(model, raw, precision="fp32", channel_axis=0)[0]
+        checks["pytorch_state_dict vs napari-unet's own prediction"] = float(np.abs(expected[0, 0] - own).max())
+        np.save(folder / "test_input.npy", raw[None])
+        np.save(folder / "test_output.npy", expected.astype(np.float32))
+        import imageio.v3 as iio
+
+        iio.imwrite(folder / "cover.png", _cover(raw, expected[0, 0]))
+        iio.imwrite(folder / "sample_input.tif", raw.squeeze())  # for people: (C,) H, W
+        iio.imwrite(folder / "sample_output.tif", expected[0, 0].astype(np.float32))
+        trained_on = trained_on or "Not recorded at export (pass `--trained-on` to `napari-unet export`)."
+        (folder / "README.md").write_text(_readme(model, name, trained_on, checks, raw.shape[-1]), encoding="utf-8")
+        record = _record(model, _sha256(files[STATE_DICT_NAME]), _sha256(files[ARCHITECTURE_NAME]))
+        (folder / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+        space = [v0_5.AxisId("y"), v0_5.AxisId("x")]
+        input_id, output_id = v0_5.TensorId(exchange.INPUT_NAME), v0_5.TensorId(exchange.OUTPUT_NAME)
+        channel_names = [f"channel{i}" for i in range(config.in_channels)]
+        size = v0_5.ParameterizedSize(min=exchange.min_size(depth), step=step)
+        torch_version = v0_5.Version(torch.__version__.split("+")[0])
+        descr = _describe(
+            name=name,
+            description=(
+                f"U-Net (Ronneberger et al. 2015) from napari-unet: foreground probability of "
+                f"{config.in_channels}-channel 2D images. Unpadded convolutions with internal mirroring; "
+                f"tiles drop a {exchange.halo(depth)} px halo."
+            ),
+            authors=[v0_5.Author(name=author) for author in (authors or [DEFAULT_AUTHOR])],
+            cite=[v0_5.CiteEntry(text=PAPER_TEXT, doi=v0_5.Doi(PAPER_DOI))],
+            license=v0_5.LicenseId(license),
+            documentation=v0_5.FileDescr(source=folder / "README.md"),
+            covers=[v0_5.FileDescr(source=folder / "cover.png")],
+            attachments=[v0_5.FileDescr(source=folder / RECORD_NAME)],
+            tags=["2d", "unet", "pytorch", "semantic-segmentation", "napari-unet"],
+            inputs=[
+                v0_5.InputTensorDescr(
+                    id=input_id,
+                    description="image, any intensity range (normalised by the preprocessing)",
+                    axes=[
+                        v0_5.BatchAxis(),
+                        v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in channel_names]),
+                        *(v0_5.SpaceInputAxis(id=axis, size=size) for axis in space),
+                    ],
+                    test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+                    sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                    pad=v0_5.ReflectPadding(mode="reflect"),  # explicit, or the YAML drops it
+                    preprocessing=[
+                        v0_5.ScaleRangeDescr(
+                            kwargs=v0_5.ScaleRangeKwargs(
+                                axes=space,
+                                min_percentile=spec.normalization.low,
+                                max_percentile=spec.normalization.high,
+                                eps=SCALE_RANGE_EPS,
+                            )
+                        )
+                    ],
+                )
+            ],
+            outputs=[
+                v0_5.OutputTensorDescr(
+                    id=output_id,
+                    description="foreground probability (1 - softmax probability of the background class)",
+                    axes=[
+                        v0_5.BatchAxis(),
+                        v0_5.ChannelAxis(channel_names=[v0_5.Identifier("foreground")]),
+                        *(
+                            v0_5.SpaceOutputAxisWithHalo(
+                                id=axis,
+                                size=v0_5.SizeReference(tensor_id=input_id, axis_id=axis),
+                                halo=exchange.halo(depth),
+                            )
+                            for axis in space
+                        ),
+                    ],
+                    test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+                    sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+                )
+            ],
+            weights=v0_5.WeightsDescr(
+                pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+                    source=folder / STATE_DICT_NAME,
+                    architecture=v0_5.ArchitectureFromFileDescr(
+                        source=folder / ARCHITECTURE_NAME,
+                        callable=v0_5.Identifier(ARCHITECTURE_CALLABLE),
+                        kwargs=exchange.architecture_kwargs(model),
+                    ),
+                    pytorch_version=torch_version,
+                ),
+                torchscript=v0_5.TorchscriptWeightsDescr(
+                    source=folder / TORCHSCRIPT_NAME,
+                    parent="pytorch_state_dict",
+                    pytorch_version=torch_version,
+                ),
+                onnx=v0_5.OnnxWeightsDescr(
+                    source=folder / ONNX_NAME,
+                    parent="pytorch_state_dict",
+                    opset_version=exchange.ONNX_OPSET,
+                ),
+            ),
+            config=v0_5.Config(
+                bioimageio=v0_5.BioimageioConfig(
+                    architecture_type="U-Net",
+                    architecture_description=(
+                        f"2D U-Net, {config.base_channels} base channels, depth {depth}, unpadded convolutions"
+                    ),
+                    task="segmentation",
+                    model_parameter_count=sum(p.numel() for p in model.parameters()),
+                ),
+                napari_unet={"record": RECORD_NAME, "format": PACKAGE_FORMAT, "version": PACKAGE_VERSION},
+            ),
+        )
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            save_bioimageio_package(descr, output_path=partial)
+            os.replace(partial, path)
+        except OSError as error:
+            raise OutputFileError(f"cannot write {path}: {error.strerror or error}") from error
+        finally:
+            partial.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Files:
+    """Named files of a package, from a zip or a folder; only plain names are read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip = zipfile.ZipFile(path) if path.is_file() else None
+
+    def names(self) -> set[str]:
+        if self.zip is not None:
+            return set(self.zip.namelist())
+        return {p.name for p in self.path.iterdir() if p.is_file()}
+
+    def read(self, name: str) -> bytes:
+        if PurePosixPath(name).name != name or name in ("", ".", ".."):
+            raise ModelFileError(f"{self.path}: refusing to read {name!r} (not a plain file name)")
+        try:
+            if self.zip is not None:
+                return self.zip.read(name)
+            return (self.path / name).read_bytes()
+        except (KeyError, OSError) as error:
+            raise ModelFileError(f"{self.path} is incomplete: {name} is missing") from error
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def _package_root(path: str | os.PathLike) -> Path | None:
+    """The zip or folder of the bioimage.io package at ``path``, or ``None`` if it is none."""
+    path = Path(path)
+    if path.is_file() and path.name in DESCRIPTION_NAMES:
+        return path.parent
+    if path.is_dir():
+        return path if any((path / name).is_file() for name in DESCRIPTION_NAMES) else None
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return path if names & set(DESCRIPTION_NAMES) else None
+    return None
+
+
+def is_package(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a bioimage.io model package (zip, folder or its rdf.yaml)."""
+    return _package_root(path) is not None
+
+
+def foreign_package_message(path: Path) -> str:
+    return (
+        f"{path} is a bioimage.io package that napari-unet did not write. napari-unet opens its own "
+        "model files (.safetensors) and the bioimage.io packages it exported (napari-unet export "
+        "--format bioimageio), zipped or unpacked; run other bioimage.io models with bioimageio.core, "
+        "deepImageJ or ilastik"
+    )
+
+
+def read_package(path: str | os.PathLike) -> UNet:
+    """The model in a bioimage.io package that napari-unet wrote (zip or folder).
+
+    Loads the ``pytorch_state_dict`` weights with ``weights_only=True`` after checking
+    their SHA-256 against the package's record, into napari-unet's own network; never
+    runs code from the package. Raises :class:`ModelFileError` for anything else.
+    """
+    root = _package_root(path)
+    if root is None:
+        raise ModelFileError(f"{path} is not a bioimage.io model package (no rdf.yaml or bioimageio.yaml)")
+    files = _Files(root)
+    try:
+        if RECORD_NAME not in files.names():
+            raise ModelFileError(foreign_package_message(root))
+        try:
+            record = json.loads(files.read(RECORD_NAME))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ModelFileError(f"{root}: {RECORD_NAME} is damaged") from error
+        if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
+            raise ModelFileError(foreign_package_message(root))
+        if record.get("version", 0) > PACKAGE_VERSION:
+            raise ModelFileError(f"{root} was written by a newer napari-unet (package version {record['version']})")
+        weights = record.get("weights") or {}
+        data = files.read(str(weights.get("source", "")))
+        if _sha256(data) != weights.get("sha256"):
+            raise ModelFileError(f"{root} is damaged: its weights do not match the hash in {RECORD_NAME}")
+        try:
+            state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # any unpickling refusal or corruption
+            raise ModelFileError(f"{root}: the weights cannot be read safely: {error}") from error
+    finally:
+        files.close()
+    state = {"spec": record.get("spec") or {}, "weights": state_dict, "metadata": record.get("metadata") or {}}
+    return model_from_state(state, root).eval()

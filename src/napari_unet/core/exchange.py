@@ -1,0 +1,153 @@
+"""Export a model for other software: TorchScript, ONNX and bioimage.io packages.
+
+Every exported form computes the same thing: an image ``(N, C, H, W)``, already
+normalised like napari-unet normalises it, goes in; the foreground probability
+``(N, 1, H, W)`` of the same size comes out (1 minus the softmax probability of
+class 0, as napari-unet's Segment widget shows it). The network is
+:class:`~napari_unet.core.standalone_unet.SameSizeUNet`, which mirrors the image by
+the network's context internally, so its output equals :func:`napari_unet.predict`
+on the same image. Sizes that step by ``2**depth`` are the declared ones; a tiled
+consumer drops :func:`halo` pixels at every tile border and gets seamless results.
+
+ONNX and TorchScript need only torch (and onnx for ONNX); the bioimage.io package
+needs the ``export`` extra (see :mod:`napari_unet.core.bioimageio_package`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import standalone_unet
+from .errors import NapariUnetError, OutputFileError
+from .model import UNet, weights_lock
+
+FORMATS = ("bioimageio", "onnx", "torchscript")
+#: ONNX opset of exported models (ONNX Runtime 1.13 and later run it).
+ONNX_OPSET = 17
+#: Names of the graph's input and output in ONNX files (the bioimage.io tensor ids).
+INPUT_NAME, OUTPUT_NAME = "raw", "foreground"
+
+
+class ExportError(NapariUnetError, RuntimeError):
+    """An export that cannot run here (a missing optional package, an unknown format)."""
+
+
+def halo(depth: int) -> int:
+    """Pixels to drop at each tile border for seamless tiling (48 for depth 3)."""
+    return standalone_unet.halo(depth)
+
+
+def min_size(depth: int) -> int:
+    """The smallest declared input size; sizes step by ``2**depth`` from here."""
+    return standalone_unet.min_size(depth)
+
+
+def plan_signature(model: UNet) -> list[tuple]:
+    """The core's layer plan in the standalone file's tuple format."""
+    return [
+        (layer.kind, layer.module, layer.in_channels, layer.out_channels, layer.kernel, layer.relu)
+        for layer in model.plan
+    ]
+
+
+def architecture_kwargs(model: UNet) -> dict:
+    """Keyword arguments of :class:`SameSizeUNet` for ``model``'s architecture."""
+    config = model.config
+    return {
+        "in_channels": config.in_channels,
+        "n_classes": config.n_classes,
+        "base_channels": config.base_channels,
+        "depth": config.depth,
+    }
+
+
+def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
+    """The standalone network with a copy of ``model``'s weights, in eval mode on the CPU.
+
+    Raises ``RuntimeError`` (a bug, not a user error) if the standalone file's layer
+    plan ever drifts from the core's.
+    """
+    kwargs = architecture_kwargs(model)
+    standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)]
+    if standalone_plan != plan_signature(model):
+        raise RuntimeError("standalone_unet.layer_plan differs from napari_unet.core.model.layer_plan")
+    network = standalone_unet.SameSizeUNet(**kwargs)
+    with weights_lock(model), torch.no_grad():  # a consistent copy, even while training
+        network.load_state_dict(model.state_dict())
+    return network.eval().requires_grad_(False)
+
+
+def example_input(model: UNet, batch: int = 1) -> torch.Tensor:
+    """A zero input of the smallest declared size plus one step (for tracing)."""
+    size = min_size(model.config.depth) + 2**model.config.depth
+    return torch.zeros(batch, model.config.in_channels, size, size)
+
+
+def _check_target(path: Path) -> None:
+    if path.is_dir():
+        raise OutputFileError(f"{path} is a folder; give a file name to export to")
+    if not path.parent.is_dir():
+        raise OutputFileError(f"cannot write {path}: folder {path.parent} does not exist")
+
+
+def export_torchscript(model: UNet, path: str | os.PathLike) -> Path:
+    """Write ``model`` as a scripted TorchScript module (image -> foreground probability)."""
+    path = Path(path)
+    _check_target(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what bioimage.io runs
+        scripted = torch.jit.script(same_size_network(model))
+    scripted.save(str(path))
+    return path
+
+
+def export_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
+    """Write ``model`` as ONNX with dynamic batch, height and width.
+
+    Uses torch's TorchScript-based exporter: it records the shape arithmetic of the
+    internal mirroring as graph operations in about a second, where the
+    ``torch.export``-based one spends about a minute solving symbolic shapes.
+    """
+    try:
+        import onnx  # noqa: F401 - the exporter needs it
+    except ImportError as error:
+        raise ExportError("ONNX export needs the onnx package: pip install 'napari-unet[export]'") from error
+    path = Path(path)
+    _check_target(path)
+    axes = {0: "batch", 2: "y", 3: "x"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+        torch.onnx.export(
+            same_size_network(model),
+            (example_input(model),),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            opset_version=opset,
+        )
+    return path
+
+
+def export_model(model: UNet, path: str | os.PathLike, format: str, **package_options) -> Path:
+    """Export ``model`` to ``path`` as ``format`` (one of :data:`FORMATS`).
+
+    ``package_options`` go to
+    :func:`napari_unet.core.bioimageio_package.write_package` (bioimage.io only).
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format != "bioimageio" and package_options:
+        raise ExportError(f"{', '.join(package_options)} only apply to bioimage.io packages")
+    if format == "torchscript":
+        return export_torchscript(model, path)
+    if format == "onnx":
+        return export_onnx(model, path)
+    from .bioimageio_package import write_package
+
+    return write_package(model, path, **package_options)

@@ -1,0 +1,266 @@
+"""Model exchange: the standalone network, TorchScript, ONNX, bioimage.io packages.
+
+The bioimage.io tests write one package of a tiny model (base 4, depth 2) per test
+run and check it with bioimageio.core's own tools.
+"""
+
+import ast
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet.cli import main
+from napari_unet.core import exchange, standalone_unet
+from napari_unet.core.bioimageio_package import (
+    ARCHITECTURE_NAME,
+    RECORD_NAME,
+    STATE_DICT_NAME,
+    example_size,
+    read_package,
+    scale_range,
+)
+from napari_unet.core.geometry import context, margin
+from napari_unet.core.model import layer_plan
+from napari_unet.core.normalize import normalize
+
+
+def tiny_model(seed: int = 0, **kwargs) -> nu.UNet:
+    torch.manual_seed(seed)
+    model = nu.UNet(base_channels=4, depth=2, **kwargs)
+    model.spec = nu.ModelSpec(
+        model=model.config,
+        normalization=nu.NormalizationConfig(low=2.0, high=99.5),
+        instances=nu.InstanceConfig(threshold=0.4, min_size=5),
+        class_names=("background", "nucleus"),
+    )
+    model.metadata = {"training": {"steps": 3, "config": {"batch_size": 2}}, "weight_map": {"w0": 10.0, "sigma": 5.0}}
+    return model.eval()
+
+
+def foreground(model: nu.UNet, image: np.ndarray) -> np.ndarray:
+    """napari-unet's foreground probability (H, W) of a 2D image."""
+    return 1.0 - nu.predict(model, image, precision="fp32")[0]
+
+
+def normalized_batch(model: nu.UNet, images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([normalize(image[None], model.spec.normalization) for image in images]))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [nu.ModelConfig(), nu.ModelConfig(in_channels=3, n_classes=4, base_channels=8, depth=1), nu.ModelConfig(depth=6)],
+)
+def test_standalone_network_follows_the_core_layer_plan(config):
+    kwargs = {k: getattr(config, k) for k in ("in_channels", "n_classes", "base_channels", "depth")}
+    core_plan = [
+        (layer.kind, layer.module, layer.in_channels, layer.out_channels, layer.kernel, layer.relu)
+        for layer in layer_plan(config)
+    ]
+    assert [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)] == core_plan
+    assert exchange.plan_signature(tiny_model()) == [tuple(layer) for layer in standalone_unet.layer_plan(1, 2, 4, 2)]
+
+
+def test_standalone_network_has_the_core_weights_and_no_napari_unet_import():
+    model = nu.UNet(in_channels=2, n_classes=3, base_channels=4, depth=3)
+    network = standalone_unet.SameSizeUNet(in_channels=2, n_classes=3, base_channels=4, depth=3)
+    assert {k: v.shape for k, v in network.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    tree = ast.parse(Path(standalone_unet.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "typing", "torch"}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_halo_covers_the_context_on_the_pooling_grid(depth):
+    step = 2**depth
+    assert standalone_unet.context(depth) == context(depth) == margin(depth) // 2
+    assert exchange.halo(depth) >= context(depth) and exchange.halo(depth) % step == 0
+    assert exchange.min_size(depth) == 2 * exchange.halo(depth) + step
+    assert example_size(depth) % step == 0 and example_size(depth) >= exchange.min_size(depth)
+    assert (exchange.halo(3), exchange.min_size(3)) == (48, 104)
+
+
+def test_same_size_network_equals_predict_on_any_size(rng):
+    model = tiny_model()
+    network = exchange.same_size_network(model)
+    for shape in [(64, 80), (77, 93)]:  # a declared size and an undeclared one
+        image = rng.random(shape).astype(np.float32) * 1000
+        with torch.no_grad():
+            out = network(normalized_batch(model, [image]))[0, 0].numpy()
+        assert out.shape == shape
+        np.testing.assert_allclose(out, foreground(model, image), atol=1e-5)
+
+
+def _two_sizes(model: nu.UNet, rng) -> list[torch.Tensor]:
+    small = exchange.min_size(model.config.depth)
+    return [
+        normalized_batch(model, [rng.random((small, small)).astype(np.float32)]),
+        normalized_batch(model, list(rng.random((2, small + 12, small + 40)).astype(np.float32))),
+    ]
+
+
+def test_torchscript_equals_torch_on_two_sizes(tmp_path, rng):
+    model = tiny_model()
+    path = exchange.export_model(model, tmp_path / "m.pt", "torchscript")
+    scripted = torch.jit.load(str(path))
+    network = exchange.same_size_network(model)
+    for inputs in _two_sizes(model, rng):
+        with torch.no_grad():
+            expected, actual = network(inputs), scripted(inputs)
+        assert actual.shape == (inputs.shape[0], 1, *inputs.shape[2:])
+        assert (actual - expected).abs().max().item() <= 1e-4
+
+
+def test_onnx_runtime_equals_torch_on_two_sizes(tmp_path, rng):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime comes with napari-unet[export]")
+    model = tiny_model()
+    path = exchange.export_model(model, tmp_path / "m.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    network = exchange.same_size_network(model)
+    for inputs in _two_sizes(model, rng):
+        actual = session.run(None, {exchange.INPUT_NAME: inputs.numpy()})[0]
+        with torch.no_grad():
+            expected = network(inputs).numpy()
+        assert actual.shape == expected.shape
+        assert np.abs(actual - expected).max() <= 1e-4
+
+
+def test_export_refuses_unknown_formats_and_misplaced_options(tmp_path):
+    with pytest.raises(exchange.ExportError, match="unknown export format"):
+        exchange.export_model(tiny_model(), tmp_path / "m.x", "keras")
+    with pytest.raises(exchange.ExportError, match="only apply to bioimage.io"):
+        exchange.export_model(tiny_model(), tmp_path / "m.pt", "torchscript", authors=["A"])
+    with pytest.raises(nu.OutputFileError, match="does not exist"):
+        exchange.export_model(tiny_model(), tmp_path / "no" / "m.pt", "torchscript")
+
+
+def test_cli_export_torchscript(tmp_path, capsys):
+    nu.save_model(tiny_model(), tmp_path / "m.safetensors")
+    code = main(["export", str(tmp_path / "m.safetensors"), "--format", "torchscript", "--out", str(tmp_path / "m.pt")])
+    assert code == 0
+    assert (tmp_path / "m.pt").is_file() and "torchscript" in capsys.readouterr().out
+    code = main(["export", str(tmp_path / "m.safetensors"), "--format", "onnx", "--out", "x.onnx", "--author", "A"])
+    assert code == 2 and "bioimageio only" in capsys.readouterr().err
+
+
+def test_a_foreign_package_is_refused_with_what_is_supported(tmp_path):
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("rdf.yaml", "type: model\nname: someone else's\n")
+    with pytest.raises(nu.ModelFileError, match="did not write") as error:
+        nu.load_model(path)
+    assert ".safetensors" in str(error.value) and "bioimageio" in str(error.value)
+    not_a_package = tmp_path / "data.zip"
+    with zipfile.ZipFile(not_a_package, "w") as archive:
+        archive.writestr("image.tif", b"")
+    with pytest.raises(nu.ModelFileError):
+        nu.load_model(not_a_package)
+
+
+# --------------------------------------------------------------------------- bioimage.io
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    pytest.importorskip("bioimageio.spec", reason="bioimage.io export needs napari-unet[export]")
+    model = tiny_model(seed=1)
+    path = tmp_path_factory.mktemp("package") / "tiny.zip"
+    image = nu.synthetic_nuclei((150, 140), seed=3)[0]
+    nu_path = exchange.export_model(model, path, "bioimageio", authors=["Ada Lovelace"], image=image)
+    return model, nu_path
+
+
+def test_package_describes_sizes_halo_normalisation_and_citation(package):
+    _, path = package
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        rdf = archive.read("rdf.yaml").decode()
+        record = json.loads(archive.read(RECORD_NAME))
+        readme = archive.read("README.md").decode()
+        architecture = archive.read(ARCHITECTURE_NAME)
+    assert {"weights.pt", "weights_torchscript.pt", "weights.onnx", "cover.png", "README.md"} <= names
+    assert {"test_input.npy", "test_output.npy", "sample_input.tif", "sample_output.tif", ARCHITECTURE_NAME} <= names
+    assert architecture == Path(standalone_unet.__file__).read_bytes()
+    for fragment in ["min: 44", "step: 4", "halo: 20", "mode: reflect", "scale_range", "min_percentile: 2.0"]:
+        assert fragment in rdf
+    assert "max_percentile: 99.5" in rdf and "10.1007/978-3-319-24574-4_28" in rdf and "Ada Lovelace" in rdf
+    assert "parent: pytorch_state_dict" in rdf and "license: CC-BY-4.0" in rdf
+    assert record["spec"]["class_names"] == ["background", "nucleus"]
+    assert "## Validation" in readme and "w0 = 10.0" in readme
+
+
+def test_package_round_trip_gives_identical_predictions(package, tmp_path, rng):
+    model, path = package
+    image = rng.random((90, 70)).astype(np.float32)
+    expected = nu.predict(model, image)
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(path, folder)
+    for source in (path, folder, folder / "rdf.yaml"):
+        loaded = nu.load_model(source)
+        assert loaded.spec == model.spec and loaded.metadata == model.metadata
+        assert np.array_equal(nu.predict(loaded, image), expected)
+
+
+def test_package_import_never_runs_the_architecture_and_checks_the_hash(package, tmp_path):
+    _, path = package
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(path, folder)
+    sentinel = tmp_path / "ran"
+    (folder / ARCHITECTURE_NAME).write_text(f"open({str(sentinel)!r}, 'w').write('x')\n")
+    read_package(folder)
+    assert not sentinel.exists()
+    weights = folder / STATE_DICT_NAME
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(nu.ModelFileError, match="hash"):
+        nu.load_model(folder)
+
+
+def test_package_test_tensors_follow_the_spec_preprocessing(package):
+    model, path = package
+    with zipfile.ZipFile(path) as archive:
+        raw = np.load(archive.open("test_input.npy"))
+        out = np.load(archive.open("test_output.npy"))
+    assert raw.shape == out.shape == (1, 1, 128, 128)
+    np.testing.assert_allclose(
+        scale_range(raw[0], model.spec.normalization), normalize(raw[0], model.spec.normalization), atol=1e-6
+    )
+    np.testing.assert_allclose(out[0, 0], foreground(model, raw[0, 0]), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bioimageio_test_passes_for_every_weight_format(package):
+    core = pytest.importorskip("bioimageio.core", reason="bioimage.io checks need napari-unet[export]")
+    _, path = package
+    for weight_format in ("pytorch_state_dict", "torchscript", "onnx"):
+        summary = core.test_model(path, weight_format=weight_format, devices=["cpu"])
+        failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+        assert summary.status == "passed", failed
+
+
+@pytest.mark.slow
+def test_bioimageio_tiled_prediction_is_seamless_and_equals_predict(package):
+    core = pytest.importorskip("bioimageio.core", reason="bioimage.io checks need napari-unet[export]")
+    from bioimageio.core.digest_spec import create_sample_for_model
+
+    model, path = package
+    descr = core.load_model_description(path)
+    image = nu.synthetic_nuclei((196, 172), seed=4)[0].astype(np.float32)  # declared sizes: 44 + 4 n
+    tiled = core.predict(model=descr, inputs={"raw": image[None, None]}, blocksize_parameter=8)
+    result = tiled.members["foreground"].data.values[0, 0]
+    assert np.abs(result - foreground(model, image)).max() <= 1e-3
+
+    # block artifacts: with the same normalisation, tiles == one pass over the whole image
+    with core.create_prediction_pipeline(descr, devices=["cpu"]) as pipeline:
+        sample = create_sample_for_model(descr, inputs={"raw": image[None, None]}, sample_id="s")
+        pipeline.apply_preprocessing(sample)
+        whole = pipeline.predict_sample_without_blocking(sample, skip_preprocessing=True)
+        blocks = pipeline.predict_sample_with_blocking(sample, skip_preprocessing=True, ns=8)
+    difference = whole.members["foreground"].data.values - blocks.members["foreground"].data.values
+    assert np.abs(difference).max() <= 1e-5
