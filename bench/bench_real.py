@@ -187,7 +187,7 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
     write_image(labels, (train_labels[0] if single else train_labels).astype(np.int32))
     write_image(test, test_image[0] if test_image.shape[0] == 1 else test_image)
     train = ["train", str(image), "--labels", str(labels), "--out", str(model), "--minutes", f"{args.minutes:.4g}"]
-    train += ["--steps", str(args.steps), "--seed", str(args.seed), "--device", "cpu"]
+    train += ["--steps", str(args.steps), "--decay-by-time", "--seed", str(args.seed), "--device", "cpu"]
     segment = ["segment", str(model), str(test), "--out-dir", str(out), "--device", "cpu"]
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -247,7 +247,7 @@ def main() -> None:
         f"segmentation quality on real annotated microscopy ({args.minutes:.3g} min of CPU training per split)"
     )
     print("each split: napari-unet train TRAIN.tif --labels TRAIN_labels.npy --out model.safetensors")
-    print(f"  --minutes {args.minutes:.4g} --steps {args.steps} --seed {args.seed} --device cpu; then")
+    print(f"  --minutes {args.minutes:.4g} --steps {args.steps} --decay-by-time --seed {args.seed} --device cpu; then")
     print("  napari-unet segment model.safetensors TEST.tif --out-dir OUT --device cpu (planes one by one)")
     for dataset, (package, version, *members) in DATA.items():
         files = ", ".join(f"{Path(m).name} ({d[:12]})" for m, d in members)

@@ -160,6 +160,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         precision=args.precision,
         seed=args.seed,
         validate_every=args.validate_every,
+        decay_by_time=args.decay_by_time,
         checkpoint_every=args.checkpoint_every,
     )
 
@@ -236,6 +237,7 @@ RESUME_KEEPS = {
     "sigma": lambda train, model: train.weights.sigma,
     "no_elastic": lambda train, model: not train.augment.elastic,
     "seed": lambda train, model: train.seed,
+    "decay_by_time": lambda train, model: train.decay_by_time,
     "validate_every": lambda train, model: train.validate_every,
     "checkpoint_every": lambda train, model: train.checkpoint_every,
     "in_channels": lambda train, model: model.in_channels,
@@ -454,6 +456,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sigma", type=float, default=defaults.weights.sigma)
     add("--no-elastic", action="store_true", help="switch off elastic deformation")
     add("--seed", type=int, default=defaults.seed)
+    add(
+        "--decay-by-time",
+        action="store_true",
+        help="end the learning-rate decay at --minutes when that comes before --steps (not exactly repeatable)",
+    )
     add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
     add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")

@@ -209,14 +209,14 @@ def test_training_while_another_thread_predicts_gives_the_same_weights():
 
 def test_a_time_budget_decays_the_learning_rate_by_the_clock():
     images, labels = data()
-    config = dataclasses.replace(FAST, steps=100_000, minutes=2.0, warmup_steps=2)
+    config = dataclasses.replace(FAST, steps=100_000, minutes=2.0, warmup_steps=2, decay_by_time=True)
     trainer = Trainer(tiny_model(), images, labels, config)
     peak = config.learning_rate
     assert trainer.learning_rate(10, seconds=0.0) == pytest.approx(peak, rel=1e-6)
     assert trainer.learning_rate(10, seconds=60.0) == pytest.approx(peak / 2)  # half the budget: cos(pi/2)
     assert trainer.learning_rate(10, seconds=130.0) == pytest.approx(0.0, abs=1e-12)
-    by_steps = Trainer(tiny_model(), images, labels, dataclasses.replace(FAST, steps=22, warmup_steps=2))
-    assert by_steps.learning_rate(12, seconds=1e9) == pytest.approx(peak / 2)  # no budget: the clock is ignored
+    by_steps = Trainer(tiny_model(), images, labels, dataclasses.replace(config, steps=22, decay_by_time=False))
+    assert by_steps.learning_rate(12, seconds=1e9) == pytest.approx(peak / 2)  # by steps: the clock is ignored
 
 
 def test_the_best_validated_weights_are_kept(monkeypatch):

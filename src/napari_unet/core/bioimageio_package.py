@@ -555,5 +555,6 @@ def read_package(path: str | os.PathLike) -> UNet:
             raise ModelFileError(f"{root}: the weights cannot be read safely: {error}") from error
     finally:
         files.close()
-    state = {"spec": record.get("spec") or {}, "weights": state_dict, "metadata": record.get("metadata") or {}}
+    state = {"kind": "model", "spec": record.get("spec") or {}, "weights": state_dict}
+    state["metadata"] = record.get("metadata") or {}
     return model_from_state(state, root).eval()

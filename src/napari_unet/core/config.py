@@ -245,6 +245,9 @@ class TrainConfig:
     few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
     zero at ``steps``. Validation (when validation images are given) runs every
+    ``decay_by_time`` ends the decay at the ``minutes`` budget when that comes before
+    ``steps`` (the learning rate then follows the clock, so such a run is not exactly
+    repeatable or resumable). Validation (when validation images are given) runs every
     ``validate_every`` steps (``None``: see :attr:`validation_interval`) and at the end;
     with ``keep_best`` the model ends with the weights of the best validation.
     """
@@ -258,6 +261,7 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    decay_by_time: bool = False
     warmup_steps: int = 20
     weights: WeightMapConfig = field(default_factory=WeightMapConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -233,8 +233,8 @@ class Trainer:
 
     def learning_rate(self, step: int, seconds: float = 0.0) -> float:
         """The learning rate of step ``step`` (0-based), started ``seconds`` into training:
-        linear warm-up, then constant or a cosine decay that ends when the run ends —
-        at ``steps``, or at the ``minutes`` budget if that comes first."""
+        linear warm-up, then constant or a cosine decay that ends at ``steps`` — or,
+        with ``decay_by_time``, at the ``minutes`` budget if that comes first."""
         cfg = self.config
         peak = cfg.learning_rate
         if step < cfg.warmup_steps:
@@ -243,7 +243,7 @@ class Trainer:
             return peak
         span = max(cfg.steps - cfg.warmup_steps, 1)
         done = min(step - cfg.warmup_steps, span) / span
-        if cfg.minutes is not None:
+        if cfg.decay_by_time and cfg.minutes is not None:
             done = max(done, min(seconds / (60 * cfg.minutes), 1.0))
         return peak * 0.5 * (1 + math.cos(math.pi * done))
 
@@ -313,8 +313,8 @@ class Trainer:
 
     def _elapsed(self, started: float) -> float:
         """Seconds since training started (the longest of all processes' clocks)."""
-        if self.config.minutes is None:
-            return 0.0  # only a time budget makes the schedule depend on the clock
+        if not self.config.decay_by_time or self.config.minutes is None:
+            return 0.0  # only then does the schedule depend on the clock
         return max_over_processes(time.perf_counter() - started, self.group)
 
     def _remember_if_best(self, result: ValidationResult) -> None:
