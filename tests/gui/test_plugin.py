@@ -130,17 +130,18 @@ def _napari_unet_package(folder, model):
     return folder
 
 
-def test_dropping_a_bioimageio_package_puts_it_in_the_session(viewer, tmp_path):
+def test_dropping_a_bioimageio_package_puts_it_in_the_session(viewer, tmp_path, qtbot):
     torch.manual_seed(0)
     model = UNet(base_channels=2, depth=2)
     folder = _napari_unet_package(tmp_path / "package", model)
     assert get_reader(str(tmp_path)) is None  # a folder that is no package
     assert get_reader(str(folder))(str(folder)) == [(None,)]
+    qtbot.waitUntil(lambda: Session.of(viewer).model is not None, timeout=60_000)  # loaded in a worker
     loaded = Session.of(viewer).model
     assert loaded is not None and torch.equal(loaded.head.weight, model.head.weight)
 
 
-def test_dropping_a_foreign_package_explains_what_is_supported(viewer, tmp_path, monkeypatch):
+def test_dropping_a_foreign_package_explains_what_is_supported(viewer, tmp_path, monkeypatch, qtbot):
     import zipfile
 
     shown = []
@@ -149,6 +150,7 @@ def test_dropping_a_foreign_package_explains_what_is_supported(viewer, tmp_path,
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("rdf.yaml", "type: model\n")
     assert get_reader(str(path))(str(path)) == [(None,)]
+    qtbot.waitUntil(lambda: bool(shown), timeout=60_000)  # read in a worker
     assert Session.of(viewer).model is None
     assert shown and "did not write" in shown[0]
     plain = tmp_path / "images.zip"
