@@ -160,19 +160,10 @@ class Trainer:
         #: Why the last checkpoint could not be written (``None`` when it was).
         self.checkpoint_error: str | None = None
         self._stop = threading.Event()
-        planes = prepare(
-            images,
-            labels,
-            in_channels=model.config.in_channels,
-            normalization=model.spec.normalization,
-            weights=config.weights,
-            channel_axis=channel_axis,
-            names=names,
-        )
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
         self.tile = config.tile or default_tile(model.config.depth)
-        self.stream = SampleStream(planes, self.tile, model.config.depth, config.augment, config.seed)
+        self.replace_annotations(images, labels, names=names)
         model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -182,6 +173,25 @@ class Trainer:
         self.last_validation: ValidationResult | None = None
         #: The best validation so far and a copy of the weights that reached it.
         self.best: tuple[ValidationResult, dict[str, torch.Tensor]] | None = None
+
+    def replace_annotations(
+        self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], names: Sequence[str] | None = None
+    ) -> None:
+        """Draw the samples of the next steps from these images and labels (at
+        construction, and while training live as the user paints); model, optimiser
+        state and step count stay. Raises :class:`TrainingDataError` for unusable
+        annotations and then keeps the previous ones."""
+        planes = prepare(
+            images,
+            labels,
+            in_channels=self.model.config.in_channels,
+            normalization=self.model.spec.normalization,
+            weights=self.config.weights,
+            channel_axis=self.channel_axis,
+            names=names,
+        )
+        depth = self.model.config.depth
+        self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config

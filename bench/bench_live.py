@@ -1,0 +1,135 @@
+"""Live training in napari with a scripted annotator.
+
+Opens napari under a virtual display with the built-in synthetic nuclei (512x512),
+docks the Live training widget and starts it with one annotated cell. Then, every
+``--every`` seconds, the annotator adds one more true cell (from the sample's exact
+labels) to the annotation layer's data, with a 3-px ring of background around it, as
+a user painting a cell and the background beside it would; everything else stays
+unannotated (-1). Each preview is scored against the whole image's true labels
+(AP@0.5). A QTimer probe measures the longest event-loop gap from the first preview
+on. Writes a learning-curve PNG (``--plot``) and ends with one summary line.
+
+    xvfb-run -a .venv/bin/python bench/bench_live.py [--cells 10] [--every 5] [--seconds 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.core.test_live: the annotator's strokes
+
+from common import print_header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=10, help="cells the annotator adds at most")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between two added cells")
+    parser.add_argument("--seconds", type=float, default=90.0, help="length of the session")
+    parser.add_argument("--preview", type=float, default=3.0, help="the widget's preview period (s)")
+    parser.add_argument("--plot", type=Path, default=Path("docs/live_learning_curve.png"))
+    parser.add_argument("--screenshot", type=Path, default=None, help="save the napari window here at the end")
+    args = parser.parse_args()
+    print_header("live training in napari with a scripted annotator")
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+    from tests.core.test_live import partial_annotation
+
+    from napari_unet._widgets import LiveTrainWidget
+    from napari_unet.core.metrics import match_instances
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    image, truth = synthetic_nuclei((512, 512), seed=0)
+    order = [int(i) for i in np.random.default_rng(0).permutation(np.unique(truth[truth > 0]))]
+    viewer = napari.Viewer(show=True)
+    image_layer = viewer.add_image(image, name="nuclei")
+    annotation = viewer.add_labels(partial_annotation(truth, order[:1]), name="nuclei annotation")
+    widget = LiveTrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value, widget.annotation.value = image_layer, annotation
+    widget.preview_seconds.value = args.preview
+    widget.save_path.value = Path("/tmp") / f"bench_live_{time.time():.0f}.safetensors"
+
+    gaps, last = [], [time.perf_counter()]
+    timer = QTimer()
+    timer.timeout.connect(
+        lambda: (gaps.append(time.perf_counter() - last[0]), last.__setitem__(0, time.perf_counter()))
+    )
+    timer.start(10)
+    records = []  # (seconds since the first cell, cells annotated, AP@0.5)
+    seen_step, cells = -1, 1
+    began = time.perf_counter()
+    widget.start_button.clicked.emit()
+    next_cell = began + args.every
+    first_preview = None
+    while time.perf_counter() - began < args.seconds:
+        QApplication.processEvents()
+        time.sleep(0.01)
+        now = time.perf_counter()
+        preview = widget.preview
+        if preview is not None and preview.step != seen_step:
+            seen_step = preview.step
+            if first_preview is None:
+                first_preview = now - began
+                gaps.clear()  # the steady state: from the first preview on
+            predicted = np.asarray(viewer.layers["nuclei live"].data)
+            records.append((now - began, cells, match_instances(predicted, truth, thresholds=(0.5,))[0].ap))
+            print(f"{now - began:6.1f} s  {cells:2d} cells  step {preview.step:5d}  AP@0.5 {records[-1][2]:.3f}")
+        if now >= next_cell and cells < args.cells and first_preview is not None:
+            cells += 1
+            annotation.data = partial_annotation(truth, order[:cells])
+            next_cell = now + args.every
+    if args.screenshot is not None:
+        args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(args.screenshot), canvas_only=False)
+    widget.stop_button.clicked.emit()
+    while widget.runner.busy:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    timer.stop()
+
+    seconds, counts, scores = (np.array(column) for column in zip(*records))
+    best = int(np.argmax(scores))
+    period = float(np.median(np.diff(seconds))) if len(seconds) > 1 else float("nan")
+    write_plot(args.plot, seconds, counts, scores)
+    viewer.close()
+    print(f"learning curve: {args.plot}")
+    print(
+        f"live: first preview after {first_preview:.1f} s; AP@0.5 {scores[best]:.2f} after {counts[best]} cells "
+        f"and {seconds[best]:.0f} s; preview every {period:.1f} s; max event-loop gap {1000 * max(gaps):.0f} ms"
+    )
+
+
+def write_plot(path: Path, seconds, counts, scores) -> None:
+    """AP@0.5 against annotated cells and against seconds, side by side (pyqtgraph,
+    which the napari extra already installs)."""
+    import pyqtgraph
+    from pyqtgraph.exporters import ImageExporter
+    from qtpy.QtWidgets import QApplication
+
+    layout = pyqtgraph.GraphicsLayoutWidget()
+    layout.resize(800, 300)
+    layout.setBackground("w")
+    for column, (x, label) in enumerate(((counts, "cells annotated"), (seconds, "seconds since start"))):
+        plot = layout.addPlot(row=0, col=column)
+        plot.plot(x, scores, pen=pyqtgraph.mkPen("b", width=2), symbol="o", symbolSize=5)
+        plot.setLabel("bottom", label)
+        plot.setLabel("left", "preview AP@0.5")
+        plot.setYRange(0, 1)
+    layout.show()  # laid out at its size before it is drawn
+    QApplication.processEvents()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ImageExporter(layout.scene()).export(str(path))
+    layout.close()
+
+
+if __name__ == "__main__":
+    main()

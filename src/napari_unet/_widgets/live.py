@@ -1,0 +1,208 @@
+"""Live training: the U-Net learns while you paint, and its preview follows."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
+from napari.layers import Image, Labels
+
+from .._session import Session
+from ..core.config import IGNORE_LABEL, TrainConfig, default_model_config
+from ..core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object
+from ..core.model import UNet
+from ..core.train import StepProgress
+from ._base import DockWidget
+from ._layers import EditWatcher, LayerError, image_data, labels_data, layers_of, put_layer
+from ._runner import JobRunner
+
+ACCEPT_KEY = "a"
+#: Planes up to this many pixels are previewed whole; larger ones around the camera.
+WHOLE_PLANE_PIXELS = 1024 * 1024
+WINDOW = 512
+
+
+def live_job(save_path: Path, *args, stop, **kwargs):
+    """Build a :class:`LiveTraining` from ``args``/``kwargs`` (here in the worker: the
+    first optimiser alone can take seconds to import its machinery), yield it, run it
+    until ``stop`` is set (checked between steps), then save its model (atomically)
+    to ``save_path``."""
+    live = LiveTraining(*args, **kwargs)
+    yield live
+    try:
+        for event in live.run():
+            yield event
+            if stop.is_set():
+                live.stop()
+    finally:
+        live.trainer.save_model(save_path)
+    return live
+
+
+def unused_path(folder: Path, stem: str) -> Path:
+    """``folder/stem-YYYYmmdd-HHMMSS.safetensors``, never an existing file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidates = (folder / f"{stem}-{stamp}{'' if n == 0 else f'-{n}'}.safetensors" for n in itertools.count())
+    return next(path for path in candidates if not path.exists())
+
+
+class LiveTrainWidget(DockWidget):
+    """Start live training on an image and its annotation; every edit reaches the
+    running trainer within about a second, and "<image> live" shows its latest
+    segmentation. Press ``a`` over a predicted object to accept it as a cell."""
+
+    def __init__(self, napari_viewer, session: Session | None = None) -> None:
+        super().__init__(napari_viewer, labels=True)
+        viewer = self.viewer
+        self.session = session or Session.of(viewer)
+        self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
+        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.preview_seconds = FloatSpinBox(label="preview every (s)", value=3.0, min=0.5, max=60.0, step=0.5)
+        self.save_path = FileEdit(
+            label="save model to",
+            mode="w",
+            value=unused_path(Path.home() / "napari-unet", "live"),
+            filter="*.safetensors",
+        )
+        self.start_button = PushButton(text="Start live training")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.accept_button = PushButton(text="Accept all predicted objects in view")
+        controls = [self.image, self.annotation, self.preview_seconds, self.save_path]
+        self.extend([*controls, self.start_button, self.stop_button, self.accept_button, self.status])
+        self.live: LiveTraining | None = None
+        self.preview: LivePreview | None = None
+        self.runner = JobRunner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
+        self._edits = EditWatcher(self._send_edit, self.native, delay_ms=300)
+        self.start_button.changed.connect(self.guarded(self.start))
+        self.stop_button.changed.connect(self.stop)
+        self.accept_button.changed.connect(self.guarded(self.accept_in_view))
+
+    def _model(self, in_channels: int) -> UNet:
+        model = self.session.model
+        if model is not None and model.config.in_channels == in_channels:
+            return model  # resume: keep learning from the session's model
+        return UNet.from_config(default_model_config("cpu", in_channels=in_channels))
+
+    def start(self) -> None:
+        if self.runner.busy:
+            return
+        data, channel_axis = image_data(self.image.value)
+        annotation = self.annotation.value
+        labels = labels_data(annotation, self.image.value)
+        if data.ndim - (channel_axis is not None) != 2:
+            raise LayerError("live training works on one 2D image: pick a single plane")
+        in_channels = data.shape[channel_axis] if channel_axis is not None else 1
+        self.live = None
+        self._edits.watch(annotation)
+        annotation.bind_key(ACCEPT_KEY, lambda _layer: self.guarded(self.accept_under_cursor)(), overwrite=True)
+        self.start_button.enabled, self.stop_button.enabled = False, True
+        self.status.value = "starting live training…"
+        self.runner.start(
+            live_job,
+            Path(self.save_path.value),
+            self._model(in_channels),
+            np.asarray(data),
+            labels,
+            TrainConfig(device="auto"),
+            channel_axis=channel_axis,
+            preview_seconds=self.preview_seconds.value,
+        )
+
+    def stop(self, *_) -> None:
+        self.status.value = "stopping…"
+        self.runner.stop()
+
+    def _view_window(self) -> tuple[slice, slice]:
+        """The whole plane when small, else a window around the camera's centre."""
+        layer = self.image.value
+        height, width = layer.data.shape[:2] if layer.rgb else layer.data.shape[-2:]
+        if height * width <= WHOLE_PLANE_PIXELS:
+            return (slice(0, height), slice(0, width))
+        centre = layer.world_to_data(self.viewer.camera.center)[-2:]
+        y0 = int(np.clip(centre[0] - WINDOW // 2, 0, max(height - WINDOW, 0)))
+        x0 = int(np.clip(centre[1] - WINDOW // 2, 0, max(width - WINDOW, 0)))
+        return (slice(y0, y0 + WINDOW), slice(x0, x0 + WINDOW))
+
+    def _send_edit(self) -> None:
+        if self.live is not None and self.runner.busy:
+            self.live.update(np.asarray(self.annotation.value.data))
+            self.live.look_at(self._view_window())
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, LiveTraining):
+            self.live = event
+            event.look_at(self._view_window())
+            self._send_edit()  # what was painted while it started
+            self.session.set_model(event.model, "live training")
+            self.status.value = "live training: paint, erase or add cells; the preview follows"
+        elif isinstance(event, StepProgress):
+            self.status.value = f"live: step {event.step}, loss {event.loss:.4f}"
+        elif isinstance(event, AnnotationProblem):
+            self.status.value = f"⚠ {event.message} (training goes on with the previous annotation)"
+        elif isinstance(event, LivePreview):
+            self.preview = event
+            self._show(event)
+
+    def _show(self, preview: LivePreview) -> None:
+        """Put the preview into "<image> live" (full plane size), keeping the user's
+        selected layer and its mode."""
+        image = self.image.value
+        height, width = image.data.shape[:2] if image.rgb else image.data.shape[-2:]
+        name = f"{image.name} live"
+        full = np.zeros((height, width), np.int32)
+        full[preview.window] = preview.labels
+        selection = list(self.viewer.layers.selection)
+        active = self.viewer.layers.selection.active
+        mode = getattr(active, "mode", None)
+        put_layer(self.viewer, name, full, "labels", image, opacity=0.5)
+        self.viewer.layers.selection.clear()
+        self.viewer.layers.selection.update(selection)
+        self.viewer.layers.selection.active = active
+        if active is not None and mode is not None and active.mode != mode:
+            active.mode = mode
+
+    def _full_preview(self) -> np.ndarray:
+        if self.preview is None:
+            raise LayerError("no preview yet: start live training and wait for the first preview")
+        name = f"{self.image.value.name} live"
+        return np.asarray(self.viewer.layers[name].data)
+
+    def accept_under_cursor(self) -> None:
+        """Accept the predicted object under the mouse as a cell of the annotation."""
+        preview = self._full_preview()
+        layer = self.annotation.value
+        position = layer.world_to_data(self.viewer.cursor.position)[-2:]
+        y, x = (round(float(v)) for v in position)
+        if not (0 <= y < preview.shape[0] and 0 <= x < preview.shape[1]) or preview[y, x] == 0:
+            raise LayerError("no predicted object under the cursor")
+        data = np.array(layer.data)
+        new_id = accept_object(data, preview, int(preview[y, x]))
+        if new_id:
+            layer.data = data
+            self.status.value = f"accepted the object as cell {new_id}"
+
+    def accept_in_view(self) -> None:
+        """Accept every predicted object that lies on unannotated pixels."""
+        layer = self.annotation.value
+        data = np.array(layer.data)
+        if data.min() > IGNORE_LABEL:
+            raise LayerError("the annotation has no unannotated (-1) pixels to accept objects into")
+        count = accept_all(data, self._full_preview())
+        layer.data = data
+        self.status.value = f"accepted {count} predicted object(s)"
+
+    def _on_done(self, live: LiveTraining) -> None:
+        path = Path(self.save_path.value)
+        self.session.set_model(live.model, f"live training ({live.trainer.step} steps)", path)
+        self.status.value = f"stopped at step {live.trainer.step}; model saved to {path} and kept in the session"
+        self.save_path.value = unused_path(path.parent, "live")  # the next run never overwrites this one
+
+    def _on_error(self, message: str) -> None:
+        self.status.value = f"⚠ {message}"
+
+    def _on_idle(self) -> None:
+        self.start_button.enabled, self.stop_button.enabled = True, False
+        self._edits.watch(None)

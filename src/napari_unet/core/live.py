@@ -1,0 +1,158 @@
+"""Live training: the network keeps learning while the annotation changes.
+
+A :class:`LiveTraining` runs an open-ended :class:`~napari_unet.core.train.Trainer`
+on one image. Another thread hands it the edited annotation with :meth:`update`;
+between two steps the trainer draws its next samples from it (targets and weight
+maps recomputed once per edit, never per step), keeping its optimiser state. Every
+``preview_seconds`` it segments a window of the image (the part the user looks at)
+from a snapshot of the weights and yields it as a :class:`LivePreview`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import IGNORE_LABEL, TrainConfig
+from .data import TrainingDataError
+from .model import UNet
+from .predict import segment
+from .train import StepProgress, Trainer
+
+#: Steps of an open-ended live run (it ends when stopped).
+OPEN_ENDED = 10**9
+
+
+@dataclass(frozen=True)
+class LivePreview:
+    """Instance labels of ``window`` (a tuple of slices of the image's last two
+    axes) after ``step`` steps, ``seconds`` into live training."""
+
+    step: int
+    seconds: float
+    window: tuple[slice, slice]
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class AnnotationProblem:
+    """An edited annotation that cannot be trained on yet; training goes on with the
+    previous one."""
+
+    message: str
+
+
+def live_config(config: TrainConfig | None = None) -> TrainConfig:
+    """``config`` for an open-ended run: constant learning rate after warm-up, no
+    step or time limit, no periodic validation."""
+    config = config or TrainConfig()
+    return dataclasses.replace(config, steps=OPEN_ENDED, minutes=None, schedule="constant", keep_best=False)
+
+
+class LiveTraining:
+    """Open-ended training of ``model`` on ``image`` while its annotation changes.
+
+    ``image``: (H, W) or (H, W, C) with ``channel_axis``; ``labels``: int (H, W), -1
+    where not annotated. Raises :class:`TrainingDataError` when the first annotation
+    holds no cell yet.
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        image: np.ndarray,
+        labels: np.ndarray,
+        config: TrainConfig | None = None,
+        *,
+        channel_axis: int | None = None,
+        preview_seconds: float = 3.0,
+    ) -> None:
+        self.image = image
+        self.channel_axis = channel_axis
+        self.preview_seconds = preview_seconds
+        self.trainer = Trainer(model, [image], [labels], live_config(config), channel_axis=channel_axis)
+        self.window: tuple[slice, slice] = (slice(None), slice(None))
+        self._pending: np.ndarray | None = None
+        self._lock = threading.Lock()
+        #: How many edits have reached the trainer.
+        self.edits_applied = 0
+
+    @property
+    def model(self) -> UNet:
+        return self.trainer.model
+
+    def update(self, labels: np.ndarray) -> None:
+        """Train on ``labels`` from the next step on (any thread; the latest wins)."""
+        with self._lock:
+            self._pending = np.array(labels, copy=True)
+
+    def look_at(self, window: tuple[slice, slice]) -> None:
+        """Preview this window of the image from now on (any thread)."""
+        self.window = window
+
+    def stop(self) -> None:
+        """End after the current step (any thread)."""
+        self.trainer.request_stop()
+
+    def run(self) -> Generator[StepProgress | LivePreview | AnnotationProblem, None, None]:
+        """Train until stopped, yielding step progress, previews and annotation problems."""
+        began = time.perf_counter()
+        last_preview = -np.inf
+        for event in self.trainer.run():
+            if not isinstance(event, StepProgress):
+                continue
+            problem = self._apply_pending()  # the next step already samples the edit
+            yield event
+            if problem is not None:
+                yield problem
+            now = time.perf_counter()
+            if now - last_preview >= self.preview_seconds:
+                yield self.preview(self.trainer.step, now - began)
+                last_preview = time.perf_counter()
+
+    def _apply_pending(self) -> AnnotationProblem | None:
+        with self._lock:
+            labels, self._pending = self._pending, None
+        if labels is None:
+            return None
+        try:
+            self.trainer.replace_annotations([self.image], [labels])
+        except TrainingDataError as error:
+            return AnnotationProblem(str(error))
+        self.edits_applied += 1
+        return None
+
+    def preview(self, step: int, seconds: float) -> LivePreview:
+        """Segment the current window with a snapshot of the weights."""
+        window = self.window
+        image = self.image[window] if self.channel_axis is None else self.image[(*window, slice(None))]
+        labels = segment(self.model, image, device=self.trainer.device, channel_axis=self.channel_axis)
+        return LivePreview(step, seconds, window, labels)
+
+
+def accept_object(annotation: np.ndarray, preview: np.ndarray, object_id: int) -> int:
+    """Copy predicted object ``object_id`` of ``preview`` (same shape) into
+    ``annotation`` in place as a new cell, on the pixels the user has not annotated
+    (-1); returns the new cell's id (0 when nothing was copied)."""
+    where = (preview == object_id) & (annotation == IGNORE_LABEL) & (object_id > 0)
+    if not where.any():
+        return 0
+    new_id = int(max(annotation.max(), 0)) + 1
+    annotation[where] = new_id
+    return new_id
+
+
+def accept_all(annotation: np.ndarray, preview: np.ndarray) -> int:
+    """Accept every predicted object of ``preview`` that lies wholly on unannotated
+    pixels; returns how many were accepted."""
+    ids = np.unique(preview[preview > 0])
+    touched = np.unique(preview[(preview > 0) & (annotation != IGNORE_LABEL)])
+    accepted = 0
+    for object_id in np.setdiff1d(ids, touched):
+        accepted += accept_object(annotation, preview, int(object_id)) > 0
+    return accepted

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+import napari_unet as nu
+from napari_unet.core.config import IGNORE_LABEL, TrainConfig
+from napari_unet.core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object
+from napari_unet.core.train import StepProgress
+
+CONFIG = TrainConfig(tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=1, seed=1)
+
+
+def partial_annotation(labels, cells):
+    """Cells ``cells`` of ``labels`` and a 3-px background ring around them; the rest -1."""
+    from scipy import ndimage
+
+    annotation = np.full_like(labels, IGNORE_LABEL)
+    chosen = np.isin(labels, cells)
+    ring = ndimage.binary_dilation(chosen, iterations=3) & (labels == 0)
+    annotation[ring] = 0
+    annotation[chosen] = labels[chosen]
+    return annotation
+
+
+def test_edits_reach_the_running_trainer_between_steps():
+    image, labels = nu.synthetic_nuclei((96, 96), seed=2)
+    cells = [i for i in np.unique(labels) if i > 0]
+    live = LiveTraining(nu.UNet(base_channels=4, depth=2), image, partial_annotation(labels, cells[:1]), CONFIG)
+    live.preview_seconds = 0.0
+    events = live.run()
+    assert isinstance(next(events), StepProgress)
+    assert isinstance(next(events), LivePreview)
+    new_cell = labels == cells[1]
+    assert not live.trainer.stream.planes[0].weights[new_cell].any()  # unannotated so far
+    live.update(partial_annotation(labels, cells[:2]))
+    next(events)
+    assert live.edits_applied == 1
+    assert live.trainer.stream.planes[0].weights[new_cell].all()  # the new cell is in the samples now
+    live.update(np.full_like(labels, IGNORE_LABEL))  # erased everything: keep training on the last one
+    problems = [e for e in (next(events) for _ in range(4)) if isinstance(e, AnnotationProblem)]
+    assert problems and "empty" in problems[0].message
+    live.stop()
+    for _ in events:
+        pass
+    assert live.trainer.step >= 3
+
+
+def test_accepting_copies_exactly_the_object_onto_unannotated_pixels():
+    annotation = np.full((20, 20), IGNORE_LABEL, np.int32)
+    annotation[0:5, 0:5] = 1
+    preview = np.zeros((20, 20), np.int32)
+    preview[3:8, 3:8] = 4  # overlaps the user's cell 1 at 3:5
+    preview[10:15, 10:15] = 7
+    expected = annotation.copy()
+    assert accept_object(annotation, preview, 7) == 2
+    expected[10:15, 10:15] = 2
+    np.testing.assert_array_equal(annotation, expected)
+    assert accept_object(annotation, preview, 0) == 0
+    preview[16:19, 0:3] = 9
+    assert accept_all(annotation, preview) == 1  # 9 only: 4 touches the user's cell, 7 is accepted already
+    assert (annotation[16:19, 0:3] == 3).all() and (annotation[5:8, 5:8] == IGNORE_LABEL).all()
+
+
+def test_live_training_needs_a_cell_to_start():
+    image, labels = nu.synthetic_nuclei((96, 96), seed=2)
+    with pytest.raises(nu.TrainingDataError):
+        LiveTraining(nu.UNet(base_channels=4, depth=2), image, np.full_like(labels, IGNORE_LABEL), CONFIG)

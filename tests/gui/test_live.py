@@ -1,0 +1,73 @@
+import time
+
+import numpy as np
+
+from napari_unet._widgets import LiveTrainWidget
+from napari_unet.core.config import IGNORE_LABEL
+
+from ..core.test_live import partial_annotation
+from .conftest import docked
+
+
+def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer, session, qtbot, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    image, labels = synthetic_nuclei((128, 128), seed=5)
+    cells = [i for i in np.unique(labels) if i > 0]
+    image_layer = viewer.add_image(image, name="cells")
+    annotation = viewer.add_labels(partial_annotation(labels, cells[:2]), name="cells annotation")
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image_layer, annotation
+    widget.preview_seconds.value = 0.5
+    widget.save_path.value = tmp_path / "live.safetensors"
+    viewer.layers.selection.active = annotation
+    annotation.mode = "paint"
+
+    gaps, last = [], [time.perf_counter()]
+
+    def probe():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(probe)
+    timer.start(10)
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.preview is not None, timeout=120_000)
+    assert "cells live" in viewer.layers
+    assert viewer.layers.selection.active is annotation and annotation.mode == "paint"  # the user's place kept
+
+    gaps.clear()  # from here on: live training in its steady state (the first preview added the layer)
+    last[0] = time.perf_counter()
+    # a newly painted cell reaches the running trainer's samples
+    new_cell = labels == cells[2]
+    annotation.data = partial_annotation(labels, cells[:3])
+    qtbot.waitUntil(lambda: widget.live.edits_applied >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.live.trainer.stream.planes[0].weights[new_cell].all(), timeout=60_000)
+    previews = widget.preview.step
+    qtbot.waitUntil(lambda: widget.preview.step > previews, timeout=60_000)  # the preview refreshes
+
+    # accepting a predicted object under the cursor copies exactly it, onto unannotated pixels
+    preview = np.asarray(viewer.layers["cells live"].data)
+    data = np.asarray(annotation.data)
+    candidates = [i for i in np.unique(preview) if i > 0 and (data[preview == i] == IGNORE_LABEL).all()]
+    if candidates:
+        target = candidates[0]
+        y, x = np.argwhere(preview == target)[0]
+        viewer.cursor.position = (float(y), float(x))
+        before = data.copy()
+        widget.accept_under_cursor()
+        after = np.asarray(annotation.data)
+        changed = after != before
+        np.testing.assert_array_equal(changed, preview == target)
+        assert len(np.unique(after[changed])) == 1 and after[changed][0] == before.max() + 1
+
+    widget.stop_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+    timer.stop()
+    assert session.model is widget.live.model and (tmp_path / "live.safetensors").exists()
+    assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
+    assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
