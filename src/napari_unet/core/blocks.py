@@ -134,9 +134,10 @@ def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
-def summarize(mask: np.ndarray, grid: ChunkGrid, i: int, j: int) -> ChunkSummary:
-    """Pass 1 for chunk (i, j) of ``grid`` with foreground ``mask`` (its pixels)."""
-    fg, n_fg, bg, n_bg = label_chunk(mask)
+def summarize(mask: np.ndarray, grid: ChunkGrid, i: int, j: int, labelled=None) -> ChunkSummary:
+    """Pass 1 for chunk (i, j) of ``grid`` with foreground ``mask`` (its pixels);
+    ``labelled``: what :func:`label_chunk` returns for ``mask``, if already known."""
+    fg, n_fg, bg, n_bg = labelled if labelled is not None else label_chunk(mask)
     rows, cols = grid.region(i, j)
     height, width = grid.shape
     first = _first_pixels(fg, n_fg)
