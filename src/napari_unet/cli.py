@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .core.checkpoint import describe, load_model
 from .core.config import AugmentConfig, ModelConfig, TrainConfig, WeightMapConfig, default_model_config
 from .core.errors import ConfigError, NapariUnetError
@@ -53,6 +54,9 @@ def _check_pairs(images: list[Path], labels: list[Path], what: str) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
+    check_stream_arguments(args)
+    if args.out is not None:
+        return cmd_segment_to(args, _prediction_options(args))
     model = load_model(args.model)
     for path in args.images:
         image = read_image(path)
@@ -242,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment images with a model file")
     segment.add_argument("model", type=Path)
     segment.add_argument("images", type=Path, nargs="+")
-    segment.add_argument("--out-dir", type=Path, required=True)
+    outputs = segment.add_mutually_exclusive_group(required=True)
+    outputs.add_argument("--out-dir", type=Path)
+    add_stream_arguments(segment, outputs)
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     _add_prediction_arguments(segment)
     segment.set_defaults(run=cmd_segment)

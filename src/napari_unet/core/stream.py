@@ -57,7 +57,7 @@ from .blocks import ChunkGrid, ChunkSummary, LabelTables, final_chunk, label_chu
 from .checkpoint import load_model, save_model
 from .config import InstanceConfig, NormalizationConfig, to_dict
 from .devices import resolve_device, resolve_precision
-from .errors import ConfigError, OutputFileError
+from .errors import ConfigError, NapariUnetError, OutputFileError
 from .instances import foreground
 from .io import write_atomic
 from .layout import axes_at_minus3
@@ -457,7 +457,23 @@ def iter_segment_to(
     **options,
 ) -> Generator[ChunkProgress, None, StreamResult]:
     """:func:`segment_to` as a generator of :class:`ChunkProgress` (closing it stops
-    the run between two chunks; ``resume=True`` continues it later)."""
+    the run between two chunks; ``resume=True`` continues it later). A failing read
+    or write (a full disk, a vanished file) raises :class:`OutputFileError`; the
+    store stays resumable."""
+    settings = {"chunk": chunk, "probabilities": probabilities, "resume": resume, "client": client}
+    try:
+        return (yield from _segment_to(model, source, out, **settings, **options))
+    except NapariUnetError:
+        raise
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        raise OutputFileError(
+            f"segmenting into {out} stopped: {error.strerror or error}{where}; once fixed, run again with resume "
+            "(--resume) to continue"
+        ) from error
+
+
+def _segment_to(model, source, out, *, chunk, probabilities, resume, client, **options):
     began = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
