@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Per worker process: the engine of the model it was last sent, keyed by digest.
 _ENGINES: dict[tuple, Any] = {}
+#: Per worker process: how many times a model was loaded from bytes (tests read it).
+LOADS = {"count": 0}
 
 
 @contextlib.contextmanager
@@ -111,6 +113,7 @@ def _engine(data: bytes, digest: str, options):
     if key not in _ENGINES:
         _ENGINES.clear()
         _ENGINES[key] = make_engine(model_from_bytes(data), options)
+        LOADS["count"] += 1
     return _ENGINES[key]
 
 
@@ -127,3 +130,8 @@ def _label_task(run, plane, row, tables):
     from .stream import label_row
 
     return row, label_row(run, plane, row, tables)
+
+
+def model_loads() -> int:
+    """How many times this process loaded a model from bytes (``client.run`` it)."""
+    return LOADS["count"]
