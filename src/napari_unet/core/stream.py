@@ -442,6 +442,27 @@ def write_pyramid(run: Run) -> None:
         write_atomic(record, b"")
 
 
+def refresh_pyramid(out: str | os.PathLike, plane: tuple[int, ...], rows: slice, cols: slice) -> None:
+    """Bring the pyramid levels over one window of a plane up to date with level 0,
+    for a viewer that watches a run (level ``k`` keeps every ``2**k``-th pixel, as
+    :func:`write_pyramid` does, which still writes the final levels). Call it from
+    one thread: level chunks are read, changed and written back."""
+    import zarr
+
+    root = Path(out)
+    full = zarr.open_array(root / "0", mode="r")
+    level = 1
+    while (root / str(level)).exists():
+        step = 2**level
+        target = zarr.open_array(root / str(level), mode="r+")
+        top, left = -(-rows.start // step), -(-cols.start // step)
+        bottom, right = -(-rows.stop // step), -(-cols.stop // step)
+        if bottom > top and right > left:
+            window = (*plane, slice(top * step, rows.stop, step), slice(left * step, cols.stop, step))
+            target[(*plane, slice(top, bottom), slice(left, right))] = full[window]
+        level += 1
+
+
 # --- the driver ---------------------------------------------------------------------------
 
 
