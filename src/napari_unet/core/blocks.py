@@ -27,6 +27,7 @@ pixel, numbering included:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -130,8 +131,11 @@ def _first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Unique (a, b) pairs where both are non-zero, as an (n, 2) int64 array."""
     both = (a > 0) & (b > 0)
-    pairs = np.stack([a[both], b[both]], axis=1).astype(np.int64)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    first, second = a[both].astype(np.int64), b[both].astype(np.int64)
+    base = int(second.max()) + 1
+    return np.stack(np.divmod(np.unique(first * base + second), base), axis=1)  # sorted like unique(axis=0)
 
 
 def summarize(mask: np.ndarray, grid: ChunkGrid, i: int, j: int, labelled=None) -> ChunkSummary:
@@ -336,8 +340,6 @@ def _fill_shared_holes(shared, bg_root, fg_root, boxes, grid, chunk_labels, fg_n
     window that :func:`napari_unet.core.instances._fill_holes` uses (the hole's box grown
     by its diagonal). Returns (rows, cols, hole mask, owner root per hole pixel)."""
     height, width = grid.shape
-    shared_set = np.zeros(bg_root.max() + 1, bool)
-    shared_set[shared] = True
     top = np.full(bg_root.max() + 1, np.iinfo(np.int64).max)
     bottom = np.zeros(bg_root.max() + 1, np.int64)
     left, right = top.copy(), bottom.copy()
@@ -345,14 +347,20 @@ def _fill_shared_holes(shared, bg_root, fg_root, boxes, grid, chunk_labels, fg_n
     np.maximum.at(bottom, bg_root, boxes[:, 1])
     np.minimum.at(left, bg_root, boxes[:, 2])
     np.maximum.at(right, bg_root, boxes[:, 3])
-    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    shared = shared[np.argsort(top[shared], kind="stable")]  # top to bottom, so the cache below stays small
+    cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+    most = 2 * grid.grid[1] + 2  # about two rows of chunks
 
     def global_ids(chunk):
-        if chunk not in cache:
-            fg, bg = chunk_labels(*chunk)
-            objects = np.concatenate([[0], fg_root[fg_node(chunk, np.arange(1, fg.max(initial=0) + 1))] + 1])[fg]
-            regions = np.concatenate([[-1], bg_root[bg_node(chunk, np.arange(1, bg.max(initial=0) + 1))]])[bg]
-            cache[chunk] = (objects, regions)
+        if chunk in cache:
+            cache.move_to_end(chunk)
+            return cache[chunk]
+        fg, bg = chunk_labels(*chunk)
+        to_object = np.concatenate([[0], fg_root[fg_node(chunk, np.arange(1, fg.max(initial=0) + 1))] + 1])
+        to_region = np.concatenate([[-1], bg_root[bg_node(chunk, np.arange(1, bg.max(initial=0) + 1))]])
+        cache[chunk] = (to_object.astype(np.int32)[fg], to_region.astype(np.int32)[bg])
+        if len(cache) > most:
+            cache.popitem(last=False)
         return cache[chunk]
 
     patches = []

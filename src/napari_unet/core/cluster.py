@@ -118,11 +118,14 @@ def _engine(data: bytes, digest: str, options):
 
 
 def _predict_task(run, data, digest, plane, chunk, low, high):
+    from .memory import reuse_freed_memory
     from .stream import predict_chunk
 
     engine = _engine(data, digest, run.options)
     before = engine.network_seconds
-    tiles = predict_chunk(run, engine, plane, chunk, low, high)
+    keep = reuse_freed_memory() if engine.device.type == "cpu" else contextlib.nullcontext()
+    with keep:  # as predict does: activations' memory is reused from one chunk to the next
+        tiles = predict_chunk(run, engine, plane, chunk, low, high)
     return chunk, tiles, engine.network_seconds - before
 
 
