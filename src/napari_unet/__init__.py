@@ -28,6 +28,8 @@ from .core.io import ImageFileError, read_image, write_image
 from .core.layout import ImageShapeError
 from .core.model import UNet
 from .core.predict import TileProgress, iter_predict, iter_segment, predict, segment
+from .core.sources import SourceError, open_source
+from .core.stream import ChunkProgress, OutputExistsError, StreamResult, iter_segment_to, segment_to
 from .core.synthetic import synthetic_nuclei
 from .core.train import (
     CheckpointFailed,
@@ -48,6 +50,7 @@ __all__ = [
     "AugmentConfig",
     "CheckpointFailed",
     "CheckpointSaved",
+    "ChunkProgress",
     "ConfigError",
     "ImageFileError",
     "ImageShapeError",
@@ -58,8 +61,11 @@ __all__ = [
     "ModelSpec",
     "NapariUnetError",
     "NormalizationConfig",
+    "OutputExistsError",
     "OutputFileError",
+    "SourceError",
     "StepProgress",
+    "StreamResult",
     "TileProgress",
     "TrainConfig",
     "TrainSummary",
@@ -75,13 +81,16 @@ __all__ = [
     "is_valid_size",
     "iter_predict",
     "iter_segment",
+    "iter_segment_to",
     "iter_train",
     "load_model",
+    "open_source",
     "output_size",
     "predict",
     "read_image",
     "save_model",
     "segment",
+    "segment_to",
     "separation_target",
     "synthetic_nuclei",
     "train",

@@ -17,6 +17,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from tqdm import tqdm
 
+from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .core.checkpoint import ModelFileError, describe, load_model, load_state
 from .core.config import (
     AugmentConfig,
@@ -108,6 +109,9 @@ def _check_inputs(paths: Sequence[Path]) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
+    check_stream_arguments(args)
+    if args.out is not None:
+        return cmd_segment_to(args, _prediction_options(args))
     _check_inputs(args.images)
     model = load_model(args.model)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
@@ -485,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment images with a model file")
     segment.add_argument("model", type=Path)
     segment.add_argument("images", type=Path, nargs="+")
-    segment.add_argument("--out-dir", type=Path, required=True)
+    outputs = segment.add_mutually_exclusive_group(required=True)
+    outputs.add_argument("--out-dir", type=Path)
+    add_stream_arguments(segment, outputs)
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_prediction_arguments(segment)

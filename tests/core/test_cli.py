@@ -165,3 +165,85 @@ def test_seed_makes_training_repeatable(tmp_path, annotated_files):
     first, second = (load_model(tmp_path / f"{name}.safetensors") for name in ("first", "second"))
     for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), key
+
+
+def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys):
+    import zarr
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 4000, (150, 130)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64), compression="zlib")
+    code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out-dir", str(tmp_path / "files")])
+    assert code == 0
+    out = tmp_path / "big.zarr"
+    code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out", str(out), "--chunk", "64",
+                 "--probabilities"])  # fmt: skip
+    assert code == 0
+    assert f"labels at {out / '0'}" in capsys.readouterr().out
+    labels = zarr.open_array(out / "0", mode="r")[:]
+    np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "files" / "big_labels.tif"))
+    assert zarr.open_array(out / "probabilities" / "0", mode="r").shape == (2, 150, 130)
+    # an existing store is refused, untouched, unless resumed
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out", str(out), "--chunk", "64"])
+    assert code == 2 and "exists; choose another output, or resume it (--resume)" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out", str(out), "--chunk", "64",
+                 "--probabilities", "--resume"])  # fmt: skip
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda tmp, model: [str(model), str(tmp / "bad.zarr"), "--out", str(tmp / "o.zarr")], "cannot open zarr"),
+        (lambda tmp, model: [str(model), str(tmp / "flat.npy"), "--out", str(tmp / "o.zarr")], "at least 2 dim"),
+        (
+            lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--chunk", "30"],
+            "multiple of 4",
+        ),
+        (
+            lambda tmp, model: [str(model), str(tmp / "img.npy"), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr")],
+            "one image's store",
+        ),
+        (
+            lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out-dir", str(tmp / "o"), "--workers", "2"],
+            "--workers only apply with --out",
+        ),
+        (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "taken")], "exists"),
+    ],
+)
+def test_bad_streaming_input_gives_one_clear_line(tmp_path, model_file, capsys, make_args, message):
+    np.save(tmp_path / "img.npy", np.zeros((30, 30), np.float32))
+    np.save(tmp_path / "flat.npy", np.zeros(30, np.float32))
+    (tmp_path / "bad.zarr").mkdir()
+    (tmp_path / "bad.zarr" / "zarr.json").write_text("{not json")
+    (tmp_path / "taken").mkdir()
+    code = main(["segment", *make_args(tmp_path, model_file)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("napari-unet: error:") and message in err[0], err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_full_disk_is_one_line_and_the_store_stays_resumable(tmp_path, model_file, capsys, monkeypatch):
+    import errno
+
+    from napari_unet.core import stream
+
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((70, 70)).astype(np.float32))
+    original = stream.predict_chunk
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "predict_chunk", full_disk)
+    args = ["segment", str(model_file), str(tmp_path / "img.npy"), "--out", str(tmp_path / "o.zarr"), "--chunk", "32"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("napari-unet: error:") and "No space left on device" in err[-1] and "--resume" in err[-1]
+    assert main([*args, "--resume"]) == 0

@@ -17,6 +17,7 @@ from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import SegmentationDone, export_job, segmentation_job
 from ._layers import LayerError, image_data, layers_of, put_layer, spatial_shape
 from ._runner import JobRunner
+from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 #: Save-dialog filters of the Export… button: (format, file suffix) each.
@@ -45,13 +46,16 @@ class SegmentWidget(DockWidget):
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.planes = ComboBox(label="stacks", choices=[CURRENT_PLANE, ALL_PLANES], value=ALL_PLANES)
         self.probabilities = CheckBox(text="also show probabilities", value=False)
+        self.to_store = CheckBox(text="write labels to a zarr store (always for very large images)", value=False)
+        self.store = FileEdit(label="store", mode="d", value="", tooltip="empty: a temporary folder")
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.extend(
             [
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
-                self.precision, self.planes, self.probabilities, self.run_button, self.cancel_button,
+                self.precision, self.planes, self.probabilities, self.to_store, self.store, self.run_button,
+                self.cancel_button,
                 self.progress, self.status,
             ]
         )  # fmt: skip
@@ -103,9 +107,11 @@ class SegmentWidget(DockWidget):
         if self.runner.busy:
             return
         layer = self.image.value
-        data, channel_axis = image_data(layer)
+        data, channel_axis = lazy_image_data(layer)  # dask / zarr / multiscale data stays unread
         model = self.model()
-        self._target = (layer, None)
+        self._target, self._store_view = (layer, None), None
+        if wants_store(layer, self.to_store.value):
+            return self._run_into_store(layer, model, data, channel_axis)
         if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2:
             index = self._plane_index(layer)
             data = data[index]
@@ -119,17 +125,36 @@ class SegmentWidget(DockWidget):
             "precision": self.precision.value,
             "channel_axis": channel_axis,
         }
+        self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
+
+    def _run_into_store(self, layer: Image, model: UNet, data, channel_axis) -> None:
+        """Stream all planes into a zarr store shown as a labels layer that fills in."""
+        out, resume = store_for(layer, self.store.value)
+        self._store_view = StoreView(self.viewer, f"{layer.name} labels", out, layer)
+        self.status.value = f"segmenting {layer.name} into {out}…"
+        self.progress.value = 0
+        self.cancel_button.enabled, self.run_button.enabled = True, False
+        options = {"tile": self.tile.value, "device": self.device.value, "precision": self.precision.value}
         self.runner.start(
-            segmentation_job, model, np.asarray(data), keep_probabilities=self.probabilities.value, **options
-        )
+            store_job, model, data, out, resume=resume, channel_axis=channel_axis,
+            probabilities=self.probabilities.value, **options,
+        )  # fmt: skip
 
     def _on_progress(self, progress) -> None:
         self.progress.max = progress.total
         self.progress.value = progress.done
+        if self._store_view is not None:
+            self._store_view.update(progress)
 
-    def _on_done(self, result: SegmentationDone | None) -> None:
+    def _on_done(self, result: SegmentationDone | StoreDone | None) -> None:
         if result is None:
-            self.status.value = "cancelled"
+            view = getattr(self, "_store_view", None)
+            self.status.value = "cancelled" if view is None else f"cancelled: run again with store {view.out} to resume"
+            return
+        if isinstance(result, StoreDone):
+            self._store_view.finish()
+            objects = sum(result.result.n_objects)
+            self.status.value = f"{self._store_view.name}: {objects} objects in {result.result.path}"
             return
         layer, index = self._target
         labels = result.labels

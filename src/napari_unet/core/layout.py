@@ -35,31 +35,54 @@ def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | 
     Accepted: ``(H, W)`` and ``(*stack, H, W)`` for one-channel models;
     ``(*stack, C, H, W)`` or ``(*stack, H, W, C)`` (RGB-style) for C-channel models.
     ``channel_axis`` overrides the guess. Stack axes (Z, T, ...) are processed plane
-    by plane.
+    by plane. The rules are those of :func:`axes_at_minus3`.
     """
     image = as_image(image)
+    axes = axes_at_minus3(image.shape, in_channels, channel_axis)
+    view = image.transpose([axis for axis in axes if axis is not None])
+    return np.expand_dims(view, tuple(i for i, axis in enumerate(axes) if axis is None))
+
+
+def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int | None = None) -> tuple[int | None, ...]:
+    """Where each axis of the ``(*stack, C, H, W)`` view of an image of ``shape`` comes
+    from: an axis of the image, or ``None`` for a new length-1 channel axis.
+
+    Decided from the shape alone, so lazy arrays (zarr, dask) are laid out without
+    being read; :func:`channels_at_minus3` applies it to in-memory arrays.
+    """
+    shape = tuple(shape)
+    ndim = len(shape)
+    if ndim < 2:
+        raise ImageShapeError(f"need an image with at least 2 dimensions (H, W), got shape {shape}")
     if channel_axis is not None:
-        axis = channel_axis % image.ndim
-        if axis >= image.ndim - 2 and axis != image.ndim - 1:
-            raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {image.shape}")
-        if image.shape[axis] != in_channels:
+        axis = channel_axis % ndim
+        if axis >= ndim - 2 and axis != ndim - 1:
+            raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {shape}")
+        if shape[axis] != in_channels:
             raise ImageShapeError(
                 f"the model expects {in_channels} channel(s) but axis {channel_axis} of the "
-                f"image (shape {image.shape}) has {image.shape[axis]}"
+                f"image (shape {shape}) has {shape[axis]}"
             )
-        return np.moveaxis(image, axis, -3) if image.ndim >= 3 else image[None]
+        return _moved_to_minus3(ndim, axis) if ndim >= 3 else (None, 0, 1)
     if in_channels == 1:
-        if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[-2] > 4:
+        if ndim == 3 and shape[-1] in (3, 4) and shape[-2] > 4:
             raise ImageShapeError(
-                f"the model expects 1 channel but the image (shape {image.shape}) looks RGB; "
+                f"the model expects 1 channel but the image (shape {shape}) looks RGB; "
                 "convert it to grayscale, or use a model trained on RGB images"
             )
-        return image[..., None, :, :]
-    if image.ndim >= 3 and image.shape[-1] == in_channels and image.shape[-3] != in_channels:
-        return np.moveaxis(image, -1, -3)
-    if image.ndim >= 3 and image.shape[-3] == in_channels:
-        return image
+        return (*range(ndim - 2), None, ndim - 2, ndim - 1)
+    if ndim >= 3 and shape[-1] == in_channels and shape[-3] != in_channels:
+        return _moved_to_minus3(ndim, ndim - 1)
+    if ndim >= 3 and shape[-3] == in_channels:
+        return tuple(range(ndim))
     raise ImageShapeError(
-        f"the model expects {in_channels} channels but the image has shape {image.shape}: "
+        f"the model expects {in_channels} channels but the image has shape {shape}: "
         f"put the channels first (C, H, W) or last (H, W, C), or pass channel_axis"
     )
+
+
+def _moved_to_minus3(ndim: int, axis: int) -> tuple[int, ...]:
+    """The axis order of ``np.moveaxis(image, axis, -3)``."""
+    order = [a for a in range(ndim) if a != axis]
+    order.insert(ndim - 3, axis)
+    return tuple(order)

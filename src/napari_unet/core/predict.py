@@ -14,14 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import geometry, tiling
+from . import geometry, sources, tiling
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
 from .instances import probabilities_to_labels
-from .layout import channels_at_minus3
 from .memory import reuse_freed_memory
 from .model import CpuInference, UNet, snapshot
-from .normalize import normalize
 from .progress import drive
 
 log = logging.getLogger(__name__)
@@ -163,7 +161,9 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     """Per-class probabilities of ``image``, as a generator of :class:`TileProgress`.
 
     ``image``: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` or stacks ``(*stack, ...)``,
-    see :func:`napari_unet.core.layout.channels_at_minus3`. Each plane is normalised
+    see :func:`napari_unet.core.layout.channels_at_minus3`; a numpy array, or a lazy
+    source (memmap, dask or zarr array, OME-Zarr group, TIFF or zarr path) of which only
+    the tiles' windows are read (:mod:`napari_unet.core.sources`). Each plane is normalised
     with the model's normalisation, mirror-padded by index and covered by tiles
     whose outputs abut exactly (no blending). Returns (as the generator's value)
     float32 probabilities ``(*stack, n_classes, H, W)``.
@@ -174,7 +174,7 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     :class:`PredictOptions`.
     """
     opts = PredictOptions(**options)
-    data = channels_at_minus3(image, model.config.in_channels, opts.channel_axis)
+    data = sources.planes_of(image, model.config.in_channels, opts.channel_axis)
     stack_shape, (height, width) = data.shape[:-3], data.shape[-2:]
     device = resolve_device(opts.device)
     dtype = resolve_precision(opts.precision, device)
@@ -183,7 +183,7 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     total = plan.n_tiles * n_planes
     log.info(
         "predicting %s on %s in %s: %d tile(s) of %s, batch %d",
-        np.shape(image),
+        data.shape,
         device,
         precision_name(dtype),
         total,
@@ -196,9 +196,9 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     with memory:
         network = _network(model, device, dtype, (batch_size, model.config.in_channels, *plan.tile))
         for index in np.ndindex(*stack_shape):
-            plane = normalize(data[index], model.spec.normalization)
+            plane = sources.plane_reader(data, index, model.spec.normalization)
             for origins in tiling.tile_batches(plan, batch_size):
-                batch = np.stack([tiling.extract_tile(plane, o, plan) for o in origins])
+                batch = np.stack([plane.tile(o, plan) for o in origins])
                 began = time.perf_counter()
                 probs = _forward(network, batch, device, dtype)
                 network_seconds += time.perf_counter() - began

@@ -1,0 +1,123 @@
+"""Large and lazy image layers in the Segment widget.
+
+Dask-, zarr- and multiscale image layers are passed on as they are (the
+full-resolution level of a multiscale layer): prediction reads only the windows of
+the tiles it works on. Above :data:`STORE_PIXELS` pixels, or when asked, the labels
+are written chunk by chunk into a zarr store (:func:`napari_unet.segment_to`) and
+shown as a multiscale labels layer backed by that store, refreshed as chunks finish.
+A cancelled run leaves the store; running again with the same store resumes it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari.layers import Image, Labels
+
+from ..core.progress import until_stopped
+from ..core.stream import ATTRIBUTE, DEFAULT_CHUNK, ChunkProgress, StreamResult, iter_segment_to, refresh_pyramid
+from ._layers import LayerError, spatial_shape
+
+#: Images with more pixels than this (all planes) go through a zarr store.
+STORE_PIXELS = 1 << 26
+#: Chunk edge of the stores the widget writes.
+STORE_CHUNK = DEFAULT_CHUNK
+#: Least seconds between two refreshes of the labels layer while a store fills in.
+REFRESH_S = 0.5
+
+
+def lazy_image_data(layer: Image | None):
+    """The data of an image layer without reading it (the full-resolution level of a
+    multiscale layer) and its channel axis (-1 for RGB layers)."""
+    if layer is None:
+        raise LayerError("choose an image layer first (File > Open, or File > Open Sample > napari-unet)")
+    data = layer.data[0] if layer.multiscale else layer.data
+    return data, (-1 if layer.rgb else None)
+
+
+def wants_store(layer: Image, asked: bool) -> bool:
+    return asked or math.prod(spatial_shape(layer)) > STORE_PIXELS
+
+
+def store_for(layer: Image, chosen) -> tuple[Path, bool]:
+    """Where to write (the chosen folder, or a new temporary one) and whether to resume:
+    a chosen store that an earlier, unfinished run of napari-unet left is resumed."""
+    if chosen is None or str(chosen) in ("", "."):
+        return Path(tempfile.mkdtemp(prefix="napari-unet-")) / f"{layer.name}.zarr", False
+    path = Path(chosen)
+    if not path.exists():
+        return path, False
+    import zarr
+
+    try:
+        record = dict(zarr.open_group(path, mode="r").attrs).get(ATTRIBUTE) or {}
+    except Exception:  # not a zarr store
+        record = {}
+    if record and not record.get("complete"):
+        return path, True
+    raise LayerError(f"{path} exists; choose a new store folder (an unfinished napari-unet store is resumed)")
+
+
+@dataclass(frozen=True)
+class StoreDone:
+    result: StreamResult
+
+
+def store_job(model, data, out: Path, *, stop: threading.Event, resume: bool, **options):
+    """Segment ``data`` into the store ``out``, keeping its pyramid current for the
+    viewer; returns ``None`` if stopped (the store can be resumed)."""
+    run = iter_segment_to(model, data, out, resume=resume, chunk=STORE_CHUNK, **options)
+    result = yield from until_stopped(_refreshing(run, out), stop)
+    return None if result is None else StoreDone(result)
+
+
+def _refreshing(run, out: Path):
+    try:
+        while True:
+            try:
+                progress = next(run)
+            except StopIteration as end:
+                return end.value
+            refresh_pyramid(out, progress.plane, progress.rows, progress.cols)
+            yield progress
+    finally:
+        run.close()
+
+
+class StoreView:
+    """The labels layer that shows a store while it fills in."""
+
+    def __init__(self, viewer, name: str, out: Path, like: Image) -> None:
+        self.viewer, self.name, self.out, self.like = viewer, name, out, like
+        self.layer: Labels | None = None
+        self.refreshed = 0.0
+
+    def update(self, progress: ChunkProgress) -> None:
+        if self.layer is None:
+            self.layer = self._show()
+        if time.monotonic() - self.refreshed >= REFRESH_S or progress.done == progress.total:
+            self.layer.refresh()
+            self.refreshed = time.monotonic()
+
+    def finish(self) -> None:
+        if self.layer is None:
+            self.layer = self._show()
+        self.layer.refresh()
+
+    def _show(self) -> Labels:
+        import zarr
+
+        levels = []
+        while (self.out / str(len(levels))).exists():
+            levels.append(zarr.open_array(self.out / str(len(levels)), mode="r"))
+        if self.name in self.viewer.layers:
+            self.viewer.layers.remove(self.name)
+        ndim = levels[0].ndim
+        placement = {"scale": self.like.scale[-ndim:], "translate": self.like.translate[-ndim:], "name": self.name}
+        data = levels if len(levels) > 1 else levels[0]
+        return self.viewer.add_labels(data, multiscale=len(levels) > 1, **placement)

@@ -1,0 +1,66 @@
+"""``napari-unet segment MODEL INPUT --out OUT.zarr``: streamed segmentation of a
+large image into an OME-Zarr store (see :mod:`napari_unet.core.stream`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from .core.checkpoint import load_model
+from .core.errors import ConfigError
+from .core.progress import drive
+from .core.stream import DEFAULT_CHUNK, ChunkProgress, iter_segment_to
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser, outputs) -> None:
+    """``--out`` (in the group ``outputs``, next to ``--out-dir``) and its options."""
+    outputs.add_argument(
+        "--out", type=Path, default=None,
+        help="write one (large) image's labels into this OME-Zarr store, chunk by chunk (labels at OUT/0)",
+    )  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted --out run")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="chunk edge of the --out store in px")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="spread --out over N local worker processes")
+    where.add_argument("--scheduler", default=None, help="spread --out over the dask cluster at this address")
+
+
+def check_stream_arguments(args: argparse.Namespace) -> None:
+    """Options of ``--out`` given without it, or several inputs for one store."""
+    if args.out is None:
+        extra = [f"--{name}" for name in ("resume", "workers", "scheduler") if getattr(args, name)]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} only apply with --out OUT.zarr")
+        return
+    if len(args.images) != 1:
+        raise ConfigError(f"--out writes one image's store; got {len(args.images)} inputs (use --out-dir for several)")
+
+
+def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
+    """Run the streamed segmentation of ``args.images[0]`` under one progress bar."""
+    from .cli import progress_bar
+
+    model = load_model(args.model)
+    cluster = contextlib.nullcontext(None)
+    if args.workers is not None or args.scheduler is not None:
+        from .core.cluster import cluster_client
+
+        cluster = cluster_client(workers=args.workers, scheduler=args.scheduler)
+    source = args.images[0]
+    with cluster as client, contextlib.ExitStack() as bars:
+        bar = None
+
+        def show(progress: ChunkProgress) -> None:
+            nonlocal bar
+            if bar is None:  # opened at the first chunk, so a bad input shows no bar before its error
+                bar = bars.enter_context(progress_bar(desc=source.name, unit="chunk", total=progress.total))
+            bar.update(progress.done - bar.n)
+
+        run = iter_segment_to(
+            model, source, args.out, chunk=args.chunk, probabilities=args.probabilities, resume=args.resume,
+            client=client, **options,
+        )  # fmt: skip
+        result = drive(run, show)
+    objects = ", ".join(str(n) for n in result.n_objects)
+    print(f"{source}: {objects} objects -> {result.path} (labels at {result.path / '0'})")

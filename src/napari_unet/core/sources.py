@@ -1,0 +1,266 @@
+"""Images that need not fit in memory, read window by window.
+
+Prediction accepts, besides numpy arrays: memory-mapped arrays, ``dask`` arrays,
+``zarr`` arrays, OME-Zarr images (a zarr group with multiscales metadata: its
+full-resolution level), TIFF files (memory-mapped when uncompressed, else through
+tifffile's zarr interface, which decodes only the tiles or strips a read touches) and
+paths to any of these. Such a source is never converted whole: a tile's input is read
+as the bounding window of its mirrored indices and gathered from that window.
+
+Normalisation of a lazy source needs each plane's percentiles. They come from a
+deterministic sample: every pixel when the plane has at most :data:`SAMPLE_PIXELS`
+pixels (so the result equals the in-memory path exactly), otherwise the regular grid
+of every ``s``-th row and column with the smallest ``s`` that keeps the sample within
+:data:`SAMPLE_PIXELS`. The sample is read in blocks, so memory stays bounded, and it is
+the same on every run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import NormalizationConfig
+from .errors import NapariUnetError
+from .geometry import TilePlan, context
+from .layout import axes_at_minus3, channels_at_minus3
+from .normalize import normalize
+from .tiling import extract_tile, reflect_index
+
+#: Most pixels per plane that percentiles are computed from (4096 x 4096).
+SAMPLE_PIXELS = 1 << 24
+#: Most pixels of one read while sampling (per channel).
+_BLOCK_PIXELS = 1 << 20
+
+
+class SourceError(NapariUnetError, ValueError):
+    """An input that cannot be opened as an image (unreadable store, unknown format)."""
+
+
+def is_lazy(image: Any) -> bool:
+    """Whether ``image`` is read window by window rather than converted whole: anything
+    with ``shape``, ``dtype`` and indexing that is not a plain in-memory numpy array
+    (memory maps count as lazy)."""
+    if type(image) is np.ndarray:
+        return False
+    return all(hasattr(image, name) for name in ("shape", "dtype", "__getitem__")) and len(image.shape) >= 1
+
+
+def open_source(source: Any) -> Any:
+    """An array-like for ``source``: a path (zarr / OME-Zarr store, TIFF, NPY, other
+    image files), a zarr group (an OME-Zarr image: its full-resolution level) or an
+    array (returned as it is). Raises :class:`SourceError` with one line otherwise."""
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(Path(source))
+    zarr = _zarr()
+    if zarr is not None and isinstance(source, zarr.Group):
+        return full_resolution(source)
+    return source
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        return None
+    return zarr
+
+
+def _is_zarr_store(path: Path) -> bool:
+    markers = ("zarr.json", ".zarray", ".zgroup")
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in markers))
+
+
+def _open_path(path: Path) -> Any:
+    if not path.exists():
+        raise SourceError(f"no such image: {path}")
+    if _is_zarr_store(path):
+        import zarr
+
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as error:  # zarr raises several types for unreadable stores
+            raise SourceError(f"cannot open zarr store {path}: {error}") from error
+        return full_resolution(node) if isinstance(node, zarr.Group) else node
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return _open_tiff(path)
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as error:
+            raise SourceError(f"cannot read {path}: {error}") from error
+    from .io import ImageFileError, read_image
+
+    try:
+        return read_image(path)
+    except ImageFileError as error:
+        raise SourceError(str(error)) from error
+
+
+def _open_tiff(path: Path) -> Any:
+    """A TIFF's first series: memory-mapped where its pixels are stored contiguously and
+    uncompressed, else as a read-only zarr array over the file's tiles or strips."""
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, mode="r")
+    except ValueError:  # compressed, tiled or otherwise not one contiguous block
+        pass
+    except Exception as error:
+        raise SourceError(f"cannot read TIFF {path}: {error}") from error
+    try:
+        import zarr
+
+        store = tifffile.imread(path, aszarr=True, series=0, level=0)
+        return zarr.open(store, mode="r", zarr_format=2)
+    except Exception as error:
+        raise SourceError(f"cannot read TIFF {path}: {error}") from error
+
+
+def full_resolution(group: Any) -> Any:
+    """The full-resolution array of an OME-Zarr multiscale image ``group`` (the first
+    dataset of its first multiscale), for NGFF 0.4 (zarr v2) and 0.5 (zarr v3)."""
+    attributes = dict(group.attrs)
+    ome = attributes.get("ome", attributes)
+    multiscales = ome.get("multiscales") or []
+    try:
+        path = multiscales[0]["datasets"][0]["path"]
+        return group[path]
+    except (IndexError, KeyError, TypeError) as error:
+        arrays = [name for name, _ in group.arrays()] if hasattr(group, "arrays") else []
+        hint = f" (it holds arrays {', '.join(sorted(arrays))}: open one of them)" if arrays else ""
+        raise SourceError(f"zarr group {group.store_path} is not an OME-Zarr image: no multiscales{hint}") from error
+
+
+def read_region(array: Any, index: tuple) -> np.ndarray:
+    """``array[index]`` as a numpy array (a dask array is computed in this thread)."""
+    if type(array).__module__.startswith("dask"):
+        return np.asarray(array[index].compute(scheduler="synchronous"))
+    return np.asarray(array[index])
+
+
+class LazyPlanes:
+    """A lazy ``(*stack, C, H, W)`` view of an array (see
+    :func:`~napari_unet.core.layout.axes_at_minus3`) that reads windows on request."""
+
+    def __init__(self, array: Any, axes: tuple[int | None, ...]) -> None:
+        self.array = array
+        self.axes = axes
+        self.shape = tuple(1 if a is None else int(array.shape[a]) for a in axes)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def read(self, index: tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
+        """The window ``(C, rows, cols)`` of plane ``index`` in the source's dtype."""
+        n_stack = self.ndim - 3
+        source_index: list[Any] = [slice(None)] * len(self.array.shape)
+        kept = []  # (view position, source axis) of the axes the read keeps
+        for position, axis in enumerate(self.axes):
+            if axis is None:
+                continue
+            if position < n_stack:
+                source_index[axis] = int(index[position])
+            else:
+                source_index[axis] = {n_stack: slice(None), n_stack + 1: rows, n_stack + 2: cols}[position]
+                kept.append((position, axis))
+        window = read_region(self.array, tuple(source_index))
+        in_source_order = sorted(kept, key=lambda item: item[1])
+        order = [in_source_order.index(item) for item in sorted(kept)]
+        window = window.transpose(order)
+        return window[None] if self.axes[n_stack] is None else window
+
+
+def planes_of(image: Any, in_channels: int, channel_axis: int | None = None) -> np.ndarray | LazyPlanes:
+    """``image`` as ``(*stack, C, H, W)``: a numpy view for in-memory arrays, a
+    :class:`LazyPlanes` for lazy ones (see :func:`is_lazy`)."""
+    image = open_source(image) if isinstance(image, (str, os.PathLike)) or _is_group(image) else image
+    if is_lazy(image):
+        return LazyPlanes(image, axes_at_minus3(image.shape, in_channels, channel_axis))
+    return channels_at_minus3(image, in_channels, channel_axis)
+
+
+def _is_group(image: Any) -> bool:
+    zarr = _zarr()
+    return zarr is not None and isinstance(image, zarr.Group)
+
+
+class InMemoryPlane:
+    """A normalised plane (C, H, W) held whole; tiles gathered by mirrored index."""
+
+    def __init__(self, plane: np.ndarray) -> None:
+        self.plane = plane
+
+    def tile(self, origin: tuple[int, int], plan: TilePlan) -> np.ndarray:
+        return extract_tile(self.plane, origin, plan)
+
+
+class LazyPlane:
+    """One plane of a :class:`LazyPlanes` with its normalisation range: each tile reads
+    the bounding window of its mirrored indices, gathers them and normalises."""
+
+    def __init__(self, planes: LazyPlanes, index: tuple[int, ...], low: np.ndarray, high: np.ndarray) -> None:
+        self.planes, self.index = planes, index
+        self.low, self.high = low, high
+
+    def tile(self, origin: tuple[int, int], plan: TilePlan) -> np.ndarray:
+        ctx = context(plan.depth)
+        height, width = self.planes.shape[-2:]
+        rows = reflect_index(np.arange(plan.tile[0]) + origin[0] - ctx, height)
+        cols = reflect_index(np.arange(plan.tile[1]) + origin[1] - ctx, width)
+        top, left = int(rows.min()), int(cols.min())
+        window = self.planes.read(self.index, slice(top, int(rows.max()) + 1), slice(left, int(cols.max()) + 1))
+        gathered = window[:, (rows - top)[:, None], (cols - left)[None, :]]
+        return normalize_with(gathered, self.low, self.high)
+
+
+def normalize_with(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map channels (C, ...) so that ``low``/``high`` go to 0/1, float32; the same
+    arithmetic as :func:`~napari_unet.core.normalize.normalize` once its percentiles
+    are known (a constant channel maps to ``data - low``, i.e. zeros)."""
+    data = np.asarray(data, dtype=np.float32)
+    scale = np.where(high - low > 1e-12, high - low, 1.0).astype(np.float32)
+    shape = (-1,) + (1,) * (data.ndim - 1)
+    return (data - low.reshape(shape)) / scale.reshape(shape)
+
+
+def sample_step(height: int, width: int, max_pixels: int = SAMPLE_PIXELS) -> int:
+    """The grid step ``s`` of the normalisation sample (1: every pixel)."""
+    step = 1
+    while math.ceil(height / step) * math.ceil(width / step) > max_pixels:
+        step += 1
+    return step
+
+
+def normalization_range(
+    planes: LazyPlanes, index: tuple[int, ...], config: NormalizationConfig, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel low/high percentiles (float32, shape (C,)) of plane ``index`` from
+    the deterministic sample described in the module docstring."""
+    channels, height, width = planes.shape[-3:]
+    step = sample_step(height, width, max_pixels or SAMPLE_PIXELS)
+    block = step * max(1, math.isqrt(_BLOCK_PIXELS))
+    sample_rows, sample_cols = math.ceil(height / step), math.ceil(width / step)
+    sample = np.empty((channels, sample_rows, sample_cols), np.float32)
+    for top in range(0, height, block):
+        for left in range(0, width, block):
+            rows, cols = slice(top, min(top + block, height), step), slice(left, min(left + block, width), step)
+            window = planes.read(index, rows, cols)
+            y, x = top // step, left // step
+            sample[:, y : y + window.shape[1], x : x + window.shape[2]] = window
+    flat = sample.reshape(channels, -1)
+    low, high = np.percentile(flat, [config.low, config.high], axis=1).astype(np.float32)
+    return low, high
+
+
+def plane_reader(data: np.ndarray | LazyPlanes, index: tuple[int, ...], config: NormalizationConfig):
+    """What prediction takes tiles of, for plane ``index`` of ``data`` (from
+    :func:`planes_of`): the normalised plane in memory, or a :class:`LazyPlane`."""
+    if isinstance(data, LazyPlanes):
+        low, high = normalization_range(data, index, config)
+        return LazyPlane(data, index, low, high)
+    return InMemoryPlane(normalize(data[index], config))

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_unet import ConfigError, predict, segment
+from napari_unet.core.stream import OutputExistsError, iter_segment_to, segment_to
+
+from .lazy import RecordingArray, drawn_image, same_partition, threshold_model
+from .test_blocks import border_and_corner_objects
+
+
+@pytest.fixture(scope="module")
+def drawn():
+    """4 x 4 chunks of 32 px (the last row and column cut short) with objects across
+    every chunk face and corner and on every image border and corner."""
+    mask = border_and_corner_objects(chunk=32, n=4)[:124, :118]
+    return drawn_image(mask)
+
+
+def test_streamed_labels_equal_the_in_memory_segmentation(drawn, tmp_path):
+    model = threshold_model()
+    expected, probabilities = segment(model, drawn, return_probabilities=True)
+    assert expected.max() > 30
+    result = segment_to(model, drawn, tmp_path / "out.zarr", chunk=32, probabilities=True)
+    store = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    labels = store["0"][:]
+    assert labels.dtype == np.int32 and labels.shape == drawn.shape
+    assert same_partition(labels, expected)
+    np.testing.assert_array_equal(labels, expected)  # numbering included: raster order of first pixels
+    np.testing.assert_array_equal(store["probabilities/0"][:], probabilities)
+    assert result.n_objects == (int(expected.max()),) and result.resumed == 0
+    assert not (tmp_path / "out.zarr" / "work").exists()
+
+
+def test_the_store_is_an_ome_zarr_image_with_a_pyramid(drawn, tmp_path):
+    segment_to(threshold_model(), drawn, tmp_path / "out.zarr", chunk=32)
+    store = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    ome = store.attrs["ome"]
+    datasets = ome["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1", "2"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[1, 1], [2, 2], [4, 4]]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["y", "x"]
+    assert "image-label" in ome
+    np.testing.assert_array_equal(store["1"][:], store["0"][::2, ::2])
+    np.testing.assert_array_equal(store["2"][:], store["0"][::4, ::4])
+    assert store["0"].chunks == (32, 32)
+    assert store.attrs["napari_unet"]["complete"] is True
+
+
+def test_stacks_stream_plane_by_plane(drawn, tmp_path):
+    stack = np.stack([drawn, drawn[::-1, ::-1].copy()])
+    model = threshold_model()
+    progress = []
+    generator = iter_segment_to(model, stack, tmp_path / "stack.zarr", chunk=64)
+    try:
+        while True:
+            progress.append(next(generator))
+    except StopIteration as stop:
+        result = stop.value
+    labels = zarr.open_array(tmp_path / "stack.zarr" / "0", mode="r")[:]
+    np.testing.assert_array_equal(labels, segment(model, stack))
+    assert [p.plane for p in progress] == [(0,)] * 8 + [(1,)] * 8
+    assert progress[-1].done == progress[-1].total == 16
+    assert result.shape == stack.shape and len(result.n_objects) == 2
+    axes = zarr.open_group(tmp_path / "stack.zarr", mode="r").attrs["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["z", "y", "x"]
+
+
+def test_only_windows_of_the_source_are_read(drawn, tmp_path):
+    recording = RecordingArray(drawn)
+    segment_to(threshold_model(), recording, tmp_path / "out.zarr", chunk=32, tile=60)
+    biggest = max(recording.pixels_read(region) for region in recording.reads[1:])
+    assert recording.reads[0][0][2] == 1  # the percentile sample (every pixel of this small plane)...
+    assert biggest <= 60 * 60  # ...and then tile windows only
+
+
+def test_an_untrained_network_agrees_with_the_in_memory_path(rng, tmp_path):
+    from .lazy import small_model
+
+    model = small_model()
+    image = (rng.random((150, 170)) * 255).astype(np.uint8)
+    segment_to(model, image, tmp_path / "out.zarr", chunk=48, probabilities=True, precision="fp32")
+    store = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    probabilities = predict(model, image, precision="fp32")
+    assert np.abs(store["probabilities/0"][:] - probabilities).max() < 1e-5
+    assert same_partition(store["0"][:], segment(model, image, precision="fp32"))
+
+
+def test_an_existing_output_is_never_touched(drawn, tmp_path):
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="exists; choose another output, or resume"):
+        segment_to(threshold_model(), drawn, out, chunk=32)
+    with pytest.raises(OutputExistsError, match="not a napari-unet segmentation store"):
+        segment_to(threshold_model(), drawn, out, chunk=32, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32)
+    with pytest.raises(OutputExistsError, match="written with other chunk"):
+        segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=64, resume=True)
+    before = json.loads((tmp_path / "done.zarr" / "zarr.json").read_text())
+    again = segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32, resume=True)
+    assert again.computed == 0 and json.loads((tmp_path / "done.zarr" / "zarr.json").read_text()) == before
+
+
+def test_chunks_must_keep_tiles_on_the_pooling_grid(drawn, tmp_path):
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        segment_to(threshold_model(), drawn, tmp_path / "out.zarr", chunk=30)
+    assert not (tmp_path / "out.zarr").exists()

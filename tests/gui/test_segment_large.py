@@ -1,0 +1,75 @@
+import dask.array as da
+import numpy as np
+import zarr
+
+from napari_unet import segment
+from napari_unet._widgets import SegmentWidget, _stream
+from tests.core.lazy import drawn_image, threshold_model
+from tests.core.test_blocks import border_and_corner_objects
+
+from .conftest import docked
+
+
+def drawn(n=4):
+    return drawn_image(border_and_corner_objects(chunk=32, n=n)[:124, :118])
+
+
+def test_a_dask_layer_is_segmented_without_being_converted(viewer, session, wait_idle):
+    image = drawn()
+    session.set_model(threshold_model(), "threshold")
+    layer = viewer.add_image(da.from_array(image, chunks=(40, 40)), name="lazy")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = layer
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert isinstance(layer.data, da.Array)
+    np.testing.assert_array_equal(viewer.layers["lazy labels"].data, segment(threshold_model(), image))
+
+
+def test_a_multiscale_zarr_layer_uses_its_full_resolution(viewer, session, wait_idle, tmp_path):
+    image = drawn()
+    root = zarr.open_group(tmp_path / "image.zarr", mode="w")
+    root.create_array("0", data=image, chunks=(50, 50))
+    root.create_array("1", data=image[::2, ::2], chunks=(50, 50))
+    session.set_model(threshold_model(), "threshold")
+    layer = viewer.add_image([root["0"], root["1"]], multiscale=True, name="pyramid")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = layer
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    np.testing.assert_array_equal(viewer.layers["pyramid labels"].data, segment(threshold_model(), image))
+
+
+def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr(_stream, "STORE_PIXELS", 100 * 100)  # this image counts as large
+    monkeypatch.setattr(_stream, "REFRESH_S", 0.0)
+    monkeypatch.setattr(_stream, "STORE_CHUNK", 32)
+    stack = np.stack([drawn(), drawn()[::-1].copy()])
+    session.set_model(threshold_model(), "threshold")
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 64, 64)), name="big", scale=(1, 2, 2))
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = layer
+    widget.store.value = tmp_path / "big.zarr"
+    # cancel after the first chunks: the store is left for a resume
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=120_000)
+    widget.cancel_button.clicked.emit()
+    wait_idle(widget)
+    assert "run again with store" in widget.status.value and "to resume" in widget.status.value
+    labels = viewer.layers["big labels"]
+    assert labels.multiscale and isinstance(labels.data[0], zarr.Array)
+    # running again resumes the same store and completes it
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    labels = viewer.layers["big labels"]
+    assert isinstance(labels.data[0], zarr.Array) and tuple(labels.scale) == (1, 2, 2)
+    np.testing.assert_array_equal(labels.data[0][:], segment(threshold_model(), stack))
+    np.testing.assert_array_equal(labels.data[1][:], labels.data[0][:, ::2, ::2])
+    assert "objects in" in widget.status.value
+    # a second run (into a temporary store) replaces the layer
+    n_layers = len(viewer.layers)
+    widget.store.value = ""
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert len(viewer.layers) == n_layers
+    np.testing.assert_array_equal(viewer.layers["big labels"].data[0][:], segment(threshold_model(), stack))
