@@ -19,31 +19,48 @@ def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | 
     ``channel_axis`` overrides the guess. Stack axes (Z, T, ...) are processed plane
     by plane.
     """
+    return channels_before_spatial(image, in_channels, channel_axis, spatial_dims=2)
+
+
+def channels_before_spatial(
+    image: np.ndarray, in_channels: int, channel_axis: int | None = None, spatial_dims: int = 2
+) -> np.ndarray:
+    """A view of ``image`` as ``(*stack, C, *spatial)`` with ``C == in_channels`` and
+    ``spatial_dims`` spatial axes last: :func:`channels_at_minus3` for images (2) and
+    for volumes (3: ``(Z, Y, X)``, ``(C, Z, Y, X)``, ``(Z, Y, X, C)``, stacks of them).
+    """
     image = np.asarray(image)
-    if image.ndim < 2:
-        raise ImageShapeError(f"need an image with at least 2 dimensions (H, W), got shape {image.shape}")
+    names = "(Z, Y, X)" if spatial_dims == 3 else "(H, W)"
+    if image.ndim < spatial_dims:
+        raise ImageShapeError(f"need an image with at least {spatial_dims} dimensions {names}, got shape {image.shape}")
+    first_spatial = image.ndim - spatial_dims
     if channel_axis is not None:
         axis = channel_axis % image.ndim
-        if axis >= image.ndim - 2 and axis != image.ndim - 1:
+        if axis >= first_spatial and axis != image.ndim - 1:
             raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {image.shape}")
         if image.shape[axis] != in_channels:
             raise ImageShapeError(
                 f"the model expects {in_channels} channel(s) but axis {channel_axis} of the "
                 f"image (shape {image.shape}) has {image.shape[axis]}"
             )
-        return np.moveaxis(image, axis, -3) if image.ndim >= 3 else image[None]
+        if image.ndim > spatial_dims:
+            return np.moveaxis(image, axis, -spatial_dims - 1)
+        return image[None]
     if in_channels == 1:
-        if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[-2] > 4:
+        if image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4) and image.shape[-2] > 4:
             raise ImageShapeError(
                 f"the model expects 1 channel but the image (shape {image.shape}) looks RGB; "
                 "convert it to grayscale, or use a model trained on RGB images"
             )
-        return image[..., None, :, :]
-    if image.ndim >= 3 and image.shape[-1] == in_channels and image.shape[-3] != in_channels:
-        return np.moveaxis(image, -1, -3)
-    if image.ndim >= 3 and image.shape[-3] == in_channels:
+        return np.expand_dims(image, -spatial_dims - 1)
+    at = -spatial_dims - 1
+    if image.ndim > spatial_dims and image.shape[-1] == in_channels and image.shape[at] != in_channels:
+        return np.moveaxis(image, -1, at)
+    if image.ndim > spatial_dims and image.shape[at] == in_channels:
         return image
+    channels_first = "(C, Z, Y, X)" if spatial_dims == 3 else "(C, H, W)"
+    channels_last = "(Z, Y, X, C)" if spatial_dims == 3 else "(H, W, C)"
     raise ImageShapeError(
         f"the model expects {in_channels} channels but the image has shape {image.shape}: "
-        f"put the channels first (C, H, W) or last (H, W, C), or pass channel_axis"
+        f"put the channels first {channels_first} or last {channels_last}, or pass channel_axis"
     )

@@ -15,7 +15,7 @@ import torch
 from . import geometry, tiling
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .instances import probabilities_to_labels
-from .layout import channels_at_minus3
+from .layout import channels_before_spatial
 from .memory import reuse_freed_memory
 from .model import CpuInference, UNet, snapshot
 from .normalize import normalize
@@ -48,7 +48,7 @@ class TileProgress:
 class PredictOptions:
     """How to run overlap-tile prediction.
 
-    ``tile``: input tile size (an int or (h, w); valid sizes only) or ``None`` for the
+    ``tile``: input tile size (an int, or (h, w) / (z, y, x); valid sizes only) or ``None`` for the
     tile that minimises computed pixels within the memory budget. ``device``:
     "auto", "cpu", "cuda", "cuda:N" or "mps". ``precision``: "auto", "fp32",
     "bf16" or "fp16". ``batch_size``: tiles per forward pass (``None``: as many as
@@ -56,7 +56,7 @@ class PredictOptions:
     CPU, half the free memory on a GPU).
     """
 
-    tile: int | tuple[int, int] | None = None
+    tile: int | tuple[int, ...] | None = None
     device: str | None = None
     precision: str | None = None
     batch_size: int | None = None
@@ -75,26 +75,38 @@ def _memory_budget(device: torch.device, options: PredictOptions) -> int:
 
 def plan_for(
     model: UNet,
-    image_hw: tuple[int, int],
+    image_hw: tuple[int, ...],
     device: torch.device,
     options: PredictOptions,
     dtype: torch.dtype | None = None,
 ):
-    """The tile plan and batch size for one plane of ``image_hw`` (H, W).
+    """The tile plan and batch size for one plane of ``image_hw`` (H, W), or one
+    volume (Z, Y, X) for a 3D model.
 
     ``dtype`` is the compute precision (``None``: fp32); half-precision activations
     take half the memory, so the same budget allows larger tiles.
     """
-    depth = model.config.depth
-    per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL.get(dtype, 32) * model.config.base_channels
-    budget_pixels = max(_memory_budget(device, options) // per_pixel, 1)
+    axes = geometry.model_axes(model.config)
+    budget_pixels = max(_memory_budget(device, options) // bytes_per_input_pixel(model.config, dtype), 1)
     if options.tile is None:
-        plan = geometry.best_tile(image_hw, depth, budget_pixels)
+        plan = geometry.best_tile(image_hw, axes, budget_pixels)
     else:
-        plan = geometry.plan_tiles(image_hw, options.tile, depth)
-    tile_pixels = plan.tile[0] * plan.tile[1]
+        plan = geometry.plan_tiles(image_hw, options.tile, axes)
+    tile_pixels = math.prod(plan.tile)
     batch = options.batch_size or max(1, budget_pixels // tile_pixels)
     return plan, max(1, min(batch, plan.n_tiles))
+
+
+def bytes_per_input_pixel(config, dtype: torch.dtype | None = None) -> int:
+    """Activation memory per input pixel (voxel) of a tile, for the memory budget.
+
+    2D: the measured per-base-channel figures above. 3D networks (measured in
+    bench/bench_volumes.py) keep twice as many channels at full resolution when they
+    double before pooling, and their batch normalisation is folded away at inference.
+    """
+    per_channel = _BYTES_PER_PIXEL_PER_CHANNEL.get(dtype, 32)
+    widest_first_level = 2 if config.double_before_pool else 1
+    return per_channel * config.base_channels * widest_first_level
 
 
 def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TileProgress, None, np.ndarray]:
@@ -106,17 +118,22 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     whose outputs abut exactly (no blending). Returns (as the generator's value)
     float32 probabilities ``(*stack, n_classes, H, W)``.
 
+    A 3D model (``model.config.ndim == 3``) takes volumes instead of planes:
+    ``(Z, Y, X)``, ``(C, Z, Y, X)``, ``(Z, Y, X, C)`` or stacks of them, and returns
+    ``(*stack, n_classes, Z, Y, X)``; tiles are cuboids (``tile`` an int or (z, y, x)).
+
     The caller's ``model`` is left as it is (device, train/eval mode, weights): the
     prediction runs on a snapshot of its weights, so a model may keep training in
     another thread meanwhile. Stop early by closing the generator; ``options`` are
     :class:`PredictOptions`.
     """
     opts = PredictOptions(**options)
-    data = channels_at_minus3(image, model.config.in_channels, opts.channel_axis)
-    stack_shape, (height, width) = data.shape[:-3], data.shape[-2:]
+    ndim = model.config.ndim
+    data = channels_before_spatial(image, model.config.in_channels, opts.channel_axis, ndim)
+    stack_shape, spatial = data.shape[: -ndim - 1], data.shape[-ndim:]
     device = resolve_device(opts.device)
     dtype = resolve_precision(opts.precision, device)
-    plan, batch_size = plan_for(model, (height, width), device, opts, dtype)
+    plan, batch_size = plan_for(model, spatial, device, opts, dtype)
     n_planes = math.prod(stack_shape)
     total = plan.n_tiles * n_planes
     log.info(
@@ -128,7 +145,7 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
         plan.tile,
         batch_size,
     )
-    output = np.empty((*stack_shape, model.config.n_classes, height, width), np.float32)
+    output = np.empty((*stack_shape, model.config.n_classes, *spatial), np.float32)
     done, network_seconds = 0, 0.0
     memory = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
     with memory:
@@ -176,11 +193,12 @@ def iter_segment(
     """Instance labels of ``image``, as a generator of :class:`TileProgress`.
 
     Returns int32 labels ``(*stack, H, W)`` made with the model's instance settings
-    (``model.spec.instances``), or ``(labels, probabilities)`` with
+    (``model.spec.instances``; for 3D models ``(*stack, Z, Y, X)``, one id per object
+    across planes), or ``(labels, probabilities)`` with
     ``return_probabilities``; ``options`` as for :func:`iter_predict`.
     """
     probabilities = yield from iter_predict(model, image, **options)
-    labels = probabilities_to_labels(probabilities, model.spec.instances)
+    labels = probabilities_to_labels(probabilities, model.spec.instances, model.config.ndim)
     return (labels, probabilities) if return_probabilities else labels
 
 
