@@ -84,8 +84,8 @@ class ModelConfig:
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.ndim in (2, 3), "ndim must be 2 (images) or 3 (volumes)"),
             (
-                self.spacing is None or (len(self.spacing) == self.ndim and min(self.spacing) > 0),
-                "spacing must hold one positive voxel size per spatial axis",
+                self.spacing is None or (self.ndim == 3 and len(self.spacing) == 3 and min(self.spacing) > 0),
+                "spacing must hold one positive voxel size per axis (z, y, x) of a 3D model (ndim=3)",
             ),
         ]
         for ok, message in checks:
@@ -223,7 +223,8 @@ class TrainConfig:
 
     Training stops after ``steps`` optimiser steps or ``minutes`` of wall time,
     whichever comes first. ``tile`` is the input tile size (a valid size; ``None``
-    picks one whose output is about 128 px). ``optimizer`` "sgd" is the paper's
+    picks one whose output is about 128 px; for 3D models an int or (z, y, x), by
+    default about 40 in-plane pixels of output along every axis). ``optimizer`` "sgd" is the paper's
     (momentum 0.99, batch 1, large tiles); the default "adam" converges faster on
     few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
@@ -233,7 +234,7 @@ class TrainConfig:
 
     steps: int = 1000
     minutes: float | None = None
-    tile: int | None = None
+    tile: int | tuple[int, ...] | None = None
     batch_size: int = 4
     optimizer: str = "adam"
     lr: float | None = None
@@ -296,10 +297,10 @@ def default_model_config(
     """The paper's network on a GPU; a smaller one (16 base channels, depth 3) on a CPU,
     where it trains about 10x faster per pixel and still sees 88 px of context.
 
-    ``ndim=3``: the paper's 3D U-Net on a GPU; on a CPU a narrower one of the same
-    design (:data:`CPU_3D_BASE_CHANNELS` base channels, depth 2), see
+    ``ndim=3``: the paper's 3D U-Net on a GPU; on a CPU a narrower and shallower one of
+    the same design (:data:`CPU_3D_BASE_CHANNELS`, :data:`CPU_3D_DEPTH`), see
     bench/bench_volumes.py. ``spacing`` (z, y, x) adapts kernels and poolings to
-    anisotropic voxels.
+    anisotropic voxels (3D only).
     """
     if ndim == 3:
         if resolve_device(device).type == "cuda":
@@ -310,8 +311,8 @@ def default_model_config(
             depth=CPU_3D_DEPTH,
         )
     if resolve_device(device).type == "cuda":
-        return ModelConfig(in_channels=in_channels, spacing=spacing)
-    return ModelConfig(in_channels=in_channels, base_channels=16, depth=3, spacing=spacing)
+        return ModelConfig(in_channels=in_channels)
+    return ModelConfig(in_channels=in_channels, base_channels=16, depth=3)
 
 
 #: The 3D network trained on a CPU by default (chosen in bench/bench_volumes.py).

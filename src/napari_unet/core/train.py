@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import geometry
 from .checkpoint import load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
-from .data import SampleStream, default_tile, prepare
+from .data import SampleStream, default_tile_for, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .distributed import any_process, batch_share, current_group, sum_gradients, sum_over_processes
 from .errors import ConfigError, NapariUnetError
@@ -84,7 +85,8 @@ def weighted_cross_entropy(
 ) -> torch.Tensor:
     """Pixel-wise softmax cross entropy weighted by ``weights`` (paper eq. 1).
 
-    logits (B, K, H, W), target (B, H, W) int64, weights (B, H, W). Returns the
+    logits (B, K, H, W), target (B, H, W) int64, weights (B, H, W) (or (B, K, Z, Y, X)
+    and (B, Z, Y, X) for volumes). Returns the
     weighted sum divided by ``total_weight`` (default: the sum of ``weights``, i.e.
     the weighted mean, so the scale does not depend on tile size or ignored pixels;
     in data-parallel training the weight summed over every process's samples).
@@ -129,6 +131,7 @@ class Trainer:
         self.validation = list(zip(val_images, val_labels))
         self.channel_axis = channel_axis
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        volumes = model.config.ndim == 3
         planes = prepare(
             images,
             labels,
@@ -136,11 +139,14 @@ class Trainer:
             normalization=model.spec.normalization,
             weights=config.weights,
             channel_axis=channel_axis,
+            ndim=model.config.ndim,
+            spacing=model.config.spacing,
         )
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
-        self.tile = config.tile or default_tile(model.config.depth)
-        self.stream = SampleStream(planes, self.tile, model.config.depth, config.augment, config.seed)
+        self.tile = config.tile or default_tile_for(model.config)
+        depth = geometry.model_axes(model.config) if volumes else model.config.depth
+        self.stream = SampleStream(planes, self.tile, depth, config.augment, config.seed, model.config.spacing)
         model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -189,7 +195,7 @@ class Trainer:
         the end (when validation data was given) and :class:`CheckpointSaved` every ``checkpoint_every``."""
         cfg = self.config
         log.info(
-            "training on %s in %s: tile %d, batch %d, %s",
+            "training on %s in %s: tile %s, batch %d, %s",
             self.device,
             precision_name(self.dtype),
             self.tile,
