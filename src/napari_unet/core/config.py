@@ -224,7 +224,7 @@ class TrainConfig:
     Training stops after ``steps`` optimiser steps or ``minutes`` of wall time,
     whichever comes first. ``tile`` is the input tile size (a valid size; ``None``
     picks one whose output is about 128 px; for 3D models an int or (z, y, x), by
-    default about 40 in-plane pixels of output along every axis). ``optimizer`` "sgd" is the paper's
+    by default 48 voxels of output in y and x and as long along z). ``optimizer`` "sgd" is the paper's
     (momentum 0.99, batch 1, large tiles); the default "adam" converges faster on
     few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to

@@ -230,21 +230,18 @@ def default_tile(depth: int, output: int = 128) -> int:
     return geometry.input_size_for_output(output, depth)
 
 
-#: Physical output size (in units of the finest spacing) of a default 3D training tile.
-DEFAULT_VOLUME_OUTPUT = 40
+#: Output voxels along y and x of a default 3D training tile.
+DEFAULT_VOLUME_OUTPUT = 48
 
 
 def default_tile_for(config, output: int | None = None) -> int | tuple[int, ...]:
     """The default training tile of a model: :func:`default_tile` for 2D networks; for
-    3D ones a cuboid whose output spans about ``output`` (default
-    :data:`DEFAULT_VOLUME_OUTPUT`) in-plane pixels along every axis (fewer planes
-    along a coarser z)."""
+    3D ones a cuboid whose output is ``output`` (default :data:`DEFAULT_VOLUME_OUTPUT`)
+    voxels along y and x and as long physically along z (fewer planes along a coarser
+    z, never more than ``output``), rounded up to valid sizes."""
     if config.ndim == 2:
         return default_tile(config.depth) if output is None else default_tile(config.depth, output)
     output = DEFAULT_VOLUME_OUTPUT if output is None else output
-    spacing = config.spacing or (1.0,) * config.ndim
-    finest = min(spacing)
-    return tuple(
-        geometry.input_size_for_output(max(1, round(output * finest / s)), axis)
-        for s, axis in zip(spacing, geometry.model_axes(config))
-    )
+    z, y, x = config.spacing or (1.0, 1.0, 1.0)
+    wanted = (max(1, round(output * min(1.0, min(y, x) / z))), output, output)
+    return tuple(geometry.input_size_for_output(n, axis) for n, axis in zip(wanted, geometry.model_axes(config)))
