@@ -7,6 +7,8 @@ transforms, explicit loops over objects and boolean masks.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import ndimage
 
@@ -15,32 +17,32 @@ from napari_unet.core.metrics import MatchStats
 
 
 def separation_target_reference(labels: np.ndarray) -> np.ndarray:
-    """Target uint8 (H, W): cell pixels whose 3x3 neighbourhood has no other cell.
+    """Target uint8 (H, W): cell pixels whose 3x3 neighbourhood has no other cell
+    (3x3x3 for volumes (Z, Y, X)).
 
-    Compares every pixel with each of its 8 neighbours through a zero-padded copy.
+    Compares every pixel with each of its 8 (26) neighbours through a zero-padded copy.
     """
     labels = np.asarray(labels)
-    h, w = labels.shape
-    padded = np.zeros((h + 2, w + 2), labels.dtype)
-    padded[1:-1, 1:-1] = labels
+    padded = np.pad(labels, 1)
     cell = labels > 0
-    other_cell_near = np.zeros((h, w), bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            neighbour = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            other_cell_near |= (neighbour > 0) & (neighbour != labels)
+    other_cell_near = np.zeros(labels.shape, bool)
+    for offset in itertools.product((-1, 0, 1), repeat=labels.ndim):
+        neighbour = padded[tuple(slice(1 + d, 1 + d + n) for d, n in zip(offset, labels.shape))]
+        other_cell_near |= (neighbour > 0) & (neighbour != labels)
     return (cell & ~other_cell_near).astype(np.uint8)
 
 
 def weight_map_reference(
-    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, balance_classes: bool = True
+    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, balance_classes: bool = True, spacing=None
 ) -> np.ndarray:
-    """The separation weight map float32 (H, W), by one full-image EDT per cell.
+    """The separation weight map float32 (H, W) or (Z, Y, X), by one full-image EDT per cell.
 
     Same definition as :func:`napari_unet.core.weights.weight_map`: all cell
-    distances are stacked and sorted per pixel to get ``d1`` and ``d2``.
+    distances are stacked and sorted per pixel to get ``d1`` and ``d2``; with
+    ``spacing`` the transforms are physical, in units of the finest spacing.
     """
     labels = np.asarray(labels)
+    sampling = None if spacing is None else np.asarray(spacing, float) / min(spacing)
     annotated = labels != IGNORE_LABEL
     target = separation_target_reference(labels)
 
@@ -55,7 +57,8 @@ def weight_map_reference(
     border = np.zeros(labels.shape)
     cells = [value for value in np.unique(labels) if value > 0]
     if len(cells) >= 2:
-        distances = np.sort(np.stack([ndimage.distance_transform_edt(labels != c) for c in cells]), axis=0)
+        transforms = [ndimage.distance_transform_edt(labels != c, sampling=sampling) for c in cells]
+        distances = np.sort(np.stack(transforms), axis=0)
         d1, d2 = distances[0], distances[1]
         border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
         border[target != 0] = 0.0

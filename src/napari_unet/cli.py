@@ -31,8 +31,8 @@ from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
-from .core.io import ImageFileError, check_writable, read_image, remove_stale_temporaries, write_image
-from .core.layout import ImageShapeError, channels_at_minus3
+from .core.io import ImageFileError, check_writable, read_image, read_spacing, remove_stale_temporaries, write_image
+from .core.layout import ImageShapeError, channels_before_spatial
 from .core.metrics import MatchStats
 from .core.model import UNet
 from .core.predict import TileProgress, iter_segment
@@ -58,8 +58,15 @@ def drive_tiles(generator, description: str):
         return drive(generator, show)
 
 
+def _tile(args: argparse.Namespace) -> int | tuple[int, ...] | None:
+    """``--tile``: one size for every axis, or one per axis (Z Y X for volumes)."""
+    if args.tile is None:
+        return None
+    return args.tile[0] if len(args.tile) == 1 else tuple(args.tile)
+
+
 def _prediction_options(args: argparse.Namespace) -> dict:
-    return {"tile": args.tile, "device": args.device, "precision": args.precision, "channel_axis": args.channel_axis}
+    return {"tile": _tile(args), "device": args.device, "precision": args.precision, "channel_axis": args.channel_axis}
 
 
 def _check_pairs(images: list[Path], labels: list[Path], what: str) -> None:
@@ -142,9 +149,12 @@ def cmd_weights(args: argparse.Namespace) -> None:
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
     for path, (weights_path, target_path) in zip(args.labels, outputs):
         labels = read_image(path)
-        if labels.ndim != 2:
-            raise ImageShapeError(f"{path}: weight maps need 2D label images, got shape {labels.shape}")
-        weights = weight_map(labels, args.w0, args.sigma)
+        if labels.ndim not in (2, 3):
+            raise ImageShapeError(
+                f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {labels.shape}"
+            )
+        spacing = _spacing(args, path, labels.ndim)
+        weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
         write_image(weights_path, weights)
         write_image(target_path, separation_target(labels))
         print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {weights_path}")
@@ -154,7 +164,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=args.steps,
         minutes=args.minutes,
-        tile=args.tile,
+        tile=_tile(args),
         batch_size=args.batch_size,
         optimizer=args.optimizer,
         lr=args.lr,
@@ -276,6 +286,8 @@ def _resume(args: argparse.Namespace, images, labels, **kwargs) -> Trainer:
             raise ModelFileError(f"{args.resume} records unusable training settings: {error}") from error
         for dest, recorded in RESUME_KEEPS.items():
             value = getattr(args, dest)
+            if isinstance(value, list):  # options taking one value per axis (--tile)
+                value = value[0] if len(value) == 1 else tuple(value)
             if dest in given and value != recorded(recorded_train, recorded_model):
                 option = "--" + dest.replace("_", "-")
                 shown = "" if isinstance(value, bool) else f" {value}"
@@ -342,11 +354,28 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     return None if stopped_by is None else 128 + stopped_by
 
 
+def _spacing(args: argparse.Namespace, path: Path, ndim: int) -> tuple[float, ...] | None:
+    """Voxel spacing (z, y, x) for 3D data: ``--spacing``, else the file's metadata, else
+    none (isotropic). 2D data have none."""
+    if ndim != 3:
+        if getattr(args, "spacing", None):
+            raise ConfigError("--spacing Z Y X applies to volumes (3D labels, or --ndim 3)")
+        return None
+    if getattr(args, "spacing", None):
+        return tuple(args.spacing)
+    return read_spacing(path)
+
+
 def _new_model(args: argparse.Namespace, first_image) -> UNet:
-    defaults = default_model_config(args.device)
+    ndim = args.ndim
+    spacing = _spacing(args, args.images[0], ndim)
+    if spacing is not None:
+        print(f"voxel spacing (z, y, x): {', '.join(f'{s:g}' for s in spacing)}")
+    defaults = default_model_config(args.device, ndim=ndim, spacing=spacing)
     chosen = {"in_channels": args.in_channels, "base_channels": args.base_channels, "depth": args.depth}
     config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
-    channels_at_minus3(first_image, config.in_channels, args.channel_axis)  # a clear error if the image does not fit
+    # a clear error if the image does not fit
+    channels_before_spatial(first_image, config.in_channels, args.channel_axis, config.ndim)
     torch.manual_seed(args.seed)  # the initial weights follow --seed
     return UNet.from_config(config)
 
@@ -426,7 +455,13 @@ def _add_export_parser(commands) -> None:
 
 
 def _add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tile", type=int, default=None, help="input tile size (valid sizes only; default: best)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        nargs="+",
+        default=None,
+        help="input tile size, one for every axis or one per axis (Z Y X for volumes); valid sizes only; default: best",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument(
@@ -452,7 +487,22 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--minutes", type=float, default=None, help="stop after this many minutes (whichever comes first)")
     add("--in-channels", type=int, default=None, help="channels of a new model (default 1)")
     add("--base-channels", type=int, default=None, help="new model width (default: 64 on GPU, 16 on CPU)")
-    add("--depth", type=int, default=None, help="new model depth (default: 4 on GPU, 3 on CPU)")
+    add("--depth", type=int, default=None, help="new model depth (default: 4 on GPU, 3 on CPU; 3D: 3 / 2)")
+    add(
+        "--ndim",
+        type=int,
+        choices=[2, 3],
+        default=2,
+        help="a new model for images (2, stacks plane by plane) or volumes (3: the 3D U-Net on (Z, Y, X))",
+    )
+    add(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="voxel size of the volumes (default: from the TIFF metadata, else isotropic); with --ndim 3",
+    )
     add("--batch-size", type=int, default=defaults.batch_size)
     add("--lr", type=float, default=None)
     add("--optimizer", choices=["adam", "sgd"], default=defaults.optimizer)
@@ -486,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment images with a model file")
+    segment = commands.add_parser(
+        "segment", help="segment images with a model file (volumes (Z, Y, X) as a whole with a 3D model)"
+    )
     segment.add_argument("model", type=Path)
     segment.add_argument("images", type=Path, nargs="+")
     outputs = segment.add_mutually_exclusive_group(required=True)
@@ -501,12 +553,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     train.set_defaults(run=cmd_train)
 
-    weights = commands.add_parser("weights", help="write separation weight maps and training targets")
+    weights = commands.add_parser(
+        "weights", help="write separation weight maps and training targets (3D for 3D labels)"
+    )
     weights.add_argument("labels", type=Path, nargs="+")
     weights.add_argument("--out-dir", type=Path, required=True)
     weights.add_argument("--w0", type=float, default=WeightMapConfig().w0)
     weights.add_argument("--sigma", type=float, default=WeightMapConfig().sigma)
     weights.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    weights.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="voxel size of 3D labels: physical distances (default: from the TIFF metadata, else isotropic)",
+    )
     weights.set_defaults(run=cmd_weights)
 
     evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")

@@ -59,7 +59,14 @@ def normalized_batch(model: nu.UNet, images: list[np.ndarray]) -> torch.Tensor:
 def test_standalone_network_follows_the_core_layer_plan(config):
     kwargs = {k: getattr(config, k) for k in ("in_channels", "n_classes", "base_channels", "depth")}
     core_plan = [
-        (layer.kind, layer.module, layer.in_channels, layer.out_channels, layer.kernel, layer.relu)
+        (
+            layer.kind,
+            layer.module,
+            layer.in_channels,
+            layer.out_channels,
+            exchange.kernel_side(layer.kernel),
+            layer.relu,
+        )
         for layer in layer_plan(config)
     ]
     assert [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)] == core_plan

@@ -81,7 +81,7 @@ def test_lists_that_are_no_image_are_refused(small, image, message):
         segment(small, image)
 
 
-@pytest.mark.parametrize("tile", [60.0, 60.5, "60", (60, 60.0), (60,) * 3, 0, -60, True])
+@pytest.mark.parametrize("tile", [60.0, 60.5, "60", (60, 60.0), (60,) * 4, 0, -60, True])
 def test_a_tile_that_is_not_a_whole_number_of_pixels_is_refused(small, tile):
     with pytest.raises(InvalidTileSize, match="whole number of pixels"):
         segment(small, np.zeros((30, 30), np.float32), tile=tile)

@@ -240,8 +240,8 @@ def test_from_config_and_unsigned_labels():
 
 @pytest.mark.parametrize(
     "labels",
-    [np.zeros((4, 4), np.float32), np.full((4, 4), -2), np.zeros((2, 4, 4), np.int32)],
-    ids=["float", "below-ignore", "3d"],
+    [np.zeros((4, 4), np.float32), np.full((4, 4), -2), np.zeros((2, 2, 4, 4), np.int32)],
+    ids=["float", "below-ignore", "4d"],
 )
 def test_invalid_labels_raise(labels):
     with pytest.raises(ValueError):

@@ -11,6 +11,7 @@ from napari.layers import Image
 
 from .._session import Session
 from ..core.checkpoint import ModelFileError, load_model
+from ..core.instances import foreground as probabilities_foreground
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
@@ -86,7 +87,10 @@ class SegmentWidget(DockWidget):
         else:
             self.model_info.value = self.session.describe()
         model = self._file_model if self.model_source.value == "file" else self.session.model
-        self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
+        if model is not None and model.config.ndim == 3:
+            self.tile.choices = [("auto", None)]  # 3D tiles differ per axis: the best within the memory budget
+        else:
+            self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
         self.tile.value = None
 
     def model(self) -> UNet:
@@ -110,9 +114,11 @@ class SegmentWidget(DockWidget):
         data, channel_axis = lazy_image_data(layer)  # dask / zarr / multiscale data stays unread
         model = self.model()
         self._target, self._store_view = (layer, None), None
-        if wants_store(layer, self.to_store.value):
+        self._ndim = model.config.ndim
+        volumes = self._ndim == 3  # a 3D model segments whole volumes into one 3D labels layer
+        if not volumes and wants_store(layer, self.to_store.value):
             return self._run_into_store(layer, model, data, channel_axis)
-        if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2:
+        if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2 and not volumes:
             index = self._plane_index(layer)
             data = data[index]
             self._target = (layer, index)
@@ -168,7 +174,7 @@ class SegmentWidget(DockWidget):
             labels = full
         put_layer(self.viewer, name, labels, "labels", layer)
         if result.probabilities is not None:
-            foreground = 1.0 - result.probabilities[..., 0, :, :]
+            foreground = probabilities_foreground(result.probabilities, self._ndim)
             put_layer(self.viewer, f"{layer.name} probability", foreground, "image", layer, colormap="viridis")
         self.status.value = f"{name}: {int(result.labels.max())} objects"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -28,11 +29,15 @@ from ..core.train import CheckpointFailed, StepProgress, Trainer, ValidationResu
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import Preview, TrainingDone, training_job
-from ._layers import LayerError, image_data, labels_data, layers_of, put_layer
+from ._layers import LayerError, image_data, labels_data, layers_of, put_layer, spatial_shape
 from ._plot import LossPlot
 from ._runner import JobRunner
 
 DEFAULT_SAVE = Path.home() / "napari-unet" / "model.safetensors"
+NETWORK_TIP = (
+    "2D: the U-Net on planes (stacks plane by plane). 3D: the 3D U-Net on whole volumes, "
+    "trained from a few annotated planes (the rest -1), voxel spacing from the image layer's scale"
+)
 
 
 def format_seconds(seconds: float) -> str:
@@ -74,6 +79,9 @@ class TrainWidget(DockWidget):
             label="model", choices=["new", "session model", "file"], value="new", orientation="horizontal"
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.network = RadioButtons(
+            label="network", choices=["2D", "3D"], value="2D", orientation="horizontal", tooltip=NETWORK_TIP
+        )
         self.base_channels = SpinBox(label="base channels", value=cpu.base_channels, min=1, max=128)
         self.depth = SpinBox(label="depth", value=cpu.depth, min=1, max=6)
         self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1_000_000)
@@ -106,7 +114,7 @@ class TrainWidget(DockWidget):
         self.extend(
             [
                 group("Data", self.image, self.labels, self.add_pair, self.clear_pairs, self.pairs_label),
-                group("Model", self.model_source, self.model_file, self.base_channels, self.depth),
+                group("Model", self.model_source, self.model_file, self.network, self.base_channels, self.depth),
                 group("Run", self.steps, self.minutes, self.device, self.save_path),
                 self.show_advanced, self.advanced,
                 self.start_button, self.stop_button, self.progress, self.status, self.validation_label,
@@ -121,13 +129,36 @@ class TrainWidget(DockWidget):
         self.add_pair.changed.connect(self.guarded(self._add_pair))
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(lambda depth: self._set_tile_choices(depth))
+        self.network.changed.connect(self._on_network_changed)
+        self.image.changed.connect(self._suggest_network)
         self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
 
     def _set_tile_choices(self, depth: int) -> None:
-        self.tile.choices = tile_choices(depth)
+        # 3D tiles differ per axis (anisotropic voxels): the default tile there
+        self.tile.choices = tile_choices(depth) if self.network.value == "2D" else [("auto", None)]
         self.tile.value = None
+
+    def _suggest_network(self, *_) -> None:
+        """3D for stacks (an image layer with three or more spatial axes), else 2D."""
+        layer = self.image.value
+        if layer is not None and self.model_source.value == "new":
+            self.network.value = "3D" if len(spatial_shape(layer)) >= 3 else "2D"
+
+    def _on_network_changed(self, *_) -> None:
+        """The CPU defaults of the chosen kind of network."""
+        defaults = default_model_config("cpu", ndim=3 if self.network.value == "3D" else 2)
+        self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
+        self._set_tile_choices(self.depth.value)
+
+    def spacing(self) -> tuple[float, ...] | None:
+        """The voxel spacing (z, y, x) of the training image: its layer's scale."""
+        layer = self.image.value if self.image.value is not None else (self.pairs[0][0] if self.pairs else None)
+        if layer is None or len(spatial_shape(layer)) < 3:
+            return None
+        scale = tuple(float(s) for s in layer.scale[-3:])  # an RGB layer's scale has no colour axis
+        return scale if min(scale) > 0 else None
 
     def _add_pair(self) -> None:
         labels_data(self.labels.value, self.image.value)
@@ -160,6 +191,10 @@ class TrainWidget(DockWidget):
             return self.session.model
         if source == "file":
             return load_model(self.model_file.value)
+        if self.network.value == "3D":
+            config = default_model_config("cpu", in_channels, ndim=3, spacing=self.spacing())
+            chosen = dataclasses.replace(config, base_channels=self.base_channels.value, depth=self.depth.value)
+            return UNet.from_config(chosen)
         return UNet(in_channels=in_channels, base_channels=self.base_channels.value, depth=self.depth.value)
 
     def build_trainer(self) -> Trainer:

@@ -66,6 +66,11 @@ def check_types(record: Any) -> None:
         kinds = {part.strip() for part in str(spec.type).split("|")}
         if value is None and "None" in kinds:
             continue
+        if "tuple[int, ...]" in kinds and isinstance(value, (tuple, list)):  # one size per axis
+            if not all(isinstance(item, numbers.Integral) and not isinstance(item, bool) for item in value):
+                raise ConfigError(f"{type(record).__name__}.{spec.name} must be whole numbers, got {value!r}")
+            object.__setattr__(record, spec.name, tuple(int(item) for item in value))
+            continue
         if "int" in kinds:
             ok, wanted = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
         elif "float" in kinds:
@@ -96,6 +101,16 @@ class ModelConfig:
     The defaults are the paper's network: one input channel, two classes, 64 base
     feature channels doubling over four poolings, dropout 0.5 at the end of the
     contracting path.
+
+    Volumes (the 3D U-Net of Cicek et al. 2016): ``ndim=3`` makes every operation
+    3D. ``spacing`` (one physical voxel size per spatial axis, e.g. (z, y, x); ``None``
+    is isotropic) decides per level which axes the kernels span and the poolings
+    halve (see :mod:`napari_unet.core.spacing`). ``batch_norm`` puts a batch
+    normalisation (without learned scale and shift) before every ReLU;
+    ``double_before_pool`` doubles the channels in the second convolution of each
+    level instead of the first convolution of the next (32-64, 64-128, ...);
+    ``up_bias`` gives the up-convolutions a bias. Every new field defaults to the 2D
+    paper network, so older model files load unchanged.
     """
 
     in_channels: int = 1
@@ -103,8 +118,15 @@ class ModelConfig:
     base_channels: int = 64
     depth: int = 4
     dropout: float = 0.5
+    ndim: int = 2
+    spacing: tuple[float, ...] | None = None
+    batch_norm: bool = False
+    double_before_pool: bool = False
+    up_bias: bool = True
 
     def __post_init__(self) -> None:
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         check_types(self)
         checks = [
             (self.in_channels >= 1, "in_channels must be >= 1"),
@@ -112,10 +134,35 @@ class ModelConfig:
             (self.base_channels >= 1, "base_channels must be >= 1"),
             (1 <= self.depth <= 6, "depth must be between 1 and 6"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.ndim in (2, 3), "ndim must be 2 (images) or 3 (volumes)"),
+            (
+                self.spacing is None or (self.ndim == 3 and len(self.spacing) == 3 and min(self.spacing) > 0),
+                "spacing must hold one positive voxel size per axis (z, y, x) of a 3D model (ndim=3)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{message} (got {self})")
+
+    @classmethod
+    def paper_3d(cls, in_channels: int = 3, n_classes: int = 3, spacing: tuple[float, ...] | None = None):
+        """The 3D U-Net of Cicek et al. 2016: 3x3x3 convolutions with batch normalisation
+        before each ReLU, channels 32-64, 64-128, 128-256, 256-512, three poolings, no
+        dropout; 19,069,955 parameters for 3 input channels and 3 classes (the count
+        the paper gives, met with normalisation layers that learn nothing and
+        up-convolutions without bias). Input 132x132x116 -> output 44x44x28."""
+        return cls(
+            in_channels=in_channels,
+            n_classes=n_classes,
+            base_channels=32,
+            depth=3,
+            dropout=0.0,
+            ndim=3,
+            spacing=spacing,
+            batch_norm=True,
+            double_before_pool=True,
+            up_bias=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -240,7 +287,8 @@ class TrainConfig:
 
     Training stops after ``steps`` optimiser steps or ``minutes`` of wall time,
     whichever comes first. ``tile`` is the input tile size (a valid size; ``None``
-    picks one whose output is about 128 px). ``optimizer`` "sgd" is the paper's
+    picks one whose output is about 128 px; for 3D models an int or (z, y, x), by
+    by default 48 voxels of output in y and x and as long along z). ``optimizer`` "sgd" is the paper's
     (momentum 0.99, batch 1, large tiles); the default "adam" converges faster on
     few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
     warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
@@ -254,7 +302,7 @@ class TrainConfig:
 
     steps: int = 1000
     minutes: float | None = None
-    tile: int | None = None
+    tile: int | tuple[int, ...] | None = None
     batch_size: int = 4
     optimizer: str = "adam"
     lr: float | None = None
@@ -318,9 +366,30 @@ class TrainConfig:
         return dataclasses.replace(from_dict(cls, data), **nested)
 
 
-def default_model_config(device: str | None = None, in_channels: int = 1) -> ModelConfig:
+def default_model_config(
+    device: str | None = None, in_channels: int = 1, ndim: int = 2, spacing: tuple[float, ...] | None = None
+) -> ModelConfig:
     """The paper's network on a GPU; a smaller one (16 base channels, depth 3) on a CPU,
-    where it trains about 10x faster per pixel and still sees 88 px of context."""
+    where it trains about 10x faster per pixel and still sees 88 px of context.
+
+    ``ndim=3``: the paper's 3D U-Net on a GPU; on a CPU a narrower and shallower one of
+    the same design (:data:`CPU_3D_BASE_CHANNELS`, :data:`CPU_3D_DEPTH`), see
+    bench/bench_volumes.py. ``spacing`` (z, y, x) adapts kernels and poolings to
+    anisotropic voxels (3D only).
+    """
+    if ndim == 3:
+        if resolve_device(device).type == "cuda":
+            return ModelConfig.paper_3d(in_channels=in_channels, n_classes=2, spacing=spacing)
+        return dataclasses.replace(
+            ModelConfig.paper_3d(in_channels=in_channels, n_classes=2, spacing=spacing),
+            base_channels=CPU_3D_BASE_CHANNELS,
+            depth=CPU_3D_DEPTH,
+        )
     if resolve_device(device).type == "cuda":
         return ModelConfig(in_channels=in_channels)
     return ModelConfig(in_channels=in_channels, base_channels=16, depth=3)
+
+
+#: The 3D network trained on a CPU by default (chosen in bench/bench_volumes.py).
+CPU_3D_BASE_CHANNELS = 8
+CPU_3D_DEPTH = 2

@@ -15,9 +15,10 @@ import numpy as np
 
 from . import geometry
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
+from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from .errors import NapariUnetError
-from .layout import channels_at_minus3
+from .layout import channels_before_spatial
 from .normalize import normalize
 from .weights import separation_target, weight_map
 
@@ -74,24 +75,27 @@ def unannotated_value_warning(labels: np.ndarray) -> str | None:
     )
 
 
-def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str):
-    data = channels_at_minus3(image, in_channels, channel_axis)
+def _pair_planes(
+    image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str, ndim: int = 2
+):
+    data = channels_before_spatial(image, in_channels, channel_axis, ndim)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         if labels.size and not np.array_equal(labels, np.round(labels)):
             raise TrainingDataError(f"{name}: labels must be integers (0 background, 1.. cells, -1 ignore)")
         labels = labels.astype(np.int64)
-    if labels.shape != data.shape[:-3] + data.shape[-2:]:
+    expected = data.shape[: -ndim - 1] + data.shape[-ndim:]
+    if labels.shape != expected:
         raise TrainingDataError(
             f"{name}: labels of shape {labels.shape} do not match the image "
-            f"(expected {data.shape[:-3] + data.shape[-2:]} for image shape {np.shape(image)})"
+            f"(expected {expected} for image shape {np.shape(image)})"
         )
     if labels.size and labels.min() < IGNORE_LABEL:
         raise TrainingDataError(f"{name}: label values below {IGNORE_LABEL} are not allowed")
     warning = unannotated_value_warning(labels)
     if warning:
         log.warning("%s: %s", name, warning)
-    for index in np.ndindex(*data.shape[:-3]):
+    for index in np.ndindex(*data.shape[: -ndim - 1]):
         yield data[index], labels[index]
 
 
@@ -104,6 +108,8 @@ def prepare(
     weights: WeightMapConfig,
     channel_axis: int | None = None,
     names: Sequence[str] | None = None,
+    ndim: int = 2,
+    spacing: Sequence[float] | None = None,
 ) -> list[PreparedPlane]:
     """Prepare every annotated plane of ``images`` with ``labels``.
 
@@ -113,6 +119,10 @@ def prepare(
     image are (default: guessed, see :func:`~napari_unet.core.layout.channels_at_minus3`).
     Planes without any annotated pixel are skipped. Messages call the pairs by their
     ``names`` (e.g. the label files) or "training pair N".
+
+    ``ndim=3`` (3D models): each volume (Z, Y, X) is prepared as a whole, with the
+    3D weight map (physical distances for ``spacing``); unannotated planes (-1)
+    simply weigh 0.
     """
     if len(images) != len(labels):
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
@@ -123,12 +133,18 @@ def prepare(
         raise TrainingDataError(f"{len(images)} image(s) but {len(names)} name(s)")
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
         name = names[number - 1] if names is not None else f"training pair {number}"
-        for plane, plane_labels in _pair_planes(image, label_image, in_channels, channel_axis, name):
+        for plane, plane_labels in _pair_planes(image, label_image, in_channels, channel_axis, name, ndim):
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
             if not np.isfinite(plane).all():
                 raise TrainingDataError(f"{name}: the image holds NaN or infinite values (not finite)")
-            w = weight_map(plane_labels, weights.w0, weights.sigma, balance_classes=weights.balance_classes)
+            w = weight_map(
+                plane_labels,
+                weights.w0,
+                weights.sigma,
+                balance_classes=weights.balance_classes,
+                spacing=spacing if ndim == 3 else None,
+            )
             planes.append(
                 PreparedPlane(
                     image=normalize(plane, normalization),
@@ -157,19 +173,40 @@ class SampleStream:
     no random state.
     """
 
-    def __init__(self, planes: list[PreparedPlane], tile: int, depth: int, augment: AugmentConfig, seed: int) -> None:
-        geometry.output_size(tile, depth)  # raises a clear error for invalid sizes
+    def __init__(
+        self,
+        planes: list[PreparedPlane],
+        tile: int | Sequence[int],
+        depth: int | Sequence,
+        augment: AugmentConfig,
+        seed: int,
+        spacing: Sequence[float] | None = None,
+    ) -> None:
         self.planes = planes
+        self.augment = augment
+        self.seed = seed
+        self.spacing = spacing
+        areas = np.array([len(p.annotated) for p in planes], float)
+        self.plane_odds = areas / areas.sum()
+        if planes and planes[0].image.ndim == 4:  # volumes: per-axis tile and geometry
+            axes = (depth,) * 3 if isinstance(depth, int) else tuple(depth)
+            tiles = (tile,) * 3 if isinstance(tile, int) else tuple(tile)
+            for t, axis in zip(tiles, axes):
+                geometry.output_size(t, axis)  # raises a clear error for invalid sizes
+            self.tile = tiles
+            self.context = tuple(geometry.context(axis) for axis in axes)
+            self.output = tuple(geometry.output_size(t, axis) for t, axis in zip(tiles, axes))
+            return
+        geometry.output_size(tile, depth)  # raises a clear error for invalid sizes
         self.tile = tile
         self.context = geometry.context(depth)
         self.output = geometry.output_size(tile, depth)
-        self.augment = augment
-        self.seed = seed
-        areas = np.array([len(p.annotated) for p in planes], float)
-        self.plane_odds = areas / areas.sum()
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Sample ``index``: image (C, th, tw), target (oh, ow), weights (oh, ow), dropout seed."""
+        """Sample ``index``: image (C, th, tw), target (oh, ow), weights (oh, ow), dropout seed
+        (for volumes (C, tz, ty, tx), (oz, oy, ox), (oz, oy, ox))."""
+        if isinstance(self.tile, tuple):
+            return self._sample_volume(index)
         rng = np.random.default_rng([self.seed, index])
         plane = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
         flat = plane.annotated[rng.integers(len(plane.annotated))]
@@ -182,6 +219,23 @@ class SampleStream:
         image = resample_cubic(plane.image, coords)
         image = jitter_intensity(image, rng, self.augment)
         target, weights = resample(plane.annotation, inner, order=0)  # nearest: ignore stays 0
+        return image, target, weights, int(rng.integers(2**63))
+
+    def _sample_volume(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """One volume sample: centred near a random annotated voxel (so every crop holds
+        annotation), one 3D transform for image (trilinear), target and weights (nearest)."""
+        rng = np.random.default_rng([self.seed, index])
+        volume = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
+        flat = volume.annotated[rng.integers(len(volume.annotated))]
+        centre = np.array(np.unravel_index(flat, volume.target.shape))
+        centre += np.array([rng.integers(-(o // 4), o // 4 + 1) for o in self.output])
+        origin = centre - np.array(self.tile) // 2  # integer, so unaugmented samples are exact crops
+        middle = [o + (t - 1) / 2 for o, t in zip(origin, self.tile)]
+        coords = sampling_grid_3d(self.tile, middle, rng, self.augment, self.spacing)
+        inner = coords[(slice(None), *(slice(c, c + o) for c, o in zip(self.context, self.output)))]
+        image = resample_volume(volume.image, coords, order=1)
+        image = jitter_intensity(image, rng, self.augment)
+        target, weights = resample_volume(volume.annotation, inner, order=0)  # nearest: ignore stays 0
         return image, target, weights, int(rng.integers(2**63))
 
     def batch(self, indices: Sequence[int]) -> Batch:
@@ -198,3 +252,20 @@ class SampleStream:
 def default_tile(depth: int, output: int = 128) -> int:
     """A training tile whose output is at least ``output`` px, rounded to the pooling grid."""
     return geometry.input_size_for_output(output, depth)
+
+
+#: Output voxels along y and x of a default 3D training tile.
+DEFAULT_VOLUME_OUTPUT = 48
+
+
+def default_tile_for(config, output: int | None = None) -> int | tuple[int, ...]:
+    """The default training tile of a model: :func:`default_tile` for 2D networks; for
+    3D ones a cuboid whose output is ``output`` (default :data:`DEFAULT_VOLUME_OUTPUT`)
+    voxels along y and x and as long physically along z (fewer planes along a coarser
+    z, never more than ``output``), rounded up to valid sizes."""
+    if config.ndim == 2:
+        return default_tile(config.depth) if output is None else default_tile(config.depth, output)
+    output = DEFAULT_VOLUME_OUTPUT if output is None else output
+    z, y, x = config.spacing or (1.0, 1.0, 1.0)
+    wanted = (max(1, round(output * min(1.0, min(y, x) / z))), output, output)
+    return tuple(geometry.input_size_for_output(n, axis) for n, axis in zip(wanted, geometry.model_axes(config)))

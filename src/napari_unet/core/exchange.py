@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import standalone_unet
-from .errors import NapariUnetError, OutputFileError
+from .errors import ConfigError, NapariUnetError, OutputFileError
 from .model import UNet, weights_lock
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
@@ -46,10 +46,17 @@ def min_size(depth: int) -> int:
     return standalone_unet.min_size(depth)
 
 
+def kernel_side(kernel: int | tuple[int, ...]) -> int | tuple[int, ...]:
+    """A square kernel's side (the standalone file's format); other kernels as they are."""
+    if isinstance(kernel, tuple) and len(set(kernel)) <= 1:
+        return kernel[0] if kernel else 0  # layers without a kernel (pooling, concatenation): 0
+    return kernel
+
+
 def plan_signature(model: UNet) -> list[tuple]:
     """The core's layer plan in the standalone file's tuple format."""
     return [
-        (layer.kind, layer.module, layer.in_channels, layer.out_channels, layer.kernel, layer.relu)
+        (layer.kind, layer.module, layer.in_channels, layer.out_channels, kernel_side(layer.kernel), layer.relu)
         for layer in model.plan
     ]
 
@@ -71,6 +78,8 @@ def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     Raises ``RuntimeError`` (a bug, not a user error) if the standalone file's layer
     plan ever drifts from the core's.
     """
+    if model.config.ndim != 2:
+        raise ConfigError("export covers 2D models only; this is a 3D model (use it with napari-unet itself)")
     kwargs = architecture_kwargs(model)
     standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)]
     if standalone_plan != plan_signature(model):

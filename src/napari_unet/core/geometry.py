@@ -10,162 +10,280 @@ per level. Hence for ``s = 2**depth``:
 
 Tiles must also start on multiples of ``s`` so that every tile pools on the same grid
 as a single pass over the whole image; that is what makes tiling exact.
+
+Every function taking ``depth`` also takes one axis of a network's layer plan
+(:func:`axis_plans`) instead: an axis of an anisotropic 3D U-Net whose kernels and
+poolings skip some levels has its own step (the product of its pooling factors),
+valid sizes and margin, all read off the plan the same way.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import ModelConfig
 from .errors import NapariUnetError
-from .model import layer_input_shapes, layer_plan
+from .model import POOL, Layer, layer_input_shapes, layer_plan
+
+#: One spatial axis of a layer plan: its layers with one-element kernels and factors.
+Axis = tuple[Layer, ...]
+#: What the functions below take as ``depth``: the depth of a standard (3x3, 2x2) U-Net
+#: or one :data:`Axis` of any network.
+Depth = int | Axis
 
 
 class InvalidTileSize(NapariUnetError, ValueError):
     """A tile size that the network cannot process."""
 
 
+def axis_plans(config: ModelConfig) -> tuple[Axis, ...]:
+    """The layer plan of ``config`` seen along each spatial axis (what the geometry
+    of that axis depends on: kernel sizes and pooling factors)."""
+    plan = layer_plan(config)
+    return tuple(
+        tuple(Layer(layer.kind, kernel=layer.kernel[a : a + 1], factor=layer.factor[a : a + 1]) for layer in plan)
+        for a in range(config.ndim)
+    )
+
+
+def model_axes(config: ModelConfig) -> tuple[Depth, ...]:
+    """Per spatial axis what the geometry functions take: the depth itself where the
+    axis is a standard one (3-wide kernels, 2x pooling at every level), so plans and
+    messages stay as they always were, else the axis of the layer plan."""
+    return tuple(config.depth if axis == _axis(config.depth) else axis for axis in axis_plans(config))
+
+
 @functools.cache
-def margin(depth: int) -> int:
+def _axis(depth: Depth) -> Axis:
+    if isinstance(depth, int):
+        return axis_plans(ModelConfig(base_channels=1, depth=depth, ndim=2))[0]
+    return depth
+
+
+def step(depth: Depth) -> int:
+    """The pooling grid of an axis: the product of its pooling factors (2**depth)."""
+    return math.prod(layer.factor[0] for layer in _axis(depth) if layer.kind == POOL)
+
+
+def _output_of(axis: Axis, size: int) -> int | None:
+    """Output size of ``size`` px along ``axis``, or ``None`` where a pooling does not
+    divide or a convolution has nothing left."""
+    try:
+        shapes = layer_input_shapes(axis, (1, 1, size))
+    except ValueError:
+        return None
+    return shapes[-1][-1] if min(shape[-1] for shape in shapes) >= 1 else None
+
+
+@functools.cache
+def _grid(depth: Depth) -> tuple[int, int]:
+    """(offset, margin): valid sizes are ``offset + k * step`` (large enough to leave
+    output) and lose ``margin`` px."""
+    axis, grid = _axis(depth), step(depth)
+    start = 64 * grid + 1024  # every axis of depth <= 6 has valid sizes this large
+    for size in range(start, start + grid):
+        out = _output_of(axis, size)
+        if out is not None:
+            return size % grid, size - out
+    raise AssertionError(f"no valid size found for {axis}")  # pragma: no cover
+
+
+def _name(depth: Depth) -> str:
+    return f"a depth-{depth} U-Net" if isinstance(depth, int) else "this axis of the U-Net"
+
+
+@functools.cache
+def margin(depth: Depth) -> int:
     """Pixels lost per axis between input and output (184 for depth 4), read off the
     network's layer plan (it equals ``12 * 2**depth - 8``)."""
-    step = 2**depth
-    size = 16 * step - 4  # a valid size for every depth: 4 (step - 1) + 12 step
-    plan = layer_plan(ModelConfig(base_channels=1, depth=depth))
-    return size - layer_input_shapes(plan, (1, 1, size))[-1][-1]
+    return _grid(depth)[1]
 
 
-def context(depth: int) -> int:
+def context(depth: Depth) -> int:
     """Context pixels each side of a tile's output (92 for depth 4)."""
     return margin(depth) // 2
 
 
-def smallest_input(depth: int) -> int:
+def smallest_input(depth: Depth) -> int:
     """The smallest valid input size (its output is at least 1 px)."""
     return input_size_for_output(1, depth)
 
 
-def is_valid_size(size: int, depth: int) -> bool:
+def is_valid_size(size: int, depth: Depth) -> bool:
     """Whether ``size`` px passes through all poolings evenly and leaves output."""
-    step = 2**depth
-    return size - margin(depth) >= 1 and (size - 4 * (step - 1)) % step == 0
+    return size - margin(depth) >= 1 and (size - _grid(depth)[0]) % step(depth) == 0
 
 
-def _valid_at_least(size: int, depth: int) -> int:
+def _valid_at_least(size: int, depth: Depth) -> int:
     """The smallest size >= ``size`` that passes evenly through every pooling."""
-    step = 2**depth
-    offset = 4 * (step - 1)
-    return offset + max(math.ceil((size - offset) / step), 0) * step
+    grid, offset = step(depth), _grid(depth)[0]
+    return offset + max(math.ceil((size - offset) / grid), 0) * grid
 
 
-def input_size_for_output(n: int, depth: int) -> int:
+def input_size_for_output(n: int, depth: Depth) -> int:
     """The smallest valid input size whose output covers at least ``n`` px."""
     return _valid_at_least(max(n, 1) + margin(depth), depth)
 
 
-def nearest_valid_sizes(size: int, depth: int) -> tuple[int, int]:
+def nearest_valid_sizes(size: int, depth: Depth) -> tuple[int, int]:
     """The valid sizes just below and at-or-above ``size`` (below is 0 if none)."""
     above = max(_valid_at_least(size, depth), smallest_input(depth))
-    below = above - 2**depth
+    below = above - step(depth)
     return (below if below >= smallest_input(depth) else 0, above)
 
 
-def output_size(size: int, depth: int) -> int:
+def output_size(size: int, depth: Depth) -> int:
     """Output size of a valid input ``size``; raises :class:`InvalidTileSize` else."""
     if not is_valid_size(size, depth):
         below, above = nearest_valid_sizes(size, depth)
         near = f"{below} or {above}" if below else f"{above}"
         raise InvalidTileSize(
-            f"{size} px is not a valid tile size for a depth-{depth} U-Net "
-            f"(valid sizes step by {2**depth} px from {smallest_input(depth)}); "
+            f"{size} px is not a valid tile size for {_name(depth)} "
+            f"(valid sizes step by {step(depth)} px from {smallest_input(depth)}); "
             f"nearest valid sizes: {near}"
         )
     return size - margin(depth)
 
 
-def valid_sizes(depth: int, up_to: int) -> list[int]:
+def valid_sizes(depth: Depth, up_to: int) -> list[int]:
     """All valid input sizes up to and including ``up_to``."""
-    return list(range(smallest_input(depth), up_to + 1, 2**depth))
+    return list(range(smallest_input(depth), up_to + 1, step(depth)))
 
 
-def tile_stride(size: int, depth: int) -> int:
-    """Distance between neighbouring tiles: the output size rounded down to 2**depth."""
+def tile_stride(size: int, depth: Depth) -> int:
+    """Distance between neighbouring tiles: the output size rounded down to the
+    pooling grid (2**depth)."""
     out = output_size(size, depth)
-    stride = out - out % 2**depth
+    stride = out - out % step(depth)
     if stride < 1:
         raise InvalidTileSize(
             f"{size} px tiles are too small to step across an image; use at least "
-            f"{input_size_for_output(2**depth, depth)} px"
+            f"{input_size_for_output(step(depth), depth)} px"
         )
     return stride
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How an ``H x W`` image is covered by tiles of one size.
+    """How an ``H x W`` image (or a ``Z x Y x X`` volume) is covered by tiles of one size.
 
     ``tile`` is the input size (h, w) of every tile; ``stride`` the step between
-    tiles (h, w); ``grid`` the number of tiles (rows, columns).
+    tiles (h, w); ``grid`` the number of tiles (rows, columns). ``axes``: per axis
+    what the geometry functions take, where it is not ``depth`` for every axis
+    (anisotropic or 3D networks).
     """
 
-    image: tuple[int, int]
-    tile: tuple[int, int]
-    stride: tuple[int, int]
-    grid: tuple[int, int]
+    image: tuple[int, ...]
+    tile: tuple[int, ...]
+    stride: tuple[int, ...]
+    grid: tuple[int, ...]
     depth: int
+    axes: tuple[Depth, ...] | None = None
+
+    @property
+    def per_axis(self) -> tuple[Depth, ...]:
+        """What the geometry functions take, for each axis."""
+        return self.axes if self.axes is not None else (self.depth,) * len(self.image)
+
+    @property
+    def contexts(self) -> tuple[int, ...]:
+        """Context pixels each side of a tile's output, per axis."""
+        return tuple(context(axis) for axis in self.per_axis)
 
     @property
     def n_tiles(self) -> int:
-        return self.grid[0] * self.grid[1]
+        return math.prod(self.grid)
 
     @property
     def computed_pixels(self) -> int:
         """Input pixels pushed through the network (proportional to FLOPs)."""
-        return self.n_tiles * self.tile[0] * self.tile[1]
+        return self.n_tiles * math.prod(self.tile)
 
     @property
     def output_ratio(self) -> float:
         """Output pixels computed per useful (image) pixel; 1.0 is no waste."""
-        out = [t - margin(self.depth) for t in self.tile]
-        return self.n_tiles * out[0] * out[1] / (self.image[0] * self.image[1])
+        out = [t - margin(axis) for t, axis in zip(self.tile, self.per_axis)]
+        return self.n_tiles * math.prod(out) / math.prod(self.image)
 
     @property
     def input_ratio(self) -> float:
         """Input pixels computed (context included) per image pixel."""
-        return self.computed_pixels / (self.image[0] * self.image[1])
+        return self.computed_pixels / math.prod(self.image)
 
 
-def plan_tiles(image: tuple[int, int], tile: int | tuple[int, int], depth: int) -> TilePlan:
-    """Cover ``image`` (H, W) with tiles of the given valid input size."""
-    tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    stride = tuple(tile_stride(t, depth) for t in tile_hw)
+def _per_axis(depth: Depth | Sequence[Depth], n: int) -> tuple[tuple[Depth, ...], int, tuple[Depth, ...] | None]:
+    """(per-axis depths, the plan's depth, the plan's ``axes``) for ``n`` axes."""
+    one = isinstance(depth, int) or (len(depth) > 0 and isinstance(depth[0], Layer))
+    axes = (depth,) * n if one else tuple(depth)
+    if len(axes) != n:
+        raise InvalidTileSize(f"{len(axes)} axes given for a {n}-dimensional image")
+    if all(isinstance(axis, int) for axis in axes) and len(set(axes)) == 1:
+        return axes, axes[0], None
+    return axes, max(_levels(axis) for axis in axes), axes
+
+
+def _levels(depth: Depth) -> int:
+    return depth if isinstance(depth, int) else sum(layer.kind == POOL for layer in depth)
+
+
+def plan_tiles(image: Sequence[int], tile: int | Sequence[int], depth: Depth | Sequence[Depth]) -> TilePlan:
+    """Cover ``image`` (H, W), or (Z, Y, X), with tiles of the given valid input size
+    (one int for every axis, or one per axis). ``depth``: an int, one axis for all,
+    or one per axis (:func:`model_axes`)."""
+    axes, levels, recorded = _per_axis(depth, len(image))
+    tiles = (tile,) * len(image) if isinstance(tile, int) else tuple(tile)
+    if len(tiles) != len(image):
+        raise InvalidTileSize(f"tile {tuple(tiles)} has {len(tiles)} sizes for a {len(image)}-dimensional image")
+    stride = tuple(tile_stride(t, axis) for t, axis in zip(tiles, axes))
     grid = tuple(math.ceil(n / s) for n, s in zip(image, stride))
-    return TilePlan(tuple(image), tile_hw, stride, grid, depth)
+    return TilePlan(tuple(image), tiles, stride, grid, levels, recorded)
 
 
-def best_tile(image: tuple[int, int], depth: int, max_tile_pixels: int) -> TilePlan:
+def best_tile(image: Sequence[int], depth: Depth | Sequence[Depth], max_tile_pixels: int) -> TilePlan:
     """The tile size that covers ``image`` with the fewest computed pixels.
 
-    Tiles may be rectangular; each holds at most ``max_tile_pixels`` input pixels
-    (the memory budget). Ties go to fewer, larger tiles.
+    Tiles may be rectangular (cuboid); each holds at most ``max_tile_pixels`` input
+    pixels (the memory budget). Ties go to fewer, larger tiles.
     """
-    floor = input_size_for_output(2**depth, depth)
-    if floor * floor > max_tile_pixels:
+    axes, _, _ = _per_axis(depth, len(image))
+    floors = [input_size_for_output(step(axis), axis) for axis in axes]
+    if math.prod(floors) > max_tile_pixels:
+        shape = "x".join(str(f) for f in floors)
         raise InvalidTileSize(
             f"a memory budget of {max_tile_pixels} px per tile is below the smallest "
-            f"usable depth-{depth} tile ({floor}x{floor}); allow more memory"
+            f"usable {f'depth-{axes[0]}' if isinstance(axes[0], int) and len(set(axes)) == 1 else 'U-Net'} tile "
+            f"({shape}); allow more memory"
         )
-    candidates = [[s for s in valid_sizes(depth, input_size_for_output(n, depth)) if s >= floor] for n in image]
-    best: TilePlan | None = None
-    for th in candidates[0]:
-        for tw in candidates[1]:
-            if th * tw > max_tile_pixels:
+    # per axis: (tile, computed length = tiles * tile, tiles); the computed pixels of a
+    # plan are the product over axes, so a larger tile that is not cheaper on its axis
+    # never helps and is left out
+    options = []
+    for n, axis, floor in zip(image, axes, floors):
+        kept: list[tuple[int, int, int]] = []
+        for size in valid_sizes(axis, input_size_for_output(n, axis)):
+            if size < floor:
+                continue
+            tiles = math.ceil(n / tile_stride(size, axis))
+            if not kept or (tiles * size, tiles) < kept[-1][1:]:
+                kept.append((size, tiles * size, tiles))
+        options.append(kept)
+    best: tuple[tuple[int, int], tuple[int, ...]] | None = None
+
+    def search(axis: int, chosen: tuple[int, ...], budget: int, computed: int, tiles: int) -> None:
+        nonlocal best
+        if axis == len(options):
+            if best is None or (computed, tiles) < best[0]:
+                best = ((computed, tiles), chosen)
+            return
+        rest = math.prod(floors[axis + 1 :])
+        for size, cost, count in options[axis]:
+            if size * rest > budget:
                 break
-            plan = plan_tiles(image, (th, tw), depth)
-            key = (plan.computed_pixels, plan.n_tiles)
-            if best is None or key < (best.computed_pixels, best.n_tiles):
-                best = plan
+            search(axis + 1, (*chosen, size), budget // size, computed * cost, tiles * count)
+
+    search(0, (), max_tile_pixels, 1, 1)
     assert best is not None  # the floor tile always fits
-    return best
+    return plan_tiles(image, best[1], depth)

@@ -1,6 +1,7 @@
 """From per-class probabilities to instance labels.
 
-Per plane: threshold the foreground probability, label 4-connected components,
+Per plane (per volume for 3D models, with 6-connectivity and the same rules in
+3D): threshold the foreground probability, label 4-connected components,
 give every hole the id of its nearest object pixel, drop small objects, grow the
 objects by ``expand`` px into background without merging, and number them 1..n in
 raster order. Each step works in one pass over the image or locally around a hole:
@@ -23,26 +24,37 @@ from .config import InstanceConfig
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
-def foreground(probabilities: np.ndarray) -> np.ndarray:
-    """Foreground probability (..., H, W) from probabilities (..., K, H, W): 1 - background."""
-    return 1.0 - probabilities[..., 0, :, :]
+def _faces(ndim: int) -> np.ndarray:
+    """Face connectivity: 4 neighbours in 2D, 6 in 3D."""
+    return _CROSS if ndim == 2 else ndimage.generate_binary_structure(ndim, 1)
 
 
-def probabilities_to_labels(probabilities: np.ndarray, config: InstanceConfig | None = None) -> np.ndarray:
+def foreground(probabilities: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """Foreground probability (..., H, W) from probabilities (..., K, H, W): 1 - background.
+    ``ndim=3``: (..., Z, Y, X) from (..., K, Z, Y, X)."""
+    return 1.0 - np.take(probabilities, 0, axis=-ndim - 1)
+
+
+def probabilities_to_labels(
+    probabilities: np.ndarray, config: InstanceConfig | None = None, ndim: int = 2
+) -> np.ndarray:
     """Instance labels int32 (..., H, W) from probabilities (..., K, H, W); see the module
     docstring for the steps (``config`` sets threshold, hole filling, minimum size and
-    grow). Deterministic."""
+    grow). ``ndim=3``: one labelling per volume (..., Z, Y, X), so an object keeps one
+    id across planes. Deterministic."""
     config = config or InstanceConfig()
-    mask = foreground(probabilities) > config.threshold
+    mask = foreground(probabilities, ndim) > config.threshold
     labels = np.zeros(mask.shape, np.int32)
-    for index in np.ndindex(*mask.shape[:-2]):
+    for index in np.ndindex(*mask.shape[: mask.ndim - ndim]):
         labels[index] = mask_to_labels(mask[index], config)
     return labels
 
 
 def mask_to_labels(mask: np.ndarray, config: InstanceConfig) -> np.ndarray:
-    """Instance labels int32 (H, W) of one boolean foreground ``mask`` (H, W)."""
-    labels, count = ndimage.label(mask, structure=_CROSS)
+    """Instance labels int32 (H, W) of one boolean foreground ``mask`` (H, W); a mask
+    (Z, Y, X) gives 3D objects (6-connected, holes are 6-connected background
+    regions that do not reach the volume's border, sizes in voxels)."""
+    labels, count = ndimage.label(mask, structure=_faces(mask.ndim))
     if count == 0:
         return labels.astype(np.int32)
     if config.fill_holes:
@@ -61,48 +73,55 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig) -> np.ndarray:
 
 def _fill_holes(labels: np.ndarray, mask: np.ndarray) -> None:
     """Give every hole (a 4-connected background region that does not reach the image
-    border) the id of its nearest object pixel, in place.
+    border; 6-connected in 3D) the id of its nearest object pixel, in place.
 
     The nearest object pixel of a hole pixel lies within the hole's bounding box
     grown by its diagonal, so a distance transform of that window alone finds it,
     with the same tie-breaking as one over the whole image.
     """
-    background, count = ndimage.label(~mask, structure=_CROSS)
+    background, count = ndimage.label(~mask, structure=_faces(mask.ndim))
     if count == 0:
         return
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    faces = [np.take(background, end, axis=axis) for axis in range(mask.ndim) for end in (0, -1)]
+    border = np.unique(np.concatenate([face.ravel() for face in faces]))
     is_hole = np.ones(count + 1, bool)
     is_hole[border] = False
     is_hole[0] = False
     if not is_hole.any():
         return
     objects = labels.copy()  # holes take ids of object pixels, never of holes filled before them
-    height, width = labels.shape
     for region, window in enumerate(ndimage.find_objects(background), start=1):
         if window is None or not is_hole[region]:
             continue
-        rows, cols = window
-        reach = math.ceil(math.hypot(rows.stop - rows.start + 2, cols.stop - cols.start + 2)) + 1
-        top, left = max(rows.start - reach, 0), max(cols.start - reach, 0)
-        window = (slice(top, min(rows.stop + reach, height)), slice(left, min(cols.stop + reach, width)))
+        reach = math.ceil(math.hypot(*(s.stop - s.start + 2 for s in window))) + 1
+        window = tuple(slice(max(s.start - reach, 0), min(s.stop + reach, n)) for s, n in zip(window, labels.shape))
         crop = objects[window]
-        _, (near_y, near_x) = ndimage.distance_transform_edt(crop == 0, return_indices=True)
+        _, nearest = ndimage.distance_transform_edt(crop == 0, return_indices=True)
         hole = background[window] == region
-        labels[window][hole] = crop[near_y[hole], near_x[hole]]
+        labels[window][hole] = crop[tuple(axis[hole] for axis in nearest)]
+
+
+#: Face neighbours in the order the 1-px grow applies them (the last applied wins),
+#: per dimensionality: the choice a whole-image nearest-pixel distance transform makes.
+_GROW_ORDER = {
+    2: ((0, 1), (1, 0), (-1, 0), (0, -1)),
+    3: ((0, 0, 1), (0, 1, 0), (1, 0, 0), (-1, 0, 0), (0, -1, 0), (0, 0, -1)),
+}
 
 
 def _grow_one_pixel(labels: np.ndarray) -> None:
     """Grow every object by 1 px into background without merging, in place.
 
-    A background pixel takes the id of a labelled 4-neighbour (the pixels at distance
-    1); where several are labelled it prefers left, then up, then down, then right —
-    the choice a whole-image nearest-pixel distance transform makes.
+    A background pixel takes the id of a labelled face neighbour (the pixels at
+    distance 1); where several are labelled it prefers left, then up, then down, then
+    right (in 3D: x-1, y-1, z-1, z+1, y+1, x+1) — the choice a whole-image
+    nearest-pixel distance transform makes.
     """
     empty, labelled = labels == 0, labels > 0
     grown = labels.copy()
-    height, width = labels.shape
-    for dy, dx in ((0, 1), (1, 0), (-1, 0), (0, -1)):  # the last applied wins: right, down, up, left
-        target = (slice(max(-dy, 0), height - max(dy, 0)), slice(max(-dx, 0), width - max(dx, 0)))
-        source = (slice(max(dy, 0), height + min(dy, 0)), slice(max(dx, 0), width + min(dx, 0)))
+    shape = labels.shape
+    for offset in _GROW_ORDER[labels.ndim]:  # the last applied wins
+        target = tuple(slice(max(-d, 0), n - max(d, 0)) for d, n in zip(offset, shape))
+        source = tuple(slice(max(d, 0), n + min(d, 0)) for d, n in zip(offset, shape))
         np.copyto(grown[target], labels[source], where=empty[target] & labelled[source])
     labels[...] = grown

@@ -163,3 +163,31 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
     else:
         raise ImageFileError(f"{path}: cannot write {suffix!r} files; use .tif, .npy or .png")
     write_atomic(path, buffer.getvalue())
+
+
+def read_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
+    """The voxel spacing (z, y, x) a TIFF file records, or ``None``.
+
+    Read from ImageJ's metadata (``spacing`` for z) and the X/Y resolution tags
+    (pixels per unit); ``None`` where the file holds no z spacing, is not a TIFF, or
+    cannot be read (the caller then treats voxels as isotropic).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            z = (tif.imagej_metadata or {}).get("spacing")
+            page = tif.pages[0]
+            sizes = []
+            for tag in ("YResolution", "XResolution"):
+                value = page.tags.get(tag)
+                numerator, denominator = value.value if value is not None else (1, 1)
+                sizes.append(denominator / numerator if numerator else 1.0)
+    except Exception:  # a file we can read pixels from but not metadata: no spacing
+        return None
+    if z is None or float(z) <= 0:
+        return None
+    return (float(z), sizes[0], sizes[1])

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .config import IGNORE_LABEL
+from .weights import half_neighbourhood, neighbour_views
 
 #: IoU thresholds 0.5, 0.55, ..., 0.9.
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))
@@ -219,16 +220,16 @@ def combine(stats_per_image: list[list[MatchStats]]) -> list[MatchStats]:
 
 
 def touching_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
-    """Pairs ``(a, b)``, ``a < b``, of objects in ``labels`` int (H, W) that are 8-neighbours.
+    """Pairs ``(a, b)``, ``a < b``, of objects in ``labels`` int (H, W) that are 8-neighbours
+    (26-neighbours in a volume (Z, Y, X)).
 
     Only positive ids count (background and ignore pixels never touch anything).
     """
     labels = np.asarray(labels)
-    h, w = labels.shape
     firsts, seconds = [], []
-    for dy, dx in _HALF_NEIGHBOURHOOD:
-        a = labels[0 : h - dy, max(0, -dx) : w - max(0, dx)]
-        b = labels[dy:h, max(0, dx) : w - max(0, -dx)]
+    offsets = _HALF_NEIGHBOURHOOD if labels.ndim == 2 else half_neighbourhood(labels.ndim)
+    for offset in offsets:
+        a, b = neighbour_views(labels, *offset)
         touching = (a > 0) & (b > 0) & (a != b)
         firsts.append(a[touching])
         seconds.append(b[touching])

@@ -8,6 +8,7 @@ count (:func:`forward_flops`) all follow that plan.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import weakref
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, ModelSpec
+from .spacing import level_kernels_and_pools
 
 CONV, POOL, DROPOUT, UP, CONCAT = "conv", "pool", "dropout", "up", "concat"
 
@@ -26,50 +28,80 @@ CONV, POOL, DROPOUT, UP, CONCAT = "conv", "pool", "dropout", "up", "concat"
 class Layer:
     """One step of the forward pass.
 
-    ``kind``: ``"conv"`` (unpadded ``kernel``-sized convolution, then ReLU if
-    ``relu``), ``"pool"`` (keep the input as a skip connection, then 2x2 max
-    pooling), ``"dropout"``, ``"up"`` (2x2 stride-2 up-convolution) or ``"concat"``
-    (centre-crop the latest skip to the input's size and put it in front of the
-    input's channels). ``module`` names the submodule holding the weights.
+    ``kind``: ``"conv"`` (unpadded convolution of ``kernel`` size per spatial axis,
+    then batch normalisation if ``norm`` names one, then ReLU if ``relu``),
+    ``"pool"`` (keep the input as a skip connection, then max pooling by ``factor``
+    per axis), ``"dropout"``, ``"up"`` (up-convolution whose kernel and stride are
+    ``factor``) or ``"concat"`` (centre-crop the latest skip to the input's size and
+    put it in front of the input's channels). ``module`` names the submodule holding
+    the weights. In the 2D paper network every kernel is (3, 3) (1x1 for the head)
+    and every factor (2, 2).
     """
 
     kind: str
     module: str = ""
     in_channels: int = 0
     out_channels: int = 0
-    kernel: int = 0
+    kernel: tuple[int, ...] = ()
     relu: bool = False
+    factor: tuple[int, ...] = ()
+    norm: str = ""
+
+
+def level_widths(config: ModelConfig) -> list[tuple[int, int]]:
+    """(first, second) convolution widths of every level, the bottom last.
+
+    The 2015 paper: both ``base * 2**level``. With ``double_before_pool`` (the 3D
+    U-Net): ``base * 2**level`` then ``base * 2**(level + 1)``.
+    """
+    first = [config.base_channels * 2**level for level in range(config.depth + 1)]
+    return [(c, 2 * c if config.double_before_pool else c) for c in first]
 
 
 def layer_plan(config: ModelConfig) -> list[Layer]:
     """The layers of the paper's Fig. 1 for ``config``, in forward order.
 
-    Per level two 3x3 convolutions + ReLU, then pooling (the contracting path); at
-    the bottom two more and dropout; per level back up an up-convolution that
-    halves the channels, concatenation with the cropped skip and two convolutions;
-    finally a 1x1 convolution to the classes. Module names match :class:`UNet`'s.
+    Per level two unpadded convolutions + ReLU, then pooling (the contracting path);
+    at the bottom two more and dropout; per level back up an up-convolution,
+    concatenation with the cropped skip and two convolutions; finally a 1x1
+    convolution to the classes. The 2D paper network halves the channels in the
+    up-convolution; the 3D U-Net (``double_before_pool``) keeps them. Kernel sizes
+    and pooling factors per axis follow ``config.spacing`` (see
+    :mod:`napari_unet.core.spacing`). Module names match :class:`UNet`'s.
     """
-    widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
+    kernels, pools = level_kernels_and_pools(config.spacing, config.depth, config.ndim)
+    widths = level_widths(config)
+    norm = config.batch_norm
 
-    def double(prefix: str, c_in: int, c_out: int) -> list[Layer]:
-        return [Layer(CONV, f"{prefix}.0", c_in, c_out, 3, True), Layer(CONV, f"{prefix}.2", c_out, c_out, 3, True)]
+    def double(prefix: str, c_in: int, c_mid: int, c_out: int, kernel: tuple[int, ...]) -> list[Layer]:
+        # inside the block: conv, [norm], relu, conv, [norm], relu
+        step = 3 if norm else 2
+        return [
+            Layer(CONV, f"{prefix}.0", c_in, c_mid, kernel, True, norm=f"{prefix}.1" if norm else ""),
+            Layer(CONV, f"{prefix}.{step}", c_mid, c_out, kernel, True, norm=f"{prefix}.{step + 1}" if norm else ""),
+        ]
 
     plan: list[Layer] = []
     channels = config.in_channels
     for level in range(config.depth):
-        plan += [*double(f"down.{level}", channels, widths[level]), Layer(POOL)]
-        channels = widths[level]
-    plan += [*double("bottom", channels, widths[-1]), Layer(DROPOUT, "dropout")]
+        plan += [*double(f"down.{level}", channels, *widths[level], kernels[level]), Layer(POOL, factor=pools[level])]
+        channels = widths[level][1]
+    plan += [*double("bottom", channels, *widths[-1], kernels[-1]), Layer(DROPOUT, "dropout")]
+    channels = widths[-1][1]
     for step, level in enumerate(reversed(range(config.depth))):
-        plan += [Layer(UP, f"up.{step}", widths[level + 1], widths[level], 2), Layer(CONCAT)]
-        plan += double(f"up_conv.{step}", 2 * widths[level], widths[level])
-    plan.append(Layer(CONV, "head", widths[0], config.n_classes, 1, False))
+        skip = widths[level][1]
+        up_out = channels if config.double_before_pool else skip
+        plan += [Layer(UP, f"up.{step}", channels, up_out, pools[level], factor=pools[level]), Layer(CONCAT)]
+        plan += double(f"up_conv.{step}", up_out + skip, skip, skip, kernels[level])
+        channels = skip
+    plan.append(Layer(CONV, "head", channels, config.n_classes, (1,) * config.ndim, False))
     return plan
 
 
 def layer_input_shapes(plan: Sequence[Layer], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
     """The input shape ``(N, C, *spatial)`` of every layer of ``plan``, and at the end
-    the output's shape. Raises ``ValueError`` where a pooling meets an odd size."""
+    the output's shape. Raises ``ValueError`` where a pooling meets a size it does
+    not divide (an odd size for 2x pooling)."""
     shape = tuple(input_shape)
     skips: list[tuple[int, ...]] = []
     shapes = []
@@ -77,14 +109,16 @@ def layer_input_shapes(plan: Sequence[Layer], input_shape: Sequence[int]) -> lis
         shapes.append(shape)
         batch, channels, spatial = shape[0], shape[1], shape[2:]
         if layer.kind == CONV:
-            shape = (batch, layer.out_channels, *(n - layer.kernel + 1 for n in spatial))
+            shape = (batch, layer.out_channels, *(n - k + 1 for n, k in zip(spatial, layer.kernel)))
         elif layer.kind == POOL:
-            if any(n % 2 for n in spatial):
-                raise ValueError(f"2x2 pooling of an odd size {spatial}: {tuple(input_shape)} is not a valid input")
+            if any(n % f for n, f in zip(spatial, layer.factor)):
+                raise ValueError(
+                    f"pooling by {layer.factor} of an odd size {spatial}: {tuple(input_shape)} is not a valid input"
+                )
             skips.append(shape)
-            shape = (batch, channels, *(n // 2 for n in spatial))
+            shape = (batch, channels, *(n // f for n, f in zip(spatial, layer.factor)))
         elif layer.kind == UP:
-            shape = (batch, layer.out_channels, *(2 * n for n in spatial))
+            shape = (batch, layer.out_channels, *(n * f for n, f in zip(spatial, layer.factor)))
         elif layer.kind == CONCAT:
             shape = (batch, skips.pop()[1] + channels, *spatial)
     shapes.append(shape)
@@ -95,14 +129,13 @@ def forward_flops(config: ModelConfig, input_shape: Sequence[int]) -> int:
     """Floating-point operations (2 per multiply-add) of one forward pass on an input
     of ``input_shape`` ``(N, C, *spatial)``. Counts the convolutions and the
     up-convolutions (each output pixel takes one tap per input channel); biases,
-    activations, pooling and copies are not counted."""
+    normalisation, activations, pooling and copies are not counted."""
     plan = layer_plan(config)
     total = 0
     for layer, shape_out in zip(plan, layer_input_shapes(plan, input_shape)[1:]):
         out_pixels = shape_out[0] * math.prod(shape_out[2:])
         if layer.kind == CONV:
-            spatial_dims = len(shape_out) - 2
-            total += 2 * layer.in_channels * layer.out_channels * layer.kernel**spatial_dims * out_pixels
+            total += 2 * layer.in_channels * layer.out_channels * math.prod(layer.kernel) * out_pixels
         elif layer.kind == UP:
             total += 2 * layer.in_channels * layer.out_channels * out_pixels
     return total
@@ -114,6 +147,12 @@ def center_crop(features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return features[(..., *window)]
 
 
+def max_pool(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
+    """Max pooling of ``x`` (N, C, *spatial) by ``factor`` per axis (kernel = stride)."""
+    pool = nn.functional.max_pool2d if x.ndim == 4 else nn.functional.max_pool3d
+    return pool(x, tuple(factor))
+
+
 def run_plan(plan: Sequence[Layer], x: torch.Tensor, apply: Callable[[int, Layer, torch.Tensor], torch.Tensor]):
     """Push ``x`` through ``plan``; ``apply(index, layer, x)`` computes the layers
     with weights (conv, up, dropout), the plan itself pooling and concatenation."""
@@ -121,7 +160,7 @@ def run_plan(plan: Sequence[Layer], x: torch.Tensor, apply: Callable[[int, Layer
     for index, layer in enumerate(plan):
         if layer.kind == POOL:
             skips.append(x)
-            x = nn.functional.max_pool2d(x, 2)
+            x = max_pool(x, layer.factor)
         elif layer.kind == CONCAT:
             x = torch.cat([center_crop(skips.pop(), x.shape[2:]), x], dim=1)
         else:
@@ -146,12 +185,18 @@ class SampleDropout2d(nn.Module):
         if not self.training or self.p == 0:
             return x
         if seeds is None:
-            return nn.functional.dropout2d(x, self.p, training=True)
+            drop = nn.functional.dropout2d if x.ndim == 4 else nn.functional.dropout3d
+            return drop(x, self.p, training=True)
         keep = torch.stack(
             [torch.rand(x.shape[1], generator=torch.Generator().manual_seed(int(seed))) >= self.p for seed in seeds]
         )
         scale = keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.p)
         return x * scale.view(*scale.shape, *([1] * (x.ndim - 2)))
+
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_UP_CONV = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
 class DoubleConv(nn.Sequential):
@@ -177,6 +222,11 @@ class UNet(nn.Module):
     The defaults are the paper's network (Fig. 1): 23 convolution layers and about
     31.03 M parameters. Dropout sits at the end of the contracting path.
 
+    ``ndim=3`` gives the 3D U-Net (Cicek et al. 2016) on ``(N, C, Z, Y, X)`` inputs;
+    ``spacing`` and the other keywords are :class:`ModelConfig`'s, and
+    :meth:`paper_3d` is the paper's 3D network. The modules are built from the
+    layer plan (:func:`layer_plan`), the one description of the network.
+
     ``spec`` holds what a model file records besides the weights (normalisation,
     instance post-processing, class names); prediction reads it from here.
     """
@@ -188,40 +238,91 @@ class UNet(nn.Module):
         base_channels: int = 64,
         depth: int = 4,
         dropout: float = 0.5,
+        *,
+        ndim: int = 2,
+        spacing: Sequence[float] | None = None,
+        batch_norm: bool = False,
+        double_before_pool: bool = False,
+        up_bias: bool = True,
     ) -> None:
         super().__init__()
-        self.config = config = ModelConfig(in_channels, n_classes, base_channels, depth, dropout)
+        self.config = config = ModelConfig(
+            in_channels,
+            n_classes,
+            base_channels,
+            depth,
+            dropout,
+            ndim=ndim,
+            spacing=None if spacing is None else tuple(spacing),
+            batch_norm=batch_norm,
+            double_before_pool=double_before_pool,
+            up_bias=up_bias,
+        )
         self.spec = ModelSpec(model=config)
         self.plan = layer_plan(config)
-        widths = [base_channels * 2**level for level in range(depth + 1)]
-        self.down = nn.ModuleList(
-            DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-2]], widths[:-1])
-        )
-        self.bottom = DoubleConv(widths[-2], widths[-1])
+        # containers first, in the order the 2D network always registered them, so
+        # parameter order (optimiser state) and state-dict names stay as they were
+        self.down = nn.ModuleList()
+        self.bottom = nn.Sequential()
         self.dropout = SampleDropout2d(dropout)
-        levels = list(reversed(range(depth)))
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels)
-        self.up_conv = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in levels)
-        self.head = nn.Conv2d(widths[0], n_classes, kernel_size=1)
+        self.up = nn.ModuleList()
+        self.up_conv = nn.ModuleList()
+        for layer in self.plan:
+            if layer.kind == CONV:
+                conv = _CONV[ndim](layer.in_channels, layer.out_channels, kernel_size=layer.kernel)
+                self._place(layer.module, conv)
+                if layer.norm:
+                    self._place(layer.norm, _NORM[ndim](layer.out_channels, affine=False))
+                if layer.relu:
+                    self._place(_next_name(layer.norm or layer.module), nn.ReLU(inplace=True))
+            elif layer.kind == UP:
+                up = _UP_CONV[ndim](
+                    layer.in_channels, layer.out_channels, layer.kernel, stride=layer.factor, bias=up_bias
+                )
+                self._place(layer.module, up)
         self._layers = [self.get_submodule(layer.module) if layer.module else None for layer in self.plan]
         self.reset_parameters()
 
+    def _place(self, name: str, module: nn.Module) -> None:
+        """Put ``module`` at the dotted ``name`` ("down.1.0", "up.2", "head"),
+        appending the blocks that lead there."""
+        *path, last = name.split(".")
+        parent: nn.Module = self
+        for part in path:
+            if isinstance(parent, nn.ModuleList):
+                while len(parent) <= int(part):
+                    parent.append(nn.Sequential())
+                parent = parent[int(part)]
+            else:
+                parent = getattr(parent, part)
+        if isinstance(parent, nn.ModuleList):
+            assert int(last) == len(parent)
+            parent.append(module)
+        else:
+            parent.add_module(last, module)
+
     @classmethod
     def from_config(cls, config: ModelConfig) -> UNet:
-        return cls(config.in_channels, config.n_classes, config.base_channels, config.depth, config.dropout)
+        return cls(**dataclasses.asdict(config))
+
+    @classmethod
+    def paper_3d(cls, in_channels: int = 3, n_classes: int = 3, spacing: Sequence[float] | None = None) -> UNet:
+        """The 3D U-Net of Cicek et al. 2016 (see :meth:`ModelConfig.paper_3d`)."""
+        return cls.from_config(ModelConfig.paper_3d(in_channels, n_classes, spacing))
 
     def reset_parameters(self) -> None:
         """He initialisation: N(0, sqrt(2 / incoming connections)), zero biases."""
         for module in self.modules():
-            if isinstance(module, nn.ConvTranspose2d):
+            if isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
                 # stride == kernel: each output pixel sees one tap per input channel
                 fan_in = module.in_channels
-            elif isinstance(module, nn.Conv2d):
-                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                fan_in = module.in_channels * math.prod(module.kernel_size)
             else:
                 continue
             nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_in))
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor, dropout_seeds: Sequence[int] | None = None) -> torch.Tensor:
         """Logits of ``x``; ``dropout_seeds`` (one per sample) fix the dropout masks in
@@ -231,9 +332,17 @@ class UNet(nn.Module):
             if layer.kind == DROPOUT:
                 return self.dropout(x, dropout_seeds)
             x = self._layers[index](x)
+            if layer.norm:
+                x = self.get_submodule(layer.norm)(x)
             return torch.relu_(x) if layer.relu else x
 
         return run_plan(self.plan, x, apply)
+
+
+def _next_name(name: str) -> str:
+    """The dotted name one position after ``name`` in its block ("down.0.1" -> "down.0.2")."""
+    *path, last = name.split(".")
+    return ".".join([*path, str(int(last) + 1)])
 
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
@@ -260,6 +369,11 @@ def snapshot(model: UNet, device: torch.device | str = "cpu") -> UNet:
     copy.spec = model.spec
     copy.metadata = dict(getattr(model, "metadata", {}))
     return copy.eval().requires_grad_(False)
+
+
+def _channels_last(ndim: int) -> torch.memory_format:
+    """The channels-last memory format of a ``ndim``-dimensional tensor (4: images, 5: volumes)."""
+    return torch.channels_last if ndim == 4 else torch.channels_last_3d
 
 
 def _fused_conv_op():
@@ -293,6 +407,10 @@ class CpuInference:
     weights: build a new one after they change. Calls take ``(N, C, H, W)`` inputs of
     any layout and dtype and return logits ``(N, K, H - m, W - m)`` in ``dtype``,
     channels-last.
+
+    3D models take ``(N, C, Z, Y, X)`` and run plain channels-last-3d convolutions
+    (the fused op is used for 2D only). Batch normalisation (eval mode) is folded into
+    the convolution before it, once, here.
     """
 
     def __init__(
@@ -305,18 +423,29 @@ class CpuInference:
     ) -> None:
         self.dtype = dtype
         self.plan = model.plan
-        self.fused = fused and _fused_conv_op() is not None
+        self.fused = fused and _fused_conv_op() is not None and len(input_shape) == 4
         shapes = layer_input_shapes(self.plan, input_shape)
         with weights_lock(model), torch.no_grad():
             self.weights = [
-                self._pack(model.get_submodule(layer.module), layer, shape) if layer.kind in (CONV, UP) else None
+                self._pack(model, layer, shape) if layer.kind in (CONV, UP) else None
                 for layer, shape in zip(self.plan, shapes)
             ]
 
-    def _pack(self, module: nn.Module, layer: Layer, shape: tuple[int, ...]):
-        weight = module.weight.detach().to(self.dtype, copy=True)
-        bias = module.bias.detach().to(self.dtype, copy=True)
-        if layer.kind == CONV and self.fused:
+    def _pack(self, model: nn.Module, layer: Layer, shape: tuple[int, ...]):
+        module = model.get_submodule(layer.module)
+        weight, bias = module.weight.detach().double(), module.bias
+        bias = torch.zeros(weight.shape[1 if layer.kind == UP else 0], dtype=weight.dtype) if bias is None else bias
+        bias = bias.detach().double()
+        if layer.norm:  # fold the normalisation's running statistics into the convolution
+            norm = model.get_submodule(layer.norm)
+            scale = (norm.running_var.double() + norm.eps).rsqrt()
+            shift = -norm.running_mean.double() * scale
+            if norm.weight is not None:
+                scale, shift = scale * norm.weight.double(), shift * norm.weight.double() + norm.bias.double()
+            weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
+            bias = bias * scale + shift
+        weight, bias = weight.to(self.dtype), bias.to(self.dtype)
+        if layer.kind == CONV and self.fused and len(shape) == 4:
             try:
                 weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     weight.contiguous().to_mkldnn(), [0, 0], [1, 1], [1, 1], 1, list(shape)
@@ -324,20 +453,21 @@ class CpuInference:
                 return weight, bias
             except RuntimeError:  # pragma: no cover - depends on the torch build
                 self.fused = False
-        return weight.contiguous(memory_format=torch.channels_last), bias
+        return weight.contiguous(memory_format=_channels_last(weight.ndim)), bias
 
     def _apply_layer(self, index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if layer.kind == DROPOUT:
             return x
         weight, bias = self.weights[index]
         if layer.kind == UP:
-            return nn.functional.conv_transpose2d(x, weight, bias, stride=2)
+            up = nn.functional.conv_transpose2d if x.ndim == 4 else nn.functional.conv_transpose3d
+            return up(x, weight, bias, stride=layer.factor)
         if weight.is_mkldnn:
             attr = "relu" if layer.relu else "none"
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, attr, [], "")
-        x = nn.functional.conv2d(x, weight, bias)
+        x = (nn.functional.conv2d if x.ndim == 4 else nn.functional.conv3d)(x, weight, bias)
         return torch.relu_(x) if layer.relu else x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.dtype).contiguous(memory_format=_channels_last(x.ndim))
         return run_plan(self.plan, x, self._apply_layer)

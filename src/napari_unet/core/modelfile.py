@@ -67,6 +67,7 @@ DTYPE_BYTES = {
     "F64": 8,
 }
 WEIGHT_DTYPES = ("F32", "F16", "BF16")
+COUNTER_DTYPES = ("I64",)
 
 
 class ModelFileError(NapariUnetError, ValueError):
@@ -121,17 +122,22 @@ def _short(value: Any) -> str:
 
 
 def expected_weights(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Name and shape of every weight of the U-Net ``spec`` describes, as
-    :class:`~napari_unet.core.model.UNet`'s ``state_dict`` names them."""
+    """Name and shape of every tensor of the U-Net ``spec`` describes (2D or 3D), as
+    :class:`~napari_unet.core.model.UNet`'s ``state_dict`` names them, computed from
+    the layer plan without building anything."""
+    config = spec.model
     shapes: dict[str, tuple[int, ...]] = {}
-    for layer in layer_plan(spec.model):
+    for layer in layer_plan(config):
         if layer.kind == CONV:
-            shapes[f"{layer.module}.weight"] = (layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)
+            shapes[f"{layer.module}.weight"] = (layer.out_channels, layer.in_channels, *layer.kernel)
+            shapes[f"{layer.module}.bias"] = (layer.out_channels,)
+            if layer.norm:  # batch normalisation without affine parameters: running statistics only
+                shapes[f"{layer.norm}.running_mean"] = shapes[f"{layer.norm}.running_var"] = (layer.out_channels,)
+                shapes[f"{layer.norm}.num_batches_tracked"] = ()
         elif layer.kind == UP:
-            shapes[f"{layer.module}.weight"] = (layer.in_channels, layer.out_channels, layer.kernel, layer.kernel)
-        else:
-            continue
-        shapes[f"{layer.module}.bias"] = (layer.out_channels,)
+            shapes[f"{layer.module}.weight"] = (layer.in_channels, layer.out_channels, *layer.kernel)
+            if config.up_bias:
+                shapes[f"{layer.module}.bias"] = (layer.out_channels,)
     return shapes
 
 
@@ -164,7 +170,8 @@ def check_model_state(state: Any, path: str | os.PathLike) -> ModelSpec:
         entry = weights[name]
         dtype = entry.dtype if isinstance(entry, TensorEntry) else None
         got = entry.shape if isinstance(entry, TensorEntry) else getattr(entry, "shape", None)
-        if isinstance(entry, TensorEntry) and dtype not in WEIGHT_DTYPES:
+        counter = name.endswith("num_batches_tracked")  # batch normalisation's step count (3D networks)
+        if isinstance(entry, TensorEntry) and dtype not in (COUNTER_DTYPES if counter else WEIGHT_DTYPES):
             raise ModelFileError(f"{path}: weight {name} has dtype {dtype}, not a float type")
         if got is None or tuple(got) != shape:
             raise ModelFileError(

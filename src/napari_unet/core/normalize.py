@@ -19,7 +19,8 @@ class ImageValueError(NapariUnetError, ValueError):
 def normalize(plane: np.ndarray, config: NormalizationConfig) -> np.ndarray:
     """Map each channel of ``plane`` (C, H, W) so its low/high percentiles go to 0/1.
 
-    Returns float32 (C, H, W). A constant channel becomes all zeros. The percentiles
+    Returns float32 (C, H, W). A constant channel becomes all zeros. Volumes
+    (C, Z, Y, X) are normalised as a whole, per channel. The percentiles
     are taken over the finite values only; NaN and infinite pixels (a dead pixel, a
     failed division upstream) become 0 after normalisation, with a logged warning, so
     they cannot blank the whole result. A channel without any finite value raises
@@ -45,7 +46,8 @@ def normalize(plane: np.ndarray, config: NormalizationConfig) -> np.ndarray:
         masked = np.where(finite, flat, np.nan)
         low, high = np.nanpercentile(masked, [config.low, config.high], axis=1).astype(np.float32)
     scale = np.where(high - low > 1e-12, high - low, 1.0).astype(np.float32)
-    result = (data - low[:, None, None]) / scale[:, None, None]
+    per_channel = (-1,) + (1,) * (data.ndim - 1)
+    result = (data - low.reshape(per_channel)) / scale.reshape(per_channel)
     if not every_value_finite:
         result[~finite.reshape(data.shape)] = 0.0
     return result

@@ -18,6 +18,7 @@ from . import geometry, sources, tiling
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
 from .instances import probabilities_to_labels
+from .layout import channels_before_spatial
 from .memory import reuse_freed_memory
 from .model import CpuInference, UNet, snapshot
 from .progress import drive
@@ -49,7 +50,7 @@ class TileProgress:
 class PredictOptions:
     """How to run overlap-tile prediction.
 
-    ``tile``: input tile size (an int or (h, w); valid sizes only) or ``None`` for the
+    ``tile``: input tile size (an int, or (h, w) / (z, y, x); valid sizes only) or ``None`` for the
     tile that minimises computed pixels within the memory budget. ``device``:
     "auto", "cpu", "cuda", "cuda:N" or "mps". ``precision``: "auto", "fp32",
     "bf16" or "fp16". ``batch_size``: tiles per forward pass (``None``: as many as
@@ -57,7 +58,7 @@ class PredictOptions:
     CPU, half the free memory on a GPU).
     """
 
-    tile: int | tuple[int, int] | None = None
+    tile: int | tuple[int, ...] | None = None
     device: str | None = None
     precision: str | None = None
     batch_size: int | None = None
@@ -67,9 +68,9 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.tile is not None:
             sizes = tuple(self.tile) if isinstance(self.tile, (tuple, list)) else (self.tile,)
-            if len(sizes) not in (1, 2) or not all(_is_count(size) for size in sizes):
+            if len(sizes) not in (1, 2, 3) or not all(_is_count(size) for size in sizes):
                 raise geometry.InvalidTileSize(
-                    f"tile must be a whole number of pixels, or a pair (h, w) of them; got {self.tile!r}"
+                    f"tile must be a whole number of pixels, or one per axis ((h, w) or (z, y, x)); got {self.tile!r}"
                 )
             object.__setattr__(self, "tile", int(sizes[0]) if len(sizes) == 1 else tuple(map(int, sizes)))
         for name in ("batch_size", "memory_bytes"):
@@ -114,18 +115,20 @@ def _size(count: int) -> str:
     return f"{count} B"
 
 
-def _check_chosen_tile(plan, batch: int, per_pixel: int, depth: int, device, options: PredictOptions) -> None:
+def _check_chosen_tile(plan, batch: int, per_pixel: int, config, device, options: PredictOptions) -> None:
     """Refuse a tile (or batch) the caller chose when it cannot fit, before allocating."""
-    need = batch * plan.tile[0] * plan.tile[1] * per_pixel
+    need = batch * math.prod(plan.tile) * per_pixel
     limit, what = _memory_limit(device, options)
     if need <= limit:
         return
-    largest = math.isqrt(max(limit // per_pixel, 0))
-    below, above = geometry.nearest_valid_sizes(largest, depth)
-    fitting = above if above == largest else below
-    hint = f"a tile of at most {fitting} px" if fitting else "a smaller model"
+    hint = "a smaller tile"
+    if config.ndim == 2:
+        largest = math.isqrt(max(limit // per_pixel, 0))
+        below, above = geometry.nearest_valid_sizes(largest, config.depth)
+        fitting = above if above == largest else below
+        hint = f"a tile of at most {fitting} px" if fitting else "a smaller model"
     raise geometry.InvalidTileSize(
-        f"{batch} tile(s) of {plan.tile[0]}x{plan.tile[1]} px need about {_size(need)} for activations, "
+        f"{batch} tile(s) of {'x'.join(map(str, plan.tile))} px need about {_size(need)} for activations, "
         f"more than {what} ({_size(limit)}): use {hint}, a smaller batch, "
         "or leave the tile unset to get the best one within the budget"
     )
@@ -133,28 +136,40 @@ def _check_chosen_tile(plan, batch: int, per_pixel: int, depth: int, device, opt
 
 def plan_for(
     model: UNet,
-    image_hw: tuple[int, int],
+    image_hw: tuple[int, ...],
     device: torch.device,
     options: PredictOptions,
     dtype: torch.dtype | None = None,
 ):
-    """The tile plan and batch size for one plane of ``image_hw`` (H, W).
+    """The tile plan and batch size for one plane of ``image_hw`` (H, W), or one
+    volume (Z, Y, X) for a 3D model.
 
     ``dtype`` is the compute precision (``None``: fp32); half-precision activations
     take half the memory, so the same budget allows larger tiles.
     """
-    depth = model.config.depth
-    per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL.get(dtype, 32) * model.config.base_channels
-    budget_pixels = max(_memory_budget(device, options) // per_pixel, 1)
+    axes = geometry.model_axes(model.config)
+    budget_pixels = max(_memory_budget(device, options) // bytes_per_input_pixel(model.config, dtype), 1)
     if options.tile is None:
-        plan = geometry.best_tile(image_hw, depth, budget_pixels)
+        plan = geometry.best_tile(image_hw, axes, budget_pixels)
     else:
-        plan = geometry.plan_tiles(image_hw, options.tile, depth)
-    tile_pixels = plan.tile[0] * plan.tile[1]
+        plan = geometry.plan_tiles(image_hw, options.tile, axes)
+    tile_pixels = math.prod(plan.tile)
     batch = max(1, min(options.batch_size or max(1, budget_pixels // tile_pixels), plan.n_tiles))
     if options.tile is not None or options.batch_size is not None:
-        _check_chosen_tile(plan, batch, per_pixel, depth, device, options)
+        _check_chosen_tile(plan, batch, bytes_per_input_pixel(model.config, dtype), model.config, device, options)
     return plan, batch
+
+
+def bytes_per_input_pixel(config, dtype: torch.dtype | None = None) -> int:
+    """Activation memory per input pixel (voxel) of a tile, for the memory budget.
+
+    2D: the measured per-base-channel figures above. 3D networks (measured in
+    bench/bench_volumes.py) keep twice as many channels at full resolution when they
+    double before pooling, and their batch normalisation is folded away at inference.
+    """
+    per_channel = _BYTES_PER_PIXEL_PER_CHANNEL.get(dtype, 32)
+    widest_first_level = 2 if config.double_before_pool else 1
+    return per_channel * config.base_channels * widest_first_level
 
 
 def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TileProgress, None, np.ndarray]:
@@ -168,17 +183,25 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     whose outputs abut exactly (no blending). Returns (as the generator's value)
     float32 probabilities ``(*stack, n_classes, H, W)``.
 
+    A 3D model (``model.config.ndim == 3``) takes volumes instead of planes:
+    ``(Z, Y, X)``, ``(C, Z, Y, X)``, ``(Z, Y, X, C)`` or stacks of them, and returns
+    ``(*stack, n_classes, Z, Y, X)``; tiles are cuboids (``tile`` an int or (z, y, x)).
+
     The caller's ``model`` is left as it is (device, train/eval mode, weights): the
     prediction runs on a snapshot of its weights, so a model may keep training in
     another thread meanwhile. Stop early by closing the generator; ``options`` are
     :class:`PredictOptions`.
     """
     opts = PredictOptions(**options)
-    data = sources.planes_of(image, model.config.in_channels, opts.channel_axis)
-    stack_shape, (height, width) = data.shape[:-3], data.shape[-2:]
+    ndim = model.config.ndim
+    if ndim == 2:  # images may be lazy (zarr, dask, TIFF): only the tiles' windows are read
+        data = sources.planes_of(image, model.config.in_channels, opts.channel_axis)
+    else:
+        data = channels_before_spatial(image, model.config.in_channels, opts.channel_axis, ndim)
+    stack_shape, spatial = data.shape[: -ndim - 1], data.shape[-ndim:]
     device = resolve_device(opts.device)
     dtype = resolve_precision(opts.precision, device)
-    plan, batch_size = plan_for(model, (height, width), device, opts, dtype)
+    plan, batch_size = plan_for(model, spatial, device, opts, dtype)
     n_planes = math.prod(stack_shape)
     total = plan.n_tiles * n_planes
     log.info(
@@ -190,7 +213,7 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
         plan.tile,
         batch_size,
     )
-    output = np.empty((*stack_shape, model.config.n_classes, height, width), np.float32)
+    output = np.empty((*stack_shape, model.config.n_classes, *spatial), np.float32)
     done, network_seconds = 0, 0.0
     memory = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
     with memory:
@@ -238,11 +261,12 @@ def iter_segment(
     """Instance labels of ``image``, as a generator of :class:`TileProgress`.
 
     Returns int32 labels ``(*stack, H, W)`` made with the model's instance settings
-    (``model.spec.instances``), or ``(labels, probabilities)`` with
+    (``model.spec.instances``; for 3D models ``(*stack, Z, Y, X)``, one id per object
+    across planes), or ``(labels, probabilities)`` with
     ``return_probabilities``; ``options`` as for :func:`iter_predict`.
     """
     probabilities = yield from iter_predict(model, image, **options)
-    labels = probabilities_to_labels(probabilities, model.spec.instances)
+    labels = probabilities_to_labels(probabilities, model.spec.instances, model.config.ndim)
     return (labels, probabilities) if return_probabilities else labels
 
 

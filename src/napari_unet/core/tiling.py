@@ -6,11 +6,12 @@ mirrored indices, so memory stays bounded by the tiles in flight.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
 
-from .geometry import TilePlan, context
+from .geometry import TilePlan
 
 
 def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
@@ -27,29 +28,33 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(folded >= size, period - folded, folded)
 
 
-def tile_origins(plan: TilePlan) -> list[tuple[int, int]]:
-    """Image coordinates (y, x) of the first output pixel of every tile, row-major."""
-    return [(row * plan.stride[0], col * plan.stride[1]) for row in range(plan.grid[0]) for col in range(plan.grid[1])]
+def tile_origins(plan: TilePlan) -> list[tuple[int, ...]]:
+    """Image coordinates (y, x), or (z, y, x), of the first output pixel of every tile,
+    row-major."""
+    return [
+        tuple(i * s for i, s in zip(position, plan.stride)) for position in itertools.product(*map(range, plan.grid))
+    ]
 
 
-def extract_tile(plane: np.ndarray, origin: tuple[int, int], plan: TilePlan) -> np.ndarray:
-    """The input window (C, th, tw) of the tile whose output starts at ``origin``."""
-    ctx = context(plan.depth)
-    rows = reflect_index(np.arange(plan.tile[0]) + origin[0] - ctx, plane.shape[-2])
-    cols = reflect_index(np.arange(plan.tile[1]) + origin[1] - ctx, plane.shape[-1])
-    return plane[:, rows[:, None], cols[None, :]]
+def extract_tile(plane: np.ndarray, origin: tuple[int, ...], plan: TilePlan) -> np.ndarray:
+    """The input window (C, th, tw), or (C, tz, ty, tx), of the tile whose output
+    starts at ``origin``."""
+    spatial = plane.shape[1:]
+    index = [reflect_index(np.arange(t) + o - c, n) for t, o, c, n in zip(plan.tile, origin, plan.contexts, spatial)]
+    return plane[(slice(None), *np.ix_(*index))]
 
 
-def tile_batches(plan: TilePlan, batch_size: int) -> Iterator[list[tuple[int, int]]]:
+def tile_batches(plan: TilePlan, batch_size: int) -> Iterator[list[tuple[int, ...]]]:
     """Tile origins in groups of at most ``batch_size``."""
     origins = tile_origins(plan)
     for start in range(0, len(origins), batch_size):
         yield origins[start : start + batch_size]
 
 
-def paste_tile(output: np.ndarray, tile_output: np.ndarray, origin: tuple[int, int], plan: TilePlan) -> None:
-    """Write the useful part of one tile's output (K, oh, ow) into ``output`` (K, H, W)."""
-    y0, x0 = origin
-    height = min(plan.stride[0], plan.image[0] - y0)
-    width = min(plan.stride[1], plan.image[1] - x0)
-    output[:, y0 : y0 + height, x0 : x0 + width] = tile_output[:, :height, :width]
+def paste_tile(output: np.ndarray, tile_output: np.ndarray, origin: tuple[int, ...], plan: TilePlan) -> None:
+    """Write the useful part of one tile's output (K, oh, ow) into ``output`` (K, H, W)
+    (and likewise for volumes)."""
+    extent = [min(s, n - o) for s, n, o in zip(plan.stride, plan.image, origin)]
+    output[(slice(None), *(slice(o, o + e) for o, e in zip(origin, extent)))] = tile_output[
+        (slice(None), *(slice(0, e) for e in extent))
+    ]

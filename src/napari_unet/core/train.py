@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import geometry
 from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
-from .data import SampleStream, default_tile, prepare
+from .data import SampleStream, default_tile_for, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .distributed import (
     any_process,
@@ -103,7 +104,8 @@ def weighted_cross_entropy(
 ) -> torch.Tensor:
     """Pixel-wise softmax cross entropy weighted by ``weights`` (paper eq. 1).
 
-    logits (B, K, H, W), target (B, H, W) int64, weights (B, H, W). Returns the
+    logits (B, K, H, W), target (B, H, W) int64, weights (B, H, W) (or (B, K, Z, Y, X)
+    and (B, Z, Y, X) for volumes). Returns the
     weighted sum divided by ``total_weight`` (default: the sum of ``weights``, i.e.
     the weighted mean, so the scale does not depend on tile size or ignored pixels;
     in data-parallel training the weight summed over every process's samples).
@@ -162,7 +164,7 @@ class Trainer:
         self._stop = threading.Event()
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
-        self.tile = config.tile or default_tile(model.config.depth)
+        self.tile = config.tile or default_tile_for(model.config)
         self.replace_annotations(images, labels, names=names)
         model.to(self.device)
         self.optimizer = self._make_optimizer()
@@ -189,9 +191,12 @@ class Trainer:
             weights=self.config.weights,
             channel_axis=self.channel_axis,
             names=names,
+            ndim=self.model.config.ndim,
+            spacing=self.model.config.spacing,
         )
-        depth = self.model.config.depth
-        self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed)
+        config = self.model.config
+        depth = geometry.model_axes(config) if config.ndim == 3 else config.depth
+        self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed, config.spacing)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
@@ -263,7 +268,7 @@ class Trainer:
         the end (when validation data was given) and :class:`CheckpointSaved` every ``checkpoint_every``."""
         cfg = self.config
         log.info(
-            "training on %s in %s: tile %d, batch %d, %s",
+            "training on %s in %s: tile %s, batch %d, %s",
             self.device,
             precision_name(self.dtype),
             self.tile,

@@ -24,6 +24,11 @@ Conventions used here (the paper leaves some of them open):
   class is absent, or balancing is off, ``w_c = 1``.
 - Unannotated pixels get weight exactly 0, so they never enter the loss.
 
+Volumes: labels (Z, Y, X) give the 3D weight map: the gap is cut between cells
+that touch in the 26-neighbourhood, and with ``spacing`` (the voxel size per axis)
+``d1`` and ``d2`` are physical distances, measured in units of the finest spacing
+(so ``sigma`` stays in in-plane pixels). Whole unannotated planes (-1) simply weigh 0.
+
 Speed: the border term is below ``BORDER_TOLERANCE`` once ``d1 + d2`` exceeds
 :func:`border_cutoff`, so each cell's distance transform is only computed inside its
 bounding box grown by that cutoff (see :func:`nearest_two_distances`).
@@ -31,7 +36,9 @@ bounding box grown by that cutoff (see :func:`nearest_two_distances`).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -46,14 +53,25 @@ BORDER_TOLERANCE = 1e-6
 HALF_NEIGHBOURHOOD = ((0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def check_labels(labels: np.ndarray) -> np.ndarray:
-    """``labels`` as an ndarray after checking it is a 2-D integer array >= IGNORE_LABEL.
+def half_neighbourhood(ndim: int) -> tuple[tuple[int, ...], ...]:
+    """Offsets that reach every unordered pair of neighbours (8 in 2D, 26 in 3D) once:
+    those after the origin in raster order (:data:`HALF_NEIGHBOURHOOD` in 2D)."""
+    if ndim == 2:
+        return HALF_NEIGHBOURHOOD
+    offsets = itertools.product((-1, 0, 1), repeat=ndim)
+    return tuple(o for o in offsets if o > (0,) * ndim)
+
+
+def check_labels(labels: np.ndarray, ndims: tuple[int, ...] = (2,)) -> np.ndarray:
+    """``labels`` as an ndarray after checking it is a 2-D integer array >= IGNORE_LABEL
+    (``ndims=(2, 3)`` also accepts volumes).
 
     Raises ``ValueError`` otherwise.
     """
     labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D (H, W), got shape {labels.shape}")
+    if labels.ndim not in ndims:
+        shapes = " or ".join({2: "2-D (H, W)", 3: "3-D (Z, Y, X)"}[n] for n in ndims)
+        raise ValueError(f"labels must be {shapes}, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.size and labels.min() < IGNORE_LABEL:
@@ -61,28 +79,28 @@ def check_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def neighbour_views(labels: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
-    """Views ``(a, b)`` of ``labels`` (H, W) such that ``b[p]`` is the pixel at offset
-    ``(dy, dx)`` from ``a[p]``; ``dy`` in {0, 1}, ``dx`` in {-1, 0, 1}.
+def neighbour_views(labels: np.ndarray, *offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views ``(a, b)`` of ``labels`` such that ``b[p]`` is the pixel at ``offset``
+    (dy, dx), or (dz, dy, dx), from ``a[p]``; each offset in {-1, 0, 1}.
     """
-    h, w = labels.shape
-    cols_a = slice(max(0, -dx), w - max(0, dx))
-    cols_b = slice(max(0, dx), w - max(0, -dx))
-    return labels[0 : h - dy, cols_a], labels[dy:h, cols_b]
+    view_a = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(offset, labels.shape))
+    view_b = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(offset, labels.shape))
+    return labels[view_a], labels[view_b]
 
 
 def separation_gap(labels: np.ndarray) -> np.ndarray:
-    """Cell pixels with a pixel of a *different* cell in their 3x3 neighbourhood.
+    """Cell pixels with a pixel of a *different* cell in their 3x3 neighbourhood
+    (3x3x3 for volumes).
 
-    ``labels`` int (H, W) as in the module docstring; returns bool (H, W). Background
-    and ignore pixels are never part of the gap.
+    ``labels`` int (H, W) or (Z, Y, X) as in the module docstring; returns bool of
+    the same shape. Background and ignore pixels are never part of the gap.
     """
-    labels = check_labels(labels)
+    labels = check_labels(labels, (2, 3))
     gap = np.zeros(labels.shape, bool)
-    for dy, dx in HALF_NEIGHBOURHOOD:
-        a, b = neighbour_views(labels, dy, dx)
+    for offset in half_neighbourhood(labels.ndim):
+        a, b = neighbour_views(labels, *offset)
         touching = (a > 0) & (b > 0) & (a != b)
-        gap_a, gap_b = neighbour_views(gap, dy, dx)
+        gap_a, gap_b = neighbour_views(gap, *offset)
         gap_a |= touching
         gap_b |= touching
     return gap
@@ -93,9 +111,10 @@ def separation_target(labels: np.ndarray) -> np.ndarray:
 
     1 for cell pixels, 0 for background, ignore pixels and the separation gap (cell
     pixels that 8-touch a different cell), so touching cells are kept apart by a
-    background line as in the paper's Fig. 3.
+    background line as in the paper's Fig. 3. Volumes (Z, Y, X): the same with
+    26-neighbours, a background surface between touching cells.
     """
-    labels = check_labels(labels)
+    labels = check_labels(labels, (2, 3))
     return ((labels > 0) & ~separation_gap(labels)).astype(np.uint8)
 
 
@@ -131,106 +150,159 @@ def border_cutoff(w0: float, sigma: float, tol: float = BORDER_TOLERANCE) -> flo
     return sigma * math.sqrt(2.0 * math.log(w0 / tol))
 
 
-def _nearest_two_squared(labels: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Squared distances ``(q1, q2, far)`` int (H, W) to the nearest and second nearest cell.
+def _nearest_two_squared(
+    labels: np.ndarray, pad: Sequence[int], spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray, int | float]:
+    """Squared distances ``(q1, q2, far)`` (H, W) to the nearest and second nearest cell.
 
-    Integer and exact: squared distances between pixel centres are integers. Each
-    cell's feature transform (the nearest cell pixel of every window pixel) is taken
-    inside its bounding box grown by ``pad`` px; elsewhere, and where there are fewer
-    cells, the value is the sentinel ``far``.
+    Without ``spacing``: integers and exact (squared distances between pixel centres
+    are integers). With ``spacing`` (per axis, any shape): float64 physical squared
+    distances. Each cell's feature transform (the nearest cell pixel of every window
+    pixel) is taken inside its bounding box grown by ``pad[axis]`` px; elsewhere,
+    and where there are fewer cells, the value is the sentinel ``far``.
     """
-    h, w = labels.shape
-    dtype = np.int32 if 2 * (h * h + w * w) < np.iinfo(np.int32).max else np.int64
-    far = int(np.iinfo(dtype).max)
+    if spacing is None:
+        bound = 2 * sum(n * n for n in labels.shape)
+        dtype = np.dtype(np.int32 if bound < np.iinfo(np.int32).max else np.int64)
+        far = int(np.iinfo(dtype).max)
+    else:
+        dtype, far = np.dtype(np.float64), math.inf
     q1 = np.full(labels.shape, far, dtype)
     q2 = np.full(labels.shape, far, dtype)
     cells = np.maximum(labels, 0)
     if cells.size and cells.max() > cells.size:  # sparse huge ids: renumber so find_objects stays small
         cells = np.unique(cells, return_inverse=True)[1].reshape(cells.shape) + (0 if cells.min() == 0 else 1)
+    index_dtype = dtype if spacing is None else np.dtype(np.int64)
     for index, box in enumerate(ndimage.find_objects(cells)):
         if box is None:
             continue
-        window = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, labels.shape))
+        window = tuple(slice(max(0, s.start - p), min(n, s.stop + p)) for s, n, p in zip(box, labels.shape, pad))
         nearest = ndimage.distance_transform_edt(
-            cells[window] != index + 1, return_distances=False, return_indices=True
-        ).astype(dtype, copy=False)
-        rows, cols = (np.arange(s.stop - s.start, dtype=dtype) for s in window)
-        dy = nearest[0] - rows[:, None]
-        dx = nearest[1] - cols
-        np.multiply(dy, dy, out=dy)
-        dy += dx * dx
+            cells[window] != index + 1, sampling=spacing, return_distances=False, return_indices=True
+        ).astype(index_dtype, copy=False)
+        squared = np.zeros(nearest.shape[1:], dtype)
+        for axis, s in enumerate(window):
+            position = np.arange(s.stop - s.start, dtype=index_dtype).reshape((-1,) + (1,) * (labels.ndim - axis - 1))
+            delta = nearest[axis] - position
+            if spacing is not None:
+                delta = delta * float(spacing[axis])
+            squared += delta * delta
         near, second = q1[window], q2[window]
-        np.minimum(second, np.maximum(near, dy), out=second)
-        np.minimum(near, dy, out=near)
+        np.minimum(second, np.maximum(near, squared), out=second)
+        np.minimum(near, squared, out=near)
     return q1, q2, far
 
 
-def _pad_for(max_distance: float, shape: tuple[int, ...]) -> int:
-    """Window growth in px that covers every pixel within ``max_distance`` of a box."""
-    return sum(shape) if math.isinf(max_distance) else math.ceil(max_distance)
+def _pad_for(max_distance: float, shape: tuple[int, ...], spacing: Sequence[float] | None = None) -> list[int]:
+    """Window growth in px per axis that covers every pixel within ``max_distance``
+    (physical with ``spacing``) of a box."""
+    if math.isinf(max_distance):
+        return [sum(shape)] * len(shape)
+    steps = spacing if spacing is not None else (1.0,) * len(shape)
+    return [math.ceil(max_distance / s) for s in steps]
 
 
-def nearest_two_distances(labels: np.ndarray, max_distance: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+def _relative_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """``spacing`` in units of its finest value (``None`` stays ``None``: unit pixels)."""
+    if spacing is None:
+        return None
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != ndim or min(spacing) <= 0:
+        raise ValueError(f"spacing {spacing} needs {ndim} positive values, one per axis")
+    finest = min(spacing)
+    relative = tuple(s / finest for s in spacing)
+    return None if all(s == 1.0 for s in relative) else relative
+
+
+def nearest_two_distances(
+    labels: np.ndarray, max_distance: float = math.inf, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances ``(d1, d2)`` float64 (H, W) to the nearest and second nearest cell.
 
     ``d_i(x)`` is the Euclidean distance from ``x`` to the nearest pixel of cell ``i``
     (each positive label value is one cell; ``distance_transform_edt`` semantics);
     ``d1 <= d2`` are the two smallest over all cells, ``inf`` where there are fewer
-    cells.
+    cells. Volumes (Z, Y, X) too; with ``spacing`` the distances are physical, in
+    units of the finest spacing.
 
     Each cell's distance transform is computed only inside its bounding box grown by
     ``ceil(max_distance)`` px (every pixel within ``max_distance`` of the cell lies
     there) and is ``inf`` outside. So the returned ``d1`` (``d2``) is exact wherever
     the true value is ``<= max_distance`` and is never smaller than the true value.
     """
-    labels = check_labels(labels)
-    q1, q2, far = _nearest_two_squared(labels, _pad_for(max_distance, labels.shape))
+    labels = check_labels(labels, (2, 3))
+    spacing = _relative_spacing(spacing, labels.ndim)
+    q1, q2, far = _nearest_two_squared(labels, _pad_for(max_distance, labels.shape, spacing), spacing)
     return tuple(np.where(q == far, np.inf, np.sqrt(q)) for q in (q1, q2))
 
 
-def _add_border_term(weights: np.ndarray, labels: np.ndarray, background: np.ndarray, w0: float, sigma: float) -> None:
+def _add_border_term(
+    weights: np.ndarray,
+    labels: np.ndarray,
+    background: np.ndarray,
+    w0: float,
+    sigma: float,
+    spacing: tuple[float, ...] | None = None,
+) -> None:
     """Add the border term in place to ``weights`` float (H, W) at ``background`` pixels."""
     cutoff = border_cutoff(w0, sigma)
     if cutoff <= 0.0:
         return
-    q1, q2, _ = _nearest_two_squared(labels, _pad_for(cutoff, labels.shape))
+    q1, q2, _ = _nearest_two_squared(labels, _pad_for(cutoff, labels.shape, spacing), spacing)
     candidates = background & (q2 <= cutoff * cutoff)  # q2 is `far` with fewer than two cells
     total = np.sqrt(q1[candidates]) + np.sqrt(q2[candidates])
     weights[candidates] += w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
 
 
-def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+def border_weights(
+    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, spacing: Sequence[float] | None = None
+) -> np.ndarray:
     """Border term ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` float32 (H, W) (paper eq. 2).
 
     Nonzero only at annotated pixels that are background in :func:`separation_target`
     and only when ``labels`` has at least two cells. Within ``BORDER_TOLERANCE`` of
     the exact value: it is only evaluated where ``d1 + d2 <= border_cutoff(w0, sigma)``
     (wherever ``d2`` is within the cutoff, the computed ``d1``, ``d2`` are exact).
+    Volumes and ``spacing`` as for :func:`weight_map`.
     """
-    labels = check_labels(labels)
+    labels = check_labels(labels, (2, 3))
     term = np.zeros(labels.shape, np.float32)
-    _add_border_term(term, labels, (labels == 0) | separation_gap(labels), w0, sigma)
+    spacing = _relative_spacing(spacing, labels.ndim)
+    _add_border_term(term, labels, (labels == 0) | separation_gap(labels), w0, sigma, spacing)
     return term
 
 
-def weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, balance_classes: bool = True) -> np.ndarray:
+def weight_map(
+    labels: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    *,
+    balance_classes: bool = True,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
     """Per-pixel loss weight ``w = w_c + border term`` float32 (H, W) (paper eq. 2).
 
     ``labels`` int (H, W): 0 background, > 0 cell ids, ``IGNORE_LABEL`` unannotated.
     ``w0 >= 0`` and ``sigma > 0`` in pixels (paper: 10 and 5). See the module
     docstring for the exact definitions; ignore pixels get exactly 0. Matches the
     exact definition to within ``BORDER_TOLERANCE`` plus float32 rounding.
+
+    ``labels`` (Z, Y, X) give the 3D map; ``spacing`` (one voxel size per axis, e.g.
+    (z, y, x) in um) makes the distances physical, in units of the finest spacing.
     """
-    labels = check_labels(labels)
+    labels = check_labels(labels, (2, 3))
     WeightMapConfig(w0=w0, sigma=sigma)  # ConfigError (a ValueError) for NaN, infinite or out-of-range values
+    spacing = _relative_spacing(spacing, labels.ndim)
     gap = separation_gap(labels)
     target = ((labels > 0) & ~gap).view(np.uint8)
     weights = class_weights(target, labels != IGNORE_LABEL, balance=balance_classes)
-    _add_border_term(weights, labels, (labels == 0) | gap, w0, sigma)
+    _add_border_term(weights, labels, (labels == 0) | gap, w0, sigma, spacing)
     return weights
 
 
-def weight_map_from_config(labels: np.ndarray, config: WeightMapConfig | None = None) -> np.ndarray:
+def weight_map_from_config(
+    labels: np.ndarray, config: WeightMapConfig | None = None, spacing: Sequence[float] | None = None
+) -> np.ndarray:
     """:func:`weight_map` with the parameters of a :class:`WeightMapConfig` (default: the paper's)."""
     config = config or WeightMapConfig()
-    return weight_map(labels, config.w0, config.sigma, balance_classes=config.balance_classes)
+    return weight_map(labels, config.w0, config.sigma, balance_classes=config.balance_classes, spacing=spacing)

@@ -1,0 +1,101 @@
+"""Overlap-tile prediction of volumes with 3D (also anisotropic) U-Nets."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import UNet, predict, segment
+from napari_unet.core import geometry
+from napari_unet.core.normalize import normalize
+from napari_unet.core.predict import PredictOptions, plan_for
+from napari_unet.core.tiling import extract_tile
+
+
+def small_3d(spacing=None, in_channels=1, batch_norm=False, depth=2):
+    torch.manual_seed(4)
+    model = UNet(ndim=3, spacing=spacing, in_channels=in_channels, base_channels=3, depth=depth, batch_norm=batch_norm)
+    if batch_norm:  # running statistics that are not the identity
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(2, in_channels, 28, 60, 60) * 2 + 0.5)
+    return model.eval()
+
+
+def whole_volume_pass(model, volume):
+    """One forward pass over the whole mirror-padded volume (the reference)."""
+    data = normalize(volume[None] if volume.ndim == 3 else volume, model.spec.normalization)
+    axes = geometry.model_axes(model.config)
+    spatial = data.shape[1:]
+    one_tile = geometry.plan_tiles(spatial, [geometry.input_size_for_output(n, a) for n, a in zip(spatial, axes)], axes)
+    padded = torch.from_numpy(extract_tile(data, (0, 0, 0), one_tile)[None])
+    with torch.no_grad():
+        logits = model(padded)
+    z, y, x = spatial
+    return torch.softmax(logits, 1)[0, :, :z, :y, :x].numpy()
+
+
+@pytest.mark.parametrize(
+    ("spacing", "shape", "tile"),
+    [
+        (None, (23, 37, 30), 52),  # isotropic, cubes
+        (None, (30, 21, 45), (44, 52, 60)),  # per-axis tile
+        ((2.0, 1.0, 1.0), (19, 41, 33), (28, 52, 60)),  # z not pooled at the first level
+        ((3.0, 1.0, 1.0), (9, 30, 50), (22, 56, 52)),  # z never pooled in depth 2: margin 8 along z
+    ],
+)
+def test_tiled_volume_equals_a_whole_volume_pass(rng, spacing, shape, tile):
+    model = small_3d(spacing)
+    volume = rng.normal(size=shape).astype(np.float32)
+    tiled = predict(model, volume, tile=tile, precision="fp32", device="cpu")
+    plan = geometry.plan_tiles(shape, tile, geometry.model_axes(model.config))
+    assert plan.n_tiles > 1 and all(g > 1 for g in plan.grid)  # tiles along every axis, mirrored at every border
+    assert tiled.shape == (2, *shape)
+    assert np.abs(tiled - whole_volume_pass(model, volume)).max() <= 1e-5
+
+
+def test_batch_norm_network_tiles_exactly_and_batches_tiles(rng):
+    model = small_3d((2.0, 1.0, 1.0), in_channels=2, batch_norm=True)
+    volume = rng.normal(size=(2, 17, 40, 35)).astype(np.float32)  # (C, Z, Y, X)
+    one_by_one = predict(model, volume, tile=(28, 52, 52), batch_size=1, precision="fp32")
+    batched = predict(model, volume, tile=(28, 52, 52), batch_size=5, precision="fp32")
+    assert np.abs(one_by_one - whole_volume_pass(model, volume)).max() <= 1e-5
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    channels_last = predict(model, np.moveaxis(volume, 0, -1), tile=(28, 52, 52), precision="fp32")
+    np.testing.assert_allclose(channels_last, one_by_one, atol=1e-6)
+
+
+def test_valid_sizes_per_axis_are_what_the_network_accepts():
+    model = small_3d((2.0, 1.0, 1.0), depth=3)
+    axes = geometry.model_axes(model.config)
+    z_axis, y_axis = axes[0], axes[1]
+    assert y_axis == 3 and not isinstance(z_axis, int)  # y, x are standard depth-3 axes, z is not
+    assert geometry.step(z_axis) == 4 and geometry.margin(z_axis) == geometry.margin(2) == 40  # a depth-2 axis
+    for z in range(geometry.smallest_input(z_axis) - 3, geometry.smallest_input(z_axis) + 10):
+        ok = geometry.is_valid_size(z, z_axis)
+        x = torch.zeros(1, 1, z, 92, 92)
+        if ok:
+            with torch.no_grad():
+                out = model(x)
+            assert out.shape[2] == geometry.output_size(z, z_axis) and out.shape[3:] == (4, 4)
+        else:
+            with pytest.raises(geometry.InvalidTileSize, match="this axis"):
+                geometry.output_size(z, z_axis)
+
+
+def test_volume_tile_is_chosen_within_the_memory_budget():
+    model = small_3d((2.0, 1.0, 1.0))
+    options = PredictOptions(memory_bytes=20_000_000)
+    plan, batch = plan_for(model, (60, 256, 256), torch.device("cpu"), options)
+    per_voxel = 32 * model.config.base_channels
+    assert np.prod(plan.tile) * batch * per_voxel <= 20_000_000
+    assert plan.n_tiles > 1 and plan == geometry.best_tile((60, 256, 256), plan.axes, 20_000_000 // per_voxel)
+
+
+def test_segment_gives_one_3d_labels_volume_and_stacks_of_volumes(rng):
+    model = small_3d()
+    volume = rng.normal(size=(12, 20, 18)).astype(np.float32)
+    labels, probabilities = segment(model, volume, return_probabilities=True, precision="fp32")
+    assert labels.shape == volume.shape and labels.dtype == np.int32 and probabilities.shape == (2, 12, 20, 18)
+    stack = segment(model, np.stack([volume, volume[::-1]]), precision="fp32")
+    assert stack.shape == (2, 12, 20, 18)
+    np.testing.assert_array_equal(stack[0], labels)

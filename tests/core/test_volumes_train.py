@@ -1,0 +1,174 @@
+"""Training on volumes: 3D augmentation keeps image, target and weights aligned,
+crops hold annotation, unannotated planes add nothing to the loss."""
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet.core.augment3d import elastic_displacement_3d, rigid, sampling_grid_3d
+from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
+from napari_unet.core.data import PreparedPlane, SampleStream, default_tile_for, prepare
+from napari_unet.core.geometry import model_axes
+from napari_unet.core.train import weighted_cross_entropy
+
+NO_JITTER = dict(contrast=0.0, brightness=0.0, gamma=0.0)
+RIGID = AugmentConfig(elastic=False, **NO_JITTER)
+
+
+def ellipsoids(shape=(24, 48, 48), seed=0, n=4):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.int32)
+    for index in range(1, n + 1):
+        c = rng.uniform([4, 8, 8], np.array(shape) - [4, 8, 8])
+        r = rng.uniform([3, 6, 6], [6, 11, 11])
+        labels[(((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1)] = index
+    image = (labels > 0) * 100.0 + rng.normal(0, 5, shape)
+    return image.astype(np.float32), labels
+
+
+def coded_volume(shape, code):
+    """A prepared volume whose image and annotation hold ``code(z, y, x)`` (weights + 1)."""
+    grid = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    values = code(*grid).astype(np.float32)
+    annotation = np.stack([values, values + 1])
+    return PreparedPlane(image=values[None], annotation=annotation, annotated=np.arange(values.size))
+
+
+def test_rigid_transforms_are_flips_and_in_plane_quarter_turns(rng):
+    tile = rng.normal(size=(3, 5, 6, 6))
+    for fz, fy, fx, k in [(True, False, False, 1), (False, True, True, 3), (True, True, False, 2)]:
+        expected = tile
+        for axis, flip in zip((1, 2, 3), (fz, fy, fx)):
+            expected = np.flip(expected, axis) if flip else expected
+        np.testing.assert_array_equal(rigid(tile, fz, fy, fx, k), np.rot90(expected, k, axes=(2, 3)))
+    with pytest.raises(ValueError, match="equal y and x"):
+        rigid(rng.normal(size=(3, 4, 5, 6)), False, False, False, 1)
+
+
+def test_rigid_3d_samples_keep_image_target_and_weights_exactly_aligned():
+    shape = (30, 40, 40)
+    volume = coded_volume(shape, lambda z, y, x: z * 10_000 + y * 100 + x)
+    stream = SampleStream([volume], (28, 44, 44), 1, RIGID, seed=0)
+    context, output = stream.context, stream.output
+    inner = tuple(slice(c, c + o) for c, o in zip(context, output))
+    seen = set()
+    for index in range(40):
+        image, target, weights, _ = stream.sample(index)
+        assert image.shape == (1, 28, 44, 44) and target.shape == weights.shape == output
+        np.testing.assert_allclose(image[0][inner], target, atol=0.05)  # nearest and trilinear agree on the grid
+        np.testing.assert_array_equal(weights, target + 1)
+        dz = np.diff(target, axis=0)[0, 0, 0]
+        dy, dx = np.diff(target, axis=1)[0, 0, 0], np.diff(target, axis=2)[0, 0, 0]
+        seen.add((dz, dy, dx))
+    assert {abs(v) for v in seen.pop()} <= {1, 100, 10_000} and len(seen) >= 8  # flips and turns of every axis
+
+
+def test_elastic_3d_samples_stay_aligned_within_rounding():
+    """A linear image is interpolated exactly; the nearest target may be half a voxel off."""
+    shape = (40, 64, 64)
+    volume = coded_volume(shape, lambda z, y, x: 3.0 * z + 2.0 * y + x)
+    config = AugmentConfig(elastic=True, elastic_std=2.0, **NO_JITTER)
+    stream = SampleStream([volume], (28, 44, 44), 1, config, seed=1)
+    inner = tuple(slice(c, c + o) for c, o in zip(stream.context, stream.output))
+    moved = 0.0
+    for index in range(6):
+        image, target, weights, _ = stream.sample(index)
+        assert np.abs(image[0][inner] - target).max() <= 0.5 * (3 + 2 + 1) + 1e-3
+        np.testing.assert_array_equal(weights, target + 1)
+        moved = max(moved, np.abs(np.diff(image[0], axis=1) ** 2 - 4).max())
+    assert moved > 0.01  # the field did deform the grid
+
+
+def test_elastic_field_is_smooth_and_physical_along_z():
+    rng = np.random.default_rng(0)
+    field = elastic_displacement_3d((20, 30, 30), rng, grid=3, std=10.0)
+    assert field.shape == (3, 20, 30, 30) and np.abs(np.diff(field, axis=3)).max() < 3.0
+    iso = [elastic_displacement_3d((9, 9, 9), np.random.default_rng(s), 3, 10.0)[:, ::4, ::4, ::4] for s in range(30)]
+    aniso = [
+        elastic_displacement_3d((9, 9, 9), np.random.default_rng(s), 3, 10.0, (2.5, 1.0, 1.0))[:, ::4, ::4, ::4]
+        for s in range(30)
+    ]
+    np.testing.assert_allclose(np.stack(aniso)[:, 0], np.stack(iso)[:, 0] / 2.5)  # fewer voxels along coarse z
+    np.testing.assert_allclose(np.stack(aniso)[:, 1:], np.stack(iso)[:, 1:])
+    assert 7 < np.std(np.stack(iso)) < 13
+
+
+def test_samples_are_seeded_by_index():
+    _, labels = ellipsoids()
+    volume = coded_volume(labels.shape, lambda z, y, x: z + y + x)
+    stream = SampleStream([volume], (28, 44, 44), 1, AugmentConfig(), seed=3)
+    a, b = stream.sample(5), stream.sample(5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    again = sampling_grid_3d((8, 8, 8), (4, 4, 4), np.random.default_rng(1), AugmentConfig())
+    np.testing.assert_array_equal(
+        again, sampling_grid_3d((8, 8, 8), (4, 4, 4), np.random.default_rng(1), AugmentConfig())
+    )
+
+
+def prepare_volume(image, labels, spacing=None):
+    return prepare(
+        [image],
+        [labels],
+        in_channels=1,
+        normalization=NormalizationConfig(),
+        weights=WeightMapConfig(),
+        ndim=3,
+        spacing=spacing,
+    )
+
+
+def test_unannotated_planes_contribute_no_loss():
+    image, labels = ellipsoids((30, 48, 48))
+    sparse = labels.copy()
+    annotated_planes = [5, 10, 15, 20]
+    sparse[np.setdiff1d(np.arange(30), annotated_planes)] = IGNORE_LABEL
+    (volume,) = prepare_volume(image, sparse, spacing=(1.5, 1.0, 1.0))
+    assert volume.weights[annotated_planes].min() > 0
+    assert (np.delete(volume.weights, annotated_planes, axis=0) == 0).all()
+    # where did each voxel of a sample come from? the same stream over a z-coded volume says
+    z_coded = PreparedPlane(
+        image=np.broadcast_to(np.arange(30.0, dtype=np.float32)[:, None, None], (1, 30, 48, 48)).copy(),
+        annotation=volume.annotation,
+        annotated=volume.annotated,
+    )
+    config = AugmentConfig(elastic_std=4.0, **NO_JITTER)
+    stream = SampleStream([z_coded], (28, 44, 44), 1, config, seed=2, spacing=(1.5, 1.0, 1.0))
+    inner = tuple(slice(c, c + o) for c, o in zip(stream.context, stream.output))
+    batch = stream.batch(range(4))
+    source_plane = np.floor(batch.image[:, 0][(slice(None), *inner)] + 0.5).astype(int)
+    from_ignored = ~np.isin(source_plane, annotated_planes)
+    assert from_ignored.any() and (~from_ignored).any()
+    assert (batch.weights[from_ignored] == 0).all() and (batch.weights > 0).any()  # crops hold annotation
+    logits = torch.randn(4, 2, *batch.target.shape[1:], requires_grad=True)
+    target, weights = torch.from_numpy(batch.target), torch.from_numpy(batch.weights)
+    loss = weighted_cross_entropy(logits, target, weights)
+    loss.backward()
+    assert (logits.grad.permute(1, 0, 2, 3, 4)[:, torch.from_numpy(from_ignored)] == 0).all()
+    flipped = torch.where(torch.from_numpy(from_ignored), 1 - target, target)
+    assert weighted_cross_entropy(logits, flipped, weights).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_crops_are_drawn_where_annotated_voxels_are():
+    image, labels = ellipsoids((40, 48, 48), seed=1)
+    sparse = np.full_like(labels, IGNORE_LABEL)
+    sparse[[12, 13]] = labels[[12, 13]]
+    (volume,) = prepare_volume(image, sparse)
+    stream = SampleStream([volume], (28, 44, 44), 1, AugmentConfig(), seed=0)
+    assert all((stream.sample(i)[2] > 0).any() for i in range(12))
+
+
+def test_a_3d_model_trains_and_segments_a_volume_from_a_few_planes():
+    image, labels = ellipsoids((20, 40, 40), seed=2, n=3)
+    sparse = np.full_like(labels, IGNORE_LABEL)
+    sparse[::5] = labels[::5]
+    torch.manual_seed(0)
+    model = nu.UNet(ndim=3, spacing=(2.0, 1.0, 1.0), base_channels=2, depth=2, batch_norm=True, dropout=0.0)
+    tile = default_tile_for(model.config, output=12)
+    assert tile == tuple(nu.input_size_for_output(n, a) for n, a in zip((6, 12, 12), model_axes(model.config)))
+    summary = nu.train(model, [image], [sparse], steps=3, batch_size=2, tile=tile, device="cpu", seed=0)
+    assert summary.steps == 3 and np.isfinite(summary.final_loss)
+    segmented = nu.segment(model, image, device="cpu")
+    assert segmented.shape == image.shape and segmented.dtype == np.int32

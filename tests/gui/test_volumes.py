@@ -1,0 +1,55 @@
+"""Volumes in napari: annotate two planes of a stack, train a 3D U-Net, segment into one 3D labels layer."""
+
+import numpy as np
+import torch
+
+from napari_unet._widgets import SegmentWidget, TrainWidget
+from napari_unet.core.config import IGNORE_LABEL
+
+from .conftest import docked
+
+
+def ellipsoid_stack(shape=(16, 48, 48)):
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.int32)
+    for index, (cz, cy, cx) in enumerate([(6, 14, 14), (9, 30, 32), (8, 14, 34)], start=1):
+        labels[((zz - cz) / 4) ** 2 + ((yy - cy) / 9) ** 2 + ((xx - cx) / 9) ** 2 <= 1] = index
+    image = (labels > 0) * 200.0 + np.random.default_rng(0).normal(20, 10, shape)
+    return image.astype(np.float32), labels
+
+
+def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, session, tmp_path, wait_idle):
+    torch.manual_seed(0)
+    stack, truth = ellipsoid_stack()
+    image = viewer.add_image(stack, name="stack", scale=(2.0, 1.0, 1.0))
+    annotation = np.full(truth.shape, IGNORE_LABEL, np.int32)  # the layer starts unannotated
+    for plane in (6, 9):  # paint two planes
+        annotation[plane] = truth[plane]
+    labels = viewer.add_labels(annotation, name="stack annotation", scale=(2.0, 1.0, 1.0))
+
+    train = docked(viewer, TrainWidget(viewer, session))
+    train.image.value, train.labels.value = image, labels
+    assert train.network.value == "3D"  # suggested for a stack
+    assert train.spacing() == (2.0, 1.0, 1.0)  # from the layer's scale
+    train.base_channels.value, train.depth.value = 2, 2
+    train.batch_size.value, train.steps.value = 1, 3
+    train.device.value, train.precision.value = "cpu", "fp32"
+    train.save_path.value = tmp_path / "model3d.safetensors"
+    train.start_button.clicked.emit()
+    wait_idle(train)
+    model = session.model
+    assert model is not None and train.trainer.step == 3, train.status.value
+    assert model.config.ndim == 3 and model.config.spacing == (2.0, 1.0, 1.0)
+    assert model.plan[0].kernel == (1, 3, 3)  # z twice as coarse: in-plane kernels at the first level
+
+    segment = docked(viewer, SegmentWidget(viewer, session))
+    segment.image.value = image
+    segment.device.value, segment.precision.value = "cpu", "fp32"
+    segment.probabilities.value = True
+    segment.run_button.clicked.emit()
+    wait_idle(segment)
+    result = viewer.layers["stack labels"]
+    assert result.data.shape == stack.shape and result.data.dtype == np.int32, segment.status.value
+    assert tuple(result.scale) == (2.0, 1.0, 1.0)
+    assert viewer.layers["stack probability"].data.shape == stack.shape
+    assert segment.progress.value == segment.progress.max > 0
