@@ -15,12 +15,15 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the brute-force reference lives in tests/
 
 import numpy as np
+from tests.reference import weight_map_reference
 
 from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.metrics import touching_pairs
-from napari_unet.core.reference import weight_map_reference
 from napari_unet.core.weights import separation_gap, weight_map
 
 
