@@ -36,7 +36,7 @@ def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, mod
     widget.run_button.clicked.emit()
     wait_idle(widget)
     labels = viewer.layers["cells labels"]
-    assert labels.data.shape == (128, 128) and labels.data.dtype == np.int32
+    assert labels.data.shape == (128, 128) and labels.data.dtype == np.uint16  # drawn without conversion
     assert tuple(labels.scale) == (2, 2) and tuple(labels.translate) == (5, 5)
     assert "cells probability" in viewer.layers
     assert widget.progress.value == widget.progress.max > 0

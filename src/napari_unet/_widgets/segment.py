@@ -14,7 +14,7 @@ from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import SegmentationDone, segmentation_job
-from ._layers import LayerError, image_data, layers_of, put_layer, spatial_shape
+from ._layers import LayerError, display_labels, image_data, layers_of, put_layer, spatial_shape
 from ._runner import JobRunner
 
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
@@ -125,13 +125,14 @@ class SegmentWidget(DockWidget):
             full = self.viewer.layers[name].data if name in self.viewer.layers else None
             if full is None or full.shape != spatial_shape(layer):
                 full = np.zeros(spatial_shape(layer), np.int32)
-            full = np.array(full)
+            full = np.array(full, dtype=np.int32)
             full[index] = labels
             labels = full
-        put_layer(self.viewer, name, labels, "labels", layer)
+        put_layer(self.viewer, name, display_labels(labels), "labels", layer, role="segmentation")
         if result.probabilities is not None:
             foreground = 1.0 - result.probabilities[..., 0, :, :]
-            put_layer(self.viewer, f"{layer.name} probability", foreground, "image", layer, colormap="viridis")
+            shown = f"{layer.name} probability"
+            put_layer(self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis")
         self.status.value = f"{name}: {int(result.labels.max())} objects"
 
     def _on_error(self, message: str) -> None:

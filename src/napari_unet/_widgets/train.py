@@ -27,7 +27,7 @@ from ..core.train import StepProgress, Trainer, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import Preview, TrainingDone, training_job
-from ._layers import LayerError, image_data, labels_data, layers_of, put_layer
+from ._layers import LayerError, display_labels, image_data, labels_data, layers_of, put_layer
 from ._plot import LossPlot
 from ._runner import JobRunner
 
@@ -231,7 +231,8 @@ class TrainWidget(DockWidget):
         elif isinstance(event, Preview):
             layer = self.preview_image.value
             if layer is not None:
-                put_layer(self.viewer, f"{layer.name} preview", event.labels, "labels", layer)
+                labels = display_labels(event.labels)
+                put_layer(self.viewer, f"{layer.name} preview", labels, "labels", layer, role="preview")
 
     def _on_done(self, done: TrainingDone) -> None:
         trainer = done.trainer
