@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry
+from .annotation import image_like_reason, looks_like_image_message
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from .errors import NapariUnetError
@@ -57,9 +58,10 @@ class Batch:
 def _pair_planes(image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str):
     data = channels_at_minus3(image, in_channels, channel_axis)
     labels = np.asarray(labels)
+    reason = image_like_reason(labels)
+    if reason:
+        raise TrainingDataError(looks_like_image_message(f"{name}: the labels", reason))
     if not np.issubdtype(labels.dtype, np.integer):
-        if labels.size and not np.array_equal(labels, np.round(labels)):
-            raise TrainingDataError(f"{name}: labels must be integers (0 background, 1.. cells, -1 ignore)")
         labels = labels.astype(np.int64)
     if labels.shape != data.shape[:-3] + data.shape[-2:]:
         raise TrainingDataError(
