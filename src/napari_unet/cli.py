@@ -22,6 +22,7 @@ from .core.metrics import MatchStats
 from .core.model import UNet
 from .core.predict import TileProgress, iter_segment
 from .core.progress import drive
+from .core.threads import use_threads
 from .core.train import StepProgress, Trainer, ValidationResult
 from .core.weights import separation_target, weight_map
 
@@ -117,6 +118,7 @@ def run_training(trainer: Trainer) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    use_threads(args.threads)
     _check_pairs(args.images, args.labels, "training")
     _check_pairs(args.val_images, args.val_labels, "validation")
     images = [read_image(p) for p in args.images]
@@ -228,6 +230,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
     add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
+    add("--threads", type=int, default=None, help="CPU threads (default: the cores other programs leave free)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
     start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")
