@@ -4,6 +4,7 @@ import torch
 
 from napari_unet import UNet, save_model
 from napari_unet._widgets import SegmentWidget
+from napari_unet.core.layout import rgb_for_one_channel_message
 
 from .conftest import docked
 
@@ -95,11 +96,40 @@ def test_bad_input_is_reported(viewer, session, tmp_path):
     assert "corrupt.safetensors" in widget.status.value and not widget.runner.busy
 
 
-def test_worker_errors_become_notifications(viewer, model_session, wait_idle):
-    rgb = viewer.add_image(np.zeros((30, 30, 3), np.uint8), name="rgb", rgb=True)
+def test_an_rgb_layer_with_a_one_channel_model_gives_the_command_lines_message(
+    viewer, model_session, wait_idle, caplog
+):
+    """Issue 18.11: the same one message as the command line, no traceback."""
+    rgb = viewer.add_image(np.zeros((30, 40, 3), np.uint8), name="rgb", rgb=True)
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = rgb
     widget.run_button.clicked.emit()
     wait_idle(widget)
-    assert "expects 1 channel" in widget.status.value
+    assert widget.status.value == f"⚠ {rgb_for_one_channel_message((30, 40, 3))}"
     assert widget.run_button.enabled
+    assert not [record for record in caplog.records if record.exc_info], "a user error printed a traceback"
+
+
+def test_segment_preselects_the_image_resets_its_progress_and_keeps_the_selection(
+    viewer, model_session, wait_idle, qtbot
+):
+    """Issues 18.9 and 18.6: the image is chosen, a new run starts from 0, the result
+    layer leaves the selection (and the brush) alone."""
+    small = viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="small")
+    annotation = viewer.add_labels(np.full((64, 64), -1, np.int16), name="small annotation")
+    viewer.layers.selection.active = annotation
+    annotation.mode = "paint"
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    assert widget.image.value is small
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.progress.value == widget.progress.max > 0
+    assert viewer.layers.selection.active is annotation and annotation.mode == "paint"
+    big = viewer.add_image(np.random.default_rng(1).random((4, 300, 300)).astype(np.float32), name="big")
+    widget.image.value = big
+    widget.tile.value = 60
+    assert widget.progress.value == 0  # the last run's 100% is gone
+    widget.run_button.clicked.emit()
+    assert widget.progress.value == 0
+    widget.cancel_button.clicked.emit()
+    wait_idle(widget)

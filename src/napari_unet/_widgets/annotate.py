@@ -45,7 +45,6 @@ from ._layers import (
     spatial_shape,
     unique_name,
 )
-from ._runner import JobRunner
 
 NEW_CELL_KEY = "n"
 #: Annotations up to this many pixels are recounted at once; larger ones in a worker.
@@ -135,7 +134,7 @@ class AnnotateWidget(DockWidget):
         self._own_refresh = False
         self._filling = None
         self._edited_while_filling = False
-        self.counter = JobRunner("annotation counts", lambda _: None, self._counted, self._count_idle, self.report)
+        self.counter = self.make_runner("annotation counts", None, self._counted, self._count_idle, self._count_failed)
         self._recount_timer = QTimer(self.native)
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(100)
@@ -371,6 +370,9 @@ class AnnotateWidget(DockWidget):
         if shown is not None and self.show_touching.value and (shown.any() or self._touching_layer() is not None):
             self._put_touching(shown)
         self._show_counts()
+
+    def _count_failed(self, message: str) -> None:
+        self.status.value = f"⚠ {message}"
 
     def _count_idle(self) -> None:
         if self._recount_again:

@@ -15,7 +15,6 @@ from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import SegmentationDone, segmentation_job
 from ._layers import LayerError, display_labels, image_data, layers_of, put_layer, spatial_shape
-from ._runner import JobRunner
 
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 
@@ -33,7 +32,9 @@ class SegmentWidget(DockWidget):
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_info = Label(value=self.session.describe())
-        self.tile = ComboBox(label="tile", choices=tile_choices(4), value=None)
+        self._file_model = None
+        # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
+        self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self._model_depth()), value=None)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.planes = ComboBox(label="stacks", choices=[CURRENT_PLANE, ALL_PLANES], value=ALL_PLANES)
@@ -49,13 +50,34 @@ class SegmentWidget(DockWidget):
             ]
         )  # fmt: skip
         self.model_info.native.setWordWrap(True)
-        self.runner = JobRunner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
+        self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.session.model_changed.connect(self._on_model_changed)
         self.model_source.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.guarded(self.run))
         self.cancel_button.changed.connect(self.runner.stop)
+        self.image.changed.connect(self._reset_progress)
         self._on_model_changed()
+        self._preselect()
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._preselect()
+
+    def _preselect(self) -> None:
+        """Choose the selected image layer, or else the newest one, when none is chosen."""
+        if self.image.value is not None:
+            return
+        images = [layer for layer in self.image.choices if layer is not None]
+        active = self.viewer.layers.selection.active
+        if active in images:
+            self.image.value = active
+        elif images:
+            self.image.value = images[-1]
+
+    def _reset_progress(self, *_) -> None:
+        self.progress.max = 1
+        self.progress.value = 0
 
     def _on_model_changed(self, *_) -> None:
         """Describe the chosen model and offer the tile sizes valid for its depth."""
@@ -68,9 +90,12 @@ class SegmentWidget(DockWidget):
                 self.model_info.value = f"⚠ {error}"
         else:
             self.model_info.value = self.session.describe()
-        model = self._file_model if self.model_source.value == "file" else self.session.model
-        self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
+        self.tile.reset_choices()
         self.tile.value = None
+
+    def _model_depth(self) -> int:
+        model = self._file_model if self.model_source.value == "file" else self.session.model
+        return model.config.depth if model is not None else 4
 
     def model(self) -> UNet:
         if self.model_source.value == "file":
@@ -98,7 +123,7 @@ class SegmentWidget(DockWidget):
             data = data[index]
             self._target = (layer, index)
         self.status.value = f"segmenting {layer.name}…"
-        self.progress.value = 0
+        self._reset_progress()
         self.cancel_button.enabled, self.run_button.enabled = True, False
         options = {
             "tile": self.tile.value,
@@ -117,6 +142,7 @@ class SegmentWidget(DockWidget):
     def _on_done(self, result: SegmentationDone | None) -> None:
         if result is None:
             self.status.value = "cancelled"
+            self._reset_progress()
             return
         layer, index = self._target
         labels = result.labels

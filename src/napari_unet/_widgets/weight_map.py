@@ -11,7 +11,6 @@ from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
 from ._layers import EditWatcher, labels_data, layers_of, put_layer
-from ._runner import JobRunner
 
 
 def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
@@ -51,7 +50,7 @@ class WeightMapWidget(DockWidget):
         self.live = CheckBox(text="update while painting", value=True)
         self.compute = PushButton(text="Show weight map")
         self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
-        self.runner = JobRunner("weight map", lambda _: None, self._show, self._idle, self._failed)
+        self.runner = self.make_runner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
         self._edits = EditWatcher(self._refresh_shown, self.native, delay_ms=300)
         self.compute.changed.connect(self.guarded(self.update_map))
