@@ -7,9 +7,7 @@ import torch
 
 from napari_unet import UNet, save_model
 from napari_unet.cli import main
-from napari_unet.core.layout import rgb_for_one_channel_message
 from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.threads import choose_threads, other_busy_cores
 
 
 def error_line(capsys) -> str:
@@ -24,7 +22,7 @@ def test_an_rgb_image_with_a_one_channel_model_names_both_remedies(tmp_path, cap
     np.save(tmp_path / "rgb.npy", np.zeros((40, 50, 3), np.uint8))
     assert main(["segment", str(model), str(tmp_path / "rgb.npy"), "--out-dir", str(tmp_path / "out")]) == 2
     line = error_line(capsys)
-    assert line == f"napari-unet: error: {rgb_for_one_channel_message((40, 50, 3))}"
+    assert line.startswith("napari-unet: error: the model expects 1 channel but the image (shape (40, 50, 3)) is RGB")
     assert "--in-channels 3" in line and "Split RGB" in line
 
 
@@ -55,6 +53,8 @@ def test_evaluate_works_on_stacks(tmp_path, capsys):
 
 
 def test_threads_follow_the_machine_and_the_command_line(tmp_path):
+    from napari_unet.core.threads import choose_threads, other_busy_cores
+
     assert choose_threads(busy=0.0) >= 1
     cores = choose_threads(busy=0.0)
     assert choose_threads(busy=1.0) == max(cores - 1, 1)  # a busy core is left alone

@@ -6,9 +6,10 @@ from qtpy.QtWidgets import QApplication
 
 from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import AnnotateWidget, WeightMapWidget
-from napari_unet.core.annotation import TOUCHING_GAP, UNANNOTATED_RIM
 
 from .conftest import docked
+
+TOUCHING_GAP, UNANNOTATED_RIM = 1, 2  # the highlight's values (napari_unet.core.annotation)
 
 
 def counted(qtbot):

@@ -4,7 +4,7 @@ import torch
 
 from napari_unet import UNet, save_model
 from napari_unet._widgets import SegmentWidget
-from napari_unet.core.layout import rgb_for_one_channel_message
+from napari_unet.cli import main
 
 from .conftest import docked
 
@@ -97,15 +97,21 @@ def test_bad_input_is_reported(viewer, session, tmp_path):
 
 
 def test_an_rgb_layer_with_a_one_channel_model_gives_the_command_lines_message(
-    viewer, model_session, wait_idle, caplog
+    viewer, model_session, wait_idle, caplog, capsys, tmp_path
 ):
     """Issue 18.11: the same one message as the command line, no traceback."""
-    rgb = viewer.add_image(np.zeros((30, 40, 3), np.uint8), name="rgb", rgb=True)
+    data = np.zeros((30, 40, 3), np.uint8)
+    np.save(tmp_path / "rgb.npy", data)
+    save_model(model_session.model, tmp_path / "gray.safetensors")
+    assert main(["segment", str(tmp_path / "gray.safetensors"), str(tmp_path / "rgb.npy"), "--out-dir", str(tmp_path)])
+    cli_message = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("napari-unet: error: ")
+    assert "convert" in cli_message and "RGB" in cli_message
+    rgb = viewer.add_image(data, name="rgb", rgb=True)
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = rgb
     widget.run_button.clicked.emit()
     wait_idle(widget)
-    assert widget.status.value == f"⚠ {rgb_for_one_channel_message((30, 40, 3))}"
+    assert widget.status.value == f"⚠ {cli_message}"
     assert widget.run_button.enabled
     assert not [record for record in caplog.records if record.exc_info], "a user error printed a traceback"
 

@@ -9,7 +9,6 @@ from napari_unet import load_model
 from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import TrainWidget
 from napari_unet._widgets import train as train_widget
-from napari_unet._widgets._layers import ROLE
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.synthetic import synthetic_nuclei
 
@@ -151,7 +150,7 @@ def test_start_prepares_the_data_in_the_worker_and_the_viewer_never_stalls(viewe
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.preview_image.value = image_layer  # adds the (hidden) preview layer now
     widget.preview_every.value = 2
-    train_widget.warm_up().join()  # the import the widget starts when it opens
+    train_widget.warm_up().join()  # the import the widget starts when it opens (see its docstring)
     ticks = []
     probe = QTimer()
     probe.setInterval(10)
@@ -239,9 +238,10 @@ def test_helper_layers_are_not_offered_as_annotations_and_threads_can_be_set(
 ):
     """Issues 18.6 and 18.10: helper layers stay out of the choices; the CPU thread setting is used."""
     assert annotated  # the image and its annotation
-    viewer.add_labels(np.zeros((128, 128), np.uint8), name="cells annotation touching", metadata={ROLE: "touching"})
-    viewer.add_labels(np.zeros((128, 128), np.uint16), name="cells labels", metadata={ROLE: "segmentation"})
-    viewer.add_image(np.zeros((128, 128), np.float32), name="cells annotation weights", metadata={ROLE: "weights"})
+    role = "napari_unet"  # where the plugin's layers say what they are
+    viewer.add_labels(np.zeros((128, 128), np.uint8), name="cells annotation touching", metadata={role: "touching"})
+    viewer.add_labels(np.zeros((128, 128), np.uint16), name="cells labels", metadata={role: "segmentation"})
+    viewer.add_image(np.zeros((128, 128), np.float32), name="cells annotation weights", metadata={role: "weights"})
     widget = docked(viewer, TrainWidget(viewer, session))
     assert [layer.name for layer in widget.labels.choices if layer] == ["cells annotation"]
     assert [layer.name for layer in widget.image.choices if layer] == ["cells"]
