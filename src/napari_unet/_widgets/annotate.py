@@ -126,6 +126,7 @@ class AnnotateWidget(DockWidget):
         self.annotation.changed.connect(self._adopt)
         self.stats: AnnotationStats | None = None
         self._known_stats: AnnotationStats | None = None
+        self._hint = ""
         self._layer: Labels | None = None
         self._converted: set[int] = set()
         self._pending: list | None = None  # edits made while a recount runs, replayed on its result
@@ -174,6 +175,7 @@ class AnnotateWidget(DockWidget):
         layer = self._add_annotation(new_annotation(shape), image)
         self.select_new_cell()
         self.status.value = f"'{layer.name}': unannotated everywhere; paint cells and some background around them"
+        self._hint = self.status.value  # cleared by the first stroke
         return layer
 
     def select_new_cell(self) -> None:
@@ -396,6 +398,8 @@ class AnnotateWidget(DockWidget):
         layer = self._layer
         if layer is None or not atoms:
             return
+        if self._hint and self.status.value == self._hint:
+            self.status.value = ""
         data = layer.data
         try:
             boxes = [_atom_box(atom, data.ndim) for atom in atoms]
