@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 
 # Each benchmark prints a table with the command that produced it (see bench/README.md).
 bench: $(VENV)/.installed
-	for script in limits segment peers weights train quality export; do $(BIN)/python bench/bench_$$script.py || exit 1; done
+	for script in limits segment peers weights train quality export threads; do $(BIN)/python bench/bench_$$script.py || exit 1; done
 
 screenshot: $(VENV)/.installed
 	$(BIN)/python scripts/screenshot.py

@@ -1,4 +1,4 @@
-"""Make docs/screenshot.png: napari-unet docked in napari, trained and run on the 2D sample.
+"""Make docs/screenshot.png: the first hour in napari, on the 2D sample.
 
 Run it from the repository root under a virtual display (about a minute on 2 cores)::
 
@@ -6,13 +6,17 @@ Run it from the repository root under a virtual display (about a minute on 2 cor
 
 or as ``.venv/bin/python scripts/screenshot.py``: where no display is set, the script
 starts itself again under ``xvfb-run`` like that.
-It opens a napari window, loads the "Synthetic nuclei (2D, annotated)" sample, docks
-the four napari-unet widgets, shows the annotation's weight map (hidden in the
-picture), trains a small U-Net (base 8, depth 3, 400 steps, CPU) with the Train
-widget's Start button, segments the image with the Segment widget and saves the
-whole window (quantised to 256 colours, about 100 kB). Seeds and one torch thread
-make it repeatable; napari's settings and the model go to a temporary folder, so the
-user's napari settings are neither used nor changed.
+It opens a napari window, loads the "Synthetic nuclei (2D, annotated)" sample and
+docks the four napari-unet widgets, then walks the workflow as a user would:
+*Create annotation layer* (a new, unannotated layer next to the sample's complete
+annotation), paints a few cells with the brush (``layer.paint``, checking that the
+annotation stays selected in paint mode, so a drag paints rather than pans), paints
+background around them, shows the weight map (hidden in the picture), trains a small
+U-Net (base 8, depth 3, 400 steps, CPU) on the sample's complete annotation with the
+Train widget's Start button, segments the image with the Segment widget (outlines in
+the picture) and saves the whole window (quantised to 256 colours). Seeds and one
+torch thread make it repeatable; napari's settings and the model go to a temporary
+folder, so the user's napari settings are neither used nor changed.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = (1600, 1000)
 STEPS = 400  # fewer leave touching nuclei merged
-TIMEOUT = 300.0  # seconds to wait for one job
+TIMEOUT = 1800.0  # seconds to wait for one job (a busy machine trains slowly)
 
 
 def process_events(until, timeout: float = TIMEOUT) -> None:
@@ -60,6 +64,33 @@ def make_scrollable(dock) -> None:
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(dock.widget())
     dock.setWidget(scroll)
+
+
+def paint_a_few_cells(viewer, annotate, image, truth) -> None:
+    """What a user does first: a new annotation, a few cells, background around them."""
+    import numpy as np
+
+    annotate.image.value = image
+    annotate.create.clicked.emit()
+    layer = annotate.annotation.value
+    if layer.name != "nuclei annotation 2" or not (layer.data == -1).all():
+        raise RuntimeError("Create should make a new, unannotated layer next to the sample's annotation")
+    region = (slice(150, 300), slice(160, 330))  # a patch of the image, cells touching in it
+    ids = [i for i in np.unique(truth[region]) if i > 0 and (truth == i)[region].sum() == (truth == i).sum()]
+    annotate.background.clicked.emit()
+    layer.brush_size = 12
+    top, left = region[0].start, region[1].start
+    for y in range(top + 4, region[0].stop - 4, 8):  # brush strokes of background over the patch
+        for x in range(left + 4, region[1].stop - 4, 8):
+            if not truth[y - 8 : y + 9, x - 8 : x + 9].any():
+                layer.paint((y, x), 0)
+    for cell in ids:
+        annotate.new_cell.clicked.emit()
+        yy, xx = np.nonzero(truth == cell)
+        layer.data_setitem((yy, xx), layer.selected_label)  # the cell, painted to its outline
+        settle(0.05)
+    if viewer.layers.selection.active is not layer or layer.mode != "paint":
+        raise RuntimeError("painting must leave the annotation selected in paint mode")
 
 
 def main() -> None:
@@ -112,8 +143,8 @@ def main() -> None:
     window.resize(*WINDOW)
     settle()
 
-    annotate.image.value, annotate.annotation.value = image, annotation
-    weights.labels.value = annotation
+    paint_a_few_cells(viewer, annotate, image, annotation.data)
+    weights.labels.value = annotate.annotation.value
     weights.compute.clicked.emit()
     process_events(lambda: not weights.runner.busy)
 
@@ -121,6 +152,7 @@ def main() -> None:
     train.base_channels.value, train.depth.value = 8, 3
     train.steps.value, train.lr.value = STEPS, 0.01
     train.device.value = "cpu"
+    train.threads.value = 1  # repeatable
     train.save_path.value = work / "model.safetensors"
     train.start_button.clicked.emit()
     process_events(lambda: not train.runner.busy)
@@ -134,12 +166,19 @@ def main() -> None:
     if "nuclei labels" not in viewer.layers:
         raise RuntimeError(f"segmentation failed: {segment.status.value}")
 
+    painted = annotate.annotation.value
+    shown = ("nuclei", "nuclei labels", painted.name, f"{painted.name} touching")
     for layer in viewer.layers:
-        layer.visible = layer.name in ("nuclei", "nuclei labels")
-    viewer.layers.selection.active = viewer.layers["nuclei labels"]
-    weights_dock.raise_()
+        if layer.visible != (layer.name in shown):  # napari resets the mode of a layer it shows or hides
+            layer.visible = layer.name in shown
+    viewer.layers["nuclei labels"].contour = 1  # outlines, so the annotation shows under them
+    viewer.layers.move(viewer.layers.index(painted), len(viewer.layers) - 1)
+    viewer.layers.selection.active = painted
+    if painted.mode != "paint":
+        raise RuntimeError(f"the annotation should still be painted, but its mode is {painted.mode}")
+    annotate_dock.raise_()
     qt_viewer = viewer.window._qt_viewer
-    for dock, width in ((segment_dock, 360), (train_dock, 440)):  # the canvas gets the rest
+    for dock, width in ((segment_dock, 330), (train_dock, 420)):  # the canvas gets the rest
         window.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
         settle(0.2)
     settle()

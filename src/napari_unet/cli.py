@@ -37,6 +37,7 @@ from .core.metrics import MatchStats
 from .core.model import UNet
 from .core.predict import TileProgress, iter_segment
 from .core.progress import drive
+from .core.threads import use_threads
 from .core.train import CheckpointFailed, StepProgress, Trainer, TrainingError, ValidationResult, model_bytes
 from .core.weights import separation_target, weight_map
 
@@ -318,6 +319,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
             ) from error
         return None
     group = join_from_environment(resolve_device(args.device))
+    if not group.distributed:  # torchrun's processes split the cores between them already
+        use_threads(args.threads)
     _check_pairs(args.images, args.labels, "training")
     _check_pairs(args.val_images, args.val_labels, "validation")
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
@@ -525,6 +528,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="data-parallel processes on this machine (one per GPU; on a CPU they share the cores); "
         "--batch-size is the global batch",
     )
+    add("--threads", type=int, default=None, help="CPU threads (default: the cores other programs leave free)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
     start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")

@@ -86,7 +86,7 @@ def test_rgb_and_channels_first_agree(rng):
 
 
 def test_shape_errors_say_what_to_change(rng):
-    with pytest.raises(ImageShapeError, match="looks RGB"):
+    with pytest.raises(ImageShapeError, match="is RGB: use a model trained on RGB images"):
         predict(small_model(), rng.random((40, 50, 3)))
     with pytest.raises(ImageShapeError, match="expects 3 channels"):
         predict(small_model(in_channels=3), rng.random((40, 50)))

@@ -1,9 +1,36 @@
+import time
+
 import numpy as np
+import pytest
+from qtpy.QtWidgets import QApplication
 
-from napari_unet._widgets import AnnotateWidget
-from napari_unet.core.config import IGNORE_LABEL
+from napari_unet._sample_data import nuclei_2d
+from napari_unet._widgets import AnnotateWidget, WeightMapWidget
 
-from .conftest import docked, paint_discs
+from .conftest import docked
+
+TOUCHING_GAP, UNANNOTATED_RIM = 1, 2  # the highlight's values (napari_unet.core.annotation)
+
+
+def counted(qtbot):
+    """Let the widget count the edits napari reported (on the next event-loop turn)."""
+    qtbot.wait(20)
+
+
+def rect(top, left, height, width):
+    """Indices of a rectangle, for ``layer.data_setitem`` (an edit napari records like a stroke)."""
+    yy, xx = np.mgrid[top : top + height, left : left + width]
+    return yy.ravel(), xx.ravel()
+
+
+@pytest.fixture
+def annotating(viewer):
+    """An image, the Annotate widget and a fresh annotation layer for the image."""
+    image = viewer.add_image(np.random.default_rng(0).random((80, 120)).astype(np.float32), name="img")
+    widget = docked(viewer, AnnotateWidget(viewer))
+    widget.image.value = image
+    widget.create.clicked.emit()
+    return widget, widget.annotation.value
 
 
 def test_create_annotation_matches_the_image_grid(viewer, nuclei):
@@ -17,36 +44,190 @@ def test_create_annotation_matches_the_image_grid(viewer, nuclei):
     assert widget.annotation.value is layer and layer.selected_label == 1 and layer.mode == "paint"
 
 
-def test_new_cell_counts_touching_and_ignore(viewer, qtbot):
-    image = viewer.add_image(np.zeros((60, 60)), name="img")
+def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(annotating, qtbot):
+    """Issue 18.1: -1 everywhere at first; painted cells and background survive every action."""
+    widget, layer = annotating
+    assert layer.data.dtype.kind == "i" and (layer.data == -1).all()
+    assert widget.counts.value.startswith("cells 0, background 0% of the image, unannotated 100%")
+    widget.background.clicked.emit()  # the README's old order: background first...
+    layer.data_setitem(rect(0, 0, 8, 120), layer.selected_label)
+    widget.new_cell.clicked.emit()  # ...then cells
+    layer.paint((40, 30), layer.selected_label)
+    counted(qtbot)
+    widget.new_cell.clicked.emit()
+    layer.paint((40, 80), layer.selected_label)
+    counted(qtbot)
+    painted = layer.data.copy()
+    assert (painted[:8] == 0).all() and {1, 2} <= set(np.unique(painted))
+    assert widget.counts.value.startswith("cells 2, background 10% of the image, unannotated")
+    widget.rest_of_image.clicked.emit()  # only unannotated pixels change
+    assert (layer.data[painted != -1] == painted[painted != -1]).all()
+    assert (layer.data[painted == -1] == 0).all()
+    assert "unannotated 0%" in widget.counts.value
+    widget.erase.clicked.emit()  # erasing makes pixels unannotated again, nothing else
+    assert layer.mode == "erase"
+    layer.paint((70, 110), layer.colormap.background_value)
+    counted(qtbot)
+    assert (layer.data == -1).sum() > 0 and (layer.data[painted > 0] == painted[painted > 0]).all()
+    widget.new_cell.clicked.emit()
+    assert layer.selected_label == 3 and layer.mode == "paint"
+
+
+def test_rest_of_this_plane_is_background_leaves_other_planes(viewer, qtbot):
+    image = viewer.add_image(np.zeros((3, 40, 40), np.float32), name="stack")
     widget = docked(viewer, AnnotateWidget(viewer))
     widget.image.value = image
     widget.create.clicked.emit()
     layer = widget.annotation.value
-    layer.data = paint_discs((60, 60), [(20, 20), (20, 31), (45, 45)], 6)  # cells 1 and 2 touch
+    assert not widget.rest_of_plane.native.isHidden()
+    viewer.dims.set_current_step(0, 1)
     widget.new_cell.clicked.emit()
-    assert layer.selected_label == 4
-    qtbot.waitUntil(lambda: "cells: 3" in widget.counts.value, timeout=5000)
-    assert "touching pairs: 1" in widget.counts.value
-    assert "img annotation touching" in viewer.layers
-    widget.ignore_brush.clicked.emit()
-    assert layer.selected_label == IGNORE_LABEL
-    widget.ignore_rest.clicked.emit()
-    assert (layer.data == IGNORE_LABEL).sum() == (paint_discs((60, 60), [(20, 20), (20, 31), (45, 45)], 6) == 0).sum()
-    assert "unannotated px: " in widget.counts.value and "unannotated px: 0" not in widget.counts.value
+    layer.paint((1, 20, 20), layer.selected_label)
+    counted(qtbot)
+    widget.rest_of_plane.clicked.emit()
+    assert (layer.data[1] >= 0).all() and (layer.data[0] == -1).all() and (layer.data[2] == -1).all()
+    assert "ids unique across the stack" in widget.counts.value
 
 
-def test_start_from_segmentation_copies_labels(viewer, nuclei):
-    image = viewer.add_image(nuclei[0], name="cells")
-    predicted = viewer.add_labels(nuclei[1], name="cells labels")
+def test_unannotated_pixels_show_the_image_and_background_is_a_faint_tint(make_napari_viewer, qtbot):
+    """Issue 18.2: -1 is transparent, 0 faintly tinted, cells in label colours."""
+    viewer = make_napari_viewer(show=True)  # screenshots need a window on the screen
+    image = viewer.add_image(np.full((60, 180), 0.5, np.float32), name="img", contrast_limits=(0, 1))
+    widget = AnnotateWidget(viewer)  # not docked: the whole window is canvas
+    widget.image.value = image
+    widget.create.clicked.emit()
+    layer = widget.annotation.value
+    layer.data_setitem(rect(0, 60, 60, 60), 0)
+    layer.data_setitem(rect(0, 120, 60, 60), 1)
+    viewer.reset_view()
+    qtbot.wait(50)
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    row = shot[shot.shape[0] // 2]
+    left, middle, right = (row[int(shot.shape[1] * f)] for f in (0.3, 0.5, 0.7))
+    layer.visible = False
+    qtbot.wait(50)
+    plain = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)[shot.shape[0] // 2]
+    image_only = plain[int(shot.shape[1] * 0.3)]
+    assert np.abs(left - image_only).max() <= 2, "unannotated pixels must show the image unchanged"
+    tint = np.abs(middle - image_only).max()
+    assert 10 <= tint <= 80, f"annotated background should be a faint tint, differs by {tint}"
+    assert np.abs(right - image_only).max() > 60, "cells keep strong label colours"
+
+
+def test_unsigned_labels_become_signed_once_and_a_full_dtype_value_is_warned_about(viewer, qtbot):
+    """Issue 18.3: uint8/uint16 layers are converted when they become the annotation."""
+    image = viewer.add_image(np.zeros((50, 50), np.float32), name="img")
+    opened = np.zeros((50, 50), np.uint8)
+    opened[10:20, 10:20] = 1
+    layer = viewer.add_labels(opened, name="from disk")
     widget = docked(viewer, AnnotateWidget(viewer))
     widget.image.value = image
+    widget.annotation.value = layer
+    assert layer.data.dtype == np.int16 and (layer.data[10:20, 10:20] == 1).all()
+    assert "was uint8: converted to int16" in widget.status.value
+    widget.erase.clicked.emit()
+    layer.paint((40, 40), layer.colormap.background_value)  # raised before
+    counted(qtbot)
+    assert (layer.data == -1).any() and "unannotated" in widget.counts.value
+    widget.annotation.value = None
+    widget.annotation.value = layer
+    assert "converted" not in widget.status.value  # said once
+    missing = viewer.add_labels(np.where(opened == 1, 1, 255).astype(np.uint8), name="255 is missing")
+    widget.annotation.value = missing
+    assert "the largest uint8 value" in widget.status.value and "giant cell" in widget.status.value
+
+
+def test_cells_separated_only_by_unannotated_pixels_are_shown(viewer, annotating, wait_idle, qtbot):
+    """Issue 18.4: a 1-px unpainted rim between cells is reported and highlighted."""
+    widget, layer = annotating
+    layer.data_setitem(rect(20, 10, 20, 20), 1)
+    layer.data_setitem(rect(20, 31, 20, 20), 2)  # column 30 stays unannotated
+    layer.data_setitem(rect(20, 60, 20, 20), 3)
+    layer.data_setitem(rect(20, 80, 20, 20), 4)  # touches 3
+    counted(qtbot)
+    assert "touching pairs 1" in widget.counts.value
+    assert "1 pair(s) of cells separated only by unannotated pixels" in widget.counts.value
+    shown = viewer.layers["img annotation touching"].data
+    assert (shown[20:40, 30] == UNANNOTATED_RIM).all() and (shown[20:40, 79:81] == TOUCHING_GAP).all()
+    weights = docked(viewer, WeightMapWidget(viewer))
+    weights.labels.value = layer
+    weights.compute.clicked.emit()
+    wait_idle(weights)
+    assert "1 pair(s) of cells are separated only by unannotated pixels" in weights.status.value
+    target = viewer.layers["img annotation target"]
+    assert target.visible and (target.data[20:40, 30] == UNANNOTATED_RIM).all()
+    assert viewer.layers["img annotation weights"].data[30, 30] == 0
+    layer.data_setitem(rect(20, 30, 20, 1), 0)  # paint the rim as background
+    counted(qtbot)
+    assert "separated only by unannotated" not in widget.counts.value
+    assert not (viewer.layers["img annotation touching"].data == UNANNOTATED_RIM).any()
+
+
+def test_create_makes_a_new_layer_and_never_reuses_one(viewer):
+    """Issue 18.5: with the sample's complete annotation open, Create makes an empty one."""
+    for data, meta, kind in nuclei_2d():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    truth = viewer.layers["nuclei annotation"].data.copy()
+    widget = docked(viewer, AnnotateWidget(viewer))
+    widget.image.value = viewer.layers["nuclei"]
+    widget.create.clicked.emit()
+    created = widget.annotation.value
+    assert created.name == "nuclei annotation 2" and (created.data == -1).all()
+    assert np.array_equal(viewer.layers["nuclei annotation"].data, truth)
+    widget.create.clicked.emit()
+    assert widget.annotation.value.name == "nuclei annotation 3"
+
+
+def test_helper_layers_keep_the_selection_and_the_brush(viewer, annotating, qtbot):
+    """Issue 18.6: the touching highlight appears without taking the selection or the mode."""
+    widget, layer = annotating
+    viewer.layers.selection.active = layer
+    layer.mode = "paint"
+    layer.data_setitem(rect(10, 10, 10, 10), 1)
+    layer.data_setitem(rect(10, 20, 10, 10), 2)  # touches 1: the highlight layer is added
+    counted(qtbot)
+    assert "img annotation touching" in viewer.layers
+    assert viewer.layers.selection.active is layer and layer.mode == "paint"
+    assert viewer.layers["img annotation touching"] not in widget.annotation.choices
+
+
+def test_strokes_on_a_large_annotation_update_counts_from_their_window(viewer, qtbot):
+    """Issue 18.7: a stroke's counting work does not grow with the image."""
+    image = viewer.add_image(np.zeros((4096, 4096), np.uint8), name="big")
+    widget = docked(viewer, AnnotateWidget(viewer))
+    widget.image.value = image
+    widget.create.clicked.emit()
+    layer = widget.annotation.value
+    layer.brush_size = 30
+    times = []
+    for step, x in enumerate(range(100, 500, 20)):
+        if step % 4 == 0:
+            widget.new_cell.clicked.emit()
+        start = time.perf_counter()
+        layer.paint((2000, x), layer.selected_label)
+        QApplication.processEvents()  # the widget counts the stroke here
+        times.append(time.perf_counter() - start)
+    assert widget.counts.value.startswith("cells 5,")
+    assert "touching pairs 4" in widget.counts.value
+    assert np.median(times) < 0.05, f"a stroke took {np.median(times) * 1000:.0f} ms (median)"
+
+
+def test_new_annotation_from_segmentation_copies_and_keeps_the_old_one(viewer, nuclei):
+    image = viewer.add_image(nuclei[0], name="cells")
+    predicted = viewer.add_labels(nuclei[1], name="cells labels", metadata={"napari_unet": "segmentation"})
+    widget = docked(viewer, AnnotateWidget(viewer))
+    widget.image.value = image
+    widget.create.clicked.emit()
+    first = widget.annotation.value
+    first.data_setitem(rect(0, 0, 5, 5), 0)
     widget.source.value = predicted
     widget.copy.clicked.emit()
-    annotation = viewer.layers["cells annotation"]
-    assert np.array_equal(annotation.data, nuclei[1])
+    annotation = widget.annotation.value
+    assert annotation is not first and annotation.name == "cells annotation 2"
+    assert np.array_equal(annotation.data, nuclei[1]) and annotation.data.dtype.kind == "i"
     assert annotation.data is not predicted.data  # an editable copy
     assert annotation.selected_label == nuclei[1].max() + 1
+    assert (first.data[:5, :5] == 0).all()  # nothing overwritten
 
 
 def test_shape_mismatch_and_missing_layers_are_reported(viewer):
@@ -57,11 +238,7 @@ def test_shape_mismatch_and_missing_layers_are_reported(viewer):
     assert "no annotation layer" in widget.status.value
     widget.image.value = image
     widget.annotation.value = other
-    widget.refresh()
     assert "differs from image" in widget.counts.value
     widget.source.value = other
-    widget.copy.clicked.emit()
-    assert "copy the segmentation into" in widget.status.value  # not into itself
-    widget.create.clicked.emit()
     widget.copy.clicked.emit()
     assert "⚠" in widget.status.value and "pick the annotation made for this image" in widget.status.value

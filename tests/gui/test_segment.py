@@ -4,6 +4,7 @@ import torch
 
 from napari_unet import UNet, save_model
 from napari_unet._widgets import SegmentWidget
+from napari_unet.cli import main
 
 from .conftest import docked
 
@@ -36,7 +37,7 @@ def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, mod
     widget.run_button.clicked.emit()
     wait_idle(widget)
     labels = viewer.layers["cells labels"]
-    assert labels.data.shape == (128, 128) and labels.data.dtype == np.int32
+    assert labels.data.shape == (128, 128) and labels.data.dtype == np.uint16  # drawn without conversion
     assert tuple(labels.scale) == (2, 2) and tuple(labels.translate) == (5, 5)
     assert "cells probability" in viewer.layers
     assert widget.progress.value == widget.progress.max > 0
@@ -95,14 +96,50 @@ def test_bad_input_is_reported(viewer, session, tmp_path):
     assert "corrupt.safetensors" in widget.status.value and not widget.runner.busy
 
 
-def test_worker_errors_become_notifications(viewer, model_session, wait_idle):
-    rgb = viewer.add_image(np.zeros((30, 30, 3), np.uint8), name="rgb", rgb=True)
+def test_an_rgb_layer_with_a_one_channel_model_gives_the_command_lines_message(
+    viewer, model_session, wait_idle, caplog, capsys, tmp_path
+):
+    """Issue 18.11: the same one message as the command line, no traceback."""
+    data = np.zeros((30, 40, 3), np.uint8)
+    np.save(tmp_path / "rgb.npy", data)
+    save_model(model_session.model, tmp_path / "gray.safetensors")
+    assert main(["segment", str(tmp_path / "gray.safetensors"), str(tmp_path / "rgb.npy"), "--out-dir", str(tmp_path)])
+    cli_message = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("napari-unet: error: ")
+    assert "convert" in cli_message and "RGB" in cli_message
+    rgb = viewer.add_image(data, name="rgb", rgb=True)
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = rgb
     widget.run_button.clicked.emit()
     wait_idle(widget)
-    assert "expects 1 channel" in widget.status.value
+    assert widget.status.value == f"⚠ {cli_message}"
     assert widget.run_button.enabled
+
+    assert not [record for record in caplog.records if record.exc_info], "a user error printed a traceback"
+
+
+def test_segment_preselects_the_image_resets_its_progress_and_keeps_the_selection(
+    viewer, model_session, wait_idle, qtbot
+):
+    """Issues 18.9 and 18.6: the image is chosen, a new run starts from 0, the result
+    layer leaves the selection (and the brush) alone."""
+    small = viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="small")
+    annotation = viewer.add_labels(np.full((64, 64), -1, np.int16), name="small annotation")
+    viewer.layers.selection.active = annotation
+    annotation.mode = "paint"
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    assert widget.image.value is small
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.progress.value == widget.progress.max > 0
+    assert viewer.layers.selection.active is annotation and annotation.mode == "paint"
+    big = viewer.add_image(np.random.default_rng(1).random((4, 300, 300)).astype(np.float32), name="big")
+    widget.image.value = big
+    widget.tile.value = 60
+    assert widget.progress.value == 0  # the last run's 100% is gone
+    widget.run_button.clicked.emit()
+    assert widget.progress.value == 0
+    widget.cancel_button.clicked.emit()
+    wait_idle(widget)
 
 
 def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session, tmp_path, qtbot, monkeypatch):

@@ -6,8 +6,11 @@ import torch
 from qtpy.QtCore import QTimer
 
 from napari_unet import load_model
+from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import TrainWidget
+from napari_unet._widgets import train as train_widget
 from napari_unet.core.checkpoint import load_state
+from napari_unet.core.synthetic import synthetic_nuclei
 
 from .conftest import docked
 
@@ -93,14 +96,17 @@ def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_
     ("setup", "message"),
     [
         (lambda w, img, lab: None, "choose an image layer"),
-        (lambda w, img, lab: setattr(w.image, "value", img), "choose a labels layer"),
+        (
+            lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.labels, "value", None)),
+            "choose a labels layer",
+        ),
         (
             lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.labels, "value", lab)),
             "annotations are empty",
         ),
     ],
 )
-def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, message):
+def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, message, wait_idle):
     image = viewer.add_image(np.zeros((64, 64)), name="img")
     empty = viewer.add_labels(np.full((64, 64), -1, np.int32), name="empty")
     widget = docked(viewer, TrainWidget(viewer, session))
@@ -108,11 +114,11 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
     tiny_settings(widget, tmp_path)
     setup(widget, image, empty)
     widget.start_button.clicked.emit()
-    assert not widget.runner.busy
-    assert message in widget.status.value
+    wait_idle(widget)  # the training data are checked in the worker
+    assert message in widget.status.value and widget.start_button.enabled
 
 
-def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path):
+def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path, wait_idle):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
     widget = docked(viewer, TrainWidget(viewer, session))
@@ -121,4 +127,128 @@ def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path):
     widget.model_source.value = "file"
     widget.model_file.value = bad
     widget.start_button.clicked.emit()
-    assert not widget.runner.busy and "not a napari-unet model file" in widget.status.value
+    wait_idle(widget)
+    assert "not a napari-unet model file" in widget.status.value
+
+
+def sample_layers(viewer):
+    for data, meta, kind in nuclei_2d():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    return viewer.layers["nuclei"], viewer.layers["nuclei annotation"]
+
+
+def test_start_prepares_the_data_in_the_worker_and_the_viewer_never_stalls(viewer, session, tmp_path, qtbot):
+    """Issue 18.7: from the Start click on, no event-loop stall reaches 250 ms (2048x2048,
+    one annotated corner, a preview of the whole image)."""
+    image, truth = synthetic_nuclei((512, 512), seed=3)
+    big = np.tile(image, (4, 4))
+    annotation = np.full(big.shape, -1, np.int16)
+    annotation[:512, :512] = truth
+    image_layer = viewer.add_image(big, name="big")
+    labels_layer = viewer.add_labels(annotation, name="big annotation")
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.labels.value = image_layer, labels_layer
+    tiny_settings(widget, tmp_path, steps=100_000)
+    widget.preview_image.value = image_layer  # adds the (hidden) preview layer now
+    widget.preview_every.value = 2
+    train_widget.warm_up().join()  # the import the widget starts when it opens (see its docstring)
+    ticks = []
+    probe = QTimer()
+    probe.setInterval(10)
+    probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    probe.start()
+    qtbot.wait(100)
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: "big preview" in viewer.layers and widget.progress.value >= 4, timeout=120_000)
+    qtbot.wait(300)
+    probe.stop()
+    widget.runner.shutdown()
+    gaps = np.diff(ticks)
+    assert gaps.max() < 0.25, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+    assert viewer.layers.selection.active is not viewer.layers["big preview"]  # issue 18.6
+
+
+@pytest.mark.parametrize("close", ["viewer", "dock"])
+def test_closing_napari_or_the_dock_during_training_saves_like_stop(
+    make_napari_viewer, session, annotated_in, tmp_path, qtbot, caplog, close
+):
+    """Issue 18.8: closing stops between steps and writes the model and the checkpoint."""
+    viewer = make_napari_viewer()
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.labels.value = annotated_in(viewer)
+    tiny_settings(widget, tmp_path, steps=100_000)
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.progress.value >= 3, timeout=60_000)
+    if close == "viewer":
+        viewer.close()
+    else:
+        viewer.window.remove_dock_widget(widget.native)
+    assert not widget.runner.busy
+    step = load_state(tmp_path / "model.safetensors.ckpt")["step"]
+    assert step >= 3 and load_model(tmp_path / "model.safetensors").metadata["training"]["steps"] == step
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+@pytest.fixture
+def annotated_in(nuclei):
+    def add(viewer):
+        return viewer.add_image(nuclei[0], name="cells"), viewer.add_labels(nuclei[1], name="cells annotation")
+
+    return add
+
+
+def test_train_preselects_the_annotated_image_and_never_overwrites_a_model(
+    viewer, session, tmp_path, wait_idle, monkeypatch
+):
+    """Issue 18.9: the obvious layers are chosen; each run gets a model file of its own."""
+    monkeypatch.setattr(train_widget, "DEFAULT_FOLDER", tmp_path)
+    viewer.add_image(np.zeros((30, 30)), name="unrelated")
+    image, truth = sample_layers(viewer)
+    widget = docked(viewer, TrainWidget(viewer, session))
+    assert widget.image.value is image and widget.labels.value is truth
+    first = widget.save_path.value
+    assert first == tmp_path / "model.safetensors"
+    tiny_settings(widget, tmp_path, steps=2)
+    widget.save_path.value = first
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert first.exists() and widget.save_path.value == tmp_path / "model-2.safetensors"
+    before = first.read_bytes()
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert first.read_bytes() == before and (tmp_path / "model-2.safetensors").exists()
+
+
+def test_an_unsigned_annotation_whose_maximum_is_the_dtype_maximum_is_warned_about(
+    viewer, session, nuclei, tmp_path, wait_idle
+):
+    """Issue 18.3 in the Train widget: 255 used as 'unannotated' in a uint8 file."""
+    labels = np.where(nuclei[1] > 0, nuclei[1] % 200 + 1, 0).astype(np.uint8)
+    labels[:, 64:] = 255
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value = viewer.add_image(nuclei[0], name="cells")
+    widget.labels.value = viewer.add_labels(labels, name="from disk")
+    tiny_settings(widget, tmp_path, steps=2)
+    widget.start_button.clicked.emit()
+    assert "the largest uint8 value" in widget.status.value
+    wait_idle(widget)
+
+
+def test_helper_layers_are_not_offered_as_annotations_and_threads_can_be_set(
+    viewer, session, annotated, tmp_path, wait_idle
+):
+    """Issues 18.6 and 18.10: helper layers stay out of the choices; the CPU thread setting is used."""
+    assert annotated  # the image and its annotation
+    role = "napari_unet"  # where the plugin's layers say what they are
+    viewer.add_labels(np.zeros((128, 128), np.uint8), name="cells annotation touching", metadata={role: "touching"})
+    viewer.add_labels(np.zeros((128, 128), np.uint16), name="cells labels", metadata={role: "segmentation"})
+    viewer.add_image(np.zeros((128, 128), np.float32), name="cells annotation weights", metadata={role: "weights"})
+    widget = docked(viewer, TrainWidget(viewer, session))
+    assert [layer.name for layer in widget.labels.choices if layer] == ["cells annotation"]
+    assert [layer.name for layer in widget.image.choices if layer] == ["cells"]
+    tiny_settings(widget, tmp_path, steps=3)
+    widget.threads.value = 1
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.trainer.step == 3
+    assert "with 1 CPU thread(s)" in widget._started_message

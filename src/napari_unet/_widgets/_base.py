@@ -1,4 +1,5 @@
-"""What every napari-unet dock widget shares: a status line and error reporting.
+"""What every napari-unet dock widget shares: a status line, error reporting and
+background jobs that end cleanly when the widget or napari closes.
 
 Widgets are docked with ``viewer.window.add_dock_widget``, which keeps their layer
 choices in step with the layer list (and stops when the dock closes), so no widget
@@ -11,8 +12,24 @@ from collections.abc import Callable
 
 from magicgui.widgets import Container, Label
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QObject
 
 from ..core.errors import NapariUnetError
+from ._runner import JobRunner
+
+
+class _ClosedWatcher(QObject):
+    """Calls ``on_closed`` when napari takes the widget out of its dock (the dock's
+    close button, or ``remove_dock_widget``): the widget loses its parent."""
+
+    def __init__(self, widget, on_closed: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self.on_closed = on_closed
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
+            self.on_closed()
+        return False
 
 
 class DockWidget(Container):
@@ -21,7 +38,8 @@ class DockWidget(Container):
     :meth:`report` shows a problem with the user's input there and as a napari
     notification; :meth:`guarded` wraps a button's action so that such problems
     (:class:`NapariUnetError`, which :class:`LayerError` is too) are reported
-    instead of raised. Anything else is a bug and propagates.
+    instead of raised. Anything else is a bug and propagates. Jobs started through
+    :meth:`make_runner` are stopped (and waited for) when the dock closes.
     """
 
     def __init__(self, napari_viewer, **kwargs) -> None:
@@ -29,6 +47,21 @@ class DockWidget(Container):
         self.viewer = napari_viewer
         self.status = Label(value="")
         self.status.native.setWordWrap(True)  # long paths must not widen the dock
+        self._runners: list[JobRunner] = []
+        self._closed_watcher = _ClosedWatcher(self.native, self.shutdown)
+        self.native.installEventFilter(self._closed_watcher)
+
+    def make_runner(self, name: str, on_yielded, on_returned, on_idle, on_error) -> JobRunner:
+        """A :class:`JobRunner` whose jobs end with this widget and with napari's window."""
+        runner = JobRunner(name, on_yielded, on_returned, on_idle, on_error, viewer=self.viewer)
+        self._runners.append(runner)
+        return runner
+
+    def shutdown(self) -> None:
+        """Stop every running job and wait until each has ended (a stopped training
+        has written its checkpoint and model by then)."""
+        for runner in self._runners:
+            runner.shutdown()
 
     def report(self, message: str) -> None:
         self.status.value = f"⚠ {message}"

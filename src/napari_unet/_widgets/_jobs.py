@@ -8,6 +8,7 @@ writes its checkpoint and model from the worker thread.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,11 @@ import numpy as np
 from ..core.model import UNet
 from ..core.predict import iter_segment, segment
 from ..core.progress import until_stopped
+from ..core.threads import use_threads
 from ..core.train import StepProgress, Trainer
+
+#: Cores napari's training leaves to the viewer, so it stays responsive.
+VIEWER_CORES = 1
 
 
 @dataclass(frozen=True)
@@ -28,22 +33,37 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class TrainingStarted:
+    """The training data are prepared; ``threads`` torch threads train."""
+
+    trainer: Trainer
+    threads: int
+
+
+@dataclass(frozen=True)
 class TrainingDone:
     trainer: Trainer
     stopped: bool
 
 
 def training_job(
-    trainer: Trainer,
+    make_trainer: Callable[[], Trainer],
     save_path: Path | None,
     preview: tuple[np.ndarray, int | None] | None = None,
     preview_every: int = 1,
+    threads: int | None = None,
     *,
     stop: threading.Event,
 ):
-    """Run ``trainer``, yielding its events and, every ``preview_every`` steps, a
-    :class:`Preview` of ``preview`` (image, channel axis). Saves the model at the end,
-    also when stopped (the stopped run has written its checkpoint by then)."""
+    """Build the trainer (preparing the training data: weight maps, normalisation)
+    and run it, all in this worker thread: yields :class:`TrainingStarted`, then the
+    trainer's events and, every ``preview_every`` steps, a :class:`Preview` of
+    ``preview`` (image, channel axis). Saves the model at the end, also when stopped
+    (the stopped run has written its checkpoint by then). ``threads``: torch threads,
+    ``None`` for the automatic choice, which leaves a core to the viewer."""
+    chosen = use_threads(threads, leave_free=VIEWER_CORES)
+    trainer = make_trainer()
+    yield TrainingStarted(trainer, chosen)
     events = until_stopped(trainer.run(), stop)
     try:
         for event in events:
@@ -66,7 +86,9 @@ class SegmentationDone:
 
 
 def segmentation_job(model: UNet, image: np.ndarray, *, stop: threading.Event, keep_probabilities: bool, **options):
-    """Segment ``image`` tile by tile, yielding progress; returns ``None`` if stopped."""
+    """Segment ``image`` tile by tile, yielding progress; returns ``None`` if stopped.
+    Uses the cores other programs leave free."""
+    use_threads()
     tiles = iter_segment(model, image, return_probabilities=keep_probabilities, **options)
     result = yield from until_stopped(tiles, stop)
     if result is None:

@@ -1,23 +1,59 @@
-"""Reading image/labels layers and writing results back as layers."""
+"""Reading image/labels layers and writing results back as layers.
+
+Layers this plugin makes carry their role in ``layer.metadata["napari_unet"]``:
+"annotation" for annotations, and a helper role ("touching", "weights", "target",
+"preview", "segmentation", "probability") for layers that only show something.
+Helper layers are added without taking the selection (the user keeps painting the
+layer they were painting) and are not offered where an annotation is expected.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
+from functools import cache
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QTimer
 
+from ..core.config import IGNORE_LABEL
 from ..core.errors import NapariUnetError
+
+ROLE = "napari_unet"
+ANNOTATION = "annotation"
+#: Roles of layers that show a result or a view of an annotation.
+HELPER_ROLES = frozenset({"touching", "weights", "target", "preview", "segmentation", "probability"})
 
 
 class LayerError(NapariUnetError, ValueError):
     """A layer choice that cannot be used (shown to the user as a notification)."""
 
 
-def layers_of(viewer, kind: type[Layer]) -> list[tuple[str, Layer]]:
-    """(name, layer) choices for a ComboBox, newest last."""
-    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+def role_of(layer: Layer) -> str | None:
+    return layer.metadata.get(ROLE)
+
+
+def is_helper(layer: Layer) -> bool:
+    return role_of(layer) in HELPER_ROLES
+
+
+def layers_of(viewer, kind: type[Layer], allow: Iterable[str] = ()) -> list[tuple[str, Layer]]:
+    """(name, layer) choices for a ComboBox, newest last, without helper layers
+    (except those whose role is in ``allow``)."""
+    hidden = HELPER_ROLES - set(allow)
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind) and role_of(layer) not in hidden]
+
+
+def unique_name(viewer, base: str) -> str:
+    """``base``, or ``base 2``, ``base 3``, ... whichever is not a layer name yet."""
+    names = {layer.name for layer in viewer.layers}
+    if base not in names:
+        return base
+    number = 2
+    while f"{base} {number}" in names:
+        number += 1
+    return f"{base} {number}"
 
 
 def image_data(layer: Image | None) -> tuple[np.ndarray, int | None]:
@@ -46,8 +82,30 @@ def labels_data(layer: Labels | None, like: Image | None = None) -> np.ndarray:
     return data
 
 
-def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, **kwargs) -> Layer:
-    """Show ``data`` as layer ``name``, replacing that layer's data if it exists.
+@contextlib.contextmanager
+def selection_kept(viewer):
+    """Give the selected layers, the active layer and its mode back after the block
+    (adding a layer selects it, which would turn the next brush stroke into a pan)."""
+    selection = viewer.layers.selection
+    active, chosen = selection.active, list(selection)
+    mode = getattr(active, "mode", None)
+    try:
+        yield
+    finally:
+        kept = [layer for layer in chosen if layer in viewer.layers]
+        if active is not None and active in viewer.layers:
+            selection.active = active
+            selection.update(kept)
+            if mode is not None and active.mode != mode:
+                active.mode = mode
+        else:
+            selection.clear()
+            selection.update(kept)
+
+
+def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, role: str, **kwargs) -> Layer:
+    """Show ``data`` as helper layer ``name`` (of ``role``), replacing that layer's data
+    if it exists, without changing which layer is selected.
 
     The new layer takes the scale and translation of ``like`` (its last
     ``data.ndim`` axes), so it lies exactly on top of the image it came from.
@@ -55,16 +113,63 @@ def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, **kwa
     ndim = data.ndim
     existing = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401 - LayerList has no get
     layer_class = Labels if kind == "labels" else Image
-    if isinstance(existing, layer_class) and existing.data.shape == data.shape:
+    if isinstance(existing, layer_class) and existing.data.shape == data.shape and existing.data.dtype == data.dtype:
         existing.data = data
         for key, value in kwargs.items():
             setattr(existing, key, value)
         return existing
-    if existing is not None:
-        viewer.layers.remove(existing)
     placement = {"scale": like.scale[-ndim:], "translate": like.translate[-ndim:], "name": name}
     add = viewer.add_labels if kind == "labels" else viewer.add_image
-    return add(data, **placement, **kwargs)
+    with selection_kept(viewer):
+        if existing is not None:
+            viewer.layers.remove(existing)
+        layer = add(data, **placement, metadata={ROLE: role}, **kwargs)
+    return layer
+
+
+def display_labels(labels: np.ndarray) -> np.ndarray:
+    """Instance labels in the smallest type napari draws without converting them
+    (uint16 while ids fit, else as they are)."""
+    labels = np.asarray(labels)
+    if labels.size and labels.min() >= 0 and labels.max() <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16, copy=False)
+    return labels
+
+
+@cache
+def _annotation_colors() -> np.ndarray:
+    from napari.utils.colormaps import label_colormap
+
+    default = label_colormap(49).colors  # napari's default label colours (index 0 transparent)
+    n = 2**15  # the most colours for which int16 labels still map without overflow
+    colors = default[(np.arange(n) - 1) % (len(default) - 1) + 1].copy()
+    colors[0] = 0.0
+    colors[-1] = (0.55, 0.75, 1.0, 0.35)  # annotated background: a faint blue
+    return colors
+
+
+def annotation_colormap():
+    """Cells in napari's usual label colours, annotated background (0) a faint tint,
+    unannotated pixels (-1) transparent so the image shows unchanged.
+
+    napari's cyclic label colormap maps value v to colour ``(v - 1) % n + 1`` and its
+    ``background_value`` to transparent; with ``background_value=-1`` and ``n`` as large
+    as napari allows for 2-byte labels, 0 lands on the last colour, which is the tint.
+    Cell ids from 1 to n - 1 keep the colours of napari's default colormap.
+    """
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    colors = _annotation_colors()
+    return CyclicLabelColormap(colors=colors, background_value=IGNORE_LABEL, name="napari-unet annotation")
+
+
+def highlight_colormap():
+    """Gaps cut between touching cells in orange, unannotated rims between cells in magenta."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(
+        color_dict={None: "transparent", 0: "transparent", 1: (1.0, 0.55, 0.0, 1.0), 2: (1.0, 0.0, 1.0, 1.0)}
+    )
 
 
 class EditWatcher:

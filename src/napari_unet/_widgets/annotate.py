@@ -1,126 +1,288 @@
-"""Annotate cells: a labels layer per image, a new-cell key, ignore regions, live counts."""
+"""Annotate cells: an annotation layer per image that starts unannotated everywhere.
+
+Every pixel of a new annotation is -1 (unannotated: training ignores it). Painting
+cells (1, 2, ...) and background (0) marks what the user vouches for, so a few cells
+with some background around them are enough; "rest ... is background" finishes a
+fully annotated image or plane by turning only its unannotated pixels into 0. No
+action overwrites painted pixels.
+
+The counts line and the highlight layer follow every stroke from a small window
+around the stroke (:class:`~napari_unet.core.annotation.AnnotationStats`); only when
+the whole annotation changes (another layer chosen, undo, new data) is it recounted,
+in a worker thread for large images.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 
+from ..core.annotation import (
+    AnnotationStats,
+    Window,
+    annotation_dtype,
+    as_signed,
+    box_of,
+    highlight,
+    new_annotation,
+    unsigned_max_warning,
+)
 from ..core.config import IGNORE_LABEL
-from ..core.metrics import touching_pairs
-from ..core.weights import separation_gap
 from ._base import DockWidget
-from ._layers import EditWatcher, LayerError, labels_data, layers_of, put_layer, spatial_shape
+from ._layers import (
+    ANNOTATION,
+    ROLE,
+    LayerError,
+    annotation_colormap,
+    highlight_colormap,
+    labels_data,
+    layers_of,
+    put_layer,
+    selection_kept,
+    spatial_shape,
+    unique_name,
+)
 
 NEW_CELL_KEY = "n"
+#: Annotations up to this many pixels are recounted at once; larger ones in a worker.
+RECOUNT_IN_PLACE = 1 << 21
+#: Edits whose box exceeds this many pixels (a large fill) are recounted as a whole.
+LOCAL_EDIT_LIMIT = 1 << 22
+#: Pixels converted per event-loop turn by "rest ... is background" (about 10 ms).
+FILL_CHUNK = 1 << 22
 
 
 def annotation_name(image: Image) -> str:
     return f"{image.name} annotation"
 
 
-class AnnotateWidget(DockWidget):
-    """Paint cells (1, 2, ...), background (0) and unannotated regions (-1).
+def touching_name(layer: Labels) -> str:
+    return f"{layer.name} touching"
 
-    Training ignores pixels labelled -1, so a few cells in a large image are enough:
-    paint them, paint some background around them, then "Ignore unpainted".
-    """
+
+def current_plane(viewer, layer, stack_ndim: int) -> tuple[int, ...]:
+    """The index of the viewer's current plane in the leading ``stack_ndim`` axes of ``layer``."""
+    world = viewer.dims.point
+    data_point = layer.world_to_data(world[-layer.ndim :])
+    return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(data_point[:stack_ndim], layer.data.shape))
+
+
+def count_job(labels: np.ndarray, with_highlight: bool, *, stop):
+    """Counts (and the highlight) of a snapshot of an annotation, for a worker."""
+    stats = AnnotationStats.of(labels)
+    shown = None
+    if with_highlight and not stop.is_set():
+        shown = np.zeros(labels.shape, np.uint8)
+        for index in np.ndindex(*labels.shape[:-2]):
+            shown[index] = highlight(labels[index])
+    return stats, shown
+
+
+class AnnotateWidget(DockWidget):
+    """Paint cells (1, 2, ...) and background (0) on an annotation that starts
+    unannotated (-1); see the module docstring."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer, labels=True)
         viewer = self.viewer
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image))
-        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.create = PushButton(text="Create annotation layer for image")
-        self.new_cell = PushButton(text=f"New cell ({NEW_CELL_KEY})")
-        self.ignore_brush = PushButton(text="Paint unannotated (-1)")
-        self.ignore_rest = PushButton(text="Ignore unpainted (0 -> -1)")
+        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.new_cell = PushButton(text=f"Paint a new cell ({NEW_CELL_KEY})")
+        self.background = PushButton(text="Paint background (0)")
+        self.erase = PushButton(text="Erase to unannotated (-1)")
+        self.rest_of_plane = PushButton(text="Rest of this plane is background")
+        self.rest_of_image = PushButton(text="Rest of the image is background")
         self.brush_size = SpinBox(label="brush size", value=10, min=1, max=200)
         self.contours = CheckBox(text="show contours", value=False)
-        self.show_touching = CheckBox(text="highlight touching cells", value=True)
-        self.source = ComboBox(label="segmentation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
-        self.copy = PushButton(text="Start from segmentation")
-        self.counts = Label(value="")
+        self.show_touching = CheckBox(text="highlight touching cells and unannotated gaps", value=True)
+        self.source = ComboBox(
+            label="segmentation", choices=lambda _: layers_of(viewer, Labels, allow={"segmentation"}), nullable=True
+        )
+        self.copy = PushButton(text="New annotation from segmentation")
+        self.counts = Label(value="no annotation layer")
         self.counts.native.setWordWrap(True)
         self.extend(
             [
-                self.image,
-                self.create,
-                self.annotation,
-                self.new_cell,
-                self.ignore_brush,
-                self.ignore_rest,
-                self.brush_size,
-                self.contours,
-                self.show_touching,
-                self.source,
-                self.copy,
-                self.counts,
-                self.status,
+                self.image, self.create, self.annotation, self.new_cell, self.background, self.erase,
+                self.rest_of_plane, self.rest_of_image, self.brush_size, self.contours, self.show_touching,
+                self.source, self.copy, self.counts, self.status,
             ]
-        )
+        )  # fmt: skip
+        self.rest_of_plane.visible = False
         self.create.changed.connect(self.guarded(self.create_annotation))
         self.new_cell.changed.connect(self.guarded(self.select_new_cell))
-        self.ignore_brush.changed.connect(self.guarded(self.select_ignore))
-        self.ignore_rest.changed.connect(self.guarded(self.ignore_unpainted))
+        self.background.changed.connect(self.guarded(self.select_background))
+        self.erase.changed.connect(self.guarded(self.select_erase))
+        self.rest_of_plane.changed.connect(self.guarded(lambda: self.fill_rest(plane_only=True)))
+        self.rest_of_image.changed.connect(self.guarded(lambda: self.fill_rest(plane_only=False)))
         self.copy.changed.connect(self.guarded(self.start_from_segmentation))
         self.brush_size.changed.connect(self._apply_display)
         self.contours.changed.connect(self._apply_display)
-        self.show_touching.changed.connect(self.refresh)
-        self.annotation.changed.connect(self._watch)
-        self._edits = EditWatcher(self.refresh, self.native)
+        self.show_touching.changed.connect(self._toggle_touching)
+        self.annotation.changed.connect(self._adopt)
+        self.stats: AnnotationStats | None = None
+        self._known_stats: AnnotationStats | None = None
+        self._hint = ""
+        self._layer: Labels | None = None
+        self._converted: set[int] = set()
+        self._pending: list | None = None  # edits made while a recount runs, replayed on its result
+        self._queued: list = []  # napari history entries not counted yet
+        self._recount_again = False
+        self._own_refresh = False
+        self._filling = None
+        self._edited_while_filling = False
+        self.counter = self.make_runner("annotation counts", None, self._counted, self._count_idle, self._count_failed)
+        self._recount_timer = QTimer(self.native)
+        self._recount_timer.setSingleShot(True)
+        self._recount_timer.setInterval(100)
+        self._recount_timer.timeout.connect(self.recount)
 
-    def _layer(self) -> Labels:
+    # -- actions -------------------------------------------------------------
+
+    def _layer_or_raise(self) -> Labels:
         layer = self.annotation.value
         if layer is None:
             raise LayerError("no annotation layer: create one for the image first")
         return layer
 
+    def _add_annotation(self, data: np.ndarray, image: Image) -> Labels:
+        """A new annotation layer on ``image``'s grid, under a name no other layer has."""
+        name = unique_name(self.viewer, annotation_name(image))
+        ndim = data.ndim
+        layer = self.viewer.add_labels(
+            data,
+            name=name,
+            scale=image.scale[-ndim:],
+            translate=image.translate[-ndim:],
+            colormap=annotation_colormap(),
+            metadata={ROLE: ANNOTATION},
+        )
+        self.annotation.reset_choices()
+        self.annotation.value = layer
+        return layer
+
     def create_annotation(self) -> Labels:
-        """The annotation layer of the chosen image (made empty, matching its grid)."""
+        """A new annotation layer for the chosen image, unannotated (-1) everywhere."""
         image = self.image.value
         if image is None:
             raise LayerError("choose an image layer first")
-        name = annotation_name(image)
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
-            layer = self.viewer.layers[name]
-        else:
-            layer = put_layer(self.viewer, name, np.zeros(spatial_shape(image), np.int32), "labels", image)
-        self.annotation.value = layer
+        shape = spatial_shape(image)
+        self._known_stats = AnnotationStats.unannotated(shape)  # known without looking: no recount
+        layer = self._add_annotation(new_annotation(shape), image)
         self.select_new_cell()
+        self.status.value = f"'{layer.name}': unannotated everywhere; paint cells and some background around them"
+        self._hint = self.status.value  # cleared by the first stroke
         return layer
 
     def select_new_cell(self) -> None:
-        """Paint the next free cell id."""
-        layer = self._layer()
-        layer.selected_label = int(max(np.max(layer.data), 0)) + 1
+        """Paint the next free cell id (unique across a whole stack)."""
+        layer = self._layer_or_raise()
+        largest = self._largest_id(layer)
+        if largest + 1 >= np.iinfo(np.int16).max and layer.data.dtype.itemsize < 4:
+            layer.data = np.asarray(layer.data).astype(np.int32)
+        layer.selected_label = largest + 1
         layer.mode = "paint"
 
-    def select_ignore(self) -> None:
-        layer = self._layer()
-        layer.selected_label = IGNORE_LABEL
+    def _largest_id(self, layer: Labels) -> int:
+        if self.stats is not None and self._pending is None and layer is self._layer:
+            ids = [value for stats in self.stats.planes.values() for value, n in stats.values.items() if n > 0]
+            return max([0, *ids])
+        return max(int(np.max(layer.data)), 0)
+
+    def select_background(self) -> None:
+        layer = self._layer_or_raise()
+        layer.selected_label = 0
         layer.mode = "paint"
 
-    def ignore_unpainted(self) -> None:
-        """Mark every unpainted (0) pixel as unannotated (-1)."""
-        layer = self._layer()
-        data = np.asarray(layer.data)
-        layer.data = np.where(data == 0, IGNORE_LABEL, data).astype(data.dtype)
-        self.refresh()
+    def select_erase(self) -> None:
+        """The eraser: it paints -1, so erased pixels become unannotated again."""
+        layer = self._layer_or_raise()
+        layer.mode = "erase"
+
+    def fill_rest(self, plane_only: bool) -> None:
+        """Turn the unannotated pixels of the current plane (or of the whole
+        annotation) into background; painted pixels stay as they are."""
+        layer = self._layer_or_raise()
+        if self._filling is not None:
+            return
+        data = layer.data
+        stack_ndim = data.ndim - 2
+        if plane_only and stack_ndim > 0:
+            planes = [current_plane(self.viewer, layer, stack_ndim)]
+        else:
+            planes = list(np.ndindex(*data.shape[:-2]))
+        rows_per_chunk = max(1, FILL_CHUNK // data.shape[-1])
+        steps = [(plane, start) for plane in planes for start in range(0, data.shape[-2], rows_per_chunk)]
+
+        def convert(plane, start):
+            part = data[plane][start : start + rows_per_chunk]
+            np.putmask(part, part == IGNORE_LABEL, 0)
+
+        self._edited_while_filling = False
+        if data.size <= FILL_CHUNK:
+            for step in steps:
+                convert(*step)
+            self._filled(layer, planes)
+            return
+        self._filling = iter(steps)
+        self.rest_of_image.enabled = self.rest_of_plane.enabled = False
+        self.status.value = "marking the rest as background…"
+
+        def next_chunk():
+            step = next(self._filling, None)
+            if step is None:
+                self._filling = None
+                self.rest_of_image.enabled = self.rest_of_plane.enabled = True
+                self._filled(layer, planes)
+                return
+            convert(*step)
+            QTimer.singleShot(0, next_chunk)  # let the event loop run between chunks
+
+        QTimer.singleShot(0, next_chunk)
+
+    def _filled(self, layer: Labels, planes) -> None:
+        where = "this plane" if len(planes) == 1 and layer.data.ndim > 2 else "the image"
+        if layer is not self._layer:
+            return
+        if self.stats is not None and self._pending is None and not self._edited_while_filling:
+            for plane in planes:
+                self.stats.fill_unannotated(plane)
+            helper = self._touching_layer()
+            if helper is not None:
+                for plane in planes:
+                    shown = helper.data[plane]
+                    np.putmask(shown, shown == 2, 0)
+                helper.refresh()
+            self._own_refresh = True
+            try:
+                layer.refresh()
+            finally:
+                self._own_refresh = False
+            self._show_counts()
+        else:
+            layer.refresh()  # recounted through the refresh
+        self.status.value = f"the rest of {where} is background now"
 
     def start_from_segmentation(self) -> None:
-        """Copy a predicted labels layer into the annotation, for correction and retraining."""
+        """A new annotation holding a copy of a predicted labels layer, for correction
+        and retraining (an existing annotation is never overwritten)."""
         source = self.source.value
         if source is None:
             raise LayerError("choose the segmentation (labels layer) to start from")
         image = self.image.value
-        layer = self.annotation.value or (self.create_annotation() if image is not None else None)
-        if layer is None or layer is source:
-            raise LayerError("choose an image (or another annotation layer) to copy the segmentation into")
+        if image is None:
+            raise LayerError("choose the image the segmentation belongs to")
         data = labels_data(source, image)
-        layer.data = data.astype(np.int32, copy=True)
+        largest = int(data.max()) if data.size else 0
+        layer = self._add_annotation(np.asarray(data).astype(annotation_dtype(largest)), image)
         self.select_new_cell()
-        self.refresh()
+        self.status.value = f"'{layer.name}' is a copy of '{source.name}': correct it, then train"
+
+    # -- following the annotation ----------------------------------------------
 
     def _apply_display(self, *_) -> None:
         layer = self.annotation.value
@@ -128,31 +290,230 @@ class AnnotateWidget(DockWidget):
             layer.brush_size = self.brush_size.value
             layer.contour = 1 if self.contours.value else 0
 
-    def _watch(self, layer: Labels | None) -> None:
-        self._edits.watch(layer)
-        if layer is not None:
-            layer.bind_key(NEW_CELL_KEY, lambda _layer: self.select_new_cell(), overwrite=True)
-            self._apply_display()
-        self.refresh()
-
-    def refresh(self, *_) -> None:
-        """Update the counts and the touching-cells overlay from the annotation."""
-        layer = self.annotation.value
+    def _adopt(self, layer: Labels | None) -> None:
+        """Make ``layer`` the annotation: signed (so it can hold -1), drawn with -1
+        transparent and 0 tinted, followed edit by edit."""
+        if self._layer is not None:
+            self._layer.events.paint.disconnect(self._on_paint)
+            self._layer.events.set_data.disconnect(self._on_replaced)
+        self._layer = layer
+        self._pending = None
+        self._queued = []
+        self.status.value = ""
+        known, self._known_stats = self._known_stats, None
+        self.stats = known if known is not None and layer is not None and known.shape == layer.data.shape else None
+        self.rest_of_plane.visible = layer is not None and layer.data.ndim > 2
         if layer is None:
             self.counts.value = "no annotation layer"
             return
+        messages = []
+        warning = unsigned_max_warning(np.asarray(layer.data), f"labels '{layer.name}'")
+        if warning:
+            messages.append(warning)
+        if not np.issubdtype(layer.data.dtype, np.signedinteger):
+            old = layer.data.dtype
+            layer.data = as_signed(np.asarray(layer.data))
+            self.stats = None
+            if id(layer) not in self._converted:
+                self._converted.add(id(layer))
+                messages.append(
+                    f"'{layer.name}' was {old}: converted to {layer.data.dtype} so it can hold -1 (unannotated)"
+                )
+        if role_is_not_annotation(layer):
+            layer.colormap = annotation_colormap()
+            layer.metadata[ROLE] = ANNOTATION
+        layer.bind_key(NEW_CELL_KEY, lambda _layer: self.select_new_cell(), overwrite=True)
+        layer.events.paint.connect(self._on_paint)
+        layer.events.set_data.connect(self._on_replaced)
+        self._apply_display()
+        if messages:
+            self.status.value = "⚠ " + "\n".join(messages) if warning else messages[0]
+            for message in messages:
+                (show_warning if message is warning else show_info)(message)
+        if self.stats is None:
+            self.recount()
+        else:
+            self._show_counts()
+
+    def _on_replaced(self, *_) -> None:
+        """The data changed as a whole (undo, redo, new data): recount soon."""
+        if not self._own_refresh:
+            self._recount_timer.start()
+
+    def recount(self) -> None:
+        """Count the whole annotation again (in a worker for large ones)."""
+        layer = self._layer
+        if layer is None:
+            return
+        if self.counter.busy:
+            self._recount_again = True
+            return
+        self._queued = []  # written already, so the snapshot holds them
         data = np.asarray(layer.data)
-        planes = data.reshape(-1, *data.shape[-2:])
-        cells = len(np.setdiff1d(np.unique(data), [0, IGNORE_LABEL]))
-        pairs = sum(len(touching_pairs(plane)) for plane in planes)
-        ignored = int((data == IGNORE_LABEL).sum())
-        message = f"cells: {cells}   touching pairs: {pairs}   unannotated px: {ignored}"
+        if data.size <= RECOUNT_IN_PLACE:
+            self._pending = []
+            self._counted(count_job(data, self.show_touching.value, stop=self.counter.stop_event))
+            return
+        self.counts.value = "counting…"
+        self._pending = []
+        self.counter.start(count_job, np.array(data), self.show_touching.value)
+
+    def _counted(self, result) -> None:
+        stats, shown = result
+        layer = self._layer
+        pending, self._pending = self._pending or [], None
+        if layer is None or stats.shape != layer.data.shape:
+            return
+        for plane, window, before, after in pending:  # edits made since the snapshot
+            stats.update_window(plane, window, before, after)
+            if shown is not None:
+                shown[plane][window.crop][window.inner] = highlight(after)[window.inner]
+        self.stats = stats
+        if shown is not None and self.show_touching.value and (shown.any() or self._touching_layer() is not None):
+            self._put_touching(shown)
+        self._show_counts()
+
+    def _count_failed(self, message: str) -> None:
+        self.status.value = f"⚠ {message}"
+
+    def _count_idle(self) -> None:
+        if self._recount_again:
+            self._recount_again = False
+            self.recount()
+
+    def _on_paint(self, event) -> None:
+        """Queue a stroke's edits; they are counted on the next turn of the event loop,
+        when napari has written them (it reports some edits before writing them)."""
+        if self._layer is None:
+            return
+        if self._filling is not None:
+            self._edited_while_filling = True
+        if not self._queued:
+            QTimer.singleShot(0, self._count_edits)
+        self._queued.extend(event.value)
+
+    def _count_edits(self) -> None:
+        """Update the counts and the highlight from the window around the queued edits."""
+        atoms, self._queued = self._queued, []
+        layer = self._layer
+        if layer is None or not atoms:
+            return
+        if self._hint and self.status.value == self._hint:
+            self.status.value = ""
+        data = layer.data
+        try:
+            boxes = [_atom_box(atom, data.ndim) for atom in atoms]
+        except (AttributeError, TypeError, ValueError, IndexError):
+            self.recount()  # an edit we cannot place: count it all again
+            return
+        box = [(min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(data.ndim)]
+        rows, cols = box[-2], box[-1]
+        if (rows[1] - rows[0]) * (cols[1] - cols[0]) > LOCAL_EDIT_LIMIT:
+            self.recount()
+            return
+        window = Window.around(rows, cols, data.shape[-2:])
+        lead = tuple(slice(start, stop) for start, stop in box[:-2])
+        after_all = np.array(data[(*lead, *window.crop)])
+        before_all = after_all.copy()
+        origin = [start for start, _ in box[:-2]] + [window.crop[0].start, window.crop[1].start]
+        for atom in reversed(atoms):
+            _revert(before_all, origin, atom)
+        helper = self._touching_layer() if self.show_touching.value else None
+        for offset in np.ndindex(*after_all.shape[:-2]):
+            plane = tuple(o + s for o, (s, _) in zip(offset, box[:-2]))
+            before, after = before_all[offset], after_all[offset]
+            if self._pending is not None:
+                self._pending.append((plane, window, before, after))
+            elif self.stats is not None:
+                self.stats.update_window(plane, window, before, after)
+            if self.show_touching.value:
+                helper = self._update_touching(helper, plane, window, after)
+        self._show_counts()
+
+    def _update_touching(self, helper: Labels | None, plane, window: Window, after: np.ndarray) -> Labels | None:
+        new = highlight(after)[window.inner]
+        if helper is None:
+            if not new.any():
+                return None
+            helper = self._put_touching(np.zeros(self._layer.data.shape, np.uint8))
+        region = tuple(slice(c.start + i.start, c.start + i.stop) for c, i in zip(window.crop, window.inner))
+        old = np.asarray(helper.data[plane][region])
+        changed = np.nonzero(old != new)
+        if changed[0].size:
+            stack = [np.full(changed[0].size, p) for p in plane]
+            indices = (*stack, changed[0] + region[0].start, changed[1] + region[1].start)
+            helper.data_setitem(indices, new[changed])  # redraws only the changed pixels
+        return helper
+
+    def _touching_layer(self) -> Labels | None:
+        layer = self._layer
+        if layer is None:
+            return None
+        name = touching_name(layer)
+        helper = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        return helper if isinstance(helper, Labels) and helper.data.shape == layer.data.shape else None
+
+    def _put_touching(self, shown: np.ndarray) -> Labels:
+        return put_layer(
+            self.viewer,
+            touching_name(self._layer),
+            shown,
+            "labels",
+            self._layer,
+            role="touching",
+            colormap=highlight_colormap(),
+            opacity=0.9,
+        )
+
+    def _toggle_touching(self, shown: bool) -> None:
+        layer = self._layer
+        if layer is None:
+            return
+        if shown:
+            self.recount()
+        elif touching_name(layer) in self.viewer.layers:
+            with selection_kept(self.viewer):
+                self.viewer.layers.remove(touching_name(layer))
+
+    def _show_counts(self) -> None:
+        layer, stats = self._layer, self.stats
+        if layer is None or stats is None:
+            return
+        message = stats.summary()
         image = self.image.value
-        if image is not None and data.shape != spatial_shape(image):
-            message += f"\n⚠ shape {data.shape} differs from image '{image.name}' {spatial_shape(image)}"
+        if image is not None and layer.data.shape != spatial_shape(image):
+            message += f"\n⚠ shape {layer.data.shape} differs from image '{image.name}' {spatial_shape(image)}"
         self.counts.value = message
-        if self.show_touching.value and pairs:
-            gaps = np.stack([separation_gap(plane) for plane in planes]).reshape(data.shape)
-            put_layer(self.viewer, f"{layer.name} touching", gaps.astype(np.uint8), "labels", layer, opacity=0.9)
-        elif f"{layer.name} touching" in self.viewer.layers:
-            self.viewer.layers.remove(f"{layer.name} touching")
+
+    def refresh(self, *_) -> None:
+        """Count the annotation again now (normally it follows every edit by itself)."""
+        self.recount()
+
+
+def role_is_not_annotation(layer: Labels) -> bool:
+    return layer.metadata.get(ROLE) != ANNOTATION
+
+
+def _atom_box(atom, ndim: int) -> list[tuple[int, int]]:
+    """(start, stop) per axis of the pixels one napari undo-history entry changed."""
+    slices = getattr(atom, "slice_key", None)
+    if slices is not None:
+        return [(int(s.start), int(s.stop)) for s in slices]
+    indices = atom[0]
+    if len(indices) != ndim:
+        raise ValueError("history entry of another dimensionality")
+    return box_of(indices)
+
+
+def _revert(before: np.ndarray, origin: list[int], atom) -> None:
+    """Write the values ``atom`` overwrote back into ``before`` (a crop at ``origin``)."""
+    slices = getattr(atom, "slice_key", None)
+    if slices is not None:
+        region = before[tuple(slice(s.start - o, s.stop - o) for s, o in zip(slices, origin))]
+        if atom.mask is None:
+            region[...] = atom.old_values
+        else:
+            region[np.broadcast_to(atom.mask, region.shape)] = atom.old_values
+        return
+    indices, old_values = atom[0], atom[1]
+    before[tuple(np.asarray(i) - o for i, o in zip(indices, origin))] = old_values

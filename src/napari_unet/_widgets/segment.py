@@ -16,8 +16,7 @@ from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import SegmentationDone, export_job, segmentation_job
-from ._layers import LayerError, image_data, layers_of, put_layer, spatial_shape
-from ._runner import JobRunner
+from ._layers import LayerError, display_labels, image_data, layers_of, put_layer, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
@@ -42,7 +41,9 @@ class SegmentWidget(DockWidget):
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")
         self.model_info = Label(value=self.session.describe())
-        self.tile = ComboBox(label="tile", choices=tile_choices(4), value=None)
+        self._file_model = None
+        # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
+        self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self._model_depth()), value=None)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.planes = ComboBox(label="stacks", choices=[CURRENT_PLANE, ALL_PLANES], value=ALL_PLANES)
@@ -61,10 +62,10 @@ class SegmentWidget(DockWidget):
             ]
         )  # fmt: skip
         self.model_info.native.setWordWrap(True)
-        self.runner = JobRunner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
+        self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.export_button = PushButton(text="Export model…", tooltip="write the model for Fiji, bioimage.io, ONNX")
         self.insert(self.index(self.progress), self.export_button)
-        self.export_runner = JobRunner(
+        self.export_runner = self.make_runner(
             "export", self._on_export_step, self._on_exported, self._on_export_idle, self._on_error
         )
         self.export_button.changed.connect(self.guarded(self.export))
@@ -73,7 +74,28 @@ class SegmentWidget(DockWidget):
         self.model_file.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.guarded(self.run))
         self.cancel_button.changed.connect(self.runner.stop)
+        self.image.changed.connect(self._reset_progress)
         self._on_model_changed()
+        self._preselect()
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._preselect()
+
+    def _preselect(self) -> None:
+        """Choose the selected image layer, or else the newest one, when none is chosen."""
+        if self.image.value is not None:
+            return
+        images = [layer for layer in self.image.choices if layer is not None]
+        active = self.viewer.layers.selection.active
+        if active in images:
+            self.image.value = active
+        elif images:
+            self.image.value = images[-1]
+
+    def _reset_progress(self, *_) -> None:
+        self.progress.max = 1
+        self.progress.value = 0
 
     def _on_model_changed(self, *_) -> None:
         """Describe the chosen model and offer the tile sizes valid for its depth."""
@@ -92,6 +114,10 @@ class SegmentWidget(DockWidget):
         else:
             self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
         self.tile.value = None
+
+    def _model_depth(self) -> int:
+        model = self._file_model if self.model_source.value == "file" else self.session.model
+        return model.config.depth if model is not None else 4
 
     def model(self) -> UNet:
         if self.model_source.value == "file":
@@ -123,7 +149,7 @@ class SegmentWidget(DockWidget):
             data = data[index]
             self._target = (layer, index)
         self.status.value = f"segmenting {layer.name}…"
-        self.progress.value = 0
+        self._reset_progress()
         self.cancel_button.enabled, self.run_button.enabled = True, False
         options = {
             "tile": self.tile.value,
@@ -156,6 +182,7 @@ class SegmentWidget(DockWidget):
         if result is None:
             view = getattr(self, "_store_view", None)
             self.status.value = "cancelled" if view is None else f"cancelled: run again with store {view.out} to resume"
+            self._reset_progress()
             return
         if isinstance(result, StoreDone):
             self._store_view.finish()
@@ -169,13 +196,14 @@ class SegmentWidget(DockWidget):
             full = self.viewer.layers[name].data if name in self.viewer.layers else None
             if full is None or full.shape != spatial_shape(layer):
                 full = np.zeros(spatial_shape(layer), np.int32)
-            full = np.array(full)
+            full = np.array(full, dtype=np.int32)
             full[index] = labels
             labels = full
-        put_layer(self.viewer, name, labels, "labels", layer)
+        put_layer(self.viewer, name, display_labels(labels), "labels", layer, role="segmentation")
         if result.probabilities is not None:
             foreground = probabilities_foreground(result.probabilities, self._ndim)
-            put_layer(self.viewer, f"{layer.name} probability", foreground, "image", layer, colormap="viridis")
+            shown = f"{layer.name} probability"
+            put_layer(self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis")
         self.status.value = f"{name}: {int(result.labels.max())} objects"
 
     def _on_error(self, message: str) -> None:

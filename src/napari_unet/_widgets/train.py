@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import threading
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -21,23 +24,62 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 
 from .._session import Session
+from ..core.annotation import unsigned_max_warning
 from ..core.checkpoint import load_model
 from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_model_config
 from ..core.io import check_writable
 from ..core.model import UNet
+from ..core.threads import available_cores
 from ..core.train import CheckpointFailed, StepProgress, Trainer, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
-from ._jobs import Preview, TrainingDone, training_job
-from ._layers import LayerError, image_data, labels_data, layers_of, put_layer, spatial_shape
+from ._jobs import Preview, TrainingDone, TrainingStarted, training_job
+from ._layers import (
+    ANNOTATION,
+    LayerError,
+    display_labels,
+    image_data,
+    labels_data,
+    layers_of,
+    put_layer,
+    role_of,
+    spatial_shape,
+)
 from ._plot import LossPlot
-from ._runner import JobRunner
 
-DEFAULT_SAVE = Path.home() / "napari-unet" / "model.safetensors"
 NETWORK_TIP = (
     "2D: the U-Net on planes (stacks plane by plane). 3D: the 3D U-Net on whole volumes, "
     "trained from a few annotated planes (the rest -1), voxel spacing from the image layer's scale"
 )
+DEFAULT_FOLDER = Path.home() / "napari-unet"
+_warm_up: threading.Thread | None = None
+
+
+def warm_up() -> threading.Thread:
+    """Import, in a background thread, what torch imports when the first optimiser is
+    made (``torch._dynamo``: seconds of work that holds Python's lock for up to half
+    a second at a time). Started when the Train widget opens, so that the import does
+    not stall the viewer when training starts."""
+    global _warm_up
+    if _warm_up is None:
+        _warm_up = threading.Thread(
+            target=importlib.import_module, args=("torch._dynamo",), name="napari-unet warm-up", daemon=True
+        )
+        _warm_up.start()
+    return _warm_up
+
+
+def free_model_path(folder: Path | None = None, stem: str = "model") -> Path:
+    """``folder/stem.safetensors`` (folder: ``~/napari-unet``), or ``stem-2``,
+    ``stem-3``, ...: the first name that neither a model nor its checkpoint uses yet,
+    so no run overwrites another."""
+    folder = DEFAULT_FOLDER if folder is None else folder
+    number = 1
+    while True:
+        path = folder / (f"{stem}.safetensors" if number == 1 else f"{stem}-{number}.safetensors")
+        if not path.exists() and not path.with_name(path.name + ".ckpt").exists():
+            return path
+        number += 1
 
 
 def format_seconds(seconds: float) -> str:
@@ -62,6 +104,7 @@ class TrainWidget(DockWidget):
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
         super().__init__(napari_viewer, labels=False)
+        warm_up()
         viewer = self.viewer
         self.session = session or Session.of(viewer)
         cpu = default_model_config("cpu")
@@ -90,14 +133,16 @@ class TrainWidget(DockWidget):
         self.lr = FloatSpinBox(label="learning rate", value=defaults.learning_rate, min=1e-5, max=1.0, step=1e-5)
         self.batch_size = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS), value=defaults.optimizer)
-        self.tile = ComboBox(label="tile", choices=tile_choices(cpu.depth), value=None)
+        self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self.depth.value), value=None)
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="sigma (px)", value=WeightMapConfig().sigma, min=0.5, max=50.0)
         self.elastic = CheckBox(text="elastic deformation", value=True)
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.preview_image = ComboBox(label="preview on", choices=images, nullable=True, value=None)
         self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=100_000)
-        self.save_path = FileEdit(label="save model to", mode="w", value=DEFAULT_SAVE, filter="*.safetensors")
+        self.threads = SpinBox(label="CPU threads (0: automatic)", value=0, min=0, max=max(available_cores() * 2, 2))
+        self._default_save = free_model_path()
+        self.save_path = FileEdit(label="save model to", mode="w", value=self._default_save, filter="*.safetensors")
         self.show_advanced = CheckBox(text="advanced settings", value=False)
         self.start_button = PushButton(text="Start training")
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -108,7 +153,7 @@ class TrainWidget(DockWidget):
         self.advanced = group(
             "Advanced",
             self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic,
-            self.precision, self.val_image, self.val_labels, self.preview_image, self.preview_every,
+            self.precision, self.threads, self.val_image, self.val_labels, self.preview_image, self.preview_every,
         )  # fmt: skip
         self.advanced.visible = False
         self.extend(
@@ -124,8 +169,9 @@ class TrainWidget(DockWidget):
         for label in (self.pairs_label, self.validation_label):
             label.native.setWordWrap(True)
         self.pairs: list[tuple[Image, Labels]] = []
-        self.runner = JobRunner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
+        self.runner = self.make_runner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self.trainer: Trainer | None = None
+        self._started_message = ""
         self.add_pair.changed.connect(self.guarded(self._add_pair))
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(lambda depth: self._set_tile_choices(depth))
@@ -134,6 +180,51 @@ class TrainWidget(DockWidget):
         self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
+        self.image.changed.connect(self._match_annotation)
+        self.preview_image.changed.connect(self._prepare_preview)
+        self._preselect()
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._preselect()
+
+    def _annotations_for(self, image: Image) -> list[Labels]:
+        """Labels layers (among the choices) on ``image``'s grid, annotations made for it first."""
+        shape = spatial_shape(image)
+        found = [layer for layer in self.labels.choices if layer is not None and layer.data.shape == shape]
+        return sorted(
+            found,
+            key=lambda layer: (role_of(layer) != ANNOTATION, not layer.name.startswith(image.name), -self._age(layer)),
+        )
+
+    def _age(self, layer) -> int:
+        return list(self.viewer.layers).index(layer) if layer in self.viewer.layers else 0
+
+    def _preselect(self) -> None:
+        """Choose the obvious pair when nothing is chosen yet: the newest image that
+        has an annotation on its grid, and that annotation."""
+        if self.image.value is None:
+            images = [layer for layer in self.image.choices if layer is not None]
+            annotated = [image for image in images if self._annotations_for(image)]
+            if annotated or images:
+                self.image.value = (annotated or images)[-1]
+        self._match_annotation()
+
+    def _match_annotation(self, *_) -> None:
+        image = self.image.value
+        if image is None or (self.labels.value is not None and self.labels.value.data.shape == spatial_shape(image)):
+            return
+        matches = self._annotations_for(image)
+        if matches:
+            self.labels.value = matches[0]
+
+    def _prepare_preview(self, layer: Image | None) -> None:
+        """Add the (hidden, empty) preview layer as soon as a preview image is chosen:
+        adding a layer costs napari a noticeable moment, which then does not fall
+        into training, where the previews only replace its data."""
+        if layer is not None:
+            empty = np.zeros(spatial_shape(layer), np.uint16)
+            put_layer(self.viewer, f"{layer.name} preview", empty, "labels", layer, role="preview", visible=False)
 
     def _set_tile_choices(self, depth: int) -> None:
         # 3D tiles differ per axis (anisotropic voxels): the default tile there
@@ -183,65 +274,97 @@ class TrainWidget(DockWidget):
             precision=self.precision.value,
         )
 
-    def _model(self, in_channels: int) -> UNet:
+    def _model_factory(self, in_channels: int):
+        """A function returning the model to train (called in the worker: building
+        the paper's network or reading a file takes a while)."""
         source = self.model_source.value
         if source == "session model":
-            if self.session.model is None:
+            model = self.session.model
+            if model is None:
                 raise LayerError("there is no model in this session yet: train a new one or open a file")
-            return self.session.model
+            return lambda: model
         if source == "file":
-            return load_model(self.model_file.value)
+            path = Path(self.model_file.value)
+            if not path.is_file():
+                raise LayerError(f"no model file at {path}: choose one, or train a new model")
+            return lambda: load_model(path)
+        base, depth = self.base_channels.value, self.depth.value
         if self.network.value == "3D":
             config = default_model_config("cpu", in_channels, ndim=3, spacing=self.spacing())
-            chosen = dataclasses.replace(config, base_channels=self.base_channels.value, depth=self.depth.value)
-            return UNet.from_config(chosen)
-        return UNet(in_channels=in_channels, base_channels=self.base_channels.value, depth=self.depth.value)
+            chosen = dataclasses.replace(config, base_channels=base, depth=depth)
+            return lambda: UNet.from_config(chosen)
+        return lambda: UNet(in_channels=in_channels, base_channels=base, depth=depth)
 
-    def build_trainer(self) -> Trainer:
-        """A trainer for the chosen layers and settings (raises on bad input)."""
+    def trainer_factory(self):
+        """Check the chosen layers and settings (raises on bad input) and return a
+        function that builds the trainer. The function prepares the training data
+        (weight maps, normalisation) and may build a model, which take seconds on
+        large images, so the widget calls it in the worker thread. Annotations are
+        copied here, so painting on while training starts changes nothing."""
         pairs = self.pairs or [(self.image.value, self.labels.value)]
-        images, annotations, channel_axes = [], [], set()
+        images, annotations, channel_axes, warnings = [], [], set(), []
         for image_layer, labels_layer in pairs:
             data, channel_axis = image_data(image_layer)
             images.append(data)
             channel_axes.add(channel_axis)
-            annotations.append(labels_data(labels_layer, image_layer))
+            labels = np.array(labels_data(labels_layer, image_layer))
+            annotations.append(labels)
+            warnings.append(unsigned_max_warning(labels, f"annotation '{labels_layer.name}'"))
         if len(channel_axes) > 1:
             raise LayerError("the training images mix RGB and single-channel layers: train on one kind")
         channel_axis = channel_axes.pop()
-        model = self._model(in_channels=images[0].shape[channel_axis] if channel_axis is not None else 1)
+        in_channels = images[0].shape[channel_axis] if channel_axis is not None else 1
+        make_model = self._model_factory(in_channels)
         validation = {}
         if self.val_image.value is not None and self.val_labels.value is not None:
             validation = {
                 "val_images": [image_data(self.val_image.value)[0]],
-                "val_labels": [labels_data(self.val_labels.value, self.val_image.value)],
+                "val_labels": [np.array(labels_data(self.val_labels.value, self.val_image.value))],
             }
         save = Path(self.save_path.value)
         check_writable(save)  # before training, not after it
         checkpoint = save.with_name(save.name + ".ckpt")
-        return Trainer(
-            model,
-            images,
-            annotations,
-            self.config(),
-            checkpoint_path=checkpoint,
-            channel_axis=channel_axis,
-            **validation,
-        )
+        config = self.config()
+        self._warnings = [warning for warning in warnings if warning]
+
+        def make_trainer() -> Trainer:
+            return Trainer(
+                make_model(),
+                images,
+                annotations,
+                config,
+                checkpoint_path=checkpoint,
+                channel_axis=channel_axis,
+                **validation,
+            )
+
+        return make_trainer
+
+    def build_trainer(self) -> Trainer:
+        """A trainer for the chosen layers and settings, built here (raises on bad input)."""
+        return self.trainer_factory()()
 
     def start(self) -> None:
         if self.runner.busy:
             return
-        self.trainer = self.build_trainer()
+        make_trainer = self.trainer_factory()
         preview = None
         if self.preview_image.value is not None:
             preview = image_data(self.preview_image.value)
+        self.trainer = None
         self.plot.clear_data()
-        self.progress.max = self.trainer.config.steps
+        self.progress.max = self.steps.value
         self.progress.value = 0
-        self.status.value = f"training on {self.trainer.device}…"
+        self.validation_label.value = ""
+        self.status.value = "preparing the training data…"
+        for warning in self._warnings:
+            self.status.value = f"⚠ {warning}"
+            show_warning(warning)
         self._set_running(True)
-        self.runner.start(training_job, self.trainer, Path(self.save_path.value), preview, self.preview_every.value)
+        self._saving_to = Path(self.save_path.value)
+        self.runner.start(
+            training_job, make_trainer, self._saving_to, preview, self.preview_every.value, self.threads.value or None
+        )
 
     def stop(self, *_) -> None:
         """Stop at the next step; the checkpoint and model are written."""
@@ -253,7 +376,14 @@ class TrainWidget(DockWidget):
         self.stop_button.enabled = running
 
     def _on_event(self, event) -> None:
-        if isinstance(event, StepProgress):
+        if isinstance(event, TrainingStarted):
+            self.trainer = event.trainer
+            self.progress.max = event.trainer.config.steps
+            threads = f" with {event.threads} CPU thread(s)" if event.trainer.device.type == "cpu" else ""
+            self._started_message = f"training on {event.trainer.device}{threads}…"
+            if not self.status.value.startswith("⚠"):
+                self.status.value = self._started_message
+        elif isinstance(event, StepProgress):
             self.progress.max = event.total_steps
             self.progress.value = event.step
             self.status.value = (
@@ -270,18 +400,23 @@ class TrainWidget(DockWidget):
         elif isinstance(event, Preview):
             layer = self.preview_image.value
             if layer is not None:
-                put_layer(self.viewer, f"{layer.name} preview", event.labels, "labels", layer)
+                labels = display_labels(event.labels)
+                put_layer(self.viewer, f"{layer.name} preview", labels, "labels", layer, role="preview", visible=True)
 
     def _on_done(self, done: TrainingDone) -> None:
         trainer = done.trainer
+        self.trainer = trainer
         self.plot.redraw()
-        path = Path(self.save_path.value)
+        path = self._saving_to
         self.session.set_model(trainer.model, f"trained here ({trainer.step} steps)", path)
         verb = "stopped" if done.stopped else "finished"
         self.status.value = f"{verb} at step {trainer.step}; model saved to {path}"
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
             show_warning(f"napari-unet: the last checkpoint could not be written: {trainer.checkpoint_error}")
+        if Path(self.save_path.value) == self._default_save:  # the next run gets a name of its own
+            self._default_save = free_model_path(self._default_save.parent)
+            self.save_path.value = self._default_save
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"

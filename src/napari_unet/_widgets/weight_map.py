@@ -6,24 +6,30 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 from napari.layers import Labels
 
+from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
 from ._layers import EditWatcher, labels_data, layers_of, put_layer
-from ._runner import JobRunner
 
 
 def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
-    """Weights (float32) and targets (uint8) of every plane of ``labels`` (..., H, W)."""
+    """Weights (float32), targets (uint8) and the number of cell pairs separated only
+    by unannotated pixels, for every plane of ``labels`` (..., H, W). In the target,
+    1 is a cell, 0 background and :data:`UNANNOTATED_RIM` the unannotated pixels that
+    are all that lies between two cells (weight 0: nothing tells the network to
+    separate them)."""
     weights = np.zeros(labels.shape, np.float32)
     target = np.zeros(labels.shape, np.uint8)
     for index in np.ndindex(*labels.shape[:-2]):
         if stop.is_set():
             return None
-        weights[index] = weight_map(labels[index], config.w0, config.sigma, balance_classes=config.balance_classes)
-        target[index] = separation_target(labels[index])
+        plane = labels[index]
+        weights[index] = weight_map(plane, config.w0, config.sigma, balance_classes=config.balance_classes)
+        target[index] = separation_target(plane)
+        target[index][highlight(plane) == UNANNOTATED_RIM] = UNANNOTATED_RIM
         yield index
-    return weights, target
+    return weights, target, len(AnnotationStats.of(labels).bridged())
 
 
 class WeightMapWidget(DockWidget):
@@ -44,7 +50,7 @@ class WeightMapWidget(DockWidget):
         self.live = CheckBox(text="update while painting", value=True)
         self.compute = PushButton(text="Show weight map")
         self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
-        self.runner = JobRunner("weight map", lambda _: None, self._show, self._idle, self._failed)
+        self.runner = self.make_runner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
         self._edits = EditWatcher(self._refresh_shown, self.native, delay_ms=300)
         self.compute.changed.connect(self.guarded(self.update_map))
@@ -70,11 +76,28 @@ class WeightMapWidget(DockWidget):
     def _show(self, result) -> None:
         if result is None:
             return
-        weights, target = result
+        weights, target, bridged = result
         name = self._source.name
-        put_layer(self.viewer, f"{name} weights", weights, "image", self._source, colormap="magma", blending="additive")
-        put_layer(self.viewer, f"{name} target", target, "labels", self._source, opacity=0.4, visible=False)
+        put_layer(
+            self.viewer,
+            f"{name} weights",
+            weights,
+            "image",
+            self._source,
+            role="weights",
+            colormap="magma",
+            blending="additive",
+        )
+        target_layer = put_layer(
+            self.viewer, f"{name} target", target, "labels", self._source, role="target", opacity=0.5, visible=False
+        )
         self.status.value = f"weights from {weights.min():.2f} to {weights.max():.2f}"
+        if bridged:
+            target_layer.visible = True
+            self.status.value += (
+                f"\n⚠ {bridged} pair(s) of cells are separated only by unannotated pixels (weight 0, shown in "
+                f"'{target_layer.name}' as {UNANNOTATED_RIM}): paint background (0) between them"
+            )
 
     def _failed(self, message: str) -> None:
         self.status.value = f"⚠ {message}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry
+from .annotation import image_like_reason, looks_like_image_message
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
@@ -80,9 +81,10 @@ def _pair_planes(
 ):
     data = channels_before_spatial(image, in_channels, channel_axis, ndim)
     labels = np.asarray(labels)
+    reason = image_like_reason(labels)
+    if reason:
+        raise TrainingDataError(looks_like_image_message(f"{name}: the labels", reason))
     if not np.issubdtype(labels.dtype, np.integer):
-        if labels.size and not np.array_equal(labels, np.round(labels)):
-            raise TrainingDataError(f"{name}: labels must be integers (0 background, 1.. cells, -1 ignore)")
         labels = labels.astype(np.int64)
     expected = data.shape[: -ndim - 1] + data.shape[-ndim:]
     if labels.shape != expected:

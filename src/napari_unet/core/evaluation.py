@@ -1,4 +1,9 @@
-"""Scoring predicted instance labels against ground truth, per image and pooled."""
+"""Scoring predicted instance labels against ground truth, per image and pooled.
+
+Images may be stacks (..., H, W): every plane is matched on its own and the
+matches are pooled, so ids may repeat between planes (as segmentation writes them)
+or be unique across the stack (as the Annotate widget makes them).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,35 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .annotation import image_like_reason, looks_like_image_message
+from .errors import NapariUnetError
 from .metrics import MatchStats, combine, match_instances, merged_pairs, pixel_iou
 
 #: One table row: name, stats at IoU 0.5..0.9, foreground pixel IoU, merged touching pairs.
 Row = tuple[str, list[MatchStats], float, int]
+
+
+class EvaluationError(NapariUnetError, ValueError):
+    """Predictions and truths that cannot be compared."""
+
+
+def _check(name: str, what: str, labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim < 2:
+        raise EvaluationError(f"{name}: {what} must be a label image (H, W) or a stack of them, got {labels.shape}")
+    reason = image_like_reason(labels)
+    if reason:
+        raise EvaluationError(looks_like_image_message(f"{name}: the {what}", reason))
+    return labels.astype(np.int64, copy=False) if not np.issubdtype(labels.dtype, np.integer) else labels
+
+
+def evaluate_stack(predicted: np.ndarray, truth: np.ndarray) -> tuple[list[MatchStats], float, int]:
+    """Matches pooled over the planes of (..., H, W) label images, the foreground pixel
+    IoU over all of them, and the merged touching pairs summed over planes."""
+    planes = list(np.ndindex(*truth.shape[:-2]))
+    matches = combine([match_instances(predicted[index], truth[index]) for index in planes])
+    merged = sum(merged_pairs(predicted[index], truth[index]) for index in planes)
+    return matches, pixel_iou(predicted, truth), merged
 
 
 def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> list[Row]:
@@ -19,19 +49,12 @@ def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> list[
     """
     rows: list[Row] = []
     for name, predicted, truth in pairs:
-        predicted, truth = np.asarray(predicted), np.asarray(truth)
+        predicted, truth = _check(name, "prediction", predicted), _check(name, "truth", truth)
         if predicted.shape != truth.shape:
-            raise ValueError(f"{name}: prediction shape {predicted.shape} differs from truth {truth.shape}")
-        rows.append(
-            (
-                name,
-                match_instances(predicted, truth),
-                pixel_iou(predicted, truth),
-                merged_pairs(predicted, truth),
-            )
-        )
+            raise EvaluationError(f"{name}: prediction shape {predicted.shape} differs from truth {truth.shape}")
+        rows.append((name, *evaluate_stack(predicted, truth)))
     if not rows:
-        raise ValueError("nothing to evaluate")
+        raise EvaluationError("nothing to evaluate")
     overall_iou = float(np.mean([row[2] for row in rows]))
     rows.append(("overall", combine([row[1] for row in rows]), overall_iou, sum(row[3] for row in rows)))
     return rows

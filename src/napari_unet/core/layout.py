@@ -29,6 +29,20 @@ def as_image(image) -> np.ndarray:
     return image
 
 
+def rgb_for_one_channel_message(shape: tuple[int, ...]) -> str:
+    """The one message for an RGB image given to a 1-channel model (napari, command
+    line and Python alike), with both remedies."""
+    return (
+        f"the model expects 1 channel but the image (shape {tuple(shape)}) is RGB: use a model trained on RGB "
+        "images (napari: train on the RGB layer; command line: napari-unet train --in-channels 3), or convert "
+        "the image to one channel first (napari: right-click the layer > Split RGB)"
+    )
+
+
+def _looks_rgb(shape: tuple[int, ...], axis: int) -> bool:
+    return axis == len(shape) - 1 and shape[axis] in (3, 4) and len(shape) == 3 and shape[-2] > 4
+
+
 def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | None = None) -> np.ndarray:
     """A view of ``image`` as ``(*stack, C, H, W)`` with ``C == in_channels``.
 
@@ -65,11 +79,8 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
             )
         return _moved_to_minus3(ndim, axis) if ndim >= 3 else (None, 0, 1)
     if in_channels == 1:
-        if ndim == 3 and shape[-1] in (3, 4) and shape[-2] > 4:
-            raise ImageShapeError(
-                f"the model expects 1 channel but the image (shape {shape}) looks RGB; "
-                "convert it to grayscale, or use a model trained on RGB images"
-            )
+        if _looks_rgb(shape, ndim - 1):
+            raise ImageShapeError(rgb_for_one_channel_message(shape))
         return (*range(ndim - 2), None, ndim - 2, ndim - 1)
     if ndim >= 3 and shape[-1] == in_channels and shape[-3] != in_channels:
         return _moved_to_minus3(ndim, ndim - 1)
@@ -106,6 +117,8 @@ def channels_before_spatial(
         axis = channel_axis % image.ndim
         if axis >= first_spatial and axis != image.ndim - 1:
             raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {image.shape}")
+        if in_channels == 1 and _looks_rgb(image.shape, axis):
+            raise ImageShapeError(rgb_for_one_channel_message(image.shape))
         if image.shape[axis] != in_channels:
             raise ImageShapeError(
                 f"the model expects {in_channels} channel(s) but axis {channel_axis} of the "

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from napari_unet.core.annotation import (
+    TOUCHING_GAP,
+    UNANNOTATED_RIM,
+    AnnotationStats,
+    Window,
+    as_signed,
+    highlight,
+    image_like_reason,
+    new_annotation,
+    unsigned_max_warning,
+)
+from napari_unet.core.metrics import touching_pairs
+from napari_unet.core.synthetic import synthetic_nuclei
+
+
+def discs(shape, centres, radius, fill=-1):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.full(shape, fill, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+    return labels
+
+
+def same_counts(a: AnnotationStats, b: AnnotationStats) -> None:
+    assert a.planes.keys() == b.planes.keys()
+    for plane in a.planes:
+        assert +a.planes[plane].values == +b.planes[plane].values
+        assert +a.planes[plane].touching == +b.planes[plane].touching
+        assert +a.planes[plane].grown == +b.planes[plane].grown
+
+
+def test_summary_states_cells_background_and_unannotated_shares():
+    labels = new_annotation((100, 100))
+    labels[:10, :] = 0  # 10% background
+    labels[50:55, 50:55] = 1
+    labels[80:85, 80:85] = 2
+    text = AnnotationStats.of(labels).summary()
+    assert text.startswith("cells 2, background 10% of the image, unannotated 90%")
+    assert "touching pairs 0" in text and "⚠" not in text
+
+
+def test_cells_separated_only_by_unannotated_pixels_are_found():
+    # three cells in a row: 1 and 2 with a 1-px unannotated rim, 2 and 3 with background between
+    labels = np.full((20, 40), -1, np.int32)
+    labels[5:15, 2:10] = 1
+    labels[5:15, 11:19] = 2
+    labels[5:15, 19:21] = 0
+    labels[5:15, 21:30] = 3
+    stats = AnnotationStats.of(labels)
+    assert stats.bridged() == [((), (1, 2))]
+    assert "1 pair(s) of cells separated only by unannotated pixels" in stats.summary()
+    shown = highlight(labels)
+    assert (shown[5:15, 10] == UNANNOTATED_RIM).all() and not (shown == TOUCHING_GAP).any()
+    labels[5:15, 10] = 0  # background painted in the rim: no longer bridged
+    assert AnnotationStats.of(labels).bridged() == []
+
+
+def test_a_two_pixel_rim_counts_and_touching_cells_do_not():
+    labels = np.full((20, 40), -1, np.int32)
+    labels[5:15, 2:10] = 1
+    labels[5:15, 12:20] = 2  # columns 10 and 11 unannotated
+    labels[5:15, 20:28] = 3  # touches 2
+    stats = AnnotationStats.of(labels)
+    assert [pair for _, pair in stats.bridged()] == [(1, 2)]
+    assert stats.touching_count() == 1
+    assert (highlight(labels)[5:15, 19:21] == TOUCHING_GAP).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_edits_in_a_window_give_the_same_counts_as_recounting(seed):
+    rng = np.random.default_rng(seed)
+    _, truth = synthetic_nuclei((96, 128), seed=seed)
+    labels = np.where(rng.random(truth.shape) < 0.5, truth, -1).astype(np.int32)
+    stats = AnnotationStats.of(labels)
+    for _ in range(40):
+        top, left = rng.integers(0, 90), rng.integers(0, 120)
+        rows, cols = (int(top), int(top + rng.integers(1, 12))), (int(left), int(left + rng.integers(1, 12)))
+        rows, cols = (rows[0], min(rows[1], 96)), (cols[0], min(cols[1], 128))
+        window = Window.around(rows, cols, labels.shape)
+        before = labels[window.crop].copy()
+        labels[rows[0] : rows[1], cols[0] : cols[1]] = rng.choice([-1, 0, 1, 2, 200])
+        stats.update_window((), window, before, labels[window.crop])
+        same_counts(stats, AnnotationStats.of(labels))
+        crop_highlight = highlight(labels[window.crop])[window.inner]
+        assert np.array_equal(crop_highlight, highlight(labels)[window.crop][window.inner])
+    assert {pair for pair in stats.planes[()].touching_pairs()} == touching_pairs(np.maximum(labels, 0))
+
+
+def test_filling_the_rest_with_background_matches_recounting():
+    labels = discs((60, 60), [(20, 20), (20, 34), (45, 45)], 6)  # 1 px apart
+    stats = AnnotationStats.of(labels)
+    assert len(stats.bridged()) == 1
+    stats.fill_unannotated(())
+    same_counts(stats, AnnotationStats.of(np.where(labels == -1, 0, labels)))
+
+
+def test_stack_counts_say_how_ids_are_counted():
+    unique = np.stack([discs((30, 30), [(10, 10)], 4, fill=0), discs((30, 30), [(20, 20)], 4, fill=0) * 2])
+    assert "cells 2" in AnnotationStats.of(unique).summary()
+    assert "ids unique across the stack" in AnnotationStats.of(unique).summary()
+    repeated = np.stack([discs((30, 30), [(10, 10)], 4, fill=0)] * 3)
+    text = AnnotationStats.of(repeated).summary()
+    assert "cells 3" in text and "ids repeat between planes: counted per plane" in text
+
+
+def test_unsigned_labels_are_converted_and_the_dtype_maximum_is_warned_about():
+    labels = np.full((10, 10), 255, np.uint8)
+    labels[:5] = 1
+    warning = unsigned_max_warning(labels, "labels 'cells.png'")
+    assert "uint8" in warning and "50% of their pixels hold 255" in warning and "-1" in warning
+    assert unsigned_max_warning(np.ones((4, 4), np.uint16)) is None
+    assert unsigned_max_warning(np.full((4, 4), 255, np.int16)) is None
+    assert as_signed(np.array([[0, 65535]], np.uint16)).dtype == np.int32
+    assert as_signed(np.array([[0, 200]], np.uint8)).dtype == np.int16
+
+
+def test_images_given_as_labels_are_recognised():
+    image, labels = synthetic_nuclei((64, 64), seed=0)
+    assert image_like_reason(labels) is None
+    assert "neighbouring pixels" in image_like_reason(image)
+    assert "fractional" in image_like_reason(image.astype(np.float32) / 7)
+    assert image_like_reason(labels.astype(np.float32)) is None

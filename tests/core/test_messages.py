@@ -1,0 +1,76 @@
+"""Issue 18.10 and 18.11 on the command line: one message per mistake, stacks, threads."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet import UNet, save_model
+from napari_unet.cli import main
+from napari_unet.core.synthetic import synthetic_nuclei
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_an_rgb_image_with_a_one_channel_model_names_both_remedies(tmp_path, capsys):
+    model = tmp_path / "gray.safetensors"
+    save_model(UNet(base_channels=2, depth=2), model)
+    np.save(tmp_path / "rgb.npy", np.zeros((40, 50, 3), np.uint8))
+    assert main(["segment", str(model), str(tmp_path / "rgb.npy"), "--out-dir", str(tmp_path / "out")]) == 2
+    line = error_line(capsys)
+    assert line.startswith("napari-unet: error: the model expects 1 channel but the image (shape (40, 50, 3)) is RGB")
+    assert "--in-channels 3" in line and "Split RGB" in line
+
+
+def test_an_image_given_as_labels_is_refused_with_one_message(tmp_path, capsys):
+    image, _ = synthetic_nuclei((96, 96), seed=0)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "img.tif"), "--out", str(tmp_path / "m")]
+    assert main([*args, "--steps", "1", "--base-channels", "2", "--depth", "2", "--device", "cpu"]) == 2
+    line = error_line(capsys)
+    assert "labels must be integers with few distinct values; this looks like an image" in line
+    np.save(tmp_path / "probabilities.npy", np.random.default_rng(0).random((96, 96)).astype(np.float32))
+    assert main(["evaluate", str(tmp_path / "probabilities.npy"), "--truth", str(tmp_path / "img.tif")]) == 2
+    assert "this looks like an image (it holds fractional float32 values)" in error_line(capsys)
+
+
+def test_evaluate_works_on_stacks(tmp_path, capsys):
+    _, first = synthetic_nuclei((64, 64), seed=1)
+    _, second = synthetic_nuclei((64, 64), seed=2)
+    truth = np.stack([first, second]).astype(np.int32)
+    predicted = truth.copy()
+    predicted[1] = 0  # the second plane is missed entirely
+    tifffile.imwrite(tmp_path / "pred.tif", predicted)
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pred.tif"))
+    found = first.max() / (first.max() + second.max())  # AP = tp / (tp + fn), planes pooled
+    assert float(row.split()[1]) == pytest.approx(found, abs=1e-3)
+
+
+def test_threads_follow_the_machine_and_the_command_line(tmp_path):
+    from napari_unet.core.threads import choose_threads, other_busy_cores
+
+    assert choose_threads(busy=0.0) >= 1
+    cores = choose_threads(busy=0.0)
+    assert choose_threads(busy=1.0) == max(cores - 1, 1)  # a busy core is left alone
+    assert choose_threads(busy=0.2) == cores  # a little noise is not a busy core
+    assert choose_threads(busy=0.0, leave_free=1) == max(cores - 1, 1)  # napari keeps one for the viewer
+    assert choose_threads(busy=64.0) == 1
+    assert choose_threads(3, busy=64.0) == 3  # asked for: as asked
+    assert 0.0 <= other_busy_cores(0.05) <= 64
+    image, labels = synthetic_nuclei((96, 96), seed=0)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    before = torch.get_num_threads()
+    try:
+        args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), "--out"]
+        args += [str(tmp_path / "m.safetensors"), "--steps", "1", "--base-channels", "2", "--depth", "2"]
+        assert main([*args, "--tile", "60", "--batch-size", "1", "--device", "cpu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
