@@ -147,22 +147,14 @@ class LiveTrainWidget(DockWidget):
             self._show(event)
 
     def _show(self, preview: LivePreview) -> None:
-        """Put the preview into "<image> live" (full plane size), keeping the user's
-        selected layer and its mode."""
+        """Put the preview into "<image> live" (full plane size); the user's selected
+        layer and its mode stay (``put_layer``)."""
         image = self.image.value
         height, width = image.data.shape[:2] if image.rgb else image.data.shape[-2:]
         name = f"{image.name} live"
         full = np.zeros((height, width), np.int32)
         full[preview.window] = preview.labels
-        selection = list(self.viewer.layers.selection)
-        active = self.viewer.layers.selection.active
-        mode = getattr(active, "mode", None)
-        put_layer(self.viewer, name, full, "labels", image, opacity=0.5)
-        self.viewer.layers.selection.clear()
-        self.viewer.layers.selection.update(selection)
-        self.viewer.layers.selection.active = active
-        if active is not None and mode is not None and active.mode != mode:
-            active.mode = mode
+        put_layer(self.viewer, name, full, "labels", image, role="preview", opacity=0.5)
 
     def _full_preview(self) -> np.ndarray:
         if self.preview is None:
