@@ -19,7 +19,6 @@ TorchScript, and reports:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -31,24 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import napari_unet as nu
-from common import CACHE_DIR, benchmark_image, format_table, print_header
+from common import benchmark_image, cpu_default_model, format_table, print_header
 from napari_unet.core import exchange
 from napari_unet.core.normalize import normalize
-from napari_unet.core.progress import drive
-
-
-def cpu_default_model(steps: int, seed: int = 0) -> tuple[nu.UNet, str]:
-    """The CPU default network trained ``steps`` steps on synthetic nuclei (cached)."""
-    path = Path(CACHE_DIR) / f"cpu_default_synthetic_{steps}steps_seed{seed}.safetensors"
-    if path.exists():
-        return nu.load_model(path), f"cached at {path}"
-    data = [nu.synthetic_nuclei((256, 256), seed=seed + i) for i in range(6)]
-    model = nu.UNet.from_config(nu.default_model_config("cpu"))
-    trainer = nu.Trainer(model, [d[0] for d in data], [d[1] for d in data], nu.TrainConfig(steps=steps, seed=seed))
-    drive(trainer.run())
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    trainer.save_model(path)
-    return nu.load_model(path), f"trained {trainer.step} steps, saved to {path}"
 
 
 def foreground(model: nu.UNet, image: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ tests/reference.py (what the project shipped before), whose labels must be ident
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,22 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))  # for tests.reference
 from tests.reference import plane_labels_reference
 
 import napari_unet as nu
-from common import CACHE_DIR, OtherLoad, TileRecord, benchmark_image, format_table, median, print_header
+from common import OtherLoad, TileRecord, benchmark_image, cpu_default_model, format_table, median, print_header
 from napari_unet.core.instances import foreground, probabilities_to_labels
 from napari_unet.core.progress import drive
-
-
-def cpu_default_model(steps: int, seed: int = 0) -> tuple[nu.UNet, str]:
-    """The CPU default network trained ``steps`` steps on synthetic nuclei (cached)."""
-    path = Path(CACHE_DIR) / f"cpu_default_synthetic_{steps}steps_seed{seed}.safetensors"
-    if path.exists():
-        return nu.load_model(path), f"cached at {path}"
-    data = [nu.synthetic_nuclei((256, 256), seed=seed + i) for i in range(6)]
-    model = nu.UNet.from_config(nu.default_model_config("cpu"))
-    summary = nu.train(model, [d[0] for d in data], [d[1] for d in data], steps=steps, device="cpu", seed=seed)
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    nu.save_model(model, path)
-    return model, f"trained {summary.steps} steps in {summary.seconds:.0f} s, saved to {path}"
 
 
 def timed(function):

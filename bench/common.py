@@ -220,6 +220,22 @@ CACHE_DIR = os.path.join(
 )
 
 
+def cpu_default_model(steps: int, seed: int = 0):
+    """The CPU default network trained ``steps`` steps on synthetic nuclei (cached in
+    :data:`CACHE_DIR`), and a line saying where it came from."""
+    import napari_unet as nu
+
+    path = os.path.join(CACHE_DIR, f"cpu_default_synthetic_{steps}steps_seed{seed}.safetensors")
+    if os.path.exists(path):
+        return nu.load_model(path), f"cached at {path}"
+    data = [nu.synthetic_nuclei((256, 256), seed=seed + i) for i in range(6)]
+    model = nu.UNet.from_config(nu.default_model_config("cpu"))
+    summary = nu.train(model, [d[0] for d in data], [d[1] for d in data], steps=steps, device="cpu", seed=seed)
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    nu.save_model(model, path)
+    return model, f"trained {summary.steps} steps in {summary.seconds:.0f} s, saved to {path}"
+
+
 def benchmark_image(shape: tuple[int, int], seed: int = 1):
     """A realistic test image (H, W), its labels and a description: synthetic
     fluorescent nuclei (:func:`napari_unet.synthetic_nuclei`)."""
