@@ -72,6 +72,8 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
         axis = channel_axis % ndim
         if axis >= ndim - 2 and axis != ndim - 1:
             raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {shape}")
+        if in_channels == 1 and _looks_rgb(shape, axis):
+            raise ImageShapeError(rgb_for_one_channel_message(shape))
         if shape[axis] != in_channels:
             raise ImageShapeError(
                 f"the model expects {in_channels} channel(s) but axis {channel_axis} of the "
