@@ -15,7 +15,7 @@ from .conftest import docked
 def test_manifest_declares_widgets_sample_data_and_reader():
     manifest = PluginManifest.from_distribution("napari-unet")
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert widgets == {"Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net"}
+    assert widgets == {"Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net", "Live training"}
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei_2d", "nuclei_stack"}
     assert manifest.contributions.readers[0].filename_patterns == ["*.safetensors", "*.zip"]
 
