@@ -1,26 +1,12 @@
 import numpy as np
 import pytest
-import torch
 
-from napari_unet import UNet, save_model
+from napari_unet import save_model
 from napari_unet._widgets import SegmentWidget
 from napari_unet.cli import main
 
+from ..core.lazy import bright_is_foreground
 from .conftest import docked
-
-
-def bright_is_foreground():
-    """A tiny model whose foreground probability rises with brightness."""
-    torch.manual_seed(0)
-    model = UNet(base_channels=2, depth=2).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                module.weight.abs_()
-        model.head.weight.zero_()
-        model.head.weight[1] = 1.0
-        model.head.bias.copy_(torch.tensor([2.0, 0.0]))  # background unless bright
-    return model
 
 
 @pytest.fixture
