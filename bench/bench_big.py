@@ -176,15 +176,18 @@ def in_subprocess(case: str, size: int, args) -> dict:
         command += ["--model", args.model]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"case {case} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"case {case} failed (exit status {done.returncode}):\n{done.stderr[-3000:]}", flush=True)
+        return None
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"done: {json.dumps(record)}", flush=True)  # kept even if a later case fails
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a model file (default: the CPU default network, seeded)")
     parser.add_argument("--big", type=int, default=16384, help="edge of the big streamed image (0: skip it)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the 4096 x 4096 cases")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the 4096 x 4096 cases (0: none)")
     parser.add_argument("--no-workers", action="store_true", help="skip the dask.distributed cases")
     parser.add_argument("--folder", type=Path, default=Path(CACHE_DIR) / "big", help="where the images are kept")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -197,15 +200,16 @@ def main() -> None:
     print_header("Large images: in memory vs streamed to OME-Zarr (bench_big.py)")
     args.folder.mkdir(parents=True, exist_ok=True)
     make_images(args.folder, args.big)
-    records: dict[str, list[dict]] = {}
-    for _ in range(args.rounds):
-        for case in ("memory 4096", "streamed 4096"):
-            records.setdefault(case, []).append(in_subprocess(case, 4096, args))
+    plan = [("memory 4096", 4096), ("streamed 4096", 4096)] * args.rounds
     if not args.no_workers:
-        for case in ("workers 1", "workers 2"):
-            records[case] = [in_subprocess(case, 4096, args)]
+        plan += [("workers 1", 4096), ("workers 2", 4096)]
     if args.big:
-        records[f"streamed {args.big}"] = [in_subprocess(f"streamed {args.big}", args.big, args)]
+        plan.append((f"streamed {args.big}", args.big))
+    records: dict[str, list[dict]] = {}
+    for case, size in plan:
+        record = in_subprocess(case, size, args)
+        if record is not None:
+            records.setdefault(case, []).append(record)
 
     rows = []
     for case, runs in records.items():
@@ -234,6 +238,8 @@ def main() -> None:
                "worker RSS MiB", "other load", "objects"]  # fmt: skip
     print(format_table(headers, rows))
     for what, key in (("wall-clock", "seconds"), ("CPU-time", "cpu_seconds")):
+        if "memory 4096" not in records or "streamed 4096" not in records:
+            break
         memory = statistics.median(r[key] for r in records["memory 4096"])
         streamed = statistics.median(r[key] for r in records["streamed 4096"])
         print(f"streamed / in-memory {what} throughput at 4096 x 4096: {memory / streamed:.2f}")
