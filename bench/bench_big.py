@@ -18,8 +18,11 @@ labelling has real work; the convolutions cost the same with any weights), or
 The images are synthetic nuclei (``napari_unet.synthetic_nuclei``, 4096 x 4096,
 rescaled to uint8); the 16384 x 16384 image repeats that one 4 x 4 times, written
 block by block. Mpx/s counts image pixels per second of the whole call (reading,
-prediction, labelling, writing; for the stores also the pyramid). The in-memory and
-streamed 4096 cases are run ``--rounds`` times, alternately, and the medians reported.
+prediction, labelling, writing; for the stores also the pyramid); on a shared machine
+wall-clock time depends on the other processes, so the CPU seconds the case used
+(its own process, and for the cluster cases its workers' too) and the seconds spent in
+the network are reported as well. The in-memory and streamed 4096 cases are run
+``--rounds`` times, alternately, and the medians reported.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def _rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _model(path: str | None):
@@ -123,9 +132,11 @@ def run_case(case: str, folder: Path, model_path: str | None, size: int) -> dict
         if case.startswith("memory"):
             image = zarr.open_array(source, mode="r")[:]
             record["rss_before_mib"] = _rss_mib()
-            began = time.perf_counter()
-            labels = nu.segment(model, image, precision="fp32")
-            record["seconds"] = time.perf_counter() - began
+            network = []
+            began, cpu = time.perf_counter(), _cpu_seconds()
+            labels = drive(nu.iter_segment(model, image, precision="fp32"), network.append)
+            record["seconds"], record["cpu_seconds"] = time.perf_counter() - began, _cpu_seconds() - cpu
+            record["network_seconds"] = network[-1].network_seconds
             record["objects"] = int(labels.max())
         elif case.startswith("workers"):
             from napari_unet.core.cluster import cluster_client
@@ -134,17 +145,23 @@ def run_case(case: str, folder: Path, model_path: str | None, size: int) -> dict
             workers = int(case.split()[1])
             record["rss_before_mib"] = _rss_mib()
             with cluster_client(workers=workers) as client:
-                began = time.perf_counter()
-                result = drive(iter_segment_to(model, source, out, precision="fp32", client=client))
+                network = []
+                worker_cpu = sum(client.run(_cpu_seconds).values())
+                began, cpu = time.perf_counter(), _cpu_seconds()
+                result = drive(iter_segment_to(model, source, out, precision="fp32", client=client), network.append)
                 record["seconds"] = time.perf_counter() - began
+                record["cpu_seconds"] = _cpu_seconds() - cpu + sum(client.run(_cpu_seconds).values()) - worker_cpu
+                record["network_seconds"] = network[-1].network_seconds
                 peaks = client.run(_rss_mib)
             record["worker_rss_mib"] = max(peaks.values())
             record["objects"] = sum(result.n_objects)
         else:
             record["rss_before_mib"] = _rss_mib()
-            began = time.perf_counter()
-            result = nu.segment_to(model, source, out, precision="fp32")
-            record["seconds"] = time.perf_counter() - began
+            network = []
+            began, cpu = time.perf_counter(), _cpu_seconds()
+            result = drive(nu.iter_segment_to(model, source, out, precision="fp32"), network.append)
+            record["seconds"], record["cpu_seconds"] = time.perf_counter() - began, _cpu_seconds() - cpu
+            record["network_seconds"] = network[-1].network_seconds
             record["objects"] = sum(result.n_objects)
     shutil.rmtree(out, ignore_errors=True)
     record["peak_rss_mib"] = _rss_mib()
@@ -159,15 +176,18 @@ def in_subprocess(case: str, size: int, args) -> dict:
         command += ["--model", args.model]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"case {case} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"case {case} failed (exit status {done.returncode}):\n{done.stderr[-3000:]}", flush=True)
+        return None
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"done: {json.dumps(record)}", flush=True)  # kept even if a later case fails
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a model file (default: the CPU default network, seeded)")
     parser.add_argument("--big", type=int, default=16384, help="edge of the big streamed image (0: skip it)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the 4096 x 4096 cases")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the 4096 x 4096 cases (0: none)")
     parser.add_argument("--no-workers", action="store_true", help="skip the dask.distributed cases")
     parser.add_argument("--folder", type=Path, default=Path(CACHE_DIR) / "big", help="where the images are kept")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -180,19 +200,22 @@ def main() -> None:
     print_header("Large images: in memory vs streamed to OME-Zarr (bench_big.py)")
     args.folder.mkdir(parents=True, exist_ok=True)
     make_images(args.folder, args.big)
-    records: dict[str, list[dict]] = {}
-    for _ in range(args.rounds):
-        for case in ("memory 4096", "streamed 4096"):
-            records.setdefault(case, []).append(in_subprocess(case, 4096, args))
+    plan = [("memory 4096", 4096), ("streamed 4096", 4096)] * args.rounds
     if not args.no_workers:
-        for case in ("workers 1", "workers 2"):
-            records[case] = [in_subprocess(case, 4096, args)]
+        plan += [("workers 1", 4096), ("workers 2", 4096)]
     if args.big:
-        records[f"streamed {args.big}"] = [in_subprocess(f"streamed {args.big}", args.big, args)]
+        plan.append((f"streamed {args.big}", args.big))
+    records: dict[str, list[dict]] = {}
+    for case, size in plan:
+        record = in_subprocess(case, size, args)
+        if record is not None:
+            records.setdefault(case, []).append(record)
 
     rows = []
     for case, runs in records.items():
         seconds = statistics.median(r["seconds"] for r in runs)
+        cpu = statistics.median(r["cpu_seconds"] for r in runs)
+        network = statistics.median(r["network_seconds"] for r in runs)
         first = runs[0]
         workers = f"{max(r['worker_rss_mib'] for r in runs):.0f}" if "worker_rss_mib" in first else "-"
         rows.append(
@@ -201,6 +224,9 @@ def main() -> None:
                 f"{first['pixels'] / 1e6:.1f}",
                 f"{seconds:.1f}",
                 f"{first['pixels'] / 1e6 / seconds:.2f}",
+                f"{cpu:.1f}",
+                f"{first['pixels'] / 1e6 / cpu:.2f}",
+                f"{network:.1f}",
                 f"{max(r['peak_rss_mib'] for r in runs):.0f}",
                 f"{min(r['rss_before_mib'] for r in runs):.0f}",
                 workers,
@@ -208,12 +234,15 @@ def main() -> None:
                 str(first["objects"]),
             ]
         )
-    headers = ["case", "Mpx", "s", "Mpx/s", "peak RSS MiB", "RSS before MiB", "worker RSS MiB", "other load",
-               "objects"]  # fmt: skip
+    headers = ["case", "Mpx", "s", "Mpx/s", "CPU s", "Mpx/CPU s", "network s", "peak RSS MiB", "RSS before MiB",
+               "worker RSS MiB", "other load", "objects"]  # fmt: skip
     print(format_table(headers, rows))
-    memory = statistics.median(r["seconds"] for r in records["memory 4096"])
-    streamed = statistics.median(r["seconds"] for r in records["streamed 4096"])
-    print(f"\nstreamed / in-memory throughput at 4096 x 4096: {memory / streamed:.2f}")
+    for what, key in (("wall-clock", "seconds"), ("CPU-time", "cpu_seconds")):
+        if "memory 4096" not in records or "streamed 4096" not in records:
+            break
+        memory = statistics.median(r[key] for r in records["memory 4096"])
+        streamed = statistics.median(r[key] for r in records["streamed 4096"])
+        print(f"streamed / in-memory {what} throughput at 4096 x 4096: {memory / streamed:.2f}")
     print(f"rounds: {args.rounds}; each case ran in its own process (peak RSS includes Python, torch and the model)")
 
 

@@ -109,3 +109,19 @@ def test_chunks_must_keep_tiles_on_the_pooling_grid(drawn, tmp_path):
     with pytest.raises(ConfigError, match="multiple of 4"):
         segment_to(threshold_model(), drawn, tmp_path / "out.zarr", chunk=30)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_labels_can_go_into_the_input_images_labels_group(drawn, tmp_path):
+    from ome_zarr.writer import write_image
+
+    from napari_unet import open_source
+
+    image = zarr.open_group(tmp_path / "image.zarr", mode="w")
+    write_image(drawn, image, axes="yx", scaler=None)
+    out = tmp_path / "image.zarr" / "labels" / "cells"
+    segment_to(threshold_model(), tmp_path / "image.zarr", out, chunk=32)
+    labels = zarr.open_group(tmp_path / "image.zarr" / "labels", mode="r")
+    assert labels.attrs["ome"]["labels"] == ["cells"]
+    assert zarr.open_group(out, mode="r").attrs["ome"]["image-label"]["source"] == {"image": "../../"}
+    np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[:], segment(threshold_model(), drawn))
+    np.testing.assert_array_equal(np.asarray(open_source(tmp_path / "image.zarr")), drawn)  # the image is intact

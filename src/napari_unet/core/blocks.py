@@ -384,10 +384,12 @@ def _fill_shared_holes(shared, bg_root, fg_root, boxes, grid, chunk_labels, fg_n
 
 def pregrow_chunk(mask: np.ndarray, tables: LabelTables, i: int, j: int) -> np.ndarray:
     """Chunk (i, j)'s final labels before the grow, int32, from its ``mask``."""
-    fg, _, bg, _ = label_chunk(mask)
+    fg, _ = ndimage.label(mask, structure=_CROSS)
     labels = tables.fg[(i, j)][fg]
-    if tables.config.fill_holes:
-        labels += tables.bg[(i, j)][bg]
+    holes = tables.bg[(i, j)]
+    if tables.config.fill_holes and holes.any():  # most chunks hold no hole of one owner
+        bg, _ = ndimage.label(~mask, structure=_CROSS)
+        labels += holes[bg]
     rows, cols = tables.grid.region(i, j)
     for patch in tables.patches:
         overlap = _overlap((rows, cols), (patch.rows, patch.cols))

@@ -74,6 +74,13 @@ class DistributedExecutor:
         self.model = client.scatter(model_bytes, broadcast=True, hash=False)
         self.network_seconds = 0.0
         self.pending: list = []
+        self.runs: dict[int, tuple[Any, Any]] = {}
+
+    def _shared(self, run):
+        """The run, sent to the workers once (it may hold an in-memory image)."""
+        if id(run) not in self.runs:
+            self.runs[id(run)] = (run, self.client.scatter(run, broadcast=True, hash=False))
+        return self.runs[id(run)][1]
 
     def _completed(self, futures) -> Iterator[Any]:
         from distributed import as_completed
@@ -87,23 +94,21 @@ class DistributedExecutor:
             self.pending = []
 
     def predict(self, run, plane, chunks, low, high):
-        futures = [
-            self.client.submit(_predict_task, run, self.model, self.digest, plane, chunk, low, high, pure=False)
-            for chunk in chunks
-        ]
+        task = (_predict_task, self._shared(run), self.model, self.digest, plane)
+        futures = [self.client.submit(*task, chunk, low, high, pure=False) for chunk in chunks]
         for chunk, tiles, seconds in self._completed(futures):
             self.network_seconds += seconds
             yield chunk, tiles, self.network_seconds
 
     def label(self, run, plane, rows, tables):
         shared = self.client.scatter(tables, broadcast=True, hash=False)
-        futures = [self.client.submit(_label_task, run, plane, row, shared, pure=False) for row in rows]
+        futures = [self.client.submit(_label_task, self._shared(run), plane, row, shared, pure=False) for row in rows]
         yield from self._completed(futures)
 
     def close(self) -> None:
         if self.pending:
             self.client.cancel(self.pending)
-        self.client.cancel([self.model])
+        self.client.cancel([self.model, *(future for _, future in self.runs.values())])
 
 
 def _engine(data: bytes, digest: str, options):

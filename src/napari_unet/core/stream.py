@@ -419,9 +419,44 @@ def _finish(run: Run, n_objects: list[int]) -> None:
     """Mark the store complete, then remove the scratch data."""
     import zarr
 
-    root = zarr.open_group(run.out, mode="r+")
+    _register_as_labels(Path(run.out))
+    root = zarr.open_group(run.out, mode="r+")  # opened after: attributes are written whole
     root.attrs[ATTRIBUTE] = {**dict(root.attrs[ATTRIBUTE]), "complete": True, "objects": n_objects}
     shutil.rmtree(Path(run.out) / WORK, ignore_errors=True)
+
+
+def image_of_labels(out: Path) -> Path | None:
+    """The OME-Zarr image whose ``labels/`` group ``out`` is in (``IMAGE.zarr/labels/NAME``), if so."""
+    image = out.parent.parent
+    if out.parent.name != "labels" or not image.is_dir():
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(image, mode="r")
+    except Exception:  # not a zarr group
+        return None
+    # NGFF 0.5 (zarr v3) images only: the store is written in zarr v3
+    return image if group.metadata.zarr_format == 3 and "multiscales" in group.attrs.get("ome", {}) else None
+
+
+def _register_as_labels(out: Path) -> None:
+    """Written into an OME-Zarr image's ``labels/`` group: list it there (NGFF labels)
+    and point its ``image-label`` metadata at the image, so viewers pair them."""
+    image = image_of_labels(out)
+    if image is None:
+        return
+    import zarr
+    from ome_zarr.writer import get_metadata, write_label_metadata
+
+    labels = zarr.open_group(out.parent, mode="a")
+    if out.name in get_metadata(labels).get("labels", []):
+        return  # registered by a run killed just after
+    group = zarr.open_group(out, mode="r+")
+    ome = dict(group.attrs["ome"])
+    ome.pop("image-label", None)
+    group.attrs["ome"] = ome
+    write_label_metadata(labels, out.name, source={"image": "../../"})
 
 
 def write_pyramid(run: Run) -> None:
