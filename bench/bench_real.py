@@ -133,11 +133,11 @@ def fetch(package: str, version: str, members: list[tuple[str, str]]) -> list[Pa
 
 
 def unlabelled_to_ignore(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """cells3d cleanup for one plane (see the README): unannotated pixels become -1.
+    """cells3d cleanup of one plane or of the volume (see the README): unannotated pixels become -1.
 
     The labels leave out nuclei cut by the image border, have small holes, and give
     some nuclei stray extra pieces a few pixels large. Each object keeps its largest
-    piece; the holes, the other pieces and bright blobs (Otsu on the smoothed plane)
+    piece; the holes, the other pieces and bright blobs (Otsu on the smoothed image)
     that no label touches, widened by 2 px, become unannotated.
     """
     out = labels.astype(np.int32)

@@ -35,6 +35,7 @@ def volume_files(tmp_path):
     return tmp_path / "vol.tif", tmp_path / "vol_labels.tif", labels
 
 
+@pytest.mark.slow
 def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     image, labels, _ = volume_files
     assert read_spacing(image) == pytest.approx((0.5, 0.25, 0.25))
@@ -68,6 +69,7 @@ def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     assert segmented.shape == (16, 40, 40) and segmented.dtype == np.int32
 
 
+@pytest.mark.slow
 def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_files, capsys):
     image, labels, _ = volume_files
     model = tmp_path / "m.safetensors"

@@ -390,6 +390,7 @@ def default_model_config(
     return ModelConfig(in_channels=in_channels, base_channels=16, depth=3)
 
 
-#: The 3D network trained on a CPU by default (chosen in bench/bench_volumes.py).
+#: The 3D network trained on a CPU by default: a first choice that bench/bench_volumes.py
+#: measures; it does not yet train reliably in 5 CPU minutes (see the README, Volumes).
 CPU_3D_BASE_CHANNELS = 8
 CPU_3D_DEPTH = 2

