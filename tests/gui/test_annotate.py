@@ -71,6 +71,11 @@ def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(a
     assert (layer.data == -1).sum() > 0 and (layer.data[painted > 0] == painted[painted > 0]).all()
     widget.new_cell.clicked.emit()
     assert layer.selected_label == 3 and layer.mode == "paint"
+    layer.paint((60, 60), 3)
+    counted(qtbot)
+    assert widget.counts.value.startswith("cells 3,")
+    layer.undo()  # napari's undo: the counts follow
+    qtbot.waitUntil(lambda: widget.counts.value.startswith("cells 2,"), timeout=5000)
 
 
 def test_rest_of_this_plane_is_background_leaves_other_planes(viewer, qtbot):
@@ -197,6 +202,7 @@ def test_strokes_on_a_large_annotation_update_counts_from_their_window(viewer, q
     widget = docked(viewer, AnnotateWidget(viewer))
     widget.image.value = image
     widget.create.clicked.emit()
+    qtbot.waitUntil(lambda: widget.annotation.value is not None, timeout=60_000)  # large ones: made in a worker
     layer = widget.annotation.value
     layer.brush_size = 30
     times = []
