@@ -58,5 +58,6 @@ def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | 
         return image
     raise ImageShapeError(
         f"the model expects {in_channels} channels but the image has shape {image.shape}: "
-        f"put the channels first (C, H, W) or last (H, W, C), or pass channel_axis"
+        f"put the channels first (C, H, W) or last (H, W, C), or say which axis holds them "
+        "(Python: channel_axis=..., command line: --channel-axis)"
     )
