@@ -4,8 +4,8 @@
 
 Under a virtual display when there is no DISPLAY. A 10 ms QTimer probe runs while
 the script drives the widgets as a user would on a ``size`` x ``size`` image:
-Create annotation layer, 20 brush strokes, "rest of the image is background", adding
-a segmentation result, and Start training (tiny model, one annotated corner, for a
+Create annotation layer, 20 brush strokes, "rest of the image is background", a
+segmentation result arriving, and Start training (tiny model, one annotated corner, for a
 few seconds). For each step it prints the longest gap between probe ticks, which is
 the longest time the viewer could not redraw or react. Adding any layer costs napari
 itself a moment (printed first, for an empty labels layer of the same size).
@@ -17,7 +17,9 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,16 +33,32 @@ class Probe:
     """Ticks every 10 ms in the event loop; ``longest(action)`` runs ``action`` and then
     the event loop until ``until()`` holds, and returns the longest gap between ticks."""
 
-    def __init__(self) -> None:
+    def __init__(self, explain: float = 0.0) -> None:
         from qtpy.QtCore import QTimer
         from qtpy.QtWidgets import QApplication
 
         self.app = QApplication.instance()
-        self.ticks: list[float] = []
+        self.ticks: list[float] = [time.perf_counter()]
         self.timer = QTimer()
         self.timer.setInterval(10)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
         self.timer.start()
+        if explain:
+            threading.Thread(target=self._explain, args=(explain,), daemon=True).start()
+
+    def _explain(self, after: float) -> None:
+        """Print every thread's stack once per stall that lasts ``after`` seconds."""
+        main, reported = threading.main_thread().ident, None
+        while True:
+            time.sleep(0.02)
+            last = self.ticks[-1]
+            if time.perf_counter() - last > after and reported != last:
+                reported = last
+                print(f"--- the event loop has stalled for {after * 1000:.0f} ms:", file=sys.stderr)
+                for ident, frame in sys._current_frames().items():
+                    if ident != threading.get_ident():
+                        name = "main thread" if ident == main else f"thread {ident}"
+                        print(f"  {name}:\n" + "".join(traceback.format_stack(frame)[-6:]), file=sys.stderr)
 
     def run_for(self, seconds: float, until=lambda: True) -> None:
         end = time.perf_counter() + seconds
@@ -60,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--train-seconds", type=float, default=8.0)
+    parser.add_argument("--explain", type=float, default=0.0, help="print stacks of stalls longer than this (s)")
     args = parser.parse_args()
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         from pyvirtualdisplay import Display
@@ -78,7 +97,7 @@ def main() -> None:
     big = np.tile(image, (n // 512, n // 512))
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
-    probe = Probe()
+    probe = Probe(args.explain)
     rows = []
     image_layer = viewer.add_image(big, name="big")
     probe.run_for(0.5)
@@ -89,7 +108,8 @@ def main() -> None:
     annotate = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(annotate)
     annotate.image.value = image_layer
-    rows.append(["Create annotation layer", probe.longest(annotate.create.clicked.emit)])
+    created = lambda: annotate.annotation.value is not None  # noqa: E731 - large ones are made in a worker
+    rows.append(["Create annotation layer", probe.longest(annotate.create.clicked.emit, until=created)])
     layer = annotate.annotation.value
     viewer.layers.selection.active = layer
     layer.brush_size = 30
@@ -110,9 +130,12 @@ def main() -> None:
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment)
     segment._target = (image_layer, None)
+    prepare = getattr(segment, "_prepare_result_layers", None)  # what Segment's click does first (new code)
+    if prepare is not None:
+        rows.append(["Segment click (empty result layer added)", probe.longest(lambda: prepare(image_layer))])
     result = np.tile(truth, (n // 512, n // 512)).astype(np.int32)
     add_result = lambda: segment._on_done(SegmentationDone(result, None))  # noqa: E731 - as the worker's end does
-    rows.append(["adding a segmentation result", probe.longest(add_result)])
+    rows.append(["the segmentation result arrives", probe.longest(add_result)])
 
     annotation = np.full((n, n), -1, np.int16)
     annotation[:512, :512] = truth

@@ -24,6 +24,15 @@ from ..core.train import StepProgress, Trainer
 VIEWER_CORES = 1
 
 
+def display_labels(labels: np.ndarray) -> np.ndarray:
+    """Instance labels in the smallest type napari draws without converting them
+    (uint16 while ids fit, else as they are)."""
+    labels = np.asarray(labels)
+    if labels.size and labels.min() >= 0 and labels.max() <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16, copy=False)
+    return labels
+
+
 @dataclass(frozen=True)
 class Preview:
     """Labels of the preview image after ``step`` training steps."""
@@ -71,7 +80,7 @@ def training_job(
             if preview is not None and isinstance(event, StepProgress) and event.step % preview_every == 0:
                 image, channel_axis = preview
                 labels = segment(trainer.model, image, device=trainer.device, channel_axis=channel_axis)
-                yield Preview(event.step, labels)
+                yield Preview(event.step, display_labels(labels))
     finally:
         events.close()  # a stopped run writes its checkpoint here
         if save_path is not None:
@@ -94,7 +103,7 @@ def segmentation_job(model: UNet, image: np.ndarray, *, stop: threading.Event, k
     if result is None:
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
-    return SegmentationDone(labels, probabilities)
+    return SegmentationDone(display_labels(labels), probabilities)
 
 
 def export_job(model: UNet, path: Path, format: str, *, stop: threading.Event, **options):

@@ -127,15 +127,6 @@ def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, ro
     return layer
 
 
-def display_labels(labels: np.ndarray) -> np.ndarray:
-    """Instance labels in the smallest type napari draws without converting them
-    (uint16 while ids fit, else as they are)."""
-    labels = np.asarray(labels)
-    if labels.size and labels.min() >= 0 and labels.max() <= np.iinfo(np.uint16).max:
-        return labels.astype(np.uint16, copy=False)
-    return labels
-
-
 @cache
 def _annotation_colors() -> np.ndarray:
     from napari.utils.colormaps import label_colormap

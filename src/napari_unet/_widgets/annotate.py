@@ -14,6 +14,8 @@ in a worker thread for large images.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
@@ -70,8 +72,18 @@ def current_plane(viewer, layer, stack_ndim: int) -> tuple[int, ...]:
     return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(data_point[:stack_ndim], layer.data.shape))
 
 
-def count_job(labels: np.ndarray, with_highlight: bool, *, stop):
-    """Counts (and the highlight) of a snapshot of an annotation, for a worker."""
+def allocation_job(shape: tuple[int, ...], *, stop) -> np.ndarray:
+    """A new annotation (-1 everywhere), made in a worker: large ones take a while."""
+    return new_annotation(shape)
+
+
+def count_job(labels: np.ndarray, with_highlight: bool, *, stop, copied: threading.Event | None = None):
+    """Counts (and the highlight) of an annotation, for a worker: it takes a snapshot
+    first (copying releases Python's lock, so the viewer keeps running) and sets
+    ``copied`` when it has."""
+    if copied is not None:
+        labels = np.array(labels)
+        copied.set()
     stats = AnnotationStats.of(labels)
     shown = None
     if with_highlight and not stop.is_set():
@@ -132,9 +144,14 @@ class AnnotateWidget(DockWidget):
         self._pending: list | None = None  # edits made while a recount runs, replayed on its result
         self._queued: list = []  # napari history entries not counted yet
         self._recount_again = False
+        self._copied = threading.Event()
+        self._copied.set()
         self._own_refresh = False
+        self._history = None
         self._filling = None
         self._edited_while_filling = False
+        self.creator = self.make_runner("creating an annotation", None, self._created, lambda: None, self._count_failed)
+        self._creating_for: Image | None = None
         self.counter = self.make_runner("annotation counts", None, self._counted, self._count_idle, self._count_failed)
         self._recount_timer = QTimer(self.native)
         self._recount_timer.setSingleShot(True)
@@ -171,8 +188,20 @@ class AnnotateWidget(DockWidget):
         if image is None:
             raise LayerError("choose an image layer first")
         shape = spatial_shape(image)
-        self._known_stats = AnnotationStats.unannotated(shape)  # known without looking: no recount
-        layer = self._add_annotation(new_annotation(shape), image)
+        if int(np.prod(shape)) > FILL_CHUNK:  # filling hundreds of MB: in a worker, then added
+            if not self.creator.busy:
+                self.status.value = "creating the annotation layer…"
+                self._creating_for = image
+                self.creator.start(allocation_job, shape)
+            return None
+        return self._created(new_annotation(shape), image)
+
+    def _created(self, data: np.ndarray, image: Image | None = None) -> Labels | None:
+        image = image or self._creating_for
+        if image not in self.viewer.layers:
+            return None
+        self._known_stats = AnnotationStats.unannotated(data.shape)  # known without looking: no recount
+        layer = self._add_annotation(data, image)
         self.select_new_cell()
         self.status.value = f"'{layer.name}': unannotated everywhere; paint cells and some background around them"
         self._hint = self.status.value  # cleared by the first stroke
@@ -264,7 +293,8 @@ class AnnotateWidget(DockWidget):
                 self._own_refresh = False
             self._show_counts()
         else:
-            layer.refresh()  # recounted through the refresh
+            layer.refresh()
+            self.recount()
         self.status.value = f"the rest of {where} is background now"
 
     def start_from_segmentation(self) -> None:
@@ -295,7 +325,8 @@ class AnnotateWidget(DockWidget):
         transparent and 0 tinted, followed edit by edit."""
         if self._layer is not None:
             self._layer.events.paint.disconnect(self._on_paint)
-            self._layer.events.set_data.disconnect(self._on_replaced)
+            self._layer.events.set_data.disconnect(self._on_redrawn)
+            self._layer.events.data.disconnect(self._on_replaced)
         self._layer = layer
         self._pending = None
         self._queued = []
@@ -324,21 +355,35 @@ class AnnotateWidget(DockWidget):
             layer.metadata[ROLE] = ANNOTATION
         layer.bind_key(NEW_CELL_KEY, lambda _layer: self.select_new_cell(), overwrite=True)
         layer.events.paint.connect(self._on_paint)
-        layer.events.set_data.connect(self._on_replaced)
+        layer.events.set_data.connect(self._on_redrawn)
+        layer.events.data.connect(self._on_replaced)
+        self._history = _history_signature(layer)
         self._apply_display()
         if messages:
             self.status.value = "⚠ " + "\n".join(messages) if warning else messages[0]
             for message in messages:
                 (show_warning if message is warning else show_info)(message)
+        if self.show_touching.value and self._touching_layer() is None:
+            # added now, empty: adding a layer is what costs napari a moment, and then
+            # it does not happen in the middle of painting
+            self._put_touching(np.zeros(layer.data.shape, np.uint8))
         if self.stats is None:
             self.recount()
         else:
             self._show_counts()
 
     def _on_replaced(self, *_) -> None:
-        """The data changed as a whole (undo, redo, new data): recount soon."""
-        if not self._own_refresh:
-            self._recount_timer.start()
+        """New data: recount soon."""
+        self._recount_timer.start()
+
+    def _on_redrawn(self, *_) -> None:
+        """napari redrew the layer: after an undo or redo (its history moved without a
+        paint event) the data changed as a whole, so recount soon."""
+        history = _history_signature(self._layer)
+        if history != self._history or history is None:
+            self._history = history
+            if not self._own_refresh:
+                self._recount_timer.start()
 
     def recount(self) -> None:
         """Count the whole annotation again (in a worker for large ones)."""
@@ -356,7 +401,8 @@ class AnnotateWidget(DockWidget):
             return
         self.counts.value = "counting…"
         self._pending = []
-        self.counter.start(count_job, np.array(data), self.show_touching.value)
+        self._copied = threading.Event()  # edits before the worker's snapshot: count again
+        self.counter.start(count_job, data, self.show_touching.value, copied=self._copied)
 
     def _counted(self, result) -> None:
         stats, shown = result
@@ -369,7 +415,7 @@ class AnnotateWidget(DockWidget):
             if shown is not None:
                 shown[plane][window.crop][window.inner] = highlight(after)[window.inner]
         self.stats = stats
-        if shown is not None and self.show_touching.value and (shown.any() or self._touching_layer() is not None):
+        if shown is not None and self.show_touching.value:
             self._put_touching(shown)
         self._show_counts()
 
@@ -391,6 +437,7 @@ class AnnotateWidget(DockWidget):
         if not self._queued:
             QTimer.singleShot(0, self._count_edits)
         self._queued.extend(event.value)
+        self._history = _history_signature(self._layer)
 
     def _count_edits(self) -> None:
         """Update the counts and the highlight from the window around the queued edits."""
@@ -419,6 +466,8 @@ class AnnotateWidget(DockWidget):
         for atom in reversed(atoms):
             _revert(before_all, origin, atom)
         helper = self._touching_layer() if self.show_touching.value else None
+        if self._pending is not None and not self._copied.is_set():
+            self._recount_again = True  # the snapshot may or may not hold these edits
         for offset in np.ndindex(*after_all.shape[:-2]):
             plane = tuple(o + s for o, (s, _) in zip(offset, box[:-2]))
             before, after = before_all[offset], after_all[offset]
@@ -432,7 +481,7 @@ class AnnotateWidget(DockWidget):
 
     def _update_touching(self, helper: Labels | None, plane, window: Window, after: np.ndarray) -> Labels | None:
         new = highlight(after)[window.inner]
-        if helper is None:
+        if helper is None:  # the user removed it
             if not new.any():
                 return None
             helper = self._put_touching(np.zeros(self._layer.data.shape, np.uint8))
@@ -470,6 +519,7 @@ class AnnotateWidget(DockWidget):
         if layer is None:
             return
         if shown:
+            self._put_touching(np.zeros(layer.data.shape, np.uint8))
             self.recount()
         elif touching_name(layer) in self.viewer.layers:
             with selection_kept(self.viewer):
@@ -488,6 +538,14 @@ class AnnotateWidget(DockWidget):
     def refresh(self, *_) -> None:
         """Count the annotation again now (normally it follows every edit by itself)."""
         self.recount()
+
+
+def _history_signature(layer: Labels | None):
+    """Where napari's undo and redo histories of ``layer`` stand (None if unknown)."""
+    undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)
+    if undo is None or redo is None:
+        return None
+    return len(undo), len(redo), id(undo[-1]) if undo else 0, id(redo[-1]) if redo else 0
 
 
 def role_is_not_annotation(layer: Labels) -> bool:

@@ -15,8 +15,8 @@ from ..core.instances import foreground as probabilities_foreground
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
-from ._jobs import SegmentationDone, export_job, segmentation_job
-from ._layers import LayerError, display_labels, image_data, layers_of, put_layer, spatial_shape
+from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
+from ._layers import LayerError, image_data, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
@@ -42,6 +42,7 @@ class SegmentWidget(DockWidget):
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")
         self.model_info = Label(value=self.session.describe())
         self._file_model = None
+        self._placeholders = []
         # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
         self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self._model_depth()), value=None)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
@@ -150,6 +151,7 @@ class SegmentWidget(DockWidget):
             self._target = (layer, index)
         self.status.value = f"segmenting {layer.name}…"
         self._reset_progress()
+        self._prepare_result_layers(layer)
         self.cancel_button.enabled, self.run_button.enabled = True, False
         options = {
             "tile": self.tile.value,
@@ -172,6 +174,30 @@ class SegmentWidget(DockWidget):
             probabilities=self.probabilities.value, **options,
         )  # fmt: skip
 
+    def _prepare_result_layers(self, layer: Image) -> None:
+        """Add the (hidden, empty) result layers now, if they do not exist yet: adding
+        a layer costs napari a noticeable moment, better spent at the click than when
+        the result arrives (while the user may be painting). Removed again if the run
+        is cancelled or fails."""
+        shape = spatial_shape(layer)
+        wanted = [(f"{layer.name} labels", np.uint16, "labels", "segmentation", {})]
+        if self.probabilities.value:
+            wanted.append((f"{layer.name} probability", np.float32, "image", "probability", {"colormap": "viridis"}))
+        self._placeholders = []
+        for name, dtype, kind, role, options in wanted:
+            if name in self.viewer.layers and self.viewer.layers[name].data.shape == shape:
+                continue
+            empty = np.zeros(shape, dtype)
+            added = put_layer(self.viewer, name, empty, kind, layer, role=role, visible=False, **options)
+            self._placeholders.append(added)
+
+    def _drop_placeholders(self) -> None:
+        with selection_kept(self.viewer):
+            for placeholder in self._placeholders:
+                if placeholder in self.viewer.layers:
+                    self.viewer.layers.remove(placeholder)
+        self._placeholders = []
+
     def _on_progress(self, progress) -> None:
         self.progress.max = progress.total
         self.progress.value = progress.done
@@ -183,12 +209,14 @@ class SegmentWidget(DockWidget):
             view = getattr(self, "_store_view", None)
             self.status.value = "cancelled" if view is None else f"cancelled: run again with store {view.out} to resume"
             self._reset_progress()
+            self._drop_placeholders()
             return
         if isinstance(result, StoreDone):
             self._store_view.finish()
             objects = sum(result.result.n_objects)
             self.status.value = f"{self._store_view.name}: {objects} objects in {result.result.path}"
             return
+        self._placeholders = []
         layer, index = self._target
         labels = result.labels
         name = f"{layer.name} labels"
@@ -199,15 +227,18 @@ class SegmentWidget(DockWidget):
             full = np.array(full, dtype=np.int32)
             full[index] = labels
             labels = full
-        put_layer(self.viewer, name, display_labels(labels), "labels", layer, role="segmentation")
+        put_layer(self.viewer, name, display_labels(labels), "labels", layer, role="segmentation", visible=True)
         if result.probabilities is not None:
-            foreground = probabilities_foreground(result.probabilities, self._ndim)
+            foreground = probabilities_foreground(result.probabilities, self._ndim).astype(np.float32, copy=False)
             shown = f"{layer.name} probability"
-            put_layer(self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis")
+            put_layer(
+                self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
+            )
         self.status.value = f"{name}: {int(result.labels.max())} objects"
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"
+        self._drop_placeholders()
 
     def _on_idle(self) -> None:
         self.cancel_button.enabled, self.run_button.enabled = False, True

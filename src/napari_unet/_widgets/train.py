@@ -33,11 +33,10 @@ from ..core.threads import available_cores
 from ..core.train import CheckpointFailed, StepProgress, Trainer, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
-from ._jobs import Preview, TrainingDone, TrainingStarted, training_job
+from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     ANNOTATION,
     LayerError,
-    display_labels,
     image_data,
     labels_data,
     layers_of,
@@ -297,17 +296,16 @@ class TrainWidget(DockWidget):
 
     def trainer_factory(self):
         """Check the chosen layers and settings (raises on bad input) and return a
-        function that builds the trainer. The function prepares the training data
-        (weight maps, normalisation) and may build a model, which take seconds on
-        large images, so the widget calls it in the worker thread. Annotations are
-        copied here, so painting on while training starts changes nothing."""
+        function that builds the trainer. The function copies the annotations, prepares
+        the training data (weight maps, normalisation) and may build a model, which take
+        seconds on large images, so the widget calls it in the worker thread."""
         pairs = self.pairs or [(self.image.value, self.labels.value)]
         images, annotations, channel_axes, warnings = [], [], set(), []
         for image_layer, labels_layer in pairs:
             data, channel_axis = image_data(image_layer)
             images.append(data)
             channel_axes.add(channel_axis)
-            labels = np.array(labels_data(labels_layer, image_layer))
+            labels = labels_data(labels_layer, image_layer)
             annotations.append(labels)
             warnings.append(unsigned_max_warning(labels, f"annotation '{labels_layer.name}'"))
         if len(channel_axes) > 1:
@@ -319,7 +317,7 @@ class TrainWidget(DockWidget):
         if self.val_image.value is not None and self.val_labels.value is not None:
             validation = {
                 "val_images": [image_data(self.val_image.value)[0]],
-                "val_labels": [np.array(labels_data(self.val_labels.value, self.val_image.value))],
+                "val_labels": [labels_data(self.val_labels.value, self.val_image.value)],
             }
         save = Path(self.save_path.value)
         check_writable(save)  # before training, not after it
@@ -328,10 +326,13 @@ class TrainWidget(DockWidget):
         self._warnings = [warning for warning in warnings if warning]
 
         def make_trainer() -> Trainer:
+            # a snapshot first (in the worker: copying a large annotation takes a while), so
+            # that strokes painted while the data are prepared change nothing
+            snapshot = [np.array(labels) for labels in annotations]
             return Trainer(
                 make_model(),
                 images,
-                annotations,
+                snapshot,
                 config,
                 checkpoint_path=checkpoint,
                 channel_axis=channel_axis,

@@ -19,6 +19,7 @@ def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
     1 is a cell, 0 background and :data:`UNANNOTATED_RIM` the unannotated pixels that
     are all that lies between two cells (weight 0: nothing tells the network to
     separate them)."""
+    labels = np.array(labels)  # a snapshot: painting goes on meanwhile
     weights = np.zeros(labels.shape, np.float32)
     target = np.zeros(labels.shape, np.uint8)
     for index in np.ndindex(*labels.shape[:-2]):
@@ -71,7 +72,7 @@ class WeightMapWidget(DockWidget):
         data = labels_data(layer)
         self._source = layer
         self.status.value = "computing…"
-        self.runner.start(weight_job, np.array(data), self.config)
+        self.runner.start(weight_job, data, self.config)  # the job copies it, off the GUI thread
 
     def _show(self, result) -> None:
         if result is None:

@@ -145,5 +145,6 @@ def channels_before_spatial(
     channels_last = "(Z, Y, X, C)" if spatial_dims == 3 else "(H, W, C)"
     raise ImageShapeError(
         f"the model expects {in_channels} channels but the image has shape {image.shape}: "
-        f"put the channels first {channels_first} or last {channels_last}, or pass channel_axis"
+        f"put the channels first {channels_first} or last {channels_last}, or say which axis holds them "
+        "(Python: channel_axis=..., command line: --channel-axis)"
     )
