@@ -111,6 +111,15 @@ def test_chunks_must_keep_tiles_on_the_pooling_grid(drawn, tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_a_3d_model_is_refused_with_a_message_and_nothing_is_written(tmp_path):
+    from napari_unet import UNet
+
+    volume = np.zeros((8, 32, 32), np.float32)
+    with pytest.raises(ConfigError, match="takes 2D models"):
+        segment_to(UNet(ndim=3, base_channels=2, depth=1), volume, tmp_path / "out.zarr", chunk=32)
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_labels_can_go_into_the_input_images_labels_group(drawn, tmp_path):
     from ome_zarr.writer import write_image
 

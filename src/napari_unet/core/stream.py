@@ -614,6 +614,11 @@ def segment_to(
 
 
 def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, opts: PredictOptions, client):
+    if model.config.ndim != 2:
+        raise ConfigError(
+            "streaming into a zarr store takes 2D models (plane by plane); segment a volume with a 3D model "
+            "in memory instead (napari_unet.segment, or napari-unet segment --out-dir)"
+        )
     opened = open_source(source)
     axes = axes_at_minus3(opened.shape, model.config.in_channels, opts.channel_axis)
     planes = LazyPlanes(opened, axes)
