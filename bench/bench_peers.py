@@ -12,6 +12,11 @@ per-class probabilities (percentile normalisation included everywhere):
   (``CpuInference``); the same function as tiling, computed without overlap;
 - ``whole image, plain module``: the same single pass through the ``nn.Module``
   as written (NCHW, autocast for bf16), i.e. what a plain PyTorch loop does;
+- ``ONNX Runtime fp32`` and ``int8``: the same module exported to ONNX at predict's tile
+  shape and run by ONNX Runtime's CPU provider inside predict's own tile loop (so the
+  same tiles, normalisation and stitching; ``onnx_peer.py``); int8 by ONNX Runtime's
+  dynamic quantisation. fp32 rounds only; ``--agreement-steps`` also trains (once,
+  cached) the CPU default network and prints how far int8 labels agree with fp32 ones;
 - ``MONAI sliding_window_inference``: ``monai.networks.nets.BasicUNet`` with the
   paper's widths 64..1024, ReLU, no normalisation layers and padded ("same")
   convolutions (31.1 M parameters), MONAI's defaults: ROI ``--roi`` px, overlap
@@ -29,17 +34,21 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import napari_unet
+import onnx_peer
 from common import (
     OtherLoad,
     TileRecord,
     benchmark_image,
     counted_flops,
+    cpu_default_model,
     format_table,
     median,
     plan_flops,
@@ -48,6 +57,7 @@ from common import (
 from napari_unet.core import geometry
 from napari_unet.core.devices import autocast, resolve_precision
 from napari_unet.core.memory import release_kept_memory
+from napari_unet.core.metrics import pixel_iou
 from napari_unet.core.model import CpuInference, forward_flops
 from napari_unet.core.normalize import normalize
 from napari_unet.core.progress import drive
@@ -123,6 +133,39 @@ def monai_flops(network, image_hw, roi: int) -> int:
     return windows * counted_flops(network, (1, 1, *roi_size)), windows
 
 
+def ort_methods(model, image, tiles: TileRecord, folder: Path) -> dict:
+    """ONNX Runtime fp32 and int8 on predict's tiles (the plan of its warm-up run)."""
+    onnx_file = onnx_peer.export_valid_module(model, tiles.plan.tile, folder / f"paper_{image.shape[0]}.onnx")
+    methods = {}
+    for label, path in (("ONNX Runtime fp32", onnx_file), ("ONNX Runtime int8", onnx_peer.quantized(onnx_file))):
+        ort_session = onnx_peer.session(path)
+
+        def run(ort_session=ort_session):
+            with onnx_peer.network_of_session(ort_session):
+                return napari_unet.predict(model, image, precision="fp32", device="cpu")
+
+        methods[label] = (run, plan_flops(tiles.plan, model.config), "predict's tiles")
+    return methods
+
+
+def int8_agreement(steps: int, size: int, seed: int, folder: Path) -> str:
+    """Foreground IoU of int8 ONNX Runtime labels against fp32 predict's, for the CPU
+    default network trained ``steps`` steps (random weights say nothing about labels)."""
+    model, note = cpu_default_model(steps)
+    image, _, _ = benchmark_image((size, size), seed=seed)
+    tiles = TileRecord()
+    reference = drive(napari_unet.iter_segment(model, image, device="cpu", precision="fp32"), tiles)
+    onnx_file = onnx_peer.export_valid_module(model, tiles.plan.tile, folder / "cpu_default.onnx")
+    with onnx_peer.network_of_session(onnx_peer.session(onnx_peer.quantized(onnx_file))):
+        int8 = napari_unet.segment(model, image, device="cpu", precision="fp32")
+    iou = pixel_iou(int8, reference)
+    return (
+        f"int8 vs fp32 labels, CPU default network ({note}), {size}x{size}: foreground IoU {iou:.4f}, "
+        f"{int(int8.max())} vs {int(reference.max())} objects ({'agree' if iou >= 0.98 else 'do not agree'} "
+        "by the >= 0.98 rule)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="square image sizes (px)")
@@ -131,7 +174,9 @@ def main() -> None:
     parser.add_argument("--roi", type=int, default=512, help="MONAI sliding-window ROI (px)")
     parser.add_argument("--max-gib", type=float, default=8.0, help="skip whole-image passes needing more")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--agreement-steps", type=int, default=400, help="0: skip the int8 label agreement")
     args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench_peers_"))
     print_header("Peers: napari_unet.predict vs whole-image pass vs MONAI sliding window")
     device = torch.device("cpu")
     torch.manual_seed(0)
@@ -196,6 +241,11 @@ def main() -> None:
                     plan_flops(tiles.plan, model.config),
                     f"{tiles.plan.n_tiles} tile(s) {tiles.plan.tile[0]}x{tiles.plan.tile[1]}",
                 )
+                if precision == "fp32" and onnx_peer.available():
+                    onnx_runs = ort_methods(model, image, tiles, folder)
+                    for function, _, _ in onnx_runs.values():  # warm-up
+                        function()
+                    methods.update(onnx_runs)
                 for _ in range(args.repeats):
                     for name, (function, _, _) in methods.items():
                         release_kept_memory()  # every method starts from the same memory state
@@ -230,6 +280,10 @@ def main() -> None:
     print("Every timed call starts with nothing kept from earlier calls (predict's first call after a pause).")
     if monai_net is None:
         print(MONAI_MISSING)
+    if not onnx_peer.available():
+        print(onnx_peer.ORT_MISSING)
+    elif args.agreement_steps:
+        print(int8_agreement(args.agreement_steps, 512, args.seed, folder))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def check_stream_arguments(args: argparse.Namespace) -> None:
 
 def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
     """Run the streamed segmentation of ``args.images[0]`` under one progress bar."""
-    from .cli import progress_bar
+    from .cli_args import progress_bar
 
     model = load_model(args.model)
     cluster = contextlib.nullcontext(None)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet import cli
+from napari_unet import cli, cli_train
 from napari_unet.core.checkpoint import load_state, save_state
 from napari_unet.core.config import TrainConfig
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -110,7 +110,7 @@ def _check_stopped_run_resumes_exactly(argv, image, labels):
     stopped_at = load_state(checkpoint)["step"]
     assert stopped_at >= 1 and nu.load_model(out).metadata["training"]["steps"] == stopped_at
     args = cli.build_parser().parse_args(argv)
-    straight = Trainer(cli._new_model(args, image), [image], [labels], cli.train_config_from(args))
+    straight = Trainer(cli_train.new_model(args, image), [image], [labels], cli_train.train_config_from(args))
     run_steps(straight, stopped_at + 2)
     resumed = Trainer.resume(checkpoint, [image], [labels])
     run_steps(resumed, stopped_at + 2)

@@ -1,0 +1,79 @@
+"""What the ``napari-unet`` commands share: options, their checks and progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .core.errors import ConfigError
+from .core.io import read_spacing
+from .core.predict import TileProgress
+from .core.progress import drive
+
+
+def progress_bar(**kwargs) -> tqdm:
+    """A progress bar on stderr that stays quiet in logs (rare updates when not a terminal)."""
+    interval = 0.2 if sys.stderr.isatty() else 15.0
+    return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=interval, **kwargs)
+
+
+def drive_tiles(generator, description: str):
+    """Run a tile-progress generator under a tqdm bar; returns the generator's value."""
+    with progress_bar(desc=description, unit="tile") as bar:
+
+        def show(progress: TileProgress) -> None:
+            bar.total = progress.total
+            bar.update(progress.done - bar.n)
+
+        return drive(generator, show)
+
+
+def tile_option(args: argparse.Namespace) -> int | tuple[int, ...] | None:
+    """``--tile``: one size for every axis, or one per axis (Z Y X for volumes)."""
+    if args.tile is None:
+        return None
+    return args.tile[0] if len(args.tile) == 1 else tuple(args.tile)
+
+
+def prediction_options(args: argparse.Namespace) -> dict:
+    return {
+        "tile": tile_option(args),
+        "device": args.device,
+        "precision": args.precision,
+        "channel_axis": args.channel_axis,
+    }
+
+
+def check_pairs(images: list[Path], labels: list[Path], what: str) -> None:
+    if len(images) != len(labels):
+        raise ConfigError(f"{len(images)} {what} image(s) but {len(labels)} label file(s): give one per image")
+
+
+def spacing_option(args: argparse.Namespace, path: Path, ndim: int) -> tuple[float, ...] | None:
+    """Voxel spacing (z, y, x) for 3D data: ``--spacing``, else the file's metadata, else
+    none (isotropic). 2D data have none."""
+    if ndim != 3:
+        if getattr(args, "spacing", None):
+            raise ConfigError("--spacing Z Y X applies to volumes (3D labels, or --ndim 3)")
+        return None
+    if getattr(args, "spacing", None):
+        return tuple(args.spacing)
+    return read_spacing(path)
+
+
+def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile",
+        type=int,
+        nargs="+",
+        default=None,
+        help="input tile size, one for every axis or one per axis (Z Y X for volumes); valid sizes only; default: best",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--channel-axis", type=int, default=None, help="axis of the images' channels (default: guessed)"
+    )

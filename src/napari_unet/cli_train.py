@@ -1,0 +1,288 @@
+"""``napari-unet train``: options, resuming, signals and the progress bar of a run."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from .cli_args import add_prediction_arguments, check_pairs, progress_bar, spacing_option, tile_option
+from .core.checkpoint import ModelFileError, load_model, load_state
+from .core.config import AugmentConfig, ModelConfig, ModelSpec, TrainConfig, WeightMapConfig, default_model_config
+from .core.devices import resolve_device
+from .core.distributed import join_from_environment, launch
+from .core.errors import ConfigError, NapariUnetError
+from .core.io import check_writable, read_image, remove_stale_temporaries
+from .core.layout import channels_before_spatial
+from .core.model import UNet
+from .core.progress import drive
+from .core.threads import use_threads
+from .core.train import CheckpointFailed, StepProgress, Trainer, TrainingError, ValidationResult, model_bytes
+
+
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        steps=args.steps,
+        minutes=args.minutes,
+        tile=tile_option(args),
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weights=WeightMapConfig(w0=args.w0, sigma=args.sigma),
+        augment=AugmentConfig(elastic=not args.no_elastic),
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        validate_every=args.validate_every,
+        decay_by_time=args.decay_by_time,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """While inside, SIGINT (Ctrl-C) and SIGTERM ask ``trainer`` to stop after its
+    current step (it then writes its checkpoint); a second one interrupts at once.
+    Yields the list the received signal numbers go to. Outside the main thread
+    (where Python cannot take signals) nothing is installed."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signals = [signal.SIGINT, signal.SIGTERM]
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def first(number, frame) -> None:
+        received.append(number)
+        trainer.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts at once
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+
+    for number in signals:
+        signal.signal(number, first)
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run_training(trainer: Trainer) -> int | None:
+    """Drive a trainer with a progress bar. Ctrl-C or SIGTERM stops it after the
+    current step and keeps its checkpoint; returns that signal's number, if any."""
+    main = trainer.group.is_main  # the other processes of a data-parallel run stay quiet
+    with progress_bar(
+        total=trainer.config.steps, initial=trainer.step, desc="training", unit="step", disable=not main
+    ) as bar:
+
+        def show(event) -> None:
+            if isinstance(event, StepProgress):
+                bar.total = event.total_steps
+                bar.update(event.step - bar.n)
+                bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
+            elif isinstance(event, ValidationResult):
+                bar.write(f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}")
+            elif isinstance(event, CheckpointFailed):
+                bar.write(f"napari-unet: warning: {event.message}")
+
+        with stop_on_signals(trainer) as received:
+            try:
+                drive(trainer.run(), show)
+            except KeyboardInterrupt:  # a second Ctrl-C: drive closed the run mid-step
+                bar.write(f"interrupted during step {trainer.step + 1}")
+                raise
+        if received:
+            name = signal.Signals(received[0]).name
+            bar.write(f"stopped at step {trainer.step} on {name}")
+            return received[0]
+    return None
+
+
+#: Training settings a resumed run keeps (so that it continues exactly), as the
+#: command line names them, with how to read each from the checkpoint.
+RESUME_KEEPS = {
+    "steps": lambda train, model: train.steps,
+    "minutes": lambda train, model: train.minutes,
+    "tile": lambda train, model: train.tile,
+    "batch_size": lambda train, model: train.batch_size,
+    "optimizer": lambda train, model: train.optimizer,
+    "lr": lambda train, model: train.lr,
+    "w0": lambda train, model: train.weights.w0,
+    "sigma": lambda train, model: train.weights.sigma,
+    "no_elastic": lambda train, model: not train.augment.elastic,
+    "seed": lambda train, model: train.seed,
+    "decay_by_time": lambda train, model: train.decay_by_time,
+    "validate_every": lambda train, model: train.validate_every,
+    "checkpoint_every": lambda train, model: train.checkpoint_every,
+    "in_channels": lambda train, model: model.in_channels,
+    "base_channels": lambda train, model: model.base_channels,
+    "depth": lambda train, model: model.depth,
+}
+
+
+def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Trainer:
+    """A trainer continuing ``args.resume``; options that would change the run are
+    refused, --device and --precision are applied."""
+    state = load_state(args.resume)
+    given = args.given
+    if isinstance(state, dict) and state.get("kind") == "checkpoint":
+        try:
+            recorded_train = TrainConfig.from_dict(state["config"])
+            recorded_model = ModelSpec.from_dict(state["model"]["spec"]).model
+        except (KeyError, TypeError, NapariUnetError) as error:
+            raise ModelFileError(f"{args.resume} records unusable training settings: {error}") from error
+        for dest, recorded in RESUME_KEEPS.items():
+            value = getattr(args, dest)
+            if isinstance(value, list):  # options taking one value per axis (--tile)
+                value = value[0] if len(value) == 1 else tuple(value)
+            if dest in given and value != recorded(recorded_train, recorded_model):
+                option = "--" + dest.replace("_", "-")
+                shown = "" if isinstance(value, bool) else f" {value}"
+                raise ConfigError(
+                    f"{option}{shown} differs from the checkpoint's {recorded(recorded_train, recorded_model)}: "
+                    f"a resumed run keeps its settings so that it continues exactly; drop {option}, "
+                    "or start a new run from the model with --init"
+                )
+    return Trainer.resume(
+        args.resume,
+        images,
+        labels,
+        state=state,
+        device=args.device if "device" in given else None,
+        precision=args.precision if "precision" in given else None,
+        **kwargs,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int | None:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
+        try:
+            launch(args.nproc, args.argv)
+        except ChildFailedError as error:
+            raise TrainingError(
+                f"a training process failed, so all {args.nproc} stopped ({error.get_first_failure()[1].message}); "
+                f"the last checkpoint is intact"
+            ) from error
+        return None
+    group = join_from_environment(resolve_device(args.device))
+    if not group.distributed:  # torchrun's processes split the cores between them already
+        use_threads(args.threads)
+    check_pairs(args.images, args.labels, "training")
+    check_pairs(args.val_images, args.val_labels, "validation")
+    checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
+    if checkpoint.absolute() == args.out.absolute():
+        raise ConfigError(f"the checkpoint and the model would both be {args.out}: give another --checkpoint")
+    check_writable(args.out)  # before any work, not after the training
+    for stale in remove_stale_temporaries(args.out):
+        logging.getLogger(__name__).info("removed %s, left by an interrupted write", stale)
+    images = [read_image(p) for p in args.images]
+    labels = [read_image(p) for p in args.labels]
+    options = {
+        "val_images": [read_image(p) for p in args.val_images],
+        "val_labels": [read_image(p) for p in args.val_labels],
+        "checkpoint_path": checkpoint,
+        "channel_axis": args.channel_axis,
+        "names": [str(p) for p in args.labels],
+    }
+    if args.resume:
+        trainer = resume_trainer(args, images, labels, **options)
+    else:
+        config = train_config_from(args)
+        model = load_model(args.init) if args.init else new_model(args, images[0])
+        trainer = Trainer(model, images, labels, config, **options)
+    check_writable(args.out, model_bytes(trainer.model))
+    stopped_by = run_training(trainer)
+    if group.is_main:  # the other processes of a data-parallel run write nothing
+        trainer.save_model(args.out)
+        summary = trainer.summary()
+        print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
+        if trainer.checkpoint_error:
+            print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)
+        else:
+            print(f"checkpoint for --resume: {checkpoint}")
+    return None if stopped_by is None else 128 + stopped_by
+
+
+def new_model(args: argparse.Namespace, first_image) -> UNet:
+    ndim = args.ndim
+    spacing = spacing_option(args, args.images[0], ndim)
+    if spacing is not None:
+        print(f"voxel spacing (z, y, x): {', '.join(f'{s:g}' for s in spacing)}")
+    defaults = default_model_config(args.device, ndim=ndim, spacing=spacing)
+    chosen = {"in_channels": args.in_channels, "base_channels": args.base_channels, "depth": args.depth}
+    config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
+    # a clear error if the image does not fit
+    channels_before_spatial(first_image, config.in_channels, args.channel_axis, config.ndim)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed
+    return UNet.from_config(config)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    add = parser.add_argument
+    add("images", type=Path, nargs="+", help="training images")
+    add(
+        "--labels",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="instance labels, one per image (-1 = unannotated)",
+    )
+    add("--out", type=Path, required=True, help="model file to write")
+    add("--val-images", type=Path, nargs="*", default=[])
+    add("--val-labels", type=Path, nargs="*", default=[])
+    add("--steps", type=int, default=defaults.steps)
+    add("--minutes", type=float, default=None, help="stop after this many minutes (whichever comes first)")
+    add("--in-channels", type=int, default=None, help="channels of a new model (default 1)")
+    add("--base-channels", type=int, default=None, help="new model width (default: 64 on GPU, 16 on CPU)")
+    add("--depth", type=int, default=None, help="new model depth (default: 4 on GPU, 3 on CPU; 3D: 3 / 2)")
+    add(
+        "--ndim",
+        type=int,
+        choices=[2, 3],
+        default=2,
+        help="a new model for images (2, stacks plane by plane) or volumes (3: the 3D U-Net on (Z, Y, X))",
+    )
+    add(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="voxel size of the volumes (default: from the TIFF metadata, else isotropic); with --ndim 3",
+    )
+    add("--batch-size", type=int, default=defaults.batch_size)
+    add("--lr", type=float, default=None)
+    add("--optimizer", choices=["adam", "sgd"], default=defaults.optimizer)
+    add("--w0", type=float, default=defaults.weights.w0)
+    add("--sigma", type=float, default=defaults.weights.sigma)
+    add("--no-elastic", action="store_true", help="switch off elastic deformation")
+    add("--seed", type=int, default=defaults.seed)
+    add(
+        "--decay-by-time",
+        action="store_true",
+        help="end the learning-rate decay at --minutes when that comes before --steps (not exactly repeatable)",
+    )
+    add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
+    add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
+    add(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (one per GPU; on a CPU they share the cores); "
+        "--batch-size is the global batch",
+    )
+    add("--threads", type=int, default=None, help="CPU threads (default: the cores other programs leave free)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
+    start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")
+    add_prediction_arguments(parser)
