@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("--out-dir", type=Path)
     add_stream_arguments(segment, outputs)
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    segment.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average the 8 flips and quarter turns (8x slower)"
+    )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_prediction_arguments(segment)
     segment.set_defaults(run=cmd_segment)

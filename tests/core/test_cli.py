@@ -5,7 +5,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet import UNet, load_model, save_model
+from napari_unet import UNet, load_model, predict, save_model
 from napari_unet.cli import main
 
 
@@ -39,6 +39,15 @@ def test_segment_writes_labels_and_probabilities(tmp_path, model_file, capsys):
     assert labels.shape == (70, 90) and labels.dtype == np.int32
     assert tifffile.imread(out / "b_probabilities.tif").shape == (2, 2, 40, 30)
     assert "objects" in capsys.readouterr().out
+
+
+def test_segment_with_test_time_augmentation(tmp_path, model_file):
+    image = np.random.default_rng(0).random((36, 52)).astype(np.float32)
+    np.save(tmp_path / "a.npy", image)
+    assert main(["segment", str(model_file), str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "out"),
+                 "--probabilities", "--tta", "--precision", "fp32"]) == 0  # fmt: skip
+    expected = predict(load_model(model_file), image, precision="fp32", tta=True)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "a_probabilities.tif"), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -211,6 +220,7 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
             "--workers only apply with --out",
         ),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "taken")], "exists"),
+        (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--tta"], "segment_to"),
     ],
 )
 def test_bad_streaming_input_gives_one_clear_line(tmp_path, model_file, capsys, make_args, message):

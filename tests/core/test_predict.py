@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet import ImageShapeError, InvalidTileSize, UNet, iter_predict, predict, segment
+from napari_unet import ConfigError, ImageShapeError, InvalidTileSize, UNet, iter_predict, predict, segment
 from napari_unet.core import geometry
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.devices import cpu_has_bf16
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.normalize import normalize
+from napari_unet.core.progress import drive
 from napari_unet.core.tiling import extract_tile, reflect_index
 
 
@@ -163,3 +164,26 @@ def test_predict_leaves_the_callers_model_alone(rng):
 def test_device_errors_are_clear():
     with pytest.raises(ValueError, match="device"):
         predict(small_model(), np.zeros((20, 20)), device="cuda:7" if not torch.cuda.is_available() else "nope")
+
+
+def test_test_time_augmentation_is_symmetric_and_turns_back_exactly(rng):
+    """The tta mean is the same whichever of the 8 symmetries the image arrives in,
+    once turned back: it fails if any inverse is wrong. Channels last and a stack too."""
+    model = small_model(in_channels=3, n_classes=3)
+    image = rng.integers(0, 255, size=(2, 37, 53, 3)).astype(np.uint8)  # stack, H != W, channels last
+    seen = []
+    reference = drive(iter_predict(model, image, precision="fp32", tta=True), seen.append)
+    assert reference.shape == (2, 3, 37, 53)
+    assert seen[-1].done == seen[-1].total and seen[-1].total == 8 * 2 * seen[0].plan.n_tiles
+    plain = predict(model, image, precision="fp32")
+    assert np.abs(reference - plain).max() > 1e-4  # an untrained network is not symmetric itself
+    turned = np.rot90(image, 1, axes=(1, 2))[:, :, ::-1]  # a quarter turn, then a flip of x
+    again = predict(model, np.ascontiguousarray(turned), precision="fp32", tta=True)
+    back = np.rot90(again[..., ::-1], -1, axes=(-2, -1))
+    np.testing.assert_allclose(back, reference, atol=1e-5)
+
+
+def test_test_time_augmentation_refuses_unequal_in_plane_spacing():
+    model = UNet(ndim=3, spacing=(1.0, 0.5, 0.25), base_channels=2, depth=1)
+    with pytest.raises(ConfigError, match="equal y and x spacing"):
+        predict(model, np.zeros((8, 20, 20), np.float32), tta=True)

@@ -9,7 +9,7 @@ import numbers
 import os
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -55,7 +55,10 @@ class PredictOptions:
     "auto", "cpu", "cuda", "cuda:N" or "mps". ``precision``: "auto", "fp32",
     "bf16" or "fp16". ``batch_size``: tiles per forward pass (``None``: as many as
     the budget allows). ``memory_bytes``: activation budget (``None``: 1 GiB on a
-    CPU, half the free memory on a GPU).
+    CPU, half the free memory on a GPU). ``tta``: test-time augmentation, the mean of
+    the probabilities of the 8 flips and quarter turns of each plane (of the y-x
+    planes of a volume), each computed by exact overlap-tile prediction and turned
+    back; 8 times the work, and the image is read into memory.
     """
 
     tile: int | tuple[int, ...] | None = None
@@ -64,6 +67,7 @@ class PredictOptions:
     batch_size: int | None = None
     memory_bytes: int | None = None
     channel_axis: int | None = None
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if self.tile is not None:
@@ -193,6 +197,8 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     :class:`PredictOptions`.
     """
     opts = PredictOptions(**options)
+    if opts.tta:
+        return (yield from _iter_predict_tta(model, image, opts))
     ndim = model.config.ndim
     if ndim == 2:  # images may be lazy (zarr, dask, TIFF): only the tiles' windows are read
         data = sources.planes_of(image, model.config.in_channels, opts.channel_axis)
@@ -230,6 +236,52 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
                 done += len(origins)
                 yield TileProgress(done, total, plan, network_seconds)
     return output
+
+
+#: The 8 symmetries of a square (quarter turns, then a flip) of the last two axes:
+#: (turns, flip); the inverse of each is a flip first, then as many turns back.
+_SQUARE_SYMMETRIES = [(turns, flip) for flip in (False, True) for turns in range(4)]
+
+
+def _turned(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    array = np.rot90(array, turns, axes=(-2, -1))
+    return np.flip(array, -1) if flip else array
+
+
+def _turned_back(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    array = np.flip(array, -1) if flip else array
+    return np.rot90(array, -turns, axes=(-2, -1))
+
+
+def _iter_predict_tta(model: UNet, image, opts: PredictOptions) -> Generator[TileProgress, None, np.ndarray]:
+    """:func:`iter_predict` with ``opts.tta``: the mean over the 8 symmetries of the
+    planes (percentile normalisation does not change under them)."""
+    ndim = model.config.ndim
+    spacing = model.config.spacing
+    if spacing is not None and spacing[-1] != spacing[-2]:
+        raise ConfigError(f"tta turns the y-x planes, so it needs equal y and x spacing; the model has {spacing}")
+    data = channels_before_spatial(np.asarray(image), model.config.in_channels, opts.channel_axis, ndim)
+    plain = asdict(replace(opts, tta=False, channel_axis=data.ndim - ndim - 1))
+    parts, mean, seconds = len(_SQUARE_SYMMETRIES), None, 0.0
+    for part, (turns, flip) in enumerate(_SQUARE_SYMMETRIES):
+        run = iter_predict(model, np.ascontiguousarray(_turned(data, turns, flip)), **plain)
+        probabilities, seconds = yield from _as_part(run, part, parts, seconds)
+        probabilities = _turned_back(probabilities, turns, flip)
+        mean = probabilities.copy() if mean is None else mean + probabilities
+    return mean / parts
+
+
+def _as_part(run, part: int, parts: int, seconds_before: float):
+    """Re-yield ``run``'s progress as run ``part`` of ``parts`` equal runs; returns its
+    value and the network seconds of all runs so far."""
+    seconds = seconds_before
+    while True:
+        try:
+            progress = next(run)
+        except StopIteration as finished:
+            return finished.value, seconds
+        seconds = seconds_before + progress.network_seconds
+        yield TileProgress(part * progress.total + progress.done, parts * progress.total, progress.plan, seconds)
 
 
 def _network(model: UNet, device: torch.device, dtype, input_shape: tuple[int, ...]):

@@ -619,6 +619,8 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
             "streaming into a zarr store takes 2D models (plane by plane); segment a volume with a 3D model "
             "in memory instead (napari_unet.segment, or napari-unet segment --out-dir)"
         )
+    if opts.tta:
+        raise ConfigError("tta (test-time augmentation) reads whole planes: use it with segment, not segment_to")
     opened = open_source(source)
     axes = axes_at_minus3(opened.shape, model.config.in_channels, opts.channel_axis)
     planes = LazyPlanes(opened, axes)
