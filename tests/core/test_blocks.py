@@ -8,8 +8,8 @@ from napari_unet.core.instances import mask_to_labels
 
 CONFIGS = [
     InstanceConfig(),
-    InstanceConfig(min_size=0),
-    InstanceConfig(expand=0),
+    InstanceConfig(min_size=0, expand=1),
+    InstanceConfig(expand=1),
     InstanceConfig(min_size=40),
     InstanceConfig(fill_holes=False),
 ]

@@ -52,8 +52,8 @@ def test_equals_the_plain_whole_image_formulation(kind):
     rng = np.random.default_rng(["noise", "blobs", "rings", "grid"].index(kind))
     configs = [
         InstanceConfig(),
-        InstanceConfig(min_size=0),
-        InstanceConfig(expand=0),
+        InstanceConfig(min_size=0, expand=1),
+        InstanceConfig(expand=1),
         InstanceConfig(expand=3, min_size=3),
         InstanceConfig(fill_holes=False),
     ]
@@ -79,7 +79,7 @@ def test_volumes_equal_the_plain_whole_volume_formulation(kind):
     """The same rules in 3D (6-connected objects and holes, 1-voxel grow) give what
     the library calls give on the whole volume, ties included."""
     rng = np.random.default_rng(10 + ["noise", "blobs", "rings"].index(kind))
-    configs = [InstanceConfig(), InstanceConfig(min_size=0), InstanceConfig(expand=0), InstanceConfig(expand=2)]
+    configs = [InstanceConfig(), InstanceConfig(min_size=0, expand=1), InstanceConfig(expand=1), InstanceConfig(expand=2)]
     for _ in range(8):
         shape = tuple(rng.integers(4, 24, 3))
         if kind == "noise":

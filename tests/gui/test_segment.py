@@ -33,6 +33,19 @@ def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, mod
     assert len(viewer.layers) == n_layers  # replaced, not piled up
 
 
+def test_test_time_augmentation_runs_the_eight_symmetries(viewer, model_session, nuclei, wait_idle):
+    image = viewer.add_image(nuclei[0][:60, :90], name="cells")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = image
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    plain_tiles = widget.progress.max
+    widget.tta.value = True
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.progress.value == widget.progress.max == 8 * plain_tiles
+
+
 def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     stack = np.random.default_rng(0).random((3, 50, 60)).astype(np.float32)
     image = viewer.add_image(stack, name="stack")

@@ -49,6 +49,11 @@ class SegmentWidget(DockWidget):
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.planes = ComboBox(label="stacks", choices=[CURRENT_PLANE, ALL_PLANES], value=ALL_PLANES)
         self.probabilities = CheckBox(text="also show probabilities", value=False)
+        self.tta = CheckBox(
+            text="test-time augmentation (8x slower)",
+            value=False,
+            tooltip="average the predictions of the 8 flips and quarter turns of the image",
+        )
         self.to_store = CheckBox(text="write labels to a zarr store (always for very large images)", value=False)
         self.store = FileEdit(label="store", mode="d", value="", tooltip="empty: a temporary folder")
         self.run_button = PushButton(text="Segment")
@@ -57,7 +62,7 @@ class SegmentWidget(DockWidget):
         self.extend(
             [
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
-                self.precision, self.planes, self.probabilities, self.to_store, self.store, self.run_button,
+                self.precision, self.planes, self.probabilities, self.tta, self.to_store, self.store, self.run_button,
                 self.cancel_button,
                 self.progress, self.status,
             ]
@@ -158,6 +163,7 @@ class SegmentWidget(DockWidget):
             "device": self.device.value,
             "precision": self.precision.value,
             "channel_axis": channel_axis,
+            "tta": self.tta.value,
         }
         self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
 

@@ -189,14 +189,17 @@ class InstanceConfig:
     ``threshold`` applies to the foreground probability (1 - background); objects
     smaller than ``min_size`` pixels are dropped; ``fill_holes`` closes holes inside
     objects; ``expand`` grows every object by that many pixels into background
-    without merging neighbours (giving back the separation gap the network learned
-    to leave between touching cells).
+    without merging neighbours. The default 0 keeps the outlines the network
+    predicts: the training target removes pixels only where cells touch, so a grow
+    of every object made outlines about a pixel too large everywhere else (measured
+    on real and synthetic nuclei: mean IoU of matches 0.74-0.77 -> 0.81-0.82 and
+    0.79-0.80 -> 0.88-0.89; see the README).
     """
 
     threshold: float = 0.5
     min_size: int = 16
     fill_holes: bool = True
-    expand: int = 1
+    expand: int = 0
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -3,9 +3,9 @@
 Per plane (per volume for 3D models, with 6-connectivity and the same rules in
 3D): threshold the foreground probability, label 4-connected components,
 give every hole the id of its nearest object pixel, drop small objects, grow the
-objects by ``expand`` px into background without merging, and number them 1..n in
-raster order. Each step works in one pass over the image or locally around a hole:
-no whole-image distance transform runs for the default 1-px grow. The result equals
+objects by ``expand`` px into background without merging (none by default), and
+number them 1..n in raster order. Each step works in one pass over the image or
+locally around a hole: no whole-image distance transform runs for a 1-px grow. The result equals
 the plain library formulation (whole-image ``binary_fill_holes`` and
 ``expand_labels``) pixel for pixel, ties included (tests/reference.py).
 """
