@@ -246,6 +246,7 @@ def main() -> None:
                     for function, _, _ in onnx_runs.values():  # warm-up
                         function()
                     methods.update(onnx_runs)
+                    times.update({name: [] for name in onnx_runs})
                 for _ in range(args.repeats):
                     for name, (function, _, _) in methods.items():
                         release_kept_memory()  # every method starts from the same memory state
