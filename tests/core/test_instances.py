@@ -79,7 +79,12 @@ def test_volumes_equal_the_plain_whole_volume_formulation(kind):
     """The same rules in 3D (6-connected objects and holes, 1-voxel grow) give what
     the library calls give on the whole volume, ties included."""
     rng = np.random.default_rng(10 + ["noise", "blobs", "rings"].index(kind))
-    configs = [InstanceConfig(), InstanceConfig(min_size=0, expand=1), InstanceConfig(expand=1), InstanceConfig(expand=2)]
+    configs = [
+        InstanceConfig(),
+        InstanceConfig(min_size=0, expand=1),
+        InstanceConfig(expand=1),
+        InstanceConfig(expand=2),
+    ]
     for _ in range(8):
         shape = tuple(rng.integers(4, 24, 3))
         if kind == "noise":
