@@ -29,7 +29,8 @@ from .core.layout import ImageShapeError
 from .core.model import UNet
 from .core.predict import TileProgress, iter_predict, iter_segment, predict, segment
 from .core.sources import SourceError, open_source
-from .core.stream import ChunkProgress, OutputExistsError, StreamResult, iter_segment_to, segment_to
+from .core.store import OutputExistsError
+from .core.stream import ChunkProgress, StreamResult, iter_segment_to, segment_to
 from .core.synthetic import synthetic_nuclei
 from .core.train import (
     CheckpointFailed,

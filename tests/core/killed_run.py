@@ -11,35 +11,39 @@ import os
 import signal
 import sys
 
-from napari_unet.core import stream
+from napari_unet.core import store, stream
 
 
-def kill_on(module, name, n, after):
-    original = getattr(module, name)
+def kill_on(modules, name, n, after):
+    """Count the calls of ``name`` in all ``modules`` together; kill at the ``n``-th."""
     calls = [0]
 
-    def wrapper(*args, **kwargs):
-        calls[0] += 1
-        if not after and calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = original(*args, **kwargs)
-        if after and calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
+    def killing(original):
+        def wrapper(*args, **kwargs):
+            calls[0] += 1
+            if not after and calls[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if after and calls[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
 
-    setattr(module, name, wrapper)
+        return wrapper
+
+    for module in modules:
+        setattr(module, name, killing(getattr(module, name)))
 
 
 def main(model, image, out, point, n):
     n = int(n)
-    if point == "after-record":
-        kill_on(stream, "write_atomic", n, after=True)
+    if point == "after-record":  # chunk records are written by stream, pyramid records by store
+        kill_on([stream, store], "write_atomic", n, after=True)
     elif point == "before-record":
-        kill_on(stream, "write_atomic", n, after=False)
+        kill_on([stream, store], "write_atomic", n, after=False)
     elif point == "in-label":
-        kill_on(stream, "final_chunk", n, after=False)
+        kill_on([stream], "final_chunk", n, after=False)
     elif point == "cleanup":
-        kill_on(stream.shutil, "rmtree", n, after=False)
+        kill_on([stream.shutil], "rmtree", n, after=False)
     stream.segment_to(model, image, out, chunk=32, probabilities=True, resume=True)
 
 

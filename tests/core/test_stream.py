@@ -5,7 +5,8 @@ import pytest
 import zarr
 
 from napari_unet import ConfigError, predict, segment
-from napari_unet.core.stream import OutputExistsError, iter_segment_to, segment_to
+from napari_unet.core.store import OutputExistsError
+from napari_unet.core.stream import iter_segment_to, segment_to
 
 from .lazy import RecordingArray, drawn_image, same_partition, threshold_model
 from .test_blocks import border_and_corner_objects

@@ -20,7 +20,8 @@ from pathlib import Path
 from napari.layers import Image, Labels
 
 from ..core.progress import until_stopped
-from ..core.stream import ATTRIBUTE, DEFAULT_CHUNK, ChunkProgress, StreamResult, iter_segment_to, refresh_pyramid
+from ..core.store import ATTRIBUTE, refresh_pyramid
+from ..core.stream import DEFAULT_CHUNK, ChunkProgress, StreamResult, iter_segment_to
 from ._layers import LayerError, spatial_shape
 
 #: Images with more pixels than this (all planes) go through a zarr store.
