@@ -22,6 +22,7 @@ Shifts (the paper's other augmentation) come from the caller's choice of
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,21 +70,30 @@ def dihedral(coords: np.ndarray, flip_y: bool, flip_x: bool, k: int) -> np.ndarr
     return np.rot90(coords, k, axes=(1, 2))
 
 
-def draw_dihedral(rng: np.random.Generator, tile_hw: tuple[int, int], config: AugmentConfig):
-    """Random (flip_y, flip_x, k) allowed by ``config``; odd ``k`` only for square tiles.
+def draw_flips_and_turns(
+    rng: np.random.Generator, n_axes: int, plane_hw: Sequence[int], config: AugmentConfig
+) -> tuple[tuple[bool, ...], int]:
+    """Random flips of ``n_axes`` axes and ``k`` quarter turns in the (y, x) plane, as
+    ``config`` allows them; odd ``k`` only where the plane ``plane_hw`` is square.
 
     Always consumes the same random numbers, so the stream does not depend on the
     config.
     """
-    flips = rng.random(2) < 0.5
+    flips = rng.random(n_axes) < 0.5
     turn = int(rng.integers(4))
-    flip_y, flip_x = (bool(flips[0]), bool(flips[1])) if config.flips else (False, False)
+    chosen = tuple(bool(flip) for flip in flips) if config.flips else (False,) * n_axes
     if not config.rotations:
         k = 0
-    elif tile_hw[0] == tile_hw[1]:
+    elif plane_hw[0] == plane_hw[1]:
         k = turn
     else:
         k = 2 * (turn % 2)
+    return chosen, k
+
+
+def draw_dihedral(rng: np.random.Generator, tile_hw: tuple[int, int], config: AugmentConfig):
+    """Random (flip_y, flip_x, k) allowed by ``config`` (see :func:`draw_flips_and_turns`)."""
+    (flip_y, flip_x), k = draw_flips_and_turns(rng, 2, tile_hw, config)
     return flip_y, flip_x, k
 
 

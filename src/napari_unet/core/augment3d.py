@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import _cubic_weights, fold_coordinates
+from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates
 from .config import AugmentConfig
 
 
@@ -39,17 +39,9 @@ def identity_grid_3d(tile: Sequence[int], center: Sequence[float]) -> np.ndarray
 
 def draw_rigid(rng: np.random.Generator, tile: Sequence[int], config: AugmentConfig) -> tuple[bool, bool, bool, int]:
     """Random (flip_z, flip_y, flip_x, k) allowed by ``config``; ``k`` quarter turns in
-    the plane, odd only where the tile's y and x sizes are equal. Always consumes the
-    same random numbers."""
-    flips = rng.random(3) < 0.5
-    turn = int(rng.integers(4))
-    flip_z, flip_y, flip_x = (bool(f) for f in flips) if config.flips else (False, False, False)
-    if not config.rotations:
-        k = 0
-    elif tile[1] == tile[2]:
-        k = turn
-    else:
-        k = 2 * (turn % 2)
+    the plane, odd only where the tile's y and x sizes are equal (see
+    :func:`~napari_unet.core.augment.draw_flips_and_turns`)."""
+    (flip_z, flip_y, flip_x), k = draw_flips_and_turns(rng, 3, tile[1:], config)
     return flip_z, flip_y, flip_x, k
 
 
