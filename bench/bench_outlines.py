@@ -5,9 +5,9 @@
 The CPU default network trained ``--steps`` steps on synthetic nuclei (cached, as in
 ``common.cpu_default_model``) predicts two held-out 512x512 synthetic images once;
 the probabilities become labels with ``InstanceConfig(expand=1)`` (the old default)
-and ``expand=0`` (the new one), scored against the true labels: AP at IoU 0.5, 0.75
-and 0.9, the mean IoU of matched pairs, pixel IoU, merged true objects and the signed
-boundary offset (``core/taxonomy.py``). ``--kept DIR``: also the split folders that
+and ``expand=0`` (the new one), scored as ``bench_real.py`` scores (AP at IoU 0.5 and
+0.75, mAP, mean IoU of matched pairs, the error taxonomy with the signed boundary
+offset) and by pixel IoU. ``--kept DIR``: also the split folders that
 ``bench_real.py --keep DIR`` left (their model, test image and true labels).
 """
 
@@ -22,33 +22,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 
 import napari_unet as nu
+from bench_real import score
 from common import cpu_default_model, format_table, print_header
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.io import read_image
-from napari_unet.core.metrics import combine, match_instances, pixel_iou
-from napari_unet.core.taxonomy import combine_taxonomies, drop_unannotated, error_taxonomy
-
-THRESHOLDS = (0.5, 0.75, 0.9)
+from napari_unet.core.metrics import pixel_iou
 
 
 def row(name: str, expand: int, probabilities: np.ndarray, truth: np.ndarray) -> list[str]:
-    """Scores of the labels made with ``expand`` from probabilities (N, K, H, W) against truth (N, H, W)."""
+    """bench_real's scores (and pixel IoU) of the labels made with ``expand`` from
+    probabilities (N, K, H, W) against truth (N, H, W)."""
     labels = probabilities_to_labels(probabilities, InstanceConfig(expand=expand))
-    labels = np.stack([drop_unannotated(p, t) for p, t in zip(labels, truth)])
-    stats = combine([match_instances(p, t, THRESHOLDS) for p, t in zip(labels, truth)])
-    by = {round(s.threshold, 2): s for s in stats}
-    errors = combine_taxonomies([error_taxonomy(p, t) for p, t in zip(labels, truth)])
     pixels = np.mean([pixel_iou(p, t) for p, t in zip(labels, truth)])
-    return [
-        name,
-        str(expand),
-        *(f"{by[t].ap:.3f}" for t in THRESHOLDS),
-        f"{by[0.5].mean_matched_iou:.3f}",
-        f"{pixels:.3f}",
-        str(errors.merged),
-        f"{errors.mean_offset:+.2f}",
-    ]
+    return [name, str(expand), *score(labels, truth), f"{pixels:.3f}"]
 
 
 def main() -> None:
@@ -69,7 +56,8 @@ def main() -> None:
         planes = test.reshape(truth.shape)
         cases.append((folder.name, nu.predict(kept_model, planes, device="cpu"), truth))
     rows = [row(name, expand, p, t) for name, p, t in cases for expand in (1, 0)]
-    headers = ["images", "expand", "AP@0.5", "AP@0.75", "AP@0.9", "mean IoU", "pixel IoU", "merged", "offset px"]
+    headers = ["images", "expand", "true/pred", "AP@0.5", "AP@0.75", "mAP", "mean IoU"]
+    headers += ["merged", "split", "missed", "FP", "offset px", "pixel IoU"]
     print(format_table(headers, rows))
 
 

@@ -44,7 +44,7 @@ def prediction_options(args: argparse.Namespace) -> dict:
         "device": args.device,
         "precision": args.precision,
         "channel_axis": args.channel_axis,
-        "tta": getattr(args, "tta", False),
+        "tta": args.tta,
     }
 
 
