@@ -224,7 +224,7 @@ class SegmentWidget(DockWidget):
             return
         self._placeholders = []
         layer, index = self._target
-        labels = result.labels
+        labels = result.labels  # already in the type napari draws (converted in the worker)
         name = f"{layer.name} labels"
         if index is not None:
             full = self.viewer.layers[name].data if name in self.viewer.layers else None
@@ -232,8 +232,8 @@ class SegmentWidget(DockWidget):
                 full = np.zeros(spatial_shape(layer), np.int32)
             full = np.array(full, dtype=np.int32)
             full[index] = labels
-            labels = full
-        put_layer(self.viewer, name, display_labels(labels), "labels", layer, role="segmentation", visible=True)
+            labels = display_labels(full)
+        put_layer(self.viewer, name, labels, "labels", layer, role="segmentation", visible=True)
         if result.probabilities is not None:
             foreground = probabilities_foreground(result.probabilities, self._ndim).astype(np.float32, copy=False)
             shown = f"{layer.name} probability"
