@@ -267,8 +267,12 @@ def _iter_predict_tta(model: UNet, image, opts: PredictOptions) -> Generator[Til
         run = iter_predict(model, np.ascontiguousarray(_turned(data, turns, flip)), **plain)
         probabilities, seconds = yield from _as_part(run, part, parts, seconds)
         probabilities = _turned_back(probabilities, turns, flip)
-        mean = probabilities.copy() if mean is None else mean + probabilities
-    return mean / parts
+        if mean is None:
+            mean = np.array(probabilities)  # a copy: the sum is kept in place
+        else:
+            mean += probabilities
+    mean /= parts
+    return mean
 
 
 def _as_part(run, part: int, parts: int, seconds_before: float):
