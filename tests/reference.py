@@ -141,3 +141,53 @@ def plane_labels_reference(mask: np.ndarray, config) -> np.ndarray:
         labels = segmentation.expand_labels(labels, distance=config.expand)
     relabeled, _, _ = segmentation.relabel_sequential(labels)
     return relabeled.astype(np.int32)
+
+
+def split_objects_reference(labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float) -> np.ndarray:
+    """:func:`napari_unet.core.split.split_objects` by recursion over each object.
+
+    Per object: walk the levels up from ``threshold``; at the first level where the
+    region holds two or more components that rise ``depth`` above it, recurse into
+    each of them; a region that never divides is one seed. Seeds then flood the
+    object (watershed of the smoothed probability). Ids as the fast code numbers them.
+    """
+    from skimage.segmentation import watershed
+
+    from napari_unet.core.split import LEVEL_STEP, smooth_foreground
+
+    smooth = smooth_foreground(foreground)
+    faces = ndimage.generate_binary_structure(labels.ndim, 1)
+    out = labels.astype(np.int32, copy=True)
+    next_id = int(labels.max()) + 1
+
+    def seeds_of(region: np.ndarray, first_level: int, found: list) -> None:
+        k = first_level
+        while threshold + k * LEVEL_STEP + depth <= 1.0 + 1e-9:
+            level = threshold + k * LEVEL_STEP
+            pieces, count = ndimage.label(region & (smooth > level), structure=faces)
+            rising = [pieces == i for i in range(1, count + 1) if (smooth[pieces == i] >= level + depth).any()]
+            if len(rising) >= 2:
+                for piece in rising:
+                    seeds_of(piece, k + 1, found)
+                return
+            if not rising:
+                break
+            k += 1
+        found.append((first_level, region))
+
+    for object_id in range(1, int(labels.max()) + 1):
+        region = labels == object_id
+        if not region.any():
+            continue
+        found: list = []
+        seeds_of(region, 1, found)
+        if len(found) < 2:
+            continue
+        markers = np.zeros(labels.shape, np.int32)
+        for number, (_, seed) in enumerate(found, start=1):
+            markers[seed] = number
+        pieces = watershed(-smooth, markers, mask=region, connectivity=1)
+        for number in range(2, len(found) + 1):
+            out[pieces == number] = next_id
+            next_id += 1
+    return out

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .cli_args import add_prediction_arguments, check_pairs, drive_tiles, prediction_options, spacing_option
@@ -70,6 +71,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         return cmd_segment_to(args, prediction_options(args))
     _check_inputs(args.images)
     model = load_model(args.model)
+    if args.split is not None:
+        instances = replace(model.spec.instances, split=args.split)
+        model.spec = replace(model.spec, instances=instances)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
     outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]
     check_outputs([path for files in outputs for path in files.values()], args.overwrite)
@@ -212,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     segment.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average the 8 flips and quarter turns (8x slower)"
+    )
+    segment.add_argument(
+        "--split",
+        type=float,
+        default=None,
+        metavar="DEPTH",
+        help="split objects where the probability dips by DEPTH between two peaks (default: the model's, 0.1; "
+        "0: keep the network's connected components, as the paper does)",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_prediction_arguments(segment)

@@ -8,6 +8,8 @@ import torch
 from napari_unet import UNet, load_model, predict, save_model
 from napari_unet.cli import main
 
+from .lazy import drawn_image, threshold_model
+
 
 @pytest.fixture
 def model_file(tmp_path):
@@ -48,6 +50,27 @@ def test_segment_with_test_time_augmentation(tmp_path, model_file):
                  "--probabilities", "--tta", "--precision", "fp32"]) == 0  # fmt: skip
     expected = predict(load_model(model_file), image, precision="fp32", tta=True)
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "a_probabilities.tif"), expected, atol=1e-6)
+
+
+def test_segment_split_option_overrides_the_model(tmp_path, capsys):
+    """Two bright discs joined by a dimmer neck: split by the model's default, kept
+    whole with --split 0; a depth outside [0, 1) is one clear line."""
+    grid = np.indices((64, 96))
+    mask = ((grid[0] - 32) ** 2 + (grid[1] - 30) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 58) ** 2 <= 225)
+    image = drawn_image(mask)
+    image[:, 42:46] = np.where(image[:, 42:46] > 100, 140, image[:, 42:46])
+    np.save(tmp_path / "a.npy", image)
+    save_model(threshold_model(steepness=8.0), tmp_path / "m.safetensors")
+    counts, model = [], str(tmp_path / "m.safetensors")
+    for extra in ([], ["--split", "0"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["segment", model, str(tmp_path / "a.npy"), "--out-dir", str(out), *extra]) == 0
+        counts.append(int(tifffile.imread(out / "a_labels.tif").max()))
+    assert counts == [2, 1]
+    capsys.readouterr()
+    code = main(["segment", model, str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "x"), "--split", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "split must be in [0, 1)" in err[0]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,6 +34,24 @@ def test_streamed_labels_equal_the_in_memory_segmentation(drawn, tmp_path):
     np.testing.assert_array_equal(store["probabilities/0"][:], probabilities)
     assert result.n_objects == (int(expected.max()),) and result.resumed == 0
     assert not (tmp_path / "out.zarr" / "work").exists()
+
+
+def test_streaming_keeps_objects_the_network_joined_and_says_so(tmp_path, caplog):
+    """In memory the default splits two bright discs joined by a dimmer neck; the
+    chunked labelling keeps them one object (as segment with split 0) and warns."""
+    grid = np.indices((64, 96))
+    discs = [(grid[0] - 32) ** 2 + (grid[1] - c) ** 2 <= 15**2 for c in (30, 58)]
+    image = drawn_image(discs[0] | discs[1])
+    image[:, 42:46] = np.where(image[:, 42:46] > 100, 140, image[:, 42:46])  # the neck
+    model = threshold_model(steepness=8.0)
+    assert segment(model, image).max() == 2
+    with caplog.at_level("WARNING", logger="napari_unet.core.stream"):
+        segment_to(model, image, tmp_path / "out.zarr", chunk=32)
+    model.spec = replace(model.spec, instances=replace(model.spec.instances, split=0.0))
+    unsplit = segment(model, image)
+    assert unsplit.max() == 1
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][:], unsplit)
+    assert "split 0" in caplog.text
 
 
 def test_the_store_is_an_ome_zarr_image_with_a_pyramid(drawn, tmp_path):

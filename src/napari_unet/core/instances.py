@@ -1,7 +1,8 @@
 """From per-class probabilities to instance labels.
 
 Per plane (per volume for 3D models, with 6-connectivity and the same rules in
-3D): threshold the foreground probability, label 4-connected components,
+3D): threshold the foreground probability, label 4-connected components, split
+objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
 give every hole the id of its nearest object pixel, drop small objects, grow the
 objects by ``expand`` px into background without merging (none by default), and
 number them 1..n in raster order. Each step works in one pass over the image or
@@ -19,6 +20,7 @@ from scipy import ndimage
 from skimage import segmentation
 
 from .config import InstanceConfig
+from .split import split_objects
 
 #: 4-connectivity in 2D (scipy's default structuring element).
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -43,32 +45,57 @@ def probabilities_to_labels(
     grow). ``ndim=3``: one labelling per volume (..., Z, Y, X), so an object keeps one
     id across planes. Deterministic."""
     config = config or InstanceConfig()
-    mask = foreground(probabilities, ndim) > config.threshold
-    labels = np.zeros(mask.shape, np.int32)
-    for index in np.ndindex(*mask.shape[: mask.ndim - ndim]):
-        labels[index] = mask_to_labels(mask[index], config)
+    probability = foreground(probabilities, ndim)
+    labels = np.zeros(probability.shape, np.int32)
+    for index in np.ndindex(*probability.shape[: probability.ndim - ndim]):
+        plane = probability[index]
+        labels[index] = mask_to_labels(plane > config.threshold, config, plane)
     return labels
 
 
-def mask_to_labels(mask: np.ndarray, config: InstanceConfig) -> np.ndarray:
+def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.ndarray | None = None) -> np.ndarray:
     """Instance labels int32 (H, W) of one boolean foreground ``mask`` (H, W); a mask
     (Z, Y, X) gives 3D objects (6-connected, holes are 6-connected background
-    regions that do not reach the volume's border, sizes in voxels)."""
+    regions that do not reach the volume's border, sizes in voxels).
+
+    ``probability``: the foreground probability the mask was thresholded from (same
+    shape); with it, objects are split at its dips as ``config.split`` says, without
+    it the mask's components are kept (``config.split`` is not used).
+    """
     labels, count = ndimage.label(mask, structure=_faces(mask.ndim))
     if count == 0:
         return labels.astype(np.int32)
+    split = bool(config.split) and probability is not None
+    if split:
+        labels = split_objects(labels, probability, config.threshold, config.split)
+        count = int(labels.max())
     if config.fill_holes:
         _fill_holes(labels, mask)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     keep = sizes >= config.min_size
     keep[0] = False
-    renumber = (np.cumsum(keep) * keep).astype(np.int32)  # surviving ids -> 1..n, raster order kept
+    if split:  # pieces of split objects have ids after all others: order by first pixel
+        survivors = np.flatnonzero(keep)
+        survivors = survivors[np.argsort(_first_pixels(labels, count)[survivors], kind="stable")]
+        renumber = np.zeros(count + 1, np.int32)
+        renumber[survivors] = np.arange(1, len(survivors) + 1, dtype=np.int32)
+    else:
+        renumber = (np.cumsum(keep) * keep).astype(np.int32)  # surviving ids -> 1..n, raster order kept
     labels = renumber[labels]
     if config.expand == 1:
         _grow_one_pixel(labels)
     elif config.expand > 1:
         labels = segmentation.expand_labels(labels, distance=config.expand).astype(np.int32)
     return labels
+
+
+def _first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
+    """The flat index of every id's first pixel in raster order (ids 0..count)."""
+    flat = labels.ravel()
+    first = np.full(count + 1, flat.size, np.int64)
+    inside = np.flatnonzero(flat)
+    np.minimum.at(first, flat[inside], inside)
+    return first
 
 
 def _fill_holes(labels: np.ndarray, mask: np.ndarray) -> None:

@@ -354,6 +354,7 @@ def _segment_to(model, source, out, *, chunk, probabilities, resume, client, **o
     fingerprint = _fingerprint(run, planes, chunk)
     out = Path(out)
     complete = open_store(out, run, fingerprint, resume)
+    _warn_if_split(model)
     n_planes = math.prod(run.stack_shape)
     n_chunks = run.grid.grid[0] * run.grid.grid[1]
     total = 2 * n_planes * n_chunks
@@ -429,6 +430,17 @@ def segment_to(
         return drive(iter_segment_to(model, source, out, client=client, **settings))
 
 
+def _warn_if_split(model: UNet) -> None:
+    """Chunked labelling keeps the mask's components: say so when the model would
+    split touching objects in memory."""
+    if model.spec.instances.split:
+        log.warning(
+            "segment_to keeps touching objects that the network joined as one object (the model's split %g "
+            "applies in memory only): its labels equal segment(...) with split 0",
+            model.spec.instances.split,
+        )
+
+
 def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, opts: PredictOptions, client):
     if model.config.ndim != 2:
         raise ConfigError(
@@ -445,6 +457,7 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
     if any(c < step or c % step for c in chunk):
         raise ConfigError(f"chunk {chunk} must be a multiple of {step} px (2**depth) so that tiles stay exact")
     keep_path = isinstance(source, (str, os.PathLike)) and client is not None
+    instances = replace(model.spec.instances, split=0.0)  # see _warn_if_split
     run = Run(
         source=str(source) if keep_path else opened,
         out=str(out),
@@ -452,7 +465,7 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
         grid=ChunkGrid(tuple(planes.shape[-2:]), chunk),
         stack_shape=tuple(planes.shape[:-3]),
         n_classes=model.config.n_classes,
-        instances=model.spec.instances,
+        instances=instances,
         normalization=model.spec.normalization,
         probabilities=probabilities,
         options=replace(opts, channel_axis=None),

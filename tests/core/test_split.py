@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_unet import InstanceConfig
+from napari_unet.core.errors import ConfigError
+from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
+from napari_unet.core.split import split_objects
+from tests.reference import split_objects_reference
+
+
+def disc(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def two_touching(dip: float, shape=(40, 60)) -> np.ndarray:
+    """Foreground probability of two overlapping discs at 0.95 whose neck sits at
+    ``0.95 - dip`` (and never below 0.6, so the mask is one object)."""
+    fg = np.zeros(shape, np.float32)
+    fg[disc(shape, (20, 20), 10) | disc(shape, (20, 38), 10)] = 0.95
+    fg[:, 27:32] = np.where(fg[:, 27:32] > 0, 0.95 - dip, 0)
+    return fg
+
+
+def canonical(labels: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1..n by their first pixel in raster order."""
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    order = ids[np.argsort(first)]
+    order = order[order > 0]
+    table = np.zeros(int(labels.max()) + 1, np.int32)
+    table[order] = np.arange(1, len(order) + 1)
+    return table[labels]
+
+
+def probabilities(fg):
+    return np.stack([1 - fg, fg]).astype(np.float32)
+
+
+def test_touching_cells_split_at_a_dip_deep_enough():
+    fg = two_touching(dip=0.3)
+    assert probabilities_to_labels(probabilities(fg), InstanceConfig(split=0)).max() == 1  # the paper's components
+    labels = probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1))
+    assert labels.max() == 2
+    assert labels[20, 20] == 1 and labels[20, 38] == 2  # numbered in raster order
+    np.testing.assert_array_equal(labels > 0, fg > 0.5)  # no pixel gained or lost
+    assert np.all(labels[:, :27][labels[:, :27] > 0] == 1) and np.all(labels[:, 32:][labels[:, 32:] > 0] == 2)
+
+
+def test_a_dip_shallower_than_split_keeps_one_object():
+    fg = two_touching(dip=0.1)
+    assert probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.2)).max() == 1
+    assert probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.05)).max() == 2
+
+
+def test_three_peaks_joined_at_two_levels_give_three_pieces():
+    shape = (40, 70)
+    fg = np.zeros(shape, np.float32)
+    fg[disc(shape, (20, 15), 10) | disc(shape, (20, 33), 10) | disc(shape, (20, 51), 10)] = 0.95
+    fg[:, 23:26] = np.where(fg[:, 23:26] > 0, 0.8, 0)  # a shallow neck between the first two
+    fg[:, 41:44] = np.where(fg[:, 41:44] > 0, 0.6, 0)  # a deep one before the third
+    assert probabilities_to_labels(probabilities(fg), InstanceConfig(min_size=0, split=0)).max() == 1
+    labels = probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1, min_size=0))
+    assert [labels[20, 15], labels[20, 33], labels[20, 51]] == [1, 2, 3]
+    assert probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.2, min_size=0)).max() == 2
+
+
+def test_noise_in_one_cell_does_not_split_it():
+    rng = np.random.default_rng(0)
+    fg = np.where(disc((50, 50), (25, 25), 15), 0.9, 0.05) + rng.normal(0, 0.03, (50, 50))
+    labels = probabilities_to_labels(probabilities(np.clip(fg, 0, 1)), InstanceConfig(split=0.1))
+    assert labels.max() == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_equals_the_recursive_reference(seed):
+    """Random smooth probability fields: the vectorised peak tree gives the same
+    pieces as a recursion over each object's levels."""
+    rng = np.random.default_rng(seed)
+    fg = ndimage.gaussian_filter(rng.random((70, 80)), 3)
+    fg = (fg - fg.min()) / (fg.max() - fg.min())
+    labels, _ = ndimage.label(fg > 0.4)
+    for depth in (0.05, 0.1, 0.2):
+        fast = split_objects(labels, fg, 0.4, depth)
+        np.testing.assert_array_equal(canonical(fast), canonical(split_objects_reference(labels, fg, 0.4, depth)))
+        assert fast.max() > labels.max()  # every field here has objects to split
+        np.testing.assert_array_equal(fast > 0, labels > 0)
+
+
+def test_volumes_split_into_one_id_per_object_across_planes():
+    shape = (12, 30, 50)
+    fg = np.zeros(shape, np.float32)
+    fg[disc(shape, (6, 15, 15), 8) | disc(shape, (6, 15, 31), 8)] = 0.95
+    fg[:, :, 22:25] = np.where(fg[:, :, 22:25] > 0, 0.6, 0)
+    labels = probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1), ndim=3)
+    assert labels.max() == 2
+    assert len(np.unique(labels[:, :, :22][labels[:, :, :22] > 0])) == 1  # one id through every plane
+    assert labels[6, 15, 15] != labels[6, 15, 31]
+
+
+def test_a_mask_alone_keeps_its_components_and_split_must_be_a_depth():
+    fg = two_touching(dip=0.3)
+    assert mask_to_labels(fg > 0.5, InstanceConfig(split=0.1)).max() == 1
+    assert mask_to_labels(fg > 0.5, InstanceConfig(split=0.1), fg).max() == 2
+    with pytest.raises(ConfigError, match="split"):
+        InstanceConfig(split=1.0)
+    with pytest.raises(ConfigError, match="split"):
+        InstanceConfig(split=-0.1)
