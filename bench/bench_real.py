@@ -180,7 +180,8 @@ def cut(stack: np.ndarray, region) -> np.ndarray:
 
 def train_and_segment(train_image, train_labels, test_image, args, folder: Path) -> tuple[dict, str]:
     """Labels the CLI predicts for ``test_image`` after training on the pair, by how
-    they were segmented ("" plain, "tta" with ``--tta`` when ``args.tta``); and 'steps in s'."""
+    they were segmented ("" with the defaults, "split 0" without splitting touching
+    objects (the paper's components), "tta" with ``--tta`` when ``args.tta``); and 'steps in s'."""
     image, labels, test = folder / "train.tif", folder / "train_labels.npy", folder / "test.tif"
     model, out = folder / "model.safetensors", folder / "out"
     single = train_image.shape[0] == 1  # one plane: write (H, W), as a user would
@@ -189,18 +190,19 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
     write_image(test, test_image[0] if test_image.shape[0] == 1 else test_image)
     train = ["train", str(image), "--labels", str(labels), "--out", str(model), "--minutes", f"{args.minutes:.4g}"]
     train += ["--steps", str(args.steps), "--decay-by-time", "--seed", str(args.seed), "--device", "cpu"]
-    ways = {"": []} | ({"tta": ["--tta"]} if args.tta else {})
+    ways = {"": [], "split 0": ["--split", "0"]} | ({"tta": ["--tta"]} if args.tta else {})
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = cli.main(train)
         for way, flags in ways.items():
+            folder_name = way.replace(" ", "_")
             code = code or cli.main(
-                ["segment", str(model), str(test), "--out-dir", str(out / way), "--device", "cpu", *flags]
+                ["segment", str(model), str(test), "--out-dir", str(out / folder_name), "--device", "cpu", *flags]
             )
     if code:
         raise SystemExit(f"napari-unet exited with {code}:\n{log.getvalue()}")
     trained = re.search(r"trained (\d+) steps in (\d+) s", log.getvalue())
-    preds = {way: read_image(out / way / "test_labels.tif").reshape(test_image.shape) for way in ways}
+    preds = {way: read_image(out / way.replace(" ", "_") / "test_labels.tif").reshape(test_image.shape) for way in ways}
     return preds, f"{trained[1]} in {trained[2]} s" if trained else "?"
 
 
@@ -255,6 +257,7 @@ def main() -> None:
     print("each split: napari-unet train TRAIN.tif --labels TRAIN_labels.npy --out model.safetensors")
     print(f"  --minutes {args.minutes:.4g} --steps {args.steps} --decay-by-time --seed {args.seed} --device cpu; then")
     print("  napari-unet segment model.safetensors TEST.tif --out-dir OUT --device cpu (planes one by one)")
+    print("  and again with --split 0 (rows marked split 0: the same model, touching objects not split)")
     if args.tta:
         print("  and again with --tta (rows marked tta: the same model, test-time augmentation)")
     for dataset, (package, version, *members) in DATA.items():

@@ -71,15 +71,15 @@ def cmd_segment(args: argparse.Namespace) -> None:
         return cmd_segment_to(args, prediction_options(args))
     _check_inputs(args.images)
     model = load_model(args.model)
-    if args.split is not None:
-        instances = replace(model.spec.instances, split=args.split)
-        model.spec = replace(model.spec, instances=instances)
+    instances = None if args.split is None else replace(model.spec.instances, split=args.split)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
     outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]
     check_outputs([path for files in outputs for path in files.values()], args.overwrite)
     for path, files in zip(args.images, outputs):
         image = read_image(path)
-        segmentation = iter_segment(model, image, return_probabilities=args.probabilities, **prediction_options(args))
+        segmentation = iter_segment(
+            model, image, return_probabilities=args.probabilities, instances=instances, **prediction_options(args)
+        )
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)
         write_image(files["labels"], labels)

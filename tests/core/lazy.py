@@ -84,3 +84,14 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
     return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+def joined_discs() -> np.ndarray:
+    """A uint8 image (64, 96) of two bright discs joined by a dimmer neck: with
+    :func:`threshold_model` ``(steepness=8)`` one object whose probability dips
+    between two peaks (split by the default, one object with split 0)."""
+    grid = np.indices((64, 96))
+    mask = ((grid[0] - 32) ** 2 + (grid[1] - 30) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 58) ** 2 <= 225)
+    image = drawn_image(mask)
+    image[:, 42:46] = np.where(image[:, 42:46] > 100, 140, image[:, 42:46])
+    return image

@@ -8,7 +8,7 @@ import torch
 from napari_unet import UNet, load_model, predict, save_model
 from napari_unet.cli import main
 
-from .lazy import drawn_image, threshold_model
+from .lazy import joined_discs, threshold_model
 
 
 @pytest.fixture
@@ -55,11 +55,7 @@ def test_segment_with_test_time_augmentation(tmp_path, model_file):
 def test_segment_split_option_overrides_the_model(tmp_path, capsys):
     """Two bright discs joined by a dimmer neck: split by the model's default, kept
     whole with --split 0; a depth outside [0, 1) is one clear line."""
-    grid = np.indices((64, 96))
-    mask = ((grid[0] - 32) ** 2 + (grid[1] - 30) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 58) ** 2 <= 225)
-    image = drawn_image(mask)
-    image[:, 42:46] = np.where(image[:, 42:46] > 100, 140, image[:, 42:46])
-    np.save(tmp_path / "a.npy", image)
+    np.save(tmp_path / "a.npy", joined_discs())
     save_model(threshold_model(steepness=8.0), tmp_path / "m.safetensors")
     counts, model = [], str(tmp_path / "m.safetensors")
     for extra in ([], ["--split", "0"]):

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet import InstanceConfig
+from napari_unet import InstanceConfig, segment
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
 from napari_unet.core.split import split_objects
 from tests.reference import split_objects_reference
+
+from .lazy import joined_discs, threshold_model
 
 
 def disc(shape, centre, radius):
@@ -106,3 +108,10 @@ def test_a_mask_alone_keeps_its_components_and_split_must_be_a_depth():
         InstanceConfig(split=1.0)
     with pytest.raises(ConfigError, match="split"):
         InstanceConfig(split=-0.1)
+
+
+def test_segment_takes_instance_settings_other_than_the_models():
+    model, image = threshold_model(steepness=8.0), joined_discs()
+    assert segment(model, image).max() == 2  # the model's default split
+    assert segment(model, image, instances=InstanceConfig(split=0)).max() == 1
+    assert model.spec.instances.split == InstanceConfig().split  # the model is left as it was

@@ -9,7 +9,7 @@ from napari_unet import ConfigError, predict, segment
 from napari_unet.core.store import OutputExistsError
 from napari_unet.core.stream import iter_segment_to, segment_to
 
-from .lazy import RecordingArray, drawn_image, same_partition, threshold_model
+from .lazy import RecordingArray, drawn_image, joined_discs, same_partition, threshold_model
 from .test_blocks import border_and_corner_objects
 
 
@@ -39,10 +39,7 @@ def test_streamed_labels_equal_the_in_memory_segmentation(drawn, tmp_path):
 def test_streaming_keeps_objects_the_network_joined_and_says_so(tmp_path, caplog):
     """In memory the default splits two bright discs joined by a dimmer neck; the
     chunked labelling keeps them one object (as segment with split 0) and warns."""
-    grid = np.indices((64, 96))
-    discs = [(grid[0] - 32) ** 2 + (grid[1] - c) ** 2 <= 15**2 for c in (30, 58)]
-    image = drawn_image(discs[0] | discs[1])
-    image[:, 42:46] = np.where(image[:, 42:46] > 100, 140, image[:, 42:46])  # the neck
+    image = joined_discs()
     model = threshold_model(steepness=8.0)
     assert segment(model, image).max() == 2
     with caplog.at_level("WARNING", logger="napari_unet.core.stream"):

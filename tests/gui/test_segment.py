@@ -5,7 +5,7 @@ from napari_unet import save_model
 from napari_unet._widgets import SegmentWidget
 from napari_unet.cli import main
 
-from ..core.lazy import bright_is_foreground
+from ..core.lazy import bright_is_foreground, joined_discs, threshold_model
 from .conftest import docked
 
 
@@ -44,6 +44,21 @@ def test_test_time_augmentation_runs_the_eight_symmetries(viewer, model_session,
     widget.run_button.clicked.emit()
     wait_idle(widget)
     assert widget.progress.value == widget.progress.max == 8 * plain_tiles
+
+
+def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle):
+    session.set_model(threshold_model(steepness=8.0), "threshold model")
+    image = viewer.add_image(joined_discs(), name="discs")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = image
+    counts = []
+    for split in (True, False):
+        widget.split.value = split
+        widget.run_button.clicked.emit()
+        wait_idle(widget)
+        counts.append(int(viewer.layers["discs labels"].data.max()))
+    assert counts == [2, 1]
+    assert viewer.layers.selection.active is image  # the user's selection stays
 
 
 def test_current_plane_of_a_stack(viewer, model_session, wait_idle):

@@ -3,6 +3,7 @@ model for other software (bioimage.io, ONNX, TorchScript)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,12 @@ class SegmentWidget(DockWidget):
             value=False,
             tooltip="average the predictions of the 8 flips and quarter turns of the image",
         )
+        self.split = CheckBox(
+            text="split touching cells",
+            value=True,
+            tooltip="split an object where the probability dips between two peaks (the model's setting); "
+            "off: keep the network's connected components, as the paper does",
+        )
         self.to_store = CheckBox(text="write labels to a zarr store (always for very large images)", value=False)
         self.store = FileEdit(label="store", mode="d", value="", tooltip="empty: a temporary folder")
         self.run_button = PushButton(text="Segment")
@@ -62,7 +69,8 @@ class SegmentWidget(DockWidget):
         self.extend(
             [
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
-                self.precision, self.planes, self.probabilities, self.tta, self.to_store, self.store, self.run_button,
+                self.precision, self.planes, self.probabilities, self.tta, self.split, self.to_store, self.store,
+                self.run_button,
                 self.cancel_button,
                 self.progress, self.status,
             ]
@@ -164,6 +172,7 @@ class SegmentWidget(DockWidget):
             "precision": self.precision.value,
             "channel_axis": channel_axis,
             "tta": self.tta.value,
+            "instances": None if self.split.value else replace(model.spec.instances, split=0.0),
         }
         self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
 

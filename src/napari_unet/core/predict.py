@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import geometry, sources, tiling
+from .config import InstanceConfig
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
 from .instances import probabilities_to_labels
@@ -312,21 +313,35 @@ def predict(model: UNet, image: np.ndarray, **options) -> np.ndarray:
 
 
 def iter_segment(
-    model: UNet, image: np.ndarray, *, return_probabilities: bool = False, **options
+    model: UNet,
+    image: np.ndarray,
+    *,
+    return_probabilities: bool = False,
+    instances: InstanceConfig | None = None,
+    **options,
 ) -> Generator[TileProgress, None, np.ndarray | tuple[np.ndarray, np.ndarray]]:
     """Instance labels of ``image``, as a generator of :class:`TileProgress`.
 
-    Returns int32 labels ``(*stack, H, W)`` made with the model's instance settings
-    (``model.spec.instances``; for 3D models ``(*stack, Z, Y, X)``, one id per object
-    across planes), or ``(labels, probabilities)`` with
-    ``return_probabilities``; ``options`` as for :func:`iter_predict`.
+    Returns int32 labels ``(*stack, H, W)`` made with ``instances`` (default: the
+    model's instance settings, ``model.spec.instances``; for 3D models
+    ``(*stack, Z, Y, X)``, one id per object across planes), or ``(labels,
+    probabilities)`` with ``return_probabilities``; ``options`` as for
+    :func:`iter_predict`.
     """
     probabilities = yield from iter_predict(model, image, **options)
-    labels = probabilities_to_labels(probabilities, model.spec.instances, model.config.ndim)
+    labels = probabilities_to_labels(probabilities, instances or model.spec.instances, model.config.ndim)
     return (labels, probabilities) if return_probabilities else labels
 
 
-def segment(model: UNet, image: np.ndarray, *, return_probabilities: bool = False, **options):
+def segment(
+    model: UNet,
+    image: np.ndarray,
+    *,
+    return_probabilities: bool = False,
+    instances: InstanceConfig | None = None,
+    **options,
+):
     """Instance labels int32 ``(*stack, H, W)`` (and the probabilities with
     ``return_probabilities``); see :func:`iter_segment`."""
-    return drive(iter_segment(model, image, return_probabilities=return_probabilities, **options))
+    segmentation = iter_segment(model, image, return_probabilities=return_probabilities, instances=instances, **options)
+    return drive(segmentation)
