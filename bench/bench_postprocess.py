@@ -4,9 +4,11 @@ Segments synthetic nuclei with the CPU default network (16 base channels, depth 
 briefly trained on synthetic nuclei and cached, and splits the time of
 ``napari_unet.segment`` into the network (``TileProgress.network_seconds``), the
 rest of prediction (normalising, mirroring, stitching) and post-processing
-(``probabilities_to_labels``: threshold, components, holes, size filter, 1-px grow).
-The same probabilities also go through the plain whole-image formulation kept in
-tests/reference.py (what the project shipped before), whose labels must be identical.
+(``probabilities_to_labels``: threshold, components, the split of touching objects
+at probability dips, holes, size filter). The same probabilities are also labelled
+without the split (``split=0``, the paper's components) and through the plain
+whole-image formulation kept in tests/reference.py (what the project shipped before),
+whose labels must be identical to those without the split.
 
     .venv/bin/python bench/bench_postprocess.py [--sizes 512 2048] [--repeats 3] [--train-steps 300]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,31 +42,39 @@ def timed(function):
 
 def measure_size(model: nu.UNet, size: int, repeats: int) -> list[str]:
     image, _, _ = benchmark_image((size, size))
-    totals, networks, posts, references = [], [], [], []
+    components = replace(model.spec.instances, split=0.0)
+    totals, networks, posts, unsplit_posts, references = [], [], [], [], []
     for _ in range(repeats):
         record = TileRecord()
         (labels, probabilities), total = timed(
             lambda: drive(nu.iter_segment(model, image, return_probabilities=True), record)  # noqa: B023
         )
         _, post = timed(lambda: probabilities_to_labels(probabilities, model.spec.instances))  # noqa: B023
-        mask = foreground(probabilities) > model.spec.instances.threshold
-        reference, before = timed(lambda: plane_labels_reference(mask, model.spec.instances))  # noqa: B023
-        if not np.array_equal(labels, reference):
+        unsplit, unsplit_post = timed(lambda: probabilities_to_labels(probabilities, components))  # noqa: B023
+        mask = foreground(probabilities) > components.threshold
+        reference, before = timed(lambda: plane_labels_reference(mask, components))  # noqa: B023
+        if not np.array_equal(unsplit, reference):
             raise AssertionError(f"{size}x{size}: labels differ from the reference formulation")
         totals.append(total)
         networks.append(record.network_seconds)
         posts.append(post)
+        unsplit_posts.append(unsplit_post)
         references.append(before)
-    total, network, post, before = (median(v) for v in (totals, networks, posts, references))
+    total, network, post, unsplit_post, before = (
+        median(v) for v in (totals, networks, posts, unsplit_posts, references)
+    )
+    rest = total - post  # prediction without post-processing
     return [
         f"{size}x{size}",
-        str(int(labels.max())),
+        f"{int(labels.max())} / {int(unsplit.max())}",
         f"{total:.3f}",
         f"{network:.3f}",
         f"{post:.3f}",
         f"{100 * post / total:.1f}%",
+        f"{unsplit_post:.3f}",
+        f"{100 * unsplit_post / (rest + unsplit_post):.1f}%",
         f"{before:.3f}",
-        f"{100 * before / (total - post + before):.1f}%",
+        f"{100 * before / (rest + before):.1f}%",
         "yes",
     ]
 
@@ -81,18 +92,21 @@ def main() -> None:
         rows = [measure_size(model, size, args.repeats) for size in args.sizes]
     headers = [
         "image",
-        "objects",
+        "objects split / not",
         "segment s",
         "network s",
         "post s",
         "post share",
+        "no split: post s",
+        "no split: share",
         "before: post s",
         "before: share",
-        "labels equal",
+        "no split = before",
     ]
     print(format_table(headers, rows))
     print(f"medians of {args.repeats} runs; {load.describe()}")
-    print("post share = post-processing / end-to-end segment(); 'before' = the whole-image formulation")
+    print("post share = post-processing / end-to-end segment() (the default: split at probability dips);")
+    print("'no split' = split 0 (the paper's components); 'before' = their whole-image formulation")
 
 
 if __name__ == "__main__":
