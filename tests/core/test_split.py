@@ -89,6 +89,17 @@ def test_split_equals_the_recursive_reference(seed):
         np.testing.assert_array_equal(fast > 0, labels > 0)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_split_of_volumes_equals_the_recursive_reference(seed):
+    rng = np.random.default_rng(seed)
+    fg = ndimage.gaussian_filter(rng.random((16, 30, 34)), 2.5)
+    fg = (fg - fg.min()) / (fg.max() - fg.min())
+    labels, _ = ndimage.label(fg > 0.4)
+    fast = split_objects(labels, fg, 0.4, 0.05)
+    assert fast.max() > labels.max()
+    np.testing.assert_array_equal(canonical(fast), canonical(split_objects_reference(labels, fg, 0.4, 0.05)))
+
+
 def test_volumes_split_into_one_id_per_object_across_planes():
     shape = (12, 30, 50)
     fg = np.zeros(shape, np.float32)

@@ -7,13 +7,16 @@ than one peak that rises at least ``depth`` above the level at which the peaks
 join (the peaks' *dynamics*, as in h-maxima markers), and the pieces are grown back
 to the whole object by a watershed of the smoothed probability.
 
-Levels are taken ``LEVEL_STEP`` apart from the object threshold up. Only objects
-with two or more separate local maxima high enough can split; each of them is
-labelled level by level inside its bounding box, and those that split are flooded
-by one watershed. Objects with one peak keep their pixels and id.
+Only objects with two or more separate local maxima high enough can split. Their
+bounding boxes are packed, 1 px apart, into a small canvas; levels ``LEVEL_STEP``
+apart from the object threshold up are labelled there once each (vectorised over
+all candidates), and one watershed floods the objects that split. Objects with one
+peak keep their pixels and id.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -21,9 +24,6 @@ from skimage.segmentation import watershed
 
 #: Distance between the probability levels at which peaks are told apart.
 LEVEL_STEP = 0.05
-#: Gaussian smoothing (px, every axis) of the foreground probability before the
-#: peaks are found: single-pixel noise makes no peaks.
-SMOOTHING = 1.0
 
 
 def smooth_foreground(foreground: np.ndarray) -> np.ndarray:
@@ -57,32 +57,100 @@ def split_objects(labels: np.ndarray, foreground: np.ndarray, threshold: float, 
     split object get ids after the largest one (callers renumber). Pixels stay in
     the object they belonged to. Deterministic.
     """
-    smooth = smooth_foreground(foreground)
-    seeds, owners = _seeds(labels, smooth, threshold, depth)
     out = labels.astype(np.int32, copy=True)
+    smooth = smooth_foreground(foreground)
+    levels = _levels(threshold, depth)
+    candidates = _with_several_peaks(labels, smooth, levels)
+    if candidates.size == 0:
+        return out
+    windows = ndimage.find_objects(labels)
+    windows = [windows[object_id - 1] for object_id in candidates]
+    places, shape = _pack([tuple(s.stop - s.start for s in window) for window in windows])
+    canvas, values = np.zeros(shape, np.int32), np.zeros(shape, np.float32)
+    for object_id, window, place in zip(candidates, windows, places):
+        canvas[place][labels[window] == object_id] = object_id
+        values[place] = smooth[window]
+    seeds, owners = _seeds(canvas, values, levels, depth)
     if owners.size == 0:
         return out
+    pieces = watershed(-values, seeds, mask=np.isin(canvas, owners), connectivity=1)
     next_id = int(out.max()) + 1
-    windows = ndimage.find_objects(labels)
+    where = {int(object_id): (window, place) for object_id, window, place in zip(candidates, windows, places)}
     for object_id in np.unique(owners):
-        window = windows[object_id - 1]
-        region = labels[window] == object_id
+        window, place = where[int(object_id)]
         numbers = np.flatnonzero(owners == object_id) + 1  # this object's seeds, in seed order
-        markers = np.where(np.isin(seeds[window], numbers), seeds[window], 0)
-        pieces = watershed(-smooth[window], markers, mask=region, connectivity=1)
-        crop = out[window]
+        crop, piece = out[window], pieces[place]
         for number in numbers[1:]:
-            crop[pieces == number] = next_id
+            crop[piece == number] = next_id
             next_id += 1
     return out
 
 
-def _seeds(labels: np.ndarray, smooth: np.ndarray, threshold: float, depth: float):
+def _levels(threshold: float, depth: float) -> list[float]:
+    """The probability levels (ascending) at which components are told apart:
+    ``threshold + k * LEVEL_STEP`` for k >= 1 while a component there can still rise
+    ``depth`` above it. (Compared with float32 probabilities, they act as float32.)"""
+    levels = []
+    while threshold + (len(levels) + 1) * LEVEL_STEP + depth <= 1.0 + 1e-9:
+        levels.append(threshold + (len(levels) + 1) * LEVEL_STEP)
+    return levels
+
+
+def _with_several_peaks(labels: np.ndarray, smooth: np.ndarray, levels: list[float]) -> np.ndarray:
+    """Ids of the objects that can split: those holding two or more separate local
+    maxima of the level count (how many of ``levels`` a pixel is above).
+
+    A significant component at level k is above k levels, its face neighbours inside
+    objects are not; so its highest pixel is a local maximum of the count, and the
+    face-connected plateau of equal maxima around it stays inside the component.
+    Two significant components of one object therefore hold two plateaus.
+    """
+    above = np.searchsorted(np.asarray(levels, np.float32), smooth.ravel(), side="left")  # levels < value
+    count = above.reshape(smooth.shape).astype(np.int8)
+    count[labels == 0] = -1
+    peaks = count >= 1
+    for axis in range(labels.ndim):
+        for target, neighbour in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            here = (slice(None),) * axis + (target,)
+            there = (slice(None),) * axis + (neighbour,)
+            peaks[here] &= count[here] >= count[there]
+    faces = ndimage.generate_binary_structure(labels.ndim, 1)
+    plateaus, n_plateaus = ndimage.label(peaks, structure=faces)
+    if n_plateaus < 2:
+        return np.zeros(0, np.int64)
+    owner = np.zeros(n_plateaus + 1, np.int64)
+    owner[plateaus[peaks]] = labels[peaks]
+    per_object = np.bincount(owner[1:], minlength=int(labels.max()) + 1)
+    per_object[0] = 0
+    return np.flatnonzero(per_object >= 2)
+
+
+def _pack(shapes: list[tuple[int, ...]]) -> tuple[list[tuple[slice, ...]], tuple[int, ...]]:
+    """Places for boxes of ``shapes`` in one canvas, no two closer than 1 px, and the
+    canvas's shape: shelves stacked along the first axis, the tallest boxes first,
+    each shelf filled along the last axis up to about the square root of the total
+    size."""
+    width = max(max(shape[-1] for shape in shapes), math.isqrt(2 * sum(math.prod(s) for s in shapes)))
+    places: list = [None] * len(shapes)
+    shelf, shelf_height, x = 0, 0, 0
+    for i in sorted(range(len(shapes)), key=lambda i: shapes[i], reverse=True):
+        shape = shapes[i]
+        if x and x + shape[-1] > width:
+            shelf, shelf_height, x = shelf + shelf_height + 1, 0, 0
+        middle = tuple(slice(0, n) for n in shape[1:-1])
+        places[i] = (slice(shelf, shelf + shape[0]), *middle, slice(x, x + shape[-1]))
+        x += shape[-1] + 1
+        shelf_height = max(shelf_height, shape[0])
+    extent = [max(place[axis].stop for place in places) for axis in range(len(shapes[0]))]
+    return places, tuple(extent)
+
+
+def _seeds(labels: np.ndarray, smooth: np.ndarray, levels: list[float], depth: float):
     """The seeds of the pieces of every object that splits: an int32 image of seed
     numbers 1..n (0 elsewhere) and the object id of each seed (n,).
 
-    Levels ``threshold + k * LEVEL_STEP`` (k >= 1) are labelled inside the objects
-    (only the pixels still above the level are visited again); a component at level
+    ``levels`` (see :func:`_levels`) are labelled inside the objects (only the
+    pixels still above the level are visited again); a component at level
     ``L`` is significant when it reaches ``L + depth``. Significance passes down the
     tree (a component's parent below it has the same maximum), so the significant
     components form a tree under each object. An object splits where that tree
@@ -100,9 +168,7 @@ def _seeds(labels: np.ndarray, smooth: np.ndarray, threshold: float, depth: floa
     at_level = []  # (pixels, component) of every level, for painting the seeds
     above = np.zeros(labels.size, bool)
     reaches = None  # which components of the level below reach this level + depth
-    k = 1
-    while threshold + k * LEVEL_STEP + depth <= 1.0 + 1e-9:
-        level = threshold + k * LEVEL_STEP
+    for level in levels:
         keep = values > level
         if reaches is not None:  # components that cannot be significant here hold no seed above
             keep &= reaches[component]
@@ -119,7 +185,6 @@ def _seeds(labels: np.ndarray, smooth: np.ndarray, threshold: float, depth: floa
         significant.append(np.bincount(component[values >= level + depth], minlength=count + 1) > 0)
         reaches = np.bincount(component[values >= level + LEVEL_STEP + depth], minlength=count + 1) > 0
         at_level.append((pixels, component))
-        k += 1
     depth_count = len(parents)
     children = [np.bincount(parents[j][significant[j]], minlength=len(parents[j - 1])) for j in range(1, depth_count)]
     children.append(np.zeros(len(parents[-1]), np.int64))
