@@ -105,9 +105,9 @@ def _with_several_peaks(labels: np.ndarray, smooth: np.ndarray, levels: list[flo
     face-connected plateau of equal maxima around it stays inside the component.
     Two significant components of one object therefore hold two plateaus.
     """
-    above = np.searchsorted(np.asarray(levels, np.float32), smooth.ravel(), side="left")  # levels < value
-    count = above.reshape(smooth.shape).astype(np.int8)
-    count[labels == 0] = -1
+    inside = labels > 0
+    count = np.full(labels.shape, -1, np.int8)  # -1 outside objects
+    count[inside] = np.searchsorted(np.asarray(levels, np.float32), smooth[inside], side="left")  # levels < value
     peaks = count >= 1
     for axis in range(labels.ndim):
         for target, neighbour in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
