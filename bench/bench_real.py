@@ -191,18 +191,18 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
     train = ["train", str(image), "--labels", str(labels), "--out", str(model), "--minutes", f"{args.minutes:.4g}"]
     train += ["--steps", str(args.steps), "--decay-by-time", "--seed", str(args.seed), "--device", "cpu"]
     ways = {"": [], "split 0": ["--split", "0"]} | ({"tta": ["--tta"]} if args.tta else {})
+    folders = {way: out / way.replace(" ", "_") for way in ways}
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = cli.main(train)
         for way, flags in ways.items():
-            folder_name = way.replace(" ", "_")
             code = code or cli.main(
-                ["segment", str(model), str(test), "--out-dir", str(out / folder_name), "--device", "cpu", *flags]
+                ["segment", str(model), str(test), "--out-dir", str(folders[way]), "--device", "cpu", *flags]
             )
     if code:
         raise SystemExit(f"napari-unet exited with {code}:\n{log.getvalue()}")
     trained = re.search(r"trained (\d+) steps in (\d+) s", log.getvalue())
-    preds = {way: read_image(out / way.replace(" ", "_") / "test_labels.tif").reshape(test_image.shape) for way in ways}
+    preds = {way: read_image(folder / "test_labels.tif").reshape(test_image.shape) for way, folder in folders.items()}
     return preds, f"{trained[1]} in {trained[2]} s" if trained else "?"
 
 

@@ -157,7 +157,7 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
             run.close()
             break
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
-    _, probabilities = nu.segment(model, test_image, device="cpu", return_probabilities=True)
+    probabilities = nu.predict(model, test_image, device="cpu")
     ways = {"": model.spec.instances, "split 0": replace(model.spec.instances, split=0.0)}
     labelled = {way: probabilities_to_labels(probabilities, instances, ndim) for way, instances in ways.items()}
     if ndim == 2:

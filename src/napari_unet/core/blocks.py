@@ -38,7 +38,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage import segmentation
 
 from .config import InstanceConfig
-from .instances import _grow_one_pixel
+from .instances import _grow_one_pixel, first_pixels
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
 _FACES = ("top", "bottom", "left", "right")
@@ -115,19 +115,6 @@ class ChunkSummary:
         return cls(**{name: np.asarray(arrays[name]) for name in names}, faces=faces)
 
 
-def _first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
-    """Flat index (in the chunk) of each component's first pixel in raster order. The
-    ids are numbered by first appearance, so id ``k`` first appears where the running
-    maximum of the ids reaches ``k``."""
-    flat = labels.ravel()
-    positions = np.flatnonzero(flat)
-    running = np.maximum.accumulate(flat[positions])
-    starts = positions[np.flatnonzero(np.diff(running, prepend=0))]
-    first = np.zeros(count + 1, np.int64)
-    first[1:] = starts
-    return first
-
-
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Unique (a, b) pairs where both are non-zero, as an (n, 2) int64 array."""
     both = (a > 0) & (b > 0)
@@ -144,7 +131,7 @@ def summarize(mask: np.ndarray, grid: ChunkGrid, i: int, j: int, labelled=None) 
     fg, n_fg, bg, n_bg = labelled if labelled is not None else label_chunk(mask)
     rows, cols = grid.region(i, j)
     height, width = grid.shape
-    first = _first_pixels(fg, n_fg)
+    first = first_pixels(fg, n_fg)
     local_y, local_x = np.divmod(first, mask.shape[1])
     fg_first = (local_y + rows.start) * width + local_x + cols.start
     fg_first[0] = -1

@@ -76,7 +76,7 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     keep[0] = False
     if split:  # pieces of split objects have ids after all others: order by first pixel
         survivors = np.flatnonzero(keep)
-        survivors = survivors[np.argsort(_first_pixels(labels, count)[survivors], kind="stable")]
+        survivors = survivors[np.argsort(first_pixels(labels, count)[survivors], kind="stable")]
         renumber = np.zeros(count + 1, np.int32)
         renumber[survivors] = np.arange(1, len(survivors) + 1, dtype=np.int32)
     else:
@@ -89,8 +89,9 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     return labels
 
 
-def _first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
-    """The flat index of every id's first pixel in raster order (ids 0..count)."""
+def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
+    """The flat index of every id's first pixel in raster order (ids 0..count; an id
+    with no pixel, and 0, get ``labels.size``). Any numbering."""
     flat = labels.ravel()
     first = np.full(count + 1, flat.size, np.int64)
     inside = np.flatnonzero(flat)

@@ -163,8 +163,9 @@ def _seeds(labels: np.ndarray, smooth: np.ndarray, levels: list[float], depth: f
     pixels = np.flatnonzero(flat)  # the pixels still above the current level ...
     values = smooth.ravel()[pixels]
     component = flat[pixels].astype(np.int64)  # ... and their component one level down
-    parents, significant = [np.zeros(int(labels.max()) + 1, np.int64)], []
-    significant.append(np.ones(len(parents[0]), bool))
+    n_objects = int(labels.max()) + 1
+    parents = [np.zeros(n_objects, np.int64)]  # per level: each component's component one level down
+    significant = [np.ones(n_objects, bool)]  # every object is a root
     at_level = []  # (pixels, component) of every level, for painting the seeds
     above = np.zeros(labels.size, bool)
     reaches = None  # which components of the level below reach this level + depth
