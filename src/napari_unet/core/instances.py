@@ -13,8 +13,6 @@ the plain library formulation (whole-image ``binary_fill_holes`` and
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage
 from skimage import segmentation
@@ -105,7 +103,9 @@ def _fill_holes(labels: np.ndarray, mask: np.ndarray) -> None:
 
     The nearest object pixel of a hole pixel lies within the hole's bounding box
     grown by its diagonal, so a distance transform of that window alone finds it,
-    with the same tie-breaking as one over the whole image.
+    with the same tie-breaking as one over the whole image. When those windows
+    together would cover more than the image (many holes: the speckled foreground of
+    a barely trained network), one transform of the whole image does it instead.
     """
     background, count = ndimage.label(~mask, structure=_faces(mask.ndim))
     if count == 0:
@@ -117,16 +117,38 @@ def _fill_holes(labels: np.ndarray, mask: np.ndarray) -> None:
     is_hole[0] = False
     if not is_hole.any():
         return
+    regions, low, high = _hole_boxes(background, is_hole)
+    reach = np.ceil(np.sqrt(sum((h - lo + 2.0) ** 2 for lo, h in zip(low, high)))).astype(np.int64) + 1
+    low = [np.maximum(lo - reach, 0) for lo in low]
+    high = [np.minimum(h + reach, n) for h, n in zip(high, labels.shape)]
     objects = labels.copy()  # holes take ids of object pixels, never of holes filled before them
-    for region, window in enumerate(ndimage.find_objects(background), start=1):
-        if window is None or not is_hole[region]:
-            continue
-        reach = math.ceil(math.hypot(*(s.stop - s.start + 2 for s in window))) + 1
-        window = tuple(slice(max(s.start - reach, 0), min(s.stop + reach, n)) for s, n in zip(window, labels.shape))
-        crop = objects[window]
-        _, nearest = ndimage.distance_transform_edt(crop == 0, return_indices=True)
-        hole = background[window] == region
-        labels[window][hole] = crop[tuple(axis[hole] for axis in nearest)]
+    if np.prod([h - lo for lo, h in zip(low, high)], axis=0).sum() > labels.size:
+        _take_nearest_objects(labels, objects, is_hole[background], tuple(slice(0, n) for n in labels.shape))
+        return
+    for index, region in enumerate(regions):
+        window = tuple(slice(int(lo[index]), int(h[index])) for lo, h in zip(low, high))
+        _take_nearest_objects(labels, objects, background[window] == region, window)
+
+
+def _hole_boxes(background: np.ndarray, is_hole: np.ndarray) -> tuple[np.ndarray, list, list]:
+    """The ids of the holes among ``background``'s regions and their bounding boxes
+    (per axis: first and one-past-last index), in id order."""
+    coords = np.nonzero(is_hole[background])
+    ids = background[coords]
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    low = [np.minimum.reduceat(axis[order], starts) for axis in coords]
+    high = [np.maximum.reduceat(axis[order], starts) + 1 for axis in coords]
+    return ids[starts], low, high
+
+
+def _take_nearest_objects(labels: np.ndarray, objects: np.ndarray, hole: np.ndarray, window: tuple) -> None:
+    """Give the ``hole`` pixels of ``window`` (a mask of the window's shape) the id of
+    their nearest pixel of ``objects`` in that window, in ``labels``."""
+    crop = objects[window]
+    _, nearest = ndimage.distance_transform_edt(crop == 0, return_indices=True)
+    labels[window][hole] = crop[tuple(axis[hole] for axis in nearest)]
 
 
 #: Face neighbours in the order the 1-px grow applies them (the last applied wins),
