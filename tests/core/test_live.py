@@ -1,9 +1,17 @@
 import numpy as np
 import pytest
+import torch
 
 import napari_unet as nu
 from napari_unet.core.config import IGNORE_LABEL, TrainConfig
-from napari_unet.core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object
+from napari_unet.core.live import (
+    AVERAGE_RATE,
+    AnnotationProblem,
+    LivePreview,
+    LiveTraining,
+    accept_all,
+    accept_object,
+)
 from napari_unet.core.train import StepProgress
 
 CONFIG = TrainConfig(tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=1, seed=1)
@@ -42,6 +50,35 @@ def test_edits_reach_the_running_trainer_between_steps():
     for _ in events:
         pass
     assert live.trainer.step >= 3
+
+
+def test_previews_come_from_the_average_of_the_last_steps_and_the_model_keeps_it():
+    """The averaged weights are the mean of the weights after each step so far
+    (while there are fewer steps than 1 / AVERAGE_RATE); a preview is the
+    segmentation by that average, and a stopped run leaves it in the model."""
+    image, labels = nu.synthetic_nuclei((96, 96), seed=2)
+    cells = [i for i in np.unique(labels) if i > 0]
+    live = LiveTraining(nu.UNet(base_channels=4, depth=2), image, partial_annotation(labels, cells[:3]), CONFIG)
+    live.preview_seconds = 1e9  # one preview, after the first step
+    events, after_each_step = live.run(), []
+    for _ in range(3):
+        next(event for event in events if isinstance(event, StepProgress))
+        after_each_step.append({k: v.clone() for k, v in live.model.state_dict().items() if v.is_floating_point()})
+    assert 1 / AVERAGE_RATE > 3
+    averaged = live.averaged.state_dict()
+    for name in after_each_step[0]:
+        mean = sum(step[name] for step in after_each_step) / 3
+        torch.testing.assert_close(averaged[name], mean, rtol=1e-5, atol=1e-6)
+    current = live.model.state_dict()
+    assert any(not torch.equal(averaged[name], current[name]) for name in after_each_step[0])
+    preview = live.preview(live.trainer.step, 0.0)
+    np.testing.assert_array_equal(preview.labels, nu.segment(live.averaged, image, device="cpu"))
+    live.stop()
+    for _ in events:
+        pass
+    final = live.model.state_dict()
+    for name, value in live.averaged.state_dict().items():
+        assert torch.equal(final[name], value)
 
 
 def test_accepting_copies_exactly_the_object_onto_unannotated_pixels():

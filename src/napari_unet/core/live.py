@@ -5,7 +5,14 @@ on one image. Another thread hands it the edited annotation with :meth:`update`;
 between two steps the trainer draws its next samples from it (targets and weight
 maps recomputed once per edit, never per step), keeping its optimiser state. Every
 ``preview_seconds`` it segments a window of the image (the part the user looks at)
-from a snapshot of the weights and yields it as a :class:`LivePreview`.
+and yields it as a :class:`LivePreview`.
+
+Previews come from a running average of the weights over the last steps, not from
+the weights of the latest step: at the constant learning rate of an open-ended run
+one step can move the whole preview (AP@0.5 of consecutive previews of the
+built-in sample jumped between 0.2 and 0.7), while the average moves smoothly.
+When the run ends, the model takes the averaged weights: the model the user keeps is
+the one whose previews they judged.
 """
 
 from __future__ import annotations
@@ -17,15 +24,27 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import IGNORE_LABEL, TrainConfig
-from .data import TrainingDataError
-from .model import UNet
+from .data import TrainingDataError, default_tile_for
+from .model import UNet, snapshot, weights_lock
 from .predict import segment
 from .train import StepProgress, Trainer
 
 #: Steps of an open-ended live run (it ends when stopped).
 OPEN_ENDED = 10**9
+#: Output side (px) of a live run's training tiles. Samples are centred on annotated
+#: pixels, and a live annotation is sparse (a few cells with background around them),
+#: so a tile that holds a few cells sees the same annotated pixels as the batch
+#: default (output 132 px for the CPU default network) at 2.5x less compute: measured
+#: on the built-in sample with 25 annotated cells, 3-3.7x the steps per second, and
+#: AP@0.5 of the preview after 10 s 0.50-0.58 instead of 0.09-0.29 (after a minute,
+#: the same within noise).
+LIVE_TILE_OUTPUT = 48
+#: The previews' running average of the weights gives the newest step this weight
+#: (1 / steps so far before that: a plain mean of the first steps).
+AVERAGE_RATE = 0.1
 
 
 @dataclass(frozen=True)
@@ -47,11 +66,13 @@ class AnnotationProblem:
     message: str
 
 
-def live_config(config: TrainConfig | None = None) -> TrainConfig:
-    """``config`` for an open-ended run: constant learning rate after warm-up, no
-    step or time limit, no periodic validation."""
+def live_config(model: UNet, config: TrainConfig | None = None) -> TrainConfig:
+    """``config`` for an open-ended run of ``model``: constant learning rate after
+    warm-up, no step or time limit, no periodic validation, and unless ``config``
+    sets one, a training tile whose output is :data:`LIVE_TILE_OUTPUT` px."""
     config = config or TrainConfig()
-    return dataclasses.replace(config, steps=OPEN_ENDED, minutes=None, schedule="constant", keep_best=False)
+    tile = config.tile or default_tile_for(model.config, LIVE_TILE_OUTPUT)
+    return dataclasses.replace(config, steps=OPEN_ENDED, minutes=None, schedule="constant", keep_best=False, tile=tile)
 
 
 class LiveTraining:
@@ -75,7 +96,9 @@ class LiveTraining:
         self.image = image
         self.channel_axis = channel_axis
         self.preview_seconds = preview_seconds
-        self.trainer = Trainer(model, [image], [labels], live_config(config), channel_axis=channel_axis)
+        self.trainer = Trainer(model, [image], [labels], live_config(model, config), channel_axis=channel_axis)
+        #: The running average of the weights that previews are made from.
+        self.averaged = snapshot(model, self.trainer.device)
         self.window: tuple[slice, slice] = (slice(None), slice(None))
         self._pending: np.ndarray | None = None
         self._lock = threading.Lock()
@@ -100,20 +123,36 @@ class LiveTraining:
         self.trainer.request_stop()
 
     def run(self) -> Generator[StepProgress | LivePreview | AnnotationProblem, None, None]:
-        """Train until stopped, yielding step progress, previews and annotation problems."""
+        """Train until stopped, yielding step progress, previews and annotation
+        problems; at the end the model takes the averaged weights."""
         began = time.perf_counter()
         last_preview = -np.inf
-        for event in self.trainer.run():
-            if not isinstance(event, StepProgress):
-                continue
-            problem = self._apply_pending()  # the next step already samples the edit
-            yield event
-            if problem is not None:
-                yield problem
-            now = time.perf_counter()
-            if now - last_preview >= self.preview_seconds:
-                yield self.preview(self.trainer.step, now - began)
-                last_preview = time.perf_counter()
+        try:
+            for event in self.trainer.run():
+                if not isinstance(event, StepProgress):
+                    continue
+                self._average(self.trainer.step)
+                problem = self._apply_pending()  # the next step already samples the edit
+                yield event
+                if problem is not None:
+                    yield problem
+                now = time.perf_counter()
+                if now - last_preview >= self.preview_seconds:
+                    yield self.preview(self.trainer.step, now - began)
+                    last_preview = time.perf_counter()
+        finally:
+            with weights_lock(self.model), torch.no_grad():
+                self.model.load_state_dict(self.averaged.state_dict())
+
+    def _average(self, step: int) -> None:
+        """Move the averaged weights towards the model's after step ``step`` (1-based)."""
+        rate = max(AVERAGE_RATE, 1.0 / step)
+        with torch.no_grad():
+            for average, current in zip(self.averaged.state_dict().values(), self.model.state_dict().values()):
+                if average.is_floating_point():
+                    average.lerp_(current, rate)
+                else:
+                    average.copy_(current)  # batch counters
 
     def _apply_pending(self) -> AnnotationProblem | None:
         with self._lock:
@@ -128,10 +167,10 @@ class LiveTraining:
         return None
 
     def preview(self, step: int, seconds: float) -> LivePreview:
-        """Segment the current window with a snapshot of the weights."""
+        """Segment the current window with the averaged weights."""
         window = self.window
         image = self.image[window] if self.channel_axis is None else self.image[(*window, slice(None))]
-        labels = segment(self.model, image, device=self.trainer.device, channel_axis=self.channel_axis)
+        labels = segment(self.averaged, image, device=self.trainer.device, channel_axis=self.channel_axis)
         return LivePreview(step, seconds, window, labels)
 
 
