@@ -14,8 +14,10 @@ from .._session import Session
 from ..core.config import IGNORE_LABEL, TrainConfig, default_model_config
 from ..core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object
 from ..core.model import UNet
+from ..core.threads import use_threads
 from ..core.train import StepProgress
 from ._base import DockWidget
+from ._jobs import VIEWER_CORES
 from ._layers import EditWatcher, LayerError, image_data, labels_data, layers_of, put_layer
 from ._runner import JobRunner
 
@@ -29,7 +31,8 @@ def live_job(save_path: Path, *args, stop, **kwargs):
     """Build a :class:`LiveTraining` from ``args``/``kwargs`` (here in the worker: the
     first optimiser alone can take seconds to import its machinery), yield it, run it
     until ``stop`` is set (checked between steps), then save its model (atomically)
-    to ``save_path``."""
+    to ``save_path``. Like the Train widget's runs, it leaves a core to the viewer."""
+    use_threads(leave_free=VIEWER_CORES)
     live = LiveTraining(*args, **kwargs)
     yield live
     try:
@@ -74,6 +77,7 @@ class LiveTrainWidget(DockWidget):
         self.extend([*controls, self.start_button, self.stop_button, self.accept_button, self.status])
         self.live: LiveTraining | None = None
         self.preview: LivePreview | None = None
+        self._shown: LivePreview | None = None  # the preview the layer shows
         self.runner = JobRunner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self._edits = EditWatcher(self._send_edit, self.native, delay_ms=300)
         self.start_button.changed.connect(self.guarded(self.start))
@@ -148,13 +152,21 @@ class LiveTrainWidget(DockWidget):
 
     def _show(self, preview: LivePreview) -> None:
         """Put the preview into "<image> live" (full plane size); the user's selected
-        layer and its mode stay (``put_layer``)."""
+        layer and its mode stay (``put_layer``). Once that layer exists, only the
+        previous and the new window are written into it, in place."""
         image = self.image.value
         height, width = image.data.shape[:2] if image.rgb else image.data.shape[-2:]
         name = f"{image.name} live"
-        full = np.zeros((height, width), np.int32)
-        full[preview.window] = preview.labels
-        put_layer(self.viewer, name, full, "labels", image, role="preview", opacity=0.5)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        if isinstance(layer, Labels) and layer.data.shape == (height, width) and self._shown is not None:
+            layer.data[self._shown.window] = 0
+            layer.data[preview.window] = preview.labels
+            layer.refresh()
+        else:
+            full = np.zeros((height, width), np.int32)
+            full[preview.window] = preview.labels
+            put_layer(self.viewer, name, full, "labels", image, role="preview", opacity=0.5)
+        self._shown = preview
 
     def _full_preview(self) -> np.ndarray:
         if self.preview is None:
