@@ -40,6 +40,17 @@ def test_lazy_input_equals_in_memory_exactly(image):
     np.testing.assert_array_equal(segment(model, RecordingArray(image), tile=76), segment(model, image, tile=76))
 
 
+def test_lazy_input_with_non_finite_pixels_equals_in_memory_exactly(image):
+    """NaN and infinite pixels are left out of the percentiles and become 0 on the
+    lazy path too (they used to make its percentiles NaN and blank every tile)."""
+    model = small_model()
+    dirty = image.astype(np.float32)
+    dirty[5, 7], dirty[100, 30:33] = np.nan, np.inf
+    expected = predict(model, dirty, tile=76, precision="fp32")
+    assert np.isfinite(expected).all()
+    np.testing.assert_array_equal(predict(model, RecordingArray(dirty), tile=76, precision="fp32"), expected)
+
+
 def test_every_kind_of_source(image, tmp_path):
     import dask.array as da
     from ome_zarr.writer import write_image

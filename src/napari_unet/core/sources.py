@@ -28,7 +28,7 @@ from .config import NormalizationConfig
 from .errors import NapariUnetError
 from .geometry import TilePlan, context
 from .layout import axes_at_minus3, channels_at_minus3
-from .normalize import normalize
+from .normalize import normalize, normalize_with, percentile_range
 from .tiling import extract_tile, reflect_index
 
 #: Most pixels per plane that percentiles are computed from (4096 x 4096).
@@ -218,16 +218,6 @@ class LazyPlane:
         return normalize_with(gathered, self.low, self.high)
 
 
-def normalize_with(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Map channels (C, ...) so that ``low``/``high`` go to 0/1, float32; the same
-    arithmetic as :func:`~napari_unet.core.normalize.normalize` once its percentiles
-    are known (a constant channel maps to ``data - low``, i.e. zeros)."""
-    data = np.asarray(data, dtype=np.float32)
-    scale = np.where(high - low > 1e-12, high - low, 1.0).astype(np.float32)
-    shape = (-1,) + (1,) * (data.ndim - 1)
-    return (data - low.reshape(shape)) / scale.reshape(shape)
-
-
 def sample_step(height: int, width: int, max_pixels: int = SAMPLE_PIXELS) -> int:
     """The grid step ``s`` of the normalisation sample (1: every pixel)."""
     step = 1
@@ -252,9 +242,7 @@ def normalization_range(
             window = planes.read(index, rows, cols)
             y, x = top // step, left // step
             sample[:, y : y + window.shape[1], x : x + window.shape[2]] = window
-    flat = sample.reshape(channels, -1)
-    low, high = np.percentile(flat, [config.low, config.high], axis=1).astype(np.float32)
-    return low, high
+    return percentile_range(sample.reshape(channels, -1), config)
 
 
 def plane_reader(data: np.ndarray | LazyPlanes, index: tuple[int, ...], config: NormalizationConfig):
