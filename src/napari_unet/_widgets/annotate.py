@@ -27,7 +27,6 @@ from ..core.annotation import (
     Window,
     annotation_dtype,
     as_signed,
-    box_of,
     highlight,
     new_annotation,
     unsigned_max_warning,
@@ -47,6 +46,7 @@ from ._layers import (
     spatial_shape,
     unique_name,
 )
+from ._strokes import edited_window, history_signature
 
 NEW_CELL_KEY = "n"
 #: Annotations up to this many pixels are recounted at once; larger ones in a worker.
@@ -357,7 +357,7 @@ class AnnotateWidget(DockWidget):
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_redrawn)
         layer.events.data.connect(self._on_replaced)
-        self._history = _history_signature(layer)
+        self._history = history_signature(layer)
         self._apply_display()
         if messages:
             self.status.value = "⚠ " + "\n".join(messages) if warning else messages[0]
@@ -379,7 +379,7 @@ class AnnotateWidget(DockWidget):
     def _on_redrawn(self, *_) -> None:
         """napari redrew the layer: after an undo or redo (its history moved without a
         paint event) the data changed as a whole, so recount soon."""
-        history = _history_signature(self._layer)
+        history = history_signature(self._layer)
         if history != self._history or history is None:
             self._history = history
             if not self._own_refresh:
@@ -437,7 +437,7 @@ class AnnotateWidget(DockWidget):
         if not self._queued:
             QTimer.singleShot(0, self._count_edits)
         self._queued.extend(event.value)
-        self._history = _history_signature(self._layer)
+        self._history = history_signature(self._layer)
 
     def _count_edits(self) -> None:
         """Update the counts and the highlight from the window around the queued edits."""
@@ -447,30 +447,15 @@ class AnnotateWidget(DockWidget):
             return
         if self._hint and self.status.value == self._hint:
             self.status.value = ""
-        data = layer.data
-        try:
-            boxes = [_atom_box(atom, data.ndim) for atom in atoms]
-        except (AttributeError, TypeError, ValueError, IndexError):
-            self.recount()  # an edit we cannot place: count it all again
-            return
-        box = [(min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(data.ndim)]
-        rows, cols = box[-2], box[-1]
-        if (rows[1] - rows[0]) * (cols[1] - cols[0]) > LOCAL_EDIT_LIMIT:
+        edited = edited_window(layer.data, atoms, LOCAL_EDIT_LIMIT)
+        if edited is None:
             self.recount()
             return
-        window = Window.around(rows, cols, data.shape[-2:])
-        lead = tuple(slice(start, stop) for start, stop in box[:-2])
-        after_all = np.array(data[(*lead, *window.crop)])
-        before_all = after_all.copy()
-        origin = [start for start, _ in box[:-2]] + [window.crop[0].start, window.crop[1].start]
-        for atom in reversed(atoms):
-            _revert(before_all, origin, atom)
+        window, planes = edited
         helper = self._touching_layer() if self.show_touching.value else None
         if self._pending is not None and not self._copied.is_set():
             self._recount_again = True  # the snapshot may or may not hold these edits
-        for offset in np.ndindex(*after_all.shape[:-2]):
-            plane = tuple(o + s for o, (s, _) in zip(offset, box[:-2]))
-            before, after = before_all[offset], after_all[offset]
+        for plane, before, after in planes:
             if self._pending is not None:
                 self._pending.append((plane, window, before, after))
             elif self.stats is not None:
@@ -540,38 +525,5 @@ class AnnotateWidget(DockWidget):
         self.recount()
 
 
-def _history_signature(layer: Labels | None):
-    """Where napari's undo and redo histories of ``layer`` stand (None if unknown)."""
-    undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)
-    if undo is None or redo is None:
-        return None
-    return len(undo), len(redo), id(undo[-1]) if undo else 0, id(redo[-1]) if redo else 0
-
-
 def role_is_not_annotation(layer: Labels) -> bool:
     return layer.metadata.get(ROLE) != ANNOTATION
-
-
-def _atom_box(atom, ndim: int) -> list[tuple[int, int]]:
-    """(start, stop) per axis of the pixels one napari undo-history entry changed."""
-    slices = getattr(atom, "slice_key", None)
-    if slices is not None:
-        return [(int(s.start), int(s.stop)) for s in slices]
-    indices = atom[0]
-    if len(indices) != ndim:
-        raise ValueError("history entry of another dimensionality")
-    return box_of(indices)
-
-
-def _revert(before: np.ndarray, origin: list[int], atom) -> None:
-    """Write the values ``atom`` overwrote back into ``before`` (a crop at ``origin``)."""
-    slices = getattr(atom, "slice_key", None)
-    if slices is not None:
-        region = before[tuple(slice(s.start - o, s.stop - o) for s, o in zip(slices, origin))]
-        if atom.mask is None:
-            region[...] = atom.old_values
-        else:
-            region[np.broadcast_to(atom.mask, region.shape)] = atom.old_values
-        return
-    indices, old_values = atom[0], atom[1]
-    before[tuple(np.asarray(i) - o for i, o in zip(indices, origin))] = old_values
