@@ -32,7 +32,8 @@ from napari_unet.core.config import TrainConfig, default_model_config
 from napari_unet.core.model import UNet
 from napari_unet.core.synthetic import synthetic_dataset
 from napari_unet.core.threads import available_cores, choose_threads, other_busy_cores
-from napari_unet.core.train import StepProgress, Trainer
+from napari_unet.core.train import Trainer
+from napari_unet.core.train_events import StepProgress
 
 WARMUP_STEPS = 2
 BUSY_LOOP = "while True:\n    pass\n"

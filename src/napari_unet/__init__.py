@@ -32,17 +32,8 @@ from .core.sources import SourceError, open_source
 from .core.store import OutputExistsError
 from .core.stream import ChunkProgress, StreamResult, iter_segment_to, segment_to
 from .core.synthetic import synthetic_nuclei
-from .core.train import (
-    CheckpointFailed,
-    CheckpointSaved,
-    StepProgress,
-    Trainer,
-    TrainingError,
-    TrainSummary,
-    ValidationResult,
-    iter_train,
-    train,
-)
+from .core.train import Trainer, TrainingError, iter_train, train
+from .core.train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainSummary, ValidationResult
 from .core.weights import separation_target, weight_map
 
 __version__ = "0.1.0"

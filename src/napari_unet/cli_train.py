@@ -25,7 +25,8 @@ from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
 from .core.threads import use_threads
-from .core.train import CheckpointFailed, StepProgress, Trainer, TrainingError, ValidationResult, model_bytes
+from .core.train import Trainer, TrainingError, model_bytes
+from .core.train_events import CheckpointFailed, StepProgress, ValidationResult
 
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:

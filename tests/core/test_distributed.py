@@ -16,7 +16,8 @@ import napari_unet as nu
 from napari_unet.core.config import TrainConfig
 from napari_unet.core.distributed import ProcessGroup, batch_share
 from napari_unet.core.progress import drive
-from napari_unet.core.train import CheckpointSaved, Trainer
+from napari_unet.core.train import Trainer
+from napari_unet.core.train_events import CheckpointSaved
 
 from .test_data import discs
 

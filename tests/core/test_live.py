@@ -12,7 +12,7 @@ from napari_unet.core.live import (
     accept_all,
     accept_object,
 )
-from napari_unet.core.train import StepProgress
+from napari_unet.core.train_events import StepProgress
 
 CONFIG = TrainConfig(tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=1, seed=1)
 

@@ -19,7 +19,8 @@ from napari_unet import cli, cli_train
 from napari_unet.core.checkpoint import load_state, save_state
 from napari_unet.core.config import TrainConfig
 from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.train import StepProgress, Trainer
+from napari_unet.core.train import Trainer
+from napari_unet.core.train_events import StepProgress
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 FAST = TrainConfig(steps=10, tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=2, seed=4)

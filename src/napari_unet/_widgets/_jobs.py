@@ -18,7 +18,8 @@ from ..core.model import UNet
 from ..core.predict import iter_segment, segment
 from ..core.progress import until_stopped
 from ..core.threads import use_threads
-from ..core.train import StepProgress, Trainer
+from ..core.train import Trainer
+from ..core.train_events import StepProgress
 
 #: Cores napari's training leaves to the viewer, so it stays responsive.
 VIEWER_CORES = 1

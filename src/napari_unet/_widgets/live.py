@@ -15,7 +15,7 @@ from ..core.config import IGNORE_LABEL, TrainConfig, default_model_config
 from ..core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object
 from ..core.model import UNet
 from ..core.threads import use_threads
-from ..core.train import StepProgress
+from ..core.train_events import StepProgress
 from ._base import DockWidget
 from ._jobs import VIEWER_CORES
 from ._layers import EditWatcher, LayerError, image_data, labels_data, layers_of, put_layer

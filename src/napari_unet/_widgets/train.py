@@ -30,7 +30,8 @@ from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfi
 from ..core.io import check_writable
 from ..core.model import UNet
 from ..core.threads import available_cores
-from ..core.train import CheckpointFailed, StepProgress, Trainer, ValidationResult
+from ..core.train import Trainer
+from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job

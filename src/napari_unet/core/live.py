@@ -30,7 +30,8 @@ from .config import IGNORE_LABEL, TrainConfig
 from .data import TrainingDataError, default_tile_for
 from .model import UNet, snapshot, weights_lock
 from .predict import segment
-from .train import StepProgress, Trainer
+from .train import Trainer
+from .train_events import StepProgress
 
 #: Steps of an open-ended live run (it ends when stopped).
 OPEN_ENDED = 10**9

@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,63 +39,13 @@ from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
 from .predict import segment
 from .progress import drive
+from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(NapariUnetError, RuntimeError):
     """Training cannot go on (e.g. the loss diverged)."""
-
-
-@dataclass(frozen=True)
-class StepProgress:
-    """One optimiser step: loss, learning rate, timing (seconds since the start of
-    training, resumed time included), throughput and the share spent on data."""
-
-    step: int
-    total_steps: int
-    loss: float
-    lr: float
-    seconds: float
-    samples_per_second: float
-    eta_seconds: float
-    data_fraction: float
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """Instance AP at IoU 0.5 and foreground pixel IoU on the validation images."""
-
-    step: int
-    ap50: float
-    pixel_iou: float
-
-
-@dataclass(frozen=True)
-class CheckpointSaved:
-    step: int
-    path: str
-
-
-@dataclass(frozen=True)
-class CheckpointFailed:
-    """A periodic checkpoint could not be written (yielded once per run); training
-    goes on, and the previous checkpoint file, if any, is unchanged."""
-
-    step: int
-    path: str
-    message: str
-
-
-@dataclass(frozen=True)
-class TrainSummary:
-    steps: int
-    seconds: float
-    final_loss: float
-    validation: ValidationResult | None
-
-
-TrainEvent = StepProgress | ValidationResult | CheckpointSaved | CheckpointFailed
 
 
 def weighted_cross_entropy(

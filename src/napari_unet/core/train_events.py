@@ -1,0 +1,60 @@
+"""What training reports: the events the training loop yields and its summary.
+
+The CLI, the napari widgets, live training and the tests all read these records;
+none of them needs the trainer itself to understand one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One optimiser step: loss, learning rate, timing (seconds since the start of
+    training, resumed time included), throughput and the share spent on data."""
+
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    seconds: float
+    samples_per_second: float
+    eta_seconds: float
+    data_fraction: float
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Instance AP at IoU 0.5 and foreground pixel IoU on the validation images."""
+
+    step: int
+    ap50: float
+    pixel_iou: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class CheckpointFailed:
+    """A periodic checkpoint could not be written (yielded once per run); training
+    goes on, and the previous checkpoint file, if any, is unchanged."""
+
+    step: int
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    steps: int
+    seconds: float
+    final_loss: float
+    validation: ValidationResult | None
+
+
+TrainEvent = StepProgress | ValidationResult | CheckpointSaved | CheckpointFailed
