@@ -71,3 +71,26 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     assert session.model is widget.live.model and (tmp_path / "live.safetensors").exists()
     assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
     assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+def test_a_preview_window_that_moves_leaves_nothing_behind(viewer, session):
+    """On a large plane the preview covers a window around the camera; the next
+    preview is written into the same layer in place, and the previous window's
+    labels are cleared there, while the selected layer stays selected."""
+    from napari_unet.core.live import LivePreview
+
+    image_layer = viewer.add_image(np.zeros((300, 400), np.float32), name="big")
+    annotation = viewer.add_labels(np.full((300, 400), IGNORE_LABEL, np.int32), name="big annotation")
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image_layer, annotation
+    viewer.layers.selection.active = annotation
+    first = (slice(0, 100), slice(0, 100))
+    second = (slice(150, 250), slice(200, 300))
+    widget._show(LivePreview(1, 0.0, first, np.full((100, 100), 3, np.int32)))
+    layer = viewer.layers["big live"]
+    widget._show(LivePreview(2, 1.0, second, np.full((100, 100), 7, np.int32)))
+    assert viewer.layers["big live"] is layer  # the same layer, written in place
+    expected = np.zeros((300, 400), np.int32)
+    expected[second] = 7
+    np.testing.assert_array_equal(np.asarray(layer.data), expected)
+    assert viewer.layers.selection.active is annotation
