@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.core.test_live: the annotator's strokes
 
 from common import print_header
+from napari_unet.core.metrics import contingency, iou_matrix
 
 
 def main() -> None:
@@ -156,12 +157,9 @@ def next_cell_to_paint(truth: np.ndarray, order: list[int], painted: list[int], 
     left = [cell for cell in order if cell not in painted]
     if preview is None:
         return left[0]
-    pairs = truth.astype(np.int64) * (int(preview.max()) + 1) + preview
-    overlap = np.bincount(pairs.ravel(), minlength=(truth.max() + 1) * (preview.max() + 1))
-    overlap = overlap.reshape(truth.max() + 1, preview.max() + 1)
-    true_sizes, predicted_sizes = overlap.sum(1), overlap.sum(0)
-    iou = overlap / (true_sizes[:, None] + predicted_sizes[None, :] - overlap).clip(min=1)
-    best = iou[:, 1:].max(1, initial=0.0)
+    table = contingency(preview, truth)
+    best_iou = iou_matrix(table.table).max(axis=1, initial=0.0)
+    best = dict(zip(table.true_ids.tolist(), best_iou.tolist()))
     near = np.unique(truth[ndimage.binary_dilation(np.isin(truth, painted), iterations=2)])
     return min(left, key=lambda cell: (best[cell] >= 0.5, cell not in near, best[cell]))
 

@@ -103,6 +103,11 @@ def selection_kept(viewer):
             selection.update(kept)
 
 
+def layer_named(viewer, name: str) -> Layer | None:
+    """The viewer's layer called ``name``, or None (napari's LayerList has no ``get``)."""
+    return viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+
+
 def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, role: str, **kwargs) -> Layer:
     """Show ``data`` as helper layer ``name`` (of ``role``), replacing that layer's data
     if it exists, without changing which layer is selected.
@@ -111,7 +116,7 @@ def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, ro
     ``data.ndim`` axes), so it lies exactly on top of the image it came from.
     """
     ndim = data.ndim
-    existing = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401 - LayerList has no get
+    existing = layer_named(viewer, name)
     layer_class = Labels if kind == "labels" else Image
     if isinstance(existing, layer_class) and existing.data.shape == data.shape and existing.data.dtype == data.dtype:
         existing.data = data

@@ -40,6 +40,7 @@ from ._layers import (
     annotation_colormap,
     highlight_colormap,
     labels_data,
+    layer_named,
     layers_of,
     put_layer,
     selection_kept,
@@ -484,7 +485,7 @@ class AnnotateWidget(DockWidget):
         if layer is None:
             return None
         name = touching_name(layer)
-        helper = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        helper = layer_named(self.viewer, name)
         return helper if isinstance(helper, Labels) and helper.data.shape == layer.data.shape else None
 
     def _put_touching(self, shown: np.ndarray) -> Labels:

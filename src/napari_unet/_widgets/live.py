@@ -18,7 +18,7 @@ from ..core.threads import use_threads
 from ..core.train_events import StepProgress
 from ._base import DockWidget
 from ._jobs import VIEWER_CORES
-from ._layers import EditWatcher, LayerError, image_data, labels_data, layers_of, put_layer
+from ._layers import EditWatcher, LayerError, image_data, labels_data, layer_named, layers_of, put_layer
 from ._runner import JobRunner
 
 ACCEPT_KEY = "a"
@@ -157,7 +157,7 @@ class LiveTrainWidget(DockWidget):
         image = self.image.value
         height, width = image.data.shape[:2] if image.rgb else image.data.shape[-2:]
         name = f"{image.name} live"
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        layer = layer_named(self.viewer, name)
         if isinstance(layer, Labels) and layer.data.shape == (height, width) and self._shown is not None:
             layer.data[self._shown.window] = 0
             layer.data[preview.window] = preview.labels
