@@ -6,8 +6,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet import UNet
+from napari_unet.core.cpu_inference import CpuInference
 from napari_unet.core.geometry import input_size_for_output, output_size
-from napari_unet.core.model import CpuInference, SampleDropout2d, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.model import SampleDropout2d, forward_flops, layer_input_shapes, layer_plan
 
 
 def conv_layers(model):

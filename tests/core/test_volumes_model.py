@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet import ModelConfig, ModelSpec, UNet
-from napari_unet.core.model import CpuInference, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.cpu_inference import CpuInference
+from napari_unet.core.model import forward_flops, layer_input_shapes, layer_plan
 from napari_unet.core.spacing import level_kernels_and_pools
 
 

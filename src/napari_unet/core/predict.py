@@ -16,12 +16,13 @@ import torch
 
 from . import geometry, sources, tiling
 from .config import InstanceConfig
+from .cpu_inference import CpuInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
 from .instances import probabilities_to_labels
 from .layout import channels_before_spatial
 from .memory import reuse_freed_memory
-from .model import CpuInference, UNet, snapshot
+from .model import UNet, snapshot
 from .progress import drive
 
 log = logging.getLogger(__name__)
