@@ -75,9 +75,9 @@ def ablation(model, tile: int, precisions: list[str], repeats: int) -> list[tupl
     import copy
     import statistics
 
+    from napari_unet.core.cpu_inference import CpuInference
     from napari_unet.core.devices import autocast
     from napari_unet.core.memory import release_kept_memory, reuse_freed_memory
-    from napari_unet.core.model import CpuInference
 
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, model.config.in_channels, tile, tile)
