@@ -143,6 +143,24 @@ def plane_labels_reference(mask: np.ndarray, config) -> np.ndarray:
     return relabeled.astype(np.int32)
 
 
+def smooth_foreground_reference(foreground: np.ndarray) -> np.ndarray:
+    """:func:`napari_unet.core.split.smooth_foreground` over the whole array at once:
+    per axis, pad 2 px mirrored (numpy's "symmetric") and sum the five shifted copies
+    with the binomial weights in the same order, float32."""
+    smooth = np.asarray(foreground, np.float32)
+    for axis in range(smooth.ndim):
+        pad = [(2, 2) if a == axis else (0, 0) for a in range(smooth.ndim)]
+        padded = np.pad(smooth, pad, mode="symmetric")
+        n = smooth.shape[axis]
+        taps = [padded[(slice(None),) * axis + (slice(o, o + n),)] for o in range(5)]
+        smooth = (taps[1] + taps[3]) * 4
+        smooth += taps[0]
+        smooth += taps[4]
+        smooth += 6 * taps[2]
+        smooth /= 16
+    return smooth
+
+
 def split_objects_reference(labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float) -> np.ndarray:
     """:func:`napari_unet.core.split.split_objects` by recursion over each object.
 
@@ -153,9 +171,9 @@ def split_objects_reference(labels: np.ndarray, foreground: np.ndarray, threshol
     """
     from skimage.segmentation import watershed
 
-    from napari_unet.core.split import LEVEL_STEP, smooth_foreground
+    from napari_unet.core.split import LEVEL_STEP
 
-    smooth = smooth_foreground(foreground)
+    smooth = smooth_foreground_reference(foreground)
     faces = ndimage.generate_binary_structure(labels.ndim, 1)
     out = labels.astype(np.int32, copy=True)
     next_id = int(labels.max()) + 1

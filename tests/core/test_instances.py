@@ -1,10 +1,12 @@
+import threading
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from napari_unet import InstanceConfig
 from napari_unet.core import instances
-from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
+from napari_unet.core.instances import first_pixels, mask_to_labels, probabilities_to_labels
 from tests.reference import plane_labels_reference
 
 
@@ -130,3 +132,34 @@ def test_holes_are_filled_one_by_one_or_all_at_once_with_the_same_result(monkeyp
     whole_image = (slice(0, 80), slice(0, 90))
     assert windows[0] == whole_image  # the speckled mask: one transform
     assert len(windows) == 3 and whole_image not in windows[1:]  # the two holes: one window each
+
+
+def test_holes_found_on_a_second_thread_give_the_same_labels(monkeypatch):
+    """Large masks look for their holes on a helper thread while the objects are
+    labelled and split: same labels as the serial order, and the helper did run."""
+    rng = np.random.default_rng(5)
+    probability = ndimage.gaussian_filter(rng.random((120, 140)), 2)
+    probability = (probability - probability.min()) / (probability.max() - probability.min())
+    mask = probability > 0.45
+    configs = [InstanceConfig(), InstanceConfig(split=0.0), InstanceConfig(min_size=0, expand=1)]
+    serial = [mask_to_labels(mask, config, probability) for config in configs]
+    threads = []
+    find = instances.find_holes
+    monkeypatch.setattr(instances, "find_holes", lambda m: (threads.append(threading.get_ident()), find(m))[1])
+    monkeypatch.setattr(instances, "PARALLEL_PIXELS", 0)
+    for config, expected in zip(configs, serial):
+        np.testing.assert_array_equal(mask_to_labels(mask, config, probability), expected)
+    assert len(threads) == len(configs) and threading.get_ident() not in threads
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (9, 20, 24)])
+def test_first_pixels_are_the_first_occurrences_in_raster_order(shape):
+    rng = np.random.default_rng(len(shape))
+    coarse = rng.integers(0, 30, tuple(max(2, n // 4) for n in shape))
+    labels = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=0)[tuple(slice(n) for n in shape)]
+    labels = rng.permutation(40)[labels].astype(np.int32)  # any numbering, some ids absent
+    first = first_pixels(labels, 45)
+    ids, where = np.unique(labels.ravel(), return_index=True)
+    expected = np.full(46, labels.size, np.int64)
+    expected[ids[ids > 0]] = where[ids > 0]
+    np.testing.assert_array_equal(first, expected)

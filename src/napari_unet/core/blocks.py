@@ -324,7 +324,7 @@ def merge(
 
 def _fill_shared_holes(shared, bg_root, fg_root, boxes, grid, chunk_labels, fg_node, bg_node):
     """Split each hole that several objects border by nearest object pixel, over the
-    window that :func:`napari_unet.core.instances._fill_holes` uses (the hole's box grown
+    window that :func:`napari_unet.core.instances.fill_holes` uses (the hole's box grown
     by its diagonal). Returns (rows, cols, hole mask, owner root per hole pixel)."""
     height, width = grid.shape
     top = np.full(bg_root.max() + 1, np.iinfo(np.int64).max)

@@ -13,12 +13,19 @@ the plain library formulation (whole-image ``binary_fill_holes`` and
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 from skimage import segmentation
 
 from .config import InstanceConfig
 from .split import split_objects
+
+#: Masks of at least this many pixels look for their holes on a second thread.
+PARALLEL_PIXELS = 1 << 20
 
 #: 4-connectivity in 2D (scipy's default structuring element).
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -60,15 +67,20 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     shape); with it, objects are split at its dips as ``config.split`` says, without
     it the mask's components are kept (``config.split`` is not used).
     """
-    labels, count = ndimage.label(mask, structure=_faces(mask.ndim))
-    if count == 0:
-        return labels.astype(np.int32)
-    split = bool(config.split) and probability is not None
-    if split:
-        labels = split_objects(labels, probability, config.threshold, config.split)
-        count = int(labels.max())
-    if config.fill_holes:
-        _fill_holes(labels, mask)
+    # the holes depend on the mask alone: on large images they are found on a second
+    # core while this one labels and splits the objects
+    parallel = config.fill_holes and mask.size >= PARALLEL_PIXELS
+    with ThreadPoolExecutor(max_workers=1) if parallel else nullcontext() as helper:
+        holes = helper.submit(find_holes, mask) if parallel else None
+        labels, count = ndimage.label(mask, structure=_faces(mask.ndim))
+        if count == 0:
+            return labels.astype(np.int32)
+        split = bool(config.split) and probability is not None
+        if split:
+            labels = split_objects(labels, probability, config.threshold, config.split)
+            count = int(labels.max())
+        if config.fill_holes:
+            fill_holes(labels, holes.result() if holes else find_holes(mask))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     keep = sizes >= config.min_size
     keep[0] = False
@@ -89,17 +101,52 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
 
 def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
     """The flat index of every id's first pixel in raster order (ids 0..count; an id
-    with no pixel, and 0, get ``labels.size``). Any numbering."""
-    flat = labels.ravel()
-    first = np.full(count + 1, flat.size, np.int64)
-    inside = np.flatnonzero(flat)
-    np.minimum.at(first, flat[inside], inside)
+    with no pixel, and 0, get ``labels.size``). Any numbering.
+
+    Only pixels whose predecessor along every axis has another id can be first, so
+    the minimum is taken over those (the objects' upper-left edges) alone."""
+    can_be_first = labels != 0
+    for axis in range(labels.ndim):
+        here = (slice(None),) * axis + (slice(1, None),)
+        before = (slice(None),) * axis + (slice(None, -1),)
+        can_be_first[here] &= labels[here] != labels[before]
+    where = np.flatnonzero(can_be_first)
+    first = np.full(count + 1, labels.size, np.int64)
+    np.minimum.at(first, labels.ravel()[where], where)
     return first
 
 
-def _fill_holes(labels: np.ndarray, mask: np.ndarray) -> None:
-    """Give every hole (a 4-connected background region that does not reach the image
-    border; 6-connected in 3D) the id of its nearest object pixel, in place.
+@dataclass(frozen=True)
+class Holes:
+    """The holes of a foreground mask (4-connected background regions that do not
+    reach the image border; 6-connected in 3D): ``regions`` labels the background
+    (int32, mask's shape), ``ids`` are the holes among its regions (n,), and ``low``
+    / ``high`` per axis their bounding boxes (first and one-past-last index, (n,))."""
+
+    regions: np.ndarray
+    ids: np.ndarray
+    low: list[np.ndarray]
+    high: list[np.ndarray]
+
+
+def find_holes(mask: np.ndarray) -> Holes | None:
+    """The holes of the boolean ``mask`` (H, W) or (Z, Y, X); None when it has none."""
+    background, count = ndimage.label(~mask, structure=_faces(mask.ndim))
+    if count == 0:
+        return None
+    faces = [np.take(background, end, axis=axis) for axis in range(mask.ndim) for end in (0, -1)]
+    border = np.unique(np.concatenate([face.ravel() for face in faces]))
+    is_hole = np.ones(count + 1, bool)
+    is_hole[border] = False
+    is_hole[0] = False
+    if not is_hole.any():
+        return None
+    return Holes(background, *_hole_boxes(background, is_hole))
+
+
+def fill_holes(labels: np.ndarray, holes: Holes | None) -> None:
+    """Give every pixel of ``holes`` (of the mask ``labels`` was made from) the id
+    of its nearest object pixel in ``labels``, in place.
 
     The nearest object pixel of a hole pixel lies within the hole's bounding box
     grown by its diagonal, so a distance transform of that window alone finds it,
@@ -107,27 +154,21 @@ def _fill_holes(labels: np.ndarray, mask: np.ndarray) -> None:
     together would cover more than the image (many holes: the speckled foreground of
     a barely trained network), one transform of the whole image does it instead.
     """
-    background, count = ndimage.label(~mask, structure=_faces(mask.ndim))
-    if count == 0:
+    if holes is None:
         return
-    faces = [np.take(background, end, axis=axis) for axis in range(mask.ndim) for end in (0, -1)]
-    border = np.unique(np.concatenate([face.ravel() for face in faces]))
-    is_hole = np.ones(count + 1, bool)
-    is_hole[border] = False
-    is_hole[0] = False
-    if not is_hole.any():
-        return
-    regions, low, high = _hole_boxes(background, is_hole)
+    low, high = holes.low, holes.high
     reach = np.ceil(np.sqrt(sum((h - lo + 2.0) ** 2 for lo, h in zip(low, high)))).astype(np.int64) + 1
     low = [np.maximum(lo - reach, 0) for lo in low]
     high = [np.minimum(h + reach, n) for h, n in zip(high, labels.shape)]
     objects = labels.copy()  # holes take ids of object pixels, never of holes filled before them
     if np.prod([h - lo for lo, h in zip(low, high)], axis=0).sum() > labels.size:
-        _take_nearest_objects(labels, objects, is_hole[background], tuple(slice(0, n) for n in labels.shape))
+        is_hole = np.zeros(int(holes.regions.max()) + 1, bool)
+        is_hole[holes.ids] = True
+        _take_nearest_objects(labels, objects, is_hole[holes.regions], tuple(slice(0, n) for n in labels.shape))
         return
-    for index, region in enumerate(regions):
+    for index, region in enumerate(holes.ids):
         window = tuple(slice(int(lo[index]), int(h[index])) for lo, h in zip(low, high))
-        _take_nearest_objects(labels, objects, background[window] == region, window)
+        _take_nearest_objects(labels, objects, holes.regions[window] == region, window)
 
 
 def _hole_boxes(background: np.ndarray, is_hole: np.ndarray) -> tuple[np.ndarray, list, list]:

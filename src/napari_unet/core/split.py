@@ -25,27 +25,60 @@ from skimage.segmentation import watershed
 #: Distance between the probability levels at which peaks are told apart.
 LEVEL_STEP = 0.05
 
+#: Pixels per block of :func:`smooth_foreground` (512 KiB of float32).
+BLOCK_PIXELS = 1 << 17
+
 
 def smooth_foreground(foreground: np.ndarray) -> np.ndarray:
     """The foreground probability (H, W) or (Z, Y, X) smoothed as the split sees it:
     the binomial filter [1, 4, 6, 4, 1] / 16 (variance 1 px^2, a Gaussian of sigma
-    1 px to within 2%) along every axis, borders mirrored. float32."""
-    smooth = np.asarray(foreground, np.float32)
-    for axis in range(smooth.ndim):
-        pad = [(2, 2) if a == axis else (0, 0) for a in range(smooth.ndim)]
-        padded = np.pad(smooth, pad, mode="symmetric")
-        n = smooth.shape[axis]
+    1 px to within 2%) along every axis, borders mirrored. float32.
 
-        def tap(offset: int) -> np.ndarray:
-            return padded[(slice(None),) * axis + (slice(offset, offset + n),)]  # noqa: B023
-
-        smooth = tap(1) + tap(3)
-        smooth *= 4
-        smooth += tap(0)
-        smooth += tap(4)
-        smooth += 6 * tap(2)
-        smooth /= 16
+    Works through blocks of about :data:`BLOCK_PIXELS` along the first axis, so each
+    block's intermediate sums stay in the CPU cache; the arithmetic per pixel is the
+    same whatever the block size."""
+    foreground = np.asarray(foreground, np.float32)
+    shape = foreground.shape
+    smooth = np.empty_like(foreground)
+    rows = min(shape[0], max(1, BLOCK_PIXELS // max(1, math.prod(shape[1:]))))
+    first_axis = np.pad(foreground, [(2, 2)] + [(0, 0)] * (len(shape) - 1), mode="symmetric")
+    scratch = np.empty((rows, *shape[1:]), np.float32)
+    mirrored = {axis: np.empty((rows, *_widened(shape, axis)[1:]), np.float32) for axis in range(1, len(shape))}
+    for start in range(0, shape[0], rows):
+        n = min(rows, shape[0] - start)
+        block = smooth[start : start + n]
+        _binomial([first_axis[start + offset : start + offset + n] for offset in range(5)], block, scratch[:n])
+        for axis, wide in mirrored.items():
+            _mirror_into(block, wide[:n], axis)
+            along = (slice(None),) * axis
+            _binomial([wide[:n][(*along, slice(o, o + shape[axis]))] for o in range(5)], block, scratch[:n])
     return smooth
+
+
+def _widened(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return tuple(n + 4 if a == axis else n for a, n in enumerate(shape))
+
+
+def _mirror_into(block: np.ndarray, wide: np.ndarray, axis: int) -> None:
+    """``block`` padded by 2 along ``axis`` into ``wide``, mirrored with the edge
+    pixel repeated (numpy's "symmetric": x1 x0 | x0 x1 ... x(n-1) | x(n-1) x(n-2))."""
+    n = block.shape[axis]
+    along = (slice(None),) * axis
+    wide[(*along, slice(2, n + 2))] = block
+    for target, source in ((0, min(1, n - 1)), (1, 0), (n + 2, n - 1), (n + 3, max(n - 2, 0))):
+        wide[(*along, slice(target, target + 1))] = block[(*along, slice(source, source + 1))]
+
+
+def _binomial(taps: list[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> None:
+    """``out`` = (taps[0] + 4 taps[1] + 6 taps[2] + 4 taps[3] + taps[4]) / 16 in
+    float32, summed in one fixed order (``scratch``: same shape, overwritten)."""
+    np.add(taps[1], taps[3], out=out)
+    out *= 4
+    out += taps[0]
+    out += taps[4]
+    np.multiply(taps[2], 6, out=scratch)
+    out += scratch
+    out /= 16
 
 
 def split_objects(labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float) -> np.ndarray:
