@@ -10,8 +10,11 @@ else stays unannotated (-1). Which cell: with ``--order worst`` (the default) th
 the latest preview gets most wrong (lowest IoU with any predicted object), as a user
 correcting what they see; with ``--order random``, a fixed random order. Each preview
 is scored against the whole image's true labels (AP@0.5) after the session. A QTimer
-probe measures the longest event-loop gap from the first preview on, and first, with
-nothing running, the gap of napari's own canvas redraw on this display. Writes a
+probe measures the longest event-loop gap from the first preview on (the paint
+stroke and everything the viewer and the widgets do in answer to it count; the
+scripted annotator's choice of cell, which a user makes in their head, does not),
+and first, with nothing running, the gap of napari's own canvas redraw on this
+display. Writes a
 learning-curve PNG (``--plot``) and ends with one summary line.
 
     xvfb-run -a .venv/bin/python bench/bench_live.py [--cells 10] [--every 5] [--seconds 90] [--order worst|random]
@@ -32,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.core.test_live: t
 
 from common import print_header
 from napari_unet.core.metrics import contingency, iou_matrix
+
+#: The AP@0.5 the issue asks live previews to reach (after <= 10 cells and <= 60 s).
+TARGET_AP = 0.8
 
 
 def main() -> None:
@@ -69,11 +75,16 @@ def main() -> None:
     widget.preview_seconds.value = args.preview
     widget.save_path.value = Path("/tmp") / f"bench_live_{time.time():.0f}.safetensors"
 
-    gaps, last = [], [time.perf_counter()]
+    gaps, gap_ends, last = [], [], [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        gap_ends.append(now)
+        last[0] = now
+
     timer = QTimer()
-    timer.timeout.connect(
-        lambda: (gaps.append(time.perf_counter() - last[0]), last.__setitem__(0, time.perf_counter()))
-    )
+    timer.timeout.connect(tick)
     timer.start(10)
     floor = 1000 * np.array(repaint_gaps(image_layer, gaps))
     print(
@@ -81,6 +92,7 @@ def main() -> None:
         f"max {floor.max():.0f} ms ({len(floor)} redraws)"
     )
     records = []  # (seconds since the first cell, cells annotated, AP@0.5)
+    painted_at = []  # when the annotator painted
     seen_step, painted = -1, order[:1]
     began = time.perf_counter()
     widget.start_button.clicked.emit()
@@ -96,13 +108,18 @@ def main() -> None:
             if first_preview is None:
                 first_preview = now - began
                 gaps.clear()  # the steady state: from the first preview on
+                gap_ends.clear()
             records.append((now - began, len(painted), preview.step, np.array(viewer.layers["nuclei live"].data)))
         if now >= next_cell and len(painted) < args.cells and first_preview is not None:
             latest = viewer.layers["nuclei live"].data if args.order == "worst" else None
             painted.append(next_cell_to_paint(truth, order, painted, latest))
-            paint(annotation, partial_annotation(truth, painted))
+            stroke = partial_annotation(truth, painted)
+            last[0] = time.perf_counter()  # the annotator's choice is its thinking, not the viewer's work
+            paint(annotation, stroke)
+            painted_at.append(time.perf_counter())
             next_cell = now + args.every
     longest_gap = max(gaps)  # of the live session: the screenshot and Stop below are not part of it
+    describe_gaps(np.array(gaps), np.array(gap_ends), np.array(painted_at), np.array([r[0] for r in records]) + began)
     if args.screenshot is not None:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(args.screenshot), canvas_only=False)
@@ -118,6 +135,12 @@ def main() -> None:
         print(f"{at:6.1f} s  {count:2d} cells  step {step:5d}  AP@0.5 {scores[-1]:.3f}")
     seconds, counts, scores = np.array([r[0] for r in records]), np.array([r[1] for r in records]), np.array(scores)
     best = int(np.argmax(scores))
+    reached = np.flatnonzero(scores >= TARGET_AP)
+    print(
+        f"AP@0.5 >= {TARGET_AP} first after {counts[reached[0]]} cells and {seconds[reached[0]]:.0f} s"
+        if reached.size
+        else f"AP@0.5 never reached {TARGET_AP}"
+    )
     period = float(np.median(np.diff(seconds))) if len(seconds) > 1 else float("nan")
     write_plot(args.plot, seconds, counts, scores)
     viewer.close()
@@ -126,6 +149,23 @@ def main() -> None:
         f"live: first preview after {first_preview:.1f} s; AP@0.5 {scores[best]:.2f} after {counts[best]} cells "
         f"and {seconds[best]:.0f} s; preview every {period:.1f} s; max event-loop gap {1000 * longest_gap:.0f} ms"
     )
+
+
+def describe_gaps(gaps: np.ndarray, ends: np.ndarray, painted: np.ndarray, previews: np.ndarray) -> None:
+    """Print how the event-loop gaps of the session are spread and, for the longest,
+    how long after the latest paint stroke and preview (seconds) they ended."""
+    print(
+        f"event-loop gaps: {len(gaps)} ticks, median {1000 * np.median(gaps):.0f} ms, 99th percentile "
+        f"{1000 * np.percentile(gaps, 99):.0f} ms, {int((gaps >= 0.1).sum())} of 100 ms or more"
+    )
+    for index in np.argsort(gaps)[::-1][:5]:
+        end = ends[index]
+        since = [
+            f"{end - times[times <= end].max():.2f} s after the latest {what}"
+            for what, times in (("paint", painted), ("preview", previews))
+            if (times <= end).any()
+        ]
+        print(f"  gap {1000 * gaps[index]:.0f} ms, {'; '.join(since) or 'before any paint or preview'}")
 
 
 def repaint_gaps(layer, gaps: list[float], repaints: int = 8) -> list[float]:

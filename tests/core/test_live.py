@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ import napari_unet as nu
 from napari_unet.core.config import IGNORE_LABEL, TrainConfig
 from napari_unet.core.live import (
     AVERAGE_RATE,
+    LIVE_SPLIT,
     AnnotationProblem,
     LivePreview,
     LiveTraining,
@@ -79,6 +82,22 @@ def test_previews_come_from_the_average_of_the_last_steps_and_the_model_keeps_it
     final = live.model.state_dict()
     for name, value in live.averaged.state_dict().items():
         assert torch.equal(final[name], value)
+
+
+def test_previews_and_the_kept_model_split_at_the_live_depth():
+    """A briefly trained network's previews split touching objects only at dips of
+    LIVE_SPLIT, and the model keeps that setting; a model that keeps touching
+    objects together (split 0) stays so."""
+    image, labels = nu.synthetic_nuclei((96, 96), seed=2)
+    cells = [i for i in np.unique(labels) if i > 0]
+    model = nu.UNet(base_channels=4, depth=2)
+    assert 0 < model.spec.instances.split < LIVE_SPLIT
+    live = LiveTraining(model, image, partial_annotation(labels, cells[:2]), CONFIG)
+    assert model.spec.instances.split == live.averaged.spec.instances.split == LIVE_SPLIT
+    paper = nu.UNet(base_channels=4, depth=2)
+    paper.spec = dataclasses.replace(paper.spec, instances=nu.InstanceConfig(split=0.0))
+    LiveTraining(paper, image, partial_annotation(labels, cells[:2]), CONFIG)
+    assert paper.spec.instances.split == 0.0
 
 
 def test_accepting_copies_exactly_the_object_onto_unannotated_pixels():
