@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.core.test_live: t
 
 from common import print_header
 from napari_unet.core.metrics import contingency, iou_matrix
+from napari_unet.core.taxonomy import error_taxonomy
 
 #: The AP@0.5 the issue asks live previews to reach (after <= 10 cells and <= 60 s).
 TARGET_AP = 0.8
@@ -132,7 +133,12 @@ def main() -> None:
     scores = []  # scored after the session, so that scoring takes no time from the viewer
     for at, count, step, predicted in records:
         scores.append(match_instances(predicted, truth, thresholds=(0.5,))[0].ap)
-        print(f"{at:6.1f} s  {count:2d} cells  step {step:5d}  AP@0.5 {scores[-1]:.3f}")
+        errors = error_taxonomy(predicted, truth)
+        print(
+            f"{at:6.1f} s  {count:2d} cells  step {step:5d}  AP@0.5 {scores[-1]:.3f}  "
+            f"(true objects merged {errors.merged}, split {errors.split}, missed {errors.missed}; "
+            f"false objects {errors.false_positives})"
+        )
     seconds, counts, scores = np.array([r[0] for r in records]), np.array([r[1] for r in records]), np.array(scores)
     best = int(np.argmax(scores))
     reached = np.flatnonzero(scores >= TARGET_AP)

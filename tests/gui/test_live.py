@@ -1,3 +1,4 @@
+import gc
 import time
 
 import numpy as np
@@ -37,6 +38,7 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     timer.start(10)
     widget.start_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.preview is not None, timeout=120_000)
+    assert gc.get_freeze_count() > 0  # full collections leave the viewer's heap alone while it runs
     assert "cells live" in viewer.layers
     assert viewer.layers.selection.active is annotation and annotation.mode == "paint"  # the user's place kept
 
@@ -69,6 +71,7 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
     timer.stop()
     assert session.model is widget.live.model and (tmp_path / "live.safetensors").exists()
+    assert gc.get_freeze_count() == 0  # handed back to the collector
     assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
     assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
 
