@@ -42,7 +42,7 @@ def live_job(save_path: Path, *args, stop, **kwargs):
     and 0.44-0.53 s gaps in the middle of some. Newer objects are collected as usual,
     and everything frozen is handed back to the collector when the run ends."""
     use_threads(leave_free=VIEWER_CORES)
-    gc.freeze()  # see below
+    gc.freeze()  # see the docstring
     try:
         live = LiveTraining(*args, **kwargs)
         yield live

@@ -6,9 +6,11 @@ objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
 give every hole the id of its nearest object pixel, drop small objects, grow the
 objects by ``expand`` px into background without merging (none by default), and
 number them 1..n in raster order. Each step works in one pass over the image or
-locally around a hole: no whole-image distance transform runs for a 1-px grow. The result equals
-the plain library formulation (whole-image ``binary_fill_holes`` and
-``expand_labels``) pixel for pixel, ties included (tests/reference.py).
+locally around a hole: no whole-image distance transform runs for a 1-px grow. On
+large images the holes (which depend on the mask alone) are looked for on a second
+thread while the objects are labelled and split. The result equals the plain
+library formulation (whole-image ``binary_fill_holes`` and ``expand_labels``) pixel
+for pixel, ties included (tests/reference.py).
 """
 
 from __future__ import annotations
