@@ -134,15 +134,18 @@ def test_holes_are_filled_one_by_one_or_all_at_once_with_the_same_result(monkeyp
     assert len(windows) == 3 and whole_image not in windows[1:]  # the two holes: one window each
 
 
-def test_holes_found_on_a_second_thread_give_the_same_labels(monkeypatch):
-    """Large masks look for their holes on a helper thread while the objects are
-    labelled and split: same labels as the serial order, and the helper did run."""
+@pytest.mark.parametrize("shape", [(120, 140), (20, 40, 50)])
+def test_holes_found_on_a_second_thread_give_the_same_labels(monkeypatch, shape):
+    """Large masks (and volumes) look for their holes on a helper thread while the
+    objects are labelled and split: same labels as the serial order, and the helper
+    did run."""
     rng = np.random.default_rng(5)
-    probability = ndimage.gaussian_filter(rng.random((120, 140)), 2)
+    probability = ndimage.gaussian_filter(rng.random(shape), 2)
     probability = (probability - probability.min()) / (probability.max() - probability.min())
-    mask = probability > 0.45
+    mask = (probability > 0.45) & (rng.random(shape) > 0.02)  # pinholes inside the objects
     configs = [InstanceConfig(), InstanceConfig(split=0.0), InstanceConfig(min_size=0, expand=1)]
     serial = [mask_to_labels(mask, config, probability) for config in configs]
+    assert serial[0].max() > serial[1].max() and instances.find_holes(mask) is not None  # splits and holes
     threads = []
     find = instances.find_holes
     monkeypatch.setattr(instances, "find_holes", lambda m: (threads.append(threading.get_ident()), find(m))[1])
