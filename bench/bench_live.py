@@ -14,8 +14,7 @@ probe measures the longest event-loop gap from the first preview on (the paint
 stroke and everything the viewer and the widgets do in answer to it count; the
 scripted annotator's choice of cell, which a user makes in their head, does not),
 and first, with nothing running, the gap of napari's own canvas redraw on this
-display. Writes a
-learning-curve PNG (``--plot``) and ends with one summary line.
+display. Writes a learning-curve PNG (``--plot``) and ends with one summary line.
 
     xvfb-run -a .venv/bin/python bench/bench_live.py [--cells 10] [--every 5] [--seconds 90] [--order worst|random]
 """
@@ -92,7 +91,7 @@ def main() -> None:
         f"napari's own canvas redraw, nothing else running: event-loop gap median {np.median(floor):.0f} ms, "
         f"max {floor.max():.0f} ms ({len(floor)} redraws)"
     )
-    records = []  # (seconds since the first cell, cells annotated, AP@0.5)
+    records = []  # (seconds since the first cell, cells annotated, step, the preview's labels)
     painted_at = []  # when the annotator painted
     seen_step, painted = -1, order[:1]
     began = time.perf_counter()
@@ -120,7 +119,8 @@ def main() -> None:
             painted_at.append(time.perf_counter())
             next_cell = now + args.every
     longest_gap = max(gaps)  # of the live session: the screenshot and Stop below are not part of it
-    describe_gaps(np.array(gaps), np.array(gap_ends), np.array(painted_at), np.array([r[0] for r in records]) + began)
+    seconds, counts = np.array([r[0] for r in records]), np.array([r[1] for r in records])
+    describe_gaps(np.array(gaps), np.array(gap_ends), np.array(painted_at), seconds + began)
     if args.screenshot is not None:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(args.screenshot), canvas_only=False)
@@ -139,7 +139,7 @@ def main() -> None:
             f"(true objects merged {errors.merged}, split {errors.split}, missed {errors.missed}; "
             f"false objects {errors.false_positives})"
         )
-    seconds, counts, scores = np.array([r[0] for r in records]), np.array([r[1] for r in records]), np.array(scores)
+    scores = np.array(scores)
     best = int(np.argmax(scores))
     reached = np.flatnonzero(scores >= TARGET_AP)
     print(

@@ -122,10 +122,12 @@ def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
 class Holes:
     """The holes of a foreground mask (4-connected background regions that do not
     reach the image border; 6-connected in 3D): ``regions`` labels the background
-    (int32, mask's shape), ``ids`` are the holes among its regions (n,), and ``low``
-    / ``high`` per axis their bounding boxes (first and one-past-last index, (n,))."""
+    (int32, mask's shape), ``is_hole`` says which of its regions are holes (bool,
+    regions + 1), ``ids`` are those regions (n,), and ``low`` / ``high`` per axis
+    their bounding boxes (first and one-past-last index, (n,))."""
 
     regions: np.ndarray
+    is_hole: np.ndarray
     ids: np.ndarray
     low: list[np.ndarray]
     high: list[np.ndarray]
@@ -143,7 +145,7 @@ def find_holes(mask: np.ndarray) -> Holes | None:
     is_hole[0] = False
     if not is_hole.any():
         return None
-    return Holes(background, *_hole_boxes(background, is_hole))
+    return Holes(background, is_hole, *_hole_boxes(background, is_hole))
 
 
 def fill_holes(labels: np.ndarray, holes: Holes | None) -> None:
@@ -164,9 +166,8 @@ def fill_holes(labels: np.ndarray, holes: Holes | None) -> None:
     high = [np.minimum(h + reach, n) for h, n in zip(high, labels.shape)]
     objects = labels.copy()  # holes take ids of object pixels, never of holes filled before them
     if np.prod([h - lo for lo, h in zip(low, high)], axis=0).sum() > labels.size:
-        is_hole = np.zeros(int(holes.regions.max()) + 1, bool)
-        is_hole[holes.ids] = True
-        _take_nearest_objects(labels, objects, is_hole[holes.regions], tuple(slice(0, n) for n in labels.shape))
+        everywhere = tuple(slice(0, n) for n in labels.shape)
+        _take_nearest_objects(labels, objects, holes.is_hole[holes.regions], everywhere)
         return
     for index, region in enumerate(holes.ids):
         window = tuple(slice(int(lo[index]), int(h[index])) for lo, h in zip(low, high))
