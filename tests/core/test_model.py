@@ -72,12 +72,17 @@ def test_bad_architecture_is_refused_clearly(kwargs):
         UNet(**kwargs)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_fast_cpu_inference_equals_the_module(fused):
+@pytest.mark.parametrize(("fused", "batch_norm"), [(True, False), (False, False), (True, True), (False, True)])
+def test_fast_cpu_inference_equals_the_module(fused, batch_norm):
     """CpuInference follows the same layer plan; both its fused oneDNN path and its
-    plain channels-last fallback give the module's logits in fp32."""
+    plain channels-last fallback give the module's logits in fp32, also with batch
+    normalisation folded into the convolutions."""
     torch.manual_seed(2)
-    model = UNet(in_channels=2, n_classes=3, base_channels=6, depth=3).eval()
+    model = UNet(in_channels=2, n_classes=3, base_channels=6, depth=3, batch_norm=batch_norm)
+    with torch.no_grad():
+        for _ in range(2 * batch_norm):  # running statistics that are not the identity
+            model(torch.randn(2, 2, 188, 204) * 3 + 1)
+    model.eval()
     x = torch.randn(2, 2, 188, 204)
     with torch.no_grad():
         expected = model(x)

@@ -45,7 +45,7 @@ from .config import NormalizationConfig
 from .errors import OutputFileError
 from .geometry import margin
 from .layout import channels_at_minus3
-from .model import UNet
+from .model import UNet, without_batch_norm
 
 PACKAGE_FORMAT = "napari-unet bioimage.io package"
 PACKAGE_VERSION = 1
@@ -171,6 +171,7 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
 
 
 def _readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
+    model = without_batch_norm(model)  # what every weight format holds; the spec then says so
     config, spec = model.config, model.spec
     depth, step = config.depth, 2**config.depth
     norm, inst = spec.normalization, spec.instances
@@ -322,6 +323,7 @@ def write_package(
         raise OutputFileError(f"{path} is a folder; give a .zip file name to export to")
     if not path.parent.is_dir():
         raise OutputFileError(f"cannot write {path}: folder {path.parent} does not exist")
+    model = without_batch_norm(model)  # what every weight format holds; the spec then says so
     config, spec = model.config, model.spec
     depth, step = config.depth, 2**config.depth
     name = name or f"napari-unet U-Net base{config.base_channels} depth{depth}"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .model import CONV, DROPOUT, UP, Layer, UNet, layer_input_shapes, run_plan, weights_lock
+from .model import CONV, DROPOUT, UP, Layer, UNet, folded_weights, layer_input_shapes, run_plan, weights_lock
 
 
 def _channels_last(ndim: int) -> torch.memory_format:
@@ -73,18 +73,7 @@ class CpuInference:
             ]
 
     def _pack(self, model: nn.Module, layer: Layer, shape: tuple[int, ...]):
-        module = model.get_submodule(layer.module)
-        weight, bias = module.weight.detach().double(), module.bias
-        bias = torch.zeros(weight.shape[1 if layer.kind == UP else 0], dtype=weight.dtype) if bias is None else bias
-        bias = bias.detach().double()
-        if layer.norm:  # fold the normalisation's running statistics into the convolution
-            norm = model.get_submodule(layer.norm)
-            scale = (norm.running_var.double() + norm.eps).rsqrt()
-            shift = -norm.running_mean.double() * scale
-            if norm.weight is not None:
-                scale, shift = scale * norm.weight.double(), shift * norm.weight.double() + norm.bias.double()
-            weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
-            bias = bias * scale + shift
+        weight, bias = folded_weights(model, layer)
         weight, bias = weight.to(self.dtype), bias.to(self.dtype)
         if layer.kind == CONV and self.fused and len(shape) == 4:
             try:

@@ -23,7 +23,7 @@ import torch
 
 from . import standalone_unet
 from .errors import ConfigError, NapariUnetError, OutputFileError
-from .model import UNet, weights_lock
+from .model import UNet, without_batch_norm
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 #: ONNX opset of exported models (ONNX Runtime 1.13 and later run it).
@@ -73,20 +73,22 @@ def architecture_kwargs(model: UNet) -> dict:
 
 
 def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
-    """The standalone network with a copy of ``model``'s weights, in eval mode on the CPU.
+    """The standalone network with a copy of ``model``'s weights, in eval mode on the CPU;
+    batch normalisation is folded into the convolutions (see
+    :func:`~napari_unet.core.model.without_batch_norm`).
 
     Raises ``RuntimeError`` (a bug, not a user error) if the standalone file's layer
     plan ever drifts from the core's.
     """
     if model.config.ndim != 2:
         raise ConfigError("export covers 2D models only; this is a 3D model (use it with napari-unet itself)")
-    kwargs = architecture_kwargs(model)
+    plain = without_batch_norm(model)  # a consistent copy, even while training
+    kwargs = architecture_kwargs(plain)
     standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)]
-    if standalone_plan != plan_signature(model):
+    if standalone_plan != plan_signature(plain):
         raise RuntimeError("standalone_unet.layer_plan differs from napari_unet.core.model.layer_plan")
     network = standalone_unet.SameSizeUNet(**kwargs)
-    with weights_lock(model), torch.no_grad():  # a consistent copy, even while training
-        network.load_state_dict(model.state_dict())
+    network.load_state_dict(plain.state_dict())
     return network.eval().requires_grad_(False)
 
 

@@ -369,3 +369,49 @@ def snapshot(model: UNet, device: torch.device | str = "cpu") -> UNet:
     copy.spec = model.spec
     copy.metadata = dict(getattr(model, "metadata", {}))
     return copy.eval().requires_grad_(False)
+
+
+def folded_weights(model: UNet, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias (float64, detached) of ``layer``'s convolution with the batch
+    normalisation that follows it folded in, as it acts in eval mode (its running
+    statistics); a convolution without a bias gets zeros. The caller holds
+    :func:`weights_lock` when the model may be training."""
+    module = model.get_submodule(layer.module)
+    weight = module.weight.detach().double()
+    bias = module.bias
+    bias = torch.zeros(weight.shape[1 if layer.kind == UP else 0], dtype=weight.dtype) if bias is None else bias
+    bias = bias.detach().double()
+    if layer.norm:
+        norm = model.get_submodule(layer.norm)
+        scale = (norm.running_var.double() + norm.eps).rsqrt()
+        shift = -norm.running_mean.double() * scale
+        if norm.weight is not None:
+            scale, shift = scale * norm.weight.double(), shift * norm.weight.double() + norm.bias.double()
+        weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
+        bias = bias * scale + shift
+    return weight, bias
+
+
+def without_batch_norm(model: UNet) -> UNet:
+    """The same function as ``model`` in eval mode, as a network without normalisation
+    layers: each batch normalisation folded into the convolution before it (equal up
+    to float32 rounding). A copy in eval mode on the CPU, with ``model``'s spec
+    (recording ``batch_norm=False``) and metadata; ``model`` is not touched."""
+    if not model.config.batch_norm:
+        return snapshot(model)
+    config = dataclasses.replace(model.config, batch_norm=False)
+    with torch.device("meta"):
+        plain = UNet.from_config(config)
+    plain = plain.to_empty(device="cpu")
+    state = {}
+    with weights_lock(model), torch.no_grad():
+        for layer, plain_layer in zip(model.plan, plain.plan):
+            if layer.kind in (CONV, UP):
+                weight, bias = folded_weights(model, layer)
+                state[f"{plain_layer.module}.weight"] = weight.float().cpu()
+                if plain.get_submodule(plain_layer.module).bias is not None:
+                    state[f"{plain_layer.module}.bias"] = bias.float().cpu()
+    plain.load_state_dict(state)
+    plain.spec = dataclasses.replace(model.spec, model=config)
+    plain.metadata = dict(getattr(model, "metadata", {}))
+    return plain.eval().requires_grad_(False)
