@@ -188,8 +188,7 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
     write_image(image, train_image[0] if single else train_image)
     write_image(labels, (train_labels[0] if single else train_labels).astype(np.int32))
     write_image(test, test_image[0] if test_image.shape[0] == 1 else test_image)
-    train = ["train", str(image), "--labels", str(labels), "--out", str(model), "--minutes", f"{args.minutes:.4g}"]
-    train += ["--steps", str(args.steps), "--decay-by-time", "--seed", str(args.seed), "--device", "cpu"]
+    train = ["train", str(image), "--labels", str(labels), "--out", str(model), *train_options(args)]
     ways = {"": [], "split 0": ["--split", "0"]} | ({"tta": ["--tta"]} if args.tta else {})
     folders = {way: out / way.replace(" ", "_") for way in ways}
     log = io.StringIO()
@@ -204,6 +203,12 @@ def train_and_segment(train_image, train_labels, test_image, args, folder: Path)
     trained = re.search(r"trained (\d+) steps in (\d+) s", log.getvalue())
     preds = {way: read_image(folder / "test_labels.tif").reshape(test_image.shape) for way, folder in folders.items()}
     return preds, f"{trained[1]} in {trained[2]} s" if trained else "?"
+
+
+def train_options(args: argparse.Namespace) -> list[str]:
+    """The options of every split's ``napari-unet train`` after its files."""
+    budget = ["--minutes", f"{args.minutes:.4g}", "--steps", str(args.steps), "--decay-by-time"]
+    return [*budget, "--seed", str(args.seed), "--device", "cpu", *args.train_option]
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> list[str]:
@@ -247,6 +252,13 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS), metavar="NAME")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tta", action="store_true", help="also segment with test-time augmentation (rows 'tta')")
+    parser.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="one more option for napari-unet train, e.g. --train-option=--no-batch-norm (repeatable)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep each split's files (and truth) in KEEP/SPLIT")
     args = parser.parse_args()
     if args.quick:
@@ -255,7 +267,7 @@ def main() -> None:
         f"segmentation quality on real annotated microscopy ({args.minutes:.3g} min of CPU training per split)"
     )
     print("each split: napari-unet train TRAIN.tif --labels TRAIN_labels.npy --out model.safetensors")
-    print(f"  --minutes {args.minutes:.4g} --steps {args.steps} --decay-by-time --seed {args.seed} --device cpu; then")
+    print(f"  {' '.join(train_options(args))}; then")
     print("  napari-unet segment model.safetensors TEST.tif --out-dir OUT --device cpu (planes one by one)")
     print("  and again with --split 0 (rows marked split 0: the same model, touching objects not split)")
     if args.tta:

@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/bench_train.py [--steps 40] [--skip-widget]
 
-Headless runs drive ``napari_unet.iter_train`` directly; the widget run starts the same
-training from napari's Train widget (in a thread worker, under a virtual display
-when there is no DISPLAY) and measures it the same way. Each setting runs twice,
-alternating headless and widget (three times for the widget comparison), and the
-medians are reported.
+Settings: the CPU default, the same network without batch normalisation (the fixed
+workload that training speed is compared on) and the paper's network. Headless runs
+drive ``napari_unet.iter_train`` directly; the widget run starts the same training from
+napari's Train widget (in a thread worker, under a virtual display when there is no
+DISPLAY) and measures it the same way. Each setting runs twice, alternating headless and
+widget (three times for the widget comparison), and the medians are reported.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,10 +33,18 @@ from napari_unet.core.synthetic import synthetic_dataset
 WARMUP_STEPS = 3
 
 
+#: The settings measured: the CPU default, the same network without batch normalisation
+#: (the fixed workload of the speed issue), and the paper's network with its tile.
+SETTINGS = ("cpu-default", "cpu-default, no BN", "paper")
+
+
 def settings(name: str) -> tuple[ModelConfig, TrainConfig]:
     if name == "paper":
         return ModelConfig(), TrainConfig(tile=572, batch_size=1, device="cpu", precision="auto")
-    return default_model_config("cpu"), TrainConfig(device="cpu", precision="auto")
+    model = default_model_config("cpu")
+    if name == "cpu-default, no BN":
+        model = replace(model, batch_norm=False)
+    return model, TrainConfig(device="cpu", precision="auto")
 
 
 def timed_steps(events) -> tuple[float, float]:
@@ -80,6 +90,7 @@ def widget_run(name: str, steps: int, data, tmp: Path) -> float:
             widget.pairs.insert(0, (widget.image.value, widget.labels.value))
         model_config, config = settings(name)
         widget.base_channels.value, widget.depth.value = model_config.base_channels, model_config.depth
+        widget.batch_norm.value = model_config.batch_norm
         widget.tile.value = config.tile
         widget.batch_size.value, widget.steps.value = config.batch_size, steps
         widget.device.value, widget.precision.value = "cpu", "auto"
@@ -109,8 +120,8 @@ def main() -> None:
     print_header("training speed")
     data = synthetic_dataset(4, (256, 256), seed=0)
     rows = []
-    for name in ("cpu-default", "paper"):
-        steps = args.steps if name == "cpu-default" else max(args.steps // 4, WARMUP_STEPS + 3)
+    for name in SETTINGS:
+        steps = max(args.steps // 4, WARMUP_STEPS + 3) if name == "paper" else args.steps
         model_config, config = settings(name)
         runs = [headless(name, steps, data) for _ in range(2)]
         rate = median([r[0] for r in runs])
@@ -119,7 +130,7 @@ def main() -> None:
         rows.append(
             [
                 name,
-                f"{model_config.base_channels}/{model_config.depth}",
+                f"{model_config.base_channels}/{model_config.depth}{' BN' if model_config.batch_norm else ''}",
                 f"{trainer.tile}x{config.batch_size}",
                 precision_name(trainer.dtype),
                 f"{rate:.2f}",

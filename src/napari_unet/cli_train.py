@@ -218,7 +218,12 @@ def new_model(args: argparse.Namespace, first_image) -> UNet:
     if spacing is not None:
         print(f"voxel spacing (z, y, x): {', '.join(f'{s:g}' for s in spacing)}")
     defaults = default_model_config(args.device, ndim=ndim, spacing=spacing)
-    chosen = {"in_channels": args.in_channels, "base_channels": args.base_channels, "depth": args.depth}
+    chosen = {
+        "in_channels": args.in_channels,
+        "base_channels": args.base_channels,
+        "depth": args.depth,
+        "batch_norm": args.batch_norm,
+    }
     config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
     # a clear error if the image does not fit
     channels_before_spatial(first_image, config.in_channels, args.channel_axis, config.ndim)
@@ -245,6 +250,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--in-channels", type=int, default=None, help="channels of a new model (default 1)")
     add("--base-channels", type=int, default=None, help="new model width (default: 64 on GPU, 16 on CPU)")
     add("--depth", type=int, default=None, help="new model depth (default: 4 on GPU, 3 on CPU; 3D: 3 / 2)")
+    add(
+        "--batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="batch normalisation in a new model (default: on for CPU and 3D models, off for the paper's 2D network)",
+    )
     add(
         "--ndim",
         type=int,

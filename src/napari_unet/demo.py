@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from .core.config import NormalizationConfig, TrainConfig, default_model_config
+from .core.config import ModelConfig, NormalizationConfig, TrainConfig, default_model_config
 from .core.evaluation import Row, evaluate_pairs
 from .core.io import write_image
 from .core.model import UNet
@@ -52,10 +52,11 @@ def demo_trainer(
     w0: float = 10.0,
     steps: int = 100_000,
     lr: float | None = None,
+    model_config: ModelConfig | None = None,
 ) -> Trainer:
-    """A trainer for the CPU-sized (or, on a GPU, paper-sized) model on ``data``,
-    stopping after ``minutes`` or ``steps``, whichever comes first."""
-    model = UNet.from_config(default_model_config(device))
+    """A trainer for ``model_config`` (default: the CPU-sized or, on a GPU, paper-sized
+    model) on ``data``, stopping after ``minutes`` or ``steps``, whichever comes first."""
+    model = UNet.from_config(model_config or default_model_config(device))
     config = TrainConfig(steps=steps, minutes=minutes, seed=seed, device=device, validate_every=100, lr=lr)
     config = replace(config, weights=replace(config.weights, w0=w0))
     images, labels = zip(*data.train)

@@ -276,3 +276,14 @@ def test_a_full_disk_is_one_line_and_the_store_stays_resumable(tmp_path, model_f
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("napari-unet: error:") and "No space left on device" in err[-1] and "--resume" in err[-1]
     assert main([*args, "--resume"]) == 0
+
+
+def test_new_cpu_models_normalise_batches_unless_told_not_to(tmp_path, annotated_files):
+    image, labels = annotated_files[0]
+    for flags, expected in (([], True), (["--no-batch-norm"], False)):
+        out = tmp_path / f"{expected}.safetensors"
+        args = ["train", str(image), "--labels", str(labels), "--out", str(out), *TINY, "--steps", "1", *flags]
+        assert main(args) == 0
+        model = load_model(out)
+        assert model.config.batch_norm is expected
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) is expected

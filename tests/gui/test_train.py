@@ -45,6 +45,7 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     assert widget.runner.busy and not widget.start_button.enabled
     wait_idle(widget)
     assert session.model is widget.trainer.model and widget.trainer.step == 6
+    assert widget.batch_norm.value and widget.trainer.model.config.batch_norm  # the CPU default
     assert widget.progress.value == 6 and widget.start_button.enabled
     assert len(widget.plot.steps) == 6
     assert "validation at step" in widget.validation_label.value
@@ -58,6 +59,7 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
     widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated
     tiny_settings(widget, tmp_path, steps=100_000)
+    widget.batch_norm.value = False  # the paper's network, without normalisation
     widget.start_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=60_000)
     widget.stop_button.clicked.emit()
@@ -67,6 +69,7 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
     assert load_state(tmp_path / "model.safetensors.ckpt")["step"] == step
     assert load_model(tmp_path / "model.safetensors").metadata["training"]["steps"] == step
     assert session.model is widget.trainer.model and "stopped" in widget.status.value
+    assert not session.model.config.batch_norm
 
 
 @pytest.mark.slow

@@ -51,6 +51,10 @@ NETWORK_TIP = (
     "2D: the U-Net on planes (stacks plane by plane). 3D: the 3D U-Net on whole volumes, "
     "trained from a few annotated planes (the rest -1), voxel spacing from the image layer's scale"
 )
+BATCH_NORM_TIP = (
+    "normalise every convolution's output over the batch: on a CPU a new model reaches a good "
+    "segmentation in about half the time; off is the paper's network"
+)
 DEFAULT_FOLDER = Path.home() / "napari-unet"
 _warm_up: threading.Thread | None = None
 
@@ -137,6 +141,7 @@ class TrainWidget(DockWidget):
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="sigma (px)", value=WeightMapConfig().sigma, min=0.5, max=50.0)
         self.elastic = CheckBox(text="elastic deformation", value=True)
+        self.batch_norm = CheckBox(text="batch normalisation", value=cpu.batch_norm, tooltip=BATCH_NORM_TIP)
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.preview_image = ComboBox(label="preview on", choices=images, nullable=True, value=None)
         self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=100_000)
@@ -152,7 +157,7 @@ class TrainWidget(DockWidget):
         self.plot = LossPlot()
         self.advanced = group(
             "Advanced",
-            self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic,
+            self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic, self.batch_norm,
             self.precision, self.threads, self.val_image, self.val_labels, self.preview_image, self.preview_every,
         )  # fmt: skip
         self.advanced.visible = False
@@ -241,6 +246,7 @@ class TrainWidget(DockWidget):
         """The CPU defaults of the chosen kind of network."""
         defaults = default_model_config("cpu", ndim=3 if self.network.value == "3D" else 2)
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
+        self.batch_norm.value = defaults.batch_norm
         self._set_tile_choices(self.depth.value)
 
     def spacing(self) -> tuple[float, ...] | None:
@@ -288,12 +294,12 @@ class TrainWidget(DockWidget):
             if not path.is_file():
                 raise LayerError(f"no model file at {path}: choose one, or train a new model")
             return lambda: load_model(path)
-        base, depth = self.base_channels.value, self.depth.value
-        if self.network.value == "3D":
-            config = default_model_config("cpu", in_channels, ndim=3, spacing=self.spacing())
-            chosen = dataclasses.replace(config, base_channels=base, depth=depth)
-            return lambda: UNet.from_config(chosen)
-        return lambda: UNet(in_channels=in_channels, base_channels=base, depth=depth)
+        ndim = 3 if self.network.value == "3D" else 2
+        config = default_model_config("cpu", in_channels, ndim=ndim, spacing=self.spacing() if ndim == 3 else None)
+        chosen = dataclasses.replace(
+            config, base_channels=self.base_channels.value, depth=self.depth.value, batch_norm=self.batch_norm.value
+        )
+        return lambda: UNet.from_config(chosen)
 
     def trainer_factory(self):
         """Check the chosen layers and settings (raises on bad input) and return a
