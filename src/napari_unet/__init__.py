@@ -5,7 +5,7 @@ The public API below never imports Qt or napari::
     import napari_unet as nu
 
     image, labels = nu.synthetic_nuclei((512, 512), seed=0)
-    model = nu.UNet(base_channels=16, depth=3)
+    model = nu.UNet(base_channels=16, depth=3, batch_norm=True)
     summary = nu.train(model, [image], [labels], steps=500)
     instances = nu.segment(model, image)
 """

@@ -12,8 +12,8 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
 from napari.layers import Image, Labels
 
 from .._session import Session
-from ..core.config import IGNORE_LABEL, TrainConfig, default_model_config
-from ..core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object
+from ..core.config import IGNORE_LABEL, TrainConfig
+from ..core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object, live_model
 from ..core.model import UNet
 from ..core.threads import use_threads
 from ..core.train_events import StepProgress
@@ -101,7 +101,7 @@ class LiveTrainWidget(DockWidget):
         model = self.session.model
         if model is not None and model.config.in_channels == in_channels:
             return model  # resume: keep learning from the session's model
-        return UNet.from_config(default_model_config("cpu", in_channels=in_channels))
+        return live_model(in_channels)
 
     def start(self) -> None:
         if self.runner.busy:

@@ -386,8 +386,8 @@ def default_model_config(
 ) -> ModelConfig:
     """The paper's network on a GPU; a smaller one (16 base channels, depth 3) on a CPU,
     where it trains about 10x faster per pixel and still sees 88 px of context, with
-    batch normalisation before every ReLU, which halves the training time to a good
-    model there (bench/bench_quality.py ``--target``).
+    batch normalisation before every ReLU, which brings the training time to a good
+    model down to 0.61x there (bench/bench_quality.py ``--target``, median of 3 seeds).
 
     ``ndim=3``: the paper's 3D U-Net on a GPU; on a CPU a narrower and shallower one of
     the same design (:data:`CPU_3D_BASE_CHANNELS`, :data:`CPU_3D_DEPTH`), see
