@@ -140,7 +140,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     trainer = demo.demo_trainer(data, minutes=args.minutes, seed=args.seed, device=args.device)
     config = trainer.model.config
     print(
-        f"training a U-Net (base {config.base_channels}, depth {config.depth}) on {len(data.train)} synthetic "
+        f"training a U-Net (base {config.base_channels}, depth {config.depth}"
+        f"{', batch norm' if config.batch_norm else ''}) on {len(data.train)} synthetic "
         f"images for {args.minutes:g} min on {trainer.device}"
     )
     run_training(trainer)
