@@ -53,7 +53,7 @@ NETWORK_TIP = (
 )
 BATCH_NORM_TIP = (
     "normalise every convolution's output over the batch: on a CPU a new model reaches a good "
-    "segmentation in about half the time; off is the paper's network"
+    "segmentation in about 0.6 of the time; off is the paper's network"
 )
 DEFAULT_FOLDER = Path.home() / "napari-unet"
 _warm_up: threading.Thread | None = None

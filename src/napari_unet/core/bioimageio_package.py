@@ -171,7 +171,6 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
 
 
 def _readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
-    model = without_batch_norm(model)  # what every weight format holds; the spec then says so
     config, spec = model.config, model.spec
     depth, step = config.depth, 2**config.depth
     norm, inst = spec.normalization, spec.instances
@@ -323,7 +322,7 @@ def write_package(
         raise OutputFileError(f"{path} is a folder; give a .zip file name to export to")
     if not path.parent.is_dir():
         raise OutputFileError(f"cannot write {path}: folder {path.parent} does not exist")
-    model = without_batch_norm(model)  # what every weight format holds; the spec then says so
+    trained, model = model, without_batch_norm(model)  # what every weight format holds; the spec says so
     config, spec = model.config, model.spec
     depth, step = config.depth, 2**config.depth
     name = name or f"napari-unet U-Net base{config.base_channels} depth{depth}"
@@ -342,7 +341,7 @@ def write_package(
         }
         from .predict import predict
 
-        own = 1.0 - predict(model, raw, precision="fp32", channel_axis=0)[0]
+        own = 1.0 - predict(trained, raw, precision="fp32", channel_axis=0)[0]  # before any folding
         checks["pytorch_state_dict vs napari-unet's own prediction"] = float(np.abs(expected[0, 0] - own).max())
         np.save(folder / "test_input.npy", raw[None])
         np.save(folder / "test_output.npy", expected.astype(np.float32))
