@@ -3,7 +3,11 @@
     .venv/bin/python bench/bench_train.py [--steps 40] [--skip-widget]
 
 Settings: the CPU default, the same network without batch normalisation (the fixed
-workload that training speed is compared on) and the paper's network. Headless runs
+workload that training speed is compared on) and the paper's network. Each setting's
+useful training FLOP/s (three times the forward convolutions' FLOPs per sample: the
+forward pass and the two gradients of the backward pass) is put against the machine's
+convolution limit, the best large 3x3 convolution of bench_limits.py at the training's
+precision (bf16 where the CPU has it, else fp32), measured in the same run. Headless runs
 drive ``napari_unet.iter_train`` directly; the widget run starts the same training from
 napari's Train widget (in a thread worker, under a virtual display when there is no
 DISPLAY) and measures it the same way. Each setting runs twice, alternating headless and
@@ -25,9 +29,11 @@ import numpy as np
 import torch
 
 import napari_unet
+from bench_limits import limits, measure_limits
 from common import format_table, median, print_header
 from napari_unet import ModelConfig, StepProgress, TrainConfig, UNet, default_model_config
 from napari_unet.core.devices import precision_name
+from napari_unet.core.model import forward_flops
 from napari_unet.core.synthetic import synthetic_dataset
 
 WARMUP_STEPS = 3
@@ -119,6 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     print_header("training speed")
     data = synthetic_dataset(4, (256, 256), seed=0)
+    limit_of = {precision: f for (_, precision), f in limits(measure_limits(repeats=3, devices=["cpu"])).items()}
+    print("convolution limit: " + ", ".join(f"{p} {f / 1e9:.1f} GFLOP/s" for p, f in limit_of.items()))
     rows = []
     for name in SETTINGS:
         steps = max(args.steps // 4, WARMUP_STEPS + 3) if name == "paper" else args.steps
@@ -127,6 +135,9 @@ def main() -> None:
         rate = median([r[0] for r in runs])
         share = median([r[1] for r in runs])
         trainer = napari_unet.Trainer(*training_inputs(name, data))  # the tile and precision it resolves
+        batch_shape = (config.batch_size, model_config.in_channels, trainer.tile, trainer.tile)
+        useful = 3 * forward_flops(model_config, batch_shape)  # per step
+        limit = limit_of[precision_name(trainer.dtype)]
         rows.append(
             [
                 name,
@@ -136,11 +147,12 @@ def main() -> None:
                 f"{rate:.2f}",
                 f"{rate * config.batch_size:.1f}",
                 f"{100 * share:.1f}%",
+                f"{rate * useful / 1e9:.1f}",
+                f"{rate * useful / limit:.0%}",
             ]
         )
-    print(
-        format_table(["setting", "base/depth", "tile x batch", "precision", "steps/s", "samples/s", "data share"], rows)
-    )
+    headers = ["setting", "base/depth", "tile x batch", "precision", "steps/s", "samples/s", "data share"]
+    print(format_table([*headers, "useful GFLOP/s", "of limit"], rows))
     if args.skip_widget:
         return
     display = None

@@ -303,16 +303,16 @@ class TrainConfig:
     Training stops after ``steps`` optimiser steps or ``minutes`` of wall time,
     whichever comes first. ``tile`` is the input tile size (a valid size; ``None``
     picks one whose output is about 128 px; for 3D models an int or (z, y, x), by
-    by default 48 voxels of output in y and x and as long along z). ``optimizer`` "sgd" is the paper's
-    (momentum 0.99, batch 1, large tiles); the default "adam" converges faster on
-    few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the schedule
-    warms up linearly over ``warmup_steps`` and then is constant or cosine-decays to
-    zero at ``steps``. Validation (when validation images are given) runs every
-    ``decay_by_time`` ends the decay at the ``minutes`` budget when that comes before
-    ``steps`` (the learning rate then follows the clock, so such a run is not exactly
-    repeatable or resumable). Validation (when validation images are given) runs every
-    ``validate_every`` steps (``None``: see :attr:`validation_interval`) and at the end;
-    with ``keep_best`` the model ends with the weights of the best validation.
+    default 48 voxels of output in y and x and as long along z). ``optimizer`` "sgd"
+    is the paper's (momentum 0.99, batch 1, large tiles); the default "adam" converges
+    faster on few images. ``lr`` ``None`` means 3e-3 for adam and 1e-2 for sgd; the
+    schedule warms up linearly over ``warmup_steps`` and then is constant or
+    cosine-decays to zero at ``steps``; ``decay_by_time`` ends the decay at the
+    ``minutes`` budget when that comes before ``steps`` (the learning rate then follows
+    the clock, so such a run is not exactly repeatable or resumable). Validation (when
+    validation images are given) runs every ``validate_every`` steps (``None``: see
+    :attr:`validation_interval`) and at the end; with ``keep_best`` the model ends with
+    the weights of the best validation.
     """
 
     steps: int = 1000
