@@ -258,3 +258,22 @@ def test_helper_layers_are_not_offered_as_annotations_and_threads_can_be_set(
     wait_idle(widget)
     assert widget.trainer.step == 3
     assert "with 1 CPU thread(s)" in widget._started_message
+
+
+def test_on_a_laptop_screen_the_settings_scroll_and_start_stays_in_view(viewer, session, annotated, qtbot):
+    """Issue 11: a 1366x768 screen leaves a right-hand dock about 630 px; all the
+    settings (916 px folded, 1388 px with the advanced ones) scroll above Start."""
+    assert annotated
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.show_advanced.value = True
+    area = widget.settings_area
+    assert widget.native.minimumSizeHint().height() < 450
+    assert area.isAncestorOf(widget.advanced.native) and area.isAncestorOf(widget.image.native)
+    for control in (widget.start_button, widget.stop_button, widget.progress, widget.status):
+        assert not area.isAncestorOf(control.native)
+    window = viewer.window._qt_window
+    window.resize(1366, 630)
+    qtbot.waitUntil(lambda: area.verticalScrollBar().maximum() > 0)  # the settings scroll...
+    start = widget.start_button.native
+    bottom = start.mapTo(window, start.rect().bottomLeft()).y()
+    assert 0 < bottom < window.height()  # ...and Start is inside the window

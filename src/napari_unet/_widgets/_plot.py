@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
+from qtpy.QtCore import QSize
+from qtpy.QtWidgets import QSizePolicy
 
 
 class LossPlot(pg.PlotWidget):
@@ -15,6 +17,7 @@ class LossPlot(pg.PlotWidget):
         super().__init__()
         self.setBackground(None)
         self.setMinimumHeight(140)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
         self.raw = self.plot(pen=pg.mkPen((120, 120, 160), width=1))
@@ -23,6 +26,10 @@ class LossPlot(pg.PlotWidget):
         self.losses: list[float] = []
         self.min_interval = min_interval
         self._drawn = 0.0
+
+    def sizeHint(self) -> QSize:
+        """As tall as its minimum: in a short dock, room goes to the controls first."""
+        return QSize(super().sizeHint().width(), self.minimumHeight())
 
     def clear_data(self) -> None:
         self.steps.clear()

@@ -22,6 +22,8 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QScrollArea
 
 from .._session import Session
 from ..core.annotation import unsigned_max_warning
@@ -99,11 +101,29 @@ def group(title: str, *widgets) -> Container:
     return Container(widgets=[heading, box], labels=False)
 
 
+def scrolling(widget: Container, layout) -> QScrollArea:
+    """Move ``widget`` (in ``layout``) into a frameless, vertically scrolling area at
+    the same place and return the area: a long block of settings then scrolls within
+    the dock instead of making it taller than the screen."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    held = widget.native  # or the frame magicgui put around it in the layout
+    while held.parentWidget() is not layout.parentWidget():
+        held = held.parentWidget()
+    index = layout.indexOf(held)
+    area.setWidget(held)
+    layout.insertWidget(index, area, stretch=1)
+    area.setMinimumWidth(held.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width())
+    return area
+
+
 class TrainWidget(DockWidget):
     """Training data (image + annotation pairs), model, settings, Start/Stop, progress.
 
     What a run needs is shown at once; the paper's hyper-parameters and the preview
-    sit under "advanced settings".
+    sit under "advanced settings". The settings scroll when the screen is short.
     """
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
@@ -161,16 +181,24 @@ class TrainWidget(DockWidget):
             self.precision, self.threads, self.val_image, self.val_labels, self.preview_image, self.preview_every,
         )  # fmt: skip
         self.advanced.visible = False
-        self.extend(
-            [
+        self.settings = Container(
+            widgets=[
                 group("Data", self.image, self.labels, self.add_pair, self.clear_pairs, self.pairs_label),
                 group("Model", self.model_source, self.model_file, self.network, self.base_channels, self.depth),
                 group("Run", self.steps, self.minutes, self.device, self.save_path),
                 self.show_advanced, self.advanced,
-                self.start_button, self.stop_button, self.progress, self.status, self.validation_label,
-            ]
+            ],
+            labels=False,
         )  # fmt: skip
+        self.settings.margins = (0, 0, 0, 0)
+        self.extend(
+            [self.settings, self.start_button, self.stop_button, self.progress, self.status, self.validation_label]
+        )
+        self.plot.setMaximumHeight(200)  # the rest of the dock's height goes to the settings
         self.native.layout().addWidget(self.plot)
+        # The settings alone are taller than a 1366x768 laptop's screen leaves a dock;
+        # they scroll, and Start, Stop, progress and status stay in view below them.
+        self.settings_area = scrolling(self.settings, self.native.layout())
         for label in (self.pairs_label, self.validation_label):
             label.native.setWordWrap(True)
         self.pairs: list[tuple[Image, Labels]] = []
