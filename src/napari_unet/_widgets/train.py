@@ -22,8 +22,6 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea
 
 from .._session import Session
 from ..core.annotation import unsigned_max_warning
@@ -36,6 +34,7 @@ from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
+from ._forms import group, scrolling
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     ANNOTATION,
@@ -91,32 +90,6 @@ def free_model_path(folder: Path | None = None, stem: str = "model") -> Path:
 def format_seconds(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes}:{seconds:02d}"
-
-
-def group(title: str, *widgets) -> Container:
-    """A titled block of labelled controls."""
-    box = Container(widgets=list(widgets), labels=True)
-    box.margins = (0, 0, 0, 0)
-    heading = Label(value=f"<b>{title}</b>")
-    return Container(widgets=[heading, box], labels=False)
-
-
-def scrolling(widget: Container, layout) -> QScrollArea:
-    """Move ``widget`` (in ``layout``) into a frameless, vertically scrolling area at
-    the same place and return the area: a long block of settings then scrolls within
-    the dock instead of making it taller than the screen."""
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    held = widget.native  # or the frame magicgui put around it in the layout
-    while held.parentWidget() is not layout.parentWidget():
-        held = held.parentWidget()
-    index = layout.indexOf(held)
-    area.setWidget(held)
-    layout.insertWidget(index, area, stretch=1)
-    area.setMinimumWidth(held.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width())
-    return area
 
 
 class TrainWidget(DockWidget):
