@@ -170,3 +170,13 @@ def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session
     monkeypatch.setattr(SegmentWidget, "ask_export_path", lambda self: None)  # cancelled: nothing happens
     widget.export_button.clicked.emit()
     assert not widget.export_runner.busy
+
+
+def test_the_settings_scroll_above_segment_so_it_shares_a_laptop_dock_with_train(viewer, model_session):
+    """Issue 11: docked under the Train widget on a 1366x768 screen (about 630 px for
+    both), the 13 settings (520 px) scroll and Segment, Cancel and progress stay in view."""
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    assert widget.native.minimumSizeHint().height() < 300
+    assert widget.settings_area.isAncestorOf(widget.tile.native)
+    for control in (widget.run_button, widget.cancel_button, widget.export_button, widget.progress, widget.status):
+        assert not widget.settings_area.isAncestorOf(control.native)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, RadioButtons
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
 from napari.layers import Image
 
 from .._session import Session
@@ -16,6 +16,7 @@ from ..core.instances import foreground as probabilities_foreground
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
+from ._forms import scrolling
 from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
 from ._layers import LayerError, image_data, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
@@ -66,15 +67,16 @@ class SegmentWidget(DockWidget):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
-        self.extend(
-            [
+        self.settings = Container(
+            widgets=[
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
                 self.precision, self.planes, self.probabilities, self.tta, self.split, self.to_store, self.store,
-                self.run_button,
-                self.cancel_button,
-                self.progress, self.status,
-            ]
+            ],
+            labels=True,
         )  # fmt: skip
+        self.settings.margins = (0, 0, 0, 0)
+        self.extend([self.settings, self.run_button, self.cancel_button, self.progress, self.status])
+        self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
         self.model_info.native.setWordWrap(True)
         self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.export_button = PushButton(text="Export model…", tooltip="write the model for Fiji, bioimage.io, ONNX")
