@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from magicgui.widgets import Container, Label
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea
 
 
@@ -15,19 +15,38 @@ def group(title: str, *widgets) -> Container:
     return Container(widgets=[heading, box], labels=False)
 
 
+class _SettingsArea(QScrollArea):
+    """A frameless, vertically scrolling area as wide as its content needs (which
+    grows once napari's style is applied), however short."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        if self.widget() is None:
+            return hint
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, hint.height())
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's minimum width may have changed
+        return super().eventFilter(watched, event)
+
+
 def scrolling(widget: Container, layout) -> QScrollArea:
-    """Move ``widget`` (in ``layout``) into a frameless, vertically scrolling area at
-    the same place and return the area: a long block of settings then scrolls within
-    the dock instead of making it taller than the screen."""
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    """Move ``widget`` (in ``layout``) into a vertically scrolling area at the same
+    place and return the area: a long block of settings then scrolls within the dock
+    instead of making it taller than the screen."""
+    area = _SettingsArea()
     held = widget.native  # or the frame magicgui put around it in the layout
     while held.parentWidget() is not layout.parentWidget():
         held = held.parentWidget()
     index = layout.indexOf(held)
     area.setWidget(held)
     layout.insertWidget(index, area, stretch=1)
-    area.setMinimumWidth(held.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width())
     return area
