@@ -40,8 +40,9 @@ class _SettingsArea(QScrollArea):
 
 def scrolling(widget: Container, layout) -> QScrollArea:
     """Move ``widget`` (in ``layout``) into a vertically scrolling area at the same
-    place and return the area: a long block of settings then scrolls within the dock
-    instead of making it taller than the screen."""
+    place, without margins of its own, and return the area: a long block of settings
+    then scrolls within the dock instead of making it taller than the screen."""
+    widget.margins = (0, 0, 0, 0)
     area = _SettingsArea()
     held = widget.native  # or the frame magicgui put around it in the layout
     while held.parentWidget() is not layout.parentWidget():

@@ -74,7 +74,6 @@ class SegmentWidget(DockWidget):
             ],
             labels=True,
         )  # fmt: skip
-        self.settings.margins = (0, 0, 0, 0)
         self.extend([self.settings, self.run_button, self.cancel_button, self.progress, self.status])
         self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
         self.model_info.native.setWordWrap(True)

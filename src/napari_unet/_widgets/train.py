@@ -163,7 +163,6 @@ class TrainWidget(DockWidget):
             ],
             labels=False,
         )  # fmt: skip
-        self.settings.margins = (0, 0, 0, 0)
         self.extend(
             [self.settings, self.start_button, self.stop_button, self.progress, self.status, self.validation_label]
         )
