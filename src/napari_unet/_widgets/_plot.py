@@ -17,6 +17,7 @@ class LossPlot(pg.PlotWidget):
         super().__init__()
         self.setBackground(None)
         self.setMinimumHeight(140)
+        self.setMaximumHeight(200)  # the rest of a dock's height goes to its controls
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")

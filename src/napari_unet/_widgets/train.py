@@ -166,7 +166,6 @@ class TrainWidget(DockWidget):
         self.extend(
             [self.settings, self.start_button, self.stop_button, self.progress, self.status, self.validation_label]
         )
-        self.plot.setMaximumHeight(200)  # the rest of the dock's height goes to the settings
         self.native.layout().addWidget(self.plot)
         # The settings alone are taller than a 1366x768 laptop's screen leaves a dock;
         # they scroll, and Start, Stop, progress and status stay in view below them.
