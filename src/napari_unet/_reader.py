@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .core.bioimageio_package import is_package
 from .core.checkpoint import ModelFileError, load_model
+from .core.package_reader import is_package
 
 log = logging.getLogger(__name__)
 

@@ -119,14 +119,15 @@ def _napari_unet_package(folder, model):
     import json
 
     from napari_unet.core import bioimageio_package as bp
+    from napari_unet.core import package_reader
 
     folder.mkdir()
     (folder / "rdf.yaml").write_text("type: model\n")
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    (folder / bp.STATE_DICT_NAME).write_bytes(buffer.getvalue())
-    record = bp._record(model, bp._sha256(buffer.getvalue()), "")
-    (folder / bp.RECORD_NAME).write_text(json.dumps(record))
+    (folder / package_reader.STATE_DICT_NAME).write_bytes(buffer.getvalue())
+    record = bp._record(model, package_reader.sha256(buffer.getvalue()), "")
+    (folder / package_reader.RECORD_NAME).write_text(json.dumps(record))
     return folder
 
 

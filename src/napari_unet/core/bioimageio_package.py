@@ -1,4 +1,4 @@
-"""bioimage.io model packages (model description spec 0.5): write them, and read back ours.
+"""Writing bioimage.io model packages (model description spec 0.5).
 
 Writing uses ``bioimageio.spec``'s own description classes and packaging (the
 ``export`` extra). A package holds:
@@ -16,44 +16,34 @@ Writing uses ``bioimageio.spec``'s own description classes and packaging (the
 - ``napari_unet.json``: what napari-unet needs to read the package back (the model
   spec, the training record, the weights file and its SHA-256).
 
-Reading (:func:`read_package`) needs only napari-unet's own dependencies. It accepts
-packages napari-unet wrote, as a zip or an unpacked folder, and loads the state dict
-with ``torch.load(weights_only=True)`` after checking its hash; the packaged
-architecture file is never executed (the network is built from napari-unet's own
-code). Other packages are refused with a message saying what is supported.
+:mod:`napari_unet.core.package_reader` reads them back without ``bioimageio.spec``
+and without running the packaged architecture file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import exchange, standalone_unet
-from .checkpoint import ModelFileError, model_from_state
 from .config import NormalizationConfig
 from .errors import OutputFileError
 from .geometry import margin
 from .layout import channels_at_minus3
 from .model import UNet, without_batch_norm
+from .package_reader import PACKAGE_FORMAT, PACKAGE_VERSION, RECORD_NAME, STATE_DICT_NAME, sha256
 
-PACKAGE_FORMAT = "napari-unet bioimage.io package"
-PACKAGE_VERSION = 1
-RECORD_NAME = "napari_unet.json"
-DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
 ARCHITECTURE_NAME = "unet_architecture.py"
 ARCHITECTURE_CALLABLE = "SameSizeUNet"
-STATE_DICT_NAME = "weights.pt"
 TORCHSCRIPT_NAME = "weights_torchscript.pt"
 ONNX_NAME = "weights.onnx"
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
@@ -128,10 +118,6 @@ def _cover(raw: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     tint = np.stack([right, right * 0.35, right * 0.8], axis=-1)  # magenta probability
     picture = np.concatenate([np.repeat(left[..., None], 3, axis=-1), tint], axis=1)
     return (picture * 255).round().astype(np.uint8)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _rounded(value: Any) -> Any:
@@ -352,7 +338,7 @@ def write_package(
         iio.imwrite(folder / "sample_output.tif", expected[0, 0].astype(np.float32))
         trained_on = trained_on or "Not recorded at export (pass `--trained-on` to `napari-unet export`)."
         (folder / "README.md").write_text(_readme(model, name, trained_on, checks, raw.shape[-1]), encoding="utf-8")
-        record = _record(model, _sha256(files[STATE_DICT_NAME]), _sha256(files[ARCHITECTURE_NAME]))
+        record = _record(model, sha256(files[STATE_DICT_NAME]), sha256(files[ARCHITECTURE_NAME]))
         (folder / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
         space = [v0_5.AxisId("y"), v0_5.AxisId("x")]
@@ -462,101 +448,3 @@ def write_package(
         finally:
             partial.unlink(missing_ok=True)
     return path
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class _Files:
-    """Named files of a package, from a zip or a folder; only plain names are read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.zip = zipfile.ZipFile(path) if path.is_file() else None
-
-    def names(self) -> set[str]:
-        if self.zip is not None:
-            return set(self.zip.namelist())
-        return {p.name for p in self.path.iterdir() if p.is_file()}
-
-    def read(self, name: str) -> bytes:
-        if PurePosixPath(name).name != name or name in ("", ".", ".."):
-            raise ModelFileError(f"{self.path}: refusing to read {name!r} (not a plain file name)")
-        try:
-            if self.zip is not None:
-                return self.zip.read(name)
-            return (self.path / name).read_bytes()
-        except (KeyError, OSError) as error:
-            raise ModelFileError(f"{self.path} is incomplete: {name} is missing") from error
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-
-def _package_root(path: str | os.PathLike) -> Path | None:
-    """The zip or folder of the bioimage.io package at ``path``, or ``None`` if it is none."""
-    path = Path(path)
-    if path.is_file() and path.name in DESCRIPTION_NAMES:
-        return path.parent
-    if path.is_dir():
-        return path if any((path / name).is_file() for name in DESCRIPTION_NAMES) else None
-    if path.is_file() and zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = set(archive.namelist())
-        except (zipfile.BadZipFile, OSError):
-            return None
-        return path if names & set(DESCRIPTION_NAMES) else None
-    return None
-
-
-def is_package(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a bioimage.io model package (zip, folder or its rdf.yaml)."""
-    return _package_root(path) is not None
-
-
-def foreign_package_message(path: Path) -> str:
-    return (
-        f"{path} is a bioimage.io package that napari-unet did not write. napari-unet opens its own "
-        "model files (.safetensors) and the bioimage.io packages it exported (napari-unet export "
-        "--format bioimageio), zipped or unpacked; run other bioimage.io models with bioimageio.core, "
-        "deepImageJ or ilastik"
-    )
-
-
-def read_package(path: str | os.PathLike) -> UNet:
-    """The model in a bioimage.io package that napari-unet wrote (zip or folder).
-
-    Loads the ``pytorch_state_dict`` weights with ``weights_only=True`` after checking
-    their SHA-256 against the package's record, into napari-unet's own network; never
-    runs code from the package. Raises :class:`ModelFileError` for anything else.
-    """
-    root = _package_root(path)
-    if root is None:
-        raise ModelFileError(f"{path} is not a bioimage.io model package (no rdf.yaml or bioimageio.yaml)")
-    files = _Files(root)
-    try:
-        if RECORD_NAME not in files.names():
-            raise ModelFileError(foreign_package_message(root))
-        try:
-            record = json.loads(files.read(RECORD_NAME))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ModelFileError(f"{root}: {RECORD_NAME} is damaged") from error
-        if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
-            raise ModelFileError(foreign_package_message(root))
-        if record.get("version", 0) > PACKAGE_VERSION:
-            raise ModelFileError(f"{root} was written by a newer napari-unet (package version {record['version']})")
-        weights = record.get("weights") or {}
-        data = files.read(str(weights.get("source", "")))
-        if _sha256(data) != weights.get("sha256"):
-            raise ModelFileError(f"{root} is damaged: its weights do not match the hash in {RECORD_NAME}")
-        try:
-            state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as error:  # any unpickling refusal or corruption
-            raise ModelFileError(f"{root}: the weights cannot be read safely: {error}") from error
-    finally:
-        files.close()
-    state = {"kind": "model", "spec": record.get("spec") or {}, "weights": state_dict}
-    state["metadata"] = record.get("metadata") or {}
-    return model_from_state(state, root).eval()

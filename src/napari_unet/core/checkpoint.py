@@ -100,9 +100,9 @@ def load_model(path: str | os.PathLike) -> UNet:
     :func:`load_state`). The returned model is in eval mode on the CPU, with
     ``model.spec`` and ``model.metadata`` filled in. Also opens the bioimage.io
     packages napari-unet exports (zip or folder, see
-    :mod:`napari_unet.core.bioimageio_package`).
+    :mod:`napari_unet.core.package_reader`).
     """
-    from .bioimageio_package import is_package, read_package
+    from .package_reader import is_package, read_package
 
     if is_package(path):
         return read_package(path)

@@ -1,0 +1,131 @@
+"""Reading back the bioimage.io model packages that napari-unet wrote.
+
+Needs only napari-unet's own dependencies (no ``bioimageio.spec``). A package is a
+zip or an unpacked folder; only plain file names are read from it. The state dict
+is loaded with ``torch.load(weights_only=True)`` after its SHA-256 is checked against
+the package's record (``napari_unet.json``), into napari-unet's own network: the
+packaged architecture file is never executed. Packages that napari-unet did not
+write are refused with a message saying what is supported.
+
+The names below are the package layout that :mod:`napari_unet.core.bioimageio_package`
+writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from .checkpoint import ModelFileError, model_from_state
+from .model import UNet
+
+PACKAGE_FORMAT = "napari-unet bioimage.io package"
+PACKAGE_VERSION = 1
+RECORD_NAME = "napari_unet.json"
+DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
+STATE_DICT_NAME = "weights.pt"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Files:
+    """Named files of a package, from a zip or a folder; only plain names are read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip = zipfile.ZipFile(path) if path.is_file() else None
+
+    def names(self) -> set[str]:
+        if self.zip is not None:
+            return set(self.zip.namelist())
+        return {p.name for p in self.path.iterdir() if p.is_file()}
+
+    def read(self, name: str) -> bytes:
+        if PurePosixPath(name).name != name or name in ("", ".", ".."):
+            raise ModelFileError(f"{self.path}: refusing to read {name!r} (not a plain file name)")
+        try:
+            if self.zip is not None:
+                return self.zip.read(name)
+            return (self.path / name).read_bytes()
+        except (KeyError, OSError) as error:
+            raise ModelFileError(f"{self.path} is incomplete: {name} is missing") from error
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def _package_root(path: str | os.PathLike) -> Path | None:
+    """The zip or folder of the bioimage.io package at ``path``, or ``None`` if it is none."""
+    path = Path(path)
+    if path.is_file() and path.name in DESCRIPTION_NAMES:
+        return path.parent
+    if path.is_dir():
+        return path if any((path / name).is_file() for name in DESCRIPTION_NAMES) else None
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return path if names & set(DESCRIPTION_NAMES) else None
+    return None
+
+
+def is_package(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a bioimage.io model package (zip, folder or its rdf.yaml)."""
+    return _package_root(path) is not None
+
+
+def foreign_package_message(path: Path) -> str:
+    return (
+        f"{path} is a bioimage.io package that napari-unet did not write. napari-unet opens its own "
+        "model files (.safetensors) and the bioimage.io packages it exported (napari-unet export "
+        "--format bioimageio), zipped or unpacked; run other bioimage.io models with bioimageio.core, "
+        "deepImageJ or ilastik"
+    )
+
+
+def read_package(path: str | os.PathLike) -> UNet:
+    """The model in a bioimage.io package that napari-unet wrote (zip or folder).
+
+    Loads the ``pytorch_state_dict`` weights with ``weights_only=True`` after checking
+    their SHA-256 against the package's record, into napari-unet's own network; never
+    runs code from the package. Raises :class:`ModelFileError` for anything else.
+    """
+    root = _package_root(path)
+    if root is None:
+        raise ModelFileError(f"{path} is not a bioimage.io model package (no rdf.yaml or bioimageio.yaml)")
+    files = _Files(root)
+    try:
+        if RECORD_NAME not in files.names():
+            raise ModelFileError(foreign_package_message(root))
+        try:
+            record = json.loads(files.read(RECORD_NAME))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ModelFileError(f"{root}: {RECORD_NAME} is damaged") from error
+        if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
+            raise ModelFileError(foreign_package_message(root))
+        if record.get("version", 0) > PACKAGE_VERSION:
+            raise ModelFileError(f"{root} was written by a newer napari-unet (package version {record['version']})")
+        weights = record.get("weights") or {}
+        data = files.read(str(weights.get("source", "")))
+        if sha256(data) != weights.get("sha256"):
+            raise ModelFileError(f"{root} is damaged: its weights do not match the hash in {RECORD_NAME}")
+        try:
+            state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # any unpickling refusal or corruption
+            raise ModelFileError(f"{root}: the weights cannot be read safely: {error}") from error
+    finally:
+        files.close()
+    state = {"kind": "model", "spec": record.get("spec") or {}, "weights": state_dict}
+    state["metadata"] = record.get("metadata") or {}
+    return model_from_state(state, root).eval()
