@@ -38,7 +38,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         optimizer=args.optimizer,
         lr=args.lr,
         weights=WeightMapConfig(w0=args.w0, sigma=args.sigma),
-        augment=AugmentConfig(elastic=not args.no_elastic),
+        augment=AugmentConfig(elastic=not args.no_elastic, zoom=args.zoom),
         device=args.device,
         precision=args.precision,
         seed=args.seed,
@@ -119,6 +119,7 @@ RESUME_KEEPS = {
     "w0": lambda train, model: train.weights.w0,
     "sigma": lambda train, model: train.weights.sigma,
     "no_elastic": lambda train, model: not train.augment.elastic,
+    "zoom": lambda train, model: train.augment.zoom,
     "seed": lambda train, model: train.seed,
     "decay_by_time": lambda train, model: train.decay_by_time,
     "validate_every": lambda train, model: train.validate_every,
@@ -277,6 +278,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--w0", type=float, default=defaults.weights.w0)
     add("--sigma", type=float, default=defaults.weights.sigma)
     add("--no-elastic", action="store_true", help="switch off elastic deformation")
+    add(
+        "--zoom",
+        type=float,
+        default=defaults.augment.zoom,
+        help="random zoom of each sample by exp(U[-ZOOM, ZOOM]) (0.25: 0.78-1.28x; default 0: none)",
+    )
     add("--seed", type=int, default=defaults.seed)
     add(
         "--decay-by-time",

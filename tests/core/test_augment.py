@@ -13,6 +13,7 @@ from napari_unet.core.augment import (
     resample,
     sampling_grid,
     tile_center,
+    zoom_about,
 )
 from napari_unet.core.config import IGNORE_LABEL, AugmentConfig
 
@@ -129,6 +130,35 @@ def test_random_rigid_tiles_are_flips_and_rotations_of_the_tile(rng):
         for _ in range(80)
     }
     assert seen == set(range(8))
+
+
+def test_zoom_rescales_objects_about_the_tile_centre_within_its_range(rng):
+    """A disk at the tile centre comes out exp(u) times smaller or larger, |u| <= zoom,
+    still centred; both smaller and larger occur; zoom 0 leaves the grid and the
+    random stream as they were."""
+    yy, xx = np.mgrid[:101, :101]
+    disk = ((yy - 50) ** 2 + (xx - 50) ** 2 <= 20**2).astype(np.int32)
+    center = tile_center((0, 0), (101, 101))
+    zoom = 0.3
+    config = AugmentConfig(elastic=False, flips=False, rotations=False, zoom=zoom)
+    radii = []
+    for _ in range(40):
+        tile = resample(disk, sampling_grid((101, 101), center, rng, config), 0)
+        radii.append(np.sqrt(tile.sum() / np.pi))
+        y, x = ndimage.center_of_mass(tile)
+        assert abs(y - 50) < 0.5 and abs(x - 50) < 0.5
+    assert 20 * np.exp(-zoom) - 0.5 <= min(radii) < 19 and 21 < max(radii) <= 20 * np.exp(zoom) + 0.5
+    grid = identity_grid((5, 5), (2.0, 2.0))
+    before = np.random.default_rng(3)
+    assert zoom_about(grid, (2.0, 2.0), before, 0.0) is grid
+    assert before.random() == np.random.default_rng(3).random()
+
+
+def test_zoom_must_be_between_0_and_1():
+    with pytest.raises(ValueError, match="zoom"):
+        AugmentConfig(zoom=-0.1)
+    with pytest.raises(ValueError, match="zoom"):
+        AugmentConfig(zoom=1.5)
 
 
 def test_non_square_tiles_are_only_flipped_or_half_turned(rng):

@@ -192,6 +192,7 @@ def stopped_run(tmp_path):
         (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's None"),
         (["--base-channels", "8"], "--base-channels 8 differs from the checkpoint's 2"),
         (["--no-elastic"], "--no-elastic differs from the checkpoint's False"),
+        (["--zoom", "0.2"], "--zoom 0.2 differs from the checkpoint's 0.0"),
         (["--seed", "9"], "--seed 9 differs"),
     ],
 )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet.core.augment3d import elastic_displacement_3d, rigid, sampling_grid_3d
+from napari_unet.core.augment3d import elastic_displacement_3d, resample_volume, rigid, sampling_grid_3d
 from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from napari_unet.core.data import PreparedPlane, SampleStream, default_tile_for, prepare
 from napari_unet.core.geometry import model_axes
@@ -93,6 +93,19 @@ def test_elastic_field_is_smooth_and_physical_along_z():
     np.testing.assert_allclose(np.stack(aniso)[:, 0], np.stack(iso)[:, 0] / 2.5)  # fewer voxels along coarse z
     np.testing.assert_allclose(np.stack(aniso)[:, 1:], np.stack(iso)[:, 1:])
     assert 7 < np.std(np.stack(iso)) < 13
+
+
+def test_zoom_scales_a_volume_sample_alike_on_every_axis(rng):
+    zz, yy, xx = np.mgrid[:41, :41, :41]
+    ball = ((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 10**2).astype(np.int32)
+    config = AugmentConfig(elastic=False, flips=False, rotations=False, zoom=0.3)
+    radii = []
+    for _ in range(20):
+        sample = resample_volume(ball, sampling_grid_3d((41, 41, 41), (20, 20, 20), rng, config), order=0)
+        extents = [np.ptp(np.flatnonzero(np.moveaxis(sample, axis, 0).any(axis=(1, 2)))) for axis in range(3)]
+        assert max(extents) - min(extents) <= 1  # one factor for z, y and x
+        radii.append(np.cbrt(sample.sum() * 3 / (4 * np.pi)))
+    assert 10 * np.exp(-0.3) - 0.5 <= min(radii) < 9.5 and 10.5 < max(radii) <= 10 * np.exp(0.3) + 0.5
 
 
 def test_samples_are_seeded_by_index():

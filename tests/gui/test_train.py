@@ -40,11 +40,13 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     widget.val_image.value, widget.val_labels.value = annotated
     widget.preview_image.value = annotated[0]
     widget.preview_every.value = 3
+    widget.zoom.value = 0.25
     tiny_settings(widget, tmp_path)
     widget.start_button.clicked.emit()
     assert widget.runner.busy and not widget.start_button.enabled
     wait_idle(widget)
     assert session.model is widget.trainer.model and widget.trainer.step == 6
+    assert widget.trainer.config.augment.zoom == 0.25
     assert widget.batch_norm.value and widget.trainer.model.config.batch_norm  # the CPU default
     assert widget.progress.value == 6 and widget.start_button.enabled
     assert len(widget.plot.steps) == 6

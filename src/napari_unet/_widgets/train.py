@@ -56,6 +56,10 @@ BATCH_NORM_TIP = (
     "normalise every convolution's output over the batch: on a CPU a new model reaches a good "
     "segmentation in about 0.6 of the time; off is the paper's network"
 )
+ZOOM_TIP = (
+    "rescale each training sample by a random factor from exp(-zoom) to exp(zoom) (0.25: 0.78-1.28x), "
+    "so the network also sees cells a little smaller and larger than the annotated ones; 0: none, as in the paper"
+)
 DEFAULT_FOLDER = Path.home() / "napari-unet"
 _warm_up: threading.Thread | None = None
 
@@ -134,6 +138,8 @@ class TrainWidget(DockWidget):
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="sigma (px)", value=WeightMapConfig().sigma, min=0.5, max=50.0)
         self.elastic = CheckBox(text="elastic deformation", value=True)
+        zoom = AugmentConfig().zoom
+        self.zoom = FloatSpinBox(label="random zoom", value=zoom, min=0.0, max=1.0, step=0.05, tooltip=ZOOM_TIP)
         self.batch_norm = CheckBox(text="batch normalisation", value=cpu.batch_norm, tooltip=BATCH_NORM_TIP)
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.preview_image = ComboBox(label="preview on", choices=images, nullable=True, value=None)
@@ -150,8 +156,9 @@ class TrainWidget(DockWidget):
         self.plot = LossPlot()
         self.advanced = group(
             "Advanced",
-            self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic, self.batch_norm,
-            self.precision, self.threads, self.val_image, self.val_labels, self.preview_image, self.preview_every,
+            self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic, self.zoom,
+            self.batch_norm, self.precision, self.threads, self.val_image, self.val_labels, self.preview_image,
+            self.preview_every,
         )  # fmt: skip
         self.advanced.visible = False
         self.settings = Container(
@@ -274,7 +281,7 @@ class TrainWidget(DockWidget):
             optimizer=self.optimizer.value,
             lr=self.lr.value,
             weights=WeightMapConfig(w0=self.w0.value, sigma=self.sigma.value),
-            augment=AugmentConfig(elastic=self.elastic.value),
+            augment=AugmentConfig(elastic=self.elastic.value, zoom=self.zoom.value),
             device=self.device.value,
             precision=self.precision.value,
         )

@@ -8,7 +8,9 @@ the sample is resampled through it, so image, target and weight map stay aligned
    rotated by a multiple of 90 degrees about the tile centre, plus the paper's
    elastic deformation ("random displacement vectors on a coarse 3 by 3 grid ...
    sampled from a Gaussian distribution with 10 pixels standard deviation. Per-pixel
-   displacements are then computed using bicubic interpolation").
+   displacements are then computed using bicubic interpolation"); with
+   ``AugmentConfig.zoom`` > 0, first a random zoom about the tile centre
+   (:func:`zoom_about`).
 2. :func:`resample` reads an array at those coordinates: order 3 (cubic spline) for
    images, order 0 (nearest, dtype kept, no new label ids) for labels and targets,
    order 1 for weight maps. Coordinates outside the array are mirrored like
@@ -97,6 +99,17 @@ def draw_dihedral(rng: np.random.Generator, tile_hw: tuple[int, int], config: Au
     return flip_y, flip_x, k
 
 
+def zoom_about(coords: np.ndarray, center: Sequence[float], rng: np.random.Generator, zoom: float) -> np.ndarray:
+    """``coords`` (D, ...) scaled about ``center`` (D floats) by ``exp(u)``, ``u`` drawn
+    from U[-``zoom``, ``zoom``]: a factor above 1 reads a larger region, so objects
+    appear smaller. Draws one number; ``zoom`` 0 draws none and returns ``coords``."""
+    if zoom <= 0:
+        return coords
+    factor = float(np.exp(rng.uniform(-zoom, zoom)))
+    middle = np.asarray(center, dtype=np.float64).reshape(-1, *([1] * (coords.ndim - 1)))
+    return middle + (coords - middle) * factor
+
+
 @functools.lru_cache(maxsize=64)
 def _cubic_weights(n_nodes: int, n_out: int) -> np.ndarray:
     """Matrix (n_out, n_nodes): cubic-spline interpolation from nodes to ``n_out`` samples.
@@ -154,12 +167,14 @@ def sampling_grid(
     Start from the identity grid centred at ``center_yx`` (float source coordinates;
     see :func:`tile_center`), flip along each axis with probability 1/2 if
     ``config.flips``, rotate by a random multiple of 90 degrees about the tile centre
-    if ``config.rotations`` (only 0/180 degrees when th != tw), then add the elastic
-    displacement of :func:`elastic_displacement` if ``config.elastic``. Feed the
-    result to :func:`resample` for every array of the sample.
+    if ``config.rotations`` (only 0/180 degrees when th != tw), zoom about the centre
+    if ``config.zoom`` (:func:`zoom_about`), then add the elastic displacement of
+    :func:`elastic_displacement` if ``config.elastic``. Feed the result to
+    :func:`resample` for every array of the sample.
     """
     flip_y, flip_x, k = draw_dihedral(rng, tile_hw, config)
     coords = dihedral(identity_grid(tile_hw, center_yx), flip_y, flip_x, k)
+    coords = zoom_about(coords, center_yx, rng, config.zoom)
     if config.elastic and config.elastic_std > 0:
         coords = coords + elastic_displacement(tile_hw, rng, config.grid, config.elastic_std)
     return np.ascontiguousarray(coords, dtype=np.float32)

@@ -7,7 +7,8 @@ transform is drawn per sample:
 1. :func:`sampling_grid_3d` gives, for each voxel of the tile, the source
    coordinates (z, y, x): the identity grid around the tile centre, flipped along z,
    y and x (each with probability 1/2), rotated in the plane by a multiple of 90
-   degrees (odd multiples only for tiles with equal y and x sizes), plus a smooth
+   degrees (odd multiples only for tiles with equal y and x sizes), zoomed about
+   the centre by one factor on every axis when ``AugmentConfig.zoom`` > 0, plus a smooth
    elastic displacement: vectors drawn on a coarse ``grid x grid x grid`` lattice
    spanning the tile and interpolated with cubic splines to every voxel. On
    anisotropic stacks the z component is scaled by the spacing, so the deformation
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates
+from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, zoom_about
 from .config import AugmentConfig
 
 
@@ -96,6 +97,7 @@ def sampling_grid_3d(
     """Source coordinates (3, tz, ty, tx) float32 for one augmented tile of input size ``tile``."""
     flip_z, flip_y, flip_x, k = draw_rigid(rng, tile, config)
     coords = rigid(identity_grid_3d(tile, center), flip_z, flip_y, flip_x, k)
+    coords = zoom_about(coords, center, rng, config.zoom)
     if config.elastic and config.elastic_std > 0:
         coords = coords + elastic_displacement_3d(tile, rng, config.grid, config.elastic_std, spacing)
     return np.ascontiguousarray(coords, dtype=np.float32)
