@@ -1,7 +1,7 @@
 """Training settings of the CPU 3D default, tried on the volumes benchmark's part (a).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/sweep_volumes.py --name NAME [--seed 0]
-        [--tile N [N N]] [--batch 4] [--lr LR] [--warmup 20] [--decay] [--minutes 5]
+        [--tile N [N N]] [--batch 4] [--lr LR] [--warmup 20] [--decay] [--minutes 5] [--zoom Z]
 
 Trains the CPU default 3D network (``default_model_config(ndim=3)``) on the sparse
 annotation of bench_volumes.py's part (a) (cells3d nuclei, every 5th plane, 2x
@@ -30,7 +30,7 @@ import torch
 
 import napari_unet as nu
 from bench_volumes import load, scores, sparse
-from napari_unet.core.config import default_model_config
+from napari_unet.core.config import AugmentConfig, default_model_config
 from napari_unet.core.instances import probabilities_to_labels
 
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="warm-up steps")
     parser.add_argument("--decay", action="store_true", help="decay the learning rate to 0 at --minutes")
     parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--zoom", type=float, default=0.0, help="random zoom of the samples (AugmentConfig.zoom)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     image, truth, spacing = load(downsample=2)
@@ -57,6 +58,8 @@ def main() -> None:
         options["lr"] = args.lr
     if args.decay:
         options.update(minutes=args.minutes, decay_by_time=True)
+    if args.zoom:
+        options["augment"] = AugmentConfig(zoom=args.zoom)
     spent, steps = 0.0, 0
 
     def evaluate() -> None:

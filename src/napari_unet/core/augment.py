@@ -8,9 +8,9 @@ the sample is resampled through it, so image, target and weight map stay aligned
    rotated by a multiple of 90 degrees about the tile centre, plus the paper's
    elastic deformation ("random displacement vectors on a coarse 3 by 3 grid ...
    sampled from a Gaussian distribution with 10 pixels standard deviation. Per-pixel
-   displacements are then computed using bicubic interpolation"); with
-   ``AugmentConfig.zoom`` > 0, first a random zoom about the tile centre
-   (:func:`zoom_about`).
+   displacements are then computed using bicubic interpolation"); when
+   ``AugmentConfig.zoom`` > 0, a random zoom about the tile centre comes before the
+   elastic displacement (:func:`zoom_about`).
 2. :func:`resample` reads an array at those coordinates: order 3 (cubic spline) for
    images, order 0 (nearest, dtype kept, no new label ids) for labels and targets,
    order 1 for weight maps. Coordinates outside the array are mirrored like

@@ -58,9 +58,6 @@ DEFAULT_LICENSE = "CC-BY-4.0"
 DEFAULT_AUTHOR = "Unknown"
 
 
-# --------------------------------------------------------------------------- writing
-
-
 def _require_spec():
     try:
         import bioimageio.spec  # noqa: F401
