@@ -137,9 +137,9 @@ class TrainWidget(DockWidget):
         self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self.depth.value), value=None)
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="sigma (px)", value=WeightMapConfig().sigma, min=0.5, max=50.0)
-        self.elastic = CheckBox(text="elastic deformation", value=True)
-        zoom = AugmentConfig().zoom
-        self.zoom = FloatSpinBox(label="random zoom", value=zoom, min=0.0, max=1.0, step=0.05, tooltip=ZOOM_TIP)
+        augment = AugmentConfig()
+        self.elastic = CheckBox(text="elastic deformation", value=augment.elastic)
+        self.zoom = FloatSpinBox(label="random zoom", value=augment.zoom, min=0.0, max=1.0, step=0.05, tooltip=ZOOM_TIP)
         self.batch_norm = CheckBox(text="batch normalisation", value=cpu.batch_norm, tooltip=BATCH_NORM_TIP)
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.preview_image = ComboBox(label="preview on", choices=images, nullable=True, value=None)
