@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from napari_unet.core import store, stream
+from napari_unet.core import chunk_work, store, stream
 
 
 def kill_on(modules, name, n, after):
@@ -36,12 +36,12 @@ def kill_on(modules, name, n, after):
 
 def main(model, image, out, point, n):
     n = int(n)
-    if point == "after-record":  # chunk records are written by stream, pyramid records by store
-        kill_on([stream, store], "write_atomic", n, after=True)
+    if point == "after-record":  # chunk records are written by chunk_work, pyramid records by store
+        kill_on([chunk_work, store], "write_atomic", n, after=True)
     elif point == "before-record":
-        kill_on([stream, store], "write_atomic", n, after=False)
+        kill_on([chunk_work, store], "write_atomic", n, after=False)
     elif point == "in-label":
-        kill_on([stream], "final_chunk", n, after=False)
+        kill_on([chunk_work], "final_chunk", n, after=False)
     elif point == "cleanup":
         kill_on([stream.shutil], "rmtree", n, after=False)
     stream.segment_to(model, image, out, chunk=32, probabilities=True, resume=True)

@@ -112,7 +112,7 @@ class DistributedExecutor:
 
 
 def _engine(data: bytes, digest: str, options):
-    from .stream import make_engine, model_from_bytes
+    from .chunk_work import make_engine, model_from_bytes
 
     key = (digest, options.device, options.precision, options.tile, options.batch_size, options.memory_bytes)
     if key not in _ENGINES:
@@ -123,8 +123,8 @@ def _engine(data: bytes, digest: str, options):
 
 
 def _predict_task(run, data, digest, plane, chunk, low, high):
+    from .chunk_work import predict_chunk
     from .memory import reuse_freed_memory
-    from .stream import predict_chunk
 
     engine = _engine(data, digest, run.options)
     before = engine.network_seconds
@@ -135,7 +135,7 @@ def _predict_task(run, data, digest, plane, chunk, low, high):
 
 
 def _label_task(run, plane, row, tables):
-    from .stream import label_row
+    from .chunk_work import label_row
 
     return row, label_row(run, plane, row, tables)
 

@@ -21,7 +21,7 @@ from .errors import ConfigError, OutputFileError
 from .io import write_atomic
 
 if TYPE_CHECKING:
-    from .stream import Run
+    from .chunk_work import Run
 
 #: Key of this package's record in the store's attributes.
 ATTRIBUTE = "napari_unet"
