@@ -82,7 +82,7 @@ def model_digest(model: UNet) -> str:
     return digest.hexdigest()
 
 
-def model_bytes(model: UNet) -> bytes:
+def model_file_bytes(model: UNet) -> bytes:
     """The model as the bytes of a napari-unet model file (safetensors)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.safetensors"

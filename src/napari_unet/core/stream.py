@@ -52,7 +52,7 @@ import numpy as np
 
 from .blocks import ChunkGrid
 from .checkpoint import load_model
-from .chunk_work import Run, label_row, make_engine, merge_plane, model_bytes, model_digest, predict_chunk
+from .chunk_work import Run, label_row, make_engine, merge_plane, model_digest, model_file_bytes, predict_chunk
 from .config import to_dict
 from .devices import resolve_device
 from .errors import ConfigError, NapariUnetError, OutputFileError
@@ -323,7 +323,7 @@ class _Distributed:
     def __init__(self, client, model: UNet, run: Run) -> None:
         from .cluster import DistributedExecutor
 
-        self.inner = DistributedExecutor(client, model_bytes(model), run.model_digest)
+        self.inner = DistributedExecutor(client, model_file_bytes(model), run.model_digest)
 
     @property
     def network_seconds(self) -> float:
