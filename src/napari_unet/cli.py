@@ -71,7 +71,11 @@ def cmd_segment(args: argparse.Namespace) -> None:
         return cmd_segment_to(args, prediction_options(args))
     _check_inputs(args.images)
     model = load_model(args.model)
-    instances = None if args.split is None else replace(model.spec.instances, split=args.split)
+    instances = replace(
+        model.spec.instances,
+        **({} if args.split is None else {"split": args.split}),
+        **({} if args.min_size is None else {"min_size": args.min_size}),
+    )
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
     outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]
     check_outputs([path for files in outputs for path in files.values()], args.overwrite)
@@ -225,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DEPTH",
         help="split objects where the probability dips by DEPTH between two peaks (default: the model's, 0.1; "
         "0: keep the network's connected components, as the paper does)",
+    )
+    segment.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop objects under N pixels (voxels for 3D models; default: the model's, set from its annotation)",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_prediction_arguments(segment)

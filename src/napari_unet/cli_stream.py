@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 from .core.checkpoint import load_model
@@ -42,6 +43,7 @@ def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
     from .cli_args import progress_bar
 
     model = load_model(args.model)
+    instances = None if args.min_size is None else replace(model.spec.instances, min_size=args.min_size)
     cluster = contextlib.nullcontext(None)
     if args.workers is not None or args.scheduler is not None:
         from .core.cluster import cluster_client
@@ -59,7 +61,7 @@ def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
 
         run = iter_segment_to(
             model, source, args.out, chunk=args.chunk, probabilities=args.probabilities, resume=args.resume,
-            client=client, **options,
+            client=client, instances=instances, **options,
         )  # fmt: skip
         result = drive(run, show)
     objects = ", ".join(str(n) for n in result.n_objects)

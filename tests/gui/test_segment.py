@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -5,7 +7,7 @@ from napari_unet import save_model
 from napari_unet._widgets import SegmentWidget
 from napari_unet.cli import main
 
-from ..core.lazy import bright_is_foreground, joined_discs, threshold_model
+from ..core.lazy import bright_is_foreground, drawn_image, joined_discs, threshold_model
 from .conftest import docked
 
 
@@ -59,6 +61,28 @@ def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle):
         counts.append(int(viewer.layers["discs labels"].data.max()))
     assert counts == [2, 1]
     assert viewer.layers.selection.active is image  # the user's selection stays
+
+
+def test_the_smallest_object_follows_the_model_and_can_be_changed(viewer, session, wait_idle):
+    """A disc of 709 px and one of 49 px: the spin box shows the chosen model's
+    minimum size, and what it says is what segmenting drops."""
+    grid = np.indices((64, 96))
+    mask = ((grid[0] - 32) ** 2 + (grid[1] - 30) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 70) ** 2 <= 16)
+    image = viewer.add_image(drawn_image(mask), name="discs")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    model = threshold_model()
+    model.spec = replace(model.spec, instances=replace(model.spec.instances, min_size=60))
+    session.set_model(model, "fitted model")
+    assert widget.min_size.value == 60
+    widget.image.value = image
+    counts = []
+    for min_size in (60, 40):
+        widget.min_size.value = min_size
+        widget.run_button.clicked.emit()
+        wait_idle(widget)
+        counts.append(int(viewer.layers["discs labels"].data.max()))
+    assert counts == [1, 2]
+    assert model.spec.instances.min_size == 60  # the model itself is left as it was
 
 
 def test_current_plane_of_a_stack(viewer, model_session, wait_idle):

@@ -7,11 +7,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
 from napari.layers import Image
 
 from .._session import Session
 from ..core.checkpoint import ModelFileError, load_model
+from ..core.config import InstanceConfig
 from ..core.instances import foreground as probabilities_foreground
 from ..core.model import UNet
 from ._base import DockWidget
@@ -62,6 +73,14 @@ class SegmentWidget(DockWidget):
             tooltip="split an object where the probability dips between two peaks (the model's setting); "
             "off: keep the network's connected components, as the paper does",
         )
+        self.min_size = SpinBox(
+            label="smallest object",
+            value=InstanceConfig().min_size,
+            min=0,
+            max=10**9,
+            tooltip="drop objects of fewer pixels (voxels for 3D models); set from the model, whose training "
+            "chose it from the annotated cells",
+        )
         self.to_store = CheckBox(text="write labels to a zarr store (always for very large images)", value=False)
         self.store = FileEdit(label="store", mode="d", value="", tooltip="empty: a temporary folder")
         self.run_button = PushButton(text="Segment")
@@ -70,7 +89,8 @@ class SegmentWidget(DockWidget):
         self.settings = Container(
             widgets=[
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
-                self.precision, self.planes, self.probabilities, self.tta, self.split, self.to_store, self.store,
+                self.precision, self.planes, self.probabilities, self.tta, self.split, self.min_size, self.to_store,
+                self.store,
             ],
             labels=True,
         )  # fmt: skip
@@ -124,6 +144,8 @@ class SegmentWidget(DockWidget):
         else:
             self.model_info.value = self.session.describe()
         model = self._file_model if self.model_source.value == "file" else self.session.model
+        if model is not None:
+            self.min_size.value = model.spec.instances.min_size
         if model is not None and model.config.ndim == 3:
             self.tile.choices = [("auto", None)]  # 3D tiles differ per axis: the best within the memory budget
         else:
@@ -173,9 +195,14 @@ class SegmentWidget(DockWidget):
             "precision": self.precision.value,
             "channel_axis": channel_axis,
             "tta": self.tta.value,
-            "instances": None if self.split.value else replace(model.spec.instances, split=0.0),
+            "instances": self._instances(model),
         }
         self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
+
+    def _instances(self, model: UNet) -> InstanceConfig:
+        """The model's instance settings with this widget's split and smallest object."""
+        split = model.spec.instances.split if self.split.value else 0.0
+        return replace(model.spec.instances, split=split, min_size=self.min_size.value)
 
     def _run_into_store(self, layer: Image, model: UNet, data, channel_axis) -> None:
         """Stream all planes into a zarr store shown as a labels layer that fills in."""
@@ -186,7 +213,7 @@ class SegmentWidget(DockWidget):
         self.cancel_button.enabled, self.run_button.enabled = True, False
         options = {"tile": self.tile.value, "device": self.device.value, "precision": self.precision.value}
         self.runner.start(
-            store_job, model, data, out, resume=resume, channel_axis=channel_axis,
+            store_job, model, data, out, resume=resume, channel_axis=channel_axis, instances=self._instances(model),
             probabilities=self.probabilities.value, **options,
         )  # fmt: skip
 

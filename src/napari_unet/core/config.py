@@ -187,7 +187,8 @@ class InstanceConfig:
     """How per-class probabilities become instance labels.
 
     ``threshold`` applies to the foreground probability (1 - background); objects
-    smaller than ``min_size`` pixels are dropped; ``fill_holes`` closes holes inside
+    smaller than ``min_size`` pixels (voxels for 3D models) are dropped (training sets
+    it from the annotation, see ``TrainConfig.fit_min_size``); ``fill_holes`` closes holes inside
     objects; ``expand`` grows every object by that many pixels into background
     without merging neighbours. The default 0 keeps the outlines the network
     predicts: the training target removes pixels only where cells touch, so a grow
@@ -320,7 +321,9 @@ class TrainConfig:
     the clock, so such a run is not exactly repeatable or resumable). Validation (when
     validation images are given) runs every ``validate_every`` steps (``None``: see
     :attr:`validation_interval`) and at the end; with ``keep_best`` the model ends with
-    the weights of the best validation.
+    the weights of the best validation. ``fit_min_size`` sets the model's
+    ``InstanceConfig.min_size`` from the sizes of the completely annotated objects
+    (:mod:`napari_unet.core.object_size`; measured on real microscopy in the README).
     """
 
     steps: int = 1000
@@ -342,6 +345,7 @@ class TrainConfig:
     validate_every: int | None = None
     keep_best: bool = True
     checkpoint_every: int = 100
+    fit_min_size: bool = True
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -53,7 +53,7 @@ import numpy as np
 from .blocks import ChunkGrid
 from .checkpoint import load_model
 from .chunk_work import Run, label_row, make_engine, merge_plane, model_digest, model_file_bytes, predict_chunk
-from .config import to_dict
+from .config import InstanceConfig, to_dict
 from .devices import resolve_device
 from .errors import ConfigError, NapariUnetError, OutputFileError
 from .layout import axes_at_minus3
@@ -120,6 +120,7 @@ def iter_segment_to(
     probabilities: bool = False,
     resume: bool = False,
     client: Any = None,
+    instances: InstanceConfig | None = None,
     **options,
 ) -> Generator[ChunkProgress, None, StreamResult]:
     """:func:`segment_to` as a generator of :class:`ChunkProgress` (closing it stops
@@ -128,7 +129,7 @@ def iter_segment_to(
     store stays resumable."""
     settings = {"chunk": chunk, "probabilities": probabilities, "resume": resume, "client": client}
     try:
-        return (yield from _segment_to(model, source, out, **settings, **options))
+        return (yield from _segment_to(model, source, out, instances=instances, **settings, **options))
     except NapariUnetError:
         raise
     except OSError as error:
@@ -139,16 +140,17 @@ def iter_segment_to(
         ) from error
 
 
-def _segment_to(model, source, out, *, chunk, probabilities, resume, client, **options):
+def _segment_to(model, source, out, *, chunk, probabilities, resume, client, instances, **options):
     began = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
+    instances = instances or model.spec.instances
     opts = PredictOptions(**options)
-    run, planes = _plan_run(model, source, Path(out), chunk, probabilities, opts, client)
+    run, planes = _plan_run(model, source, Path(out), chunk, probabilities, opts, client, instances)
     fingerprint = _fingerprint(run, planes, chunk)
     out = Path(out)
     complete = open_store(out, run, fingerprint, resume)
-    _warn_if_split(model)
+    _warn_if_split(instances)
     n_planes = math.prod(run.stack_shape)
     n_chunks = run.grid.grid[0] * run.grid.grid[1]
     total = 2 * n_planes * n_chunks
@@ -211,9 +213,11 @@ def segment_to(
     otherwise). ``workers``: spread the chunks over a local ``dask.distributed``
     cluster of that many processes; ``scheduler``: over an existing cluster at that
     address; ``client``: over that client's cluster (see
-    :mod:`napari_unet.core.cluster`); the result is the same. Other ``options`` as for
-    :func:`~napari_unet.predict` (tile, device, precision, batch_size, memory_bytes,
-    channel_axis). The module docstring says what is written and how.
+    :mod:`napari_unet.core.cluster`); the result is the same. ``instances``: how
+    probabilities become objects (default: the model's), except that touching objects
+    are never split here. Other ``options`` as for :func:`~napari_unet.predict` (tile,
+    device, precision, batch_size, memory_bytes, channel_axis). The module docstring
+    says what is written and how.
     """
     settings = {"chunk": chunk, "probabilities": probabilities, "resume": resume, **options}
     if workers is None and scheduler is None:
@@ -224,18 +228,18 @@ def segment_to(
         return drive(iter_segment_to(model, source, out, client=client, **settings))
 
 
-def _warn_if_split(model: UNet) -> None:
-    """Chunked labelling keeps the mask's components: say so when the model would
+def _warn_if_split(instances: InstanceConfig) -> None:
+    """Chunked labelling keeps the mask's components: say so when ``instances`` would
     split touching objects in memory."""
-    if model.spec.instances.split:
+    if instances.split:
         log.warning(
             "segment_to keeps touching objects that the network joined as one object (the model's split %g "
             "applies in memory only): its labels equal segment(...) with split 0",
-            model.spec.instances.split,
+            instances.split,
         )
 
 
-def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, opts: PredictOptions, client):
+def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, opts: PredictOptions, client, instances):
     if model.config.ndim != 2:
         raise ConfigError(
             "streaming into a zarr store takes 2D models (plane by plane); segment a volume with a 3D model "
@@ -251,7 +255,7 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
     if any(c < step or c % step for c in chunk):
         raise ConfigError(f"chunk {chunk} must be a multiple of {step} px (2**depth) so that tiles stay exact")
     keep_path = isinstance(source, (str, os.PathLike)) and client is not None
-    instances = replace(model.spec.instances, split=0.0)  # see _warn_if_split
+    instances = replace(instances, split=0.0)  # see _warn_if_split
     run = Run(
         source=str(source) if keep_path else opened,
         out=str(out),

@@ -1,0 +1,131 @@
+"""The minimum object size that training reads off the annotation."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet import UNet, load_model, save_model
+from napari_unet.cli import main
+from napari_unet.core.config import IGNORE_LABEL, InstanceConfig, TrainConfig
+from napari_unet.core.object_size import complete_object_sizes, fitted_min_size
+from napari_unet.core.train import Trainer
+
+from .lazy import drawn_image, threshold_model
+from .test_data import discs
+
+
+def test_complete_objects_touch_neither_the_border_nor_unannotated_pixels():
+    labels = np.zeros((9, 9), np.int32)
+    labels[2:4, 2:5] = 1  # complete: 6 px
+    labels[0:2, 6:8] = 2  # touches the top border
+    labels[5:8, 5:7] = 3  # beside an unannotated pixel
+    labels[5, 4] = IGNORE_LABEL
+    labels[6:8, 1:3] = 4  # 4 px, beside an unannotated pixel too ...
+    labels[5, 1] = IGNORE_LABEL
+    labels[8, 0] = IGNORE_LABEL  # ... and diagonally next to another
+    assert complete_object_sizes(labels).tolist() == [6]
+    labels[5, 1] = 0  # now only diagonally: complete
+    assert complete_object_sizes(labels).tolist() == [6, 4]
+    assert complete_object_sizes(np.full((4, 4), IGNORE_LABEL)).size == 0
+
+
+def test_volumes_count_voxels_and_their_faces():
+    volume = np.zeros((5, 6, 6), np.int32)
+    volume[1:3, 1:3, 1:4] = 1  # 12 voxels, inside
+    volume[3:5, 3:5, 3:5] = 2  # reaches the last plane: the volume's border
+    assert complete_object_sizes(volume).tolist() == [12]
+    volume[3, 1, 1] = IGNORE_LABEL  # below object 1 along z
+    assert complete_object_sizes(volume).size == 0
+
+
+def test_the_minimum_is_half_the_small_objects_and_never_below_the_default():
+    sizes = [np.array([400] * 19 + [60]), np.array([300])]
+    assert fitted_min_size(sizes) == int(0.5 * np.percentile(np.concatenate(sizes), 5))
+    assert 30 <= fitted_min_size(sizes) < 200
+    assert fitted_min_size([np.array([20, 24])]) == InstanceConfig().min_size
+    assert fitted_min_size([np.zeros(0, np.int64)]) is None and fitted_min_size([]) is None
+
+
+FAST = TrainConfig(steps=1, tile=60, batch_size=1, device="cpu", precision="fp32", warmup_steps=1)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return UNet(base_channels=2, depth=2)
+
+
+def test_training_gives_the_model_the_minimum_its_annotation_suggests(tmp_path):
+    image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
+    area = int((labels == 1).sum())
+    trainer = Trainer(tiny_model(), [image], [labels], FAST)
+    assert trainer.model.spec.instances.min_size == int(0.5 * area) > InstanceConfig().min_size
+    trainer.save_model(tmp_path / "m")
+    assert load_model(tmp_path / "m").spec.instances.min_size == int(0.5 * area)
+
+    kept = Trainer(tiny_model(), [image], [labels], dataclasses.replace(FAST, fit_min_size=False))
+    assert kept.model.spec.instances.min_size == InstanceConfig().min_size
+
+    partial = np.where(labels == 0, IGNORE_LABEL, labels)  # every object touches unannotated pixels
+    model = tiny_model()
+    model.spec = dataclasses.replace(model.spec, instances=InstanceConfig(min_size=50))
+    assert Trainer(model, [image], [partial], FAST).model.spec.instances.min_size == 50
+
+
+def test_new_annotations_of_a_running_training_refit_the_minimum():
+    image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
+    trainer = Trainer(tiny_model(), [image], [labels], FAST)
+    small, small_labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=5)
+    trainer.replace_annotations([small], [small_labels])
+    assert trainer.model.spec.instances.min_size == int(0.5 * (small_labels == 1).sum())
+
+
+def test_segment_min_size_option_overrides_the_model(tmp_path, capsys):
+    grid = np.indices((64, 96))
+    mask = ((grid[0] - 32) ** 2 + (grid[1] - 30) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 70) ** 2 <= 16)
+    np.save(tmp_path / "a.npy", drawn_image(mask))  # a disc of 709 px and one of 49 px
+    save_model(threshold_model(), tmp_path / "m.safetensors")
+    counts = []
+    for extra in ([], ["--min-size", "100"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert (
+            main(["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "a.npy"), "--out-dir", str(out), *extra])
+            == 0
+        )
+        counts.append(int(tifffile.imread(out / "a_labels.tif").max()))
+    assert counts == [2, 1]
+    capsys.readouterr()
+    code = main(["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "x"),
+                 "--min-size", "-1"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "min_size and expand must be >= 0" in err[0]
+
+
+@pytest.mark.slow
+def test_train_command_says_what_it_drops_and_can_keep_the_models_size(tmp_path, capsys):
+    image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    tiny = [
+        "--base-channels",
+        "2",
+        "--depth",
+        "2",
+        "--tile",
+        "60",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+    ]
+    args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), *tiny]
+    assert main([*args, "--out", str(tmp_path / "fit.safetensors")]) == 0
+    expected = int(0.5 * (labels == 1).sum())
+    assert f"segmenting drops objects under {expected} px" in capsys.readouterr().out
+    assert load_model(tmp_path / "fit.safetensors").spec.instances.min_size == expected
+    assert main([*args, "--out", str(tmp_path / "kept.safetensors"), "--keep-min-size"]) == 0
+    assert load_model(tmp_path / "kept.safetensors").spec.instances.min_size == InstanceConfig().min_size
