@@ -1,4 +1,4 @@
-"""Post-processing: the same probabilities made into labels three ways.
+"""Post-processing: the same probabilities made into labels four ways.
 
     .venv/bin/python bench/bench_outlines.py [--steps 400] [--kept DIR]
 
@@ -7,11 +7,13 @@ The CPU default network trained ``--steps`` steps on synthetic nuclei (cached, a
 the probabilities become labels with the 1-px grow and no split (``expand=1,
 split=0``: the first default), without the grow (``expand=0, split=0``: the paper's
 components with the network's outlines) and with touching objects split at
-probability dips (``expand=0, split=0.1``: the current default), scored as
-``bench_real.py`` scores (AP at IoU 0.5 and 0.75, mAP, mean IoU of matched pairs,
-the error taxonomy with the signed boundary offset) and by pixel IoU. ``--kept
-DIR``: also the split folders that ``bench_real.py --keep DIR`` left (their model,
-test image and true labels).
+probability dips (``expand=0, split=0.1``), each dropping objects under 16 px,
+and the current default: split, and the minimum size that training fits to the
+annotation (:mod:`napari_unet.core.object_size`, computed here from the training
+labels), scored as ``bench_real.py`` scores (AP at IoU 0.5 and 0.75, mAP, mean IoU of
+matched pairs, the error taxonomy with the signed boundary offset) and by pixel IoU.
+``--kept DIR``: also the split folders that ``bench_real.py --keep DIR`` left (their
+model, training labels, test image and true labels).
 """
 
 from __future__ import annotations
@@ -31,17 +33,26 @@ from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.io import read_image
 from napari_unet.core.metrics import pixel_iou
+from napari_unet.core.object_size import complete_object_sizes, fitted_min_size
 
-#: (expand, split) of each way: the first default, the paper's components, the current default.
-WAYS = ((1, 0.0), (0, 0.0), (0, 0.1))
+#: (expand, split, minimum size) of each way: the first default, the paper's components,
+#: the split, the current default ("fitted": the size training fits to the annotation).
+WAYS = ((1, 0.0, 16), (0, 0.0, 16), (0, 0.1, 16), (0, 0.1, "fitted"))
 
 
-def row(name: str, expand: int, split: float, probabilities: np.ndarray, truth: np.ndarray) -> list[str]:
-    """bench_real's scores (and pixel IoU) of the labels made with ``expand`` and
-    ``split`` from probabilities (N, K, H, W) against truth (N, H, W)."""
-    labels = probabilities_to_labels(probabilities, InstanceConfig(expand=expand, split=split))
+def row(name: str, way: tuple, fitted: int, probabilities: np.ndarray, truth: np.ndarray) -> list[str]:
+    """bench_real's scores (and pixel IoU) of the labels made the ``way`` (expand, split,
+    minimum size; ``fitted`` for "fitted") from probabilities (N, K, H, W) against truth (N, H, W)."""
+    expand, split, min_size = way
+    min_size = fitted if min_size == "fitted" else min_size
+    labels = probabilities_to_labels(probabilities, InstanceConfig(expand=expand, split=split, min_size=min_size))
     pixels = np.mean([pixel_iou(p, t) for p, t in zip(labels, truth)])
-    return [name, str(expand), f"{split:g}", *score(labels, truth), f"{pixels:.3f}"]
+    return [name, str(expand), f"{split:g}", str(min_size), *score(labels, truth), f"{pixels:.3f}"]
+
+
+def fitted_to(labels) -> int:
+    """The minimum size training fits to these training label planes (H, W) each."""
+    return fitted_min_size([complete_object_sizes(plane) for plane in labels]) or InstanceConfig().min_size
 
 
 def main() -> None:
@@ -55,14 +66,16 @@ def main() -> None:
     cases = []
     pairs = [nu.synthetic_nuclei((512, 512), seed=seed) for seed in (100, 101)]
     probabilities = np.stack([nu.predict(model, image, device="cpu") for image, _ in pairs])
-    cases.append(("synthetic, 2 x 512x512", probabilities, np.stack([truth for _, truth in pairs])))
+    training = [nu.synthetic_nuclei((256, 256), seed=seed)[1] for seed in range(6)]  # cpu_default_model's data
+    cases.append(("synthetic, 2 x 512x512", fitted_to(training), probabilities, np.stack([t for _, t in pairs])))
     for folder in sorted(args.kept.iterdir()) if args.kept else []:
         kept_model = nu.load_model(folder / "model.safetensors")
         test, truth = read_image(folder / "test.tif"), read_image(folder / "test_truth.npy")
         planes = test.reshape(truth.shape)
-        cases.append((folder.name, nu.predict(kept_model, planes, device="cpu"), truth))
-    rows = [row(name, expand, split, p, t) for name, p, t in cases for expand, split in WAYS]
-    headers = ["images", "expand", "split", "true/pred", "AP@0.5", "AP@0.75", "mAP", "mean IoU"]
+        training = read_image(folder / "train_labels.npy").reshape(-1, *truth.shape[-2:])
+        cases.append((folder.name, fitted_to(training), nu.predict(kept_model, planes, device="cpu"), truth))
+    rows = [row(name, way, fitted, p, t) for name, fitted, p, t in cases for way in WAYS]
+    headers = ["images", "expand", "split", "min size", "true/pred", "AP@0.5", "AP@0.75", "mAP", "mean IoU"]
     headers += ["merged", "split", "missed", "FP", "offset px", "pixel IoU"]
     print(format_table(headers, rows))
 
