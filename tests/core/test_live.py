@@ -120,3 +120,29 @@ def test_live_training_needs_a_cell_to_start():
     image, labels = nu.synthetic_nuclei((96, 96), seed=2)
     with pytest.raises(nu.TrainingDataError):
         LiveTraining(nu.UNet(base_channels=4, depth=2), image, np.full_like(labels, IGNORE_LABEL), CONFIG)
+
+
+def test_previews_drop_objects_under_the_minimum_that_the_latest_annotation_suggests(monkeypatch):
+    from napari_unet.core import live as live_module
+
+    image, labels = nu.synthetic_nuclei((96, 96), seed=2)
+    cell = labels[33, 49]  # a cell away from the border and from the others
+    live = LiveTraining(nu.UNet(base_channels=4, depth=2), image, partial_annotation(labels, [cell]), CONFIG)
+    live.preview_seconds = 0.0
+    asked = []
+    real_segment = live_module.segment
+    monkeypatch.setattr(
+        live_module, "segment", lambda *a, **kw: asked.append(kw["instances"].min_size) or real_segment(*a, **kw)
+    )
+    events = live.run()
+    next(events), next(events)  # a step, a preview
+    small = np.full_like(labels, IGNORE_LABEL)
+    small[30:40, 45:55] = 0
+    small[33:37, 48:52] = 1  # now the one cell is 16 px, ringed by background
+    live.update(small)
+    next(events), next(events)
+    live.stop()
+    for _ in events:
+        pass
+    first = int(0.5 * (labels == cell).sum())
+    assert asked[0] == first > 16 and asked[-1] == 16 == live.model.spec.instances.min_size

@@ -197,7 +197,13 @@ class LiveTraining:
         """Segment the current window with the averaged weights."""
         window = self.window
         image = self.image[window] if self.channel_axis is None else self.image[(*window, slice(None))]
-        labels = segment(self.averaged, image, device=self.trainer.device, channel_axis=self.channel_axis)
+        labels = segment(
+            self.averaged,
+            image,
+            device=self.trainer.device,
+            channel_axis=self.channel_axis,
+            instances=self.model.spec.instances,  # the minimum size follows the annotation
+        )
         return LivePreview(step, seconds, window, labels)
 
 

@@ -27,14 +27,18 @@ def complete_object_sizes(labels: np.ndarray) -> np.ndarray:
     or volume (Z, Y, X) that touch neither its border nor an unannotated pixel
     (``IGNORE_LABEL``, face neighbours): int64 (n,), in id order. 0 is background."""
     labels = np.asarray(labels)
-    if labels.max(initial=0) <= 0:
+    highest = int(labels.max(initial=0))
+    if highest <= 0:
         return np.zeros(0, np.int64)
-    sizes = np.bincount(labels[labels > 0], minlength=int(labels.max()) + 1).astype(np.int64)
+    sizes = np.bincount(labels.ravel().clip(min=0), minlength=highest + 1).astype(np.int64)
+    sizes[0] = 0
     partial = [np.take(labels, end, axis=axis).ravel() for axis in range(labels.ndim) for end in (0, -1)]
-    for axis in range(labels.ndim):
-        after = np.take(labels, range(1, labels.shape[axis]), axis=axis)
-        before = np.take(labels, range(labels.shape[axis] - 1), axis=axis)
-        partial += [after[before == IGNORE_LABEL], before[after == IGNORE_LABEL]]
+    unannotated = labels == IGNORE_LABEL
+    if unannotated.any():
+        for axis in range(labels.ndim):
+            after = (slice(None),) * axis + (slice(1, None),)
+            before = (slice(None),) * axis + (slice(None, -1),)
+            partial += [labels[after][unannotated[before]], labels[before][unannotated[after]]]
     sizes[np.concatenate(partial).clip(min=0)] = 0
     return sizes[sizes > 0]
 
