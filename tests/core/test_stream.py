@@ -51,6 +51,15 @@ def test_streaming_keeps_objects_the_network_joined_and_says_so(tmp_path, caplog
     assert "split 0" in caplog.text
 
 
+def test_instance_settings_other_than_the_models_apply_chunk_by_chunk(drawn, tmp_path):
+    model = threshold_model()
+    instances = replace(model.spec.instances, min_size=150, split=0.0)
+    expected = segment(model, drawn, instances=instances)
+    assert 0 < expected.max() < segment(model, drawn).max()  # some objects are smaller
+    segment_to(model, drawn, tmp_path / "out.zarr", chunk=32, instances=instances)
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][:], expected)
+
+
 def test_the_store_is_an_ome_zarr_image_with_a_pyramid(drawn, tmp_path):
     segment_to(threshold_model(), drawn, tmp_path / "out.zarr", chunk=32)
     store = zarr.open_group(tmp_path / "out.zarr", mode="r")

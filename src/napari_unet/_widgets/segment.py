@@ -74,7 +74,7 @@ class SegmentWidget(DockWidget):
             "off: keep the network's connected components, as the paper does",
         )
         self.min_size = SpinBox(
-            label="smallest object",
+            label="smallest object (px)",
             value=InstanceConfig().min_size,
             min=0,
             max=10**9,
