@@ -1,4 +1,4 @@
-"""Post-processing: the same probabilities made into labels four ways.
+"""Post-processing: the same probabilities made into labels five ways.
 
     .venv/bin/python bench/bench_outlines.py [--steps 400] [--kept DIR]
 
@@ -7,11 +7,12 @@ The CPU default network trained ``--steps`` steps on synthetic nuclei (cached, a
 the probabilities become labels with the 1-px grow and no split (``expand=1,
 split=0``: the first default), without the grow (``expand=0, split=0``: the paper's
 components with the network's outlines) and with touching objects split at
-probability dips (``expand=0, split=0.1``), each dropping objects under 16 px,
-and the current default: split, and the minimum size that training fits to the
-annotation (:mod:`napari_unet.core.object_size`, computed here from the training
-labels), scored as ``bench_real.py`` scores (AP at IoU 0.5 and 0.75, mAP, mean IoU of
-matched pairs, the error taxonomy with the signed boundary offset) and by pixel IoU.
+probability dips (``expand=0, split=0.1``), each dropping objects under 16 px; then
+the split with the minimum size that training fits to the annotation, and the current
+default: that and the smallest piece a split may leave, fitted too
+(:mod:`napari_unet.core.object_size`, computed here from the training labels), scored
+as ``bench_real.py`` scores (AP at IoU 0.5 and 0.75, mAP, mean IoU of matched pairs,
+the error taxonomy with the signed boundary offset) and by pixel IoU.
 ``--kept DIR``: also the split folders that ``bench_real.py --keep DIR`` left (their
 model, training labels, test image and true labels).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,26 +35,30 @@ from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.io import read_image
 from napari_unet.core.metrics import pixel_iou
-from napari_unet.core.object_size import complete_object_sizes, fitted_min_size
+from napari_unet.core.object_size import complete_object_sizes, fitted_instances
 
-#: (expand, split, minimum size) of each way: the first default, the paper's components,
-#: the split, the current default ("fitted": the size training fits to the annotation).
-WAYS = ((1, 0.0, 16), (0, 0.0, 16), (0, 0.1, 16), (0, 0.1, "fitted"))
+#: (expand, split, sizes) of each way: the first default, the paper's components, the
+#: split, the split with the fitted minimum size, the current default (both sizes fitted).
+WAYS = ((1, 0.0, "16"), (0, 0.0, "16"), (0, 0.1, "16"), (0, 0.1, "min size"), (0, 0.1, "fitted"))
 
 
-def row(name: str, way: tuple, fitted: int, probabilities: np.ndarray, truth: np.ndarray) -> list[str]:
+def row(name: str, way: tuple, fitted: InstanceConfig, probabilities: np.ndarray, truth: np.ndarray) -> list[str]:
     """bench_real's scores (and pixel IoU) of the labels made the ``way`` (expand, split,
-    minimum size; ``fitted`` for "fitted") from probabilities (N, K, H, W) against truth (N, H, W)."""
-    expand, split, min_size = way
-    min_size = fitted if min_size == "fitted" else min_size
-    labels = probabilities_to_labels(probabilities, InstanceConfig(expand=expand, split=split, min_size=min_size))
+    sizes: "16", "min size" (``fitted``'s minimum size) or "fitted" (its minimum size
+    and smallest piece)) from probabilities (N, K, H, W) against truth (N, H, W)."""
+    expand, split, sizes = way
+    config = InstanceConfig(expand=expand, split=split)
+    if sizes != "16":
+        config = replace(config, min_size=fitted.min_size, min_piece=fitted.min_piece if sizes == "fitted" else 0)
+    labels = probabilities_to_labels(probabilities, config)
     pixels = np.mean([pixel_iou(p, t) for p, t in zip(labels, truth)])
-    return [name, str(expand), f"{split:g}", str(min_size), *score(labels, truth), f"{pixels:.3f}"]
+    cells = [name, str(expand), f"{split:g}", str(config.min_size), str(config.min_piece)]
+    return [*cells, *score(labels, truth), f"{pixels:.3f}"]
 
 
-def fitted_to(labels) -> int:
-    """The minimum size training fits to these training label planes (H, W) each."""
-    return fitted_min_size([complete_object_sizes(plane) for plane in labels]) or InstanceConfig().min_size
+def fitted_to(labels) -> InstanceConfig:
+    """The instance settings training fits to these training label planes (H, W) each."""
+    return fitted_instances(InstanceConfig(), [complete_object_sizes(plane) for plane in labels])
 
 
 def main() -> None:
@@ -75,7 +81,8 @@ def main() -> None:
         training = read_image(folder / "train_labels.npy").reshape(-1, *truth.shape[-2:])
         cases.append((folder.name, fitted_to(training), nu.predict(kept_model, planes, device="cpu"), truth))
     rows = [row(name, way, fitted, p, t) for name, fitted, p, t in cases for way in WAYS]
-    headers = ["images", "expand", "split", "min size", "true/pred", "AP@0.5", "AP@0.75", "mAP", "mean IoU"]
+    headers = ["images", "expand", "split", "min size", "min piece", "true/pred", "AP@0.5", "AP@0.75", "mAP"]
+    headers += ["mean IoU"]
     headers += ["merged", "split", "missed", "FP", "offset px", "pixel IoU"]
     print(format_table(headers, rows))
 

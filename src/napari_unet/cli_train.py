@@ -45,7 +45,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         validate_every=args.validate_every,
         decay_by_time=args.decay_by_time,
         checkpoint_every=args.checkpoint_every,
-        fit_min_size=not args.keep_min_size,
+        fit_sizes=not args.keep_sizes,
     )
 
 
@@ -207,8 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         trainer.save_model(args.out)
         summary = trainer.summary()
         print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
-        size, unit = trainer.model.spec.instances.min_size, "voxels" if trainer.model.config.ndim == 3 else "px"
-        print(f"segmenting drops objects under {size} {unit} (segment --min-size changes it)")
+        instances, unit = trainer.model.spec.instances, "voxels" if trainer.model.config.ndim == 3 else "px"
+        print(
+            f"segmenting drops objects under {instances.min_size} {unit} (segment --min-size changes it) "
+            f"and splits no object into pieces under {instances.min_piece} {unit}"
+        )
         if trainer.checkpoint_error:
             print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)
         else:
@@ -296,10 +299,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
     add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     add(
-        "--keep-min-size",
+        "--keep-sizes",
         action="store_true",
-        help="keep the model's minimum object size (default: half the size that 5%% of the completely "
-        "annotated objects fall below, at least 16 px)",
+        help="keep the model's minimum object and split-piece sizes (default: set from the completely annotated "
+        "objects: half the size 5%% of them fall below, at least 16 px, and 30%% of their median size)",
     )
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
     add(

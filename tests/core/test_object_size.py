@@ -10,7 +10,7 @@ import torch
 from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
 from napari_unet.core.config import IGNORE_LABEL, InstanceConfig, TrainConfig
-from napari_unet.core.object_size import complete_object_sizes, fitted_min_size
+from napari_unet.core.object_size import complete_object_sizes, fitted_instances
 from napari_unet.core.train import Trainer
 
 from .lazy import drawn_image, threshold_model
@@ -41,12 +41,14 @@ def test_volumes_count_voxels_and_their_faces():
     assert complete_object_sizes(volume).size == 0
 
 
-def test_the_minimum_is_half_the_small_objects_and_never_below_the_default():
+def test_the_minimum_is_half_the_small_objects_and_the_smallest_piece_a_third_of_the_typical():
     sizes = [np.array([400] * 19 + [60]), np.array([300])]
-    assert fitted_min_size(sizes) == int(0.5 * np.percentile(np.concatenate(sizes), 5))
-    assert 30 <= fitted_min_size(sizes) < 200
-    assert fitted_min_size([np.array([20, 24])]) == InstanceConfig().min_size
-    assert fitted_min_size([np.zeros(0, np.int64)]) is None and fitted_min_size([]) is None
+    fitted = fitted_instances(InstanceConfig(split=0.2), sizes)
+    assert fitted.min_size == int(0.5 * np.percentile(np.concatenate(sizes), 5)) and 30 <= fitted.min_size < 200
+    assert fitted.min_piece == int(0.3 * 400) and fitted.split == 0.2  # the rest is kept
+    assert fitted_instances(InstanceConfig(), [np.array([20, 24])]).min_size == InstanceConfig().min_size
+    mine = InstanceConfig(min_size=50, min_piece=7)
+    assert fitted_instances(mine, [np.zeros(0, np.int64)]) == mine == fitted_instances(mine, [])
 
 
 FAST = TrainConfig(steps=1, tile=60, batch_size=1, device="cpu", precision="fp32", warmup_steps=1)
@@ -61,12 +63,13 @@ def test_training_gives_the_model_the_minimum_its_annotation_suggests(tmp_path):
     image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
     area = int((labels == 1).sum())
     trainer = Trainer(tiny_model(), [image], [labels], FAST)
-    assert trainer.model.spec.instances.min_size == int(0.5 * area) > InstanceConfig().min_size
+    fitted = InstanceConfig(min_size=int(0.5 * area), min_piece=int(0.3 * area))
+    assert trainer.model.spec.instances == fitted and fitted.min_size > InstanceConfig().min_size
     trainer.save_model(tmp_path / "m")
-    assert load_model(tmp_path / "m").spec.instances.min_size == int(0.5 * area)
+    assert load_model(tmp_path / "m").spec.instances == fitted
 
-    kept = Trainer(tiny_model(), [image], [labels], dataclasses.replace(FAST, fit_min_size=False))
-    assert kept.model.spec.instances.min_size == InstanceConfig().min_size
+    kept = Trainer(tiny_model(), [image], [labels], dataclasses.replace(FAST, fit_sizes=False))
+    assert kept.model.spec.instances == InstanceConfig()
 
     partial = np.where(labels == 0, IGNORE_LABEL, labels)  # every object touches unannotated pixels
     model = tiny_model()
@@ -100,11 +103,11 @@ def test_segment_min_size_option_overrides_the_model(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "x"),
                  "--min-size", "-1"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "min_size and expand must be >= 0" in err[0]
+    assert code == 2 and len(err) == 1 and "min_size, min_piece and expand must be >= 0" in err[0]
 
 
 @pytest.mark.slow
-def test_train_command_says_what_it_drops_and_can_keep_the_models_size(tmp_path, capsys):
+def test_train_command_says_what_it_drops_and_can_keep_the_models_sizes(tmp_path, capsys):
     image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "lab.tif", labels)
@@ -124,8 +127,9 @@ def test_train_command_says_what_it_drops_and_can_keep_the_models_size(tmp_path,
     ]
     args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), *tiny]
     assert main([*args, "--out", str(tmp_path / "fit.safetensors")]) == 0
-    expected = int(0.5 * (labels == 1).sum())
-    assert f"segmenting drops objects under {expected} px" in capsys.readouterr().out
-    assert load_model(tmp_path / "fit.safetensors").spec.instances.min_size == expected
-    assert main([*args, "--out", str(tmp_path / "kept.safetensors"), "--keep-min-size"]) == 0
-    assert load_model(tmp_path / "kept.safetensors").spec.instances.min_size == InstanceConfig().min_size
+    size, piece = int(0.5 * (labels == 1).sum()), int(0.3 * (labels == 1).sum())
+    said = capsys.readouterr().out
+    assert f"segmenting drops objects under {size} px" in said and f"into pieces under {piece} px" in said
+    assert load_model(tmp_path / "fit.safetensors").spec.instances.min_size == size
+    assert main([*args, "--out", str(tmp_path / "kept.safetensors"), "--keep-sizes"]) == 0
+    assert load_model(tmp_path / "kept.safetensors").spec.instances == InstanceConfig()

@@ -56,6 +56,16 @@ def test_a_dip_shallower_than_split_keeps_one_object():
     assert probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.05)).max() == 2
 
 
+def test_a_split_that_would_leave_a_piece_under_min_piece_keeps_the_object_whole():
+    fg = two_touching(dip=0.3)
+    halves = probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1))
+    smaller = int(np.bincount(halves.ravel())[1:].min())
+    for min_piece, count in ((smaller, 2), (smaller + 1, 1)):
+        labels = probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1, min_piece=min_piece))
+        assert labels.max() == count
+        np.testing.assert_array_equal(labels > 0, fg > 0.5)
+
+
 def test_three_peaks_joined_at_two_levels_give_three_pieces():
     shape = (40, 70)
     fg = np.zeros(shape, np.float32)

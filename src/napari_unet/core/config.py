@@ -188,7 +188,7 @@ class InstanceConfig:
 
     ``threshold`` applies to the foreground probability (1 - background); objects
     smaller than ``min_size`` pixels (voxels for 3D models) are dropped (training sets
-    it from the annotation, see ``TrainConfig.fit_min_size``); ``fill_holes`` closes holes inside
+    it from the annotation, see ``TrainConfig.fit_sizes``); ``fill_holes`` closes holes inside
     objects; ``expand`` grows every object by that many pixels into background
     without merging neighbours. The default 0 keeps the outlines the network
     predicts: the training target removes pixels only where cells touch, so a grow
@@ -203,7 +203,9 @@ class InstanceConfig:
     components as they are. The default 0.1 was chosen on the real-data and
     synthetic benchmarks, where merged touching cells were the main error of
     networks trained for minutes (real nuclei and bacteria: AP@0.5 0.58-0.89 -> 0.75-0.93;
-    synthetic nuclei: 0.84 -> 0.98; see the README).
+    synthetic nuclei: 0.84 -> 0.98; see the README). An object whose split would leave
+    a piece under ``min_piece`` pixels (voxels) stays whole: its dip lies inside one
+    textured cell (training sets it from the annotation, as ``min_size``).
     """
 
     threshold: float = 0.5
@@ -211,13 +213,14 @@ class InstanceConfig:
     fill_holes: bool = True
     expand: int = 0
     split: float = 0.1
+    min_piece: int = 0
 
     def __post_init__(self) -> None:
         check_types(self)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.min_size < 0 or self.expand < 0:
-            raise ConfigError("min_size and expand must be >= 0")
+        if self.min_size < 0 or self.expand < 0 or self.min_piece < 0:
+            raise ConfigError("min_size, min_piece and expand must be >= 0")
         if not 0.0 <= self.split < 1.0:
             raise ConfigError(f"split must be in [0, 1) (0 keeps touching objects together), got {self.split}")
 
@@ -321,9 +324,10 @@ class TrainConfig:
     the clock, so such a run is not exactly repeatable or resumable). Validation (when
     validation images are given) runs every ``validate_every`` steps (``None``: see
     :attr:`validation_interval`) and at the end; with ``keep_best`` the model ends with
-    the weights of the best validation. ``fit_min_size`` sets the model's
-    ``InstanceConfig.min_size`` from the sizes of the completely annotated objects
-    (:mod:`napari_unet.core.object_size`; measured on real microscopy in the README).
+    the weights of the best validation. ``fit_sizes`` sets the model's
+    ``InstanceConfig.min_size`` and ``min_piece`` from the sizes of the completely
+    annotated objects (:mod:`napari_unet.core.object_size`; measured on real
+    microscopy in the README).
     """
 
     steps: int = 1000
@@ -345,7 +349,7 @@ class TrainConfig:
     validate_every: int | None = None
     keep_best: bool = True
     checkpoint_every: int = 100
-    fit_min_size: bool = True
+    fit_sizes: bool = True
 
     def __post_init__(self) -> None:
         check_types(self)

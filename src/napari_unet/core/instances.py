@@ -79,7 +79,7 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
             return labels.astype(np.int32)
         split = bool(config.split) and probability is not None
         if split:
-            labels = split_objects(labels, probability, config.threshold, config.split)
+            labels = split_objects(labels, probability, config.threshold, config.split, config.min_piece)
             count = int(labels.max())
         if config.fill_holes:
             fill_holes(labels, holes.result() if holes else find_holes(mask))

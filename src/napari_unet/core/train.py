@@ -37,7 +37,7 @@ from .errors import ConfigError, NapariUnetError, OutputFileError
 from .io import check_writable, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
-from .object_size import fitted_min_size
+from .object_size import fitted_instances
 from .predict import segment
 from .progress import drive
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
@@ -147,24 +147,25 @@ class Trainer:
         config = self.model.config
         depth = geometry.model_axes(config) if config.ndim == 3 else config.depth
         self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed, config.spacing)
-        if self.config.fit_min_size:
-            self._fit_min_size([plane.object_sizes for plane in planes])
+        if self.config.fit_sizes:
+            self._fit_sizes([plane.object_sizes for plane in planes])
 
-    def _fit_min_size(self, sizes: list[np.ndarray]) -> None:
-        """Give the model the minimum object size that its annotation's completely
-        annotated objects suggest (:mod:`napari_unet.core.object_size`); without any
-        such object the model keeps its own."""
-        min_size = fitted_min_size(sizes)
+    def _fit_sizes(self, sizes: list[np.ndarray]) -> None:
+        """Give the model the minimum object and piece sizes that its annotation's
+        completely annotated objects suggest (:mod:`napari_unet.core.object_size`);
+        without any such object the model keeps its own."""
         spec = self.model.spec
-        if min_size is None or min_size == spec.instances.min_size:
+        fitted = fitted_instances(spec.instances, sizes)
+        if fitted == spec.instances:
             return
         log.info(
-            "segmenting will drop objects under %d %s (from the sizes of %d completely annotated objects)",
-            min_size,
+            "segmenting will drop objects under %d %s and keep pieces under %d whole (from %d annotated objects)",
+            fitted.min_size,
             "voxels" if self.model.config.ndim == 3 else "px",
+            fitted.min_piece,
             sum(len(s) for s in sizes),
         )
-        self.model.spec = dataclasses.replace(spec, instances=dataclasses.replace(spec.instances, min_size=min_size))
+        self.model.spec = dataclasses.replace(spec, instances=fitted)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
