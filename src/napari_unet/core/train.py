@@ -159,7 +159,7 @@ class Trainer:
         if fitted == spec.instances:
             return
         log.info(
-            "segmenting will drop objects under %d %s and keep pieces under %d whole (from %d annotated objects)",
+            "segmenting will drop objects under %d %s and split none into pieces under %d (from %d annotated objects)",
             fitted.min_size,
             "voxels" if self.model.config.ndim == 3 else "px",
             fitted.min_piece,
