@@ -7,10 +7,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from .cli_args import add_prediction_arguments, check_pairs, drive_tiles, prediction_options, spacing_option
+from .cli_args import (
+    add_prediction_arguments,
+    check_pairs,
+    drive_tiles,
+    instance_options,
+    prediction_options,
+    spacing_option,
+)
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe, load_model
@@ -71,11 +77,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         return cmd_segment_to(args, prediction_options(args))
     _check_inputs(args.images)
     model = load_model(args.model)
-    instances = replace(
-        model.spec.instances,
-        **({} if args.split is None else {"split": args.split}),
-        **({} if args.min_size is None else {"min_size": args.min_size}),
-    )
+    instances = instance_options(args, model.spec.instances)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
     outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]
     check_outputs([path for files in outputs for path in files.values()], args.overwrite)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from .core.config import InstanceConfig
 from .core.errors import ConfigError
 from .core.io import read_spacing
 from .core.predict import TileProgress
@@ -46,6 +48,12 @@ def prediction_options(args: argparse.Namespace) -> dict:
         "channel_axis": args.channel_axis,
         "tta": args.tta,
     }
+
+
+def instance_options(args: argparse.Namespace, instances: InstanceConfig) -> InstanceConfig:
+    """The model's ``instances`` with ``segment --split`` and ``--min-size`` where given."""
+    given = {"split": args.split, "min_size": args.min_size}
+    return replace(instances, **{name: value for name, value in given.items() if value is not None})
 
 
 def check_pairs(images: list[Path], labels: list[Path], what: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from dataclasses import replace
 from pathlib import Path
 
 from .core.checkpoint import load_model
@@ -40,10 +39,10 @@ def check_stream_arguments(args: argparse.Namespace) -> None:
 
 def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
     """Run the streamed segmentation of ``args.images[0]`` under one progress bar."""
-    from .cli_args import progress_bar
+    from .cli_args import instance_options, progress_bar
 
     model = load_model(args.model)
-    instances = None if args.min_size is None else replace(model.spec.instances, min_size=args.min_size)
+    instances = instance_options(args, model.spec.instances)
     cluster = contextlib.nullcontext(None)
     if args.workers is not None or args.scheduler is not None:
         from .core.cluster import cluster_client

@@ -14,6 +14,7 @@ from napari_unet.core.object_size import complete_object_sizes, fitted_instances
 from napari_unet.core.train import Trainer
 
 from .lazy import drawn_image, threshold_model
+from .test_cli import TINY
 from .test_data import discs
 
 
@@ -111,21 +112,7 @@ def test_train_command_says_what_it_drops_and_can_keep_the_models_sizes(tmp_path
     image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "lab.tif", labels)
-    tiny = [
-        "--base-channels",
-        "2",
-        "--depth",
-        "2",
-        "--tile",
-        "60",
-        "--batch-size",
-        "1",
-        "--device",
-        "cpu",
-        "--steps",
-        "1",
-    ]
-    args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), *tiny]
+    args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), *TINY, "--steps", "1"]
     assert main([*args, "--out", str(tmp_path / "fit.safetensors")]) == 0
     size, piece = int(0.5 * (labels == 1).sum()), int(0.3 * (labels == 1).sum())
     said = capsys.readouterr().out
