@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_unet import UNet
 from napari_unet.core.cpu_inference import CpuInference
 from napari_unet.core.geometry import input_size_for_output, output_size
-from napari_unet.core.model import SampleDropout2d, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.model import SampleDropout2d, center_crop, forward_flops, layer_input_shapes, layer_plan
 
 
 def conv_layers(model):
@@ -105,3 +105,19 @@ def test_layer_plan_gives_shapes_flops_and_margin():
     assert forward_flops(small.config, (1, 1, 92, 92)) == counter.get_total_flops()
     with pytest.raises(ValueError, match="odd"):
         layer_input_shapes(layer_plan(config), (1, 1, 570, 570))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last, torch.channels_last_3d])
+def test_the_skip_crop_is_the_central_window_and_its_gradient_keeps_the_layout(layout):
+    """The crop copies the central window; its gradient stays in the input's memory
+    format, so in channels-last training a skip's two gradients add in one layout."""
+    shape = (2, 3, 7, 11, 10) if layout == torch.channels_last_3d else (2, 3, 11, 10)
+    features = torch.randn(shape).contiguous(memory_format=layout).requires_grad_()
+    size = (3, 6, 5)[-(len(shape) - 2) :]
+    cropped = center_crop(features, size)
+    window = [slice((have - want) // 2, (have - want) // 2 + want) for have, want in zip(shape[2:], size)]
+    assert torch.equal(cropped, features.detach()[(..., *window)])
+    (gradient,) = torch.autograd.grad(cropped, features, torch.ones_like(cropped))
+    assert gradient.is_contiguous(memory_format=layout)
+    assert gradient.sum() == cropped.numel()
+    assert torch.equal(gradient[(..., *window)], torch.ones_like(cropped))
