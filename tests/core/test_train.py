@@ -229,3 +229,28 @@ def test_the_best_validated_weights_are_kept(monkeypatch):
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, snapshots[4][name]), name
     assert not torch.equal(trainer.model.head.weight, snapshots[6]["head.weight"])
+
+
+def test_on_a_cpu_training_keeps_the_weights_channels_last_and_hands_them_back_channels_first():
+    images, labels = data()
+    model = tiny_model()
+    kernel = next(p for p in model.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    events = Trainer(model, images, labels, FAST).run()
+    next(events)
+    assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
+    list(events)
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_the_memory_layout_changes_results_by_rounding_only():
+    images, labels = data()
+    trained = {}
+    for layout in (torch.channels_last, torch.contiguous_format):
+        trainer = Trainer(tiny_model(), images, labels, FAST)
+        trainer.layout = layout
+        list(trainer.run())
+        trained[layout] = trainer
+    last, first = trained.values()
+    np.testing.assert_allclose(last.losses, first.losses, rtol=1e-5)
+    for (name, a), b in zip(last.model.state_dict().items(), first.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -88,5 +88,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def training_layout(device: torch.device, ndim: int) -> torch.memory_format:
+    """The memory format that training keeps the network's weights and inputs in.
+
+    Channels-last on a CPU: oneDNN's convolutions work in that layout and reorder
+    channels-first tensors at every convolution and its gradients. Measured on
+    training steps (``bench/bench_train.py``): 1.4-1.6x the steps/s of channels-first
+    for the 2D CPU default in bf16 and fp32, 1.3x (bf16) and 1.8x (fp32) for the 3D
+    one. Channels-first on other devices, where it was not measured.
+    """
+    if device.type != "cpu":
+        return torch.contiguous_format
+    return torch.channels_last if ndim == 2 else torch.channels_last_3d
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

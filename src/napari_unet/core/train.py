@@ -24,7 +24,7 @@ from . import geometry
 from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
 from .data import SampleStream, default_tile_for, prepare
-from .devices import autocast, precision_name, resolve_device, resolve_precision
+from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
     any_process,
     batch_share,
@@ -39,6 +39,7 @@ from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
 from .object_size import fitted_instances
 from .predict import segment
+from .prefetch import BatchPrefetcher
 from .progress import drive
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
 
@@ -102,6 +103,7 @@ class Trainer:
         self.config = config = config or TrainConfig()
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
+        self.layout = training_layout(self.device, model.config.ndim)
         if len(val_images) != len(val_labels):
             raise ConfigError("give one validation label image per validation image")
         self.validation = list(zip(val_images, val_labels))
@@ -246,16 +248,19 @@ class Trainer:
         )
         started = time.perf_counter() - self.seconds
         saved_at = tried_at = self.step
+        self.model.to(memory_format=self.layout)  # back to channels-first when training stops
         between_steps = True  # whether the state is exactly that after self.step steps
         reported = False
         if self.checkpoint_path is not None:
             for stale in remove_stale_temporaries(self.checkpoint_path):
                 log.info("removed %s, left by an interrupted write", stale)
+        prefetch = BatchPrefetcher()
         try:
             while self.step < cfg.steps and not self._should_stop(started):
                 between_steps = False
                 begin = time.perf_counter()
-                batch = self.stream.batch([self.step * cfg.batch_size + j for j in self.share])
+                upcoming = self._sample_indices(self.step + 1) if self.step + 1 < cfg.steps else None
+                batch = prefetch.batch(self.stream, self._sample_indices(self.step), upcoming)
                 data_seconds = time.perf_counter() - begin
                 lr = self.learning_rate(self.step, self._elapsed(started))
                 loss = self._optimise(batch, lr)
@@ -280,6 +285,7 @@ class Trainer:
                         message = f"checkpoint at step {self.step} failed: {self.checkpoint_error}; training goes on"
                         yield CheckpointFailed(self.step, str(self.checkpoint_path), message)
         finally:
+            prefetch.close()
             if self.group.is_main and self.checkpoint_path and self.step > tried_at:
                 if between_steps:
                     self._write_checkpoint()
@@ -292,8 +298,13 @@ class Trainer:
                         kept,
                     )
             self._restore_best()
+            self.model.to(memory_format=torch.contiguous_format)
             self.model.eval()
         return self.summary()
+
+    def _sample_indices(self, step: int) -> list[int]:
+        """The global indices of this process's samples in ``step``."""
+        return [step * self.config.batch_size + j for j in self.share]
 
     def _elapsed(self, started: float) -> float:
         """Seconds since training started (the longest of all processes' clocks)."""
@@ -348,7 +359,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
+        image = torch.from_numpy(batch.image).to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
         weights = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
         with autocast(self.device, self.dtype):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class StepProgress:
     """One optimiser step: loss, learning rate, timing (seconds since the start of
-    training, resumed time included), throughput and the share spent on data."""
+    training, resumed time included), throughput and the share of the step spent
+    waiting for its samples (drawn ahead in a background thread)."""
 
     step: int
     total_steps: int

@@ -1,0 +1,45 @@
+import threading
+
+import numpy as np
+
+from napari_unet.core.config import AugmentConfig
+from napari_unet.core.data import SampleStream
+from napari_unet.core.prefetch import BatchPrefetcher
+
+from .test_data import discs, prep
+
+
+def stream(seed=0, centres=((20, 20), (40, 44))):
+    image, labels = discs(centres=centres)
+    return SampleStream(prep([image], [labels]), 60, 2, AugmentConfig(), seed=seed)
+
+
+def assert_same(a, b):
+    for name in ("image", "target", "weights"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.dropout_seeds == b.dropout_seeds
+
+
+def sample_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("napari-unet-samples")]
+
+
+def test_batches_drawn_ahead_equal_batches_drawn_on_demand_and_the_thread_ends():
+    samples = stream()
+    with BatchPrefetcher() as prefetch:
+        drawn = [prefetch.batch(samples, [2 * s, 2 * s + 1], [2 * s + 2, 2 * s + 3]) for s in range(4)]
+        assert sample_threads()
+    assert not sample_threads()
+    for step, batch in enumerate(drawn):
+        assert_same(batch, samples.batch([2 * step, 2 * step + 1]))
+
+
+def test_a_batch_drawn_ahead_from_a_replaced_stream_or_for_other_samples_is_not_used():
+    """Live training swaps in a new stream when the annotation changes: the next step
+    must draw from it, not use the batch drawn ahead from the old one."""
+    old, new = stream(), stream(centres=((30, 30),))
+    with BatchPrefetcher() as prefetch:
+        prefetch.batch(old, [0, 1], [2, 3])
+        assert_same(prefetch.batch(new, [2, 3], [4, 5]), new.batch([2, 3]))
+        assert_same(prefetch.batch(new, [6, 7], None), new.batch([6, 7]))
+        assert not np.array_equal(new.batch([2, 3]).target, old.batch([2, 3]).target)
