@@ -1,17 +1,21 @@
-"""Training speed: steps/s, the share of a step spent on data, and widget vs headless.
+"""Training speed: steps/s, the time a step waits for its samples, and widget vs headless.
 
     .venv/bin/python bench/bench_train.py [--steps 40] [--skip-widget]
 
 Settings: the CPU default, the same network without batch normalisation (the fixed
-workload that training speed is compared on) and the paper's network. Each setting's
-useful training FLOP/s (three times the forward convolutions' FLOPs per sample: the
-forward pass and the two gradients of the backward pass) is put against the machine's
-convolution limit, the best large 3x3 convolution of bench_limits.py at the training's
-precision (bf16 where the CPU has it, else fp32), measured in the same run. Headless runs
-drive ``napari_unet.iter_train`` directly; the widget run starts the same training from
-napari's Train widget (in a thread worker, under a virtual display when there is no
-DISPLAY) and measures it the same way. Each setting runs twice, alternating headless and
-widget (three times for the widget comparison), and the medians are reported.
+workload that training speed is compared on), that network again in the channels-first
+layout that training used before it kept CPU tensors channels-last (the ratio of the two
+comes from the same run), and the paper's network. Each setting's useful training FLOP/s
+(three times the forward convolutions' FLOPs per sample: the forward pass and the two
+gradients of the backward pass) is put against the machine's convolution limit, the best
+large 3x3 convolution of bench_limits.py at the training's precision (bf16 where the CPU
+has it, else fp32), measured in the same run. "data wait" is the share of a step spent
+waiting for its samples, which are drawn in a background thread during the step before.
+
+Headless runs drive a ``napari_unet.Trainer`` directly, every setting twice, the
+settings alternating; the widget run starts the same training from napari's Train
+widget (in a thread worker, under a virtual display when there is no DISPLAY), three
+times alternating with headless runs. Medians are reported.
 """
 
 from __future__ import annotations
@@ -40,21 +44,22 @@ WARMUP_STEPS = 3
 
 
 #: The settings measured: the CPU default, the same network without batch normalisation
-#: (the fixed workload of the speed issue), and the paper's network with its tile.
-SETTINGS = ("cpu-default", "cpu-default, no BN", "paper")
+#: (the fixed workload of the speed issue) in the training's memory layout and in the
+#: channels-first layout that training used before, and the paper's network with its tile.
+SETTINGS = ("cpu-default", "cpu-default, no BN", "cpu-default, no BN, channels-first", "paper")
 
 
 def settings(name: str) -> tuple[ModelConfig, TrainConfig]:
     if name == "paper":
         return ModelConfig(), TrainConfig(tile=572, batch_size=1, device="cpu", precision="auto")
     model = default_model_config("cpu")
-    if name == "cpu-default, no BN":
+    if name.startswith("cpu-default, no BN"):
         model = replace(model, batch_norm=False)
     return model, TrainConfig(device="cpu", precision="auto")
 
 
 def timed_steps(events) -> tuple[float, float]:
-    """Steps/s after the warm-up steps and the mean data share of a step."""
+    """Steps/s after the warm-up steps and the mean share of a step spent waiting for data."""
     stamps, shares = [], []
     for event in events:
         if isinstance(event, StepProgress):
@@ -73,7 +78,11 @@ def training_inputs(name: str, data) -> tuple[UNet, list, list, TrainConfig]:
 
 
 def headless(name: str, steps: int, data) -> tuple[float, float]:
-    return timed_steps(napari_unet.iter_train(*training_inputs(name, data), steps=steps))
+    model, images, labels, config = training_inputs(name, data)
+    trainer = napari_unet.Trainer(model, images, labels, replace(config, steps=steps))
+    if name.endswith("channels-first"):
+        trainer.layout = torch.contiguous_format
+    return timed_steps(trainer.run())
 
 
 def widget_run(name: str, steps: int, data, tmp: Path) -> float:
@@ -127,13 +136,16 @@ def main() -> None:
     data = synthetic_dataset(4, (256, 256), seed=0)
     limit_of = {precision: f for (_, precision), f in limits(measure_limits(repeats=3, devices=["cpu"])).items()}
     print("convolution limit: " + ", ".join(f"{p} {f / 1e9:.1f} GFLOP/s" for p, f in limit_of.items()))
+    runs = {name: [] for name in SETTINGS}
+    for _ in range(2):  # alternating, so that a busy spell of the machine hits every setting
+        for name in SETTINGS:
+            steps = max(args.steps // 4, WARMUP_STEPS + 3) if name == "paper" else args.steps
+            runs[name].append(headless(name, steps, data))
     rows = []
     for name in SETTINGS:
-        steps = max(args.steps // 4, WARMUP_STEPS + 3) if name == "paper" else args.steps
         model_config, config = settings(name)
-        runs = [headless(name, steps, data) for _ in range(2)]
-        rate = median([r[0] for r in runs])
-        share = median([r[1] for r in runs])
+        rate = median([r[0] for r in runs[name]])
+        share = median([r[1] for r in runs[name]])
         trainer = napari_unet.Trainer(*training_inputs(name, data))  # the tile and precision it resolves
         batch_shape = (config.batch_size, model_config.in_channels, trainer.tile, trainer.tile)
         useful = 3 * forward_flops(model_config, batch_shape)  # per step
@@ -151,8 +163,10 @@ def main() -> None:
                 f"{rate * useful / limit:.0%}",
             ]
         )
-    headers = ["setting", "base/depth", "tile x batch", "precision", "steps/s", "samples/s", "data share"]
+    headers = ["setting", "base/depth", "tile x batch", "precision", "steps/s", "samples/s", "data wait"]
     print(format_table([*headers, "useful GFLOP/s", "of limit"], rows))
+    layouts = [median([r[0] for r in runs[f"cpu-default, no BN{suffix}"]]) for suffix in ("", ", channels-first")]
+    print(f"training layout / channels-first (no BN): {layouts[0] / layouts[1]:.2f}x the steps/s")
     if args.skip_widget:
         return
     display = None
