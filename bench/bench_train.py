@@ -5,7 +5,8 @@
 Settings: the CPU default, the same network without batch normalisation (the fixed
 workload that training speed is compared on), that network again in the channels-first
 layout that training used before it kept CPU tensors channels-last (the ratio of the two
-comes from the same run), and the paper's network. Each setting's useful training FLOP/s
+comes from the same run), the paper's network, and the 3D CPU default in both layouts
+(on a stack of unrelated synthetic planes: speed only). Each setting's useful training FLOP/s
 (three times the forward convolutions' FLOPs per sample: the forward pass and the two
 gradients of the backward pass) is put against the machine's convolution limit, the best
 large 3x3 convolution of bench_limits.py at the training's precision (bf16 where the CPU
@@ -38,20 +39,30 @@ from common import format_table, median, print_header
 from napari_unet import ModelConfig, StepProgress, TrainConfig, UNet, default_model_config
 from napari_unet.core.devices import precision_name
 from napari_unet.core.model import forward_flops
-from napari_unet.core.synthetic import synthetic_dataset
+from napari_unet.core.synthetic import synthetic_dataset, synthetic_stack
 
 WARMUP_STEPS = 3
 
 
 #: The settings measured: the CPU default, the same network without batch normalisation
 #: (the fixed workload of the speed issue) in the training's memory layout and in the
-#: channels-first layout that training used before, and the paper's network with its tile.
-SETTINGS = ("cpu-default", "cpu-default, no BN", "cpu-default, no BN, channels-first", "paper")
+#: channels-first layout that training used before, the paper's network with its tile,
+#: and the 3D CPU default in both layouts.
+SETTINGS = (
+    "cpu-default",
+    "cpu-default, no BN",
+    "cpu-default, no BN, channels-first",
+    "paper",
+    "3d-default",
+    "3d-default, channels-first",
+)
 
 
 def settings(name: str) -> tuple[ModelConfig, TrainConfig]:
     if name == "paper":
         return ModelConfig(), TrainConfig(tile=572, batch_size=1, device="cpu", precision="auto")
+    if name.startswith("3d-default"):
+        return default_model_config("cpu", ndim=3), TrainConfig(device="cpu", precision="auto")
     model = default_model_config("cpu")
     if name.startswith("cpu-default, no BN"):
         model = replace(model, batch_norm=False)
@@ -134,27 +145,31 @@ def main() -> None:
     args = parser.parse_args()
     print_header("training speed")
     data = synthetic_dataset(4, (256, 256), seed=0)
+    volume = [synthetic_stack(40, (96, 96), seed=0)]  # speed only: its planes' objects are unrelated
     limit_of = {precision: f for (_, precision), f in limits(measure_limits(repeats=3, devices=["cpu"])).items()}
     print("convolution limit: " + ", ".join(f"{p} {f / 1e9:.1f} GFLOP/s" for p, f in limit_of.items()))
     runs = {name: [] for name in SETTINGS}
     for _ in range(2):  # alternating, so that a busy spell of the machine hits every setting
         for name in SETTINGS:
-            steps = max(args.steps // 4, WARMUP_STEPS + 3) if name == "paper" else args.steps
-            runs[name].append(headless(name, steps, data))
+            steps = max(args.steps // (8 if name.startswith("3d") else 4), WARMUP_STEPS + 3)
+            steps = args.steps if name.startswith("cpu-default") else steps
+            runs[name].append(headless(name, steps, volume if name.startswith("3d") else data))
     rows = []
     for name in SETTINGS:
         model_config, config = settings(name)
         rate = median([r[0] for r in runs[name]])
         share = median([r[1] for r in runs[name]])
-        trainer = napari_unet.Trainer(*training_inputs(name, data))  # the tile and precision it resolves
-        batch_shape = (config.batch_size, model_config.in_channels, trainer.tile, trainer.tile)
+        inputs = training_inputs(name, volume if name.startswith("3d") else data)
+        trainer = napari_unet.Trainer(*inputs)  # the tile and precision it resolves
+        tile = trainer.tile if isinstance(trainer.tile, tuple) else (trainer.tile, trainer.tile)
+        batch_shape = (config.batch_size, model_config.in_channels, *tile)
         useful = 3 * forward_flops(model_config, batch_shape)  # per step
         limit = limit_of[precision_name(trainer.dtype)]
         rows.append(
             [
                 name,
                 f"{model_config.base_channels}/{model_config.depth}{' BN' if model_config.batch_norm else ''}",
-                f"{trainer.tile}x{config.batch_size}",
+                f"{tile[0] if len(tile) == 2 else 'x'.join(map(str, tile))}x{config.batch_size}",
                 precision_name(trainer.dtype),
                 f"{rate:.2f}",
                 f"{rate * config.batch_size:.1f}",
@@ -165,8 +180,9 @@ def main() -> None:
         )
     headers = ["setting", "base/depth", "tile x batch", "precision", "steps/s", "samples/s", "data wait"]
     print(format_table([*headers, "useful GFLOP/s", "of limit"], rows))
-    layouts = [median([r[0] for r in runs[f"cpu-default, no BN{suffix}"]]) for suffix in ("", ", channels-first")]
-    print(f"training layout / channels-first (no BN): {layouts[0] / layouts[1]:.2f}x the steps/s")
+    for setting in ("cpu-default, no BN", "3d-default"):
+        layouts = [median([r[0] for r in runs[f"{setting}{suffix}"]]) for suffix in ("", ", channels-first")]
+        print(f"{setting}: training layout / channels-first: {layouts[0] / layouts[1]:.2f}x the steps/s")
     if args.skip_widget:
         return
     display = None
