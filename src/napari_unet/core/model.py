@@ -144,7 +144,7 @@ def forward_flops(config: ModelConfig, input_shape: Sequence[int]) -> int:
 def center_crop(features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The central window of ``size`` (its last axes) of ``features`` (N, C, ...).
 
-    A padding by minus the margins rather than a slice: both copy the same values,
+    A padding by minus the margins rather than a slice: both give the same values,
     but the padding's gradient keeps the memory format of ``features`` (a slice's is
     always channels-first), so in channels-last training the skip connection's two
     gradients add in one layout instead of a strided mix several times slower.
