@@ -43,3 +43,10 @@ def test_a_batch_drawn_ahead_from_a_replaced_stream_or_for_other_samples_is_not_
         assert_same(prefetch.batch(new, [2, 3], [4, 5]), new.batch([2, 3]))
         assert_same(prefetch.batch(new, [6, 7], None), new.batch([6, 7]))
         assert not np.array_equal(new.batch([2, 3]).target, old.batch([2, 3]).target)
+
+
+def test_without_drawing_ahead_no_thread_starts():
+    samples = stream()
+    with BatchPrefetcher(ahead=False) as prefetch:
+        assert_same(prefetch.batch(samples, [0, 1], [2, 3]), samples.batch([0, 1]))
+        assert not sample_threads()

@@ -16,11 +16,12 @@ class BatchPrefetcher:
     (the trainer swaps in a new stream when live training's annotation changes, and
     a batch of the old one is then dropped). The sample preparation releases the
     interpreter lock in its torch and numpy kernels, so it overlaps the step's
-    convolutions. Use as a context manager: leaving it waits for the thread.
+    convolutions. With ``ahead=False`` every batch is drawn on demand and no thread
+    is started. Use as a context manager: leaving it waits for the thread.
     """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-samples")
+    def __init__(self, ahead: bool = True) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-samples") if ahead else None
         self._ahead: tuple[SampleStream, tuple[int, ...], Future[Batch]] | None = None
 
     def batch(self, stream: SampleStream, indices: Sequence[int], next_indices: Sequence[int] | None) -> Batch:
@@ -32,13 +33,14 @@ class BatchPrefetcher:
             if ahead is not None:
                 ahead[2].cancel()
             batch = stream.batch(indices)
-        if next_indices is not None:
+        if next_indices is not None and self._pool is not None:
             self._ahead = (stream, tuple(next_indices), self._pool.submit(stream.batch, next_indices))
         return batch
 
     def close(self) -> None:
         self._ahead = None
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> BatchPrefetcher:
         return self

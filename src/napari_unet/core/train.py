@@ -41,6 +41,7 @@ from .object_size import fitted_instances
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
+from .threads import available_cores
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class Trainer:
         if self.checkpoint_path is not None:
             for stale in remove_stale_temporaries(self.checkpoint_path):
                 log.info("removed %s, left by an interrupted write", stale)
-        prefetch = BatchPrefetcher()
+        prefetch = BatchPrefetcher(ahead=self._draws_ahead())
         try:
             while self.step < cfg.steps and not self._should_stop(started):
                 between_steps = False
@@ -301,6 +302,12 @@ class Trainer:
             self.model.to(memory_format=torch.contiguous_format)
             self.model.eval()
         return self.summary()
+
+    def _draws_ahead(self) -> bool:
+        """Whether to draw the next step's samples in a background thread: when training
+        has every core (or computes on a GPU). When cores are left free, as the widgets
+        leave one to the viewer, the sampling thread would take them."""
+        return self.device.type != "cpu" or torch.get_num_threads() >= available_cores()
 
     def _sample_indices(self, step: int) -> list[int]:
         """The global indices of this process's samples in ``step``."""
