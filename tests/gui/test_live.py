@@ -67,6 +67,8 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
         np.testing.assert_array_equal(changed, preview == target)
         assert len(np.unique(after[changed])) == 1 and after[changed][0] == before.max() + 1
 
+    # probe the event loop for a while during training, however fast the steps above went
+    qtbot.waitUntil(lambda: len(gaps) > 50, timeout=60_000)
     widget.stop_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
     timer.stop()
