@@ -9,12 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .devices import channels_last
 from .model import CONV, DROPOUT, UP, Layer, UNet, folded_weights, layer_input_shapes, run_plan, weights_lock
-
-
-def _channels_last(ndim: int) -> torch.memory_format:
-    """The channels-last memory format of a ``ndim``-dimensional tensor (4: images, 5: volumes)."""
-    return torch.channels_last if ndim == 4 else torch.channels_last_3d
 
 
 def _fused_conv_op():
@@ -83,7 +79,7 @@ class CpuInference:
                 return weight, bias
             except RuntimeError:  # pragma: no cover - depends on the torch build
                 self.fused = False
-        return weight.contiguous(memory_format=_channels_last(weight.ndim)), bias
+        return weight.contiguous(memory_format=channels_last(weight.ndim)), bias
 
     def _apply_layer(self, index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if layer.kind == DROPOUT:
@@ -99,5 +95,5 @@ class CpuInference:
         return torch.relu_(x) if layer.relu else x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype).contiguous(memory_format=_channels_last(x.ndim))
+        x = x.to(self.dtype).contiguous(memory_format=channels_last(x.ndim))
         return run_plan(self.plan, x, self._apply_layer)

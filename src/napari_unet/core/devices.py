@@ -88,6 +88,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def channels_last(tensor_ndim: int) -> torch.memory_format:
+    """The channels-last memory format of a ``tensor_ndim``-dimensional tensor (4: images, 5: volumes)."""
+    return torch.channels_last if tensor_ndim == 4 else torch.channels_last_3d
+
+
 def training_layout(device: torch.device, ndim: int) -> torch.memory_format:
     """The memory format that training keeps the network's weights and inputs in.
 
@@ -98,9 +103,7 @@ def training_layout(device: torch.device, ndim: int) -> torch.memory_format:
     probes in fp32 there: 1.4x and 1.8x). Channels-first on other devices, where it
     was not measured.
     """
-    if device.type != "cpu":
-        return torch.contiguous_format
-    return torch.channels_last if ndim == 2 else torch.channels_last_3d
+    return channels_last(ndim + 2) if device.type == "cpu" else torch.contiguous_format
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
