@@ -69,6 +69,13 @@ def settings(name: str) -> tuple[ModelConfig, TrainConfig]:
     return model, TrainConfig(device="cpu", precision="auto")
 
 
+def steps_of(name: str, steps: int) -> int:
+    """Steps per run: ``steps`` for the 2D CPU default, fewer for the larger networks."""
+    if name.startswith("cpu-default"):
+        return steps
+    return max(steps // (8 if name.startswith("3d") else 4), WARMUP_STEPS + 3)
+
+
 def timed_steps(events) -> tuple[float, float]:
     """Steps/s after the warm-up steps and the mean share of a step spent waiting for data."""
     stamps, shares = [], []
@@ -146,21 +153,22 @@ def main() -> None:
     print_header("training speed")
     data = synthetic_dataset(4, (256, 256), seed=0)
     volume = [synthetic_stack(40, (96, 96), seed=0)]  # speed only: its planes' objects are unrelated
+
+    def inputs_of(name: str) -> list:
+        return volume if name.startswith("3d") else data
+
     limit_of = {precision: f for (_, precision), f in limits(measure_limits(repeats=3, devices=["cpu"])).items()}
     print("convolution limit: " + ", ".join(f"{p} {f / 1e9:.1f} GFLOP/s" for p, f in limit_of.items()))
     runs = {name: [] for name in SETTINGS}
     for _ in range(2):  # alternating, so that a busy spell of the machine hits every setting
         for name in SETTINGS:
-            steps = max(args.steps // (8 if name.startswith("3d") else 4), WARMUP_STEPS + 3)
-            steps = args.steps if name.startswith("cpu-default") else steps
-            runs[name].append(headless(name, steps, volume if name.startswith("3d") else data))
+            runs[name].append(headless(name, steps_of(name, args.steps), inputs_of(name)))
     rows = []
     for name in SETTINGS:
         model_config, config = settings(name)
         rate = median([r[0] for r in runs[name]])
         share = median([r[1] for r in runs[name]])
-        inputs = training_inputs(name, volume if name.startswith("3d") else data)
-        trainer = napari_unet.Trainer(*inputs)  # the tile and precision it resolves
+        trainer = napari_unet.Trainer(*training_inputs(name, inputs_of(name)))  # the tile and precision it resolves
         tile = trainer.tile if isinstance(trainer.tile, tuple) else (trainer.tile, trainer.tile)
         batch_shape = (config.batch_size, model_config.in_channels, *tile)
         useful = 3 * forward_flops(model_config, batch_shape)  # per step
