@@ -121,13 +121,20 @@ def match_instances_reference(
     return results
 
 
-def plane_labels_reference(mask: np.ndarray, config) -> np.ndarray:
+def plane_labels_reference(mask: np.ndarray, config, probability: np.ndarray | None = None) -> np.ndarray:
     """Instance labels of one foreground ``mask`` the plain way (the implementation
     ``core.instances`` had before it was made local): whole-image hole filling and
-    distance transforms, each step a library call."""
+    distance transforms, each step a library call.
+
+    With the foreground ``probability`` the mask was cut from and ``config.split``,
+    objects are first split by :func:`split_objects_reference`, and the ids follow
+    the objects' first pixels in raster order."""
     from skimage import measure, segmentation
 
     labels = measure.label(mask, connectivity=1)
+    split = bool(config.split) and probability is not None
+    if split:
+        labels = split_objects_reference(labels, probability, config.threshold, config.split, config.min_piece)
     if config.fill_holes and labels.max() > 0:
         filled = ndimage.binary_fill_holes(labels > 0)
         holes = filled & (labels == 0)
@@ -137,10 +144,20 @@ def plane_labels_reference(mask: np.ndarray, config) -> np.ndarray:
         too_small = np.bincount(labels.ravel()) < config.min_size
         too_small[0] = False
         labels = np.where(too_small[labels], 0, labels)
+    labels = first_pixel_order(labels) if split else segmentation.relabel_sequential(labels)[0]
     if config.expand > 0:
         labels = segmentation.expand_labels(labels, distance=config.expand)
-    relabeled, _, _ = segmentation.relabel_sequential(labels)
-    return relabeled.astype(np.int32)
+    return labels.astype(np.int32)
+
+
+def first_pixel_order(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with ids renumbered 1..n by their first pixel in raster order, int32."""
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    order = ids[np.argsort(first)]
+    order = order[order > 0]
+    table = np.zeros(int(labels.max()) + 1, np.int32)
+    table[order] = np.arange(1, len(order) + 1)
+    return table[labels]
 
 
 def smooth_foreground_reference(foreground: np.ndarray) -> np.ndarray:
@@ -161,13 +178,16 @@ def smooth_foreground_reference(foreground: np.ndarray) -> np.ndarray:
     return smooth
 
 
-def split_objects_reference(labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float) -> np.ndarray:
+def split_objects_reference(
+    labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int = 0
+) -> np.ndarray:
     """:func:`napari_unet.core.split.split_objects` by recursion over each object.
 
     Per object: walk the levels up from ``threshold``; at the first level where the
     region holds two or more components that rise ``depth`` above it, recurse into
     each of them; a region that never divides is one seed. Seeds then flood the
-    object (watershed of the smoothed probability). Ids as the fast code numbers them.
+    object (watershed of the smoothed probability); an object whose flood leaves a
+    piece under ``min_piece`` pixels stays whole. Ids as the fast code numbers them.
     """
     from skimage.segmentation import watershed
 
@@ -205,6 +225,8 @@ def split_objects_reference(labels: np.ndarray, foreground: np.ndarray, threshol
         for number, (_, seed) in enumerate(found, start=1):
             markers[seed] = number
         pieces = watershed(-smooth, markers, mask=region, connectivity=1)
+        if min(np.count_nonzero(pieces == number) for number in range(1, len(found) + 1)) < min_piece:
+            continue
         for number in range(2, len(found) + 1):
             out[pieces == number] = next_id
             next_id += 1
