@@ -103,7 +103,9 @@ def test_split_equals_the_recursive_reference(seed):
     labels, _ = ndimage.label(fg > 0.4)
     for depth in (0.05, 0.1, 0.2):
         fast = split_objects(labels, fg, 0.4, depth)
-        np.testing.assert_array_equal(first_pixel_order(fast), first_pixel_order(split_objects_reference(labels, fg, 0.4, depth)))
+        np.testing.assert_array_equal(
+            first_pixel_order(fast), first_pixel_order(split_objects_reference(labels, fg, 0.4, depth))
+        )
         assert fast.max() > labels.max()  # every field here has objects to split
         np.testing.assert_array_equal(fast > 0, labels > 0)
 
@@ -116,7 +118,9 @@ def test_split_of_volumes_equals_the_recursive_reference(seed):
     labels, _ = ndimage.label(fg > 0.4)
     fast = split_objects(labels, fg, 0.4, 0.05)
     assert fast.max() > labels.max()
-    np.testing.assert_array_equal(first_pixel_order(fast), first_pixel_order(split_objects_reference(labels, fg, 0.4, 0.05)))
+    np.testing.assert_array_equal(
+        first_pixel_order(fast), first_pixel_order(split_objects_reference(labels, fg, 0.4, 0.05))
+    )
 
 
 def dipping_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
