@@ -2,10 +2,11 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_unet import InstanceConfig
-from napari_unet.core import instances
+from napari_unet.core import instances, split
 from napari_unet.core.instances import first_pixels, mask_to_labels, probabilities_to_labels
 from tests.reference import plane_labels_reference
 
@@ -120,8 +121,8 @@ def test_holes_are_filled_one_by_one_or_all_at_once_with_the_same_result(monkeyp
     speckled foreground of a barely trained network by one transform of the whole
     image (hole by hole took seconds there). Both give what the reference gives."""
     windows = []
-    fill = instances._take_nearest_objects
-    monkeypatch.setattr(instances, "_take_nearest_objects", lambda *args: (windows.append(args[-1]), fill(*args))[1])
+    nearest = instances._nearest_objects
+    monkeypatch.setattr(instances, "_nearest_objects", lambda *args: (windows.append(args[-1]), nearest(*args))[1])
     speckled = np.random.default_rng(3).random((80, 90)) < 0.6
     few = np.ones((80, 90), bool)
     few[10:13, 10:14] = False
@@ -135,10 +136,11 @@ def test_holes_are_filled_one_by_one_or_all_at_once_with_the_same_result(monkeyp
 
 
 @pytest.mark.parametrize("shape", [(120, 140), (20, 40, 50)])
-def test_holes_found_on_a_second_thread_give_the_same_labels(monkeypatch, shape):
-    """Large masks (and volumes) look for their holes on a helper thread while the
-    objects are labelled and split: same labels as the serial order, and the helper
-    did run."""
+def test_a_second_thread_smooths_and_finds_holes_with_the_same_labels(monkeypatch, shape):
+    """Large masks (and volumes) share the work with a helper thread (half of the
+    smoothing for the split, then the holes) while this one labels and splits the
+    objects: same labels as the serial order, and the helper did run; a process
+    limited to one thread never starts it."""
     rng = np.random.default_rng(5)
     probability = ndimage.gaussian_filter(rng.random(shape), 2)
     probability = (probability - probability.min()) / (probability.max() - probability.min())
@@ -147,12 +149,28 @@ def test_holes_found_on_a_second_thread_give_the_same_labels(monkeypatch, shape)
     serial = [mask_to_labels(mask, config, probability) for config in configs]
     assert serial[0].max() > serial[1].max() and instances.find_holes(mask) is not None  # splits and holes
     threads = []
-    find = instances.find_holes
-    monkeypatch.setattr(instances, "find_holes", lambda m: (threads.append(threading.get_ident()), find(m))[1])
+    find, smooth_blocks = instances.find_holes, split._smooth_blocks
+    monkeypatch.setattr(
+        instances, "find_holes", lambda m: (threads.append(("holes", threading.get_ident())), find(m))[1]
+    )
+    monkeypatch.setattr(
+        split, "_smooth_blocks", lambda *a: (threads.append(("smooth", threading.get_ident())), smooth_blocks(*a))[1]
+    )
     monkeypatch.setattr(instances, "PARALLEL_PIXELS", 0)
-    for config, expected in zip(configs, serial):
-        np.testing.assert_array_equal(mask_to_labels(mask, config, probability), expected)
-    assert len(threads) == len(configs) and threading.get_ident() not in threads
+    monkeypatch.setattr(split, "BLOCK_PIXELS", 64)  # several blocks to share
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for config, expected in zip(configs, serial):
+            np.testing.assert_array_equal(mask_to_labels(mask, config, probability), expected)
+        helper = {job for job, thread in threads if thread != threading.get_ident()}
+        assert helper == {"holes", "smooth"} and ("smooth", threading.get_ident()) in threads
+        threads.clear()
+        torch.set_num_threads(1)
+        np.testing.assert_array_equal(mask_to_labels(mask, configs[0], probability), serial[0])
+        assert threads and all(thread == threading.get_ident() for _, thread in threads)
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 @pytest.mark.parametrize("shape", [(40, 50), (9, 20, 24)])

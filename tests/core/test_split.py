@@ -1,3 +1,4 @@
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -85,12 +86,16 @@ def test_noise_in_one_cell_does_not_split_it():
 @pytest.mark.parametrize("block_pixels", [1, 7, 300, split.BLOCK_PIXELS])
 def test_smoothing_by_blocks_equals_the_whole_array_formulation_exactly(monkeypatch, block_pixels):
     """Blocks of any size (one row or plane at a time, a remainder block, one block
-    for everything) give the whole-array sums bit for bit, on 1-4 px wide axes too."""
+    for everything) give the whole-array sums bit for bit, on 1-4 px wide axes too,
+    and so does sharing the blocks with a helper thread."""
     monkeypatch.setattr(split, "BLOCK_PIXELS", block_pixels)
     rng = np.random.default_rng(block_pixels)
-    for shape in [(37, 53), (5, 300), (3, 2), (4, 1), (1, 9), (13, 17, 19), (2, 1, 1), (6, 3, 4)]:
-        fg = rng.random(shape).astype(np.float32)
-        np.testing.assert_array_equal(smooth_foreground(fg), smooth_foreground_reference(fg), err_msg=str(shape))
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        for shape in [(37, 53), (5, 300), (3, 2), (4, 1), (1, 9), (13, 17, 19), (2, 1, 1), (6, 3, 4)]:
+            fg = rng.random(shape).astype(np.float32)
+            expected = smooth_foreground_reference(fg)
+            np.testing.assert_array_equal(smooth_foreground(fg), expected, err_msg=str(shape))
+            np.testing.assert_array_equal(smooth_foreground(fg, helper), expected, err_msg=f"{shape}, helper")
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -20,14 +20,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage import segmentation
 
 from .config import InstanceConfig
-from .split import split_objects
+from .regions import bounding_boxes
+from .split import smooth_foreground, split_in_place
 
-#: Masks of at least this many pixels look for their holes on a second thread.
-PARALLEL_PIXELS = 1 << 20
+#: Masks of at least this many pixels share the work with a second thread.
+PARALLEL_PIXELS = 1 << 17
 
 #: 4-connectivity in 2D (scipy's default structuring element).
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -41,7 +43,7 @@ def _faces(ndim: int) -> np.ndarray:
 def foreground(probabilities: np.ndarray, ndim: int = 2) -> np.ndarray:
     """Foreground probability (..., H, W) from probabilities (..., K, H, W): 1 - background.
     ``ndim=3``: (..., Z, Y, X) from (..., K, Z, Y, X)."""
-    return 1.0 - np.take(probabilities, 0, axis=-ndim - 1)
+    return 1.0 - probabilities[(..., 0) + (slice(None),) * ndim]
 
 
 def probabilities_to_labels(
@@ -68,32 +70,42 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     ``probability``: the foreground probability the mask was thresholded from (same
     shape); with it, objects are split at its dips as ``config.split`` says, without
     it the mask's components are kept (``config.split`` is not used).
+
+    After the labelling the work is done on the object pixels' flat indices, not on
+    the whole image. On large images a second thread smooths half of the
+    probability for the split and then looks for the holes (they depend on the mask
+    alone) while this one labels and splits the objects.
     """
-    # the holes depend on the mask alone: on large images they are found on a second
-    # core while this one labels and splits the objects
-    parallel = config.fill_holes and mask.size >= PARALLEL_PIXELS
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    split = bool(config.split) and probability is not None
+    parallel = mask.size >= PARALLEL_PIXELS and torch.get_num_threads() > 1  # the process may use two cores
     with ThreadPoolExecutor(max_workers=1) if parallel else nullcontext() as helper:
-        holes = helper.submit(find_holes, mask) if parallel else None
+        smooth = smooth_foreground(probability, helper) if split else None
+        holes = helper.submit(find_holes, mask) if parallel and config.fill_holes else None
         labels, count = ndimage.label(mask, structure=_faces(mask.ndim))
-        if count == 0:
-            return labels.astype(np.int32)
-        split = bool(config.split) and probability is not None
+        pixels = np.flatnonzero(mask)  # the object pixels, in raster order
         if split:
-            labels = split_objects(labels, probability, config.threshold, config.split, config.min_piece)
-            count = int(labels.max())
+            count = split_in_place(labels, pixels, smooth, config.threshold, config.split, config.min_piece)
         if config.fill_holes:
-            fill_holes(labels, holes.result() if holes else find_holes(mask))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = sizes >= config.min_size
+            found = holes.result() if holes else find_holes(mask)
+            if found is not None:
+                fill_holes(labels, found)
+                filled = mask.copy()
+                np.put(filled, found.pixels, True)
+                pixels = np.flatnonzero(filled)
+    ids = np.take(labels, pixels)
+    keep = np.bincount(ids, minlength=count + 1) >= config.min_size
     keep[0] = False
     if split:  # pieces of split objects have ids after all others: order by first pixel
         survivors = np.flatnonzero(keep)
-        survivors = survivors[np.argsort(first_pixels(labels, count)[survivors], kind="stable")]
+        survivors = survivors[np.argsort(first_pixels(labels, count, pixels)[survivors], kind="stable")]
         renumber = np.zeros(count + 1, np.int32)
         renumber[survivors] = np.arange(1, len(survivors) + 1, dtype=np.int32)
     else:
         renumber = (np.cumsum(keep) * keep).astype(np.int32)  # surviving ids -> 1..n, raster order kept
-    labels = renumber[labels]
+    labels = np.zeros(mask.shape, np.int32)
+    np.put(labels, pixels, renumber[ids])
     if config.expand == 1:
         _grow_one_pixel(labels)
     elif config.expand > 1:
@@ -101,51 +113,61 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     return labels
 
 
-def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
+def first_pixels(labels: np.ndarray, count: int, pixels: np.ndarray | None = None) -> np.ndarray:
     """The flat index of every id's first pixel in raster order (ids 0..count; an id
-    with no pixel, and 0, get ``labels.size``). Any numbering.
+    with no pixel, and 0, get ``labels.size``). Any numbering. ``pixels``: the flat
+    indices of the non-zero pixels in increasing order, if the caller has them.
 
-    Only pixels whose predecessor along every axis has another id can be first, so
-    the minimum is taken over those (the objects' upper-left edges) alone."""
-    can_be_first = labels != 0
-    for axis in range(labels.ndim):
-        here = (slice(None),) * axis + (slice(1, None),)
-        before = (slice(None),) * axis + (slice(None, -1),)
-        can_be_first[here] &= labels[here] != labels[before]
-    where = np.flatnonzero(can_be_first)
+    A pixel whose predecessor along some axis (an earlier pixel) has the same id is
+    not the first of its id, so the minimum is taken over the others (the objects'
+    upper-left edges) alone."""
+    if pixels is None:
+        pixels = np.flatnonzero(labels)
+    ids = np.take(labels, pixels)
+    can_be_first = np.ones(pixels.size, bool)
+    stride = 1
+    for length in reversed(labels.shape):
+        before = np.take(labels, pixels - stride, mode="clip")  # clipped: pixel 0, also earlier
+        can_be_first &= before != ids
+        stride *= length
+    if pixels.size and pixels[0] == 0:  # compared with itself above
+        can_be_first[0] = True
     first = np.full(count + 1, labels.size, np.int64)
-    np.minimum.at(first, labels.ravel()[where], where)
+    np.minimum.at(first, ids[can_be_first], pixels[can_be_first])
     return first
 
 
 @dataclass(frozen=True)
 class Holes:
     """The holes of a foreground mask (4-connected background regions that do not
-    reach the image border; 6-connected in 3D): ``regions`` labels the background
-    (int32, mask's shape), ``is_hole`` says which of its regions are holes (bool,
-    regions + 1), ``ids`` are those regions (n,), and ``low`` / ``high`` per axis
-    their bounding boxes (first and one-past-last index, (n,))."""
+    reach the image border; 6-connected in 3D): ``pixels`` are their pixels (flat
+    indices, increasing), ``regions`` labels the background (int32, mask's shape;
+    1: what reaches the border), ``ids`` are the holes' regions (n,), and ``low`` / ``high`` per axis their
+    bounding boxes (first and one-past-last index, (n,))."""
 
+    pixels: np.ndarray
     regions: np.ndarray
-    is_hole: np.ndarray
     ids: np.ndarray
     low: list[np.ndarray]
     high: list[np.ndarray]
 
 
 def find_holes(mask: np.ndarray) -> Holes | None:
-    """The holes of the boolean ``mask`` (H, W) or (Z, Y, X); None when it has none."""
-    background, count = ndimage.label(~mask, structure=_faces(mask.ndim))
-    if count == 0:
+    """The holes of the boolean ``mask`` (H, W) or (Z, Y, X); None when it has none.
+
+    The background is labelled inside a 1-px frame of background, so everything
+    that reaches the border is one region, numbered 1 (the frame's first pixel
+    comes first): the holes are the regions numbered from 2."""
+    framed = np.ones(tuple(n + 2 for n in mask.shape), bool)
+    inside = tuple(slice(1, -1) for _ in mask.shape)
+    np.logical_not(mask, out=framed[inside])
+    background, count = ndimage.label(framed, structure=_faces(mask.ndim))
+    if count < 2:
         return None
-    faces = [np.take(background, end, axis=axis) for axis in range(mask.ndim) for end in (0, -1)]
-    border = np.unique(np.concatenate([face.ravel() for face in faces]))
-    is_hole = np.ones(count + 1, bool)
-    is_hole[border] = False
-    is_hole[0] = False
-    if not is_hole.any():
-        return None
-    return Holes(background, is_hole, *_hole_boxes(background, is_hole))
+    regions = background[inside]
+    pixels = np.flatnonzero(regions > 1)
+    ids = regions[np.unravel_index(pixels, mask.shape)]
+    return Holes(pixels, regions, *bounding_boxes(pixels, ids, mask.shape))
 
 
 def fill_holes(labels: np.ndarray, holes: Holes | None) -> None:
@@ -157,6 +179,8 @@ def fill_holes(labels: np.ndarray, holes: Holes | None) -> None:
     with the same tie-breaking as one over the whole image. When those windows
     together would cover more than the image (many holes: the speckled foreground of
     a barely trained network), one transform of the whole image does it instead.
+    Every hole's ids are found before any is written: holes take ids of object
+    pixels, never of holes filled before them.
     """
     if holes is None:
         return
@@ -164,35 +188,25 @@ def fill_holes(labels: np.ndarray, holes: Holes | None) -> None:
     reach = np.ceil(np.sqrt(sum((h - lo + 2.0) ** 2 for lo, h in zip(low, high)))).astype(np.int64) + 1
     low = [np.maximum(lo - reach, 0) for lo in low]
     high = [np.minimum(h + reach, n) for h, n in zip(high, labels.shape)]
-    objects = labels.copy()  # holes take ids of object pixels, never of holes filled before them
     if np.prod([h - lo for lo, h in zip(low, high)], axis=0).sum() > labels.size:
         everywhere = tuple(slice(0, n) for n in labels.shape)
-        _take_nearest_objects(labels, objects, holes.is_hole[holes.regions], everywhere)
-        return
-    for index, region in enumerate(holes.ids):
-        window = tuple(slice(int(lo[index]), int(h[index])) for lo, h in zip(low, high))
-        _take_nearest_objects(labels, objects, holes.regions[window] == region, window)
+        every_hole = np.zeros(labels.shape, bool)
+        np.put(every_hole, holes.pixels, True)
+        fills = [(everywhere, every_hole)]
+    else:
+        windows = [tuple(slice(int(lo[i]), int(h[i])) for lo, h in zip(low, high)) for i in range(len(holes.ids))]
+        fills = [(window, holes.regions[window] == region) for window, region in zip(windows, holes.ids)]
+    nearest = [_nearest_objects(labels, hole, window) for window, hole in fills]
+    for (window, hole), ids in zip(fills, nearest):
+        labels[window][hole] = ids
 
 
-def _hole_boxes(background: np.ndarray, is_hole: np.ndarray) -> tuple[np.ndarray, list, list]:
-    """The ids of the holes among ``background``'s regions and their bounding boxes
-    (per axis: first and one-past-last index), in id order."""
-    coords = np.nonzero(is_hole[background])
-    ids = background[coords]
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    low = [np.minimum.reduceat(axis[order], starts) for axis in coords]
-    high = [np.maximum.reduceat(axis[order], starts) + 1 for axis in coords]
-    return ids[starts], low, high
-
-
-def _take_nearest_objects(labels: np.ndarray, objects: np.ndarray, hole: np.ndarray, window: tuple) -> None:
-    """Give the ``hole`` pixels of ``window`` (a mask of the window's shape) the id of
-    their nearest pixel of ``objects`` in that window, in ``labels``."""
-    crop = objects[window]
+def _nearest_objects(labels: np.ndarray, hole: np.ndarray, window: tuple) -> np.ndarray:
+    """The id of the nearest object pixel of ``labels`` within ``window`` for every
+    ``hole`` pixel of the window (``hole``: a mask of the window's shape)."""
+    crop = labels[window]
     _, nearest = ndimage.distance_transform_edt(crop == 0, return_indices=True)
-    labels[window][hole] = crop[tuple(axis[hole] for axis in nearest)]
+    return crop[tuple(axis[hole] for axis in nearest)]
 
 
 #: Face neighbours in the order the 1-px grow applies them (the last applied wins),

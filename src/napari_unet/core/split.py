@@ -17,10 +17,13 @@ peak keep their pixels and id.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
+
+from .regions import bounding_boxes
 
 #: Distance between the probability levels at which peaks are told apart.
 LEVEL_STEP = 0.05
@@ -29,30 +32,48 @@ LEVEL_STEP = 0.05
 BLOCK_PIXELS = 1 << 17
 
 
-def smooth_foreground(foreground: np.ndarray) -> np.ndarray:
+def smooth_foreground(foreground: np.ndarray, helper: Executor | None = None) -> np.ndarray:
     """The foreground probability (H, W) or (Z, Y, X) smoothed as the split sees it:
     the binomial filter [1, 4, 6, 4, 1] / 16 (variance 1 px^2, a Gaussian of sigma
     1 px to within 2%) along every axis, borders mirrored. float32.
 
     Works through blocks of about :data:`BLOCK_PIXELS` along the first axis, so each
     block's intermediate sums stay in the CPU cache; the arithmetic per pixel is the
-    same whatever the block size."""
+    same whatever the block size. With ``helper`` (an executor with a free thread)
+    that thread smooths the first half of the blocks while the caller smooths the
+    rest; the result is the same."""
     foreground = np.asarray(foreground, np.float32)
-    shape = foreground.shape
     smooth = np.empty_like(foreground)
+    shape = foreground.shape
     rows = min(shape[0], max(1, BLOCK_PIXELS // max(1, math.prod(shape[1:]))))
-    first_axis = np.pad(foreground, [(2, 2)] + [(0, 0)] * (len(shape) - 1), mode="symmetric")
+    starts = list(range(0, shape[0], rows))
+    half = len(starts) // 2 if helper is not None else 0
+    first_half = helper.submit(_smooth_blocks, foreground, smooth, starts[:half], rows) if half else None
+    _smooth_blocks(foreground, smooth, starts[half:], rows)
+    if first_half is not None:
+        first_half.result()
+    return smooth
+
+
+def _smooth_blocks(foreground: np.ndarray, smooth: np.ndarray, starts: list[int], rows: int) -> None:
+    """Write the blocks of ``rows`` rows (first axis) starting at ``starts`` of
+    :func:`smooth_foreground` into ``smooth``."""
+    shape = foreground.shape
+    mirrored_rows = np.pad(np.arange(shape[0]), 2, mode="symmetric")  # the row at each position of the padded axis
     scratch = np.empty((rows, *shape[1:]), np.float32)
     mirrored = {axis: np.empty((rows, *_widened(shape, axis)[1:]), np.float32) for axis in range(1, len(shape))}
-    for start in range(0, shape[0], rows):
+    for start in starts:
         n = min(rows, shape[0] - start)
+        if start >= 2 and start + n + 2 <= shape[0]:  # the rows around the block are in the array
+            source, offset = foreground, start - 2
+        else:
+            source, offset = foreground.take(mirrored_rows[start : start + n + 4], axis=0), 0
         block = smooth[start : start + n]
-        _binomial([first_axis[start + offset : start + offset + n] for offset in range(5)], block, scratch[:n])
+        _binomial([source[offset + o : offset + o + n] for o in range(5)], block, scratch[:n])
         for axis, wide in mirrored.items():
             _mirror_into(block, wide[:n], axis)
             along = (slice(None),) * axis
             _binomial([wide[:n][(*along, slice(o, o + shape[axis]))] for o in range(5)], block, scratch[:n])
-    return smooth
 
 
 def _widened(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
@@ -95,13 +116,28 @@ def split_objects(
     the object they belonged to. Deterministic.
     """
     out = labels.astype(np.int32, copy=True)
-    smooth = smooth_foreground(foreground)
+    split_in_place(out, np.flatnonzero(out), smooth_foreground(foreground), threshold, depth, min_piece)
+    return out
+
+
+def split_in_place(
+    labels: np.ndarray, pixels: np.ndarray, smooth: np.ndarray, threshold: float, depth: float, min_piece: int = 0
+) -> int:
+    """:func:`split_objects` in place: ``labels`` int32, ``pixels`` the flat indices
+    of its object pixels in increasing order (the work is done on those, not on the
+    whole image), ``smooth`` what :func:`smooth_foreground` gives for the
+    probability. Returns the largest id afterwards."""
+    ids = np.take(labels, pixels)
+    largest = int(ids.max()) if ids.size else 0
     levels = _levels(threshold, depth)
-    candidates = _with_several_peaks(labels, smooth, levels)
+    candidates = _with_several_peaks(labels, pixels, ids, smooth, levels)
     if candidates.size == 0:
-        return out
-    windows = ndimage.find_objects(labels)
-    windows = [windows[object_id - 1] for object_id in candidates]
+        return largest
+    is_candidate = np.zeros(largest + 1, bool)
+    is_candidate[candidates] = True
+    chosen = is_candidate[ids]
+    _, low, high = bounding_boxes(pixels[chosen], ids[chosen], labels.shape)  # in id order, as candidates
+    windows = [tuple(slice(int(lo[i]), int(hi[i])) for lo, hi in zip(low, high)) for i in range(candidates.size)]
     places, shape = _pack([tuple(s.stop - s.start for s in window) for window in windows])
     canvas, values = np.zeros(shape, np.int32), np.zeros(shape, np.float32)
     for object_id, window, place in zip(candidates, windows, places):
@@ -109,21 +145,22 @@ def split_objects(
         values[place] = smooth[window]
     seeds, owners = _seeds(canvas, values, levels, depth)
     if owners.size == 0:
-        return out
+        return largest
     pieces = watershed(-values, seeds, mask=np.isin(canvas, owners), connectivity=1)
-    next_id = int(out.max()) + 1
+    next_id = largest + 1
     where = {int(object_id): (window, place) for object_id, window, place in zip(candidates, windows, places)}
     piece_sizes = np.bincount(pieces.ravel(), minlength=len(owners) + 1)
+    new_ids = np.zeros(len(owners) + 1, np.int32)  # per seed: the id its piece takes (0: keeps the object's)
     for object_id in np.unique(owners):
-        window, place = where[int(object_id)]
         numbers = np.flatnonzero(owners == object_id) + 1  # this object's seeds, in seed order
         if piece_sizes[numbers].min() < min_piece:
             continue
-        crop, piece = out[window], pieces[place]
-        for number in numbers[1:]:
-            crop[piece == number] = next_id
-            next_id += 1
-    return out
+        new_ids[numbers[1:]] = np.arange(next_id, next_id + len(numbers) - 1)
+        next_id += len(numbers) - 1
+        window, place = where[int(object_id)]
+        renamed = new_ids[pieces[place]]
+        np.copyto(labels[window], renamed, where=renamed > 0)
+    return next_id - 1
 
 
 def _levels(threshold: float, depth: float) -> list[float]:
@@ -136,18 +173,24 @@ def _levels(threshold: float, depth: float) -> list[float]:
     return levels
 
 
-def _with_several_peaks(labels: np.ndarray, smooth: np.ndarray, levels: list[float]) -> np.ndarray:
+def _with_several_peaks(
+    labels: np.ndarray, pixels: np.ndarray, ids: np.ndarray, smooth: np.ndarray, levels: list[float]
+) -> np.ndarray:
     """Ids of the objects that can split: those holding two or more separate local
-    maxima of the level count (how many of ``levels`` a pixel is above).
+    maxima of the level count (how many of ``levels`` a pixel is above). ``pixels``
+    are the object pixels (flat indices) and ``ids`` their objects.
 
     A significant component at level k is above k levels, its face neighbours inside
     objects are not; so its highest pixel is a local maximum of the count, and the
     face-connected plateau of equal maxima around it stays inside the component.
     Two significant components of one object therefore hold two plateaus.
     """
-    inside = labels > 0
+    values = np.take(smooth, pixels)
+    above = np.zeros(pixels.size, np.int8)  # how many levels lie below the value
+    for level in np.asarray(levels, np.float32):
+        above += values > level
     count = np.full(labels.shape, -1, np.int8)  # -1 outside objects
-    count[inside] = np.searchsorted(np.asarray(levels, np.float32), smooth[inside], side="left")  # levels < value
+    np.put(count, pixels, above)
     peaks = count >= 1
     for axis in range(labels.ndim):
         for target, neighbour in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
@@ -158,9 +201,10 @@ def _with_several_peaks(labels: np.ndarray, smooth: np.ndarray, levels: list[flo
     plateaus, n_plateaus = ndimage.label(peaks, structure=faces)
     if n_plateaus < 2:
         return np.zeros(0, np.int64)
+    at_peak = np.take(peaks, pixels)  # every peak is an object pixel
     owner = np.zeros(n_plateaus + 1, np.int64)
-    owner[plateaus[peaks]] = labels[peaks]
-    per_object = np.bincount(owner[1:], minlength=int(labels.max()) + 1)
+    owner[np.take(plateaus, pixels[at_peak])] = ids[at_peak]
+    per_object = np.bincount(owner[1:], minlength=int(ids.max()) + 1)
     per_object[0] = 0
     return np.flatnonzero(per_object >= 2)
 
