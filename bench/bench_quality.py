@@ -18,6 +18,7 @@ differ widely) the medians over the seeds are compared with the default's (a run
 never reaches the target counts with its whole training time, a lower bound).
 
     .venv/bin/python bench/bench_quality.py --target 0.95 --steps 600 [--every 25] [--seeds 0 1 2]
+        [--networks "CPU default"] [--stop-at-target]
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ MODELS = {
 }
 
 
-def training_curve(model: ModelConfig, steps: int, lr: float | None, seed: int, every: int) -> list[list]:
+def training_curve(
+    model: ModelConfig, steps: int, lr: float | None, seed: int, every: int, stop_at: float | None = None
+) -> list[list]:
     """Rows (step, training seconds, AP@0.5 with each of SPLITS) every ``every`` steps
-    of one training run of ``model``; the pauses to measure are left out of the time."""
+    of one training run of ``model``; the pauses to measure are left out of the time.
+    ``stop_at``: end the run once every labelling has reached that AP@0.5."""
     data = demo_data(seed)
     trainer = demo_trainer(data, minutes=None, steps=steps, lr=lr, seed=seed, device="cpu", model_config=model)
     curve, training_seconds, resumed = [], 0.0, time.perf_counter()
@@ -90,29 +94,34 @@ def training_curve(model: ModelConfig, steps: int, lr: float | None, seed: int, 
             aps.append(combine(stats)[0].ap)
         curve.append([event.step, training_seconds, *aps])
         print("  ".join([str(event.step), f"{training_seconds:.0f}", *(f"{ap:.3f}" for ap in aps)]), flush=True)
+        if stop_at is not None and min(aps) >= stop_at:
+            break
         resumed = time.perf_counter()
     return curve
 
 
-def time_to_target(steps: int, lr: float | None, seeds: list[int], every: int, target: float) -> None:
-    """Train each of MODELS once per seed (data, initial weights and samples follow
-    the seed); print AP@0.5 on the held-out images every ``every`` steps with each of
-    SPLITS, the training time at which each pair first reached ``target``, and the
-    median time over the seeds of each pair against the default's."""
+def time_to_target(
+    steps: int, lr: float | None, seeds: list[int], every: int, target: float, networks: list[str], stop: bool
+) -> None:
+    """Train each of ``networks`` (names in MODELS) once per seed (data, initial
+    weights and samples follow the seed); print AP@0.5 on the held-out images every
+    ``every`` steps with each of SPLITS, the training time at which each pair first
+    reached ``target``, and the median time over the seeds of each pair against the
+    first's. ``stop``: a run ends once both labellings reached the target."""
     rows, reached = [], {}
     for seed in seeds:
-        for model_name, model in MODELS.items():
+        for model_name in networks:
             print(f"seed {seed}, {model_name}: step, training s, AP@0.5 with {', '.join(SPLITS)}")
-            curve = training_curve(model, steps, lr, seed, every)
+            curve = training_curve(MODELS[model_name], steps, lr, seed, every, target if stop else None)
             for i, split_name in enumerate(SPLITS):
                 first = next((row for row in curve if row[2 + i] >= target), None)
                 # not reached: the whole run's training time, a lower bound
                 times = reached.setdefault((model_name, split_name), [])
                 times.append((curve[-1][1], False) if first is None else (first[1], True))
                 at = "-" if first is None else f"{first[0]} / {first[1]:.0f} s"
-                rows.append([str(seed), model_name, split_name, at, f"{curve[-1][2 + i]:.3f}"])
+                rows.append([str(seed), model_name, split_name, at, f"{curve[-1][0]}: {curve[-1][2 + i]:.3f}"])
     print()
-    headers = ["seed", "network", "labels", f"first step / training s with AP@0.5 >= {target}", f"AP@0.5 at {steps}"]
+    headers = ["seed", "network", "labels", f"first step / training s with AP@0.5 >= {target}", "last step: AP@0.5"]
     print(format_table(headers, rows))
     print()
     (default, default_times), *others = reached.items()
@@ -141,11 +150,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the --target runs")
     parser.add_argument("--target", type=float, default=None, help="report the time to reach this AP@0.5 instead")
     parser.add_argument("--every", type=int, default=25, help="steps between measurements with --target")
+    parser.add_argument("--networks", nargs="+", choices=list(MODELS), default=list(MODELS), help="with --target")
+    parser.add_argument("--stop-at-target", action="store_true", help="end each --target run once it got there")
     args = parser.parse_args()
     if args.target is not None:
         print_header(f"time to AP@0.5 >= {args.target} on held-out synthetic nuclei (2 x 512x512 test images)")
         print(f"{args.steps} steps per run (schedule over the steps), measured every {args.every} steps")
-        return time_to_target(args.steps, args.lr, args.seeds, args.every, args.target)
+        return time_to_target(
+            args.steps, args.lr, args.seeds, args.every, args.target, args.networks, args.stop_at_target
+        )
     print_header("training quality on held-out synthetic nuclei (2 x 512x512 test images)")
     rows = [run(args.minutes or None, args.steps, args.lr, args.seed, w0) for w0 in args.w0]
     headers = ["w0", "steps", "train s", "AP@0.5", "AP@0.75", "F1@0.5", "pixel IoU", "merged touching pairs"]
