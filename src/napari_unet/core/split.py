@@ -211,21 +211,28 @@ def _with_several_peaks(
 
 def _pack(shapes: list[tuple[int, ...]]) -> tuple[list[tuple[slice, ...]], tuple[int, ...]]:
     """Places for boxes of ``shapes`` in one canvas, no two closer than 1 px, and the
-    canvas's shape: shelves stacked along the first axis, the tallest boxes first,
-    each shelf filled along the last axis up to about the square root of the total
-    size."""
-    width = max(max(shape[-1] for shape in shapes), math.isqrt(2 * sum(math.prod(s) for s in shapes)))
+    canvas's shape. The boxes, the tallest (first axis) first, go in rows along the
+    last axis; rows stack along the axis before (in 3D into layers, which stack along
+    the first axis). A row, and a layer along its middle axis, ends near the side of
+    a square (cube) of twice the boxes' total size."""
+    ndim = len(shapes[0])
+    side = int((2 * sum(math.prod(shape) for shape in shapes)) ** (1 / ndim))
+    limit = [max(side, *(shape[axis] for shape in shapes)) for axis in range(ndim)]
+    corner = [0] * ndim  # where the next box goes
+    reach = [0] * ndim  # per axis: the largest extent of the boxes in the current row (layer)
     places: list = [None] * len(shapes)
-    shelf, shelf_height, x = 0, 0, 0
     for i in sorted(range(len(shapes)), key=lambda i: shapes[i], reverse=True):
         shape = shapes[i]
-        if x and x + shape[-1] > width:
-            shelf, shelf_height, x = shelf + shelf_height + 1, 0, 0
-        middle = tuple(slice(0, n) for n in shape[1:-1])
-        places[i] = (slice(shelf, shelf + shape[0]), *middle, slice(x, x + shape[-1]))
-        x += shape[-1] + 1
-        shelf_height = max(shelf_height, shape[0])
-    extent = [max(place[axis].stop for place in places) for axis in range(len(shapes[0]))]
+        axis = ndim - 1
+        while axis > 0 and corner[axis] and corner[axis] + shape[axis] > limit[axis]:
+            corner[axis] = 0  # full: the next row (layer) starts past the boxes of this one
+            corner[axis - 1] += reach[axis - 1] + 1
+            reach[axis - 1] = 0
+            axis -= 1
+        places[i] = tuple(slice(c, c + n) for c, n in zip(corner, shape))
+        corner[-1] += shape[-1] + 1
+        reach = [max(r, n) for r, n in zip(reach, shape)]
+    extent = [max(place[axis].stop for place in places) for axis in range(ndim)]
     return places, tuple(extent)
 
 
