@@ -5,12 +5,14 @@ Per plane (per volume for 3D models, with 6-connectivity and the same rules in
 objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
 give every hole the id of its nearest object pixel, drop small objects, grow the
 objects by ``expand`` px into background without merging (none by default), and
-number them 1..n in raster order. Each step works in one pass over the image or
-locally around a hole: no whole-image distance transform runs for a 1-px grow. On
-large images the holes (which depend on the mask alone) are looked for on a second
-thread while the objects are labelled and split. The result equals the plain
-library formulation (whole-image ``binary_fill_holes`` and ``expand_labels``) pixel
-for pixel, ties included (tests/reference.py).
+number them 1..n in raster order. After the labelling, each step works on the
+list of object pixels (a fraction of the image) or locally around a hole: no
+whole-image distance transform runs for a 1-px grow. On large images a second
+thread, when the process may use two cores, smooths half of the probability for the
+split and looks for the holes (which depend on the mask alone) while this one labels
+and splits the objects. The result equals the plain library formulation (whole-image
+``binary_fill_holes`` and ``expand_labels``, and the recursive split) pixel for
+pixel, ties included (tests/reference.py).
 """
 
 from __future__ import annotations
