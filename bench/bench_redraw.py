@@ -1,0 +1,126 @@
+"""What stretches napari's canvas redraw on this display: other busy cores, or a
+thread in napari's own process.
+
+Opens napari under a virtual display with the 512x512 synthetic nuclei and their
+labels and times ten canvas redraws (contrast changes of the image) with a 10 ms
+QTimer probe, the longest event-loop gap of each, while: nothing else runs; another
+process keeps one core busy; a torch thread in this process multiplies matrices
+(torch releases Python's lock inside its operations); a pure-Python thread in this
+process counts (it holds the lock), at interpreter switch intervals of 5 ms (Python's
+default), 1 ms and 0.5 ms (``sys.setswitchinterval``).
+
+    xvfb-run -a .venv/bin/python bench/bench_redraw.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_live import repaint_gaps
+from common import print_header
+
+
+@contextmanager
+def busy_process():
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.kill()
+
+
+@contextmanager
+def busy_thread(work):
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def torch_work(stop: threading.Event) -> None:
+    import torch
+
+    a = torch.randn(512, 512)
+    while not stop.is_set():
+        a = (a @ a).clamp_(-1, 1)
+
+
+def python_work(stop: threading.Event) -> None:
+    count = 0
+    while not stop.is_set():
+        count += 1
+
+
+@contextmanager
+def switch_interval(seconds: float):
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def main() -> None:
+    print_header("canvas redraw in napari beside other work")
+    import napari
+    import torch
+    from qtpy.QtCore import QTimer
+
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    torch.set_num_threads(1)  # the torch thread below takes one core, as training beside the viewer does
+    image, truth = synthetic_nuclei((512, 512), seed=0)
+    viewer = napari.Viewer(show=True)
+    layer = viewer.add_image(image, name="nuclei")
+    viewer.add_labels(truth, name="labels")
+    viewer.window._qt_window.resize(1600, 1000)
+    gaps, last = [], [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    cases = [
+        ("nothing else", lambda: switch_interval(sys.getswitchinterval())),
+        ("another process busy on one core", busy_process),
+        ("a torch thread in this process", lambda: busy_thread(torch_work)),
+        ("a pure-Python thread, switch interval 5 ms", lambda: _both(switch_interval(0.005), python_work)),
+        ("a pure-Python thread, switch interval 1 ms", lambda: _both(switch_interval(0.001), python_work)),
+        ("a pure-Python thread, switch interval 0.5 ms", lambda: _both(switch_interval(0.0005), python_work)),
+        ("nothing else, again", lambda: switch_interval(sys.getswitchinterval())),
+    ]
+    for name, context in cases:
+        with context():
+            longest = 1000 * np.array(repaint_gaps(layer, gaps, repaints=10))
+        print(f"{name:46s} redraw gap median {np.median(longest):4.0f} ms, max {longest.max():4.0f} ms", flush=True)
+    viewer.close()
+
+
+@contextmanager
+def _both(interval, work):
+    with interval, busy_thread(work):
+        yield
+
+
+if __name__ == "__main__":
+    main()
