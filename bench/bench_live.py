@@ -53,7 +53,6 @@ def main() -> None:
     print_header("live training in napari with a scripted annotator")
 
     import napari
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
     from tests.core.test_live import partial_annotation
 
@@ -75,17 +74,8 @@ def main() -> None:
     widget.preview_seconds.value = args.preview
     widget.save_path.value = Path("/tmp") / f"bench_live_{time.time():.0f}.safetensors"
 
-    gaps, gap_ends, last = [], [], [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        gap_ends.append(now)
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(10)
+    probe = GapProbe()
+    gaps, gap_ends = probe.gaps, probe.ends
     floor = 1000 * np.array(repaint_gaps(image_layer, gaps))
     print(
         f"napari's own canvas redraw, nothing else running: event-loop gap median {np.median(floor):.0f} ms, "
@@ -114,7 +104,7 @@ def main() -> None:
             latest = viewer.layers["nuclei live"].data if args.order == "worst" else None
             painted.append(next_cell_to_paint(truth, order, painted, latest))
             stroke = partial_annotation(truth, painted)
-            last[0] = time.perf_counter()  # the annotator's choice is its thinking, not the viewer's work
+            probe.restart()  # the annotator's choice is its thinking, not the viewer's work
             paint(annotation, stroke)
             painted_at.append(time.perf_counter())
             next_cell = now + args.every
@@ -128,7 +118,7 @@ def main() -> None:
     while widget.runner.busy:
         QApplication.processEvents()
         time.sleep(0.01)
-    timer.stop()
+    probe.stop()
 
     scores = []  # scored after the session, so that scoring takes no time from the viewer
     for at, count, step, predicted in records:
@@ -172,6 +162,34 @@ def describe_gaps(gaps: np.ndarray, ends: np.ndarray, painted: np.ndarray, previ
             if (times <= end).any()
         ]
         print(f"  gap {1000 * gaps[index]:.0f} ms, {'; '.join(since) or 'before any paint or preview'}")
+
+
+class GapProbe:
+    """A QTimer that ticks every 10 ms in the event loop: ``gaps`` holds the time
+    between ticks (the longest time the viewer could not react), ``ends`` when each
+    ended. ``restart()`` starts the current gap anew (time that should not count)."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self.ends: list[float] = []
+        self._last = time.perf_counter()
+        self._timer = QTimer()
+        self._timer.timeout.connect(self._tick)
+        self._timer.start(10)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self.ends.append(now)
+        self._last = now
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+    def stop(self) -> None:
+        self._timer.stop()
 
 
 def repaint_gaps(layer, gaps: list[float], repaints: int = 8) -> list[float]:

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_live import repaint_gaps
+from bench_live import GapProbe, repaint_gaps
 from common import print_header
 
 
@@ -80,7 +80,6 @@ def main() -> None:
     print_header("canvas redraw in napari beside other work")
     import napari
     import torch
-    from qtpy.QtCore import QTimer
 
     from napari_unet.core.synthetic import synthetic_nuclei
 
@@ -90,16 +89,8 @@ def main() -> None:
     layer = viewer.add_image(image, name="nuclei")
     viewer.add_labels(truth, name="labels")
     viewer.window._qt_window.resize(1600, 1000)
-    gaps, last = [], [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(10)
+    probe = GapProbe()
+    repaint_gaps(layer, probe.gaps, repaints=4)  # warm-up: napari's first redraws load what they need
     cases = [
         ("nothing else", lambda: switch_interval(sys.getswitchinterval())),
         ("another process busy on one core", busy_process),
@@ -111,8 +102,9 @@ def main() -> None:
     ]
     for name, context in cases:
         with context():
-            longest = 1000 * np.array(repaint_gaps(layer, gaps, repaints=10))
+            longest = 1000 * np.array(repaint_gaps(layer, probe.gaps, repaints=10))
         print(f"{name:46s} redraw gap median {np.median(longest):4.0f} ms, max {longest.max():4.0f} ms", flush=True)
+    probe.stop()
     viewer.close()
 
 
