@@ -8,7 +8,9 @@ painting a cell and the background beside it would: through ``Labels.data_setite
 the call napari's brush makes, so only the painted pixels are redrawn. Everything
 else stays unannotated (-1). Which cell: with ``--order worst`` (the default) the one
 the latest preview gets most wrong (lowest IoU with any predicted object), as a user
-correcting what they see; with ``--order random``, a fixed random order. Each preview
+correcting what they see; with ``--order random``, a fixed random order. With
+``--erase`` every other turn paints background over the latest preview's largest
+false object instead (as a user erasing what should not be there). Each preview
 is scored against the whole image's true labels (AP@0.5) after the session. A QTimer
 probe measures the longest event-loop gap from the first preview on (the paint
 stroke and everything the viewer and the widgets do in answer to it count; the
@@ -16,7 +18,8 @@ scripted annotator's choice of cell, which a user makes in their head, does not)
 and first, with nothing running, the gap of napari's own canvas redraw on this
 display. Writes a learning-curve PNG (``--plot``) and ends with one summary line.
 
-    xvfb-run -a .venv/bin/python bench/bench_live.py [--cells 10] [--every 5] [--seconds 90] [--order worst|random]
+    xvfb-run -a .venv/bin/python bench/bench_live.py [--cells 10] [--every 5] [--seconds 90]
+        [--order worst|random] [--erase]
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between two added cells")
     parser.add_argument("--seconds", type=float, default=90.0, help="length of the session")
     parser.add_argument("--order", choices=("worst", "random"), default="worst", help="which cell is painted next")
+    parser.add_argument(
+        "--erase", action="store_true", help="every other turn, paint background over the largest false object"
+    )
     parser.add_argument("--preview", type=float, default=3.0, help="the widget's preview period (s)")
     parser.add_argument("--plot", type=Path, default=Path("docs/live_learning_curve.png"))
     parser.add_argument("--screenshot", type=Path, default=None, help="save the napari window here at the end")
@@ -84,6 +90,8 @@ def main() -> None:
     records = []  # (seconds since the first cell, cells annotated, step, the preview's labels)
     painted_at = []  # when the annotator painted
     seen_step, painted = -1, order[:1]
+    erased = np.zeros(truth.shape, bool)  # background the annotator painted over false objects
+    erasures = 0
     began = time.perf_counter()
     widget.start_button.clicked.emit()
     next_cell = began + args.every
@@ -101,9 +109,15 @@ def main() -> None:
                 gap_ends.clear()
             records.append((now - began, len(painted), preview.step, np.array(viewer.layers["nuclei live"].data)))
         if now >= next_cell and len(painted) < args.cells and first_preview is not None:
-            latest = viewer.layers["nuclei live"].data if args.order == "worst" else None
-            painted.append(next_cell_to_paint(truth, order, painted, latest))
+            latest = viewer.layers["nuclei live"].data
+            false_object = largest_false_object(latest, truth) if args.erase and len(painted) > erasures else None
+            if false_object is not None:
+                erased |= false_object
+                erasures += 1
+            else:
+                painted.append(next_cell_to_paint(truth, order, painted, latest if args.order == "worst" else None))
             stroke = partial_annotation(truth, painted)
+            stroke[erased & (stroke == -1)] = 0
             probe.restart()  # the annotator's choice is its thinking, not the viewer's work
             paint(annotation, stroke)
             painted_at.append(time.perf_counter())
@@ -144,6 +158,7 @@ def main() -> None:
     print(
         f"live: first preview after {first_preview:.1f} s; AP@0.5 {scores[best]:.2f} after {counts[best]} cells "
         f"and {seconds[best]:.0f} s; preview every {period:.1f} s; max event-loop gap {1000 * longest_gap:.0f} ms"
+        + (f"; {erasures} false objects erased" if args.erase else "")
     )
 
 
@@ -226,6 +241,20 @@ def next_cell_to_paint(truth: np.ndarray, order: list[int], painted: list[int], 
     best = dict(zip(table.true_ids.tolist(), best_iou.tolist()))
     near = np.unique(truth[ndimage.binary_dilation(np.isin(truth, painted), iterations=2)])
     return min(left, key=lambda cell: (best[cell] >= 0.5, cell not in near, best[cell]))
+
+
+def largest_false_object(preview: np.ndarray, truth: np.ndarray) -> np.ndarray | None:
+    """Where a user would paint background over the preview's largest false object
+    (one with less than 20% of its pixels on true cells): its pixels and a 2-px ring,
+    true background only; None when the preview has no false object."""
+    sizes = np.bincount(preview.ravel())
+    on_cells = np.bincount(preview.ravel(), weights=(truth > 0).ravel(), minlength=sizes.size)
+    false = np.flatnonzero((sizes > 0) & (on_cells < 0.2 * sizes))
+    false = false[false > 0]
+    if false.size == 0:
+        return None
+    chosen = preview == false[np.argmax(sizes[false])]
+    return ndimage.binary_dilation(chosen, iterations=2) & (truth == 0)
 
 
 def paint(layer, annotation: np.ndarray) -> None:
