@@ -155,10 +155,11 @@ def main() -> None:
     write_plot(args.plot, seconds, counts, scores)
     viewer.close()
     print(f"learning curve: {args.plot}")
+    if args.erase:
+        print(f"the annotator painted background over {erasures} false objects")
     print(
         f"live: first preview after {first_preview:.1f} s; AP@0.5 {scores[best]:.2f} after {counts[best]} cells "
         f"and {seconds[best]:.0f} s; preview every {period:.1f} s; max event-loop gap {1000 * longest_gap:.0f} ms"
-        + (f"; {erasures} false objects erased" if args.erase else "")
     )
 
 
