@@ -10,7 +10,7 @@ else stays unannotated (-1). Which cell: with ``--order worst`` (the default) th
 the latest preview gets most wrong (lowest IoU with any predicted object), as a user
 correcting what they see; with ``--order random``, a fixed random order. With
 ``--erase`` every other turn paints background over the latest preview's largest
-false object instead (as a user erasing what should not be there). Each preview
+false object of cell size instead (as a user erasing what should not be there). Each preview
 is scored against the whole image's true labels (AP@0.5) after the session. A QTimer
 probe measures the longest event-loop gap from the first preview on (the paint
 stroke and everything the viewer and the widgets do in answer to it count; the
@@ -110,7 +110,9 @@ def main() -> None:
             records.append((now - began, len(painted), preview.step, np.array(viewer.layers["nuclei live"].data)))
         if now >= next_cell and len(painted) < args.cells and first_preview is not None:
             latest = viewer.layers["nuclei live"].data
-            false_object = largest_false_object(latest, truth) if args.erase and len(painted) > erasures else None
+            erase = args.erase and len(painted) > erasures
+            largest_cell = int(np.bincount(truth.ravel())[painted].max())
+            false_object = largest_false_object(latest, truth, largest_cell) if erase else None
             if false_object is not None:
                 erased |= false_object
                 erasures += 1
@@ -244,13 +246,15 @@ def next_cell_to_paint(truth: np.ndarray, order: list[int], painted: list[int], 
     return min(left, key=lambda cell: (best[cell] >= 0.5, cell not in near, best[cell]))
 
 
-def largest_false_object(preview: np.ndarray, truth: np.ndarray) -> np.ndarray | None:
+def largest_false_object(preview: np.ndarray, truth: np.ndarray, largest_cell: int) -> np.ndarray | None:
     """Where a user would paint background over the preview's largest false object
-    (one with less than 20% of its pixels on true cells): its pixels and a 2-px ring,
-    true background only; None when the preview has no false object."""
+    (one with less than 20% of its pixels on true cells, at most 3x ``largest_cell``
+    pixels: a user does not erase half the image while the network is still
+    learning): its pixels and a 2-px ring, true background only; None when the
+    preview has no such object."""
     sizes = np.bincount(preview.ravel())
     on_cells = np.bincount(preview.ravel(), weights=(truth > 0).ravel(), minlength=sizes.size)
-    false = np.flatnonzero((sizes > 0) & (on_cells < 0.2 * sizes))
+    false = np.flatnonzero((sizes > 0) & (sizes <= 3 * largest_cell) & (on_cells < 0.2 * sizes))
     false = false[false > 0]
     if false.size == 0:
         return None
