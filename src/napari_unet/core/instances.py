@@ -73,10 +73,8 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     shape); with it, objects are split at its dips as ``config.split`` says, without
     it the mask's components are kept (``config.split`` is not used).
 
-    After the labelling the work is done on the object pixels' flat indices, not on
-    the whole image. On large images a second thread smooths half of the
-    probability for the split and then looks for the holes (they depend on the mask
-    alone) while this one labels and splits the objects.
+    How the work is shared between the object pixels and a second thread: see the
+    module docstring.
     """
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
@@ -101,7 +99,7 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     keep[0] = False
     if split:  # pieces of split objects have ids after all others: order by first pixel
         survivors = np.flatnonzero(keep)
-        survivors = survivors[np.argsort(first_pixels(labels, count, pixels)[survivors], kind="stable")]
+        survivors = survivors[np.argsort(_first_pixels_of(labels, pixels, ids, count)[survivors], kind="stable")]
         renumber = np.zeros(count + 1, np.int32)
         renumber[survivors] = np.arange(1, len(survivors) + 1, dtype=np.int32)
     else:
@@ -115,17 +113,20 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     return labels
 
 
-def first_pixels(labels: np.ndarray, count: int, pixels: np.ndarray | None = None) -> np.ndarray:
+def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
     """The flat index of every id's first pixel in raster order (ids 0..count; an id
-    with no pixel, and 0, get ``labels.size``). Any numbering. ``pixels``: the flat
-    indices of the non-zero pixels in increasing order, if the caller has them.
+    with no pixel, and 0, get ``labels.size``). Any numbering."""
+    pixels = np.flatnonzero(labels)
+    return _first_pixels_of(labels, pixels, np.take(labels, pixels), count)
+
+
+def _first_pixels_of(labels: np.ndarray, pixels: np.ndarray, ids: np.ndarray, count: int) -> np.ndarray:
+    """:func:`first_pixels` from the non-zero pixels' flat indices ``pixels``
+    (increasing) and their ids ``ids``.
 
     A pixel whose predecessor along some axis (an earlier pixel) has the same id is
     not the first of its id, so the minimum is taken over the others (the objects'
     upper-left edges) alone."""
-    if pixels is None:
-        pixels = np.flatnonzero(labels)
-    ids = np.take(labels, pixels)
     can_be_first = np.ones(pixels.size, bool)
     stride = 1
     for length in reversed(labels.shape):
