@@ -9,6 +9,7 @@ from napari_unet import InstanceConfig, segment
 from napari_unet.core import split
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
+from napari_unet.core.regions import pack_boxes
 from napari_unet.core.split import smooth_foreground, split_objects
 from tests.reference import (
     first_pixel_order,
@@ -198,7 +199,7 @@ def test_packed_boxes_keep_a_pixel_apart_inside_a_canvas_near_their_total_size(n
     small multiple of the boxes' total size (mixed sizes, one large box)."""
     rng = np.random.default_rng(ndim)
     shapes = [tuple(int(n) for n in rng.integers(3, 25, ndim)) for _ in range(120)] + [(40,) * ndim]
-    places, canvas = split._pack(shapes)
+    places, canvas = pack_boxes(shapes)
     owner, cover = np.zeros(canvas, np.int32), np.zeros(canvas, np.int32)
     for number, (place, shape) in enumerate(zip(places, shapes), start=1):
         assert tuple(s.stop - s.start for s in place) == shape

@@ -1,6 +1,8 @@
-"""Bounding boxes of regions given as lists of pixels."""
+"""Bounding boxes of regions given as lists of pixels, and a canvas to pack such boxes in."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -19,3 +21,30 @@ def bounding_boxes(
     low = [np.minimum.reduceat(axis, starts) for axis in coords]
     high = [np.maximum.reduceat(axis, starts) + 1 for axis in coords]
     return ids[starts], low, high
+
+
+def pack_boxes(shapes: list[tuple[int, ...]]) -> tuple[list[tuple[slice, ...]], tuple[int, ...]]:
+    """Places for boxes of ``shapes`` in one canvas, no two closer than 1 px, and the
+    canvas's shape. The boxes, the tallest (first axis) first, go in rows along the
+    last axis; rows stack along the axis before (in 3D into layers, which stack along
+    the first axis). A row, and a layer along its middle axis, ends near the side of
+    a square (cube) of twice the boxes' total size."""
+    ndim = len(shapes[0])
+    side = int((2 * sum(math.prod(shape) for shape in shapes)) ** (1 / ndim))
+    limit = [max(side, *(shape[axis] for shape in shapes)) for axis in range(ndim)]
+    corner = [0] * ndim  # where the next box goes
+    reach = [0] * ndim  # per axis: the largest extent of the boxes in the current row (layer)
+    places: list = [None] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: shapes[i], reverse=True):
+        shape = shapes[i]
+        axis = ndim - 1
+        while axis > 0 and corner[axis] and corner[axis] + shape[axis] > limit[axis]:
+            corner[axis] = 0  # full: the next row (layer) starts past the boxes of this one
+            corner[axis - 1] += reach[axis - 1] + 1
+            reach[axis - 1] = 0
+            axis -= 1
+        places[i] = tuple(slice(c, c + n) for c, n in zip(corner, shape))
+        corner[-1] += shape[-1] + 1
+        reach = [max(r, n) for r, n in zip(reach, shape)]
+    extent = [max(place[axis].stop for place in places) for axis in range(ndim)]
+    return places, tuple(extent)

@@ -17,13 +17,14 @@ peak keep their pixels and id.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from .regions import bounding_boxes
+from .regions import bounding_boxes, pack_boxes
 
 #: Distance between the probability levels at which peaks are told apart.
 LEVEL_STEP = 0.05
@@ -130,7 +131,39 @@ def split_in_place(
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
     levels = _levels(threshold, depth)
+
+    def probability_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
+        values = np.zeros(canvas.shape, np.float32)
+        for window, place in zip(windows, places):
+            values[place] = smooth[window]
+        return (values, *_seeds(canvas, values, levels, depth))
+
     candidates = _with_several_peaks(labels, pixels, ids, smooth, levels)
+    return split_at_seeds(labels, pixels, ids, candidates, largest, probability_seeds, min_piece)
+
+
+def split_at_seeds(
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    ids: np.ndarray,
+    candidates: np.ndarray,
+    largest: int,
+    find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    min_piece: int,
+) -> int:
+    """Split the objects ``candidates`` (ids, increasing) of ``labels`` (int32, ids up
+    to ``largest``; ``pixels`` its object pixels, flat and increasing, ``ids`` theirs)
+    in place where ``find_seeds`` puts two or more seeds in them.
+
+    The candidates' bounding boxes are packed 1 px apart into a canvas
+    (:func:`.regions.pack_boxes`) that holds each candidate's pixels (its id, the rest
+    0); ``find_seeds(canvas, windows, places)`` (the boxes in ``labels`` and in the
+    canvas) returns the values to flood from the seeds (the highest first, float
+    canvas), the seeds (int32 canvas, numbered 1..n) and each seed's object (n,),
+    only for objects with two or more seeds. One watershed grows the seeds to those
+    objects; an object whose pieces all have at least ``min_piece`` pixels splits:
+    the piece of its first seed keeps its id, the others get ids after ``largest``.
+    Returns the largest id afterwards."""
     if candidates.size == 0:
         return largest
     is_candidate = np.zeros(largest + 1, bool)
@@ -138,12 +171,11 @@ def split_in_place(
     chosen = is_candidate[ids]
     _, low, high = bounding_boxes(pixels[chosen], ids[chosen], labels.shape)  # in id order, as candidates
     windows = [tuple(slice(int(lo[i]), int(hi[i])) for lo, hi in zip(low, high)) for i in range(candidates.size)]
-    places, shape = _pack([tuple(s.stop - s.start for s in window) for window in windows])
-    canvas, values = np.zeros(shape, np.int32), np.zeros(shape, np.float32)
+    places, shape = pack_boxes([tuple(s.stop - s.start for s in window) for window in windows])
+    canvas = np.zeros(shape, np.int32)
     for object_id, window, place in zip(candidates, windows, places):
         canvas[place][labels[window] == object_id] = object_id
-        values[place] = smooth[window]
-    seeds, owners = _seeds(canvas, values, levels, depth)
+    values, seeds, owners = find_seeds(canvas, windows, places)
     if owners.size == 0:
         return largest
     pieces = watershed(-values, seeds, mask=np.isin(canvas, owners), connectivity=1)
@@ -207,33 +239,6 @@ def _with_several_peaks(
     per_object = np.bincount(owner[1:], minlength=int(ids.max()) + 1)
     per_object[0] = 0
     return np.flatnonzero(per_object >= 2)
-
-
-def _pack(shapes: list[tuple[int, ...]]) -> tuple[list[tuple[slice, ...]], tuple[int, ...]]:
-    """Places for boxes of ``shapes`` in one canvas, no two closer than 1 px, and the
-    canvas's shape. The boxes, the tallest (first axis) first, go in rows along the
-    last axis; rows stack along the axis before (in 3D into layers, which stack along
-    the first axis). A row, and a layer along its middle axis, ends near the side of
-    a square (cube) of twice the boxes' total size."""
-    ndim = len(shapes[0])
-    side = int((2 * sum(math.prod(shape) for shape in shapes)) ** (1 / ndim))
-    limit = [max(side, *(shape[axis] for shape in shapes)) for axis in range(ndim)]
-    corner = [0] * ndim  # where the next box goes
-    reach = [0] * ndim  # per axis: the largest extent of the boxes in the current row (layer)
-    places: list = [None] * len(shapes)
-    for i in sorted(range(len(shapes)), key=lambda i: shapes[i], reverse=True):
-        shape = shapes[i]
-        axis = ndim - 1
-        while axis > 0 and corner[axis] and corner[axis] + shape[axis] > limit[axis]:
-            corner[axis] = 0  # full: the next row (layer) starts past the boxes of this one
-            corner[axis - 1] += reach[axis - 1] + 1
-            reach[axis - 1] = 0
-            axis -= 1
-        places[i] = tuple(slice(c, c + n) for c, n in zip(corner, shape))
-        corner[-1] += shape[-1] + 1
-        reach = [max(r, n) for r, n in zip(reach, shape)]
-    extent = [max(place[axis].stop for place in places) for axis in range(ndim)]
-    return places, tuple(extent)
 
 
 def _seeds(labels: np.ndarray, smooth: np.ndarray, levels: list[float], depth: float):
