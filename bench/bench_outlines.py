@@ -1,4 +1,4 @@
-"""Post-processing: the same probabilities made into labels five ways.
+"""Post-processing: the same probabilities made into labels six ways.
 
     .venv/bin/python bench/bench_outlines.py [--steps 400] [--kept DIR]
 
@@ -8,8 +8,9 @@ the probabilities become labels with the 1-px grow and no split (``expand=1,
 split=0``: the first default), without the grow (``expand=0, split=0``: the paper's
 components with the network's outlines) and with touching objects split at
 probability dips (``expand=0, split=0.1``), each dropping objects under 16 px; then
-the split with the minimum size that training fits to the annotation, and the current
-default: that and the smallest piece a split may leave, fitted too
+the split with the minimum size that training fits to the annotation, that and the
+smallest piece a split may leave, fitted too, and the current default: also the split
+of objects shaped like several cells with its fitted fill and neck
 (:mod:`napari_unet.core.object_size`, computed here from the training labels), scored
 as ``bench_real.py`` scores (AP at IoU 0.5 and 0.75, mAP, mean IoU of matched pairs,
 the error taxonomy with the signed boundary offset) and by pixel IoU.
@@ -35,30 +36,34 @@ from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.io import read_image
 from napari_unet.core.metrics import pixel_iou
-from napari_unet.core.object_size import complete_object_sizes, fitted_instances
+from napari_unet.core.object_size import complete_objects, fitted_instances
 
 #: (expand, split, sizes) of each way: the first default, the paper's components, the
-#: split, the split with the fitted minimum size, the current default (both sizes fitted).
-WAYS = ((1, 0.0, "16"), (0, 0.0, "16"), (0, 0.1, "16"), (0, 0.1, "min size"), (0, 0.1, "fitted"))
+#: split, the split with the fitted minimum size, with both sizes fitted, the current
+#: default (also the shape split, fitted).
+WAYS = ((1, 0.0, "16"), (0, 0.0, "16"), (0, 0.1, "16"), (0, 0.1, "min size"), (0, 0.1, "fitted"), (0, 0.1, "shape"))
 
 
 def row(name: str, way: tuple, fitted: InstanceConfig, probabilities: np.ndarray, truth: np.ndarray) -> list[str]:
     """bench_real's scores (and pixel IoU) of the labels made the ``way`` (expand, split,
-    sizes: "16", "min size" (``fitted``'s minimum size) or "fitted" (its minimum size
-    and smallest piece)) from probabilities (N, K, H, W) against truth (N, H, W)."""
+    sizes: "16", "min size" (``fitted``'s minimum size), "fitted" (its minimum size
+    and smallest piece) or "shape" (those and its shape split)) from probabilities
+    (N, K, H, W) against truth (N, H, W)."""
     expand, split, sizes = way
     config = InstanceConfig(expand=expand, split=split)
-    if sizes != "16":
+    if sizes == "shape":
+        config = replace(fitted, expand=expand, split=split)
+    elif sizes != "16":
         config = replace(config, min_size=fitted.min_size, min_piece=fitted.min_piece if sizes == "fitted" else 0)
     labels = probabilities_to_labels(probabilities, config)
     pixels = np.mean([pixel_iou(p, t) for p, t in zip(labels, truth)])
-    cells = [name, str(expand), f"{split:g}", str(config.min_size), str(config.min_piece)]
+    cells = [name, str(expand), f"{split:g}", str(config.min_size), str(config.min_piece), f"{config.min_fill:g}"]
     return [*cells, *score(labels, truth), f"{pixels:.3f}"]
 
 
 def fitted_to(labels) -> InstanceConfig:
     """The instance settings training fits to these training label planes (H, W) each."""
-    return fitted_instances(InstanceConfig(), [complete_object_sizes(plane) for plane in labels])
+    return fitted_instances(InstanceConfig(), [complete_objects(plane) for plane in labels])
 
 
 def main() -> None:
@@ -66,7 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps of the synthetic model (cached)")
     parser.add_argument("--kept", type=Path, default=None, help="folders left by bench_real.py --keep")
     args = parser.parse_args()
-    print_header("instance post-processing: 1-px grow, components, split at probability dips")
+    print_header("instance post-processing: 1-px grow, components, split at probability dips and by shape")
     model, note = cpu_default_model(args.steps)
     print(f"synthetic model: CPU default, {note}")
     cases = []
@@ -81,7 +86,8 @@ def main() -> None:
         training = read_image(folder / "train_labels.npy").reshape(-1, *truth.shape[-2:])
         cases.append((folder.name, fitted_to(training), nu.predict(kept_model, planes, device="cpu"), truth))
     rows = [row(name, way, fitted, p, t) for name, fitted, p, t in cases for way in WAYS]
-    headers = ["images", "expand", "split", "min size", "min piece", "true/pred", "AP@0.5", "AP@0.75", "mAP"]
+    headers = ["images", "expand", "split", "min size", "min piece", "min fill", "true/pred", "AP@0.5", "AP@0.75"]
+    headers += ["mAP"]
     headers += ["mean IoU"]
     headers += ["merged", "split", "missed", "FP", "offset px", "pixel IoU"]
     print(format_table(headers, rows))

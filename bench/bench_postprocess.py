@@ -5,8 +5,8 @@ briefly trained on synthetic nuclei and cached, and splits the time of
 ``napari_unet.segment`` into the network (``TileProgress.network_seconds``), the
 rest of prediction (normalising, mirroring, stitching) and post-processing
 (``probabilities_to_labels``: threshold, components, the split of touching objects
-at probability dips, holes, size filter). The same probabilities are also labelled
-without the split (``split=0``, the paper's components) and through the plain
+at probability dips, holes, the split by shape, size filter). The same probabilities
+are also labelled without either split (``split=0, min_fill=0``, the paper's components) and through the plain
 whole-image formulation kept in tests/reference.py (what the project shipped before),
 whose labels must be identical to those without the split.
 
@@ -42,7 +42,7 @@ def timed(function):
 
 def measure_size(model: nu.UNet, size: int, repeats: int) -> list[str]:
     image, _, _ = benchmark_image((size, size))
-    components = replace(model.spec.instances, split=0.0)
+    components = replace(model.spec.instances, split=0.0, min_fill=0.0)
     totals, networks, posts, unsplit_posts, references = [], [], [], [], []
     for _ in range(repeats):
         record = TileRecord()
@@ -105,8 +105,8 @@ def main() -> None:
     ]
     print(format_table(headers, rows))
     print(f"medians of {args.repeats} runs; {load.describe()}")
-    print("post share = post-processing / end-to-end segment() (the default: split at probability dips);")
-    print("'no split' = split 0 (the paper's components); 'before' = their whole-image formulation")
+    print("post share = post-processing / end-to-end segment() (the default: split at probability dips and by shape);")
+    print("'no split' = split 0, min_fill 0 (the paper's components); 'before' = their whole-image formulation")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
             break
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
     probabilities = nu.predict(model, test_image, device="cpu")
-    ways = {"": model.spec.instances, "split 0": replace(model.spec.instances, split=0.0)}
+    ways = {"": model.spec.instances, "split 0": replace(model.spec.instances, split=0.0, min_fill=0.0)}
     labelled = {way: probabilities_to_labels(probabilities, instances, ndim) for way, instances in ways.items()}
     if ndim == 2:
         labelled = {way: link_planes(labels) for way, labels in labelled.items()}

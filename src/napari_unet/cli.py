@@ -230,7 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DEPTH",
         help="split objects where the probability dips by DEPTH between two peaks (default: the model's, 0.1; "
-        "0: keep the network's connected components, as the paper does)",
+        "0: keep the network's connected components, as the paper does, without the shape split either)",
+    )
+    segment.add_argument(
+        "--min-fill",
+        type=float,
+        default=None,
+        metavar="F",
+        help="split objects that fill less than F of the ellipse of their moments at the necks of their shape "
+        "(default: the model's, set from its annotation; 0: never)",
     )
     segment.add_argument(
         "--min-size",

@@ -51,8 +51,11 @@ def prediction_options(args: argparse.Namespace) -> dict:
 
 
 def instance_options(args: argparse.Namespace, instances: InstanceConfig) -> InstanceConfig:
-    """The model's ``instances`` with ``segment --split`` and ``--min-size`` where given."""
-    given = {"split": args.split, "min_size": args.min_size}
+    """The model's ``instances`` with ``segment --split``, ``--min-fill`` and ``--min-size``
+    where given; ``--split 0`` (the paper's connected components) also turns the shape
+    split off unless ``--min-fill`` asks for it."""
+    min_fill = 0.0 if args.split == 0 and args.min_fill is None else args.min_fill
+    given = {"split": args.split, "min_fill": min_fill, "min_size": args.min_size}
     return replace(instances, **{name: value for name, value in given.items() if value is not None})
 
 

@@ -210,7 +210,9 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         instances, unit = trainer.model.spec.instances, "voxels" if trainer.model.config.ndim == 3 else "px"
         print(
             f"segmenting drops objects under {instances.min_size} {unit} (segment --min-size changes it) "
-            f"and splits no object into pieces under {instances.min_piece} {unit}"
+            f"and splits no object into pieces under {instances.min_piece} {unit}; objects filling under "
+            f"{instances.min_fill:.3f} of their ellipse are split at necks {instances.neck:.2g} {unit} deep "
+            "(segment --min-fill changes it)"
         )
         if trainer.checkpoint_error:
             print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)

@@ -10,7 +10,7 @@ import torch
 from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
 from napari_unet.core.config import IGNORE_LABEL, InstanceConfig, TrainConfig
-from napari_unet.core.object_size import complete_object_sizes, fitted_instances
+from napari_unet.core.object_size import CompleteObjects, complete_objects, fitted_instances
 from napari_unet.core.train import Trainer
 
 from .lazy import drawn_image, threshold_model
@@ -27,29 +27,51 @@ def test_complete_objects_touch_neither_the_border_nor_unannotated_pixels():
     labels[6:8, 1:3] = 4  # 4 px, beside an unannotated pixel too ...
     labels[5, 1] = IGNORE_LABEL
     labels[8, 0] = IGNORE_LABEL  # ... and diagonally next to another
-    assert complete_object_sizes(labels).tolist() == [6]
+    assert complete_objects(labels).sizes.tolist() == [6]
     labels[5, 1] = 0  # now only diagonally: complete
-    assert complete_object_sizes(labels).tolist() == [6, 4]
-    assert complete_object_sizes(np.full((4, 4), IGNORE_LABEL)).size == 0
+    assert complete_objects(labels).sizes.tolist() == [6, 4]
+    assert complete_objects(np.full((4, 4), IGNORE_LABEL)).sizes.size == 0
 
 
 def test_volumes_count_voxels_and_their_faces():
     volume = np.zeros((5, 6, 6), np.int32)
     volume[1:3, 1:3, 1:4] = 1  # 12 voxels, inside
     volume[3:5, 3:5, 3:5] = 2  # reaches the last plane: the volume's border
-    assert complete_object_sizes(volume).tolist() == [12]
+    assert complete_objects(volume).sizes.tolist() == [12]
     volume[3, 1, 1] = IGNORE_LABEL  # below object 1 along z
-    assert complete_object_sizes(volume).size == 0
+    assert complete_objects(volume).sizes.size == 0
+
+
+def objects(sizes, fills=None, ndim=2):
+    sizes = np.asarray(sizes, np.int64)
+    return CompleteObjects(sizes, np.ones(sizes.size) if fills is None else np.asarray(fills, float), ndim)
 
 
 def test_the_minimum_is_half_the_small_objects_and_the_smallest_piece_a_third_of_the_typical():
-    sizes = [np.array([400] * 19 + [60]), np.array([300])]
+    sizes = [objects([400] * 19 + [60]), objects([300])]
     fitted = fitted_instances(InstanceConfig(split=0.2), sizes)
-    assert fitted.min_size == int(0.5 * np.percentile(np.concatenate(sizes), 5)) and 30 <= fitted.min_size < 200
+    every = np.concatenate([o.sizes for o in sizes])
+    assert fitted.min_size == int(0.5 * np.percentile(every, 5)) and 30 <= fitted.min_size < 200
     assert fitted.min_piece == int(0.3 * 400) and fitted.split == 0.2  # the rest is kept
-    assert fitted_instances(InstanceConfig(), [np.array([20, 24])]).min_size == InstanceConfig().min_size
+    assert fitted_instances(InstanceConfig(), [objects([20, 24])]).min_size == InstanceConfig().min_size
     mine = InstanceConfig(min_size=50, min_piece=7)
-    assert fitted_instances(mine, [np.zeros(0, np.int64)]) == mine == fitted_instances(mine, [])
+    assert fitted_instances(mine, [CompleteObjects.none()]) == mine == fitted_instances(mine, [])
+
+
+def test_the_shape_split_takes_the_least_round_annotated_objects_and_the_typical_radius():
+    fills = np.linspace(0.9, 1.0, 21)  # 5% of them fill less than 0.905 of their ellipse
+    fitted = fitted_instances(InstanceConfig(), [objects([314] * 21, fills)])
+    assert fitted.min_fill == pytest.approx(0.905) and fitted.neck == pytest.approx(0.1 * 10, abs=0.01)
+    in_3d = fitted_instances(InstanceConfig(), [objects([4189] * 21, fills, ndim=3)])  # balls of radius 10
+    assert in_3d.neck == pytest.approx(0.1 * 10, abs=0.01)
+    regular = fitted_instances(InstanceConfig(), [objects([314] * 21, np.full(21, 0.99))])
+    assert regular.min_fill == 0.95  # never above what a rectangle fills
+
+
+def test_annotated_discs_fill_their_ellipses():
+    _, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
+    found = complete_objects(labels)
+    assert found.sizes.size == 3 and np.all(np.abs(found.fills - 1) < 0.03)
 
 
 FAST = TrainConfig(steps=1, tile=60, batch_size=1, device="cpu", precision="fp32", warmup_steps=1)
@@ -64,8 +86,10 @@ def test_training_gives_the_model_the_minimum_its_annotation_suggests(tmp_path):
     image, labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=8)
     area = int((labels == 1).sum())
     trainer = Trainer(tiny_model(), [image], [labels], FAST)
-    fitted = InstanceConfig(min_size=int(0.5 * area), min_piece=int(0.3 * area))
-    assert trainer.model.spec.instances == fitted and fitted.min_size > InstanceConfig().min_size
+    fitted = fitted_instances(InstanceConfig(), [complete_objects(labels)])
+    assert fitted.min_size == int(0.5 * area) > InstanceConfig().min_size and fitted.min_piece == int(0.3 * area)
+    assert fitted.min_fill == 0.95 and fitted.neck == 1.0  # discs fill ~0.99: capped; 0.1 of a radius of 7.9: 1 px
+    assert trainer.model.spec.instances == fitted
     trainer.save_model(tmp_path / "m")
     assert load_model(tmp_path / "m").spec.instances == fitted
 

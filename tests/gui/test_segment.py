@@ -6,6 +6,7 @@ import pytest
 from napari_unet import save_model
 from napari_unet._widgets import SegmentWidget
 from napari_unet.cli import main
+from napari_unet.core.config import InstanceConfig
 
 from ..core.lazy import bright_is_foreground, drawn_image, joined_discs, threshold_model
 from .conftest import docked
@@ -61,6 +62,26 @@ def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle):
         counts.append(int(viewer.layers["discs labels"].data.max()))
     assert counts == [2, 1]
     assert viewer.layers.selection.active is image  # the user's selection stays
+
+
+def test_the_split_box_also_turns_the_models_shape_split_on_and_off(viewer, session, wait_idle):
+    """Two overlapping discs drawn evenly bright (no dip between them): the model's
+    shape split parts them while the box is ticked, and only then."""
+    grid = np.indices((64, 80))
+    mask = ((grid[0] - 32) ** 2 + (grid[1] - 26) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 54) ** 2 <= 225)
+    image = viewer.add_image(drawn_image(mask), name="clump")
+    model = threshold_model()
+    model.spec = replace(model.spec, instances=InstanceConfig(min_fill=0.95, neck=2.0, min_piece=200))
+    session.set_model(model, "shape model")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = image
+    counts = []
+    for split in (True, False):
+        widget.split.value = split
+        widget.run_button.clicked.emit()
+        wait_idle(widget)
+        counts.append(int(viewer.layers["clump labels"].data.max()))
+    assert counts == [2, 1]
 
 
 def test_the_smallest_object_follows_the_model_and_can_be_changed(viewer, session, wait_idle):

@@ -70,8 +70,8 @@ class SegmentWidget(DockWidget):
         self.split = CheckBox(
             text="split touching cells",
             value=True,
-            tooltip="split an object where the probability dips between two peaks (the model's setting); "
-            "off: keep the network's connected components, as the paper does",
+            tooltip="split an object where the probability dips between two peaks, or where its shape is that "
+            "of several cells (the model's settings); off: keep the network's connected components, as the paper does",
         )
         self.min_size = SpinBox(
             label="smallest object (px)",
@@ -201,8 +201,9 @@ class SegmentWidget(DockWidget):
 
     def _instances(self, model: UNet) -> InstanceConfig:
         """The model's instance settings with this widget's split and smallest object."""
-        split = model.spec.instances.split if self.split.value else 0.0
-        return replace(model.spec.instances, split=split, min_size=self.min_size.value)
+        if self.split.value:
+            return replace(model.spec.instances, min_size=self.min_size.value)
+        return replace(model.spec.instances, split=0.0, min_fill=0.0, min_size=self.min_size.value)
 
     def _run_into_store(self, layer: Image, model: UNet, data, channel_axis) -> None:
         """Stream all planes into a zarr store shown as a labels layer that fills in."""

@@ -206,6 +206,13 @@ class InstanceConfig:
     synthetic nuclei: 0.84 -> 0.98; see the README). An object whose split would leave
     a piece under ``min_piece`` pixels (voxels) stays whole: its dip lies inside one
     textured cell (training sets it from the annotation, as ``min_size``).
+
+    ``min_fill`` > 0 also splits objects shaped like several cells, where no dip of
+    probability parts them (:mod:`napari_unet.core.concave`): an object that fills
+    less than ``min_fill`` of the ellipse of its second moments is cut at the necks of
+    its mask that lie at least ``neck`` px (voxels) less deep inside than the centres
+    on both sides. Training fits both to the completely annotated objects; 0, the
+    paper's mode and the default of a model that learned no sizes, never does.
     """
 
     threshold: float = 0.5
@@ -214,6 +221,8 @@ class InstanceConfig:
     expand: int = 0
     split: float = 0.1
     min_piece: int = 0
+    min_fill: float = 0.0
+    neck: float = 2.0
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -223,6 +232,11 @@ class InstanceConfig:
             raise ConfigError("min_size, min_piece and expand must be >= 0")
         if not 0.0 <= self.split < 1.0:
             raise ConfigError(f"split must be in [0, 1) (0 keeps touching objects together), got {self.split}")
+        if not 0.0 <= self.min_fill < 2.0 or self.neck <= 0.0:
+            raise ConfigError(
+                "need min_fill in [0, 2) (0 splits no object by its shape) and neck > 0, "
+                f"got {self.min_fill}, {self.neck}"
+            )
 
 
 @dataclass(frozen=True)

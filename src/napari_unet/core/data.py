@@ -21,7 +21,7 @@ from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapC
 from .errors import NapariUnetError
 from .layout import channels_before_spatial
 from .normalize import normalize
-from .object_size import complete_object_sizes
+from .object_size import CompleteObjects, complete_objects
 from .weights import separation_target, weight_map
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ class TrainingDataError(NapariUnetError, ValueError):
 class PreparedPlane:
     """One annotated plane: image (C, H, W) float32; ``annotation`` (2, H, W) float32
     holds the separation target (0/1) and the weight map, sampled together;
-    ``object_sizes`` the sizes of its completely annotated objects
-    (:func:`~napari_unet.core.object_size.complete_object_sizes`)."""
+    ``objects`` the sizes and shapes of its completely annotated objects
+    (:func:`~napari_unet.core.object_size.complete_objects`)."""
 
     image: np.ndarray
     annotation: np.ndarray
@@ -51,7 +51,7 @@ class PreparedPlane:
 
     #: Flat indices of annotated pixels (weight > 0): where sample centres are drawn.
     annotated: np.ndarray
-    object_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    objects: CompleteObjects = field(default_factory=CompleteObjects.none)
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def prepare(
                     image=normalize(plane, normalization),
                     annotation=np.stack([separation_target(plane_labels).astype(np.float32), w]),
                     annotated=np.flatnonzero(w > 0),
-                    object_sizes=complete_object_sizes(plane_labels),
+                    objects=complete_objects(plane_labels),
                 )
             )
     if not planes:

@@ -3,16 +3,18 @@
 Per plane (per volume for 3D models, with 6-connectivity and the same rules in
 3D): threshold the foreground probability, label 4-connected components, split
 objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
-give every hole the id of its nearest object pixel, drop small objects, grow the
-objects by ``expand`` px into background without merging (none by default), and
-number them 1..n in raster order. After the labelling, each step works on the
-list of object pixels (a fraction of the image) or locally around a hole: no
-whole-image distance transform runs for a 1-px grow. On large images a second
-thread, when the process may use two cores, smooths half of the probability for the
-split and looks for the holes (which depend on the mask alone) while this one labels
-and splits the objects. The result equals the plain library formulation (whole-image
-``binary_fill_holes`` and ``expand_labels``, and the recursive split) pixel for
-pixel, ties included (tests/reference.py).
+give every hole the id of its nearest object pixel, split objects shaped like
+several cells at their necks when ``min_fill`` asks for it (:mod:`.concave`),
+drop small objects, grow the objects by ``expand`` px into background without
+merging (none by default), and number them 1..n in raster order of their first
+pixels. After the labelling, each step works on the list of object pixels (a
+fraction of the image) or locally around a hole: no whole-image distance
+transform runs for a 1-px grow. On large images a second thread, when the
+process may use two cores, smooths half of the probability for the split and
+looks for the holes (which depend on the mask alone) while this one labels and
+splits the objects. Without the split by shape, the result equals the plain
+library formulation (whole-image ``binary_fill_holes`` and ``expand_labels``,
+and the recursive split) pixel for pixel, ties included (tests/reference.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from scipy import ndimage
 from skimage import segmentation
 
+from .concave import split_concave_in_place
 from .config import InstanceConfig
 from .regions import bounding_boxes
 from .split import smooth_foreground, split_in_place
@@ -83,7 +86,8 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
     with ThreadPoolExecutor(max_workers=1) if parallel else nullcontext() as helper:
         smooth = smooth_foreground(probability, helper) if split else None
         holes = helper.submit(find_holes, mask) if parallel and config.fill_holes else None
-        labels, count = ndimage.label(mask, structure=_faces(mask.ndim))
+        labels, components = ndimage.label(mask, structure=_faces(mask.ndim))
+        count = components
         pixels = np.flatnonzero(mask)  # the object pixels, in raster order
         if split:
             count = split_in_place(labels, pixels, smooth, config.threshold, config.split, config.min_piece)
@@ -94,10 +98,12 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
                 filled = mask.copy()
                 np.put(filled, found.pixels, True)
                 pixels = np.flatnonzero(filled)
+    if config.min_fill > 0:
+        count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece)
     ids = np.take(labels, pixels)
     keep = np.bincount(ids, minlength=count + 1) >= config.min_size
     keep[0] = False
-    if split:  # pieces of split objects have ids after all others: order by first pixel
+    if count > components:  # pieces of split objects have ids after all others: order by first pixel
         survivors = np.flatnonzero(keep)
         survivors = survivors[np.argsort(_first_pixels_of(labels, pixels, ids, count)[survivors], kind="stable")]
         renumber = np.zeros(count + 1, np.int32)

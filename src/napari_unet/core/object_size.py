@@ -1,25 +1,36 @@
-"""Object sizes that a trained model takes from the annotation it learned from.
+"""Object sizes and shapes that a trained model takes from the annotation it learned from.
 
-Two errors of networks trained for minutes on real microscopy (bench/bench_real.py)
-depend on how large the cells are. Tiny predicted objects (debris, specks of noise,
-slivers where a cell leaves the image) were most of the false objects; and the split at
-probability dips (:mod:`.split`) cut large textured nuclei in two where their
-probability dipped inside. A fixed number of pixels cannot serve cells of 100 px and
-of 2000 px alike, so training reads both sizes off the objects the user annotated
-completely (those that touch neither the image border nor an unannotated pixel):
+Three errors of networks trained for minutes on real microscopy (bench/bench_real.py)
+depend on how large and how round the cells are. Tiny predicted objects (debris,
+specks of noise, slivers where a cell leaves the image) were most of the false
+objects; the split at probability dips (:mod:`.split`) cut large textured nuclei in
+two where their probability dipped inside; and clumps of nuclei with faint
+boundaries stayed merged (:mod:`.concave` parts them by their shape). A fixed number of pixels cannot serve
+cells of 100 px and of 2000 px alike, nor one roundness round nuclei and bent rods,
+so training reads these off the objects the user annotated completely (those that
+touch neither the image border nor an unannotated pixel):
 
 - the minimum object size: half the size below which 5% of them lie, never less than
   InstanceConfig's default;
-- the smallest piece a split may leave: 30% of their median size.
+- the smallest piece a split may leave: 30% of their median size;
+- the ellipse fill below which an object is split by its shape: the fill below which
+  5% of them lie, at most MAX_FILL (what a rectangle fills: predicted outlines are
+  rougher than annotated ones, and only objects well below it ever split);
+- the depth of the necks such a split cuts: NECK_FRACTION of the radius of a disc
+  (ball) of their median size, at least MIN_NECK px (shallower bumps of a distance
+  transform are the pixel grid's).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from .concave import ellipse_fill
 from .config import IGNORE_LABEL, InstanceConfig
 
 #: The minimum size is :data:`SIZE_FRACTION` of this percentile of the complete objects' sizes.
@@ -27,18 +38,42 @@ SIZE_PERCENTILE = 5.0
 SIZE_FRACTION = 0.5
 #: The smallest piece of a split is this fraction of the complete objects' median size.
 PIECE_FRACTION = 0.3
+#: The shape split's fill threshold: this percentile of the complete objects' fills,
+#: at most :data:`MAX_FILL`.
+FILL_PERCENTILE = 5.0
+MAX_FILL = 0.95
+#: The shape split's neck depth: this fraction of the median object's equivalent
+#: radius, at least :data:`MIN_NECK` px.
+NECK_FRACTION = 0.1
+MIN_NECK = 1.0
 
 
-def complete_object_sizes(labels: np.ndarray) -> np.ndarray:
-    """Sizes (pixels; voxels for a volume) of the objects of one annotated plane (H, W)
-    or volume (Z, Y, X) that touch neither its border nor an unannotated pixel
-    (``IGNORE_LABEL``, face neighbours): int64 (n,), in id order. 0 is background."""
+@dataclass(frozen=True)
+class CompleteObjects:
+    """The completely annotated objects of one plane (``ndim`` 2) or volume (3), in id
+    order: ``sizes`` (n,) int64 in pixels (voxels) and ``fills`` (n,) float64, how much
+    of the ellipse of their second moments they fill (:func:`.concave.ellipse_fill`)."""
+
+    sizes: np.ndarray
+    fills: np.ndarray
+    ndim: int = 2
+
+    @classmethod
+    def none(cls, ndim: int = 2) -> CompleteObjects:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), ndim)
+
+
+def complete_objects(labels: np.ndarray) -> CompleteObjects:
+    """The objects of one annotated plane (H, W) or volume (Z, Y, X) that touch
+    neither its border nor an unannotated pixel (``IGNORE_LABEL``, face neighbours).
+    0 is background."""
     labels = np.asarray(labels)
     highest = int(labels.max(initial=0))
     if highest <= 0:
-        return np.zeros(0, np.int64)
-    sizes = np.bincount(labels.ravel().clip(min=0), minlength=highest + 1).astype(np.int64)
-    sizes[0] = 0
+        return CompleteObjects.none(labels.ndim)
+    pixels = np.flatnonzero(labels > 0)
+    ids = labels.ravel()[pixels]
+    sizes, fills = ellipse_fill(labels.shape, pixels, ids, highest)
     partial = [np.take(labels, end, axis=axis).ravel() for axis in range(labels.ndim) for end in (0, -1)]
     unannotated = labels == IGNORE_LABEL
     if unannotated.any():
@@ -46,17 +81,28 @@ def complete_object_sizes(labels: np.ndarray) -> np.ndarray:
             after = (slice(None),) * axis + (slice(1, None),)
             before = (slice(None),) * axis + (slice(None, -1),)
             partial += [labels[after][unannotated[before]], labels[before][unannotated[after]]]
-    sizes[np.concatenate(partial).clip(min=0)] = 0
-    return sizes[sizes > 0]
+    complete = sizes > 0
+    complete[0] = False
+    complete[np.concatenate(partial).clip(min=0)] = False
+    return CompleteObjects(sizes[complete].astype(np.int64), fills[complete], labels.ndim)
 
 
-def fitted_instances(instances: InstanceConfig, sizes: Sequence[np.ndarray]) -> InstanceConfig:
-    """``instances`` with ``min_size`` and ``min_piece`` fitted to the complete objects'
-    ``sizes`` (one array per annotated plane or volume, see
-    :func:`complete_object_sizes`) as the module docstring says; unchanged when no
-    object is complete (then there is nothing to go by)."""
-    every = np.concatenate([np.asarray(s, np.int64) for s in sizes]) if sizes else np.zeros(0, np.int64)
-    if every.size == 0:
+def fitted_instances(instances: InstanceConfig, objects: Sequence[CompleteObjects]) -> InstanceConfig:
+    """``instances`` with ``min_size``, ``min_piece``, ``min_fill`` and ``neck`` fitted
+    to the complete objects (one record per annotated plane or volume, see
+    :func:`complete_objects`) as the module docstring says; unchanged when no object
+    is complete (then there is nothing to go by)."""
+    sizes = np.concatenate([np.zeros(0, np.int64), *(o.sizes for o in objects)])
+    if sizes.size == 0:
         return instances
-    min_size = max(InstanceConfig().min_size, int(SIZE_FRACTION * np.percentile(every, SIZE_PERCENTILE)))
-    return dataclasses.replace(instances, min_size=min_size, min_piece=int(PIECE_FRACTION * np.median(every)))
+    fills = np.concatenate([o.fills for o in objects])
+    median = float(np.median(sizes))
+    ndim = max(o.ndim for o in objects)
+    radius = (median / math.pi) ** 0.5 if ndim == 2 else (3 * median / (4 * math.pi)) ** (1 / 3)
+    return dataclasses.replace(
+        instances,
+        min_size=max(InstanceConfig().min_size, int(SIZE_FRACTION * np.percentile(sizes, SIZE_PERCENTILE))),
+        min_piece=int(PIECE_FRACTION * median),
+        min_fill=round(min(MAX_FILL, float(np.percentile(fills, FILL_PERCENTILE))), 3),
+        neck=round(max(MIN_NECK, NECK_FRACTION * radius), 2),
+    )

@@ -37,7 +37,7 @@ from .errors import ConfigError, NapariUnetError, OutputFileError
 from .io import check_writable, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
-from .object_size import fitted_instances
+from .object_size import CompleteObjects, fitted_instances
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
@@ -151,22 +151,26 @@ class Trainer:
         depth = geometry.model_axes(config) if config.ndim == 3 else config.depth
         self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed, config.spacing)
         if self.config.fit_sizes:
-            self._fit_sizes([plane.object_sizes for plane in planes])
+            self._fit_sizes([plane.objects for plane in planes])
 
-    def _fit_sizes(self, sizes: list[np.ndarray]) -> None:
-        """Give the model the minimum object and piece sizes that its annotation's
-        completely annotated objects suggest (:mod:`napari_unet.core.object_size`);
-        without any such object the model keeps its own."""
+    def _fit_sizes(self, objects: list[CompleteObjects]) -> None:
+        """Give the model the minimum object and piece sizes and the shape split's
+        settings that its annotation's completely annotated objects suggest
+        (:mod:`napari_unet.core.object_size`); without any such object the model
+        keeps its own."""
         spec = self.model.spec
-        fitted = fitted_instances(spec.instances, sizes)
+        fitted = fitted_instances(spec.instances, objects)
         if fitted == spec.instances:
             return
         log.info(
-            "segmenting will drop objects under %d %s and split none into pieces under %d (from %d annotated objects)",
+            "segmenting will drop objects under %d %s, split none into pieces under %d, and split objects "
+            "filling under %.3f of their ellipse at necks %.2g deep (from %d annotated objects)",
             fitted.min_size,
             "voxels" if self.model.config.ndim == 3 else "px",
             fitted.min_piece,
-            sum(len(s) for s in sizes),
+            fitted.min_fill,
+            fitted.neck,
+            sum(len(o.sizes) for o in objects),
         )
         self.model.spec = dataclasses.replace(spec, instances=fitted)
 
