@@ -86,14 +86,15 @@ def test_previews_come_from_the_average_of_the_last_steps_and_the_model_keeps_it
 
 def test_previews_and_the_kept_model_split_at_the_live_depth():
     """A briefly trained network's previews split touching objects only at dips of
-    LIVE_SPLIT, and the model keeps that setting; a model that keeps touching
-    objects together (split 0) stays so."""
+    LIVE_SPLIT, not by shape, and the model keeps those settings; a model that keeps
+    touching objects together (split 0) stays so."""
     image, labels = nu.synthetic_nuclei((96, 96), seed=2)
     cells = [i for i in np.unique(labels) if i > 0]
     model = nu.UNet(base_channels=4, depth=2)
     assert 0 < model.spec.instances.split < LIVE_SPLIT
     live = LiveTraining(model, image, partial_annotation(labels, cells[:2]), CONFIG)
     assert model.spec.instances.split == live.averaged.spec.instances.split == LIVE_SPLIT
+    assert model.spec.instances.min_fill == 0.0 and model.spec.instances.min_piece > 0  # sizes fitted, no shape split
     paper = nu.UNet(base_channels=4, depth=2)
     paper.spec = dataclasses.replace(paper.spec, instances=nu.InstanceConfig(split=0.0))
     LiveTraining(paper, image, partial_annotation(labels, cells[:2]), CONFIG)
@@ -123,6 +124,7 @@ def test_live_training_needs_a_cell_to_start():
 
 
 def test_previews_drop_objects_under_the_minimum_that_the_latest_annotation_suggests(monkeypatch):
+    """... and never split by shape, before or after an edit refits the sizes."""
     from napari_unet.core import live as live_module
 
     image, labels = nu.synthetic_nuclei((96, 96), seed=2)
@@ -132,7 +134,7 @@ def test_previews_drop_objects_under_the_minimum_that_the_latest_annotation_sugg
     asked = []
     real_segment = live_module.segment
     monkeypatch.setattr(
-        live_module, "segment", lambda *a, **kw: asked.append(kw["instances"].min_size) or real_segment(*a, **kw)
+        live_module, "segment", lambda *a, **kw: asked.append(kw["instances"]) or real_segment(*a, **kw)
     )
     events = live.run()
     next(events), next(events)  # a step, a preview
@@ -145,4 +147,5 @@ def test_previews_drop_objects_under_the_minimum_that_the_latest_annotation_sugg
     for _ in events:
         pass
     first = int(0.5 * (labels == cell).sum())
-    assert asked[0] == first > 16 and asked[-1] == 16 == live.model.spec.instances.min_size
+    assert asked[0].min_size == first > 16 and asked[-1].min_size == 16 == live.model.spec.instances.min_size
+    assert {instances.min_fill for instances in asked} == {0.0} == {live.model.spec.instances.min_fill}

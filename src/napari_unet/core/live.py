@@ -13,7 +13,8 @@ one step can move the whole preview (AP@0.5 of consecutive previews of the
 built-in sample jumped between 0.2 and 0.7), while the average moves smoothly.
 When the run ends, the model takes the averaged weights: the model the user keeps is
 the one whose previews they judged. For the same reason the model keeps the deeper
-split of touching objects (:data:`LIVE_SPLIT`) its previews were made with.
+split of touching objects (:data:`LIVE_SPLIT`), without the split by shape, that its
+previews were made with.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ AVERAGE_RATE = 0.1
 #: minute has bumps of 0.1-0.2 inside single cells, so 0.1 cuts cells apart: in
 #: headless live runs on the built-in sample (the benchmark's annotator, 3 runs, the
 #: previews after 30 s re-segmented at each depth) mean AP@0.5 was 0.61-0.65 at 0.1,
-#: 0.63-0.76 without splitting and 0.74-0.78 at 0.2-0.3.
+#: 0.63-0.76 without splitting and 0.74-0.78 at 0.2-0.3. The split by shape
+#: (:mod:`.concave`) is off for the same reason: such a network's outlines are rough
+#: enough for it to cut single cells (bench_live.py with it: from 29 s on 12-44 true
+#: cells cut in pieces per preview and AP@0.5 0.36-0.82; without it, two runs: 0-1
+#: cut in the last 30 s, best AP@0.5 0.93 and 0.95).
 LIVE_SPLIT = 0.25
 
 
@@ -119,11 +124,8 @@ class LiveTraining:
         self.image = image
         self.channel_axis = channel_axis
         self.preview_seconds = preview_seconds
-        if 0 < model.spec.instances.split < LIVE_SPLIT:  # 0: the user keeps touching objects together
-            model.spec = dataclasses.replace(
-                model.spec, instances=dataclasses.replace(model.spec.instances, split=LIVE_SPLIT)
-            )
         self.trainer = Trainer(model, [image], [labels], live_config(model, config), channel_axis=channel_axis)
+        self._keep_live_instances()
         #: The running average of the weights that previews are made from.
         self.averaged = snapshot(model, self.trainer.device)
         self.window: tuple[slice, slice] = (slice(None), slice(None))
@@ -190,8 +192,19 @@ class LiveTraining:
             self.trainer.replace_annotations([self.image], [labels])
         except TrainingDataError as error:
             return AnnotationProblem(str(error))
+        self._keep_live_instances()  # the edit refitted the sizes
         self.edits_applied += 1
         return None
+
+    def _keep_live_instances(self) -> None:
+        """Give the model the instance settings of live previews: the deeper split at
+        probability dips (:data:`LIVE_SPLIT`; 0 stays 0: the user keeps touching
+        objects together) and no split by shape (see :data:`LIVE_SPLIT`)."""
+        instances = self.model.spec.instances
+        split = LIVE_SPLIT if 0 < instances.split < LIVE_SPLIT else instances.split
+        live = dataclasses.replace(instances, split=split, min_fill=0.0)
+        if live != instances:
+            self.model.spec = dataclasses.replace(self.model.spec, instances=live)
 
     def preview(self, step: int, seconds: float) -> LivePreview:
         """Segment the current window with the averaged weights."""
