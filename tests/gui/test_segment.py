@@ -49,9 +49,23 @@ def test_test_time_augmentation_runs_the_eight_symmetries(viewer, model_session,
     assert widget.progress.value == widget.progress.max == 8 * plain_tiles
 
 
-def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle):
-    session.set_model(threshold_model(steepness=8.0), "threshold model")
-    image = viewer.add_image(joined_discs(), name="discs")
+def evenly_bright_clump():
+    """Two overlapping discs drawn evenly bright (no dip between them) and a model
+    that splits them by shape."""
+    grid = np.indices((64, 80))
+    mask = ((grid[0] - 32) ** 2 + (grid[1] - 26) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 54) ** 2 <= 225)
+    model = threshold_model()
+    model.spec = replace(model.spec, instances=InstanceConfig(min_fill=0.95, neck=2.0, min_piece=200))
+    return drawn_image(mask), model
+
+
+@pytest.mark.parametrize("parted_by", ["probability dip", "shape"])
+def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle, parted_by):
+    """Two touching discs, parted by the dip of probability between them or by the
+    model's split by shape while the box is ticked, and only then."""
+    data, model = (joined_discs(), threshold_model(steepness=8.0)) if parted_by != "shape" else evenly_bright_clump()
+    session.set_model(model, "threshold model")
+    image = viewer.add_image(data, name="discs")
     widget = docked(viewer, SegmentWidget(viewer, session))
     widget.image.value = image
     counts = []
@@ -62,26 +76,6 @@ def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle):
         counts.append(int(viewer.layers["discs labels"].data.max()))
     assert counts == [2, 1]
     assert viewer.layers.selection.active is image  # the user's selection stays
-
-
-def test_the_split_box_also_turns_the_models_shape_split_on_and_off(viewer, session, wait_idle):
-    """Two overlapping discs drawn evenly bright (no dip between them): the model's
-    shape split parts them while the box is ticked, and only then."""
-    grid = np.indices((64, 80))
-    mask = ((grid[0] - 32) ** 2 + (grid[1] - 26) ** 2 <= 225) | ((grid[0] - 32) ** 2 + (grid[1] - 54) ** 2 <= 225)
-    image = viewer.add_image(drawn_image(mask), name="clump")
-    model = threshold_model()
-    model.spec = replace(model.spec, instances=InstanceConfig(min_fill=0.95, neck=2.0, min_piece=200))
-    session.set_model(model, "shape model")
-    widget = docked(viewer, SegmentWidget(viewer, session))
-    widget.image.value = image
-    counts = []
-    for split in (True, False):
-        widget.split.value = split
-        widget.run_button.clicked.emit()
-        wait_idle(widget)
-        counts.append(int(viewer.layers["clump labels"].data.max()))
-    assert counts == [2, 1]
 
 
 def test_the_smallest_object_follows_the_model_and_can_be_changed(viewer, session, wait_idle):
