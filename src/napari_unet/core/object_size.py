@@ -5,10 +5,11 @@ depend on how large and how round the cells are. Tiny predicted objects (debris,
 specks of noise, slivers where a cell leaves the image) were most of the false
 objects; the split at probability dips (:mod:`.split`) cut large textured nuclei in
 two where their probability dipped inside; and clumps of nuclei with faint
-boundaries stayed merged (:mod:`.concave` parts them by their shape). A fixed number of pixels cannot serve
-cells of 100 px and of 2000 px alike, nor one roundness round nuclei and bent rods,
-so training reads these off the objects the user annotated completely (those that
-touch neither the image border nor an unannotated pixel):
+boundaries stayed merged (:mod:`.concave` parts them by their shape). A fixed
+number of pixels cannot serve cells of 100 px and of 2000 px alike, nor one
+roundness round nuclei and bent rods, so training reads these off the objects the
+user annotated completely (those that touch neither the image border nor an
+unannotated pixel):
 
 - the minimum object size: half the size below which 5% of them lie, never less than
   InstanceConfig's default;
