@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ def timed(function):
 
 def measure_size(model: nu.UNet, size: int, repeats: int) -> list[str]:
     image, _, _ = benchmark_image((size, size))
-    components = replace(model.spec.instances, split=0.0, min_fill=0.0)
+    components = model.spec.instances.components()
     totals, networks, posts, unsplit_posts, references = [], [], [], [], []
     for _ in range(repeats):
         record = TileRecord()

@@ -44,7 +44,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -158,7 +157,7 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
             break
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
     probabilities = nu.predict(model, test_image, device="cpu")
-    ways = {"": model.spec.instances, "split 0": replace(model.spec.instances, split=0.0, min_fill=0.0)}
+    ways = {"": model.spec.instances, "split 0": model.spec.instances.components()}
     labelled = {way: probabilities_to_labels(probabilities, instances, ndim) for way, instances in ways.items()}
     if ndim == 2:
         labelled = {way: link_planes(labels) for way, labels in labelled.items()}

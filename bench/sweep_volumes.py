@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,7 +63,7 @@ def main() -> None:
 
     def evaluate() -> None:
         probabilities = nu.predict(model, image, device="cpu")
-        ways = {"split": model.spec.instances, "s0": replace(model.spec.instances, split=0.0, min_fill=0.0)}
+        ways = {"split": model.spec.instances, "s0": model.spec.instances.components()}
         cells = {way: scores(probabilities_to_labels(probabilities, rules, 3), truth)[0] for way, rules in ways.items()}
         print(json.dumps(dict(name=args.name, seed=args.seed, cpu_s=round(spent), steps=steps, **cells)), flush=True)
 

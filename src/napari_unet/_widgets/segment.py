@@ -201,9 +201,8 @@ class SegmentWidget(DockWidget):
 
     def _instances(self, model: UNet) -> InstanceConfig:
         """The model's instance settings with this widget's split and smallest object."""
-        if self.split.value:
-            return replace(model.spec.instances, min_size=self.min_size.value)
-        return replace(model.spec.instances, split=0.0, min_fill=0.0, min_size=self.min_size.value)
+        instances = model.spec.instances if self.split.value else model.spec.instances.components()
+        return replace(instances, min_size=self.min_size.value)
 
     def _run_into_store(self, layer: Image, model: UNet, data, channel_axis) -> None:
         """Stream all planes into a zarr store shown as a labels layer that fills in."""

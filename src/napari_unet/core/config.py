@@ -238,6 +238,10 @@ class InstanceConfig:
                 f"got {self.min_fill}, {self.neck}"
             )
 
+    def components(self) -> InstanceConfig:
+        """These settings without either split: the paper's connected components."""
+        return dataclasses.replace(self, split=0.0, min_fill=0.0)
+
 
 @dataclass(frozen=True)
 class WeightMapConfig:

@@ -231,7 +231,7 @@ def segment_to(
 def _warn_if_split(instances: InstanceConfig) -> None:
     """Chunked labelling keeps the mask's components: say so when ``instances`` would
     split touching objects in memory."""
-    if instances.split or instances.min_fill:
+    if instances != instances.components():
         log.warning(
             "segment_to keeps touching objects that the network joined as one object (the model's split %g "
             "and shape split %g apply in memory only): its labels equal segment(...) with split 0 and min_fill 0",
@@ -256,7 +256,7 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
     if any(c < step or c % step for c in chunk):
         raise ConfigError(f"chunk {chunk} must be a multiple of {step} px (2**depth) so that tiles stay exact")
     keep_path = isinstance(source, (str, os.PathLike)) and client is not None
-    instances = replace(instances, split=0.0, min_fill=0.0)  # see _warn_if_split
+    instances = instances.components()  # see _warn_if_split
     run = Run(
         source=str(source) if keep_path else opened,
         out=str(out),
