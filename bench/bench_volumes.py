@@ -19,10 +19,14 @@ training, one thread (the machine is shared, so wall time would count other jobs
 
 - 3D: ``nu.UNet`` with the CPU default 3D configuration (``default_model_config(ndim=3)``),
   trained on the volume, segmented as one volume: one id per nucleus.
-- 2D: the CPU default 2D U-Net trained on the annotated planes, segmented plane by
-  plane; the planes' objects are then linked into 3D objects by overlap (an object
-  joins the object of the next plane that covers at least half of the smaller of
-  the two, when each is the other's best match), so both are scored in 3D.
+- 2D: the CPU default 2D U-Net trained on the annotated planes, predicted plane by
+  plane, then made into 3D objects in two ways from the same probabilities:
+  "+ linking", each plane labelled on its own and the planes' objects linked by
+  overlap (an object joins the object of the next plane that covers at least half
+  of the smaller of the two, when each is the other's best match), and "as a
+  volume", the stack of probabilities labelled at once in 3D
+  (``nu.segment(..., as_volume=True, spacing=...)``, the model's instance settings
+  unchanged).
 
 (a) semi-automated: train on the whole volume's sparse annotation, segment the
 whole volume. (b) fully automated: train on the sparse annotation of the first half
@@ -62,7 +66,7 @@ from napari_unet.core.io import read_image
 from napari_unet.core.memory import release_kept_memory
 from napari_unet.core.metrics import DEFAULT_THRESHOLDS, match_instances
 from napari_unet.core.model import forward_flops
-from napari_unet.core.predict import CPU_TILE_BUDGET_BYTES, iter_predict
+from napari_unet.core.predict import CPU_TILE_BUDGET_BYTES, iter_predict, volume_labels
 from napari_unet.core.progress import drive
 from napari_unet.core.taxonomy import drop_unannotated
 
@@ -158,9 +162,15 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
     probabilities = nu.predict(model, test_image, device="cpu")
     ways = {"": model.spec.instances, "split 0": model.spec.instances.components()}
-    labelled = {way: probabilities_to_labels(probabilities, instances, ndim) for way, instances in ways.items()}
+    labelled = {
+        way: probabilities_to_labels(probabilities, instances, ndim, model.config.spacing)
+        for way, instances in ways.items()
+    }
     if ndim == 2:
-        labelled = {way: link_planes(labels) for way, labels in labelled.items()}
+        labelled = {f"+ linking {way}": link_planes(labels) for way, labels in labelled.items()}
+        labelled |= {
+            f"as a volume {way}": volume_labels(probabilities, instances, spacing) for way, instances in ways.items()
+        }
     return labelled, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)"
 
 
@@ -273,7 +283,7 @@ def main() -> None:
                     seconds = f"{time.perf_counter() - began:.0f}"
                     for way, pred in preds.items():
                         cells, _ = scores(pred, test_truth)
-                        name = f"({part}) {'3D U-Net' if ndim == 3 else '2D + linking'} {way}".strip()
+                        name = f"({part}) {'3D U-Net' if ndim == 3 else '2D'} {way}".strip()
                         rows.append([name, steps, seconds, *cells])
                         print(f"done: {name}: {cells}", file=sys.stderr)
         if "speed" in args.parts:

@@ -64,7 +64,10 @@ def main() -> None:
     def evaluate() -> None:
         probabilities = nu.predict(model, image, device="cpu")
         ways = {"split": model.spec.instances, "s0": model.spec.instances.components()}
-        cells = {way: scores(probabilities_to_labels(probabilities, rules, 3), truth)[0] for way, rules in ways.items()}
+        spacing = model.config.spacing
+        cells = {
+            way: scores(probabilities_to_labels(probabilities, r, 3, spacing), truth)[0] for way, r in ways.items()
+        }
         print(json.dumps(dict(name=args.name, seed=args.seed, cpu_s=round(spent), steps=steps, **cells)), flush=True)
 
     run = nu.iter_train(model, [image], [annotation], **options)

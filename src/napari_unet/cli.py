@@ -73,6 +73,8 @@ def _check_inputs(paths: Sequence[Path]) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     check_stream_arguments(args)
+    if args.spacing is not None and not args.as_volume:
+        raise ConfigError("--spacing Z Y X applies with --as-volume (a 3D model brings its own spacing)")
     if args.out is not None:
         return cmd_segment_to(args, prediction_options(args))
     _check_inputs(args.images)
@@ -84,7 +86,13 @@ def cmd_segment(args: argparse.Namespace) -> None:
     for path, files in zip(args.images, outputs):
         image = read_image(path)
         segmentation = iter_segment(
-            model, image, return_probabilities=args.probabilities, instances=instances, **prediction_options(args)
+            model,
+            image,
+            return_probabilities=args.probabilities,
+            instances=instances,
+            as_volume=args.as_volume,
+            spacing=spacing_option(args, path, 3) if args.as_volume else None,
+            **prediction_options(args),
         )
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)
@@ -246,6 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="drop objects under N pixels (voxels for 3D models; default: the model's, set from its annotation)",
+    )
+    segment.add_argument(
+        "--as-volume",
+        action="store_true",
+        help="2D models on stacks (Z, Y, X): label the planes' probabilities as one volume, so that an object "
+        "keeps one id across planes (the model's sizes count voxels)",
+    )
+    segment.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="with --as-volume: the stack's voxel size, so that the split by shape measures physical distances "
+        "(default: from the TIFF metadata, else cubes)",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_prediction_arguments(segment)

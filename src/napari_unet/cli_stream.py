@@ -35,6 +35,8 @@ def check_stream_arguments(args: argparse.Namespace) -> None:
         return
     if len(args.images) != 1:
         raise ConfigError(f"--out writes one image's store; got {len(args.images)} inputs (use --out-dir for several)")
+    if args.as_volume:
+        raise ConfigError("--as-volume labels a whole stack at once, which --out streams in pieces: use --out-dir")
 
 
 def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:

@@ -95,3 +95,14 @@ def joined_discs() -> np.ndarray:
     image = drawn_image(mask)
     image[:, 42:46] = np.where(image[:, 42:46] > 100, 140, image[:, 42:46])
     return image
+
+
+def dented_and_touching_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Two masks (71, 21, 21) of a stack whose planes lie 4x closer than its pixels
+    (spacing (0.25, 1, 1)): a round nucleus (radius 8 px) with a 2-px dent around its
+    middle, and two nuclei (radius 6 px) touching along z at a real neck."""
+    z, y, x = np.indices((71, 21, 21)).astype(float)
+    z, rings = (z - 35) * 0.25, (y - 10) ** 2 + (x - 10) ** 2
+    dented = (z**2 + rings <= 64) & ~((np.abs(z) <= 0.3) & (rings > 36))
+    touching = ((z - 5.5) ** 2 + rings <= 36) | ((z + 5.5) ** 2 + rings <= 36)
+    return dented, touching

@@ -13,7 +13,7 @@ from napari_unet.core.concave import ellipse_fill
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
 
-from .lazy import drawn_image, threshold_model
+from .lazy import dented_and_touching_nuclei, drawn_image, threshold_model
 
 
 def discs_mask(shape, centres, radius):
@@ -96,6 +96,20 @@ def test_the_shape_split_works_on_probabilities_and_in_3d():
     labels = probabilities_to_labels(probabilities, config, ndim=3)
     assert labels.max() == 2 and labels[20, 20, 20] != labels[20, 20, 42] and np.array_equal(labels > 0, mask)
     assert probabilities_to_labels(probabilities, InstanceConfig(), ndim=3).max() == 1  # off unless asked
+
+
+def test_with_a_spacing_distances_are_physical_so_a_dent_is_not_a_neck():
+    """A round nucleus sampled in planes 4x closer than its pixels is 4x longer along
+    z in voxels, and a 2-px dent around its middle cuts that long ridge of distances
+    into two centres; measured physically it stays one nucleus, while two nuclei
+    touching along z at a real neck still part."""
+    dented, touching = dented_and_touching_nuclei()
+    config = InstanceConfig(min_fill=0.999, neck=1.5, min_piece=50, split=0, min_size=1)
+    assert mask_to_labels(dented, config).max() == 2  # voxel distances: split at the dent
+    for spacing in ((0.25, 1.0, 1.0), (1.0, 4.0, 4.0)):  # in units of the last axis' voxel size
+        assert mask_to_labels(dented, config, spacing=spacing).max() == 1
+        two = mask_to_labels(touching, config, spacing=spacing)
+        assert two.max() == 2 and two[20, 10, 10] == 1 and two[50, 10, 10] == 2
 
 
 def test_a_shape_split_keeps_the_fill_order_deterministic_among_many_objects():

@@ -1,15 +1,19 @@
-"""The command line with volumes: train --ndim 3 [--spacing], segment, weights, info."""
+"""The command line with volumes: train --ndim 3 [--spacing], segment (also --as-volume
+with a 2D model), weights, info."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 
-from napari_unet import load_model
+from napari_unet import UNet, load_model, predict, save_model
 from napari_unet.cli import main
-from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.config import IGNORE_LABEL, InstanceConfig
 from napari_unet.core.io import read_spacing
+from napari_unet.core.predict import volume_labels
 from napari_unet.core.weights import weight_map
 
 
@@ -90,3 +94,25 @@ def test_weights_follow_the_labels_dimensionality(tmp_path, volume_files, capsys
     written = tifffile.imread(out / "dense_weights.tif")
     np.testing.assert_array_equal(written, weight_map(labels, spacing=(2.0, 1.0, 1.0)))
     assert tifffile.imread(out / "dense_target.tif").shape == labels.shape
+
+
+def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files, capsys):
+    image, _, _ = volume_files
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2).eval()
+    foreground = predict(model, tifffile.imread(image), precision="fp32")[:, 1]
+    model.spec = replace(model.spec, instances=InstanceConfig(threshold=float(np.median(foreground)), min_size=1))
+    save_model(model, tmp_path / "m2d.safetensors")
+    out = tmp_path / "out"
+    command = ["segment", str(tmp_path / "m2d.safetensors"), str(image), "--as-volume", "--device", "cpu"]
+    assert main([*command, "--out-dir", str(out), "--probabilities", "--precision", "fp32"]) == 0
+    labels = tifffile.imread(out / "vol_labels.tif")
+    probabilities = tifffile.imread(out / "vol_probabilities.tif")
+    assert labels.shape == (16, 40, 40) and probabilities.shape == (16, 2, 40, 40)
+    np.testing.assert_array_equal(labels, volume_labels(probabilities, model.spec.instances, read_spacing(image)))
+    assert f"{labels.max()} objects" in capsys.readouterr().out and labels.max() > 1
+    assert main([*command, "--out", str(tmp_path / "s.zarr")]) == 2
+    assert "--as-volume labels a whole stack at once" in capsys.readouterr().err
+    plain = [arg for arg in command if arg != "--as-volume"]
+    assert main([*plain, "--out-dir", str(out), "--overwrite", "--spacing", "0.5", "0.25", "0.25"]) == 2
+    assert "--spacing Z Y X applies with --as-volume" in capsys.readouterr().err

@@ -1,14 +1,22 @@
-"""Overlap-tile prediction of volumes with 3D (also anisotropic) U-Nets."""
+"""Overlap-tile prediction of volumes with 3D (also anisotropic) U-Nets, and stacks
+labelled as volumes after a 2D model."""
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from napari_unet import UNet, predict, segment
+from napari_unet import UNet, iter_segment, predict, segment
 from napari_unet.core import geometry
+from napari_unet.core.config import InstanceConfig
+from napari_unet.core.errors import ConfigError
+from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.normalize import normalize
-from napari_unet.core.predict import PredictOptions, plan_for
+from napari_unet.core.predict import PredictOptions, plan_for, volume_labels
 from napari_unet.core.tiling import extract_tile
+
+from .lazy import dented_and_touching_nuclei
 
 
 def small_3d(spacing=None, in_channels=1, batch_norm=False, depth=2):
@@ -99,3 +107,89 @@ def test_segment_gives_one_3d_labels_volume_and_stacks_of_volumes(rng):
     stack = segment(model, np.stack([volume, volume[::-1]]), precision="fp32")
     assert stack.shape == (2, 12, 20, 18)
     np.testing.assert_array_equal(stack[0], labels)
+
+
+def _two_blobs_across_planes() -> np.ndarray:
+    """Probabilities (Z=6, K=2, 24, 24) of a 2D model for a stack: a ball over planes
+    1-4 and a smaller blob over planes 0-1, apart from each other."""
+    zz, yy, xx = np.mgrid[:6, :24, :24]
+    foreground = np.zeros((6, 24, 24), np.float32)
+    foreground[((zz - 2.5) / 2.2) ** 2 + ((yy - 7) / 5) ** 2 + ((xx - 7) / 5) ** 2 <= 1] = 0.9
+    foreground[(zz <= 1) & ((yy - 17) ** 2 + (xx - 17) ** 2 <= 9)] = 0.9
+    return np.stack([1 - foreground, foreground], axis=1)
+
+
+def test_a_2d_model_labels_a_stack_as_one_volume(monkeypatch):
+    probabilities = _two_blobs_across_planes()
+
+    def fixed_prediction(model, image, **options):
+        return np.broadcast_to(probabilities, (*image.shape[:-3], *probabilities.shape)).copy()
+        yield  # a generator, like iter_predict
+
+    monkeypatch.setattr("napari_unet.core.predict.iter_predict", fixed_prediction)
+    model = UNet(base_channels=2, depth=2)
+    instances = InstanceConfig(min_size=1)
+    stack = np.zeros((6, 24, 24), np.float32)
+    plane_by_plane = segment(model, stack, instances=instances)
+    assert plane_by_plane[1].max() == 2 and plane_by_plane[3].max() == 1  # every plane numbered from 1
+    assert plane_by_plane[1, 7, 7] == 1 and plane_by_plane[1, 17, 17] == 2 and plane_by_plane[0, 17, 17] == 1
+    labels = segment(model, stack, instances=instances, as_volume=True)
+    assert labels.shape == (6, 24, 24) and labels.dtype == np.int32 and labels.max() == 2
+    ball = labels[1:5, 7, 7]
+    assert (ball == ball[0]).all() and ball[0] > 0 and (labels[:2, 17, 17] == labels[0, 17, 17]).all()
+    assert ball[0] != labels[0, 17, 17]
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probabilities.transpose(1, 0, 2, 3), instances, 3))
+    volumes = segment(model, np.zeros((2, 6, 24, 24), np.float32), instances=instances, as_volume=True)
+    assert volumes.shape == (2, 6, 24, 24)  # a stack of volumes: each labelled on its own
+    np.testing.assert_array_equal(volumes[1], labels)
+
+
+def test_labelling_as_a_volume_wires_the_real_prediction_through(rng):
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2).eval()
+    stack = rng.normal(size=(5, 30, 30)).astype(np.float32)
+    foreground = predict(model, stack, precision="fp32")[:, 1]
+    instances = InstanceConfig(threshold=float(np.median(foreground)), min_size=1)
+    labels, probabilities = segment(
+        model, stack, instances=instances, as_volume=True, return_probabilities=True, precision="fp32"
+    )
+    assert probabilities.shape == (5, 2, 30, 30)
+    np.testing.assert_array_equal(labels, volume_labels(probabilities, instances))
+    ids_per_plane = [set(np.unique(plane)) - {0} for plane in labels]
+    assert labels.max() > 1 and any(a & b for a, b in itertools.pairwise(ids_per_plane))
+
+
+def test_the_split_by_shape_measures_a_stacks_or_a_3d_models_spacing(monkeypatch):
+    dented, _ = dented_and_touching_nuclei()
+    planes = np.stack([~dented, dented], axis=1).astype(np.float32)  # (Z, K, Y, X), as a 2D model gives them
+
+    def fixed_prediction(model, image, **options):
+        return planes if model.config.ndim == 2 else np.ascontiguousarray(planes.transpose(1, 0, 2, 3))
+        yield  # a generator, like iter_predict
+
+    monkeypatch.setattr("napari_unet.core.predict.iter_predict", fixed_prediction)
+    instances = InstanceConfig(min_fill=0.999, neck=1.5, min_piece=50, split=0, min_size=1)
+    stack = np.zeros(dented.shape, np.float32)
+    flat = UNet(base_channels=2, depth=2)
+    assert segment(flat, stack, instances=instances, as_volume=True).max() == 2  # voxels taken as cubes
+    assert segment(flat, stack, instances=instances, as_volume=True, spacing=(0.25, 1, 1)).max() == 1
+    assert segment(small_3d(), stack, instances=instances).max() == 2
+    assert segment(small_3d((1.0, 4.0, 4.0)), stack, instances=instances).max() == 1  # the model's spacing
+    with pytest.raises(ConfigError, match="three positive voxel sizes"):
+        segment(flat, stack, as_volume=True, spacing=(0.25, 1))
+    with pytest.raises(ConfigError, match="applies with as_volume"):
+        segment(flat, stack, spacing=(0.25, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("model", "image", "message"),
+    [
+        (small_3d(), np.zeros((8, 20, 20), np.float32), "2D models"),
+        (UNet(base_channels=2, depth=2), np.zeros((30, 30), np.float32), "one plane"),
+        (UNet(in_channels=2, base_channels=2, depth=2), np.zeros((2, 30, 30), np.float32), "one plane"),
+    ],
+)
+def test_labelling_as_a_volume_is_refused_before_any_work(model, image, message):
+    run = iter_segment(model, image, as_volume=True)
+    with pytest.raises(ConfigError, match=message):
+        next(run)

@@ -8,7 +8,7 @@ from napari_unet._widgets import SegmentWidget
 from napari_unet.cli import main
 from napari_unet.core.config import InstanceConfig
 
-from ..core.lazy import bright_is_foreground, drawn_image, joined_discs, threshold_model
+from ..core.lazy import bright_is_foreground, drawn_image, joined_discs, same_partition, threshold_model
 from .conftest import docked
 
 
@@ -116,6 +116,34 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     widget.run_button.clicked.emit()
     wait_idle(widget)
     assert viewer.layers["stack labels"].data.shape == (3, 50, 60)
+
+
+def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session, wait_idle):
+    zz, yy, xx = np.indices((6, 40, 50))
+    # a cell in all six planes, another above it in planes 3-5 only (so that per plane it comes first there)
+    balls = [
+        ((zz - z) / c) ** 2 + ((yy - y) / 8) ** 2 + ((xx - x) / 8) ** 2 <= 1
+        for z, c, y, x in ((2.5, 4, 26, 14), (4, 1.6, 12, 36))
+    ]
+    session.set_model(threshold_model(), "draws what is bright")
+    stack = np.stack([drawn_image(plane, seed=z) for z, plane in enumerate(balls[0] | balls[1])])
+    image = viewer.add_image(stack, name="stack")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = image
+    widget.planes.value = "all planes as a volume"
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    labels = viewer.layers["stack labels"].data
+    assert same_partition(labels, balls[0] * 1 + balls[1] * 2)  # one id per ball over all six planes
+    assert widget.status.value == "stack labels: 2 objects"
+    widget.planes.value = "all planes"
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert not same_partition(viewer.layers["stack labels"].data, labels)  # plane by plane: ids restart per plane
+    widget.image.value = viewer.add_image(stack[2], name="one plane")
+    widget.planes.value = "all planes as a volume"
+    widget.run_button.clicked.emit()
+    assert "needs a stack" in widget.status.value and "one plane labels" not in viewer.layers
 
 
 def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot):

@@ -32,7 +32,7 @@ from ._jobs import SegmentationDone, display_labels, export_job, segmentation_jo
 from ._layers import LayerError, image_data, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
-CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
+CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
 #: Save-dialog filters of the Export… button: (format, file suffix) each.
 EXPORT_FILTERS = {
     "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
@@ -60,7 +60,14 @@ class SegmentWidget(DockWidget):
         self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self._model_depth()), value=None)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
-        self.planes = ComboBox(label="stacks", choices=[CURRENT_PLANE, ALL_PLANES], value=ALL_PLANES)
+        self.planes = ComboBox(
+            label="stacks",
+            choices=[CURRENT_PLANE, ALL_PLANES, AS_VOLUME],
+            value=ALL_PLANES,
+            tooltip="what a 2D model segments of a stack; 'as a volume': every plane, then one labelling of the "
+            "whole stack (with the layer's scale as voxel size), so that a cell keeps one id across planes "
+            "(3D models always segment volumes)",
+        )
         self.probabilities = CheckBox(text="also show probabilities", value=False)
         self.tta = CheckBox(
             text="test-time augmentation (8x slower)",
@@ -179,7 +186,12 @@ class SegmentWidget(DockWidget):
         self._target, self._store_view = (layer, None), None
         self._ndim = model.config.ndim
         volumes = self._ndim == 3  # a 3D model segments whole volumes into one 3D labels layer
-        if not volumes and wants_store(layer, self.to_store.value):
+        as_volume = self.planes.value == AS_VOLUME and not volumes
+        if as_volume and len(spatial_shape(layer)) < 3:
+            raise LayerError(f"{layer.name} is one plane: 'all planes as a volume' needs a stack")
+        if as_volume and self.to_store.value:
+            raise LayerError("a volume is labelled at once, not plane by plane into a store: untick the zarr store")
+        if not volumes and not as_volume and wants_store(layer, self.to_store.value):
             return self._run_into_store(layer, model, data, channel_axis)
         if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2 and not volumes:
             index = self._plane_index(layer)
@@ -196,6 +208,8 @@ class SegmentWidget(DockWidget):
             "channel_axis": channel_axis,
             "tta": self.tta.value,
             "instances": self._instances(model),
+            "as_volume": as_volume,
+            "spacing": tuple(float(size) for size in layer.scale[-3:]) if as_volume else None,
         }
         self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
 

@@ -16,8 +16,11 @@ far less than one cell does. An object is split here when
 
 Training reads ``min_fill`` and ``neck`` off the completely annotated objects
 (:mod:`.object_size`), so bent rods or lobed cells that the user annotated as one
-object set a threshold below their own fill. Works in 2D and 3D (distances in
-pixels / voxels).
+object set a threshold below their own fill. Works in 2D and 3D; distances count
+pixels, or with a voxel ``spacing`` physical lengths in units of the last axis'
+voxel size (a nucleus elongated along z in voxels because its planes lie closer
+than its pixels has one centre, not a ridge of them). The fill needs no spacing: it
+does not change when an axis is stretched.
 """
 
 from __future__ import annotations
@@ -101,12 +104,18 @@ def _runs(shape: tuple[int, ...], pixels: np.ndarray, ids: np.ndarray) -> tuple[
 
 
 def split_concave_in_place(
-    labels: np.ndarray, pixels: np.ndarray, count: int, min_fill: float, neck: float, min_piece: int
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    count: int,
+    min_fill: float,
+    neck: float,
+    min_piece: int,
+    spacing: tuple[float, ...] | None = None,
 ) -> int:
     """Split the objects of ``labels`` (ids 1..``count``, int32, (H, W) or (Z, Y, X))
     that the module docstring describes, in place; ``pixels`` are the flat indices of
     all object pixels, increasing. Pieces after the first get ids ``count + 1``, ...
-    Returns the new highest id.
+    Returns the new highest id. ``spacing``: the voxel size per axis (``None``: cubes).
 
     The objects under ``min_fill`` are packed into one canvas (as the split at
     probability dips packs its candidates, :func:`.split.split_at_seeds`), where one
@@ -116,22 +125,27 @@ def split_concave_in_place(
     concave = (fills < min_fill) & (sizes >= 2 * max(min_piece, 1))
     concave[0] = False
 
+    sampling = None if spacing is None else tuple(size / spacing[-1] for size in spacing)
+
     def neck_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
-        return _centres(canvas, neck)
+        return _centres(canvas, neck, sampling)
 
     return split_at_seeds(labels, pixels, ids, np.flatnonzero(concave), count, neck_seeds, min_piece)
 
 
-def _centres(canvas: np.ndarray, neck: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _centres(
+    canvas: np.ndarray, neck: float, sampling: tuple[float, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distance transform of every object of ``canvas`` (int32 ids, objects at
     least 1 px apart), and the seeds of those with two or more centres that rise at
     least ``neck`` above the saddles between them: an int32 canvas of seed numbers
     1..n (h-maxima of the distance, all neighbours connected) and each seed's object.
 
     Objects 1 px apart in a canvas framed by background each see only their own
-    background as the nearest: their distances are those of each one alone."""
+    background as the nearest: their distances are those of each one alone.
+    ``sampling``: the length of a step along each axis (``None``: 1 px each)."""
     inside = canvas > 0
-    distance = ndimage.distance_transform_edt(np.pad(inside, 1))[(slice(1, -1),) * canvas.ndim]
+    distance = ndimage.distance_transform_edt(np.pad(inside, 1), sampling=sampling)[(slice(1, -1),) * canvas.ndim]
     floor = -(neck + 1.0)  # below every object's reconstruction: no value crosses the background
     raised = reconstruction(np.where(inside, distance - neck, floor), np.where(inside, distance, floor))
     every_neighbour = ndimage.generate_binary_structure(canvas.ndim, canvas.ndim)

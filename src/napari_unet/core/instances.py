@@ -52,29 +52,39 @@ def foreground(probabilities: np.ndarray, ndim: int = 2) -> np.ndarray:
 
 
 def probabilities_to_labels(
-    probabilities: np.ndarray, config: InstanceConfig | None = None, ndim: int = 2
+    probabilities: np.ndarray,
+    config: InstanceConfig | None = None,
+    ndim: int = 2,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """Instance labels int32 (..., H, W) from probabilities (..., K, H, W); see the module
     docstring for the steps (``config`` sets threshold, hole filling, minimum size and
     grow). ``ndim=3``: one labelling per volume (..., Z, Y, X), so an object keeps one
-    id across planes. Deterministic."""
+    id across planes; ``spacing`` (z, y, x): the voxel size, for the distances of the
+    split by shape (``None``: cubes). Deterministic."""
     config = config or InstanceConfig()
     probability = foreground(probabilities, ndim)
     labels = np.zeros(probability.shape, np.int32)
     for index in np.ndindex(*probability.shape[: probability.ndim - ndim]):
         plane = probability[index]
-        labels[index] = mask_to_labels(plane > config.threshold, config, plane)
+        labels[index] = mask_to_labels(plane > config.threshold, config, plane, spacing)
     return labels
 
 
-def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.ndarray | None = None) -> np.ndarray:
+def mask_to_labels(
+    mask: np.ndarray,
+    config: InstanceConfig,
+    probability: np.ndarray | None = None,
+    spacing: tuple[float, ...] | None = None,
+) -> np.ndarray:
     """Instance labels int32 (H, W) of one boolean foreground ``mask`` (H, W); a mask
     (Z, Y, X) gives 3D objects (6-connected, holes are 6-connected background
     regions that do not reach the volume's border, sizes in voxels).
 
     ``probability``: the foreground probability the mask was thresholded from (same
     shape); with it, objects are split at its dips as ``config.split`` says, without
-    it the mask's components are kept (``config.split`` is not used).
+    it the mask's components are kept (``config.split`` is not used). ``spacing``:
+    the voxel size per axis, for the split by shape (:mod:`.concave`).
 
     How the work is shared between the object pixels and a second thread: see the
     module docstring.
@@ -99,7 +109,7 @@ def mask_to_labels(mask: np.ndarray, config: InstanceConfig, probability: np.nda
                 np.put(filled, found.pixels, True)
                 pixels = np.flatnonzero(filled)
     if config.min_fill > 0:
-        count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece)
+        count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing)
     ids = np.take(labels, pixels)
     keep = np.bincount(ids, minlength=count + 1) >= config.min_size
     keep[0] = False

@@ -20,7 +20,7 @@ from .cpu_inference import CpuInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
 from .instances import probabilities_to_labels
-from .layout import channels_before_spatial
+from .layout import axes_at_minus3, channels_before_spatial
 from .memory import reuse_freed_memory
 from .model import UNet, snapshot
 from .progress import drive
@@ -319,6 +319,8 @@ def iter_segment(
     *,
     return_probabilities: bool = False,
     instances: InstanceConfig | None = None,
+    as_volume: bool = False,
+    spacing: tuple[float, float, float] | None = None,
     **options,
 ) -> Generator[TileProgress, None, np.ndarray | tuple[np.ndarray, np.ndarray]]:
     """Instance labels of ``image``, as a generator of :class:`TileProgress`.
@@ -328,10 +330,47 @@ def iter_segment(
     ``(*stack, Z, Y, X)``, one id per object across planes), or ``(labels,
     probabilities)`` with ``return_probabilities``; ``options`` as for
     :func:`iter_predict`.
+
+    ``as_volume`` (2D models, images with a stack axis): the planes are predicted one
+    by one as usual, then the last stack axis is taken as z and the probabilities of
+    each volume (*stack, Z, H, W) are labelled at once, in 3D (:func:`volume_labels`):
+    an object keeps one id across planes. The instance settings (sizes in pixels)
+    are used unchanged, as voxels; ``spacing``, the stack's voxel size (z, y, x),
+    makes the split by shape measure physical distances (``None``: cubes). A 3D
+    model's labelling takes the spacing the model was made for.
     """
+    if as_volume:
+        _check_volume_of_planes(model, image, options.get("channel_axis"), spacing)
+    elif spacing is not None:
+        raise ConfigError("spacing applies with as_volume (a 3D model brings its own)")
     probabilities = yield from iter_predict(model, image, **options)
-    labels = probabilities_to_labels(probabilities, instances or model.spec.instances, model.config.ndim)
+    instances = instances or model.spec.instances
+    if as_volume:
+        labels = volume_labels(probabilities, instances, spacing)
+    else:
+        labels = probabilities_to_labels(probabilities, instances, model.config.ndim, model.config.spacing)
     return (labels, probabilities) if return_probabilities else labels
+
+
+def _check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacing) -> None:
+    """Refuse ``as_volume`` for a 3D model, an image without a stack axis or a bad
+    ``spacing``, before any work."""
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+        raise ConfigError(f"spacing must be three positive voxel sizes (z, y, x), got {tuple(spacing)}")
+    if model.config.ndim == 3:
+        raise ConfigError("as_volume is for 2D models: a 3D model labels whole volumes already")
+    shape = tuple(getattr(image, "shape", None) or np.shape(image))
+    if len(axes_at_minus3(shape, model.config.in_channels, channel_axis)) < 4:
+        raise ConfigError(f"as_volume needs a stack of planes (Z, Y, X); this image (shape {shape}) is one plane")
+
+
+def volume_labels(
+    probabilities: np.ndarray, instances: InstanceConfig, spacing: tuple[float, float, float] | None = None
+) -> np.ndarray:
+    """Instance labels int32 (*stack, Z, H, W) of a 2D model's probabilities of a stack
+    of planes (*stack, Z, K, H, W), labelled as volumes (3D objects, 6-connected) of
+    voxels of ``spacing`` (z, y, x; ``None``: cubes)."""
+    return probabilities_to_labels(np.moveaxis(probabilities, -3, -4), instances, 3, spacing)
 
 
 def segment(
