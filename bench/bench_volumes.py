@@ -250,7 +250,7 @@ def main() -> None:
     if args.quick:
         args.minutes = 20 / 60
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    print_header(f"volumes: 3D U-Net vs 2D plane-wise + linking ({args.minutes:.3g} CPU min of training per model)")
+    print_header(f"volumes: 3D U-Net vs 2D plane-wise, linked or as a volume ({args.minutes:.3g} CPU min per model)")
     image, truth, spacing = load(args.downsample)
     annotation = sparse(truth, args.every)
     half = image.shape[1] // 2
