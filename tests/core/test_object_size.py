@@ -39,7 +39,25 @@ def test_volumes_count_voxels_and_their_faces():
     volume[3:5, 3:5, 3:5] = 2  # reaches the last plane: the volume's border
     assert complete_objects(volume).sizes.tolist() == [12]
     volume[3, 1, 1] = IGNORE_LABEL  # below object 1 along z
-    assert complete_objects(volume).sizes.size == 0
+    planes = complete_objects(volume)  # none complete in 3D: the objects complete within planes
+    assert planes.ndim == 2 and planes.sizes.tolist() == [6, 6, 4, 4]
+
+
+def test_a_volume_annotated_on_planes_is_fitted_to_its_planes_objects():
+    zz, yy, xx = np.indices((20, 40, 40))
+    balls = [((zz - 9) / 8) ** 2 + ((yy - y) / 9) ** 2 + ((xx - x) / 9) ** 2 <= 1 for y, x in ((11, 11), (27, 28))]
+    dense = (balls[0] * 1 + balls[1] * 2).astype(np.int32)
+    sparse = np.full_like(dense, IGNORE_LABEL)
+    sparse[5::4] = dense[5::4]  # planes 5, 9, 13, 17
+    found = complete_objects(sparse)
+    assert found.ndim == 2 and found.sizes.tolist() == [
+        int((plane == i).sum()) for plane in dense[5::4] for i in (1, 2) if (plane == i).any()
+    ]
+    assert complete_objects(dense).ndim == 3 and complete_objects(dense).sizes.tolist() == [b.sum() for b in balls]
+    fitted = fitted_instances(InstanceConfig(), [found])
+    assert fitted.min_piece == int(0.3 * np.median(found.sizes)) and fitted.min_fill > 0
+    both = fitted_instances(InstanceConfig(), [found, complete_objects(dense)])  # 3D objects are not mixed with areas
+    assert both == fitted_instances(InstanceConfig(), [complete_objects(dense)])
 
 
 def objects(sizes, fills=None, ndim=2):

@@ -9,7 +9,8 @@ boundaries stayed merged (:mod:`.concave` parts them by their shape). A fixed
 number of pixels cannot serve cells of 100 px and of 2000 px alike, nor one
 roundness round nuclei and bent rods, so training reads these off the objects the
 user annotated completely (those that touch neither the image border nor an
-unannotated pixel):
+unannotated pixel; in a volume annotated on a few planes, those complete within
+their plane, their areas counted as voxels):
 
 - the minimum object size: half the size below which 5% of them lie, never less than
   InstanceConfig's default;
@@ -67,8 +68,26 @@ class CompleteObjects:
 def complete_objects(labels: np.ndarray) -> CompleteObjects:
     """The objects of one annotated plane (H, W) or volume (Z, Y, X) that touch
     neither its border nor an unannotated pixel (``IGNORE_LABEL``, face neighbours).
-    0 is background."""
+    0 is background.
+
+    A volume annotated on a few planes (the rest -1) has no complete object in 3D;
+    then the objects complete within its planes stand for it (``ndim`` 2): their
+    areas are taken as voxel counts, as a 2D model's sizes are when it labels a stack
+    as a volume (:func:`napari_unet.core.predict.volume_labels`)."""
     labels = np.asarray(labels)
+    found = _complete_objects(labels)
+    if labels.ndim == 3 and found.sizes.size == 0:
+        planes = [_complete_objects(plane) for plane in labels]
+        return CompleteObjects(
+            np.concatenate([found.sizes, *(plane.sizes for plane in planes)]),
+            np.concatenate([found.fills, *(plane.fills for plane in planes)]),
+            ndim=2,
+        )
+    return found
+
+
+def _complete_objects(labels: np.ndarray) -> CompleteObjects:
+    """The objects complete within ``labels`` itself (a plane, or a volume in 3D)."""
     highest = int(labels.max(initial=0))
     if highest <= 0:
         return CompleteObjects.none(labels.ndim)
@@ -92,13 +111,16 @@ def fitted_instances(instances: InstanceConfig, objects: Sequence[CompleteObject
     """``instances`` with ``min_size``, ``min_piece``, ``min_fill`` and ``neck`` fitted
     to the complete objects (one record per annotated plane or volume, see
     :func:`complete_objects`) as the module docstring says; unchanged when no object
-    is complete (then there is nothing to go by)."""
-    sizes = np.concatenate([np.zeros(0, np.int64), *(o.sizes for o in objects)])
-    if sizes.size == 0:
+    is complete (then there is nothing to go by). Where some volumes have complete 3D
+    objects, planes' objects (of other, sparsely annotated volumes) are not mixed in."""
+    objects = [o for o in objects if o.sizes.size]
+    if not objects:
         return instances
+    ndim = max(o.ndim for o in objects)
+    objects = [o for o in objects if o.ndim == ndim]
+    sizes = np.concatenate([o.sizes for o in objects])
     fills = np.concatenate([o.fills for o in objects])
     median = float(np.median(sizes))
-    ndim = max(o.ndim for o in objects)
     radius = (median / math.pi) ** 0.5 if ndim == 2 else (3 * median / (4 * math.pi)) ** (1 / 3)
     return dataclasses.replace(
         instances,
