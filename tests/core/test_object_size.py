@@ -1,6 +1,7 @@
 """The minimum object size that training reads off the annotation."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
 from napari_unet.core.config import IGNORE_LABEL, InstanceConfig, TrainConfig
-from napari_unet.core.object_size import CompleteObjects, complete_objects, fitted_instances
+from napari_unet.core.object_size import CompleteObjects, complete_objects, fitted_instances, in_voxels
 from napari_unet.core.train import Trainer
 
 from .lazy import drawn_image, threshold_model
@@ -58,6 +59,21 @@ def test_a_volume_annotated_on_planes_is_fitted_to_its_planes_objects():
     assert fitted.min_piece == int(0.3 * np.median(found.sizes)) and fitted.min_fill > 0
     both = fitted_instances(InstanceConfig(), [found, complete_objects(dense)])  # 3D objects are not mixed with areas
     assert both == fitted_instances(InstanceConfig(), [complete_objects(dense)])
+    for_3d = fitted_instances(InstanceConfig(), [found], ndim=3, spacing=(0.5, 1.0, 1.0))
+    assert for_3d == in_voxels(fitted, (0.5, 1.0, 1.0)) and for_3d.min_piece > 5 * fitted.min_piece
+    assert fitted_instances(InstanceConfig(), [complete_objects(dense)], ndim=3) == both  # 3D objects: volumes already
+
+
+def test_areas_in_planes_become_the_volumes_of_balls_of_that_cross_section():
+    discs = InstanceConfig(min_size=int(math.pi * 25), min_piece=int(math.pi * 100), min_fill=0.9, neck=1.5)
+    cubes = in_voxels(discs)  # radius 5 and 10 px
+    assert cubes.min_size == pytest.approx(4 / 3 * math.pi * 125, rel=0.02)
+    assert cubes.min_piece == pytest.approx(4 / 3 * math.pi * 1000, rel=0.02)
+    assert (cubes.min_fill, cubes.neck) == (0.9, 1.5)  # shape and pixel lengths stay
+    close_planes = in_voxels(discs, (0.5, 1.0, 1.0))  # planes twice as close: twice the voxels
+    assert close_planes.min_piece == pytest.approx(2 * cubes.min_piece, rel=0.01)
+    fine_pixels = in_voxels(discs, (1.0, 0.5, 0.5))  # the same pixel areas are a quarter of the area in um^2
+    assert fine_pixels.min_piece == pytest.approx(cubes.min_piece / 2, rel=0.01)
 
 
 def objects(sizes, fills=None, ndim=2):

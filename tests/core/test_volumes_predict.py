@@ -13,6 +13,7 @@ from napari_unet.core.config import InstanceConfig
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.normalize import normalize
+from napari_unet.core.object_size import in_voxels
 from napari_unet.core.predict import PredictOptions, plan_for, volume_labels
 from napari_unet.core.tiling import extract_tile
 
@@ -138,7 +139,8 @@ def test_a_2d_model_labels_a_stack_as_one_volume(monkeypatch):
     ball = labels[1:5, 7, 7]
     assert (ball == ball[0]).all() and ball[0] > 0 and (labels[:2, 17, 17] == labels[0, 17, 17]).all()
     assert ball[0] != labels[0, 17, 17]
-    np.testing.assert_array_equal(labels, probabilities_to_labels(probabilities.transpose(1, 0, 2, 3), instances, 3))
+    volume = probabilities.transpose(1, 0, 2, 3)  # (K, Z, Y, X)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(volume, in_voxels(instances), 3))
     volumes = segment(model, np.zeros((2, 6, 24, 24), np.float32), instances=instances, as_volume=True)
     assert volumes.shape == (2, 6, 24, 24)  # a stack of volumes: each labelled on its own
     np.testing.assert_array_equal(volumes[1], labels)

@@ -10,7 +10,7 @@ number of pixels cannot serve cells of 100 px and of 2000 px alike, nor one
 roundness round nuclei and bent rods, so training reads these off the objects the
 user annotated completely (those that touch neither the image border nor an
 unannotated pixel; in a volume annotated on a few planes, those complete within
-their plane, their areas counted as voxels):
+their plane, whose areas :func:`in_voxels` turns into volumes):
 
 - the minimum object size: half the size below which 5% of them lie, never less than
   InstanceConfig's default;
@@ -71,9 +71,8 @@ def complete_objects(labels: np.ndarray) -> CompleteObjects:
     0 is background.
 
     A volume annotated on a few planes (the rest -1) has no complete object in 3D;
-    then the objects complete within its planes stand for it (``ndim`` 2): their
-    areas are taken as voxel counts, as a 2D model's sizes are when it labels a stack
-    as a volume (:func:`napari_unet.core.predict.volume_labels`)."""
+    then the objects complete within its planes stand for it (``ndim`` 2; their sizes
+    are areas, see :func:`in_voxels`)."""
     labels = np.asarray(labels)
     found = _complete_objects(labels)
     if labels.ndim == 3 and found.sizes.size == 0:
@@ -107,25 +106,50 @@ def _complete_objects(labels: np.ndarray) -> CompleteObjects:
     return CompleteObjects(sizes[complete].astype(np.int64), fills[complete], labels.ndim)
 
 
-def fitted_instances(instances: InstanceConfig, objects: Sequence[CompleteObjects]) -> InstanceConfig:
-    """``instances`` with ``min_size``, ``min_piece``, ``min_fill`` and ``neck`` fitted
-    to the complete objects (one record per annotated plane or volume, see
-    :func:`complete_objects`) as the module docstring says; unchanged when no object
-    is complete (then there is nothing to go by). Where some volumes have complete 3D
-    objects, planes' objects (of other, sparsely annotated volumes) are not mixed in."""
+def fitted_instances(
+    instances: InstanceConfig,
+    objects: Sequence[CompleteObjects],
+    ndim: int = 2,
+    spacing: tuple[float, float, float] | None = None,
+) -> InstanceConfig:
+    """``instances`` of a model of ``ndim`` (2 or 3) with ``min_size``, ``min_piece``,
+    ``min_fill`` and ``neck`` fitted to the complete objects (one record per annotated
+    plane or volume, see :func:`complete_objects`) as the module docstring says;
+    unchanged when no object is complete (then there is nothing to go by). Where some
+    volumes have complete 3D objects, planes' objects (of other, sparsely annotated
+    volumes) are not mixed in; a 3D model fitted to planes' objects gets their sizes
+    as volumes of voxels of ``spacing`` (:func:`in_voxels`)."""
     objects = [o for o in objects if o.sizes.size]
     if not objects:
         return instances
-    ndim = max(o.ndim for o in objects)
-    objects = [o for o in objects if o.ndim == ndim]
+    found = max(o.ndim for o in objects)
+    objects = [o for o in objects if o.ndim == found]
     sizes = np.concatenate([o.sizes for o in objects])
     fills = np.concatenate([o.fills for o in objects])
     median = float(np.median(sizes))
-    radius = (median / math.pi) ** 0.5 if ndim == 2 else (3 * median / (4 * math.pi)) ** (1 / 3)
-    return dataclasses.replace(
+    radius = (median / math.pi) ** 0.5 if found == 2 else (3 * median / (4 * math.pi)) ** (1 / 3)
+    fitted = dataclasses.replace(
         instances,
         min_size=max(InstanceConfig().min_size, int(SIZE_FRACTION * np.percentile(sizes, SIZE_PERCENTILE))),
         min_piece=int(PIECE_FRACTION * median),
         min_fill=round(min(MAX_FILL, float(np.percentile(fills, FILL_PERCENTILE))), 3),
         neck=round(max(MIN_NECK, NECK_FRACTION * radius), 2),
     )
+    return in_voxels(fitted, spacing) if ndim == 3 and found == 2 else fitted
+
+
+def in_voxels(instances: InstanceConfig, spacing: tuple[float, float, float] | None = None) -> InstanceConfig:
+    """``instances`` whose sizes are areas of objects in planes (pixels), for labelling
+    volumes of voxels of ``spacing`` (z, y, x; ``None``: cubes): ``min_size`` and
+    ``min_piece`` become the voxel counts of balls whose largest cross-sections have
+    those areas (an area of A px is a disc of radius R = sqrt(A * y * x / pi), a ball
+    of that radius holds 4/3 pi R^3 / (z * y * x) voxels). The shape split's fill and
+    neck (in pixels of the planes) stay as they are. For a 2D model labelling a stack
+    as a volume, and a 3D model fitted to the objects of annotated planes."""
+    z, y, x = spacing or (1.0, 1.0, 1.0)
+
+    def ball(area: int) -> int:
+        radius = math.sqrt(area * y * x / math.pi)
+        return int(4 / 3 * math.pi * radius**3 / (z * y * x))
+
+    return dataclasses.replace(instances, min_size=ball(instances.min_size), min_piece=ball(instances.min_piece))

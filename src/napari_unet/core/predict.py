@@ -23,6 +23,7 @@ from .instances import probabilities_to_labels
 from .layout import axes_at_minus3, channels_before_spatial
 from .memory import reuse_freed_memory
 from .model import UNet, snapshot
+from .object_size import in_voxels
 from .progress import drive
 
 log = logging.getLogger(__name__)
@@ -334,10 +335,11 @@ def iter_segment(
     ``as_volume`` (2D models, images with a stack axis): the planes are predicted one
     by one as usual, then the last stack axis is taken as z and the probabilities of
     each volume (*stack, Z, H, W) are labelled at once, in 3D (:func:`volume_labels`):
-    an object keeps one id across planes. The instance settings (sizes in pixels)
-    are used unchanged, as voxels; ``spacing``, the stack's voxel size (z, y, x),
-    makes the split by shape measure physical distances (``None``: cubes). A 3D
-    model's labelling takes the spacing the model was made for.
+    an object keeps one id across planes. ``spacing``, the stack's voxel size (z, y,
+    x; ``None``: cubes), turns the instance settings' sizes (areas in the planes) into
+    volumes (:func:`~napari_unet.core.object_size.in_voxels`) and makes the split by
+    shape measure physical distances. A 3D model's labelling takes the spacing the
+    model was made for.
     """
     if as_volume:
         _check_volume_of_planes(model, image, options.get("channel_axis"), spacing)
@@ -369,8 +371,9 @@ def volume_labels(
 ) -> np.ndarray:
     """Instance labels int32 (*stack, Z, H, W) of a 2D model's probabilities of a stack
     of planes (*stack, Z, K, H, W), labelled as volumes (3D objects, 6-connected) of
-    voxels of ``spacing`` (z, y, x; ``None``: cubes)."""
-    return probabilities_to_labels(np.moveaxis(probabilities, -3, -4), instances, 3, spacing)
+    voxels of ``spacing`` (z, y, x; ``None``: cubes) with the 2D ``instances``'
+    sizes made volumes (:func:`~napari_unet.core.object_size.in_voxels`)."""
+    return probabilities_to_labels(np.moveaxis(probabilities, -3, -4), in_voxels(instances, spacing), 3, spacing)
 
 
 def segment(

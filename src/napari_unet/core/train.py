@@ -159,7 +159,7 @@ class Trainer:
         (:mod:`napari_unet.core.object_size`); without any such object the model
         keeps its own."""
         spec = self.model.spec
-        fitted = fitted_instances(spec.instances, objects)
+        fitted = fitted_instances(spec.instances, objects, self.model.config.ndim, self.model.config.spacing)
         if fitted == spec.instances:
             return
         log.info(
