@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-volume",
         action="store_true",
         help="2D models on stacks (Z, Y, X): label the planes' probabilities as one volume, so that an object "
-        "keeps one id across planes (the model's sizes count voxels)",
+        "keeps one id across planes (the model's sizes, areas in its planes, become volumes of balls)",
     )
     segment.add_argument(
         "--spacing",
