@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .cli_args import (
     add_prediction_arguments,
+    add_spacing_argument,
     check_pairs,
     drive_tiles,
     instance_options,
@@ -261,15 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="2D models on stacks (Z, Y, X): label the planes' probabilities as one volume, so that an object "
         "keeps one id across planes (the model's sizes, areas in its planes, become volumes of balls)",
     )
-    segment.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="with --as-volume: the stack's voxel size, so that the split by shape measures physical distances "
-        "(default: from the TIFF metadata, else cubes)",
-    )
+    add_spacing_argument(segment, "with --as-volume: the stack's voxel size, for sizes and distances in 3D")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_prediction_arguments(segment)
     segment.set_defaults(run=cmd_segment)
@@ -286,14 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--w0", type=float, default=WeightMapConfig().w0)
     weights.add_argument("--sigma", type=float, default=WeightMapConfig().sigma)
     weights.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    weights.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="voxel size of 3D labels: physical distances (default: from the TIFF metadata, else isotropic)",
-    )
+    add_spacing_argument(weights, "the voxel size of 3D labels, for physical distances")
     weights.set_defaults(run=cmd_weights)
 
     evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")

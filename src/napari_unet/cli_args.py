@@ -76,6 +76,19 @@ def spacing_option(args: argparse.Namespace, path: Path, ndim: int) -> tuple[flo
     return read_spacing(path)
 
 
+def add_spacing_argument(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--spacing Z Y X``: a voxel size, for ``purpose`` (the help's first words); by
+    default the TIFF's metadata, else isotropic voxels (:func:`spacing_option`)."""
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help=f"{purpose} (default: from the TIFF metadata, else isotropic)",
+    )
+
+
 def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile",

@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from .cli_args import add_prediction_arguments, check_pairs, progress_bar, spacing_option, tile_option
+from .cli_args import (
+    add_prediction_arguments,
+    add_spacing_argument,
+    check_pairs,
+    progress_bar,
+    spacing_option,
+    tile_option,
+)
 from .core.checkpoint import ModelFileError, load_model, load_state
 from .core.config import AugmentConfig, ModelConfig, ModelSpec, TrainConfig, WeightMapConfig, default_model_config
 from .core.devices import resolve_device
@@ -272,14 +279,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="a new model for images (2, stacks plane by plane) or volumes (3: the 3D U-Net on (Z, Y, X))",
     )
-    add(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="voxel size of the volumes (default: from the TIFF metadata, else isotropic); with --ndim 3",
-    )
+    add_spacing_argument(parser, "with --ndim 3: the voxel size of the volumes")
     add("--batch-size", type=int, default=defaults.batch_size)
     add("--lr", type=float, default=None)
     add("--optimizer", choices=["adam", "sgd"], default=defaults.optimizer)
