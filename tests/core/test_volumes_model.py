@@ -77,20 +77,27 @@ def test_3d_flops_follow_the_plan():
     assert forward_flops(model.config, shape) == counter.get_total_flops()
 
 
-def test_fast_cpu_inference_of_a_3d_network_with_batch_norm_equals_the_module():
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("in_channels", "spacing"), [(2, (2.0, 1.0, 1.0)), (1, (2.0, 1.0, 1.0)), (1, None)])
+def test_fast_cpu_inference_of_a_3d_network_with_batch_norm_equals_the_module(in_channels, spacing, fused):
+    """Also with one input channel, whose first convolution runs over windows of planes
+    (3 planes, or 1 where the first level's kernel does not span z)."""
     torch.manual_seed(3)
-    model = UNet(ndim=3, spacing=(2.0, 1.0, 1.0), in_channels=2, n_classes=3, base_channels=3, depth=2, batch_norm=True)
+    config = dict(ndim=3, spacing=spacing, in_channels=in_channels, n_classes=3, base_channels=3, depth=2)
+    model = UNet(**config, batch_norm=True)
     model.train()
+    shape = (2, in_channels, 52, 52, 52) if spacing is None else (2, in_channels, 24, 52, 52)
     with torch.no_grad():
         for _ in range(3):  # running statistics that are not the identity
-            model(torch.randn(2, 2, 24, 52, 52) * 3 + 1)
+            model(torch.randn(shape) * 3 + 1)
     model.eval()
-    x = torch.randn(2, 2, 24, 52, 52)
+    x = torch.randn(shape)
     with torch.no_grad():
         expected = model(x)
-    fast = CpuInference(model, torch.float32, x.shape)
-    assert not fast.fused
-    np.testing.assert_allclose(fast(x).float().numpy(), expected.numpy(), atol=1e-4 * expected.abs().max().item())
+    fast = CpuInference(model, torch.float32, x.shape, fused=fused)
+    out = fast(x)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    np.testing.assert_allclose(out.float().numpy(), expected.numpy(), atol=1e-4 * expected.abs().max().item())
 
 
 def test_3d_config_is_checked():

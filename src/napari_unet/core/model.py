@@ -162,16 +162,26 @@ def max_pool(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
     return pool(x, tuple(factor))
 
 
-def run_plan(plan: Sequence[Layer], x: torch.Tensor, apply: Callable[[int, Layer, torch.Tensor], torch.Tensor]):
+def run_plan(
+    plan: Sequence[Layer],
+    x: torch.Tensor,
+    apply: Callable[[int, Layer, object], torch.Tensor],
+    *,
+    pool: Callable[[torch.Tensor, Sequence[int]], torch.Tensor] = max_pool,
+    join: Callable[[torch.Tensor, torch.Tensor], object] | None = None,
+):
     """Push ``x`` through ``plan``; ``apply(index, layer, x)`` computes the layers
-    with weights (conv, up, dropout), the plan itself pooling and concatenation."""
+    with weights (conv, up, dropout), the plan itself pooling (``pool(x, factor)``)
+    and the skip connections: ``join(skip, x)``, by default the skip's central window
+    concatenated before ``x`` along the channels, is what the next layer receives."""
     skips = []
     for index, layer in enumerate(plan):
         if layer.kind == POOL:
             skips.append(x)
-            x = max_pool(x, layer.factor)
+            x = pool(x, layer.factor)
         elif layer.kind == CONCAT:
-            x = torch.cat([center_crop(skips.pop(), x.shape[2:]), x], dim=1)
+            skip = skips.pop()
+            x = torch.cat([center_crop(skip, x.shape[2:]), x], dim=1) if join is None else join(skip, x)
         else:
             x = apply(index, layer, x)
     return x
