@@ -38,8 +38,9 @@ out first.
 Speed: inference of the CPU default 3D network on a 64x256x256 volume, in FLOP/s
 of its convolutions (``forward_flops`` over the tiles) divided by the machine's
 limit (the best large 3x3 convolution of bench_limits.py, bf16 where the CPU has
-it, else fp32), both measured in this run; peak resident memory during that
-prediction against the activation budget.
+it, else fp32), sampled right before and after each of ``--repeats`` predictions
+(the median run is shown, and every run's fraction); peak resident memory during
+the first prediction against the activation budget.
 """
 
 from __future__ import annotations
@@ -174,30 +175,39 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
     return labelled, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)"
 
 
-def speed(probe: LimitProbe, shape=(64, 256, 256)) -> list[str]:
-    """Inference of the CPU default 3D network on a random volume of ``shape``."""
+def speed(probe: LimitProbe, shape=(64, 256, 256), repeats: int = 3) -> list[str]:
+    """Inference of the CPU default 3D network on a random volume of ``shape``,
+    ``repeats`` times, each between two samples of the limit (the machine's speed
+    changes within minutes): the run with the median fraction of the limit, and every
+    run's fraction. Peak memory is that of the first run."""
     torch.manual_seed(0)
     model = nu.UNet.from_config(default_model_config("cpu", ndim=3)).eval()
     volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     precision = probe.limit.precision
     dtype = resolve_precision(precision, torch.device("cpu"))
-    release_kept_memory()
-    _reset_peak_memory()
-    before = _resident_bytes()
-    began = time.perf_counter()
-    progress = []
-    drive(iter_predict(model, volume, device="cpu", precision=precision), progress.append)
-    seconds = time.perf_counter() - began
-    peak = _peak_bytes()
-    plan = progress[-1].plan
-    network = progress[-1].network_seconds
-    batch = max(1, min(plan.n_tiles, _batch_of(progress)))
-    flops = sum(
-        forward_flops(model.config, (n, 1, *plan.tile))
-        for n in [batch] * (plan.n_tiles // batch) + ([plan.n_tiles % batch] if plan.n_tiles % batch else [])
-    )
-    limit = probe.sample()
-    achieved = flops / network
+    runs = []
+    for repeat in range(repeats):
+        release_kept_memory()
+        _reset_peak_memory()
+        before = _resident_bytes()
+        limit_before = probe.sample()
+        began = time.perf_counter()
+        progress = []
+        drive(iter_predict(model, volume, device="cpu", precision=precision), progress.append)
+        seconds = time.perf_counter() - began
+        limit = (limit_before + probe.sample()) / 2
+        if repeat == 0:
+            peak = _peak_bytes()
+            added = peak - before
+        plan = progress[-1].plan
+        batch = max(1, min(plan.n_tiles, _batch_of(progress)))
+        flops = sum(
+            forward_flops(model.config, (n, 1, *plan.tile))
+            for n in [batch] * (plan.n_tiles // batch) + ([plan.n_tiles % batch] if plan.n_tiles % batch else [])
+        )
+        achieved = flops / progress[-1].network_seconds
+        runs.append((achieved / limit, seconds, achieved, limit))
+    fraction, seconds, achieved, limit = sorted(runs)[len(runs) // 2]
     return [
         "x".join(map(str, shape)),
         f"{config_name(model.config)}",
@@ -206,8 +216,9 @@ def speed(probe: LimitProbe, shape=(64, 256, 256)) -> list[str]:
         f"{seconds:.1f}",
         f"{achieved / 1e9:.1f}",
         f"{limit / 1e9:.1f}",
-        f"{achieved / limit:.0%}",
-        f"{(peak - before) / 2**20:.0f} / {peak / 2**20:.0f}",
+        f"{fraction:.0%}",
+        ", ".join(f"{run[0]:.0%}" for run in runs),
+        f"{added / 2**20:.0f} / {peak / 2**20:.0f}",
         f"{CPU_TILE_BUDGET_BYTES / 2**20:.0f}",
     ]
 
@@ -246,6 +257,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", nargs="+", default=["a", "b", "speed"], choices=["a", "b", "speed"])
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 s of training")
+    parser.add_argument("--repeats", type=int, default=3, help="speed: predictions, each between two limit samples")
     args = parser.parse_args()
     if args.quick:
         args.minutes = 20 / 60
@@ -290,7 +302,7 @@ def main() -> None:
             limit = max(best(measure_limits(shapes=((64, 512),), repeats=3)).values(), key=lambda m: m.flop_per_s)
             probe = LimitProbe(limit)
             probe.sample()
-            speed_rows.append(speed(probe))
+            speed_rows.append(speed(probe, repeats=args.repeats))
     print(load_meter.describe())
     print()
     if rows:
@@ -298,7 +310,7 @@ def main() -> None:
         print(format_table(headers, rows))
         print()
     if speed_rows:
-        headers = ["volume", "model", "precision", "tiles", "s", "GFLOP/s", "limit GFLOP/s", "of limit"]
+        headers = ["volume", "model", "precision", "tiles", "s", "GFLOP/s", "limit GFLOP/s", "of limit", "each run"]
         headers += ["peak MiB (added / total)", "budget MiB"]
         print(format_table(headers, speed_rows))
 
