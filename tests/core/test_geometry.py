@@ -78,3 +78,19 @@ def test_best_tile_output_ratio_for_common_sizes():
 def test_budget_below_smallest_tile_is_a_clear_error():
     with pytest.raises(geometry.InvalidTileSize, match="allow more memory"):
         geometry.best_tile((512, 512), 4, 1000)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "ndim"),
+    [
+        ((256, 256), None, 2),
+        ((3, 256, 256), None, 2),  # the built-in stack sample: three unrelated planes
+        ((20, 64, 64), None, 2),  # cubic voxels: the CPU default 3D network sees 20 planes each side
+        ((21, 64, 64), None, 3),
+        ((8, 64, 64), (2.0, 1.0, 1.0), 2),  # z twice as coarse: it sees 8
+        ((9, 64, 64), (2.0, 1.0, 1.0), 3),
+        ((2, 21, 64, 64), None, 3),  # a leading channel or time axis does not count
+    ],
+)
+def test_3d_is_suggested_for_stacks_deeper_than_the_3d_networks_context(shape, spacing, ndim):
+    assert geometry.suggested_ndim(shape, spacing) == ndim

@@ -53,3 +53,17 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert tuple(result.scale) == (2.0, 1.0, 1.0)
     assert viewer.layers["stack probability"].data.shape == stack.shape
     assert segment.progress.value == segment.progress.max > 0
+
+
+def test_a_short_stack_gets_a_2d_network_suggested(viewer, session):
+    """The built-in stack sample (3 unrelated planes) is no volume for a 3D network."""
+    from napari_unet._sample_data import nuclei_stack
+
+    (image, _, _), _ = nuclei_stack()
+    short = viewer.add_image(image, name="short stack")
+    deep = viewer.add_image(np.zeros((24, 64, 64), np.float32), name="deep stack")
+    train = docked(viewer, TrainWidget(viewer, session))
+    train.image.value = deep
+    assert train.network.value == "3D"
+    train.image.value = short
+    assert train.network.value == "2D"

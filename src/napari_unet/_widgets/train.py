@@ -27,6 +27,7 @@ from .._session import Session
 from ..core.annotation import unsigned_max_warning
 from ..core.checkpoint import load_model
 from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_model_config
+from ..core.geometry import suggested_ndim
 from ..core.io import check_writable
 from ..core.model import UNet
 from ..core.threads import available_cores
@@ -243,10 +244,11 @@ class TrainWidget(DockWidget):
         self.tile.value = None
 
     def _suggest_network(self, *_) -> None:
-        """3D for stacks (an image layer with three or more spatial axes), else 2D."""
+        """3D for stacks deep enough for a 3D network at the layer's spacing, else 2D
+        (:func:`~napari_unet.core.geometry.suggested_ndim`)."""
         layer = self.image.value
         if layer is not None and self.model_source.value == "new":
-            self.network.value = "3D" if len(spatial_shape(layer)) >= 3 else "2D"
+            self.network.value = "3D" if suggested_ndim(spatial_shape(layer), self.spacing()) == 3 else "2D"
 
     def _on_network_changed(self, *_) -> None:
         """The CPU defaults of the chosen kind of network."""

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import ModelConfig
+from .config import ModelConfig, default_model_config
 from .errors import NapariUnetError
 from .model import POOL, Layer, layer_input_shapes, layer_plan
 
@@ -105,6 +105,18 @@ def margin(depth: Depth) -> int:
 def context(depth: Depth) -> int:
     """Context pixels each side of a tile's output (92 for depth 4)."""
     return margin(depth) // 2
+
+
+def suggested_ndim(spatial_shape: Sequence[int], spacing: Sequence[float] | None = None) -> int:
+    """3 for an image of shape (..., Z, Y, X) with more planes than the CPU default 3D
+    U-Net sees on each side of a voxel along z at ``spacing`` (its context: 20 planes
+    for cubic voxels, 8 where z is twice as coarse), else 2. With fewer planes most of
+    what a 3D network sees along z would be mirrored planes, and a short stack is as
+    often a series of unrelated images."""
+    if len(spatial_shape) < 3:
+        return 2
+    config = default_model_config("cpu", ndim=3, spacing=tuple(spacing) if spacing is not None else None)
+    return 3 if spatial_shape[-3] > context(model_axes(config)[0]) else 2
 
 
 def smallest_input(depth: Depth) -> int:
