@@ -103,7 +103,19 @@ def test_stack_counts_say_how_ids_are_counted():
     assert "ids unique across the stack" in AnnotationStats.of(unique).summary()
     repeated = np.stack([discs((30, 30), [(10, 10)], 4, fill=0)] * 3)
     text = AnnotationStats.of(repeated).summary()
-    assert "cells 3" in text and "ids repeat between planes: counted per plane" in text
+    assert "cells 3" in text and "ids repeat between planes: counted per plane, 1 distinct" in text
+
+
+def test_stack_counts_say_how_many_planes_are_annotated():
+    """A volume annotated on some planes: a plane with any annotated pixel counts, and
+    one with no -1 left is complete."""
+    stack = np.full((5, 30, 30), -1, np.int32)
+    stack[1] = discs((30, 30), [(10, 10)], 4, fill=0)  # complete
+    stack[3, 5:15, 5:15] = 1  # a cell painted, the rest of the plane unannotated
+    stats = AnnotationStats.of(stack)
+    assert stats.annotated_planes() == (2, 1)
+    assert "planes annotated 2 of 5 (1 complete: no -1 left)" in stats.summary()
+    assert "planes annotated" not in AnnotationStats.of(stack[1]).summary()
 
 
 def test_unsigned_labels_are_converted_and_the_dtype_maximum_is_warned_about():

@@ -92,6 +92,7 @@ def test_rest_of_this_plane_is_background_leaves_other_planes(viewer, qtbot):
     widget.rest_of_plane.clicked.emit()
     assert (layer.data[1] >= 0).all() and (layer.data[0] == -1).all() and (layer.data[2] == -1).all()
     assert "ids unique across the stack" in widget.counts.value
+    assert "planes annotated 1 of 3 (1 complete: no -1 left)" in widget.counts.value
 
 
 def test_unannotated_pixels_show_the_image_and_background_is_a_faint_tint(make_napari_viewer, qtbot):

@@ -342,6 +342,12 @@ class AnnotationStats:
             return sum(len(ids) for ids in per_plane.values())
         return len(set().union(*per_plane.values())) if per_plane else 0
 
+    def annotated_planes(self) -> tuple[int, int]:
+        """(planes with any annotated pixel, planes with no unannotated pixel left)."""
+        size = self.shape[-2] * self.shape[-1]
+        unannotated = [stats.values.get(IGNORE_LABEL, 0) for stats in self.planes.values()]
+        return sum(n < size for n in unannotated), sum(n == 0 for n in unannotated)
+
     def touching_count(self) -> int:
         return sum(len(stats.touching_pairs()) for stats in self.planes.values())
 
@@ -349,20 +355,22 @@ class AnnotationStats:
         return [(plane, pair) for plane, stats in self.planes.items() for pair in sorted(stats.bridged_pairs())]
 
     def summary(self) -> str:
-        """One or two lines: cells, background and unannotated shares, touching and
-        bridged pairs (and, for stacks, how ids are counted)."""
+        """A few lines: cells, background and unannotated shares, touching and bridged
+        pairs (and, for stacks, how ids are counted and how many planes are annotated)."""
         total = int(np.prod(self.shape)) or 1
         background = self.value_total(0) / total
         unannotated = self.value_total(IGNORE_LABEL) / total
         cells = self.cell_count()
         text = f"cells {cells}, background {_percent(background)} of the image, unannotated {_percent(unannotated)}"
         if len(self.shape) > 2:
-            rule = (
-                "ids repeat between planes: counted per plane"
-                if self.ids_repeat_between_planes()
-                else ("ids unique across the stack")
-            )
+            if self.ids_repeat_between_planes():
+                distinct = len(set().union(*self.cell_ids().values()))
+                rule = f"ids repeat between planes: counted per plane, {distinct} distinct"
+            else:
+                rule = "ids unique across the stack"
             text += f" ({rule})"
+            annotated, complete = self.annotated_planes()
+            text += f"\nplanes annotated {annotated} of {len(self.planes)} ({complete} complete: no -1 left)"
         text += f"\ntouching pairs {self.touching_count()}"
         bridged = len(self.bridged())
         if bridged:
