@@ -144,12 +144,13 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[list[str], list]:
     return cells, stats
 
 
-def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args) -> tuple[dict, str]:
+def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args) -> tuple[dict, str, np.ndarray]:
     """Train a new CPU default model until it has used ``args.minutes`` of this
     process's CPU time (on a shared machine wall time would measure the other jobs
     too), then segment ``test_image`` with the default post-processing ("") and
     without splitting touching objects ("split 0": the same probabilities); 2D
-    labels are linked into 3D objects."""
+    labels are linked into 3D objects. Returns the labels by way, the steps and the
+    probabilities."""
     torch.manual_seed(args.seed)
     config = default_model_config("cpu", ndim=ndim, spacing=spacing if ndim == 3 else None)
     model = nu.UNet.from_config(config)
@@ -172,7 +173,16 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
         labelled |= {
             f"as a volume {way}": volume_labels(probabilities, instances, spacing) for way, instances in ways.items()
         }
-    return labelled, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)"
+    return labelled, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)", probabilities
+
+
+def keep(folder: Path, probabilities: np.ndarray, truth: np.ndarray, labelled: dict) -> None:
+    """Save one model's test probabilities, the true labels and each way's labels (.npy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "probabilities.npy", probabilities)
+    np.save(folder / "truth.npy", truth)
+    for way, labels in labelled.items():
+        np.save(folder / f"labels_{way.strip().replace(' ', '_') or 'default'}.npy", labels)
 
 
 def speed(probe: LimitProbe, shape=(64, 256, 256), repeats: int = 3) -> list[str]:
@@ -257,6 +267,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", nargs="+", default=["a", "b", "speed"], choices=["a", "b", "speed"])
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 s of training")
+    parser.add_argument("--networks", nargs="+", default=["3d", "2d"], choices=["3d", "2d"])
+    parser.add_argument("--keep", type=Path, default=None, help="save probabilities, truth, labels in KEEP/PART_NDIM")
     parser.add_argument("--repeats", type=int, default=3, help="speed: predictions, each between two limit samples")
     args = parser.parse_args()
     if args.quick:
@@ -284,15 +296,19 @@ def main() -> None:
     with OtherLoad() as load_meter:
         if "a" in args.parts or "b" in args.parts:
             for part in [p for p in ("a", "b") if p in args.parts]:
-                for ndim in (3, 2):
+                for ndim in [n for n in (3, 2) if f"{n}d" in args.networks]:
                     if part == "a":
                         train_image, train_labels, test_image, test_truth = image, annotation, image, truth
                     else:
                         train_image, train_labels = image[:, :half], annotation[:, :half]
                         test_image, test_truth = image[:, half:], truth[:, half:]
                     began = time.perf_counter()
-                    preds, steps = train_and_segment(ndim, train_image, train_labels, test_image, spacing, args)
+                    preds, steps, probabilities = train_and_segment(
+                        ndim, train_image, train_labels, test_image, spacing, args
+                    )
                     seconds = f"{time.perf_counter() - began:.0f}"
+                    if args.keep:
+                        keep(args.keep / f"{part}_{ndim}d", probabilities, test_truth, preds)
                     for way, pred in preds.items():
                         cells, _ = scores(pred, test_truth)
                         name = f"({part}) {'3D U-Net' if ndim == 3 else '2D'} {way}".strip()
