@@ -46,6 +46,8 @@ the first prediction against the activation budget.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -144,13 +146,13 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[list[str], list]:
     return cells, stats
 
 
-def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args) -> tuple[dict, str, np.ndarray]:
+def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args) -> tuple[dict, str, np.ndarray, dict]:
     """Train a new CPU default model until it has used ``args.minutes`` of this
     process's CPU time (on a shared machine wall time would measure the other jobs
     too), then segment ``test_image`` with the default post-processing ("") and
     without splitting touching objects ("split 0": the same probabilities); 2D
-    labels are linked into 3D objects. Returns the labels by way, the steps and the
-    probabilities."""
+    labels are linked into 3D objects. Returns the labels by way, the steps, the
+    probabilities and the model's instance settings (as a dict)."""
     torch.manual_seed(args.seed)
     config = default_model_config("cpu", ndim=ndim, spacing=spacing if ndim == 3 else None)
     model = nu.UNet.from_config(config)
@@ -173,12 +175,15 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
         labelled |= {
             f"as a volume {way}": volume_labels(probabilities, instances, spacing) for way, instances in ways.items()
         }
-    return labelled, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)", probabilities
+    settings = dataclasses.asdict(model.spec.instances)
+    return labelled, f"{steps} in {cpu:.0f} CPU s ({wall:.0f} s)", probabilities, settings
 
 
-def keep(folder: Path, probabilities: np.ndarray, truth: np.ndarray, labelled: dict) -> None:
-    """Save one model's test probabilities, the true labels and each way's labels (.npy)."""
+def keep(folder: Path, probabilities: np.ndarray, truth: np.ndarray, labelled: dict, settings: dict) -> None:
+    """Save one model's test probabilities, the true labels and each way's labels
+    (.npy), and the model's instance settings (instances.json)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "instances.json").write_text(json.dumps(settings))
     np.save(folder / "probabilities.npy", probabilities)
     np.save(folder / "truth.npy", truth)
     for way, labels in labelled.items():
@@ -303,12 +308,12 @@ def main() -> None:
                         train_image, train_labels = image[:, :half], annotation[:, :half]
                         test_image, test_truth = image[:, half:], truth[:, half:]
                     began = time.perf_counter()
-                    preds, steps, probabilities = train_and_segment(
+                    preds, steps, probabilities, settings = train_and_segment(
                         ndim, train_image, train_labels, test_image, spacing, args
                     )
                     seconds = f"{time.perf_counter() - began:.0f}"
                     if args.keep:
-                        keep(args.keep / f"{part}_{ndim}d", probabilities, test_truth, preds)
+                        keep(args.keep / f"{part}_{ndim}d", probabilities, test_truth, preds, settings)
                     for way, pred in preds.items():
                         cells, _ = scores(pred, test_truth)
                         name = f"({part}) {'3D U-Net' if ndim == 3 else '2D'} {way}".strip()
