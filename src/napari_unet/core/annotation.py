@@ -327,20 +327,11 @@ class AnnotationStats:
             for plane, stats in self.planes.items()
         }
 
-    def ids_repeat_between_planes(self) -> bool:
-        seen: set[int] = set()
-        for ids in self.cell_ids().values():
-            if seen & ids:
-                return True
-            seen |= ids
-        return False
-
-    def cell_count(self) -> int:
-        """Cells, counted per plane when ids repeat between planes."""
-        per_plane = self.cell_ids()
-        if self.ids_repeat_between_planes():
-            return sum(len(ids) for ids in per_plane.values())
-        return len(set().union(*per_plane.values())) if per_plane else 0
+    def cell_totals(self) -> tuple[int, int]:
+        """(cells counted plane by plane, distinct ids over the whole stack): equal
+        unless ids repeat between planes. The first is the cell count shown."""
+        per_plane = list(self.cell_ids().values())
+        return sum(len(ids) for ids in per_plane), len(set().union(*per_plane))
 
     def annotated_planes(self) -> tuple[int, int]:
         """(planes with any annotated pixel, planes with no unannotated pixel left)."""
@@ -360,11 +351,10 @@ class AnnotationStats:
         total = int(np.prod(self.shape)) or 1
         background = self.value_total(0) / total
         unannotated = self.value_total(IGNORE_LABEL) / total
-        cells = self.cell_count()
+        cells, distinct = self.cell_totals()
         text = f"cells {cells}, background {_percent(background)} of the image, unannotated {_percent(unannotated)}"
         if len(self.shape) > 2:
-            if self.ids_repeat_between_planes():
-                distinct = len(set().union(*self.cell_ids().values()))
+            if cells > distinct:
                 rule = f"ids repeat between planes: counted per plane, {distinct} distinct"
             else:
                 rule = "ids unique across the stack"

@@ -18,6 +18,7 @@ from .model import (
     UP,
     Layer,
     UNet,
+    center_window,
     folded_weights,
     layer_input_shapes,
     max_pool,
@@ -108,15 +109,6 @@ def _pooled(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
     return pixels.movedim(-1, 1)
 
 
-def _cropped(skip: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """The central window of ``size`` of ``skip`` (N, C, *spatial), as a view."""
-    window = [slice(None), slice(None)]
-    for have, want in zip(skip.shape[2:], size):
-        before = (have - want) // 2
-        window.append(slice(before, before + want))
-    return skip[tuple(window)]
-
-
 class CpuInference:
     """Inference-only forward pass of a :class:`UNet` on the CPU, equal to
     ``model.eval()(x)`` (under autocast for bf16) up to floating-point rounding.
@@ -196,5 +188,5 @@ class CpuInference:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype).contiguous(memory_format=channels_last(x.ndim))
         return run_plan(
-            self.plan, x, self._apply_layer, pool=_pooled, join=lambda skip, up: (_cropped(skip, up.shape[2:]), up)
+            self.plan, x, self._apply_layer, pool=_pooled, join=lambda skip, up: (center_window(skip, up.shape[2:]), up)
         )

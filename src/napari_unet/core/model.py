@@ -150,10 +150,21 @@ def center_crop(features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     gradients add in one layout instead of a strided mix several times slower.
     """
     pads = []
-    for have, want in zip(reversed(features.shape[2:]), reversed(size)):
-        before = (have - want) // 2
-        pads += [-before, -(have - want - before)]
+    for before, after in reversed(_margins(features.shape[2:], size)):
+        pads += [-before, -after]
     return nn.functional.pad(features, pads)
+
+
+def center_window(features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The central window of :func:`center_crop` as a view (no copy; for inference)."""
+    spatial = features.shape[2:]
+    window = (slice(before, n - after) for (before, after), n in zip(_margins(spatial, size), spatial))
+    return features[(slice(None), slice(None), *window)]
+
+
+def _margins(have: Sequence[int], want: Sequence[int]) -> list[tuple[int, int]]:
+    """Per axis, what a centred window of ``want`` leaves before and after it in ``have``."""
+    return [((h - w) // 2, h - w - (h - w) // 2) for h, w in zip(have, want)]
 
 
 def max_pool(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
