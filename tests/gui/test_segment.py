@@ -18,6 +18,13 @@ def model_session(session):
     return session
 
 
+def segment_planes(widget, planes, wait_idle):
+    """Segment the widget's image with the "stacks" choice ``planes`` and wait."""
+    widget.planes.value = planes
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+
+
 def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, model_session, nuclei, wait_idle):
     image = viewer.add_image(nuclei[0], name="cells", scale=(2, 2), translate=(5, 5))
     widget = docked(viewer, SegmentWidget(viewer, model_session))
@@ -106,15 +113,11 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     viewer.dims.set_current_step(0, 1)
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     widget.image.value = image
-    widget.planes.value = "current plane"
-    widget.run_button.clicked.emit()
-    wait_idle(widget)
+    segment_planes(widget, "current plane", wait_idle)
     labels = viewer.layers["stack labels"].data
     assert labels.shape == (3, 50, 60)
     assert labels[0].max() == 0 and labels[2].max() == 0  # only plane 1 was segmented
-    widget.planes.value = "all planes"
-    widget.run_button.clicked.emit()
-    wait_idle(widget)
+    segment_planes(widget, "all planes", wait_idle)
     assert viewer.layers["stack labels"].data.shape == (3, 50, 60)
 
 
@@ -130,15 +133,11 @@ def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session
     image = viewer.add_image(stack, name="stack")
     widget = docked(viewer, SegmentWidget(viewer, session))
     widget.image.value = image
-    widget.planes.value = "all planes as a volume"
-    widget.run_button.clicked.emit()
-    wait_idle(widget)
+    segment_planes(widget, "all planes as a volume", wait_idle)
     labels = viewer.layers["stack labels"].data
     assert same_partition(labels, balls[0] * 1 + balls[1] * 2)  # one id per ball over all six planes
     assert widget.status.value == "stack labels: 2 objects"
-    widget.planes.value = "all planes"
-    widget.run_button.clicked.emit()
-    wait_idle(widget)
+    segment_planes(widget, "all planes", wait_idle)
     assert not same_partition(viewer.layers["stack labels"].data, labels)  # plane by plane: ids restart per plane
     widget.image.value = viewer.add_image(stack[2], name="one plane")
     widget.planes.value = "all planes as a volume"
