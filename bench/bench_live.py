@@ -169,7 +169,8 @@ def describe_gaps(gaps: np.ndarray, ends: np.ndarray, painted: np.ndarray, previ
     """Print how the event-loop gaps of the session are spread and, for the longest,
     how long after the latest paint stroke and preview (seconds) they ended."""
     print(
-        f"event-loop gaps: {len(gaps)} ticks, median {1000 * np.median(gaps):.0f} ms, 99th percentile "
+        f"event-loop gaps: {len(gaps)} ticks ({len(gaps) / gaps.sum():.0f} per second, of at most 100), "
+        f"median {1000 * np.median(gaps):.0f} ms, 99th percentile "
         f"{1000 * np.percentile(gaps, 99):.0f} ms, {int((gaps >= 0.1).sum())} of 100 ms or more"
     )
     for index in np.argsort(gaps)[::-1][:5]:

@@ -76,6 +76,7 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     assert not session.model.config.batch_norm  # live runs train the plain network (core.live.live_model)
     assert gc.get_freeze_count() == 0  # handed back to the collector
     assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
+    assert widget.step_label.value.startswith(f"step {widget.live.trainer.step},")  # the last step is shown
     assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
 
 
@@ -100,3 +101,21 @@ def test_a_preview_window_that_moves_leaves_nothing_behind(viewer, session):
     expected[second] = 7
     np.testing.assert_array_equal(np.asarray(layer.data), expected)
     assert viewer.layers.selection.active is annotation
+
+
+def test_steps_are_shown_at_a_readable_pace_and_an_annotation_problem_stays_until_the_next_edit(viewer, session, qtbot):
+    """Per-step progress goes to its own line, throttled (every widget change redraws
+    the whole window on a display without a GPU); a problem with the latest edit
+    stays in the status line while training goes on, until the user edits again."""
+    from napari_unet.core.live import AnnotationProblem
+    from napari_unet.core.train_events import StepProgress
+
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget._on_event(AnnotationProblem("the annotation holds no cell"))
+    for step in range(1, 41):
+        widget._on_event(StepProgress(step, 10**9, 0.5, 1e-3, step * 0.01, 4.0, 0.0, 0.0))
+    assert widget.step_label.value.startswith("step 1,")  # the first at once, the rest wait (test_throttle)
+    qtbot.waitUntil(lambda: widget.step_label.value.startswith("step 40,"), timeout=5000)  # the latest
+    assert "the annotation holds no cell" in widget.status.value
+    widget._send_edit()
+    assert "the annotation holds no cell" not in widget.status.value

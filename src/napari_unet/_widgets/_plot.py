@@ -1,8 +1,6 @@
-"""A light live loss plot (pyqtgraph), redrawn at most a few times a second."""
+"""A light live loss plot (pyqtgraph): steps are recorded as they come, drawn when asked."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pyqtgraph as pg
@@ -13,7 +11,7 @@ from qtpy.QtWidgets import QSizePolicy
 class LossPlot(pg.PlotWidget):
     """Training loss per step (faint) and its running mean (bold)."""
 
-    def __init__(self, min_interval: float = 0.2) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.setBackground(None)
         self.setMinimumHeight(140)
@@ -25,8 +23,6 @@ class LossPlot(pg.PlotWidget):
         self.smooth = self.plot(pen=pg.mkPen((255, 170, 0), width=2))
         self.steps: list[int] = []
         self.losses: list[float] = []
-        self.min_interval = min_interval
-        self._drawn = 0.0
 
     def sizeHint(self) -> QSize:
         """As tall as its minimum: in a short dock, room goes to the controls first."""
@@ -37,14 +33,12 @@ class LossPlot(pg.PlotWidget):
         self.losses.clear()
         self.redraw()
 
-    def add(self, step: int, loss: float, *, force: bool = False) -> None:
+    def record(self, step: int, loss: float) -> None:
+        """Keep a step's loss for the next :meth:`redraw`."""
         self.steps.append(step)
         self.losses.append(loss)
-        if force or time.monotonic() - self._drawn >= self.min_interval:
-            self.redraw()
 
     def redraw(self) -> None:
-        self._drawn = time.monotonic()
         self.raw.setData(self.steps, self.losses)
         if self.losses:
             window = max(1, min(25, len(self.losses) // 5))

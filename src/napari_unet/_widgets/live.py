@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, PushButton
 from napari.layers import Image, Labels
 
 from .._session import Session
@@ -21,11 +21,13 @@ from ._base import DockWidget
 from ._jobs import VIEWER_CORES
 from ._layers import EditWatcher, LayerError, image_data, labels_data, layer_named, layers_of, put_layer
 from ._runner import JobRunner
+from ._throttle import Throttle
 
 ACCEPT_KEY = "a"
 #: Planes up to this many pixels are previewed whole; larger ones around the camera.
 WHOLE_PLANE_PIXELS = 1024 * 1024
 WINDOW = 512
+RUNNING_MESSAGE = "live training: paint, erase or add cells; the preview follows"
 
 
 def live_job(save_path: Path, *args, stop, **kwargs):
@@ -86,11 +88,14 @@ class LiveTrainWidget(DockWidget):
         self.start_button = PushButton(text="Start live training")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.accept_button = PushButton(text="Accept all predicted objects in view")
+        self.step_label = Label(value="")
         controls = [self.image, self.annotation, self.preview_seconds, self.save_path]
-        self.extend([*controls, self.start_button, self.stop_button, self.accept_button, self.status])
+        self.extend([*controls, self.start_button, self.stop_button, self.accept_button, self.step_label, self.status])
         self.live: LiveTraining | None = None
         self.preview: LivePreview | None = None
         self._shown: LivePreview | None = None  # the preview the layer shows
+        self._problem: str | None = None  # why the latest edit could not be trained on
+        self._show_step = Throttle(self._show_step_now)
         self.runner = JobRunner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self._edits = EditWatcher(self._send_edit, self.native, delay_ms=300)
         self.start_button.changed.connect(self.guarded(self.start))
@@ -143,7 +148,13 @@ class LiveTrainWidget(DockWidget):
         x0 = int(np.clip(centre[1] - WINDOW // 2, 0, max(width - WINDOW, 0)))
         return (slice(y0, y0 + WINDOW), slice(x0, x0 + WINDOW))
 
+    def _show_step_now(self, event: StepProgress) -> None:
+        self.step_label.value = f"step {event.step}, loss {event.loss:.4f}"
+
     def _send_edit(self) -> None:
+        if self._problem is not None and self.status.value == self._problem:
+            self.status.value = RUNNING_MESSAGE  # this edit may mend it; if not, the problem comes back
+        self._problem = None
         if self.live is not None and self.runner.busy:
             self.live.update(np.asarray(self.annotation.value.data))
             self.live.look_at(self._view_window())
@@ -154,11 +165,12 @@ class LiveTrainWidget(DockWidget):
             event.look_at(self._view_window())
             self._send_edit()  # what was painted while it started
             self.session.set_model(event.model, "live training")
-            self.status.value = "live training: paint, erase or add cells; the preview follows"
+            self.status.value = RUNNING_MESSAGE
         elif isinstance(event, StepProgress):
-            self.status.value = f"live: step {event.step}, loss {event.loss:.4f}"
+            self._show_step(event)
         elif isinstance(event, AnnotationProblem):
-            self.status.value = f"⚠ {event.message} (training goes on with the previous annotation)"
+            self._problem = f"⚠ {event.message} (training goes on with the previous annotation)"
+            self.status.value = self._problem
         elif isinstance(event, LivePreview):
             self.preview = event
             self._show(event)
@@ -212,6 +224,7 @@ class LiveTrainWidget(DockWidget):
         self.status.value = f"accepted {count} predicted object(s)"
 
     def _on_done(self, live: LiveTraining) -> None:
+        self._show_step.flush()
         path = Path(self.save_path.value)
         self.session.set_model(live.model, f"live training ({live.trainer.step} steps)", path)
         self.status.value = f"stopped at step {live.trainer.step}; model saved to {path} and kept in the session"

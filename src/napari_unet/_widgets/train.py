@@ -48,6 +48,7 @@ from ._layers import (
     spatial_shape,
 )
 from ._plot import LossPlot
+from ._throttle import Throttle
 
 NETWORK_TIP = (
     "2D: the U-Net on planes (stacks plane by plane). 3D: the 3D U-Net on whole volumes, "
@@ -155,6 +156,7 @@ class TrainWidget(DockWidget):
         self.status.value = f"devices found: {', '.join(device_choices()[1:])}"
         self.validation_label = Label(value="")
         self.plot = LossPlot()
+        self._show_step = Throttle(self._show_step_now)
         self.advanced = group(
             "Advanced",
             self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic, self.zoom,
@@ -400,13 +402,8 @@ class TrainWidget(DockWidget):
             if not self.status.value.startswith("⚠"):
                 self.status.value = self._started_message
         elif isinstance(event, StepProgress):
-            self.progress.max = event.total_steps
-            self.progress.value = event.step
-            self.status.value = (
-                f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
-                f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
-            )
-            self.plot.add(event.step, event.loss, force=event.step == event.total_steps)
+            self.plot.record(event.step, event.loss)
+            self._show_step(event)
         elif isinstance(event, ValidationResult):
             self.validation_label.value = (
                 f"validation at step {event.step}: AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}"
@@ -419,9 +416,20 @@ class TrainWidget(DockWidget):
                 labels = display_labels(event.labels)
                 put_layer(self.viewer, f"{layer.name} preview", labels, "labels", layer, role="preview", visible=True)
 
+    def _show_step_now(self, event: StepProgress) -> None:
+        """Progress bar, status line and loss plot at ``event`` (throttled: ``_show_step``)."""
+        self.progress.max = event.total_steps
+        self.progress.value = event.step
+        self.status.value = (
+            f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
+            f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
+        )
+        self.plot.redraw()
+
     def _on_done(self, done: TrainingDone) -> None:
         trainer = done.trainer
         self.trainer = trainer
+        self._show_step.flush()
         self.plot.redraw()
         path = self._saving_to
         self.session.set_model(trainer.model, f"trained here ({trainer.step} steps)", path)
@@ -435,7 +443,9 @@ class TrainWidget(DockWidget):
             self.save_path.value = self._default_save
 
     def _on_error(self, message: str) -> None:
+        self._show_step.flush()
         self.status.value = f"⚠ {message}"
 
     def _on_idle(self) -> None:
+        self._show_step.flush()
         self._set_running(False)
