@@ -2,10 +2,11 @@
 
 On a display without a GPU (a laptop with software OpenGL, a virtual display) every
 change of any widget in napari's window redraws the whole window: a status line's
-new text held napari's event loop for 22-50 ms under Xvfb in a 1600x1000 window
-(the canvas redraw itself: 40-90 ms). Live training makes 5-10 steps a second, so
-writing every step into the status line kept the viewer busy for a fifth to a third
-of the time, and made a redraw more likely to fall right before a new preview's.
+new text held napari's event loop for 22-34 ms under Xvfb in a 1600x1000 window
+(a canvas redraw: 30-60 ms). Live training makes about 7 steps a second; with every
+step written into the status line, a 10 ms timer in the viewer ticked 54-60 times a
+second during bench/bench_live.py, and 72-76 times with the steps shown twice a
+second (two runs each, alternating).
 """
 
 from __future__ import annotations
