@@ -88,7 +88,7 @@ class LiveTrainWidget(DockWidget):
         self.start_button = PushButton(text="Start live training")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.accept_button = PushButton(text="Accept all predicted objects in view")
-        self.step_label = Label(value="")
+        self.step_label = Label(label="progress", value="")
         controls = [self.image, self.annotation, self.preview_seconds, self.save_path]
         self.extend([*controls, self.start_button, self.stop_button, self.accept_button, self.step_label, self.status])
         self.live: LiveTraining | None = None
