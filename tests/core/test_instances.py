@@ -136,9 +136,9 @@ def test_holes_are_filled_one_by_one_or_all_at_once_with_the_same_result(monkeyp
 
 
 @pytest.mark.parametrize("shape", [(120, 140), (20, 40, 50)])
-def test_a_second_thread_smooths_and_finds_holes_with_the_same_labels(monkeypatch, shape):
+def test_a_second_thread_smooths_and_finds_plateaus_and_holes_with_the_same_labels(monkeypatch, shape):
     """Large masks (and volumes) share the work with a helper thread (half of the
-    smoothing for the split, then the holes) while this one labels and splits the
+    smoothing for the split, then the peaks' plateaus and the holes) while this one labels and splits the
     objects: same labels as the serial order, and the helper did run; a process
     limited to one thread never starts it."""
     rng = np.random.default_rng(5)
@@ -156,6 +156,12 @@ def test_a_second_thread_smooths_and_finds_holes_with_the_same_labels(monkeypatc
     monkeypatch.setattr(
         split, "_smooth_blocks", lambda *a: (threads.append(("smooth", threading.get_ident())), smooth_blocks(*a))[1]
     )
+    plateaus = instances.peak_plateaus
+    monkeypatch.setattr(
+        instances,
+        "peak_plateaus",
+        lambda *a: (threads.append(("plateaus", threading.get_ident())), plateaus(*a))[1],
+    )
     monkeypatch.setattr(instances, "PARALLEL_PIXELS", 0)
     monkeypatch.setattr(split, "BLOCK_PIXELS", 64)  # several blocks to share
     torch_threads = torch.get_num_threads()
@@ -164,7 +170,7 @@ def test_a_second_thread_smooths_and_finds_holes_with_the_same_labels(monkeypatc
         for config, expected in zip(configs, serial):
             np.testing.assert_array_equal(mask_to_labels(mask, config, probability), expected)
         helper = {job for job, thread in threads if thread != threading.get_ident()}
-        assert helper == {"holes", "smooth"} and ("smooth", threading.get_ident()) in threads
+        assert helper == {"holes", "smooth", "plateaus"} and ("smooth", threading.get_ident()) in threads
         threads.clear()
         torch.set_num_threads(1)
         np.testing.assert_array_equal(mask_to_labels(mask, configs[0], probability), serial[0])

@@ -10,9 +10,9 @@ merging (none by default), and number them 1..n in raster order of their first
 pixels. After the labelling, each step works on the list of object pixels (a
 fraction of the image) or locally around a hole: no whole-image distance
 transform runs for a 1-px grow. On large images a second thread, when the
-process may use two cores, smooths half of the probability for the split and
-looks for the holes (which depend on the mask alone) while this one labels and
-splits the objects. Without the split by shape, the result equals the plain
+process may use two cores, smooths half of the probability for the split, then
+finds the plateaus of its peaks and the holes (both depend on the mask alone) while
+this one labels and splits the objects. Without the split by shape, the result equals the plain
 library formulation (whole-image ``binary_fill_holes`` and ``expand_labels``,
 and the recursive split) pixel for pixel, ties included (tests/reference.py).
 """
@@ -31,7 +31,7 @@ from skimage import segmentation
 from .concave import split_concave_in_place
 from .config import InstanceConfig
 from .regions import bounding_boxes
-from .split import smooth_foreground, split_in_place
+from .split import peak_plateaus, smooth_foreground, split_in_place
 
 #: Masks of at least this many pixels share the work with a second thread.
 PARALLEL_PIXELS = 1 << 17
@@ -95,12 +95,23 @@ def mask_to_labels(
     parallel = mask.size >= PARALLEL_PIXELS and torch.get_num_threads() > 1  # the process may use two cores
     with ThreadPoolExecutor(max_workers=1) if parallel else nullcontext() as helper:
         smooth = smooth_foreground(probability, helper) if split else None
+        pixels = np.flatnonzero(mask)  # the object pixels, in raster order
+        plateaus = None
+        if parallel and split:
+            plateaus = helper.submit(peak_plateaus, mask.shape, pixels, smooth, config.threshold, config.split)
         holes = helper.submit(find_holes, mask) if parallel and config.fill_holes else None
         labels, components = ndimage.label(mask, structure=_faces(mask.ndim))
         count = components
-        pixels = np.flatnonzero(mask)  # the object pixels, in raster order
         if split:
-            count = split_in_place(labels, pixels, smooth, config.threshold, config.split, config.min_piece)
+            count = split_in_place(
+                labels,
+                pixels,
+                smooth,
+                config.threshold,
+                config.split,
+                config.min_piece,
+                plateaus.result() if plateaus else None,
+            )
         if config.fill_holes:
             found = holes.result() if holes else find_holes(mask)
             if found is not None:

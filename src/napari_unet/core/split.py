@@ -122,12 +122,19 @@ def split_objects(
 
 
 def split_in_place(
-    labels: np.ndarray, pixels: np.ndarray, smooth: np.ndarray, threshold: float, depth: float, min_piece: int = 0
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    smooth: np.ndarray,
+    threshold: float,
+    depth: float,
+    min_piece: int = 0,
+    plateaus: tuple[np.ndarray, int] | None = None,
 ) -> int:
     """:func:`split_objects` in place: ``labels`` int32, ``pixels`` the flat indices
     of its object pixels in increasing order (the work is done on those, not on the
     whole image), ``smooth`` what :func:`smooth_foreground` gives for the
-    probability. Returns the largest id afterwards."""
+    probability. ``plateaus``: what :func:`peak_plateaus` gives for them, when
+    another thread has found it already. Returns the largest id afterwards."""
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
     levels = _levels(threshold, depth)
@@ -138,7 +145,9 @@ def split_in_place(
             values[place] = smooth[window]
         return (values, *_seeds(canvas, values, levels, depth))
 
-    candidates = _with_several_peaks(labels, pixels, ids, smooth, levels)
+    if plateaus is None:
+        plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold, depth)
+    candidates = _with_several_plateaus(*plateaus, pixels, ids)
     return split_at_seeds(labels, pixels, ids, candidates, largest, probability_seeds, min_piece)
 
 
@@ -205,12 +214,15 @@ def _levels(threshold: float, depth: float) -> list[float]:
     return levels
 
 
-def _with_several_peaks(
-    labels: np.ndarray, pixels: np.ndarray, ids: np.ndarray, smooth: np.ndarray, levels: list[float]
-) -> np.ndarray:
-    """Ids of the objects that can split: those holding two or more separate local
-    maxima of the level count (how many of ``levels`` a pixel is above). ``pixels``
-    are the object pixels (flat indices) and ``ids`` their objects.
+def peak_plateaus(
+    shape: tuple[int, ...], pixels: np.ndarray, smooth: np.ndarray, threshold: float, depth: float
+) -> tuple[np.ndarray, int]:
+    """The plateaus of local maxima of the level count inside the objects, labelled
+    (int32 of ``shape``, 0 elsewhere), and how many there are. The level count of a
+    pixel is how many of the split's levels (:func:`_levels` of ``threshold`` and
+    ``depth``) its ``smooth`` value is above; ``pixels`` are the object pixels (flat
+    indices, increasing). Needs the mask alone, not its labelling, so it can run on
+    another thread while the objects are labelled.
 
     A significant component at level k is above k levels, its face neighbours inside
     objects are not; so its highest pixel is a local maximum of the count, and the
@@ -219,23 +231,29 @@ def _with_several_peaks(
     """
     values = np.take(smooth, pixels)
     above = np.zeros(pixels.size, np.int8)  # how many levels lie below the value
-    for level in np.asarray(levels, np.float32):
+    for level in np.asarray(_levels(threshold, depth), np.float32):
         above += values > level
-    count = np.full(labels.shape, -1, np.int8)  # -1 outside objects
+    count = np.full(shape, -1, np.int8)  # -1 outside objects
     np.put(count, pixels, above)
     peaks = count >= 1
-    for axis in range(labels.ndim):
+    for axis in range(len(shape)):
         for target, neighbour in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
             here = (slice(None),) * axis + (target,)
             there = (slice(None),) * axis + (neighbour,)
             peaks[here] &= count[here] >= count[there]
-    faces = ndimage.generate_binary_structure(labels.ndim, 1)
-    plateaus, n_plateaus = ndimage.label(peaks, structure=faces)
+    return ndimage.label(peaks, structure=ndimage.generate_binary_structure(len(shape), 1))
+
+
+def _with_several_plateaus(plateaus: np.ndarray, n_plateaus: int, pixels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Ids of the objects that can split: those holding two or more of the
+    ``plateaus`` (:func:`peak_plateaus`). ``pixels`` are the object pixels (flat
+    indices) and ``ids`` their objects."""
     if n_plateaus < 2:
         return np.zeros(0, np.int64)
-    at_peak = np.take(peaks, pixels)  # every peak is an object pixel
+    on_plateau = np.take(plateaus, pixels)  # every plateau lies on object pixels
+    at_peak = on_plateau > 0
     owner = np.zeros(n_plateaus + 1, np.int64)
-    owner[np.take(plateaus, pixels[at_peak])] = ids[at_peak]
+    owner[on_plateau[at_peak]] = ids[at_peak]
     per_object = np.bincount(owner[1:], minlength=int(ids.max()) + 1)
     per_object[0] = 0
     return np.flatnonzero(per_object >= 2)
