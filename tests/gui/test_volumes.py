@@ -29,7 +29,7 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
 
     train = docked(viewer, TrainWidget(viewer, session))
     train.image.value, train.labels.value = image, labels
-    assert train.network.value == "3D"  # suggested for a stack
+    train.network.value = "3D"  # on a GPU it is suggested for a volume (test_the_network_suggested_for_a_stack...)
     assert train.spacing() == (2.0, 1.0, 1.0)  # from the layer's scale
     train.base_channels.value, train.depth.value = 2, 2
     train.batch_size.value, train.steps.value = 1, 3
@@ -55,15 +55,30 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert segment.progress.value == segment.progress.max > 0
 
 
-def test_a_short_stack_gets_a_2d_network_suggested(viewer, session):
-    """The built-in stack sample (3 unrelated planes) is no volume for a 3D network."""
+def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(viewer, session, monkeypatch):
+    """The built-in stack sample (3 unrelated planes) is no volume; a deep stack is,
+    and gets a 3D network where it trains on a GPU, a 2D one on a CPU with a line
+    saying how to get 3D objects from it. The Segment widget labels a volume as a
+    volume, other stacks plane by plane."""
     from napari_unet._sample_data import nuclei_stack
+    from napari_unet._widgets import train as train_module
+    from napari_unet._widgets.segment import ALL_PLANES, AS_VOLUME
 
     (image, _, _), _ = nuclei_stack()
     short = viewer.add_image(image, name="short stack")
     deep = viewer.add_image(np.zeros((24, 64, 64), np.float32), name="deep stack")
     train = docked(viewer, TrainWidget(viewer, session))
+    monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cpu"))
     train.image.value = deep
-    assert train.network.value == "3D"
+    assert train.network.value == "2D" and "all planes as a volume" in train.status.value
+    monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cuda"))
     train.image.value = short
     assert train.network.value == "2D"
+    train.image.value = deep
+    assert train.network.value == "3D"
+
+    segment = docked(viewer, SegmentWidget(viewer, session))
+    segment.image.value = deep
+    assert segment.planes.value == AS_VOLUME
+    segment.image.value = short
+    assert segment.planes.value == ALL_PLANES

@@ -69,6 +69,15 @@ def spatial_shape(layer: Image) -> tuple[int, ...]:
     return tuple(shape[:-1]) if layer.rgb else tuple(shape)
 
 
+def layer_spacing(layer: Image) -> tuple[float, ...] | None:
+    """The voxel spacing (z, y, x) of an image layer's stack: its scale (an RGB layer's
+    scale has no colour axis). ``None`` for a single plane or a scale that is not positive."""
+    if len(spatial_shape(layer)) < 3:
+        return None
+    scale = tuple(float(s) for s in layer.scale[-3:])
+    return scale if min(scale) > 0 else None
+
+
 def labels_data(layer: Labels | None, like: Image | None = None) -> np.ndarray:
     """The array of a labels layer, checked against an image layer's shape."""
     if layer is None:

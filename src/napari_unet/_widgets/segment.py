@@ -23,13 +23,14 @@ from napari.layers import Image
 from .._session import Session
 from ..core.checkpoint import ModelFileError, load_model
 from ..core.config import InstanceConfig
+from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
 from ._forms import scrolling
 from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
-from ._layers import LayerError, image_data, layers_of, put_layer, selection_kept, spatial_shape
+from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
@@ -117,6 +118,7 @@ class SegmentWidget(DockWidget):
         self.run_button.changed.connect(self.guarded(self.run))
         self.cancel_button.changed.connect(self.runner.stop)
         self.image.changed.connect(self._reset_progress)
+        self.image.changed.connect(self._suggest_stacks)
         self._on_model_changed()
         self._preselect()
 
@@ -134,6 +136,13 @@ class SegmentWidget(DockWidget):
             self.image.value = active
         elif images:
             self.image.value = images[-1]
+
+    def _suggest_stacks(self, *_) -> None:
+        """A volume (:func:`~napari_unet.core.geometry.is_volume` at the layer's scale)
+        is labelled as a volume by a 2D model, other stacks plane by plane."""
+        layer = self.image.value
+        if layer is not None:
+            self.planes.value = AS_VOLUME if is_volume(spatial_shape(layer), layer_spacing(layer)) else ALL_PLANES
 
     def _reset_progress(self, *_) -> None:
         self.progress.max = 1
@@ -209,7 +218,7 @@ class SegmentWidget(DockWidget):
             "tta": self.tta.value,
             "instances": self._instances(model),
             "as_volume": as_volume,
-            "spacing": tuple(float(size) for size in layer.scale[-3:]) if as_volume else None,
+            "spacing": layer_spacing(layer) if as_volume else None,
         }
         self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
 
