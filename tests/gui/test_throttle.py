@@ -28,3 +28,16 @@ def test_flush_shows_the_waiting_value_now_and_cancel_drops_it(qtbot):
     throttle.cancel()
     qtbot.wait(400)
     assert shown == ["a", "b"]
+
+
+def test_a_value_waiting_when_its_widget_closes_is_never_shown(qtbot):
+    from qtpy.QtWidgets import QWidget
+
+    widget = QWidget()
+    shown = []
+    throttle = Throttle(shown.append, interval=0.2, parent=widget)
+    throttle(1)
+    throttle(2)  # waits for the end of the interval
+    widget.deleteLater()  # the dock closes first
+    qtbot.wait(400)
+    assert shown == [1]

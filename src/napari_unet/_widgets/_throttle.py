@@ -27,14 +27,16 @@ class Throttle(Generic[T]):
     """Calls ``show`` with the latest value given, at most once every ``interval``
     seconds (main thread). A value that comes sooner waits for the end of the
     interval, and only the latest waiting one is shown then: the last value is never
-    lost. :meth:`flush` shows a waiting value now, :meth:`cancel` drops it."""
+    lost. :meth:`flush` shows a waiting value now, :meth:`cancel` drops it. With a
+    ``parent`` (the widget whose lines ``show`` writes) the timer goes with it: a
+    closed widget is never written to."""
 
-    def __init__(self, show: Callable[[T], None], interval: float = PROGRESS_INTERVAL) -> None:
+    def __init__(self, show: Callable[[T], None], interval: float = PROGRESS_INTERVAL, parent=None) -> None:
         self._show = show
         self._interval = interval
         self._waiting: tuple[T] | None = None  # a 1-tuple, so that None is a value too
         self._shown_at = -float("inf")
-        self._timer = QTimer()
+        self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.flush)
 

@@ -159,7 +159,7 @@ class TrainWidget(DockWidget):
         self.status.value = f"devices found: {', '.join(device_choices()[1:])}"
         self.validation_label = Label(value="")
         self.plot = LossPlot()
-        self._show_step = Throttle(self._show_step_now)
+        self._show_step = Throttle(self._show_step_now, parent=self.native)
         self.advanced = group(
             "Advanced",
             self.lr, self.batch_size, self.optimizer, self.tile, self.w0, self.sigma, self.elastic, self.zoom,
