@@ -1,5 +1,6 @@
 """Volumes in napari: annotate two planes of a stack, train a 3D U-Net, segment into one 3D labels layer."""
 
+import dask.array as da
 import numpy as np
 import torch
 
@@ -81,4 +82,7 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     segment.image.value = deep
     assert segment.planes.value == AS_VOLUME
     segment.image.value = short
+    assert segment.planes.value == ALL_PLANES
+    huge = viewer.add_image(da.zeros((30, 4096, 4096), np.uint16, chunks=(1, 1024, 1024)), name="huge stack")
+    segment.image.value = huge  # a volume, but one that streams plane by plane into a zarr store
     assert segment.planes.value == ALL_PLANES

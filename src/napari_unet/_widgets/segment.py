@@ -139,10 +139,12 @@ class SegmentWidget(DockWidget):
 
     def _suggest_stacks(self, *_) -> None:
         """A volume (:func:`~napari_unet.core.geometry.is_volume` at the layer's scale)
-        is labelled as a volume by a 2D model, other stacks plane by plane."""
+        is labelled as a volume by a 2D model, other stacks plane by plane; so are
+        stacks too large for memory, which go plane by plane into a zarr store."""
         layer = self.image.value
         if layer is not None:
-            self.planes.value = AS_VOLUME if is_volume(spatial_shape(layer), layer_spacing(layer)) else ALL_PLANES
+            volume = is_volume(spatial_shape(layer), layer_spacing(layer)) and not wants_store(layer, False)
+            self.planes.value = AS_VOLUME if volume else ALL_PLANES
 
     def _reset_progress(self, *_) -> None:
         self.progress.max = 1
