@@ -24,7 +24,8 @@ from .core.checkpoint import describe, load_model
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
-from .core.io import ImageFileError, check_writable, read_image, write_image
+from .core.geometry import is_volume
+from .core.io import ImageFileError, check_writable, read_image, read_spacing, write_image
 from .core.layout import ImageShapeError
 from .core.metrics import MatchStats
 from .core.predict import iter_segment
@@ -86,6 +87,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
     check_outputs([path for files in outputs for path in files.values()], args.overwrite)
     for path, files in zip(args.images, outputs):
         image = read_image(path)
+        if not args.as_volume:
+            _note_volume_planes(path, image, model)
         segmentation = iter_segment(
             model,
             image,
@@ -101,6 +104,18 @@ def cmd_segment(args: argparse.Namespace) -> None:
         if probabilities is not None:
             write_image(files["probabilities"], probabilities)
         print(f"{path}: {int(labels.max())} objects -> {files['labels']}")
+
+
+def _note_volume_planes(path: Path, image, model) -> None:
+    """One line on stderr when a 2D model is about to label a volume's planes one by
+    one (:func:`~napari_unet.core.geometry.is_volume` at the file's spacing)."""
+    single_channel = model.config.ndim == 2 and model.config.in_channels == 1 and image.ndim == 3
+    if single_channel and is_volume(image.shape, read_spacing(path)):
+        print(
+            f"napari-unet: {path} is a volume of {image.shape[0]} planes, labelled one plane at a time "
+            "(each numbers its objects from 1); add --as-volume for 3D objects across planes",
+            file=sys.stderr,
+        )
 
 
 def cmd_info(args: argparse.Namespace) -> None:

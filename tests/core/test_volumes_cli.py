@@ -116,3 +116,6 @@ def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files
     plain = [arg for arg in command if arg != "--as-volume"]
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--spacing", "0.5", "0.25", "0.25"]) == 2
     assert "--spacing Z Y X applies with --as-volume" in capsys.readouterr().err
+    assert main([*plain, "--out-dir", str(out), "--overwrite", "--precision", "fp32"]) == 0  # plane by plane
+    note = capsys.readouterr().err
+    assert "is a volume of 16 planes" in note and "add --as-volume" in note
