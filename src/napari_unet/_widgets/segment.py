@@ -32,7 +32,6 @@ from ._forms import scrolling
 from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
 from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
-from ._throttle import Throttle
 
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
 #: Save-dialog filters of the Export… button: (format, file suffix) each.
@@ -106,10 +105,7 @@ class SegmentWidget(DockWidget):
         self.extend([self.settings, self.run_button, self.cancel_button, self.progress, self.status])
         self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
         self.model_info.native.setWordWrap(True)
-        self._show_progress = Throttle(self._on_progress, parent=self.native)
-        self.runner = self.make_runner(
-            "segmentation", self._show_progress, self._on_done, self._on_idle, self._on_error
-        )
+        self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.export_button = PushButton(text="Export model…", tooltip="write the model for Fiji, bioimage.io, ONNX")
         self.insert(self.index(self.progress), self.export_button)
         self.export_runner = self.make_runner(
@@ -151,7 +147,6 @@ class SegmentWidget(DockWidget):
             self.planes.value = AS_VOLUME if volume else ALL_PLANES
 
     def _reset_progress(self, *_) -> None:
-        self._show_progress.cancel()
         self.progress.max = 1
         self.progress.value = 0
 
@@ -272,15 +267,12 @@ class SegmentWidget(DockWidget):
         self._placeholders = []
 
     def _on_progress(self, progress) -> None:
-        """The tile progress bar and a streamed store's layer at ``progress`` (throttled:
-        ``_show_progress``; small networks finish a tile every few tens of ms)."""
         self.progress.max = progress.total
         self.progress.value = progress.done
         if self._store_view is not None:
             self._store_view.update(progress)
 
     def _on_done(self, result: SegmentationDone | StoreDone | None) -> None:
-        self._show_progress.flush()
         if result is None:
             view = getattr(self, "_store_view", None)
             self.status.value = "cancelled" if view is None else f"cancelled: run again with store {view.out} to resume"
@@ -313,7 +305,6 @@ class SegmentWidget(DockWidget):
         self.status.value = f"{name}: {int(result.labels.max())} objects"
 
     def _on_error(self, message: str) -> None:
-        self._show_progress.flush()
         self.status.value = f"⚠ {message}"
         self._drop_placeholders()
 
