@@ -2,7 +2,7 @@
 
 On a display without a GPU (a laptop with software OpenGL, a virtual display) every
 change of any widget in napari's window redraws the whole window: a status line's
-new text held napari's event loop for 22-34 ms under Xvfb in a 1600x1000 window
+new text held napari's event loop for 29-51 ms under Xvfb in a 1600x1000 window
 (a canvas redraw: 30-60 ms). Live training makes about 7 steps a second; with every
 step written into the status line, a 10 ms timer in the viewer ticked 54-60 times a
 second during bench/bench_live.py, and 72-76 times with the steps shown twice a
