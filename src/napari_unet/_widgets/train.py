@@ -446,8 +446,7 @@ class TrainWidget(DockWidget):
     def _on_done(self, done: TrainingDone) -> None:
         trainer = done.trainer
         self.trainer = trainer
-        self._show_step.flush()
-        self.plot.redraw()
+        self._show_step.flush()  # the last step's progress and the whole loss curve
         path = self._saving_to
         self.session.set_model(trainer.model, f"trained here ({trainer.step} steps)", path)
         verb = "stopped" if done.stopped else "finished"

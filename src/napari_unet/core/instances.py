@@ -110,7 +110,7 @@ def mask_to_labels(
                 config.threshold,
                 config.split,
                 config.min_piece,
-                plateaus.result() if plateaus else None,
+                plateaus.result() if plateaus is not None else None,
             )
         if config.fill_holes:
             found = holes.result() if holes else find_holes(mask)
