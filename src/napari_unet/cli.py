@@ -26,7 +26,7 @@ from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
 from .core.io import ImageFileError, check_writable, read_image, read_spacing, write_image
-from .core.layout import ImageShapeError
+from .core.layout import ImageShapeError, axes_at_minus3
 from .core.metrics import MatchStats
 from .core.predict import iter_segment
 from .core.weights import separation_target, weight_map
@@ -88,7 +88,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     for path, files in zip(args.images, outputs):
         image = read_image(path)
         if not args.as_volume:
-            _note_volume_planes(path, image, model)
+            _note_volume_planes(path, image, model, args.channel_axis)
         segmentation = iter_segment(
             model,
             image,
@@ -106,13 +106,21 @@ def cmd_segment(args: argparse.Namespace) -> None:
         print(f"{path}: {int(labels.max())} objects -> {files['labels']}")
 
 
-def _note_volume_planes(path: Path, image, model) -> None:
+def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> None:
     """One line on stderr when a 2D model is about to label a volume's planes one by
-    one (:func:`~napari_unet.core.geometry.is_volume` at the file's spacing)."""
-    single_channel = model.config.ndim == 2 and model.config.in_channels == 1 and image.ndim == 3
-    if single_channel and is_volume(image.shape, read_spacing(path)):
+    one (:func:`~napari_unet.core.geometry.is_volume` at the file's spacing). The
+    image's axes are read as prediction reads them: an RGB picture is no volume, and
+    an image the model cannot take gets prediction's own error, not this note."""
+    if model.config.ndim != 2 or model.config.in_channels != 1:
+        return
+    try:
+        axes = axes_at_minus3(image.shape, 1, channel_axis)  # where (*stack, channel, H, W) come from
+    except ImageShapeError:
+        return
+    shape = tuple(image.shape[axis] for axis in axes[:-3] + axes[-2:])  # (*stack, H, W)
+    if len(shape) == 3 and is_volume(shape, read_spacing(path)):
         print(
-            f"napari-unet: {path} is a volume of {image.shape[0]} planes, labelled one plane at a time "
+            f"napari-unet: {path} is a volume of {shape[0]} planes, labelled one plane at a time "
             "(each numbers its objects from 1); add --as-volume for 3D objects across planes",
             file=sys.stderr,
         )

@@ -46,7 +46,8 @@ def test_stacks_and_channels_count_plane_by_plane():
         ([np.zeros((64, 64))], [np.full((64, 64), IGNORE_LABEL)], "annotations are empty"),
         ([np.zeros((64, 64))], [np.zeros((64, 64), int)], "hold no cells"),
         ([np.zeros((64, 64))], [np.full((64, 64), 0.5)], "must be integers"),
-        ([np.full((64, 64), np.nan)], [discs()[1]], "not finite"),
+        ([np.full((64, 64), np.nan)], [discs()[1]], "not finite.*replace them"),
+        ([np.zeros((2, 64, 64))], [discs()[1]], r"axis 0 of the image holds 2 channels.*--in-channels 2"),
     ],
 )
 def test_bad_training_data_says_what_to_change(images, labels, message):

@@ -119,3 +119,15 @@ def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--precision", "fp32"]) == 0  # plane by plane
     note = capsys.readouterr().err
     assert "is a volume of 16 planes" in note and "add --as-volume" in note
+
+
+def test_no_volume_note_for_an_rgb_picture(tmp_path, capsys):
+    """An RGB picture (H, W, 3) given to a 1-channel model gets prediction's error
+    alone, not a note calling it a volume of H planes first."""
+    torch.manual_seed(0)
+    save_model(UNet(base_channels=2, depth=2), tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((200, 64, 3), np.uint8), photometric="rgb")
+    command = ["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "rgb.tif"), "--out-dir", str(tmp_path)]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "is RGB" in err and "volume" not in err

@@ -80,6 +80,18 @@ def unannotated_value_warning(labels: np.ndarray) -> str | None:
     )
 
 
+def _channels_hint(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], in_channels: int) -> str:
+    """What to say when the labels match the image without one of its axes, of a
+    length other than the model's channel count: that axis may hold channels."""
+    for axis, length in enumerate(image_shape):
+        if length != in_channels and image_shape[:axis] + image_shape[axis + 1 :] == tuple(labels_shape):
+            return (
+                f". If axis {axis} of the image holds {length} channels, train a model for them "
+                f"(command line: --in-channels {length} --channel-axis {axis})"
+            )
+    return ""
+
+
 def _pair_planes(
     image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str, ndim: int = 2
 ):
@@ -95,6 +107,7 @@ def _pair_planes(
         raise TrainingDataError(
             f"{name}: labels of shape {labels.shape} do not match the image "
             f"(expected {expected} for image shape {np.shape(image)})"
+            + _channels_hint(np.shape(image), labels.shape, in_channels)
         )
     if labels.size and labels.min() < IGNORE_LABEL:
         raise TrainingDataError(f"{name}: label values below {IGNORE_LABEL} are not allowed")
@@ -143,7 +156,10 @@ def prepare(
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
             if not np.isfinite(plane).all():
-                raise TrainingDataError(f"{name}: the image holds NaN or infinite values (not finite)")
+                raise TrainingDataError(
+                    f"{name}: the image annotated here holds NaN or infinite values (not finite): "
+                    "replace them (e.g. with 0) before training"
+                )
             w = weight_map(
                 plane_labels,
                 weights.w0,
