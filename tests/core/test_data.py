@@ -55,6 +55,15 @@ def test_bad_training_data_says_what_to_change(images, labels, message):
         prep(images, labels)
 
 
+def test_one_image_may_be_given_without_a_list():
+    image, labels = discs()
+    (alone,) = prep(image, labels)
+    (listed,) = prep([image], [labels])
+    np.testing.assert_array_equal(alone.annotation, listed.annotation)
+    stack = prep(np.stack([image, image]), np.stack([labels, labels]))  # a stack is one image of two planes
+    assert len(stack) == 2
+
+
 def test_without_augmentation_a_sample_is_a_plain_crop():
     _, labels = discs((100, 100), centres=((30, 30), (50, 62), (75, 40)))
     position_coded = np.arange(100 * 100, dtype=np.float32).reshape(100, 100)

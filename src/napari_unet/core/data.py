@@ -80,6 +80,13 @@ def unannotated_value_warning(labels: np.ndarray) -> str | None:
     )
 
 
+def as_image_list(images) -> list:
+    """``images`` as a list of images: a single array (anything with a shape: numpy,
+    dask, zarr) is one image, and stays one (a stack is one image of several planes,
+    not a list of planes); a list or tuple is kept as it is."""
+    return [images] if hasattr(images, "shape") else list(images)
+
+
 def _channels_hint(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], in_channels: int) -> str:
     """What to say when the labels match the image without one of its axes, of a
     length other than the model's channel count: that axis may hold channels."""
@@ -130,7 +137,8 @@ def prepare(
     ndim: int = 2,
     spacing: Sequence[float] | None = None,
 ) -> list[PreparedPlane]:
-    """Prepare every annotated plane of ``images`` with ``labels``.
+    """Prepare every annotated plane of ``images`` with ``labels`` (lists, or one
+    array each: :func:`as_image_list`).
 
     ``images[i]`` is any layout accepted by prediction (stacks count plane by plane)
     and ``labels[i]`` has the same spatial shape (and stack axes): 0 background,
@@ -143,6 +151,7 @@ def prepare(
     3D weight map (physical distances for ``spacing``); unannotated planes (-1)
     simply weigh 0.
     """
+    images, labels = as_image_list(images), as_image_list(labels)
     if len(images) != len(labels):
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
     if not images:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import geometry
 from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
-from .data import SampleStream, default_tile_for, prepare
+from .data import SampleStream, as_image_list, default_tile_for, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
     any_process,
@@ -105,6 +105,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.layout = training_layout(self.device, model.config.ndim)
+        val_images, val_labels = as_image_list(val_images), as_image_list(val_labels)
         if len(val_images) != len(val_labels):
             raise ConfigError("give one validation label image per validation image")
         self.validation = list(zip(val_images, val_labels))
@@ -516,7 +517,8 @@ def iter_train(
     **kwargs,
 ) -> Generator[TrainEvent, None, TrainSummary]:
     """Train ``model`` in place, as a generator of progress events that returns a
-    :class:`TrainSummary`; stop early by closing it.
+    :class:`TrainSummary`; stop early by closing it. ``images`` and ``labels``: lists
+    of images and their annotations, or one of each (a stack is one image).
 
     ``config`` (default :class:`TrainConfig()`) with any of its fields given as
     keywords (``steps=500, device="cpu", seed=0``); the other keywords are
