@@ -12,6 +12,7 @@ from napari_unet.core import geometry
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import probabilities_to_labels
+from napari_unet.core.layout import ImageShapeError
 from napari_unet.core.normalize import normalize
 from napari_unet.core.object_size import in_voxels
 from napari_unet.core.predict import PredictOptions, plan_for, volume_labels
@@ -195,3 +196,8 @@ def test_labelling_as_a_volume_is_refused_before_any_work(model, image, message)
     run = iter_segment(model, image, as_volume=True)
     with pytest.raises(ConfigError, match=message):
         next(run)
+
+
+def test_an_rgb_volume_for_a_one_channel_3d_model_gets_the_rgb_message():
+    with pytest.raises(ImageShapeError, match="is RGB: use a model trained on RGB images"):
+        predict(small_3d(), np.zeros((8, 20, 20, 3), np.uint8))

@@ -131,10 +131,7 @@ def channels_before_spatial(
         return image[None]
     if in_channels == 1:
         if image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4) and image.shape[-2] > 4:
-            raise ImageShapeError(
-                f"the model expects 1 channel but the image (shape {image.shape}) looks RGB; "
-                "convert it to grayscale, or use a model trained on RGB images"
-            )
+            raise ImageShapeError(rgb_for_one_channel_message(image.shape))
         return np.expand_dims(image, -spatial_dims - 1)
     at = -spatial_dims - 1
     if image.ndim > spatial_dims and image.shape[-1] == in_channels and image.shape[at] != in_channels:
