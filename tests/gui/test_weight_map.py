@@ -1,6 +1,7 @@
 import numpy as np
 
 from napari_unet._widgets import WeightMapWidget
+from napari_unet._widgets._layers import ANNOTATION, ROLE
 from napari_unet.core.weights import separation_target, weight_map
 
 from .conftest import docked, paint_discs
@@ -32,6 +33,27 @@ def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
     weights = viewer.layers["stack weights"].data
     assert weights.shape == (2, 40, 40)
     np.testing.assert_allclose(weights[1], weight_map(labels[1]), atol=1e-6)
+
+
+def test_the_newest_annotation_is_chosen_when_none_is(viewer, wait_idle):
+    """Docked before or after the annotation exists, the widget offers it chosen, and
+    leaves a choice the user made alone; the selected layer stays the user's."""
+    image = viewer.add_image(np.zeros((40, 40), np.float32), name="img")
+    widget = docked(viewer, WeightMapWidget(viewer))
+    assert widget.labels.value is None
+    other = viewer.add_labels(np.zeros((40, 40), np.int32), name="other")
+    assert widget.labels.value is other  # the only labels layer
+    widget.labels.value = None
+    annotation = viewer.add_labels(paint_discs((40, 40), [(10, 10), (10, 21)], 5), name="img annotation")
+    annotation.metadata[ROLE] = ANNOTATION
+    viewer.add_labels(np.zeros((40, 40), np.int32), name="newer")
+    assert widget.labels.value is annotation  # an annotation before a newer plain labels layer
+    viewer.layers.selection.active = image
+    widget.compute.clicked.emit()
+    wait_idle(widget)
+    assert "img annotation weights" in viewer.layers and viewer.layers.selection.active is image
+    late = docked(viewer, WeightMapWidget(viewer))
+    assert late.labels.value is annotation
 
 
 def test_no_labels_layer_is_reported(viewer):

@@ -10,7 +10,7 @@ from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
-from ._layers import EditWatcher, labels_data, layers_of, put_layer
+from ._layers import ANNOTATION, EditWatcher, labels_data, layers_of, put_layer, role_of
 
 
 def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
@@ -58,6 +58,19 @@ class WeightMapWidget(DockWidget):
         for control in (self.w0, self.sigma, self.balance):
             control.changed.connect(lambda _value: self._edits.timer.start())
         self.labels.changed.connect(self._edits.watch)
+        self._preselect()
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._preselect()
+
+    def _preselect(self) -> None:
+        """When no layer is chosen: the newest annotation, else the newest labels layer."""
+        if self.labels.value is None:
+            layers = [layer for layer in self.labels.choices if layer is not None]
+            annotations = [layer for layer in layers if role_of(layer) == ANNOTATION]
+            if layers:
+                self.labels.value = (annotations or layers)[-1]
 
     @property
     def config(self) -> WeightMapConfig:
