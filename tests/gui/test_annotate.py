@@ -78,6 +78,16 @@ def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(a
     qtbot.waitUntil(lambda: widget.counts.value.startswith("cells 2,"), timeout=5000)
 
 
+def test_a_new_cell_right_after_a_stroke_gets_a_new_id(annotating):
+    """'New cell' pressed before the event loop has counted the last stroke (a fast
+    key press, a script) still moves past that stroke's id."""
+    widget, layer = annotating
+    for row in range(3):
+        layer.data_setitem(rect(10 + 20 * row, 10, 8, 8), layer.selected_label)
+        widget.new_cell.clicked.emit()  # no event-loop turn in between
+    assert layer.selected_label == 4 and set(np.unique(layer.data)) == {-1, 1, 2, 3}
+
+
 def test_rest_of_this_plane_is_background_leaves_other_planes(viewer, qtbot):
     image = viewer.add_image(np.zeros((3, 40, 40), np.float32), name="stack")
     widget = docked(viewer, AnnotateWidget(viewer))

@@ -218,6 +218,8 @@ class AnnotateWidget(DockWidget):
         layer.mode = "paint"
 
     def _largest_id(self, layer: Labels) -> int:
+        if self._queued and layer is self._layer:
+            self._count_edits()  # edits napari has written whose counting waits for the next turn
         if self.stats is not None and self._pending is None and layer is self._layer:
             ids = [value for stats in self.stats.planes.values() for value, n in stats.values.items() if n > 0]
             return max([0, *ids])
