@@ -279,3 +279,14 @@ def test_on_a_laptop_screen_the_settings_scroll_and_start_stays_in_view(viewer, 
     start = widget.start_button.native
     bottom = start.mapTo(window, start.rect().bottomLeft()).y()
     assert 0 < bottom < window.height()  # ...and Start is inside the window
+
+
+def test_the_warm_up_import_never_raises_in_its_thread(monkeypatch):
+    """napari closed during the background import of torch._dynamo ended that thread
+    with a traceback; the warm-up is only ahead-of-time work, so it keeps quiet."""
+
+    def failing(name):
+        raise RuntimeError(f"interpreter shutting down while importing {name}")
+
+    monkeypatch.setattr(train_widget.importlib, "import_module", failing)
+    assert train_widget._import_quietly("torch._dynamo") is None

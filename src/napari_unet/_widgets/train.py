@@ -77,10 +77,19 @@ def warm_up() -> threading.Thread:
     global _warm_up
     if _warm_up is None:
         _warm_up = threading.Thread(
-            target=importlib.import_module, args=("torch._dynamo",), name="napari-unet warm-up", daemon=True
+            target=_import_quietly, args=("torch._dynamo",), name="napari-unet warm-up", daemon=True
         )
         _warm_up.start()
     return _warm_up
+
+
+def _import_quietly(module: str) -> None:
+    """Import ``module`` ahead of time; a failure is left to the import that needs it
+    (napari closing during the import ends it with an error that is nobody's concern)."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # only a warm-up; a failed import leaves no module behind
+        return
 
 
 def free_model_path(folder: Path | None = None, stem: str = "model") -> Path:
