@@ -85,4 +85,8 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     assert segment.planes.value == ALL_PLANES
     huge = viewer.add_image(da.zeros((30, 4096, 4096), np.uint16, chunks=(1, 1024, 1024)), name="huge stack")
     segment.image.value = huge  # a volume, but one that streams plane by plane into a zarr store
-    assert segment.planes.value == ALL_PLANES
+    assert segment.planes.value == ALL_PLANES and not segment.planes.native.isHidden()
+    segment.image.value = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="rgb picture")
+    assert segment.planes.native.isHidden()  # no stack: nothing to choose
+    segment.image.value = short
+    assert not segment.planes.native.isHidden()

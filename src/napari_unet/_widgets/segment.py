@@ -140,8 +140,10 @@ class SegmentWidget(DockWidget):
     def _suggest_stacks(self, *_) -> None:
         """A volume (:func:`~napari_unet.core.geometry.is_volume` at the layer's scale)
         is labelled as a volume by a 2D model, other stacks plane by plane; so are
-        stacks too large for memory, which go plane by plane into a zarr store."""
+        stacks too large for memory, which go plane by plane into a zarr store. The
+        choice is shown for stacks only."""
         layer = self.image.value
+        self.planes.visible = layer is not None and len(spatial_shape(layer)) > 2
         if layer is not None:
             volume = is_volume(spatial_shape(layer), layer_spacing(layer)) and not wants_store(layer, False)
             self.planes.value = AS_VOLUME if volume else ALL_PLANES
