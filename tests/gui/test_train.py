@@ -42,8 +42,9 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     widget.preview_every.value = 3
     widget.zoom.value = 0.25
     tiny_settings(widget, tmp_path)
+    assert widget.plot.isHidden()  # an empty plot before the first run: the room goes to the settings
     widget.start_button.clicked.emit()
-    assert widget.runner.busy and not widget.start_button.enabled
+    assert widget.runner.busy and not widget.start_button.enabled and not widget.plot.isHidden()
     wait_idle(widget)
     assert session.model is widget.trainer.model and widget.trainer.step == 6
     assert widget.trainer.config.augment.zoom == 0.25

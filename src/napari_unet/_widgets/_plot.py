@@ -19,6 +19,8 @@ class LossPlot(pg.PlotWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
+        for side in ("bottom", "left"):  # plain numbers: a scale such as "(x0.001)" did not fit beside the axis
+            self.getAxis(side).enableAutoSIPrefix(False)
         self.raw = self.plot(pen=pg.mkPen((120, 120, 160), width=1))
         self.smooth = self.plot(pen=pg.mkPen((255, 170, 0), width=2))
         self.steps: list[int] = []

@@ -189,6 +189,7 @@ class TrainWidget(DockWidget):
             [self.settings, self.start_button, self.stop_button, self.progress, self.status, self.validation_label]
         )
         self.native.layout().addWidget(self.plot)
+        self.plot.hide()  # until the first run: before it, its room goes to the settings
         # The settings alone are taller than a 1366x768 laptop's screen leaves a dock;
         # they scroll, and Start, Stop, progress and status stay in view below them.
         self.settings_area = scrolling(self.settings, self.native.layout())
@@ -397,6 +398,7 @@ class TrainWidget(DockWidget):
             preview = image_data(self.preview_image.value)
         self.trainer = None
         self.plot.clear_data()
+        self.plot.show()
         self.progress.max = self.steps.value
         self.progress.value = 0
         self.validation_label.value = ""
