@@ -158,3 +158,23 @@ def test_dropping_a_foreign_package_explains_what_is_supported(viewer, tmp_path,
     with zipfile.ZipFile(plain, "w") as archive:
         archive.writestr("a.tif", b"")
     assert get_reader(str(plain)) is None
+
+
+def test_annotate_train_and_segment_docked_together_fit_a_laptop_screen(viewer):
+    """A 1366x768 screen: the three docks of the workflow, stacked, leave the window
+    no taller than the screen (it grew to 1045 px); each dock's settings scroll, while
+    the counts, buttons and progress that answer the user stay outside the scrolling part."""
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    annotate = docked(viewer, AnnotateWidget(viewer))
+    annotate.image.value = image
+    annotate.create.clicked.emit()
+    train = docked(viewer, TrainWidget(viewer))
+    segment = docked(viewer, SegmentWidget(viewer))
+    assert viewer.window._qt_window.minimumSizeHint().height() <= 768
+    for widget, area in ((annotate, annotate.controls_area), (train, train.settings_area)):
+        assert area.isAncestorOf(widget.image.native)
+    assert annotate.controls_area.isAncestorOf(annotate.new_cell.native)
+    for control in (annotate.counts, annotate.status, train.start_button, segment.run_button, segment.progress):
+        assert not annotate.controls_area.isAncestorOf(control.native)
+        assert not train.settings_area.isAncestorOf(control.native)
+        assert not segment.settings_area.isAncestorOf(control.native)

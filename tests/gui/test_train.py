@@ -275,6 +275,7 @@ def test_on_a_laptop_screen_the_settings_scroll_and_start_stays_in_view(viewer, 
     for control in (widget.start_button, widget.stop_button, widget.progress, widget.status):
         assert not area.isAncestorOf(control.native)
     window = viewer.window._qt_window
+    window.show()  # hidden widgets keep a default geometry: lay them out as on a screen
     window.resize(1366, 630)
     qtbot.waitUntil(lambda: area.verticalScrollBar().maximum() > 0)  # the settings scroll...
     start = widget.start_button.native

@@ -15,6 +15,13 @@ def group(title: str, *widgets) -> Container:
     return Container(widgets=[heading, box], labels=False)
 
 
+def side_by_side(*widgets) -> Container:
+    """Widgets in one row (e.g. Start and Stop): a stacked dock keeps its height."""
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
 class _SettingsArea(QScrollArea):
     """A frameless, vertically scrolling area as wide as its content needs (which
     grows once napari's style is applied), however short."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
@@ -33,6 +33,7 @@ from ..core.annotation import (
 )
 from ..core.config import IGNORE_LABEL
 from ._base import DockWidget
+from ._forms import scrolling
 from ._layers import (
     ANNOTATION,
     ROLE,
@@ -118,13 +119,17 @@ class AnnotateWidget(DockWidget):
         self.copy = PushButton(text="New annotation from segmentation")
         self.counts = Label(value="no annotation layer")
         self.counts.native.setWordWrap(True)
-        self.extend(
-            [
+        self.controls = Container(
+            widgets=[
                 self.image, self.create, self.annotation, self.new_cell, self.background, self.erase,
                 self.rest_of_plane, self.rest_of_image, self.brush_size, self.contours, self.show_touching,
-                self.source, self.copy, self.counts, self.status,
+                self.source, self.copy,
             ]
         )  # fmt: skip
+        self.extend([self.controls, self.counts, self.status])
+        # With Train and Segment docked below it on a laptop screen, the controls
+        # scroll; the counts and messages that answer each stroke stay in view.
+        self.controls_area = scrolling(self.controls, self.native.layout())
         self.rest_of_plane.visible = False
         self.create.changed.connect(self.guarded(self.create_annotation))
         self.new_cell.changed.connect(self.guarded(self.select_new_cell))

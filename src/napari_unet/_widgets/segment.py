@@ -28,7 +28,7 @@ from ..core.instances import foreground as probabilities_foreground
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
-from ._forms import scrolling
+from ._forms import scrolling, side_by_side
 from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
 from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
@@ -102,7 +102,7 @@ class SegmentWidget(DockWidget):
             ],
             labels=True,
         )  # fmt: skip
-        self.extend([self.settings, self.run_button, self.cancel_button, self.progress, self.status])
+        self.extend([self.settings, side_by_side(self.run_button, self.cancel_button), self.progress, self.status])
         self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
         self.model_info.native.setWordWrap(True)
         self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)

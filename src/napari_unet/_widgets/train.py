@@ -37,7 +37,7 @@ from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ._base import DockWidget
 from ._choices import device_choices, precision_choices, tile_choices
-from ._forms import group, scrolling
+from ._forms import group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     ANNOTATION,
@@ -186,7 +186,13 @@ class TrainWidget(DockWidget):
             labels=False,
         )  # fmt: skip
         self.extend(
-            [self.settings, self.start_button, self.stop_button, self.progress, self.status, self.validation_label]
+            [
+                self.settings,
+                side_by_side(self.start_button, self.stop_button),
+                self.progress,
+                self.status,
+                self.validation_label,
+            ]
         )
         self.native.layout().addWidget(self.plot)
         self.plot.hide()  # until the first run: before it, its room goes to the settings
