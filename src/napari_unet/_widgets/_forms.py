@@ -16,7 +16,7 @@ def group(title: str, *widgets) -> Container:
 
 
 def side_by_side(*widgets) -> Container:
-    """Widgets in one row (e.g. Start and Stop): a stacked dock keeps its height."""
+    """Widgets in one row (e.g. Start and Stop), so that a dock among several stays short."""
     row = Container(widgets=list(widgets), layout="horizontal", labels=False)
     row.margins = (0, 0, 0, 0)
     return row
