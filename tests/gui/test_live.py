@@ -2,8 +2,10 @@ import gc
 import time
 
 import numpy as np
+import pytest
 
 from napari_unet._widgets import LiveTrainWidget
+from napari_unet._widgets._layers import ANNOTATION, ROLE, LayerError
 from napari_unet.core.config import IGNORE_LABEL
 
 from ..core.test_live import partial_annotation
@@ -66,6 +68,8 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
         changed = after != before
         np.testing.assert_array_equal(changed, preview == target)
         assert len(np.unique(after[changed])) == 1 and after[changed][0] == before.max() + 1
+        with pytest.raises(LayerError, match="annotated already"):  # the same object again: said, not silent
+            widget.accept_under_cursor()
 
     # probe the event loop for a while during training, however fast the steps above went
     qtbot.waitUntil(lambda: len(gaps) > 50, timeout=60_000)
@@ -78,6 +82,17 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
     assert widget.step_label.value.startswith(f"step {widget.live.trainer.step},")  # the last step is shown
     assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+def test_the_image_and_its_annotation_are_chosen_as_in_train(viewer, session):
+    """Opened with an image and its annotation in the viewer, Live starts with both
+    chosen (it used to start empty and ask for an image that was open)."""
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="cells")
+    viewer.add_image(np.zeros((32, 32), np.float32), name="other")
+    annotation = viewer.add_labels(np.full((64, 64), IGNORE_LABEL, np.int16), name="cells annotation")
+    annotation.metadata[ROLE] = ANNOTATION
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    assert widget.image.value is image and widget.annotation.value is annotation
 
 
 def test_a_preview_window_that_moves_leaves_nothing_behind(viewer, session):

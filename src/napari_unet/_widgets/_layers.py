@@ -45,6 +45,44 @@ def layers_of(viewer, kind: type[Layer], allow: Iterable[str] = ()) -> list[tupl
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind) and role_of(layer) not in hidden]
 
 
+def annotations_for(viewer, image: Image, candidates) -> list[Labels]:
+    """Labels layers among ``candidates`` (a ComboBox's choices) on ``image``'s grid:
+    annotations before other labels, those named after the image first, newest first."""
+    shape = spatial_shape(image)
+    found = [layer for layer in candidates if layer is not None and layer.data.shape == shape]
+    layers = list(viewer.layers)
+    return sorted(
+        found,
+        key=lambda layer: (
+            role_of(layer) != ANNOTATION,
+            not layer.name.startswith(image.name),
+            -(layers.index(layer) if layer in layers else 0),
+        ),
+    )
+
+
+def choose_pair(viewer, image_choice, labels_choice) -> None:
+    """Choose the obvious image and annotation in two ComboBoxes when no image is
+    chosen yet: the newest image with an annotation on its grid (else the newest
+    image), and that annotation (:func:`match_annotation`)."""
+    if image_choice.value is None:
+        images = [layer for layer in image_choice.choices if layer is not None]
+        annotated = [image for image in images if annotations_for(viewer, image, labels_choice.choices)]
+        if annotated or images:
+            image_choice.value = (annotated or images)[-1]
+    match_annotation(viewer, image_choice, labels_choice)
+
+
+def match_annotation(viewer, image_choice, labels_choice) -> None:
+    """Choose the chosen image's annotation unless the chosen labels already fit its grid."""
+    image, labels = image_choice.value, labels_choice.value
+    if image is None or (labels is not None and labels.data.shape == spatial_shape(image)):
+        return
+    matches = annotations_for(viewer, image, labels_choice.choices)
+    if matches:
+        labels_choice.value = matches[0]
+
+
 def unique_name(viewer, base: str) -> str:
     """``base``, or ``base 2``, ``base 3``, ... whichever is not a layer name yet."""
     names = {layer.name for layer in viewer.layers}

@@ -19,7 +19,17 @@ from ..core.threads import use_threads
 from ..core.train_events import StepProgress
 from ._base import DockWidget
 from ._jobs import VIEWER_CORES
-from ._layers import EditWatcher, LayerError, image_data, labels_data, layer_named, layers_of, put_layer
+from ._layers import (
+    EditWatcher,
+    LayerError,
+    choose_pair,
+    image_data,
+    labels_data,
+    layer_named,
+    layers_of,
+    match_annotation,
+    put_layer,
+)
 from ._runner import JobRunner
 from ._throttle import Throttle
 
@@ -101,6 +111,12 @@ class LiveTrainWidget(DockWidget):
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
         self.accept_button.changed.connect(self.guarded(self.accept_in_view))
+        self.image.changed.connect(lambda _image: match_annotation(self.viewer, self.image, self.annotation))
+        choose_pair(self.viewer, self.image, self.annotation)
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        choose_pair(self.viewer, self.image, self.annotation)
 
     def _model(self, in_channels: int) -> UNet:
         model = self.session.model
@@ -209,9 +225,10 @@ class LiveTrainWidget(DockWidget):
             raise LayerError("no predicted object under the cursor")
         data = np.array(layer.data)
         new_id = accept_object(data, preview, int(preview[y, x]))
-        if new_id:
-            layer.data = data
-            self.status.value = f"accepted the object as cell {new_id}"
+        if not new_id:
+            raise LayerError("the object under the cursor lies on pixels you have annotated already")
+        layer.data = data
+        self.status.value = f"accepted the object as cell {new_id}"
 
     def accept_in_view(self) -> None:
         """Accept every predicted object that lies on unannotated pixels."""

@@ -40,14 +40,14 @@ from ._choices import device_choices, precision_choices, tile_choices
 from ._forms import group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
-    ANNOTATION,
     LayerError,
+    choose_pair,
     image_data,
     labels_data,
     layer_spacing,
     layers_of,
+    match_annotation,
     put_layer,
-    role_of,
     spatial_shape,
 )
 from ._plot import LossPlot
@@ -221,35 +221,12 @@ class TrainWidget(DockWidget):
         super().reset_choices()
         self._preselect()
 
-    def _annotations_for(self, image: Image) -> list[Labels]:
-        """Labels layers (among the choices) on ``image``'s grid, annotations made for it first."""
-        shape = spatial_shape(image)
-        found = [layer for layer in self.labels.choices if layer is not None and layer.data.shape == shape]
-        return sorted(
-            found,
-            key=lambda layer: (role_of(layer) != ANNOTATION, not layer.name.startswith(image.name), -self._age(layer)),
-        )
-
-    def _age(self, layer) -> int:
-        return list(self.viewer.layers).index(layer) if layer in self.viewer.layers else 0
-
     def _preselect(self) -> None:
-        """Choose the obvious pair when nothing is chosen yet: the newest image that
-        has an annotation on its grid, and that annotation."""
-        if self.image.value is None:
-            images = [layer for layer in self.image.choices if layer is not None]
-            annotated = [image for image in images if self._annotations_for(image)]
-            if annotated or images:
-                self.image.value = (annotated or images)[-1]
-        self._match_annotation()
+        """Choose the obvious image and annotation when no image is chosen (:func:`choose_pair`)."""
+        choose_pair(self.viewer, self.image, self.labels)
 
     def _match_annotation(self, *_) -> None:
-        image = self.image.value
-        if image is None or (self.labels.value is not None and self.labels.value.data.shape == spatial_shape(image)):
-            return
-        matches = self._annotations_for(image)
-        if matches:
-            self.labels.value = matches[0]
+        match_annotation(self.viewer, self.image, self.labels)
 
     def _prepare_preview(self, layer: Image | None) -> None:
         """Add the (hidden, empty) preview layer as soon as a preview image is chosen:
