@@ -168,10 +168,14 @@ def test_bad_input_is_reported(viewer, session, tmp_path):
     widget.image.value = viewer.add_image(np.zeros((20, 20)), name="img")
     widget.run_button.clicked.emit()
     assert "no model in this session" in widget.status.value
+    widget.model_source.value = "file"  # before any file is chosen: asked for, not "'.' is a folder"
+    assert widget.model_info.value.startswith("choose a model file")
+    widget.run_button.clicked.emit()
+    assert "choose a model file" in widget.status.value and not widget.runner.busy
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 100)
-    widget.model_source.value = "file"
     widget.model_file.value = corrupt
+    assert widget.status.value == ""  # the message about no file is gone with the choice
     widget.run_button.clicked.emit()
     assert "corrupt.safetensors" in widget.status.value and not widget.runner.busy
 

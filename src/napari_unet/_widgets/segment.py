@@ -34,6 +34,7 @@ from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
+NO_FILE = "choose a model file (.safetensors, or a bioimage.io .zip)"
 #: Save-dialog filters of the Export… button: (format, file suffix) each.
 EXPORT_FILTERS = {
     "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
@@ -56,6 +57,7 @@ class SegmentWidget(DockWidget):
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")
         self.model_info = Label(value=self.session.describe())
         self._file_model = None
+        self._model_choice: tuple[str, str] | None = None  # (source, file) the model info describes
         self._placeholders = []
         # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
         self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self._model_depth()), value=None)
@@ -155,7 +157,13 @@ class SegmentWidget(DockWidget):
     def _on_model_changed(self, *_) -> None:
         """Describe the chosen model and offer the tile sizes valid for its depth."""
         self._file_model = None
-        if self.model_source.value == "file":
+        choice = (self.model_source.value, str(self.model_file.value))
+        if choice != self._model_choice and self.status.value.startswith("⚠"):
+            self.status.value = ""  # said of the model chosen before
+        self._model_choice = choice
+        if self.model_source.value == "file" and self._chosen_file() is None:
+            self.model_info.value = NO_FILE
+        elif self.model_source.value == "file":
             try:
                 self._file_model = load_model(self.model_file.value)
                 self.model_info.value = f"file {Path(self.model_file.value).name}"
@@ -176,8 +184,15 @@ class SegmentWidget(DockWidget):
         model = self._file_model if self.model_source.value == "file" else self.session.model
         return model.config.depth if model is not None else 4
 
+    def _chosen_file(self) -> Path | None:
+        """The model file chosen, or None while the field is empty (magicgui reads it as '.')."""
+        value = str(self.model_file.value).strip()
+        return None if value in ("", ".") else Path(value)
+
     def model(self) -> UNet:
         if self.model_source.value == "file":
+            if self._chosen_file() is None:
+                raise LayerError(NO_FILE)
             return self._file_model or load_model(self.model_file.value)
         if self.session.model is None:
             raise LayerError("no model in this session: train one, open a model file, or choose 'file'")
