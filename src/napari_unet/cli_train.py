@@ -32,7 +32,7 @@ from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
 from .core.threads import use_threads
-from .core.train import Trainer, TrainingError, model_bytes
+from .core.train import SUMMARY_LOSS_STEPS, Trainer, TrainingError, model_bytes
 from .core.train_events import CheckpointFailed, StepProgress, ValidationResult
 
 
@@ -213,7 +213,10 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     if group.is_main:  # the other processes of a data-parallel run write nothing
         trainer.save_model(args.out)
         summary = trainer.summary()
-        print(f"trained {summary.steps} steps in {summary.seconds:.0f} s (loss {summary.final_loss:.4f}) -> {args.out}")
+        print(
+            f"trained {summary.steps} steps in {summary.seconds:.0f} s (mean loss of the last "
+            f"{min(summary.steps, SUMMARY_LOSS_STEPS)} steps {summary.final_loss:.4f}) -> {args.out}"
+        )
         instances, unit = trainer.model.spec.instances, "voxels" if trainer.model.config.ndim == 3 else "px"
         print(
             f"segmenting drops objects under {instances.min_size} {unit} (segment --min-size changes it) "

@@ -67,6 +67,10 @@ def weighted_cross_entropy(
     return (per_pixel * weights).sum() / total.clamp_min(1e-6)
 
 
+#: TrainSummary.final_loss is the mean loss of this many last steps.
+SUMMARY_LOSS_STEPS = 20
+
+
 class Trainer:
     """Trains ``model`` on images with instance labels (0 background, 1.. cells, -1 ignore).
 
@@ -430,7 +434,7 @@ class Trainer:
         return ValidationResult(self.step, combine(matches)[0].ap, float(np.average(ious, weights=areas)))
 
     def summary(self) -> TrainSummary:
-        tail = self.losses[-20:]
+        tail = self.losses[-SUMMARY_LOSS_STEPS:]
         return TrainSummary(
             steps=self.step,
             seconds=self.seconds,
