@@ -34,6 +34,8 @@ def read_model(path):
 
     Returns at once; the returned worker (also kept as ``read_model.worker``) puts
     the model into the session when it has been loaded, or shows why it cannot be.
+    Of files dropped one after another, the last one dropped is the session's model,
+    whichever loads first.
     """
     import napari
     from napari.qt.threading import create_worker
@@ -46,6 +48,8 @@ def read_model(path):
     name = Path(path).name
 
     def loaded(model) -> None:
+        if read_model.worker is not worker:  # a file dropped after this one loads instead
+            return
         if session is not None:
             session.set_model(model, f"file {name}", path)
         show_info(f"napari-unet: model {name} loaded; use it in the Segment or Train widget")

@@ -1,3 +1,6 @@
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -38,8 +41,6 @@ def test_sample_data_are_annotated_images():
 
 
 def test_opening_a_model_file_loads_it_off_the_gui_thread_into_the_session(viewer, tmp_path, qtbot, monkeypatch):
-    import threading
-
     from napari_unet import _reader
 
     path = tmp_path / "m.safetensors"
@@ -62,6 +63,31 @@ def test_opening_a_model_file_loads_it_off_the_gui_thread_into_the_session(viewe
     loaded = Session.of(viewer).model
     assert torch.equal(loaded.head.weight, model.head.weight)
     assert Session.of(viewer).path == path
+
+
+def test_the_model_file_dropped_last_wins_however_long_the_first_takes(viewer, tmp_path, qtbot, monkeypatch):
+    from napari_unet import _reader
+
+    first, second = tmp_path / "slow.safetensors", tmp_path / "quick.safetensors"
+    for path in (first, second):
+        save_model(UNet(base_channels=2, depth=2), path)
+    load_model = _reader.load_model
+    release = threading.Event()
+
+    def slow_for_the_first(file):
+        if Path(file) == first:
+            release.wait(20)  # still loading when the second file has loaded
+        return load_model(file)
+
+    monkeypatch.setattr(_reader, "load_model", slow_for_the_first)
+    get_reader(str(first))(str(first))
+    slow = _reader.read_model.worker
+    get_reader(str(second))(str(second))
+    qtbot.waitUntil(lambda: Session.of(viewer).path == second, timeout=20_000)
+    release.set()
+    qtbot.waitUntil(lambda: not slow.is_running, timeout=20_000)
+    qtbot.wait(100)  # the slow worker's result reaches the event loop
+    assert Session.of(viewer).path == second
 
 
 def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path, qtbot, monkeypatch):
