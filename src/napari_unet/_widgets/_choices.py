@@ -1,6 +1,8 @@
-"""Choices shared by several widgets: devices, precisions, tile sizes."""
+"""Choices shared by several widgets: devices, precisions, tile sizes, model files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..core.devices import PRECISIONS, available_devices
 from ..core.geometry import valid_sizes
@@ -21,3 +23,14 @@ def precision_choices() -> list[str]:
 def tile_choices(depth: int) -> list[tuple[str, int | None]]:
     """("auto", None) and every valid input tile size for ``depth`` up to MAX_TILE."""
     return [("auto", None)] + [(str(size), size) for size in valid_sizes(depth, MAX_TILE)]
+
+
+#: What a widget says when "file" is chosen as the model source and no file is.
+NO_MODEL_FILE = "choose a model file (.safetensors, or a bioimage.io .zip)"
+
+
+def chosen_file(value) -> Path | None:
+    """The path in a file field, or None while it is empty (magicgui reads an empty
+    field as '.')."""
+    text = str(value).strip()
+    return None if text in ("", ".") else Path(text)

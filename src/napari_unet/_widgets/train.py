@@ -36,7 +36,7 @@ from ..core.threads import available_cores
 from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ._base import DockWidget
-from ._choices import device_choices, precision_choices, tile_choices
+from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
@@ -310,7 +310,9 @@ class TrainWidget(DockWidget):
                 raise LayerError("there is no model in this session yet: train a new one or open a file")
             return lambda: model
         if source == "file":
-            path = Path(self.model_file.value)
+            path = chosen_file(self.model_file.value)
+            if path is None:
+                raise LayerError(f"{NO_MODEL_FILE}, or train a new model")
             if not path.is_file():
                 raise LayerError(f"no model file at {path}: choose one, or train a new model")
             return lambda: load_model(path)
