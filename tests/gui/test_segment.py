@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_unet import save_model
+from napari_unet import UNet, save_model
 from napari_unet._widgets import SegmentWidget
 from napari_unet.cli import main
 from napari_unet.core.config import InstanceConfig
@@ -119,6 +119,17 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     assert labels[0].max() == 0 and labels[2].max() == 0  # only plane 1 was segmented
     segment_planes(widget, "all planes", wait_idle)
     assert viewer.layers["stack labels"].data.shape == (3, 50, 60)
+
+
+def test_a_two_channel_layer_is_one_image_to_a_two_channel_model(viewer, model_session, wait_idle):
+    two_channels = viewer.add_image(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32), name="2ch")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = two_channels
+    assert not widget.planes.native.isHidden()  # to a 1-channel model it is a stack of two planes
+    model_session.set_model(UNet(in_channels=2, base_channels=2, depth=2).eval(), "2-channel model")
+    assert widget.planes.native.isHidden()  # no stack: nothing to choose
+    segment_planes(widget, "current plane", wait_idle)  # a choice left from before does not slice the channels
+    assert viewer.layers["2ch labels"].data.shape == (40, 50), widget.status.value
 
 
 def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session, wait_idle):

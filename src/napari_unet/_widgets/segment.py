@@ -25,16 +25,16 @@ from ..core.checkpoint import ModelFileError, load_model
 from ..core.config import InstanceConfig
 from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
+from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
 from ._base import DockWidget
-from ._choices import device_choices, precision_choices, tile_choices
+from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import scrolling, side_by_side
 from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
 from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
-NO_FILE = "choose a model file (.safetensors, or a bioimage.io .zip)"
 #: Save-dialog filters of the Export… button: (format, file suffix) each.
 EXPORT_FILTERS = {
     "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
@@ -143,12 +143,28 @@ class SegmentWidget(DockWidget):
         """A volume (:func:`~napari_unet.core.geometry.is_volume` at the layer's scale)
         is labelled as a volume by a 2D model, other stacks plane by plane; so are
         stacks too large for memory, which go plane by plane into a zarr store. The
-        choice is shown for stacks only."""
+        choice is shown for stacks only, as the chosen model reads them: a 2-channel
+        layer (2, H, W) is one image to a 2-channel model, and a 3D model labels
+        whole volumes."""
         layer = self.image.value
-        self.planes.visible = layer is not None and len(spatial_shape(layer)) > 2
-        if layer is not None:
+        self.planes.visible = self._offers_planes(layer)
+        if self._offers_planes(layer):
             volume = is_volume(spatial_shape(layer), layer_spacing(layer)) and not wants_store(layer, False)
             self.planes.value = AS_VOLUME if volume else ALL_PLANES
+
+    def _offers_planes(self, layer: Image | None) -> bool:
+        model = self._known_model()
+        return layer is not None and self._stack_ndim(layer) > 0 and (model is None or model.config.ndim == 2)
+
+    def _stack_ndim(self, layer: Image) -> int:
+        """How many leading axes of ``layer``'s data hold planes for the chosen model
+        (a single-channel model is assumed while none is chosen)."""
+        model = self._known_model()
+        in_channels = model.config.in_channels if model is not None else 1
+        try:
+            return len(axes_at_minus3(np.shape(layer.data), in_channels, -1 if layer.rgb else None)) - 3
+        except ImageShapeError:  # the model cannot read this layer: running says why
+            return len(spatial_shape(layer)) - 2
 
     def _reset_progress(self, *_) -> None:
         self.progress.max = 1
@@ -161,8 +177,8 @@ class SegmentWidget(DockWidget):
         if choice != self._model_choice and self.status.value.startswith("⚠"):
             self.status.value = ""  # said of the model chosen before
         self._model_choice = choice
-        if self.model_source.value == "file" and self._chosen_file() is None:
-            self.model_info.value = NO_FILE
+        if self.model_source.value == "file" and chosen_file(self.model_file.value) is None:
+            self.model_info.value = NO_MODEL_FILE
         elif self.model_source.value == "file":
             try:
                 self._file_model = load_model(self.model_file.value)
@@ -171,7 +187,7 @@ class SegmentWidget(DockWidget):
                 self.model_info.value = f"⚠ {error}"
         else:
             self.model_info.value = self.session.describe()
-        model = self._file_model if self.model_source.value == "file" else self.session.model
+        model = self._known_model()
         if model is not None:
             self.min_size.value = model.spec.instances.min_size
         if model is not None and model.config.ndim == 3:
@@ -179,20 +195,20 @@ class SegmentWidget(DockWidget):
         else:
             self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
         self.tile.value = None
+        self.planes.visible = self._offers_planes(self.image.value)
+
+    def _known_model(self) -> UNet | None:
+        """The chosen model when it is loaded (the session's, or a readable file), else None."""
+        return self._file_model if self.model_source.value == "file" else self.session.model
 
     def _model_depth(self) -> int:
-        model = self._file_model if self.model_source.value == "file" else self.session.model
+        model = self._known_model()
         return model.config.depth if model is not None else 4
-
-    def _chosen_file(self) -> Path | None:
-        """The model file chosen, or None while the field is empty (magicgui reads it as '.')."""
-        value = str(self.model_file.value).strip()
-        return None if value in ("", ".") else Path(value)
 
     def model(self) -> UNet:
         if self.model_source.value == "file":
-            if self._chosen_file() is None:
-                raise LayerError(NO_FILE)
+            if chosen_file(self.model_file.value) is None:
+                raise LayerError(NO_MODEL_FILE)
             return self._file_model or load_model(self.model_file.value)
         if self.session.model is None:
             raise LayerError("no model in this session: train one, open a model file, or choose 'file'")
@@ -200,7 +216,7 @@ class SegmentWidget(DockWidget):
 
     def _plane_index(self, layer: Image) -> tuple[int, ...]:
         """The stack position of the viewer's current plane in ``layer``'s data."""
-        stack_ndim = len(spatial_shape(layer)) - 2
+        stack_ndim = self._stack_ndim(layer)
         world = self.viewer.dims.point
         data_point = layer.world_to_data(world[-layer.ndim :])
         return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(data_point[:stack_ndim], layer.data.shape))
@@ -221,7 +237,7 @@ class SegmentWidget(DockWidget):
             raise LayerError("a volume is labelled at once, not plane by plane into a store: untick the zarr store")
         if not volumes and not as_volume and wants_store(layer, self.to_store.value):
             return self._run_into_store(layer, model, data, channel_axis)
-        if self.planes.value == CURRENT_PLANE and len(spatial_shape(layer)) > 2 and not volumes:
+        if self.planes.value == CURRENT_PLANE and self._offers_planes(layer):
             index = self._plane_index(layer)
             data = data[index]
             self._target = (layer, index)
