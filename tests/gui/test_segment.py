@@ -1,4 +1,6 @@
+import threading
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,11 @@ from .conftest import docked
 def model_session(session):
     session.set_model(bright_is_foreground(), "test model")
     return session
+
+
+def wait_read(widget, qtbot):
+    """Wait until the widget has read its chosen model file (in a worker)."""
+    qtbot.waitUntil(lambda: not widget.model_info.value.startswith("reading"), timeout=30_000)
 
 
 def segment_planes(widget, planes, wait_idle):
@@ -164,6 +171,7 @@ def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot)
     widget.image.value = image
     widget.model_source.value = "file"
     widget.model_file.value = path
+    wait_read(widget, qtbot)
     widget.tile.value = 60
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
@@ -172,7 +180,41 @@ def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot)
     assert widget.status.value == "cancelled" and "big labels" not in viewer.layers
 
 
-def test_bad_input_is_reported(viewer, session, tmp_path):
+def test_a_chosen_model_file_is_read_off_the_gui_thread_and_the_latest_choice_wins(
+    viewer, session, tmp_path, qtbot, monkeypatch
+):
+    from napari_unet._widgets import _jobs
+
+    slow, quick = tmp_path / "slow.safetensors", tmp_path / "quick.safetensors"
+    save_model(bright_is_foreground(depth=2), slow)
+    save_model(bright_is_foreground(depth=3), quick)
+    load_model, release, threads = _jobs.load_model, threading.Event(), []
+
+    def slow_for_the_first(file):
+        threads.append(threading.current_thread())
+        if Path(file) == slow:
+            release.wait(20)  # still reading when the user chooses the other file
+        return load_model(file)
+
+    monkeypatch.setattr(_jobs, "load_model", slow_for_the_first)
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = viewer.add_image(np.zeros((20, 20)), name="img")
+    widget.model_source.value = "file"
+    widget.model_file.value = slow
+    assert widget.model_info.value == "reading slow.safetensors…"
+    widget.run_button.clicked.emit()
+    assert "still reading slow.safetensors" in widget.status.value and not widget.runner.busy
+    widget.model_file.value = quick
+    release.set()
+    wait_read(widget, qtbot)
+    qtbot.waitUntil(lambda: not widget.file_runner.busy, timeout=20_000)
+    qtbot.wait(50)
+    assert widget.model_info.value == "file quick.safetensors"
+    assert widget.model().config.depth == 3 and 92 in widget.tile.choices and 44 not in widget.tile.choices
+    assert threads and threading.main_thread() not in threads
+
+
+def test_bad_input_is_reported(viewer, session, tmp_path, qtbot):
     widget = docked(viewer, SegmentWidget(viewer, session))
     widget.run_button.clicked.emit()
     assert "choose an image layer" in widget.status.value
@@ -187,6 +229,8 @@ def test_bad_input_is_reported(viewer, session, tmp_path):
     corrupt.write_bytes(b"\x00" * 100)
     widget.model_file.value = corrupt
     assert widget.status.value == ""  # the message about no file is gone with the choice
+    wait_read(widget, qtbot)
+    assert widget.model_info.value.startswith("⚠") and "corrupt.safetensors" in widget.model_info.value
     widget.run_button.clicked.emit()
     assert "corrupt.safetensors" in widget.status.value and not widget.runner.busy
 

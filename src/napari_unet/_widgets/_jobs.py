@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.checkpoint import ModelFileError, load_model
 from ..core.model import UNet
 from ..core.predict import iter_segment, segment
 from ..core.progress import until_stopped
@@ -113,3 +114,13 @@ def export_job(model: UNet, path: Path, format: str, *, stop: threading.Event, *
 
     yield f"exporting to {path.name} ({format})…"
     return export_model(model, path, format, **options)
+
+
+def read_model_job(path: Path, *, stop: threading.Event) -> tuple[Path, UNet | ModelFileError]:
+    """``(path, model)`` read from a model file (a large or zipped one takes up to
+    seconds), or ``(path, error)`` for a file that is not a model: a widget shows
+    that beside its choice, not as a failed job."""
+    try:
+        return path, load_model(path)
+    except ModelFileError as error:
+        return path, error

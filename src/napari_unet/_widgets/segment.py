@@ -21,7 +21,7 @@ from magicgui.widgets import (
 from napari.layers import Image
 
 from .._session import Session
-from ..core.checkpoint import ModelFileError, load_model
+from ..core.checkpoint import ModelFileError
 from ..core.config import InstanceConfig
 from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
@@ -30,7 +30,7 @@ from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import scrolling, side_by_side
-from ._jobs import SegmentationDone, display_labels, export_job, segmentation_job
+from ._jobs import SegmentationDone, display_labels, export_job, read_model_job, segmentation_job
 from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer, selection_kept, spatial_shape
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
@@ -56,7 +56,7 @@ class SegmentWidget(DockWidget):
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")
         self.model_info = Label(value=self.session.describe())
-        self._file_model = None
+        self._file_model: UNet | ModelFileError | None = None  # read from the chosen file
         self._model_choice: tuple[str, str] | None = None  # (source, file) the model info describes
         self._placeholders = []
         # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
@@ -114,6 +114,9 @@ class SegmentWidget(DockWidget):
             "export", self._on_export_step, self._on_exported, self._on_export_idle, self._on_error
         )
         self.export_button.changed.connect(self.guarded(self.export))
+        self.file_runner = self.make_runner(
+            "reading the model file", None, self._on_file_read, self._on_file_reader_idle, self._on_error
+        )
         self.session.model_changed.connect(self._on_model_changed)
         self.model_source.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
@@ -171,22 +174,38 @@ class SegmentWidget(DockWidget):
         self.progress.value = 0
 
     def _on_model_changed(self, *_) -> None:
-        """Describe the chosen model and offer the tile sizes valid for its depth."""
+        """Describe the chosen model and fit the settings to it; a model file is read
+        in a worker first (the paper's network takes ~0.2 s, a bioimage.io zip longer)."""
         self._file_model = None
         choice = (self.model_source.value, str(self.model_file.value))
         if choice != self._model_choice and self.status.value.startswith("⚠"):
             self.status.value = ""  # said of the model chosen before
         self._model_choice = choice
-        if self.model_source.value == "file" and chosen_file(self.model_file.value) is None:
+        path = chosen_file(self.model_file.value)
+        if self.model_source.value == "file" and path is None:
             self.model_info.value = NO_MODEL_FILE
         elif self.model_source.value == "file":
-            try:
-                self._file_model = load_model(self.model_file.value)
-                self.model_info.value = f"file {Path(self.model_file.value).name}"
-            except ModelFileError as error:
-                self.model_info.value = f"⚠ {error}"
+            self.model_info.value = f"reading {path.name}…"
+            if not self.file_runner.busy:  # else the file is read when the running read ends
+                self.file_runner.start(read_model_job, path)
         else:
             self.model_info.value = self.session.describe()
+        self._fit_settings_to_model()
+
+    def _on_file_read(self, result) -> None:
+        path, model = result
+        if self.model_source.value != "file" or chosen_file(self.model_file.value) != path:
+            return  # chosen before the user's latest choice
+        self._file_model = model
+        self.model_info.value = f"⚠ {model}" if isinstance(model, ModelFileError) else f"file {path.name}"
+        self._fit_settings_to_model()
+
+    def _on_file_reader_idle(self) -> None:
+        if self.model_source.value == "file" and self._file_model is None and chosen_file(self.model_file.value):
+            self.file_runner.start(read_model_job, chosen_file(self.model_file.value))  # chosen meanwhile
+
+    def _fit_settings_to_model(self) -> None:
+        """Smallest object, tile sizes and the stacks choice for the chosen model."""
         model = self._known_model()
         if model is not None:
             self.min_size.value = model.spec.instances.min_size
@@ -198,8 +217,10 @@ class SegmentWidget(DockWidget):
         self.planes.visible = self._offers_planes(self.image.value)
 
     def _known_model(self) -> UNet | None:
-        """The chosen model when it is loaded (the session's, or a readable file), else None."""
-        return self._file_model if self.model_source.value == "file" else self.session.model
+        """The chosen model when it is loaded (the session's, or a file read), else None."""
+        if self.model_source.value == "file":
+            return self._file_model if isinstance(self._file_model, UNet) else None
+        return self.session.model
 
     def _model_depth(self) -> int:
         model = self._known_model()
@@ -207,9 +228,14 @@ class SegmentWidget(DockWidget):
 
     def model(self) -> UNet:
         if self.model_source.value == "file":
-            if chosen_file(self.model_file.value) is None:
+            path = chosen_file(self.model_file.value)
+            if path is None:
                 raise LayerError(NO_MODEL_FILE)
-            return self._file_model or load_model(self.model_file.value)
+            if isinstance(self._file_model, ModelFileError):
+                raise self._file_model
+            if self._file_model is None:
+                raise LayerError(f"still reading {path.name}: try again in a moment")
+            return self._file_model
         if self.session.model is None:
             raise LayerError("no model in this session: train one, open a model file, or choose 'file'")
         return self.session.model
