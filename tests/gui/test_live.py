@@ -134,3 +134,30 @@ def test_steps_are_shown_at_a_readable_pace_and_an_annotation_problem_stays_unti
     assert "the annotation holds no cell" in widget.status.value
     widget._send_edit()
     assert "the annotation holds no cell" not in widget.status.value
+
+
+@pytest.mark.parametrize("close", ["viewer", "dock"])
+def test_closing_napari_or_the_dock_during_live_training_saves_the_model(
+    make_napari_viewer, session, qtbot, tmp_path, caplog, close
+):
+    """Closing stops live training and writes its model, as Stop does (the model was lost)."""
+    from napari_unet import load_model
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    viewer = make_napari_viewer()
+    image, labels = synthetic_nuclei((96, 96), seed=5)
+    cells = [i for i in np.unique(labels) if i > 0]
+    image_layer = viewer.add_image(image, name="cells")
+    annotation = viewer.add_labels(partial_annotation(labels, cells[:2]), name="cells annotation")
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image_layer, annotation
+    widget.save_path.value = path = tmp_path / "live.safetensors"
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.live is not None and widget.live.trainer.step >= 2, timeout=120_000)
+    if close == "viewer":
+        viewer.close()
+    else:
+        viewer.window.remove_dock_widget(widget.native)
+    assert not widget.runner.busy
+    assert load_model(path).config.in_channels == 1
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

@@ -30,7 +30,6 @@ from ._layers import (
     match_annotation,
     put_layer,
 )
-from ._runner import JobRunner
 from ._throttle import Throttle
 
 ACCEPT_KEY = "a"
@@ -106,7 +105,7 @@ class LiveTrainWidget(DockWidget):
         self._shown: LivePreview | None = None  # the preview the layer shows
         self._problem: str | None = None  # why the latest edit could not be trained on
         self._show_step = Throttle(self._show_step_now, parent=self.native)
-        self.runner = JobRunner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
+        self.runner = self.make_runner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self._edits = EditWatcher(self._send_edit, self.native, delay_ms=300)
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
