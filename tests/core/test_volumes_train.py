@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import napari_unet as nu
+from napari_unet.core.annotation import ids_changing_between_planes
 from napari_unet.core.augment3d import elastic_displacement_3d, resample_volume, rigid, sampling_grid_3d
 from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
-from napari_unet.core.data import PreparedPlane, SampleStream, default_tile_for, prepare
+from napari_unet.core.data import PreparedPlane, SampleStream, TrainingDataError, default_tile_for, prepare
 from napari_unet.core.geometry import model_axes
 from napari_unet.core.train import weighted_cross_entropy
 
@@ -171,6 +172,38 @@ def test_crops_are_drawn_where_annotated_voxels_are():
     (volume,) = prepare_volume(image, sparse)
     stream = SampleStream([volume], (28, 44, 44), 1, AugmentConfig(), seed=0)
     assert all((stream.sample(i)[2] > 0).any() for i in range(12))
+
+
+def test_a_cell_given_a_new_id_on_the_next_plane_is_warned_about(caplog):
+    """A new user presses "new cell" on every plane: one nucleus, two ids on planes 12
+    and 13. A 3D target cuts the whole face they share, so they are named, and a
+    volume with no cell left says why."""
+    image, labels = ellipsoids((40, 48, 48), seed=1)
+    sparse = np.full_like(labels, IGNORE_LABEL)
+    sparse[[12, 13]] = labels[[12, 13]]
+    assert ids_changing_between_planes(sparse) == []
+    (volume,) = prepare_volume(image, sparse)
+    assert volume.warnings == ()
+    renamed = sparse.copy()
+    cell = np.unique(renamed[12][renamed[12] > 0])[0]
+    renamed[13][renamed[13] == cell] = renamed.max() + 1
+    assert ids_changing_between_planes(renamed) == [(12, cell, renamed.max())]
+    (volume,) = prepare_volume(image, renamed)
+    assert len(volume.warnings) == 1 and f"cell {cell} on plane 12" in volume.warnings[0]
+    assert volume.warnings[0] in caplog.text
+    alone = np.where(renamed == cell, cell, np.where(renamed == renamed.max(), renamed.max(), 0))
+    alone[renamed == IGNORE_LABEL] = IGNORE_LABEL
+    with pytest.raises(TrainingDataError, match="no cell is left once the gaps.*on plane 12"):
+        prepare_volume(image, alone)
+
+
+def test_a_cap_resting_on_another_cell_is_not_taken_for_one_cell():
+    labels = np.zeros((2, 20, 20), np.int32)
+    labels[0, 2:18, 2:18] = 1  # the body of one cell
+    labels[1, 8:12, 8:12] = 2  # the cap of the next, on top of it
+    assert ids_changing_between_planes(labels) == []
+    labels[1, 3:17, 3:17] = 2  # most of the same place: one cell with two ids
+    assert ids_changing_between_planes(labels) == [(0, 1, 2)]
 
 
 def test_a_3d_model_trains_and_segments_a_volume_from_a_few_planes():

@@ -42,6 +42,16 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert model is not None and train.trainer.step == 3, train.status.value
     assert model.config.ndim == 3 and model.config.spacing == (2.0, 1.0, 1.0)
     assert model.plan[0].kernel == (1, 3, 3)  # z twice as coarse: in-plane kernels at the first level
+    assert not train.status.value.startswith("⚠")
+
+    renamed = np.where(truth[7] > 0, truth[7] + 10, 0)  # plane 7 painted with "new cell" for each nucleus
+    labels.data[7] = renamed
+    labels.refresh()
+    train.model_source.value = "new"
+    train.save_path.value = tmp_path / "renamed.safetensors"
+    train.start_button.clicked.emit()
+    wait_idle(train)
+    assert "on plane 6 and cell 11 on plane 7 cover the same place" in train.status.value
 
     segment = docked(viewer, SegmentWidget(viewer, session))
     segment.image.value = image

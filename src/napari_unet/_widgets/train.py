@@ -412,6 +412,9 @@ class TrainWidget(DockWidget):
             self.progress.max = event.trainer.config.steps
             threads = f" with {event.threads} CPU thread(s)" if event.trainer.device.type == "cpu" else ""
             self._started_message = f"training on {event.trainer.device}{threads}…"
+            for warning in event.trainer.data_warnings:
+                self.status.value = f"⚠ {warning}"
+                show_warning(warning)
             if not self.status.value.startswith("⚠"):
                 self.status.value = self._started_message
         elif isinstance(event, StepProgress):
@@ -446,7 +449,8 @@ class TrainWidget(DockWidget):
         path = self._saving_to
         self.session.set_model(trainer.model, f"trained here ({trainer.step} steps)", path)
         verb = "stopped" if done.stopped else "finished"
-        self.status.value = f"{verb} at step {trainer.step}; model saved to {path}"
+        warnings = "".join(f"\n⚠ {warning}" for warning in trainer.data_warnings)  # still true of this model
+        self.status.value = f"{verb} at step {trainer.step}; model saved to {path}{warnings}"
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
             show_warning(f"napari-unet: the last checkpoint could not be written: {trainer.checkpoint_error}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import geometry
-from .annotation import image_like_reason, looks_like_image_message
+from .annotation import ids_changing_between_planes_warning, image_like_reason, looks_like_image_message
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
@@ -36,7 +36,8 @@ class PreparedPlane:
     """One annotated plane: image (C, H, W) float32; ``annotation`` (2, H, W) float32
     holds the separation target (0/1) and the weight map, sampled together;
     ``objects`` the sizes and shapes of its completely annotated objects
-    (:func:`~napari_unet.core.object_size.complete_objects`)."""
+    (:func:`~napari_unet.core.object_size.complete_objects`); ``warnings`` what
+    the user should hear about its annotation (also logged)."""
 
     image: np.ndarray
     annotation: np.ndarray
@@ -52,6 +53,7 @@ class PreparedPlane:
     #: Flat indices of annotated pixels (weight > 0): where sample centres are drawn.
     annotated: np.ndarray
     objects: CompleteObjects = field(default_factory=CompleteObjects.none)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,9 @@ def prepare(
                     f"{name}: the image annotated here holds NaN or infinite values (not finite): "
                     "replace them (e.g. with 0) before training"
                 )
+            warning = ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None
+            if warning:
+                log.warning(warning)
             w = weight_map(
                 plane_labels,
                 weights.w0,
@@ -182,11 +187,15 @@ def prepare(
                     annotation=np.stack([separation_target(plane_labels).astype(np.float32), w]),
                     annotated=np.flatnonzero(w > 0),
                     objects=complete_objects(plane_labels),
+                    warnings=(warning,) if warning else (),
                 )
             )
     if not planes:
         raise TrainingDataError("the annotations are empty: paint some cells (and background) first")
     if not any(plane.target.any() for plane in planes):
+        warnings = [warning for plane in planes for warning in plane.warnings]
+        if warnings:
+            raise TrainingDataError(f"no cell is left once the gaps between touching cells are cut. {warnings[0]}")
         raise TrainingDataError("the annotations hold no cells: paint at least one cell")
     return planes
 

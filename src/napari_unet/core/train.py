@@ -152,6 +152,8 @@ class Trainer:
             ndim=self.model.config.ndim,
             spacing=self.model.config.spacing,
         )
+        #: What the user should hear about these annotations (each also logged).
+        self.data_warnings = [warning for plane in planes for warning in plane.warnings]
         config = self.model.config
         depth = geometry.model_axes(config) if config.ndim == 3 else config.depth
         self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed, config.spacing)
