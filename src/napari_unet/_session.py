@@ -39,11 +39,8 @@ class Session:
         """One line about the current model, for widget labels."""
         if self.model is None:
             return "no model yet: train one or open a model file"
-        config = self.model.config
         saved = f", file {self.path}" if self.path else ""
-        return (
-            f"{self.source} (base {config.base_channels}, depth {config.depth}, {config.in_channels} channel(s){saved})"
-        )
+        return f"{self.source} ({summary(self.model)}{saved})"
 
     @classmethod
     def of(cls, viewer) -> Session:
@@ -61,3 +58,9 @@ class Session:
             entry = (weakref.ref(viewer), cls())
             cls._by_viewer[id(viewer)] = entry
         return entry[1]
+
+
+def summary(model: UNet) -> str:
+    """What kind of network ``model`` is, e.g. "3D U-Net, base 8, depth 2, 1 channel(s)"."""
+    config = model.config
+    return f"{config.ndim}D U-Net, base {config.base_channels}, depth {config.depth}, {config.in_channels} channel(s)"

@@ -201,3 +201,8 @@ def test_labelling_as_a_volume_is_refused_before_any_work(model, image, message)
 def test_an_rgb_volume_for_a_one_channel_3d_model_gets_the_rgb_message():
     with pytest.raises(ImageShapeError, match="is RGB: use a model trained on RGB images"):
         predict(small_3d(), np.zeros((8, 20, 20, 3), np.uint8))
+
+
+def test_a_single_plane_for_a_3d_model_is_refused_with_what_to_use_instead():
+    with pytest.raises(ImageShapeError, match=r"a 3D U-Net needs a volume \(Z, Y, X\).*use a 2D network"):
+        segment(small_3d(), np.zeros((20, 20), np.float32))

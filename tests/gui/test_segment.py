@@ -209,7 +209,7 @@ def test_a_chosen_model_file_is_read_off_the_gui_thread_and_the_latest_choice_wi
     wait_read(widget, qtbot)
     qtbot.waitUntil(lambda: not widget.file_runner.busy, timeout=20_000)
     qtbot.wait(50)
-    assert widget.model_info.value == "file quick.safetensors"
+    assert widget.model_info.value == "file quick.safetensors (2D U-Net, base 2, depth 3, 1 channel(s))"
     assert widget.model().config.depth == 3 and 92 in widget.tile.choices and 44 not in widget.tile.choices
     assert threads and threading.main_thread() not in threads
 

@@ -131,6 +131,7 @@ def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path, wa
     widget.image.value, widget.labels.value = annotated
     tiny_settings(widget, tmp_path)
     widget.model_source.value = "file"
+    assert not widget.network.enabled and not widget.depth.enabled  # a model file brings its own network
     widget.start_button.clicked.emit()  # no file chosen yet: asked for one, not "no model file at ."
     wait_idle(widget)
     assert widget.status.value.startswith("⚠ choose a model file") and widget.start_button.enabled

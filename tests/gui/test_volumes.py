@@ -54,6 +54,11 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert "on plane 6 and cell 11 on plane 7 cover the same place" in train.status.value
 
     segment = docked(viewer, SegmentWidget(viewer, session))
+    assert "(3D U-Net, base 2, depth 2, 1 channel(s)" in segment.model_info.value
+    segment.image.value = viewer.add_image(stack[6], name="plane 6")
+    segment.run_button.clicked.emit()  # refused at once, before any layer or worker
+    assert "3D U-Net and plane 6 is one plane: choose a stack or a 2D model" in segment.status.value
+    assert not segment.runner.busy and "plane 6 labels" not in viewer.layers
     segment.image.value = image
     segment.device.value, segment.precision.value = "cpu", "fp32"
     segment.probabilities.value = True

@@ -20,7 +20,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 
-from .._session import Session
+from .._session import Session, summary
 from ..core.checkpoint import ModelFileError
 from ..core.config import InstanceConfig
 from ..core.geometry import is_volume
@@ -197,7 +197,9 @@ class SegmentWidget(DockWidget):
         if self.model_source.value != "file" or chosen_file(self.model_file.value) != path:
             return  # chosen before the user's latest choice
         self._file_model = model
-        self.model_info.value = f"⚠ {model}" if isinstance(model, ModelFileError) else f"file {path.name}"
+        self.model_info.value = (
+            f"⚠ {model}" if isinstance(model, ModelFileError) else f"file {path.name} ({summary(model)})"
+        )
         self._fit_settings_to_model()
 
     def _on_file_reader_idle(self) -> None:
@@ -256,6 +258,8 @@ class SegmentWidget(DockWidget):
         self._target, self._store_view = (layer, None), None
         self._ndim = model.config.ndim
         volumes = self._ndim == 3  # a 3D model segments whole volumes into one 3D labels layer
+        if volumes and len(spatial_shape(layer)) < 3:
+            raise LayerError(f"the model is a 3D U-Net and {layer.name} is one plane: choose a stack or a 2D model")
         as_volume = self.planes.value == AS_VOLUME and not volumes
         if as_volume and len(spatial_shape(layer)) < 3:
             raise LayerError(f"{layer.name} is one plane: 'all planes as a volume' needs a stack")

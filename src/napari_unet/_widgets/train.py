@@ -209,6 +209,7 @@ class TrainWidget(DockWidget):
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(lambda depth: self._set_tile_choices(depth))
         self.network.changed.connect(self._on_network_changed)
+        self.model_source.changed.connect(self._on_source_changed)
         self.image.changed.connect(self._suggest_network)
         self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
         self.start_button.changed.connect(self.guarded(self.start))
@@ -240,6 +241,12 @@ class TrainWidget(DockWidget):
         # 3D tiles differ per axis (anisotropic voxels): the default tile there
         self.tile.choices = tile_choices(depth) if self.network.value == "2D" else [("auto", None)]
         self.tile.value = None
+
+    def _on_source_changed(self, source: str) -> None:
+        """The network's shape can be chosen for a new model only (a model trained
+        further keeps its own)."""
+        for choice in (self.network, self.base_channels, self.depth, self.batch_norm):
+            choice.enabled = source == "new"
 
     def _suggest_network(self, *_) -> None:
         """For a new model: 3D for a volume that trains on a GPU, else 2D

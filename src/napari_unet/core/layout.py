@@ -111,9 +111,10 @@ def channels_before_spatial(
     if spatial_dims == 2:
         return channels_at_minus3(image, in_channels, channel_axis)
     image = as_image(image)
-    names = "(Z, Y, X)" if spatial_dims == 3 else "(H, W)"
     if image.ndim < spatial_dims:
-        raise ImageShapeError(f"need an image with at least {spatial_dims} dimensions {names}, got shape {image.shape}")
+        raise ImageShapeError(
+            f"a 3D U-Net needs a volume (Z, Y, X), got an image of shape {image.shape}: use a 2D network for it"
+        )
     first_spatial = image.ndim - spatial_dims
     if channel_axis is not None:
         axis = channel_axis % image.ndim
