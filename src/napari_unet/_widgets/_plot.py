@@ -14,13 +14,17 @@ class LossPlot(pg.PlotWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setBackground(None)
-        self.setMinimumHeight(140)
-        self.setMaximumHeight(200)  # the rest of a dock's height goes to its controls
+        # Short enough that Annotate, Train and Segment docked together still fit a
+        # 1366x768 screen while training; taller (up to 200 px) where there is room.
+        self.setMinimumHeight(70)
+        self.setMaximumHeight(200)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.setLabel("bottom", "step")
-        self.setLabel("left", "loss")
-        for side in ("bottom", "left"):  # plain numbers: a scale such as "(x0.001)" did not fit beside the axis
-            self.getAxis(side).enableAutoSIPrefix(False)
+        self.setToolTip("training loss per step (faint) and its running mean")
+        self.setLabel("left", "loss")  # the steps axis goes unnamed: its name took the room of the curve
+        for side in ("bottom", "left"):
+            axis = self.getAxis(side)
+            axis.enableAutoSIPrefix(False)  # plain numbers: a scale such as "(x0.001)" did not fit beside the axis
+            axis.setStyle(maxTickLevel=0)  # major ticks alone: the minor ones' numbers overlapped in a short plot
         self.raw = self.plot(pen=pg.mkPen((120, 120, 160), width=1))
         self.smooth = self.plot(pen=pg.mkPen((255, 170, 0), width=2))
         self.steps: list[int] = []

@@ -166,7 +166,7 @@ class TrainWidget(DockWidget):
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status.value = f"devices found: {', '.join(device_choices()[1:])}"
-        self.validation_label = Label(value="")
+        self.validation_label = Label(value="", visible=False)  # shown once validation has something to say
         self.plot = LossPlot()
         self._show_step = Throttle(self._show_step_now, parent=self.native)
         self.advanced = group(
@@ -212,6 +212,7 @@ class TrainWidget(DockWidget):
         self.model_source.changed.connect(self._on_source_changed)
         self.image.changed.connect(self._suggest_network)
         self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
+        self.validation_label.changed.connect(lambda text: setattr(self.validation_label, "visible", bool(text)))
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
         self.image.changed.connect(self._match_annotation)
