@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from napari_unet._widgets import WeightMapWidget
 from napari_unet._widgets._layers import ANNOTATION, ROLE
@@ -60,3 +61,25 @@ def test_no_labels_layer_is_reported(viewer):
     widget = docked(viewer, WeightMapWidget(viewer))
     widget.compute.clicked.emit()
     assert "choose a labels layer" in widget.status.value
+
+
+def test_the_contrast_follows_the_map_until_the_user_sets_their_own(viewer, wait_idle):
+    """The map of an empty annotation is all 0; painting raised it to 10 and more while
+    the layer kept limits 0-1, so the separation ridges showed as one white blur."""
+    empty = np.full((64, 64), -1, np.int32)
+    layer = viewer.add_labels(empty, name="ann")
+    widget = docked(viewer, WeightMapWidget(viewer))
+    widget.labels.value = layer
+    widget.compute.clicked.emit()
+    wait_idle(widget)
+    shown = viewer.layers["ann weights"]
+    layer.data = paint_discs((64, 64), [(20, 20), (20, 31), (45, 40)], 6)  # painted: the map updates live
+    widget._edits.timer.timeout.emit()
+    wait_idle(widget)
+    low, top = float(shown.data.min()), float(shown.data.max())
+    assert top > 5 and tuple(shown.contrast_limits) == pytest.approx((low, top))
+    shown.contrast_limits = (0.0, 3.0)  # the user's own choice stays
+    widget.w0.value = 5.0
+    widget._edits.timer.timeout.emit()
+    wait_idle(widget)
+    assert float(shown.data.max()) < top and tuple(shown.contrast_limits) == (0.0, 3.0)

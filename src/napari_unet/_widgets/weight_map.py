@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
-from napari.layers import Labels
+from napari.layers import Image, Labels
 
 from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
 from ..core.config import WeightMapConfig
@@ -92,7 +92,7 @@ class WeightMapWidget(DockWidget):
             return
         weights, target, bridged = result
         name = self._source.name
-        put_layer(
+        shown = put_layer(
             self.viewer,
             f"{name} weights",
             weights,
@@ -102,6 +102,7 @@ class WeightMapWidget(DockWidget):
             colormap="magma",
             blending="additive",
         )
+        fit_contrast(shown)
         target_layer = put_layer(
             self.viewer, f"{name} target", target, "labels", self._source, role="target", opacity=0.5, visible=False
         )
@@ -126,3 +127,16 @@ class WeightMapWidget(DockWidget):
         layer = self.labels.value
         if self.live.value and layer is not None and f"{layer.name} weights" in self.viewer.layers:
             self.guarded(self.update_map)()
+
+
+def fit_contrast(layer: Image) -> None:
+    """Contrast limits over the range of the layer's new data, unless the user has
+    set limits of their own since they were last fitted (napari keeps a layer's
+    limits when its data change: the map of an empty annotation, all 0, left the
+    limits at 0-1 while painting raised the map to 10 and more)."""
+    fitted = layer.metadata.get("fitted contrast")
+    if fitted is not None and tuple(layer.contrast_limits) != fitted:
+        return
+    layer.reset_contrast_limits_range()
+    layer.reset_contrast_limits()
+    layer.metadata["fitted contrast"] = tuple(layer.contrast_limits)
