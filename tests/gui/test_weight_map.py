@@ -36,6 +36,27 @@ def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
     np.testing.assert_allclose(weights[1], weight_map(labels[1]), atol=1e-6)
 
 
+def test_a_stack_gets_the_map_a_3d_network_trains_on_when_asked(viewer, wait_idle):
+    zz, yy, xx = np.indices((6, 40, 40))
+    labels = np.zeros((6, 40, 40), np.int32)
+    labels[((zz - 2) / 2) ** 2 + ((yy - 14) / 8) ** 2 + ((xx - 14) / 8) ** 2 <= 1] = 1
+    labels[((zz - 3) / 2) ** 2 + ((yy - 27) / 8) ** 2 + ((xx - 24) / 8) ** 2 <= 1] = 2
+    widget = docked(viewer, WeightMapWidget(viewer))
+    assert widget.volume.native.isHidden()  # nothing to choose without a stack
+    widget.labels.value = viewer.add_labels(labels, name="volume", scale=(2, 1, 1))
+    assert not widget.volume.native.isHidden() and not widget.volume.value  # per plane, as 2D training
+    widget.compute.clicked.emit()
+    wait_idle(widget)
+    np.testing.assert_allclose(viewer.layers["volume weights"].data[3], weight_map(labels[3]), atol=1e-6)
+    widget.volume.value = True  # as a 3D network trains: one map of the volume, physical distances
+    widget._edits.timer.timeout.emit()
+    wait_idle(widget)
+    shown = viewer.layers["volume weights"].data
+    np.testing.assert_allclose(shown, weight_map(labels, spacing=(2, 1, 1)), atol=1e-6)
+    assert np.abs(shown[3] - weight_map(labels[3])).max() > 0.1
+    np.testing.assert_array_equal(viewer.layers["volume target"].data, separation_target(labels))
+
+
 def test_the_newest_annotation_is_chosen_when_none_is(viewer, wait_idle):
     """Docked before or after the annotation exists, the widget offers it chosen, and
     leaves a choice the user made alone; the selected layer stays the user's."""

@@ -13,23 +13,28 @@ from ._base import DockWidget
 from ._layers import ANNOTATION, EditWatcher, labels_data, layers_of, put_layer, role_of
 
 
-def weight_job(labels: np.ndarray, config: WeightMapConfig, *, stop):
+def weight_job(labels: np.ndarray, config: WeightMapConfig, spacing: tuple[float, ...] | None = None, *, stop):
     """Weights (float32), targets (uint8) and the number of cell pairs separated only
-    by unannotated pixels, for every plane of ``labels`` (..., H, W). In the target,
-    1 is a cell, 0 background and :data:`UNANNOTATED_RIM` the unannotated pixels that
-    are all that lies between two cells (weight 0: nothing tells the network to
-    separate them)."""
+    by unannotated pixels, for every plane of ``labels`` (..., H, W), or with
+    ``spacing`` (z, y, x) for every volume (..., Z, Y, X), as a 3D network trains on
+    it. In the target, 1 is a cell, 0 background and :data:`UNANNOTATED_RIM` the
+    unannotated pixels that are all that lies between two cells in a plane (weight
+    0: nothing tells the network to separate them)."""
     labels = np.array(labels)  # a snapshot: painting goes on meanwhile
     weights = np.zeros(labels.shape, np.float32)
     target = np.zeros(labels.shape, np.uint8)
-    for index in np.ndindex(*labels.shape[:-2]):
+    spatial = 2 if spacing is None else 3
+    for index in np.ndindex(*labels.shape[:-spatial]):
         if stop.is_set():
             return None
-        plane = labels[index]
-        weights[index] = weight_map(plane, config.w0, config.sigma, balance_classes=config.balance_classes)
-        target[index] = separation_target(plane)
-        target[index][highlight(plane) == UNANNOTATED_RIM] = UNANNOTATED_RIM
+        part = labels[index]
+        weights[index] = weight_map(
+            part, config.w0, config.sigma, balance_classes=config.balance_classes, spacing=spacing
+        )
+        target[index] = separation_target(part)
         yield index
+    for plane in np.ndindex(*labels.shape[:-2]):
+        target[plane][highlight(labels[plane]) == UNANNOTATED_RIM] = UNANNOTATED_RIM
     return weights, target, len(AnnotationStats.of(labels).bridged())
 
 
@@ -48,16 +53,24 @@ class WeightMapWidget(DockWidget):
         self.w0 = FloatSpinBox(label="w0", value=defaults.w0, min=0.0, max=100.0, step=0.5)
         self.sigma = FloatSpinBox(label="sigma (px)", value=defaults.sigma, min=0.5, max=50.0, step=0.5)
         self.balance = CheckBox(text="balance class frequencies", value=defaults.balance_classes)
+        self.volume = CheckBox(
+            text="as a 3D network trains (one map per volume)",
+            value=False,
+            visible=False,
+            tooltip="a stack as one volume, with distances in the layer's scale; off: one map per plane, as a "
+            "2D network trains",
+        )
         self.live = CheckBox(text="update while painting", value=True)
         self.compute = PushButton(text="Show weight map")
-        self.extend([self.labels, self.w0, self.sigma, self.balance, self.live, self.compute, self.status])
+        self.extend([self.labels, self.w0, self.sigma, self.balance, self.volume, self.live, self.compute, self.status])
         self.runner = self.make_runner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
         self._edits = EditWatcher(self._refresh_shown, self.native, delay_ms=300)
         self.compute.changed.connect(self.guarded(self.update_map))
-        for control in (self.w0, self.sigma, self.balance):
+        for control in (self.w0, self.sigma, self.balance, self.volume):
             control.changed.connect(lambda _value: self._edits.timer.start())
         self.labels.changed.connect(self._edits.watch)
+        self.labels.changed.connect(self._offer_volume)
         self._preselect()
 
     def reset_choices(self, *_) -> None:
@@ -72,6 +85,16 @@ class WeightMapWidget(DockWidget):
             if layers:
                 self.labels.value = (annotations or layers)[-1]
 
+    def _offer_volume(self, layer: Labels | None) -> None:
+        """The 3D choice, for stacks only."""
+        self.volume.visible = layer is not None and layer.ndim >= 3
+
+    def _spacing(self, layer: Labels) -> tuple[float, ...] | None:
+        """The voxel size (z, y, x) of a stack mapped as a volume (its layer's scale), else None."""
+        if not (self.volume.value and layer.ndim >= 3):
+            return None
+        return tuple(float(step) for step in layer.scale[-3:])
+
     @property
     def config(self) -> WeightMapConfig:
         return WeightMapConfig(w0=self.w0.value, sigma=self.sigma.value, balance_classes=self.balance.value)
@@ -85,7 +108,7 @@ class WeightMapWidget(DockWidget):
         data = labels_data(layer)
         self._source = layer
         self.status.value = "computing…"
-        self.runner.start(weight_job, data, self.config)  # the job copies it, off the GUI thread
+        self.runner.start(weight_job, data, self.config, self._spacing(layer))  # it copies them, off the GUI thread
 
     def _show(self, result) -> None:
         if result is None:
