@@ -124,8 +124,14 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     labels = viewer.layers["stack labels"].data
     assert labels.shape == (3, 50, 60)
     assert labels[0].max() == 0 and labels[2].max() == 0  # only plane 1 was segmented
+    alone = np.array(labels[1])
     segment_planes(widget, "all planes", wait_idle)
     assert viewer.layers["stack labels"].data.shape == (3, 50, 60)
+    segment_planes(widget, "current plane", wait_idle)  # into a layer whose other planes hold objects
+    labels = np.asarray(viewer.layers["stack labels"].data)
+    others = set(np.unique(labels[[0, 2]])) - {0}
+    assert others and not others & set(np.unique(labels[1]))  # an id never names two objects
+    assert same_partition(labels[1], alone)
 
 
 def test_a_two_channel_layer_is_one_image_to_a_two_channel_model(viewer, model_session, wait_idle):

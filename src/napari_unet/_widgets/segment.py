@@ -356,7 +356,9 @@ class SegmentWidget(DockWidget):
             if full is None or full.shape != spatial_shape(layer):
                 full = np.zeros(spatial_shape(layer), np.int32)
             full = np.array(full, dtype=np.int32)
-            full[index] = labels
+            full[index] = 0
+            others = int(full.max())  # ids of the other planes' objects (one id per object across planes, as a volume)
+            full[index] = np.where(labels > 0, labels.astype(np.int32) + others, 0)
             labels = display_labels(full)
         put_layer(self.viewer, name, labels, "labels", layer, role="segmentation", visible=True)
         if result.probabilities is not None:
