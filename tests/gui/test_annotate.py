@@ -6,6 +6,7 @@ from qtpy.QtCore import QTimer
 
 from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import AnnotateWidget, WeightMapWidget
+from napari_unet._widgets._layers import ROLE
 
 from .conftest import docked
 
@@ -267,3 +268,17 @@ def test_shape_mismatch_and_missing_layers_are_reported(viewer):
     widget.source.value = other
     widget.copy.clicked.emit()
     assert "⚠" in widget.status.value and "pick the annotation made for this image" in widget.status.value
+
+
+def test_a_dock_opened_later_takes_up_the_images_annotation_but_no_other_labels(viewer):
+    image = viewer.add_image(np.zeros((50, 50)), name="img")
+    viewer.add_labels(np.zeros((50, 50), np.int32), name="ground truth")  # a user's own labels: left alone
+    widget = docked(viewer, AnnotateWidget(viewer))
+    assert widget.annotation.value is None and widget.counts.value == "no annotation layer"
+    widget.image.value = image
+    widget.create.clicked.emit()
+    made = widget.annotation.value
+    viewer.window.remove_dock_widget(widget.native)
+    again = docked(viewer, AnnotateWidget(viewer))  # e.g. the dock closed and opened again
+    assert again.annotation.value is made and again.counts.value.startswith("cells 0")
+    assert ROLE not in viewer.layers["ground truth"].metadata  # never adopted as an annotation

@@ -39,6 +39,7 @@ from ._layers import (
     ROLE,
     LayerError,
     annotation_colormap,
+    annotations_for,
     highlight_colormap,
     labels_data,
     layer_named,
@@ -142,6 +143,7 @@ class AnnotateWidget(DockWidget):
         self.contours.changed.connect(self._apply_display)
         self.show_touching.changed.connect(self._toggle_touching)
         self.annotation.changed.connect(self._adopt)
+        self.image.changed.connect(self._preselect)
         self.stats: AnnotationStats | None = None
         self._known_stats: AnnotationStats | None = None
         self._hint = ""
@@ -163,6 +165,22 @@ class AnnotateWidget(DockWidget):
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(100)
         self._recount_timer.timeout.connect(self.recount)
+        self._preselect()
+
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._preselect()
+
+    def _preselect(self, *_) -> None:
+        """When no annotation is chosen: the chosen image's annotation, if one made
+        here exists (another labels layer is left alone: choosing it converts it)."""
+        image = self.image.value
+        if self.annotation.value is not None or image is None:
+            return
+        candidates = annotations_for(self.viewer, image, self.annotation.choices)
+        made_here = [layer for layer in candidates if not role_is_not_annotation(layer)]
+        if made_here:
+            self.annotation.value = made_here[0]
 
     # -- actions -------------------------------------------------------------
 
