@@ -44,8 +44,9 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     tiny_settings(widget, tmp_path)
     assert widget.plot.isHidden()  # an empty plot before the first run: the room goes to the settings
     widget.start_button.clicked.emit()
-    assert widget.runner.busy and not widget.start_button.enabled and not widget.plot.isHidden()
+    assert widget.runner.busy and not widget.start_button.enabled
     wait_idle(widget)
+    assert not widget.plot.isHidden()  # shown once the data were prepared
     assert session.model is widget.trainer.model and widget.trainer.step == 6
     assert widget.trainer.config.augment.zoom == 0.25
     assert widget.batch_norm.value and widget.trainer.model.config.batch_norm  # the CPU default
@@ -122,6 +123,7 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
     widget.start_button.clicked.emit()
     wait_idle(widget)  # the training data are checked in the worker
     assert message in widget.status.value and widget.start_button.enabled
+    assert widget.plot.isHidden()  # no run, no empty plot
 
 
 def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path, wait_idle):

@@ -391,7 +391,6 @@ class TrainWidget(DockWidget):
             preview = image_data(self.preview_image.value)
         self.trainer = None
         self.plot.clear_data()
-        self.plot.show()
         self.progress.max = self.steps.value
         self.progress.value = 0
         self.validation_label.value = ""
@@ -416,6 +415,7 @@ class TrainWidget(DockWidget):
 
     def _on_event(self, event) -> None:
         if isinstance(event, TrainingStarted):
+            self.plot.show()  # from the first run on (a run refused while preparing shows none)
             self.trainer = event.trainer
             self.progress.max = event.trainer.config.steps
             threads = f" with {event.threads} CPU thread(s)" if event.trainer.device.type == "cpu" else ""
