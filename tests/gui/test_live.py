@@ -95,6 +95,16 @@ def test_the_image_and_its_annotation_are_chosen_as_in_train(viewer, session):
     assert widget.image.value is image and widget.annotation.value is annotation
 
 
+def test_a_stack_is_refused_with_a_way_to_get_one_plane(viewer, session):
+    image = viewer.add_image(np.zeros((3, 64, 64), np.float32), name="stack")
+    annotation = viewer.add_labels(np.full((3, 64, 64), IGNORE_LABEL, np.int16), name="stack annotation")
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image, annotation
+    widget.start_button.clicked.emit()
+    assert "stack is a stack" in widget.status.value and "Split Stack" in widget.status.value
+    assert not widget.runner.busy
+
+
 def test_a_preview_window_that_moves_leaves_nothing_behind(viewer, session):
     """On a large plane the preview covers a window around the camera; the next
     preview is written into the same layer in place, and the previous window's

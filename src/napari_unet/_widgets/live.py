@@ -130,7 +130,11 @@ class LiveTrainWidget(DockWidget):
         annotation = self.annotation.value
         labels = labels_data(annotation, self.image.value)
         if data.ndim - (channel_axis is not None) != 2:
-            raise LayerError("live training works on one 2D image: pick a single plane")
+            raise LayerError(
+                f"live training works on one 2D image and {self.image.value.name} is a stack: make a plane a layer "
+                "of its own (layer list: right-click the image > Split Stack) and annotate that one, or train on "
+                "the whole stack with the Train widget"
+            )
         in_channels = data.shape[channel_axis] if channel_axis is not None else 1
         self.live = None
         self._edits.watch(annotation)
