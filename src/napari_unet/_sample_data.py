@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .core.synthetic import synthetic_nuclei, synthetic_stack
+from .core.synthetic_volume import SPACING, synthetic_volume
 
 
 def nuclei_2d():
@@ -20,4 +21,15 @@ def nuclei_stack():
     return [
         (image, {"name": "nuclei stack"}, "image"),
         (labels, {"name": "nuclei stack annotation"}, "labels"),
+    ]
+
+
+def nuclei_volume():
+    """A volume (28 x 128 x 128 voxels of 2 x 1 x 1 um) of synthetic nuclei, some
+    touching, and its 3D annotation (one id per nucleus in every plane), shown at
+    its voxel size: the data to try Volumes on."""
+    image, labels = synthetic_volume(seed=3)
+    return [
+        (image, {"name": "nuclei volume", "scale": SPACING}, "image"),
+        (labels, {"name": "nuclei volume annotation", "scale": SPACING}, "labels"),
     ]

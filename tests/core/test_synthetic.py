@@ -8,6 +8,7 @@ from napari_unet.core.synthetic import (
     synthetic_nuclei,
     synthetic_stack,
 )
+from napari_unet.core.synthetic_volume import synthetic_volume
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,26 @@ def test_dataset_seeds_are_distinct_and_prefix_stable():
         assert np.array_equal(image_a, image_b) and np.array_equal(labels_a, labels_b)
     assert not np.array_equal(three[0][0], three[1][0])
     assert not np.array_equal(three[0][0], synthetic_dataset(1, (64, 64), seed=8)[0][0])
+
+
+def test_a_synthetic_volume_has_one_connected_id_per_nucleus_and_touching_nuclei():
+    image, labels = synthetic_volume((20, 64, 64), n_nuclei=12, seed=2)
+    again, _ = synthetic_volume((20, 64, 64), n_nuclei=12, seed=2)
+    np.testing.assert_array_equal(image, again)  # seeded
+    assert image.dtype == np.uint16 and labels.dtype == np.int32 and image.shape == labels.shape
+    ids = np.unique(labels[labels > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))
+    assert len(ids) >= 8
+    for index in ids:
+        assert ndimage.label(labels == index)[1] == 1  # one connected object, one id across planes
+    faces = [(a, b) for axis in range(3) for a, b in zip(*_neighbours(labels, axis)) if a != b]
+    assert faces  # some nuclei touch
+    inside, outside = image[labels > 0].mean(), image[labels == 0].mean()
+    assert inside > outside + 50  # nuclei are bright on a dark background
+
+
+def _neighbours(labels, axis):
+    moved = np.moveaxis(labels, axis, 0)
+    lower, upper = moved[:-1], moved[1:]
+    both = (lower > 0) & (upper > 0)
+    return lower[both], upper[both]

@@ -8,7 +8,7 @@ from npe2 import PluginManifest
 
 from napari_unet import UNet, save_model
 from napari_unet._reader import get_reader
-from napari_unet._sample_data import nuclei_2d, nuclei_stack
+from napari_unet._sample_data import nuclei_2d, nuclei_stack, nuclei_volume
 from napari_unet._session import Session
 from napari_unet._widgets import AnnotateWidget, SegmentWidget, TrainWidget, WeightMapWidget
 
@@ -19,7 +19,7 @@ def test_manifest_declares_widgets_sample_data_and_reader():
     manifest = PluginManifest.from_distribution("napari-unet")
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert widgets == {"Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net", "Live training"}
-    assert {s.key for s in manifest.contributions.sample_data} == {"nuclei_2d", "nuclei_stack"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"nuclei_2d", "nuclei_stack", "nuclei_volume"}
     assert manifest.contributions.readers[0].filename_patterns == ["*.safetensors", "*.zip"]
 
 
@@ -38,6 +38,9 @@ def test_sample_data_are_annotated_images():
     assert image.shape == labels.shape == (512, 512) and labels.max() > 50
     (stack, _, _), (stack_labels, _, _) = nuclei_stack()
     assert stack.shape == stack_labels.shape == (3, 256, 256)
+    (volume, meta, _), (volume_labels, labels_meta, _) = nuclei_volume()
+    assert volume.shape == volume_labels.shape == (28, 128, 128) and volume_labels.max() >= 30
+    assert meta["scale"] == labels_meta["scale"] == (2.0, 1.0, 1.0)
 
 
 def test_opening_a_model_file_loads_it_off_the_gui_thread_into_the_session(viewer, tmp_path, qtbot, monkeypatch):
