@@ -7,24 +7,30 @@ import pytest
 from napari_unet._widgets import LiveTrainWidget
 from napari_unet._widgets._layers import ANNOTATION, ROLE, LayerError
 from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.synthetic import synthetic_nuclei
 
 from ..core.test_live import partial_annotation
 from .conftest import docked
 
 
-def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer, session, qtbot, tmp_path):
-    from qtpy.QtCore import QTimer
-
-    from napari_unet.core.synthetic import synthetic_nuclei
-
-    image, labels = synthetic_nuclei((128, 128), seed=5)
+def live_on_two_cells(viewer, session, shape, save_path):
+    """A Live widget docked for a synthetic image with two of its cells annotated:
+    (widget, annotation layer, true labels, their cell ids)."""
+    image, labels = synthetic_nuclei(shape, seed=5)
     cells = [i for i in np.unique(labels) if i > 0]
     image_layer = viewer.add_image(image, name="cells")
     annotation = viewer.add_labels(partial_annotation(labels, cells[:2]), name="cells annotation")
     widget = docked(viewer, LiveTrainWidget(viewer, session))
     widget.image.value, widget.annotation.value = image_layer, annotation
+    widget.save_path.value = save_path
+    return widget, annotation, labels, cells
+
+
+def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer, session, qtbot, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    widget, annotation, labels, cells = live_on_two_cells(viewer, session, (128, 128), tmp_path / "live.safetensors")
     widget.preview_seconds.value = 0.5
-    widget.save_path.value = tmp_path / "live.safetensors"
     viewer.layers.selection.active = annotation
     annotation.mode = "paint"
 
@@ -152,16 +158,10 @@ def test_closing_napari_or_the_dock_during_live_training_saves_the_model(
 ):
     """Closing stops live training and writes its model, as Stop does (the model was lost)."""
     from napari_unet import load_model
-    from napari_unet.core.synthetic import synthetic_nuclei
 
     viewer = make_napari_viewer()
-    image, labels = synthetic_nuclei((96, 96), seed=5)
-    cells = [i for i in np.unique(labels) if i > 0]
-    image_layer = viewer.add_image(image, name="cells")
-    annotation = viewer.add_labels(partial_annotation(labels, cells[:2]), name="cells annotation")
-    widget = docked(viewer, LiveTrainWidget(viewer, session))
-    widget.image.value, widget.annotation.value = image_layer, annotation
-    widget.save_path.value = path = tmp_path / "live.safetensors"
+    path = tmp_path / "live.safetensors"
+    widget, *_ = live_on_two_cells(viewer, session, (96, 96), path)
     widget.start_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.live is not None and widget.live.trainer.step >= 2, timeout=120_000)
     if close == "viewer":
