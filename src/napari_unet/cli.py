@@ -240,7 +240,11 @@ def given_options(argv: Sequence[str]) -> set[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)")
+    """The command line. Options must be spelled out: an abbreviation such as
+    ``weights --out w.tif`` (meaning a file) used to be taken for ``--out-dir``."""
+    parser = argparse.ArgumentParser(
+        prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)", allow_abbrev=False
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -322,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show what a model file holds")
     info.add_argument("model", type=Path)
     info.set_defaults(run=cmd_info)
+    for command in commands.choices.values():
+        command.allow_abbrev = False
     return parser
 
 

@@ -287,3 +287,14 @@ def test_new_cpu_models_normalise_batches_unless_told_not_to(tmp_path, annotated
         model = load_model(out)
         assert model.config.batch_norm is expected
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) is expected
+
+
+def test_options_must_be_spelled_out(tmp_path, capsys):
+    """`weights --out w.tif` (a file, as `train --out` is) was taken for `--out-dir`
+    and made a folder named w.tif."""
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.zeros((20, 20), np.int32))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["weights", str(labels), "--out", str(tmp_path / "w.tif")])
+    assert exit_info.value.code == 2 and "required: --out-dir" in capsys.readouterr().err
+    assert not (tmp_path / "w.tif").exists()
