@@ -7,7 +7,7 @@ from qtpy.QtCore import QTimer
 
 from napari_unet import load_model
 from napari_unet._sample_data import nuclei_2d
-from napari_unet._widgets import TrainWidget
+from napari_unet._widgets import AnnotateWidget, TrainWidget
 from napari_unet._widgets import train as train_widget
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -210,6 +210,25 @@ def annotated_in(nuclei):
         return viewer.add_image(nuclei[0], name="cells"), viewer.add_labels(nuclei[1], name="cells annotation")
 
     return add
+
+
+def test_an_annotation_made_for_the_image_later_is_the_one_trained(viewer, session):
+    """A correction round: segment, make a new annotation from the segmentation,
+    correct it, Start. Train kept the first annotation chosen, so the corrections
+    were silently left out."""
+    image, first = sample_layers(viewer)
+    unrelated = viewer.add_labels(np.zeros((30, 30), np.int32), name="other grid")
+    widget = docked(viewer, TrainWidget(viewer, session))
+    assert widget.labels.value is first
+    annotate = docked(viewer, AnnotateWidget(viewer))
+    annotate.image.value = image
+    annotate.create.clicked.emit()
+    corrected = annotate.annotation.value
+    assert corrected is not first and widget.labels.value is corrected
+    viewer.add_labels(np.zeros(image.data.shape, np.int32), name="plain labels")  # not an annotation: ignored
+    widget.labels.value = first  # the user's own choice afterwards stays
+    viewer.layers.remove(unrelated)
+    assert widget.labels.value is first
 
 
 def test_train_preselects_the_annotated_image_and_never_overwrites_a_model(

@@ -10,6 +10,7 @@ layer they were painting) and are not offered where an annotation is expected.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterable
 from functools import cache
 
@@ -81,6 +82,30 @@ def match_annotation(viewer, image_choice, labels_choice) -> None:
     matches = annotations_for(viewer, image, labels_choice.choices)
     if matches:
         labels_choice.value = matches[0]
+
+
+class NewAnnotationFollower:
+    """Moves a labels choice to an annotation made for the chosen image after the
+    widget opened (Annotate's *Create*, or *New annotation from segmentation* in a
+    correction round): training the previous one instead would silently leave out
+    the user's corrections. Annotations that existed before are left to the user."""
+
+    def __init__(self, labels_choice) -> None:
+        self.labels_choice = labels_choice
+        self.seen = weakref.WeakSet(self._annotations())
+
+    def _annotations(self) -> list[Labels]:
+        return [layer for layer in self.labels_choice.choices if layer is not None and role_of(layer) == ANNOTATION]
+
+    def follow(self, image_choice, switch: bool = True) -> None:
+        """Call after the choices were reset (a layer was added or removed);
+        ``switch=False`` only notes the new annotations."""
+        new = [layer for layer in self._annotations() if layer not in self.seen]
+        self.seen.update(new)
+        image = image_choice.value if switch else None
+        fitting = [layer for layer in new if image is not None and layer.data.shape == spatial_shape(image)]
+        if fitting:
+            self.labels_choice.value = fitting[-1]
 
 
 def unique_name(viewer, base: str) -> str:

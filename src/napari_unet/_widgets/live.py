@@ -22,6 +22,7 @@ from ._jobs import VIEWER_CORES
 from ._layers import (
     EditWatcher,
     LayerError,
+    NewAnnotationFollower,
     choose_pair,
     image_data,
     labels_data,
@@ -112,10 +113,13 @@ class LiveTrainWidget(DockWidget):
         self.accept_button.changed.connect(self.guarded(self.accept_in_view))
         self.image.changed.connect(lambda _image: match_annotation(self.viewer, self.image, self.annotation))
         choose_pair(self.viewer, self.image, self.annotation)
+        self._follower = NewAnnotationFollower(self.annotation)
 
     def reset_choices(self, *_) -> None:
         super().reset_choices()
         choose_pair(self.viewer, self.image, self.annotation)
+        # a running session keeps training the annotation it started from
+        self._follower.follow(self.image, switch=not self.runner.busy)
 
     def _model(self, in_channels: int) -> UNet:
         model = self.session.model

@@ -41,6 +41,7 @@ from ._forms import group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     LayerError,
+    NewAnnotationFollower,
     choose_pair,
     image_data,
     labels_data,
@@ -218,10 +219,12 @@ class TrainWidget(DockWidget):
         self.image.changed.connect(self._match_annotation)
         self.preview_image.changed.connect(self._prepare_preview)
         self._preselect()
+        self._follower = NewAnnotationFollower(self.labels)
 
     def reset_choices(self, *_) -> None:
         super().reset_choices()
         self._preselect()
+        self._follower.follow(self.image)
 
     def _preselect(self) -> None:
         """Choose the obvious image and annotation when no image is chosen (:func:`choose_pair`)."""
