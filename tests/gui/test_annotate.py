@@ -62,9 +62,15 @@ def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(a
     assert (painted[:8] == 0).all() and {1, 2} <= set(np.unique(painted))
     assert widget.counts.value.startswith("cells 2, background 10% of the image, unannotated")
     widget.rest_of_image.clicked.emit()  # only unannotated pixels change
+    counted(qtbot)
     assert (layer.data[painted != -1] == painted[painted != -1]).all()
     assert (layer.data[painted == -1] == 0).all()
     assert "unannotated 0%" in widget.counts.value
+    layer.undo()  # Ctrl+Z takes back the fill, not the stroke before it
+    qtbot.waitUntil(lambda: "unannotated 88%" in widget.counts.value, timeout=5000)
+    np.testing.assert_array_equal(layer.data, painted)
+    layer.redo()
+    qtbot.waitUntil(lambda: "unannotated 0%" in widget.counts.value, timeout=5000)
     widget.erase.clicked.emit()  # erasing makes pixels unannotated again, nothing else
     assert layer.mode == "erase"
     layer.paint((70, 110), layer.colormap.background_value)
@@ -101,6 +107,7 @@ def test_rest_of_this_plane_is_background_leaves_other_planes(viewer, qtbot):
     layer.paint((1, 20, 20), layer.selected_label)
     counted(qtbot)
     widget.rest_of_plane.clicked.emit()
+    counted(qtbot)
     assert (layer.data[1] >= 0).all() and (layer.data[0] == -1).all() and (layer.data[2] == -1).all()
     assert "ids unique across the stack" in widget.counts.value
     assert "planes annotated 1 of 3 (1 complete: no -1 left)" in widget.counts.value

@@ -76,6 +76,9 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
         assert len(np.unique(after[changed])) == 1 and after[changed][0] == before.max() + 1
         with pytest.raises(LayerError, match="annotated already"):  # the same object again: said, not silent
             widget.accept_under_cursor()
+        annotation.undo()  # Ctrl+Z takes the accepted object back, not an earlier edit
+        np.testing.assert_array_equal(np.asarray(annotation.data), before)
+        annotation.redo()
 
     # probe the event loop for a while during training, however fast the steps above went
     qtbot.waitUntil(lambda: len(gaps) > 50, timeout=60_000)
@@ -171,3 +174,29 @@ def test_closing_napari_or_the_dock_during_live_training_saves_the_model(
     assert not widget.runner.busy
     assert load_model(path).config.in_channels == 1
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+def test_accepting_objects_is_one_undo_step_each(viewer, session, qtbot):
+    """Accepting wrote the annotation's data behind napari's undo history, so Ctrl+Z
+    then undid the user's stroke before it and left the accepted objects."""
+    from napari_unet.core.live import LivePreview
+
+    image = viewer.add_image(np.zeros((40, 40), np.float32), name="cells")
+    annotation = viewer.add_labels(np.full((40, 40), IGNORE_LABEL, np.int16), name="cells annotation")
+    predicted = np.zeros((40, 40), np.int32)
+    predicted[5:12, 5:12], predicted[20:30, 20:30] = 1, 2
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image, annotation
+    viewer.add_labels(predicted, name="cells live")  # as a preview shows it
+    widget.preview = LivePreview(step=1, seconds=1.0, window=(slice(0, 40), slice(0, 40)), labels=predicted)
+    annotation.data_setitem((np.array([35, 35]), np.array([1, 2])), 0)  # the user's stroke
+    stroked = np.array(annotation.data)
+    viewer.cursor.position = (8.0, 8.0)
+    widget.accept_under_cursor()
+    assert (annotation.data[5:12, 5:12] == 1).all()
+    widget.accept_in_view()
+    assert (annotation.data[20:30, 20:30] == 2).all() and "accepted 1 predicted object" in widget.status.value
+    annotation.undo()
+    assert (annotation.data[20:30, 20:30] == IGNORE_LABEL).all() and (annotation.data[5:12, 5:12] == 1).all()
+    annotation.undo()
+    np.testing.assert_array_equal(annotation.data, stroked)  # the stroke is still there

@@ -1,4 +1,5 @@
-"""What a brush stroke changed, read from napari's undo history of a labels layer.
+"""What a brush stroke changed, read from napari's undo history of a labels layer;
+and the widgets' own edits written as strokes are, so that Ctrl+Z undoes them.
 
 napari reports each edit of a labels layer (a brush dab, a fill, ``data_setitem``)
 as an undo-history entry: a masked slice of old values, or fancy indices with old
@@ -13,6 +14,16 @@ import numpy as np
 from napari.layers import Labels
 
 from ..core.annotation import Window, box_of
+
+
+def write_as_one_edit(layer: Labels, indices: tuple[np.ndarray, ...], values) -> None:
+    """Write ``values`` at ``indices`` (fancy indices, one array per axis) of
+    ``layer`` as one undoable step, reported by its paint event like a stroke.
+    (Writing into the data or replacing it leaves napari's undo history out of it:
+    Ctrl+Z then undid the user's previous stroke instead.)"""
+    if indices[0].size:
+        with layer.block_history():
+            layer.data_setitem(indices, values)
 
 
 def history_signature(layer: Labels | None):

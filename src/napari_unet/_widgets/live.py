@@ -31,6 +31,7 @@ from ._layers import (
     match_annotation,
     put_layer,
 )
+from ._strokes import write_as_one_edit
 from ._throttle import Throttle
 
 ACCEPT_KEY = "a"
@@ -234,8 +235,8 @@ class LiveTrainWidget(DockWidget):
         new_id = accept_object(data, preview, int(preview[y, x]))
         if not new_id:
             raise LayerError("the object under the cursor lies on pixels you have annotated already")
-        layer.data = data
-        self.status.value = f"accepted the object as cell {new_id}"
+        write_as_one_edit(layer, np.nonzero(data == new_id), new_id)
+        self.status.value = f"accepted the object as cell {new_id} (Ctrl+Z undoes it)"
 
     def accept_in_view(self) -> None:
         """Accept every predicted object that lies on unannotated pixels."""
@@ -244,8 +245,9 @@ class LiveTrainWidget(DockWidget):
         if data.min() > IGNORE_LABEL:
             raise LayerError("the annotation has no unannotated (-1) pixels to accept objects into")
         count = accept_all(data, self._full_preview())
-        layer.data = data
-        self.status.value = f"accepted {count} predicted object(s)"
+        changed = np.nonzero(data != np.asarray(layer.data))
+        write_as_one_edit(layer, changed, data[changed])
+        self.status.value = f"accepted {count} predicted object(s) (Ctrl+Z undoes it)"
 
     def _on_done(self, live: LiveTraining) -> None:
         self._show_step.flush()
