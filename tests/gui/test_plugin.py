@@ -203,8 +203,11 @@ def test_annotate_train_and_segment_docked_together_fit_a_laptop_screen(viewer, 
     window = viewer.window._qt_window
     window.show()  # hidden widgets keep a default geometry: lay them out as on a screen
     train.plot.show()  # as after the first run: the loss plot fits too (it made the window 858-874 px tall)
+    for widget in (annotate, train, segment):  # status lines as wide as the dock: they wrapped to 2-5 lines
+        widget.status.value = "finished at step 484; model saved to /home/user/napari-unet/model-3.safetensors"
     qtbot.wait(50)
     assert window.minimumSizeHint().height() <= 768
+    assert all(w.status.native.height() < 40 for w in (annotate, train, segment))
     for widget, area in ((annotate, annotate.controls_area), (train, train.settings_area)):
         assert area.isAncestorOf(widget.image.native)
     assert annotate.controls_area.isAncestorOf(annotate.new_cell.native)

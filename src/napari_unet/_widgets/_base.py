@@ -13,6 +13,7 @@ from collections.abc import Callable
 from magicgui.widgets import Container, Label
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QSizePolicy
 
 from ..core.errors import NapariUnetError
 from ._runner import JobRunner
@@ -47,6 +48,8 @@ class DockWidget(Container):
         self.viewer = napari_viewer
         self.status = Label(value="")
         self.status.native.setWordWrap(True)  # long paths must not widen the dock
+        # as wide as the dock lets it (a wrapped label asks for little): fewer lines, a shorter dock
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self._runners: list[JobRunner] = []
         self._closed_watcher = _ClosedWatcher(self.native, self.shutdown)
         self.native.installEventFilter(self._closed_watcher)
