@@ -289,3 +289,20 @@ def test_a_dock_opened_later_takes_up_the_images_annotation_but_no_other_labels(
     again = docked(viewer, AnnotateWidget(viewer))  # e.g. the dock closed and opened again
     assert again.annotation.value is made and again.counts.value.startswith("cells 0")
     assert ROLE not in viewer.layers["ground truth"].metadata  # never adopted as an annotation
+
+
+def test_a_fill_too_large_to_undo_never_lets_ctrl_z_take_an_earlier_cell(viewer, qtbot):
+    image = viewer.add_image(np.zeros((1024, 1024), np.float32), name="big")
+    widget = docked(viewer, AnnotateWidget(viewer))
+    widget.image.value = image
+    widget.create.clicked.emit()
+    qtbot.waitUntil(lambda: widget.annotation.value is not None, timeout=10_000)
+    layer = widget.annotation.value
+    widget.new_cell.clicked.emit()
+    layer.data_setitem(rect(100, 100, 20, 20), layer.selected_label)
+    counted(qtbot)
+    widget.rest_of_image.clicked.emit()
+    qtbot.waitUntil(lambda: "background now" in widget.status.value, timeout=10_000)
+    assert "too large to undo" in widget.status.value
+    layer.undo()  # nothing to undo now: the cell painted before stays
+    assert (layer.data[100:120, 100:120] == 1).all() and (layer.data == -1).sum() == 0

@@ -26,6 +26,15 @@ def write_as_one_edit(layer: Labels, indices: tuple[np.ndarray, ...], values) ->
             layer.data_setitem(indices, values)
 
 
+def forget_history(layer: Labels) -> None:
+    """Drop napari's undo and redo history of ``layer`` after an edit written
+    around it: undoing the stroke before such an edit took that stroke away (the
+    user's cell), not the edit."""
+    reset = getattr(layer, "_reset_history", None)
+    if reset is not None:
+        reset()
+
+
 def history_signature(layer: Labels | None):
     """Where napari's undo and redo histories of ``layer`` stand (None if unknown)."""
     undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)

@@ -49,7 +49,7 @@ from ._layers import (
     spatial_shape,
     unique_name,
 )
-from ._strokes import edited_window, history_signature, write_as_one_edit
+from ._strokes import edited_window, forget_history, history_signature, write_as_one_edit
 
 NEW_CELL_KEY = "n"
 #: Annotations up to this many pixels are recounted at once; larger ones in a worker.
@@ -339,7 +339,8 @@ class AnnotateWidget(DockWidget):
         else:
             layer.refresh()
             self.recount()
-        self.status.value = f"the rest of {where} is background now (too large to undo with Ctrl+Z)"
+        forget_history(layer)
+        self.status.value = f"the rest of {where} is background now (too large to undo: Ctrl+Z starts from here)"
 
     def start_from_segmentation(self) -> None:
         """A new annotation holding a copy of a predicted labels layer, for correction
