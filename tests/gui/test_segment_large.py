@@ -47,21 +47,27 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     stack = np.stack([drawn(), drawn()[::-1].copy()])
     session.set_model(threshold_model(), "threshold")
     layer = viewer.add_image(da.from_array(stack, chunks=(1, 64, 64)), name="big", scale=(1, 2, 2))
+    annotation = viewer.add_labels(np.zeros(stack.shape, np.int32), name="my annotation")
+    annotation.mode = "paint"
     widget = docked(viewer, SegmentWidget(viewer, session))
     widget.image.value = layer
-    widget.store.value = tmp_path / "big.zarr"
-    # cancel after the first chunks: the store is left for a resume
+    viewer.layers.selection.active = annotation
+    # cancel after the first chunks: the store (a temporary one) is left for a resume
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=120_000)
     widget.cancel_button.clicked.emit()
     wait_idle(widget)
-    assert "run again with store" in widget.status.value and "to resume" in widget.status.value
+    assert "cancelled: Segment again to resume the store" in widget.status.value
+    left = widget._store_view.out
+    assert widget.store.value == left  # chosen for the next run
     labels = viewer.layers["big labels"]
     assert labels.multiscale and isinstance(labels.data[0], zarr.Array)
+    assert viewer.layers.selection.active is annotation and annotation.mode == "paint"  # the user's, as they were
     # running again resumes the same store and completes it
     widget.run_button.clicked.emit()
     wait_idle(widget)
     labels = viewer.layers["big labels"]
+    assert widget._store_view.out == left  # resumed, not begun again elsewhere
     assert isinstance(labels.data[0], zarr.Array) and tuple(labels.scale) == (1, 2, 2)
     np.testing.assert_array_equal(labels.data[0][:], segment(threshold_model(), stack))
     np.testing.assert_array_equal(labels.data[1][:], labels.data[0][:, ::2, ::2])
@@ -69,7 +75,13 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     # a second run (into a temporary store) replaces the layer
     n_layers = len(viewer.layers)
     widget.store.value = ""
+    getattr(viewer, "scene", viewer).camera.zoom = 0.05  # zoomed out: a coarse level is shown, and must fill in
     widget.run_button.clicked.emit()
     wait_idle(widget)
+    qtbot.wait(100)
     assert len(viewer.layers) == n_layers
-    np.testing.assert_array_equal(viewer.layers["big labels"].data[0][:], segment(threshold_model(), stack))
+    labels = viewer.layers["big labels"]
+    np.testing.assert_array_equal(labels.data[0][:], segment(threshold_model(), stack))
+    assert labels.data_level > 0
+    level = np.asarray(labels.data[labels.data_level][0])  # the plane on show
+    np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), level)  # what is drawn: it stayed empty

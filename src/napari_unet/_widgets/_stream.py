@@ -22,7 +22,7 @@ from napari.layers import Image, Labels
 from ..core.progress import until_stopped
 from ..core.store import ATTRIBUTE, refresh_pyramid
 from ..core.stream import DEFAULT_CHUNK, ChunkProgress, StreamResult, iter_segment_to
-from ._layers import LayerError, spatial_shape
+from ._layers import LayerError, selection_kept, spatial_shape
 
 #: Images with more pixels than this (all planes) go through a zarr store.
 STORE_PIXELS = 1 << 26
@@ -99,26 +99,29 @@ class StoreView:
         self.refreshed = 0.0
 
     def update(self, progress: ChunkProgress) -> None:
-        if self.layer is None:
-            self.layer = self._show()
         if time.monotonic() - self.refreshed >= REFRESH_S or progress.done == progress.total:
-            self.layer.refresh()
+            self._show()
             self.refreshed = time.monotonic()
 
     def finish(self) -> None:
-        if self.layer is None:
-            self.layer = self._show()
-        self.layer.refresh()
+        self._show()
 
-    def _show(self) -> Labels:
+    def _show(self) -> None:
+        """Show the store's levels, read afresh: a layer refresh re-read none of the
+        coarser levels (arrays opened earlier kept answering what they first read),
+        so the labels filled in only when zoomed in to the full resolution."""
         import zarr
 
         levels = []
         while (self.out / str(len(levels))).exists():
             levels.append(zarr.open_array(self.out / str(len(levels)), mode="r"))
-        if self.name in self.viewer.layers:
-            self.viewer.layers.remove(self.name)
+        data = levels if len(levels) > 1 else levels[0]
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.data = data
+            return
         ndim = levels[0].ndim
         placement = {"scale": self.like.scale[-ndim:], "translate": self.like.translate[-ndim:], "name": self.name}
-        data = levels if len(levels) > 1 else levels[0]
-        return self.viewer.add_labels(data, multiscale=len(levels) > 1, **placement)
+        with selection_kept(self.viewer):  # the user's layer stays selected, in its mode
+            if self.name in self.viewer.layers:
+                self.viewer.layers.remove(self.name)
+            self.layer = self.viewer.add_labels(data, multiscale=len(levels) > 1, **placement)

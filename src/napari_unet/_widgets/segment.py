@@ -338,7 +338,11 @@ class SegmentWidget(DockWidget):
     def _on_done(self, result: SegmentationDone | StoreDone | None) -> None:
         if result is None:
             view = getattr(self, "_store_view", None)
-            self.status.value = "cancelled" if view is None else f"cancelled: run again with store {view.out} to resume"
+            if view is None:
+                self.status.value = "cancelled"
+            else:
+                self.store.value = view.out  # so that Segment again resumes it, also after a temporary store
+                self.status.value = f"cancelled: Segment again to resume the store {view.out}"
             self._reset_progress()
             self._drop_placeholders()
             return
