@@ -103,7 +103,8 @@ def test_stack_counts_say_how_ids_are_counted():
     assert "ids unique across the stack" in AnnotationStats.of(unique).summary()
     repeated = np.stack([discs((30, 30), [(10, 10)], 4, fill=0)] * 3)
     text = AnnotationStats.of(repeated).summary()
-    assert "cells 3" in text and "ids repeat between planes: counted per plane, 1 distinct" in text
+    assert "cells 3" in text and "ids repeat between planes: counted per plane, 1 distinct;" in text
+    assert "an id on several planes is one cell to a 3D network" in text
 
 
 def test_stack_counts_say_how_many_planes_are_annotated():

@@ -394,7 +394,10 @@ class AnnotationStats:
         text = f"cells {cells}, background {_percent(background)} of the image, unannotated {_percent(unannotated)}"
         if len(self.shape) > 2:
             if cells > distinct:
-                rule = f"ids repeat between planes: counted per plane, {distinct} distinct"
+                rule = (  # both conventions are right: which one holds depends on the network
+                    f"ids repeat between planes: counted per plane, {distinct} distinct; "
+                    "an id on several planes is one cell to a 3D network"
+                )
             else:
                 rule = "ids unique across the stack"
             text += f" ({rule})"
