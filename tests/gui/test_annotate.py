@@ -202,6 +202,14 @@ def test_create_makes_a_new_layer_and_never_reuses_one(viewer):
     assert widget.annotation.value.name == "nuclei annotation 3"
 
 
+def test_the_brush_size_box_follows_napari_s_own_control(annotating):
+    widget, layer = annotating
+    widget.brush_size.value = 14
+    assert layer.brush_size == 14
+    layer.brush_size = 25  # napari's layer controls, or its keys
+    assert widget.brush_size.value == 25
+
+
 def test_helper_layers_keep_the_selection_and_the_brush(viewer, annotating, qtbot):
     """Issue 18.6: the touching highlight appears without taking the selection or the mode."""
     widget, layer = annotating

@@ -365,10 +365,17 @@ class AnnotateWidget(DockWidget):
             layer.brush_size = self.brush_size.value
             layer.contour = 1 if self.contours.value else 0
 
+    def _on_brush_size(self, *_) -> None:
+        """The brush size set in napari's layer controls (or with its keys) shows here too."""
+        size = round(float(self._layer.brush_size))
+        if size != self.brush_size.value and self.brush_size.min <= size <= self.brush_size.max:
+            self.brush_size.value = size
+
     def _adopt(self, layer: Labels | None) -> None:
         """Make ``layer`` the annotation: signed (so it can hold -1), drawn with -1
         transparent and 0 tinted, followed edit by edit."""
         if self._layer is not None:
+            self._layer.events.brush_size.disconnect(self._on_brush_size)
             self._layer.events.paint.disconnect(self._on_paint)
             self._layer.events.set_data.disconnect(self._on_redrawn)
             self._layer.events.data.disconnect(self._on_replaced)
@@ -399,6 +406,7 @@ class AnnotateWidget(DockWidget):
             layer.colormap = annotation_colormap()
             layer.metadata[ROLE] = ANNOTATION
         layer.bind_key(NEW_CELL_KEY, lambda _layer: self.select_new_cell(), overwrite=True)
+        layer.events.brush_size.connect(self._on_brush_size)
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_redrawn)
         layer.events.data.connect(self._on_replaced)
