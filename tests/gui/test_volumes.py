@@ -87,6 +87,8 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cpu"))
     train.image.value = deep
     assert train.network.value == "2D" and "all planes as a volume" in train.status.value
+    train.network.value = "3D"  # the user's answer to the suggestion
+    assert "a 2D network suggested" not in train.status.value
     monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cuda"))
     train.image.value = short
     assert train.network.value == "2D"

@@ -279,6 +279,8 @@ class TrainWidget(DockWidget):
     def _on_network_changed(self, *_) -> None:
         """The CPU defaults of the chosen kind of network."""
         defaults = default_model_config("cpu", ndim=3 if self.network.value == "3D" else 2)
+        if self.network.value == "3D" and "a 2D network suggested" in self.status.value:
+            self.status.value = ""  # the user chose: the suggestion is answered
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
         self.batch_norm.value = defaults.batch_norm
         self._set_tile_choices(self.depth.value)
