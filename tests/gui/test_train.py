@@ -124,6 +124,10 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
     wait_idle(widget)  # the training data are checked in the worker
     assert message in widget.status.value and widget.start_button.enabled
     assert widget.plot.isHidden()  # no run, no empty plot
+    if widget.labels.value is empty:  # painting answers "empty": the message does not stay beside the cells
+        empty.data_setitem((np.arange(10, 20), np.arange(10, 20)), 1)
+        widget._edits.timer.timeout.emit()
+        assert message not in widget.status.value and "Start checks it again" in widget.status.value
 
 
 def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path, wait_idle):

@@ -40,6 +40,7 @@ from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choi
 from ._forms import group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
+    EditWatcher,
     LayerError,
     NewAnnotationFollower,
     choose_pair,
@@ -220,6 +221,10 @@ class TrainWidget(DockWidget):
         self.preview_image.changed.connect(self._prepare_preview)
         self._preselect()
         self._follower = NewAnnotationFollower(self.labels)
+        self._refusal = ""  # why the last Start was refused, while the status still says so
+        self._edits = EditWatcher(self._on_annotation_edited, self.native, delay_ms=300)
+        self.labels.changed.connect(self._edits.watch)
+        self._edits.watch(self.labels.value)
 
     def reset_choices(self, *_) -> None:
         super().reset_choices()
@@ -473,7 +478,15 @@ class TrainWidget(DockWidget):
 
     def _on_error(self, message: str) -> None:
         self._show_step.flush()
-        self.status.value = f"⚠ {message}"
+        self.status.value = self._refusal = f"⚠ {message}"
+
+    def _on_annotation_edited(self) -> None:
+        """An edit may have answered why the last Start was refused (e.g. "the
+        annotations are empty"): the message goes rather than stand beside the cells
+        just painted; Start checks again."""
+        if not self.runner.busy and self._refusal and self.status.value == self._refusal:
+            self.status.value = "annotation edited since: Start checks it again"
+        self._refusal = ""
 
     def _on_idle(self) -> None:
         self._show_step.flush()
