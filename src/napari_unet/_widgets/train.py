@@ -214,7 +214,6 @@ class TrainWidget(DockWidget):
         self.model_source.changed.connect(self._on_source_changed)
         self.image.changed.connect(self._suggest_network)
         self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
-        self.validation_label.changed.connect(lambda text: setattr(self.validation_label, "visible", bool(text)))
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
         self.image.changed.connect(self._match_annotation)
@@ -404,6 +403,7 @@ class TrainWidget(DockWidget):
         self.progress.max = self.steps.value
         self.progress.value = 0
         self.validation_label.value = ""
+        self.validation_label.visible = False
         self.status.value = "preparing the training data…"
         for warning in self._warnings:
             self.status.value = f"⚠ {warning}"
@@ -442,6 +442,7 @@ class TrainWidget(DockWidget):
             self.validation_label.value = (
                 f"validation at step {event.step}: AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}"
             )
+            self.validation_label.visible = True  # (a Label reports no change of its own)
         elif isinstance(event, CheckpointFailed):
             show_warning(f"napari-unet: {event.message}")
         elif isinstance(event, Preview):
