@@ -63,6 +63,16 @@ def test_progress_events_validation_and_checkpoints(tmp_path):
     assert steps[-1].lr < steps[2].lr  # cosine decay
 
 
+def test_a_run_that_ends_by_time_is_validated_at_its_last_step():
+    """With --minutes the step count is rarely reached: validation then ran only
+    every `validate_every` steps, often never, and the model recorded none."""
+    images, labels = data()
+    config = dataclasses.replace(FAST, steps=100_000, minutes=0.005, validate_every=100_000)
+    events = list(iter_train(tiny_model(), images, labels, config, val_images=images, val_labels=labels))
+    last = [e for e in events if isinstance(e, StepProgress)][-1]
+    assert [e.step for e in events if isinstance(e, ValidationResult)] == [last.step]
+
+
 def test_loss_goes_down():
     images, labels = data()
     config = dataclasses.replace(FAST, steps=60, augment=AugmentConfig(elastic=False), lr=3e-3)

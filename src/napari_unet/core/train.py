@@ -296,6 +296,10 @@ class Trainer:
                         reported = True
                         message = f"checkpoint at step {self.step} failed: {self.checkpoint_error}; training goes on"
                         yield CheckpointFailed(self.step, str(self.checkpoint_path), message)
+            if self.validation and self.group.is_main and self.step and not self._validated_at(self.step):
+                self.last_validation = self.validate()  # a run that ended by time: its last step too
+                self._remember_if_best(self.last_validation)
+                yield self.last_validation
         finally:
             prefetch.close()
             if self.group.is_main and self.checkpoint_path and self.step > tried_at:
@@ -313,6 +317,9 @@ class Trainer:
             self.model.to(memory_format=torch.contiguous_format)
             self.model.eval()
         return self.summary()
+
+    def _validated_at(self, step: int) -> bool:
+        return self.last_validation is not None and self.last_validation.step == step
 
     def _draws_ahead(self) -> bool:
         """Whether to draw the next step's samples in a background thread: when training
