@@ -296,7 +296,8 @@ class Trainer:
                         reported = True
                         message = f"checkpoint at step {self.step} failed: {self.checkpoint_error}; training goes on"
                         yield CheckpointFailed(self.step, str(self.checkpoint_path), message)
-            if self.validation and self.group.is_main and self.step and not self._validated_at(self.step):
+            ended_by_time = self.step < cfg.steps and not self._stop.is_set()  # not stopped: resumes stay exact
+            if self.validation and self.group.is_main and ended_by_time and not self._validated_at(self.step):
                 self.last_validation = self.validate()  # a run that ended by time: its last step too
                 self._remember_if_best(self.last_validation)
                 yield self.last_validation
