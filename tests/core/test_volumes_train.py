@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import napari_unet as nu
+from napari_unet._sample_data import nuclei_volume
 from napari_unet.core.annotation import ids_changing_between_planes
 from napari_unet.core.augment3d import elastic_displacement_3d, resample_volume, rigid, sampling_grid_3d
 from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
@@ -204,6 +205,13 @@ def test_a_cap_resting_on_another_cell_is_not_taken_for_one_cell():
     assert ids_changing_between_planes(labels) == []
     labels[1, 3:17, 3:17] = 2  # most of the same place: one cell with two ids
     assert ids_changing_between_planes(labels) == [(0, 1, 2)]
+    zz, yy, xx = np.indices((12, 30, 30))  # two balls stacked along z, their caps meeting
+    stacked = np.zeros((12, 30, 30), np.int32)
+    stacked[((zz - 2.5) / 3.5) ** 2 + ((yy - 15) / 10) ** 2 + ((xx - 15) / 10) ** 2 <= 1] = 1
+    stacked[((zz - 9) / 3.5) ** 2 + ((yy - 15) / 10) ** 2 + ((xx - 15) / 10) ** 2 <= 1] = 2
+    assert ids_changing_between_planes(stacked) == []
+    (_, _, _), (sample, _, _) = nuclei_volume()  # the 3D sample: 40 nuclei, some stacked
+    assert ids_changing_between_planes(sample) == []
 
 
 def test_a_3d_model_trains_and_segments_a_volume_from_a_few_planes():
