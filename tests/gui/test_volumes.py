@@ -55,6 +55,9 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
 
     segment = docked(viewer, SegmentWidget(viewer, session))
     assert "(3D U-Net, base 2, depth 2, 1 channel(s)" in segment.model_info.value
+    viewer.add_image(np.zeros((8, 8), np.float32), name="another layer")  # napari resets the choices
+    assert segment.tile.choices == (None,)  # "auto" alone for a 3D model
+    assert train.tile.choices == (None,)  # and for the 3D network chosen in Train
     segment.image.value = viewer.add_image(stack[6], name="plane 6")
     segment.run_button.clicked.emit()  # refused at once, before any layer or worker
     assert "3D U-Net and plane 6 is one plane: choose a stack or a 2D model" in segment.status.value

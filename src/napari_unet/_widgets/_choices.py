@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.devices import PRECISIONS, available_devices
-from ..core.geometry import valid_sizes
+from ..core.geometry import input_size_for_output, step, valid_sizes
 
 #: Largest tile offered in the tile choosers (input px).
 MAX_TILE = 1276
@@ -20,9 +20,15 @@ def precision_choices() -> list[str]:
     return list(PRECISIONS)
 
 
-def tile_choices(depth: int) -> list[tuple[str, int | None]]:
-    """("auto", None) and every valid input tile size for ``depth`` up to MAX_TILE."""
-    return [("auto", None)] + [(str(size), size) for size in valid_sizes(depth, MAX_TILE)]
+def tile_choices(depth: int, ndim: int = 2) -> list[tuple[str, int | None]]:
+    """("auto", None) and every valid input tile size for ``depth`` up to MAX_TILE
+    that can step across an image (smaller valid sizes give outputs too small to).
+    3D networks: "auto" alone (their tiles differ per axis: the best within the
+    memory budget)."""
+    if ndim == 3:
+        return [("auto", None)]
+    smallest = input_size_for_output(step(depth), depth)
+    return [("auto", None)] + [(str(size), size) for size in valid_sizes(depth, MAX_TILE) if size >= smallest]
 
 
 #: What a widget says when "file" is chosen as the model source and no file is.

@@ -60,7 +60,7 @@ class SegmentWidget(DockWidget):
         self._model_choice: tuple[str, str] | None = None  # (source, file) the model info describes
         self._placeholders = []
         # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
-        self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self._model_depth()), value=None)
+        self.tile = ComboBox(label="tile", choices=lambda _: self._tile_choices(), value=None)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
         self.planes = ComboBox(
@@ -211,10 +211,7 @@ class SegmentWidget(DockWidget):
         model = self._known_model()
         if model is not None:
             self.min_size.value = model.spec.instances.min_size
-        if model is not None and model.config.ndim == 3:
-            self.tile.choices = [("auto", None)]  # 3D tiles differ per axis: the best within the memory budget
-        else:
-            self.tile.choices = tile_choices(model.config.depth if model is not None else 4)
+        self.tile.reset_choices()
         self.tile.value = None
         self.planes.visible = self._offers_planes(self.image.value)
 
@@ -224,9 +221,10 @@ class SegmentWidget(DockWidget):
             return self._file_model if isinstance(self._file_model, UNet) else None
         return self.session.model
 
-    def _model_depth(self) -> int:
+    def _tile_choices(self) -> list[tuple[str, int | None]]:
+        """The tile sizes valid for the chosen model (before one is known: for depth 4)."""
         model = self._known_model()
-        return model.config.depth if model is not None else 4
+        return tile_choices(model.config.depth, model.config.ndim) if model is not None else tile_choices(4)
 
     def model(self) -> UNet:
         if self.model_source.value == "file":

@@ -150,7 +150,11 @@ class TrainWidget(DockWidget):
         self.lr = FloatSpinBox(label="learning rate", value=defaults.learning_rate, min=1e-5, max=1.0, step=1e-5)
         self.batch_size = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS), value=defaults.optimizer)
-        self.tile = ComboBox(label="tile", choices=lambda _: tile_choices(self.depth.value), value=None)
+        self.tile = ComboBox(
+            label="tile",
+            choices=lambda _: tile_choices(self.depth.value, 3 if self.network.value == "3D" else 2),
+            value=None,
+        )
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="sigma (px)", value=WeightMapConfig().sigma, min=0.5, max=50.0)
         augment = AugmentConfig()
@@ -209,7 +213,7 @@ class TrainWidget(DockWidget):
         self._started_message = ""
         self.add_pair.changed.connect(self.guarded(self._add_pair))
         self.clear_pairs.changed.connect(self._clear_pairs)
-        self.depth.changed.connect(lambda depth: self._set_tile_choices(depth))
+        self.depth.changed.connect(self._set_tile_choices)
         self.network.changed.connect(self._on_network_changed)
         self.model_source.changed.connect(self._on_source_changed)
         self.image.changed.connect(self._suggest_network)
@@ -245,9 +249,8 @@ class TrainWidget(DockWidget):
             empty = np.zeros(spatial_shape(layer), np.uint16)
             put_layer(self.viewer, f"{layer.name} preview", empty, "labels", layer, role="preview", visible=False)
 
-    def _set_tile_choices(self, depth: int) -> None:
-        # 3D tiles differ per axis (anisotropic voxels): the default tile there
-        self.tile.choices = tile_choices(depth) if self.network.value == "2D" else [("auto", None)]
+    def _set_tile_choices(self, *_) -> None:
+        self.tile.reset_choices()
         self.tile.value = None
 
     def _on_source_changed(self, source: str) -> None:
@@ -287,7 +290,7 @@ class TrainWidget(DockWidget):
             self.status.value = ""  # the user chose: the suggestion is answered
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
         self.batch_norm.value = defaults.batch_norm
-        self._set_tile_choices(self.depth.value)
+        self._set_tile_choices()
 
     def spacing(self) -> tuple[float, ...] | None:
         """The voxel spacing (z, y, x) of the training image: its layer's scale."""
