@@ -23,6 +23,7 @@ from napari.layers import Image
 from .._session import Session, summary
 from ..core.checkpoint import ModelFileError
 from ..core.config import InstanceConfig
+from ..core.exchange import check_exportable
 from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
 from ..core.layout import ImageShapeError, axes_at_minus3
@@ -395,6 +396,7 @@ class SegmentWidget(DockWidget):
         if self.export_runner.busy:
             return
         model = self.model()
+        check_exportable(model)  # before the save dialog: a 3D model cannot be exported
         target = self.ask_export_path()
         if target is None:
             return

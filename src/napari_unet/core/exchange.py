@@ -72,6 +72,12 @@ def architecture_kwargs(model: UNet) -> dict:
     }
 
 
+def check_exportable(model: UNet) -> None:
+    """Raise :class:`ConfigError` for a model the exports cannot hold (3D ones)."""
+    if model.config.ndim != 2:
+        raise ConfigError("export covers 2D models only; this is a 3D model (use it with napari-unet itself)")
+
+
 def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     """The standalone network with a copy of ``model``'s weights, in eval mode on the CPU;
     batch normalisation is folded into the convolutions (see
@@ -80,8 +86,7 @@ def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     Raises ``RuntimeError`` (a bug, not a user error) if the standalone file's layer
     plan ever drifts from the core's.
     """
-    if model.config.ndim != 2:
-        raise ConfigError("export covers 2D models only; this is a 3D model (use it with napari-unet itself)")
+    check_exportable(model)
     plain = without_batch_norm(model)  # a consistent copy, even while training
     kwargs = architecture_kwargs(plain)
     standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)]
