@@ -236,6 +236,20 @@ def test_an_annotation_made_for_the_image_later_is_the_one_trained(viewer, sessi
     assert widget.labels.value is first
 
 
+def test_a_pair_whose_layer_is_deleted_is_no_longer_trained(viewer, session):
+    image, annotation = sample_layers(viewer)
+    other = viewer.add_image(np.zeros(image.data.shape, np.float32), name="other")
+    other_annotation = viewer.add_labels(np.zeros(image.data.shape, np.int32), name="other annotation")
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.labels.value = image, annotation
+    widget.add_pair.clicked.emit()
+    widget.image.value, widget.labels.value = other, other_annotation
+    widget.add_pair.clicked.emit()
+    assert len(widget.pairs) == 2
+    viewer.layers.remove(other)
+    assert widget.pairs == [(image, annotation)] and "other" not in widget.pairs_label.value
+
+
 def test_train_preselects_the_annotated_image_and_never_overwrites_a_model(
     viewer, session, tmp_path, wait_idle, monkeypatch
 ):

@@ -233,6 +233,7 @@ class TrainWidget(DockWidget):
         super().reset_choices()
         self._preselect()
         self._follower.follow(self.image)
+        self._drop_removed_pairs()
 
     def _preselect(self) -> None:
         """Choose the obvious image and annotation when no image is chosen (:func:`choose_pair`)."""
@@ -300,11 +301,24 @@ class TrainWidget(DockWidget):
     def _add_pair(self) -> None:
         labels_data(self.labels.value, self.image.value)
         self.pairs.append((self.image.value, self.labels.value))
-        self.pairs_label.value = "pairs: " + "; ".join(f"{i.name} + {l.name}" for i, l in self.pairs)  # noqa: E741
+        self._show_pairs()
 
     def _clear_pairs(self, *_) -> None:
         self.pairs.clear()
-        self.pairs_label.value = "pairs: the image and annotation above"
+        self._show_pairs()
+
+    def _drop_removed_pairs(self) -> None:
+        """Pairs one of whose layers was deleted are no longer trained on (they were, silently)."""
+        kept = [pair for pair in self.pairs if all(layer in self.viewer.layers for layer in pair)]
+        if len(kept) != len(self.pairs):
+            self.pairs[:] = kept
+            self._show_pairs()
+
+    def _show_pairs(self) -> None:
+        if self.pairs:
+            self.pairs_label.value = "pairs: " + "; ".join(f"{i.name} + {a.name}" for i, a in self.pairs)
+        else:
+            self.pairs_label.value = "pairs: the image and annotation above"
 
     def config(self) -> TrainConfig:
         return TrainConfig(
