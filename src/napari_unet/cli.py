@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .cli_args import (
     add_prediction_arguments,
     add_spacing_argument,
@@ -103,7 +105,16 @@ def cmd_segment(args: argparse.Namespace) -> None:
         write_image(files["labels"], labels)
         if probabilities is not None:
             write_image(files["probabilities"], probabilities)
-        print(f"{path}: {int(labels.max())} objects -> {files['labels']}")
+        print(f"{path}: {_objects(labels, 3 if args.as_volume or model.config.ndim == 3 else 2)} -> {files['labels']}")
+
+
+def _objects(labels: np.ndarray, unit_ndim: int) -> str:
+    """How many objects ``labels`` holds, each plane (``unit_ndim`` 2) or volume (3)
+    numbered from 1: "290 objects in 28 planes" (the largest id counts one plane's)."""
+    units = labels.reshape(-1, *labels.shape[labels.ndim - unit_ndim :])
+    total = sum(int(unit.max()) for unit in units)
+    where = f" in {len(units)} {'planes' if unit_ndim == 2 else 'volumes'}" if len(units) > 1 else ""
+    return f"{total} objects{where}"
 
 
 def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> None:

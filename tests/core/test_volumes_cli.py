@@ -117,8 +117,11 @@ def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--spacing", "0.5", "0.25", "0.25"]) == 2
     assert "--spacing Z Y X applies with --as-volume" in capsys.readouterr().err
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--precision", "fp32"]) == 0  # plane by plane
-    note = capsys.readouterr().err
-    assert "is a volume of 16 planes" in note and "add --as-volume" in note
+    said = capsys.readouterr()
+    assert "is a volume of 16 planes" in said.err and "add --as-volume" in said.err
+    per_plane = tifffile.imread(out / "vol_labels.tif")
+    total = sum(int(plane.max()) for plane in per_plane)  # each plane numbers its objects from 1
+    assert f"{total} objects in 16 planes" in said.out and total > per_plane.max()
 
 
 def test_no_volume_note_for_an_rgb_picture(tmp_path, capsys):
