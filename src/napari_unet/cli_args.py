@@ -73,7 +73,14 @@ def spacing_option(args: argparse.Namespace, path: Path, ndim: int) -> tuple[flo
         return None
     if getattr(args, "spacing", None):
         return tuple(args.spacing)
-    return read_spacing(path)
+    spacing = read_spacing(path)
+    if spacing is None:
+        print(
+            f"napari-unet: {path} records no voxel size: cubic voxels assumed; if z is coarser than y and x "
+            "(it mostly is), pass --spacing Z Y X",
+            file=sys.stderr,
+        )
+    return spacing
 
 
 def add_spacing_argument(parser: argparse.ArgumentParser, purpose: str) -> None:

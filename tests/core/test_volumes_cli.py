@@ -119,6 +119,11 @@ def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--precision", "fp32"]) == 0  # plane by plane
     said = capsys.readouterr()
     assert "is a volume of 16 planes" in said.err and "add --as-volume" in said.err
+    assert "records no voxel size" not in said.err  # this file has one
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, tifffile.imread(image))  # no voxel size in it: said, with what to do
+    assert main(["segment", str(tmp_path / "m2d.safetensors"), str(bare), "--as-volume", "--out-dir", str(out)]) == 0
+    assert "bare.tif records no voxel size: cubic voxels assumed" in capsys.readouterr().err
     per_plane = tifffile.imread(out / "vol_labels.tif")
     total = sum(int(plane.max()) for plane in per_plane)  # each plane numbers its objects from 1
     assert f"{total} objects in 16 planes" in said.out and total > per_plane.max()
