@@ -179,7 +179,9 @@ def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     check_pairs(args.predictions, args.truth, "prediction")
     pairs = [(p.name, read_image(p), read_image(t)) for p, t in zip(args.predictions, args.truth)]
-    print(format_table(evaluate_pairs(pairs)))
+    if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):
+        print("napari-unet: scored plane by plane; --volumes matches 3D objects", file=sys.stderr)
+    print(format_table(evaluate_pairs(pairs, 3 if args.volumes else 2)))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -323,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")
     evaluate.add_argument("predictions", type=Path, nargs="+")
     evaluate.add_argument("--truth", type=Path, nargs="+", required=True)
+    evaluate.add_argument(
+        "--volumes", action="store_true", help="match objects in 3D (Z, Y, X) instead of plane by plane"
+    )
     evaluate.set_defaults(run=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="train on synthetic nuclei and segment held-out images")

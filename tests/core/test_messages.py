@@ -52,6 +52,26 @@ def test_evaluate_works_on_stacks(tmp_path, capsys):
     assert float(row.split()[1]) == pytest.approx(found, abs=1e-3)
 
 
+def test_evaluate_matches_3d_objects_with_volumes(tmp_path, capsys):
+    """A volume's objects span planes: plane by plane one 3D nucleus is scored once
+    per plane it crosses (and said so); --volumes matches it once, in 3D."""
+    truth = np.zeros((6, 20, 20), np.int32)
+    truth[1:5, 3:9, 3:9], truth[2:6, 10:17, 10:17] = 1, 2
+    predicted = truth.copy()
+    predicted[1, 3:9, 3:9] = 0  # nucleus 1 missed in one of its four planes
+    tifffile.imwrite(tmp_path / "pred.tif", predicted)
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    command = ["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif")]
+    assert main(command) == 0
+    said = capsys.readouterr()
+    assert "scored plane by plane; --volumes matches 3D objects" in said.err
+    per_plane = next(line for line in said.out.splitlines() if line.startswith("pred.tif"))
+    assert float(per_plane.split()[1]) == pytest.approx(7 / 8, abs=1e-3)  # 7 of 8 plane sections found
+    assert main([*command, "--volumes"]) == 0
+    in_3d = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pred.tif"))
+    assert float(in_3d.split()[1]) == pytest.approx(1.0)  # both nuclei found (IoU 0.75 and 1)
+
+
 def test_threads_follow_the_machine_and_the_command_line(tmp_path):
     from napari_unet.core.threads import choose_threads, other_busy_cores
 

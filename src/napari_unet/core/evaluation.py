@@ -33,17 +33,21 @@ def _check(name: str, what: str, labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64, copy=False) if not np.issubdtype(labels.dtype, np.integer) else labels
 
 
-def evaluate_stack(predicted: np.ndarray, truth: np.ndarray) -> tuple[list[MatchStats], float, int]:
-    """Matches pooled over the planes of (..., H, W) label images, the foreground pixel
-    IoU over all of them, and the merged touching pairs summed over planes."""
-    planes = list(np.ndindex(*truth.shape[:-2]))
+def evaluate_stack(
+    predicted: np.ndarray, truth: np.ndarray, spatial_ndim: int = 2
+) -> tuple[list[MatchStats], float, int]:
+    """Matches pooled over the planes of (..., H, W) label images (``spatial_ndim`` 3:
+    over the volumes (..., Z, Y, X), objects matched in 3D), the foreground pixel IoU
+    over all of them, and the merged touching pairs summed over planes (volumes)."""
+    planes = list(np.ndindex(*truth.shape[: truth.ndim - spatial_ndim]))
     matches = combine([match_instances(predicted[index], truth[index]) for index in planes])
     merged = sum(merged_pairs(predicted[index], truth[index]) for index in planes)
     return matches, pixel_iou(predicted, truth), merged
 
 
-def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> list[Row]:
-    """Rows for each (name, predicted labels, true labels) and a final "overall" row.
+def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], spatial_ndim: int = 2) -> list[Row]:
+    """Rows for each (name, predicted labels, true labels) and a final "overall" row;
+    ``spatial_ndim`` 3 matches 3D objects (:func:`evaluate_stack`).
 
     The overall row pools matches over images; its pixel IoU is the mean over images.
     """
@@ -52,7 +56,9 @@ def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> list[
         predicted, truth = _check(name, "prediction", predicted), _check(name, "truth", truth)
         if predicted.shape != truth.shape:
             raise EvaluationError(f"{name}: prediction shape {predicted.shape} differs from truth {truth.shape}")
-        rows.append((name, *evaluate_stack(predicted, truth)))
+        if predicted.ndim < spatial_ndim:
+            raise EvaluationError(f"{name}: --volumes needs volumes (Z, Y, X), got shape {predicted.shape}")
+        rows.append((name, *evaluate_stack(predicted, truth, spatial_ndim)))
     if not rows:
         raise EvaluationError("nothing to evaluate")
     overall_iou = float(np.mean([row[2] for row in rows]))
