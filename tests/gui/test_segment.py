@@ -297,7 +297,7 @@ def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session
     widget.export_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.export_runner.busy, timeout=WORKER_TIMEOUT)
     qtbot.wait(10)
-    assert target.is_file() and "exported exported.onnx" in widget.status.value
+    assert target.is_file() and f"exported {target} (" in widget.status.value  # where it went
     assert widget.export_button.enabled
     monkeypatch.setattr(SegmentWidget, "ask_export_path", lambda self: None)  # cancelled: nothing happens
     widget.export_button.clicked.emit()

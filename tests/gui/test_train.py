@@ -112,6 +112,10 @@ def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_
             lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.labels, "value", lab)),
             "annotations are empty",
         ),
+        (  # a validation image without its labels validated nothing, silently
+            lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.val_image, "value", img)),
+            "validation needs an image and its labels",
+        ),
     ],
 )
 def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, message, wait_idle):
@@ -125,7 +129,7 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
     wait_idle(widget)  # the training data are checked in the worker
     assert message in widget.status.value and widget.start_button.enabled
     assert widget.plot.isHidden()  # no run, no empty plot
-    if widget.labels.value is empty:  # painting answers "empty": the message does not stay beside the cells
+    if message == "annotations are empty":  # painting answers it: the message does not stay beside the cells
         empty.data_setitem((np.arange(10, 20), np.arange(10, 20)), 1)
         widget._edits.timer.timeout.emit()
         assert message not in widget.status.value and "Start checks it again" in widget.status.value

@@ -416,7 +416,7 @@ class SegmentWidget(DockWidget):
         self.status.value = message
 
     def _on_exported(self, path: Path) -> None:
-        self.status.value = f"exported {path.name} ({path.stat().st_size / 1e6:.1f} MB)"
+        self.status.value = f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)"
 
     def _on_export_idle(self) -> None:
         self.export_button.enabled = True

@@ -377,6 +377,8 @@ class TrainWidget(DockWidget):
         in_channels = images[0].shape[channel_axis] if channel_axis is not None else 1
         make_model = self._model_factory(in_channels)
         validation = {}
+        if (self.val_image.value is None) != (self.val_labels.value is None):
+            raise LayerError("validation needs an image and its labels: choose both, or neither")
         if self.val_image.value is not None and self.val_labels.value is not None:
             validation = {
                 "val_images": [image_data(self.val_image.value)[0]],

@@ -363,7 +363,10 @@ def _check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacin
         raise ConfigError("as_volume is for 2D models: a 3D model labels whole volumes already")
     shape = tuple(getattr(image, "shape", None) or np.shape(image))
     if len(axes_at_minus3(shape, model.config.in_channels, channel_axis)) < 4:
-        raise ConfigError(f"as_volume needs a stack of planes (Z, Y, X); this image (shape {shape}) is one plane")
+        raise ConfigError(
+            f"labelling as a volume (as_volume, --as-volume) needs a stack of planes (Z, Y, X); "
+            f"this image (shape {shape}) is one plane"
+        )
 
 
 def volume_labels(
