@@ -58,6 +58,7 @@ class SegmentWidget(DockWidget):
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")
         self.model_info = Label(value=self.session.describe())
         self._file_model: UNet | ModelFileError | None = None  # read from the chosen file
+        self._reading: Path | None = None  # the file read last (or being read)
         self._model_choice: tuple[str, str] | None = None  # (source, file) the model info describes
         self._placeholders = []
         # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
@@ -188,7 +189,7 @@ class SegmentWidget(DockWidget):
         elif self.model_source.value == "file":
             self.model_info.value = f"reading {path.name}…"
             if not self.file_runner.busy:  # else the file is read when the running read ends
-                self.file_runner.start(read_model_job, path)
+                self._read(path)
         else:
             self.model_info.value = self.session.describe()
         self._fit_settings_to_model()
@@ -203,9 +204,14 @@ class SegmentWidget(DockWidget):
         )
         self._fit_settings_to_model()
 
+    def _read(self, path: Path) -> None:
+        self._reading = path
+        self.file_runner.start(read_model_job, path)
+
     def _on_file_reader_idle(self) -> None:
-        if self.model_source.value == "file" and self._file_model is None and chosen_file(self.model_file.value):
-            self.file_runner.start(read_model_job, chosen_file(self.model_file.value))  # chosen meanwhile
+        chosen = chosen_file(self.model_file.value)
+        if self.model_source.value == "file" and chosen is not None and chosen != self._reading:
+            self._read(chosen)  # chosen while the previous file was read
 
     def _fit_settings_to_model(self) -> None:
         """Smallest object, tile sizes and the stacks choice for the chosen model."""
