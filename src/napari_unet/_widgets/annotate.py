@@ -45,6 +45,7 @@ from ._layers import (
     layer_named,
     layers_of,
     put_layer,
+    role_of,
     selection_kept,
     spatial_shape,
     unique_name,
@@ -181,7 +182,7 @@ class AnnotateWidget(DockWidget):
         if self.annotation.value is not None or image is None:
             return
         candidates = annotations_for(self.viewer, image, self.annotation.choices)
-        made_here = [layer for layer in candidates if not role_is_not_annotation(layer)]
+        made_here = [layer for layer in candidates if role_of(layer) == ANNOTATION]
         if made_here:
             self.annotation.value = made_here[0]
 
