@@ -231,7 +231,9 @@ def _add_export_parser(commands) -> None:
     export.add_argument("--format", choices=["bioimageio", "onnx", "torchscript"], default="bioimageio")
     export.add_argument("--out", type=Path, required=True, help="file to write (.zip, .onnx or .pt)")
     export.add_argument("--author", action="append", default=[], help="package author (repeat for several)")
-    export.add_argument("--name", default=None, help="model name in the package (letters, digits, spaces, _+-())")
+    export.add_argument(
+        "--name", default=None, help="model name in the package (5 or more letters, digits, spaces, _+-())"
+    )
     export.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the weights (default CC-BY-4.0)")
     export.add_argument("--trained-on", default=None, help="one sentence on the training data, for the README")
     export.add_argument("--image", type=Path, default=None, help="example image for the test tensors and cover")

@@ -148,6 +148,9 @@ def test_export_refuses_unknown_formats_and_misplaced_options(tmp_path):
         exchange.export_model(tiny_model(), tmp_path / "m.pt", "torchscript", authors=["A"])
     with pytest.raises(nu.OutputFileError, match="does not exist"):
         exchange.export_model(tiny_model(), tmp_path / "no" / "m.pt", "torchscript")
+    pytest.importorskip("bioimageio.spec", reason="bioimage.io export needs napari-unet[export]")
+    with pytest.raises(nu.NapariUnetError, match="'NAME' is too short: bioimage.io needs 5 characters"):
+        exchange.export_model(tiny_model(), tmp_path / "m.zip", "bioimageio", name="NAME")  # said "4 items"
 
 
 def test_cli_export_torchscript(tmp_path, capsys):

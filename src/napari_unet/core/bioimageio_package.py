@@ -36,7 +36,7 @@ import torch
 
 from . import exchange, standalone_unet
 from .config import NormalizationConfig
-from .errors import OutputFileError
+from .errors import ConfigError, OutputFileError
 from .geometry import margin
 from .layout import channels_at_minus3
 from .model import UNet, without_batch_norm
@@ -151,6 +151,10 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
             f"w0 = {weight_map.get('w0')}, sigma = {weight_map.get('sigma')} px"
         )
     return lines
+
+
+#: Shortest model name bioimage.io accepts.
+MIN_NAME_LENGTH = 5
 
 
 def _readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
@@ -311,6 +315,10 @@ def write_package(
     config, spec = model.config, model.spec
     depth, step = config.depth, 2**config.depth
     name = name or f"napari-unet U-Net base{config.base_channels} depth{depth}"
+    if len(name.strip()) < MIN_NAME_LENGTH:  # the spec's own message said "at least 5 items"
+        raise ConfigError(
+            f"the model name {name!r} is too short: bioimage.io needs {MIN_NAME_LENGTH} characters or more"
+        )
     raw = example_image(model, image, channel_axis)
     normalized = scale_range(raw, spec.normalization)[None]
 
