@@ -56,6 +56,21 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _segmenting_line(model) -> str:
+    """What the trained model's instance settings do, in one line (parts that are off
+    are said to be off, not given as "under 0 px")."""
+    instances, unit = model.spec.instances, "voxels" if model.config.ndim == 3 else "px"
+    pieces = f"splits no object into pieces under {instances.min_piece} {unit}" if instances.min_piece else ""
+    shape = (
+        f"objects filling under {instances.min_fill:.3f} of their ellipse are split at necks "
+        f"{instances.neck:.2g} {unit} deep (segment --min-fill changes it)"
+        if instances.min_fill
+        else "no split by shape (segment --min-fill turns it on)"
+    )
+    size = f"segmenting drops objects under {instances.min_size} {unit} (segment --min-size changes it)"
+    return f"{size}{' and ' + pieces if pieces else ''}; {shape}"
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer):
     """While inside, SIGINT (Ctrl-C) and SIGTERM ask ``trainer`` to stop after its
@@ -217,13 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
             f"trained {summary.steps} steps in {summary.seconds:.0f} s (mean loss of the last "
             f"{min(summary.steps, SUMMARY_LOSS_STEPS)} steps {summary.final_loss:.4f}) -> {args.out}"
         )
-        instances, unit = trainer.model.spec.instances, "voxels" if trainer.model.config.ndim == 3 else "px"
-        print(
-            f"segmenting drops objects under {instances.min_size} {unit} (segment --min-size changes it) "
-            f"and splits no object into pieces under {instances.min_piece} {unit}; objects filling under "
-            f"{instances.min_fill:.3f} of their ellipse are split at necks {instances.neck:.2g} {unit} deep "
-            "(segment --min-fill changes it)"
-        )
+        print(_segmenting_line(trainer.model))
         if trainer.checkpoint_error:
             print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)
         else:

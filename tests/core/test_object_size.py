@@ -178,3 +178,5 @@ def test_train_command_says_what_it_drops_and_can_keep_the_models_sizes(tmp_path
     assert load_model(tmp_path / "fit.safetensors").spec.instances.min_size == size
     assert main([*args, "--out", str(tmp_path / "kept.safetensors"), "--keep-sizes"]) == 0
     assert load_model(tmp_path / "kept.safetensors").spec.instances == InstanceConfig()
+    kept = capsys.readouterr().out  # the default keeps no piece size and no shape split: said plainly
+    assert "no split by shape" in kept and "under 0 px" not in kept and "under 0.000" not in kept
