@@ -152,7 +152,7 @@ class TrainWidget(DockWidget):
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS), value=defaults.optimizer)
         self.tile = ComboBox(
             label="tile",
-            choices=lambda _: tile_choices(self.depth.value, 3 if self.network.value == "3D" else 2),
+            choices=lambda _: tile_choices(self.depth.value, self._network_ndim()),
             value=None,
         )
         self.w0 = FloatSpinBox(label="w0", value=WeightMapConfig().w0, min=0.0, max=100.0)
@@ -254,6 +254,10 @@ class TrainWidget(DockWidget):
         self.tile.reset_choices()
         self.tile.value = None
 
+    def _network_ndim(self) -> int:
+        """2 or 3: the kind of network chosen for a new model."""
+        return 3 if self.network.value == "3D" else 2
+
     def _on_source_changed(self, source: str) -> None:
         """The network's shape can be chosen for a new model only (a model trained
         further keeps its own)."""
@@ -286,7 +290,7 @@ class TrainWidget(DockWidget):
 
     def _on_network_changed(self, *_) -> None:
         """The CPU defaults of the chosen kind of network."""
-        defaults = default_model_config("cpu", ndim=3 if self.network.value == "3D" else 2)
+        defaults = default_model_config("cpu", ndim=self._network_ndim())
         if self.network.value == "3D" and "a 2D network suggested" in self.status.value:
             self.status.value = ""  # the user chose: the suggestion is answered
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
@@ -350,7 +354,7 @@ class TrainWidget(DockWidget):
             if not path.is_file():
                 raise LayerError(f"no model file at {path}: choose one, or train a new model")
             return lambda: load_model(path)
-        ndim = 3 if self.network.value == "3D" else 2
+        ndim = self._network_ndim()
         config = default_model_config("cpu", in_channels, ndim=ndim, spacing=self.spacing() if ndim == 3 else None)
         chosen = dataclasses.replace(
             config, base_channels=self.base_channels.value, depth=self.depth.value, batch_norm=self.batch_norm.value
