@@ -72,9 +72,10 @@ def test_evaluate_matches_3d_objects_with_volumes(tmp_path, capsys):
     assert float(in_3d.split()[1]) == pytest.approx(1.0)  # both nuclei found (IoU 0.75 and 1)
 
 
-def test_threads_follow_the_machine_and_the_command_line(tmp_path):
+def test_threads_follow_the_machine_and_the_command_line(tmp_path, monkeypatch):
     from napari_unet.core.threads import choose_threads, other_busy_cores
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert choose_threads(busy=0.0) >= 1
     cores = choose_threads(busy=0.0)
     assert choose_threads(busy=1.0) == max(cores - 1, 1)  # a busy core is left alone
@@ -82,6 +83,12 @@ def test_threads_follow_the_machine_and_the_command_line(tmp_path):
     assert choose_threads(busy=0.0, leave_free=1) == max(cores - 1, 1)  # napari keeps one for the viewer
     assert choose_threads(busy=64.0) == 1
     assert choose_threads(3, busy=64.0) == 3  # asked for: as asked
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads(busy=0.0) == 1  # the user's limit holds (before, it was overridden)
+    assert choose_threads(2, busy=0.0) == 2  # asked for: as asked
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert choose_threads(busy=0.0) == cores  # not a count: not a limit
+    monkeypatch.delenv("OMP_NUM_THREADS")
     assert 0.0 <= other_busy_cores(0.05) <= 64
     image, labels = synthetic_nuclei((96, 96), seed=0)
     tifffile.imwrite(tmp_path / "img.tif", image)

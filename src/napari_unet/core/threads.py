@@ -12,7 +12,8 @@ machine with one busy process, training fell from 6.2 steps/s (1 thread) to 0.36
   where /proc is missing), and leave those alone;
 - leave ``leave_free`` more cores free (napari leaves one for the viewer, which must
   stay responsive while training runs);
-- use at least one thread.
+- use at least one thread, and no more than ``OMP_NUM_THREADS`` when the user set
+  it (the usual limit on clusters and in shared jobs).
 
 ``bench/bench_threads.py`` measures steps/s for every thread count, on a quiet
 machine and with a busy process, and the ratio this policy keeps.
@@ -73,17 +74,23 @@ def other_busy_cores(seconds: float = MEASURE_SECONDS) -> float:
     return max(busy / wall * cores, 0.0)
 
 
+def user_thread_limit() -> int | None:
+    """The thread count the user set in ``OMP_NUM_THREADS`` (a positive integer), or None."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def choose_threads(requested: int | None = None, *, leave_free: int = 0, busy: float | None = None) -> int:
     """Threads for torch: ``requested`` when given (>= 1), else the cores neither
     other processes (``busy`` cores, measured when not given) nor ``leave_free``
-    need, at least one."""
+    need, at most :func:`user_thread_limit`, at least one."""
     if requested:
         return max(int(requested), 1)
     cores = available_cores()
     if busy is None:
         busy = other_busy_cores()
     taken = int(busy + (1 - BUSY_SHARE))  # a core kept busy half the time or more counts as taken
-    return max(min(cores - taken - leave_free, cores), 1)
+    return max(min(cores - taken - leave_free, cores, user_thread_limit() or cores), 1)
 
 
 def use_threads(requested: int | None = None, *, leave_free: int = 0) -> int:
@@ -93,5 +100,6 @@ def use_threads(requested: int | None = None, *, leave_free: int = 0) -> int:
 
     threads = choose_threads(requested, leave_free=leave_free)
     torch.set_num_threads(threads)
-    log.info("using %d torch thread(s) of %d core(s)", threads, available_cores())
+    limit = "" if requested or user_thread_limit() is None else f", OMP_NUM_THREADS={user_thread_limit()}"
+    log.info("using %d torch thread(s) of %d core(s)%s", threads, available_cores(), limit)
     return threads
