@@ -7,6 +7,7 @@ import pytest
 
 from napari_unet import UNet, save_model
 from napari_unet._widgets import SegmentWidget
+from napari_unet._widgets._jobs import PlaneOfStack
 from napari_unet.cli import main
 from napari_unet.core.config import InstanceConfig
 
@@ -127,11 +128,28 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     alone = np.array(labels[1])
     segment_planes(widget, "all planes", wait_idle)
     assert viewer.layers["stack labels"].data.shape == (3, 50, 60)
+    shown = viewer.layers["stack labels"].data
+    other_planes = shown[[0, 2]].copy()
     segment_planes(widget, "current plane", wait_idle)  # into a layer whose other planes hold objects
-    labels = np.asarray(viewer.layers["stack labels"].data)
-    others = set(np.unique(labels[[0, 2]])) - {0}
+    labels = viewer.layers["stack labels"].data
+    assert labels is shown  # written in place: the stack is neither copied nor sent to napari again
+    assert np.array_equal(labels[[0, 2]], other_planes)
+    others = set(np.unique(other_planes)) - {0}
     assert others and not others & set(np.unique(labels[1]))  # an id never names two objects
     assert same_partition(labels[1], alone)
+    assert widget.status.value == f"stack labels: {len(set(np.unique(alone)) - {0})} objects"  # of the plane
+
+
+def test_a_plane_whose_ids_outgrow_the_stacks_type_comes_back_as_the_whole_stack():
+    stack = np.zeros((3, 4, 5), np.uint16)
+    stack[0, 0, 0], stack[1, 1, 1], stack[2, 2, 2] = 65530, 9, 7  # plane 1 is segmented again
+    plane = np.zeros((4, 5), np.int32)
+    plane[0, :2], plane[3, 4] = 1, 6
+    fits = PlaneOfStack(stack, (1,)).numbered_after_the_others(np.where(plane > 1, 0, plane))
+    assert fits.dtype == np.uint16 and fits.shape == (4, 5) and set(np.unique(fits)) == {0, 65531}
+    whole = PlaneOfStack(stack, (1,)).numbered_after_the_others(plane)
+    assert whole.dtype == np.int32 and whole.shape == (3, 4, 5)
+    assert np.array_equal(whole[[0, 2]], stack[[0, 2]]) and set(np.unique(whole[1])) == {0, 65531, 65536}
 
 
 def test_a_two_channel_layer_is_one_image_to_a_two_channel_model(viewer, model_session, wait_idle):

@@ -92,12 +92,51 @@ def training_job(
 
 @dataclass(frozen=True)
 class SegmentationDone:
+    """``labels``: what the layer shows (for one plane of a stack: that plane, or the
+    whole stack when its type had to widen); ``objects``: how many were found."""
+
     labels: np.ndarray
     probabilities: np.ndarray | None
+    objects: int
 
 
-def segmentation_job(model: UNet, image: np.ndarray, *, stop: threading.Event, keep_probabilities: bool, **options):
+@dataclass(frozen=True)
+class PlaneOfStack:
+    """One plane, ``index``, of a stack whose labels so far are ``stack`` (the shown
+    layer's data, (*planes, H, W) or (*planes, Z, Y, X)), segmented alone."""
+
+    stack: np.ndarray
+    index: tuple[int, ...]
+
+    def numbered_after_the_others(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` of the plane with ids past those of the stack's other planes, so
+        that no id names two objects: the plane in the stack's type, or, when the ids
+        outgrow that type, the whole stack (int32) with the plane written in. Reads
+        the stack plane by plane (a worker's job: a stack can be large)."""
+        others = max(
+            (int(self.stack[i].max()) for i in np.ndindex(self.stack.shape[: len(self.index)]) if i != self.index),
+            default=0,
+        )
+        plane = np.where(labels > 0, labels.astype(np.int64) + others, 0)
+        kind = self.stack.dtype
+        if np.issubdtype(kind, np.integer) and int(plane.max(initial=0)) <= np.iinfo(kind).max:
+            return plane.astype(kind)
+        whole = np.array(self.stack, dtype=np.int32)
+        whole[self.index] = plane
+        return whole
+
+
+def segmentation_job(
+    model: UNet,
+    image: np.ndarray,
+    *,
+    stop: threading.Event,
+    keep_probabilities: bool,
+    plane_of: PlaneOfStack | None = None,
+    **options,
+):
     """Segment ``image`` tile by tile, yielding progress; returns ``None`` if stopped.
+    ``plane_of``: ``image`` is that plane of a stack (see :class:`PlaneOfStack`).
     Uses the cores other programs leave free."""
     use_threads()
     tiles = iter_segment(model, image, return_probabilities=keep_probabilities, **options)
@@ -105,7 +144,9 @@ def segmentation_job(model: UNet, image: np.ndarray, *, stop: threading.Event, k
     if result is None:
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
-    return SegmentationDone(display_labels(labels), probabilities)
+    objects = int(labels.max(initial=0))
+    shown = display_labels(labels) if plane_of is None else plane_of.numbered_after_the_others(labels)
+    return SegmentationDone(shown, probabilities, objects)
 
 
 def export_job(model: UNet, path: Path, format: str, *, stop: threading.Event, **options):

@@ -31,8 +31,17 @@ from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import scrolling, side_by_side
-from ._jobs import SegmentationDone, display_labels, export_job, read_model_job, segmentation_job
-from ._layers import LayerError, image_data, layer_spacing, layers_of, put_layer, selection_kept, spatial_shape
+from ._jobs import PlaneOfStack, SegmentationDone, export_job, read_model_job, segmentation_job
+from ._layers import (
+    LayerError,
+    image_data,
+    layer_named,
+    layer_spacing,
+    layers_of,
+    put_layer,
+    selection_kept,
+    spatial_shape,
+)
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
@@ -279,6 +288,11 @@ class SegmentWidget(DockWidget):
         self.status.value = f"segmenting {layer.name}…"
         self._reset_progress()
         self._prepare_result_layers(layer)
+        plane_of = None
+        if self._target[1] is not None:  # numbered after the other planes' objects, in the worker
+            shown = self.viewer.layers[f"{layer.name} labels"].data
+            stack = shown if isinstance(shown, np.ndarray) else np.zeros(spatial_shape(layer), np.uint16)
+            plane_of = PlaneOfStack(stack, self._target[1])  # (a store-backed layer is replaced)
         self.cancel_button.enabled, self.run_button.enabled = True, False
         options = {
             "tile": self.tile.value,
@@ -290,7 +304,8 @@ class SegmentWidget(DockWidget):
             "as_volume": as_volume,
             "spacing": layer_spacing(layer) if as_volume else None,
         }
-        self.runner.start(segmentation_job, model, data, keep_probabilities=self.probabilities.value, **options)
+        keep = self.probabilities.value
+        self.runner.start(segmentation_job, model, data, keep_probabilities=keep, plane_of=plane_of, **options)
 
     def _instances(self, model: UNet) -> InstanceConfig:
         """The model's instance settings with this widget's split and smallest object."""
@@ -358,25 +373,34 @@ class SegmentWidget(DockWidget):
             return
         self._placeholders = []
         layer, index = self._target
-        labels = result.labels  # already in the type napari draws (converted in the worker)
         name = f"{layer.name} labels"
-        if index is not None:
-            full = self.viewer.layers[name].data if name in self.viewer.layers else None
-            if full is None or full.shape != spatial_shape(layer):
-                full = np.zeros(spatial_shape(layer), np.int32)
-            full = np.array(full, dtype=np.int32)
-            full[index] = 0
-            others = int(full.max())  # ids of the other planes' objects (one id per object across planes, as a volume)
-            full[index] = np.where(labels > 0, labels.astype(np.int32) + others, 0)
-            labels = display_labels(full)
-        put_layer(self.viewer, name, labels, "labels", layer, role="segmentation", visible=True)
+        if index is None or result.labels.shape == spatial_shape(layer):
+            put_layer(self.viewer, name, result.labels, "labels", layer, role="segmentation", visible=True)
+        else:
+            self._show_plane(layer, index, result.labels)
         if result.probabilities is not None:
             foreground = probabilities_foreground(result.probabilities, self._ndim).astype(np.float32, copy=False)
             shown = f"{layer.name} probability"
             put_layer(
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
             )
-        self.status.value = f"{name}: {int(result.labels.max())} objects"
+        self.status.value = f"{name}: {result.objects} objects"
+
+    def _show_plane(self, layer: Image, index: tuple[int, ...], plane: np.ndarray) -> None:
+        """Write the segmented ``plane`` at ``index`` into ``layer``'s labels layer in
+        place (the rest of the stack, maybe large, is neither copied nor re-sent); a
+        labels layer removed or replaced meanwhile is made anew."""
+        name = f"{layer.name} labels"
+        shown = layer_named(self.viewer, name)
+        data = None if shown is None else shown.data
+        if not isinstance(data, np.ndarray) or data.shape != spatial_shape(layer) or data.dtype != plane.dtype:
+            stack = np.zeros(spatial_shape(layer), plane.dtype)
+            stack[index] = plane
+            put_layer(self.viewer, name, stack, "labels", layer, role="segmentation", visible=True)
+            return
+        data[index] = plane
+        shown.refresh()
+        shown.visible = True
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"
