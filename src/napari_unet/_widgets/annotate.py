@@ -6,15 +6,11 @@ with some background around them are enough; "rest ... is background" finishes a
 fully annotated image or plane by turning only its unannotated pixels into 0. No
 action overwrites painted pixels.
 
-The counts line and the highlight layer follow every stroke from a small window
-around the stroke (:class:`~napari_unet.core.annotation.AnnotationStats`); only when
-the whole annotation changes (another layer chosen, undo, new data) is it recounted,
-in a worker thread for large images.
+The counts line and the highlight of touching cells follow every stroke
+(:mod:`._tracking`).
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
@@ -22,15 +18,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from ..core.annotation import (
-    AnnotationStats,
-    Window,
-    annotation_dtype,
-    as_signed,
-    highlight,
-    new_annotation,
-    unsigned_max_warning,
-)
+from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, new_annotation, unsigned_max_warning
 from ..core.config import IGNORE_LABEL
 from ._base import DockWidget
 from ._forms import scrolling
@@ -40,23 +28,16 @@ from ._layers import (
     LayerError,
     annotation_colormap,
     annotations_for,
-    highlight_colormap,
     labels_data,
-    layer_named,
     layers_of,
-    put_layer,
     role_of,
-    selection_kept,
     spatial_shape,
     unique_name,
 )
-from ._strokes import edited_window, forget_history, history_signature, write_as_one_edit
+from ._strokes import forget_history, write_as_one_edit
+from ._tracking import AnnotationTracker
 
 NEW_CELL_KEY = "n"
-#: Annotations up to this many pixels are recounted at once; larger ones in a worker.
-RECOUNT_IN_PLACE = 1 << 21
-#: Edits whose box exceeds this many pixels (a large fill) are recounted as a whole.
-LOCAL_EDIT_LIMIT = 1 << 22
 #: Pixels converted per event-loop turn by "rest ... is background" (about 10 ms).
 FILL_CHUNK = 1 << 22
 #: Fills of up to this many pixels are one undo step; napari records every pixel
@@ -66,10 +47,6 @@ UNDOABLE_FILL = 1 << 19
 
 def annotation_name(image: Image) -> str:
     return f"{image.name} annotation"
-
-
-def touching_name(layer: Labels) -> str:
-    return f"{layer.name} touching"
 
 
 def current_plane(viewer, layer, stack_ndim: int) -> tuple[int, ...]:
@@ -82,22 +59,6 @@ def current_plane(viewer, layer, stack_ndim: int) -> tuple[int, ...]:
 def allocation_job(shape: tuple[int, ...], *, stop) -> np.ndarray:
     """A new annotation (-1 everywhere), made in a worker: large ones take a while."""
     return new_annotation(shape)
-
-
-def count_job(labels: np.ndarray, with_highlight: bool, *, stop, copied: threading.Event | None = None):
-    """Counts (and the highlight) of an annotation, for a worker: it takes a snapshot
-    first (copying releases Python's lock, so the viewer keeps running) and sets
-    ``copied`` when it has."""
-    if copied is not None:
-        labels = np.array(labels)
-        copied.set()
-    stats = AnnotationStats.of(labels)
-    shown = None
-    if with_highlight and not stop.is_set():
-        shown = np.zeros(labels.shape, np.uint8)
-        for index in np.ndindex(*labels.shape[:-2]):
-            shown[index] = highlight(labels[index])
-    return stats, shown
 
 
 class AnnotateWidget(DockWidget):
@@ -145,30 +106,15 @@ class AnnotateWidget(DockWidget):
         self.copy.changed.connect(self.guarded(self.start_from_segmentation))
         self.brush_size.changed.connect(self._apply_display)
         self.contours.changed.connect(self._apply_display)
-        self.show_touching.changed.connect(self._toggle_touching)
         self.annotation.changed.connect(self._adopt)
         self.image.changed.connect(self._preselect)
-        self.stats: AnnotationStats | None = None
+        self.tracker = AnnotationTracker(self, self.counts, self.image, self.show_touching)
         self._known_stats: AnnotationStats | None = None
-        self._hint = ""
         self._layer: Labels | None = None
         self._converted: set[int] = set()
-        self._pending: list | None = None  # edits made while a recount runs, replayed on its result
-        self._queued: list = []  # napari history entries not counted yet
-        self._recount_again = False
-        self._copied = threading.Event()
-        self._copied.set()
-        self._own_refresh = False
-        self._history = None
         self._filling = None
-        self._edited_while_filling = False
-        self.creator = self.make_runner("creating an annotation", None, self._created, lambda: None, self._count_failed)
+        self.creator = self.make_runner("creating an annotation", None, self._created, lambda: None, self._failed)
         self._creating_for: Image | None = None
-        self.counter = self.make_runner("annotation counts", None, self._counted, self._count_idle, self._count_failed)
-        self._recount_timer = QTimer(self.native)
-        self._recount_timer.setSingleShot(True)
-        self._recount_timer.setInterval(100)
-        self._recount_timer.timeout.connect(self.recount)
         self._preselect()
 
     def reset_choices(self, *_) -> None:
@@ -232,25 +178,17 @@ class AnnotateWidget(DockWidget):
         layer = self._add_annotation(data, image)
         self.select_new_cell()
         self.status.value = f"'{layer.name}': unannotated everywhere; paint cells and some background around them"
-        self._hint = self.status.value  # cleared by the first stroke
+        self.tracker.hint = self.status.value  # cleared by the first stroke
         return layer
 
     def select_new_cell(self) -> None:
         """Paint the next free cell id (unique across a whole stack)."""
         layer = self._layer_or_raise()
-        largest = self._largest_id(layer)
+        largest = self.tracker.largest_id(layer)
         if largest + 1 >= np.iinfo(np.int16).max and layer.data.dtype.itemsize < 4:
             layer.data = np.asarray(layer.data).astype(np.int32)
         layer.selected_label = largest + 1
         layer.mode = "paint"
-
-    def _largest_id(self, layer: Labels) -> int:
-        if self._queued and layer is self._layer:
-            self._count_edits()  # edits napari has written whose counting waits for the next turn
-        if self.stats is not None and self._pending is None and layer is self._layer:
-            ids = [value for stats in self.stats.planes.values() for value, n in stats.values.items() if n > 0]
-            return max([0, *ids])
-        return max(int(np.max(layer.data)), 0)
 
     def select_background(self) -> None:
         layer = self._layer_or_raise()
@@ -283,7 +221,7 @@ class AnnotateWidget(DockWidget):
             part = data[plane][start : start + rows_per_chunk]
             np.putmask(part, part == IGNORE_LABEL, 0)
 
-        self._edited_while_filling = False
+        self.tracker.edited = False
         if data.size <= FILL_CHUNK:
             for step in steps:
                 convert(*step)
@@ -322,24 +260,7 @@ class AnnotateWidget(DockWidget):
         where = "this plane" if len(planes) == 1 and layer.data.ndim > 2 else "the image"
         if layer is not self._layer:
             return
-        if self.stats is not None and self._pending is None and not self._edited_while_filling:
-            for plane in planes:
-                self.stats.fill_unannotated(plane)
-            helper = self._touching_layer()
-            if helper is not None:
-                for plane in planes:
-                    shown = helper.data[plane]
-                    np.putmask(shown, shown == 2, 0)
-                helper.refresh()
-            self._own_refresh = True
-            try:
-                layer.refresh()
-            finally:
-                self._own_refresh = False
-            self._show_counts()
-        else:
-            layer.refresh()
-            self.recount()
+        self.tracker.filled(planes)
         forget_history(layer)
         self.status.value = f"the rest of {where} is background now (too large to undo: Ctrl+Z starts from here)"
 
@@ -377,18 +298,12 @@ class AnnotateWidget(DockWidget):
         transparent and 0 tinted, followed edit by edit."""
         if self._layer is not None:
             self._layer.events.brush_size.disconnect(self._on_brush_size)
-            self._layer.events.paint.disconnect(self._on_paint)
-            self._layer.events.set_data.disconnect(self._on_redrawn)
-            self._layer.events.data.disconnect(self._on_replaced)
         self._layer = layer
-        self._pending = None
-        self._queued = []
         self.status.value = ""
         known, self._known_stats = self._known_stats, None
-        self.stats = known if known is not None and layer is not None and known.shape == layer.data.shape else None
         self.rest_of_plane.visible = layer is not None and layer.data.ndim > 2
         if layer is None:
-            self.counts.value = "no annotation layer"
+            self.tracker.follow(None)
             return
         messages = []
         warning = unsigned_max_warning(np.asarray(layer.data), f"labels '{layer.name}'")
@@ -397,7 +312,7 @@ class AnnotateWidget(DockWidget):
         if not np.issubdtype(layer.data.dtype, np.signedinteger):
             old = layer.data.dtype
             layer.data = as_signed(np.asarray(layer.data))
-            self.stats = None
+            known = None
             if id(layer) not in self._converted:
                 self._converted.add(id(layer))
                 messages.append(
@@ -408,175 +323,19 @@ class AnnotateWidget(DockWidget):
             layer.metadata[ROLE] = ANNOTATION
         layer.bind_key(NEW_CELL_KEY, lambda _layer: self.select_new_cell(), overwrite=True)
         layer.events.brush_size.connect(self._on_brush_size)
-        layer.events.paint.connect(self._on_paint)
-        layer.events.set_data.connect(self._on_redrawn)
-        layer.events.data.connect(self._on_replaced)
-        self._history = history_signature(layer)
         self._apply_display()
         if messages:
             self.status.value = "⚠ " + "\n".join(messages) if warning else messages[0]
             for message in messages:
                 (show_warning if message is warning else show_info)(message)
-        if self.show_touching.value and self._touching_layer() is None:
-            # added now, empty: adding a layer is what costs napari a moment, and then
-            # it does not happen in the middle of painting
-            self._put_touching(np.zeros(layer.data.shape, np.uint8))
-        if self.stats is None:
-            self.recount()
-        else:
-            self._show_counts()
+        self.tracker.follow(layer, known)
 
-    def _on_replaced(self, *_) -> None:
-        """New data: recount soon."""
-        self._recount_timer.start()
-
-    def _on_redrawn(self, *_) -> None:
-        """napari redrew the layer: after an undo or redo (its history moved without a
-        paint event) the data changed as a whole, so recount soon."""
-        history = history_signature(self._layer)
-        if history != self._history or history is None:
-            self._history = history
-            if not self._own_refresh:
-                self._recount_timer.start()
-
-    def recount(self) -> None:
-        """Count the whole annotation again (in a worker for large ones)."""
-        layer = self._layer
-        if layer is None:
-            return
-        if self.counter.busy:
-            self._recount_again = True
-            return
-        self._queued = []  # written already, so the snapshot holds them
-        data = np.asarray(layer.data)
-        if data.size <= RECOUNT_IN_PLACE:
-            self._pending = []
-            self._counted(count_job(data, self.show_touching.value, stop=self.counter.stop_event))
-            return
-        self.counts.value = "counting…"
-        self._pending = []
-        self._copied = threading.Event()  # edits before the worker's snapshot: count again
-        self.counter.start(count_job, data, self.show_touching.value, copied=self._copied)
-
-    def _counted(self, result) -> None:
-        stats, shown = result
-        layer = self._layer
-        pending, self._pending = self._pending or [], None
-        if layer is None or stats.shape != layer.data.shape:
-            return
-        for plane, window, before, after in pending:  # edits made since the snapshot
-            stats.update_window(plane, window, before, after)
-            if shown is not None:
-                shown[plane][window.crop][window.inner] = highlight(after)[window.inner]
-        self.stats = stats
-        if shown is not None and self.show_touching.value:
-            self._put_touching(shown)
-        self._show_counts()
-
-    def _count_failed(self, message: str) -> None:
+    def _failed(self, message: str) -> None:
         self.status.value = f"⚠ {message}"
-
-    def _count_idle(self) -> None:
-        if self._recount_again:
-            self._recount_again = False
-            self.recount()
-
-    def _on_paint(self, event) -> None:
-        """Queue a stroke's edits; they are counted on the next turn of the event loop,
-        when napari has written them (it reports some edits before writing them)."""
-        if self._layer is None:
-            return
-        if self._filling is not None:
-            self._edited_while_filling = True
-        if not self._queued:
-            QTimer.singleShot(0, self._count_edits)
-        self._queued.extend(event.value)
-        self._history = history_signature(self._layer)
-
-    def _count_edits(self) -> None:
-        """Update the counts and the highlight from the window around the queued edits."""
-        atoms, self._queued = self._queued, []
-        layer = self._layer
-        if layer is None or not atoms:
-            return
-        if self._hint and self.status.value == self._hint:
-            self.status.value = ""
-        edited = edited_window(layer.data, atoms, LOCAL_EDIT_LIMIT)
-        if edited is None:
-            self.recount()
-            return
-        window, planes = edited
-        helper = self._touching_layer() if self.show_touching.value else None
-        if self._pending is not None and not self._copied.is_set():
-            self._recount_again = True  # the snapshot may or may not hold these edits
-        for plane, before, after in planes:
-            if self._pending is not None:
-                self._pending.append((plane, window, before, after))
-            elif self.stats is not None:
-                self.stats.update_window(plane, window, before, after)
-            if self.show_touching.value:
-                helper = self._update_touching(helper, plane, window, after)
-        self._show_counts()
-
-    def _update_touching(self, helper: Labels | None, plane, window: Window, after: np.ndarray) -> Labels | None:
-        new = highlight(after)[window.inner]
-        if helper is None:  # the user removed it
-            if not new.any():
-                return None
-            helper = self._put_touching(np.zeros(self._layer.data.shape, np.uint8))
-        region = tuple(slice(c.start + i.start, c.start + i.stop) for c, i in zip(window.crop, window.inner))
-        old = np.asarray(helper.data[plane][region])
-        changed = np.nonzero(old != new)
-        if changed[0].size:
-            stack = [np.full(changed[0].size, p) for p in plane]
-            indices = (*stack, changed[0] + region[0].start, changed[1] + region[1].start)
-            helper.data_setitem(indices, new[changed])  # redraws only the changed pixels
-        return helper
-
-    def _touching_layer(self) -> Labels | None:
-        layer = self._layer
-        if layer is None:
-            return None
-        name = touching_name(layer)
-        helper = layer_named(self.viewer, name)
-        return helper if isinstance(helper, Labels) and helper.data.shape == layer.data.shape else None
-
-    def _put_touching(self, shown: np.ndarray) -> Labels:
-        return put_layer(
-            self.viewer,
-            touching_name(self._layer),
-            shown,
-            "labels",
-            self._layer,
-            role="touching",
-            colormap=highlight_colormap(),
-            opacity=0.9,
-        )
-
-    def _toggle_touching(self, shown: bool) -> None:
-        layer = self._layer
-        if layer is None:
-            return
-        if shown:
-            self._put_touching(np.zeros(layer.data.shape, np.uint8))
-            self.recount()
-        elif touching_name(layer) in self.viewer.layers:
-            with selection_kept(self.viewer):
-                self.viewer.layers.remove(touching_name(layer))
-
-    def _show_counts(self) -> None:
-        layer, stats = self._layer, self.stats
-        if layer is None or stats is None:
-            return
-        message = stats.summary()
-        image = self.image.value
-        if image is not None and layer.data.shape != spatial_shape(image):
-            message += f"\n⚠ shape {layer.data.shape} differs from image '{image.name}' {spatial_shape(image)}"
-        self.counts.value = message
 
     def refresh(self, *_) -> None:
         """Count the annotation again now (normally it follows every edit by itself)."""
-        self.recount()
+        self.tracker.recount()
 
 
 def role_is_not_annotation(layer: Labels) -> bool:
