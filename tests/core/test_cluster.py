@@ -15,7 +15,7 @@ pytest.importorskip("distributed")
 
 
 @pytest.mark.slow
-def test_two_worker_processes_write_what_one_process_writes(tmp_path):
+def test_two_worker_processes_write_what_one_process_writes(tmp_path, capfd):
     image = drawn_image(border_and_corner_objects(chunk=32, n=4)[:124, :118])
     source = zarr.create_array(tmp_path / "image.zarr", shape=image.shape, chunks=(50, 50), dtype=image.dtype)
     source[:] = image
@@ -37,9 +37,13 @@ def test_two_worker_processes_write_what_one_process_writes(tmp_path):
     for name in ("0", "1", "2", "probabilities/0"):
         np.testing.assert_array_equal(two[name][:], one[name][:], err_msg=name)
     # the command line's --workers takes the same route
+    capfd.readouterr()
     code = main(["segment", str(tmp_path / "model.safetensors"), str(tmp_path / "image.zarr"),
                  "--out", str(tmp_path / "cli.zarr"), "--chunk", "32", "--workers", "2"])  # fmt: skip
     assert code == 0
+    said = capfd.readouterr()
+    assert "Scheduler" not in said.err and "Nanny" not in said.err, said.err  # dask's start and teardown: 50 lines
+    assert " objects -> " in said.out
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "cli.zarr" / "0", mode="r")[:], one["0"][:])
 
 

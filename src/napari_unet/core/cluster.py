@@ -35,11 +35,32 @@ LOADS = {"count": 0}
 @contextlib.contextmanager
 def cluster_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` on a new local cluster of ``workers`` processes, or
-    on the running cluster at ``scheduler``; closed (and the local cluster stopped) on exit."""
+    on the running cluster at ``scheduler``; closed (and the local cluster stopped) on
+    exit. dask's own messages below warnings (50 lines of a cluster's start and
+    teardown) are kept out of this process's log meanwhile."""
     try:
-        from distributed import Client, LocalCluster
+        import distributed  # noqa: F401  (sets its loggers' levels when first imported)
     except ImportError as error:
         raise ConfigError("--workers and --scheduler need dask.distributed: pip install distributed") from error
+    with _quiet("distributed"):
+        yield from _client(workers, scheduler)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` passes warnings and errors only, until the context ends."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
     if (workers is None) == (scheduler is None):
         raise ConfigError("give either a number of workers or a scheduler address, not both")
     if scheduler is not None:
