@@ -224,10 +224,17 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         model = load_model(args.init) if args.init else new_model(args, images[0])
         trainer = Trainer(model, images, labels, config, **options)
     check_writable(args.out, model_bytes(trainer.model))
+    resumed_at = trainer.step
     stopped_by = run_training(trainer)
     if group.is_main:  # the other processes of a data-parallel run write nothing
         trainer.save_model(args.out)
         summary = trainer.summary()
+        if args.resume and trainer.step == resumed_at and stopped_by is None:
+            print(
+                f"{args.resume} holds a finished run ({summary.steps} steps): nothing was left to train; its model "
+                f"is written to {args.out} again (to train further, start a new run from it: --init {args.out})"
+            )
+            return None
         print(
             f"trained {summary.steps} steps in {summary.seconds:.0f} s (mean loss of the last "
             f"{min(summary.steps, SUMMARY_LOSS_STEPS)} steps {summary.final_loss:.4f}) -> {args.out}"

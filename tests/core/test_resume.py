@@ -212,6 +212,18 @@ def test_resuming_with_the_same_options_and_a_device_works(stopped_run, capsys):
     assert load_state(checkpoint)["config"]["precision"] == "fp32"
 
 
+def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run, capsys):
+    argv, _, checkpoint = stopped_run
+    assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # trains steps 3 and 4
+    capsys.readouterr()
+    out = Path(argv[argv.index("--out") + 1])
+    out.unlink()
+    assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # before: "trained 4 steps in 0 s", as if it had
+    said = capsys.readouterr().out
+    assert "holds a finished run (4 steps): nothing was left to train" in said and "--init" in said
+    assert "trained" not in said and nu.load_model(out).metadata["training"]["steps"] == 4  # the model is there
+
+
 def test_a_checkpoint_made_on_a_gpu_resumes_on_the_cpu(stopped_run, caplog, capsys):
     argv, _, checkpoint = stopped_run
     state = load_state(checkpoint)
