@@ -228,7 +228,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def _add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="write a model for other software (bioimage.io, ONNX, TorchScript)")
     export.add_argument("model", type=Path, help="model file (.safetensors) or napari-unet bioimage.io package")
-    export.add_argument("--format", choices=["bioimageio", "onnx", "torchscript"], default="bioimageio")
+    export.add_argument(
+        "--format", choices=["bioimageio", "onnx", "torchscript"], default="bioimageio", help="(default: %(default)s)"
+    )
     export.add_argument("--out", type=Path, required=True, help="file to write (.zip, .onnx or .pt)")
     export.add_argument("--author", action="append", default=[], help="package author (repeat for several)")
     export.add_argument(
@@ -266,10 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser(
         "segment", help="segment images with a model file (volumes (Z, Y, X) as a whole with a 3D model)"
     )
-    segment.add_argument("model", type=Path)
-    segment.add_argument("images", type=Path, nargs="+")
+    segment.add_argument("model", type=Path, help="model file (.safetensors) or napari-unet bioimage.io package")
+    segment.add_argument("images", type=Path, nargs="+", help="images to segment (TIFF, PNG, .npy, zarr, ...)")
     outputs = segment.add_mutually_exclusive_group(required=True)
-    outputs.add_argument("--out-dir", type=Path)
+    outputs.add_argument(
+        "--out-dir", type=Path, help="write NAME_labels.tif (and NAME_probabilities.tif) per image here"
+    )
     add_stream_arguments(segment, outputs)
     segment.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     segment.add_argument(
@@ -316,33 +320,42 @@ def build_parser() -> argparse.ArgumentParser:
     weights = commands.add_parser(
         "weights", help="write separation weight maps and training targets (3D for 3D labels)"
     )
-    weights.add_argument("labels", type=Path, nargs="+")
-    weights.add_argument("--out-dir", type=Path, required=True)
-    weights.add_argument("--w0", type=float, default=WeightMapConfig().w0)
-    weights.add_argument("--sigma", type=float, default=WeightMapConfig().sigma)
+    weights.add_argument("labels", type=Path, nargs="+", help="instance labels (0 background, -1 unannotated)")
+    weights.add_argument("--out-dir", type=Path, required=True, help="write NAME_weights.tif and NAME_target.tif here")
+    weights.add_argument(
+        "--w0",
+        type=float,
+        default=WeightMapConfig().w0,
+        help="weight of the borders between cells (default: %(default)g)",
+    )
+    weights.add_argument(
+        "--sigma", type=float, default=WeightMapConfig().sigma, help="width of that weight in px (default: %(default)g)"
+    )
     weights.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_spacing_argument(weights, "the voxel size of 3D labels, for physical distances")
     weights.set_defaults(run=cmd_weights)
 
     evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")
-    evaluate.add_argument("predictions", type=Path, nargs="+")
-    evaluate.add_argument("--truth", type=Path, nargs="+", required=True)
+    evaluate.add_argument("predictions", type=Path, nargs="+", help="predicted instance labels")
+    evaluate.add_argument(
+        "--truth", type=Path, nargs="+", required=True, help="true instance labels, one per prediction"
+    )
     evaluate.add_argument(
         "--volumes", action="store_true", help="match objects in 3D (Z, Y, X) instead of plane by plane"
     )
     evaluate.set_defaults(run=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="train on synthetic nuclei and segment held-out images")
-    demo.add_argument("--out-dir", type=Path, default=Path("demo_output"))
-    demo.add_argument("--minutes", type=float, default=2.0)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="auto")
+    demo.add_argument("--out-dir", type=Path, default=Path("demo_output"), help="where to write (default: %(default)s)")
+    demo.add_argument("--minutes", type=float, default=2.0, help="training time (default: %(default)g)")
+    demo.add_argument("--seed", type=int, default=0, help="synthetic data and training seed (default: %(default)s)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     demo.set_defaults(run=cmd_demo)
 
     _add_export_parser(commands)
 
     info = commands.add_parser("info", help="show what a model file holds")
-    info.add_argument("model", type=Path)
+    info.add_argument("model", type=Path, help="model file (.safetensors) or bioimage.io package")
     info.set_defaults(run=cmd_info)
     for command in commands.choices.values():
         command.allow_abbrev = False

@@ -105,7 +105,12 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
         help="input tile size, one for every axis or one per axis (Z Y X for volumes); valid sizes only; default: best",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs (fp16 on those without bf16) and on CPUs with bf16 matrix units, else fp32",
+    )
     parser.add_argument(
         "--channel-axis", type=int, default=None, help="axis of the images' channels (default: guessed)"
     )

@@ -278,9 +278,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="instance labels, one per image (-1 = unannotated)",
     )
     add("--out", type=Path, required=True, help="model file to write")
-    add("--val-images", type=Path, nargs="*", default=[])
-    add("--val-labels", type=Path, nargs="*", default=[])
-    add("--steps", type=int, default=defaults.steps)
+    add("--val-images", type=Path, nargs="*", default=[], help="validation images, scored during training")
+    add("--val-labels", type=Path, nargs="*", default=[], help="their instance labels, one per validation image")
+    add("--steps", type=int, default=defaults.steps, help="training steps (default: %(default)s)")
     add("--minutes", type=float, default=None, help="stop after this many minutes (whichever comes first)")
     add("--in-channels", type=int, default=None, help="channels of a new model (default 1)")
     add("--base-channels", type=int, default=None, help="new model width (default: 64 on GPU, 16 on CPU)")
@@ -299,11 +299,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="a new model for images (2, stacks plane by plane) or volumes (3: the 3D U-Net on (Z, Y, X))",
     )
     add_spacing_argument(parser, "with --ndim 3: the voxel size of the volumes")
-    add("--batch-size", type=int, default=defaults.batch_size)
-    add("--lr", type=float, default=None)
-    add("--optimizer", choices=["adam", "sgd"], default=defaults.optimizer)
-    add("--w0", type=float, default=defaults.weights.w0)
-    add("--sigma", type=float, default=defaults.weights.sigma)
+    add("--batch-size", type=int, default=defaults.batch_size, help="tiles per step (default: %(default)s)")
+    add("--lr", type=float, default=None, help="peak learning rate (default: 3e-3 for adam, 1e-2 for sgd)")
+    add(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default=defaults.optimizer,
+        help="adam with warm-up and cosine decay, or the paper's sgd with momentum 0.99 (default: %(default)s)",
+    )
+    add(
+        "--w0",
+        type=float,
+        default=defaults.weights.w0,
+        help="weight of the borders between cells (default: %(default)g)",
+    )
+    add("--sigma", type=float, default=defaults.weights.sigma, help="width of that weight in px (default: %(default)g)")
     add("--no-elastic", action="store_true", help="switch off elastic deformation")
     add(
         "--zoom",
@@ -311,14 +321,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.augment.zoom,
         help="random zoom of each sample by exp(U[-ZOOM, ZOOM]) (0.25: 0.78-1.28x; default 0: none)",
     )
-    add("--seed", type=int, default=defaults.seed)
+    add("--seed", type=int, default=defaults.seed, help="initial weights and samples (default: %(default)s)")
     add(
         "--decay-by-time",
         action="store_true",
         help="end the learning-rate decay at --minutes when that comes before --steps (not exactly repeatable)",
     )
     add("--validate-every", type=int, default=None, help="steps between validations (default: 5 per run, <= 100)")
-    add("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        help="steps between checkpoints (default: %(default)s)",
+    )
     add(
         "--keep-sizes",
         action="store_true",
