@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import tifffile
 import torch
 
 from napari_unet import UNet, load_model, predict, save_model
-from napari_unet.cli import main
+from napari_unet.cli import build_parser, main
 
 from .lazy import joined_discs, threshold_model
 
@@ -298,3 +299,15 @@ def test_options_must_be_spelled_out(tmp_path, capsys):
         main(["weights", str(labels), "--out", str(tmp_path / "w.tif")])
     assert exit_info.value.code == 2 and "required: --out-dir" in capsys.readouterr().err
     assert not (tmp_path / "w.tif").exists()
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    silent = {
+        f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if not action.help
+    }
+    assert not silent  # 16 had no text in --help
