@@ -50,8 +50,9 @@ def test_tiles_step_on_the_pooling_grid():
 
 def brute_force_best(image, depth, budget):
     best = None
-    for th in geometry.valid_sizes(depth, geometry.input_size_for_output(image[0], depth)):
-        for tw in geometry.valid_sizes(depth, geometry.input_size_for_output(image[1], depth)):
+    floor = geometry.input_size_for_output(2**depth, depth)
+    for th in geometry.valid_sizes(depth, max(floor, geometry.input_size_for_output(image[0], depth))):
+        for tw in geometry.valid_sizes(depth, max(floor, geometry.input_size_for_output(image[1], depth))):
             if th * tw > budget or min(th, tw) < geometry.input_size_for_output(2**depth, depth):
                 continue
             plan = geometry.plan_tiles(image, (th, tw), depth)
@@ -60,7 +61,7 @@ def brute_force_best(image, depth, budget):
     return best
 
 
-@pytest.mark.parametrize("image", [(512, 512), (2048, 2048), (300, 1200), (37, 5)])
+@pytest.mark.parametrize("image", [(512, 512), (2048, 2048), (300, 1200), (37, 5), (2, 2), (300, 1)])
 @pytest.mark.parametrize("budget", [300_000, 600_000, 2_000_000])
 def test_best_tile_minimises_computed_pixels_within_budget(image, budget):
     plan = geometry.best_tile(image, 4, budget)

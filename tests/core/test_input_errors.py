@@ -52,6 +52,7 @@ import torch  # noqa: E402
 
 from napari_unet import ImageShapeError, InvalidTileSize, UNet, predict, save_model, segment, train  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
+from napari_unet.core.layout import channels_before_spatial  # noqa: E402
 from napari_unet.core.synthetic import synthetic_nuclei  # noqa: E402
 
 
@@ -163,3 +164,17 @@ def test_a_hostile_model_header_on_the_command_line_is_one_line(tmp_path, small,
     code = main(["info", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "m.safetensors" in err[0]
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (300, 1), (1, 40)])
+def test_images_smaller_than_one_pooling_grid_are_segmented(shape, rng):
+    model = UNet(base_channels=2, depth=3)  # a grid of 8 px: the tile reaches beyond the image, mirrored
+    labels = segment(model, rng.random(shape).astype(np.float32))
+    assert labels.shape == shape
+
+
+def test_a_trailing_axis_of_one_is_the_channel_not_planes_one_pixel_wide(small, rng):
+    image = rng.random((30, 34)).astype(np.float32)
+    np.testing.assert_array_equal(segment(small, image[..., None]), segment(small, image))
+    assert channels_before_spatial(np.zeros((4, 30, 34, 1)), 1, None, 3).shape == (1, 4, 30, 34)
+    assert channels_before_spatial(np.zeros((5, 30, 34, 1)), 1).shape == (5, 1, 30, 34)

@@ -289,7 +289,8 @@ def best_tile(image: Sequence[int], depth: Depth | Sequence[Depth], max_tile_pix
     options = []
     for n, axis, floor in zip(image, axes, floors):
         kept: list[tuple[int, int, int]] = []
-        for size in valid_sizes(axis, input_size_for_output(n, axis)):
+        # an axis shorter than one pooling grid of output gets the floor tile, mirrored beyond the image
+        for size in valid_sizes(axis, max(floor, input_size_for_output(n, axis))):
             if size < floor:
                 continue
             tiles = math.ceil(n / tile_stride(size, axis))

@@ -83,6 +83,8 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
     if in_channels == 1:
         if _looks_rgb(shape, ndim - 1):
             raise ImageShapeError(rgb_for_one_channel_message(shape))
+        if ndim >= 3 and shape[-1] == 1:  # (..., H, W, 1): one channel, last, not planes one pixel wide
+            return _moved_to_minus3(ndim, ndim - 1)
         return (*range(ndim - 2), None, ndim - 2, ndim - 1)
     if ndim >= 3 and shape[-1] == in_channels and shape[-3] != in_channels:
         return _moved_to_minus3(ndim, ndim - 1)
@@ -133,6 +135,8 @@ def channels_before_spatial(
     if in_channels == 1:
         if image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4) and image.shape[-2] > 4:
             raise ImageShapeError(rgb_for_one_channel_message(image.shape))
+        if image.ndim > spatial_dims and image.shape[-1] == 1:  # (..., Z, Y, X, 1): the channel, last
+            return np.moveaxis(image, -1, -spatial_dims - 1)
         return np.expand_dims(image, -spatial_dims - 1)
     at = -spatial_dims - 1
     if image.ndim > spatial_dims and image.shape[-1] == in_channels and image.shape[at] != in_channels:
