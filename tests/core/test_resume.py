@@ -66,6 +66,38 @@ def test_request_stop_ends_between_steps_and_resuming_is_exact(tmp_path):
     assert_same_weights(resumed.model, alone)
 
 
+def test_a_resumed_run_ends_with_the_best_validated_weights_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Validation every 2 steps scores best at step 4; the run is stopped at step 6."""
+    from napari_unet.core.train_events import ValidationResult
+
+    scores = {2: 0.1, 4: 0.9, 6: 0.2, 8: 0.3, 10: 0.4}
+    monkeypatch.setattr(Trainer, "validate", lambda self: ValidationResult(self.step, scores[self.step], 0.5))
+    images, labels = nuclei()
+    config = dataclasses.replace(FAST, validate_every=2)
+    validation = {"val_images": images, "val_labels": labels}
+    torch.manual_seed(1)
+    reference = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, config, **validation)
+    at_step_4 = {}
+    for event in reference.run():
+        if isinstance(event, StepProgress) and event.step == 4:
+            at_step_4 = {name: value.clone() for name, value in reference.model.state_dict().items()}
+    assert reference.last_validation.step == 4
+
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "run.ckpt"
+    first = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=checkpoint, **validation)
+    for event in first.run():
+        if isinstance(event, StepProgress) and event.step == 6:
+            first.request_stop()
+    assert load_state(checkpoint)["step"] == 6
+    resumed = Trainer.resume(checkpoint, images, labels, **validation)
+    nu.core.progress.drive(resumed.run())
+    assert resumed.step == config.steps and resumed.last_validation == ValidationResult(4, 0.9, 0.5)
+    assert_same_weights(resumed.model, reference.model)
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, at_step_4[name]), name
+
+
 def test_an_interruption_inside_a_step_keeps_the_last_exact_checkpoint(tmp_path, monkeypatch, caplog):
     images, labels = nuclei()
     checkpoint = tmp_path / "run.ckpt"

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import geometry
+from .best_weights import BestWeights
 from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig
 from .data import SampleStream, as_image_list, default_tile_for, prepare
@@ -116,7 +117,8 @@ class Trainer:
         self.channel_axis = channel_axis
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         if self.checkpoint_path is not None:
-            check_writable(self.checkpoint_path, checkpoint_bytes(model, config))
+            keeps_best = bool(self.validation) and config.keep_best
+            check_writable(self.checkpoint_path, checkpoint_bytes(model, config, keeps_best))
         #: Why the last checkpoint could not be written (``None`` when it was).
         self.checkpoint_error: str | None = None
         self._stop = threading.Event()
@@ -132,7 +134,7 @@ class Trainer:
         self.losses: list[float] = []
         self.last_validation: ValidationResult | None = None
         #: The best validation so far and a copy of the weights that reached it.
-        self.best: tuple[ValidationResult, dict[str, torch.Tensor]] | None = None
+        self.best = BestWeights()
 
     def replace_annotations(
         self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], names: Sequence[str] | None = None
@@ -227,6 +229,8 @@ class Trainer:
             trainer.losses = [float(loss) for loss in state["losses"]]
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
+        trainer.best = BestWeights.from_state(state.get("validation"), trainer.model, path)
+        trainer.last_validation = trainer.best.last
         return trainer
 
     def learning_rate(self, step: int, seconds: float = 0.0) -> float:
@@ -284,9 +288,7 @@ class Trainer:
                 if not self.group.is_main:
                     continue
                 if self.validation and (self.step % cfg.validation_interval == 0 or self.step == cfg.steps):
-                    self.last_validation = self.validate()
-                    self._remember_if_best(self.last_validation)
-                    yield self.last_validation
+                    yield self._validated()
                 if self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
                     tried_at = self.step
                     if self._write_checkpoint():
@@ -298,9 +300,7 @@ class Trainer:
                         yield CheckpointFailed(self.step, str(self.checkpoint_path), message)
             ended_by_time = self.step < cfg.steps and not self._stop.is_set()  # not stopped: resumes stay exact
             if self.validation and self.group.is_main and ended_by_time and not self._validated_at(self.step):
-                self.last_validation = self.validate()  # a run that ended by time: its last step too
-                self._remember_if_best(self.last_validation)
-                yield self.last_validation
+                yield self._validated()  # a run that ended by time: its last step too
         finally:
             prefetch.close()
             if self.group.is_main and self.checkpoint_path and self.step > tried_at:
@@ -338,23 +338,19 @@ class Trainer:
             return 0.0  # only then does the schedule depend on the clock
         return max_over_processes(time.perf_counter() - started, self.group)
 
-    def _remember_if_best(self, result: ValidationResult) -> None:
-        """Keep a copy of the weights with the best validation AP so far."""
-        if not self.config.keep_best or (self.best is not None and result.ap50 <= self.best[0].ap50):
-            return
-        with weights_lock(self.model), torch.no_grad():
-            self.best = (result, {name: value.detach().clone() for name, value in self.model.state_dict().items()})
+    def _validated(self) -> ValidationResult:
+        """Validate now, and keep a copy of the weights if they are the best so far."""
+        self.last_validation = self.validate()
+        self.best.offer(self.last_validation, self.model, self.config.keep_best)
+        return self.last_validation
 
     def _restore_best(self) -> None:
         """Give the model the best validated weights, if they beat the last validation.
-        (The checkpoint keeps the last step's state, so resuming stays exact.)"""
-        if self.best is None or self.last_validation is None or self.best[0].ap50 <= self.last_validation.ap50:
-            return
-        result, weights = self.best
-        with weights_lock(self.model), torch.no_grad():
-            self.model.load_state_dict(weights)
-        log.info("kept the weights of step %d (validation AP@0.5 %.3f)", result.step, result.ap50)
-        self.last_validation = result
+        (The checkpoint keeps the last step's weights, and the best ones beside them.)"""
+        stands_for = self.best.restore(self.model)
+        if stands_for is not None and stands_for != self.last_validation:
+            log.info("kept the weights of step %d (validation AP@0.5 %.3f)", stands_for.step, stands_for.ap50)
+        self.last_validation = stands_for
 
     def request_stop(self) -> None:
         """Stop after the current step: :meth:`run` then writes its checkpoint (at a
@@ -485,6 +481,7 @@ class Trainer:
                 "step": self.step,
                 "seconds": self.seconds,
                 "losses": self.losses,
+                "validation": self.best.to_state(),
             },
         )
         log.info("checkpoint at step %d written to %s", self.step, path)
@@ -510,11 +507,11 @@ def model_bytes(model: UNet) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + (1 << 20)
 
 
-def checkpoint_bytes(model: UNet, config: TrainConfig) -> int:
+def checkpoint_bytes(model: UNet, config: TrainConfig, keeps_best: bool = False) -> int:
     """About how large a checkpoint of ``model`` trained with ``config`` is: the
     weights plus the optimiser's per-weight state (two moments for Adam, momentum
-    for SGD), and the model's record."""
-    return model_bytes(model) * (3 if config.optimizer == "adam" else 2)
+    for SGD), the best validated weights where ``keeps_best``, and the model's record."""
+    return model_bytes(model) * ((3 if config.optimizer == "adam" else 2) + keeps_best)
 
 
 def _count(value) -> int:
