@@ -206,6 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .core.exchange import export_model
 
+    check_outputs([args.out], args.overwrite)
     model = load_model(args.model)
     options = {}
     if args.format == "bioimageio":
@@ -240,6 +241,7 @@ def _add_export_parser(commands) -> None:
     export.add_argument("--trained-on", default=None, help="one sentence on the training data, for the README")
     export.add_argument("--image", type=Path, default=None, help="example image for the test tensors and cover")
     export.add_argument("--channel-axis", type=int, default=None, help="channel axis of --image (default: guessed)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.set_defaults(run=cmd_export)
 
 

@@ -26,7 +26,7 @@ from .core.checkpoint import ModelFileError, load_model, load_state
 from .core.config import AugmentConfig, ModelConfig, ModelSpec, TrainConfig, WeightMapConfig, default_model_config
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
-from .core.errors import ConfigError, NapariUnetError
+from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.io import check_writable, read_image, remove_stale_temporaries
 from .core.layout import channels_before_spatial
 from .core.model import UNet
@@ -205,6 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if checkpoint.absolute() == args.out.absolute():
         raise ConfigError(f"the checkpoint and the model would both be {args.out}: give another --checkpoint")
+    refuse_to_replace(args, checkpoint)
     check_writable(args.out)  # before any work, not after the training
     for stale in remove_stale_temporaries(args.out):
         logging.getLogger(__name__).info("removed %s, left by an interrupted write", stale)
@@ -245,6 +246,14 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         else:
             print(f"checkpoint for --resume: {checkpoint}")
     return None if stopped_by is None else 128 + stopped_by
+
+
+def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
+    """A new run (no --resume) replaces an existing model or checkpoint only with --overwrite."""
+    existing = [path for path in (args.out, checkpoint) if path.exists()]
+    if existing and not (args.resume or args.overwrite):
+        resume = f", or continue its run with --resume {checkpoint}" if checkpoint.exists() else ""
+        raise OutputFileError(f"{existing[0]} exists: pass --overwrite to replace it{resume}")
 
 
 def new_model(args: argparse.Namespace, first_image) -> UNet:
@@ -349,6 +358,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size is the global batch",
     )
     add("--threads", type=int, default=None, help="CPU threads (default: the cores other programs leave free)")
+    add("--overwrite", action="store_true", help="replace an existing --out model and its checkpoint")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
     start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")

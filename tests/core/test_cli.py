@@ -145,6 +145,35 @@ def test_train_with_mismatched_files_is_one_clear_line(tmp_path, annotated_files
     assert code == 2 and "2 training image(s) but 1 label file(s)" in capsys.readouterr().err
 
 
+def test_a_new_run_never_replaces_a_model_or_checkpoint_unless_told(tmp_path, annotated_files, capsys):
+    image, labels = annotated_files[0]
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(image), "--labels", str(labels), *TINY, "--steps", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    capsys.readouterr()
+    written = out.read_bytes()
+    assert main([*args, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"{out} exists: pass --overwrite to replace it, or continue its run with --resume {out}.ckpt" in error
+    assert out.read_bytes() == written
+    out.with_name(out.name + ".ckpt").unlink()  # a finished run's checkpoint thrown away: the model still counts
+    assert main([*args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{out} exists: pass --overwrite to replace it")
+    label_bytes = labels.read_bytes()
+    assert main([*args, "--out", str(labels)]) == 2  # a slip of the keyboard that would lose the annotation
+    assert labels.read_bytes() == label_bytes
+    assert main([*args, "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    assert out.read_bytes() != written
+
+
+def test_export_never_replaces_a_file_unless_told(tmp_path, model_file, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"someone's file")
+    assert main(["export", str(model_file), "--format", "onnx", "--out", str(out)]) == 2
+    assert f"{out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"someone's file"
+
+
 def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     (_, lab0), (_, lab1) = annotated_files
     assert main(["weights", str(lab0), "--out-dir", str(tmp_path / "w"), "--w0", "5"]) == 0
