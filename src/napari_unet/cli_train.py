@@ -222,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         trainer = resume_trainer(args, images, labels, **options)
     else:
         config = train_config_from(args)
-        model = load_model(args.init) if args.init else new_model(args, images[0])
+        model = initial_model(args) if args.init else new_model(args, images[0])
         trainer = Trainer(model, images, labels, config, **options)
     check_writable(args.out, model_bytes(trainer.model))
     resumed_at = trainer.step
@@ -254,6 +254,28 @@ def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
     if existing and not (args.resume or args.overwrite):
         resume = f", or continue its run with --resume {checkpoint}" if checkpoint.exists() else ""
         raise OutputFileError(f"{existing[0]} exists: pass --overwrite to replace it{resume}")
+
+
+#: Options that shape a new model's architecture (a model given with --init keeps its own).
+ARCHITECTURE_OPTIONS = ("in_channels", "base_channels", "depth", "batch_norm", "ndim")
+
+
+def initial_model(args: argparse.Namespace) -> UNet:
+    """The --init model; an architecture option that contradicts it is refused."""
+    model = load_model(args.init)
+    for dest in ARCHITECTURE_OPTIONS:
+        value, architecture = getattr(args, dest), getattr(model.config, dest)
+        if dest not in args.given or value == architecture:
+            continue
+        if dest == "batch_norm":
+            option, has = ("--batch-norm" if value else "--no-batch-norm"), ("no " * (not architecture)) + "batch norm"
+        else:
+            option, has = f"--{dest.replace('_', '-')}", f"{dest.replace('_', ' ')} {architecture}"
+        raise ConfigError(
+            f"{option} shapes a new model, but the --init model {args.init} has {has}, which fine-tuning keeps: "
+            f"drop {option}, or leave out --init to train a new model"
+        )
+    return model
 
 
 def new_model(args: argparse.Namespace, first_image) -> UNet:

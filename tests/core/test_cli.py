@@ -166,6 +166,29 @@ def test_a_new_run_never_replaces_a_model_or_checkpoint_unless_told(tmp_path, an
     assert out.read_bytes() != written
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--depth", "3"],
+            "--depth shapes a new model, but the --init model {init} has depth 2, which fine-tuning keeps",
+        ),
+        (["--no-batch-norm"], "--no-batch-norm shapes a new model, but the --init model {init} has batch norm"),
+        (["--in-channels", "3"], "--in-channels shapes a new model, but the --init model {init} has in channels 1"),
+    ],
+)
+def test_fine_tuning_refuses_options_that_would_change_the_architecture(
+    tmp_path, annotated_files, capsys, option, message
+):
+    image, labels = annotated_files[0]
+    init = tmp_path / "init.safetensors"
+    save_model(UNet(base_channels=2, depth=2, batch_norm=True), init)
+    args = ["train", str(image), "--labels", str(labels), "--init", str(init), "--steps", "1", "--tile", "60"]
+    assert main([*args, "--out", str(tmp_path / "m.safetensors"), *option]) == 2
+    assert message.format(init=init) in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "m.safetensors"), "--depth", "2", "--batch-norm"]) == 0  # agreeing
+
+
 def test_export_never_replaces_a_file_unless_told(tmp_path, model_file, capsys):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"someone's file")
