@@ -383,5 +383,5 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--overwrite", action="store_true", help="replace an existing --out model and its checkpoint")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")
-    start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file")
+    start.add_argument("--init", type=Path, default=None, help="fine-tune from a model file (its architecture stays)")
     add_prediction_arguments(parser)
