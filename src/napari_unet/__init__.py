@@ -34,7 +34,7 @@ from .core.stream import ChunkProgress, StreamResult, iter_segment_to, segment_t
 from .core.synthetic import synthetic_nuclei
 from .core.train import Trainer, TrainingError, iter_train, train
 from .core.train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainSummary, ValidationResult
-from .core.weights import separation_target, weight_map
+from .core.weights import LabelError, separation_target, weight_map
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "ImageShapeError",
     "InstanceConfig",
     "InvalidTileSize",
+    "LabelError",
     "ModelConfig",
     "ModelFileError",
     "ModelSpec",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from napari_unet import NapariUnetError
 from napari_unet.core.config import IGNORE_LABEL, WeightMapConfig
 from napari_unet.core.weights import (
     border_cutoff,
@@ -239,13 +240,23 @@ def test_from_config_and_unsigned_labels():
 
 
 @pytest.mark.parametrize(
-    "labels",
-    [np.zeros((4, 4), np.float32), np.full((4, 4), -2), np.zeros((2, 2, 4, 4), np.int32)],
-    ids=["float", "below-ignore", "4d"],
+    ("labels", "message"),
+    [
+        (np.full((4, 4), 0.5, np.float32), "whole numbers"),
+        (np.full((4, 4), np.nan), "whole numbers"),
+        (np.full((4, 4), -2), ">= -1"),
+        (np.zeros((2, 2, 4, 4), np.int32), "2-D"),
+    ],
+    ids=["fractional", "nan", "below-ignore", "4d"],
 )
-def test_invalid_labels_raise(labels):
-    with pytest.raises(ValueError):
+def test_invalid_labels_raise_a_clear_error(labels, message):
+    with pytest.raises(NapariUnetError, match=message):
         weight_map(labels)
+
+
+def test_whole_numbers_stored_as_floats_are_labels():
+    labels = random_cells(0, n_cells=14)
+    np.testing.assert_array_equal(weight_map(labels.astype(np.float64)), weight_map(labels))
 
 
 def test_invalid_parameters_raise():

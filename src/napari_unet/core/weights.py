@@ -44,6 +44,12 @@ import numpy as np
 from scipy import ndimage
 
 from .config import IGNORE_LABEL, WeightMapConfig
+from .errors import NapariUnetError
+
+
+class LabelError(NapariUnetError, ValueError):
+    """Labels that are no annotation (wrong shape, fractional values, ids below -1)."""
+
 
 #: The fast border term may differ from the exact one by at most this much.
 BORDER_TOLERANCE = 1e-6
@@ -63,19 +69,29 @@ def half_neighbourhood(ndim: int) -> tuple[tuple[int, ...], ...]:
 
 
 def check_labels(labels: np.ndarray, ndims: tuple[int, ...] = (2,)) -> np.ndarray:
-    """``labels`` as an ndarray after checking it is a 2-D integer array >= IGNORE_LABEL
-    (``ndims=(2, 3)`` also accepts volumes).
+    """``labels`` as a 2-D integer ndarray >= IGNORE_LABEL (``ndims=(2, 3)`` also
+    accepts volumes); whole numbers stored as floats or booleans become int64.
 
-    Raises ``ValueError`` otherwise.
+    Raises :class:`LabelError` otherwise.
     """
     labels = np.asarray(labels)
     if labels.ndim not in ndims:
         shapes = " or ".join({2: "2-D (H, W)", 3: "3-D (Z, Y, X)"}[n] for n in ndims)
-        raise ValueError(f"labels must be {shapes}, got shape {labels.shape}")
+        raise LabelError(f"labels must be {shapes}, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
+        whole = labels.dtype == bool or (
+            np.issubdtype(labels.dtype, np.floating)
+            and np.isfinite(labels).all()
+            and (labels == np.round(labels)).all()
+        )
+        if not whole:
+            raise LabelError(
+                f"labels must be whole numbers (0 background, 1, 2, ... one id per cell, -1 unannotated), "
+                f"got {labels.dtype} values that are not: give the annotation, not an image or a probability map"
+            )
+        labels = labels.astype(np.int64)
     if labels.size and labels.min() < IGNORE_LABEL:
-        raise ValueError(f"labels must be >= {IGNORE_LABEL} (the ignore label), got {labels.min()}")
+        raise LabelError(f"labels must be >= {IGNORE_LABEL} (the ignore label), got {labels.min()}")
     return labels
 
 
