@@ -151,6 +151,8 @@ def test_export_refuses_unknown_formats_and_misplaced_options(tmp_path):
     pytest.importorskip("bioimageio.spec", reason="bioimage.io export needs napari-unet[export]")
     with pytest.raises(nu.NapariUnetError, match="'NAME' is too short: bioimage.io needs 5 characters"):
         exchange.export_model(tiny_model(), tmp_path / "m.zip", "bioimageio", name="NAME")  # said "4 items"
+    with pytest.raises(nu.ConfigError, match="license 'MIT-typo' is not an SPDX license id"):
+        exchange.export_model(tiny_model(), tmp_path / "m.zip", "bioimageio", license="MIT-typo")  # was pydantic's
 
 
 def test_cli_export_torchscript(tmp_path, capsys):

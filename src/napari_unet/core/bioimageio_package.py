@@ -283,6 +283,20 @@ def _describe(**fields):
         raise exchange.ExportError(f"bioimage.io rejects this description: {problems}") from error
 
 
+def _license_id(license: str):
+    """``license`` as the spec's license id; an id it does not know is a :class:`ConfigError`."""
+    from bioimageio.spec.model import v0_5
+    from pydantic import ValidationError
+
+    try:
+        return v0_5.LicenseId(license)
+    except ValidationError as error:
+        raise ConfigError(
+            f"license {license!r} is not an SPDX license id that bioimage.io accepts: give one such as "
+            "CC-BY-4.0, CC0-1.0, MIT, Apache-2.0 or BSD-3-Clause (the list: https://spdx.org/licenses)"
+        ) from error
+
+
 def write_package(
     model: UNet,
     path: str | os.PathLike,
@@ -306,6 +320,7 @@ def write_package(
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5
 
+    license_id = _license_id(license)  # before any work
     path = Path(path)
     if path.is_dir():
         raise OutputFileError(f"{path} is a folder; give a .zip file name to export to")
@@ -362,7 +377,7 @@ def write_package(
             ),
             authors=[v0_5.Author(name=author) for author in (authors or [DEFAULT_AUTHOR])],
             cite=[v0_5.CiteEntry(text=PAPER_TEXT, doi=v0_5.Doi(PAPER_DOI))],
-            license=v0_5.LicenseId(license),
+            license=license_id,
             documentation=v0_5.FileDescr(source=folder / "README.md"),
             covers=[v0_5.FileDescr(source=folder / "cover.png")],
             attachments=[v0_5.FileDescr(source=folder / RECORD_NAME)],
