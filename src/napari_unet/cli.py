@@ -27,7 +27,7 @@ from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
-from .core.io import ImageFileError, check_writable, read_image, read_spacing, write_image
+from .core.io import check_image_file, check_writable, read_image, read_spacing, write_image
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.metrics import MatchStats
 from .core.predict import iter_segment
@@ -69,19 +69,14 @@ def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
         check_writable(folder / ".napari-unet-output")
 
 
-def _check_inputs(paths: Sequence[Path]) -> None:
-    for path in paths:
-        if not path.is_file():
-            raise ImageFileError(f"no such image file: {path}")
-
-
 def cmd_segment(args: argparse.Namespace) -> None:
     check_stream_arguments(args)
     if args.spacing is not None and not args.as_volume:
         raise ConfigError("--spacing Z Y X applies with --as-volume (a 3D model brings its own spacing)")
     if args.out is not None:
         return cmd_segment_to(args, prediction_options(args))
-    _check_inputs(args.images)
+    for path in args.images:  # all of them before any work
+        check_image_file(path)
     model = load_model(args.model)
     instances = instance_options(args, model.spec.instances)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
@@ -147,7 +142,8 @@ def cmd_weights(args: argparse.Namespace) -> None:
         (args.out_dir / f"{base}_weights.tif", args.out_dir / f"{base}_target.tif")
         for base in output_names(args.labels)
     ]
-    _check_inputs(args.labels)
+    for path in args.labels:
+        check_image_file(path)
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
     for path, (weights_path, target_path) in zip(args.labels, outputs):
         labels = read_image(path)

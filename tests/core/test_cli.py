@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 
 from napari_unet import UNet, load_model, predict, save_model
 from napari_unet.cli import build_parser, main
@@ -74,6 +75,8 @@ def test_segment_split_option_overrides_the_model(tmp_path, capsys):
     ("make_args", "message"),
     [
         (lambda tmp, model: [str(model), str(tmp / "missing.tif")], "no such image file"),
+        (lambda tmp, model: [str(model), str(tmp)], "is a folder: give the image files in it (for example"),
+        (lambda tmp, model: [str(model), str(tmp / "big.zarr")], "is a zarr store, which is segmented chunk by chunk"),
         (lambda tmp, model: [str(tmp / "nomodel"), str(tmp / "img.npy")], "cannot read model file"),
         (lambda tmp, model: [str(tmp / "img.npy"), str(tmp / "img.npy")], "not a napari-unet model"),
         (lambda tmp, model: [str(model), str(tmp / "flat.npy")], "at least 2 dimensions"),
@@ -83,6 +86,7 @@ def test_segment_split_option_overrides_the_model(tmp_path, capsys):
 def test_bad_input_gives_one_clear_line(tmp_path, model_file, capsys, make_args, message):
     np.save(tmp_path / "img.npy", np.zeros((30, 30), np.float32))
     np.save(tmp_path / "flat.npy", np.zeros(30, np.float32))
+    zarr.save_array(str(tmp_path / "big.zarr"), np.zeros((30, 30), np.float32))
     code = main(["segment", *make_args(tmp_path, model_file), "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -123,12 +123,32 @@ def remove_stale_temporaries(path: str | os.PathLike, before: float | None = Non
     return removed
 
 
+def is_zarr_store(path: Path) -> bool:
+    """Whether ``path`` names a zarr store (a ``.zarr`` name, or a folder holding zarr's markers)."""
+    markers = ("zarr.json", ".zarray", ".zgroup")
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in markers))
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Raise :class:`ImageFileError` unless ``path`` is a file, saying what a folder or
+    a zarr store given instead takes."""
+    path = Path(path)
+    if is_zarr_store(path) and path.exists():
+        raise ImageFileError(
+            f"{path} is a zarr store, which is segmented chunk by chunk into another store "
+            f"(command line: napari-unet segment MODEL {path} --out OUT.zarr; Python: segment_to)"
+        )
+    if path.is_dir():
+        raise ImageFileError(f"{path} is a folder: give the image files in it (for example {path / '*.tif'})")
+    if not path.is_file():
+        raise ImageFileError(f"no such image file: {path}")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """The array stored in ``path`` (TIFF, PNG, JPEG or NPY; NPY without pickles)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if not path.is_file():
-        raise ImageFileError(f"no such image file: {path}")
+    check_image_file(path)
     if suffix not in IMAGE_SUFFIXES:
         raise ImageFileError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
     try:

@@ -27,6 +27,7 @@ import numpy as np
 from .config import NormalizationConfig
 from .errors import NapariUnetError
 from .geometry import TilePlan, context
+from .io import is_zarr_store
 from .layout import axes_at_minus3, channels_at_minus3
 from .normalize import normalize, normalize_with, percentile_range
 from .tiling import extract_tile, reflect_index
@@ -70,15 +71,10 @@ def _zarr():
     return zarr
 
 
-def _is_zarr_store(path: Path) -> bool:
-    markers = ("zarr.json", ".zarray", ".zgroup")
-    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in markers))
-
-
 def _open_path(path: Path) -> Any:
     if not path.exists():
         raise SourceError(f"no such image: {path}")
-    if _is_zarr_store(path):
+    if is_zarr_store(path):
         import zarr
 
         try:
