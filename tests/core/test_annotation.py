@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_unet.core.annotation import (
     TOUCHING_GAP,
@@ -9,6 +10,7 @@ from napari_unet.core.annotation import (
     as_signed,
     highlight,
     image_like_reason,
+    labels_warning,
     new_annotation,
     unsigned_max_warning,
 )
@@ -117,6 +119,19 @@ def test_stack_counts_say_how_many_planes_are_annotated():
     assert stats.annotated_planes() == (2, 1)
     assert "planes annotated 2 of 5 (1 complete: no -1 left)" in stats.summary()
     assert "planes annotated" not in AnnotationStats.of(stack[1]).summary()
+
+
+def test_a_binary_mask_given_as_labels_is_warned_about():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[2:10, 2:10] = mask[20:30, 5:15] = mask[12:18, 25:35] = 1
+    warning = labels_warning(mask, "labels 'mask'")
+    assert warning.startswith("labels 'mask' give all 3 separate regions the same id 1: this looks like a binary mask")
+    assert "255" in labels_warning(mask * 255)  # 0/255 too, the binary warning first
+    assert "binary mask" in labels_warning(mask * 255)
+    labelled = ndimage.label(mask)[0]
+    assert labels_warning(labelled) is None  # one id per cell
+    assert labels_warning(np.where(mask > 0, 1, -1) * (np.arange(40) < 12)[:, None]) is None  # one cell, -1 elsewhere
+    assert labels_warning(np.full((5, 5), -1)) is None
 
 
 def test_unsigned_labels_are_converted_and_the_dtype_maximum_is_warned_about():

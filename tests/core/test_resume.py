@@ -285,3 +285,14 @@ def test_unsigned_labels_at_their_largest_value_get_a_one_line_warning(tmp_path,
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("napari-unet: warning:")
     assert "lab.npy" in warnings[0] and str(np.iinfo(dtype).max) in warnings[0] and "-1" in warnings[0]
+
+
+def test_a_binary_mask_given_as_labels_gets_a_one_line_warning(tmp_path, capsys):
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "mask.npy", (labels > 0).astype(np.uint8))
+    argv = ["train", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "mask.npy"), "--out", str(tmp_path / "m")]
+    assert cli.main([*argv, "--steps", "1", "--base-channels", "2", "--depth", "2", "--device", "cpu"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("napari-unet: warning: the labels of ")
+    assert "mask.npy give all" in warnings[0] and "looks like a binary mask" in warnings[0]

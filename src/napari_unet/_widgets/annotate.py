@@ -18,7 +18,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, new_annotation, unsigned_max_warning
+from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, labels_warning, new_annotation
 from ..core.config import IGNORE_LABEL
 from ._base import DockWidget
 from ._forms import scrolling
@@ -306,7 +306,7 @@ class AnnotateWidget(DockWidget):
             self.tracker.follow(None)
             return
         messages = []
-        warning = unsigned_max_warning(np.asarray(layer.data), f"labels '{layer.name}'")
+        warning = labels_warning(np.asarray(layer.data), f"labels '{layer.name}'")
         if warning:
             messages.append(warning)
         if not np.issubdtype(layer.data.dtype, np.signedinteger):

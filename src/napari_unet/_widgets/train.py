@@ -24,7 +24,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 
 from .._session import Session
-from ..core.annotation import unsigned_max_warning
+from ..core.annotation import labels_warning
 from ..core.checkpoint import load_model
 from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_model_config
 from ..core.devices import resolve_device
@@ -374,7 +374,7 @@ class TrainWidget(DockWidget):
             channel_axes.add(channel_axis)
             labels = labels_data(labels_layer, image_layer)
             annotations.append(labels)
-            warnings.append(unsigned_max_warning(labels, f"annotation '{labels_layer.name}'"))
+            warnings.append(labels_warning(labels, f"annotation '{labels_layer.name}'"))
         if len(channel_axes) > 1:
             raise LayerError("the training images mix RGB and single-channel layers: train on one kind")
         channel_axis = channel_axes.pop()

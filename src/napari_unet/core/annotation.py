@@ -61,6 +61,32 @@ def as_signed(labels: np.ndarray) -> np.ndarray:
     return labels.astype(annotation_dtype(largest))
 
 
+def labels_warning(labels: np.ndarray, name: str = "the labels") -> str | None:
+    """What to tell the user about a label image that trains, but most likely not as
+    they mean it: :func:`binary_mask_warning`, else :func:`unsigned_max_warning`."""
+    return binary_mask_warning(labels, name) or unsigned_max_warning(labels, name)
+
+
+def binary_mask_warning(labels: np.ndarray, name: str = "the labels") -> str | None:
+    """A warning when every cell has the same id and it covers separate regions: a
+    binary mask (0/1, 0/255), which trains touching cells as one object (no gap is cut
+    between them, and their border gets no weight)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return None
+    top = labels.max()
+    if top <= 0 or (labels[labels > 0] != top).any():
+        return None
+    regions = ndimage.label(labels == top)[1]
+    if regions < 2:
+        return None
+    return (
+        f"{name} give all {regions} separate regions the same id {top}: this looks like a binary mask, and "
+        f"training learns cells that touch as one object. Give each cell its own id (0 background, 1, 2, ...; "
+        f"in Python skimage.measure.label(mask) does it where cells do not touch)"
+    )
+
+
 def unsigned_max_warning(labels: np.ndarray, name: str = "the labels") -> str | None:
     """A warning when an unsigned label image reaches its type's largest value.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import geometry
-from .annotation import ids_changing_between_planes_warning, image_like_reason, looks_like_image_message
+from .annotation import ids_changing_between_planes_warning, image_like_reason, labels_warning, looks_like_image_message
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
@@ -67,21 +67,6 @@ class Batch:
     dropout_seeds: tuple[int, ...] = ()
 
 
-def unannotated_value_warning(labels: np.ndarray) -> str | None:
-    """What to tell the user when unsigned labels reach their type's largest value
-    (255 in uint8, 65535 in uint16): often that value marks unannotated pixels, but
-    here it is a cell id, so all those pixels train as one giant cell."""
-    if not np.issubdtype(labels.dtype, np.unsignedinteger) or not labels.size:
-        return None
-    top = np.iinfo(labels.dtype).max
-    if labels.max() != top:
-        return None
-    return (
-        f"the labels are {labels.dtype} and reach {top}, the largest {labels.dtype} value; {top} is trained as one "
-        f"cell. If it marks unannotated pixels, store the labels in a signed type with -1 there instead"
-    )
-
-
 def as_image_list(images) -> list:
     """``images`` as a list of images: a single array (anything with a shape: numpy,
     dask, zarr) is one image, and stays one (a stack is one image of several planes,
@@ -120,9 +105,9 @@ def _pair_planes(
         )
     if labels.size and labels.min() < IGNORE_LABEL:
         raise TrainingDataError(f"{name}: label values below {IGNORE_LABEL} are not allowed")
-    warning = unannotated_value_warning(labels)
+    warning = labels_warning(labels, f"the labels of {name}")
     if warning:
-        log.warning("%s: %s", name, warning)
+        log.warning(warning)
     for index in np.ndindex(*data.shape[: -ndim - 1]):
         yield data[index], labels[index]
 
