@@ -1,10 +1,12 @@
 """Bad input ends in one clear NapariUnetError, never in a traceback."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
+import napari_unet as nu
 from napari_unet import ConfigError, TrainConfig, WeightMapConfig
 from napari_unet.core.config import InstanceConfig, ModelConfig, NormalizationConfig
 from napari_unet.core.weights import weight_map
@@ -178,3 +180,42 @@ def test_a_trailing_axis_of_one_is_the_channel_not_planes_one_pixel_wide(small, 
     np.testing.assert_array_equal(segment(small, image[..., None]), segment(small, image))
     assert channels_before_spatial(np.zeros((4, 30, 34, 1)), 1, None, 3).shape == (1, 4, 30, 34)
     assert channels_before_spatial(np.zeros((5, 30, 34, 1)), 1).shape == (5, 1, 30, 34)
+
+
+def test_segment_takes_a_model_path_a_tensor_and_instance_settings_as_a_dict(tmp_path, small, rng):
+    image = rng.random((30, 34)).astype(np.float32)
+    save_model(small, tmp_path / "m.safetensors")
+    expected = segment(small, image)
+    np.testing.assert_array_equal(segment(str(tmp_path / "m.safetensors"), image), expected)
+    np.testing.assert_array_equal(segment(small, torch.from_numpy(image)), expected)
+    np.testing.assert_array_equal(predict(small, torch.from_numpy(image)), predict(small, image))
+    by_dict = segment(small, image, instances={"split": 0.0, "min_size": 3})
+    settings = dataclasses.replace(small.spec.instances, split=0.0, min_size=3)
+    np.testing.assert_array_equal(by_dict, segment(small, image, instances=settings))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda small, image: segment(small, image, instances={"splitt": 0.5}), "unknown InstanceConfig setting"),
+        (lambda small, image: segment(small, image, instances=0.5), "instances must be an InstanceConfig or a dict"),
+        (lambda small, image: segment("missing.safetensors", image), "cannot read model file missing.safetensors"),
+        (lambda small, image: predict(small.state_dict(), image), "model must be a napari_unet.UNet or the path"),
+    ],
+)
+def test_wrong_model_and_instance_arguments_are_one_clear_error(small, rng, call, message):
+    with pytest.raises(nu.NapariUnetError, match=message):
+        call(small, rng.random((30, 34)).astype(np.float32))
+
+
+def test_train_takes_image_and_label_paths_as_segment_does(tmp_path):
+    image, labels = synthetic_nuclei((96, 96), seed=2)
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "labels.npy", labels)
+    models = []
+    for images, annotations in [([image], [labels]), (str(tmp_path / "image.npy"), tmp_path / "labels.npy")]:
+        torch.manual_seed(0)
+        models.append(UNet(base_channels=2, depth=2))
+        train(models[-1], images, annotations, steps=1, tile=60, device="cpu", seed=0)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name

@@ -158,7 +158,7 @@ def test_train_runs_to_the_end_and_takes_config_fields_as_keywords():
     summary = nu.train(model, images, labels, FAST, steps=5, seed=1)
     assert isinstance(summary, TrainSummary) and summary.steps == 5 and np.isfinite(summary.final_loss)
     assert not torch.equal(model.head.weight, before)
-    with pytest.raises(nu.ConfigError, match="unknown training setting.*stepz"):
+    with pytest.raises(nu.ConfigError, match="unknown TrainConfig setting.*stepz"):
         nu.train(tiny_model(), images, labels, stepz=5)
 
 

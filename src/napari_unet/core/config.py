@@ -51,6 +51,18 @@ def from_dict(cls: type[T], data: dict | None) -> T:
     return cls(**kwargs)
 
 
+def with_overrides(record: T, overrides: dict) -> T:
+    """``record`` (a settings dataclass) with some fields replaced; unknown names are
+    refused by name, with the known ones."""
+    known = {field.name for field in dataclasses.fields(record)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {type(record).__name__} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return dataclasses.replace(record, **overrides)
+
+
 def check_types(record: Any) -> None:
     """Refuse field values of the wrong type, read off the field annotations.
 

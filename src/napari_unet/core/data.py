@@ -8,6 +8,7 @@ weight map; paper section 3); each sample is then one random coordinate transfor
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, 
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from .errors import NapariUnetError
+from .io import read_image
 from .layout import channels_before_spatial
 from .normalize import normalize
 from .object_size import CompleteObjects, complete_objects
@@ -69,9 +71,12 @@ class Batch:
 
 def as_image_list(images) -> list:
     """``images`` as a list of images: a single array (anything with a shape: numpy,
-    dask, zarr) is one image, and stays one (a stack is one image of several planes,
-    not a list of planes); a list or tuple is kept as it is."""
-    return [images] if hasattr(images, "shape") else list(images)
+    dask, zarr) or path is one image, and stays one (a stack is one image of several
+    planes, not a list of planes); a list or tuple is kept as it is. Paths (str or
+    PathLike) are read (:func:`~napari_unet.core.io.read_image`)."""
+    if hasattr(images, "shape") or isinstance(images, (str, os.PathLike)):
+        images = [images]
+    return [read_image(image) if isinstance(image, (str, os.PathLike)) else image for image in images]
 
 
 def _channels_hint(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], in_channels: int) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from . import geometry, sources, tiling
-from .config import InstanceConfig
+from .checkpoint import load_model
+from .config import InstanceConfig, with_overrides
 from .cpu_inference import CpuInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
@@ -199,6 +200,7 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     another thread meanwhile. Stop early by closing the generator; ``options`` are
     :class:`PredictOptions`.
     """
+    model, image = as_model(model), sources.open_source(image)
     opts = PredictOptions(**options)
     if opts.tta:
         return (yield from _iter_predict_tta(model, image, opts))
@@ -314,6 +316,29 @@ def predict(model: UNet, image: np.ndarray, **options) -> np.ndarray:
     return drive(iter_predict(model, image, **options))
 
 
+def as_model(model: UNet | str | os.PathLike) -> UNet:
+    """``model``, or the model in the file at the path ``model``."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if not isinstance(model, UNet):
+        raise ConfigError(f"model must be a napari_unet.UNet or the path of a model file, got {type(model).__name__}")
+    return model
+
+
+def instance_settings(instances: InstanceConfig | dict | None, model: UNet) -> InstanceConfig:
+    """The instance settings to label with: ``instances``, or ``model``'s own
+    (``model.spec.instances``) with the fields a dict gives replaced."""
+    if instances is None:
+        return model.spec.instances
+    if isinstance(instances, dict):
+        return with_overrides(model.spec.instances, instances)
+    if not isinstance(instances, InstanceConfig):
+        raise ConfigError(
+            f"instances must be an InstanceConfig or a dict of its settings, got {type(instances).__name__}"
+        )
+    return instances
+
+
 def iter_segment(
     model: UNet,
     image: np.ndarray,
@@ -341,12 +366,13 @@ def iter_segment(
     shape measure physical distances. A 3D model's labelling takes the spacing the
     model was made for.
     """
+    model = as_model(model)
+    instances = instance_settings(instances, model)
     if as_volume:
         _check_volume_of_planes(model, image, options.get("channel_axis"), spacing)
     elif spacing is not None:
         raise ConfigError("spacing applies with as_volume (a 3D model brings its own)")
     probabilities = yield from iter_predict(model, image, **options)
-    instances = instances or model.spec.instances
     if as_volume:
         labels = volume_labels(probabilities, instances, spacing)
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import NormalizationConfig
 from .errors import NapariUnetError
@@ -53,10 +54,13 @@ def is_lazy(image: Any) -> bool:
 
 def open_source(source: Any) -> Any:
     """An array-like for ``source``: a path (zarr / OME-Zarr store, TIFF, NPY, other
-    image files), a zarr group (an OME-Zarr image: its full-resolution level) or an
-    array (returned as it is). Raises :class:`SourceError` with one line otherwise."""
+    image files), a zarr group (an OME-Zarr image: its full-resolution level), a torch
+    tensor (as a numpy array) or an array (returned as it is). Raises :class:`SourceError` with one line otherwise."""
     if isinstance(source, (str, os.PathLike)):
         return _open_path(Path(source))
+    if isinstance(source, torch.Tensor):  # on any device, in any dtype numpy lacks (bfloat16)
+        tensor = source.detach().cpu()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
     zarr = _zarr()
     if zarr is not None and isinstance(source, zarr.Group):
         return full_resolution(source)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import geometry
 from .best_weights import BestWeights
 from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
-from .config import TrainConfig
+from .config import TrainConfig, with_overrides
 from .data import SampleStream, as_image_list, default_tile_for, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
@@ -549,12 +549,3 @@ def train(model: UNet, images, labels, config: TrainConfig | None = None, **kwar
     """Train ``model`` in place to the end and return the :class:`TrainSummary`;
     arguments as for :func:`iter_train`."""
     return drive(iter_train(model, images, labels, config, **kwargs))
-
-
-def with_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
-    """``config`` with some fields replaced; unknown names are refused by name."""
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return dataclasses.replace(config, **overrides)
