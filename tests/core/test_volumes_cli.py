@@ -82,7 +82,7 @@ def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_file
     assert main([*train, "--ndim", "3", "--tile", "44"]) == 0
     assert load_model(model).config.spacing == (1.0, 1.0, 1.0)
     capsys.readouterr()
-    assert main(train) == 2
+    assert main([*train, "--overwrite"]) == 2
     assert "--spacing Z Y X applies to volumes" in capsys.readouterr().err
 
 
