@@ -219,3 +219,18 @@ def test_train_takes_image_and_label_paths_as_segment_does(tmp_path):
         train(models[-1], images, annotations, steps=1, tile=60, device="cpu", seed=0)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ModelConfig(depth=10), "depth must be between 1 and 6, got 10"),
+        (lambda: WeightMapConfig(sigma=0.0), "sigma (the width of the border weight in px) must be > 0, got 0"),
+        (lambda: WeightMapConfig(w0=-1.0), "w0 (the weight of the borders between cells) must be >= 0, got -1"),
+        (lambda: NormalizationConfig(low=50.0, high=10.0), "low < high <= 100, got low 50.0, high 10.0"),
+    ],
+)
+def test_setting_errors_name_the_value_not_the_whole_record(make, message):
+    with pytest.raises(ConfigError) as error:
+        make()
+    assert message in str(error.value) and "Config(" not in str(error.value)

@@ -141,20 +141,21 @@ class ModelConfig:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         check_types(self)
         checks = [
-            (self.in_channels >= 1, "in_channels must be >= 1"),
-            (self.n_classes >= 2, "n_classes must be >= 2 (background and at least one class)"),
-            (self.base_channels >= 1, "base_channels must be >= 1"),
-            (1 <= self.depth <= 6, "depth must be between 1 and 6"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (self.ndim in (2, 3), "ndim must be 2 (images) or 3 (volumes)"),
+            (self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels}"),
+            (self.n_classes >= 2, f"n_classes must be >= 2 (background and at least one class), got {self.n_classes}"),
+            (self.base_channels >= 1, f"base_channels must be >= 1, got {self.base_channels}"),
+            (1 <= self.depth <= 6, f"depth must be between 1 and 6, got {self.depth}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.ndim in (2, 3), f"ndim must be 2 (images) or 3 (volumes), got {self.ndim}"),
             (
                 self.spacing is None or (self.ndim == 3 and len(self.spacing) == 3 and min(self.spacing) > 0),
-                "spacing must hold one positive voxel size per axis (z, y, x) of a 3D model (ndim=3)",
+                f"spacing must hold one positive voxel size per axis (z, y, x) of a 3D model (ndim=3), "
+                f"got {self.spacing} with ndim={self.ndim}",
             ),
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(f"{message} (got {self})")
+                raise ConfigError(message)
 
     @classmethod
     def paper_3d(cls, in_channels: int = 3, n_classes: int = 3, spacing: tuple[float, ...] | None = None):
@@ -191,7 +192,7 @@ class NormalizationConfig:
     def __post_init__(self) -> None:
         check_types(self)
         if not 0.0 <= self.low < self.high <= 100.0:
-            raise ConfigError(f"need 0 <= low < high <= 100 percentiles, got {self}")
+            raise ConfigError(f"need percentiles 0 <= low < high <= 100, got low {self.low}, high {self.high}")
 
 
 @dataclass(frozen=True)
@@ -265,8 +266,10 @@ class WeightMapConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.w0 < 0 or self.sigma <= 0:
-            raise ConfigError(f"need w0 >= 0 and sigma > 0, got {self}")
+        if self.w0 < 0:
+            raise ConfigError(f"w0 (the weight of the borders between cells) must be >= 0, got {self.w0:g}")
+        if self.sigma <= 0:
+            raise ConfigError(f"sigma (the width of the border weight in px) must be > 0, got {self.sigma:g}")
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,9 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         check_types(self)
         if self.grid < 2 or self.elastic_std < 0:
-            raise ConfigError(f"need grid >= 2 and elastic_std >= 0, got {self}")
+            raise ConfigError(
+                f"need grid >= 2 and elastic_std >= 0, got grid {self.grid}, elastic_std {self.elastic_std}"
+            )
         if not 0.0 <= self.zoom <= 1.0:
             raise ConfigError(f"zoom must be in [0, 1] (the log of the largest zoom factor), got {self.zoom}")
 

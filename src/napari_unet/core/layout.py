@@ -69,7 +69,7 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
     if ndim < 2:
         raise ImageShapeError(f"need an image with at least 2 dimensions (H, W), got shape {shape}")
     if channel_axis is not None:
-        axis = channel_axis % ndim
+        axis = _axis_index(channel_axis, shape)
         if axis >= ndim - 2 and axis != ndim - 1:
             raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {shape}")
         if in_channels == 1 and _looks_rgb(shape, axis):
@@ -96,6 +96,15 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
     )
 
 
+def _axis_index(channel_axis: int, shape: tuple[int, ...]) -> int:
+    """``channel_axis`` as an index into ``shape`` (negative counts from the end)."""
+    if not -len(shape) <= channel_axis < len(shape):
+        raise ImageShapeError(
+            f"channel axis {channel_axis} does not exist in an image of {len(shape)} axes (shape {tuple(shape)})"
+        )
+    return channel_axis % len(shape)
+
+
 def _moved_to_minus3(ndim: int, axis: int) -> tuple[int, ...]:
     """The axis order of ``np.moveaxis(image, axis, -3)``."""
     order = [a for a in range(ndim) if a != axis]
@@ -119,7 +128,7 @@ def channels_before_spatial(
         )
     first_spatial = image.ndim - spatial_dims
     if channel_axis is not None:
-        axis = channel_axis % image.ndim
+        axis = _axis_index(channel_axis, image.shape)
         if axis >= first_spatial and axis != image.ndim - 1:
             raise ImageShapeError(f"channel_axis {channel_axis} is a spatial axis of shape {image.shape}")
         if in_channels == 1 and _looks_rgb(image.shape, axis):
