@@ -23,14 +23,33 @@ def progress_bar(**kwargs) -> tqdm:
 
 
 def drive_tiles(generator, description: str):
-    """Run a tile-progress generator under a tqdm bar; returns the generator's value."""
-    with progress_bar(desc=description, unit="tile") as bar:
+    """Run a tile-progress generator under a tqdm bar, shown from its first progress
+    (bad input fails before it, without an empty bar); returns the generator's value."""
+    bar = None
 
-        def show(progress: TileProgress) -> None:
-            bar.total = progress.total
-            bar.update(progress.done - bar.n)
+    def show(progress: TileProgress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(desc=description, unit="tile")
+        bar.total = progress.total
+        bar.update(progress.done - bar.n)
 
+    try:
         return drive(generator, show)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def tile_option(args: argparse.Namespace) -> int | tuple[int, ...] | None:

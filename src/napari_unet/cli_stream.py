@@ -7,6 +7,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from .cli_args import positive_int
 from .core.checkpoint import load_model
 from .core.errors import ConfigError
 from .core.progress import drive
@@ -20,9 +21,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser, outputs) -> None:
         help="write one (large) image's labels into this OME-Zarr store, chunk by chunk (labels at OUT/0)",
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue an interrupted --out run")
-    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="chunk edge of the --out store in px")
+    parser.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, help="chunk edge of the --out store in px")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None, help="spread --out over N local worker processes")
+    where.add_argument("--workers", type=positive_int, default=None, help="spread --out over N local worker processes")
     where.add_argument("--scheduler", default=None, help="spread --out over the dask cluster at this address")
 
 

@@ -18,6 +18,7 @@ from .cli_args import (
     add_prediction_arguments,
     add_spacing_argument,
     check_pairs,
+    positive_int,
     progress_bar,
     spacing_option,
     tile_option,
@@ -168,11 +169,16 @@ def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Traine
             value = getattr(args, dest)
             if isinstance(value, list):  # options taking one value per axis (--tile)
                 value = value[0] if len(value) == 1 else tuple(value)
-            if dest in given and value != recorded(recorded_train, recorded_model):
+            was = recorded(recorded_train, recorded_model)
+            if dest in given and value != was:
                 option = "--" + dest.replace("_", "-")
                 shown = "" if isinstance(value, bool) else f" {value}"
+                if isinstance(was, bool) or was is None:
+                    before = f"{'with' if was else 'without'} {option}"
+                else:
+                    before = f"{option} {was}"
                 raise ConfigError(
-                    f"{option}{shown} differs from the checkpoint's {recorded(recorded_train, recorded_model)}: "
+                    f"{option}{shown} differs from the checkpoint's run ({before}): "
                     f"a resumed run keeps its settings so that it continues exactly; drop {option}, "
                     "or start a new run from the model with --init"
                 )
@@ -374,12 +380,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
     add(
         "--nproc",
-        type=int,
+        type=positive_int,
         default=1,
         help="data-parallel processes on this machine (one per GPU; on a CPU they share the cores); "
         "--batch-size is the global batch",
     )
-    add("--threads", type=int, default=None, help="CPU threads (default: the cores other programs leave free)")
+    add("--threads", type=positive_int, default=None, help="CPU threads (default: the cores other programs leave free)")
     add("--overwrite", action="store_true", help="replace an existing --out model and its checkpoint")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", type=Path, default=None, help="continue a checkpoint exactly")

@@ -81,6 +81,7 @@ def test_segment_split_option_overrides_the_model(tmp_path, capsys):
         (lambda tmp, model: [str(tmp / "img.npy"), str(tmp / "img.npy")], "not a napari-unet model"),
         (lambda tmp, model: [str(model), str(tmp / "flat.npy")], "at least 2 dimensions"),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--tile", "50"], "nearest valid sizes"),
+        (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--channel-axis", "5"], "channel axis 5 does not exist"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, model_file, capsys, make_args, message):
@@ -89,9 +90,8 @@ def test_bad_input_gives_one_clear_line(tmp_path, model_file, capsys, make_args,
     zarr.save_array(str(tmp_path / "big.zarr"), np.zeros((30, 30), np.float32))
     code = main(["segment", *make_args(tmp_path, model_file), "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
+    assert code == 2 and len(err) == 1  # no empty progress bar before the error
     assert err[-1].startswith("napari-unet: error:") and message in err[-1]
-    assert "Traceback" not in "\n".join(err)
 
 
 def test_info_prints_what_the_file_holds(model_file, capsys):
@@ -344,6 +344,13 @@ def test_new_cpu_models_normalise_batches_unless_told_not_to(tmp_path, annotated
         model = load_model(out)
         assert model.config.batch_norm is expected
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) is expected
+
+
+@pytest.mark.parametrize("option", ["--threads", "--nproc"])
+def test_counts_below_one_are_refused_by_the_parser(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "a.tif", "--labels", "b.tif", "--out", str(tmp_path / "m"), option, "0"])
+    assert stop.value.code == 2 and f"argument {option}: must be 1 or more, got 0" in capsys.readouterr().err
 
 
 def test_options_must_be_spelled_out(tmp_path, capsys):

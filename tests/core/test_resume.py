@@ -220,12 +220,13 @@ def stopped_run(tmp_path):
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--steps", "50"], "--steps 50 differs from the checkpoint's 4"),
-        (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's None"),
-        (["--base-channels", "8"], "--base-channels 8 differs from the checkpoint's 2"),
-        (["--no-elastic"], "--no-elastic differs from the checkpoint's False"),
-        (["--zoom", "0.2"], "--zoom 0.2 differs from the checkpoint's 0.0"),
+        (["--steps", "50"], "--steps 50 differs from the checkpoint's run (--steps 4)"),
+        (["--lr", "0.1"], "--lr 0.1 differs from the checkpoint's run (without --lr)"),
+        (["--base-channels", "8"], "--base-channels 8 differs from the checkpoint's run (--base-channels 2)"),
+        (["--no-elastic"], "--no-elastic differs from the checkpoint's run (without --no-elastic)"),
+        (["--zoom", "0.2"], "--zoom 0.2 differs from the checkpoint's run (--zoom 0.0)"),
         (["--seed", "9"], "--seed 9 differs"),
+        (["--minutes", "1"], "--minutes 1.0 differs from the checkpoint's run (without --minutes)"),
     ],
 )
 def test_options_that_would_change_a_resumed_run_are_refused(stopped_run, capsys, option, message):
