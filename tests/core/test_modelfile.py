@@ -275,3 +275,19 @@ def test_a_hostile_checkpoint_resumes_with_one_clear_error(tmp_path):
     image, labels = synthetic_nuclei((64, 64), seed=0)
     with pytest.raises(ModelFileError, match="c.ckpt"):
         Trainer.resume(path, [image], [labels])
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("model.onnx", "is an ONNX model (napari-unet exports them for other software"),
+        ("model.pt", "is a TorchScript or pickled PyTorch file, which napari-unet never loads"),
+        ("weights.pth", "is a pickled PyTorch file, which napari-unet never loads"),
+        ("model.bin", "is not a napari-unet model file (corrupt, truncated or another format)"),
+    ],
+)
+def test_files_of_other_formats_are_refused_with_what_they_are(tmp_path, name, says):
+    (tmp_path / name).write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # neither safetensors nor a package
+    with pytest.raises(ModelFileError) as refused:
+        load_model(tmp_path / name)
+    assert f"{tmp_path / name} {says}" in str(refused.value)

@@ -212,6 +212,25 @@ def _check_regular(path: Path, info: os.stat_result) -> None:
         )
 
 
+#: What files of other formats are, by their suffix, for the message that refuses them.
+FOREIGN_FORMATS = {
+    ".onnx": "an ONNX model (napari-unet exports them for other software, and does not read them)",
+    ".pt": "a TorchScript or pickled PyTorch file, which napari-unet never loads (loading one can run its code)",
+    ".pth": "a pickled PyTorch file, which napari-unet never loads (loading one can run its code)",
+}
+
+
+def _not_ours(path: Path) -> ModelFileError:
+    """The error for a file that is no napari-unet model file, saying what it may be."""
+    foreign = FOREIGN_FORMATS.get(Path(path).suffix.lower())
+    if foreign:
+        return ModelFileError(
+            f"{path} is {foreign}; give a napari-unet model file (.safetensors) or a bioimage.io package "
+            "napari-unet exported"
+        )
+    return ModelFileError(f"{path} is not a napari-unet model file (corrupt, truncated or another format)")
+
+
 def _read_exactly(stream, count: int, path: Path) -> bytes:
     data = stream.read(count)
     if len(data) != count:
@@ -221,7 +240,7 @@ def _read_exactly(stream, count: int, path: Path) -> bytes:
 
 def _parse_entries(header: Any, data_bytes: int, path: Path) -> tuple[dict[str, TensorEntry], dict]:
     """The tensor entries and the metadata of a safetensors header, checked."""
-    not_ours = ModelFileError(f"{path} is not a napari-unet model file (corrupt, truncated or another format)")
+    not_ours = _not_ours(path)
     if not isinstance(header, dict):
         raise not_ours
     metadata = header.get("__metadata__", {})
@@ -278,7 +297,7 @@ def read_checked(path: str | os.PathLike) -> tuple[Any, bytes]:
     path = Path(path)
     with os.fdopen(_open_regular(path), "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
-        not_ours = ModelFileError(f"{path} is not a napari-unet model file (corrupt, truncated or another format)")
+        not_ours = _not_ours(path)
         if size < 8:
             raise not_ours
         prefix = _read_exactly(stream, 8, path)
