@@ -35,13 +35,15 @@ from .core.weights import separation_target, weight_map
 
 
 def output_names(inputs: Sequence[Path]) -> list[str]:
-    """One distinct base name per input file: its stem; where stems collide, the
-    parent folder's name and the stem, then also the suffix, then a number."""
+    """One distinct base name per input file: its stem (without an OME-TIFF's ".ome");
+    where stems collide, the parent folder's name and the stem, then also the suffix,
+    then a number."""
 
     def name(index: int, level: int) -> str:
         path = inputs[index]
         parent = path.absolute().parent.name or "root"
-        parts = [path.stem] if level == 0 else [parent, path.stem]
+        stem = path.stem[:-4] if path.stem.lower().endswith(".ome") and len(path.stem) > 4 else path.stem
+        parts = [stem] if level == 0 else [parent, stem]
         if level >= 2 and path.suffix:
             parts.append(path.suffix.lstrip("."))
         if level >= 3:

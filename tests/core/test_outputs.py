@@ -52,6 +52,7 @@ def test_output_names_stay_distinct_in_every_case(tmp_path):
     names = output_names([Path("x/img.tif"), Path("y/img.tif"), Path("x/img.npy"), Path("x/img.tif"), Path("z.tif")])
     assert len(set(names)) == 5 and names[-1] == "z"
     assert names[:3] == ["x_img_tif_1", "y_img", "x_img_npy"]
+    assert output_names([Path("coins.ome.tif"), Path("cells.OME.tiff"), Path(".ome.tif")]) == ["coins", "cells", ".ome"]
 
 
 @pytest.mark.parametrize("command", ["segment", "weights"])
