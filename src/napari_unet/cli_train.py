@@ -122,7 +122,9 @@ def run_training(trainer: Trainer) -> int | None:
             try:
                 drive(trainer.run(), show)
             except KeyboardInterrupt:  # a second Ctrl-C: drive closed the run mid-step
-                bar.write(f"interrupted during step {trainer.step + 1}")
+                path = trainer.checkpoint_path
+                kept = f"; continue from its last checkpoint with --resume {path}" if path and path.exists() else ""
+                bar.write(f"interrupted during step {trainer.step + 1}{kept}")
                 raise
         if received:
             name = signal.Signals(received[0]).name

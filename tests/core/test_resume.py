@@ -199,6 +199,27 @@ def test_ctrl_c_stops_training_between_steps_and_resuming_is_exact(tmp_path, cap
     _check_stopped_run_resumes_exactly(argv, image, labels)
 
 
+def test_a_second_ctrl_c_interrupts_at_once_and_names_the_checkpoint_to_resume(tmp_path, capsys, monkeypatch):
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    argv = _training_argv(tmp_path / "run", image, labels)
+    run = Trainer.run
+
+    def interrupted_after_step_2(self):
+        steps = run(self)
+        for event in steps:
+            yield event
+            if isinstance(event, StepProgress) and event.step == 2:
+                steps.close()  # what the second Ctrl-C's KeyboardInterrupt does to the run
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", interrupted_after_step_2)
+    assert cli.main(argv) == 130
+    checkpoint = Path(argv[argv.index("--out") + 1] + ".ckpt")
+    said = capsys.readouterr().out
+    assert f"interrupted during step 3; continue from its last checkpoint with --resume {checkpoint}" in said
+    assert load_state(checkpoint)["step"] == 2
+
+
 # --- options when resuming ------------------------------------------------------------------------------------
 
 
