@@ -335,7 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_spacing_argument(weights, "the voxel size of 3D labels, for physical distances")
     weights.set_defaults(run=cmd_weights)
 
-    evaluate = commands.add_parser("evaluate", help="compare predicted labels with ground truth")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compare predicted labels with ground truth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "columns, per image and overall (objects are matched one to one where their IoU exceeds the threshold):\n"
+            "  AP@t    matched / (matched + unmatched predicted + unmatched true) at IoU t (0.5, 0.75, 0.9)\n"
+            "  F1@0.5  2 matched / (2 matched + unmatched predicted + unmatched true)\n"
+            "  mIoU    mean IoU of the pairs matched at 0.5 (how well the outlines fit)\n"
+            "  pxIoU   IoU of the foreground (the pixels of all objects together), whichever object they belong to\n"
+            "  merged  pairs of touching true objects predicted as one object"
+        ),
+    )
     evaluate.add_argument("predictions", type=Path, nargs="+", help="predicted instance labels")
     evaluate.add_argument(
         "--truth", type=Path, nargs="+", required=True, help="true instance labels, one per prediction"
