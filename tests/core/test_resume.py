@@ -278,6 +278,21 @@ def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run
     assert "trained" not in said and nu.load_model(out).metadata["training"]["steps"] == 4  # the model is there
 
 
+def test_resuming_on_other_data_is_said_once_and_on_the_same_data_not_at_all(stopped_run, capsys):
+    argv, _, checkpoint = stopped_run
+    labels_path = Path(argv[argv.index("--labels") + 1])
+    state = load_state(checkpoint)
+    assert cli.main([*argv, "--resume", str(checkpoint)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    save_state(checkpoint, state)  # back to step 2
+    labels = np.load(labels_path)
+    labels[labels == labels.max()] = 0  # one cell less: corrected labels
+    np.save(labels_path, labels)
+    assert cli.main([*argv, "--resume", str(checkpoint)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "the training images or labels differ from those" in warnings[0]
+
+
 def test_a_checkpoint_made_on_a_gpu_resumes_on_the_cpu(stopped_run, caplog, capsys):
     argv, _, checkpoint = stopped_run
     state = load_state(checkpoint)

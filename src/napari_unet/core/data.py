@@ -7,6 +7,7 @@ weight map; paper section 3); each sample is then one random coordinate transfor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -67,6 +68,17 @@ class Batch:
     target: np.ndarray
     weights: np.ndarray
     dropout_seeds: tuple[int, ...] = ()
+
+
+def data_digest(images: Sequence, labels: Sequence) -> str:
+    """A fingerprint of training images and labels (their shapes, dtypes and values),
+    to tell whether a resumed run has the data it was started with."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (*images, *labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape} {array.dtype.str};".encode())
+        digest.update(array.view(np.uint8).reshape(-1) if array.size else b"")
+    return digest.hexdigest()
 
 
 def as_image_list(images) -> list:

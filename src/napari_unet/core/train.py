@@ -24,7 +24,7 @@ from . import geometry
 from .best_weights import BestWeights
 from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
 from .config import TrainConfig, with_overrides
-from .data import SampleStream, as_image_list, default_tile_for, prepare
+from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
     any_process,
@@ -156,6 +156,8 @@ class Trainer:
         )
         #: What the user should hear about these annotations (each also logged).
         self.data_warnings = [warning for plane in planes for warning in plane.warnings]
+        #: A fingerprint of the images and labels, kept in checkpoints (see :meth:`resume`).
+        self.data_digest = data_digest(as_image_list(images), as_image_list(labels))
         config = self.model.config
         depth = geometry.model_axes(config) if config.ndim == 3 else config.depth
         self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed, config.spacing)
@@ -229,6 +231,12 @@ class Trainer:
             trainer.losses = [float(loss) for loss in state["losses"]]
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
+        if state.get("data", trainer.data_digest) != trainer.data_digest:
+            log.warning(
+                "the training images or labels differ from those %s was started with: the run goes on with these, "
+                "so it ends where an uninterrupted run on the old data would not",
+                path,
+            )
         trainer.best = BestWeights.from_state(state.get("validation"), trainer.model, path)
         trainer.last_validation = trainer.best.last
         return trainer
@@ -482,6 +490,7 @@ class Trainer:
                 "seconds": self.seconds,
                 "losses": self.losses,
                 "validation": self.best.to_state(),
+                "data": self.data_digest,
             },
         )
         log.info("checkpoint at step %d written to %s", self.step, path)
