@@ -146,8 +146,8 @@ def test_export_refuses_unknown_formats_and_misplaced_options(tmp_path):
         exchange.export_model(tiny_model(), tmp_path / "m.x", "keras")
     with pytest.raises(exchange.ExportError, match="only apply to bioimage.io"):
         exchange.export_model(tiny_model(), tmp_path / "m.pt", "torchscript", authors=["A"])
-    with pytest.raises(nu.OutputFileError, match="does not exist"):
-        exchange.export_model(tiny_model(), tmp_path / "no" / "m.pt", "torchscript")
+    with pytest.raises(nu.OutputFileError, match="is a folder"):
+        exchange.export_model(tiny_model(), tmp_path, "torchscript")
     pytest.importorskip("bioimageio.spec", reason="bioimage.io export needs napari-unet[export]")
     with pytest.raises(nu.NapariUnetError, match="'NAME' is too short: bioimage.io needs 5 characters"):
         exchange.export_model(tiny_model(), tmp_path / "m.zip", "bioimageio", name="NAME")  # said "4 items"
@@ -157,9 +157,11 @@ def test_export_refuses_unknown_formats_and_misplaced_options(tmp_path):
 
 def test_cli_export_torchscript(tmp_path, capsys):
     nu.save_model(tiny_model(), tmp_path / "m.safetensors")
-    code = main(["export", str(tmp_path / "m.safetensors"), "--format", "torchscript", "--out", str(tmp_path / "m.pt")])
+    out = tmp_path / "new folder" / "m.pt"  # created, as train and segment create theirs
+    code = main(["export", str(tmp_path / "m.safetensors"), "--format", "torchscript", "--out", str(out)])
     assert code == 0
-    assert (tmp_path / "m.pt").is_file() and "torchscript" in capsys.readouterr().out
+    assert out.is_file() and "torchscript" in capsys.readouterr().out
+    assert [p.name for p in out.parent.iterdir()] == ["m.pt"]  # written atomically: no temporary left
     code = main(["export", str(tmp_path / "m.safetensors"), "--format", "onnx", "--out", "x.onnx", "--author", "A"])
     assert code == 2 and "bioimageio only" in capsys.readouterr().err
 

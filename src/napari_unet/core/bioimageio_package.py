@@ -38,6 +38,7 @@ from . import exchange, standalone_unet
 from .config import NormalizationConfig
 from .errors import ConfigError, OutputFileError
 from .geometry import margin
+from .io import check_writable
 from .layout import channels_at_minus3
 from .model import UNet, without_batch_norm
 from .package_reader import PACKAGE_FORMAT, PACKAGE_VERSION, RECORD_NAME, STATE_DICT_NAME, sha256
@@ -324,8 +325,7 @@ def write_package(
     path = Path(path)
     if path.is_dir():
         raise OutputFileError(f"{path} is a folder; give a .zip file name to export to")
-    if not path.parent.is_dir():
-        raise OutputFileError(f"cannot write {path}: folder {path.parent} does not exist")
+    check_writable(path)  # its folder is created if need be, as for every other output
     trained, model = model, without_batch_norm(model)  # what every weight format holds; the spec says so
     config, spec = model.config, model.spec
     depth, step = config.depth, 2**config.depth
@@ -463,6 +463,7 @@ def write_package(
         )
         partial = path.with_name(f".{path.name}.partial")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_bioimageio_package(descr, output_path=partial)
             os.replace(partial, path)
         except OSError as error:

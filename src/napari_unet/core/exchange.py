@@ -15,6 +15,7 @@ needs the ``export`` extra (see :mod:`napari_unet.core.bioimageio_package`).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from . import standalone_unet
 from .errors import ConfigError, NapariUnetError, OutputFileError
+from .io import check_writable, write_atomic
 from .model import UNet, without_batch_norm
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
@@ -104,10 +106,11 @@ def example_input(model: UNet, batch: int = 1) -> torch.Tensor:
 
 
 def _check_target(path: Path) -> None:
+    """Before any work: ``path`` must be a file name that can be written (its folder
+    is created if need be, as for every other output)."""
     if path.is_dir():
         raise OutputFileError(f"{path} is a folder; give a file name to export to")
-    if not path.parent.is_dir():
-        raise OutputFileError(f"cannot write {path}: folder {path.parent} does not exist")
+    check_writable(path)
 
 
 def export_torchscript(model: UNet, path: str | os.PathLike) -> Path:
@@ -117,7 +120,9 @@ def export_torchscript(model: UNet, path: str | os.PathLike) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what bioimage.io runs
         scripted = torch.jit.script(same_size_network(model))
-    scripted.save(str(path))
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -135,18 +140,20 @@ def export_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -
     path = Path(path)
     _check_target(path)
     axes = {0: "batch", 2: "y", 3: "x"}
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
         torch.onnx.export(
             same_size_network(model),
             (example_input(model),),
-            str(path),
+            buffer,
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
             opset_version=opset,
         )
+    write_atomic(path, buffer.getvalue())
     return path
 
 
