@@ -117,11 +117,10 @@ def export_torchscript(model: UNet, path: str | os.PathLike) -> Path:
     """Write ``model`` as a scripted TorchScript module (image -> foreground probability)."""
     path = Path(path)
     _check_target(path)
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what bioimage.io runs
-        scripted = torch.jit.script(same_size_network(model))
-    buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer)
+        torch.jit.save(torch.jit.script(same_size_network(model)), buffer)
     write_atomic(path, buffer.getvalue())
     return path
 
