@@ -103,9 +103,10 @@ def stop_on_signals(trainer: Trainer):
 def run_training(trainer: Trainer) -> int | None:
     """Drive a trainer with a progress bar. Ctrl-C or SIGTERM stops it after the
     current step and keeps its checkpoint; returns that signal's number, if any."""
-    main = trainer.group.is_main  # the other processes of a data-parallel run stay quiet
+    quiet = not trainer.group.is_main  # the other processes of a data-parallel run stay quiet
+    quiet = quiet or trainer.step >= trainer.config.steps  # a finished run resumed: nothing to show
     with progress_bar(
-        total=trainer.config.steps, initial=trainer.step, desc="training", unit="step", disable=not main
+        total=trainer.config.steps, initial=trainer.step, desc="training", unit="step", disable=quiet
     ) as bar:
 
         def show(event) -> None:

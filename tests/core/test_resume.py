@@ -273,8 +273,9 @@ def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run
     out = Path(argv[argv.index("--out") + 1])
     out.unlink()
     assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # before: "trained 4 steps in 0 s", as if it had
-    said = capsys.readouterr().out
+    said, err = capsys.readouterr()
     assert "holds a finished run (4 steps): nothing was left to train" in said and "--init" in said
+    assert "training:" not in err  # no progress bar of a run with nothing to do
     assert "trained" not in said and nu.load_model(out).metadata["training"]["steps"] == 4  # the model is there
 
 
