@@ -75,7 +75,7 @@ def binary_mask_warning(labels: np.ndarray, name: str = "the labels") -> str | N
     if labels.size == 0:
         return None
     top = labels.max()
-    if top <= 0 or (labels[labels > 0] != top).any():
+    if top <= 0 or np.count_nonzero(labels == top) != np.count_nonzero(labels > 0):  # not a single id
         return None
     regions = ndimage.label(labels == top)[1]
     if regions < 2:
