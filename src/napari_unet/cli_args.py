@@ -30,7 +30,7 @@ def drive_tiles(generator, description: str):
     def show(progress: TileProgress) -> None:
         nonlocal bar
         if bar is None:
-            bar = progress_bar(desc=description, unit="tile")
+            bar = progress_bar(desc=description, unit="tile", total=progress.total)
         bar.total = progress.total
         bar.update(progress.done - bar.n)
 
