@@ -27,7 +27,7 @@ from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
-from .core.io import check_image_file, check_writable, read_image, read_spacing, write_image
+from .core.io import check_image_file, check_writable, image_shape, read_image, read_spacing, write_image
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.metrics import MatchStats
 from .core.predict import iter_segment
@@ -80,6 +80,12 @@ def cmd_segment(args: argparse.Namespace) -> None:
     for path in args.images:  # all of them before any work
         check_image_file(path)
     model = load_model(args.model)
+    if model.config.ndim == 2 and not args.as_volume:
+        for path in args.images:  # an image the model cannot take fails before any output is written
+            try:
+                axes_at_minus3(image_shape(path), model.config.in_channels, args.channel_axis)
+            except ImageShapeError as error:
+                raise ImageShapeError(f"{path}: {error}") from error
     instances = instance_options(args, model.spec.instances)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
     outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]

@@ -94,6 +94,18 @@ def test_bad_input_gives_one_clear_line(tmp_path, model_file, capsys, make_args,
     assert err[-1].startswith("napari-unet: error:") and message in err[-1]
 
 
+def test_an_image_the_model_cannot_take_fails_before_any_output_is_written(tmp_path, model_file, capsys):
+    np.save(tmp_path / "gray.npy", np.zeros((30, 30), np.float32))
+    np.save(tmp_path / "rgb.npy", np.zeros((30, 30, 3), np.uint8))
+    out = tmp_path / "out"
+    assert (
+        main(["segment", str(model_file), str(tmp_path / "gray.npy"), str(tmp_path / "rgb.npy"), "--out-dir", str(out)])
+        == 2
+    )
+    assert f"{tmp_path / 'rgb.npy'}: the model expects 1 channel" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # the gray image's labels were not written first
+
+
 def test_info_prints_what_the_file_holds(model_file, capsys):
     assert main(["info", str(model_file)]) == 0
     info = json.loads(capsys.readouterr().out)

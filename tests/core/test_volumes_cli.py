@@ -138,4 +138,4 @@ def test_no_volume_note_for_an_rgb_picture(tmp_path, capsys):
     command = ["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "rgb.tif"), "--out-dir", str(tmp_path)]
     assert main(command) == 2
     err = capsys.readouterr().err
-    assert "is RGB" in err and "volume" not in err
+    assert "is RGB" in err and "is a volume" not in err

@@ -165,6 +165,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageFileError(f"cannot read image {path}: {error}") from error
 
 
+def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape of the image :func:`read_image` would read from ``path``, from the
+    file's header where the format has one (the pixels are not read)."""
+    path = Path(path)
+    check_image_file(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tuple(tif.series[0].shape)
+        import imageio.v3 as iio
+
+        return tuple(iio.improps(path).shape)
+    except Exception:  # unreadable here: read_image will say why
+        return tuple(read_image(path).shape)
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` atomically as TIFF (``.tif``/``.tiff``), NPY or PNG."""
     path = Path(path)
