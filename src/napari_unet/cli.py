@@ -150,15 +150,13 @@ def cmd_weights(args: argparse.Namespace) -> None:
         (args.out_dir / f"{base}_weights.tif", args.out_dir / f"{base}_target.tif")
         for base in output_names(args.labels)
     ]
-    for path in args.labels:
-        check_image_file(path)
+    for path in args.labels:  # every file's shape before any output is written
+        shape = image_shape(path)
+        if len(shape) not in (2, 3):
+            raise ImageShapeError(f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {shape}")
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
     for path, (weights_path, target_path) in zip(args.labels, outputs):
         labels = read_image(path)
-        if labels.ndim not in (2, 3):
-            raise ImageShapeError(
-                f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {labels.shape}"
-            )
         spacing = spacing_option(args, path, labels.ndim)
         weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
         write_image(weights_path, weights)

@@ -106,6 +106,15 @@ def test_an_image_the_model_cannot_take_fails_before_any_output_is_written(tmp_p
     assert not out.exists() or not any(out.iterdir())  # the gray image's labels were not written first
 
 
+def test_weights_check_every_label_file_before_writing_any(tmp_path, capsys):
+    np.save(tmp_path / "good.npy", np.ones((30, 30), np.int32))
+    np.save(tmp_path / "four_axes.npy", np.ones((2, 2, 30, 30), np.int32))
+    out = tmp_path / "out"
+    assert main(["weights", str(tmp_path / "good.npy"), str(tmp_path / "four_axes.npy"), "--out-dir", str(out)]) == 2
+    assert f"{tmp_path / 'four_axes.npy'}: weight maps need 2D (H, W) or 3D" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_info_prints_what_the_file_holds(model_file, capsys):
     assert main(["info", str(model_file)]) == 0
     info = json.loads(capsys.readouterr().out)
