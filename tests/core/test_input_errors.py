@@ -234,3 +234,14 @@ def test_setting_errors_name_the_value_not_the_whole_record(make, message):
     with pytest.raises(ConfigError) as error:
         make()
     assert message in str(error.value) and "Config(" not in str(error.value)
+
+
+def test_an_image_and_labels_with_a_trailing_axis_of_one_train_as_the_plane(tmp_path):
+    image, labels = synthetic_nuclei((96, 96), seed=2)
+    models = []
+    for pair in [(image, labels), (image[..., None], labels[..., None])]:
+        torch.manual_seed(0)
+        models.append(UNet(base_channels=2, depth=2))
+        train(models[-1], *pair, steps=1, tile=60, device="cpu", seed=0)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet import UNet, save_model
+from napari_unet import UNet, save_model, segment
 from napari_unet._widgets import SegmentWidget
 from napari_unet._widgets._jobs import PlaneOfStack
 from napari_unet.cli import main
@@ -161,6 +161,21 @@ def test_a_two_channel_layer_is_one_image_to_a_two_channel_model(viewer, model_s
     assert widget.planes.native.isHidden()  # no stack: nothing to choose
     segment_planes(widget, "current plane", wait_idle)  # a choice left from before does not slice the channels
     assert viewer.layers["2ch labels"].data.shape == (40, 50), widget.status.value
+
+
+def test_a_layer_with_a_trailing_axis_of_one_gets_labels_of_its_own_shape(viewer, model_session, nuclei, wait_idle):
+    """(H, W, 1): one channel to the core, and labels (H, W, 1) that napari lines up with the layer."""
+    layer = viewer.add_image(nuclei[0][..., None], name="one channel last")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = layer
+    assert widget.planes.native.isHidden()  # no stack of 128 planes one pixel wide
+    widget.probabilities.value = True
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    labels = viewer.layers["one channel last labels"].data
+    assert labels.shape == (*nuclei[0].shape, 1), widget.status.value
+    assert viewer.layers["one channel last probability"].data.shape == labels.shape
+    np.testing.assert_array_equal(labels[..., 0] > 0, segment(model_session.model, nuclei[0]) > 0)
 
 
 def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session, wait_idle):

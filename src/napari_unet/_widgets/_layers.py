@@ -132,6 +132,13 @@ def spatial_shape(layer: Image) -> tuple[int, ...]:
     return tuple(shape[:-1]) if layer.rgb else tuple(shape)
 
 
+def with_layer_axes(result: np.ndarray, layer: Image) -> np.ndarray:
+    """``result`` (labels or a probability map of ``layer``) with the layer's trailing
+    axis of one, which the core reads as the channel: so that napari lines the two up."""
+    shape = spatial_shape(layer)
+    return result[..., None] if (*result.shape, 1) == shape else result
+
+
 def layer_spacing(layer: Image) -> tuple[float, ...] | None:
     """The voxel spacing (z, y, x) of an image layer's stack: its scale (an RGB layer's
     scale has no colour axis). ``None`` for a single plane or a scale that is not positive."""

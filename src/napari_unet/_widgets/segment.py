@@ -41,6 +41,7 @@ from ._layers import (
     put_layer,
     selection_kept,
     spatial_shape,
+    with_layer_axes,
 )
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
 
@@ -374,12 +375,14 @@ class SegmentWidget(DockWidget):
         self._placeholders = []
         layer, index = self._target
         name = f"{layer.name} labels"
-        if index is None or result.labels.shape == spatial_shape(layer):
-            put_layer(self.viewer, name, result.labels, "labels", layer, role="segmentation", visible=True)
+        labels = with_layer_axes(result.labels, layer)
+        if index is None or labels.shape == spatial_shape(layer):
+            put_layer(self.viewer, name, labels, "labels", layer, role="segmentation", visible=True)
         else:
-            self._show_plane(layer, index, result.labels)
+            self._show_plane(layer, index, labels)
         if result.probabilities is not None:
             foreground = probabilities_foreground(result.probabilities, self._ndim).astype(np.float32, copy=False)
+            foreground = with_layer_axes(foreground, layer)
             shown = f"{layer.name} probability"
             put_layer(
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True

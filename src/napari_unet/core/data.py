@@ -114,6 +114,8 @@ def _pair_planes(
     if not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.int64)
     expected = data.shape[: -ndim - 1] + data.shape[-ndim:]
+    if labels.shape == (*expected, 1):  # labels shaped like an (..., H, W, 1) image, its last axis the channel
+        labels = labels[..., 0]
     if labels.shape != expected:
         raise TrainingDataError(
             f"{name}: labels of shape {labels.shape} do not match the image "
