@@ -143,6 +143,7 @@ class Trainer:
         construction, and while training live as the user paints); model, optimiser
         state and step count stay. Raises :class:`TrainingDataError` for unusable
         annotations and then keeps the previous ones."""
+        images, labels = as_image_list(images), as_image_list(labels)  # paths read once
         planes = prepare(
             images,
             labels,
@@ -157,7 +158,7 @@ class Trainer:
         #: What the user should hear about these annotations (each also logged).
         self.data_warnings = [warning for plane in planes for warning in plane.warnings]
         #: A fingerprint of the images and labels, kept in checkpoints (see :meth:`resume`).
-        self.data_digest = data_digest(as_image_list(images), as_image_list(labels))
+        self.data_digest = data_digest(images, labels)
         config = self.model.config
         depth = geometry.model_axes(config) if config.ndim == 3 else config.depth
         self.stream = SampleStream(planes, self.tile, depth, self.config.augment, self.config.seed, config.spacing)
