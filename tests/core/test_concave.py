@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
+from skimage.morphology import reconstruction
 
 from napari_unet import save_model
 from napari_unet.cli import main
+from napari_unet.core import concave
 from napari_unet.core.concave import ellipse_fill
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
@@ -138,3 +140,17 @@ def test_segment_takes_the_models_shape_split_and_split_0_turns_it_off(tmp_path)
         assert main(["segment", *arguments]) == 0
         counts[name] = int(tifffile.imread(out / "a_labels.tif").max())
     assert counts == {"model": 2, "split 0": 1, "min-fill 0": 1}
+
+
+@pytest.mark.parametrize("shape", [(60, 70), (12, 30, 34)])
+def test_the_reconstruction_equals_skimages(shape):
+    rng = np.random.default_rng(4)
+    mask = ndimage.gaussian_filter(rng.random(shape), 2) * 10
+    mask[rng.random(shape) < 0.1] = -3.0  # background specks: a floor nothing crosses
+    seed = np.minimum(mask - rng.uniform(0.5, 1.5), mask)
+    np.testing.assert_array_equal(concave._reconstructed(seed, mask), reconstruction(seed, mask))
+    corridor = np.full((5, 400), -1.0)  # a 400-px path: more dilations than the loop tries
+    corridor[2] = 10.0
+    start = np.where(corridor > 0, 0.0, -1.0)
+    start[2, 0] = 10.0
+    np.testing.assert_array_equal(concave._reconstructed(start, corridor), reconstruction(start, corridor))
