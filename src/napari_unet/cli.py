@@ -84,7 +84,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         for path in args.images:  # an image the model cannot take fails before any output is written
             try:
                 axes_at_minus3(image_shape(path), model.config.in_channels, args.channel_axis)
-            except ImageShapeError as error:
+            except ImageShapeError as error:  # with one image, the widgets' message word for word
+                if len(args.images) == 1:
+                    raise
                 raise ImageShapeError(f"{path}: {error}") from error
     instances = instance_options(args, model.spec.instances)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
