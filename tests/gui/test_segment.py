@@ -178,6 +178,21 @@ def test_a_layer_with_a_trailing_axis_of_one_gets_labels_of_its_own_shape(viewer
     np.testing.assert_array_equal(labels[..., 0] > 0, segment(model_session.model, nuclei[0]) > 0)
 
 
+def test_the_users_smallest_object_and_tile_hold_on_the_first_run(viewer, model_session, nuclei, wait_idle):
+    """Segment adds its result layers at the click; napari then resets the docks'
+    choices, which used to put back the model's smallest object and tile before they were read."""
+    layer = viewer.add_image(nuclei[0], name="cells")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = layer
+    widget.min_size.value = widget.min_size.max  # larger than any nucleus: nothing is kept
+    widget.tile.value = widget.tile.choices[-1]
+    chosen = (widget.min_size.value, widget.tile.value)
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert (widget.min_size.value, widget.tile.value) == chosen
+    assert viewer.layers["cells labels"].data.max() == 0, widget.status.value
+
+
 def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session, wait_idle):
     zz, yy, xx = np.indices((6, 40, 50))
     # a cell in all six planes, another above it in planes 3-5 only (so that per plane it comes first there)

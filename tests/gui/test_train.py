@@ -60,6 +60,20 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     assert "model saved" in widget.status.value
 
 
+def test_adding_a_layer_keeps_the_chosen_network_settings(viewer, session, annotated, tmp_path):
+    """napari resets every dock's choices when a layer comes or goes: that used to put
+    back the default width, depth, normalisation and tile (a preview layer did it at Start)."""
+    widget = docked(viewer, TrainWidget(viewer, session))
+    tiny_settings(widget, tmp_path)
+    widget.batch_norm.value = False
+    chosen = (widget.base_channels.value, widget.depth.value, widget.batch_norm.value, widget.tile.value)
+    viewer.add_points([[1, 1]], name="someone's points")
+    viewer.layers.remove("someone's points")
+    assert (widget.base_channels.value, widget.depth.value, widget.batch_norm.value, widget.tile.value) == chosen
+    widget.network.value = "3D"  # a real change of network still brings its defaults
+    assert widget.depth.value != 2 or widget.base_channels.value != 4
+
+
 def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_path, wait_idle, qtbot):
     widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.labels.value = annotated

@@ -1,10 +1,26 @@
-"""Layout helpers for long dock-widget forms: titled groups and a scrolling part."""
+"""Layout helpers for long dock-widget forms: titled groups, a scrolling part, and
+radio buttons that stay quiet when napari resets a widget's choices."""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import Container, Label, RadioButtons
 from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea
+
+
+class SteadyRadioButtons(RadioButtons):
+    """Radio buttons whose ``changed`` fires only when the choice changes. napari resets
+    every docked widget's choices whenever a layer is added or removed, and magicgui's
+    radio buttons then report their unchanged value as a change: the Train widget took
+    that for a new network and put back the default width, depth and tile, and Segment
+    put back the model's smallest object and tile, under the user's feet."""
+
+    def reset_choices(self, *args) -> None:
+        value = self.value
+        with self.changed.blocked():
+            super().reset_choices(*args)
+        if self.value != value:
+            self.changed.emit(self.value)
 
 
 def group(title: str, *widgets) -> Container:

@@ -15,7 +15,6 @@ from magicgui.widgets import (
     Label,
     ProgressBar,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 from napari.layers import Image
@@ -30,7 +29,7 @@ from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
-from ._forms import scrolling, side_by_side
+from ._forms import SteadyRadioButtons, scrolling, side_by_side
 from ._jobs import PlaneOfStack, SegmentationDone, export_job, read_model_job, segmentation_job
 from ._layers import (
     LayerError,
@@ -62,7 +61,7 @@ class SegmentWidget(DockWidget):
         viewer = self.viewer
         self.session = session or Session.of(viewer)
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
-        self.model_source = RadioButtons(
+        self.model_source = SteadyRadioButtons(
             label="model", choices=["session model", "file"], value="session model", orientation="horizontal"
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.zip")

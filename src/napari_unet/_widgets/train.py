@@ -17,7 +17,6 @@ from magicgui.widgets import (
     Label,
     ProgressBar,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 from napari.layers import Image, Labels
@@ -37,7 +36,7 @@ from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
-from ._forms import group, scrolling, side_by_side
+from ._forms import SteadyRadioButtons, group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     EditWatcher,
@@ -135,11 +134,11 @@ class TrainWidget(DockWidget):
         self.pairs_label = Label(value="pairs: the image and annotation above")
         self.val_image = ComboBox(label="validation image", choices=images, nullable=True, value=None)
         self.val_labels = ComboBox(label="validation labels", choices=labels, nullable=True, value=None)
-        self.model_source = RadioButtons(
+        self.model_source = SteadyRadioButtons(
             label="model", choices=["new", "session model", "file"], value="new", orientation="horizontal"
         )
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
-        self.network = RadioButtons(
+        self.network = SteadyRadioButtons(
             label="network", choices=["2D", "3D"], value="2D", orientation="horizontal", tooltip=NETWORK_TIP
         )
         self.base_channels = SpinBox(label="base channels", value=cpu.base_channels, min=1, max=128)
