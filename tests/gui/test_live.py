@@ -187,7 +187,7 @@ def test_accepting_objects_is_one_undo_step_each(viewer, session, qtbot):
     predicted[5:12, 5:12], predicted[20:30, 20:30] = 1, 2
     widget = docked(viewer, LiveTrainWidget(viewer, session))
     widget.image.value, widget.annotation.value = image, annotation
-    viewer.add_labels(predicted, name="cells live")  # as a preview shows it
+    viewer.add_labels(predicted, name="cells live", metadata={ROLE: "preview"})  # as a preview shows it
     widget.preview = LivePreview(step=1, seconds=1.0, window=(slice(0, 40), slice(0, 40)), labels=predicted)
     annotation.data_setitem((np.array([35, 35]), np.array([1, 2])), 0)  # the user's stroke
     stroked = np.array(annotation.data)

@@ -193,6 +193,25 @@ def test_the_users_smallest_object_and_tile_hold_on_the_first_run(viewer, model_
     assert viewer.layers["cells labels"].data.max() == 0, widget.status.value
 
 
+def test_layers_of_the_users_with_the_result_names_are_left_alone(viewer, model_session, nuclei, wait_idle):
+    """The user's ground truth called "cells labels" was overwritten by the prediction,
+    and a layer called "cells probability" deleted."""
+    layer = viewer.add_image(nuclei[0], name="cells")
+    truth = viewer.add_labels(nuclei[1].astype(np.uint16), name="cells labels")
+    kept = truth.data.copy()
+    theirs = viewer.add_labels(np.ones(nuclei[1].shape, np.uint8), name="cells probability")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = layer
+    widget.probabilities.value = True
+    for _ in range(2):  # the second run finds its own result layers again
+        widget.run_button.clicked.emit()
+        wait_idle(widget)
+    assert viewer.layers["cells labels"] is truth and np.array_equal(truth.data, kept)
+    assert viewer.layers["cells probability"] is theirs and theirs.data.min() == 1
+    assert viewer.layers["cells labels 2"].data.max() > 0 and "cells probability 2" in viewer.layers
+    assert len(viewer.layers) == 5 and widget.status.value.startswith("cells labels 2:")
+
+
 def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session, wait_idle):
     zz, yy, xx = np.indices((6, 40, 50))
     # a cell in all six planes, another above it in planes 3-5 only (so that per plane it comes first there)

@@ -187,14 +187,34 @@ def layer_named(viewer, name: str) -> Layer | None:
     return viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
 
 
+def helper_name(viewer, base: str, role: str) -> str:
+    """The name of the helper layer of ``role`` called ``base``: ``base``, or ``base 2``,
+    ``base 3``, ... where a layer of the user's (or of another role) has the name:
+    the first that is free or held by a layer of ``role``. The user's layers are never
+    taken for helpers, whatever their names."""
+    name, number = base, 1
+    while name in viewer.layers and role_of(viewer.layers[name]) != role:
+        number += 1
+        name = f"{base} {number}"
+    return name
+
+
+def helper_layer(viewer, base: str, role: str) -> Layer | None:
+    """The helper layer of ``role`` called ``base`` (see :func:`helper_name`), or None."""
+    return layer_named(viewer, helper_name(viewer, base, role))
+
+
 def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, role: str, **kwargs) -> Layer:
     """Show ``data`` as helper layer ``name`` (of ``role``), replacing that layer's data
-    if it exists, without changing which layer is selected.
+    if it exists, without changing which layer is selected. A layer of the user's
+    called ``name`` stays as it is: the helper takes the next free name
+    (:func:`helper_name`).
 
     The new layer takes the scale and translation of ``like`` (its last
     ``data.ndim`` axes), so it lies exactly on top of the image it came from.
     """
     ndim = data.ndim
+    name = helper_name(viewer, name, role)
     existing = layer_named(viewer, name)
     layer_class = Labels if kind == "labels" else Image
     if isinstance(existing, layer_class) and existing.data.shape == data.shape and existing.data.dtype == data.dtype:

@@ -20,7 +20,7 @@ from qtpy.QtCore import QTimer
 
 from ..core.annotation import AnnotationStats, Window, highlight
 from ._base import DockWidget
-from ._layers import highlight_colormap, layer_named, put_layer, selection_kept, spatial_shape
+from ._layers import helper_layer, highlight_colormap, put_layer, selection_kept, spatial_shape
 from ._strokes import edited_window, history_signature
 
 #: Annotations up to this many pixels are recounted at once; larger ones in a worker.
@@ -168,7 +168,7 @@ class AnnotationTracker:
         layer = self.layer
         if layer is None:
             return None
-        helper = layer_named(self.viewer, touching_name(layer))
+        helper = helper_layer(self.viewer, touching_name(layer), "touching")
         return helper if isinstance(helper, Labels) and helper.data.shape == layer.data.shape else None
 
     # -- napari's events ---------------------------------------------------------
@@ -284,6 +284,6 @@ class AnnotationTracker:
         if shown:
             self._put_touching(np.zeros(layer.data.shape, np.uint8))
             self.recount()
-        elif touching_name(layer) in self.viewer.layers:
+        elif (helper := helper_layer(self.viewer, touching_name(layer), "touching")) is not None:
             with selection_kept(self.viewer):
-                self.viewer.layers.remove(touching_name(layer))
+                self.viewer.layers.remove(helper)

@@ -24,9 +24,9 @@ from ._layers import (
     LayerError,
     NewAnnotationFollower,
     choose_pair,
+    helper_layer,
     image_data,
     labels_data,
-    layer_named,
     layers_of,
     match_annotation,
     put_layer,
@@ -206,7 +206,7 @@ class LiveTrainWidget(DockWidget):
         image = self.image.value
         height, width = image.data.shape[:2] if image.rgb else image.data.shape[-2:]
         name = f"{image.name} live"
-        layer = layer_named(self.viewer, name)
+        layer = helper_layer(self.viewer, name, "preview")
         if isinstance(layer, Labels) and layer.data.shape == (height, width) and self._shown is not None:
             layer.data[self._shown.window] = 0
             layer.data[preview.window] = preview.labels
@@ -220,8 +220,10 @@ class LiveTrainWidget(DockWidget):
     def _full_preview(self) -> np.ndarray:
         if self.preview is None:
             raise LayerError("no preview yet: start live training and wait for the first preview")
-        name = f"{self.image.value.name} live"
-        return np.asarray(self.viewer.layers[name].data)
+        shown = helper_layer(self.viewer, f"{self.image.value.name} live", "preview")
+        if shown is None:
+            raise LayerError("the live preview layer was removed: wait for the next preview")
+        return np.asarray(shown.data)
 
     def accept_under_cursor(self) -> None:
         """Accept the predicted object under the mouse as a cell of the annotation."""

@@ -17,7 +17,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.layers import Image
+from napari.layers import Image, Labels
 
 from .._session import Session, summary
 from ..core.checkpoint import ModelFileError
@@ -33,8 +33,8 @@ from ._forms import SteadyRadioButtons, scrolling, side_by_side
 from ._jobs import PlaneOfStack, SegmentationDone, export_job, read_model_job, segmentation_job
 from ._layers import (
     LayerError,
+    helper_layer,
     image_data,
-    layer_named,
     layer_spacing,
     layers_of,
     put_layer,
@@ -290,7 +290,7 @@ class SegmentWidget(DockWidget):
         self._prepare_result_layers(layer)
         plane_of = None
         if self._target[1] is not None:  # numbered after the other planes' objects, in the worker
-            shown = self.viewer.layers[f"{layer.name} labels"].data
+            shown = helper_layer(self.viewer, f"{layer.name} labels", "segmentation").data
             stack = shown if isinstance(shown, np.ndarray) else np.zeros(spatial_shape(layer), np.uint16)
             plane_of = PlaneOfStack(stack, self._target[1])  # (a store-backed layer is replaced)
         self.cancel_button.enabled, self.run_button.enabled = True, False
@@ -336,7 +336,8 @@ class SegmentWidget(DockWidget):
             wanted.append((f"{layer.name} probability", np.float32, "image", "probability", {"colormap": "viridis"}))
         self._placeholders = []
         for name, dtype, kind, role, options in wanted:
-            if name in self.viewer.layers and self.viewer.layers[name].data.shape == shape:
+            existing = helper_layer(self.viewer, name, role)
+            if existing is not None and existing.data.shape == shape:
                 continue
             empty = np.zeros(shape, dtype)
             added = put_layer(self.viewer, name, empty, kind, layer, role=role, visible=False, **options)
@@ -376,9 +377,9 @@ class SegmentWidget(DockWidget):
         name = f"{layer.name} labels"
         labels = with_layer_axes(result.labels, layer)
         if index is None or labels.shape == spatial_shape(layer):
-            put_layer(self.viewer, name, labels, "labels", layer, role="segmentation", visible=True)
+            labels_layer = put_layer(self.viewer, name, labels, "labels", layer, role="segmentation", visible=True)
         else:
-            self._show_plane(layer, index, labels)
+            labels_layer = self._show_plane(layer, index, labels)
         if result.probabilities is not None:
             foreground = probabilities_foreground(result.probabilities, self._ndim).astype(np.float32, copy=False)
             foreground = with_layer_axes(foreground, layer)
@@ -386,23 +387,23 @@ class SegmentWidget(DockWidget):
             put_layer(
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
             )
-        self.status.value = f"{name}: {result.objects} objects"
+        self.status.value = f"{labels_layer.name}: {result.objects} objects"
 
-    def _show_plane(self, layer: Image, index: tuple[int, ...], plane: np.ndarray) -> None:
+    def _show_plane(self, layer: Image, index: tuple[int, ...], plane: np.ndarray) -> Labels:
         """Write the segmented ``plane`` at ``index`` into ``layer``'s labels layer in
         place (the rest of the stack, maybe large, is neither copied nor re-sent); a
-        labels layer removed or replaced meanwhile is made anew."""
+        labels layer removed or replaced meanwhile is made anew. Returns that layer."""
         name = f"{layer.name} labels"
-        shown = layer_named(self.viewer, name)
+        shown = helper_layer(self.viewer, name, "segmentation")
         data = None if shown is None else shown.data
         if not isinstance(data, np.ndarray) or data.shape != spatial_shape(layer) or data.dtype != plane.dtype:
             stack = np.zeros(spatial_shape(layer), plane.dtype)
             stack[index] = plane
-            put_layer(self.viewer, name, stack, "labels", layer, role="segmentation", visible=True)
-            return
+            return put_layer(self.viewer, name, stack, "labels", layer, role="segmentation", visible=True)
         data[index] = plane
         shown.refresh()
         shown.visible = True
+        return shown
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"

@@ -10,7 +10,7 @@ from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
-from ._layers import ANNOTATION, EditWatcher, labels_data, layers_of, put_layer, role_of
+from ._layers import ANNOTATION, EditWatcher, helper_layer, labels_data, layers_of, put_layer, role_of
 
 
 def weight_job(labels: np.ndarray, config: WeightMapConfig, spacing: tuple[float, ...] | None = None, *, stop):
@@ -148,7 +148,7 @@ class WeightMapWidget(DockWidget):
     def _refresh_shown(self) -> None:
         """Recompute after edits or parameter changes, if live and already shown."""
         layer = self.labels.value
-        if self.live.value and layer is not None and f"{layer.name} weights" in self.viewer.layers:
+        if self.live.value and layer is not None and helper_layer(self.viewer, f"{layer.name} weights", "weights"):
             self.guarded(self.update_map)()
 
 
