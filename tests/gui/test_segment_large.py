@@ -1,5 +1,6 @@
 import dask.array as da
 import numpy as np
+import pytest
 import zarr
 
 from napari_unet import segment
@@ -85,3 +86,15 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     assert labels.data_level > 0
     level = np.asarray(labels.data[labels.data_level][0])  # the plane on show
     np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), level)  # what is drawn: it stayed empty
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("cells", "cells.zarr"), ("day1/ctrl: a*b?", "day1_ctrl_ a_b_.zarr"), ("L" * 300, "L" * 120 + ".zarr")],
+)
+def test_a_temporary_store_is_named_after_the_layer_as_a_file_can_be(viewer, name, expected):
+    """A layer name with a '/' made a nested folder, and a 300-character one failed with 'File name too long'."""
+    layer = viewer.add_image(np.zeros((8, 8), np.float32), name=name)
+    path, resume = _stream.store_for(layer, None)
+    assert path.name == expected and not resume and path.parent.is_dir()
+    path.parent.rmdir()

@@ -11,6 +11,7 @@ A cancelled run leaves the store; running again with the same store resumes it.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import threading
 import time
@@ -45,11 +46,23 @@ def wants_store(layer: Image, asked: bool) -> bool:
     return asked or math.prod(spatial_shape(layer)) > STORE_PIXELS
 
 
+#: Longest file name made from a layer's name (most file systems allow 255 bytes).
+STORE_NAME_BYTES = 120
+
+
+def store_file_name(layer_name: str) -> str:
+    """A file name from a layer's name: path separators and characters that file
+    systems refuse become "_", and a long name is cut (at a character boundary) to
+    :data:`STORE_NAME_BYTES` bytes of UTF-8."""
+    name = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", layer_name).strip(" .") or "labels"
+    return name.encode()[:STORE_NAME_BYTES].decode(errors="ignore")
+
+
 def store_for(layer: Image, chosen) -> tuple[Path, bool]:
     """Where to write (the chosen folder, or a new temporary one) and whether to resume:
     a chosen store that an earlier, unfinished run of napari-unet left is resumed."""
     if chosen is None or str(chosen) in ("", "."):
-        return Path(tempfile.mkdtemp(prefix="napari-unet-")) / f"{layer.name}.zarr", False
+        return Path(tempfile.mkdtemp(prefix="napari-unet-")) / f"{store_file_name(layer.name)}.zarr", False
     path = Path(chosen)
     if not path.exists():
         return path, False
