@@ -303,6 +303,7 @@ def test_an_unsigned_annotation_whose_maximum_is_the_dtype_maximum_is_warned_abo
     widget.start_button.clicked.emit()
     assert "the largest uint8 value" in widget.status.value
     wait_idle(widget)
+    assert "finished at step 2" in widget.status.value and "the largest uint8 value" in widget.status.value  # kept
 
 
 def test_helper_layers_are_not_offered_as_annotations_and_threads_can_be_set(

@@ -490,7 +490,8 @@ class TrainWidget(DockWidget):
         path = self._saving_to
         self.session.set_model(trainer.model, f"trained here ({trainer.step} steps)", path)
         verb = "stopped" if done.stopped else "finished"
-        warnings = "".join(f"\n⚠ {warning}" for warning in trainer.data_warnings)  # still true of this model
+        still_true = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
+        warnings = "".join(f"\n⚠ {warning}" for warning in still_true)
         self.status.value = f"{verb} at step {trainer.step}; model saved to {path}{warnings}"
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
