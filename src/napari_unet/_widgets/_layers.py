@@ -108,15 +108,19 @@ class NewAnnotationFollower:
             self.labels_choice.value = fitting[-1]
 
 
+def _first_name(viewer, base: str, reusable: Callable[[Layer], bool]) -> str:
+    """``base``, or ``base 2``, ``base 3``, ...: the first that no layer has, or whose
+    layer is ``reusable``."""
+    name, number = base, 1
+    while name in viewer.layers and not reusable(viewer.layers[name]):
+        number += 1
+        name = f"{base} {number}"
+    return name
+
+
 def unique_name(viewer, base: str) -> str:
     """``base``, or ``base 2``, ``base 3``, ... whichever is not a layer name yet."""
-    names = {layer.name for layer in viewer.layers}
-    if base not in names:
-        return base
-    number = 2
-    while f"{base} {number}" in names:
-        number += 1
-    return f"{base} {number}"
+    return _first_name(viewer, base, lambda layer: False)
 
 
 def image_data(layer: Image | None) -> tuple[np.ndarray, int | None]:
@@ -192,11 +196,7 @@ def helper_name(viewer, base: str, role: str) -> str:
     ``base 3``, ... where a layer of the user's (or of another role) has the name:
     the first that is free or held by a layer of ``role``. The user's layers are never
     taken for helpers, whatever their names."""
-    name, number = base, 1
-    while name in viewer.layers and role_of(viewer.layers[name]) != role:
-        number += 1
-        name = f"{base} {number}"
-    return name
+    return _first_name(viewer, base, lambda layer: role_of(layer) == role)
 
 
 def helper_layer(viewer, base: str, role: str) -> Layer | None:
