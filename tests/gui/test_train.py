@@ -306,6 +306,27 @@ def test_an_unsigned_annotation_whose_maximum_is_the_dtype_maximum_is_warned_abo
     assert "finished at step 2" in widget.status.value and "the largest uint8 value" in widget.status.value  # kept
 
 
+def test_a_few_cells_painted_into_napari_s_new_labels_layer_are_warned_about(viewer, session, tmp_path, wait_idle):
+    """napari's own "new labels" layer is 0 (background) everywhere: a user who paints
+    a few cells into it and trains teaches the network that the other cells are
+    background. The widget says so, from the start to the closing status."""
+    image, truth = synthetic_nuclei((256, 256), seed=3)
+    viewer.add_image(image, name="cells")
+    viewer._new_labels()  # the layer list's "new labels" button
+    painted = viewer.layers["cells - Labels"]
+    chosen = np.isin(truth, np.unique(truth[truth > 0])[:2])
+    painted.data[chosen] = truth[chosen]
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.labels.value = viewer.layers["cells"], painted
+    tiny_settings(widget, tmp_path, steps=2)
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert "finished at step 2" in widget.status.value
+    assert "annotation 'cells - Labels': " in widget.status.value
+    assert "as the 2 painted cells" in widget.status.value
+    assert "napari's 'new labels' layer starts at 0 everywhere" in widget.status.value
+
+
 def test_helper_layers_are_not_offered_as_annotations_and_threads_can_be_set(
     viewer, session, annotated, tmp_path, wait_idle
 ):

@@ -366,13 +366,14 @@ class TrainWidget(DockWidget):
         the training data (weight maps, normalisation) and may build a model, which take
         seconds on large images, so the widget calls it in the worker thread."""
         pairs = self.pairs or [(self.image.value, self.labels.value)]
-        images, annotations, channel_axes, warnings = [], [], set(), []
+        images, annotations, names, channel_axes, warnings = [], [], [], set(), []
         for image_layer, labels_layer in pairs:
             data, channel_axis = image_data(image_layer)
             images.append(data)
             channel_axes.add(channel_axis)
             labels = labels_data(labels_layer, image_layer)
             annotations.append(labels)
+            names.append(f"annotation '{labels_layer.name}'")
             warnings.append(labels_warning(labels, f"annotation '{labels_layer.name}'"))
         if len(channel_axes) > 1:
             raise LayerError("the training images mix RGB and single-channel layers: train on one kind")
@@ -404,6 +405,7 @@ class TrainWidget(DockWidget):
                 config,
                 checkpoint_path=checkpoint,
                 channel_axis=channel_axis,
+                names=names,
                 **validation,
             )
 

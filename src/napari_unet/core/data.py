@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from .io import read_image
 from .layout import channels_before_spatial
 from .normalize import normalize
 from .object_size import CompleteObjects, complete_objects
+from .unpainted import unpainted_cells, unpainted_cells_warning
 from .weights import separation_target, weight_map
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def prepare(
         raise TrainingDataError(f"{len(images)} image(s) but {len(names)} name(s)")
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
         name = names[number - 1] if names is not None else f"training pair {number}"
+        first, unpainted = len(planes), []
         for plane, plane_labels in _pair_planes(image, label_image, in_channels, channel_axis, name, ndim):
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
@@ -178,6 +180,10 @@ def prepare(
             warning = ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None
             if warning:
                 log.warning(warning)
+            normalized = normalize(plane, normalization)
+            found = unpainted_cells(normalized.mean(axis=0), plane_labels)
+            if found is not None:
+                unpainted.append(found)
             w = weight_map(
                 plane_labels,
                 weights.w0,
@@ -187,13 +193,17 @@ def prepare(
             )
             planes.append(
                 PreparedPlane(
-                    image=normalize(plane, normalization),
+                    image=normalized,
                     annotation=np.stack([separation_target(plane_labels).astype(np.float32), w]),
                     annotated=np.flatnonzero(w > 0),
                     objects=complete_objects(plane_labels),
                     warnings=(warning,) if warning else (),
                 )
             )
+        warning = unpainted_cells_warning(unpainted, len(planes) - first, name)
+        if warning:
+            log.warning(warning)
+            planes[first] = replace(planes[first], warnings=(*planes[first].warnings, warning))
     if not planes:
         raise TrainingDataError("the annotations are empty: paint some cells (and background) first")
     if not any(plane.target.any() for plane in planes):

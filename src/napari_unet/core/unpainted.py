@@ -1,0 +1,100 @@
+"""Cells left unpainted in an annotation that calls them background.
+
+The most common way to train on the wrong thing: a user paints a few cells into a
+label layer that is 0 everywhere else (napari's own "new labels" layer, or
+"rest is background" pressed after a few cells). Every unpainted cell is then
+background the user seems to vouch for, and the network learns to ignore cells.
+
+Nothing in the labels alone tells that apart from complete ground truth, so the
+image is asked: its pixels on the painted cells' side of an Otsu threshold (bright
+cells on a dark background, or dark on bright, whichever the painted cells are) are
+"cell-like", and :func:`unpainted_cells` measures how much of that lies in pixels
+painted 0, away from the painted cells, in regions at least half as large as the
+median painted cell. On complete annotations of the real-data benchmark (DSB 2018
+nuclei, cells3d planes and volume, E. coli in phase contrast) and the synthetic
+samples, 0.87-0.99 of the cell-like pixels are cells and no such region is left; with
+10 of 17 bacteria painted 0.60 are, and with fewer cells painted less. (cells3d
+plane 20, below most nuclei, is flagged: its labels cover small cores of the blurred
+nuclei the image shows there, 0.16 of the cell-like pixels.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from .config import IGNORE_LABEL
+
+#: Warn when at most this share of the cell-like pixels painted 0 or as cells is cells ...
+PAINTED_SHARE = 0.6
+#: ... and at least this many cell-sized cell-like regions are painted 0.
+UNPAINTED_REGIONS = 2
+#: Only images annotated nearly everywhere are checked: with many unannotated (-1)
+#: pixels the user paints background on purpose, around the cells they chose.
+ANNOTATED_SHARE = 0.95
+#: The gray values are smoothed by this many pixels before the threshold.
+SMOOTHING = 1.0
+#: A painted cell's rim that the threshold adds to it stays its own (pixels).
+CELL_RIM = 2
+
+
+@dataclass(frozen=True)
+class Unpainted:
+    """How much of what looks like cells in an image is painted as cells."""
+
+    painted_cells: int
+    #: Cell-like regions painted 0, at least half the median painted cell's size.
+    regions: int
+    #: Cells' share of the cell-like pixels annotated as cells or background.
+    painted_share: float
+
+    @property
+    def suspicious(self) -> bool:
+        return self.painted_share <= PAINTED_SHARE and self.regions >= UNPAINTED_REGIONS
+
+
+def unpainted_cells(image: np.ndarray, labels: np.ndarray) -> Unpainted | None:
+    """Compare ``labels`` (any shape: -1 unannotated, 0 background, 1.. cells) with
+    the single-channel ``image`` of the same shape; ``None`` where there is nothing
+    to compare (no cell, few annotated pixels, or a flat image)."""
+    annotated = labels != IGNORE_LABEL
+    cells = labels > 0
+    background = labels == 0
+    if not cells.any() or not background.any() or annotated.mean() < ANNOTATED_SHARE:
+        return None
+    smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTHING)
+    if smooth.min() == smooth.max():
+        return None
+    threshold = threshold_otsu(smooth)
+    cells_brighter = smooth[cells].mean() > smooth[background].mean()
+    cell_like = smooth > threshold if cells_brighter else smooth < threshold
+    painted = int(np.count_nonzero(cell_like & cells))
+    near_cells = ndimage.binary_dilation(cells, iterations=CELL_RIM)
+    left = cell_like & background & ~near_cells
+    regions, _ = ndimage.label(left)
+    region_sizes = np.bincount(regions.ravel())[1:]
+    cell_sizes = np.bincount(labels[cells].ravel())
+    cell_sizes = cell_sizes[cell_sizes > 0]
+    large = int(np.count_nonzero(region_sizes >= 0.5 * np.median(cell_sizes)))
+    share = painted / max(painted + int(np.count_nonzero(cell_like & background)), 1)
+    return Unpainted(painted_cells=len(cell_sizes), regions=large, painted_share=share)
+
+
+def unpainted_cells_warning(found: list[Unpainted], checked: int, name: str) -> str | None:
+    """One warning for the suspicious results among ``found`` (of ``checked`` planes
+    or volumes of the pair called ``name``), or ``None``."""
+    suspicious = [result for result in found if result.suspicious]
+    if not suspicious:
+        return None
+    regions = sum(result.regions for result in suspicious)
+    cells = sum(result.painted_cells for result in suspicious)
+    where = f" in {len(suspicious)} of its {checked} annotated planes" if checked > 1 else ""
+    return (
+        f"{name}: {regions} regions as bright (or as dark) as the {cells} painted cells and at least half their "
+        f"size are painted 0, background{where}: the network learns that they are not cells. Paint every cell, "
+        f"or leave what you did not paint unannotated (-1): napari's 'new labels' layer starts at 0 everywhere, "
+        f"the Annotate widget's annotations at -1"
+    )

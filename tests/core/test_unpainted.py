@@ -1,0 +1,80 @@
+"""Cells left unpainted in an annotation that calls them background (core/unpainted.py)."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig, WeightMapConfig
+from napari_unet.core.data import prepare
+from napari_unet.core.synthetic import synthetic_nuclei, synthetic_stack
+from napari_unet.core.unpainted import unpainted_cells
+
+
+@pytest.fixture(scope="module")
+def nuclei():
+    return synthetic_nuclei((256, 256), seed=3)
+
+
+def few_cells(labels: np.ndarray, count: int, rest: int = 0) -> np.ndarray:
+    """``labels`` with only its first ``count`` cells kept; the other pixels ``rest``."""
+    keep = np.unique(labels[labels > 0])[:count]
+    return np.where(np.isin(labels, keep), labels, rest).astype(np.int32)
+
+
+def prepared_warnings(image, labels, caplog) -> list[str]:
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        planes = prepare(
+            [image], [labels], in_channels=1, normalization=NormalizationConfig(), weights=WeightMapConfig(),
+            names=["cells.tif"],
+        )  # fmt: skip
+    logged = [record.getMessage() for record in caplog.records if "painted 0" in record.getMessage()]
+    shown = [warning for plane in planes for warning in plane.warnings if "painted 0" in warning]
+    assert logged == shown  # what the trainer shows is what the command line logs
+    return shown
+
+
+def test_complete_ground_truth_is_not_suspected(nuclei):
+    image, labels = nuclei
+    found = unpainted_cells(image, labels)
+    assert found.regions == 0 and found.painted_share > 0.9
+    assert not found.suspicious
+
+
+def test_a_few_cells_painted_on_zeros_are_suspected(nuclei):
+    image, labels = nuclei
+    found = unpainted_cells(image, few_cells(labels, 3))
+    assert found.painted_cells == 3
+    assert found.suspicious
+    assert found.regions > 10 and found.painted_share < 0.2
+
+
+def test_dark_cells_on_a_bright_background_are_found_too(nuclei):
+    image, labels = nuclei
+    assert unpainted_cells(image.max() - image, few_cells(labels, 3)).suspicious
+    assert not unpainted_cells(image.max() - image, labels).suspicious
+
+
+def test_training_on_a_few_painted_cells_warns_once_naming_the_fix(nuclei, caplog):
+    image, labels = nuclei
+    (warning,) = prepared_warnings(image, few_cells(labels, 3), caplog)
+    assert warning.startswith("cells.tif: ")
+    assert "as bright (or as dark) as the 3 painted cells" in warning
+    assert "the network learns that they are not cells" in warning
+    assert "unannotated (-1)" in warning
+
+
+def test_complete_and_sparse_annotations_train_without_the_warning(nuclei, caplog):
+    image, labels = nuclei
+    assert prepared_warnings(image, labels, caplog) == []
+    # a few cells painted and the rest left unannotated is the sparse workflow, on purpose
+    assert prepared_warnings(image, few_cells(labels, 3, rest=IGNORE_LABEL), caplog) == []
+
+
+def test_a_stack_gets_one_warning_counting_its_planes(caplog):
+    image, labels = synthetic_stack(3, (128, 128), seed=11)
+    labels = labels.astype(np.int32)
+    labels[1] = few_cells(labels[1], 2)
+    labels[2] = few_cells(labels[2], 2)
+    (warning,) = prepared_warnings(image, labels, caplog)
+    assert "in 2 of its 3 annotated planes" in warning
