@@ -25,6 +25,18 @@ def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_i
     np.testing.assert_allclose(viewer.layers["ann weights"].data, weight_map(labels, 0.0, 5.0), atol=1e-6)
 
 
+def test_a_binary_mask_is_warned_about_beside_its_map(viewer, wait_idle):
+    """The widget that shows what training sees says what the Train widget would:
+    a 0/255 mask's touching cells are one object to the map."""
+    mask = (paint_discs((64, 64), [(20, 20), (20, 31), (45, 40)], 6) > 0).astype(np.uint8) * 255
+    widget = docked(viewer, WeightMapWidget(viewer))
+    widget.labels.value = viewer.add_labels(mask, name="mask")
+    widget.compute.clicked.emit()
+    wait_idle(widget)
+    assert "weights from" in widget.status.value
+    assert "⚠ labels 'mask' give all 2 separate regions the same id 255" in widget.status.value
+
+
 def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
     labels = np.stack([paint_discs((40, 40), [(10, 10), (10, 21)], 5), paint_discs((40, 40), [(30, 30)], 5)])
     widget = docked(viewer, WeightMapWidget(viewer))

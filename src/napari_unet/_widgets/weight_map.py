@@ -6,16 +6,20 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 from napari.layers import Image, Labels
 
-from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
+from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight, labels_warning
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
 from ._layers import ANNOTATION, EditWatcher, helper_layer, labels_data, layers_of, put_layer, role_of
 
 
-def weight_job(labels: np.ndarray, config: WeightMapConfig, spacing: tuple[float, ...] | None = None, *, stop):
-    """Weights (float32), targets (uint8) and the number of cell pairs separated only
-    by unannotated pixels, for every plane of ``labels`` (..., H, W), or with
+def weight_job(
+    labels: np.ndarray, config: WeightMapConfig, spacing: tuple[float, ...] | None = None, name: str = "", *, stop
+):
+    """Weights (float32), targets (uint8), the number of cell pairs separated only
+    by unannotated pixels and what to tell the user about labels called ``name``
+    that most likely do not mean what they say (:func:`labels_warning`), for every
+    plane of ``labels`` (..., H, W), or with
     ``spacing`` (z, y, x) for every volume (..., Z, Y, X), as a 3D network trains on
     it. In the target, 1 is a cell, 0 background and :data:`UNANNOTATED_RIM` the
     unannotated pixels that are all that lies between two cells in a plane (weight
@@ -35,7 +39,7 @@ def weight_job(labels: np.ndarray, config: WeightMapConfig, spacing: tuple[float
         yield index
     for plane in np.ndindex(*labels.shape[:-2]):
         target[plane][highlight(labels[plane]) == UNANNOTATED_RIM] = UNANNOTATED_RIM
-    return weights, target, len(AnnotationStats.of(labels).bridged())
+    return weights, target, len(AnnotationStats.of(labels).bridged()), labels_warning(labels, f"labels '{name}'")
 
 
 class WeightMapWidget(DockWidget):
@@ -108,12 +112,12 @@ class WeightMapWidget(DockWidget):
         data = labels_data(layer)
         self._source = layer
         self.status.value = "computing…"
-        self.runner.start(weight_job, data, self.config, self._spacing(layer))  # it copies them, off the GUI thread
+        self.runner.start(weight_job, data, self.config, self._spacing(layer), layer.name)  # copied in the worker
 
     def _show(self, result) -> None:
         if result is None:
             return
-        weights, target, bridged = result
+        weights, target, bridged, warning = result
         name = self._source.name
         shown = put_layer(
             self.viewer,
@@ -136,6 +140,8 @@ class WeightMapWidget(DockWidget):
                 f"\n⚠ {bridged} pair(s) of cells are separated only by unannotated pixels (weight 0, shown in "
                 f"'{target_layer.name}' as {UNANNOTATED_RIM}): paint background (0) between them"
             )
+        if warning:
+            self.status.value += f"\n⚠ {warning}"
 
     def _failed(self, message: str) -> None:
         self.status.value = f"⚠ {message}"
