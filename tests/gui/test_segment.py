@@ -178,6 +178,18 @@ def test_a_layer_with_a_trailing_axis_of_one_gets_labels_of_its_own_shape(viewer
     np.testing.assert_array_equal(labels[..., 0] > 0, segment(model_session.model, nuclei[0]) > 0)
 
 
+def test_nan_pixels_are_reported_beside_the_result(viewer, model_session, nuclei, wait_idle):
+    """The core sets NaN pixels to 0 and logs it: the widget says it too."""
+    image = nuclei[0].astype(np.float32)
+    image[:4, :4] = np.nan
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = viewer.add_image(image, name="dead pixels")
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.status.value.startswith("dead pixels labels: ")
+    assert "\n⚠ 16 pixel value(s) are NaN or infinite" in widget.status.value
+
+
 def test_the_users_smallest_object_and_tile_hold_on_the_first_run(viewer, model_session, nuclei, wait_idle):
     """Segment adds its result layers at the click; napari then resets the docks'
     choices, which used to put back the model's smallest object and tile before they were read."""

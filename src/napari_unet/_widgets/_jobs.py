@@ -7,8 +7,10 @@ writes its checkpoint and model from the worker thread.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +100,8 @@ class SegmentationDone:
     labels: np.ndarray
     probabilities: np.ndarray | None
     objects: int
+    #: Warnings the core logged while segmenting (e.g. NaN pixels set to 0).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,14 +143,36 @@ def segmentation_job(
     ``plane_of``: ``image`` is that plane of a stack (see :class:`PlaneOfStack`).
     Uses the cores other programs leave free."""
     use_threads()
-    tiles = iter_segment(model, image, return_probabilities=keep_probabilities, **options)
-    result = yield from until_stopped(tiles, stop)
+    with warnings_logged_here() as notes:
+        tiles = iter_segment(model, image, return_probabilities=keep_probabilities, **options)
+        result = yield from until_stopped(tiles, stop)
     if result is None:
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
     objects = int(labels.max(initial=0))
     shown = display_labels(labels) if plane_of is None else plane_of.numbered_after_the_others(labels)
-    return SegmentationDone(shown, probabilities, objects)
+    return SegmentationDone(shown, probabilities, objects, tuple(notes))
+
+
+@contextlib.contextmanager
+def warnings_logged_here() -> Iterator[list[str]]:
+    """The warnings napari-unet logs in this thread during the block (a widget shows
+    them beside its result; the command line prints the same log records)."""
+    notes: list[str] = []
+    thread = threading.get_ident()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread:
+                notes.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("napari_unet")
+    logger.addHandler(handler)
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
 
 
 def export_job(model: UNet, path: Path, format: str, *, stop: threading.Event, **options):
