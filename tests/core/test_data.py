@@ -119,3 +119,14 @@ def test_sample_centres_lie_on_annotated_pixels():
     for index in range(10):
         _, _, weights, _ = stream.sample(index)
         assert weights.max() > 0  # every sample sees annotated pixels
+
+
+def test_a_constant_image_with_cells_painted_on_it_is_refused():
+    """A blank layer chosen as the image by mistake trained quietly to nothing."""
+    labels = np.zeros((64, 64), np.int32)
+    labels[20:30, 20:30] = 1
+    with pytest.raises(TrainingDataError, match=r"cells.tif: the image annotated here is constant \(every pixel 7\)"):
+        prepare(
+            [np.full((64, 64), 7.0)], [labels], in_channels=1, normalization=NormalizationConfig(),
+            weights=WeightMapConfig(), names=["cells.tif"],
+        )  # fmt: skip

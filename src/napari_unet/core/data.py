@@ -177,6 +177,11 @@ def prepare(
                     f"{name}: the image annotated here holds NaN or infinite values (not finite): "
                     "replace them (e.g. with 0) before training"
                 )
+            if (plane_labels > 0).any() and plane.min() == plane.max():
+                raise TrainingDataError(
+                    f"{name}: the image annotated here is constant (every pixel {plane.flat[0]:g}), so there are no "
+                    "cells to learn from: choose the image the cells were painted on"
+                )
             warning = ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None
             if warning:
                 log.warning(warning)
