@@ -107,9 +107,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         )
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)
-        write_image(files["labels"], labels)
+        write_image(files["labels"], labels, pixel_size_of=path)
         if probabilities is not None:
-            write_image(files["probabilities"], probabilities)
+            write_image(files["probabilities"], probabilities, pixel_size_of=path)
         print(f"{path}: {_objects(labels, 3 if args.as_volume or model.config.ndim == 3 else 2)} -> {files['labels']}")
 
 
@@ -161,8 +161,8 @@ def cmd_weights(args: argparse.Namespace) -> None:
         labels = read_image(path)
         spacing = spacing_option(args, path, labels.ndim)
         weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
-        write_image(weights_path, weights)
-        write_image(target_path, separation_target(labels))
+        write_image(weights_path, weights, pixel_size_of=path)
+        write_image(target_path, separation_target(labels), pixel_size_of=path)
         print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {weights_path}")
 
 

@@ -186,15 +186,32 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
         return tuple(read_image(path).shape)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` atomically as TIFF (``.tif``/``.tiff``), NPY or PNG."""
+#: The types ImageJ's TIFF format holds; labels that fit are written as uint16 in it.
+IMAGEJ_TYPES = (np.uint8, np.uint16, np.float32)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, pixel_size_of: str | os.PathLike | None = None) -> None:
+    """Write ``array`` atomically as TIFF (``.tif``/``.tiff``), NPY or PNG.
+
+    A TIFF gets the pixel size that the TIFF ``pixel_size_of`` records
+    (:func:`pixel_size_tags`), so that an output lines up with its input in other
+    software. ImageJ's z spacing and unit need ImageJ's format, which holds uint8,
+    uint16 and float32 only: labels are then written as uint16 where their ids fit,
+    and arrays of other types keep the x/y resolution alone.
+    """
     path = Path(path)
     buffer = io.BytesIO()
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(buffer, array, compression="zlib")
+        tags = pixel_size_tags(pixel_size_of) if pixel_size_of is not None else {}
+        imagej = tags.pop("metadata", None)
+        if imagej and array.dtype not in IMAGEJ_TYPES and _fits_uint16(array):
+            array = array.astype(np.uint16)
+        if imagej and array.dtype in IMAGEJ_TYPES:
+            tags.update(imagej=True, metadata=imagej)
+        tifffile.imwrite(buffer, array, compression="zlib", **tags)
     elif suffix == ".npy":
         np.save(buffer, array, allow_pickle=False)
     elif suffix == ".png":
@@ -204,6 +221,39 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
     else:
         raise ImageFileError(f"{path}: cannot write {suffix!r} files; use .tif, .npy or .png")
     write_atomic(path, buffer.getvalue())
+
+
+def _fits_uint16(array: np.ndarray) -> bool:
+    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return False
+    return int(array.min()) >= 0 and int(array.max()) <= np.iinfo(np.uint16).max
+
+
+def pixel_size_tags(path: str | os.PathLike) -> dict:
+    """``tifffile.imwrite`` keywords that give a new TIFF the pixel size the TIFF at
+    ``path`` records: its X/Y resolution and resolution unit, and under
+    ``metadata`` ImageJ's z ``spacing`` and ``unit``; ``{}`` for other files, files
+    without a resolution, or metadata that cannot be read."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return {}
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page_tags = tif.pages[0].tags
+            imagej = tif.imagej_metadata or {}
+            rational = [page_tags.get(name) for name in ("XResolution", "YResolution")]
+            if None in rational:
+                return {}
+            resolution = tuple(tag.value[0] / tag.value[1] for tag in rational)
+            unit = page_tags.get("ResolutionUnit")
+            tags = {"resolution": resolution, "resolutionunit": unit.value if unit is not None else 1}
+    except Exception:  # pixels readable, metadata not: the output simply has none
+        return {}
+    calibration = {key: imagej[key] for key in ("spacing", "unit") if key in imagej}
+    if calibration:
+        tags["metadata"] = calibration
+    return tags
 
 
 def read_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
