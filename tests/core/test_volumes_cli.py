@@ -70,7 +70,8 @@ def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(model), str(image), "--out-dir", str(out), "--device", "cpu"]) == 0
     segmented = tifffile.imread(out / "vol_labels.tif")
-    assert segmented.shape == (16, 40, 40) and segmented.dtype == np.int32
+    assert segmented.shape == (16, 40, 40) and segmented.dtype == np.uint16  # ImageJ's type, for its z spacing
+    assert read_spacing(out / "vol_labels.tif") == pytest.approx((0.5, 0.25, 0.25))
 
 
 @pytest.mark.slow
