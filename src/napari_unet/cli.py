@@ -286,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", action="store_true", help="test-time augmentation: average the 8 flips and quarter turns (8x slower)"
     )
     segment.add_argument(
+        "--rescale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="resize the images by F before the network sees them, and the results back (2: the cells look half "
+        "as large as those the model learned, e.g. a 20x model on 10x images; default 1)",
+    )
+    segment.add_argument(
         "--split",
         type=float,
         default=None,

@@ -66,6 +66,7 @@ def prediction_options(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "channel_axis": args.channel_axis,
         "tta": args.tta,
+        "rescale": args.rescale,
     }
 
 

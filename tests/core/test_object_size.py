@@ -57,10 +57,12 @@ def test_a_volume_annotated_on_planes_is_fitted_to_its_planes_objects():
     assert complete_objects(dense).ndim == 3 and complete_objects(dense).sizes.tolist() == [b.sum() for b in balls]
     fitted = fitted_instances(InstanceConfig(), [found])
     assert fitted.min_piece == int(0.3 * np.median(found.sizes)) and fitted.min_fill > 0
+    assert fitted.object_size == int(np.median(found.sizes))  # what segmenting compares its objects with
     both = fitted_instances(InstanceConfig(), [found, complete_objects(dense)])  # 3D objects are not mixed with areas
     assert both == fitted_instances(InstanceConfig(), [complete_objects(dense)])
     for_3d = fitted_instances(InstanceConfig(), [found], ndim=3, spacing=(0.5, 1.0, 1.0))
     assert for_3d == in_voxels(fitted, (0.5, 1.0, 1.0)) and for_3d.min_piece > 5 * fitted.min_piece
+    assert for_3d.object_size > 5 * fitted.object_size  # a volume, like the other sizes
     assert fitted_instances(InstanceConfig(), [complete_objects(dense)], ndim=3) == both  # 3D objects: volumes already
 
 
@@ -162,7 +164,7 @@ def test_segment_min_size_option_overrides_the_model(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "x"),
                  "--min-size", "-1"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "min_size, min_piece and expand must be >= 0" in err[0]
+    assert code == 2 and len(err) == 1 and "min_size must be >= 0, got -1" in err[0]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from napari_unet.cli import main
 from napari_unet.core.config import InstanceConfig
 
 from ..core.lazy import bright_is_foreground, drawn_image, joined_discs, same_partition, threshold_model
-from .conftest import docked
+from .conftest import docked, paint_discs
 
 
 @pytest.fixture
@@ -91,6 +91,28 @@ def test_split_touching_cells_can_be_turned_off(viewer, session, wait_idle, part
         counts.append(int(viewer.layers["discs labels"].data.max()))
     assert counts == [2, 1]
     assert viewer.layers.selection.active is image  # the user's selection stays
+
+
+def test_cells_at_another_magnification_are_noted_and_rescale_fits_them(viewer, session, wait_idle):
+    """A model that learned cells of about 1000 px meets cells of 253 px: the status
+    says so with the factor to try, and segmenting with it gives labels on the
+    layer's own grid, without the note."""
+    model = threshold_model()
+    model.spec = replace(model.spec, instances=replace(model.spec.instances, object_size=1000, split=0.0))
+    session.set_model(model, "learned 1000 px cells")
+    truth = paint_discs((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70), (48, 48)], 9)
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value = viewer.add_image(drawn_image(truth > 0), name="cells")
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert "\n⚠ the objects found are 4.0x smaller than those the model learned" in widget.status.value
+    assert "segment it again with rescale 2 " in widget.status.value
+    widget.rescale.value = 2.0
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.status.value == "cells labels: 5 objects"
+    labels = viewer.layers["cells labels"].data
+    assert labels.shape == truth.shape and np.mean((labels > 0) == (truth > 0)) > 0.99
 
 
 def test_the_smallest_object_follows_the_model_and_can_be_changed(viewer, session, wait_idle):

@@ -12,6 +12,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -88,6 +89,16 @@ class SegmentWidget(DockWidget):
             value=False,
             tooltip="average the predictions of the 8 flips and quarter turns of the image",
         )
+        self.rescale = FloatSpinBox(
+            label="rescale",
+            value=1.0,
+            min=0.125,
+            max=8.0,
+            step=0.25,
+            tooltip="resize the image by this factor before the network sees it, and the result back: 2 where the "
+            "cells look half as large as those the model learned (another magnification); sizes below stay the "
+            "model's, in the pixels it sees",
+        )
         self.split = CheckBox(
             text="split touching cells",
             value=True,
@@ -110,8 +121,8 @@ class SegmentWidget(DockWidget):
         self.settings = Container(
             widgets=[
                 self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
-                self.precision, self.planes, self.probabilities, self.tta, self.split, self.min_size, self.to_store,
-                self.store,
+                self.precision, self.planes, self.probabilities, self.tta, self.rescale, self.split, self.min_size,
+                self.to_store, self.store,
             ],
             labels=True,
         )  # fmt: skip
@@ -280,6 +291,11 @@ class SegmentWidget(DockWidget):
         if as_volume and self.to_store.value:
             raise LayerError("a volume is labelled at once, not plane by plane into a store: untick the zarr store")
         if not volumes and not as_volume and wants_store(layer, self.to_store.value):
+            if self.rescale.value != 1.0:
+                raise LayerError(
+                    "rescale resizes whole images in memory, not plane by plane into a zarr store: set rescale 1, "
+                    "or untick the zarr store where the image fits in memory"
+                )
             return self._run_into_store(layer, model, data, channel_axis)
         if self.planes.value == CURRENT_PLANE and self._offers_planes(layer):
             index = self._plane_index(layer)
@@ -300,6 +316,7 @@ class SegmentWidget(DockWidget):
             "precision": self.precision.value,
             "channel_axis": channel_axis,
             "tta": self.tta.value,
+            "rescale": self.rescale.value,
             "instances": self._instances(model),
             "as_volume": as_volume,
             "spacing": layer_spacing(layer) if as_volume else None,

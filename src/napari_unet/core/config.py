@@ -226,6 +226,10 @@ class InstanceConfig:
     its mask that lie at least ``neck`` px (voxels) less deep inside than the centres
     on both sides. Training fits both to the completely annotated objects; 0, the
     paper's mode and the default of a model that learned no sizes, never does.
+
+    ``object_size``: the median size of the completely annotated objects the model
+    learned from (0: not known), set by training like ``min_size``; segmenting notes
+    objects far from it (:mod:`napari_unet.core.rescale`).
     """
 
     threshold: float = 0.5
@@ -236,13 +240,15 @@ class InstanceConfig:
     min_piece: int = 0
     min_fill: float = 0.0
     neck: float = 2.0
+    object_size: int = 0
 
     def __post_init__(self) -> None:
         check_types(self)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.min_size < 0 or self.expand < 0 or self.min_piece < 0:
-            raise ConfigError("min_size, min_piece and expand must be >= 0")
+        for name in ("min_size", "min_piece", "expand", "object_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.split < 1.0:
             raise ConfigError(f"split must be in [0, 1) (0 keeps touching objects together), got {self.split}")
         if not 0.0 <= self.min_fill < 2.0 or self.neck <= 0.0:

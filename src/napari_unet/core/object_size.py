@@ -20,7 +20,9 @@ their plane, whose areas :func:`in_voxels` turns into volumes):
   rougher than annotated ones, and only objects well below it ever split);
 - the depth of the necks such a split cuts: NECK_FRACTION of the radius of a disc
   (ball) of their median size, at least MIN_NECK px (shallower bumps of a distance
-  transform are the pixel grid's).
+  transform are the pixel grid's);
+- their median size itself, against which segmenting checks the objects it finds
+  (:mod:`.rescale`).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def fitted_instances(
         min_piece=int(PIECE_FRACTION * median),
         min_fill=round(min(MAX_FILL, float(np.percentile(fills, FILL_PERCENTILE))), 3),
         neck=round(max(MIN_NECK, NECK_FRACTION * radius), 2),
+        object_size=int(median),
     )
     return in_voxels(fitted, spacing) if ndim == 3 and found == 2 else fitted
 
@@ -152,4 +155,9 @@ def in_voxels(instances: InstanceConfig, spacing: tuple[float, float, float] | N
         radius = math.sqrt(area * y * x / math.pi)
         return int(4 / 3 * math.pi * radius**3 / (z * y * x))
 
-    return dataclasses.replace(instances, min_size=ball(instances.min_size), min_piece=ball(instances.min_piece))
+    return dataclasses.replace(
+        instances,
+        min_size=ball(instances.min_size),
+        min_piece=ball(instances.min_piece),
+        object_size=ball(instances.object_size),
+    )

@@ -26,6 +26,7 @@ from .memory import reuse_freed_memory
 from .model import UNet, snapshot
 from .object_size import in_voxels
 from .progress import drive
+from .rescale import check_rescale, instances_at_scale, resize_planes, scaled_shape, size_mismatch_note
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ class PredictOptions:
     CPU, half the free memory on a GPU). ``tta``: test-time augmentation, the mean of
     the probabilities of the 8 flips and quarter turns of each plane (of the y-x
     planes of a volume), each computed by exact overlap-tile prediction and turned
-    back; 8 times the work, and the image is read into memory.
+    back; 8 times the work, and the image is read into memory. ``rescale``: resize
+    the planes (y and x) by this factor before prediction and the probabilities back
+    after it, for images taken at another magnification than the model's training
+    images (:mod:`napari_unet.core.rescale`; the image is read into memory).
     """
 
     tile: int | tuple[int, ...] | None = None
@@ -72,6 +76,7 @@ class PredictOptions:
     memory_bytes: int | None = None
     channel_axis: int | None = None
     tta: bool = False
+    rescale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tile is not None:
@@ -85,6 +90,7 @@ class PredictOptions:
             value = getattr(self, name)
             if value is not None and not _is_count(value):
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        object.__setattr__(self, "rescale", check_rescale(self.rescale))
         if self.channel_axis is not None and not isinstance(self.channel_axis, numbers.Integral):
             raise ConfigError(f"channel_axis must be an integer axis, got {self.channel_axis!r}")
 
@@ -202,6 +208,8 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
     """
     model, image = as_model(model), sources.open_source(image)
     opts = PredictOptions(**options)
+    if opts.rescale != 1.0:
+        return (yield from _iter_predict_rescaled(model, image, opts))
     if opts.tta:
         return (yield from _iter_predict_tta(model, image, opts))
     ndim = model.config.ndim
@@ -241,6 +249,17 @@ def iter_predict(model: UNet, image: np.ndarray, **options) -> Generator[TilePro
                 done += len(origins)
                 yield TileProgress(done, total, plan, network_seconds)
     return output
+
+
+def _iter_predict_rescaled(model: UNet, image, opts: PredictOptions) -> Generator[TileProgress, None, np.ndarray]:
+    """:func:`iter_predict` of ``image`` with its planes resized by ``opts.rescale``,
+    the probabilities resized back to the image's planes."""
+    ndim = model.config.ndim
+    data = channels_before_spatial(np.asarray(image), model.config.in_channels, opts.channel_axis, ndim)
+    scaled = resize_planes(data, scaled_shape(data.shape, opts.rescale))
+    plain = asdict(replace(opts, rescale=1.0, channel_axis=data.ndim - ndim - 1))  # (*stack, C, *spatial)
+    probabilities = yield from iter_predict(model, scaled, **plain)
+    return resize_planes(probabilities, data.shape[-2:])
 
 
 #: The 8 symmetries of a square (quarter turns, then a flip) of the last two axes:
@@ -367,7 +386,8 @@ def iter_segment(
     model was made for.
     """
     model = as_model(model)
-    instances = instance_settings(instances, model)
+    rescale = check_rescale(options.get("rescale", 1.0))
+    instances = instances_at_scale(instance_settings(instances, model), rescale)
     if as_volume:
         _check_volume_of_planes(model, image, options.get("channel_axis"), spacing)
     elif spacing is not None:
@@ -375,8 +395,12 @@ def iter_segment(
     probabilities = yield from iter_predict(model, image, **options)
     if as_volume:
         labels = volume_labels(probabilities, instances, spacing)
+        note = size_mismatch_note(labels, in_voxels(instances, spacing), 3, rescale)
     else:
         labels = probabilities_to_labels(probabilities, instances, model.config.ndim, model.config.spacing)
+        note = size_mismatch_note(labels, instances, model.config.ndim, rescale)
+    if note:
+        log.warning(note)
     return (labels, probabilities) if return_probabilities else labels
 
 

@@ -248,6 +248,8 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
         )
     if opts.tta:
         raise ConfigError("tta (test-time augmentation) reads whole planes: use it with segment, not segment_to")
+    if opts.rescale != 1.0:
+        raise ConfigError("rescale resizes whole planes: use it with segment, not segment_to")
     opened = open_source(source)
     axes = axes_at_minus3(opened.shape, model.config.in_channels, opts.channel_axis)
     planes = LazyPlanes(opened, axes)

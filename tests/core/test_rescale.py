@@ -1,0 +1,84 @@
+"""Images taken at another magnification than the training images (core/rescale.py)."""
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_unet import ConfigError, predict, segment
+from napari_unet.cli import main
+from napari_unet.core.config import InstanceConfig
+from napari_unet.core.rescale import instances_at_scale, resize_planes, size_mismatch_note
+
+from .lazy import drawn_image, threshold_model
+
+
+def discs(shape=(96, 96), centres=((24, 24), (24, 70), (70, 24), (70, 70), (48, 48)), radius=9.0) -> np.ndarray:
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for number, (row, col) in enumerate(centres, start=1):
+        labels[(grid[0] - row) ** 2 + (grid[1] - col) ** 2 <= radius**2] = number
+    return labels
+
+
+def test_probabilities_are_the_rescaled_image_s_resized_back():
+    model, image = threshold_model(), drawn_image(discs() > 0)
+    probabilities = predict(model, image, rescale=2.0, device="cpu")
+    assert probabilities.shape == (2, 96, 96)
+    enlarged = predict(model, resize_planes(image, (192, 192)), device="cpu")
+    np.testing.assert_allclose(probabilities, resize_planes(enlarged, (96, 96)), atol=1e-6)
+
+
+def test_labels_stay_on_the_image_s_grid_and_sizes_are_the_model_s():
+    """The model's sizes are in the pixels it sees: a disc of 254 px seen at 2x has
+    1017 px there, so a model minimum of 600 px keeps it at rescale 2 and drops it at 1."""
+    truth = discs()
+    model, image = threshold_model(), drawn_image(truth > 0)
+    big_minimum = InstanceConfig(min_size=600, split=0.0)
+    enlarged = segment(model, image, rescale=2.0, instances=big_minimum, device="cpu")
+    assert enlarged.shape == truth.shape and enlarged.max() == 5
+    assert np.mean((enlarged > 0) == (truth > 0)) > 0.99
+    assert segment(model, image, instances=big_minimum, device="cpu").max() == 0
+
+
+def test_rescale_converts_areas_and_lengths():
+    fitted = InstanceConfig(min_size=400, min_piece=120, neck=2.0, object_size=800)
+    assert instances_at_scale(fitted, 2.0) == replace(fitted, min_size=100, min_piece=30, neck=1.0, object_size=200)
+    assert instances_at_scale(fitted, 1.0) is fitted
+
+
+def test_objects_far_from_the_learned_size_are_noted_with_the_factor_to_try():
+    labels = discs()  # 5 discs of 253 px
+    assert size_mismatch_note(labels, InstanceConfig(object_size=0)) is None  # size not known
+    assert size_mismatch_note(labels, InstanceConfig(object_size=300)) is None  # close enough
+    note = size_mismatch_note(labels, InstanceConfig(object_size=1012))
+    assert note.startswith("the objects found are 4.0x smaller than those the model learned (median 253 against 1012")
+    assert "segment it again with rescale 2 " in note
+    assert "with rescale 1 " in size_mismatch_note(labels, InstanceConfig(object_size=1012), rescale=0.5)
+    assert size_mismatch_note(labels[:40, :40], InstanceConfig(object_size=1012)) is None  # too few objects
+
+
+def test_segmenting_logs_the_note(caplog):
+    model, image = threshold_model(), drawn_image(discs() > 0)
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        segment(model, image, instances=InstanceConfig(object_size=1012), device="cpu")
+    assert "4.0x smaller than those the model learned" in caplog.text
+
+
+@pytest.mark.parametrize("factor", [0, -1, 100, "big", None])
+def test_bad_factors_are_refused(factor):
+    with pytest.raises(ConfigError, match="rescale must be a factor from 0.125 to 8"):
+        segment(threshold_model(), np.zeros((32, 32), np.float32), rescale=factor)
+
+
+def test_the_command_line_rescales(tmp_path, capsys):
+    from napari_unet import save_model
+
+    model_path, image_path = tmp_path / "model.safetensors", tmp_path / "cells.npy"
+    save_model(threshold_model(), model_path)
+    np.save(image_path, drawn_image(discs() > 0))
+    assert main(["segment", str(model_path), str(image_path), "--out-dir", str(tmp_path), "--rescale", "2"]) == 0
+    assert "5 objects" in capsys.readouterr().out
+    assert main(["segment", str(model_path), str(image_path), "--out", str(tmp_path / "o.zarr"), "--rescale", "2"])
+    assert "rescale resizes whole planes" in capsys.readouterr().err
