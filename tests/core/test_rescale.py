@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_unet import ConfigError, predict, segment
 from napari_unet.cli import main
@@ -53,10 +54,31 @@ def test_objects_far_from_the_learned_size_are_noted_with_the_factor_to_try():
     assert size_mismatch_note(labels, InstanceConfig(object_size=0)) is None  # size not known
     assert size_mismatch_note(labels, InstanceConfig(object_size=300)) is None  # close enough
     note = size_mismatch_note(labels, InstanceConfig(object_size=1012))
-    assert note.startswith("the objects found are 4.0x smaller than those the model learned (median 253 against 1012")
+    assert note.startswith(
+        "the objects found are 4.0x smaller than those the model learned (median size 253 against 1012"
+    )
     assert "segment it again with rescale 2 " in note
     assert "with rescale 1 " in size_mismatch_note(labels, InstanceConfig(object_size=1012), rescale=0.5)
     assert size_mismatch_note(labels[:40, :40], InstanceConfig(object_size=1012)) is None  # too few objects
+
+
+def test_cells_cut_in_pieces_are_still_found_too_large():
+    """Cells larger than the model knows come out in pieces near the learned size:
+    the regions the pieces form tell their size."""
+    cells = discs(radius=14.0)  # 5 cells of 621 px, each cut in half below
+    pieces = np.where(np.indices(cells.shape)[1] % 48 < 24, cells, cells + 5 * (cells > 0))
+    assert np.median(np.bincount(pieces.ravel())[1:][np.bincount(pieces.ravel())[1:] > 0]) < 400
+    note = size_mismatch_note(pieces, InstanceConfig(object_size=250))
+    assert "2.5x larger than those the model learned (median connected region of the foreground 613 against 250" in note
+    assert "rescale 0.64 " in note
+
+
+def test_touching_cells_of_the_learned_size_get_no_note():
+    """Touching pairs form regions twice the learned size, but their objects are not."""
+    pairs = discs(centres=((24, 24), (24, 42), (70, 24), (70, 42), (48, 75)), radius=9.0)
+    regions = np.bincount(ndimage.label(pairs > 0)[0].ravel())[1:]
+    assert np.median(regions) > 1.75 * 253
+    assert size_mismatch_note(pairs, InstanceConfig(object_size=253)) is None
 
 
 def test_segmenting_logs_the_note(caplog):
