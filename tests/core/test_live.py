@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -53,6 +54,25 @@ def test_edits_reach_the_running_trainer_between_steps():
     for _ in events:
         pass
     assert live.trainer.step >= 3
+
+
+def test_an_edit_that_trains_but_leaves_cells_unpainted_on_0_is_reported():
+    """Live training on napari's own 0-filled labels layer: the edit trains, and the
+    widget hears why it most likely should not."""
+    image, labels = nu.synthetic_nuclei((256, 256), seed=3)
+    first_cell = np.unique(labels[labels > 0])[:1]
+    live = LiveTraining(nu.UNet(base_channels=4, depth=2), image, partial_annotation(labels, first_cell), CONFIG)
+    live.preview_seconds = 1e9
+    events = live.run()
+    next(event for event in events if isinstance(event, StepProgress))
+    painted = np.isin(labels, np.unique(labels[labels > 0])[:3])
+    live.update(np.where(painted, labels, 0))
+    problems = [event for event in itertools.islice(events, 6) if isinstance(event, AnnotationProblem)]
+    assert problems and problems[0].trained and "as the 3 painted cells" in problems[0].message
+    assert live.edits_applied == 1  # trained on, unlike a problem that keeps the previous annotation
+    live.stop()
+    for _ in events:
+        pass
 
 
 def test_previews_come_from_the_average_of_the_last_steps_and_the_model_keeps_it():

@@ -153,6 +153,8 @@ def test_steps_are_shown_at_a_readable_pace_and_an_annotation_problem_stays_unti
     assert "the annotation holds no cell" in widget.status.value
     widget._send_edit()
     assert "the annotation holds no cell" not in widget.status.value
+    widget._on_event(AnnotationProblem("12 regions … are painted 0", trained=True))  # a warning: it trains
+    assert widget.status.value == "⚠ 12 regions … are painted 0"
 
 
 @pytest.mark.parametrize("close", ["viewer", "dock"])

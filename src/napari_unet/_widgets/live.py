@@ -193,7 +193,8 @@ class LiveTrainWidget(DockWidget):
         elif isinstance(event, StepProgress):
             self._show_step(event)
         elif isinstance(event, AnnotationProblem):
-            self._problem = f"⚠ {event.message} (training goes on with the previous annotation)"
+            kept = "" if event.trained else " (training goes on with the previous annotation)"
+            self._problem = f"⚠ {event.message}{kept}"
             self.status.value = self._problem
         elif isinstance(event, LivePreview):
             self.preview = event

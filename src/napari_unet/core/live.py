@@ -89,9 +89,11 @@ class LivePreview:
 @dataclass(frozen=True)
 class AnnotationProblem:
     """An edited annotation that cannot be trained on yet; training goes on with the
-    previous one."""
+    previous one. With ``trained``, one that trains but most likely not as the user
+    means it (the training data's warnings, e.g. cells left unpainted on 0)."""
 
     message: str
+    trained: bool = False
 
 
 def live_config(model: UNet, config: TrainConfig | None = None) -> TrainConfig:
@@ -194,7 +196,8 @@ class LiveTraining:
             return AnnotationProblem(str(error))
         self._keep_live_instances()  # the edit refitted the sizes
         self.edits_applied += 1
-        return None
+        warnings = self.trainer.data_warnings
+        return AnnotationProblem(" ".join(warnings), trained=True) if warnings else None
 
     def _keep_live_instances(self) -> None:
         """Give the model the instance settings of live previews: the deeper split at
