@@ -61,7 +61,8 @@ def test_an_edit_that_trains_but_leaves_cells_unpainted_on_0_is_reported():
     widget hears why it most likely should not."""
     image, labels = nu.synthetic_nuclei((256, 256), seed=3)
     first_cell = np.unique(labels[labels > 0])[:1]
-    live = LiveTraining(nu.UNet(base_channels=4, depth=2), image, partial_annotation(labels, first_cell), CONFIG)
+    annotation = partial_annotation(labels, first_cell)
+    live = LiveTraining(nu.UNet(base_channels=4, depth=2), image, annotation, CONFIG, name="annotation 'cells'")
     live.preview_seconds = 1e9
     events = live.run()
     next(event for event in events if isinstance(event, StepProgress))
@@ -69,6 +70,7 @@ def test_an_edit_that_trains_but_leaves_cells_unpainted_on_0_is_reported():
     live.update(np.where(painted, labels, 0))
     problems = [event for event in itertools.islice(events, 6) if isinstance(event, AnnotationProblem)]
     assert problems and problems[0].trained and "as the 3 painted cells" in problems[0].message
+    assert problems[0].message.startswith("annotation 'cells': ")  # named as the widget names it
     assert live.edits_applied == 1  # trained on, unlike a problem that keeps the previous annotation
     live.stop()
     for _ in events:

@@ -81,6 +81,29 @@ def test_touching_cells_of_the_learned_size_get_no_note():
     assert size_mismatch_note(pairs, InstanceConfig(object_size=253)) is None
 
 
+def test_sizes_beyond_any_magnification_get_no_note():
+    """An untrained model that calls the whole image one object is not a question of
+    magnification: a factor beyond rescale's range is never suggested."""
+    assert size_mismatch_note(discs(), InstanceConfig(object_size=3)) is None  # would be rescale 0.11
+    assert size_mismatch_note(discs(), InstanceConfig(object_size=5)) is not None  # rescale 0.14
+
+
+def test_previews_and_validations_of_a_model_in_training_make_no_note(monkeypatch):
+    from napari_unet.core import live, train
+
+    seen = []
+    for module in (live, train):
+        monkeypatch.setattr(module, "segment", lambda *args, instances=None, **kw: seen.append(instances) or args[1])
+    model = threshold_model()
+    model.spec = replace(model.spec, instances=InstanceConfig(object_size=1000))
+    image, labels = drawn_image(discs() > 0), discs()
+    session = live.LiveTraining(model, image, labels, live.TrainConfig(steps=1, tile=60, batch_size=1, device="cpu"))
+    session.preview(0, 0.0)
+    session.trainer.validation = [(image, labels)]
+    session.trainer.validate()
+    assert len(seen) == 2 and all(instances.object_size == 0 for instances in seen)
+
+
 def test_segmenting_logs_the_note(caplog):
     model, image = threshold_model(), drawn_image(discs() > 0)
     with caplog.at_level(logging.WARNING, logger="napari_unet"):

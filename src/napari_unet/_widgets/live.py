@@ -155,6 +155,7 @@ class LiveTrainWidget(DockWidget):
             TrainConfig(device="auto"),
             channel_axis=channel_axis,
             preview_seconds=self.preview_seconds.value,
+            name=f"annotation '{annotation.name}'",
         )
 
     def stop(self, *_) -> None:

@@ -32,6 +32,7 @@ from .config import IGNORE_LABEL, TrainConfig, default_model_config
 from .data import TrainingDataError, default_tile_for
 from .model import UNet, snapshot, weights_lock
 from .predict import segment
+from .rescale import without_size_note
 from .train import Trainer
 from .train_events import StepProgress
 
@@ -122,11 +123,16 @@ class LiveTraining:
         *,
         channel_axis: int | None = None,
         preview_seconds: float = 3.0,
+        name: str | None = None,
     ) -> None:
         self.image = image
         self.channel_axis = channel_axis
         self.preview_seconds = preview_seconds
-        self.trainer = Trainer(model, [image], [labels], live_config(model, config), channel_axis=channel_axis)
+        #: What messages about the annotation call it (e.g. "annotation 'cells - Labels'").
+        self.names = [name] if name else None
+        self.trainer = Trainer(
+            model, [image], [labels], live_config(model, config), channel_axis=channel_axis, names=self.names
+        )
         self._keep_live_instances()
         #: The running average of the weights that previews are made from.
         self.averaged = snapshot(model, self.trainer.device)
@@ -191,7 +197,7 @@ class LiveTraining:
         if labels is None:
             return None
         try:
-            self.trainer.replace_annotations([self.image], [labels])
+            self.trainer.replace_annotations([self.image], [labels], names=self.names)
         except TrainingDataError as error:
             return AnnotationProblem(str(error))
         self._keep_live_instances()  # the edit refitted the sizes
@@ -218,7 +224,7 @@ class LiveTraining:
             image,
             device=self.trainer.device,
             channel_axis=self.channel_axis,
-            instances=self.model.spec.instances,  # the minimum size follows the annotation
+            instances=without_size_note(self.model.spec.instances),  # the minimum size follows the annotation
         )
         return LivePreview(step, seconds, window, labels)
 

@@ -25,19 +25,28 @@ from .errors import ConfigError
 #: A median object area this many times off the learned one (or its inverse) is noted
 #: (1.32x along each axis).
 MISMATCH = 1.75
+#: The factors rescale takes.
+SMALLEST, LARGEST = 0.125, 8.0
 #: Fewer objects than this say nothing about their median size.
 MIN_OBJECTS = 5
 #: Objects this many times the learned median send the check to the regions they form.
 CUT_HINT = 1.15
 
 
+def without_size_note(instances: InstanceConfig) -> InstanceConfig:
+    """``instances`` that segment without :func:`size_mismatch_note`: for the previews
+    and validations of a model still in training, whose objects say nothing yet about
+    the image's magnification."""
+    return dataclasses.replace(instances, object_size=0)
+
+
 def check_rescale(factor) -> float:
-    """``factor`` as a float in [0.125, 8] (a clear error otherwise)."""
+    """``factor`` as a float in [:data:`SMALLEST`, :data:`LARGEST`] (a clear error otherwise)."""
     try:
         value = float(factor)
     except (TypeError, ValueError):
         value = math.nan
-    if not 0.125 <= value <= 8.0:
+    if not SMALLEST <= value <= LARGEST:
         raise ConfigError(
             f"rescale must be a factor from 0.125 to 8 (2: cells look half as large as those the model "
             f"learned), got {factor!r}"
@@ -107,14 +116,15 @@ def size_mismatch_note(
     if ratio >= CUT_HINT:
         regions = _sizes(ndimage.label(unit > 0)[0] for unit in units)
         ratio, what = float(np.median(regions)) / instances.object_size, "connected region of the foreground"
-    if 1 / MISMATCH < ratio < MISMATCH:
-        return None
+    factor = rescale / math.sqrt(ratio)
+    if 1 / MISMATCH < ratio < MISMATCH or not SMALLEST <= factor <= LARGEST:
+        return None  # far outside rescale's range, the model is the problem, not the magnification
     unit = "px" if ndim == 2 else "voxels"
     bigger = "larger" if ratio > 1 else "smaller"
     return (
         f"the objects found are {max(ratio, 1 / ratio):.1f}x {bigger} than those the model learned (median "
         f"{what} {ratio * instances.object_size:.0f} against {instances.object_size} {unit}): if this image was "
-        f"taken at another magnification, segment it again with rescale {rescale / math.sqrt(ratio):.2g} (a "
+        f"taken at another magnification, segment it again with rescale {factor:.2g} (a "
         f"first guess from the objects found)"
     )
 
