@@ -81,6 +81,15 @@ def test_touching_cells_of_the_learned_size_get_no_note():
     assert size_mismatch_note(pairs, InstanceConfig(object_size=253)) is None
 
 
+def test_large_planes_are_measured_on_every_second_pixel_as_well():
+    jitter = np.random.default_rng(0).integers(0, 8, (25, 25, 2))
+    centres = [(20 + 40 * i + jitter[i, j, 0], 20 + 40 * j + jitter[i, j, 1]) for i in range(25) for j in range(25)]
+    labels = discs((1024, 1024), centres, radius=9.0)  # 625 discs of 253 px
+    note = size_mismatch_note(labels, InstanceConfig(object_size=1012))
+    sampled = float(note.split("(median size ")[1].split()[0])
+    assert note.startswith("the objects found are 4.") and abs(sampled - 253) <= 8  # 253 counted in full
+
+
 def test_sizes_beyond_any_magnification_get_no_note():
     """An untrained model that calls the whole image one object is not a question of
     magnification: a factor beyond rescale's range is never suggested."""

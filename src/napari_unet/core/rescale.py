@@ -29,6 +29,10 @@ MISMATCH = 1.75
 SMALLEST, LARGEST = 0.125, 8.0
 #: Fewer objects than this say nothing about their median size.
 MIN_OBJECTS = 5
+#: Planes (volumes) of this many pixels (voxels) are measured on every 2nd row and
+#: column: the median of sizes that large moves by well under the note's margin, and a
+#: 2048x2048 plane takes 3 ms instead of 11 after a segmentation of about 1.3 s.
+SAMPLED_FROM = 1 << 20
 #: Objects this many times the learned median send the check to the regions they form.
 CUT_HINT = 1.15
 
@@ -108,13 +112,15 @@ def size_mismatch_note(
     if instances.object_size <= 0:
         return None
     units = labels.reshape(-1, *labels.shape[labels.ndim - ndim :])
-    sizes = _sizes(units)
+    step = 2 if units[0].size >= SAMPLED_FROM else 1  # every 2nd row and column: a quarter of the work
+    units = units[..., ::step, ::step]
+    sizes = _sizes(units) * step * step
     if sizes.size < MIN_OBJECTS:
         return None
     ratio = float(np.median(sizes)) / instances.object_size
     what = "size"
     if ratio >= CUT_HINT:
-        regions = _sizes(ndimage.label(unit > 0)[0] for unit in units)
+        regions = _sizes(ndimage.label(unit > 0)[0] for unit in units) * step * step
         ratio, what = float(np.median(regions)) / instances.object_size, "connected region of the foreground"
     factor = rescale / math.sqrt(ratio)
     if 1 / MISMATCH < ratio < MISMATCH or not SMALLEST <= factor <= LARGEST:
