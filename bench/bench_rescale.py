@@ -6,7 +6,7 @@
 
 For each split folder that ``bench_real.py --keep DIR`` left (model, training
 labels, test image, true labels), the test image and its labels are resized by each
-zoom (linear interpolation, area-averaged when shrinking; labels by nearest pixel),
+zoom (linear interpolation, Gaussian-smoothed when shrinking; labels by nearest pixel),
 as if taken at that magnification, and segmented three ways: as they are; with the
 ``rescale`` that the size note suggests, where the note appears (what a user told by
 it would do next); and with the exact inverse of the zoom. AP@0.5, mAP and mean IoU

@@ -60,7 +60,7 @@ def check_rescale(factor) -> float:
 
 def resize_planes(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``array`` (..., H, W) float32 resampled to (..., *shape) by linear interpolation
-    (area-averaged first where it shrinks, so that no detail aliases)."""
+    (Gaussian-smoothed first where it shrinks, so that no detail aliases)."""
     from skimage.transform import resize
 
     array = np.asarray(array, np.float32)
