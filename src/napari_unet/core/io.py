@@ -229,27 +229,38 @@ def _fits_uint16(array: np.ndarray) -> bool:
     return int(array.min()) >= 0 and int(array.max()) <= np.iinfo(np.uint16).max
 
 
-def pixel_size_tags(path: str | os.PathLike) -> dict:
-    """``tifffile.imwrite`` keywords that give a new TIFF the pixel size the TIFF at
-    ``path`` records: its X/Y resolution and resolution unit, and under
-    ``metadata`` ImageJ's z ``spacing`` and ``unit``; ``{}`` for other files, files
-    without a resolution, or metadata that cannot be read."""
+def _tiff_calibration(path: str | os.PathLike) -> tuple[dict, dict] | None:
+    """The first page's ``XResolution``, ``YResolution`` and ``ResolutionUnit`` tag
+    values (those present; resolutions as (numerator, denominator)) and ImageJ's
+    metadata of the TIFF at ``path``; ``None`` for other files and for metadata that
+    cannot be read (pixels readable, metadata not: the caller goes without)."""
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
-        return {}
+        return None
     try:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             page_tags = tif.pages[0].tags
-            imagej = tif.imagej_metadata or {}
-            rational = [page_tags.get(name) for name in ("XResolution", "YResolution")]
-            if None in rational:
-                return {}
-            resolution = tuple(tag.value[0] / tag.value[1] for tag in rational)
-            unit = page_tags.get("ResolutionUnit")
-            tags = {"resolution": resolution, "resolutionunit": unit.value if unit is not None else 1}
-    except Exception:  # pixels readable, metadata not: the output simply has none
+            names = ("XResolution", "YResolution", "ResolutionUnit")
+            values = {name: page_tags[name].value for name in names if page_tags.get(name) is not None}
+            return values, dict(tif.imagej_metadata or {})
+    except Exception:
+        return None
+
+
+def pixel_size_tags(path: str | os.PathLike) -> dict:
+    """``tifffile.imwrite`` keywords that give a new TIFF the pixel size the TIFF at
+    ``path`` records: its X/Y resolution and resolution unit, and under
+    ``metadata`` ImageJ's z ``spacing`` and ``unit``; ``{}`` for other files, files
+    without a resolution, or metadata that cannot be read."""
+    found = _tiff_calibration(path)
+    if found is None or not {"XResolution", "YResolution"} <= found[0].keys():
         return {}
+    values, imagej = found
+    (x, x_unit), (y, y_unit) = values["XResolution"], values["YResolution"]
+    if not x_unit or not y_unit:
+        return {}
+    tags = {"resolution": (x / x_unit, y / y_unit), "resolutionunit": values.get("ResolutionUnit", 1)}
     calibration = {key: imagej[key] for key in ("spacing", "unit") if key in imagej}
     if calibration:
         tags["metadata"] = calibration
@@ -263,22 +274,13 @@ def read_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
     (pixels per unit); ``None`` where the file holds no z spacing, is not a TIFF, or
     cannot be read (the caller then treats voxels as isotropic).
     """
-    path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    found = _tiff_calibration(path)
+    if found is None:
         return None
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            z = (tif.imagej_metadata or {}).get("spacing")
-            page = tif.pages[0]
-            sizes = []
-            for tag in ("YResolution", "XResolution"):
-                value = page.tags.get(tag)
-                numerator, denominator = value.value if value is not None else (1, 1)
-                sizes.append(denominator / numerator if numerator else 1.0)
-    except Exception:  # a file we can read pixels from but not metadata: no spacing
-        return None
+    values, imagej = found
+    z = imagej.get("spacing")
     if z is None or float(z) <= 0:
         return None
+    rationals = [values.get(name, (1, 1)) for name in ("YResolution", "XResolution")]
+    sizes = [denominator / numerator if numerator else 1.0 for numerator, denominator in rationals]
     return (float(z), sizes[0], sizes[1])
