@@ -52,8 +52,8 @@ def check_rescale(factor) -> float:
         value = math.nan
     if not SMALLEST <= value <= LARGEST:
         raise ConfigError(
-            f"rescale must be a factor from 0.125 to 8 (2: cells look half as large as those the model "
-            f"learned), got {factor!r}"
+            f"rescale must be a factor from {SMALLEST:g} to {LARGEST:g} (2: cells look half as large as those the "
+            f"model learned), got {factor!r}"
         )
     return value
 
