@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import local_maxima, reconstruction
 
+from .regions import run_starts
 from .split import split_at_seeds
 
 
@@ -88,8 +89,7 @@ def _runs(shape: tuple[int, ...], pixels: np.ndarray, ids: np.ndarray) -> tuple[
     flat indices of their first and last pixels ((m,) each). ``pixels`` increasing."""
     if pixels.size == 0:
         return ids[:0], pixels[:0], pixels[:0]
-    breaks = (np.diff(pixels) != 1) | (ids[1:] != ids[:-1])
-    starts = np.flatnonzero(np.r_[True, breaks])
+    starts = run_starts(pixels, ids)
     ends = np.r_[starts[1:], pixels.size] - 1
     first, last = pixels[starts], pixels[ends]
     width = shape[-1]

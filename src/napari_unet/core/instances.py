@@ -30,7 +30,7 @@ from skimage import segmentation
 
 from .concave import split_concave_in_place
 from .config import InstanceConfig
-from .regions import bounding_boxes
+from .regions import bounding_boxes, run_starts
 from .split import peak_plateaus, smooth_foreground, split_in_place
 
 #: Masks of at least this many pixels share the work with a second thread.
@@ -126,13 +126,12 @@ def mask_to_labels(
     keep[0] = False
     if count > components:  # pieces of split objects have ids after all others: order by first pixel
         survivors = np.flatnonzero(keep)
-        survivors = survivors[np.argsort(_first_pixels_of(labels, pixels, ids, count)[survivors], kind="stable")]
+        survivors = survivors[np.argsort(_first_pixels_of(labels.size, pixels, ids, count)[survivors], kind="stable")]
         renumber = np.zeros(count + 1, np.int32)
         renumber[survivors] = np.arange(1, len(survivors) + 1, dtype=np.int32)
     else:
         renumber = (np.cumsum(keep) * keep).astype(np.int32)  # surviving ids -> 1..n, raster order kept
-    labels = np.zeros(mask.shape, np.int32)
-    np.put(labels, pixels, renumber[ids])
+    np.put(labels, pixels, renumber[ids])  # every non-zero pixel is one of ``pixels``: renumbered in place
     if config.expand == 1:
         _grow_one_pixel(labels)
     elif config.expand > 1:
@@ -144,26 +143,17 @@ def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
     """The flat index of every id's first pixel in raster order (ids 0..count; an id
     with no pixel, and 0, get ``labels.size``). Any numbering."""
     pixels = np.flatnonzero(labels)
-    return _first_pixels_of(labels, pixels, np.take(labels, pixels), count)
+    return _first_pixels_of(labels.size, pixels, np.take(labels, pixels), count)
 
 
-def _first_pixels_of(labels: np.ndarray, pixels: np.ndarray, ids: np.ndarray, count: int) -> np.ndarray:
+def _first_pixels_of(size: int, pixels: np.ndarray, ids: np.ndarray, count: int) -> np.ndarray:
     """:func:`first_pixels` from the non-zero pixels' flat indices ``pixels``
-    (increasing) and their ids ``ids``.
-
-    A pixel whose predecessor along some axis (an earlier pixel) has the same id is
-    not the first of its id, so the minimum is taken over the others (the objects'
-    upper-left edges) alone."""
-    can_be_first = np.ones(pixels.size, bool)
-    stride = 1
-    for length in reversed(labels.shape):
-        before = np.take(labels, pixels - stride, mode="clip")  # clipped: pixel 0, also earlier
-        can_be_first &= before != ids
-        stride *= length
-    if pixels.size and pixels[0] == 0:  # compared with itself above
-        can_be_first[0] = True
-    first = np.full(count + 1, labels.size, np.int64)
-    np.minimum.at(first, ids[can_be_first], pixels[can_be_first])
+    (increasing) and their ids ``ids``, in an array of ``size`` pixels. An id's first
+    pixel starts a run of its pixels (:func:`.regions.run_starts`), so the minimum is
+    taken over the run starts alone: a few per object and row."""
+    starts = run_starts(pixels, ids)
+    first = np.full(count + 1, size, np.int64)
+    np.minimum.at(first, ids[starts], pixels[starts])
     return first
 
 

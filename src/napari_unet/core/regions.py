@@ -23,6 +23,17 @@ def bounding_boxes(
     return ids[starts], low, high
 
 
+def run_starts(pixels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Where the runs of ``pixels`` (flat indices, increasing, (n,)) with region ids
+    ``ids`` (n,) start: the positions (into both, increasing) of the pixels whose
+    predecessor in flat order is not the pixel before them in the list or has another
+    id. A region's first pixel in raster order always starts a run."""
+    if pixels.size == 0:
+        return np.zeros(0, np.intp)
+    breaks = (np.diff(pixels) != 1) | (ids[1:] != ids[:-1])
+    return np.flatnonzero(np.r_[True, breaks])
+
+
 def pack_boxes(shapes: list[tuple[int, ...]]) -> tuple[list[tuple[slice, ...]], tuple[int, ...]]:
     """Places for boxes of ``shapes`` in one canvas, no two closer than 1 px, and the
     canvas's shape. The boxes, the tallest (first axis) first, go in rows along the
