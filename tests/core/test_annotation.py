@@ -8,6 +8,7 @@ from napari_unet.core.annotation import (
     AnnotationStats,
     Window,
     as_signed,
+    compact_ids,
     highlight,
     image_like_reason,
     labels_warning,
@@ -143,6 +144,16 @@ def test_unsigned_labels_are_converted_and_the_dtype_maximum_is_warned_about():
     assert unsigned_max_warning(np.full((4, 4), 255, np.int16)) is None
     assert as_signed(np.array([[0, 65535]], np.uint16)).dtype == np.int32
     assert as_signed(np.array([[0, 200]], np.uint8)).dtype == np.int16
+    huge = np.array([[0, 1 << 40]], np.uint64)
+    np.testing.assert_array_equal(as_signed(huge), huge.astype(np.int64))  # not wrapped into int32
+    np.testing.assert_array_equal(as_signed(np.array([[0, 1 << 63, 5]], np.uint64)), [[0, 2, 1]])
+
+
+def test_ids_beyond_the_pixel_count_are_renumbered_in_their_order():
+    labels = np.array([[-1, 0, 7], [7, 1 << 40, 3]], np.int64)
+    np.testing.assert_array_equal(compact_ids(labels), [[-1, 0, 2], [2, 3, 1]])
+    small = np.array([[-1, 0, 6], [2, 2, 3]], np.int32)
+    assert compact_ids(small) is small  # ids within the pixel count stay as they are
 
 
 def test_images_given_as_labels_are_recognised():

@@ -130,3 +130,15 @@ def test_a_constant_image_with_cells_painted_on_it_is_refused():
             [np.full((64, 64), 7.0)], [labels], in_channels=1, normalization=NormalizationConfig(),
             weights=WeightMapConfig(), names=["cells.tif"],
         )  # fmt: skip
+
+
+def test_labels_with_ids_far_beyond_their_pixel_count_train_as_their_renumbering():
+    """Ids such as 2**40 (some software writes them) made per-id tables terabytes large
+    (an 8 TiB allocation deep inside the unpainted-cells check)."""
+    image, labels = discs()
+    huge = np.where(labels > 0, labels.astype(np.uint64) + (1 << 40), 0).astype(np.uint64)
+    renumbered, plain = prep([image], [huge])[0], prep([image], [labels])[0]
+    np.testing.assert_array_equal(renumbered.annotation, plain.annotation)
+    np.testing.assert_array_equal(renumbered.objects.sizes, plain.objects.sizes)
+    np.testing.assert_array_equal(renumbered.objects.fills, plain.objects.fills)
+    assert plain.objects.sizes.size == 2

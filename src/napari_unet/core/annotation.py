@@ -43,8 +43,11 @@ Plane = tuple[int, ...]
 
 def annotation_dtype(largest_id: int) -> np.dtype:
     """The signed type an annotation is kept in: int16 while ids fit (napari draws
-    2-byte labels without converting them), else int32."""
-    return np.dtype(np.int16) if largest_id < np.iinfo(np.int16).max else np.dtype(np.int32)
+    2-byte labels without converting them), else int32, else int64."""
+    for dtype in (np.int16, np.int32):
+        if largest_id < np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
 
 def new_annotation(shape: tuple[int, ...]) -> np.ndarray:
@@ -58,7 +61,25 @@ def as_signed(labels: np.ndarray) -> np.ndarray:
     if np.issubdtype(labels.dtype, np.signedinteger):
         return labels
     largest = int(labels.max()) if labels.size else 0
+    if largest > np.iinfo(np.int64).max:
+        labels = compact_ids(labels)
+        largest = int(labels.max())
     return labels.astype(annotation_dtype(largest))
+
+
+def compact_ids(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (integers: -1 unannotated, 0 background, cells) as they are when no
+    id exceeds their pixel count; otherwise int64 with the cells renumbered 1..n in
+    the order of their ids (-1 and 0 stay). Tables indexed by id then stay as small
+    as the image: ids such as 2**40, which some software writes, would make them
+    terabytes."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or int(labels.max()) <= labels.size:
+        return labels
+    values, inverse = np.unique(labels, return_inverse=True)
+    cells = values > 0
+    renumbered = np.where(cells, np.cumsum(cells), values.astype(np.int64))  # values <= 0 fit int64
+    return renumbered[inverse].reshape(labels.shape)
 
 
 def labels_warning(labels: np.ndarray, name: str = "the labels") -> str | None:

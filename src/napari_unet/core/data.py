@@ -16,7 +16,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import geometry
-from .annotation import ids_changing_between_planes_warning, image_like_reason, labels_warning, looks_like_image_message
+from .annotation import (
+    compact_ids,
+    ids_changing_between_planes_warning,
+    image_like_reason,
+    labels_warning,
+    looks_like_image_message,
+)
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
@@ -128,6 +134,7 @@ def _pair_planes(
     warning = labels_warning(labels, f"the labels of {name}")
     if warning:
         log.warning(warning)
+    labels = compact_ids(labels)
     for index in np.ndindex(*data.shape[: -ndim - 1]):
         yield data[index], labels[index]
 

@@ -78,8 +78,7 @@ def unpainted_cells(image: np.ndarray, labels: np.ndarray) -> Unpainted | None:
     left = cell_like & background & ~near_cells
     regions, _ = ndimage.label(left)
     region_sizes = np.bincount(regions.ravel())[1:]
-    cell_sizes = np.bincount(labels[cells].ravel())
-    cell_sizes = cell_sizes[cell_sizes > 0]
+    cell_sizes = np.unique(labels[cells], return_counts=True)[1]  # any ids, however large
     large = int(np.count_nonzero(region_sizes >= 0.5 * np.median(cell_sizes)))
     share = painted / max(painted + int(np.count_nonzero(cell_like & background)), 1)
     return Unpainted(painted_cells=len(cell_sizes), regions=large, painted_share=share)
