@@ -182,6 +182,13 @@ def test_a_trailing_axis_of_one_is_the_channel_not_planes_one_pixel_wide(small, 
     assert channels_before_spatial(np.zeros((5, 30, 34, 1)), 1).shape == (5, 1, 30, 34)
 
 
+@pytest.mark.parametrize("shape", [(30, 34, 2), (3, 30, 34, 4)])
+def test_a_few_channels_last_for_a_one_channel_model_are_refused_not_segmented_as_thin_planes(small, rng, shape):
+    """(H, W, 2) was segmented as H planes 2 px wide, without a word."""
+    with pytest.raises(ImageShapeError, match=rf"looks like {shape[-1]} channels last .* image\[\.\.\., 0\]"):
+        segment(small, rng.random(shape).astype(np.float32))
+
+
 def test_segment_takes_a_model_path_a_tensor_and_instance_settings_as_a_dict(tmp_path, small, rng):
     image = rng.random((30, 34)).astype(np.float32)
     save_model(small, tmp_path / "m.safetensors")

@@ -43,6 +43,12 @@ def _looks_rgb(shape: tuple[int, ...], axis: int) -> bool:
     return axis == len(shape) - 1 and shape[axis] in (3, 4) and len(shape) == 3 and shape[-2] > 4
 
 
+def _looks_channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether ``shape`` (3 or more axes) ends in a few channels rather than in planes a
+    few pixels wide: 2-4 along the last axis, at least 4x as many along the one before."""
+    return len(shape) >= 3 and 2 <= shape[-1] <= 4 and shape[-2] >= 4 * shape[-1]
+
+
 def channels_at_minus3(image: np.ndarray, in_channels: int, channel_axis: int | None = None) -> np.ndarray:
     """A view of ``image`` as ``(*stack, C, H, W)`` with ``C == in_channels``.
 
@@ -85,6 +91,12 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
             raise ImageShapeError(rgb_for_one_channel_message(shape))
         if ndim >= 3 and shape[-1] == 1:  # (..., H, W, 1): one channel, last, not planes one pixel wide
             return _moved_to_minus3(ndim, ndim - 1)
+        if _looks_channels_last(shape):  # planes of (W, 2), say, would be segmented as images 2 px wide
+            raise ImageShapeError(
+                f"the model expects 1 channel but the image (shape {shape}) looks like {shape[-1]} channels last "
+                f"(..., H, W, C): segment one channel of it (e.g. image[..., 0]), or use a model trained on "
+                f"{shape[-1]} channels (napari-unet train --in-channels {shape[-1]})"
+            )
         return (*range(ndim - 2), None, ndim - 2, ndim - 1)
     if ndim >= 3 and shape[-1] == in_channels and shape[-3] != in_channels:
         return _moved_to_minus3(ndim, ndim - 1)
