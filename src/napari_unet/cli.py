@@ -208,10 +208,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .core.exchange import export_model
+    from .core.exchange import check_exportable, export_model
 
     check_outputs([args.out], args.overwrite)
     model = load_model(args.model)
+    check_exportable(model)  # before any note on the package's settings
     options = {}
     if args.format == "bioimageio":
         options = {

@@ -166,6 +166,14 @@ def test_cli_export_torchscript(tmp_path, capsys):
     assert code == 2 and "bioimageio only" in capsys.readouterr().err
 
 
+def test_cli_export_of_a_3d_model_is_one_line_without_notes_on_the_package(tmp_path, capsys):
+    nu.save_model(nu.UNet(ndim=3, base_channels=2, depth=1), tmp_path / "v.safetensors")
+    assert main(["export", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.zip")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "napari-unet: error: export covers 2D models only; this is a 3D model (use it with napari-unet itself)"
+    ]  # not first "no --author given" for a package it never writes
+
+
 def test_a_foreign_package_is_refused_with_what_is_supported(tmp_path):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
