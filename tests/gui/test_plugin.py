@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 from npe2 import PluginManifest
+from qtpy.QtWidgets import QComboBox
 
 from napari_unet import UNet, save_model
 from napari_unet._reader import get_reader
 from napari_unet._sample_data import nuclei_2d, nuclei_stack, nuclei_volume
 from napari_unet._session import Session
-from napari_unet._widgets import AnnotateWidget, SegmentWidget, TrainWidget, WeightMapWidget
+from napari_unet._widgets import AnnotateWidget, LiveTrainWidget, SegmentWidget, TrainWidget, WeightMapWidget
 
 from .conftest import docked
 
@@ -215,3 +216,23 @@ def test_annotate_train_and_segment_docked_together_fit_a_laptop_screen(viewer, 
         assert not annotate.controls_area.isAncestorOf(control.native)
         assert not train.settings_area.isAncestorOf(control.native)
         assert not segment.settings_area.isAncestorOf(control.native)
+
+
+@pytest.mark.parametrize("widget_class", [AnnotateWidget, WeightMapWidget, TrainWidget, SegmentWidget, LiveTrainWidget])
+def test_a_layer_named_after_a_long_file_name_does_not_widen_the_docks(viewer, qtbot, widget_class):
+    """A 120-character layer name made every dock that offers the layer 1144 px wide:
+    on a 1366 px screen the canvas had no width left."""
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    labels = viewer.add_labels(np.zeros((64, 64), np.int32), name="ann")
+    window = viewer.window._qt_window
+    window.show()
+    before = docked(viewer, widget_class(viewer))
+    qtbot.wait(50)
+    image.name = "2026-11-30_HeLa_H2B-GFP_confocal_63x_oil_stack_field-" * 3
+    labels.name = image.name + " annotation"
+    after = docked(viewer, widget_class(viewer))  # docked with the long names in its choices
+    qtbot.wait(50)
+    offered = [box.itemText(i) for box in after.native.findChildren(QComboBox) for i in range(box.count())]
+    assert image.name in offered or labels.name in offered
+    for hint in ("sizeHint", "minimumSizeHint"):
+        assert getattr(after.native, hint)().width() <= getattr(before.native, hint)().width() + 2, hint

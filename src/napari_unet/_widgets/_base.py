@@ -12,16 +12,23 @@ from collections.abc import Callable
 
 from magicgui.widgets import Container, Label
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QSizePolicy
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QApplication, QComboBox, QSizePolicy
 
 from ..core.errors import NapariUnetError
 from ._runner import JobRunner
 
+#: Characters of a choice (a layer's name) a drop-down box asks room for; longer names
+#: are cut in the box and shortened in the middle in its list.
+CHOICE_CHARACTERS = 18
 
-class _ClosedWatcher(QObject):
+
+class _DockWatcher(QObject):
     """Calls ``on_closed`` when napari takes the widget out of its dock (the dock's
-    close button, or ``remove_dock_widget``): the widget loses its parent."""
+    close button, or ``remove_dock_widget``): the widget loses its parent. When the
+    widget is first shown, its drop-down boxes stop growing with their longest choice:
+    a layer named after a long file name widened every dock that offers it, until the
+    canvas of a 1366 px screen had no width left."""
 
     def __init__(self, widget, on_closed: Callable[[], None]) -> None:
         super().__init__(widget)
@@ -30,7 +37,22 @@ class _ClosedWatcher(QObject):
     def eventFilter(self, watched, event) -> bool:
         if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
             self.on_closed()
+        elif event.type() in (QEvent.Type.ParentChange, QEvent.Type.Show):  # docked (before napari sizes the dock)
+            narrow_choice_boxes(watched)
         return False
+
+
+def narrow_choice_boxes(widget) -> None:
+    """Make the drop-down boxes inside ``widget`` ask room for :data:`CHOICE_CHARACTERS`
+    characters, not for their longest choice."""
+    for box in widget.findChildren(QComboBox):
+        if box.minimumContentsLength() == CHOICE_CHARACTERS:
+            continue
+        box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        box.setMinimumContentsLength(CHOICE_CHARACTERS)
+        box.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        # Qt keeps the minimum width it computed before; a style change makes it compute again
+        QApplication.sendEvent(box, QEvent(QEvent.Type.StyleChange))
 
 
 class DockWidget(Container):
@@ -51,8 +73,8 @@ class DockWidget(Container):
         # as wide as the dock lets it (a wrapped label asks for little): fewer lines, a shorter dock
         self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self._runners: list[JobRunner] = []
-        self._closed_watcher = _ClosedWatcher(self.native, self.shutdown)
-        self.native.installEventFilter(self._closed_watcher)
+        self._dock_watcher = _DockWatcher(self.native, self.shutdown)
+        self.native.installEventFilter(self._dock_watcher)
 
     def make_runner(self, name: str, on_yielded, on_returned, on_idle, on_error) -> JobRunner:
         """A :class:`JobRunner` whose jobs end with this widget and with napari's window."""

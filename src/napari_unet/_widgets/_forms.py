@@ -49,11 +49,19 @@ class _SettingsArea(QScrollArea):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
     def minimumSizeHint(self) -> QSize:
-        hint = super().minimumSizeHint()
-        if self.widget() is None:
+        return self._as_wide_as_content(super().minimumSizeHint(), minimum=True)
+
+    def sizeHint(self) -> QSize:
+        # QScrollArea keeps the width its content asked for first (before its drop-down
+        # boxes were narrowed, see _base.narrow_choice_boxes); ask the content again
+        return self._as_wide_as_content(super().sizeHint(), minimum=False)
+
+    def _as_wide_as_content(self, hint: QSize, minimum: bool) -> QSize:
+        content = self.widget()
+        if content is None:
             return hint
-        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
-        return QSize(width, hint.height())
+        width = (content.minimumSizeHint() if minimum else content.sizeHint()).width()
+        return QSize(width + self.verticalScrollBar().sizeHint().width(), hint.height())
 
     def eventFilter(self, watched, event) -> bool:
         if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
