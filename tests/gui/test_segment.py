@@ -8,6 +8,7 @@ import pytest
 from napari_unet import UNet, save_model, segment
 from napari_unet._widgets import SegmentWidget
 from napari_unet._widgets._jobs import PlaneOfStack
+from napari_unet._widgets.export import ModelExport
 from napari_unet.cli import main
 from napari_unet.core.config import InstanceConfig
 
@@ -394,15 +395,15 @@ def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session
 
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     target = tmp_path / "exported.onnx"
-    monkeypatch.setattr(SegmentWidget, "ask_export_path", lambda self: (target, "onnx"))
-    widget.export_button.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.export_runner.busy, timeout=WORKER_TIMEOUT)
+    monkeypatch.setattr(ModelExport, "ask_path", lambda self: (target, "onnx"))
+    widget.exporter.button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.exporter.runner.busy, timeout=WORKER_TIMEOUT)
     qtbot.wait(10)
     assert target.is_file() and f"exported {target} (" in widget.status.value  # where it went
-    assert widget.export_button.enabled
-    monkeypatch.setattr(SegmentWidget, "ask_export_path", lambda self: None)  # cancelled: nothing happens
-    widget.export_button.clicked.emit()
-    assert not widget.export_runner.busy
+    assert widget.exporter.button.enabled
+    monkeypatch.setattr(ModelExport, "ask_path", lambda self: None)  # cancelled: nothing happens
+    widget.exporter.button.clicked.emit()
+    assert not widget.exporter.runner.busy
 
 
 def test_the_settings_scroll_above_segment_so_it_shares_a_laptop_dock_with_train(viewer, model_session):
@@ -411,5 +412,5 @@ def test_the_settings_scroll_above_segment_so_it_shares_a_laptop_dock_with_train
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     assert widget.native.minimumSizeHint().height() < 300
     assert widget.settings_area.isAncestorOf(widget.tile.native)
-    for control in (widget.run_button, widget.cancel_button, widget.export_button, widget.progress, widget.status):
+    for control in (widget.run_button, widget.cancel_button, widget.exporter.button, widget.progress, widget.status):
         assert not widget.settings_area.isAncestorOf(control.native)

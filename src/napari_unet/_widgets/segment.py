@@ -1,5 +1,4 @@
-"""Segment an image layer with overlap-tile prediction in a worker thread; export the
-model for other software (bioimage.io, ONNX, TorchScript)."""
+"""Segment an image layer with overlap-tile prediction in a worker thread."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from napari.layers import Image, Labels
 from .._session import Session, summary
 from ..core.checkpoint import ModelFileError
 from ..core.config import InstanceConfig
-from ..core.exchange import check_exportable
 from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
 from ..core.layout import ImageShapeError, axes_at_minus3
@@ -31,11 +29,10 @@ from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import SteadyRadioButtons, scrolling, side_by_side
-from ._jobs import PlaneOfStack, SegmentationDone, export_job, read_model_job, segmentation_job
+from ._jobs import PlaneOfStack, SegmentationDone, read_model_job, segmentation_job
 from ._layers import (
     LayerError,
     helper_layer,
-    image_data,
     layer_spacing,
     layers_of,
     put_layer,
@@ -44,14 +41,9 @@ from ._layers import (
     with_layer_axes,
 )
 from ._stream import StoreDone, StoreView, lazy_image_data, store_for, store_job, wants_store
+from .export import ModelExport
 
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
-#: Save-dialog filters of the Export… button: (format, file suffix) each.
-EXPORT_FILTERS = {
-    "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
-    "ONNX (*.onnx)": ("onnx", ".onnx"),
-    "TorchScript (*.pt)": ("torchscript", ".pt"),
-}
 
 
 class SegmentWidget(DockWidget):
@@ -130,12 +122,8 @@ class SegmentWidget(DockWidget):
         self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
         self.model_info.native.setWordWrap(True)
         self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
-        self.export_button = PushButton(text="Export model…", tooltip="write the model for Fiji, bioimage.io, ONNX")
-        self.insert(self.index(self.progress), self.export_button)
-        self.export_runner = self.make_runner(
-            "export", self._on_export_step, self._on_exported, self._on_export_idle, self._on_error
-        )
-        self.export_button.changed.connect(self.guarded(self.export))
+        self.exporter = ModelExport(self, self.model, lambda: self.image.value)
+        self.insert(self.index(self.progress), self.exporter.button)
         self.file_runner = self.make_runner(
             "reading the model file", None, self._on_file_read, self._on_file_reader_idle, self._on_error
         )
@@ -430,45 +418,3 @@ class SegmentWidget(DockWidget):
 
     def _on_idle(self) -> None:
         self.cancel_button.enabled, self.run_button.enabled = False, True
-
-    def ask_export_path(self) -> tuple[Path, str] | None:
-        """The file and format chosen in a save dialog, or ``None`` if cancelled."""
-        from qtpy.QtWidgets import QFileDialog
-
-        name, chosen = QFileDialog.getSaveFileName(self.native, "Export model", "", ";;".join(EXPORT_FILTERS))
-        if not name:
-            return None
-        format, suffix = EXPORT_FILTERS.get(chosen, ("bioimageio", ".zip"))
-        path = Path(name)
-        return (path if path.suffix else path.with_suffix(suffix)), format
-
-    def export(self) -> None:
-        """Export the chosen model (session or file) in a worker; a bioimage.io package
-        takes its test image from the chosen image layer when that is large enough."""
-        if self.export_runner.busy:
-            return
-        model = self.model()
-        check_exportable(model)  # before the save dialog: a 3D model cannot be exported
-        target = self.ask_export_path()
-        if target is None:
-            return
-        path, format = target
-        options = {}
-        layer = self.image.value
-        if format == "bioimageio" and layer is not None:
-            from ..core.exchange import min_size
-
-            if min(spatial_shape(layer)[-2:]) >= min_size(model.config.depth):
-                data, channel_axis = image_data(layer)
-                options = {"image": np.asarray(data), "channel_axis": channel_axis}
-        self.export_button.enabled = False
-        self.export_runner.start(export_job, model, path, format, **options)
-
-    def _on_export_step(self, message: str) -> None:
-        self.status.value = message
-
-    def _on_exported(self, path: Path) -> None:
-        self.status.value = f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)"
-
-    def _on_export_idle(self) -> None:
-        self.export_button.enabled = True

@@ -1,0 +1,79 @@
+"""The *Export model…* button: the chosen model written for other software
+(bioimage.io, ONNX, TorchScript) in a worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import PushButton
+from napari.layers import Image
+
+from ..core.exchange import check_exportable, min_size
+from ..core.model import UNet
+from ._base import DockWidget
+from ._jobs import export_job
+from ._layers import image_data, spatial_shape
+
+#: Save-dialog filters: (format, file suffix) each.
+EXPORT_FILTERS = {
+    "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
+    "ONNX (*.onnx)": ("onnx", ".onnx"),
+    "TorchScript (*.pt)": ("torchscript", ".pt"),
+}
+
+
+class ModelExport:
+    """An *Export model…* button for ``dock``: writes ``model()`` to a file chosen in a
+    save dialog. A bioimage.io package takes its test image from the layer ``image()``
+    returns when that is large enough for the network. What it does, the file written
+    and any problem go to the dock's status line."""
+
+    def __init__(self, dock: DockWidget, model: Callable[[], UNet], image: Callable[[], Image | None]) -> None:
+        self.dock, self.model, self.image = dock, model, image
+        self.button = PushButton(text="Export model…", tooltip="write the model for Fiji, bioimage.io, ONNX")
+        self.runner = dock.make_runner("export", self._show, self._on_exported, self._on_idle, self._on_error)
+        self.button.changed.connect(dock.guarded(self.export))
+
+    def ask_path(self) -> tuple[Path, str] | None:
+        """The file and format chosen in a save dialog, or ``None`` if cancelled."""
+        from qtpy.QtWidgets import QFileDialog
+
+        name, chosen = QFileDialog.getSaveFileName(self.dock.native, "Export model", "", ";;".join(EXPORT_FILTERS))
+        if not name:
+            return None
+        format, suffix = EXPORT_FILTERS.get(chosen, ("bioimageio", ".zip"))
+        path = Path(name)
+        return (path if path.suffix else path.with_suffix(suffix)), format
+
+    def export(self) -> None:
+        """Ask where to, then export in a worker (one export at a time)."""
+        if self.runner.busy:
+            return
+        model = self.model()
+        check_exportable(model)  # before the save dialog: a 3D model cannot be exported
+        target = self.ask_path()
+        if target is None:
+            return
+        path, format = target
+        options = {}
+        layer = self.image()
+        large_enough = layer is not None and min(spatial_shape(layer)[-2:]) >= min_size(model.config.depth)
+        if format == "bioimageio" and large_enough:
+            data, channel_axis = image_data(layer)
+            options = {"image": np.asarray(data), "channel_axis": channel_axis}
+        self.button.enabled = False
+        self.runner.start(export_job, model, path, format, **options)
+
+    def _show(self, message: str) -> None:
+        self.dock.status.value = message
+
+    def _on_exported(self, path: Path) -> None:
+        self._show(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+    def _on_error(self, message: str) -> None:
+        self._show(f"⚠ {message}")
+
+    def _on_idle(self) -> None:
+        self.button.enabled = True
