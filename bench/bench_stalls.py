@@ -147,7 +147,7 @@ def main() -> None:
     labels_layer = viewer.add_labels(annotation, name="corner annotation")
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train)
-    train.image.value, train.labels.value = image_layer, labels_layer
+    train.image.value, train.annotation.value = image_layer, labels_layer
     train.base_channels.value, train.depth.value, train.tile.value = 4, 2, 60
     train.batch_size.value, train.steps.value = 2, 100_000
     train.device.value, train.precision.value = "cpu", "fp32"

@@ -116,11 +116,11 @@ def widget_run(name: str, steps: int, data, tmp: Path) -> float:
         widget = TrainWidget(viewer)
         viewer.window.add_dock_widget(widget)  # as napari docks it: its layer choices follow the layer list
         widget.image.value = viewer.add_image(image, name="img")
-        widget.labels.value = viewer.add_labels(labels, name="ann")
+        widget.annotation.value = viewer.add_labels(labels, name="ann")
         for other_image, other_labels in data[1:]:
             widget.pairs.append((viewer.add_image(other_image), viewer.add_labels(other_labels)))
         if widget.pairs:
-            widget.pairs.insert(0, (widget.image.value, widget.labels.value))
+            widget.pairs.insert(0, (widget.image.value, widget.annotation.value))
         model_config, config = settings(name)
         widget.base_channels.value, widget.depth.value = model_config.base_channels, model_config.depth
         widget.batch_norm.value = model_config.batch_norm

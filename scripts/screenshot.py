@@ -144,11 +144,11 @@ def main() -> None:
     settle()
 
     paint_a_few_cells(viewer, annotate, image, annotation.data)
-    weights.labels.value = annotate.annotation.value
+    weights.annotation.value = annotate.annotation.value
     weights.compute.clicked.emit()
     process_events(lambda: not weights.runner.busy)
 
-    train.image.value, train.labels.value = image, annotation
+    train.image.value, train.annotation.value = image, annotation
     train.base_channels.value, train.depth.value = 8, 3
     train.steps.value, train.lr.value = STEPS, 0.01
     train.device.value = "cpu"

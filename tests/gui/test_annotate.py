@@ -174,7 +174,7 @@ def test_cells_separated_only_by_unannotated_pixels_are_shown(viewer, annotating
     shown = viewer.layers["img annotation touching"].data
     assert (shown[20:40, 30] == UNANNOTATED_RIM).all() and (shown[20:40, 79:81] == TOUCHING_GAP).all()
     weights = docked(viewer, WeightMapWidget(viewer))
-    weights.labels.value = layer
+    weights.annotation.value = layer
     weights.compute.clicked.emit()
     wait_idle(weights)
     assert "1 pair(s) of cells are separated only by unannotated pixels" in weights.status.value

@@ -4,7 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from magicgui.widgets import Container
 from npe2 import PluginManifest
+from qtpy.QtCore import QPoint
 from qtpy.QtWidgets import QComboBox
 
 from napari_unet import UNet, save_model
@@ -120,13 +122,13 @@ def test_the_whole_loop(viewer, session, wait_idle, tmp_path, qtbot):
     annotation.data = np.where(np.arange(256)[None, :] < 192, truth, -1).astype(np.int32)  # paint 3/4 of it
 
     weights = docked(viewer, WeightMapWidget(viewer))
-    weights.labels.value = annotation
+    weights.annotation.value = annotation
     weights.compute.clicked.emit()
     wait_idle(weights)
     assert viewer.layers["nuclei stack annotation weights"].data.max() > 5
 
     train = docked(viewer, TrainWidget(viewer, session))
-    train.image.value, train.labels.value = image, annotation
+    train.image.value, train.annotation.value = image, annotation
     train.base_channels.value, train.depth.value, train.tile.value = 8, 2, 76
     train.steps.value, train.lr.value = 60, 0.005
     train.device.value = "cpu"
@@ -236,3 +238,20 @@ def test_a_layer_named_after_a_long_file_name_does_not_widen_the_docks(viewer, q
     assert image.name in offered or labels.name in offered
     for hint in ("sizeHint", "minimumSizeHint"):
         assert getattr(after.native, hint)().width() <= getattr(before.native, hint)().width() + 2, hint
+
+
+@pytest.mark.parametrize("widget_class", [AnnotateWidget, WeightMapWidget, TrainWidget, SegmentWidget, LiveTrainWidget])
+def test_a_dock_s_blocks_and_status_use_its_whole_width(viewer, qtbot, widget_class):
+    """The dock's own rows carry no label column. The Train dock's combo box named
+    ``labels`` had replaced magicgui's flag of that name, and its settings and status
+    sat 63 px from the dock's edge behind an empty label; Segment's 37 px, Annotate's
+    16; the status of Weight map and Live 76 and 114 px, squeezed into the value column."""
+    widget = docked(viewer, widget_class(viewer))
+    viewer.window._qt_window.show()
+    qtbot.wait(50)
+    assert widget.labels is False
+    edge = widget.native.layout().contentsMargins().left()
+    blocks = [child for child in widget if isinstance(child, Container)] + [widget.status]
+    assert len(blocks) >= 2
+    for block in blocks:
+        assert block.native.mapTo(widget.native, QPoint(0, 0)).x() <= edge + 1, block

@@ -36,7 +36,7 @@ def annotated(viewer, nuclei):
 def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, annotated, tmp_path, wait_idle):
     torch.manual_seed(0)
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = annotated
+    widget.image.value, widget.annotation.value = annotated
     widget.val_image.value, widget.val_labels.value = annotated
     widget.preview_image.value = annotated[0]
     widget.preview_every.value = 3
@@ -76,7 +76,7 @@ def test_adding_a_layer_keeps_the_chosen_network_settings(viewer, session, annot
 
 def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_path, wait_idle, qtbot):
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = annotated
+    widget.image.value, widget.annotation.value = annotated
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.batch_norm.value = False  # the paper's network, without normalisation
     widget.start_button.clicked.emit()
@@ -94,7 +94,7 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
 @pytest.mark.slow
 def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_path, wait_idle, qtbot):
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = annotated
+    widget.image.value, widget.annotation.value = annotated
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.base_channels.value = 8
     widget.tile.value = 92
@@ -119,11 +119,11 @@ def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_
     [
         (lambda w, img, lab: None, "choose an image layer"),
         (
-            lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.labels, "value", None)),
+            lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.annotation, "value", None)),
             "choose a labels layer",
         ),
         (
-            lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.labels, "value", lab)),
+            lambda w, img, lab: (setattr(w.image, "value", img), setattr(w.annotation, "value", lab)),
             "annotations are empty",
         ),
         (  # a validation image without its labels validated nothing, silently
@@ -136,7 +136,7 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
     image = viewer.add_image(np.zeros((64, 64)), name="img")
     empty = viewer.add_labels(np.full((64, 64), -1, np.int32), name="empty")
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value = widget.labels.value = None
+    widget.image.value = widget.annotation.value = None
     tiny_settings(widget, tmp_path)
     setup(widget, image, empty)
     widget.start_button.clicked.emit()
@@ -153,7 +153,7 @@ def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path, wa
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = annotated
+    widget.image.value, widget.annotation.value = annotated
     tiny_settings(widget, tmp_path)
     widget.model_source.value = "file"
     assert not widget.network.enabled and not widget.depth.enabled  # a model file brings its own network
@@ -182,7 +182,7 @@ def test_start_prepares_the_data_in_the_worker_and_the_viewer_never_stalls(viewe
     image_layer = viewer.add_image(big, name="big")
     labels_layer = viewer.add_labels(annotation, name="big annotation")
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = image_layer, labels_layer
+    widget.image.value, widget.annotation.value = image_layer, labels_layer
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.preview_image.value = image_layer  # adds the (hidden) preview layer now
     widget.preview_every.value = 2
@@ -213,7 +213,7 @@ def test_closing_napari_or_the_dock_during_training_saves_like_stop(
     """Issue 18.8: closing stops between steps and writes the model and the checkpoint."""
     viewer = make_napari_viewer()
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = annotated_in(viewer)
+    widget.image.value, widget.annotation.value = annotated_in(viewer)
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.start_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.progress.value >= 3, timeout=60_000)
@@ -242,16 +242,16 @@ def test_an_annotation_made_for_the_image_later_is_the_one_trained(viewer, sessi
     image, first = sample_layers(viewer)
     unrelated = viewer.add_labels(np.zeros((30, 30), np.int32), name="other grid")
     widget = docked(viewer, TrainWidget(viewer, session))
-    assert widget.labels.value is first
+    assert widget.annotation.value is first
     annotate = docked(viewer, AnnotateWidget(viewer))
     annotate.image.value = image
     annotate.create.clicked.emit()
     corrected = annotate.annotation.value
-    assert corrected is not first and widget.labels.value is corrected
+    assert corrected is not first and widget.annotation.value is corrected
     viewer.add_labels(np.zeros(image.data.shape, np.int32), name="plain labels")  # not an annotation: ignored
-    widget.labels.value = first  # the user's own choice afterwards stays
+    widget.annotation.value = first  # the user's own choice afterwards stays
     viewer.layers.remove(unrelated)
-    assert widget.labels.value is first
+    assert widget.annotation.value is first
 
 
 def test_a_pair_whose_layer_is_deleted_is_no_longer_trained(viewer, session):
@@ -259,9 +259,9 @@ def test_a_pair_whose_layer_is_deleted_is_no_longer_trained(viewer, session):
     other = viewer.add_image(np.zeros(image.data.shape, np.float32), name="other")
     other_annotation = viewer.add_labels(np.zeros(image.data.shape, np.int32), name="other annotation")
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = image, annotation
+    widget.image.value, widget.annotation.value = image, annotation
     widget.add_pair.clicked.emit()
-    widget.image.value, widget.labels.value = other, other_annotation
+    widget.image.value, widget.annotation.value = other, other_annotation
     widget.add_pair.clicked.emit()
     assert len(widget.pairs) == 2
     viewer.layers.remove(other)
@@ -276,7 +276,7 @@ def test_train_preselects_the_annotated_image_and_never_overwrites_a_model(
     viewer.add_image(np.zeros((30, 30)), name="unrelated")
     image, truth = sample_layers(viewer)
     widget = docked(viewer, TrainWidget(viewer, session))
-    assert widget.image.value is image and widget.labels.value is truth
+    assert widget.image.value is image and widget.annotation.value is truth
     first = widget.save_path.value
     assert first == tmp_path / "model.safetensors"
     tiny_settings(widget, tmp_path, steps=2)
@@ -298,7 +298,7 @@ def test_an_unsigned_annotation_whose_maximum_is_the_dtype_maximum_is_warned_abo
     labels[:, 64:] = 255
     widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value = viewer.add_image(nuclei[0], name="cells")
-    widget.labels.value = viewer.add_labels(labels, name="from disk")
+    widget.annotation.value = viewer.add_labels(labels, name="from disk")
     tiny_settings(widget, tmp_path, steps=2)
     widget.start_button.clicked.emit()
     assert "the largest uint8 value" in widget.status.value
@@ -317,7 +317,7 @@ def test_a_few_cells_painted_into_napari_s_new_labels_layer_are_warned_about(vie
     chosen = np.isin(truth, np.unique(truth[truth > 0])[:2])
     painted.data[chosen] = truth[chosen]
     widget = docked(viewer, TrainWidget(viewer, session))
-    widget.image.value, widget.labels.value = viewer.layers["cells"], painted
+    widget.image.value, widget.annotation.value = viewer.layers["cells"], painted
     tiny_settings(widget, tmp_path, steps=2)
     widget.start_button.clicked.emit()
     wait_idle(widget)
@@ -337,7 +337,7 @@ def test_helper_layers_are_not_offered_as_annotations_and_threads_can_be_set(
     viewer.add_labels(np.zeros((128, 128), np.uint16), name="cells labels", metadata={role: "segmentation"})
     viewer.add_image(np.zeros((128, 128), np.float32), name="cells annotation weights", metadata={role: "weights"})
     widget = docked(viewer, TrainWidget(viewer, session))
-    assert [layer.name for layer in widget.labels.choices if layer] == ["cells annotation"]
+    assert [layer.name for layer in widget.annotation.choices if layer] == ["cells annotation"]
     assert [layer.name for layer in widget.image.choices if layer] == ["cells"]
     tiny_settings(widget, tmp_path, steps=3)
     widget.threads.value = 1

@@ -30,7 +30,7 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     labels = viewer.add_labels(annotation, name="stack annotation", scale=(2.0, 1.0, 1.0))
 
     train = docked(viewer, TrainWidget(viewer, session))
-    train.image.value, train.labels.value = image, labels
+    train.image.value, train.annotation.value = image, labels
     train.network.value = "3D"  # on a GPU it is suggested for a volume (test_the_network_suggested_for_a_stack...)
     assert train.spacing() == (2.0, 1.0, 1.0)  # from the layer's scale
     train.base_channels.value, train.depth.value = 2, 2

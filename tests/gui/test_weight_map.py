@@ -12,7 +12,7 @@ def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_i
     labels = paint_discs((64, 64), [(20, 20), (20, 31), (45, 40)], 6)
     layer = viewer.add_labels(labels, name="ann", scale=(2, 2))
     widget = docked(viewer, WeightMapWidget(viewer))
-    widget.labels.value = layer
+    widget.annotation.value = layer
     widget.compute.clicked.emit()
     wait_idle(widget)
     shown = viewer.layers["ann weights"]
@@ -30,7 +30,7 @@ def test_a_binary_mask_is_warned_about_beside_its_map(viewer, wait_idle):
     a 0/255 mask's touching cells are one object to the map."""
     mask = (paint_discs((64, 64), [(20, 20), (20, 31), (45, 40)], 6) > 0).astype(np.uint8) * 255
     widget = docked(viewer, WeightMapWidget(viewer))
-    widget.labels.value = viewer.add_labels(mask, name="mask")
+    widget.annotation.value = viewer.add_labels(mask, name="mask")
     widget.compute.clicked.emit()
     wait_idle(widget)
     assert "weights from" in widget.status.value
@@ -40,7 +40,7 @@ def test_a_binary_mask_is_warned_about_beside_its_map(viewer, wait_idle):
 def test_stacks_get_a_weight_map_per_plane(viewer, wait_idle):
     labels = np.stack([paint_discs((40, 40), [(10, 10), (10, 21)], 5), paint_discs((40, 40), [(30, 30)], 5)])
     widget = docked(viewer, WeightMapWidget(viewer))
-    widget.labels.value = viewer.add_labels(labels, name="stack")
+    widget.annotation.value = viewer.add_labels(labels, name="stack")
     widget.compute.clicked.emit()
     wait_idle(widget)
     weights = viewer.layers["stack weights"].data
@@ -55,7 +55,7 @@ def test_a_stack_gets_the_map_a_3d_network_trains_on_when_asked(viewer, wait_idl
     labels[((zz - 3) / 2) ** 2 + ((yy - 27) / 8) ** 2 + ((xx - 24) / 8) ** 2 <= 1] = 2
     widget = docked(viewer, WeightMapWidget(viewer))
     assert widget.volume.native.isHidden()  # nothing to choose without a stack
-    widget.labels.value = viewer.add_labels(labels, name="volume", scale=(2, 1, 1))
+    widget.annotation.value = viewer.add_labels(labels, name="volume", scale=(2, 1, 1))
     assert not widget.volume.native.isHidden() and not widget.volume.value  # per plane, as 2D training
     widget.compute.clicked.emit()
     wait_idle(widget)
@@ -74,20 +74,20 @@ def test_the_newest_annotation_is_chosen_when_none_is(viewer, wait_idle):
     leaves a choice the user made alone; the selected layer stays the user's."""
     image = viewer.add_image(np.zeros((40, 40), np.float32), name="img")
     widget = docked(viewer, WeightMapWidget(viewer))
-    assert widget.labels.value is None
+    assert widget.annotation.value is None
     other = viewer.add_labels(np.zeros((40, 40), np.int32), name="other")
-    assert widget.labels.value is other  # the only labels layer
-    widget.labels.value = None
+    assert widget.annotation.value is other  # the only labels layer
+    widget.annotation.value = None
     annotation = viewer.add_labels(paint_discs((40, 40), [(10, 10), (10, 21)], 5), name="img annotation")
     annotation.metadata[ROLE] = ANNOTATION
     viewer.add_labels(np.zeros((40, 40), np.int32), name="newer")
-    assert widget.labels.value is annotation  # an annotation before a newer plain labels layer
+    assert widget.annotation.value is annotation  # an annotation before a newer plain labels layer
     viewer.layers.selection.active = image
     widget.compute.clicked.emit()
     wait_idle(widget)
     assert "img annotation weights" in viewer.layers and viewer.layers.selection.active is image
     late = docked(viewer, WeightMapWidget(viewer))
-    assert late.labels.value is annotation
+    assert late.annotation.value is annotation
 
 
 def test_no_labels_layer_is_reported(viewer):
@@ -102,7 +102,7 @@ def test_the_contrast_follows_the_map_until_the_user_sets_their_own(viewer, wait
     empty = np.full((64, 64), -1, np.int32)
     layer = viewer.add_labels(empty, name="ann")
     widget = docked(viewer, WeightMapWidget(viewer))
-    widget.labels.value = layer
+    widget.annotation.value = layer
     widget.compute.clicked.emit()
     wait_idle(widget)
     shown = viewer.layers["ann weights"]

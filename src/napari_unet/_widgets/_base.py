@@ -65,8 +65,8 @@ class DockWidget(Container):
     :meth:`make_runner` are stopped (and waited for) when the dock closes.
     """
 
-    def __init__(self, napari_viewer, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=False)  # labelled controls go in a form (_forms.form)
         self.viewer = napari_viewer
         self.status = Label(value="")
         self.status.native.setWordWrap(True)  # long paths must not widen the dock

@@ -23,12 +23,19 @@ class SteadyRadioButtons(RadioButtons):
             self.changed.emit(self.value)
 
 
-def group(title: str, *widgets) -> Container:
-    """A titled block of labelled controls."""
+def form(*widgets) -> Container:
+    """Controls with their labels on their left, one a row, without margins of their
+    own. A dock's own rows carry no label (:class:`~._base.DockWidget`), so that
+    blocks of settings, buttons and status lines use its whole width."""
     box = Container(widgets=list(widgets), labels=True)
     box.margins = (0, 0, 0, 0)
+    return box
+
+
+def group(title: str, *widgets) -> Container:
+    """A titled block of labelled controls."""
     heading = Label(value=f"<b>{title}</b>")
-    return Container(widgets=[heading, box], labels=False)
+    return Container(widgets=[heading, form(*widgets)], labels=False)
 
 
 def side_by_side(*widgets) -> Container:

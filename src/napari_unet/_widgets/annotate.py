@@ -13,7 +13,7 @@ The counts line and the highlight of touching cells follow every stroke
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
@@ -21,7 +21,7 @@ from qtpy.QtCore import QTimer
 from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, labels_warning, new_annotation
 from ..core.config import IGNORE_LABEL
 from ._base import DockWidget
-from ._forms import scrolling
+from ._forms import form, scrolling
 from ._layers import (
     ANNOTATION,
     ROLE,
@@ -66,7 +66,7 @@ class AnnotateWidget(DockWidget):
     unannotated (-1); see the module docstring."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(napari_viewer, labels=True)
+        super().__init__(napari_viewer)
         viewer = self.viewer
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image))
         self.create = PushButton(text="Create annotation layer for image")
@@ -85,12 +85,10 @@ class AnnotateWidget(DockWidget):
         self.copy = PushButton(text="New annotation from segmentation")
         self.counts = Label(value="no annotation layer")
         self.counts.native.setWordWrap(True)
-        self.controls = Container(
-            widgets=[
-                self.image, self.create, self.annotation, self.new_cell, self.background, self.erase,
-                self.rest_of_plane, self.rest_of_image, self.brush_size, self.contours, self.show_touching,
-                self.source, self.copy,
-            ]
+        self.controls = form(
+            self.image, self.create, self.annotation, self.new_cell, self.background, self.erase,
+            self.rest_of_plane, self.rest_of_image, self.brush_size, self.contours, self.show_touching,
+            self.source, self.copy,
         )  # fmt: skip
         self.extend([self.controls, self.counts, self.status])
         # With Train and Segment docked below it on a laptop screen, the controls

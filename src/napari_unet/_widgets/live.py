@@ -18,6 +18,7 @@ from ..core.model import UNet
 from ..core.threads import use_threads
 from ..core.train_events import StepProgress
 from ._base import DockWidget
+from ._forms import form
 from ._jobs import VIEWER_CORES
 from ._layers import (
     EditWatcher,
@@ -84,7 +85,7 @@ class LiveTrainWidget(DockWidget):
     segmentation. Press ``a`` over a predicted object to accept it as a cell."""
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
-        super().__init__(napari_viewer, labels=True)
+        super().__init__(napari_viewer)
         viewer = self.viewer
         self.session = session or Session.of(viewer)
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
@@ -99,9 +100,9 @@ class LiveTrainWidget(DockWidget):
         self.start_button = PushButton(text="Start live training")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.accept_button = PushButton(text="Accept all predicted objects in view")
-        self.step_label = Label(label="progress", value="")
-        controls = [self.image, self.annotation, self.preview_seconds, self.save_path]
-        self.extend([*controls, self.start_button, self.stop_button, self.accept_button, self.step_label, self.status])
+        self.step_label = Label(value="")
+        controls = form(self.image, self.annotation, self.preview_seconds, self.save_path)
+        self.extend([controls, self.start_button, self.stop_button, self.accept_button, self.step_label, self.status])
         self.live: LiveTraining | None = None
         self.preview: LivePreview | None = None
         self._shown: LivePreview | None = None  # the preview the layer shows

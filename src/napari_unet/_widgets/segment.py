@@ -9,7 +9,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -28,7 +27,7 @@ from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
-from ._forms import SteadyRadioButtons, scrolling, side_by_side
+from ._forms import SteadyRadioButtons, form, scrolling, side_by_side
 from ._jobs import PlaneOfStack, SegmentationDone, read_model_job, segmentation_job
 from ._layers import (
     LayerError,
@@ -50,7 +49,7 @@ class SegmentWidget(DockWidget):
     """Image layer + model -> "<image> labels" layer (and optionally probabilities)."""
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
-        super().__init__(napari_viewer, labels=True)
+        super().__init__(napari_viewer)
         viewer = self.viewer
         self.session = session or Session.of(viewer)
         self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
@@ -110,20 +109,17 @@ class SegmentWidget(DockWidget):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
-        self.settings = Container(
-            widgets=[
-                self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device,
-                self.precision, self.planes, self.probabilities, self.tta, self.rescale, self.split, self.min_size,
-                self.to_store, self.store,
-            ],
-            labels=True,
+        self.settings = form(
+            self.image, self.model_source, self.model_file, self.model_info, self.tile, self.device, self.precision,
+            self.planes, self.probabilities, self.tta, self.rescale, self.split, self.min_size, self.to_store,
+            self.store,
         )  # fmt: skip
-        self.extend([self.settings, side_by_side(self.run_button, self.cancel_button), self.progress, self.status])
+        self.exporter = ModelExport(self, self.model, lambda: self.image.value)
+        buttons = side_by_side(self.run_button, self.cancel_button)
+        self.extend([self.settings, buttons, self.exporter.button, form(self.progress), self.status])
         self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
         self.model_info.native.setWordWrap(True)
         self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
-        self.exporter = ModelExport(self, self.model, lambda: self.image.value)
-        self.insert(self.index(self.progress), self.exporter.button)
         self.file_runner = self.make_runner(
             "reading the model file", None, self._on_file_read, self._on_file_reader_idle, self._on_error
         )

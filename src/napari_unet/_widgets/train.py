@@ -36,7 +36,7 @@ from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
-from ._forms import SteadyRadioButtons, group, scrolling, side_by_side
+from ._forms import SteadyRadioButtons, form, group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     EditWatcher,
@@ -119,7 +119,7 @@ class TrainWidget(DockWidget):
     """
 
     def __init__(self, napari_viewer, session: Session | None = None) -> None:
-        super().__init__(napari_viewer, labels=False)
+        super().__init__(napari_viewer)
         warm_up()
         viewer = self.viewer
         self.session = session or Session.of(viewer)
@@ -128,7 +128,7 @@ class TrainWidget(DockWidget):
         images = lambda _: layers_of(viewer, Image)  # noqa: E731
         labels = lambda _: layers_of(viewer, Labels)  # noqa: E731
         self.image = ComboBox(label="image", choices=images, nullable=True)
-        self.labels = ComboBox(label="annotation", choices=labels, nullable=True)
+        self.annotation = ComboBox(label="annotation", choices=labels, nullable=True)
         self.add_pair = PushButton(text="Add pair")
         self.clear_pairs = PushButton(text="Clear pairs")
         self.pairs_label = Label(value="pairs: the image and annotation above")
@@ -183,7 +183,7 @@ class TrainWidget(DockWidget):
         self.advanced.visible = False
         self.settings = Container(
             widgets=[
-                group("Data", self.image, self.labels, self.add_pair, self.clear_pairs, self.pairs_label),
+                group("Data", self.image, self.annotation, self.add_pair, self.clear_pairs, self.pairs_label),
                 group("Model", self.model_source, self.model_file, self.network, self.base_channels, self.depth),
                 group("Run", self.steps, self.minutes, self.device, self.save_path),
                 self.show_advanced, self.advanced,
@@ -194,7 +194,7 @@ class TrainWidget(DockWidget):
             [
                 self.settings,
                 side_by_side(self.start_button, self.stop_button),
-                self.progress,
+                form(self.progress),
                 self.status,
                 self.validation_label,
             ]
@@ -222,11 +222,11 @@ class TrainWidget(DockWidget):
         self.image.changed.connect(self._match_annotation)
         self.preview_image.changed.connect(self._prepare_preview)
         self._preselect()
-        self._follower = NewAnnotationFollower(self.labels)
+        self._follower = NewAnnotationFollower(self.annotation)
         self._refusal = ""  # why the last Start was refused, while the status still says so
         self._edits = EditWatcher(self._on_annotation_edited, self.native, delay_ms=300)
-        self.labels.changed.connect(self._edits.watch)
-        self._edits.watch(self.labels.value)
+        self.annotation.changed.connect(self._edits.watch)
+        self._edits.watch(self.annotation.value)
 
     def reset_choices(self, *_) -> None:
         super().reset_choices()
@@ -236,10 +236,10 @@ class TrainWidget(DockWidget):
 
     def _preselect(self) -> None:
         """Choose the obvious image and annotation when no image is chosen (:func:`choose_pair`)."""
-        choose_pair(self.viewer, self.image, self.labels)
+        choose_pair(self.viewer, self.image, self.annotation)
 
     def _match_annotation(self, *_) -> None:
-        match_annotation(self.viewer, self.image, self.labels)
+        match_annotation(self.viewer, self.image, self.annotation)
 
     def _prepare_preview(self, layer: Image | None) -> None:
         """Add the (hidden, empty) preview layer as soon as a preview image is chosen:
@@ -302,8 +302,8 @@ class TrainWidget(DockWidget):
         return None if layer is None else layer_spacing(layer)
 
     def _add_pair(self) -> None:
-        labels_data(self.labels.value, self.image.value)
-        self.pairs.append((self.image.value, self.labels.value))
+        labels_data(self.annotation.value, self.image.value)
+        self.pairs.append((self.image.value, self.annotation.value))
         self._show_pairs()
 
     def _clear_pairs(self, *_) -> None:
@@ -365,7 +365,7 @@ class TrainWidget(DockWidget):
         function that builds the trainer. The function copies the annotations, prepares
         the training data (weight maps, normalisation) and may build a model, which take
         seconds on large images, so the widget calls it in the worker thread."""
-        pairs = self.pairs or [(self.image.value, self.labels.value)]
+        pairs = self.pairs or [(self.image.value, self.annotation.value)]
         images, annotations, names, channel_axes, warnings = [], [], [], set(), []
         for image_layer, labels_layer in pairs:
             data, channel_axis = image_data(image_layer)

@@ -10,6 +10,7 @@ from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight, label
 from ..core.config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
+from ._forms import form
 from ._layers import ANNOTATION, EditWatcher, helper_layer, labels_data, layers_of, put_layer, role_of
 
 
@@ -50,10 +51,10 @@ class WeightMapWidget(DockWidget):
     """
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(napari_viewer, labels=True)
+        super().__init__(napari_viewer)
         viewer = self.viewer
         defaults = WeightMapConfig()
-        self.labels = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.w0 = FloatSpinBox(label="w0", value=defaults.w0, min=0.0, max=100.0, step=0.5)
         self.sigma = FloatSpinBox(label="sigma (px)", value=defaults.sigma, min=0.5, max=50.0, step=0.5)
         self.balance = CheckBox(text="balance class frequencies", value=defaults.balance_classes)
@@ -66,15 +67,16 @@ class WeightMapWidget(DockWidget):
         )
         self.live = CheckBox(text="update while painting", value=True)
         self.compute = PushButton(text="Show weight map")
-        self.extend([self.labels, self.w0, self.sigma, self.balance, self.volume, self.live, self.compute, self.status])
+        controls = form(self.annotation, self.w0, self.sigma, self.balance, self.volume, self.live)
+        self.extend([controls, self.compute, self.status])
         self.runner = self.make_runner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
         self._edits = EditWatcher(self._refresh_shown, self.native, delay_ms=300)
         self.compute.changed.connect(self.guarded(self.update_map))
         for control in (self.w0, self.sigma, self.balance, self.volume):
             control.changed.connect(lambda _value: self._edits.timer.start())
-        self.labels.changed.connect(self._edits.watch)
-        self.labels.changed.connect(self._offer_volume)
+        self.annotation.changed.connect(self._edits.watch)
+        self.annotation.changed.connect(self._offer_volume)
         self._preselect()
 
     def reset_choices(self, *_) -> None:
@@ -83,11 +85,11 @@ class WeightMapWidget(DockWidget):
 
     def _preselect(self) -> None:
         """When no layer is chosen: the newest annotation, else the newest labels layer."""
-        if self.labels.value is None:
-            layers = [layer for layer in self.labels.choices if layer is not None]
+        if self.annotation.value is None:
+            layers = [layer for layer in self.annotation.choices if layer is not None]
             annotations = [layer for layer in layers if role_of(layer) == ANNOTATION]
             if layers:
-                self.labels.value = (annotations or layers)[-1]
+                self.annotation.value = (annotations or layers)[-1]
 
     def _offer_volume(self, layer: Labels | None) -> None:
         """The 3D choice, for stacks only."""
@@ -108,7 +110,7 @@ class WeightMapWidget(DockWidget):
         if self.runner.busy:
             self._again = True
             return
-        layer = self.labels.value
+        layer = self.annotation.value
         data = labels_data(layer)
         self._source = layer
         self.status.value = "computing…"
@@ -153,7 +155,7 @@ class WeightMapWidget(DockWidget):
 
     def _refresh_shown(self) -> None:
         """Recompute after edits or parameter changes, if live and already shown."""
-        layer = self.labels.value
+        layer = self.annotation.value
         if self.live.value and layer is not None and helper_layer(self.viewer, f"{layer.name} weights", "weights"):
             self.guarded(self.update_map)()
 
