@@ -145,11 +145,14 @@ def test_steps_are_shown_at_a_readable_pace_and_an_annotation_problem_stays_unti
     from napari_unet.core.train_events import StepProgress
 
     widget = docked(viewer, LiveTrainWidget(viewer, session))
+    viewer.window._qt_window.show()
+    assert not widget.step_label.native.isVisible()  # no empty line above the status before training
     widget._on_event(AnnotationProblem("the annotation holds no cell"))
     for step in range(1, 41):
         widget._on_event(StepProgress(step, 10**9, 0.5, 1e-3, step * 0.01, 4.0, 0.0, 0.0))
     assert widget.step_label.value.startswith("step 1,")  # the first at once, the rest wait (test_throttle)
     qtbot.waitUntil(lambda: widget.step_label.value.startswith("step 40,"), timeout=5000)  # the latest
+    assert widget.step_label.native.isVisible()
     assert "the annotation holds no cell" in widget.status.value
     widget._send_edit()
     assert "the annotation holds no cell" not in widget.status.value

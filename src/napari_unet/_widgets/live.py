@@ -100,7 +100,7 @@ class LiveTrainWidget(DockWidget):
         self.start_button = PushButton(text="Start live training")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.accept_button = PushButton(text="Accept all predicted objects in view")
-        self.step_label = Label(value="")
+        self.step_label = Label(value="", visible=False)  # shown from the first step on
         controls = form(self.image, self.annotation, self.preview_seconds, self.save_path)
         self.extend([controls, self.start_button, self.stop_button, self.accept_button, self.step_label, self.status])
         self.live: LiveTraining | None = None
@@ -176,6 +176,7 @@ class LiveTrainWidget(DockWidget):
 
     def _show_step_now(self, event: StepProgress) -> None:
         self.step_label.value = f"step {event.step}, loss {event.loss:.4f}"
+        self.step_label.visible = True
 
     def _send_edit(self) -> None:
         if self._problem is not None and self.status.value == self._problem:
