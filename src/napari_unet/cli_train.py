@@ -34,7 +34,8 @@ from .core.model import UNet
 from .core.progress import drive
 from .core.threads import use_threads
 from .core.train import SUMMARY_LOSS_STEPS, Trainer, TrainingError, model_bytes
-from .core.train_events import CheckpointFailed, StepProgress, ValidationResult
+from .core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
+from .core.warm_start import WARM_START_STEPS
 
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
@@ -54,7 +55,20 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         decay_by_time=args.decay_by_time,
         checkpoint_every=args.checkpoint_every,
         fit_sizes=not args.keep_sizes,
+        warm_start_steps=warm_start_steps(args),
     )
+
+
+def warm_start_steps(args: argparse.Namespace) -> int:
+    """``--warm-start``: by default :data:`WARM_START_STEPS` for a new 3D model, else
+    none; refused where it cannot apply."""
+    if args.warm_start is None:
+        return WARM_START_STEPS if args.ndim == 3 and not args.init else 0
+    if args.warm_start and args.init:
+        raise ConfigError("--warm-start starts a new 3D model; a model given with --init is its own start: drop one")
+    if args.warm_start and args.ndim != 3:
+        raise ConfigError("--warm-start applies to new 3D models (--ndim 3)")
+    return args.warm_start
 
 
 def _segmenting_line(model) -> str:
@@ -110,7 +124,12 @@ def run_training(trainer: Trainer) -> int | None:
     ) as bar:
 
         def show(event) -> None:
-            if isinstance(event, StepProgress):
+            if isinstance(event, WarmStartProgress):
+                bar.set_description(f"2D warm start {event.step}/{event.total_steps}")
+                bar.set_postfix(loss=f"{event.loss:.4f}")
+            elif isinstance(event, StepProgress):
+                if event.step == 1:
+                    bar.set_description("training")
                 bar.total = event.total_steps
                 bar.update(event.step - bar.n)
                 bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
@@ -151,6 +170,7 @@ RESUME_KEEPS = {
     "decay_by_time": lambda train, model: train.decay_by_time,
     "validate_every": lambda train, model: train.validate_every,
     "checkpoint_every": lambda train, model: train.checkpoint_every,
+    "warm_start": lambda train, model: train.warm_start_steps,
     "in_channels": lambda train, model: model.in_channels,
     "base_channels": lambda train, model: model.base_channels,
     "depth": lambda train, model: model.depth,
@@ -339,6 +359,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="a new model for images (2, stacks plane by plane) or volumes (3: the 3D U-Net on (Z, Y, X))",
     )
     add_spacing_argument(parser, "with --ndim 3: the voxel size of the volumes")
+    add(
+        "--warm-start",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="a new 3D model first trains its 2D twin STEPS steps on the annotated planes (in at most half of "
+        f"--minutes) and starts from its weights (default: {WARM_START_STEPS} with --ndim 3; 0: off)",
+    )
     add("--batch-size", type=int, default=defaults.batch_size, help="tiles per step (default: %(default)s)")
     add("--lr", type=float, default=None, help="peak learning rate (default: 3e-3 for adam, 1e-2 for sgd)")
     add(

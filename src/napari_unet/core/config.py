@@ -368,7 +368,11 @@ class TrainConfig:
     the weights of the best validation. ``fit_sizes`` sets the model's
     ``InstanceConfig.min_size`` and ``min_piece`` from the sizes of the completely
     annotated objects (:mod:`napari_unet.core.object_size`; measured on real
-    microscopy in the README).
+    microscopy in the README). ``warm_start_steps`` (3D networks; 0: none) lets a
+    run that starts at step 0 first train the network's 2D twin that many steps on
+    the annotated planes, in at most half of ``minutes``, and begin from its weights
+    (:mod:`napari_unet.core.warm_start`); the 3D training then runs at a tenth of
+    the default learning rate. Meant for new networks: it replaces the weights.
     """
 
     steps: int = 1000
@@ -391,6 +395,7 @@ class TrainConfig:
     keep_best: bool = True
     checkpoint_every: int = 100
     fit_sizes: bool = True
+    warm_start_steps: int = 0
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -402,6 +407,7 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, "lr must be > 0"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.warm_start_steps >= 0, "warm_start_steps must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.validate_every is None or self.validate_every >= 1, "validate_every must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

@@ -45,6 +45,7 @@ from .progress import drive
 from .rescale import without_size_note
 from .threads import available_cores
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
+from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         channel_axis: int | None = None,
         names: Sequence[str] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.model = model
         self.config = config = config or TrainConfig()
@@ -122,11 +124,15 @@ class Trainer:
             check_writable(self.checkpoint_path, checkpoint_bytes(model, config, keeps_best))
         #: Why the last checkpoint could not be written (``None`` when it was).
         self.checkpoint_error: str | None = None
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
         self.tile = config.tile or default_tile_for(model.config)
         self.replace_annotations(images, labels, names=names)
+        #: What the 2D twin trains on before step 1 (:attr:`warm_starts`), until then.
+        self._warm_start_data = (images, labels, names) if self.warm_starts else None
+        #: Seconds the warm start took (part of :attr:`seconds`).
+        self.warm_seconds = 0.0
         model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -187,6 +193,12 @@ class Trainer:
         )
         self.model.spec = dataclasses.replace(spec, instances=fitted)
 
+    @property
+    def warm_starts(self) -> bool:
+        """Whether this run's 3D network begins from its 2D twin
+        (``config.warm_start_steps``, when training starts at step 0)."""
+        return self.config.warm_start_steps > 0 and self.model.config.ndim == 3
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         params = self.model.parameters()
@@ -230,6 +242,7 @@ class Trainer:
                 trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.step = _count(state["step"])
             trainer.seconds = float(state["seconds"])
+            trainer.warm_seconds = float(state.get("warm_seconds", 0.0))
             trainer.losses = [float(loss) for loss in state["losses"]]
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
@@ -248,7 +261,7 @@ class Trainer:
         linear warm-up, then constant or a cosine decay that ends at ``steps`` — or,
         with ``decay_by_time``, at the ``minutes`` budget if that comes first."""
         cfg = self.config
-        peak = cfg.learning_rate
+        peak = cfg.learning_rate * (FINE_TUNE_LR_SCALE if self.warm_starts and cfg.lr is None else 1.0)
         if step < cfg.warmup_steps:
             return peak * (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
@@ -262,7 +275,9 @@ class Trainer:
     def run(self) -> Generator[TrainEvent, None, TrainSummary]:
         """Train until ``steps`` or ``minutes``; yields a :class:`StepProgress` every step,
         a :class:`ValidationResult` every ``config.validation_interval`` steps and at
-        the end (when validation data was given) and :class:`CheckpointSaved` every ``checkpoint_every``."""
+        the end (when validation data was given) and :class:`CheckpointSaved` every ``checkpoint_every``;
+        before all of them, a :class:`WarmStartProgress` every step of the warm start
+        (:attr:`warm_starts`)."""
         cfg = self.config
         log.info(
             "training on %s in %s: tile %s, batch %d, %s",
@@ -280,6 +295,12 @@ class Trainer:
         if self.checkpoint_path is not None:
             for stale in remove_stale_temporaries(self.checkpoint_path):
                 log.info("removed %s, left by an interrupted write", stale)
+        if self._warm_start_data is not None and self.step == 0:
+            images, labels, names = self._warm_start_data
+            self._warm_start_data = None
+            options = {"channel_axis": self.channel_axis, "names": names}
+            self.warm_seconds = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
+            self.seconds = time.perf_counter() - started
         prefetch = BatchPrefetcher(ahead=self._draws_ahead())
         try:
             while self.step < cfg.steps and not self._should_stop(started):
@@ -421,7 +442,7 @@ class Trainer:
     def _progress(self, loss: float, lr: float, begin: float, data_seconds: float) -> StepProgress:
         cfg = self.config
         step_seconds = max(time.perf_counter() - begin, 1e-9)
-        per_step = self.seconds / self.step if self.step else step_seconds
+        per_step = (self.seconds - self.warm_seconds) / self.step if self.step else step_seconds
         remaining = (cfg.steps - self.step) * per_step
         total = cfg.steps
         if cfg.minutes is not None:
@@ -490,6 +511,7 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "step": self.step,
                 "seconds": self.seconds,
+                "warm_seconds": self.warm_seconds,
                 "losses": self.losses,
                 "validation": self.best.to_state(),
                 "data": self.data_digest,

@@ -26,6 +26,18 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class WarmStartProgress:
+    """One optimiser step of a 3D network's warm start, its 2D twin training on the
+    annotated planes (see :mod:`napari_unet.core.warm_start`): ``seconds`` since the
+    warm start began."""
+
+    step: int
+    total_steps: int
+    loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     """Instance AP at IoU 0.5 and foreground pixel IoU on the validation images."""
 
@@ -58,4 +70,4 @@ class TrainSummary:
     validation: ValidationResult | None
 
 
-TrainEvent = StepProgress | ValidationResult | CheckpointSaved | CheckpointFailed
+TrainEvent = StepProgress | WarmStartProgress | ValidationResult | CheckpointSaved | CheckpointFailed
