@@ -70,8 +70,12 @@ def test_adding_a_layer_keeps_the_chosen_network_settings(viewer, session, annot
     viewer.add_points([[1, 1]], name="someone's points")
     viewer.layers.remove("someone's points")
     assert (widget.base_channels.value, widget.depth.value, widget.batch_norm.value, widget.tile.value) == chosen
+    assert not widget.warm_start.enabled  # for a new 3D network only
     widget.network.value = "3D"  # a real change of network still brings its defaults
     assert widget.depth.value != 2 or widget.base_channels.value != 4
+    assert widget.warm_start.enabled and widget.config().warm_start_steps == widget.warm_start.value > 0
+    widget.model_source.value = "session model"  # trained further: its own weights are the start
+    assert not widget.warm_start.enabled and widget.config().warm_start_steps == 0
 
 
 def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_path, wait_idle, qtbot):

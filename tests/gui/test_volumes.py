@@ -35,12 +35,14 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert train.spacing() == (2.0, 1.0, 1.0)  # from the layer's scale
     train.base_channels.value, train.depth.value = 2, 2
     train.batch_size.value, train.steps.value = 1, 3
+    train.warm_start.value = 2  # the 2D twin's steps before the 3D ones
     train.device.value, train.precision.value = "cpu", "fp32"
     train.save_path.value = tmp_path / "model3d.safetensors"
     train.start_button.clicked.emit()
     wait_idle(train)
     model = session.model
     assert model is not None and train.trainer.step == 3, train.status.value
+    assert train.trainer.warm_seconds > 0  # the warm start ran
     assert model.config.ndim == 3 and model.config.spacing == (2.0, 1.0, 1.0)
     assert model.plan[0].kernel == (1, 3, 3)  # z twice as coarse: in-plane kernels at the first level
     assert not train.status.value.startswith("⚠")

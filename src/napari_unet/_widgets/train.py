@@ -33,7 +33,8 @@ from ..core.io import check_writable
 from ..core.model import UNet
 from ..core.threads import available_cores
 from ..core.train import Trainer
-from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
+from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
+from ..core.warm_start import WARM_START_STEPS
 from ._base import DockWidget
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import SteadyRadioButtons, form, group, scrolling, side_by_side
@@ -61,6 +62,10 @@ NETWORK_TIP = (
 BATCH_NORM_TIP = (
     "normalise every convolution's output over the batch: on a CPU a new model reaches a good "
     "segmentation in about 0.6 of the time; off is the paper's network"
+)
+WARM_START_TIP = (
+    "a new 3D network first trains its 2D twin (the same layers in 2D) this many steps on the annotated "
+    "planes, in at most half of the minutes, and starts from its weights; 0: none"
 )
 ZOOM_TIP = (
     "rescale each training sample by a random factor from exp(-zoom) to exp(zoom) (0.25: 0.78-1.28x), "
@@ -143,6 +148,9 @@ class TrainWidget(DockWidget):
         )
         self.base_channels = SpinBox(label="base channels", value=cpu.base_channels, min=1, max=128)
         self.depth = SpinBox(label="depth", value=cpu.depth, min=1, max=6)
+        self.warm_start = SpinBox(
+            label="2D warm start (steps)", value=WARM_START_STEPS, min=0, max=1_000_000, tooltip=WARM_START_TIP
+        )
         self.steps = SpinBox(label="steps", value=defaults.steps, min=1, max=1_000_000)
         self.minutes = FloatSpinBox(label="minutes (0: no limit)", value=0.0, min=0.0, max=10_000.0, step=0.5)
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
@@ -184,7 +192,10 @@ class TrainWidget(DockWidget):
         self.settings = Container(
             widgets=[
                 group("Data", self.image, self.annotation, self.add_pair, self.clear_pairs, self.pairs_label),
-                group("Model", self.model_source, self.model_file, self.network, self.base_channels, self.depth),
+                group(
+                    "Model", self.model_source, self.model_file, self.network, self.base_channels, self.depth,
+                    self.warm_start,
+                ),
                 group("Run", self.steps, self.minutes, self.device, self.save_path),
                 self.show_advanced, self.advanced,
             ],
@@ -214,6 +225,7 @@ class TrainWidget(DockWidget):
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(self._set_tile_choices)
         self.network.changed.connect(self._on_network_changed)
+        self._enable_warm_start()
         self.model_source.changed.connect(self._on_source_changed)
         self.image.changed.connect(self._suggest_network)
         self.show_advanced.changed.connect(lambda shown: setattr(self.advanced, "visible", shown))
@@ -262,6 +274,11 @@ class TrainWidget(DockWidget):
         further keeps its own)."""
         for choice in (self.network, self.base_channels, self.depth, self.batch_norm):
             choice.enabled = source == "new"
+        self._enable_warm_start()
+
+    def _enable_warm_start(self) -> None:
+        """A warm start is for a new 3D network only."""
+        self.warm_start.enabled = self.model_source.value == "new" and self.network.value == "3D"
 
     def _suggest_network(self, *_) -> None:
         """For a new model: 3D for a volume that trains on a GPU, else 2D
@@ -295,6 +312,7 @@ class TrainWidget(DockWidget):
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
         self.batch_norm.value = defaults.batch_norm
         self._set_tile_choices()
+        self._enable_warm_start()
 
     def spacing(self) -> tuple[float, ...] | None:
         """The voxel spacing (z, y, x) of the training image: its layer's scale."""
@@ -335,6 +353,7 @@ class TrainWidget(DockWidget):
             augment=AugmentConfig(elastic=self.elastic.value, zoom=self.zoom.value),
             device=self.device.value,
             precision=self.precision.value,
+            warm_start_steps=self.warm_start.value if self.warm_start.enabled else 0,
         )
 
     def _model_factory(self, in_channels: int):
@@ -462,6 +481,8 @@ class TrainWidget(DockWidget):
         elif isinstance(event, StepProgress):
             self.plot.record(event.step, event.loss)
             self._show_step(event)
+        elif isinstance(event, WarmStartProgress):
+            self._show_step(event)
         elif isinstance(event, ValidationResult):
             self.validation_label.value = (
                 f"validation at step {event.step}: AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}"
@@ -475,10 +496,16 @@ class TrainWidget(DockWidget):
                 labels = display_labels(event.labels)
                 put_layer(self.viewer, f"{layer.name} preview", labels, "labels", layer, role="preview", visible=True)
 
-    def _show_step_now(self, event: StepProgress) -> None:
+    def _show_step_now(self, event: StepProgress | WarmStartProgress) -> None:
         """Progress bar, status line and loss plot at ``event`` (throttled: ``_show_step``)."""
         self.progress.max = event.total_steps
         self.progress.value = event.step
+        if isinstance(event, WarmStartProgress):
+            self.status.value = (
+                f"warm start: the 2D twin on the annotated planes, step {event.step}/{event.total_steps}  "
+                f"loss {event.loss:.4f}"
+            )
+            return
         self.status.value = (
             f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
             f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
