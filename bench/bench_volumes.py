@@ -72,6 +72,8 @@ from napari_unet.core.model import forward_flops
 from napari_unet.core.predict import CPU_TILE_BUDGET_BYTES, iter_predict, volume_labels
 from napari_unet.core.progress import drive
 from napari_unet.core.taxonomy import drop_unannotated
+from napari_unet.core.train_events import WarmStartProgress
+from napari_unet.core.warm_start import WARM_START_STEPS
 
 #: cells3d voxel size (z, y, x) in um, as scikit-image documents it.
 SPACING = (0.29, 0.26, 0.26)
@@ -156,14 +158,20 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
     torch.manual_seed(args.seed)
     config = default_model_config("cpu", ndim=ndim, spacing=spacing if ndim == 3 else None)
     model = nu.UNet.from_config(config)
-    cpu_start, wall_start, steps = time.process_time(), time.perf_counter(), 0
-    run = nu.iter_train(model, [image], [train_labels], steps=10**6, device="cpu", seed=args.seed)
+    cpu_start, wall_start, steps, twin_steps = time.process_time(), time.perf_counter(), 0, 0
+    warm_start = args.warm_start if ndim == 3 else 0
+    options = {"steps": 10**6, "device": "cpu", "seed": args.seed, "warm_start_steps": warm_start}
+    run = nu.iter_train(model, [image], [train_labels], **options)
     for event in run:
-        steps = getattr(event, "step", steps)
+        if isinstance(event, WarmStartProgress):
+            twin_steps = event.step
+        else:
+            steps = getattr(event, "step", steps)
         if time.process_time() - cpu_start >= 60 * args.minutes:
             run.close()
             break
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+    steps = f"{twin_steps} 2D + {steps}" if warm_start else steps
     probabilities = nu.predict(model, test_image, device="cpu")
     ways = {"": model.spec.instances, "split 0": model.spec.instances.components()}
     labelled = {
@@ -274,6 +282,12 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", default=["3d", "2d"], choices=["3d", "2d"])
     parser.add_argument("--keep", type=Path, default=None, help="save probabilities, truth, labels in KEEP/PART_NDIM")
     parser.add_argument("--repeats", type=int, default=3, help="speed: predictions, each between two limit samples")
+    parser.add_argument(
+        "--warm-start",
+        type=int,
+        default=WARM_START_STEPS,
+        help="steps of the 3D network's 2D twin before it trains (default: %(default)s, as the command line; 0: off)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.minutes = 20 / 60
