@@ -18,7 +18,8 @@ other planes -1) and the same budget: ``--minutes`` of this process's CPU time f
 training, one thread (the machine is shared, so wall time would count other jobs):
 
 - 3D: ``nu.UNet`` with the CPU default 3D configuration (``default_model_config(ndim=3)``),
-  trained on the volume, segmented as one volume: one id per nucleus.
+  warm-started from its 2D twin (``--warm-start`` steps, within the budget) as the
+  command line does, trained on the volume, segmented as one volume: one id per nucleus.
 - 2D: the CPU default 2D U-Net trained on the annotated planes, predicted plane by
   plane, then made into 3D objects in two ways from the same probabilities:
   "+ linking", each plane labelled on its own and the planes' objects linked by

@@ -470,7 +470,8 @@ def default_model_config(
     return ModelConfig(in_channels=in_channels, base_channels=16, depth=3, batch_norm=True)
 
 
-#: The 3D network trained on a CPU by default: a first choice that bench/bench_volumes.py
-#: measures; it does not yet train reliably in 5 CPU minutes (see the README, Volumes).
+#: The 3D network trained on a CPU by default, as bench/bench_volumes.py measures it: from
+#: scratch it does not train reliably in 5 CPU minutes; warm-started from its 2D twin
+#: (:mod:`napari_unet.core.warm_start`) it does on the benchmark's parts (see the README, Volumes).
 CPU_3D_BASE_CHANNELS = 8
 CPU_3D_DEPTH = 2
