@@ -128,6 +128,7 @@ class Trainer:
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
         self.tile = config.tile or default_tile_for(model.config)
+        images, labels = as_image_list(images), as_image_list(labels)  # paths read once, here
         self.replace_annotations(images, labels, names=names)
         #: What the 2D twin trains on before step 1 (:attr:`warm_starts`), until then.
         self._warm_start_data = (images, labels, names) if self.warm_starts else None

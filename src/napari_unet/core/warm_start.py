@@ -22,7 +22,7 @@ from collections.abc import Generator, Sequence
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import ModelConfig, TrainConfig
 from .data import as_image_list
 from .layout import channels_before_spatial
 from .model import CONV, UP, UNet
@@ -38,11 +38,14 @@ WARM_START_STEPS = 1000
 FINE_TUNE_LR_SCALE = 0.1
 
 
+def _twin_config(config: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(config, ndim=2, spacing=None)
+
+
 def twin(model: UNet) -> UNet:
     """The 2D network of ``model``'s layer plan, with ``model``'s normalisation of
     the input (its instance settings stay the 3D model's)."""
-    config = dataclasses.replace(model.config, ndim=2, spacing=None)
-    planes = UNet.from_config(config)
+    planes = UNet.from_config(_twin_config(model.config))
     planes.spec = dataclasses.replace(planes.spec, normalization=model.spec.normalization)
     return planes
 
@@ -51,7 +54,7 @@ def inflate(planes: UNet, model: UNet) -> None:
     """Give the 3D ``model`` the weights of its 2D twin ``planes`` (see the module's
     docstring), in place: the parameters stay the same tensors, so an optimiser
     made for ``model`` keeps working."""
-    if model.config.ndim != 3 or dataclasses.replace(model.config, ndim=2, spacing=None) != planes.config:
+    if model.config.ndim != 3 or _twin_config(model.config) != planes.config:
         raise ValueError("inflate needs a 3D network and its 2D twin (see twin())")
     source, inflated = planes.state_dict(), {}
     for layer in model.plan:
@@ -117,7 +120,7 @@ def iter_warm_start(
     trainer = Trainer(
         planes,
         plane_images(images, model.config.in_channels, channel_axis),
-        as_image_list(labels),
+        labels,
         twin_config(config),
         channel_axis=-3,
         names=names,
@@ -126,5 +129,5 @@ def iter_warm_start(
     for event in trainer.run():
         if isinstance(event, StepProgress):
             yield WarmStartProgress(event.step, event.total_steps, event.loss, event.seconds)
-    inflate(planes.to(next(model.parameters()).device), model)
+    inflate(planes, model)
     return time.perf_counter() - began
