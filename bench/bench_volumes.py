@@ -18,8 +18,9 @@ other planes -1) and the same budget: ``--minutes`` of this process's CPU time f
 training, one thread (the machine is shared, so wall time would count other jobs):
 
 - 3D: ``nu.UNet`` with the CPU default 3D configuration (``default_model_config(ndim=3)``),
-  warm-started from its 2D twin (``--warm-start`` steps, within the budget) as the
-  command line does, trained on the volume, segmented as one volume: one id per nucleus.
+  warm-started from its 2D twin (``--warm-start`` steps in at most half of the budget,
+  which is also given as ``minutes``, as the command line gives it), trained on the
+  volume, segmented as one volume: one id per nucleus.
 - 2D: the CPU default 2D U-Net trained on the annotated planes, predicted plane by
   plane, then made into 3D objects in two ways from the same probabilities:
   "+ linking", each plane labelled on its own and the planes' objects linked by
@@ -161,7 +162,10 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
     model = nu.UNet.from_config(config)
     cpu_start, wall_start, steps, twin_steps = time.process_time(), time.perf_counter(), 0, 0
     warm_start = args.warm_start if ndim == 3 else 0
-    options = {"steps": 10**6, "device": "cpu", "seed": args.seed, "warm_start_steps": warm_start}
+    # minutes as the command line gives them, so the twin gets at most half as there (the
+    # CPU-time check below ends the run)
+    options = {"steps": 10**6, "minutes": args.minutes, "device": "cpu", "seed": args.seed}
+    options["warm_start_steps"] = warm_start
     run = nu.iter_train(model, [image], [train_labels], **options)
     for event in run:
         if isinstance(event, WarmStartProgress):
