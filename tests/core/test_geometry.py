@@ -93,8 +93,5 @@ def test_budget_below_smallest_tile_is_a_clear_error():
         ((2, 21, 64, 64), None, 3),  # a leading channel or time axis does not count
     ],
 )
-def test_stacks_deeper_than_the_3d_networks_context_are_volumes_and_get_3d_on_a_gpu(shape, spacing, ndim):
+def test_stacks_deeper_than_the_3d_networks_context_are_volumes(shape, spacing, ndim):
     assert geometry.is_volume(shape, spacing) == (ndim == 3)
-    assert geometry.suggested_ndim(shape, spacing, "cuda") == ndim
-    assert geometry.suggested_ndim(shape, spacing, "mps") == ndim
-    assert geometry.suggested_ndim(shape, spacing, "cpu") == 2  # a volume on a CPU: 2D, labelled as a volume

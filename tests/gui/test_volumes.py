@@ -31,7 +31,7 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
 
     train = docked(viewer, TrainWidget(viewer, session))
     train.image.value, train.annotation.value = image, labels
-    train.network.value = "3D"  # on a GPU it is suggested for a volume (test_the_network_suggested_for_a_stack...)
+    assert train.network.value == "3D"  # suggested for a volume (test_the_network_suggested_for_a_stack...)
     assert train.spacing() == (2.0, 1.0, 1.0)  # from the layer's scale
     train.base_channels.value, train.depth.value = 2, 2
     train.batch_size.value, train.steps.value = 1, 3
@@ -82,27 +82,31 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
 
 def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(viewer, session, monkeypatch):
     """The built-in stack sample (3 unrelated planes) is no volume; a deep stack is,
-    and gets a 3D network where it trains on a GPU, a 2D one on a CPU with a line
-    saying how to get 3D objects from it. The Segment widget labels a volume as a
-    volume, other stacks plane by plane."""
+    and gets a 3D network, which on a CPU trains for a limited time, with a line
+    saying so. The Segment widget labels a volume as a volume, other stacks plane by
+    plane."""
     from napari_unet._sample_data import nuclei_stack
     from napari_unet._widgets import train as train_module
     from napari_unet._widgets.segment import ALL_PLANES, AS_VOLUME
+    from napari_unet.core.config import CPU_3D_MINUTES
 
     (image, _, _), _ = nuclei_stack()
     short = viewer.add_image(image, name="short stack")
     deep = viewer.add_image(np.zeros((24, 64, 64), np.float32), name="deep stack")
     train = docked(viewer, TrainWidget(viewer, session))
     monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cpu"))
+    train.image.value = short
+    assert train.network.value == "2D" and train.minutes.value == 0
     train.image.value = deep
-    assert train.network.value == "2D" and "all planes as a volume" in train.status.value
-    train.network.value = "3D"  # the user's answer to the suggestion
-    assert "a 2D network suggested" not in train.status.value
+    assert train.network.value == "3D" and "a 3D network suggested" in train.status.value
+    assert train.minutes.value == CPU_3D_MINUTES and train.config().minutes == CPU_3D_MINUTES
+    train.network.value = "2D"  # the user's answer to the suggestion
+    assert "a 3D network suggested" not in train.status.value and train.minutes.value == 0
     monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cuda"))
     train.image.value = short
     assert train.network.value == "2D"
     train.image.value = deep
-    assert train.network.value == "3D"
+    assert train.network.value == "3D" and train.minutes.value == 0  # a GPU trains until its steps
 
     segment = docked(viewer, SegmentWidget(viewer, session))
     segment.image.value = deep

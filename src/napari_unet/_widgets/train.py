@@ -25,10 +25,17 @@ from napari.utils.notifications import show_info, show_warning
 from .._session import Session
 from ..core.annotation import labels_warning
 from ..core.checkpoint import load_model
-from ..core.config import OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_model_config
+from ..core.config import (
+    CPU_3D_MINUTES,
+    OPTIMIZERS,
+    AugmentConfig,
+    TrainConfig,
+    WeightMapConfig,
+    default_model_config,
+)
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError
-from ..core.geometry import is_volume, suggested_ndim
+from ..core.geometry import is_volume
 from ..core.io import check_writable
 from ..core.model import UNet
 from ..core.threads import available_cores
@@ -281,20 +288,18 @@ class TrainWidget(DockWidget):
         self.warm_start.enabled = self.model_source.value == "new" and self.network.value == "3D"
 
     def _suggest_network(self, *_) -> None:
-        """For a new model: 3D for a volume that trains on a GPU, else 2D
-        (:func:`~napari_unet.core.geometry.suggested_ndim`); a volume on a CPU gets a
-        line saying why, and how to get 3D objects from the 2D network."""
+        """For a new model: a 3D network for a volume (:func:`~napari_unet.core.geometry.is_volume`),
+        else 2D; on a CPU a line says that a 3D run is limited in time."""
         layer = self.image.value
         if layer is None or self.model_source.value != "new":
             return
-        shape, spacing = spatial_shape(layer), self.spacing()
-        device_type = self._device_type()
-        self.network.value = "3D" if suggested_ndim(shape, spacing, device_type) == 3 else "2D"
-        if device_type == "cpu" and is_volume(shape, spacing) and not self.runner.busy:
+        shape = spatial_shape(layer)
+        volume = is_volume(shape, self.spacing())
+        self.network.value = "3D" if volume else "2D"
+        if volume and self._device_type() == "cpu" and not self.runner.busy:
             self.status.value = (
-                f"{layer.name}: {shape[-3]} planes, a 2D network suggested: on a CPU it trains about 10x the "
-                "steps of a 3D one in the same time; segment with 'stacks: all planes as a volume' for 3D "
-                "objects, or choose 3D"
+                f"{layer.name}: {shape[-3]} planes, a 3D network suggested: it starts from its 2D twin, "
+                f"and on a CPU it trains for {CPU_3D_MINUTES:g} minutes (set 'minutes' to give it more)"
             )
 
     def _device_type(self) -> str:
@@ -305,10 +310,14 @@ class TrainWidget(DockWidget):
             return "cpu"
 
     def _on_network_changed(self, *_) -> None:
-        """The CPU defaults of the chosen kind of network."""
+        """The CPU defaults of the chosen kind of network, and its time limit: a 3D
+        network's steps are slow on a CPU, so there it trains :data:`CPU_3D_MINUTES`
+        (its 2D twin in the first half), other runs until their steps."""
         defaults = default_model_config("cpu", ndim=self._network_ndim())
-        if self.network.value == "3D" and "a 2D network suggested" in self.status.value:
+        if self.network.value == "2D" and "a 3D network suggested" in self.status.value:
             self.status.value = ""  # the user chose: the suggestion is answered
+        three_d_on_cpu = self.network.value == "3D" and self._device_type() == "cpu"
+        self.minutes.value = CPU_3D_MINUTES if three_d_on_cpu else 0.0
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
         self.batch_norm.value = defaults.batch_norm
         self._set_tile_choices()

@@ -476,3 +476,6 @@ def default_model_config(
 #: in every run, and misses one or two of 20 on the other (see the README, Volumes).
 CPU_3D_BASE_CHANNELS = 8
 CPU_3D_DEPTH = 2
+#: A new 3D network's time limit in the Train widget on a CPU, where its steps are
+#: slow (3-7 s each for the default on two cores): the budget bench/bench_volumes.py measures.
+CPU_3D_MINUTES = 5.0

@@ -119,20 +119,6 @@ def is_volume(spatial_shape: Sequence[int], spacing: Sequence[float] | None = No
     return spatial_shape[-3] > context(model_axes(config)[0])
 
 
-def suggested_ndim(
-    spatial_shape: Sequence[int], spacing: Sequence[float] | None = None, device_type: str = "cpu"
-) -> int:
-    """The network to suggest for training on an image of shape (..., Z, Y, X): 3 for
-    a volume (:func:`is_volume`) when it trains on a GPU (``device_type`` "cuda" or
-    "mps"), else 2. On a CPU a volume gets the 2D network too, to be labelled as a
-    volume (``segment(..., as_volume=True)``): in 5 CPU minutes it makes about 10x the
-    optimiser steps of the CPU default 3D U-Net and, on the real-data volumes
-    benchmark (bench/bench_volumes.py, README "Volumes") it scored AP@0.5 0.905 in 6
-    of 8 runs (0.68-0.905) against 0.73-0.95 (median 0.83) from annotated planes to
-    the whole volume, and 0.75-1.00 against 0.19-0.40 from one half to the other."""
-    return 3 if device_type != "cpu" and is_volume(spatial_shape, spacing) else 2
-
-
 def smallest_input(depth: Depth) -> int:
     """The smallest valid input size (its output is at least 1 px)."""
     return input_size_for_output(1, depth)
