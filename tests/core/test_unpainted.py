@@ -78,3 +78,22 @@ def test_a_stack_gets_one_warning_counting_its_planes(caplog):
     labels[2] = few_cells(labels[2], 2)
     (warning,) = prepared_warnings(image, labels, caplog)
     assert "in 2 of its 3 annotated planes" in warning
+
+
+def test_out_of_focus_light_at_a_volumes_ends_is_not_suspected_but_cells_painted_on_zeros_are(caplog):
+    """The volume sample, complete, trained plane by plane (as a 2D network or a 3D
+    network's 2D twin does): one of its 28 planes, near the ends of its few cells,
+    shows out-of-focus light of the cells beyond; the same planes with two cells each
+    kept and the rest 0 are suspected nearly everywhere."""
+    from napari_unet._sample_data import nuclei_volume
+
+    (image, _, _), (labels, _, _) = nuclei_volume()
+    labels = labels.astype(np.int32)
+    found = [unpainted_cells(plane_image, plane) for plane_image, plane in zip(image, labels)]
+    assert sum(result is not None and result.suspicious for result in found) == 1  # what the rule is for
+    assert prepared_warnings(image, labels, caplog) == []
+
+    caplog.clear()
+    painted = np.stack([few_cells(plane, 2) for plane in labels])
+    (warning,) = prepared_warnings(image, painted, caplog)
+    assert "in 25 of its 28 annotated planes" in warning
