@@ -187,3 +187,37 @@ def test_test_time_augmentation_refuses_unequal_in_plane_spacing():
     model = UNet(ndim=3, spacing=(1.0, 0.5, 0.25), base_channels=2, depth=1)
     with pytest.raises(ConfigError, match="equal y and x spacing"):
         predict(model, np.zeros((8, 20, 20), np.float32), tta=True)
+
+
+@pytest.mark.parametrize("as_volume", [False, True])
+def test_an_empty_segmentation_says_why_and_what_to_change(caplog, as_volume):
+    """A model that calls every pixel background, and one whose every region is
+    smaller than the smallest object kept, each leave a note naming its cause."""
+    import logging
+
+    from napari_unet.core.model import CONV
+
+    model = small_model()
+    output = model.get_submodule([layer for layer in model.plan if layer.kind == CONV][-1].module)
+    image = np.random.default_rng(0).random((4, 40, 40) if as_volume else (40, 40)).astype(np.float32)
+    options = {"device": "cpu", "as_volume": as_volume}
+    with torch.no_grad():
+        output.bias.copy_(torch.tensor([30.0, -30.0]))  # background everywhere
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        assert segment(model, image, **options).max() == 0
+    (note,) = [record.getMessage() for record in caplog.records if "no objects" in record.getMessage()]
+    assert "no pixel's foreground probability passed the threshold 0.5 (the highest is 0.00)" in note
+
+    caplog.clear()
+    with torch.no_grad():
+        output.bias.copy_(torch.tensor([-30.0, 30.0]))  # cells everywhere, but too small to keep
+    huge = InstanceConfig(min_size=10**6)
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        assert segment(model, image, instances=huge, **options).max() == 0
+    (note,) = [record.getMessage() for record in caplog.records if "no objects" in record.getMessage()]
+    assert "smaller than the smallest object kept" in note
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        assert segment(model, image, **options).max() > 0
+    assert not [record for record in caplog.records if "no objects" in record.getMessage()]

@@ -97,20 +97,25 @@ def test_sizes_beyond_any_magnification_get_no_note():
     assert size_mismatch_note(discs(), InstanceConfig(object_size=5)) is not None  # rescale 0.14
 
 
-def test_previews_and_validations_of_a_model_in_training_make_no_note(monkeypatch):
-    from napari_unet.core import live, train
+def test_previews_and_validations_of_a_model_in_training_make_no_note(caplog):
+    """A model in training says nothing yet about the image: neither that its
+    objects are far from the learned size nor that there are none."""
+    from napari_unet.core import live
 
-    seen = []
-    for module in (live, train):
-        monkeypatch.setattr(module, "segment", lambda *args, instances=None, **kw: seen.append(instances) or args[1])
     model = threshold_model()
-    model.spec = replace(model.spec, instances=InstanceConfig(object_size=1000))
+    learned = InstanceConfig(object_size=1012)  # 4x the drawn discs
     image, labels = drawn_image(discs() > 0), discs()
     session = live.LiveTraining(model, image, labels, live.TrainConfig(steps=1, tile=60, batch_size=1, device="cpu"))
-    session.preview(0, 0.0)
-    session.trainer.validation = [(image, labels)]
-    session.trainer.validate()
-    assert len(seen) == 2 and all(instances.object_size == 0 for instances in seen)
+    session.trainer.validation = [(image, labels), (np.zeros_like(image), np.zeros_like(labels))]
+    with caplog.at_level(logging.WARNING, logger="napari_unet"):
+        model.spec = replace(model.spec, instances=learned)
+        session.preview(0, 0.0)
+        model.spec = replace(model.spec, instances=learned)
+        session.trainer.validate()
+        assert caplog.text == ""
+        segment(model, image, device="cpu")  # what a segmentation outside training says
+        segment(model, np.zeros_like(image), device="cpu")
+    assert "smaller than those the model learned" in caplog.text and "no objects" in caplog.text
 
 
 def test_segmenting_logs_the_note(caplog):

@@ -20,7 +20,6 @@ from ..core.checkpoint import ModelFileError, load_model
 from ..core.model import UNet
 from ..core.predict import iter_segment, segment
 from ..core.progress import until_stopped
-from ..core.rescale import without_size_note
 from ..core.threads import use_threads
 from ..core.train import Trainer
 from ..core.train_events import StepProgress
@@ -84,10 +83,7 @@ def training_job(
             yield event
             if preview is not None and isinstance(event, StepProgress) and event.step % preview_every == 0:
                 image, channel_axis = preview
-                instances = without_size_note(trainer.model.spec.instances)
-                labels = segment(
-                    trainer.model, image, device=trainer.device, channel_axis=channel_axis, instances=instances
-                )
+                labels = segment(trainer.model, image, device=trainer.device, channel_axis=channel_axis, notes=False)
                 yield Preview(event.step, display_labels(labels))
     finally:
         events.close()  # a stopped run writes its checkpoint here

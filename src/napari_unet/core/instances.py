@@ -71,6 +71,26 @@ def probabilities_to_labels(
     return labels
 
 
+def no_objects_note(labels: np.ndarray, probabilities: np.ndarray, config: InstanceConfig, ndim: int = 2) -> str | None:
+    """What to change when ``labels`` (from ``probabilities`` (..., K, *spatial) of a
+    model of ``ndim``, labelled with ``config``) hold no object, or ``None``: either no
+    pixel passed the threshold (the highest foreground probability is given), or every
+    region that did was smaller than the smallest object kept."""
+    if labels.any():
+        return None
+    highest = float(foreground(probabilities, ndim).max(initial=0.0))
+    if highest <= config.threshold:
+        return (
+            f"no objects: no pixel's foreground probability passed the threshold {config.threshold:g} (the highest "
+            f"is {highest:.2f}). A model trained for a short time may need more training; a model trained on other "
+            "images needs images like them (the same kind of staining, and cells of the same size: see rescale)"
+        )
+    return (
+        f"no objects: every region above the threshold is smaller than the smallest object kept ({config.min_size} "
+        "px, voxels in 3D): lower it (segment --min-size, 'smallest object' in the Segment widget)"
+    )
+
+
 def mask_to_labels(
     mask: np.ndarray,
     config: InstanceConfig,

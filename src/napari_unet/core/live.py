@@ -32,7 +32,6 @@ from .config import IGNORE_LABEL, TrainConfig, default_model_config
 from .data import TrainingDataError, default_tile_for
 from .model import UNet, snapshot, weights_lock
 from .predict import segment
-from .rescale import without_size_note
 from .train import Trainer
 from .train_events import StepProgress
 
@@ -224,7 +223,8 @@ class LiveTraining:
             image,
             device=self.trainer.device,
             channel_axis=self.channel_axis,
-            instances=without_size_note(self.model.spec.instances),  # the minimum size follows the annotation
+            instances=self.model.spec.instances,  # the minimum size follows the annotation
+            notes=False,
         )
         return LivePreview(step, seconds, window, labels)
 

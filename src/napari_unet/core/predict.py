@@ -20,7 +20,7 @@ from .config import InstanceConfig, with_overrides
 from .cpu_inference import CpuInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
-from .instances import probabilities_to_labels
+from .instances import no_objects_note, probabilities_to_labels
 from .layout import axes_at_minus3, channels_before_spatial
 from .memory import reuse_freed_memory
 from .model import UNet, snapshot
@@ -366,6 +366,7 @@ def iter_segment(
     instances: InstanceConfig | None = None,
     as_volume: bool = False,
     spacing: tuple[float, float, float] | None = None,
+    notes: bool = True,
     **options,
 ) -> Generator[TileProgress, None, np.ndarray | tuple[np.ndarray, np.ndarray]]:
     """Instance labels of ``image``, as a generator of :class:`TileProgress`.
@@ -374,7 +375,10 @@ def iter_segment(
     model's instance settings, ``model.spec.instances``; for 3D models
     ``(*stack, Z, Y, X)``, one id per object across planes), or ``(labels,
     probabilities)`` with ``return_probabilities``; ``options`` as for
-    :func:`iter_predict`.
+    :func:`iter_predict`. ``notes``: log a warning when the objects are far from the
+    size the model learned (:func:`~napari_unet.core.rescale.size_mismatch_note`) or
+    when there are none (:func:`~napari_unet.core.instances.no_objects_note`); off for
+    the previews and validations of a model in training, which say nothing yet.
 
     ``as_volume`` (2D models, images with a stack axis): the planes are predicted one
     by one as usual, then the last stack axis is taken as z and the probabilities of
@@ -395,12 +399,15 @@ def iter_segment(
     probabilities = yield from iter_predict(model, image, **options)
     if as_volume:
         labels = volume_labels(probabilities, instances, spacing)
-        note = size_mismatch_note(labels, in_voxels(instances, spacing), 3, rescale)
+        used, labelled_ndim = in_voxels(instances, spacing), 3  # the sizes the labelling used
     else:
         labels = probabilities_to_labels(probabilities, instances, model.config.ndim, model.config.spacing)
-        note = size_mismatch_note(labels, instances, model.config.ndim, rescale)
-    if note:
-        log.warning(note)
+        used, labelled_ndim = instances, model.config.ndim
+    if notes:
+        note = size_mismatch_note(labels, used, labelled_ndim, rescale)
+        note = note or no_objects_note(labels, probabilities, used, model.config.ndim)
+        if note:
+            log.warning(note)
     return (labels, probabilities) if return_probabilities else labels
 
 

@@ -37,13 +37,6 @@ SAMPLED_FROM = 1 << 20
 CUT_HINT = 1.15
 
 
-def without_size_note(instances: InstanceConfig) -> InstanceConfig:
-    """``instances`` that segment without :func:`size_mismatch_note`: for the previews
-    and validations of a model still in training, whose objects say nothing yet about
-    the image's magnification."""
-    return dataclasses.replace(instances, object_size=0)
-
-
 def check_rescale(factor) -> float:
     """``factor`` as a float in [:data:`SMALLEST`, :data:`LARGEST`] (a clear error otherwise)."""
     try:

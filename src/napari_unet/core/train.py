@@ -42,7 +42,6 @@ from .object_size import CompleteObjects, fitted_instances
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
-from .rescale import without_size_note
 from .threads import available_cores
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
 from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
@@ -465,7 +464,7 @@ class Trainer:
         matches, ious, areas = [], [], []
         options = {"device": self.device, "precision": precision_name(self.dtype), "channel_axis": self.channel_axis}
         for image, truth in self.validation:
-            labels = segment(self.model, image, instances=without_size_note(self.model.spec.instances), **options)
+            labels = segment(self.model, image, notes=False, **options)
             matches.append(match_instances(labels, truth, thresholds=(0.5,)))
             ious.append(pixel_iou(labels, truth))
             areas.append(np.asarray(truth).size)
