@@ -24,7 +24,15 @@ from .cli_args import (
     tile_option,
 )
 from .core.checkpoint import ModelFileError, load_model, load_state
-from .core.config import AugmentConfig, ModelConfig, ModelSpec, TrainConfig, WeightMapConfig, default_model_config
+from .core.config import (
+    CPU_3D_MINUTES,
+    AugmentConfig,
+    ModelConfig,
+    ModelSpec,
+    TrainConfig,
+    WeightMapConfig,
+    default_model_config,
+)
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
@@ -41,7 +49,7 @@ from .core.warm_start import WARM_START_STEPS
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=args.steps,
-        minutes=args.minutes,
+        minutes=training_minutes(args),
         tile=tile_option(args),
         batch_size=args.batch_size,
         optimizer=args.optimizer,
@@ -57,6 +65,15 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         fit_sizes=not args.keep_sizes,
         warm_start_steps=warm_start_steps(args),
     )
+
+
+def training_minutes(args: argparse.Namespace) -> float | None:
+    """``--minutes``; by default :data:`CPU_3D_MINUTES` for a new 3D model that trains
+    on a CPU without ``--steps`` (its steps take seconds there: the default steps
+    would take hours), else none."""
+    if args.minutes is not None or "steps" in args.given or args.ndim != 3 or args.init:
+        return args.minutes
+    return CPU_3D_MINUTES if resolve_device(args.device).type == "cpu" else None
 
 
 def warm_start_steps(args: argparse.Namespace) -> int:
@@ -251,6 +268,12 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         trainer = resume_trainer(args, images, labels, **options)
     else:
         config = train_config_from(args)
+        if config.minutes != args.minutes:
+            print(
+                f"napari-unet: a new 3D model on a CPU trains for {config.minutes:g} minutes "
+                "(its 2D twin in the first half): --minutes or --steps to change",
+                file=sys.stderr,
+            )
         model = initial_model(args) if args.init else new_model(args, images[0])
         trainer = Trainer(model, images, labels, config, **options)
     check_writable(args.out, model_bytes(trainer.model))
@@ -341,7 +364,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--val-images", type=Path, nargs="*", default=[], help="validation images, scored during training")
     add("--val-labels", type=Path, nargs="*", default=[], help="their instance labels, one per validation image")
     add("--steps", type=int, default=defaults.steps, help="training steps (default: %(default)s)")
-    add("--minutes", type=float, default=None, help="stop after this many minutes (whichever comes first)")
+    add(
+        "--minutes",
+        type=float,
+        default=None,
+        help=f"stop after this many minutes (whichever comes first; default: none, {CPU_3D_MINUTES:g} for a new "
+        "3D model on a CPU without --steps)",
+    )
     add("--in-channels", type=int, default=None, help="channels of a new model (default 1)")
     add("--base-channels", type=int, default=None, help="new model width (default: 64 on GPU, 16 on CPU)")
     add("--depth", type=int, default=None, help="new model depth (default: 4 on GPU, 3 on CPU; 3D: 3 / 2)")

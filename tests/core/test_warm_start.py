@@ -9,7 +9,7 @@ import torch
 
 import napari_unet as nu
 from napari_unet import cli_train
-from napari_unet.cli import build_parser
+from napari_unet.cli import build_parser, given_options
 from napari_unet.core.config import IGNORE_LABEL, TrainConfig
 from napari_unet.core.model import CONV, UP
 from napari_unet.core.progress import drive
@@ -148,10 +148,17 @@ def test_resuming_a_warm_started_run_is_exact_and_does_not_warm_start_again(tmp_
         assert torch.equal(got, want), name
 
 
+def parsed(parser, argv):
+    """``argv`` parsed as the command line parses it (with the options it was given)."""
+    args = parser.parse_args(argv)
+    args.given = given_options(argv)
+    return args
+
+
 def test_the_command_line_warm_starts_new_3d_models_only(tmp_path):
     parser = build_parser()
     base = ["train", "vol.tif", "--labels", "lab.tif", "--out", str(tmp_path / "m.safetensors")]
-    config = lambda *extra: cli_train.train_config_from(parser.parse_args([*base, *extra]))  # noqa: E731
+    config = lambda *extra: cli_train.train_config_from(parsed(parser, [*base, *extra]))  # noqa: E731
     assert config("--ndim", "3").warm_start_steps == WARM_START_STEPS
     assert config("--ndim", "3", "--warm-start", "5").warm_start_steps == 5
     assert config().warm_start_steps == 0  # 2D
@@ -160,3 +167,19 @@ def test_the_command_line_warm_starts_new_3d_models_only(tmp_path):
         config("--warm-start", "5")
     with pytest.raises(nu.ConfigError, match="drop one"):
         config("--ndim", "3", "--warm-start", "5", "--init", "old.safetensors")
+
+
+def test_a_new_3d_model_on_a_cpu_trains_five_minutes_unless_told_otherwise(tmp_path, monkeypatch):
+    """Its steps take seconds on a CPU: the default 1000 would take hours."""
+    from napari_unet.core.config import CPU_3D_MINUTES
+
+    parser = build_parser()
+    base = ["train", "vol.tif", "--labels", "lab.tif", "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"]
+    minutes = lambda *extra: cli_train.train_config_from(parsed(parser, [*base, *extra])).minutes  # noqa: E731
+    assert minutes("--ndim", "3") == CPU_3D_MINUTES == 5
+    assert minutes("--ndim", "3", "--minutes", "2") == 2
+    assert minutes("--ndim", "3", "--steps", "30") is None  # the user chose a length
+    assert minutes() is None  # 2D
+    assert minutes("--ndim", "3", "--init", "old.safetensors") is None  # not a new model
+    monkeypatch.setattr(cli_train, "resolve_device", lambda device: torch.device("cuda"))
+    assert minutes("--ndim", "3") is None  # a GPU trains until its steps
