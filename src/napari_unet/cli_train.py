@@ -288,10 +288,11 @@ def cmd_train(args: argparse.Namespace) -> int | None:
                 f"is written to {args.out} again (to train further, start a new run from it: --init {args.out})"
             )
             return None
-        print(
-            f"trained {summary.steps} steps in {summary.seconds:.0f} s (mean loss of the last "
-            f"{min(summary.steps, SUMMARY_LOSS_STEPS)} steps {summary.final_loss:.4f}) -> {args.out}"
-        )
+        if summary.steps:
+            loss = f"mean loss of the last {min(summary.steps, SUMMARY_LOSS_STEPS)} steps {summary.final_loss:.4f}"
+        else:
+            loss = "stopped in the 2D warm start: the model holds its twin's weights" if trainer.warm_seconds else ""
+        print(f"trained {summary.steps} steps in {summary.seconds:.0f} s{f' ({loss})' if loss else ''} -> {args.out}")
         print(_segmenting_line(trainer.model))
         if trainer.checkpoint_error:
             print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)

@@ -148,6 +148,29 @@ def test_resuming_a_warm_started_run_is_exact_and_does_not_warm_start_again(tmp_
         assert torch.equal(got, want), name
 
 
+def test_a_stop_in_the_warm_start_keeps_the_inflated_twin_in_a_checkpoint_to_resume_from(tmp_path):
+    """The twin's training is work: stopped early, its weights so far are inflated,
+    saved at step 0, and a resumed run goes on from them without a second warm start."""
+    image, annotation = sparse_volume()
+    checkpoint = tmp_path / "run.ckpt"
+    stopped = Trainer(small_3d(), [image], [annotation], FAST, checkpoint_path=checkpoint)
+    events = []
+    for event in stopped.run():
+        events.append(event)
+        if isinstance(event, WarmStartProgress) and event.step == 1:
+            stopped.request_stop()
+    assert stopped.step == 0 and stopped.warm_seconds > 0
+    assert [type(event).__name__ for event in events] == ["WarmStartProgress", "CheckpointSaved"]
+    saved = {name: tensor.clone() for name, tensor in stopped.model.state_dict().items()}
+
+    resumed = Trainer.resume(checkpoint, [image], [annotation])
+    assert resumed.step == 0 and resumed.warm_seconds == stopped.warm_seconds
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    events = list(resumed.run())
+    assert not any(isinstance(e, WarmStartProgress) for e in events) and resumed.step == FAST.steps
+
+
 def parsed(parser, argv):
     """``argv`` parsed as the command line parses it (with the options it was given)."""
     args = parser.parse_args(argv)

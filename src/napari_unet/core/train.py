@@ -295,12 +295,17 @@ class Trainer:
         if self.checkpoint_path is not None:
             for stale in remove_stale_temporaries(self.checkpoint_path):
                 log.info("removed %s, left by an interrupted write", stale)
-        if self._warm_start_data is not None and self.step == 0:
+        warm_start_saved = False
+        if self._warm_start_data is not None and self.step == 0 and not self.warm_seconds:
             images, labels, names = self._warm_start_data
             self._warm_start_data = None
             options = {"channel_axis": self.channel_axis, "names": names}
             self.warm_seconds = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
             self.seconds = time.perf_counter() - started
+            if self.group.is_main and self.checkpoint_path:  # its weights are work a stop must not lose
+                warm_start_saved = self._write_checkpoint()
+                if warm_start_saved:
+                    yield CheckpointSaved(self.step, str(self.checkpoint_path))
         prefetch = BatchPrefetcher(ahead=self._draws_ahead())
         try:
             while self.step < cfg.steps and not self._should_stop(started):
@@ -338,7 +343,11 @@ class Trainer:
                 if between_steps:
                     self._write_checkpoint()
                 else:
-                    kept = f"the checkpoint of step {saved_at} is kept" if saved_at else "no checkpoint is written"
+                    kept = (
+                        f"the checkpoint of step {saved_at} is kept"
+                        if saved_at or warm_start_saved
+                        else "no checkpoint is written"
+                    )
                     log.warning(
                         "training was interrupted in the middle of step %d, whose state is half made: %s "
                         "(a checkpoint is only written between steps, so that resuming is exact)",
