@@ -43,6 +43,7 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     model = session.model
     assert model is not None and train.trainer.step == 3, train.status.value
     assert train.trainer.warm_seconds > 0  # the warm start ran
+    assert "at step 3 (after 2 steps of its 2D twin)" in train.status.value
     assert model.config.ndim == 3 and model.config.spacing == (2.0, 1.0, 1.0)
     assert model.plan[0].kernel == (1, 3, 3)  # z twice as coarse: in-plane kernels at the first level
     assert not train.status.value.startswith("⚠")
