@@ -288,24 +288,24 @@ class Trainer:
             cfg.optimizer,
         )
         started = time.perf_counter() - self.seconds
-        saved_at = tried_at = self.step
+        tried_at = self.step
+        saved_at = self.step if self.step or self.warm_seconds else None  # the step whose checkpoint exists
         self.model.to(memory_format=self.layout)  # back to channels-first when training stops
         between_steps = True  # whether the state is exactly that after self.step steps
         reported = False
         if self.checkpoint_path is not None:
             for stale in remove_stale_temporaries(self.checkpoint_path):
                 log.info("removed %s, left by an interrupted write", stale)
-        warm_start_saved = False
         if self._warm_start_data is not None and self.step == 0 and not self.warm_seconds:
             images, labels, names = self._warm_start_data
             self._warm_start_data = None
             options = {"channel_axis": self.channel_axis, "names": names}
             self.warm_seconds = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
             self.seconds = time.perf_counter() - started
-            if self.group.is_main and self.checkpoint_path:  # its weights are work a stop must not lose
-                warm_start_saved = self._write_checkpoint()
-                if warm_start_saved:
-                    yield CheckpointSaved(self.step, str(self.checkpoint_path))
+            # its weights are work that a stop must not lose
+            if self.group.is_main and self.checkpoint_path and self._write_checkpoint():
+                saved_at = self.step
+                yield CheckpointSaved(self.step, str(self.checkpoint_path))
         prefetch = BatchPrefetcher(ahead=self._draws_ahead())
         try:
             while self.step < cfg.steps and not self._should_stop(started):
@@ -343,11 +343,8 @@ class Trainer:
                 if between_steps:
                     self._write_checkpoint()
                 else:
-                    kept = (
-                        f"the checkpoint of step {saved_at} is kept"
-                        if saved_at or warm_start_saved
-                        else "no checkpoint is written"
-                    )
+                    kept = f"the checkpoint of step {saved_at} is kept"
+                    kept = "no checkpoint is written" if saved_at is None else kept
                     log.warning(
                         "training was interrupted in the middle of step %d, whose state is half made: %s "
                         "(a checkpoint is only written between steps, so that resuming is exact)",
