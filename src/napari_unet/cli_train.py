@@ -31,6 +31,7 @@ from .core.config import (
     ModelSpec,
     TrainConfig,
     WeightMapConfig,
+    default_minutes,
     default_model_config,
 )
 from .core.devices import resolve_device
@@ -68,12 +69,12 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
 
 
 def training_minutes(args: argparse.Namespace) -> float | None:
-    """``--minutes``; by default :data:`CPU_3D_MINUTES` for a new 3D model that trains
-    on a CPU without ``--steps`` (its steps take seconds there: the default steps
-    would take hours), else none."""
-    if args.minutes is not None or "steps" in args.given or args.ndim != 3 or args.init:
+    """``--minutes``; for a new model without ``--steps`` by default
+    :func:`~napari_unet.core.config.default_minutes` (a 3D model on a CPU: its
+    steps take seconds there, the default steps would take hours)."""
+    if args.minutes is not None or "steps" in args.given or args.init:
         return args.minutes
-    return CPU_3D_MINUTES if resolve_device(args.device).type == "cpu" else None
+    return default_minutes(args.ndim, resolve_device(args.device).type)
 
 
 def warm_start_steps(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from ..core.config import (
     AugmentConfig,
     TrainConfig,
     WeightMapConfig,
+    default_minutes,
     default_model_config,
 )
 from ..core.devices import resolve_device
@@ -311,14 +312,12 @@ class TrainWidget(DockWidget):
             return "cpu"
 
     def _on_network_changed(self, *_) -> None:
-        """The CPU defaults of the chosen kind of network, and its time limit: a 3D
-        network's steps are slow on a CPU, so there it trains :data:`CPU_3D_MINUTES`
-        (its 2D twin in the first half), other runs until their steps."""
+        """The CPU defaults of the chosen kind of network, and its time limit
+        (:func:`~napari_unet.core.config.default_minutes`: a 3D network on a CPU)."""
         defaults = default_model_config("cpu", ndim=self._network_ndim())
         if self.network.value == "2D" and "a 3D network suggested" in self.status.value:
             self.status.value = ""  # the user chose: the suggestion is answered
-        three_d_on_cpu = self.network.value == "3D" and self._device_type() == "cpu"
-        self.minutes.value = CPU_3D_MINUTES if three_d_on_cpu else 0.0
+        self.minutes.value = default_minutes(self._network_ndim(), self._device_type()) or 0.0
         self.base_channels.value, self.depth.value = defaults.base_channels, defaults.depth
         self.batch_norm.value = defaults.batch_norm
         self._set_tile_choices()

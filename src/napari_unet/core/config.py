@@ -476,6 +476,13 @@ def default_model_config(
 #: in every run, and misses one or two of 20 on the other (see the README, Volumes).
 CPU_3D_BASE_CHANNELS = 8
 CPU_3D_DEPTH = 2
-#: A new 3D network's time limit in the Train widget on a CPU, where its steps are
-#: slow (3-7 s each for the default on two cores): the budget bench/bench_volumes.py measures.
+#: A new 3D network's time limit on a CPU, where its steps are slow (3-7 s each for
+#: the default on two cores): the budget bench/bench_volumes.py measures.
 CPU_3D_MINUTES = 5.0
+
+
+def default_minutes(ndim: int, device_type: str) -> float | None:
+    """The time limit of a new network's training when none is given (the command
+    line, the Train widget): :data:`CPU_3D_MINUTES` for a 3D network on a CPU
+    (``device_type`` "cpu"), else none."""
+    return CPU_3D_MINUTES if ndim == 3 and device_type == "cpu" else None
