@@ -164,8 +164,9 @@ def train_and_segment(ndim: int, image, train_labels, test_image, spacing, args)
     warm_start = args.warm_start if ndim == 3 else 0
     # minutes as the command line gives them, so the twin gets at most half as there (the
     # CPU-time check below ends the run)
-    options = {"steps": 10**6, "minutes": args.minutes, "device": "cpu", "seed": args.seed}
-    options["warm_start_steps"] = warm_start
+    options = {
+        "steps": 10**6, "minutes": args.minutes, "device": "cpu", "seed": args.seed, "warm_start_steps": warm_start,
+    }  # fmt: skip
     run = nu.iter_train(model, [image], [train_labels], **options)
     for event in run:
         if isinstance(event, WarmStartProgress):
