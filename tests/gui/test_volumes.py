@@ -44,6 +44,9 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert model is not None and train.trainer.step == 3, train.status.value
     assert train.trainer.warm_seconds > 0  # the warm start ran
     assert "at step 3 (after 2 steps of its 2D twin)" in train.status.value
+    plot = train.plot  # the twin's losses first, then the 3D steps after them on one axis
+    assert plot.twin.steps == [1, 2] and plot.network.steps == [1, 2, 3]
+    assert list(plot.network.raw.getData()[0]) == [3, 4, 5] and "2D twin" in plot.toolTip()
     assert model.config.ndim == 3 and model.config.spacing == (2.0, 1.0, 1.0)
     assert model.plan[0].kernel == (1, 3, 3)  # z twice as coarse: in-plane kernels at the first level
     assert not train.status.value.startswith("⚠")

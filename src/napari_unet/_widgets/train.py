@@ -493,6 +493,7 @@ class TrainWidget(DockWidget):
             self._show_step(event)
         elif isinstance(event, WarmStartProgress):
             self._twin_steps = event.step
+            self.plot.record_twin(event.step, event.loss)
             self._show_step(event)
         elif isinstance(event, ValidationResult):
             self.validation_label.value = (
@@ -516,11 +517,11 @@ class TrainWidget(DockWidget):
                 f"warm start: the 2D twin on the annotated planes, step {event.step}/{event.total_steps}  "
                 f"loss {event.loss:.4f}"
             )
-            return
-        self.status.value = (
-            f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
-            f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
-        )
+        else:
+            self.status.value = (
+                f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
+                f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
+            )
         self.plot.redraw()
 
     def _on_done(self, done: TrainingDone) -> None:
