@@ -18,7 +18,7 @@ differ widely) the medians over the seeds are compared with the default's (a run
 never reaches the target counts with its whole training time, a lower bound).
 
     .venv/bin/python bench/bench_quality.py --target 0.95 --steps 600 [--every 25] [--seeds 0 1 2]
-        [--networks "CPU default"] [--stop-at-target]
+        [--networks "CPU default"] [--stop-at-target] [--tile T] [--batch-size B] [--lr LR]
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from napari_unet.demo import demo_data, demo_trainer, evaluate_on_test
 SPLITS = {"split 0.1 (default)": 0.1, "split 0 (components)": 0.0}
 
 
-def run(minutes: float | None, steps: int, lr: float | None, seed: int, w0: float) -> list[str]:
+def run(minutes: float | None, steps: int, options: dict, seed: int, w0: float) -> list[str]:
     data = demo_data(seed)
-    trainer = demo_trainer(data, minutes=minutes, steps=steps, lr=lr, seed=seed, device="cpu", w0=w0)
+    trainer = demo_trainer(data, minutes=minutes, steps=steps, seed=seed, device="cpu", w0=w0, **options)
     summary = drive(trainer.run())
     _, rows = evaluate_on_test(trainer, data)
     overall = {round(s.threshold, 2): s for s in rows[-1][1]}
@@ -71,13 +71,14 @@ MODELS = {
 
 
 def training_curve(
-    model: ModelConfig, steps: int, lr: float | None, seed: int, every: int, stop_at: float | None = None
+    model: ModelConfig, steps: int, options: dict, seed: int, every: int, stop_at: float | None = None
 ) -> list[list]:
     """Rows (step, training seconds, AP@0.5 with each of SPLITS) every ``every`` steps
-    of one training run of ``model``; the pauses to measure are left out of the time.
-    ``stop_at``: end the run once every labelling has reached that AP@0.5."""
+    of one training run of ``model`` (``options``: training settings other than the
+    defaults); the pauses to measure are left out of the time. ``stop_at``: end the
+    run once every labelling has reached that AP@0.5."""
     data = demo_data(seed)
-    trainer = demo_trainer(data, minutes=None, steps=steps, lr=lr, seed=seed, device="cpu", model_config=model)
+    trainer = demo_trainer(data, minutes=None, steps=steps, seed=seed, device="cpu", model_config=model, **options)
     curve, training_seconds, resumed = [], 0.0, time.perf_counter()
     for event in trainer.run():
         if not isinstance(event, StepProgress) or (event.step % every and event.step != steps):
@@ -101,7 +102,7 @@ def training_curve(
 
 
 def time_to_target(
-    steps: int, lr: float | None, seeds: list[int], every: int, target: float, networks: list[str], stop: bool
+    steps: int, options: dict, seeds: list[int], every: int, target: float, networks: list[str], stop: bool
 ) -> None:
     """Train each of ``networks`` (names in MODELS) once per seed (data, initial
     weights and samples follow the seed); print AP@0.5 on the held-out images every
@@ -112,7 +113,7 @@ def time_to_target(
     for seed in seeds:
         for model_name in networks:
             print(f"seed {seed}, {model_name}: step, training s, AP@0.5 with {', '.join(SPLITS)}")
-            curve = training_curve(MODELS[model_name], steps, lr, seed, every, target if stop else None)
+            curve = training_curve(MODELS[model_name], steps, options, seed, every, target if stop else None)
             for i, split_name in enumerate(SPLITS):
                 first = next((row for row in curve if row[2 + i] >= target), None)
                 # not reached: the whole run's training time, a lower bound
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-time budget per run (0: none)")
     parser.add_argument("--steps", type=int, default=100_000, help="step budget per run")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's)")
+    parser.add_argument("--tile", type=int, default=None, help="training tile (default: the trainer's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per step (default: the trainer's)")
     parser.add_argument("--w0", type=float, nargs="+", default=[10.0, 0.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the --target runs")
@@ -153,14 +156,18 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", choices=list(MODELS), default=list(MODELS), help="with --target")
     parser.add_argument("--stop-at-target", action="store_true", help="end each --target run once it got there")
     args = parser.parse_args()
+    chosen = {"lr": args.lr, "tile": args.tile, "batch_size": args.batch_size}
+    options = {name: value for name, value in chosen.items() if value is not None}
+    if options:
+        print("training settings other than the defaults:", options)
     if args.target is not None:
         print_header(f"time to AP@0.5 >= {args.target} on held-out synthetic nuclei (2 x 512x512 test images)")
         print(f"{args.steps} steps per run (schedule over the steps), measured every {args.every} steps")
         return time_to_target(
-            args.steps, args.lr, args.seeds, args.every, args.target, args.networks, args.stop_at_target
+            args.steps, options, args.seeds, args.every, args.target, args.networks, args.stop_at_target
         )
     print_header("training quality on held-out synthetic nuclei (2 x 512x512 test images)")
-    rows = [run(args.minutes or None, args.steps, args.lr, args.seed, w0) for w0 in args.w0]
+    rows = [run(args.minutes or None, args.steps, options, args.seed, w0) for w0 in args.w0]
     headers = ["w0", "steps", "train s", "AP@0.5", "AP@0.75", "F1@0.5", "pixel IoU", "merged touching pairs"]
     print(format_table(headers, rows))
 

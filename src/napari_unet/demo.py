@@ -51,14 +51,15 @@ def demo_trainer(
     device: str,
     w0: float | None = None,
     steps: int = 100_000,
-    lr: float | None = None,
     model_config: ModelConfig | None = None,
+    **options,
 ) -> Trainer:
     """A trainer for ``model_config`` (default: the CPU-sized or, on a GPU, paper-sized
     model) on ``data``, stopping after ``minutes`` or ``steps``, whichever comes first;
-    ``w0`` replaces the training default of the separation weight."""
+    ``w0`` replaces the training default of the separation weight, and ``options``
+    (``lr``, ``tile``, ``batch_size``, ...) the :class:`TrainConfig` defaults."""
     model = UNet.from_config(model_config or default_model_config(device))
-    config = TrainConfig(steps=steps, minutes=minutes, seed=seed, device=device, validate_every=100, lr=lr)
+    config = TrainConfig(steps=steps, minutes=minutes, seed=seed, device=device, validate_every=100, **options)
     if w0 is not None:
         config = replace(config, weights=replace(config.weights, w0=w0))
     images, labels = zip(*data.train)
