@@ -24,6 +24,10 @@ class _Curve:
         self.losses: list[float] = []
         self.offset = 0
 
+    def add(self, step: int, loss: float) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+
     def clear(self) -> None:
         self.steps.clear()
         self.losses.clear()
@@ -76,15 +80,13 @@ class LossPlot(pg.PlotWidget):
         """Keep a warm-start step's loss (of the 2D twin) for the next :meth:`redraw`."""
         if not self.twin.steps:
             self.setToolTip(TWIN_TOOLTIP)
-        self.twin.steps.append(step)
-        self.twin.losses.append(loss)
+        self.twin.add(step, loss)
 
     def record(self, step: int, loss: float) -> None:
         """Keep a step's loss for the next :meth:`redraw`; after a warm start it is
         drawn after the twin's last step."""
         self.network.offset = self.twin.steps[-1] if self.twin.steps else 0
-        self.network.steps.append(step)
-        self.network.losses.append(loss)
+        self.network.add(step, loss)
 
     def redraw(self) -> None:
         self.twin.redraw()
