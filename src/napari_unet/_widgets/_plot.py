@@ -82,10 +82,15 @@ class LossPlot(pg.PlotWidget):
             self.setToolTip(TWIN_TOOLTIP)
         self.twin.add(step, loss)
 
+    @property
+    def twin_steps(self) -> int:
+        """The warm-start steps recorded since the plot was cleared."""
+        return self.twin.steps[-1] if self.twin.steps else 0
+
     def record(self, step: int, loss: float) -> None:
         """Keep a step's loss for the next :meth:`redraw`; after a warm start it is
         drawn after the twin's last step."""
-        self.network.offset = self.twin.steps[-1] if self.twin.steps else 0
+        self.network.offset = self.twin_steps
         self.network.add(step, loss)
 
     def redraw(self) -> None:

@@ -229,7 +229,6 @@ class TrainWidget(DockWidget):
         self.runner = self.make_runner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self.trainer: Trainer | None = None
         self._started_message = ""
-        self._twin_steps = 0  # of the current run's warm start
         self.add_pair.changed.connect(self.guarded(self._add_pair))
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(self._set_tile_choices)
@@ -479,7 +478,6 @@ class TrainWidget(DockWidget):
         if isinstance(event, TrainingStarted):
             self.plot.show()  # from the first run on (a run refused while preparing shows none)
             self.trainer = event.trainer
-            self._twin_steps = 0
             self.progress.max = event.trainer.config.steps
             threads = f" with {event.threads} CPU thread(s)" if event.trainer.device.type == "cpu" else ""
             self._started_message = f"training on {event.trainer.device}{threads}…"
@@ -492,7 +490,6 @@ class TrainWidget(DockWidget):
             self.plot.record(event.step, event.loss)
             self._show_step(event)
         elif isinstance(event, WarmStartProgress):
-            self._twin_steps = event.step
             self.plot.record_twin(event.step, event.loss)
             self._show_step(event)
         elif isinstance(event, ValidationResult):
@@ -533,7 +530,7 @@ class TrainWidget(DockWidget):
         verb = "stopped" if done.stopped else "finished"
         still_true = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
         warnings = "".join(f"\n⚠ {warning}" for warning in still_true)
-        twin = f" (after {self._twin_steps} steps of its 2D twin)" if self._twin_steps else ""
+        twin = f" (after {self.plot.twin_steps} steps of its 2D twin)" if self.plot.twin_steps else ""
         self.status.value = f"{verb} at step {trainer.step}{twin}; model saved to {path}{warnings}"
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:

@@ -343,8 +343,9 @@ class Trainer:
                 if between_steps:
                     self._write_checkpoint()
                 else:
-                    kept = f"the checkpoint of step {saved_at} is kept"
-                    kept = "no checkpoint is written" if saved_at is None else kept
+                    kept = (
+                        "no checkpoint is written" if saved_at is None else f"the checkpoint of step {saved_at} is kept"
+                    )
                     log.warning(
                         "training was interrupted in the middle of step %d, whose state is half made: %s "
                         "(a checkpoint is only written between steps, so that resuming is exact)",
