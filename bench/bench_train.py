@@ -6,7 +6,7 @@ Settings: the CPU default, the same network without batch normalisation (the fix
 workload that training speed is compared on), that network again in the channels-first
 layout that training used before it kept CPU tensors channels-last (the ratio of the two
 comes from the same run), the paper's network, and the 3D CPU default in both layouts
-(on a stack of unrelated synthetic planes: speed only). Each setting's useful training FLOP/s
+(on a synthetic volume of 40x96x96 isotropic voxels). Each setting's useful training FLOP/s
 (three times the forward convolutions' FLOPs per sample: the forward pass and the two
 gradients of the backward pass) is put against the machine's convolution limit, the best
 large 3x3 convolution of bench_limits.py at the training's precision (bf16 where the CPU
@@ -39,7 +39,8 @@ from common import format_table, median, print_header
 from napari_unet import ModelConfig, StepProgress, TrainConfig, UNet, default_model_config
 from napari_unet.core.devices import precision_name
 from napari_unet.core.model import forward_flops
-from napari_unet.core.synthetic import synthetic_dataset, synthetic_stack
+from napari_unet.core.synthetic import synthetic_dataset
+from napari_unet.core.synthetic_volume import synthetic_volume
 
 WARMUP_STEPS = 3
 
@@ -152,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     print_header("training speed")
     data = synthetic_dataset(4, (256, 256), seed=0)
-    volume = [synthetic_stack(40, (96, 96), seed=0)]  # speed only: its planes' objects are unrelated
+    volume = [synthetic_volume((40, 96, 96), spacing=(1.0, 1.0, 1.0), seed=0)]  # nuclei with one id through their planes
 
     def inputs_of(name: str) -> list:
         return volume if name.startswith("3d") else data
