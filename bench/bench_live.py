@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def main() -> None:
     viewer.window.add_dock_widget(widget)
     widget.image.value, widget.annotation.value = image_layer, annotation
     widget.preview_seconds.value = args.preview
-    widget.save_path.value = Path("/tmp") / f"bench_live_{time.time():.0f}.safetensors"
+    saved = tempfile.TemporaryDirectory(prefix="bench_live_")  # the model Stop saves: not kept
+    widget.save_path.value = Path(saved.name) / "live.safetensors"
 
     probe = GapProbe()
     gaps, gap_ends = probe.gaps, probe.ends
@@ -167,6 +169,7 @@ def main() -> None:
     period = float(np.median(np.diff(seconds))) if len(seconds) > 1 else float("nan")
     write_plot(args.plot, seconds, counts, scores)
     viewer.close()
+    saved.cleanup()
     print(f"learning curve: {args.plot}")
     if args.erase:
         print(f"the annotator painted background over {erasures} false objects")

@@ -153,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     print_header("training speed")
     data = synthetic_dataset(4, (256, 256), seed=0)
-    volume = [synthetic_volume((40, 96, 96), spacing=(1.0, 1.0, 1.0), seed=0)]  # nuclei with one id through their planes
+    volume = [synthetic_volume((40, 96, 96), spacing=(1.0, 1.0, 1.0), seed=0)]  # one id per nucleus in every plane
 
     def inputs_of(name: str) -> list:
         return volume if name.startswith("3d") else data
