@@ -10,11 +10,9 @@ from napari_unet.core.annotation import (
     as_signed,
     compact_ids,
     highlight,
-    image_like_reason,
-    labels_warning,
     new_annotation,
-    unsigned_max_warning,
 )
+from napari_unet.core.label_checks import image_like_reason, labels_warning, unsigned_max_warning
 from napari_unet.core.metrics import touching_pairs
 from napari_unet.core.synthetic import synthetic_nuclei
 

@@ -18,8 +18,9 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, labels_warning, new_annotation
+from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, new_annotation
 from ..core.config import IGNORE_LABEL
+from ..core.label_checks import labels_warning
 from ._base import DockWidget
 from ._forms import form, scrolling
 from ._layers import (

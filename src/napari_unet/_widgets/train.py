@@ -23,7 +23,6 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 
 from .._session import Session
-from ..core.annotation import labels_warning
 from ..core.checkpoint import load_model
 from ..core.config import (
     CPU_3D_MINUTES,
@@ -38,6 +37,7 @@ from ..core.devices import resolve_device
 from ..core.errors import ConfigError
 from ..core.geometry import is_volume
 from ..core.io import check_writable
+from ..core.label_checks import labels_warning
 from ..core.model import UNet
 from ..core.threads import available_cores
 from ..core.train import Trainer

@@ -6,8 +6,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 from napari.layers import Image, Labels
 
-from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight, labels_warning
+from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
 from ..core.config import WeightMapConfig
+from ..core.label_checks import labels_warning
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
 from ._forms import form

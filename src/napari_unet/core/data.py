@@ -16,18 +16,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import geometry
-from .annotation import (
-    compact_ids,
-    ids_changing_between_planes_warning,
-    image_like_reason,
-    labels_warning,
-    looks_like_image_message,
-)
+from .annotation import compact_ids
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from .errors import NapariUnetError
 from .io import read_image
+from .label_checks import (
+    ids_changing_between_planes_warning,
+    image_like_reason,
+    labels_warning,
+    looks_like_image_message,
+)
 from .layout import channels_before_spatial
 from .normalize import normalize
 from .object_size import CompleteObjects, complete_objects

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .annotation import image_like_reason, looks_like_image_message
 from .errors import NapariUnetError
+from .label_checks import image_like_reason, looks_like_image_message
 from .metrics import MatchStats, combine, match_instances, merged_pairs, pixel_iou
 
 #: One table row: name, stats at IoU 0.5..0.9, foreground pixel IoU, merged touching pairs.
