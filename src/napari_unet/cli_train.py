@@ -23,7 +23,7 @@ from .cli_args import (
     spacing_option,
     tile_option,
 )
-from .core.checkpoint import ModelFileError, load_model, load_state
+from .core.checkpoint import ModelFileError, load_model, load_state, model_bytes
 from .core.config import (
     CPU_3D_MINUTES,
     AugmentConfig,
@@ -42,7 +42,7 @@ from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
 from .core.threads import use_threads
-from .core.train import SUMMARY_LOSS_STEPS, Trainer, TrainingError, model_bytes
+from .core.train import SUMMARY_LOSS_STEPS, Trainer, TrainingError
 from .core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
 from .core.warm_start import WARM_START_STEPS
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .config import TrainConfig
 from .io import write_atomic
 from .model import UNet
 from .modelfile import FORMAT, FORMAT_VERSION, HEADER_KEY, ModelFileError, check_model_state, read_checked, unflatten
@@ -121,3 +122,15 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "metadata": model.metadata,
     }
+
+
+def model_bytes(model: UNet) -> int:
+    """About how large a model file of ``model`` is (its weights, plus 1 MiB)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + (1 << 20)
+
+
+def checkpoint_bytes(model: UNet, config: TrainConfig, keeps_best: bool = False) -> int:
+    """About how large a checkpoint of ``model`` trained with ``config`` is: the
+    weights plus the optimiser's per-weight state (two moments for Adam, momentum
+    for SGD), the best validated weights where ``keeps_best``, and the model's record."""
+    return model_bytes(model) * ((3 if config.optimizer == "adam" else 2) + keeps_best)

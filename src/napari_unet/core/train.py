@@ -22,7 +22,15 @@ import torch.nn.functional as F
 
 from . import geometry
 from .best_weights import BestWeights
-from .checkpoint import ModelFileError, load_state, model_from_state, model_state, save_model, save_state
+from .checkpoint import (
+    ModelFileError,
+    checkpoint_bytes,
+    load_state,
+    model_from_state,
+    model_state,
+    save_model,
+    save_state,
+)
 from .config import TrainConfig, with_overrides
 from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare
 from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
@@ -540,18 +548,6 @@ def _resume_overrides(config: TrainConfig, device: str | None, precision: str | 
             log.warning("the checkpoint was made on %s, which this machine lacks: resuming on auto", config.device)
             overrides["device"] = "auto"
     return overrides
-
-
-def model_bytes(model: UNet) -> int:
-    """About how large a model file of ``model`` is (its weights, plus 1 MiB)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters()) + (1 << 20)
-
-
-def checkpoint_bytes(model: UNet, config: TrainConfig, keeps_best: bool = False) -> int:
-    """About how large a checkpoint of ``model`` trained with ``config`` is: the
-    weights plus the optimiser's per-weight state (two moments for Adam, momentum
-    for SGD), the best validated weights where ``keeps_best``, and the model's record."""
-    return model_bytes(model) * ((3 if config.optimizer == "adam" else 2) + keeps_best)
 
 
 def _count(value) -> int:
