@@ -71,9 +71,10 @@ from napari_unet.core.io import read_image
 from napari_unet.core.memory import release_kept_memory
 from napari_unet.core.metrics import DEFAULT_THRESHOLDS, match_instances
 from napari_unet.core.model import forward_flops
-from napari_unet.core.predict import CPU_TILE_BUDGET_BYTES, iter_predict, volume_labels
+from napari_unet.core.predict import iter_predict, volume_labels
 from napari_unet.core.progress import drive
 from napari_unet.core.taxonomy import drop_unannotated
+from napari_unet.core.tile_budget import CPU_TILE_BUDGET_BYTES
 from napari_unet.core.train_events import WarmStartProgress
 from napari_unet.core.warm_start import WARM_START_STEPS
 

@@ -15,7 +15,8 @@ from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.layout import ImageShapeError
 from napari_unet.core.normalize import normalize
 from napari_unet.core.object_size import in_voxels
-from napari_unet.core.predict import PredictOptions, plan_for, volume_labels
+from napari_unet.core.predict import PredictOptions, volume_labels
+from napari_unet.core.tile_budget import plan_for
 from napari_unet.core.tiling import extract_tile
 
 from .lazy import dented_and_touching_nuclei

@@ -37,9 +37,10 @@ from .devices import resolve_device, resolve_precision
 from .instances import foreground
 from .io import write_atomic
 from .model import UNet
-from .predict import PredictOptions, _forward, _network, plan_for
+from .predict import PredictOptions, _forward, _network
 from .sources import LazyPlane, LazyPlanes, open_source
 from .store import LABELLED, PREDICTED, WORK
+from .tile_budget import plan_for
 
 
 @dataclass(frozen=True)
