@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from napari_unet.core.annotation import (
     TOUCHING_GAP,
@@ -12,7 +11,6 @@ from napari_unet.core.annotation import (
     highlight,
     new_annotation,
 )
-from napari_unet.core.label_checks import image_like_reason, labels_warning, unsigned_max_warning
 from napari_unet.core.metrics import touching_pairs
 from napari_unet.core.synthetic import synthetic_nuclei
 
@@ -120,33 +118,6 @@ def test_stack_counts_say_how_many_planes_are_annotated():
     assert "planes annotated" not in AnnotationStats.of(stack[1]).summary()
 
 
-def test_a_binary_mask_given_as_labels_is_warned_about():
-    mask = np.zeros((40, 40), np.uint8)
-    mask[2:10, 2:10] = mask[20:30, 5:15] = mask[12:18, 25:35] = 1
-    warning = labels_warning(mask, "labels 'mask'")
-    assert warning.startswith("labels 'mask' give all 3 separate regions the same id 1: this looks like a binary mask")
-    assert "255" in labels_warning(mask * 255)  # 0/255 too, the binary warning first
-    assert "binary mask" in labels_warning(mask * 255)
-    labelled = ndimage.label(mask)[0]
-    assert labels_warning(labelled) is None  # one id per cell
-    assert labels_warning(np.where(mask > 0, 1, -1) * (np.arange(40) < 12)[:, None]) is None  # one cell, -1 elsewhere
-    assert labels_warning(np.full((5, 5), -1)) is None
-
-
-def test_unsigned_labels_are_converted_and_the_dtype_maximum_is_warned_about():
-    labels = np.full((10, 10), 255, np.uint8)
-    labels[:5] = 1
-    warning = unsigned_max_warning(labels, "labels 'cells.png'")
-    assert "uint8" in warning and "50% of their pixels hold 255" in warning and "-1" in warning
-    assert unsigned_max_warning(np.ones((4, 4), np.uint16)) is None
-    assert unsigned_max_warning(np.full((4, 4), 255, np.int16)) is None
-    assert as_signed(np.array([[0, 65535]], np.uint16)).dtype == np.int32
-    assert as_signed(np.array([[0, 200]], np.uint8)).dtype == np.int16
-    huge = np.array([[0, 1 << 40]], np.uint64)
-    np.testing.assert_array_equal(as_signed(huge), huge.astype(np.int64))  # not wrapped into int32
-    np.testing.assert_array_equal(as_signed(np.array([[0, 1 << 63, 5]], np.uint64)), [[0, 2, 1]])
-
-
 def test_ids_beyond_the_pixel_count_are_renumbered_in_their_order():
     labels = np.array([[-1, 0, 7], [7, 1 << 40, 3]], np.int64)
     np.testing.assert_array_equal(compact_ids(labels), [[-1, 0, 2], [2, 3, 1]])
@@ -154,9 +125,9 @@ def test_ids_beyond_the_pixel_count_are_renumbered_in_their_order():
     assert compact_ids(small) is small  # ids within the pixel count stay as they are
 
 
-def test_images_given_as_labels_are_recognised():
-    image, labels = synthetic_nuclei((64, 64), seed=0)
-    assert image_like_reason(labels) is None
-    assert "neighbouring pixels" in image_like_reason(image)
-    assert "fractional" in image_like_reason(image.astype(np.float32) / 7)
-    assert image_like_reason(labels.astype(np.float32)) is None
+def test_unsigned_labels_are_converted_to_a_signed_type_that_holds_their_ids():
+    assert as_signed(np.array([[0, 65535]], np.uint16)).dtype == np.int32
+    assert as_signed(np.array([[0, 200]], np.uint8)).dtype == np.int16
+    huge = np.array([[0, 1 << 40]], np.uint64)
+    np.testing.assert_array_equal(as_signed(huge), huge.astype(np.int64))  # not wrapped into int32
+    np.testing.assert_array_equal(as_signed(np.array([[0, 1 << 63, 5]], np.uint64)), [[0, 2, 1]])
