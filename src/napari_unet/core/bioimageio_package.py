@@ -12,7 +12,8 @@ Writing uses ``bioimageio.spec``'s own description classes and packaging (the
   ``unet_architecture.py``, which does not import napari_unet), ``torchscript`` and
   ``onnx``, all computing the same network (see :mod:`napari_unet.core.exchange`);
 - test input and output tensors, a cover made from them, a README with the training
-  record, the license, the authors and the citation of the U-Net paper;
+  record (:mod:`.package_readme`), the license, the authors and the citation of the
+  U-Net paper;
 - ``napari_unet.json``: what napari-unet needs to read the package back (the model
   spec, the training record, the weights file and its SHA-256).
 
@@ -37,21 +38,16 @@ import torch
 from . import exchange, standalone_unet
 from .config import NormalizationConfig
 from .errors import ConfigError, OutputFileError
-from .geometry import margin
 from .io import check_writable
 from .layout import channels_at_minus3
 from .model import UNet, without_batch_norm
 from .package_reader import PACKAGE_FORMAT, PACKAGE_VERSION, RECORD_NAME, STATE_DICT_NAME, sha256
+from .package_readme import PAPER_DOI, PAPER_TEXT, package_readme
 
 ARCHITECTURE_NAME = "unet_architecture.py"
 ARCHITECTURE_CALLABLE = "SameSizeUNet"
 TORCHSCRIPT_NAME = "weights_torchscript.pt"
 ONNX_NAME = "weights.onnx"
-PAPER_DOI = "10.1007/978-3-319-24574-4_28"
-PAPER_TEXT = (
-    "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
-    "MICCAI 2015, LNCS 9351, pp. 234-241."
-)
 #: Added to the percentile range by ``scale_range`` (the spec requires a positive value;
 #: napari-unet itself adds none, so the smallest keeps the two equal).
 SCALE_RANGE_EPS = 1e-12
@@ -118,109 +114,8 @@ def _cover(raw: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     return (picture * 255).round().astype(np.uint8)
 
 
-def _rounded(value: Any) -> Any:
-    return f"{value:.4g}" if isinstance(value, float) else value
-
-
-def _describe_training(metadata: dict[str, Any]) -> list[str]:
-    training = metadata.get("training")
-    if not training:
-        return ["No training record: the model file did not come from napari-unet's trainer."]
-    config = training.get("config") or {}
-    lines = [
-        f"- steps: {training.get('steps')} in {training.get('seconds')} s on {training.get('device')} "
-        f"({training.get('precision')}), final loss {_rounded(training.get('final_loss'))}",
-        f"- tile: {training.get('tile')} px, batch size {config.get('batch_size')}, optimizer "
-        f"{config.get('optimizer')}, learning rate {config.get('lr') or 'default'}, schedule {config.get('schedule')}",
-    ]
-    augment = config.get("augment") or {}
-    if augment:
-        lines.append(
-            "- augmentation: "
-            + ", ".join(f"{key} {value}" for key, value in augment.items() if not isinstance(value, dict))
-        )
-    validation = training.get("validation")
-    if validation:
-        lines.append(
-            f"- validation at step {validation.get('step')}: AP@0.5 {validation.get('ap50')}, "
-            f"pixel IoU {validation.get('pixel_iou')}"
-        )
-    weight_map = metadata.get("weight_map")
-    if weight_map:
-        lines.append(
-            f"- loss: pixel-weighted cross-entropy with the paper's separation weight map, "
-            f"w0 = {weight_map.get('w0')}, sigma = {weight_map.get('sigma')} px"
-        )
-    return lines
-
-
 #: Shortest model name bioimage.io accepts.
 MIN_NAME_LENGTH = 5
-
-
-def _readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
-    config, spec = model.config, model.spec
-    depth, step = config.depth, 2**config.depth
-    norm, inst = spec.normalization, spec.instances
-    parameters = sum(p.numel() for p in model.parameters())
-    lost = margin(depth)
-    lines = [
-        f"# {name}",
-        "",
-        "A U-Net (Ronneberger et al. 2015) trained and exported with napari-unet. It gives the probability that",
-        "a pixel belongs to an object (a cell or nucleus) rather than to the background.",
-        "",
-        "## Data it was trained on",
-        "",
-        trained_on,
-        "",
-        "## Training",
-        "",
-        *_describe_training(getattr(model, "metadata", {}) or {}),
-        "",
-        "## Network",
-        "",
-        f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.class_names)}), "
-        f"{config.base_channels} base channels, depth {depth}, {parameters:,} parameters",
-        f"- unpadded 3x3 convolutions: the bare network's output is {lost} px smaller than its input. The",
-        f"  exported module mirrors at least {lost // 2} px onto each side itself, so output and input have the",
-        f"  same size; the outer {exchange.halo(depth)} px of each output tile saw mirrored context and are",
-        "  declared as `halo`.",
-        f"- input sizes: {exchange.min_size(depth)} + n * {step} px per axis (n = 0, 1, 2, ...)",
-        "",
-        "## Input and output",
-        "",
-        f"- input `raw` (batch, channel, y, x): any intensities; the preprocessing maps the {norm.low} and",
-        f"  {norm.high} percentiles of each image and channel to 0 and 1 (`scale_range`, values not clipped).",
-        "- output `foreground` (batch, channel, y, x): the foreground probability, 1 minus the softmax",
-        "  probability of the background class.",
-        f"- napari-unet turns it into instances with threshold {inst.threshold}, minimum size {inst.min_size} px,",
-        f"  holes filled: {inst.fill_holes}, objects grown by {inst.expand} px, touching objects split where",
-        f"  the smoothed probability dips by {inst.split} between two peaks (0: never) unless a piece would",
-        f"  have fewer than {inst.min_piece} px, and objects filling less than {inst.min_fill} of the ellipse of",
-        f"  their second moments split at the necks of their mask at least {inst.neck} px deep (0: never).",
-        "",
-        "## How to use it",
-        "",
-        "- Fiji with deepImageJ: *DeepImageJ Install Model*, choose this zip file; then open an image and run",
-        "  *DeepImageJ Run* with this model; threshold the probability at 0.5 to get a mask.",
-        "- Python: `bioimageio predict` (package bioimageio.core) or `napari_unet.load_model('<this zip>')`.",
-        "- napari: drop the zip on the viewer with napari-unet installed; it becomes the session's model.",
-        "",
-        "## Validation",
-        "",
-        f"Checked when the package was written, on the {size} x {size} px test tensors:",
-        "",
-        *(f"- {label}: max |difference| {value:.2e}" for label, value in checks.items()),
-        "",
-        "Measure the segmentation quality on annotated images of your own before relying on it.",
-        "",
-        "## Citation",
-        "",
-        f"{PAPER_TEXT} doi:{PAPER_DOI}",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _record(model: UNet, weights_sha256: str, architecture_sha256: str) -> dict[str, Any]:
@@ -359,7 +254,8 @@ def write_package(
         iio.imwrite(folder / "sample_input.tif", raw.squeeze())  # for people: (C,) H, W
         iio.imwrite(folder / "sample_output.tif", expected[0, 0].astype(np.float32))
         trained_on = trained_on or "Not recorded at export (pass `--trained-on` to `napari-unet export`)."
-        (folder / "README.md").write_text(_readme(model, name, trained_on, checks, raw.shape[-1]), encoding="utf-8")
+        readme = package_readme(model, name, trained_on, checks, raw.shape[-1])
+        (folder / "README.md").write_text(readme, encoding="utf-8")
         record = _record(model, sha256(files[STATE_DICT_NAME]), sha256(files[ARCHITECTURE_NAME]))
         (folder / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
 

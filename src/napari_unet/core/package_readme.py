@@ -1,0 +1,126 @@
+"""The README of a bioimage.io model package: for the people who download it.
+
+It says what the model was trained on and how (from the model file's training
+record), what the network is, what its input and output mean, how to run it in Fiji,
+Python and napari, how closely its weight formats agreed when it was written, and
+which paper to cite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import exchange
+from .geometry import margin
+from .model import UNet
+
+PAPER_DOI = "10.1007/978-3-319-24574-4_28"
+PAPER_TEXT = (
+    "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015, LNCS 9351, pp. 234-241."
+)
+
+
+def _rounded(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _describe_training(metadata: dict[str, Any]) -> list[str]:
+    training = metadata.get("training")
+    if not training:
+        return ["No training record: the model file did not come from napari-unet's trainer."]
+    config = training.get("config") or {}
+    lines = [
+        f"- steps: {training.get('steps')} in {training.get('seconds')} s on {training.get('device')} "
+        f"({training.get('precision')}), final loss {_rounded(training.get('final_loss'))}",
+        f"- tile: {training.get('tile')} px, batch size {config.get('batch_size')}, optimizer "
+        f"{config.get('optimizer')}, learning rate {config.get('lr') or 'default'}, schedule {config.get('schedule')}",
+    ]
+    augment = config.get("augment") or {}
+    if augment:
+        lines.append(
+            "- augmentation: "
+            + ", ".join(f"{key} {value}" for key, value in augment.items() if not isinstance(value, dict))
+        )
+    validation = training.get("validation")
+    if validation:
+        lines.append(
+            f"- validation at step {validation.get('step')}: AP@0.5 {validation.get('ap50')}, "
+            f"pixel IoU {validation.get('pixel_iou')}"
+        )
+    weight_map = metadata.get("weight_map")
+    if weight_map:
+        lines.append(
+            f"- loss: pixel-weighted cross-entropy with the paper's separation weight map, "
+            f"w0 = {weight_map.get('w0')}, sigma = {weight_map.get('sigma')} px"
+        )
+    return lines
+
+
+def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
+    """The README.md of a package of ``model``: what it was trained on (``trained_on``, the
+    user's words) and how, the network, its input and output, how to use it, and the
+    largest differences between its weight formats (``checks``) on the ``size`` x
+    ``size`` px test tensors."""
+    config, spec = model.config, model.spec
+    depth, step = config.depth, 2**config.depth
+    norm, inst = spec.normalization, spec.instances
+    parameters = sum(p.numel() for p in model.parameters())
+    lost = margin(depth)
+    lines = [
+        f"# {name}",
+        "",
+        "A U-Net (Ronneberger et al. 2015) trained and exported with napari-unet. It gives the probability that",
+        "a pixel belongs to an object (a cell or nucleus) rather than to the background.",
+        "",
+        "## Data it was trained on",
+        "",
+        trained_on,
+        "",
+        "## Training",
+        "",
+        *_describe_training(getattr(model, "metadata", {}) or {}),
+        "",
+        "## Network",
+        "",
+        f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.class_names)}), "
+        f"{config.base_channels} base channels, depth {depth}, {parameters:,} parameters",
+        f"- unpadded 3x3 convolutions: the bare network's output is {lost} px smaller than its input. The",
+        f"  exported module mirrors at least {lost // 2} px onto each side itself, so output and input have the",
+        f"  same size; the outer {exchange.halo(depth)} px of each output tile saw mirrored context and are",
+        "  declared as `halo`.",
+        f"- input sizes: {exchange.min_size(depth)} + n * {step} px per axis (n = 0, 1, 2, ...)",
+        "",
+        "## Input and output",
+        "",
+        f"- input `raw` (batch, channel, y, x): any intensities; the preprocessing maps the {norm.low} and",
+        f"  {norm.high} percentiles of each image and channel to 0 and 1 (`scale_range`, values not clipped).",
+        "- output `foreground` (batch, channel, y, x): the foreground probability, 1 minus the softmax",
+        "  probability of the background class.",
+        f"- napari-unet turns it into instances with threshold {inst.threshold}, minimum size {inst.min_size} px,",
+        f"  holes filled: {inst.fill_holes}, objects grown by {inst.expand} px, touching objects split where",
+        f"  the smoothed probability dips by {inst.split} between two peaks (0: never) unless a piece would",
+        f"  have fewer than {inst.min_piece} px, and objects filling less than {inst.min_fill} of the ellipse of",
+        f"  their second moments split at the necks of their mask at least {inst.neck} px deep (0: never).",
+        "",
+        "## How to use it",
+        "",
+        "- Fiji with deepImageJ: *DeepImageJ Install Model*, choose this zip file; then open an image and run",
+        "  *DeepImageJ Run* with this model; threshold the probability at 0.5 to get a mask.",
+        "- Python: `bioimageio predict` (package bioimageio.core) or `napari_unet.load_model('<this zip>')`.",
+        "- napari: drop the zip on the viewer with napari-unet installed; it becomes the session's model.",
+        "",
+        "## Validation",
+        "",
+        f"Checked when the package was written, on the {size} x {size} px test tensors:",
+        "",
+        *(f"- {label}: max |difference| {value:.2e}" for label, value in checks.items()),
+        "",
+        "Measure the segmentation quality on annotated images of your own before relying on it.",
+        "",
+        "## Citation",
+        "",
+        f"{PAPER_TEXT} doi:{PAPER_DOI}",
+        "",
+    ]
+    return "\n".join(lines)
