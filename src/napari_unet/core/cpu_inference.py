@@ -156,7 +156,8 @@ class CpuInference:
         with weights_lock(model), torch.no_grad():
             for index, (layer, shape) in enumerate(zip(self.plan, shapes)):
                 if layer.kind in (CONV, UP):
-                    weight, bias = (t.to(dtype) for t in folded_weights(model, layer))
+                    # on the CPU whichever device the model trains on (a model left on a GPU, say)
+                    weight, bias = (t.to("cpu", dtype) for t in folded_weights(model, layer))
                     self.convs[index] = self._pack(index, layer, weight, bias, shape)
 
     def _pack(self, index: int, layer: Layer, weight: torch.Tensor, bias: torch.Tensor, shape: tuple[int, ...]):

@@ -18,12 +18,13 @@ from . import geometry, sources, tiling
 from .checkpoint import load_model
 from .config import InstanceConfig, with_overrides
 from .cpu_inference import CpuInference
+from .device_inference import DeviceInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
 from .instances import no_objects_note, probabilities_to_labels
 from .layout import axes_at_minus3, channels_before_spatial
 from .memory import reuse_freed_memory
-from .model import UNet, snapshot
+from .model import UNet
 from .object_size import in_voxels
 from .progress import drive
 from .rescale import check_rescale, instances_at_scale, resize_planes, scaled_shape, size_mismatch_note
@@ -221,11 +222,11 @@ def _as_part(run, part: int, parts: int, seconds_before: float):
 def _network(model: UNet, device: torch.device, dtype, input_shape: tuple[int, ...]):
     """What computes the logits from a snapshot of ``model``'s weights: on a CPU the
     faster :class:`CpuInference` (fp32 or bf16, equal to the modules up to rounding),
-    else a copy of the module on ``device``."""
+    else :class:`DeviceInference` (a copy of the module on ``device``)."""
     with torch.inference_mode():
         if device.type == "cpu" and dtype in (None, torch.bfloat16):
             return CpuInference(model, dtype or torch.float32, input_shape)
-        return snapshot(model, device)
+        return DeviceInference(model, device, dtype, len(input_shape))
 
 
 def _forward(network, batch: np.ndarray, device: torch.device, dtype) -> np.ndarray:

@@ -436,9 +436,10 @@ class Trainer:
         loss = weighted_cross_entropy(logits, target, weights, sum_over_processes(weights.sum(), self.group))
         reported = sum_over_processes(loss.detach(), self.group)
         if not torch.isfinite(reported):
+            wider = "bf16 or fp32 (fp16 ends at 65504)" if self.dtype == torch.float16 else "fp32"
             raise TrainingError(
                 f"the loss became {reported.item()} at step {self.step + 1}: lower the learning rate "
-                f"(now {lr:g}) or use precision fp32"
+                f"(now {lr:g}) or use precision {wider}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
