@@ -282,6 +282,19 @@ def test_samples_are_drawn_ahead_only_when_training_has_every_core(monkeypatch):
         assert not sample_threads()
 
 
+def test_on_a_gpu_half_the_cores_draw_batches_ahead(monkeypatch):
+    import napari_unet.core.train as train_module
+
+    images, labels = data()
+    trainer = Trainer(tiny_model(), images, labels, FAST)
+    trainer.device = torch.device("cuda")  # only what the property reads: nothing runs there
+    for cores, workers in ((1, 1), (2, 1), (6, 3), (16, train_module.MAX_SAMPLING_WORKERS)):
+        monkeypatch.setattr(train_module, "available_cores", lambda cores=cores: cores)
+        assert trainer.sampling_workers == workers
+    trainer.sampling_workers = 2
+    assert trainer.sampling_workers == 2
+
+
 def test_a_loss_that_overflows_fp16_says_to_use_bf16_or_fp32():
     image, labels = nu.synthetic_nuclei((96, 96), seed=0)
     torch.manual_seed(0)

@@ -79,6 +79,9 @@ def weighted_cross_entropy(
 
 #: TrainSummary.final_loss is the mean loss of this many last steps.
 SUMMARY_LOSS_STEPS = 20
+#: The most threads that draw training batches ahead of a GPU's steps (see
+#: :attr:`Trainer.sampling_workers`); one drew about 40 samples of 572 px a second on a 2-core AMD EPYC.
+MAX_SAMPLING_WORKERS = 4
 
 
 class Trainer:
@@ -120,6 +123,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.layout = training_layout(self.device, model.config.ndim)
+        self._sampling_workers: int | None = None
         val_images, val_labels = as_image_list(val_images), as_image_list(val_labels)
         if len(val_images) != len(val_labels):
             raise ConfigError("give one validation label image per validation image")
@@ -314,12 +318,12 @@ class Trainer:
             if self.group.is_main and self.checkpoint_path and self._write_checkpoint():
                 saved_at = self.step
                 yield CheckpointSaved(self.step, str(self.checkpoint_path))
-        prefetch = BatchPrefetcher(ahead=self._draws_ahead())
+        prefetch = BatchPrefetcher(self.sampling_workers)
         try:
             while self.step < cfg.steps and not self._should_stop(started):
                 between_steps = False
                 begin = time.perf_counter()
-                upcoming = self._sample_indices(self.step + 1) if self.step + 1 < cfg.steps else None
+                upcoming = [self._sample_indices(step) for step in range(self.step + 1, cfg.steps)[: prefetch.workers]]
                 batch = prefetch.batch(self.stream, self._sample_indices(self.step), upcoming)
                 data_seconds = time.perf_counter() - begin
                 lr = self.learning_rate(self.step, self._elapsed(started))
@@ -368,11 +372,27 @@ class Trainer:
     def _validated_at(self, step: int) -> bool:
         return self.last_validation is not None and self.last_validation.step == step
 
-    def _draws_ahead(self) -> bool:
-        """Whether to draw the next step's samples in a background thread: when training
-        has every core (or computes on a GPU). When cores are left free, as the widgets
-        leave one to the viewer, the sampling thread would take them."""
-        return self.device.type != "cpu" or torch.get_num_threads() >= available_cores()
+    @property
+    def sampling_workers(self) -> int:
+        """How many batches background threads draw at once, ahead of the steps.
+
+        On a CPU one, while the step computes, when training has every core; none when
+        cores are left free (as the widgets leave one to the viewer: the thread would
+        take it). On a GPU half the cores, at most :data:`MAX_SAMPLING_WORKERS`: there
+        the CPU's sample preparation is what the steps wait for (on an H200 with 16
+        cores and one thread, 49-55% of a step of the paper network with batch 1 in
+        bf16, 74-83% with batch 4, 92% for the 3D network; bench/bench_gpu.py).
+        """
+        if self._sampling_workers is not None:
+            return self._sampling_workers
+        if self.device.type != "cpu":
+            return max(1, min(MAX_SAMPLING_WORKERS, available_cores() // 2))
+        return 1 if torch.get_num_threads() >= available_cores() else 0
+
+    @sampling_workers.setter
+    def sampling_workers(self, workers: int) -> None:
+        """Draw this many batches ahead instead (benchmarks compare settings so)."""
+        self._sampling_workers = workers
 
     def _sample_indices(self, step: int) -> list[int]:
         """The global indices of this process's samples in ``step``."""
