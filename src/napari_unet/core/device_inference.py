@@ -4,6 +4,7 @@ fastest in, and a guard against fp16's narrow range (see :class:`DeviceInference
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -43,9 +44,9 @@ def fp16_fallback(device: torch.device) -> torch.dtype | None:
 class DeviceInference:
     """Logits of ``model`` on ``device`` in ``dtype``, from a snapshot of its weights.
 
-    Call with a batch ``(N, C, *spatial)`` on ``device`` inside an autocast context
-    for ``dtype`` (as :func:`~napari_unet.core.predict._forward` does); returns the
-    logits ``(N, K, *(spatial - margin))``.
+    Call with a batch ``(N, C, *spatial)`` on ``device``; returns the logits
+    ``(N, K, *(spatial - margin))`` computed in ``dtype`` (autocast), whatever autocast
+    the caller set.
 
     A network without batch normalisation can have activations beyond fp16's range
     (65504): they become inf and NaN, and every pixel would be labelled background.
@@ -60,27 +61,30 @@ class DeviceInference:
         self.dtype = dtype
         self.layout = inference_layout(device, dtype, tensor_ndim)
         self.module = snapshot(model, device).to(memory_format=self.layout)
+        self._fell_back = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.layout)
-        if self.dtype != torch.float16:
-            return self._logits(x, self.dtype)
-        logits = self._logits(x, self.dtype)
-        if bool(torch.isfinite(logits).all()):
-            return logits
-        fallback = fp16_fallback(self.device)
-        log.warning(
-            "fp16 overflowed in this network (activations beyond %.0f gave inf): predicting in %s instead; "
-            "choose precision bf16 or fp32 for this model",
-            FP16_MAX,
-            precision_name(fallback),
-        )
-        self.dtype = fallback
-        return self._logits(x, fallback)
+        logits = self._logits(x)
+        if self.dtype == torch.float16 and not bool(torch.isfinite(logits).all()):
+            self.dtype, self._fell_back = fp16_fallback(self.device), True
+            log.warning(
+                "fp16 overflowed in this network (activations beyond %.0f gave inf): predicting in %s instead; "
+                "choose precision bf16 or fp32 for this model",
+                FP16_MAX,
+                precision_name(self.dtype),
+            )
+            logits = self._logits(x)
+        return logits
 
-    def _logits(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-        if dtype is None:
-            with torch.autocast(self.device.type, enabled=False):
-                return self.module(x.float())
-        with torch.autocast(self.device.type, dtype=dtype):
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The snapshot's logits in :attr:`dtype`, whichever autocast the caller set
+        (after a fallback, the caller's is still fp16's)."""
+        if self.dtype is not None:
+            context = torch.autocast(self.device.type, dtype=self.dtype)
+        elif self._fell_back:
+            context = torch.autocast(self.device.type, enabled=False)
+        else:
+            context = contextlib.nullcontext()
+        with context:
             return self.module(x)
