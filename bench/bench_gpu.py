@@ -6,20 +6,22 @@ Sections (``--sections``, default all, in this order):
 
 - ``limits``: the best 3x3 convolution per precision (bench_limits.py's probe, on
   larger inputs than the CPU's, where a launch costs more than the arithmetic).
-- ``segment``: ``napari_unet.segment`` end to end with the paper network, 512x512 and
-  2048x2048 synthetic nuclei, fp32/bf16/fp16, with cuDNN's autotuner
-  (``torch.backends.cudnn.benchmark``) off and on; the time split into the network,
-  the rest of prediction and instance post-processing (on the CPU); labels of each
-  precision against fp32's. Then one tile's forward pass in channels-first and
-  channels-last layout.
-- ``train``: steps/s of the paper network (tile 572, batch 1 and 4) per precision and
-  memory layout, with the share of a step spent waiting for samples (drawn on the
-  CPU), useful FLOP/s against the limit; the GPU's 3D default.
 - ``checks``: tiled prediction against a whole-image pass, the GPU against the CPU,
   two equal training runs and a stopped-and-resumed one bitwise, fp16 training,
   a model trained on the GPU saved and loaded on the CPU, 3D training and tiling, live
   training's previews, the command line (train, segment, demo). Each prints PASS or
   FAIL with its numbers; FAILs are counted at the end.
+- ``segment``: ``napari_unet.segment`` end to end with the paper network, 512x512 and
+  2048x2048 synthetic nuclei, fp32/bf16/fp16, with cuDNN's autotuner
+  (``torch.backends.cudnn.benchmark``) off and on; the time split into the network,
+  the rest of prediction and instance post-processing (on the CPU); labels of each
+  precision against fp32's. Then one tile's forward pass in channels-first and
+  channels-last layout, and where the time of one 512x512 segmentation goes
+  (cProfile, the functions with the most time of their own).
+- ``train``: steps/s of the paper network (tile 572, batch 1 and 4) per precision,
+  memory layout and number of sampling threads, with the share of a step spent
+  waiting for samples (drawn on the CPU), useful FLOP/s against the limit; the GPU's
+  3D default.
 
 The paper network is trained on the GPU for ``--train-seconds`` on synthetic nuclei
 first, so that its labels (and the post-processing they cost) are those of a model
@@ -166,6 +168,24 @@ def layout_section(model: nu.UNet, device: str, tile: int, batch: int, repeats: 
             rows.append((precision, name, f"{1000 * seconds:.2f}", f"{flops / seconds / 1e12:.1f}"))
     print(f"one forward pass of {batch} tile(s) of {tile}x{tile}, autotuner on:")
     print(format_table(["precision", "layout", "ms", "TFLOP/s"], rows))
+    torch.backends.cudnn.benchmark = False
+
+
+def profile_section(model: nu.UNet, device: str, size: int = 512, rows: int = 18) -> None:
+    """Where one segmentation's time goes, by the functions' own time (after a warm-up)."""
+    import cProfile
+    import pstats
+
+    image, _, _ = benchmark_image((size, size))
+    torch.backends.cudnn.benchmark = True
+    nu.segment(model, image, device=device)
+    profile = cProfile.Profile()
+    profile.enable()
+    nu.segment(model, image, device=device)
+    synchronize()
+    profile.disable()
+    print(f"one {size}x{size} segmentation, default precision, autotuner on:")
+    pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(rows)
     torch.backends.cudnn.benchmark = False
 
 
@@ -395,7 +415,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--train-seconds", type=float, default=45.0, help="training of the paper network first")
-    parser.add_argument("--sections", nargs="+", default=["limits", "segment", "train", "checks"])
+    parser.add_argument("--sections", nargs="+", default=["limits", "checks", "segment", "train"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="training steps per setting")
@@ -408,11 +428,13 @@ def main() -> None:
         "limits": lambda: limit.update(limits_section(args.device)),
         "segment": lambda: segment_section(model, args.device, limit, args.sizes, args.repeats),
         "layout": lambda: layout_section(model, args.device, 700, 1, args.repeats),
+        "profile": lambda: profile_section(model, args.device),
         "train": lambda: train_section(args.device, limit, args.steps),
         "checks": lambda: checks_section(model, args.device, workdir),
     }
     if "segment" in args.sections:
-        args.sections.insert(args.sections.index("segment") + 1, "layout")
+        at = args.sections.index("segment") + 1
+        args.sections[at:at] = ["layout", "profile"]
     began = time.perf_counter()
     model, note = paper_model(None, args.train_seconds / 60.0)
     print(f"paper network: {note} ({time.perf_counter() - began:.0f} s)\n")
