@@ -100,3 +100,18 @@ def test_cli_nproc_runs_under_torchrun(tmp_path):
     assert done.stdout.count("trained 3 steps") == 1  # rank 0 alone reports and writes
     assert nu.load_model(tmp_path / "m.safetensors").metadata["training"]["steps"] == 3
     np.testing.assert_equal((tmp_path / "m.safetensors.ckpt").exists(), True)
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [("gloo", torch.device("cpu")), ("cpu:gloo,cuda:nccl", torch.device("cpu")), ("nccl", torch.device("cuda", 0))],
+)
+def test_small_collectives_are_made_where_the_backend_reduces_them(monkeypatch, backend, expected):
+    """nccl reduces CUDA tensors only: the stop flag and the clock, made on the CPU,
+    would stop multi-GPU training at its first step (read from the code: no two GPUs
+    were at hand to run it)."""
+    from napari_unet.core import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 0)
+    assert distributed.collective_device() == expected

@@ -118,11 +118,21 @@ def sum_gradients(parameters: Sequence[nn.Parameter], group: ProcessGroup) -> No
         offset += grad.numel()
 
 
+def collective_device() -> torch.device:
+    """Where the tensors of a collective made here must be: on this process's GPU
+    when the default group is nccl's, which reduces CUDA tensors only ("No backend
+    type associated with device type cpu"); else on the CPU (gloo, or a group
+    initialised as "cpu:gloo,cuda:nccl")."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def max_over_processes(value: float, group: ProcessGroup) -> float:
     """The largest ``value`` over all processes (``value`` itself when alone)."""
     if not group.distributed:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
     _all_reduce(tensor, dist.ReduceOp.MAX)
     return float(tensor.item())
 
@@ -131,7 +141,7 @@ def any_process(flag: bool, group: ProcessGroup) -> bool:
     """Whether ``flag`` is true on any process, so that all stop at the same step."""
     if not group.distributed:
         return flag
-    value = torch.tensor([int(flag)])
+    value = torch.tensor([int(flag)], device=collective_device())
     _all_reduce(value, dist.ReduceOp.MAX)
     return bool(value.item())
 

@@ -25,7 +25,9 @@ class BatchPrefetcher:
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-unet-samples") if workers else None
+        self._pool = None
+        if workers:
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-unet-samples")
         self._stream: SampleStream | None = None
         self._ahead: dict[tuple[int, ...], Future[Batch]] = {}
 
