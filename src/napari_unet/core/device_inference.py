@@ -70,9 +70,10 @@ class DeviceInference:
             self.dtype, self._fell_back = fp16_fallback(self.device), True
             log.warning(
                 "fp16 overflowed in this network (activations beyond %.0f gave inf): predicting in %s instead; "
-                "choose precision bf16 or fp32 for this model",
+                "choose precision %s for this model",
                 FP16_MAX,
                 precision_name(self.dtype),
+                "fp32" if self.dtype is None else "bf16 or fp32",
             )
             logits = self._logits(x)
         return logits
