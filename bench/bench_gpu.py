@@ -272,8 +272,23 @@ def same_weights(a: nu.UNet, b: nu.UNet) -> tuple[bool, float]:
 
 
 def checks_section(model: nu.UNet, device: str, workdir: Path) -> None:
-    from napari_unet.core.train_events import StepProgress
+    """Every group of checks runs even when one before it raised (counted as a FAIL)."""
+    groups = {
+        "prediction": lambda: _prediction_checks(model, device),
+        "training": lambda: _training_checks(device, workdir),
+        "3D": lambda: _volume_check(device),
+        "live training": lambda: _live_check(device),
+        "command line": lambda: _cli_checks(device, workdir),
+    }
+    for name, run in groups.items():
+        try:
+            run()
+        except Exception as error:  # one broken path must not hide the others
+            traceback.print_exc(file=sys.stdout)
+            check(f"{name} checks", False, f"raised {type(error).__name__}: {error}")
 
+
+def _prediction_checks(model: nu.UNet, device: str) -> None:
     image, _ = nu.synthetic_nuclei((300, 340), seed=5)
     for tf32 in (False, True):
         torch.backends.cudnn.allow_tf32 = tf32
@@ -282,16 +297,20 @@ def checks_section(model: nu.UNet, device: str, workdir: Path) -> None:
         diff = float(np.abs(whole - tiled).max())
         check(f"tiled = whole, fp32, TF32 {'on' if tf32 else 'off'}", diff <= 1e-5, f"max |diff| {diff:.2e}")
     torch.backends.cudnn.allow_tf32 = False
-    on_cpu = nu.predict(model, image, device="cpu", precision="fp32")
+    on_cpu = nu.predict(model, image, device="cpu", precision="fp32")  # the model's weights are on the GPU
     on_gpu = nu.predict(model, image, device=device, precision="fp32")
+    torch.backends.cudnn.allow_tf32 = True
     diff = float(np.abs(on_cpu - on_gpu).max())
     check("GPU fp32 (TF32 off) = CPU fp32", diff <= 1e-4, f"max |diff| {diff:.2e}")
-    torch.backends.cudnn.allow_tf32 = True
     for precision in ("bf16", "fp16"):
         labels = nu.segment(model, image, device=device, precision=precision)
         reference = nu.segment(model, image, device=device, precision="fp32")
         iou = pixel_iou(labels, reference)
         check(f"{precision} labels agree with fp32", iou >= 0.98, f"foreground IoU {iou:.4f}")
+
+
+def _training_checks(device: str, workdir: Path) -> None:
+    from napari_unet.core.train_events import StepProgress
 
     for precision in ("fp32", "bf16"):
         a, b = small_trainer(device, precision, 8), small_trainer(device, precision, 8)
@@ -325,6 +344,8 @@ def checks_section(model: nu.UNet, device: str, workdir: Path) -> None:
     devices = {p.device.type for p in loaded.parameters()}
     check("a model trained on the GPU loads on the CPU", equal and devices == {"cpu"}, f"devices {devices}")
 
+
+def _volume_check(device: str) -> None:
     volume, volume_labels = _small_volume()
     model3d = nu.UNet(ndim=3, base_channels=8, depth=2)
     summary = nu.train(model3d, [volume], [volume_labels], steps=10, device=device)
@@ -334,9 +355,6 @@ def checks_section(model: nu.UNet, device: str, workdir: Path) -> None:
     tiled = nu.predict(model3d, volume, device=device, precision="fp32", tile=small_tile)
     diff = float(np.abs(whole - tiled).max())
     check("3D: trains, tiled = whole", diff <= 1e-5, f"{summary.steps} steps, max |diff| {diff:.2e}")
-
-    _live_check(device)
-    _cli_checks(device, workdir)
 
 
 def small_trainer_data():

@@ -10,6 +10,7 @@ from pathlib import Path
 from .cli_args import positive_int
 from .core.checkpoint import load_model
 from .core.errors import ConfigError
+from .core.io import IMAGE_SUFFIXES
 from .core.progress import drive
 from .core.stream import DEFAULT_CHUNK, ChunkProgress, iter_segment_to
 
@@ -34,6 +35,11 @@ def check_stream_arguments(args: argparse.Namespace) -> None:
         if extra:
             raise ConfigError(f"{', '.join(extra)} only apply with --out OUT.zarr")
         return
+    if args.out.suffix.lower() in IMAGE_SUFFIXES:  # a store named so would be a folder that looks like a file
+        raise ConfigError(
+            f"--out writes an OME-Zarr store, a folder of chunks, not a {args.out.suffix} file: name it "
+            f"{args.out.with_suffix('.zarr')}, or use --out-dir DIR for a NAME_labels.tif per image"
+        )
     if len(args.images) != 1:
         raise ConfigError(f"--out writes one image's store; got {len(args.images)} inputs (use --out-dir for several)")
     if args.as_volume:

@@ -317,6 +317,10 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
             "--workers only apply with --out",
         ),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "taken")], "exists"),
+        (
+            lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.tif")],
+            "not a .tif file: name it",
+        ),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--tta"], "segment_to"),
     ],
 )
@@ -330,7 +334,7 @@ def test_bad_streaming_input_gives_one_clear_line(tmp_path, model_file, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("napari-unet: error:") and message in err[0], err
-    assert not (tmp_path / "o.zarr").exists()
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.tif").exists()
 
 
 def test_a_full_disk_is_one_line_and_the_store_stays_resumable(tmp_path, model_file, capsys, monkeypatch):
