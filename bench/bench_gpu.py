@@ -395,7 +395,7 @@ def _cli_checks(device: str, workdir: Path) -> None:
     image, labels = nu.synthetic_nuclei((384, 384), seed=2)
     nu.write_image(workdir / "img.tif", image)
     nu.write_image(workdir / "lab.tif", labels)
-    model_path, out = workdir / "cli.safetensors", workdir / "seg.tif"
+    model_path = workdir / "cli.safetensors"
     commands = {
         "cli train": [
             "train",
@@ -409,7 +409,7 @@ def _cli_checks(device: str, workdir: Path) -> None:
             "--out",
             str(model_path),
         ],
-        "cli segment": ["segment", str(model_path), "img.tif", "--device", device, "--out", str(out)],
+        "cli segment": ["segment", str(model_path), "img.tif", "--device", device, "--out-dir", "segmented"],
         "cli segment to zarr": ["segment", str(model_path), "img.tif", "--device", device, "--out", "seg.zarr"],
         "cli info": ["info", str(model_path)],
         "cli demo (30 s)": ["demo", "--minutes", "0.5", "--device", device, "--out-dir", "demo_output"],
