@@ -37,7 +37,7 @@ from .core.config import (
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
-from .core.io import check_writable, read_image, remove_stale_temporaries
+from .core.io import IMAGE_SUFFIXES, check_writable, read_image, remove_stale_temporaries
 from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
@@ -235,6 +235,10 @@ def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Traine
 
 
 def cmd_train(args: argparse.Namespace) -> int | None:
+    if args.out.suffix.lower() in IMAGE_SUFFIXES:  # the model file would pass for an image
+        raise ConfigError(
+            f"--out is the trained model's file, not an image: name it {args.out.with_suffix('.safetensors')}"
+        )
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
         try:
             launch(args.nproc, args.argv)

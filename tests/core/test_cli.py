@@ -170,6 +170,14 @@ def test_train_with_mismatched_files_is_one_clear_line(tmp_path, annotated_files
     assert code == 2 and "2 training image(s) but 1 label file(s)" in capsys.readouterr().err
 
 
+def test_a_model_named_like_an_image_is_refused_before_training(tmp_path, annotated_files, capsys):
+    image, labels = annotated_files[0]
+    code = main(["train", str(image), "--labels", str(labels), "--out", str(tmp_path / "model.tif"), *TINY])
+    error = capsys.readouterr().err
+    assert code == 2 and f"not an image: name it {tmp_path / 'model.safetensors'}" in error
+    assert not (tmp_path / "model.tif").exists() and not (tmp_path / "model.tif.ckpt").exists()
+
+
 def test_a_new_run_never_replaces_a_model_or_checkpoint_unless_told(tmp_path, annotated_files, capsys):
     image, labels = annotated_files[0]
     out = tmp_path / "m.safetensors"
