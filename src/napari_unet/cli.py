@@ -17,12 +17,13 @@ from .cli_args import (
     check_pairs,
     drive_tiles,
     instance_options,
+    model_argument,
     prediction_options,
     spacing_option,
 )
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .cli_train import add_train_arguments, cmd_train, run_training
-from .core.checkpoint import describe, load_model
+from .core.checkpoint import describe
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
@@ -79,7 +80,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         return cmd_segment_to(args, prediction_options(args))
     for path in args.images:  # all of them before any work
         check_image_file(path)
-    model = load_model(args.model)
+    model = model_argument(args)
     if model.config.ndim == 2 and not args.as_volume:
         for path in args.images:  # an image the model cannot take fails before any output is written
             try:
@@ -211,7 +212,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .core.exchange import check_exportable, export_model
 
     check_outputs([args.out], args.overwrite)
-    model = load_model(args.model)
+    model = model_argument(args)
     check_exportable(model)  # before any note on the package's settings
     options = {}
     if args.format == "bioimageio":

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .core.config import InstanceConfig
 from .core.errors import ConfigError
-from .core.io import read_spacing
+from .core.io import IMAGE_SUFFIXES, read_spacing
 from .core.predict import TileProgress
 from .core.progress import drive
 
@@ -39,6 +39,23 @@ def drive_tiles(generator, description: str):
     finally:
         if bar is not None:
             bar.close()
+
+
+def model_argument(args: argparse.Namespace):
+    """The model of ``args.model``; a file that is no model but an image (the
+    arguments swapped, ``segment IMAGE MODEL``) says which comes first."""
+    from .core.checkpoint import ModelFileError, load_model
+
+    try:
+        return load_model(args.model)
+    except ModelFileError as error:
+        if Path(args.model).suffix.lower() in IMAGE_SUFFIXES:
+            usage = "MODEL IMAGE..." if args.command == "segment" else "MODEL --out FILE"
+            raise ModelFileError(
+                f"{error}; {args.model} looks like an image, and the model file comes first "
+                f"(napari-unet {args.command} {usage})"
+            ) from error
+        raise
 
 
 def positive_int(text: str) -> int:

@@ -7,8 +7,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from .cli_args import positive_int
-from .core.checkpoint import load_model
+from .cli_args import model_argument, positive_int
 from .core.errors import ConfigError
 from .core.io import IMAGE_SUFFIXES
 from .core.progress import drive
@@ -50,7 +49,7 @@ def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
     """Run the streamed segmentation of ``args.images[0]`` under one progress bar."""
     from .cli_args import instance_options, progress_bar
 
-    model = load_model(args.model)
+    model = model_argument(args)
     instances = instance_options(args, model.spec.instances)
     cluster = contextlib.nullcontext(None)
     if args.workers is not None or args.scheduler is not None:

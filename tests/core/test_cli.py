@@ -78,7 +78,11 @@ def test_segment_split_option_overrides_the_model(tmp_path, capsys):
         (lambda tmp, model: [str(model), str(tmp)], "is a folder: give the image files in it (for example"),
         (lambda tmp, model: [str(model), str(tmp / "big.zarr")], "is a zarr store, which is segmented chunk by chunk"),
         (lambda tmp, model: [str(tmp / "nomodel"), str(tmp / "img.npy")], "cannot read model file"),
-        (lambda tmp, model: [str(tmp / "img.npy"), str(tmp / "img.npy")], "not a napari-unet model"),
+        (
+            lambda tmp, model: [str(tmp / "img.npy"), str(model)],
+            "not a napari-unet model file (corrupt, truncated or another format); ",
+        ),
+        (lambda tmp, model: [str(tmp / "img.npy"), str(model)], "model file comes first (napari-unet segment MODEL"),
         (lambda tmp, model: [str(model), str(tmp / "flat.npy")], "at least 2 dimensions"),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--tile", "50"], "nearest valid sizes"),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--channel-axis", "5"], "channel axis 5 does not exist"),
@@ -228,6 +232,14 @@ def test_export_never_replaces_a_file_unless_told(tmp_path, model_file, capsys):
     assert main(["export", str(model_file), "--format", "onnx", "--out", str(out)]) == 2
     assert f"{out} exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert out.read_bytes() == b"someone's file"
+
+
+def test_exporting_an_image_says_the_model_file_comes_first(tmp_path, capsys):
+    np.save(tmp_path / "img.npy", np.zeros((30, 30), np.float32))
+    assert main(["export", str(tmp_path / "img.npy"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "looks like an image, and the model file comes first (napari-unet export MODEL --out FILE)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
