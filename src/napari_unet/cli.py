@@ -29,10 +29,11 @@ from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
 from .core.io import check_image_file, check_writable, image_shape, read_image, read_spacing, write_image
+from .core.label_checks import image_like_reason, looks_like_image_message
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.metrics import MatchStats
 from .core.predict import iter_segment
-from .core.weights import separation_target, weight_map
+from .core.weights import LabelError, separation_target, weight_map
 
 
 def output_names(inputs: Sequence[Path]) -> list[str]:
@@ -158,6 +159,10 @@ def cmd_weights(args: argparse.Namespace) -> None:
         if len(shape) not in (2, 3):
             raise ImageShapeError(f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {shape}")
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
+    for path in args.labels:  # an image given for labels would get a weight map that means nothing
+        reason = image_like_reason(read_image(path))
+        if reason is not None:
+            raise LabelError(looks_like_image_message(str(path), reason))
     for path, (weights_path, target_path) in zip(args.labels, outputs):
         labels = read_image(path)
         spacing = spacing_option(args, path, labels.ndim)

@@ -242,6 +242,14 @@ def test_exporting_an_image_says_the_model_file_comes_first(tmp_path, capsys):
     )
 
 
+def test_weights_of_an_image_given_for_labels_are_refused_before_any_output(tmp_path, annotated_files, capsys):
+    (image, labels), _ = annotated_files
+    assert main(["weights", str(labels), str(image), "--out-dir", str(tmp_path / "w")]) == 2
+    error = capsys.readouterr().err
+    assert f"{image}: labels must be integers with few distinct values; this looks like an image" in error
+    assert not (tmp_path / "w").exists()
+
+
 def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     (_, lab0), (_, lab1) = annotated_files
     assert main(["weights", str(lab0), "--out-dir", str(tmp_path / "w"), "--w0", "5"]) == 0
