@@ -159,12 +159,12 @@ def cmd_weights(args: argparse.Namespace) -> None:
         if len(shape) not in (2, 3):
             raise ImageShapeError(f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {shape}")
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
-    for path in args.labels:  # an image given for labels would get a weight map that means nothing
-        reason = image_like_reason(read_image(path))
+    every_labels = [read_image(path) for path in args.labels]
+    for path, labels in zip(args.labels, every_labels):  # an image given for labels: a weight map of nothing
+        reason = image_like_reason(labels)
         if reason is not None:
             raise LabelError(looks_like_image_message(str(path), reason))
-    for path, (weights_path, target_path) in zip(args.labels, outputs):
-        labels = read_image(path)
+    for path, labels, (weights_path, target_path) in zip(args.labels, every_labels, outputs):
         spacing = spacing_option(args, path, labels.ndim)
         weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
         write_image(weights_path, weights, pixel_size_of=path)
