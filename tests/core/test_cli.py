@@ -267,6 +267,14 @@ def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     assert table[-1].startswith("overall")
 
 
+def test_evaluate_names_the_file_that_is_an_image(annotated_files, capsys):
+    (image, labels), _ = annotated_files
+    assert main(["evaluate", str(labels), "--truth", str(image)]) == 2
+    assert f"{image}: the truth: labels must be integers" in capsys.readouterr().err
+    assert main(["evaluate", str(image), "--truth", str(labels)]) == 2
+    assert f"{image}: the prediction: labels must be integers" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_writes_everything(tmp_path, capsys):
     out = tmp_path / "demo"

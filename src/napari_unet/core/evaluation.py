@@ -23,7 +23,9 @@ class EvaluationError(NapariUnetError, ValueError):
     """Predictions and truths that cannot be compared."""
 
 
-def _check(name: str, what: str, labels: np.ndarray) -> np.ndarray:
+def checked_labels(name: str, what: str, labels: np.ndarray) -> np.ndarray:
+    """``labels`` as an integer label image, or an :class:`EvaluationError` that
+    names ``name`` (the file or row) and ``what`` it is ("prediction", "truth")."""
     labels = np.asarray(labels)
     if labels.ndim < 2:
         raise EvaluationError(f"{name}: {what} must be a label image (H, W) or a stack of them, got {labels.shape}")
@@ -53,7 +55,7 @@ def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], spatial_
     """
     rows: list[Row] = []
     for name, predicted, truth in pairs:
-        predicted, truth = _check(name, "prediction", predicted), _check(name, "truth", truth)
+        predicted, truth = checked_labels(name, "prediction", predicted), checked_labels(name, "truth", truth)
         if predicted.shape != truth.shape:
             raise EvaluationError(f"{name}: prediction shape {predicted.shape} differs from truth {truth.shape}")
         if predicted.ndim < spatial_ndim:
