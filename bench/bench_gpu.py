@@ -45,7 +45,7 @@ import torch
 import napari_unet as nu
 from bench_limits import best, limits_table, measure_limits
 from bench_train import WARMUP_STEPS, timed_steps
-from common import TileRecord, benchmark_image, format_table, median, paper_model, print_header
+from common import TileRecord, benchmark_image, format_table, median, paper_model, print_header, synchronize
 from gpu_checks import FAILED, checks_section
 from napari_unet.core.devices import precision_name, resolve_precision
 from napari_unet.core.metrics import match_instances, pixel_iou
@@ -58,20 +58,15 @@ GPU_SHAPES = ((64, 1024), (128, 512), (256, 256), (512, 128))
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(function, repeats: int) -> tuple[float, object]:
+def timed(function, repeats: int, device: str) -> tuple[float, object]:
     """Median wall seconds of ``repeats`` calls after one warm-up call, and the last result."""
     result = function()
     times = []
     for _ in range(repeats):
-        synchronize()
+        synchronize(device)
         began = time.perf_counter()
         result = function()
-        synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - began)
     return median(times), result
 
@@ -102,9 +97,14 @@ def segment_section(model: nu.UNet, device: str, limit: dict, sizes: list[int], 
                 total, labels = timed(  # each lambda is called before the loop moves on
                     lambda: drive(nu.iter_segment(model, image, precision=precision, device=device), record),  # noqa: B023
                     repeats,
+                    device,
                 )
                 network = record.network_seconds
-                predicted, _ = timed(lambda: nu.predict(model, image, precision=precision, device=device), repeats)  # noqa: B023
+                predicted, _ = timed(
+                    lambda: nu.predict(model, image, precision=precision, device=device),  # noqa: B023
+                    repeats,
+                    device,
+                )
                 plan, dtype = record.plan, resolve_precision(precision, torch.device(device))
                 flops = forward_flops(model.config, (plan.n_tiles, model.config.in_channels, *plan.tile))
                 rows.append(
@@ -153,7 +153,7 @@ def layout_section(model: nu.UNet, device: str, tile: int, batch: int, repeats: 
                 with torch.inference_mode(), autocast:
                     return network(inputs)
 
-            seconds, _ = timed(forward, repeats)
+            seconds, _ = timed(forward, repeats, device)
             name = "channels-last" if layout == torch.channels_last else "channels-first"
             rows.append((precision, name, f"{1000 * seconds:.2f}", f"{flops / seconds / 1e12:.1f}"))
     print(f"one forward pass of {batch} tile(s) of {tile}x{tile}, autotuner on:")
@@ -172,7 +172,7 @@ def profile_section(model: nu.UNet, device: str, size: int = 512, rows: int = 18
     profile = cProfile.Profile()
     profile.enable()
     nu.segment(model, image, device=device)
-    synchronize()
+    synchronize(device)
     profile.disable()
     print(f"one {size}x{size} segmentation, default precision, autotuner on:")
     pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(rows)

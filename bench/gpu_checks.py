@@ -32,12 +32,11 @@ def check(name: str, ok: bool, detail: str) -> None:
         FAILED.append(name)
 
 
-def small_trainer(device: str, precision: str, steps: int, checkpoint=None, seed: int = 3) -> nu.Trainer:
-    image, labels = nu.synthetic_nuclei((256, 256), seed=seed)
+def small_trainer(device: str, precision: str, steps: int, checkpoint=None) -> nu.Trainer:
     torch.manual_seed(1)
     model = nu.UNet(base_channels=16, depth=3, batch_norm=True)
     config = nu.TrainConfig(steps=steps, tile=124, batch_size=2, device=device, precision=precision, warmup_steps=2)
-    return nu.Trainer(model, [image], [labels], config, checkpoint_path=checkpoint)
+    return nu.Trainer(model, *small_trainer_data(), config, checkpoint_path=checkpoint)
 
 
 def same_weights(a: nu.UNet, b: nu.UNet) -> tuple[bool, float]:
