@@ -26,7 +26,7 @@ from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
-from .core.evaluation import checked_labels, evaluate_pairs
+from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
 from .core.io import check_image_file, check_writable, image_shape, read_image, read_spacing, write_image
 from .core.label_checks import image_like_reason, looks_like_image_message
@@ -188,13 +188,11 @@ def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     check_pairs(args.predictions, args.truth, "prediction")
-    pairs = [  # each file checked under its own name: an image given as truth names the truth file
-        (p.name, checked_labels(str(p), "prediction", read_image(p)), checked_labels(str(t), "truth", read_image(t)))
-        for p, t in zip(args.predictions, args.truth)
-    ]
+    pairs = [(p.name, read_image(p), read_image(t)) for p, t in zip(args.predictions, args.truth)]
+    sources = [(str(p), str(t)) for p, t in zip(args.predictions, args.truth)]  # errors name the file at fault
     if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):
         print("napari-unet: scored plane by plane; --volumes matches 3D objects", file=sys.stderr)
-    print(format_table(evaluate_pairs(pairs, 3 if args.volumes else 2)))
+    print(format_table(evaluate_pairs(pairs, 3 if args.volumes else 2, sources)))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

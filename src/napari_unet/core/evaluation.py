@@ -7,7 +7,7 @@ or be unique across the stack (as the Annotate widget makes them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class EvaluationError(NapariUnetError, ValueError):
     """Predictions and truths that cannot be compared."""
 
 
-def checked_labels(name: str, what: str, labels: np.ndarray) -> np.ndarray:
+def _checked_labels(name: str, what: str, labels: np.ndarray) -> np.ndarray:
     """``labels`` as an integer label image, or an :class:`EvaluationError` that
     names ``name`` (the file or row) and ``what`` it is ("prediction", "truth")."""
     labels = np.asarray(labels)
@@ -47,15 +47,22 @@ def evaluate_stack(
     return matches, pixel_iou(predicted, truth), merged
 
 
-def evaluate_pairs(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], spatial_ndim: int = 2) -> list[Row]:
+def evaluate_pairs(
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    spatial_ndim: int = 2,
+    sources: Sequence[tuple[str, str]] | None = None,
+) -> list[Row]:
     """Rows for each (name, predicted labels, true labels) and a final "overall" row;
-    ``spatial_ndim`` 3 matches 3D objects (:func:`evaluate_stack`).
+    ``spatial_ndim`` 3 matches 3D objects (:func:`evaluate_stack`). ``sources``: the
+    files of each pair (prediction, truth), named in errors instead of the row name.
 
     The overall row pools matches over images; its pixel IoU is the mean over images.
     """
     rows: list[Row] = []
-    for name, predicted, truth in pairs:
-        predicted, truth = checked_labels(name, "prediction", predicted), checked_labels(name, "truth", truth)
+    for index, (name, predicted, truth) in enumerate(pairs):
+        predicted_name, truth_name = sources[index] if sources else (name, name)
+        predicted = _checked_labels(predicted_name, "prediction", predicted)
+        truth = _checked_labels(truth_name, "truth", truth)
         if predicted.shape != truth.shape:
             raise EvaluationError(f"{name}: prediction shape {predicted.shape} differs from truth {truth.shape}")
         if predicted.ndim < spatial_ndim:
