@@ -240,6 +240,22 @@ def test_a_layer_named_after_a_long_file_name_does_not_widen_the_docks(viewer, q
         assert getattr(after.native, hint)().width() <= getattr(before.native, hint)().width() + 2, hint
 
 
+def test_the_counts_of_a_stack_s_annotation_do_not_widen_the_annotate_dock(viewer, qtbot):
+    """The counts of a stack's annotation are three lines, the first about 90
+    characters: they made the Annotate dock 182 px wider (365 -> 547 px on a 1366 px
+    screen) for good, since a dock cannot be dragged narrower than its content."""
+    viewer.add_image(np.zeros((3, 64, 64), np.float32), name="stack")
+    viewer.window._qt_window.show()
+    widget = docked(viewer, AnnotateWidget(viewer))
+    qtbot.wait(50)
+    before = widget.native.minimumSizeHint().width()
+    widget.create.clicked.emit()
+    qtbot.waitUntil(lambda: "planes annotated" in widget.counts.value, timeout=10_000)
+    assert "ids unique across the stack" in widget.counts.value
+    qtbot.wait(50)
+    assert widget.native.minimumSizeHint().width() <= before + 2
+
+
 @pytest.mark.parametrize("widget_class", [AnnotateWidget, WeightMapWidget, TrainWidget, SegmentWidget, LiveTrainWidget])
 def test_a_dock_s_blocks_and_status_use_its_whole_width(viewer, qtbot, widget_class):
     """The dock's own rows carry no label column. The Train dock's combo box named

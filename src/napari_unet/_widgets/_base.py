@@ -55,6 +55,16 @@ def narrow_choice_boxes(widget) -> None:
         QApplication.sendEvent(box, QEvent(QEvent.Type.StyleChange))
 
 
+def wrap_lines(label: Label) -> Label:
+    """Make ``label`` wrap its lines within the dock's width, and return it: a long
+    path, or the several lines of an annotation's counts for a stack, must not widen
+    the dock (a wrapped label with the default size policy asks for the width of its
+    longest line, which took 180 px from the canvas of a 1366 px screen)."""
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    return label
+
+
 class DockWidget(Container):
     """A vertical form with a word-wrapped ``status`` line at the bottom.
 
@@ -68,10 +78,7 @@ class DockWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=False)  # labelled controls go in a form (_forms.form)
         self.viewer = napari_viewer
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # long paths must not widen the dock
-        # as wide as the dock lets it (a wrapped label asks for little): fewer lines, a shorter dock
-        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.status = wrap_lines(Label(value=""))
         self._runners: list[JobRunner] = []
         self._dock_watcher = _DockWatcher(self.native, self.shutdown)
         self.native.installEventFilter(self._dock_watcher)

@@ -21,7 +21,7 @@ from qtpy.QtCore import QTimer
 from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, new_annotation
 from ..core.config import IGNORE_LABEL
 from ..core.label_checks import labels_warning
-from ._base import DockWidget
+from ._base import DockWidget, wrap_lines
 from ._forms import form, scrolling
 from ._layers import (
     ANNOTATION,
@@ -84,8 +84,7 @@ class AnnotateWidget(DockWidget):
             label="segmentation", choices=lambda _: layers_of(viewer, Labels, allow={"segmentation"}), nullable=True
         )
         self.copy = PushButton(text="New annotation from segmentation")
-        self.counts = Label(value="no annotation layer")
-        self.counts.native.setWordWrap(True)
+        self.counts = wrap_lines(Label(value="no annotation layer"))
         self.controls = form(
             self.image, self.create, self.annotation, self.new_cell, self.background, self.erase,
             self.rest_of_plane, self.rest_of_image, self.brush_size, self.contours, self.show_touching,

@@ -25,7 +25,7 @@ from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
 from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
-from ._base import DockWidget
+from ._base import DockWidget, wrap_lines
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import SteadyRadioButtons, form, scrolling, side_by_side
 from ._jobs import PlaneOfStack, SegmentationDone, read_model_job, segmentation_job
@@ -118,7 +118,7 @@ class SegmentWidget(DockWidget):
         buttons = side_by_side(self.run_button, self.cancel_button)
         self.extend([self.settings, buttons, self.exporter.button, form(self.progress), self.status])
         self.settings_area = scrolling(self.settings, self.native.layout())  # Segment stays in view
-        self.model_info.native.setWordWrap(True)
+        wrap_lines(self.model_info)
         self.runner = self.make_runner("segmentation", self._on_progress, self._on_done, self._on_idle, self._on_error)
         self.file_runner = self.make_runner(
             "reading the model file", None, self._on_file_read, self._on_file_reader_idle, self._on_error

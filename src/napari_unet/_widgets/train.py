@@ -43,7 +43,7 @@ from ..core.threads import available_cores
 from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
 from ..core.warm_start import WARM_START_STEPS
-from ._base import DockWidget
+from ._base import DockWidget, wrap_lines
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import SteadyRadioButtons, form, group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
@@ -224,7 +224,7 @@ class TrainWidget(DockWidget):
         # they scroll, and Start, Stop, progress and status stay in view below them.
         self.settings_area = scrolling(self.settings, self.native.layout())
         for label in (self.pairs_label, self.validation_label):
-            label.native.setWordWrap(True)
+            wrap_lines(label)
         self.pairs: list[tuple[Image, Labels]] = []
         self.runner = self.make_runner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self.trainer: Trainer | None = None
