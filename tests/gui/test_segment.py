@@ -330,6 +330,8 @@ def test_bad_input_is_reported(viewer, session, tmp_path, qtbot):
     widget.image.value = viewer.add_image(np.zeros((20, 20)), name="img")
     widget.run_button.clicked.emit()
     assert "no model in this session" in widget.status.value
+    session.set_model(UNet(base_channels=2, depth=2), "trained")  # the Train widget's run ends
+    assert widget.status.value == ""  # the warning had stayed beside the new model's description
     widget.model_source.value = "file"  # before any file is chosen: asked for, not "'.' is a folder"
     assert widget.model_info.value.startswith("choose a model file")
     widget.run_button.clicked.emit()

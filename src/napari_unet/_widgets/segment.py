@@ -60,7 +60,7 @@ class SegmentWidget(DockWidget):
         self.model_info = Label(value=self.session.describe())
         self._file_model: UNet | ModelFileError | None = None  # read from the chosen file
         self._reading: Path | None = None  # the file read last (or being read)
-        self._model_choice: tuple[str, str] | None = None  # (source, file) the model info describes
+        self._model_choice: tuple | None = None  # (source, file, session model) the model info describes
         self._placeholders = []
         # valid sizes for the chosen model's depth, recomputed whenever napari resets the choices
         self.tile = ComboBox(label="tile", choices=lambda _: self._tile_choices(), value=None)
@@ -183,7 +183,7 @@ class SegmentWidget(DockWidget):
         """Describe the chosen model and fit the settings to it; a model file is read
         in a worker first (the paper's network takes ~0.2 s, a bioimage.io zip longer)."""
         self._file_model = None
-        choice = (self.model_source.value, str(self.model_file.value))
+        choice = (self.model_source.value, str(self.model_file.value), self.session.model)
         if choice != self._model_choice and self.status.value.startswith("⚠"):
             self.status.value = ""  # said of the model chosen before
         self._model_choice = choice
