@@ -9,8 +9,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from .cli_args import (
     add_prediction_arguments,
     add_spacing_argument,
@@ -28,6 +26,7 @@ from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
+from .core.instances import objects_found
 from .core.io import check_image_file, check_writable, image_shape, read_image, read_spacing, write_image
 from .core.label_checks import image_like_reason, looks_like_image_message
 from .core.layout import ImageShapeError, axes_at_minus3
@@ -112,16 +111,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
         write_image(files["labels"], labels, pixel_size_of=path)
         if probabilities is not None:
             write_image(files["probabilities"], probabilities, pixel_size_of=path)
-        print(f"{path}: {_objects(labels, 3 if args.as_volume or model.config.ndim == 3 else 2)} -> {files['labels']}")
-
-
-def _objects(labels: np.ndarray, unit_ndim: int) -> str:
-    """How many objects ``labels`` holds, each plane (``unit_ndim`` 2) or volume (3)
-    numbered from 1: "290 objects in 28 planes" (the largest id counts one plane's)."""
-    units = labels.reshape(-1, *labels.shape[labels.ndim - unit_ndim :])
-    total = sum(int(unit.max()) for unit in units)
-    where = f" in {len(units)} {'planes' if unit_ndim == 2 else 'volumes'}" if len(units) > 1 else ""
-    return f"{total} objects{where}"
+        found = objects_found(labels, 3 if args.as_volume or model.config.ndim == 3 else 2)
+        print(f"{path}: {found} -> {files['labels']}")
 
 
 def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> None:

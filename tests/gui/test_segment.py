@@ -264,7 +264,11 @@ def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session
     assert same_partition(labels, balls[0] * 1 + balls[1] * 2)  # one id per ball over all six planes
     assert widget.status.value == "stack labels: 2 objects"
     segment_planes(widget, "all planes", wait_idle)
-    assert not same_partition(viewer.layers["stack labels"].data, labels)  # plane by plane: ids restart per plane
+    per_plane = viewer.layers["stack labels"].data
+    assert not same_partition(per_plane, labels)  # plane by plane: ids restart per plane
+    total = sum(len(np.unique(plane)) - 1 for plane in per_plane)
+    assert total > per_plane.max()  # the largest id counted one plane's objects: "2 objects"
+    assert widget.status.value == f"stack labels: {total} objects in 6 planes"
     widget.image.value = viewer.add_image(stack[2], name="one plane")
     widget.planes.value = "all planes as a volume"
     widget.run_button.clicked.emit()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checkpoint import ModelFileError, load_model
+from ..core.instances import objects_found
 from ..core.model import UNet
 from ..core.predict import iter_segment, segment
 from ..core.progress import until_stopped
@@ -95,11 +96,12 @@ def training_job(
 @dataclass(frozen=True)
 class SegmentationDone:
     """``labels``: what the layer shows (for one plane of a stack: that plane, or the
-    whole stack when its type had to widen); ``objects``: how many were found."""
+    whole stack when its type had to widen); ``found``: how many objects, in words
+    (:func:`~napari_unet.core.instances.objects_found`)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
-    objects: int
+    found: str
     #: Warnings the core logged while segmenting (e.g. NaN pixels set to 0).
     notes: tuple[str, ...] = ()
 
@@ -149,9 +151,10 @@ def segmentation_job(
     if result is None:
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
-    objects = int(labels.max(initial=0))
+    labelled_ndim = 3 if options.get("as_volume") or model.config.ndim == 3 else 2
+    found = objects_found(labels, labelled_ndim)  # ids restart in every plane (volume) of a stack
     shown = display_labels(labels) if plane_of is None else plane_of.numbered_after_the_others(labels)
-    return SegmentationDone(shown, probabilities, objects, tuple(notes))
+    return SegmentationDone(shown, probabilities, found, tuple(notes))
 
 
 @contextlib.contextmanager

@@ -388,7 +388,7 @@ class SegmentWidget(DockWidget):
             put_layer(
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
             )
-        self.status.value = f"{labels_layer.name}: {result.objects} objects" + "".join(
+        self.status.value = f"{labels_layer.name}: {result.found}" + "".join(
             f"\n⚠ {note}" for note in result.notes
         )
 

@@ -71,6 +71,16 @@ def probabilities_to_labels(
     return labels
 
 
+def objects_found(labels: np.ndarray, unit_ndim: int) -> str:
+    """How many objects instance ``labels`` (*stack, *spatial) hold, each plane
+    (``unit_ndim`` 2) or volume (3) numbered from 1 as :func:`probabilities_to_labels`
+    numbers them: "290 objects in 28 planes" (the largest id counts one plane's)."""
+    units = labels.reshape(-1, *labels.shape[labels.ndim - unit_ndim :])
+    total = sum(int(unit.max(initial=0)) for unit in units)
+    where = f" in {len(units)} {'planes' if unit_ndim == 2 else 'volumes'}" if len(units) > 1 else ""
+    return f"{total} objects{where}"
+
+
 def no_objects_note(labels: np.ndarray, probabilities: np.ndarray, config: InstanceConfig, ndim: int = 2) -> str | None:
     """What to change when ``labels`` (from ``probabilities`` (..., K, *spatial) of a
     model of ``ndim``, labelled with ``config``) hold no object, or ``None``: either no
