@@ -388,9 +388,7 @@ class SegmentWidget(DockWidget):
             put_layer(
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
             )
-        self.status.value = f"{labels_layer.name}: {result.found}" + "".join(
-            f"\n⚠ {note}" for note in result.notes
-        )
+        self.status.value = f"{labels_layer.name}: {result.found}" + "".join(f"\n⚠ {note}" for note in result.notes)
 
     def _show_plane(self, layer: Image, index: tuple[int, ...], plane: np.ndarray) -> Labels:
         """Write the segmented ``plane`` at ``index`` into ``layer``'s labels layer in
