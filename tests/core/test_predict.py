@@ -89,7 +89,8 @@ def test_rgb_and_channels_first_agree(rng):
 def test_shape_errors_say_what_to_change(rng):
     with pytest.raises(ImageShapeError, match="is RGB: use a model trained on RGB images"):
         predict(small_model(), rng.random((40, 50, 3)))
-    with pytest.raises(ImageShapeError, match="expects 3 channels"):
+    rgb_only = r"trained on images of 3 channels \(RGB\) .*\(napari: a layer of that shape"
+    with pytest.raises(ImageShapeError, match=rgb_only):
         predict(small_model(in_channels=3), rng.random((40, 50)))
     with pytest.raises(ImageShapeError, match="at least 2 dimensions"):
         predict(small_model(), rng.random(10))

@@ -103,8 +103,10 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
     if ndim >= 3 and shape[-3] == in_channels:
         return tuple(range(ndim))
     raise ImageShapeError(
-        f"the model expects {in_channels} channels but the image has shape {shape}: "
-        f"put the channels first (C, H, W) or last (H, W, C), or pass channel_axis"
+        f"the model was trained on images of {in_channels} channels{' (RGB)' if in_channels == 3 else ''} but "
+        f"the image (shape {shape}) has no axis of length {in_channels}: give it an image with its "
+        f"{in_channels} channels first (C, H, W) or last (H, W, C) (napari: a layer of that shape, e.g. an RGB "
+        "layer; command line: --channel-axis; Python: channel_axis), or use a model trained on images like this one"
     )
 
 
