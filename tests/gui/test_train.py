@@ -11,6 +11,7 @@ from napari_unet._widgets import AnnotateWidget, TrainWidget
 from napari_unet._widgets import train as train_widget
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train_events import StepProgress
 
 from .conftest import docked
 
@@ -84,8 +85,12 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.batch_norm.value = False  # the paper's network, without normalisation
     widget.start_button.clicked.emit()
-    qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=60_000)
+    steps = []
+    widget.runner.worker.yielded.connect(lambda event: isinstance(event, StepProgress) and steps.append(event))
+    qtbot.waitUntil(lambda: widget.progress.value >= 2 and bool(steps), timeout=60_000)
     widget.stop_button.clicked.emit()
+    widget._show_step_now(steps[-1])  # as when a step's progress, queued before Stop, is shown after it
+    assert widget.status.value.startswith("stopping… step ")  # the step's line had hidden that Stop was heard
     wait_idle(widget)
     step = widget.trainer.step
     assert 2 <= step < 100_000

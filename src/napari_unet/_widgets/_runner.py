@@ -111,6 +111,11 @@ class JobRunner:
         """Ask the job to stop at its next yield."""
         self.stop_event.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop, and not ended yet."""
+        return self.busy and self.stop_event.is_set()
+
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
         """Stop the job and wait until it has ended (its clean-up included), without
         reporting anything more to the widget (which may be closing). True when no

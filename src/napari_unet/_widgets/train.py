@@ -509,14 +509,15 @@ class TrainWidget(DockWidget):
         """Progress bar, status line and loss plot at ``event`` (throttled: ``_show_step``)."""
         self.progress.max = event.total_steps
         self.progress.value = event.step
+        stopping = "stopping… " if self.runner.stopping else ""  # steps queued before Stop: it was heard
         if isinstance(event, WarmStartProgress):
             self.status.value = (
-                f"warm start: the 2D twin on the annotated planes, step {event.step}/{event.total_steps}  "
+                f"{stopping}warm start: the 2D twin on the annotated planes, step {event.step}/{event.total_steps}  "
                 f"loss {event.loss:.4f}"
             )
         else:
             self.status.value = (
-                f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
+                f"{stopping}step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
                 f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
             )
         self.plot.redraw()
