@@ -6,7 +6,7 @@ import pytest
 import torch
 from magicgui.widgets import Container
 from npe2 import PluginManifest
-from qtpy.QtCore import QPoint
+from qtpy.QtCore import QPoint, QThread
 from qtpy.QtWidgets import QComboBox
 
 from napari_unet import UNet, save_model
@@ -238,6 +238,35 @@ def test_a_layer_named_after_a_long_file_name_does_not_widen_the_docks(viewer, q
     assert image.name in offered or labels.name in offered
     for hint in ("sizeHint", "minimumSizeHint"):
         assert getattr(after.native, hint)().width() <= getattr(before.native, hint)().width() + 2, hint
+
+
+def test_a_dock_without_a_scrolling_part_leaves_the_height_it_does_not_use_to_the_others(viewer, qtbot):
+    """Weight map docked below Annotate (from the Plugins menu) on a 1366x768 screen
+    took 543 px, 340 of them blank, while Annotate's controls shrank to two rows
+    (image, Create): its paint buttons could only be reached by scrolling a 44 px box."""
+    viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    window.show()
+    # napari's test fixture keeps the status bar's thread off; in napari it runs, and the
+    # window is laid out again as its updates arrive (without it the docks split right)
+    checker = window.status_thread
+    checker._terminate = False
+    QThread.start(checker)
+    try:
+        _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate cells")
+        annotate.create.clicked.emit()
+        qtbot.wait(300)  # laid out on the screen before the next dock comes
+        _, weights = viewer.window.add_plugin_dock_widget("napari-unet", "Weight map")
+        qtbot.wait(300)
+    finally:
+        checker.terminate()
+        checker.wait(5000)
+    assert weights.native.height() <= weights.native.sizeHint().height() + 2
+    viewport = annotate.controls_area.viewport()
+    for button in (annotate.new_cell, annotate.background, annotate.erase):
+        bottom = button.native.mapTo(viewport, QPoint(0, button.native.height())).y()
+        assert bottom <= viewport.height(), f"{button.text} is scrolled out of view"
 
 
 def test_the_counts_of_a_stack_s_annotation_do_not_widen_the_annotate_dock(viewer, qtbot):

@@ -79,6 +79,10 @@ class DockWidget(Container):
         super().__init__(labels=False)  # labelled controls go in a form (_forms.form)
         self.viewer = napari_viewer
         self.status = wrap_lines(Label(value=""))
+        # No taller than its content (a dock with a scrolling part can use any height,
+        # see _forms.scrolling): docked below Annotate, Weight map took 300 px it left
+        # blank while Annotate's controls shrank to two rows with the paint buttons hidden.
+        self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self._runners: list[JobRunner] = []
         self._dock_watcher = _DockWatcher(self.native, self.shutdown)
         self.native.installEventFilter(self._dock_watcher)

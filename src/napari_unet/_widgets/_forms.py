@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from magicgui.widgets import Container, Label, RadioButtons
 from qtpy.QtCore import QEvent, QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
 
 class SteadyRadioButtons(RadioButtons):
@@ -79,8 +79,10 @@ class _SettingsArea(QScrollArea):
 def scrolling(widget: Container, layout) -> QScrollArea:
     """Move ``widget`` (in ``layout``) into a vertically scrolling area at the same
     place, without margins of its own, and return the area: a long block of settings
-    then scrolls within the dock instead of making it taller than the screen."""
+    then scrolls within the dock instead of making it taller than the screen, and the
+    dock may take any height (other docks take no more than their content)."""
     widget.margins = (0, 0, 0, 0)
+    layout.parentWidget().setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
     area = _SettingsArea()
     held = widget.native  # or the frame magicgui put around it in the layout
     while held.parentWidget() is not layout.parentWidget():
