@@ -268,6 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         "checkpoint_path": checkpoint,
         "channel_axis": args.channel_axis,
         "names": [str(p) for p in args.labels],
+        "val_names": [str(p) for p in args.val_labels],
     }
     if args.resume:
         trainer = resume_trainer(args, images, labels, **options)

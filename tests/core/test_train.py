@@ -63,6 +63,26 @@ def test_progress_events_validation_and_checkpoints(tmp_path):
     assert steps[-1].lr < steps[2].lr  # cosine decay
 
 
+@pytest.mark.parametrize(
+    ("val_labels", "message"),
+    [
+        (lambda labels: labels[:, :40], r"labels of shape \(80, 40\) do not match the image"),
+        (lambda labels: labels + 0.5, "look"),  # fractional: an image given as labels
+        (lambda labels: labels - 5, "below -1"),
+        (lambda labels: np.full_like(labels, -1), "unannotated \\(-1\\) everywhere"),
+    ],
+)
+def test_validation_pairs_are_checked_before_the_first_step(val_labels, message):
+    """A bad validation pair was found at the first validation (step 100 of a default
+    run): the run ended there with a traceback from the metrics and no model
+    written, and resuming met it again. Labels with nothing annotated scored AP 1."""
+    images, labels = data()
+    bad = val_labels(labels[0])
+    with pytest.raises(nu.NapariUnetError, match=message) as raised:
+        Trainer(tiny_model(), images, labels, FAST, val_images=[images[0]], val_labels=[bad], val_names=["val.tif"])
+    assert str(raised.value).startswith("val.tif: ")
+
+
 def test_a_run_that_ends_by_time_is_validated_at_its_last_step():
     """With --minutes the step count is rarely reached: validation then ran only
     every `validate_every` steps, often never, and the model recorded none."""

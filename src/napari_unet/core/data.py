@@ -110,9 +110,12 @@ def _channels_hint(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], 
     return ""
 
 
-def _pair_planes(
+def checked_pair(
     image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str, ndim: int = 2
-):
+) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` as (*stack, C, *spatial) and its ``labels`` as integers of shape
+    (*stack, *spatial), or an error that names ``name``: an image the model cannot
+    take, labels that look like an image, of another shape, or below -1."""
     data = channels_before_spatial(image, in_channels, channel_axis, ndim)
     labels = np.asarray(labels)
     reason = image_like_reason(labels)
@@ -131,6 +134,38 @@ def _pair_planes(
         )
     if labels.size and labels.min() < IGNORE_LABEL:
         raise TrainingDataError(f"{name}: label values below {IGNORE_LABEL} are not allowed")
+    return data, labels
+
+
+def validation_pairs(
+    images, labels, *, in_channels: int, channel_axis: int | None = None, ndim: int = 2, names=None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, labels) pairs to validate on, checked before training starts as the
+    training pairs are (:func:`checked_pair`: found at the first validation, a bad pair
+    ended the run there with a traceback and no model written). Labels become
+    integers of the image's (*stack, *spatial) shape; labels without an annotated
+    pixel are refused (every prediction would score AP 1 against them). ``names``:
+    what messages call the pairs (default "validation pair N")."""
+    images, labels = as_image_list(images), as_image_list(labels)
+    if len(images) != len(labels):
+        raise TrainingDataError("give one validation label image per validation image")
+    pairs = []
+    for number, (image, label_image) in enumerate(zip(images, labels), start=1):
+        name = names[number - 1] if names is not None else f"validation pair {number}"
+        _, checked = checked_pair(image, label_image, in_channels, channel_axis, name, ndim)
+        if not (checked != IGNORE_LABEL).any():
+            raise TrainingDataError(
+                f"{name}: the validation labels are unannotated (-1) everywhere, so there is nothing to score "
+                "against: give labels with the cells (and background) of the validation image"
+            )
+        pairs.append((image, checked))
+    return pairs
+
+
+def _pair_planes(
+    image: np.ndarray, labels: np.ndarray, in_channels: int, channel_axis: int | None, name: str, ndim: int = 2
+):
+    data, labels = checked_pair(image, labels, in_channels, channel_axis, name, ndim)
     warning = labels_warning(labels, f"the labels of {name}")
     if warning:
         log.warning(warning)

@@ -32,7 +32,7 @@ from .checkpoint import (
     save_state,
 )
 from .config import TrainConfig, with_overrides
-from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare
+from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare, validation_pairs
 from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
     any_process,
@@ -89,7 +89,8 @@ class Trainer:
 
     ``images[i]``: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` or stacks, as for
     prediction (``channel_axis`` says where the channels are when the guess would be
-    wrong); ``labels[i]``: int ``(*stack, H, W)``. Validation images (optional) are
+    wrong); ``labels[i]``: int ``(*stack, H, W)``. Validation images (optional; checked
+    with their labels before the first step, called by ``val_names`` in messages) are
     segmented every ``config.validation_interval`` steps; a checkpoint is written
     every ``config.checkpoint_every`` steps and when training stops between two steps.
 
@@ -116,6 +117,7 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         channel_axis: int | None = None,
         names: Sequence[str] | None = None,
+        val_names: Sequence[str] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.model = model
@@ -124,11 +126,11 @@ class Trainer:
         self.dtype = resolve_precision(config.precision, self.device)
         self.layout = training_layout(self.device, model.config.ndim)
         self._sampling_workers: int | None = None
-        val_images, val_labels = as_image_list(val_images), as_image_list(val_labels)
-        if len(val_images) != len(val_labels):
-            raise ConfigError("give one validation label image per validation image")
-        self.validation = list(zip(val_images, val_labels))
         self.channel_axis = channel_axis
+        self.validation = validation_pairs(
+            val_images, val_labels, in_channels=model.config.in_channels, channel_axis=channel_axis,
+            ndim=model.config.ndim, names=val_names,
+        )  # fmt: skip
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         if self.checkpoint_path is not None:
             keeps_best = bool(self.validation) and config.keep_best
