@@ -308,11 +308,29 @@ def cmd_train(args: argparse.Namespace) -> int | None:
 
 
 def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
-    """A new run (no --resume) replaces an existing model or checkpoint only with --overwrite."""
+    """An existing model or checkpoint is replaced only with --overwrite, except by a
+    resumed run writing its own checkpoint again (and the model beside it): a run
+    resumed with another --out had replaced whatever model and checkpoint were there."""
+    if args.overwrite or (args.resume and _same_file(checkpoint, args.resume)):
+        return
     existing = [path for path in (args.out, checkpoint) if path.exists()]
-    if existing and not (args.resume or args.overwrite):
+    if existing and args.resume:
+        raise OutputFileError(
+            f"{existing[0]} exists and is not the run of {args.resume}: pass --overwrite to replace it, or give "
+            f"--out {_model_of(args.resume)} to continue the run where it was writing"
+        )
+    if existing:
         resume = f", or continue its run with --resume {checkpoint}" if checkpoint.exists() else ""
         raise OutputFileError(f"{existing[0]} exists: pass --overwrite to replace it{resume}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.absolute().resolve() == b.absolute().resolve()
+
+
+def _model_of(checkpoint: Path) -> Path:
+    """The model a run writes beside ``checkpoint`` (``MODEL.ckpt``)."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".ckpt")) if checkpoint.suffix == ".ckpt" else checkpoint
 
 
 #: Options that shape a new model's architecture (a model given with --init keeps its own).

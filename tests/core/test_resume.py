@@ -266,6 +266,25 @@ def test_resuming_with_the_same_options_and_a_device_works(stopped_run, capsys):
     assert load_state(checkpoint)["config"]["precision"] == "fp32"
 
 
+def test_a_run_resumed_into_another_model_s_files_replaces_them_only_with_overwrite(stopped_run, capsys):
+    """--resume with an --out whose model (or checkpoint) exists and belongs to another
+    run replaced both without a word."""
+    argv, _, checkpoint = stopped_run
+    out = Path(argv[argv.index("--out") + 1])
+    precious = out.with_name("precious.safetensors")
+    precious.write_bytes(out.read_bytes())
+    before = precious.read_bytes()
+    other = [*argv[: argv.index("--out")], "--out", str(precious), "--resume", str(checkpoint)]
+    capsys.readouterr()
+    assert cli.main(other) == 2
+    err = capsys.readouterr().err
+    assert "precious.safetensors exists and is not the run of" in err and f"--out {out}" in err
+    assert precious.read_bytes() == before and not precious.with_name("precious.safetensors.ckpt").exists()
+    assert cli.main([*other, "--overwrite"]) == 0  # asked for
+    assert precious.read_bytes() != before
+    assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # its own model and checkpoint: no --overwrite
+
+
 def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run, capsys):
     argv, _, checkpoint = stopped_run
     assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # trains steps 3 and 4
