@@ -275,6 +275,20 @@ def test_evaluate_names_the_file_that_is_an_image(annotated_files, capsys):
     assert f"{image}: the prediction: labels must be integers" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_label_values_it_cannot_score_naming_the_file(tmp_path, annotated_files, capsys):
+    """Truth below -1 and a prediction holding -1 ended in a traceback from the metrics."""
+    (_, labels), _ = annotated_files
+    truth = tifffile.imread(labels)
+    tifffile.imwrite(tmp_path / "minus5.tif", np.where(truth > 0, truth, -5).astype(np.int32))
+    tifffile.imwrite(tmp_path / "unannotated.tif", np.where(truth > 0, truth, -1).astype(np.int32))
+    assert main(["evaluate", str(labels), "--truth", str(tmp_path / "minus5.tif")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'minus5.tif'}: the truth holds the value -5" in err and "-1 (not annotated)" in err
+    assert main(["evaluate", str(tmp_path / "unannotated.tif"), "--truth", str(labels)]) == 2
+    assert f"{tmp_path / 'unannotated.tif'}: the prediction holds the value -1" in capsys.readouterr().err
+    assert main(["evaluate", str(labels), "--truth", str(tmp_path / "unannotated.tif")]) == 0  # -1: not scored
+
+
 @pytest.mark.slow
 def test_demo_writes_everything(tmp_path, capsys):
     out = tmp_path / "demo"

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .config import IGNORE_LABEL
 from .errors import NapariUnetError
 from .label_checks import image_like_reason, looks_like_image_message
 from .metrics import MatchStats, combine, match_instances, merged_pairs, pixel_iou
@@ -32,6 +33,10 @@ def _checked_labels(name: str, what: str, labels: np.ndarray) -> np.ndarray:
     reason = image_like_reason(labels)
     if reason:
         raise EvaluationError(looks_like_image_message(f"{name}: the {what}", reason))
+    lowest = IGNORE_LABEL if what == "truth" else 0  # -1 in the truth: not annotated, not scored
+    if labels.size and labels.min() < lowest:
+        allowed = "0 (background), 1.. (objects) and -1 (not annotated)" if lowest < 0 else "0 (background) and 1.."
+        raise EvaluationError(f"{name}: the {what} holds the value {int(labels.min())}; {what} labels are {allowed}")
     return labels.astype(np.int64, copy=False) if not np.issubdtype(labels.dtype, np.integer) else labels
 
 
