@@ -166,12 +166,13 @@ def cmd_weights(args: argparse.Namespace) -> None:
 def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
     """A plain-text table: one row per image (and overall) of instance metrics."""
     columns = [("AP@0.5", 7), ("AP@0.75", 7), ("AP@0.9", 7), ("F1@0.5", 7), ("mIoU", 6), ("pxIoU", 6), ("merged", 6)]
-    header = f"{'image':<28} " + " ".join(f"{name:>{width}}" for name, width in columns)
+    wide = max(len(row[0]) for row in rows)  # names are whole: two files may share their first characters
+    header = f"{'image':<{wide}} " + " ".join(f"{name:>{width}}" for name, width in columns)
     lines = [header, "-" * len(header)]
     for name, stats, pixel_iou, merged in rows:
         by = {round(s.threshold, 2): s for s in stats}
         lines.append(
-            f"{name[:28]:<28} {by[0.5].ap:7.3f} {by[0.75].ap:7.3f} {by[0.9].ap:7.3f} "
+            f"{name:<{wide}} {by[0.5].ap:7.3f} {by[0.75].ap:7.3f} {by[0.9].ap:7.3f} "
             f"{by[0.5].f1:7.3f} {by[0.5].mean_matched_iou:6.3f} {pixel_iou:6.3f} {merged:6d}"
         )
     return "\n".join(lines)
@@ -179,7 +180,8 @@ def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     check_pairs(args.predictions, args.truth, "prediction")
-    pairs = [(p.name, read_image(p), read_image(t)) for p, t in zip(args.predictions, args.truth)]
+    names = output_names(args.predictions)  # distinct, as the files of segment --out-dir
+    pairs = [(n, read_image(p), read_image(t)) for n, p, t in zip(names, args.predictions, args.truth)]
     sources = [(str(p), str(t)) for p, t in zip(args.predictions, args.truth)]  # errors name the file at fault
     if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):
         print("napari-unet: scored plane by plane; --volumes matches 3D objects", file=sys.stderr)

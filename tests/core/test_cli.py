@@ -263,8 +263,16 @@ def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:2] == ["image", "AP@0.5"]
     perfect = table[2].split()
-    assert perfect[0] == "lab0.tif" and perfect[1] == "1.000"
+    assert perfect[0].endswith("lab0_tif_1") and perfect[1] == "1.000"  # the same file twice: numbered
     assert table[-1].startswith("overall")
+    long_names = [tmp_path / f"a_long_file_name_of_an_experiment_on_plate_1_well_{well}.tif" for well in ("A01", "A02")]
+    other = tmp_path / "other" / lab0.name
+    other.parent.mkdir()
+    for path in (*long_names, other):
+        path.write_bytes(lab0.read_bytes())
+    assert main(["evaluate", *map(str, long_names), str(lab0), str(other), "--truth", *[str(lab0)] * 4]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [path.stem for path in long_names] + [f"{lab0.parent.name}_lab0", "other_lab0", "overall"]
 
 
 def test_evaluate_names_the_file_that_is_an_image(annotated_files, capsys):
