@@ -27,7 +27,15 @@ from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
 from .core.instances import objects_found
-from .core.io import check_image_file, check_writable, image_shape, read_image, read_spacing, write_image
+from .core.io import (
+    check_image_file,
+    check_writable,
+    image_shape,
+    output_axes,
+    read_image,
+    read_spacing,
+    write_image,
+)
 from .core.label_checks import image_like_reason, looks_like_image_message
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.metrics import MatchStats
@@ -108,9 +116,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
         )
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)
-        write_image(files["labels"], labels, pixel_size_of=path)
+        write_image(files["labels"], labels, pixel_size_of=path, axes=output_axes(path, labels.shape))
         if probabilities is not None:
-            write_image(files["probabilities"], probabilities, pixel_size_of=path)
+            axes = output_axes(path, probabilities.shape, classes_before=model.config.ndim)
+            write_image(files["probabilities"], probabilities, pixel_size_of=path, axes=axes)
         found = objects_found(labels, 3 if args.as_volume or model.config.ndim == 3 else 2)
         print(f"{path}: {found} -> {files['labels']}")
 
@@ -158,8 +167,9 @@ def cmd_weights(args: argparse.Namespace) -> None:
     for path, labels, (weights_path, target_path) in zip(args.labels, every_labels, outputs):
         spacing = spacing_option(args, path, labels.ndim)
         weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
-        write_image(weights_path, weights, pixel_size_of=path)
-        write_image(target_path, separation_target(labels), pixel_size_of=path)
+        axes = output_axes(path, labels.shape)
+        write_image(weights_path, weights, pixel_size_of=path, axes=axes)
+        write_image(target_path, separation_target(labels), pixel_size_of=path, axes=axes)
         print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {weights_path}")
 
 

@@ -225,11 +225,12 @@ def test_a_model_written_after_a_kill_keeps_no_temporary_behind(tmp_path, monkey
 
 def test_outputs_keep_the_pixel_size_of_their_input(tmp_path, model_file, capsys):
     """Segmented labels and weight maps line up with their image in Fiji or napari:
-    an ImageJ volume keeps its z spacing, x/y resolution and unit; a plain TIFF its
-    resolution tags."""
+    an ImageJ volume keeps its z spacing, x/y resolution and unit, and its planes stay
+    planes (written without axis names, they were read back as channels); a plain
+    TIFF keeps its resolution tags."""
     volume = np.random.default_rng(0).random((6, 40, 40), np.float32)
     volume_path = tmp_path / "vol.tif"
-    calibration = {"spacing": 0.5, "unit": "micron"}
+    calibration = {"spacing": 0.5, "unit": "micron", "axes": "ZYX"}
     tifffile.imwrite(volume_path, volume, imagej=True, resolution=(4.0, 4.0), metadata=calibration)
     plane_path = tmp_path / "plane.tif"
     tifffile.imwrite(plane_path, volume[0], resolution=(2.0, 3.0), resolutionunit="CENTIMETER")
@@ -237,12 +238,15 @@ def test_outputs_keep_the_pixel_size_of_their_input(tmp_path, model_file, capsys
     labels = np.zeros((6, 40, 40), np.uint16)
     labels[2:4, 10:20, 10:20] = 1
     tifffile.imwrite(labels_path, labels, imagej=True, resolution=(4.0, 4.0), metadata=calibration)
-    assert main(["segment", str(model_file), str(volume_path), str(plane_path), "--out-dir", str(tmp_path)]) == 0
+    segment = ["segment", str(model_file), str(volume_path), str(plane_path), "--out-dir", str(tmp_path)]
+    assert main([*segment, "--probabilities"]) == 0
     assert main(["weights", str(labels_path), "--out-dir", str(tmp_path)]) == 0
-    for name in ("vol_labels.tif", "cells_weights.tif", "cells_target.tif"):
+    for name in ("vol_labels.tif", "vol_probabilities.tif", "cells_weights.tif", "cells_target.tif"):
         assert io.read_spacing(tmp_path / name) == pytest.approx((0.5, 0.25, 0.25)), name
         with tifffile.TiffFile(tmp_path / name) as written:
             assert written.imagej_metadata["unit"] == "micron"
+            assert written.imagej_metadata["slices"] == 6, name
+            assert written.series[0].axes == ("ZCYX" if "probabilities" in name else "ZYX"), name
     assert io.read_image(tmp_path / "vol_labels.tif").shape == volume.shape
     with tifffile.TiffFile(tmp_path / "plane_labels.tif") as written:
         tags = written.pages[0].tags
@@ -250,12 +254,25 @@ def test_outputs_keep_the_pixel_size_of_their_input(tmp_path, model_file, capsys
         assert tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
 
 
+def test_arrays_whose_axes_imagej_cannot_hold_keep_the_x_y_resolution_alone(tmp_path):
+    """A 3D model's probabilities (C, Z, Y, X): ImageJ holds channels after z, so
+    they are written without ImageJ's names, not with z read back as channels."""
+    source = tmp_path / "source.tif"
+    tifffile.imwrite(source, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 2.0, "axes": "ZYX"})  # fmt: skip
+    assert io.output_axes(source, (2, 3, 8, 8), classes_before=3) == "CZYX"
+    io.write_image(tmp_path / "p.tif", np.zeros((2, 3, 8, 8), np.float32), pixel_size_of=source, axes="CZYX")
+    with tifffile.TiffFile(tmp_path / "p.tif") as written:
+        assert written.imagej_metadata is None and written.series[0].shape == (2, 3, 8, 8)
+        assert written.pages[0].tags["XResolution"].value == (2, 1)
+
+
 def test_labels_keep_their_ids_when_written_in_imagej_s_format(tmp_path):
     source = tmp_path / "source.tif"
-    tifffile.imwrite(source, np.zeros((3, 8, 8), np.uint8), imagej=True, metadata={"spacing": 2.0})
+    tifffile.imwrite(source, np.zeros((3, 8, 8), np.uint8), imagej=True, metadata={"spacing": 2.0, "axes": "ZYX"})
     labels = np.arange(3 * 8 * 8, dtype=np.int32).reshape(3, 8, 8) * 300  # ids past 65535: stays int32, no z spacing
-    io.write_image(tmp_path / "many.tif", labels, pixel_size_of=source)
+    io.write_image(tmp_path / "many.tif", labels, pixel_size_of=source, axes="ZYX")
     np.testing.assert_array_equal(io.read_image(tmp_path / "many.tif"), labels)
-    io.write_image(tmp_path / "few.tif", labels // 300, pixel_size_of=source)  # fit uint16: ImageJ's format
+    io.write_image(tmp_path / "few.tif", labels // 300, pixel_size_of=source, axes="ZYX")  # fit uint16: ImageJ's
     np.testing.assert_array_equal(io.read_image(tmp_path / "few.tif"), labels // 300)
     assert io.read_spacing(tmp_path / "few.tif") == (2.0, 1.0, 1.0)

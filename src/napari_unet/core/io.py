@@ -190,14 +190,24 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
 IMAGEJ_TYPES = (np.uint8, np.uint16, np.float32)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, pixel_size_of: str | os.PathLike | None = None) -> None:
+def write_image(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    pixel_size_of: str | os.PathLike | None = None,
+    axes: str | None = None,
+) -> None:
     """Write ``array`` atomically as TIFF (``.tif``/``.tiff``), NPY or PNG.
 
     A TIFF gets the pixel size that the TIFF ``pixel_size_of`` records
     (:func:`pixel_size_tags`), so that an output lines up with its input in other
     software. ImageJ's z spacing and unit need ImageJ's format, which holds uint8,
     uint16 and float32 only: labels are then written as uint16 where their ids fit,
-    and arrays of other types keep the x/y resolution alone.
+    and arrays of other types keep the x/y resolution alone. ImageJ's format also
+    names every axis: ``axes`` are ``array``'s (tifffile's letters, e.g. "ZYX",
+    :func:`output_axes`); arrays of more than two axes without ``axes`` in ImageJ's
+    order (T, Z, C, Y, X), e.g. a 3D model's probabilities (C, Z, Y, X), keep the x/y
+    resolution alone too (written without names, a volume's planes were read back
+    as channels).
     """
     path = Path(path)
     buffer = io.BytesIO()
@@ -209,8 +219,9 @@ def write_image(path: str | os.PathLike, array: np.ndarray, pixel_size_of: str |
         imagej = tags.pop("metadata", None)
         if imagej and array.dtype not in IMAGEJ_TYPES and _fits_uint16(array):
             array = array.astype(np.uint16)
-        if imagej and array.dtype in IMAGEJ_TYPES:
-            tags.update(imagej=True, metadata=imagej)
+        axes = axes or ("YX" if array.ndim == 2 else None)
+        if imagej and array.dtype in IMAGEJ_TYPES and _in_imagej_order(axes, array.ndim):
+            tags.update(imagej=True, metadata={**imagej, "axes": axes})
         tifffile.imwrite(buffer, array, compression="zlib", **tags)
     elif suffix == ".npy":
         np.save(buffer, array, allow_pickle=False)
@@ -221,6 +232,53 @@ def write_image(path: str | os.PathLike, array: np.ndarray, pixel_size_of: str |
     else:
         raise ImageFileError(f"{path}: cannot write {suffix!r} files; use .tif, .npy or .png")
     write_atomic(path, buffer.getvalue())
+
+
+#: The axes an ImageJ hyperstack may hold, in the order it holds them.
+IMAGEJ_ORDER = "TZCYX"
+
+
+def _in_imagej_order(axes: str | None, ndim: int) -> bool:
+    return (
+        axes is not None
+        and len(axes) == ndim
+        and len(set(axes)) == ndim
+        and set(axes) <= set(IMAGEJ_ORDER)
+        and axes.endswith("YX")
+        and list(axes) == sorted(axes, key=IMAGEJ_ORDER.index)
+    )
+
+
+def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before: int | None = None) -> str | None:
+    """The axes (tifffile's letters) of an array of ``shape`` made from the TIFF at
+    ``path``: the file's own axes where the shapes agree (labels of a one-channel
+    stack keep its names, "ZYX", or "CYX" for a stack that names its planes
+    channels), else the file's axes without its channels (labels of a "ZCYX" stack
+    are "ZYX"); ``None`` when they cannot be told (not a TIFF, other shapes).
+    ``classes_before``: the array also holds a class axis, named "C", before its last
+    ``classes_before`` axes (probabilities: 2 for a 2D model, 3 for a 3D one)."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            axes, sizes = tif.series[0].axes, tif.series[0].shape
+    except Exception:
+        return None
+    shape = tuple(shape)
+    if classes_before is not None:
+        shape = shape[: len(shape) - classes_before - 1] + shape[len(shape) - classes_before :]
+    whole = list(zip(axes, sizes))
+    for pairs in (whole, [(axis, size) for axis, size in whole if axis not in "CS"]):
+        if tuple(size for _, size in pairs) != shape:
+            continue
+        letters = "".join(axis for axis, _ in pairs)
+        if classes_before is None:
+            return letters
+        if "C" in letters:
+            return None  # a class axis beside the file's own "C"
+        cut = len(letters) - classes_before
+        return letters[:cut] + "C" + letters[cut:]
+    return None
 
 
 def _fits_uint16(array: np.ndarray) -> bool:
