@@ -252,3 +252,12 @@ def test_an_image_and_labels_with_a_trailing_axis_of_one_train_as_the_plane(tmp_
         train(models[-1], *pair, steps=1, tile=60, device="cpu", seed=0)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_training_without_labels_is_an_input_error_not_a_type_error():
+    """``nu.train(model, image, None)`` ended in "'NoneType' object is not iterable"."""
+    image, labels = nu.synthetic_nuclei((64, 64), seed=0)
+    with pytest.raises(nu.NapariUnetError, match="a list of them, got NoneType"):
+        nu.train(nu.UNet(base_channels=2, depth=2), image, None, steps=1)
+    with pytest.raises(nu.NapariUnetError, match="got int"):
+        nu.train(nu.UNet(base_channels=2, depth=2), 3, labels, steps=1)

@@ -95,6 +95,10 @@ def as_image_list(images) -> list:
     PathLike) are read (:func:`~napari_unet.core.io.read_image`)."""
     if hasattr(images, "shape") or isinstance(images, (str, os.PathLike)):
         images = [images]
+    if not isinstance(images, (list, tuple)):
+        raise TrainingDataError(
+            f"expected an image (an array or a file path) or a list of them, got {type(images).__name__}"
+        )
     return [read_image(image) if isinstance(image, (str, os.PathLike)) else image for image in images]
 
 
