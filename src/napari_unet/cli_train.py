@@ -239,6 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         raise ConfigError(
             f"--out is the trained model's file, not an image: name it {args.out.with_suffix('.safetensors')}"
         )
+    if args.out.is_dir():  # --overwrite would not help: it is not a file to replace
+        raise ConfigError(f"--out {args.out} is a folder: name the model's file, e.g. {args.out / 'model.safetensors'}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
         try:
             launch(args.nproc, args.argv)

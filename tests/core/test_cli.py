@@ -180,6 +180,16 @@ def test_a_model_named_like_an_image_is_refused_before_training(tmp_path, annota
     error = capsys.readouterr().err
     assert code == 2 and f"not an image: name it {tmp_path / 'model.safetensors'}" in error
     assert not (tmp_path / "model.tif").exists() and not (tmp_path / "model.tif.ckpt").exists()
+    (tmp_path / "models").mkdir()  # a folder: "exists: pass --overwrite", then "cannot write: it is a folder"
+    for overwrite in ([], ["--overwrite"]):
+        code = main(
+            ["train", str(image), "--labels", str(labels), "--out", str(tmp_path / "models"), *TINY, *overwrite]
+        )
+        assert (
+            code == 2
+            and f"is a folder: name the model's file, e.g. {tmp_path / 'models' / 'model.safetensors'}"
+            in (capsys.readouterr().err)
+        )
 
 
 def test_a_new_run_never_replaces_a_model_or_checkpoint_unless_told(tmp_path, annotated_files, capsys):
