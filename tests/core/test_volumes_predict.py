@@ -146,6 +146,9 @@ def test_a_2d_model_labels_a_stack_as_one_volume(monkeypatch):
     volumes = segment(model, np.zeros((2, 6, 24, 24), np.float32), instances=instances, as_volume=True)
     assert volumes.shape == (2, 6, 24, 24)  # a stack of volumes: each labelled on its own
     np.testing.assert_array_equal(volumes[1], labels)
+    for one_plane in (np.zeros((24, 24), np.float32), np.zeros((1, 24, 24), np.float32)):  # (1, Y, X) got 0 objects
+        with pytest.raises(ConfigError, match=r"needs a stack of planes .* is one plane"):
+            segment(model, one_plane, instances=instances, as_volume=True)
 
 
 def test_labelling_as_a_volume_wires_the_real_prediction_through(rng):

@@ -326,7 +326,8 @@ def _check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacin
     if model.config.ndim == 3:
         raise ConfigError("as_volume is for 2D models: a 3D model labels whole volumes already")
     shape = tuple(getattr(image, "shape", None) or np.shape(image))
-    if len(axes_at_minus3(shape, model.config.in_channels, channel_axis)) < 4:
+    order = axes_at_minus3(shape, model.config.in_channels, channel_axis)
+    if len(order) < 4 or shape[order[-4]] == 1:  # (1, Y, X): one plane, its objects made balls of its sizes
         raise ConfigError(
             f"labelling as a volume (as_volume, --as-volume) needs a stack of planes (Z, Y, X); "
             f"this image (shape {shape}) is one plane"
