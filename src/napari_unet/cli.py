@@ -22,7 +22,7 @@ from .cli_args import (
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
-from .core.config import WeightMapConfig
+from .core.config import IGNORE_LABEL, WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.evaluation import evaluate_pairs
 from .core.geometry import is_volume
@@ -36,7 +36,7 @@ from .core.io import (
     read_spacing,
     write_image,
 )
-from .core.label_checks import image_like_reason, looks_like_image_message
+from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.metrics import MatchStats
 from .core.predict import iter_segment
@@ -160,10 +160,15 @@ def cmd_weights(args: argparse.Namespace) -> None:
             raise ImageShapeError(f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {shape}")
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
     every_labels = [read_image(path) for path in args.labels]
-    for path, labels in zip(args.labels, every_labels):  # an image given for labels: a weight map of nothing
+    for path, labels in zip(args.labels, every_labels):  # every file before any output, as train checks them
         reason = image_like_reason(labels)
-        if reason is not None:
+        if reason is not None:  # an image given for labels: a weight map of nothing
             raise LabelError(looks_like_image_message(str(path), reason))
+        if labels.size and labels.min() < IGNORE_LABEL:
+            raise LabelError(f"{path}: label values below {IGNORE_LABEL} are not allowed, found {int(labels.min())}")
+        warning = labels_warning(labels, f"the labels of {path}")
+        if warning:
+            logging.getLogger(__name__).warning(warning)
     for path, labels, (weights_path, target_path) in zip(args.labels, every_labels, outputs):
         spacing = spacing_option(args, path, labels.ndim)
         weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)

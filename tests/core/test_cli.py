@@ -117,6 +117,15 @@ def test_weights_check_every_label_file_before_writing_any(tmp_path, capsys):
     assert main(["weights", str(tmp_path / "good.npy"), str(tmp_path / "four_axes.npy"), "--out-dir", str(out)]) == 2
     assert f"{tmp_path / 'four_axes.npy'}: weight maps need 2D (H, W) or 3D" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+    np.save(tmp_path / "minus5.npy", np.full((30, 30), -5, np.int32))  # three outputs were written before it failed
+    assert main(["weights", str(tmp_path / "good.npy"), str(tmp_path / "minus5.npy"), "--out-dir", str(out)]) == 2
+    assert f"{tmp_path / 'minus5.npy'}: label values below -1 are not allowed, found -5" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    mask = np.zeros((30, 30), np.uint8)
+    mask[2:8, 2:8] = mask[20:28, 20:28] = 255  # a binary mask: train warns that it merges touching cells
+    np.save(tmp_path / "mask.npy", mask)
+    assert main(["weights", str(tmp_path / "mask.npy"), "--out-dir", str(out)]) == 0
+    assert f"warning: the labels of {tmp_path / 'mask.npy'}" in capsys.readouterr().err
 
 
 def test_info_prints_what_the_file_holds(model_file, capsys):
