@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
     for command in commands.choices.values():
         command.allow_abbrev = False
+        # also after the command (napari-unet train ... -v); not given there, the one before it stands
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log what happens")
     return parser
 
 

@@ -476,3 +476,13 @@ def test_every_argument_of_every_command_says_what_it_is():
         if not action.help
     }
     assert not silent  # 16 had no text in --help
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_goes_before_or_after_the_command(model_file, where):
+    """`napari-unet info MODEL -v` was refused as an unrecognized argument."""
+    from napari_unet.cli import build_parser
+
+    argv = ["-v", "info", str(model_file)] if where == "before" else ["info", str(model_file), "-v"]
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args(["info", str(model_file)]).verbose is False
