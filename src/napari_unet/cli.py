@@ -105,6 +105,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         image = read_image(path)
         if not args.as_volume:
             _note_volume_planes(path, image, model, args.channel_axis)
+        _note_other_spacing(path, model)
         segmentation = iter_segment(
             model,
             image,
@@ -142,6 +143,27 @@ def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> N
             "(each numbers its objects from 1); add --as-volume for 3D objects across planes",
             file=sys.stderr,
         )
+
+
+#: Relative difference of a voxel size from the 3D model's beyond which segment says so.
+SPACING_TOLERANCE = 0.1
+
+
+def _note_other_spacing(path: Path, model) -> None:
+    """One line on stderr when a 3D model is about to segment a volume whose file
+    records another voxel size than the model was made for: it sees the objects
+    stretched or squashed along that axis (it was said nowhere)."""
+    recorded, learned = read_spacing(path), model.config.spacing
+    if model.config.ndim != 3 or recorded is None or learned is None:
+        return
+    if all(abs(r / m - 1) <= SPACING_TOLERANCE for r, m in zip(recorded, learned)):
+        return
+    print(
+        f"napari-unet: {path} records voxels of {tuple(round(v, 4) for v in recorded)} (z, y, x), but the model "
+        f"learned on voxels of {tuple(round(v, 4) for v in learned)}: its objects look stretched or squashed to it; "
+        "resample the volume to the model's voxel size (or train on volumes like it) for the best results",
+        file=sys.stderr,
+    )
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -72,6 +72,7 @@ def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     segmented = tifffile.imread(out / "vol_labels.tif")
     assert segmented.shape == (16, 40, 40) and segmented.dtype == np.uint16  # ImageJ's type, for its z spacing
     assert read_spacing(out / "vol_labels.tif") == pytest.approx((0.5, 0.25, 0.25))
+    assert "records voxels of" not in capsys.readouterr().err  # the spacing the model learned
 
 
 @pytest.mark.slow
@@ -83,6 +84,9 @@ def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_file
     assert main([*train, "--ndim", "3", "--tile", "44"]) == 0
     assert load_model(model).config.spacing == (1.0, 1.0, 1.0)
     capsys.readouterr()
+    assert main(["segment", str(model), str(image), "--out-dir", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    note = "records voxels of (0.5, 0.25, 0.25) (z, y, x), but the model learned on voxels of (1.0, 1.0, 1.0)"
+    assert note in capsys.readouterr().err  # segmented as if its voxels were the model's, without a word
     assert main([*train, "--overwrite"]) == 2
     assert "--spacing Z Y X applies to volumes" in capsys.readouterr().err
 
