@@ -47,7 +47,7 @@ def test_evaluate_works_on_stacks(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "pred.tif", predicted)
     tifffile.imwrite(tmp_path / "truth.tif", truth)
     assert main(["evaluate", str(tmp_path / "pred.tif"), "--truth", str(tmp_path / "truth.tif")]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pred.tif"))
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pred "))
     found = first.max() / (first.max() + second.max())  # AP = tp / (tp + fn), planes pooled
     assert float(row.split()[1]) == pytest.approx(found, abs=1e-3)
 
@@ -65,10 +65,10 @@ def test_evaluate_matches_3d_objects_with_volumes(tmp_path, capsys):
     assert main(command) == 0
     said = capsys.readouterr()
     assert "scored plane by plane; --volumes matches 3D objects" in said.err
-    per_plane = next(line for line in said.out.splitlines() if line.startswith("pred.tif"))
+    per_plane = next(line for line in said.out.splitlines() if line.startswith("pred "))
     assert float(per_plane.split()[1]) == pytest.approx(7 / 8, abs=1e-3)  # 7 of 8 plane sections found
     assert main([*command, "--volumes"]) == 0
-    in_3d = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pred.tif"))
+    in_3d = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pred "))
     assert float(in_3d.split()[1]) == pytest.approx(1.0)  # both nuclei found (IoU 0.75 and 1)
 
 

@@ -89,6 +89,10 @@ def test_rgb_and_channels_first_agree(rng):
 def test_shape_errors_say_what_to_change(rng):
     with pytest.raises(ImageShapeError, match="is RGB: use a model trained on RGB images"):
         predict(small_model(), rng.random((40, 50, 3)))
+    rgba = rng.random((40, 50, 4))  # the advice was --in-channels 3, which then found no axis of 3
+    with pytest.raises(ImageShapeError, match=r"is RGBA \(4 channels\): .*train --in-channels 4\)"):
+        predict(small_model(), rgba)
+    assert predict(small_model(in_channels=4), rgba).shape == (2, 40, 50)
     rgb_only = r"trained on images of 3 channels \(RGB\) .*\(napari: a layer of that shape"
     with pytest.raises(ImageShapeError, match=rgb_only):
         predict(small_model(in_channels=3), rng.random((40, 50)))

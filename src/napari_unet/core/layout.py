@@ -32,10 +32,12 @@ def as_image(image) -> np.ndarray:
 def rgb_for_one_channel_message(shape: tuple[int, ...]) -> str:
     """The one message for an RGB image given to a 1-channel model (napari, command
     line and Python alike), with both remedies."""
+    channels = tuple(shape)[-1]
+    kind = "RGB" if channels == 3 else f"RGBA ({channels} channels)"
     return (
-        f"the model expects 1 channel but the image (shape {tuple(shape)}) is RGB: use a model trained on RGB "
-        "images (napari: train on the RGB layer; command line: napari-unet train --in-channels 3), or convert "
-        "the image to one channel first (napari: right-click the layer > Split RGB)"
+        f"the model expects 1 channel but the image (shape {tuple(shape)}) is {kind}: use a model trained on "
+        f"{kind.split()[0]} images (napari: train on the RGB layer; command line: napari-unet train --in-channels "
+        f"{channels}), or convert the image to one channel first (napari: right-click the layer > Split RGB)"
     )
 
 
