@@ -93,6 +93,10 @@ def test_shape_errors_say_what_to_change(rng):
     with pytest.raises(ImageShapeError, match=r"is RGBA \(4 channels\): .*train --in-channels 4\)"):
         predict(small_model(), rgba)
     assert predict(small_model(in_channels=4), rgba).shape == (2, 40, 50)
+    czyx = rng.random((2, 4, 40, 50))  # channels before z: said to be missing ("no axis of length 2")
+    with pytest.raises(ImageShapeError, match=r"if axis 0 holds them, say so \(command line: --channel-axis 0;"):
+        predict(small_model(in_channels=2), czyx)
+    assert predict(small_model(in_channels=2), czyx, channel_axis=0).shape == (4, 2, 40, 50)
     rgb_only = r"trained on images of 3 channels \(RGB\) .*\(napari: a layer of that shape"
     with pytest.raises(ImageShapeError, match=rgb_only):
         predict(small_model(in_channels=3), rng.random((40, 50)))

@@ -104,9 +104,16 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
         return _moved_to_minus3(ndim, ndim - 1)
     if ndim >= 3 and shape[-3] == in_channels:
         return tuple(range(ndim))
+    trained = f"the model was trained on images of {in_channels} channels{' (RGB)' if in_channels == 3 else ''}"
+    candidates = [axis for axis in range(ndim - 2) if shape[axis] == in_channels]
+    if candidates:  # e.g. (C, Z, Y, X): the channels are there, not where they are looked for
+        axis = candidates[0]
+        raise ImageShapeError(
+            f"{trained}; in the image (shape {shape}) they are not next to the planes: if axis {axis} holds them, "
+            f"say so (command line: --channel-axis {axis}; Python: channel_axis={axis})"
+        )
     raise ImageShapeError(
-        f"the model was trained on images of {in_channels} channels{' (RGB)' if in_channels == 3 else ''} but "
-        f"the image (shape {shape}) has no axis of length {in_channels}: give it an image with its "
+        f"{trained} but the image (shape {shape}) has no axis of length {in_channels}: give it an image with its "
         f"{in_channels} channels first (C, H, W) or last (H, W, C) (napari: a layer of that shape, e.g. an RGB "
         "layer; command line: --channel-axis; Python: channel_axis), or use a model trained on images like this one"
     )
