@@ -27,13 +27,29 @@ def add_stream_arguments(parser: argparse.ArgumentParser, outputs) -> None:
     where.add_argument("--scheduler", default=None, help="spread --out over the dask cluster at this address")
 
 
+#: Options of segment that --out cannot honour, and whether the user gave each.
+IN_MEMORY_ONLY = {
+    "--tta": lambda args: args.tta,
+    "--rescale": lambda args: args.rescale != 1.0,
+    "--split": lambda args: args.split not in (None, 0),  # 0: the components --out keeps anyway
+    "--min-fill": lambda args: args.min_fill not in (None, 0),
+}
+
+
 def check_stream_arguments(args: argparse.Namespace) -> None:
     """Options of ``--out`` given without it, or several inputs for one store."""
     if args.out is None:
         extra = [f"--{name}" for name in ("resume", "workers", "scheduler") if getattr(args, name)]
+        extra += ["--chunk"] * ("chunk" in getattr(args, "given", ()))
         if extra:
             raise ConfigError(f"{', '.join(extra)} only apply with --out OUT.zarr")
         return
+    in_memory = [option for option, given in IN_MEMORY_ONLY.items() if given(args)]
+    if in_memory:  # each needs whole planes, or objects whole across chunks
+        raise ConfigError(
+            f"{', '.join(in_memory)} work on whole planes in memory, while --out streams them in chunks: use "
+            "--out-dir DIR for them (the --out store keeps the objects the network's mask joins, as --split 0)"
+        )
     if args.out.suffix.lower() in IMAGE_SUFFIXES:  # a store named so would be a folder that looks like a file
         raise ConfigError(
             f"--out writes an OME-Zarr store, a folder of chunks, not a {args.out.suffix} file: name it "
