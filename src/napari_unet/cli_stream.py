@@ -47,7 +47,8 @@ def check_stream_arguments(args: argparse.Namespace) -> None:
     in_memory = [option for option, given in IN_MEMORY_ONLY.items() if given(args)]
     if in_memory:  # each needs whole planes, or objects whole across chunks
         raise ConfigError(
-            f"{', '.join(in_memory)} work on whole planes in memory, while --out streams them in chunks: use "
+            f"{', '.join(in_memory)} {'work' if len(in_memory) > 1 else 'works'} on whole planes in memory, while "
+            "--out streams them in chunks: use "
             "--out-dir DIR for them (the --out store keeps the objects the network's mask joins, as --split 0)"
         )
     if args.out.suffix.lower() in IMAGE_SUFFIXES:  # a store named so would be a folder that looks like a file

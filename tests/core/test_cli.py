@@ -400,15 +400,15 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
         ),
         (
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--tta"],
-            "--tta work on whole planes in memory, while --out streams them in chunks: use --out-dir",
+            "--tta works on whole planes in memory, while --out streams them in chunks: use --out-dir",
         ),
         (  # a split asked for was set aside with a warning that called it the model's
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--split", "0.2"],
-            "--split work on whole planes",
+            "--split works on whole planes",
         ),
         (
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--rescale", "2"],
-            "--rescale work on whole planes",
+            "--rescale works on whole planes",
         ),
         (  # silently unused
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out-dir", str(tmp / "o"), "--chunk", "64"],

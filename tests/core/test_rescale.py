@@ -140,4 +140,4 @@ def test_the_command_line_rescales(tmp_path, capsys):
     assert main(["segment", str(model_path), str(image_path), "--out-dir", str(tmp_path), "--rescale", "2"]) == 0
     assert "5 objects" in capsys.readouterr().out
     assert main(["segment", str(model_path), str(image_path), "--out", str(tmp_path / "o.zarr"), "--rescale", "2"])
-    assert "rescale resizes whole planes" in capsys.readouterr().err
+    assert "--rescale works on whole planes in memory" in capsys.readouterr().err
