@@ -12,72 +12,32 @@ from pathlib import Path
 from .cli_args import (
     add_prediction_arguments,
     add_spacing_argument,
-    check_pairs,
+    check_outputs,
     drive_tiles,
     instance_options,
     model_argument,
+    output_names,
     prediction_options,
     spacing_option,
 )
+from .cli_labels import cmd_evaluate, cmd_weights, format_table
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
-from .core.config import IGNORE_LABEL, WeightMapConfig
-from .core.errors import ConfigError, NapariUnetError, OutputFileError
-from .core.evaluation import evaluate_pairs
+from .core.config import WeightMapConfig
+from .core.errors import ConfigError, NapariUnetError
 from .core.geometry import is_volume
 from .core.instances import objects_found
 from .core.io import (
     check_image_file,
-    check_writable,
     image_shape,
     output_axes,
     read_image,
     read_spacing,
     write_image,
 )
-from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message
 from .core.layout import ImageShapeError, axes_at_minus3
-from .core.metrics import MatchStats
 from .core.predict import iter_segment
-from .core.weights import LabelError, separation_target, weight_map
-
-
-def output_names(inputs: Sequence[Path]) -> list[str]:
-    """One distinct base name per input file: its stem (without an OME-TIFF's ".ome");
-    where stems collide, the parent folder's name and the stem, then also the suffix,
-    then a number."""
-
-    def name(index: int, level: int) -> str:
-        path = inputs[index]
-        parent = path.absolute().parent.name or "root"
-        stem = path.stem[:-4] if path.stem.lower().endswith(".ome") and len(path.stem) > 4 else path.stem
-        parts = [stem] if level == 0 else [parent, stem]
-        if level >= 2 and path.suffix:
-            parts.append(path.suffix.lstrip("."))
-        if level >= 3:
-            parts.append(str(index + 1))
-        return "_".join(parts)
-
-    levels = [0] * len(inputs)
-    while True:
-        names = [name(i, level) for i, level in enumerate(levels)]
-        clashing = [i for i, n in enumerate(names) if names.count(n) > 1 and levels[i] < 3]
-        if not clashing:
-            return names
-        for i in clashing:
-            levels[i] += 1
-
-
-def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
-    """Before writing anything: refuse to replace existing files (unless
-    ``overwrite``) and make sure every output's folder takes new files."""
-    existing = [path for path in paths if path.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more output file(s))" if len(existing) > 1 else ""
-        raise OutputFileError(f"{existing[0]} exists{more}; pass --overwrite to replace it")
-    for folder in dict.fromkeys(path.parent for path in paths):
-        check_writable(folder / ".napari-unet-output")
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -168,61 +128,6 @@ def _note_other_spacing(path: Path, model) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(describe(args.model), indent=2))
-
-
-def cmd_weights(args: argparse.Namespace) -> None:
-    WeightMapConfig(w0=args.w0, sigma=args.sigma)  # refuse bad settings before reading anything
-    outputs = [
-        (args.out_dir / f"{base}_weights.tif", args.out_dir / f"{base}_target.tif")
-        for base in output_names(args.labels)
-    ]
-    for path in args.labels:  # every file's shape before any output is written
-        shape = image_shape(path)
-        if len(shape) not in (2, 3):
-            raise ImageShapeError(f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {shape}")
-    check_outputs([path for pair in outputs for path in pair], args.overwrite)
-    every_labels = [read_image(path) for path in args.labels]
-    for path, labels in zip(args.labels, every_labels):  # every file before any output, as train checks them
-        reason = image_like_reason(labels)
-        if reason is not None:  # an image given for labels: a weight map of nothing
-            raise LabelError(looks_like_image_message(str(path), reason))
-        if labels.size and labels.min() < IGNORE_LABEL:
-            raise LabelError(f"{path}: label values below {IGNORE_LABEL} are not allowed, found {int(labels.min())}")
-        warning = labels_warning(labels, f"the labels of {path}")
-        if warning:
-            logging.getLogger(__name__).warning(warning)
-    for path, labels, (weights_path, target_path) in zip(args.labels, every_labels, outputs):
-        spacing = spacing_option(args, path, labels.ndim)
-        weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
-        axes = output_axes(path, labels.shape)
-        write_image(weights_path, weights, pixel_size_of=path, axes=axes)
-        write_image(target_path, separation_target(labels), pixel_size_of=path, axes=axes)
-        print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {weights_path}")
-
-
-def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
-    """A plain-text table: one row per image (and overall) of instance metrics."""
-    columns = [("AP@0.5", 7), ("AP@0.75", 7), ("AP@0.9", 7), ("F1@0.5", 7), ("mIoU", 6), ("pxIoU", 6), ("merged", 6)]
-    wide = max(len(row[0]) for row in rows)  # names are whole: two files may share their first characters
-    header = f"{'image':<{wide}} " + " ".join(f"{name:>{width}}" for name, width in columns)
-    lines = [header, "-" * len(header)]
-    for name, stats, pixel_iou, merged in rows:
-        by = {round(s.threshold, 2): s for s in stats}
-        lines.append(
-            f"{name:<{wide}} {by[0.5].ap:7.3f} {by[0.75].ap:7.3f} {by[0.9].ap:7.3f} "
-            f"{by[0.5].f1:7.3f} {by[0.5].mean_matched_iou:6.3f} {pixel_iou:6.3f} {merged:6d}"
-        )
-    return "\n".join(lines)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    check_pairs(args.predictions, args.truth, "prediction")
-    names = output_names(args.predictions)  # distinct, as the files of segment --out-dir
-    pairs = [(n, read_image(p), read_image(t)) for n, p, t in zip(names, args.predictions, args.truth)]
-    sources = [(str(p), str(t)) for p, t in zip(args.predictions, args.truth)]  # errors name the file at fault
-    if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):
-        print("napari-unet: scored plane by plane; --volumes matches 3D objects", file=sys.stderr)
-    print(format_table(evaluate_pairs(pairs, 3 if args.volumes else 2, sources)))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

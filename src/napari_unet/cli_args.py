@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .core.config import InstanceConfig
-from .core.errors import ConfigError
-from .core.io import IMAGE_SUFFIXES, read_spacing
+from .core.errors import ConfigError, OutputFileError
+from .core.io import IMAGE_SUFFIXES, check_writable, read_spacing
 from .core.predict import TileProgress
 from .core.progress import drive
 
@@ -151,3 +152,40 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channel-axis", type=int, default=None, help="axis of the images' channels (default: guessed)"
     )
+
+
+def output_names(inputs: Sequence[Path]) -> list[str]:
+    """One distinct base name per input file: its stem (without an OME-TIFF's ".ome");
+    where stems collide, the parent folder's name and the stem, then also the suffix,
+    then a number."""
+
+    def name(index: int, level: int) -> str:
+        path = inputs[index]
+        parent = path.absolute().parent.name or "root"
+        stem = path.stem[:-4] if path.stem.lower().endswith(".ome") and len(path.stem) > 4 else path.stem
+        parts = [stem] if level == 0 else [parent, stem]
+        if level >= 2 and path.suffix:
+            parts.append(path.suffix.lstrip("."))
+        if level >= 3:
+            parts.append(str(index + 1))
+        return "_".join(parts)
+
+    levels = [0] * len(inputs)
+    while True:
+        names = [name(i, level) for i, level in enumerate(levels)]
+        clashing = [i for i, n in enumerate(names) if names.count(n) > 1 and levels[i] < 3]
+        if not clashing:
+            return names
+        for i in clashing:
+            levels[i] += 1
+
+
+def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
+    """Before writing anything: refuse to replace existing files (unless
+    ``overwrite``) and make sure every output's folder takes new files."""
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more output file(s))" if len(existing) > 1 else ""
+        raise OutputFileError(f"{existing[0]} exists{more}; pass --overwrite to replace it")
+    for folder in dict.fromkeys(path.parent for path in paths):
+        check_writable(folder / ".napari-unet-output")

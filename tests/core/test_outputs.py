@@ -11,7 +11,8 @@ import torch
 
 import napari_unet as nu
 from napari_unet import OutputFileError, UNet, save_model
-from napari_unet.cli import main, output_names
+from napari_unet.cli import main
+from napari_unet.cli_args import output_names
 from napari_unet.core import io, train
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.config import TrainConfig
