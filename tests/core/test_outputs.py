@@ -268,6 +268,21 @@ def test_arrays_whose_axes_imagej_cannot_hold_keep_the_x_y_resolution_alone(tmp_
         assert written.pages[0].tags["XResolution"].value == (2, 1)
 
 
+def test_a_stack_of_unnamed_planes_and_the_python_call_without_axes_keep_the_z_spacing(tmp_path):
+    """ImageJ's plain stacks ("images=5", no "slices") read as axes "IYX"; their outputs,
+    and those of nu.write_image given no axes, lost the z spacing."""
+    source = tmp_path / "plain.tif"
+    with tifffile.TiffWriter(source) as writer:
+        for plane in np.zeros((5, 8, 8), np.uint8):
+            writer.write(plane, contiguous=True, resolution=(4.0, 4.0), metadata=None,
+                         description="ImageJ=1.11a\nimages=5\nspacing=2.0\nunit=um\n")  # fmt: skip
+    with tifffile.TiffFile(source) as read:
+        assert read.series[0].axes == "IYX"
+    assert io.output_axes(source, (5, 8, 8)) == "ZYX"
+    io.write_image(tmp_path / "out.tif", np.ones((5, 8, 8), np.int32), pixel_size_of=source)
+    assert io.read_spacing(tmp_path / "out.tif") == (2.0, 0.25, 0.25)
+
+
 def test_labels_keep_their_ids_when_written_in_imagej_s_format(tmp_path):
     source = tmp_path / "source.tif"
     tifffile.imwrite(source, np.zeros((3, 8, 8), np.uint8), imagej=True, metadata={"spacing": 2.0, "axes": "ZYX"})

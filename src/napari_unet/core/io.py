@@ -203,11 +203,11 @@ def write_image(
     software. ImageJ's z spacing and unit need ImageJ's format, which holds uint8,
     uint16 and float32 only: labels are then written as uint16 where their ids fit,
     and arrays of other types keep the x/y resolution alone. ImageJ's format also
-    names every axis: ``axes`` are ``array``'s (tifffile's letters, e.g. "ZYX",
-    :func:`output_axes`); arrays of more than two axes without ``axes`` in ImageJ's
-    order (T, Z, C, Y, X), e.g. a 3D model's probabilities (C, Z, Y, X), keep the x/y
-    resolution alone too (written without names, a volume's planes were read back
-    as channels).
+    names every axis: ``axes`` are ``array``'s (tifffile's letters, e.g. "ZYX"; by
+    default :func:`output_axes` of ``pixel_size_of``); arrays whose axes are not in
+    ImageJ's order (T, Z, C, Y, X), e.g. a 3D model's probabilities (C, Z, Y, X), keep
+    the x/y resolution alone too (written without names, a volume's planes were read
+    back as channels).
     """
     path = Path(path)
     buffer = io.BytesIO()
@@ -219,7 +219,8 @@ def write_image(
         imagej = tags.pop("metadata", None)
         if imagej and array.dtype not in IMAGEJ_TYPES and _fits_uint16(array):
             array = array.astype(np.uint16)
-        axes = axes or ("YX" if array.ndim == 2 else None)
+        if axes is None and imagej:
+            axes = "YX" if array.ndim == 2 else output_axes(pixel_size_of, array.shape)
         if imagej and array.dtype in IMAGEJ_TYPES and _in_imagej_order(axes, array.ndim):
             tags.update(imagej=True, metadata={**imagej, "axes": axes})
         tifffile.imwrite(buffer, array, compression="zlib", **tags)
@@ -253,8 +254,9 @@ def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before:
     """The axes (tifffile's letters) of an array of ``shape`` made from the TIFF at
     ``path``: the file's own axes where the shapes agree (labels of a one-channel
     stack keep its names, "ZYX", or "CYX" for a stack that names its planes
-    channels), else the file's axes without its channels (labels of a "ZCYX" stack
-    are "ZYX"); ``None`` when they cannot be told (not a TIFF, other shapes).
+    channels; a stack of unnamed planes, "IYX" or "QYX", is taken for "ZYX"), else
+    the file's axes without its channels (labels of a "ZCYX" stack are "ZYX");
+    ``None`` when they cannot be told (not a TIFF, other shapes).
     ``classes_before``: the array also holds a class axis, named "C", before its last
     ``classes_before`` axes (probabilities: 2 for a 2D model, 3 for a 3D one)."""
     try:
@@ -267,6 +269,8 @@ def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before:
     shape = tuple(shape)
     if classes_before is not None:
         shape = shape[: len(shape) - classes_before - 1] + shape[len(shape) - classes_before :]
+    if "Z" not in axes and sum(axis in "IQ" for axis in axes) == 1:  # ImageJ's plain stack: "images", no "slices"
+        axes = axes.replace("I", "Z").replace("Q", "Z")
     whole = list(zip(axes, sizes))
     for pairs in (whole, [(axis, size) for axis, size in whole if axis not in "CS"]):
         if tuple(size for _, size in pairs) != shape:
