@@ -311,28 +311,41 @@ def cmd_train(args: argparse.Namespace) -> int | None:
 
 def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
     """An existing model or checkpoint is replaced only with --overwrite, except by a
-    resumed run writing its own checkpoint again (and the model beside it): a run
-    resumed with another --out had replaced whatever model and checkpoint were there."""
-    if args.overwrite or (args.resume and _same_file(checkpoint, args.resume)):
+    resumed run writing its own checkpoint again and the model named after it (MODEL
+    beside MODEL.ckpt): a run resumed with another --out had replaced whatever model
+    and checkpoint were there."""
+    if args.overwrite:
         return
-    existing = [path for path in (args.out, checkpoint) if path.exists()]
+    own = []
+    if args.resume:
+        own = [path for path in (checkpoint, args.out) if _same_file(_checkpoint_of(path, checkpoint), args.resume)]
+    existing = [path for path in (args.out, checkpoint) if path.exists() and path not in own]
     if existing and args.resume:
+        model = _model_of(args.resume)
+        hint = f", or give --out {model} to continue the run where it was writing" if model else ""
         raise OutputFileError(
-            f"{existing[0]} exists and is not the run of {args.resume}: pass --overwrite to replace it, or give "
-            f"--out {_model_of(args.resume)} to continue the run where it was writing"
+            f"{existing[0]} exists and is not the run of {args.resume}: pass --overwrite to replace it{hint}"
         )
     if existing:
         resume = f", or continue its run with --resume {checkpoint}" if checkpoint.exists() else ""
         raise OutputFileError(f"{existing[0]} exists: pass --overwrite to replace it{resume}")
 
 
+def _checkpoint_of(path: Path, checkpoint: Path) -> Path:
+    """The checkpoint that goes with ``path``: itself when it is ``checkpoint``, else
+    the one named after the model ``path`` (MODEL.ckpt)."""
+    return path if path == checkpoint else path.with_name(path.name + ".ckpt")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     return a.absolute().resolve() == b.absolute().resolve()
 
 
-def _model_of(checkpoint: Path) -> Path:
-    """The model a run writes beside ``checkpoint`` (``MODEL.ckpt``)."""
-    return checkpoint.with_name(checkpoint.name.removesuffix(".ckpt")) if checkpoint.suffix == ".ckpt" else checkpoint
+def _model_of(checkpoint: Path) -> Path | None:
+    """The model a run writes beside ``checkpoint`` when the checkpoint is named after
+    it (MODEL.safetensors.ckpt), else ``None``."""
+    model = checkpoint.with_name(checkpoint.name.removesuffix(".ckpt"))
+    return model if checkpoint.suffix == ".ckpt" and model.suffix == ".safetensors" else None
 
 
 #: Options that shape a new model's architecture (a model given with --init keeps its own).

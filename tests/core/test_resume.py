@@ -283,6 +283,10 @@ def test_a_run_resumed_into_another_model_s_files_replaces_them_only_with_overwr
     assert cli.main([*other, "--overwrite"]) == 0  # asked for
     assert precious.read_bytes() != before
     assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # its own model and checkpoint: no --overwrite
+    other = [*other, "--checkpoint", str(checkpoint)]  # its own checkpoint given: the model at --out is still not its
+    before = precious.read_bytes()
+    assert cli.main(other) == 2 and precious.read_bytes() == before
+    assert "precious.safetensors exists and is not the run of" in capsys.readouterr().err
 
 
 def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run, capsys):
