@@ -85,7 +85,7 @@ def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_file
     assert load_model(model).config.spacing == (1.0, 1.0, 1.0)
     capsys.readouterr()
     assert main(["segment", str(model), str(image), "--out-dir", str(tmp_path / "o"), "--device", "cpu"]) == 0
-    note = "records voxels of (0.5, 0.25, 0.25) (z, y, x), but the model learned on voxels of (1.0, 1.0, 1.0)"
+    note = "records voxels of (0.5, 0.25, 0.25) (z, y, x), the model was made for voxels shaped (1.0, 1.0, 1.0)"
     assert note in capsys.readouterr().err  # segmented as if its voxels were the model's, without a word
     assert main([*train, "--overwrite"]) == 2
     assert "--spacing Z Y X applies to volumes" in capsys.readouterr().err
