@@ -37,19 +37,26 @@ IN_MEMORY_ONLY = {
 
 
 def check_stream_arguments(args: argparse.Namespace) -> None:
-    """Options of ``--out`` given without it, or several inputs for one store."""
+    """Options of ``--out`` given without it, options it cannot honour
+    (:data:`IN_MEMORY_ONLY`), or several inputs for one store."""
     if args.out is None:
         extra = [f"--{name}" for name in ("resume", "workers", "scheduler") if getattr(args, name)]
         extra += ["--chunk"] * ("chunk" in getattr(args, "given", ()))
         if extra:
-            raise ConfigError(f"{', '.join(extra)} only apply with --out OUT.zarr")
+            raise ConfigError(f"{', '.join(extra)} only {'apply' if len(extra) > 1 else 'applies'} with --out OUT.zarr")
         return
     in_memory = [option for option, given in IN_MEMORY_ONLY.items() if given(args)]
     if in_memory:  # each needs whole planes, or objects whole across chunks
+        source = args.images[0]
+        instead = (
+            "drop them: a zarr store is segmented with --out only"
+            if source.suffix.lower() == ".zarr" or source.is_dir()
+            else "use --out-dir DIR for them"
+        )
         raise ConfigError(
             f"{', '.join(in_memory)} {'work' if len(in_memory) > 1 else 'works'} on whole planes in memory, while "
-            "--out streams them in chunks: use "
-            "--out-dir DIR for them (the --out store keeps the objects the network's mask joins, as --split 0)"
+            f"--out streams them in chunks: {instead} (the --out store keeps the objects the network's mask joins, "
+            "as --split 0)"
         )
     if args.out.suffix.lower() in IMAGE_SUFFIXES:  # a store named so would be a folder that looks like a file
         raise ConfigError(

@@ -391,7 +391,7 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
         ),
         (
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out-dir", str(tmp / "o"), "--workers", "2"],
-            "--workers only apply with --out",
+            "--workers only applies with --out",
         ),
         (lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "taken")], "exists"),
         (
@@ -401,6 +401,10 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
         (
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--tta"],
             "--tta works on whole planes in memory, while --out streams them in chunks: use --out-dir",
+        ),
+        (  # --out-dir refuses a zarr store and points to --out: the advice went in a circle
+            lambda tmp, model: [str(model), str(tmp / "in.zarr"), "--out", str(tmp / "o.zarr"), "--tta"],
+            "drop them: a zarr store is segmented with --out only",
         ),
         (  # a split asked for was set aside with a warning that called it the model's
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "o.zarr"), "--split", "0.2"],
@@ -412,7 +416,7 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
         ),
         (  # silently unused
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out-dir", str(tmp / "o"), "--chunk", "64"],
-            "--chunk only apply with --out",
+            "--chunk only applies with --out",
         ),
     ],
 )
