@@ -65,6 +65,7 @@ def format_table(rows: list[tuple[str, list[MatchStats], float, int]]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     check_pairs(args.predictions, args.truth, "prediction")
     names = output_names(args.predictions)  # distinct, as the files of segment --out-dir
+    names = [f"{name} (file)" if name == "overall" else name for name in names]  # not the summary row
     pairs = [(n, read_image(p), read_image(t)) for n, p, t in zip(names, args.predictions, args.truth)]
     sources = [(str(p), str(t)) for p, t in zip(args.predictions, args.truth)]  # errors name the file at fault
     if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):

@@ -292,6 +292,10 @@ def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     assert main(["evaluate", *map(str, long_names), str(lab0), str(other), "--truth", *[str(lab0)] * 4]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == [path.stem for path in long_names] + [f"{lab0.parent.name}_lab0", "other_lab0", "overall"]
+    (tmp_path / "overall.tif").write_bytes(lab0.read_bytes())  # a file's row must not pass for the summary's
+    assert main(["evaluate", str(tmp_path / "overall.tif"), "--truth", str(lab0)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows[0].startswith("overall (file) ") and rows[1].startswith("overall ")
 
 
 def test_evaluate_names_the_file_that_is_an_image(annotated_files, capsys):

@@ -100,6 +100,9 @@ def test_shape_errors_say_what_to_change(rng):
     rgb_only = r"trained on images of 3 channels \(RGB\) .*\(napari: a layer of that shape"
     with pytest.raises(ImageShapeError, match=rgb_only):
         predict(small_model(in_channels=3), rng.random((40, 50)))
+    with pytest.raises(ImageShapeError, match=r"a layer of that shape\), or use") as raised:  # no RGB for 2
+        predict(small_model(in_channels=2), rng.random((40, 50, 3)))
+    assert "RGB" not in str(raised.value)
     with pytest.raises(ImageShapeError, match="at least 2 dimensions"):
         predict(small_model(), rng.random(10))
     with pytest.raises(InvalidTileSize, match="nearest valid sizes"):

@@ -149,6 +149,8 @@ def test_a_2d_model_labels_a_stack_as_one_volume(monkeypatch):
     for one_plane in (np.zeros((24, 24), np.float32), np.zeros((1, 24, 24), np.float32)):  # (1, Y, X) got 0 objects
         with pytest.raises(ConfigError, match=r"needs a stack of planes .* is one plane"):
             segment(model, one_plane, instances=instances, as_volume=True)
+    with pytest.raises(ConfigError, match=r"holds volumes of one plane each \(z, axis 1\)"):
+        segment(model, np.zeros((3, 1, 24, 24), np.float32), instances=instances, as_volume=True)
 
 
 def test_labelling_as_a_volume_wires_the_real_prediction_through(rng):

@@ -484,7 +484,7 @@ class TrainWidget(DockWidget):
             for warning in event.trainer.data_warnings:
                 self.status.value = f"⚠ {warning}"
                 show_warning(warning)
-            if not self.status.value.startswith("⚠"):
+            if not self.status.value.startswith("⚠") and not self.runner.stopping:  # Stop pressed while preparing
                 self.status.value = self._started_message
         elif isinstance(event, StepProgress):
             self.plot.record(event.step, event.loss)

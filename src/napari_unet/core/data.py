@@ -153,6 +153,8 @@ def validation_pairs(
     images, labels = as_image_list(images), as_image_list(labels)
     if len(images) != len(labels):
         raise TrainingDataError("give one validation label image per validation image")
+    if names is not None and len(names) != len(images):
+        raise TrainingDataError(f"{len(images)} validation image(s) but {len(names)} name(s)")
     pairs = []
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
         name = names[number - 1] if names is not None else f"validation pair {number}"
@@ -162,6 +164,9 @@ def validation_pairs(
                 f"{name}: the validation labels are unannotated (-1) everywhere, so there is nothing to score "
                 "against: give labels with the cells (and background) of the validation image"
             )
+        warning = labels_warning(checked, f"the validation labels of {name}")
+        if warning:
+            log.warning(warning)
         pairs.append((image, checked))
     return pairs
 

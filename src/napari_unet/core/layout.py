@@ -110,12 +110,14 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
         axis = candidates[0]
         raise ImageShapeError(
             f"{trained}; in the image (shape {shape}) they are not next to the planes: if axis {axis} holds them, "
-            f"say so (command line: --channel-axis {axis}; Python: channel_axis={axis})"
+            f"say so (command line: --channel-axis {axis}; Python: channel_axis={axis}; napari: move that axis "
+            "to the front or the end of the layer, e.g. with the layer's Transpose)"
         )
+    example = ", e.g. an RGB layer" if in_channels == 3 else ""
     raise ImageShapeError(
         f"{trained} but the image (shape {shape}) has no axis of length {in_channels}: give it an image with its "
-        f"{in_channels} channels first (C, H, W) or last (H, W, C) (napari: a layer of that shape, e.g. an RGB "
-        "layer; command line: --channel-axis; Python: channel_axis), or use a model trained on images like this one"
+        f"{in_channels} channels first (C, H, W) or last (H, W, C) (napari: a layer of that shape{example}), or use "
+        "a model trained on images like this one"
     )
 
 

@@ -328,9 +328,10 @@ def _check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacin
     shape = tuple(getattr(image, "shape", None) or np.shape(image))
     order = axes_at_minus3(shape, model.config.in_channels, channel_axis)
     if len(order) < 4 or shape[order[-4]] == 1:  # (1, Y, X): one plane, its objects made balls of its sizes
+        which = "is one plane" if len(order) <= 4 else f"holds volumes of one plane each (z, axis {order[-4]})"
         raise ConfigError(
             f"labelling as a volume (as_volume, --as-volume) needs a stack of planes (Z, Y, X); "
-            f"this image (shape {shape}) is one plane"
+            f"this image (shape {shape}) {which}"
         )
 
 

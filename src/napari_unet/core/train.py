@@ -593,7 +593,7 @@ def iter_train(
     ``config`` (default :class:`TrainConfig()`) with any of its fields given as
     keywords (``steps=500, device="cpu", seed=0``); the other keywords are
     :class:`Trainer`'s (``val_images``, ``val_labels``, ``checkpoint_path``,
-    ``channel_axis``).
+    ``channel_axis``, ``names``, ``val_names``, ``stop``).
     """
     trainer_options = {name: kwargs.pop(name) for name in _TRAINER_OPTIONS if name in kwargs}
     trainer = Trainer(model, images, labels, with_overrides(config or TrainConfig(), kwargs), **trainer_options)
