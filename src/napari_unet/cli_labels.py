@@ -8,10 +8,10 @@ import logging
 import sys
 
 from .cli_args import check_outputs, check_pairs, output_names, spacing_option
-from .core.config import IGNORE_LABEL, WeightMapConfig
+from .core.config import WeightMapConfig
 from .core.evaluation import evaluate_pairs
 from .core.io import image_shape, output_axes, read_image, write_image
-from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message
+from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message, out_of_range_message
 from .core.layout import ImageShapeError
 from .core.metrics import MatchStats
 from .core.weights import LabelError, separation_target, weight_map
@@ -33,8 +33,9 @@ def cmd_weights(args: argparse.Namespace) -> None:
         reason = image_like_reason(labels)
         if reason is not None:  # an image given for labels: a weight map of nothing
             raise LabelError(looks_like_image_message(str(path), reason))
-        if labels.size and labels.min() < IGNORE_LABEL:
-            raise LabelError(f"{path}: label values below {IGNORE_LABEL} are not allowed, found {int(labels.min())}")
+        message = out_of_range_message(labels, str(path))
+        if message:
+            raise LabelError(message)
         warning = labels_warning(labels, f"the labels of {path}")
         if warning:
             logging.getLogger(__name__).warning(warning)

@@ -119,7 +119,7 @@ def test_weights_check_every_label_file_before_writing_any(tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
     np.save(tmp_path / "minus5.npy", np.full((30, 30), -5, np.int32))  # three outputs were written before it failed
     assert main(["weights", str(tmp_path / "good.npy"), str(tmp_path / "minus5.npy"), "--out-dir", str(out)]) == 2
-    assert f"{tmp_path / 'minus5.npy'}: label values below -1 are not allowed, found -5" in capsys.readouterr().err
+    assert f"{tmp_path / 'minus5.npy'}: the value -5 is not a label; labels are 0" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
     mask = np.zeros((30, 30), np.uint8)
     mask[2:8, 2:8] = mask[20:28, 20:28] = 255  # a binary mask: train warns that it merges touching cells
@@ -314,9 +314,9 @@ def test_evaluate_refuses_label_values_it_cannot_score_naming_the_file(tmp_path,
     tifffile.imwrite(tmp_path / "unannotated.tif", np.where(truth > 0, truth, -1).astype(np.int32))
     assert main(["evaluate", str(labels), "--truth", str(tmp_path / "minus5.tif")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'minus5.tif'}: the truth holds the value -5" in err and "-1 (not annotated)" in err
+    assert f"{tmp_path / 'minus5.tif'} (truth): the value -5 is not a label" in err and "-1 (unannotated)" in err
     assert main(["evaluate", str(tmp_path / "unannotated.tif"), "--truth", str(labels)]) == 2
-    assert f"{tmp_path / 'unannotated.tif'}: the prediction holds the value -1" in capsys.readouterr().err
+    assert f"{tmp_path / 'unannotated.tif'} (prediction): the value -1 is not a label" in capsys.readouterr().err
     assert main(["evaluate", str(labels), "--truth", str(tmp_path / "unannotated.tif")]) == 0  # -1: not scored
 
 

@@ -68,7 +68,7 @@ def test_progress_events_validation_and_checkpoints(tmp_path):
     [
         (lambda labels: labels[:, :40], r"labels of shape \(80, 40\) do not match the image"),
         (lambda labels: labels + 0.5, "look"),  # fractional: an image given as labels
-        (lambda labels: labels - 5, "below -1"),
+        (lambda labels: labels - 5, "the value -5 is not a label"),
         (lambda labels: np.full_like(labels, -1), "unannotated \\(-1\\) everywhere"),
     ],
 )

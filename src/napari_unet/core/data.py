@@ -27,6 +27,7 @@ from .label_checks import (
     image_like_reason,
     labels_warning,
     looks_like_image_message,
+    out_of_range_message,
 )
 from .layout import channels_before_spatial
 from .normalize import normalize
@@ -136,8 +137,9 @@ def checked_pair(
             f"(expected {expected} for image shape {np.shape(image)})"
             + _channels_hint(np.shape(image), labels.shape, in_channels)
         )
-    if labels.size and labels.min() < IGNORE_LABEL:
-        raise TrainingDataError(f"{name}: label values below {IGNORE_LABEL} are not allowed")
+    message = out_of_range_message(labels, name)
+    if message:
+        raise TrainingDataError(message)
     return data, labels
 
 

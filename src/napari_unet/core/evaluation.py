@@ -13,7 +13,7 @@ import numpy as np
 
 from .config import IGNORE_LABEL
 from .errors import NapariUnetError
-from .label_checks import image_like_reason, looks_like_image_message
+from .label_checks import image_like_reason, looks_like_image_message, out_of_range_message
 from .metrics import MatchStats, combine, match_instances, merged_pairs, pixel_iou
 
 #: One table row: name, stats at IoU 0.5..0.9, foreground pixel IoU, merged touching pairs.
@@ -33,10 +33,9 @@ def _checked_labels(name: str, what: str, labels: np.ndarray) -> np.ndarray:
     reason = image_like_reason(labels)
     if reason:
         raise EvaluationError(looks_like_image_message(f"{name}: the {what}", reason))
-    lowest = IGNORE_LABEL if what == "truth" else 0  # -1 in the truth: not annotated, not scored
-    if labels.size and labels.min() < lowest:
-        allowed = "0 (background), 1.. (objects) and -1 (not annotated)" if lowest < 0 else "0 (background) and 1.."
-        raise EvaluationError(f"{name}: the {what} holds the value {int(labels.min())}; {what} labels are {allowed}")
+    message = out_of_range_message(labels, f"{name} ({what})", IGNORE_LABEL if what == "truth" else 0)
+    if message:  # -1 in the truth: not annotated, not scored
+        raise EvaluationError(message)
     return labels.astype(np.int64, copy=False) if not np.issubdtype(labels.dtype, np.integer) else labels
 
 

@@ -1,7 +1,8 @@
 """Checks of a label image given for training, shared by the widgets and the command line.
 
 Each answers with what to tell the user, or None: images given where labels are
-expected (:func:`image_like_reason`, an error), and label images that train but most
+expected (:func:`image_like_reason`, an error), values no label may take
+(:func:`out_of_range_message`, an error), and label images that train but most
 likely not as the user means them (warnings): binary masks, unsigned images whose
 largest value stands for "unannotated", and volumes whose cells change id from one
 plane to the next.
@@ -11,6 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from .config import IGNORE_LABEL
+
+
+def out_of_range_message(labels: np.ndarray, name: str, lowest: int = IGNORE_LABEL) -> str | None:
+    """The error for ``labels`` (called ``name``) holding a value below ``lowest``: -1
+    for annotations (-1 unannotated, 0 background, 1.. cells), 0 for segmentations."""
+    if not labels.size or labels.min() >= lowest:
+        return None
+    allowed = "0 (background), 1.. (cells) and -1 (unannotated)" if lowest < 0 else "0 (background) and 1.. (cells)"
+    return f"{name}: the value {int(labels.min())} is not a label; labels are {allowed}"
 
 
 def labels_warning(labels: np.ndarray, name: str = "the labels") -> str | None:
