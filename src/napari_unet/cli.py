@@ -37,7 +37,7 @@ from .core.io import (
     write_image,
 )
 from .core.layout import ImageShapeError, axes_at_minus3
-from .core.predict import iter_segment
+from .core.predict import iter_segment, labelled_ndim
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -81,7 +81,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         if probabilities is not None:
             axes = output_axes(path, probabilities.shape, classes_before=model.config.ndim)
             write_image(files["probabilities"], probabilities, pixel_size_of=path, axes=axes)
-        found = objects_found(labels, 3 if args.as_volume or model.config.ndim == 3 else 2)
+        found = objects_found(labels, labelled_ndim(model, args.as_volume))
         print(f"{path}: {found} -> {files['labels']}")
 
 

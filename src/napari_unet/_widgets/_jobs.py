@@ -19,7 +19,7 @@ import numpy as np
 from ..core.checkpoint import ModelFileError, load_model
 from ..core.instances import objects_found
 from ..core.model import UNet
-from ..core.predict import iter_segment, segment
+from ..core.predict import iter_segment, labelled_ndim, segment
 from ..core.progress import until_stopped
 from ..core.threads import use_threads
 from ..core.train import Trainer
@@ -151,8 +151,7 @@ def segmentation_job(
     if result is None:
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
-    labelled_ndim = 3 if options.get("as_volume") or model.config.ndim == 3 else 2
-    found = objects_found(labels, labelled_ndim)  # ids restart in every plane (volume) of a stack
+    found = objects_found(labels, labelled_ndim(model, options.get("as_volume", False)))  # ids restart per plane
     shown = display_labels(labels) if plane_of is None else plane_of.numbered_after_the_others(labels)
     return SegmentationDone(shown, probabilities, found, tuple(notes))
 

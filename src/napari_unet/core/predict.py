@@ -306,16 +306,23 @@ def iter_segment(
     probabilities = yield from iter_predict(model, image, **options)
     if as_volume:
         labels = volume_labels(probabilities, instances, spacing)
-        used, labelled_ndim = in_voxels(instances, spacing), 3  # the sizes the labelling used
+        used = in_voxels(instances, spacing)  # the sizes the labelling used
     else:
         labels = probabilities_to_labels(probabilities, instances, model.config.ndim, model.config.spacing)
-        used, labelled_ndim = instances, model.config.ndim
+        used = instances
     if notes:
-        note = size_mismatch_note(labels, used, labelled_ndim, rescale)
+        note = size_mismatch_note(labels, used, labelled_ndim(model, as_volume), rescale)
         note = note or no_objects_note(labels, probabilities, used, model.config.ndim)
         if note:
             log.warning(note)
     return (labels, probabilities) if return_probabilities else labels
+
+
+def labelled_ndim(model: UNet, as_volume: bool = False) -> int:
+    """How many axes one labelling of :func:`iter_segment` spans: 3 for a 3D model, or
+    a 2D model's stack labelled ``as_volume``; else 2 (every plane of a stack numbers
+    its objects from 1)."""
+    return 3 if as_volume or model.config.ndim == 3 else 2
 
 
 def _check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacing) -> None:
