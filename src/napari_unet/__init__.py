@@ -22,7 +22,7 @@ from .core.config import (
     default_model_config,
 )
 from .core.data import TrainingDataError
-from .core.errors import ConfigError, NapariUnetError, OutputFileError
+from .core.errors import ConfigError, NapariUnetError, OutputFileError, TrainingError
 from .core.geometry import InvalidTileSize, best_tile, input_size_for_output, is_valid_size, output_size
 from .core.io import ImageFileError, read_image, write_image
 from .core.layout import ImageShapeError
@@ -32,7 +32,7 @@ from .core.sources import SourceError, open_source
 from .core.store import OutputExistsError
 from .core.stream import ChunkProgress, StreamResult, iter_segment_to, segment_to
 from .core.synthetic import synthetic_nuclei
-from .core.train import Trainer, TrainingError, iter_train, train
+from .core.train import Trainer, iter_train, train
 from .core.train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainSummary, ValidationResult
 from .core.weights import LabelError, separation_target, weight_map
 

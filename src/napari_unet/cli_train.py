@@ -36,13 +36,13 @@ from .core.config import (
 )
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
-from .core.errors import ConfigError, NapariUnetError, OutputFileError
+from .core.errors import ConfigError, NapariUnetError, OutputFileError, TrainingError
 from .core.io import IMAGE_SUFFIXES, check_writable, read_image, remove_stale_temporaries
 from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
 from .core.threads import use_threads
-from .core.train import SUMMARY_LOSS_STEPS, Trainer, TrainingError
+from .core.train import SUMMARY_LOSS_STEPS, Trainer
 from .core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
 from .core.warm_start import WARM_START_STEPS
 

@@ -12,7 +12,7 @@ from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationCo
 from napari_unet.core.data import PreparedPlane, SampleStream, TrainingDataError, default_tile_for, prepare
 from napari_unet.core.geometry import model_axes
 from napari_unet.core.label_checks import ids_changing_between_planes
-from napari_unet.core.train import weighted_cross_entropy
+from napari_unet.core.optimisation import weighted_cross_entropy
 
 NO_JITTER = dict(contrast=0.0, brightness=0.0, gamma=0.0)
 RIGID = AugmentConfig(elastic=False, **NO_JITTER)

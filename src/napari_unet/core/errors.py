@@ -20,3 +20,7 @@ class ConfigError(NapariUnetError, ValueError):
 
 class OutputFileError(NapariUnetError, OSError):
     """A result that could not be written where the user asked."""
+
+
+class TrainingError(NapariUnetError, RuntimeError):
+    """Training cannot go on (e.g. the loss diverged)."""

@@ -18,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import geometry
 from .best_weights import BestWeights
 from .checkpoint import (
-    ModelFileError,
     checkpoint_bytes,
     load_state,
     model_from_state,
-    model_state,
     save_model,
     save_state,
 )
@@ -42,39 +39,21 @@ from .distributed import (
     sum_gradients,
     sum_over_processes,
 )
-from .errors import ConfigError, NapariUnetError, OutputFileError
+from .errors import OutputFileError, TrainingError
 from .io import check_writable, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
 from .object_size import CompleteObjects, fitted_instances
+from .optimisation import make_optimizer, scheduled_learning_rate, weighted_cross_entropy
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
 from .threads import available_cores
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
+from .training_state import checkpoint_record, restore_progress, resumed_config
 from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(NapariUnetError, RuntimeError):
-    """Training cannot go on (e.g. the loss diverged)."""
-
-
-def weighted_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, total_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Pixel-wise softmax cross entropy weighted by ``weights`` (paper eq. 1).
-
-    logits (B, K, H, W), target (B, H, W) int64, weights (B, H, W) (or (B, K, Z, Y, X)
-    and (B, Z, Y, X) for volumes). Returns the
-    weighted sum divided by ``total_weight`` (default: the sum of ``weights``, i.e.
-    the weighted mean, so the scale does not depend on tile size or ignored pixels;
-    in data-parallel training the weight summed over every process's samples).
-    """
-    per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
-    total = weights.sum() if total_weight is None else total_weight
-    return (per_pixel * weights).sum() / total.clamp_min(1e-6)
 
 
 #: TrainSummary.final_loss is the mean loss of this many last steps.
@@ -148,7 +127,7 @@ class Trainer:
         #: Seconds the warm start took (part of :attr:`seconds`).
         self.warm_seconds = 0.0
         model.to(self.device)
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.step = 0
         self.seconds = 0.0
@@ -213,13 +192,6 @@ class Trainer:
         (``config.warm_start_steps``, when training starts at step 0)."""
         return self.config.warm_start_steps > 0 and self.model.config.ndim == 3
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.config
-        params = self.model.parameters()
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
     @classmethod
     def resume(
         cls,
@@ -243,48 +215,18 @@ class Trainer:
         made on a GPU, resumed on a laptop) becomes "auto", with a logged warning.
         """
         state = load_state(path) if state is None else state
-        if not isinstance(state, dict) or state.get("kind") != "checkpoint":
-            raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
-        try:
-            config = TrainConfig.from_dict(state["config"])
-        except (KeyError, NapariUnetError) as error:
-            raise ModelFileError(f"{path} records unusable training settings: {error}") from error
-        config = dataclasses.replace(config, **_resume_overrides(config, device, precision))
+        config = resumed_config(state, path, device, precision)
         trainer = cls(model_from_state(state["model"], path), images, labels, config, **kwargs)
-        try:
-            with weights_lock(trainer.model):
-                trainer.optimizer.load_state_dict(state["optimizer"])
-            trainer.step = _count(state["step"])
-            trainer.seconds = float(state["seconds"])
-            trainer.warm_seconds = float(state.get("warm_seconds", 0.0))
-            trainer.losses = [float(loss) for loss in state["losses"]]
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-            raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
-        if state.get("data", trainer.data_digest) != trainer.data_digest:
-            log.warning(
-                "the training images or labels differ from those %s was started with: the run goes on with these, "
-                "so it ends where an uninterrupted run on the old data would not",
-                path,
-            )
-        trainer.best = BestWeights.from_state(state.get("validation"), trainer.model, path)
-        trainer.last_validation = trainer.best.last
+        restore_progress(trainer, state, path)
         return trainer
 
     def learning_rate(self, step: int, seconds: float = 0.0) -> float:
-        """The learning rate of step ``step`` (0-based), started ``seconds`` into training:
-        linear warm-up, then constant or a cosine decay that ends at ``steps`` — or,
-        with ``decay_by_time``, at the ``minutes`` budget if that comes first."""
+        """The learning rate of step ``step`` (0-based), ``seconds`` into training
+        (:func:`~napari_unet.core.optimisation.scheduled_learning_rate`); a run that
+        warm-starts from its 2D twin fine-tunes at a tenth of the default peak."""
         cfg = self.config
         peak = cfg.learning_rate * (FINE_TUNE_LR_SCALE if self.warm_starts and cfg.lr is None else 1.0)
-        if step < cfg.warmup_steps:
-            return peak * (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return peak
-        span = max(cfg.steps - cfg.warmup_steps, 1)
-        done = min(step - cfg.warmup_steps, span) / span
-        if cfg.decay_by_time and cfg.minutes is not None:
-            done = max(done, min(seconds / (60 * cfg.minutes), 1.0))
-        return peak * 0.5 * (1 + math.cos(math.pi * done))
+        return scheduled_learning_rate(cfg, peak, step, seconds)
 
     def run(self) -> Generator[TrainEvent, None, TrainSummary]:
         """Train until ``steps`` or ``minutes``; yields a :class:`StepProgress` every step,
@@ -540,43 +482,8 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write everything needed to resume exactly (atomically)."""
-        save_state(
-            path,
-            {
-                "kind": "checkpoint",
-                "model": model_state(self.model, self.metadata()),
-                "optimizer": self.optimizer.state_dict(),
-                "config": self.config.to_dict(),
-                "step": self.step,
-                "seconds": self.seconds,
-                "warm_seconds": self.warm_seconds,
-                "losses": self.losses,
-                "validation": self.best.to_state(),
-                "data": self.data_digest,
-            },
-        )
+        save_state(path, checkpoint_record(self))
         log.info("checkpoint at step %d written to %s", self.step, path)
-
-
-def _resume_overrides(config: TrainConfig, device: str | None, precision: str | None) -> dict:
-    overrides = {}
-    if precision is not None:
-        overrides["precision"] = precision
-    if device is not None:
-        overrides["device"] = device
-    else:
-        try:
-            resolve_device(config.device)
-        except ConfigError:
-            log.warning("the checkpoint was made on %s, which this machine lacks: resuming on auto", config.device)
-            overrides["device"] = "auto"
-    return overrides
-
-
-def _count(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"a step count must be a non-negative integer, got {value!r}")
-    return value
 
 
 def iter_train(

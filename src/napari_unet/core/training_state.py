@@ -1,0 +1,99 @@
+"""What a training checkpoint holds besides the model, and how a resumed
+:class:`~napari_unet.core.train.Trainer` gets it back.
+
+A checkpoint is a safetensors file (:mod:`.checkpoint`): the model with its training
+record, the optimiser's state, the settings, the step count, the clock, the losses, the
+best validated weights and a fingerprint of the data. Every sample's randomness follows
+from the seed and its index, so these are all a resumed run needs to take exactly the
+steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .best_weights import BestWeights
+from .checkpoint import ModelFileError, model_state
+from .config import TrainConfig
+from .devices import resolve_device
+from .errors import ConfigError, NapariUnetError
+from .model import weights_lock
+
+if TYPE_CHECKING:
+    from .train import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_record(trainer: Trainer) -> dict:
+    """Everything :func:`restore_progress` needs, ready for :func:`~.checkpoint.save_state`."""
+    return {
+        "kind": "checkpoint",
+        "model": model_state(trainer.model, trainer.metadata()),
+        "optimizer": trainer.optimizer.state_dict(),
+        "config": trainer.config.to_dict(),
+        "step": trainer.step,
+        "seconds": trainer.seconds,
+        "warm_seconds": trainer.warm_seconds,
+        "losses": trainer.losses,
+        "validation": trainer.best.to_state(),
+        "data": trainer.data_digest,
+    }
+
+
+def resumed_config(state, path: str | Path, device: str | None, precision: str | None) -> TrainConfig:
+    """The settings a checkpoint's run was started with; ``device`` and ``precision``
+    replace the recorded ones, and a recorded device this machine lacks becomes "auto"
+    (with a logged warning). Raises :class:`ConfigError` for a model file and
+    :class:`ModelFileError` for unusable settings."""
+    if not isinstance(state, dict) or state.get("kind") != "checkpoint":
+        raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (KeyError, NapariUnetError) as error:
+        raise ModelFileError(f"{path} records unusable training settings: {error}") from error
+    overrides = {}
+    if precision is not None:
+        overrides["precision"] = precision
+    if device is not None:
+        overrides["device"] = device
+    else:
+        try:
+            resolve_device(config.device)
+        except ConfigError:
+            log.warning("the checkpoint was made on %s, which this machine lacks: resuming on auto", config.device)
+            overrides["device"] = "auto"
+    return dataclasses.replace(config, **overrides)
+
+
+def restore_progress(trainer: Trainer, state: dict, path: str | Path) -> None:
+    """Give ``trainer`` (made with the checkpoint's model and settings) the optimiser
+    state, step, clock, losses and best validation that ``state`` recorded. Raises
+    :class:`ModelFileError` when they cannot be restored; warns when ``trainer``'s data
+    differ from the checkpoint's."""
+    try:
+        with weights_lock(trainer.model):
+            trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.step = _count(state["step"])
+        trainer.seconds = float(state["seconds"])
+        trainer.warm_seconds = float(state.get("warm_seconds", 0.0))
+        trainer.losses = [float(loss) for loss in state["losses"]]
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path} is damaged: its training state cannot be restored ({error!r})") from error
+    if state.get("data", trainer.data_digest) != trainer.data_digest:
+        log.warning(
+            "the training images or labels differ from those %s was started with: the run goes on with these, "
+            "so it ends where an uninterrupted run on the old data would not",
+            path,
+        )
+    trainer.best = BestWeights.from_state(state.get("validation"), trainer.model, path)
+    trainer.last_validation = trainer.best.last
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"a step count must be a non-negative integer, got {value!r}")
+    return value
