@@ -89,8 +89,8 @@ def main() -> None:
     import napari
 
     from napari_unet._widgets import AnnotateWidget, SegmentWidget, TrainWidget
-    from napari_unet._widgets import train as train_widget
     from napari_unet._widgets._jobs import SegmentationDone
+    from napari_unet._widgets._warm_up import warm_up
     from napari_unet.core.synthetic import synthetic_nuclei
 
     print_header(f"event-loop stalls at {args.size}x{args.size}")
@@ -153,8 +153,7 @@ def main() -> None:
     train.device.value, train.precision.value = "cpu", "fp32"
     with tempfile.TemporaryDirectory() as folder:
         train.save_path.value = Path(folder) / "model.safetensors"
-        if hasattr(train_widget, "warm_up"):
-            train_widget.warm_up().join()
+        warm_up().join()
         stall = probe.longest(train.start_button.clicked.emit, settle=args.train_seconds)
         steps = train.progress.value
         train.runner.stop()

@@ -8,7 +8,9 @@ from qtpy.QtCore import QTimer
 from napari_unet import load_model
 from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import AnnotateWidget, TrainWidget
-from napari_unet._widgets import train as train_widget
+from napari_unet._widgets import _training_inputs as training_inputs
+from napari_unet._widgets import _warm_up as warm_up_module
+from napari_unet._widgets._warm_up import warm_up
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train_events import StepProgress
@@ -195,9 +197,7 @@ def test_start_prepares_the_data_in_the_worker_and_the_viewer_never_stalls(viewe
     tiny_settings(widget, tmp_path, steps=100_000)
     widget.preview_image.value = image_layer  # adds the (hidden) preview layer now
     widget.preview_every.value = 2
-    warm_up = getattr(train_widget, "warm_up", None)  # the import the widget starts when it opens
-    if warm_up is not None:
-        warm_up().join()
+    warm_up().join()  # the import the widget starts when it opens
     ticks = []
     probe = QTimer()
     probe.setInterval(10)
@@ -281,7 +281,7 @@ def test_train_preselects_the_annotated_image_and_never_overwrites_a_model(
     viewer, session, tmp_path, wait_idle, monkeypatch
 ):
     """Issue 18.9: the obvious layers are chosen; each run gets a model file of its own."""
-    monkeypatch.setattr(train_widget, "DEFAULT_FOLDER", tmp_path, raising=False)
+    monkeypatch.setattr(training_inputs, "DEFAULT_FOLDER", tmp_path)
     viewer.add_image(np.zeros((30, 30)), name="unrelated")
     image, truth = sample_layers(viewer)
     widget = docked(viewer, TrainWidget(viewer, session))
@@ -383,5 +383,5 @@ def test_the_warm_up_import_never_raises_in_its_thread(monkeypatch):
     def failing(name):
         raise RuntimeError(f"interpreter shutting down while importing {name}")
 
-    monkeypatch.setattr(train_widget.importlib, "import_module", failing)
-    assert train_widget._import_quietly("torch._dynamo") is None
+    monkeypatch.setattr(warm_up_module.importlib, "import_module", failing)
+    assert warm_up_module._import_quietly("torch._dynamo") is None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,6 @@ from ..core.devices import resolve_device
 from ..core.errors import ConfigError
 from ..core.geometry import is_volume
 from ..core.io import check_writable
-from ..core.label_checks import labels_warning
 from ..core.model import UNet
 from ..core.threads import available_cores
 from ..core.train import Trainer
@@ -62,6 +59,8 @@ from ._layers import (
 )
 from ._plot import LossPlot
 from ._throttle import Throttle
+from ._training_inputs import free_model_path, trainer_factory, training_inputs
+from ._warm_up import warm_up
 
 NETWORK_TIP = (
     "2D: the U-Net on planes (stacks plane by plane). 3D: the 3D U-Net on whole volumes, "
@@ -79,44 +78,6 @@ ZOOM_TIP = (
     "rescale each training sample by a random factor from exp(-zoom) to exp(zoom) (0.25: 0.78-1.28x), "
     "so the network also sees cells a little smaller and larger than the annotated ones; 0: none, as in the paper"
 )
-DEFAULT_FOLDER = Path.home() / "napari-unet"
-_warm_up: threading.Thread | None = None
-
-
-def warm_up() -> threading.Thread:
-    """Import, in a background thread, what torch imports when the first optimiser is
-    made (``torch._dynamo``: seconds of work that holds Python's lock for up to half
-    a second at a time). Started when the Train widget opens, so that the import does
-    not stall the viewer when training starts."""
-    global _warm_up
-    if _warm_up is None:
-        _warm_up = threading.Thread(
-            target=_import_quietly, args=("torch._dynamo",), name="napari-unet warm-up", daemon=True
-        )
-        _warm_up.start()
-    return _warm_up
-
-
-def _import_quietly(module: str) -> None:
-    """Import ``module`` ahead of time; a failure is left to the import that needs it
-    (napari closing during the import ends it with an error that is nobody's concern)."""
-    try:
-        importlib.import_module(module)
-    except Exception:  # only a warm-up; a failed import leaves no module behind
-        return
-
-
-def free_model_path(folder: Path | None = None, stem: str = "model") -> Path:
-    """``folder/stem.safetensors`` (folder: ``~/napari-unet``), or ``stem-2``,
-    ``stem-3``, ...: the first name that neither a model nor its checkpoint uses yet,
-    so no run overwrites another."""
-    folder = DEFAULT_FOLDER if folder is None else folder
-    number = 1
-    while True:
-        path = folder / (f"{stem}.safetensors" if number == 1 else f"{stem}-{number}.safetensors")
-        if not path.exists() and not path.with_name(path.name + ".ckpt").exists():
-            return path
-        number += 1
 
 
 def format_seconds(seconds: float) -> str:
@@ -389,54 +350,15 @@ class TrainWidget(DockWidget):
 
     def trainer_factory(self):
         """Check the chosen layers and settings (raises on bad input) and return a
-        function that builds the trainer. The function copies the annotations, prepares
-        the training data (weight maps, normalisation) and may build a model, which take
-        seconds on large images, so the widget calls it in the worker thread."""
+        function that builds the trainer, to be called in the worker thread
+        (:func:`~._training_inputs.trainer_factory`)."""
         pairs = self.pairs or [(self.image.value, self.annotation.value)]
-        images, annotations, names, channel_axes, warnings = [], [], [], set(), []
-        for image_layer, labels_layer in pairs:
-            data, channel_axis = image_data(image_layer)
-            images.append(data)
-            channel_axes.add(channel_axis)
-            labels = labels_data(labels_layer, image_layer)
-            annotations.append(labels)
-            names.append(f"annotation '{labels_layer.name}'")
-            warnings.append(labels_warning(labels, f"annotation '{labels_layer.name}'"))
-        if len(channel_axes) > 1:
-            raise LayerError("the training images mix RGB and single-channel layers: train on one kind")
-        channel_axis = channel_axes.pop()
-        in_channels = images[0].shape[channel_axis] if channel_axis is not None else 1
-        make_model = self._model_factory(in_channels)
-        validation = {}
-        if (self.val_image.value is None) != (self.val_labels.value is None):
-            raise LayerError("validation needs an image and its labels: choose both, or neither")
-        if self.val_image.value is not None and self.val_labels.value is not None:
-            validation = {
-                "val_images": [image_data(self.val_image.value)[0]],
-                "val_labels": [labels_data(self.val_labels.value, self.val_image.value)],
-            }
+        inputs = training_inputs(pairs, self.val_image.value, self.val_labels.value)
+        make_model = self._model_factory(inputs.in_channels)
         save = Path(self.save_path.value)
         check_writable(save)  # before training, not after it
-        checkpoint = save.with_name(save.name + ".ckpt")
-        config = self.config()
-        self._warnings = [warning for warning in warnings if warning]
-
-        def make_trainer() -> Trainer:
-            # a snapshot first (in the worker: copying a large annotation takes a while), so
-            # that strokes painted while the data are prepared change nothing
-            snapshot = [np.array(labels) for labels in annotations]
-            return Trainer(
-                make_model(),
-                images,
-                snapshot,
-                config,
-                checkpoint_path=checkpoint,
-                channel_axis=channel_axis,
-                names=names,
-                **validation,
-            )
-
-        return make_trainer
+        self._warnings = inputs.warnings
+        return trainer_factory(inputs, make_model, self.config(), save)
 
     def build_trainer(self) -> Trainer:
         """A trainer for the chosen layers and settings, built here (raises on bad input)."""
