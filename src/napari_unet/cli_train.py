@@ -1,4 +1,5 @@
-"""``napari-unet train``: options, resuming, signals and the progress bar of a run."""
+"""``napari-unet train``: options, signals, the progress bar and the summary of a run
+(resuming and what a run may replace: :mod:`.cli_resume`)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from .cli_args import (
     spacing_option,
     tile_option,
 )
-from .core.checkpoint import ModelFileError, load_model, load_state, model_bytes
+from .cli_resume import refuse_to_replace, resume_trainer
+from .core.checkpoint import load_model, model_bytes
 from .core.config import (
     CPU_3D_MINUTES,
     AugmentConfig,
     ModelConfig,
-    ModelSpec,
     TrainConfig,
     WeightMapConfig,
     default_minutes,
@@ -36,7 +37,7 @@ from .core.config import (
 )
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
-from .core.errors import ConfigError, NapariUnetError, OutputFileError, TrainingError
+from .core.errors import ConfigError, TrainingError
 from .core.io import IMAGE_SUFFIXES, check_writable, read_image, remove_stale_temporaries
 from .core.layout import channels_before_spatial
 from .core.model import UNet
@@ -171,69 +172,6 @@ def run_training(trainer: Trainer) -> int | None:
     return None
 
 
-#: Training settings a resumed run keeps (so that it continues exactly), as the
-#: command line names them, with how to read each from the checkpoint.
-RESUME_KEEPS = {
-    "steps": lambda train, model: train.steps,
-    "minutes": lambda train, model: train.minutes,
-    "tile": lambda train, model: train.tile,
-    "batch_size": lambda train, model: train.batch_size,
-    "optimizer": lambda train, model: train.optimizer,
-    "lr": lambda train, model: train.lr,
-    "w0": lambda train, model: train.weights.w0,
-    "sigma": lambda train, model: train.weights.sigma,
-    "no_elastic": lambda train, model: not train.augment.elastic,
-    "zoom": lambda train, model: train.augment.zoom,
-    "seed": lambda train, model: train.seed,
-    "decay_by_time": lambda train, model: train.decay_by_time,
-    "validate_every": lambda train, model: train.validate_every,
-    "checkpoint_every": lambda train, model: train.checkpoint_every,
-    "warm_start": lambda train, model: train.warm_start_steps,
-    "in_channels": lambda train, model: model.in_channels,
-    "base_channels": lambda train, model: model.base_channels,
-    "depth": lambda train, model: model.depth,
-}
-
-
-def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Trainer:
-    """A trainer continuing ``args.resume``; options that would change the run are
-    refused, --device and --precision are applied."""
-    state = load_state(args.resume)
-    given = args.given
-    if isinstance(state, dict) and state.get("kind") == "checkpoint":
-        try:
-            recorded_train = TrainConfig.from_dict(state["config"])
-            recorded_model = ModelSpec.from_dict(state["model"]["spec"]).model
-        except (KeyError, TypeError, NapariUnetError) as error:
-            raise ModelFileError(f"{args.resume} records unusable training settings: {error}") from error
-        for dest, recorded in RESUME_KEEPS.items():
-            value = getattr(args, dest)
-            if isinstance(value, list):  # options taking one value per axis (--tile)
-                value = value[0] if len(value) == 1 else tuple(value)
-            was = recorded(recorded_train, recorded_model)
-            if dest in given and value != was:
-                option = "--" + dest.replace("_", "-")
-                shown = "" if isinstance(value, bool) else f" {value}"
-                if isinstance(was, bool) or was is None:
-                    before = f"{'with' if was else 'without'} {option}"
-                else:
-                    before = f"{option} {was}"
-                raise ConfigError(
-                    f"{option}{shown} differs from the checkpoint's run ({before}): "
-                    f"a resumed run keeps its settings so that it continues exactly; drop {option}, "
-                    "or start a new run from the model with --init"
-                )
-    return Trainer.resume(
-        args.resume,
-        images,
-        labels,
-        state=state,
-        device=args.device if "device" in given else None,
-        precision=args.precision if "precision" in given else None,
-        **kwargs,
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> int | None:
     if args.out.suffix.lower() in IMAGE_SUFFIXES:  # the model file would pass for an image
         raise ConfigError(
@@ -307,45 +245,6 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         else:
             print(f"checkpoint for --resume: {checkpoint}")
     return None if stopped_by is None else 128 + stopped_by
-
-
-def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
-    """An existing model or checkpoint is replaced only with --overwrite, except by a
-    resumed run writing its own checkpoint again and the model named after it (MODEL
-    beside MODEL.ckpt): a run resumed with another --out had replaced whatever model
-    and checkpoint were there."""
-    if args.overwrite:
-        return
-    own = []
-    if args.resume:
-        own = [path for path in (checkpoint, args.out) if _same_file(_checkpoint_of(path, checkpoint), args.resume)]
-    existing = [path for path in (args.out, checkpoint) if path.exists() and path not in own]
-    if existing and args.resume:
-        model = _model_of(args.resume)
-        hint = f", or give --out {model} to continue the run where it was writing" if model else ""
-        raise OutputFileError(
-            f"{existing[0]} exists and is not the run of {args.resume}: pass --overwrite to replace it{hint}"
-        )
-    if existing:
-        resume = f", or continue its run with --resume {checkpoint}" if checkpoint.exists() else ""
-        raise OutputFileError(f"{existing[0]} exists: pass --overwrite to replace it{resume}")
-
-
-def _checkpoint_of(path: Path, checkpoint: Path) -> Path:
-    """The checkpoint that goes with ``path``: itself when it is ``checkpoint``, else
-    the one named after the model ``path`` (MODEL.ckpt)."""
-    return path if path == checkpoint else path.with_name(path.name + ".ckpt")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.absolute().resolve() == b.absolute().resolve()
-
-
-def _model_of(checkpoint: Path) -> Path | None:
-    """The model a run writes beside ``checkpoint`` when the checkpoint is named after
-    it (MODEL.safetensors.ckpt), else ``None``."""
-    model = checkpoint.with_name(checkpoint.name.removesuffix(".ckpt"))
-    return model if checkpoint.suffix == ".ckpt" and model.suffix == ".safetensors" else None
 
 
 #: Options that shape a new model's architecture (a model given with --init keeps its own).
