@@ -4,7 +4,9 @@ existing files a run may replace."""
 from __future__ import annotations
 
 import argparse
+from operator import attrgetter
 from pathlib import Path
+from types import SimpleNamespace
 
 from .core.checkpoint import ModelFileError, load_state
 from .core.config import ModelSpec, TrainConfig
@@ -12,27 +14,20 @@ from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.train import Trainer
 
 #: Training settings a resumed run keeps (so that it continues exactly), as the
-#: command line names them, with how to read each from the checkpoint.
+#: command line names them, with where the checkpoint records each: in its training
+#: settings (``train``) or its model's architecture (``model``).
 RESUME_KEEPS = {
-    "steps": lambda train, model: train.steps,
-    "minutes": lambda train, model: train.minutes,
-    "tile": lambda train, model: train.tile,
-    "batch_size": lambda train, model: train.batch_size,
-    "optimizer": lambda train, model: train.optimizer,
-    "lr": lambda train, model: train.lr,
-    "w0": lambda train, model: train.weights.w0,
-    "sigma": lambda train, model: train.weights.sigma,
-    "no_elastic": lambda train, model: not train.augment.elastic,
-    "zoom": lambda train, model: train.augment.zoom,
-    "seed": lambda train, model: train.seed,
-    "decay_by_time": lambda train, model: train.decay_by_time,
-    "validate_every": lambda train, model: train.validate_every,
-    "checkpoint_every": lambda train, model: train.checkpoint_every,
-    "warm_start": lambda train, model: train.warm_start_steps,
-    "in_channels": lambda train, model: model.in_channels,
-    "base_channels": lambda train, model: model.base_channels,
-    "depth": lambda train, model: model.depth,
+    **{dest: f"train.{dest}" for dest in ("steps", "minutes", "tile", "batch_size", "optimizer", "lr", "seed")},
+    **{dest: f"train.{dest}" for dest in ("decay_by_time", "validate_every", "checkpoint_every")},
+    "w0": "train.weights.w0",
+    "sigma": "train.weights.sigma",
+    "no_elastic": "train.augment.elastic",  # negated: NEGATED_OPTIONS
+    "zoom": "train.augment.zoom",
+    "warm_start": "train.warm_start_steps",
+    **{dest: f"model.{dest}" for dest in ("in_channels", "base_channels", "depth")},
 }
+#: Options that turn off the setting they stand for.
+NEGATED_OPTIONS = {"no_elastic"}
 
 
 def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Trainer:
@@ -42,15 +37,17 @@ def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Traine
     given = args.given
     if isinstance(state, dict) and state.get("kind") == "checkpoint":
         try:
-            recorded_train = TrainConfig.from_dict(state["config"])
-            recorded_model = ModelSpec.from_dict(state["model"]["spec"]).model
+            recorded = SimpleNamespace(
+                train=TrainConfig.from_dict(state["config"]), model=ModelSpec.from_dict(state["model"]["spec"]).model
+            )
         except (KeyError, TypeError, NapariUnetError) as error:
             raise ModelFileError(f"{args.resume} records unusable training settings: {error}") from error
-        for dest, recorded in RESUME_KEEPS.items():
+        for dest, where in RESUME_KEEPS.items():
             value = getattr(args, dest)
             if isinstance(value, list):  # options taking one value per axis (--tile)
                 value = value[0] if len(value) == 1 else tuple(value)
-            was = recorded(recorded_train, recorded_model)
+            was = attrgetter(where)(recorded)
+            was = not was if dest in NEGATED_OPTIONS else was
             if dest in given and value != was:
                 option = "--" + dest.replace("_", "-")
                 shown = "" if isinstance(value, bool) else f" {value}"
