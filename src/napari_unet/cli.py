@@ -38,6 +38,7 @@ from .core.io import (
 )
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.predict import iter_segment, labelled_ndim
+from .core.spacing import voxel_shape_note
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -105,28 +106,14 @@ def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> N
         )
 
 
-#: Relative difference of a voxel's shape from the 3D model's beyond which segment says so.
-SPACING_TOLERANCE = 0.1
-
-
 def _note_other_spacing(path: Path, model) -> None:
     """One line on stderr when a 3D model is about to segment a volume whose file
-    records voxels of another shape (z against y against x) than the model was made
-    for: it then sees the objects stretched or squashed along an axis (it was said
-    nowhere). Shapes, not sizes, are compared: the units may differ, and objects of
-    another size get their own note (see rescale)."""
-    recorded, learned = read_spacing(path), model.config.spacing
-    if model.config.ndim != 3 or recorded is None or learned is None:
-        return
-    if all(abs((r / recorded[-1]) / (m / learned[-1]) - 1) <= SPACING_TOLERANCE for r, m in zip(recorded, learned)):
-        return
-    print(
-        f"napari-unet: {path} records voxels of {tuple(round(v, 4) for v in recorded)} (z, y, x), the model was "
-        f"made for voxels shaped {tuple(round(v, 4) for v in learned)}: if both are right, the model sees this "
-        "volume's objects stretched or squashed along z; resample it to the model's voxel shape, or train on "
-        "volumes like it",
-        file=sys.stderr,
-    )
+    records voxels of another shape than the model was made for
+    (:func:`~napari_unet.core.spacing.voxel_shape_note`)."""
+    if model.config.ndim == 3:
+        note = voxel_shape_note(read_spacing(path), model.config.spacing, f"{path} records")
+        if note:
+            print(f"napari-unet: {note}", file=sys.stderr)
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_unet import ModelConfig, ModelSpec, UNet
 from napari_unet.core.cpu_inference import CpuInference
 from napari_unet.core.model import forward_flops, layer_input_shapes, layer_plan
-from napari_unet.core.spacing import level_kernels_and_pools
+from napari_unet.core.spacing import level_kernels_and_pools, voxel_shape_note
 
 
 def test_paper_3d_network_has_the_papers_parameters_and_shapes():
@@ -108,3 +108,11 @@ def test_3d_config_is_checked():
     with pytest.raises(ValueError, match="spacing"):
         ModelConfig(ndim=3, spacing=(0.0, 1.0, 1.0))
     assert layer_plan(ModelConfig(ndim=3, spacing=[2, 1, 1])).count(layer_plan(ModelConfig(ndim=3))[0]) == 0
+
+
+def test_voxel_shape_note_compares_shapes_not_sizes_within_ten_percent():
+    assert voxel_shape_note((2.0, 0.5, 0.5), (4.0, 1.0, 1.0), "f records") is None  # same shape, other unit
+    assert voxel_shape_note((2.15, 1.0, 1.0), (2.0, 1.0, 1.0), "f records") is None  # 7.5% deeper
+    note = voxel_shape_note((2.3, 1.0, 1.0), (2.0, 1.0, 1.0), "f records")  # 15% deeper
+    assert note.startswith("f records voxels of (2.3, 1.0, 1.0) (z, y, x), the model was made for voxels shaped (2.0")
+    assert voxel_shape_note(None, (2.0, 1.0, 1.0), "f records") is None  # nothing recorded: nothing to say

@@ -25,6 +25,7 @@ from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
 from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
+from ..core.spacing import voxel_shape_note
 from ._base import DockWidget, wrap_lines
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
 from ._forms import SteadyRadioButtons, form, scrolling, side_by_side
@@ -269,6 +270,11 @@ class SegmentWidget(DockWidget):
         volumes = self._ndim == 3  # a 3D model segments whole volumes into one 3D labels layer
         if volumes and len(spatial_shape(layer)) < 3:
             raise LayerError(f"the model is a 3D U-Net and {layer.name} is one plane: choose a stack or a 2D model")
+        # notes the status shows beside the result's own
+        self._notes = ()
+        if volumes:
+            note = voxel_shape_note(layer_spacing(layer), model.config.spacing, f"the scale of {layer.name} gives")
+            self._notes = (note,) if note else ()
         as_volume = self.planes.value == AS_VOLUME and not volumes
         if as_volume and len(spatial_shape(layer)) < 3:
             raise LayerError(f"{layer.name} is one plane: 'all planes as a volume' needs a stack")
@@ -388,7 +394,8 @@ class SegmentWidget(DockWidget):
             put_layer(
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
             )
-        self.status.value = f"{labels_layer.name}: {result.found}" + "".join(f"\n⚠ {note}" for note in result.notes)
+        notes = (*self._notes, *result.notes)
+        self.status.value = f"{labels_layer.name}: {result.found}" + "".join(f"\n⚠ {note}" for note in notes)
 
     def _show_plane(self, layer: Image, index: tuple[int, ...], plane: np.ndarray) -> Labels:
         """Write the segmented ``plane`` at ``index`` into ``layer``'s labels layer in

@@ -44,3 +44,27 @@ def level_kernels_and_pools(
             pools.append(factors)
             current = [s * f for s, f in zip(current, factors)]
     return kernels, pools
+
+
+#: Voxel shapes (z:y:x ratios) within this fraction of each other count as the same.
+VOXEL_SHAPE_TOLERANCE = 0.1
+
+
+def voxel_shape_note(spacing: Sequence[float] | None, model_spacing: Sequence[float] | None, source: str) -> str | None:
+    """A note when a 3D model made for voxels of ``model_spacing`` (z, y, x) is about
+    to segment a volume whose voxels (``spacing``, as ``source`` gives them: "FILE
+    records", "the scale of LAYER gives") have another shape: the model then sees its
+    objects stretched or squashed along an axis. Shapes, not sizes, are compared, since
+    the units may differ (objects of another size get a note of their own, see
+    :mod:`.rescale`). ``None`` when either spacing is unknown or the shapes agree."""
+    if spacing is None or model_spacing is None or len(spacing) != len(model_spacing):
+        return None
+    ratios = [(s / spacing[-1]) / (m / model_spacing[-1]) for s, m in zip(spacing, model_spacing)]
+    if all(abs(ratio - 1) <= VOXEL_SHAPE_TOLERANCE for ratio in ratios):
+        return None
+    shown = lambda values: tuple(round(float(v), 4) for v in values)  # noqa: E731
+    return (
+        f"{source} voxels of {shown(spacing)} (z, y, x), the model was made for voxels shaped "
+        f"{shown(model_spacing)}: if both are right, the model sees this volume's objects stretched or squashed "
+        "along z; resample it to the model's voxel shape, or train on volumes like it"
+    )
