@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet import load_model
 from napari_unet._widgets import SegmentWidget, TrainWidget
+from napari_unet.core.checkpoint import load_state
 from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.train_events import WarmStartProgress
 
 from .conftest import docked
 
@@ -89,6 +92,45 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     wait_idle(segment)
     note = "the scale of cubes gives voxels of (1.0, 1.0, 1.0) (z, y, x), the model was made for voxels shaped (2.0,"
     assert note in segment.status.value and "stretched or squashed along z" in segment.status.value
+
+
+def test_stop_in_the_warm_start_keeps_the_twins_weights_and_a_checkpoint(viewer, session, tmp_path, wait_idle):
+    """Stop pressed while the 2D twin trained closed the run's generator: the twin's
+    weights were dropped, no checkpoint was written, and the model saved (and made the
+    session's) was the 3D network as initialised."""
+    torch.manual_seed(0)
+    stack, truth = ellipsoid_stack()
+    image = viewer.add_image(stack, name="stack")  # cubic voxels: 3x3x3 kernels from the first level on
+    annotation = np.full(truth.shape, IGNORE_LABEL, np.int32)
+    annotation[6], annotation[9] = truth[6], truth[9]
+    labels = viewer.add_labels(annotation, name="stack annotation")
+    train = docked(viewer, TrainWidget(viewer, session))
+    train.image.value, train.annotation.value = image, labels
+    train.network.value = "3D"
+    train.base_channels.value, train.depth.value = 2, 2
+    train.batch_size.value, train.steps.value, train.minutes.value = 1, 5, 0
+    train.warm_start.value = 100_000  # until Stop
+    train.device.value, train.precision.value = "cpu", "fp32"
+    train.save_path.value = save = tmp_path / "stopped.safetensors"
+    train.start_button.clicked.emit()
+    twin_steps = []
+
+    def stop_in_the_warm_start(event):
+        if isinstance(event, WarmStartProgress):
+            twin_steps.append(event.step)
+            if len(twin_steps) == 3:
+                train.stop()
+
+    train.runner.worker.yielded.connect(stop_in_the_warm_start)
+    wait_idle(train)
+    assert "stopped at step 0 (after" in train.status.value, train.status.value
+    assert 3 <= len(twin_steps) < 100_000
+    first = session.model.get_submodule(session.model.plan[0].module).weight.detach()
+    assert first.shape[2] == 3 and first[:, :, 1].abs().sum() > 0
+    assert first[:, :, 0].abs().sum() == 0 and first[:, :, 2].abs().sum() == 0  # the inflated twin's kernels
+    assert torch.equal(load_model(save).state_dict()[f"{session.model.plan[0].module}.weight"], first)
+    state = load_state(save.with_name(save.name + ".ckpt"))
+    assert state["step"] == 0 and state["warm_seconds"] > 0  # a run to resume from
 
 
 def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(viewer, session, monkeypatch):

@@ -61,7 +61,7 @@ class TrainingDone:
 
 
 def training_job(
-    make_trainer: Callable[[], Trainer],
+    make_trainer: Callable[[threading.Event], Trainer],
     save_path: Path | None,
     preview: tuple[np.ndarray, int | None] | None = None,
     preview_every: int = 1,
@@ -69,25 +69,31 @@ def training_job(
     *,
     stop: threading.Event,
 ):
-    """Build the trainer (preparing the training data: weight maps, normalisation)
-    and run it, all in this worker thread: yields :class:`TrainingStarted`, then the
-    trainer's events and, every ``preview_every`` steps, a :class:`Preview` of
-    ``preview`` (image, channel axis). Saves the model at the end, also when stopped
-    (the stopped run has written its checkpoint by then). ``threads``: torch threads,
-    ``None`` for the automatic choice, which leaves a core to the viewer."""
+    """Build the trainer with ``make_trainer(stop)`` (preparing the training data:
+    weight maps, normalisation) and run it, all in this worker thread: yields
+    :class:`TrainingStarted`, then the trainer's events and, every ``preview_every``
+    steps, a :class:`Preview` of ``preview`` (image, channel axis). Saves the model at
+    the end, also when stopped. ``threads``: torch threads, ``None`` for the automatic
+    choice, which leaves a core to the viewer.
+
+    ``stop`` reaches the trainer itself, which ends after its current step, writing
+    its checkpoint; in a 3D run's warm start the twin's weights so far are taken over
+    first (closing the run's generator instead would drop them)."""
     chosen = use_threads(threads, leave_free=VIEWER_CORES)
-    trainer = make_trainer()
+    trainer = make_trainer(stop)
     yield TrainingStarted(trainer, chosen)
-    events = until_stopped(trainer.run(), stop)
+    events = trainer.run()
     try:
         for event in events:
             yield event
-            if preview is not None and isinstance(event, StepProgress) and event.step % preview_every == 0:
+            if stop.is_set() or preview is None or not isinstance(event, StepProgress):
+                continue
+            if event.step % preview_every == 0:
                 image, channel_axis = preview
                 labels = segment(trainer.model, image, device=trainer.device, channel_axis=channel_axis, notes=False)
                 yield Preview(event.step, display_labels(labels))
     finally:
-        events.close()  # a stopped run writes its checkpoint here
+        events.close()  # after an error in a preview: the run writes its checkpoint here
         if save_path is not None:
             trainer.save_model(save_path)
     return TrainingDone(trainer, stop.is_set())

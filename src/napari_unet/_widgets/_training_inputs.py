@@ -7,6 +7,7 @@ build the trainer, which copies the annotations and prepares the weight maps.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +85,14 @@ def training_inputs(
 
 def trainer_factory(
     inputs: TrainingInputs, make_model: Callable[[], UNet], config: TrainConfig, save: Path
-) -> Callable[[], Trainer]:
+) -> Callable[[threading.Event | None], Trainer]:
     """A function that builds the trainer for ``inputs`` (a model from ``make_model``,
-    its checkpoint beside ``save``). It copies the annotations, prepares the training
-    data (weight maps, normalisation) and may build a model, which take seconds on
-    large images: call it in a worker thread."""
+    its checkpoint beside ``save``), which ends after the current step once the event
+    it is given is set. It copies the annotations, prepares the training data (weight
+    maps, normalisation) and may build a model, which take seconds on large images:
+    call it in a worker thread."""
 
-    def make_trainer() -> Trainer:
+    def make_trainer(stop: threading.Event | None = None) -> Trainer:
         # a snapshot first (in the worker: copying a large annotation takes a while), so
         # that strokes painted while the data are prepared change nothing
         snapshot = [np.array(labels) for labels in inputs.annotations]
@@ -102,6 +104,7 @@ def trainer_factory(
             checkpoint_path=save.with_name(save.name + ".ckpt"),
             channel_axis=inputs.channel_axis,
             names=inputs.names,
+            stop=stop,
             **inputs.validation,
         )
 
