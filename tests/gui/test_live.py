@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 
+from napari_unet import UNet
 from napari_unet._widgets import LiveTrainWidget
 from napari_unet._widgets._layers import ANNOTATION, ROLE, LayerError
 from napari_unet.core.config import IGNORE_LABEL
@@ -91,6 +92,21 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
     assert widget.step_label.value.startswith(f"step {widget.live.trainer.step},")  # the last step is shown
     assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+def test_a_3d_session_model_is_passed_over_for_a_new_network(viewer, session, qtbot, tmp_path):
+    """After a 3D U-Net was trained in the session, Live refused every image ("a 3D
+    U-Net needs a volume") and offered no other model."""
+    three_d = UNet(ndim=3, base_channels=2, depth=1)
+    session.set_model(three_d, "trained here")
+    widget, _, _, _ = live_on_two_cells(viewer, session, (96, 96), tmp_path / "live.safetensors")
+    widget.start_button.clicked.emit()
+    assert "with a new network (the session's model is a 3D U-Net)" in widget.status.value
+    qtbot.waitUntil(lambda: widget.live is not None and widget.live.trainer.step > 0, timeout=60_000)
+    widget.stop_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert session.model is widget.live.model and session.model.config.ndim == 2
+    assert widget.status.value.startswith("stopped at step")
 
 
 def test_the_image_and_its_annotation_are_chosen_as_in_train(viewer, session):

@@ -123,11 +123,17 @@ class LiveTrainWidget(DockWidget):
         # a running session keeps training the annotation it started from
         self._follower.follow(self.image, switch=not self.runner.busy)
 
-    def _model(self, in_channels: int) -> UNet:
+    def _model(self, in_channels: int) -> tuple[UNet, str]:
+        """The session's model, which live training goes on teaching, when it is a 2D
+        U-Net for images of ``in_channels``; else a new network. With a line for the
+        status when a session model is passed over."""
         model = self.session.model
-        if model is not None and model.config.in_channels == in_channels:
-            return model  # resume: keep learning from the session's model
-        return live_model(in_channels)
+        if model is None:
+            return live_model(in_channels), ""
+        if model.config.ndim == 2 and model.config.in_channels == in_channels:
+            return model, ""
+        kind = "a 3D U-Net" if model.config.ndim == 3 else f"for images of {model.config.in_channels} channel(s)"
+        return live_model(in_channels), f" with a new network (the session's model is {kind})"
 
     def start(self) -> None:
         if self.runner.busy:
@@ -146,11 +152,12 @@ class LiveTrainWidget(DockWidget):
         self._edits.watch(annotation)
         annotation.bind_key(ACCEPT_KEY, lambda _layer: self.guarded(self.accept_under_cursor)(), overwrite=True)
         self.start_button.enabled, self.stop_button.enabled = False, True
-        self.status.value = "starting live training…"
+        model, passed_over = self._model(in_channels)
+        self.status.value = f"starting live training{passed_over}…"
         self.runner.start(
             live_job,
             Path(self.save_path.value),
-            self._model(in_channels),
+            model,
             np.asarray(data),
             labels,
             TrainConfig(device="auto"),
