@@ -19,6 +19,7 @@ from .cli_args import (
     output_names,
     prediction_options,
     spacing_option,
+    volume_planes,
 )
 from .cli_labels import cmd_evaluate, cmd_weights, format_table
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
@@ -26,7 +27,6 @@ from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError
-from .core.geometry import is_volume
 from .core.instances import objects_found
 from .core.io import (
     check_image_file,
@@ -88,19 +88,11 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> None:
     """One line on stderr when a 2D model is about to label a volume's planes one by
-    one (:func:`~napari_unet.core.geometry.is_volume` at the file's spacing). The
-    image's axes are read as prediction reads them: an RGB picture is no volume, and
-    an image the model cannot take gets prediction's own error, not this note."""
-    if model.config.ndim != 2 or model.config.in_channels != 1:
-        return
-    try:
-        axes = axes_at_minus3(image.shape, 1, channel_axis)  # where (*stack, channel, H, W) come from
-    except ImageShapeError:
-        return
-    shape = tuple(image.shape[axis] for axis in axes[:-3] + axes[-2:])  # (*stack, H, W)
-    if len(shape) == 3 and is_volume(shape, read_spacing(path)):
+    one (:func:`~napari_unet.cli_args.volume_planes`)."""
+    planes = volume_planes(path, image, model.config.in_channels, channel_axis) if model.config.ndim == 2 else None
+    if planes:
         print(
-            f"napari-unet: {path} is a volume of {shape[0]} planes, labelled one plane at a time "
+            f"napari-unet: {path} is a volume of {planes} planes, labelled one plane at a time "
             "(each numbers its objects from 1); add --as-volume for 3D objects across planes",
             file=sys.stderr,
         )

@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from .core.config import InstanceConfig
 from .core.errors import ConfigError, OutputFileError
+from .core.geometry import is_volume
 from .core.io import IMAGE_SUFFIXES, check_writable, read_spacing
+from .core.layout import ImageShapeError, axes_at_minus3
 from .core.predict import TileProgress
 from .core.progress import drive
 
@@ -189,3 +191,18 @@ def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
         raise OutputFileError(f"{existing[0]} exists{more}; pass --overwrite to replace it")
     for folder in dict.fromkeys(path.parent for path in paths):
         check_writable(folder / ".napari-unet-output")
+
+
+def volume_planes(path: Path, image, in_channels: int, channel_axis: int | None) -> int | None:
+    """How many planes ``image`` (read from ``path``) has when it is one volume
+    (:func:`~napari_unet.core.geometry.is_volume` at the file's spacing), else ``None``.
+    Its axes are read as a model of ``in_channels`` reads them: an RGB picture is no
+    volume, and an image such a model cannot take is left to the model's own error."""
+    if in_channels != 1:
+        return None
+    try:
+        axes = axes_at_minus3(image.shape, 1, channel_axis)  # where (*stack, channel, H, W) come from
+    except ImageShapeError:
+        return None
+    shape = tuple(image.shape[axis] for axis in axes[:-3] + axes[-2:])  # (*stack, H, W)
+    return shape[0] if len(shape) == 3 and is_volume(shape, read_spacing(path)) else None

@@ -23,6 +23,7 @@ from .cli_args import (
     progress_bar,
     spacing_option,
     tile_option,
+    volume_planes,
 )
 from .cli_resume import refuse_to_replace, resume_trainer
 from .core.checkpoint import load_model, model_bytes
@@ -284,6 +285,13 @@ def new_model(args: argparse.Namespace, first_image) -> UNet:
     config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
     # a clear error if the image does not fit
     channels_before_spatial(first_image, config.in_channels, args.channel_axis, config.ndim)
+    planes = volume_planes(args.images[0], first_image, config.in_channels, args.channel_axis)
+    if config.ndim == 2 and planes:
+        print(
+            f"napari-unet: {args.images[0]} is a volume of {planes} planes, which a 2D network learns one plane at "
+            "a time; add --ndim 3 for the 3D U-Net, which learns whole volumes (from a few annotated planes too)",
+            file=sys.stderr,
+        )
     torch.manual_seed(args.seed)  # the initial weights follow --seed
     return UNet.from_config(config)
 

@@ -39,6 +39,19 @@ def volume_files(tmp_path):
     return tmp_path / "vol.tif", tmp_path / "vol_labels.tif", labels
 
 
+def test_training_a_2d_network_on_a_volume_suggests_the_3d_one(tmp_path, volume_files, capsys):
+    """Without --ndim a volume trained a 2D network without a word (the Train widget
+    suggests 3D for it, and segment suggests --as-volume)."""
+    image, labels, _ = volume_files
+    train = ["train", str(image), "--labels", str(labels), "--base-channels", "2", "--depth", "2"]
+    train += ["--steps", "1", "--batch-size", "1", "--device", "cpu", "--tile", "44"]
+    assert main([*train, "--out", str(tmp_path / "2d.safetensors")]) == 0
+    note = f"{image} is a volume of 16 planes, which a 2D network learns one plane at a time; add --ndim 3"
+    assert note in capsys.readouterr().err
+    assert main([*train, "--out", str(tmp_path / "3d.safetensors"), "--ndim", "3", "--warm-start", "0"]) == 0
+    assert "add --ndim 3" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     image, labels, _ = volume_files
