@@ -160,6 +160,22 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
         assert message not in widget.status.value and "Start checks it again" in widget.status.value
 
 
+def test_a_refused_start_keeps_the_last_runs_loss_curve(viewer, session, annotated, tmp_path, wait_idle):
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = annotated
+    tiny_settings(widget, tmp_path, steps=3)
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert widget.plot.network.steps == [1, 2, 3]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    widget.model_source.value, widget.model_file.value = "file", bad
+    widget.start_button.clicked.emit()  # refused in the worker, where the file is read
+    wait_idle(widget)
+    assert "not a napari-unet model file" in widget.status.value
+    assert widget.plot.network.steps == [1, 2, 3] and not widget.plot.isHidden()  # the curve it was cleared of
+
+
 def test_corrupt_model_file_is_reported(viewer, session, annotated, tmp_path, wait_idle):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")

@@ -372,7 +372,6 @@ class TrainWidget(DockWidget):
         if self.preview_image.value is not None:
             preview = image_data(self.preview_image.value)
         self.trainer = None
-        self.plot.clear_data()
         self.progress.max = self.steps.value
         self.progress.value = 0
         self.validation_label.value = ""
@@ -398,7 +397,8 @@ class TrainWidget(DockWidget):
 
     def _on_event(self, event) -> None:
         if isinstance(event, TrainingStarted):
-            self.plot.show()  # from the first run on (a run refused while preparing shows none)
+            self.plot.clear_data()  # (a run refused while preparing keeps the last run's curve)
+            self.plot.show()  # from the first run on
             self.trainer = event.trainer
             self.progress.max = event.trainer.config.steps
             threads = f" with {event.threads} CPU thread(s)" if event.trainer.device.type == "cpu" else ""
