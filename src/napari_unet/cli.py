@@ -50,6 +50,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
     for path in args.images:  # all of them before any work
         check_image_file(path)
     model = model_argument(args)
+    if model.config.ndim == 3 and args.as_volume:
+        raise ConfigError("--as-volume is for 2D models: a 3D model labels whole volumes already; drop --as-volume")
     if model.config.ndim == 2 and not args.as_volume:
         for path in args.images:  # an image the model cannot take fails before any output is written
             try:

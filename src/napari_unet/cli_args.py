@@ -108,8 +108,10 @@ def spacing_option(args: argparse.Namespace, path: Path, ndim: int) -> tuple[flo
     """Voxel spacing (z, y, x) for 3D data: ``--spacing``, else the file's metadata, else
     none (isotropic). 2D data have none."""
     if ndim != 3:
+        if getattr(args, "spacing", None) and hasattr(args, "ndim"):  # train
+            raise ConfigError("--spacing Z Y X applies to 3D models: add --ndim 3, or drop --spacing")
         if getattr(args, "spacing", None):
-            raise ConfigError("--spacing Z Y X applies to volumes (3D labels, or --ndim 3)")
+            raise ConfigError(f"--spacing Z Y X applies to volumes, and {path} holds 2D labels: drop --spacing")
         return None
     if getattr(args, "spacing", None):
         return tuple(args.spacing)

@@ -98,7 +98,7 @@ def _segmenting_line(model) -> str:
     pieces = f"splits no object into pieces under {instances.min_piece} {unit}" if instances.min_piece else ""
     shape = (
         f"objects filling under {instances.min_fill:.3f} of their ellipse are split at necks "
-        f"{instances.neck:.2g} {unit} deep (segment --min-fill changes it)"
+        f"{instances.neck:.2g} px deep (segment --min-fill changes it)"
         if instances.min_fill
         else "no split by shape (segment --min-fill turns it on)"
     )
@@ -272,6 +272,9 @@ def initial_model(args: argparse.Namespace) -> UNet:
 
 def new_model(args: argparse.Namespace, first_image) -> UNet:
     ndim = args.ndim
+    in_channels = args.in_channels or default_model_config("cpu").in_channels
+    # a clear error if the image does not fit, before anything is said about its voxels
+    channels_before_spatial(first_image, in_channels, args.channel_axis, ndim)
     spacing = spacing_option(args, args.images[0], ndim)
     if spacing is not None:
         print(f"voxel spacing (z, y, x): {', '.join(f'{s:g}' for s in spacing)}")
@@ -283,8 +286,6 @@ def new_model(args: argparse.Namespace, first_image) -> UNet:
         "batch_norm": args.batch_norm,
     }
     config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
-    # a clear error if the image does not fit
-    channels_before_spatial(first_image, config.in_channels, args.channel_axis, config.ndim)
     planes = volume_planes(args.images[0], first_image, config.in_channels, args.channel_axis)
     if config.ndim == 2 and planes:
         print(

@@ -101,7 +101,9 @@ def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_file
     note = "records voxels of (0.5, 0.25, 0.25) (z, y, x), the model was made for voxels shaped (1.0, 1.0, 1.0)"
     assert note in capsys.readouterr().err  # segmented as if its voxels were the model's, without a word
     assert main([*train, "--overwrite"]) == 2
-    assert "--spacing Z Y X applies to volumes" in capsys.readouterr().err
+    assert "--spacing Z Y X applies to 3D models: add --ndim 3, or drop --spacing" in capsys.readouterr().err
+    assert main(["segment", str(model), str(image), "--as-volume", "--out-dir", str(tmp_path / "v")]) == 2
+    assert "--as-volume is for 2D models: a 3D model labels whole volumes already" in capsys.readouterr().err
 
 
 def test_weights_follow_the_labels_dimensionality(tmp_path, volume_files, capsys):
@@ -112,6 +114,21 @@ def test_weights_follow_the_labels_dimensionality(tmp_path, volume_files, capsys
     written = tifffile.imread(out / "dense_weights.tif")
     np.testing.assert_array_equal(written, weight_map(labels, spacing=(2.0, 1.0, 1.0)))
     assert tifffile.imread(out / "dense_target.tif").shape == labels.shape
+    tifffile.imwrite(tmp_path / "plane.tif", labels[6])
+    assert main(["weights", str(tmp_path / "plane.tif"), "--out-dir", str(out), "--spacing", "2", "1", "1"]) == 2
+    said = capsys.readouterr().err
+    assert f"applies to volumes, and {tmp_path / 'plane.tif'} holds 2D labels: drop --spacing" in said
+
+
+def test_a_plane_trained_as_a_volume_gets_the_error_alone(tmp_path, volume_files, capsys):
+    """The note that no voxel size is recorded came first, before the real problem."""
+    *_, truth = volume_files
+    tifffile.imwrite(tmp_path / "plane.tif", truth[6].astype(np.float32))
+    tifffile.imwrite(tmp_path / "plane_labels.tif", truth[6])
+    train = ["train", str(tmp_path / "plane.tif"), "--labels", str(tmp_path / "plane_labels.tif"), "--ndim", "3"]
+    assert main([*train, "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "records no voxel size" not in err and "3D" in err, err
 
 
 def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files, capsys):

@@ -93,6 +93,16 @@ def test_valid_sizes_per_axis_are_what_the_network_accepts():
                 geometry.output_size(z, z_axis)
 
 
+def test_an_invalid_tile_size_names_its_axis():
+    model = small_3d((2.0, 1.0, 1.0))
+    with pytest.raises(geometry.InvalidTileSize, match=r"^tile along z: 41 px is not a valid tile size"):
+        predict(model, np.zeros((20, 64, 64), np.float32), tile=(41, 92, 92), device="cpu")
+    with pytest.raises(geometry.InvalidTileSize, match=r"^tile along x: 93 px"):
+        geometry.plan_tiles((20, 64, 64), (40, 92, 93), geometry.model_axes(model.config))
+    with pytest.raises(geometry.InvalidTileSize, match=r"^93 px is not a valid tile size for a depth-3"):
+        geometry.plan_tiles((64, 64), 93, 3)  # one size for both axes of a plane: nothing to name
+
+
 def test_volume_tile_is_chosen_within_the_memory_budget():
     model = small_3d((2.0, 1.0, 1.0))
     options = PredictOptions(memory_bytes=20_000_000)

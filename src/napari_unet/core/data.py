@@ -304,11 +304,9 @@ class SampleStream:
         if planes and planes[0].image.ndim == 4:  # volumes: per-axis tile and geometry
             axes = (depth,) * 3 if isinstance(depth, int) else tuple(depth)
             tiles = (tile,) * 3 if isinstance(tile, int) else tuple(tile)
-            for t, axis in zip(tiles, axes):
-                geometry.output_size(t, axis)  # raises a clear error for invalid sizes
+            self.output = geometry.along_axes(geometry.output_size, tiles, axes)  # a clear error for invalid sizes
             self.tile = tiles
             self.context = tuple(geometry.context(axis) for axis in axes)
-            self.output = tuple(geometry.output_size(t, axis) for t, axis in zip(tiles, axes))
             return
         geometry.output_size(tile, depth)  # raises a clear error for invalid sizes
         self.tile = tile

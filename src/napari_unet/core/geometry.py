@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .config import ModelConfig, default_model_config
@@ -241,6 +241,23 @@ def _levels(depth: Depth) -> int:
     return depth if isinstance(depth, int) else sum(layer.kind == POOL for layer in depth)
 
 
+def along_axes(function: Callable[[int, Depth], int], tiles: Sequence[int], axes: Sequence[Depth]) -> tuple[int, ...]:
+    """``function(tile, axis)`` for each axis's tile size (:func:`output_size`,
+    :func:`tile_stride`); an invalid size's error names its axis (y, x or z, y, x)
+    unless every axis has the same size and geometry."""
+    names = ("z", "y", "x")[-len(tiles) :]
+    alike = len(set(zip(tiles, axes))) == 1
+    results = []
+    for size, axis, name in zip(tiles, axes, names):
+        try:
+            results.append(function(size, axis))
+        except InvalidTileSize as error:
+            if alike:
+                raise
+            raise InvalidTileSize(f"tile along {name}: {error}") from error
+    return tuple(results)
+
+
 def plan_tiles(image: Sequence[int], tile: int | Sequence[int], depth: Depth | Sequence[Depth]) -> TilePlan:
     """Cover ``image`` (H, W), or (Z, Y, X), with tiles of the given valid input size
     (one int for every axis, or one per axis). ``depth``: an int, one axis for all,
@@ -249,7 +266,7 @@ def plan_tiles(image: Sequence[int], tile: int | Sequence[int], depth: Depth | S
     tiles = (tile,) * len(image) if isinstance(tile, int) else tuple(tile)
     if len(tiles) != len(image):
         raise InvalidTileSize(f"tile {tuple(tiles)} has {len(tiles)} sizes for a {len(image)}-dimensional image")
-    stride = tuple(tile_stride(t, axis) for t, axis in zip(tiles, axes))
+    stride = along_axes(tile_stride, tiles, axes)
     grid = tuple(math.ceil(n / s) for n, s in zip(image, stride))
     return TilePlan(tuple(image), tiles, stride, grid, levels, recorded)
 
