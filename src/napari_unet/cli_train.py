@@ -144,11 +144,15 @@ def run_training(trainer: Trainer) -> int | None:
     ) as bar:
 
         def show(event) -> None:
-            if isinstance(event, WarmStartProgress):
-                bar.set_description(f"2D warm start {event.step}/{event.total_steps}")
+            if isinstance(event, WarmStartProgress):  # the bar counts the twin's steps until the first 3D one
+                if event.step == 1:
+                    bar.set_description("2D warm start")
+                bar.total = event.total_steps
+                bar.update(event.step - bar.n)
                 bar.set_postfix(loss=f"{event.loss:.4f}")
             elif isinstance(event, StepProgress):
                 if event.step == 1:
+                    bar.reset(total=event.total_steps)
                     bar.set_description("training")
                 bar.total = event.total_steps
                 bar.update(event.step - bar.n)
