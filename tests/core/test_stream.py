@@ -97,9 +97,10 @@ def test_stacks_stream_plane_by_plane(drawn, tmp_path):
 def test_only_windows_of_the_source_are_read(drawn, tmp_path):
     recording = RecordingArray(drawn)
     segment_to(threshold_model(), recording, tmp_path / "out.zarr", chunk=32, tile=60)
-    biggest = max(recording.pixels_read(region) for region in recording.reads[1:])
-    assert recording.reads[0][0][2] == 1  # the percentile sample (every pixel of this small plane)...
-    assert biggest <= 60 * 60  # ...and then tile windows only
+    sizes = [recording.pixels_read(region) for region in recording.reads]
+    assert sizes.count(drawn.size) == 1  # the percentile sample (every pixel of this small plane)...
+    others = [size for size in sizes if size != drawn.size]
+    assert max(others[:5]) <= 64 * 64 and max(others[5:]) <= 60 * 60  # ...the fingerprint's 5 windows, tiles
 
 
 def test_an_untrained_network_agrees_with_the_in_memory_path(rng, tmp_path):
@@ -124,8 +125,12 @@ def test_an_existing_output_is_never_touched(drawn, tmp_path):
         segment_to(threshold_model(), drawn, out, chunk=32, resume=True)
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32)
-    with pytest.raises(OutputExistsError, match="written with other chunk"):
+    with pytest.raises(OutputExistsError, match="written from chunk other than this run's"):
         segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=64, resume=True)
+    other = drawn.copy()
+    other[-1, -1] += 1  # one pixel, in the last window the store's fingerprint samples
+    with pytest.raises(OutputExistsError, match="written from an image other than this run's"):
+        segment_to(threshold_model(), other, tmp_path / "done.zarr", chunk=32, resume=True)
     before = json.loads((tmp_path / "done.zarr" / "zarr.json").read_text())
     again = segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32, resume=True)
     assert again.computed == 0 and json.loads((tmp_path / "done.zarr" / "zarr.json").read_text()) == before

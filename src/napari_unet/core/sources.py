@@ -17,6 +17,7 @@ the same on every run.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -173,6 +174,29 @@ class LazyPlanes:
         order = [in_source_order.index(item) for item in sorted(kept)]
         window = window.transpose(order)
         return window[None] if self.axes[n_stack] is None else window
+
+
+def sample_digest(planes: LazyPlanes, side: int = 64) -> str:
+    """A fingerprint of the pixels of ``planes``: the SHA-256 of the windows of ``side``
+    px at the corners and the centre of its first, middle and last plane. It reads 15
+    small windows whatever the image's size, so that a resumed run can tell another
+    image of the same shape and type from its own without reading either whole."""
+    digest = hashlib.sha256()
+    stack = planes.shape[:-3]
+    height, width = planes.shape[-2:]
+    count = math.prod(stack)
+
+    def starts(length: int) -> list[slice]:  # the first, middle and last window along an axis
+        middle = max((length - side) // 2, 0)
+        return [slice(0, side), slice(middle, middle + side), slice(max(length - side, 0), length)]
+
+    (top, middle, bottom), (left, centre, right) = starts(height), starts(width)
+    corners_and_centre = [(top, left), (top, right), (middle, centre), (bottom, left), (bottom, right)]
+    for flat in sorted({0, count // 2, count - 1}):
+        index = np.unravel_index(flat, stack) if stack else ()
+        for window in corners_and_centre:
+            digest.update(np.ascontiguousarray(planes.read(tuple(int(i) for i in index), *window)).tobytes())
+    return digest.hexdigest()
 
 
 def planes_of(image: Any, in_channels: int, channel_axis: int | None = None) -> np.ndarray | LazyPlanes:

@@ -123,11 +123,12 @@ def open_store(path: Path, run: Run, fingerprint: dict, resume: bool) -> bool:
     found = dict(found)
     complete = found.pop("complete", False)
     found.pop("objects", None)
-    different = sorted(key for key in set(found) | set(fingerprint) if found.get(key) != fingerprint.get(key))
+    different = {key for key in set(found) | set(fingerprint) if found.get(key) != fingerprint.get(key)}
     if different:
+        named = sorted({"an image" if key.startswith("image_") else key for key in different})
         raise OutputExistsError(
-            f"{path} was written with other {', '.join(different)}; resume it with the same image, model and "
-            "settings, or choose another output"
+            f"{path} was written from {' and '.join(named)} other than this run's; resume it with the same image, "
+            "model and settings, or choose another output"
         )
     return complete
 

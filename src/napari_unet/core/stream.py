@@ -61,7 +61,7 @@ from .memory import reuse_freed_memory
 from .model import UNet
 from .predict import PredictOptions
 from .progress import drive
-from .sources import LazyPlanes, normalization_range, open_source
+from .sources import LazyPlanes, normalization_range, open_source, sample_digest
 from .store import (
     LABELLED,
     PREDICTED,
@@ -280,9 +280,10 @@ def _fingerprint(run: Run, planes: LazyPlanes, chunk) -> dict:
     return json.loads(
         json.dumps(
             {
-                "version": 1,
+                "version": 2,
                 "image_shape": list(planes.array.shape),
                 "image_dtype": str(planes.dtype),
+                "image_sample": sample_digest(planes),
                 "chunk": list(run.grid.chunk),
                 "model": run.model_digest,
                 "instances": to_dict(run.instances),
