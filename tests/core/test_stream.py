@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from napari_unet import ConfigError, predict, segment
@@ -149,6 +150,33 @@ def test_a_3d_model_is_refused_with_a_message_and_nothing_is_written(tmp_path):
     with pytest.raises(ConfigError, match="takes 2D models"):
         segment_to(UNet(ndim=3, base_channels=2, depth=1), volume, tmp_path / "out.zarr", chunk=32)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_labels_keep_the_pixel_size_and_unit_of_their_image(drawn, tmp_path):
+    """Labels streamed from an image of 0.5 um pixels were written with a scale of 1 and
+    no unit, so napari drew them at twice the image's size."""
+    axes = [{"name": name, "type": "space", "unit": "micrometer"} for name in ("y", "x")]
+    image = zarr.open_group(tmp_path / "image.zarr", mode="w")
+    image.create_array("0", data=drawn, chunks=(32, 32))
+    half_micron = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}
+    image.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [half_micron]}]}
+    out = tmp_path / "image.zarr" / "labels" / "cells"
+    segment_to(threshold_model(), tmp_path / "image.zarr", out, chunk=32, probabilities=True)
+    labels = zarr.open_group(out, mode="r").attrs["ome"]["multiscales"][0]
+    scales = [dataset["coordinateTransformations"][0]["scale"] for dataset in labels["datasets"]]
+    assert scales[0] == [0.5, 0.5] and scales[1] == [1.0, 1.0]  # each level halves the resolution
+    assert [axis.get("unit") for axis in labels["axes"]] == ["micrometer", "micrometer"]
+    classes = zarr.open_group(out / "probabilities", mode="r").attrs["ome"]["multiscales"][0]
+    assert classes["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
+
+    stack = np.stack([drawn, drawn])
+    tifffile.imwrite(
+        tmp_path / "stack.tif", stack, imagej=True, resolution=(4.0, 4.0), metadata={"spacing": 2.0, "unit": "um"}
+    )
+    segment_to(threshold_model(), tmp_path / "stack.tif", tmp_path / "stack.zarr", chunk=32)
+    labels = zarr.open_group(tmp_path / "stack.zarr", mode="r").attrs["ome"]["multiscales"][0]
+    assert labels["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 0.25, 0.25]
+    assert [axis.get("unit") for axis in labels["axes"]] == ["micrometer"] * 3
 
 
 def test_labels_can_go_into_the_input_images_labels_group(drawn, tmp_path):

@@ -38,7 +38,7 @@ from .instances import foreground
 from .io import write_atomic
 from .model import UNet
 from .predict import PredictOptions, _forward, _network
-from .sources import LazyPlane, LazyPlanes, open_source
+from .sources import Calibration, LazyPlane, LazyPlanes, open_source
 from .store import LABELLED, PREDICTED, WORK
 from .tile_budget import plan_for
 
@@ -58,6 +58,8 @@ class Run:
     probabilities: bool
     options: PredictOptions
     model_digest: str
+    #: The labels' pixel size and unit per axis (*stack, y, x), from the source's.
+    calibration: Calibration | None = None
 
     @property
     def records(self) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,74 @@ def open_source(source: Any) -> Any:
     if zarr is not None and isinstance(source, zarr.Group):
         return full_resolution(source)
     return source
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The physical size of a source's pixels along each of its axes (``scale``, 1.0
+    where unknown) and their units (OME-Zarr's unit names, e.g. "micrometer"; ``None``
+    where unknown), so that labels written for it line up with it."""
+
+    scale: tuple[float, ...]
+    units: tuple[str | None, ...]
+
+
+#: ImageJ's and TIFF's ways of writing micrometres, as OME-Zarr names them.
+_UNITS = {
+    "micron": "micrometer",
+    "um": "micrometer",
+    "\u00b5m": "micrometer",  # µm
+    "\\u00b5m": "micrometer",  # ImageJ's escaped µm, lowercased
+    "nm": "nanometer",
+    "mm": "millimeter",
+}
+
+
+def source_calibration(source: Any, ndim: int) -> Calibration | None:
+    """The calibration of an OME-Zarr image (its first multiscale's full-resolution
+    scale and its axes' units) or of a TIFF (its X/Y resolution and ImageJ's z spacing
+    and unit) with ``ndim`` axes; ``None`` for other sources or none recorded."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in (".tif", ".tiff"):
+        return _tiff_calibration(Path(source), ndim)
+    zarr = _zarr()
+    group = source
+    if isinstance(source, (str, os.PathLike)) and is_zarr_store(Path(source)) and zarr is not None:
+        try:
+            group = zarr.open(str(source), mode="r")
+        except Exception:
+            return None
+    if zarr is None or not isinstance(group, zarr.Group):
+        return None
+    attributes = dict(group.attrs)
+    try:
+        multiscale = attributes.get("ome", attributes)["multiscales"][0]
+        transforms = multiscale["datasets"][0]["coordinateTransformations"]
+        scale = next(tuple(float(v) for v in t["scale"]) for t in transforms if t.get("type") == "scale")
+        axes = multiscale.get("axes") or [None] * len(scale)
+    except (KeyError, IndexError, TypeError, ValueError, StopIteration):
+        return None
+    units = tuple(axis.get("unit") if isinstance(axis, dict) else None for axis in axes)
+    if len(scale) != ndim or len(units) != ndim or min(scale) <= 0:
+        return None
+    return Calibration(scale, units)
+
+
+def _tiff_calibration(path: Path, ndim: int) -> Calibration | None:
+    """A TIFF's pixel size along its last two axes (y, x) and, for ImageJ stacks,
+    along z (the axis before them)."""
+    from .io import pixel_size_tags
+
+    tags = pixel_size_tags(path)
+    if "resolution" not in tags or ndim < 2:
+        return None
+    x_per_unit, y_per_unit = tags["resolution"]
+    metadata = tags.get("metadata", {})
+    unit = _UNITS.get(str(metadata.get("unit", "")).lower()) if metadata.get("unit") else None
+    scale, units = [1.0] * ndim, [None] * ndim
+    scale[-2:], units[-2:] = [1 / y_per_unit, 1 / x_per_unit], [unit, unit]
+    if "spacing" in metadata and ndim >= 3:
+        scale[-3], units[-3] = float(metadata["spacing"]), unit
+    return Calibration(tuple(scale), tuple(units))
 
 
 def _zarr():

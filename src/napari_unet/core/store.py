@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigError, OutputFileError
 from .io import write_atomic
+from .sources import Calibration
 
 if TYPE_CHECKING:
     from .chunk_work import Run
@@ -61,13 +62,15 @@ def create_store(path: Path, run: Run, fingerprint: dict) -> None:
     try:
         root = zarr.open_group(temporary, mode="w-")
         n_stack = len(run.stack_shape)
-        axes = axes_names(n_stack)
+        names = axes_names(n_stack)
+        calibration = run.calibration or Calibration((1.0,) * len(names), (None,) * len(names))
+        axes = [_axis(name, unit) for name, unit in zip(names, calibration.units)]
         chunks = (1,) * n_stack + run.grid.chunk
         datasets = []
         for level, shape in enumerate(pyramid_shapes((*run.stack_shape, *run.grid.shape), run.grid.chunk)):
             level_chunks = clipped_chunks(chunks, shape)
             root.create_array(str(level), shape=shape, chunks=level_chunks, dtype="int32", fill_value=0)
-            scale = [1.0] * n_stack + [float(2**level)] * 2
+            scale = [*calibration.scale[:n_stack], *(size * 2**level for size in calibration.scale[n_stack:])]
             datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
         write_multiscales_metadata(root, datasets, axes=axes, name="labels")
         root.attrs["ome"] = {**root.attrs["ome"], "image-label": {"version": root.attrs["ome"]["version"]}}
@@ -76,12 +79,10 @@ def create_store(path: Path, run: Run, fingerprint: dict) -> None:
             shape = (*run.stack_shape, run.n_classes, *run.grid.shape)
             group.create_array("0", shape=shape, chunks=(*chunks[:n_stack], run.n_classes, *run.grid.chunk),
                                dtype="float32", fill_value=0.0)  # fmt: skip
-            scale = [1.0] * (n_stack + 1) + [1.0, 1.0]
-            transform = [{"type": "scale", "scale": scale}]
-            write_multiscales_metadata(
-                group, [{"path": "0", "coordinateTransformations": transform}], axes=[*axes[:-2], "c", "y", "x"],
-                name="probabilities",
-            )  # fmt: skip
+            scale = [*calibration.scale[:n_stack], 1.0, *calibration.scale[n_stack:]]
+            dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            with_classes = [*axes[:-2], _axis("c"), *axes[-2:]]
+            write_multiscales_metadata(group, [dataset], axes=with_classes, name="probabilities")
         work = root.create_group(WORK)
         shape = (*run.stack_shape, *run.grid.shape)
         work.create_array("mask", shape=shape, chunks=clipped_chunks(chunks, shape), dtype="bool", fill_value=False)
@@ -95,6 +96,12 @@ def create_store(path: Path, run: Run, fingerprint: dict) -> None:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def _axis(name: str, unit: str | None = None) -> dict:
+    """An OME-Zarr axis: its name, type and (where known) unit."""
+    kind = {"t": "time", "c": "channel"}.get(name, "space")
+    return {"name": name, "type": kind} if unit is None else {"name": name, "type": kind, "unit": unit}
 
 
 def clipped_chunks(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:

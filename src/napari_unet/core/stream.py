@@ -61,7 +61,7 @@ from .memory import reuse_freed_memory
 from .model import UNet
 from .predict import PredictOptions
 from .progress import drive
-from .sources import LazyPlanes, normalization_range, open_source, sample_digest
+from .sources import Calibration, LazyPlanes, normalization_range, open_source, sample_digest, source_calibration
 from .store import (
     LABELLED,
     PREDICTED,
@@ -271,8 +271,20 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
         probabilities=probabilities,
         options=replace(opts, channel_axis=None),
         model_digest=model_digest(model),
+        calibration=_labels_calibration(source, opened.ndim, axes),
     )
     return run, planes
+
+
+def _labels_calibration(source: Any, ndim: int, axes: tuple[int | None, ...]) -> Calibration | None:
+    """The source's calibration (:func:`~napari_unet.core.sources.source_calibration`)
+    on the labels' axes (*stack, y, x): its channel axis left out."""
+    found = source_calibration(source, ndim)
+    if found is None:
+        return None
+    kept = [*axes[:-3], *axes[-2:]]
+    scale = tuple(1.0 if axis is None else found.scale[axis] for axis in kept)
+    return Calibration(scale, tuple(None if axis is None else found.units[axis] for axis in kept))
 
 
 def _fingerprint(run: Run, planes: LazyPlanes, chunk) -> dict:
