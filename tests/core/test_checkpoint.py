@@ -69,6 +69,16 @@ def test_a_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_a_model_with_nan_weights_is_refused_when_loaded(tmp_path):
+    """It loaded, and segmenting with it advised lowering the minimum object size."""
+    model = UNet(base_channels=2, depth=1)
+    with torch.no_grad():
+        model.get_submodule(model.plan[0].module).weight[0, 0, 0, 0] = float("nan")
+    save_model(model, tmp_path / "nan.safetensors")
+    with pytest.raises(ModelFileError, match=r"holds NaN or infinite weights \(.*\): it cannot segment anything"):
+        load_model(tmp_path / "nan.safetensors")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "foreign"])
 def test_damaged_or_foreign_files_name_the_file(tmp_path, damage):
     path = tmp_path / "model.safetensors"

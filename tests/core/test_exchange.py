@@ -5,6 +5,7 @@ run and check it with bioimageio.core's own tools.
 """
 
 import ast
+import hashlib
 import json
 import shutil
 import zipfile
@@ -245,6 +246,34 @@ def test_package_import_never_runs_the_architecture_and_checks_the_hash(package,
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(nu.ModelFileError, match="hash"):
         nu.load_model(folder)
+
+
+class Payload:
+    """Unpickling this creates a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_package_whose_weights_carry_code_is_refused_in_one_line(package, tmp_path):
+    """torch's refusal came through whole: several lines, one of them advising to load
+    the file with weights_only=False."""
+    _, path = package
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(path, folder)
+    marker = tmp_path / "pwned"
+    torch.save({"weights": Payload(marker)}, folder / STATE_DICT_NAME)
+    record = json.loads((folder / RECORD_NAME).read_text())
+    record["weights"]["sha256"] = hashlib.sha256((folder / STATE_DICT_NAME).read_bytes()).hexdigest()
+    (folder / RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(nu.ModelFileError) as refused:
+        nu.load_model(folder)
+    message = str(refused.value)
+    assert "holds more than tensors" in message and "\n" not in message and "weights_only" not in message
+    assert not marker.exists()
 
 
 def test_package_test_tensors_follow_the_spec_preprocessing(package):

@@ -90,6 +90,13 @@ def model_from_state(state: dict[str, Any], path: str | os.PathLike = "<memory>"
         model.load_state_dict(state["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path} does not hold a usable U-Net: {error}") from error
+    broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise ModelFileError(
+            f"{path} holds NaN or infinite weights ({broken[0]}{more}): it cannot segment anything; "
+            "use the model of an earlier checkpoint, or train again"
+        )
     model.metadata = dict(state.get("metadata") or {})
     return model
 

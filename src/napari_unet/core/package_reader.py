@@ -122,8 +122,11 @@ def read_package(path: str | os.PathLike) -> UNet:
             raise ModelFileError(f"{root} is damaged: its weights do not match the hash in {RECORD_NAME}")
         try:
             state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as error:  # any unpickling refusal or corruption
-            raise ModelFileError(f"{root}: the weights cannot be read safely: {error}") from error
+        except Exception as error:  # any unpickling refusal or corruption: torch's several lines stay out
+            raise ModelFileError(
+                f"{root}: its weights file {weights.get('source')} holds more than tensors (objects that loading "
+                "would have to run), or is damaged; napari-unet never runs code from a model file, so it is not loaded"
+            ) from error
     finally:
         files.close()
     state = {"kind": "model", "spec": record.get("spec") or {}, "weights": state_dict}
