@@ -136,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .core.exchange import check_exportable, export_model
 
+    args.format = export_format(args.out, args.format)
     check_outputs([args.out], args.overwrite)
     model = model_argument(args)
     check_exportable(model)  # before any note on the package's settings
@@ -151,19 +152,38 @@ def cmd_export(args: argparse.Namespace) -> None:
         }
         if not args.author:
             print("napari-unet: no --author given; the package names its author 'Unknown'", file=sys.stderr)
-    elif args.author or args.name or args.trained_on or args.image:
-        raise ConfigError("--author, --name, --trained-on and --image apply to --format bioimageio only")
+    elif args.author or args.name or args.trained_on or args.image or "license" in args.given:
+        raise ConfigError("--author, --name, --license, --trained-on and --image apply to --format bioimageio only")
     path = export_model(model, args.out, args.format, **options)
     print(f"{args.model} -> {path} ({args.format}, {path.stat().st_size / 1e6:.2f} MB)")
+
+
+#: The file name suffix of each export format.
+EXPORT_SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
+
+
+def export_format(out: Path, chosen: str | None) -> str:
+    """The export format ``--format`` chose, else the one ``--out``'s suffix names; a
+    suffix of another format is refused (a zip named .onnx is a trap for whoever opens it)."""
+    named = {suffix: kind for kind, suffix in EXPORT_SUFFIXES.items()} | {".pth": "torchscript"}
+    by_name = named.get(out.suffix.lower())
+    if chosen is None and by_name is None:
+        raise ConfigError(f"--out {out}: name it .zip (bioimage.io), .onnx or .pt (TorchScript), or give --format")
+    if chosen is not None and by_name is not None and by_name != chosen:
+        raise ConfigError(
+            f"--out {out} is named for {by_name}, but --format is {chosen}: name it "
+            f"{out.with_suffix(EXPORT_SUFFIXES[chosen]).name}, or drop --format"
+        )
+    return chosen or by_name
 
 
 def _add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="write a model for other software (bioimage.io, ONNX, TorchScript)")
     export.add_argument("model", type=Path, help="model file (.safetensors) or napari-unet bioimage.io package")
     export.add_argument(
-        "--format", choices=["bioimageio", "onnx", "torchscript"], default="bioimageio", help="(default: %(default)s)"
+        "--format", choices=list(EXPORT_SUFFIXES), default=None, help="(default: the one --out's suffix names)"
     )
-    export.add_argument("--out", type=Path, required=True, help="file to write (.zip, .onnx or .pt)")
+    export.add_argument("--out", type=Path, required=True, help="file to write (.zip: bioimage.io, .onnx or .pt)")
     export.add_argument("--author", action="append", default=[], help="package author (repeat for several)")
     export.add_argument(
         "--name", default=None, help="model name in the package (5 or more letters, digits, spaces, _+-())"

@@ -165,6 +165,21 @@ def test_cli_export_torchscript(tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["m.pt"]  # written atomically: no temporary left
     code = main(["export", str(tmp_path / "m.safetensors"), "--format", "onnx", "--out", "x.onnx", "--author", "A"])
     assert code == 2 and "bioimageio only" in capsys.readouterr().err
+    code = main(["export", str(tmp_path / "m.safetensors"), "--out", "x.onnx", "--license", "MIT"])  # went unused
+    assert code == 2 and "--license" in capsys.readouterr().err
+
+
+def test_the_export_format_follows_the_file_name_and_never_contradicts_it(tmp_path, capsys):
+    """--out model.onnx wrote a bioimage.io zip (the default format) under that name."""
+    nu.save_model(tiny_model(), tmp_path / "m.safetensors")
+    assert main(["export", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "(onnx," in capsys.readouterr().out and not zipfile.is_zipfile(tmp_path / "m.onnx")
+    export = ["export", str(tmp_path / "m.safetensors"), "--out"]
+    assert main([*export, str(tmp_path / "m2.onnx"), "--format", "bioimageio"]) == 2
+    assert "is named for onnx, but --format is bioimageio: name it m2.zip" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "m.model")]) == 2
+    assert "name it .zip (bioimage.io), .onnx or .pt" in capsys.readouterr().err
+    assert not (tmp_path / "m2.onnx").exists() and not (tmp_path / "m.model").exists()
 
 
 def test_cli_export_of_a_3d_model_is_one_line_without_notes_on_the_package(tmp_path, capsys):
