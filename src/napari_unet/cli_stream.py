@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 
 from .cli_args import model_argument, positive_int
 from .core.errors import ConfigError
+from .core.instances import objects_counted
 from .core.io import IMAGE_SUFFIXES
 from .core.progress import drive
 from .core.stream import DEFAULT_CHUNK, ChunkProgress, iter_segment_to
@@ -73,6 +75,10 @@ def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
     """Run the streamed segmentation of ``args.images[0]`` under one progress bar."""
     from .cli_args import instance_options, progress_bar
 
+    if args.overwrite and args.out.exists() and not args.resume:
+        raise ConfigError(
+            f"--overwrite replaces files, not zarr stores: remove {args.out} first, or finish it with --resume"
+        )
     model = model_argument(args)
     instances = instance_options(args, model.spec.instances)
     cluster = contextlib.nullcontext(None)
@@ -94,6 +100,12 @@ def cmd_segment_to(args: argparse.Namespace, options: dict) -> None:
             model, source, args.out, chunk=args.chunk, probabilities=args.probabilities, resume=args.resume,
             client=client, instances=instances, **options,
         )  # fmt: skip
-        result = drive(run, show)
-    objects = ", ".join(str(n) for n in result.n_objects)
-    print(f"{source}: {objects} objects -> {result.path} (labels at {result.path / '0'})")
+        try:
+            result = drive(run, show)
+        except KeyboardInterrupt:
+            if args.out.exists():
+                print(f"napari-unet: {args.out} is unfinished: run the same command with --resume to finish it",
+                      file=sys.stderr)  # fmt: skip
+            raise
+    objects = objects_counted(result.n_objects)
+    print(f"{source}: {objects} -> {result.path} (labels at {result.path / '0'})")

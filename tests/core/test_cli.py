@@ -380,6 +380,28 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
     assert code == 0
 
 
+def test_a_stack_streamed_is_counted_as_in_memory_and_ctrl_c_points_to_resume(
+    tmp_path, model_file, capsys, monkeypatch
+):
+    from napari_unet import cli_stream
+
+    stack = np.random.default_rng(1).integers(0, 4000, (3, 64, 64)).astype(np.uint16)
+    np.save(tmp_path / "stack.npy", stack)
+    command = ["segment", str(model_file), str(tmp_path / "stack.npy"), "--out", str(tmp_path / "s.zarr")]
+    assert main(command) == 0
+    said = capsys.readouterr().out  # one count per plane, "3, 4, 5 objects", against "12 objects in 3 planes"
+    counts = zarr.open_group(tmp_path / "s.zarr", mode="r").attrs["napari_unet"]["objects"]
+    assert f"{sum(counts)} objects in 3 planes -> " in said
+
+    def interrupted(run, show):
+        next(run)  # the store exists now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_stream, "drive", interrupted)
+    assert main([*command[:-1], str(tmp_path / "t.zarr")]) == 130
+    assert f"{tmp_path / 't.zarr'} is unfinished: run the same command with --resume" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
@@ -421,6 +443,14 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
         (  # silently unused
             lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out-dir", str(tmp / "o"), "--chunk", "64"],
             "--chunk only applies with --out",
+        ),
+        (  # said that the store "exists", whose run --overwrite had been meant to replace
+            lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "taken"), "--overwrite"],
+            "--overwrite replaces files, not zarr stores: remove",
+        ),
+        (  # "stopped: File exists (img.npy); once fixed, run again with resume" for a store never made
+            lambda tmp, model: [str(model), str(tmp / "img.npy"), "--out", str(tmp / "img.npy" / "o.zarr")],
+            "img.npy is a file, not a folder; choose another output",
         ),
     ],
 )

@@ -19,6 +19,7 @@ and the recursive split) pixel for pixel, ties included (tests/reference.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -76,9 +77,14 @@ def objects_found(labels: np.ndarray, unit_ndim: int) -> str:
     (``unit_ndim`` 2) or volume (3) numbered from 1 as :func:`probabilities_to_labels`
     numbers them: "290 objects in 28 planes" (the largest id counts one plane's)."""
     units = labels.reshape(-1, *labels.shape[labels.ndim - unit_ndim :])
-    total = sum(int(unit.max(initial=0)) for unit in units)
-    where = f" in {len(units)} {'planes' if unit_ndim == 2 else 'volumes'}" if len(units) > 1 else ""
-    return f"{total} objects{where}"
+    return objects_counted([int(unit.max(initial=0)) for unit in units], unit_ndim)
+
+
+def objects_counted(counts: Sequence[int], unit_ndim: int = 2) -> str:
+    """:func:`objects_found`'s words for the object counts of each plane (``unit_ndim``
+    2) or volume (3)."""
+    where = f" in {len(counts)} {'planes' if unit_ndim == 2 else 'volumes'}" if len(counts) > 1 else ""
+    return f"{sum(counts)} objects{where}"
 
 
 def no_objects_note(labels: np.ndarray, probabilities: np.ndarray, config: InstanceConfig, ndim: int = 2) -> str | None:

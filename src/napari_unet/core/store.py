@@ -57,6 +57,9 @@ def create_store(path: Path, run: Run, fingerprint: dict) -> None:
     import zarr
     from ome_zarr.writer import write_multiscales_metadata
 
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputFileError(f"cannot create {path}: {blocking} is a file, not a folder; choose another output")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
     try:

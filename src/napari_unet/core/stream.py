@@ -134,10 +134,8 @@ def iter_segment_to(
         raise
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
-        raise OutputFileError(
-            f"segmenting into {out} stopped: {error.strerror or error}{where}; once fixed, run again with resume "
-            "(--resume) to continue"
-        ) from error
+        then = "; once fixed, run again with resume (--resume) to continue" if Path(out).exists() else ""
+        raise OutputFileError(f"segmenting into {out} stopped: {error.strerror or error}{where}{then}") from error
 
 
 def _segment_to(model, source, out, *, chunk, probabilities, resume, client, instances, **options):
