@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .core.config import InstanceConfig
 from .core.errors import ConfigError, OutputFileError
@@ -38,7 +39,8 @@ def drive_tiles(generator, description: str):
         bar.update(progress.done - bar.n)
 
     try:
-        return drive(generator, show)
+        with logging_redirect_tqdm():  # a warning logged while the bar is open goes on a line above it
+            return drive(generator, show)
     finally:
         if bar is not None:
             bar.close()
