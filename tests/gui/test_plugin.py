@@ -168,10 +168,23 @@ def test_dropping_a_bioimageio_package_puts_it_in_the_session(viewer, tmp_path, 
     model = UNet(base_channels=2, depth=2)
     folder = _napari_unet_package(tmp_path / "package", model)
     assert get_reader(str(tmp_path)) is None  # a folder that is no package
-    assert get_reader(str(folder))(str(folder)) == [(None,)]
+    assert get_reader(str(folder))(str(folder)) == [(None,)]  # (napari offers its zip, see the test below)
     qtbot.waitUntil(lambda: Session.of(viewer).model is not None, timeout=60_000)  # loaded in a worker
     loaded = Session.of(viewer).model
     assert loaded is not None and torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_napari_never_offers_this_plugin_for_a_folder(tmp_path):
+    """Offered for every folder, the plugin made napari ask which reader should open
+    each zarr store (MultipleReaderError without a window)."""
+    from npe2 import PluginManager
+
+    store = tmp_path / "image.zarr"
+    store.mkdir()
+    readers = PluginManager.instance().iter_compatible_readers([str(store)])
+    assert "napari-unet.read_model" not in [reader.command for reader in readers]
+    offered = PluginManager.instance().iter_compatible_readers([str(tmp_path / "model.safetensors")])
+    assert "napari-unet.read_model" in [reader.command for reader in offered]
 
 
 def test_dropping_a_foreign_package_explains_what_is_supported(viewer, tmp_path, monkeypatch, qtbot):
