@@ -283,11 +283,15 @@ def test_a_hostile_checkpoint_resumes_with_one_clear_error(tmp_path):
         ("model.onnx", "is an ONNX model (napari-unet exports them for other software"),
         ("model.pt", "is a TorchScript or pickled PyTorch file, which napari-unet never loads"),
         ("weights.pth", "is a pickled PyTorch file, which napari-unet never loads"),
-        ("model.bin", "is not a napari-unet model file (corrupt, truncated or another format)"),
+        ("model.bin", "is a TorchScript or pickled PyTorch file"),  # by its zip's first bytes
+        ("model.safetensors", "is a TorchScript or pickled PyTorch file"),  # said "not a napari-unet model file"
+        ("pickle.safetensors", "is a pickled PyTorch file, which napari-unet never loads"),
+        ("random.bin", "is not a napari-unet model file (corrupt, truncated or another format)"),
     ],
 )
 def test_files_of_other_formats_are_refused_with_what_they_are(tmp_path, name, says):
-    (tmp_path / name).write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # neither safetensors nor a package
+    head = {"pickle": b"\x80\x04", "random": b"\x01\x02"}.get(name.split(".")[0], b"PK\x03\x04")
+    (tmp_path / name).write_bytes(head + bytes(range(256)) * 4)  # neither safetensors nor a package
     with pytest.raises(ModelFileError) as refused:
         load_model(tmp_path / name)
     assert f"{tmp_path / name} {says}" in str(refused.value)

@@ -149,7 +149,7 @@ def check_model_state(state: Any, path: str | os.PathLike) -> ModelSpec:
     try:
         spec = ModelSpec.from_dict(state.get("spec"))
     except (NapariUnetError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path} records an unusable architecture: {error}") from error
+        raise ModelFileError(f"{path} records unusable settings: {error}") from error
     for name, limit in LIMITS.items():
         if getattr(spec.model, name) > limit:
             raise ModelFileError(
@@ -221,14 +221,31 @@ FOREIGN_FORMATS = {
 
 
 def _not_ours(path: Path) -> ModelFileError:
-    """The error for a file that is no napari-unet model file, saying what it may be."""
-    foreign = FOREIGN_FORMATS.get(Path(path).suffix.lower())
+    """The error for a file that is no napari-unet model file, saying what it may be
+    (by its suffix, else by its first bytes)."""
+    foreign = FOREIGN_FORMATS.get(Path(path).suffix.lower()) or _sniffed(path)
     if foreign:
         return ModelFileError(
             f"{path} is {foreign}; give a napari-unet model file (.safetensors) or a bioimage.io package "
             "napari-unet exported"
         )
     return ModelFileError(f"{path} is not a napari-unet model file (corrupt, truncated or another format)")
+
+
+def _sniffed(path: Path) -> str | None:
+    """What a file's first bytes say it is, when they name a format that can run code."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(9)
+    except OSError:
+        return None
+    if head[8:9] == b"{":  # a safetensors file (its header's length, then its JSON), damaged
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle's protocol opcode
+        return FOREIGN_FORMATS[".pth"]
+    if head == b"PK":  # a zip: torch.save's and TorchScript's container
+        return FOREIGN_FORMATS[".pt"]
+    return None
 
 
 def _read_exactly(stream, count: int, path: Path) -> bytes:
