@@ -243,7 +243,7 @@ def _sniffed(path: Path) -> str | None:
         return None
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle's protocol opcode
         return FOREIGN_FORMATS[".pth"]
-    if head == b"PK":  # a zip: torch.save's and TorchScript's container
+    if head[:2] == b"PK":  # a zip: torch.save's and TorchScript's container
         return FOREIGN_FORMATS[".pt"]
     return None
 
