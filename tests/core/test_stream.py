@@ -126,15 +126,19 @@ def test_an_existing_output_is_never_touched(drawn, tmp_path):
         segment_to(threshold_model(), drawn, out, chunk=32, resume=True)
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32)
-    with pytest.raises(OutputExistsError, match="written from chunk other than this run's"):
+    with pytest.raises(OutputExistsError, match="written with other chunk; resume it"):
         segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=64, resume=True)
     other = drawn.copy()
     other[-1, -1] += 1  # one pixel, in the last window the store's fingerprint samples
-    with pytest.raises(OutputExistsError, match="written from an image other than this run's"):
+    with pytest.raises(OutputExistsError, match="written from another image; resume it"):
         segment_to(threshold_model(), other, tmp_path / "done.zarr", chunk=32, resume=True)
     before = json.loads((tmp_path / "done.zarr" / "zarr.json").read_text())
     again = segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32, resume=True)
     assert again.computed == 0 and json.loads((tmp_path / "done.zarr" / "zarr.json").read_text()) == before
+    older = zarr.open_group(tmp_path / "done.zarr", mode="r+")
+    older.attrs["napari_unet"] = {**dict(older.attrs["napari_unet"]), "version": 1}  # a store of the last release
+    with pytest.raises(OutputExistsError, match="written by another version of napari-unet"):  # not "another image"
+        segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32, resume=True)
 
 
 def test_chunks_must_keep_tiles_on_the_pooling_grid(drawn, tmp_path):
@@ -169,14 +173,27 @@ def test_labels_keep_the_pixel_size_and_unit_of_their_image(drawn, tmp_path):
     classes = zarr.open_group(out / "probabilities", mode="r").attrs["ome"]["multiscales"][0]
     assert classes["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
 
-    stack = np.stack([drawn, drawn])
-    tifffile.imwrite(
-        tmp_path / "stack.tif", stack, imagej=True, resolution=(4.0, 4.0), metadata={"spacing": 2.0, "unit": "um"}
-    )
+    series = zarr.open_group(tmp_path / "series.zarr", mode="w")  # a time series keeps its t axis
+    series.create_array("0", data=np.stack([drawn, drawn]), chunks=(1, 32, 32))
+    in_time = [{"name": "t", "type": "time", "unit": "second"}, *axes]
+    every_30_s = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [30.0, 0.5, 0.5]}]}
+    series.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": in_time, "datasets": [every_30_s]}]}
+    segment_to(threshold_model(), tmp_path / "series.zarr", tmp_path / "series_labels.zarr", chunk=32)
+    labels = zarr.open_group(tmp_path / "series_labels.zarr", mode="r").attrs["ome"]["multiscales"][0]
+    assert labels["axes"][0] == {"name": "t", "type": "time", "unit": "second"}
+    assert labels["datasets"][0]["coordinateTransformations"][0]["scale"] == [30.0, 0.5, 0.5]
+
+    calibrated = {"imagej": True, "resolution": (4.0, 4.0), "metadata": {"spacing": 2.0, "unit": "um"}}
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([drawn, drawn]), **calibrated)
     segment_to(threshold_model(), tmp_path / "stack.tif", tmp_path / "stack.zarr", chunk=32)
     labels = zarr.open_group(tmp_path / "stack.zarr", mode="r").attrs["ome"]["multiscales"][0]
-    assert labels["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 0.25, 0.25]
-    assert [axis.get("unit") for axis in labels["axes"]] == ["micrometer"] * 3
+    assert labels["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]  # as napari shows TIFFs
+
+
+def test_a_stack_without_planes_gives_an_empty_store(tmp_path):
+    """The store's fingerprint sampled plane -1 of an empty stack: a raw ValueError."""
+    result = segment_to(threshold_model(), np.zeros((0, 64, 64), np.uint8), tmp_path / "none.zarr", chunk=32)
+    assert list(result.n_objects) == [] and zarr.open_array(tmp_path / "none.zarr" / "0", mode="r").shape == (0, 64, 64)
 
 
 def test_labels_can_go_into_the_input_images_labels_group(drawn, tmp_path):

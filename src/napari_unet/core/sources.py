@@ -72,30 +72,20 @@ def open_source(source: Any) -> Any:
 @dataclass(frozen=True)
 class Calibration:
     """The physical size of a source's pixels along each of its axes (``scale``, 1.0
-    where unknown) and their units (OME-Zarr's unit names, e.g. "micrometer"; ``None``
-    where unknown), so that labels written for it line up with it."""
+    where unknown), their units (OME-Zarr's unit names, e.g. "micrometer"; ``None``
+    where unknown) and names ("t", "z", ...; ``None`` where unknown), so that labels
+    written for it line up with it."""
 
     scale: tuple[float, ...]
     units: tuple[str | None, ...]
-
-
-#: ImageJ's and TIFF's ways of writing micrometres, as OME-Zarr names them.
-_UNITS = {
-    "micron": "micrometer",
-    "um": "micrometer",
-    "\u00b5m": "micrometer",  # µm
-    "\\u00b5m": "micrometer",  # ImageJ's escaped µm, lowercased
-    "nm": "nanometer",
-    "mm": "millimeter",
-}
+    names: tuple[str | None, ...]
 
 
 def source_calibration(source: Any, ndim: int) -> Calibration | None:
-    """The calibration of an OME-Zarr image (its first multiscale's full-resolution
-    scale and its axes' units) or of a TIFF (its X/Y resolution and ImageJ's z spacing
-    and unit) with ``ndim`` axes; ``None`` for other sources or none recorded."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in (".tif", ".tiff"):
-        return _tiff_calibration(Path(source), ndim)
+    """The calibration of an OME-Zarr image with ``ndim`` axes: its first multiscale's
+    full-resolution scale and its axes' names and units; ``None`` for other sources
+    (viewers show TIFFs and arrays at a scale of 1 whatever they record, so labels
+    for them keep that scale) or none recorded."""
     zarr = _zarr()
     group = source
     if isinstance(source, (str, os.PathLike)) and is_zarr_store(Path(source)) and zarr is not None:
@@ -114,27 +104,10 @@ def source_calibration(source: Any, ndim: int) -> Calibration | None:
     except (KeyError, IndexError, TypeError, ValueError, StopIteration):
         return None
     units = tuple(axis.get("unit") if isinstance(axis, dict) else None for axis in axes)
+    names = tuple(axis.get("name") if isinstance(axis, dict) else axis for axis in axes)
     if len(scale) != ndim or len(units) != ndim or min(scale) <= 0:
         return None
-    return Calibration(scale, units)
-
-
-def _tiff_calibration(path: Path, ndim: int) -> Calibration | None:
-    """A TIFF's pixel size along its last two axes (y, x) and, for ImageJ stacks,
-    along z (the axis before them)."""
-    from .io import pixel_size_tags
-
-    tags = pixel_size_tags(path)
-    if "resolution" not in tags or ndim < 2:
-        return None
-    x_per_unit, y_per_unit = tags["resolution"]
-    metadata = tags.get("metadata", {})
-    unit = _UNITS.get(str(metadata.get("unit", "")).lower()) if metadata.get("unit") else None
-    scale, units = [1.0] * ndim, [None] * ndim
-    scale[-2:], units[-2:] = [1 / y_per_unit, 1 / x_per_unit], [unit, unit]
-    if "spacing" in metadata and ndim >= 3:
-        scale[-3], units[-3] = float(metadata["spacing"]), unit
-    return Calibration(tuple(scale), tuple(units))
+    return Calibration(scale, units, tuple(name if isinstance(name, str) else None for name in names))
 
 
 def _zarr():
@@ -254,6 +227,8 @@ def sample_digest(planes: LazyPlanes, side: int = 64) -> str:
     stack = planes.shape[:-3]
     height, width = planes.shape[-2:]
     count = math.prod(stack)
+    if count == 0 or height == 0 or width == 0:
+        return digest.hexdigest()  # no pixel to sample
 
     def starts(length: int) -> list[slice]:  # the first, middle and last window along an axis
         middle = max((length - side) // 2, 0)

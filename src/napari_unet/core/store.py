@@ -66,7 +66,11 @@ def create_store(path: Path, run: Run, fingerprint: dict) -> None:
         root = zarr.open_group(temporary, mode="w-")
         n_stack = len(run.stack_shape)
         names = axes_names(n_stack)
-        calibration = run.calibration or Calibration((1.0,) * len(names), (None,) * len(names))
+        unknown = (None,) * len(names)
+        calibration = run.calibration or Calibration((1.0,) * len(names), unknown, unknown)
+        stack_names = calibration.names[:n_stack]  # the source's: a time series stays "t"
+        if all(name not in (None, "c", "y", "x") for name in stack_names) and len(set(stack_names)) == n_stack:
+            names = [*stack_names, "y", "x"]
         axes = [_axis(name, unit) for name, unit in zip(names, calibration.units)]
         chunks = (1,) * n_stack + run.grid.chunk
         datasets = []
@@ -133,12 +137,19 @@ def open_store(path: Path, run: Run, fingerprint: dict, resume: bool) -> bool:
     found = dict(found)
     complete = found.pop("complete", False)
     found.pop("objects", None)
+    if found.get("version") != fingerprint.get("version"):
+        raise OutputExistsError(
+            f"{path} was written by another version of napari-unet, whose stores this one does not resume: "
+            "choose another output"
+        )
     different = {key for key in set(found) | set(fingerprint) if found.get(key) != fingerprint.get(key)}
     if different:
-        named = sorted({"an image" if key.startswith("image_") else key for key in different})
+        image = ["from another image"] if any(key.startswith("image_") for key in different) else []
+        settings = sorted(key for key in different if not key.startswith("image_"))
+        how = [*image, *([f"with other {', '.join(settings)}"] if settings else [])]
         raise OutputExistsError(
-            f"{path} was written from {' and '.join(named)} other than this run's; resume it with the same image, "
-            "model and settings, or choose another output"
+            f"{path} was written {' and '.join(how)}; resume it with the same image, model and settings, "
+            "or choose another output"
         )
     return complete
 

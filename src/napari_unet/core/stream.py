@@ -281,8 +281,11 @@ def _labels_calibration(source: Any, ndim: int, axes: tuple[int | None, ...]) ->
     if found is None:
         return None
     kept = [*axes[:-3], *axes[-2:]]
-    scale = tuple(1.0 if axis is None else found.scale[axis] for axis in kept)
-    return Calibration(scale, tuple(None if axis is None else found.units[axis] for axis in kept))
+
+    def per_axis(values: tuple, default) -> tuple:
+        return tuple(default if axis is None else values[axis] for axis in kept)
+
+    return Calibration(per_axis(found.scale, 1.0), per_axis(found.units, None), per_axis(found.names, None))
 
 
 def _fingerprint(run: Run, planes: LazyPlanes, chunk) -> dict:
