@@ -1,5 +1,6 @@
 """Opening a napari-unet model file, or a bioimage.io package napari-unet exported
-(zip or folder), in napari makes it the session's model.
+(its zip: napari offers no plugin reader for folders here, see napari.yaml), in napari
+makes it the session's model.
 
 The file is read and checked in a thread worker, so a large (or slow to read) file
 never freezes napari; the model enters the session when it is loaded.

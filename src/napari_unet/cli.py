@@ -27,6 +27,7 @@ from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError
+from .core.exchange import FORMATS, check_exportable, export_model
 from .core.instances import objects_found
 from .core.io import (
     check_image_file,
@@ -134,8 +135,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .core.exchange import check_exportable, export_model
-
     args.format = export_format(args.out, args.format)
     check_outputs([args.out], args.overwrite)
     model = model_argument(args)
@@ -158,21 +157,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{args.model} -> {path} ({args.format}, {path.stat().st_size / 1e6:.2f} MB)")
 
 
-#: The file name suffix of each export format.
-EXPORT_SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
-
-
 def export_format(out: Path, chosen: str | None) -> str:
     """The export format ``--format`` chose, else the one ``--out``'s suffix names; a
     suffix of another format is refused (a zip named .onnx is a trap for whoever opens it)."""
-    named = {suffix: kind for kind, suffix in EXPORT_SUFFIXES.items()} | {".pth": "torchscript"}
+    named = {suffix: kind for kind, suffix in FORMATS.items()}
     by_name = named.get(out.suffix.lower())
     if chosen is None and by_name is None:
         raise ConfigError(f"--out {out}: name it .zip (bioimage.io), .onnx or .pt (TorchScript), or give --format")
     if chosen is not None and by_name is not None and by_name != chosen:
         raise ConfigError(
             f"--out {out} is named for {by_name}, but --format is {chosen}: name it "
-            f"{out.with_suffix(EXPORT_SUFFIXES[chosen]).name}, or drop --format"
+            f"{out.with_suffix(FORMATS[chosen]).name}, or drop --format"
         )
     return chosen or by_name
 
@@ -180,9 +175,7 @@ def export_format(out: Path, chosen: str | None) -> str:
 def _add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="write a model for other software (bioimage.io, ONNX, TorchScript)")
     export.add_argument("model", type=Path, help="model file (.safetensors) or napari-unet bioimage.io package")
-    export.add_argument(
-        "--format", choices=list(EXPORT_SUFFIXES), default=None, help="(default: the one --out's suffix names)"
-    )
+    export.add_argument("--format", choices=list(FORMATS), default=None, help="(default: the one --out's suffix names)")
     export.add_argument("--out", type=Path, required=True, help="file to write (.zip: bioimage.io, .onnx or .pt)")
     export.add_argument("--author", action="append", default=[], help="package author (repeat for several)")
     export.add_argument(

@@ -113,7 +113,10 @@ def spacing_option(args: argparse.Namespace, path: Path, ndim: int) -> tuple[flo
         if getattr(args, "spacing", None) and hasattr(args, "ndim"):  # train
             raise ConfigError("--spacing Z Y X applies to 3D models: add --ndim 3, or drop --spacing")
         if getattr(args, "spacing", None):
-            raise ConfigError(f"--spacing Z Y X applies to volumes, and {path} holds 2D labels: drop --spacing")
+            held = "2D labels" if ndim == 2 else f"labels of {ndim} dimensions"
+            raise ConfigError(
+                f"--spacing Z Y X applies to volumes (3D labels), and {path} holds {held}: drop --spacing"
+            )
         return None
     if getattr(args, "spacing", None):
         return tuple(args.spacing)

@@ -219,14 +219,14 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         trainer = resume_trainer(args, images, labels, **options)
     else:
         config = train_config_from(args)
+        model = initial_model(args) if args.init else new_model(args, images[0])
+        trainer = Trainer(model, images, labels, config, **options)  # the data are checked before any note
         if config.minutes != args.minutes:
             print(
                 f"napari-unet: a new 3D model on a CPU trains for {config.minutes:g} minutes "
                 "(its 2D twin in the first half): --minutes or --steps to change",
                 file=sys.stderr,
             )
-        model = initial_model(args) if args.init else new_model(args, images[0])
-        trainer = Trainer(model, images, labels, config, **options)
     check_writable(args.out, model_bytes(trainer.model))
     resumed_at = trainer.step
     stopped_by = run_training(trainer)
@@ -291,7 +291,7 @@ def new_model(args: argparse.Namespace, first_image) -> UNet:
     }
     config = ModelConfig(**{**vars(defaults), **{k: v for k, v in chosen.items() if v is not None}})
     planes = volume_planes(args.images[0], first_image, config.in_channels, args.channel_axis)
-    if config.ndim == 2 and planes:
+    if config.ndim == 2 and planes and "ndim" not in args.given:  # a 2D network asked for: nothing to suggest
         print(
             f"napari-unet: {args.images[0]} is a volume of {planes} planes, which a 2D network learns one plane at "
             "a time; add --ndim 3 for the 3D U-Net, which learns whole volumes (from a few annotated planes too)",

@@ -3,6 +3,7 @@
 import json
 import os
 import threading
+import zipfile
 
 import pytest
 import torch
@@ -287,11 +288,17 @@ def test_a_hostile_checkpoint_resumes_with_one_clear_error(tmp_path):
         ("model.safetensors", "is a TorchScript or pickled PyTorch file"),  # said "not a napari-unet model file"
         ("pickle.safetensors", "is a pickled PyTorch file, which napari-unet never loads"),
         ("random.bin", "is not a napari-unet model file (corrupt, truncated or another format)"),
+        ("images.dat", "is not a napari-unet model file"),  # a zip without pickles: said to run code
     ],
 )
 def test_files_of_other_formats_are_refused_with_what_they_are(tmp_path, name, says):
     head = {"pickle": b"\x80\x04", "random": b"\x01\x02"}.get(name.split(".")[0], b"PK\x03\x04")
     (tmp_path / name).write_bytes(head + bytes(range(256)) * 4)  # neither safetensors nor a package
+    if name in ("model.bin", "model.safetensors"):
+        torch.save({"weights": torch.zeros(3)}, tmp_path / name)  # a zip of pickles
+    if name == "images.dat":
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("a.tif", b"")
     with pytest.raises(ModelFileError) as refused:
         load_model(tmp_path / name)
     assert f"{tmp_path / name} {says}" in str(refused.value)

@@ -48,6 +48,8 @@ def test_training_a_2d_network_on_a_volume_suggests_the_3d_one(tmp_path, volume_
     assert main([*train, "--out", str(tmp_path / "2d.safetensors")]) == 0
     note = f"{image} is a volume of 16 planes, which a 2D network learns one plane at a time; add --ndim 3"
     assert note in capsys.readouterr().err
+    assert main([*train, "--out", str(tmp_path / "2d-asked.safetensors"), "--ndim", "2"]) == 0
+    assert "add --ndim 3" not in capsys.readouterr().err  # a 2D network asked for: nothing to suggest
     assert main([*train, "--out", str(tmp_path / "3d.safetensors"), "--ndim", "3", "--warm-start", "0"]) == 0
     assert "add --ndim 3" not in capsys.readouterr().err
 
@@ -117,7 +119,7 @@ def test_weights_follow_the_labels_dimensionality(tmp_path, volume_files, capsys
     tifffile.imwrite(tmp_path / "plane.tif", labels[6])
     assert main(["weights", str(tmp_path / "plane.tif"), "--out-dir", str(out), "--spacing", "2", "1", "1"]) == 2
     said = capsys.readouterr().err
-    assert f"applies to volumes, and {tmp_path / 'plane.tif'} holds 2D labels: drop --spacing" in said
+    assert f"applies to volumes (3D labels), and {tmp_path / 'plane.tif'} holds 2D labels: drop --spacing" in said
 
 
 def test_a_plane_trained_as_a_volume_gets_the_error_alone(tmp_path, volume_files, capsys):
@@ -128,7 +130,8 @@ def test_a_plane_trained_as_a_volume_gets_the_error_alone(tmp_path, volume_files
     train = ["train", str(tmp_path / "plane.tif"), "--labels", str(tmp_path / "plane_labels.tif"), "--ndim", "3"]
     assert main([*train, "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "records no voxel size" not in err and "3D" in err, err
+    error = "napari-unet: error: a 3D U-Net needs a volume (Z, Y, X), got an image of shape (40, 40)"
+    assert err.strip().splitlines() == [f"{error}: use a 2D network for it"]  # and no note on voxels or minutes
 
 
 def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files, capsys):

@@ -103,6 +103,7 @@ def test_a_3d_session_model_is_passed_over_for_a_new_network(viewer, session, qt
     widget.start_button.clicked.emit()
     assert "with a new network (the session's model is a 3D U-Net)" in widget.status.value
     qtbot.waitUntil(lambda: widget.live is not None and widget.live.trainer.step > 0, timeout=60_000)
+    assert "; a new network (the session's model is a 3D U-Net)" in widget.status.value  # while it runs too
     widget.stop_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
     assert session.model is widget.live.model and session.model.config.ndim == 2

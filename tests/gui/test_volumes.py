@@ -86,11 +86,15 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     assert viewer.layers["stack probability"].data.shape == stack.shape
     assert segment.progress.value == segment.progress.max > 0
     assert "stretched or squashed" not in segment.status.value  # the voxels the model was made for
-    segment.image.value = viewer.add_image(stack, name="cubes")  # scale 1: voxels half as deep
     segment.probabilities.value = False
+    segment.image.value = viewer.add_image(stack, name="unscaled")  # napari's default scale: nothing recorded
     segment.run_button.clicked.emit()
     wait_idle(segment)
-    note = "the scale of cubes gives voxels of (1.0, 1.0, 1.0) (z, y, x), the model was made for voxels shaped (2.0,"
+    assert "stretched or squashed" not in segment.status.value  # (the file the model was trained on, maybe)
+    segment.image.value = viewer.add_image(stack, name="cubes", scale=(0.5, 0.5, 0.5))  # voxels half as deep
+    segment.run_button.clicked.emit()
+    wait_idle(segment)
+    note = "the scale of cubes gives voxels of (0.5, 0.5, 0.5) (z, y, x), the model was made for voxels shaped (2.0,"
     assert note in segment.status.value and "stretched or squashed along z" in segment.status.value
 
 

@@ -1,8 +1,9 @@
 """Long jobs for thread workers: generators that never touch layers or Qt.
 
 Each job yields small records for the main thread and stops cleanly when its
-``stop`` event is set (checked at every yield), so a stopped training still
-writes its checkpoint and model from the worker thread.
+``stop`` event is set: segmentation checks it at every yield; training hands it to
+the trainer, which ends after its current step (a 3D run's warm start included), so
+a stopped training still writes its checkpoint and model from the worker thread.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Jobs are generator functions (or plain functions) taking a ``stop`` event; a
 generator job checks it at every yield (see :func:`napari_unet.core.progress.until_stopped`)
-and runs its own clean-up when it stops, in the worker thread: a stopped training
-writes its checkpoint and model there.
+or hands it on (training: to the trainer, which ends after its current step) and runs
+its own clean-up when it stops, in the worker thread: a stopped training writes its
+checkpoint and model there.
 
 A running job is registered with the napari window's task list, so closing napari
 asks first and then calls :meth:`JobRunner.shutdown`: the job is stopped and waited

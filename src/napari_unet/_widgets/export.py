@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import PushButton
 from napari.layers import Image
 
-from ..core.exchange import check_exportable, min_size
+from ..core.exchange import FORMATS, check_exportable, min_size
 from ..core.model import UNet
 from ._base import DockWidget
 from ._jobs import export_job
@@ -18,9 +18,9 @@ from ._layers import image_data, spatial_shape
 
 #: Save-dialog filters: (format, file suffix) each.
 EXPORT_FILTERS = {
-    "bioimage.io model package (*.zip)": ("bioimageio", ".zip"),
-    "ONNX (*.onnx)": ("onnx", ".onnx"),
-    "TorchScript (*.pt)": ("torchscript", ".pt"),
+    f"bioimage.io model package (*{FORMATS['bioimageio']})": ("bioimageio", FORMATS["bioimageio"]),
+    f"ONNX (*{FORMATS['onnx']})": ("onnx", FORMATS["onnx"]),
+    f"TorchScript (*{FORMATS['torchscript']})": ("torchscript", FORMATS["torchscript"]),
 }
 
 

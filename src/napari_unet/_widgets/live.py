@@ -107,6 +107,7 @@ class LiveTrainWidget(DockWidget):
         self.preview: LivePreview | None = None
         self._shown: LivePreview | None = None  # the preview the layer shows
         self._problem: str | None = None  # why the latest edit could not be trained on
+        self._running = RUNNING_MESSAGE  # what the status says while all is well
         self._show_step = Throttle(self._show_step_now, parent=self.native)
         self.runner = self.make_runner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
         self._edits = EditWatcher(self._send_edit, self.native, delay_ms=300)
@@ -125,15 +126,15 @@ class LiveTrainWidget(DockWidget):
 
     def _model(self, in_channels: int) -> tuple[UNet, str]:
         """The session's model, which live training goes on teaching, when it is a 2D
-        U-Net for images of ``in_channels``; else a new network. With a line for the
-        status when a session model is passed over."""
+        U-Net for images of ``in_channels``; else a new network. With words for the
+        status when a session model is passed over ("" otherwise)."""
         model = self.session.model
         if model is None:
             return live_model(in_channels), ""
         if model.config.ndim == 2 and model.config.in_channels == in_channels:
             return model, ""
         kind = "a 3D U-Net" if model.config.ndim == 3 else f"for images of {model.config.in_channels} channel(s)"
-        return live_model(in_channels), f" with a new network (the session's model is {kind})"
+        return live_model(in_channels), f"a new network (the session's model is {kind})"
 
     def start(self) -> None:
         if self.runner.busy:
@@ -153,7 +154,8 @@ class LiveTrainWidget(DockWidget):
         annotation.bind_key(ACCEPT_KEY, lambda _layer: self.guarded(self.accept_under_cursor)(), overwrite=True)
         self.start_button.enabled, self.stop_button.enabled = False, True
         model, passed_over = self._model(in_channels)
-        self.status.value = f"starting live training{passed_over}…"
+        self.status.value = f"starting live training{f' with {passed_over}' if passed_over else ''}…"
+        self._running = RUNNING_MESSAGE + (f"; {passed_over}" if passed_over else "")
         self.runner.start(
             live_job,
             Path(self.save_path.value),
@@ -187,7 +189,7 @@ class LiveTrainWidget(DockWidget):
 
     def _send_edit(self) -> None:
         if self._problem is not None and self.status.value == self._problem:
-            self.status.value = RUNNING_MESSAGE  # this edit may mend it; if not, the problem comes back
+            self.status.value = self._running  # this edit may mend it; if not, the problem comes back
         self._problem = None
         if self.live is not None and self.runner.busy:
             self.live.update(np.asarray(self.annotation.value.data))
@@ -199,7 +201,7 @@ class LiveTrainWidget(DockWidget):
             event.look_at(self._view_window())
             self._send_edit()  # what was painted while it started
             self.session.set_model(event.model, "live training")
-            self.status.value = RUNNING_MESSAGE
+            self.status.value = self._running
         elif isinstance(event, StepProgress):
             self._show_step(event)
         elif isinstance(event, AnnotationProblem):

@@ -23,6 +23,7 @@ from ..core.checkpoint import ModelFileError
 from ..core.config import InstanceConfig
 from ..core.geometry import is_volume
 from ..core.instances import foreground as probabilities_foreground
+from ..core.instances import objects_counted
 from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
 from ..core.spacing import voxel_shape_note
@@ -272,8 +273,9 @@ class SegmentWidget(DockWidget):
             raise LayerError(f"the model is a 3D U-Net and {layer.name} is one plane: choose a stack or a 2D model")
         # notes the status shows beside the result's own
         self._notes = ()
-        if volumes:
-            note = voxel_shape_note(layer_spacing(layer), model.config.spacing, f"the scale of {layer.name} gives")
+        spacing = layer_spacing(layer)
+        if volumes and spacing is not None and set(spacing) != {1.0}:  # napari's scale of 1: nothing recorded
+            note = voxel_shape_note(spacing, model.config.spacing, f"the scale of {layer.name} gives")
             self._notes = (note,) if note else ()
         as_volume = self.planes.value == AS_VOLUME and not volumes
         if as_volume and len(spatial_shape(layer)) < 3:
@@ -376,8 +378,8 @@ class SegmentWidget(DockWidget):
             return
         if isinstance(result, StoreDone):
             self._store_view.finish()
-            objects = sum(result.result.n_objects)
-            self.status.value = f"{self._store_view.name}: {objects} objects in {result.result.path}"
+            objects = objects_counted(result.result.n_objects)
+            self.status.value = f"{self._store_view.name}: {objects} in {result.result.path}"
             return
         self._placeholders = []
         layer, index = self._target

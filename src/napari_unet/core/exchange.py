@@ -27,7 +27,8 @@ from .errors import ConfigError, NapariUnetError, OutputFileError
 from .io import check_writable, write_atomic
 from .model import UNet, without_batch_norm
 
-FORMATS = ("bioimageio", "onnx", "torchscript")
+#: Export formats and the file name suffix of each.
+FORMATS = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
 #: ONNX opset of exported models (ONNX Runtime 1.13 and later run it).
 ONNX_OPSET = 17
 #: Names of the graph's input and output in ONNX files (the bioimage.io tensor ids).

@@ -243,9 +243,20 @@ def _sniffed(path: Path) -> str | None:
         return None
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle's protocol opcode
         return FOREIGN_FORMATS[".pth"]
-    if head[:2] == b"PK":  # a zip: torch.save's and TorchScript's container
+    if head[:2] == b"PK" and _pickles_inside(path):  # torch.save's and TorchScript's zip
         return FOREIGN_FORMATS[".pt"]
     return None
+
+
+def _pickles_inside(path: Path) -> bool:
+    """Whether ``path`` is a zip archive holding pickles (``data.pkl``), as torch writes them."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(".pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _read_exactly(stream, count: int, path: Path) -> bytes:

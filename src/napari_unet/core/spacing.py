@@ -63,8 +63,9 @@ def voxel_shape_note(spacing: Sequence[float] | None, model_spacing: Sequence[fl
     if all(abs(ratio - 1) <= VOXEL_SHAPE_TOLERANCE for ratio in ratios):
         return None
     shown = lambda values: tuple(round(float(v), 4) for v in values)  # noqa: E731
+    axis = "zyx"[max(range(len(ratios)), key=lambda i: abs(ratios[i] - 1))]  # the one most out of shape
     return (
         f"{source} voxels of {shown(spacing)} (z, y, x), the model was made for voxels shaped "
         f"{shown(model_spacing)}: if both are right, the model sees this volume's objects stretched or squashed "
-        "along z; resample it to the model's voxel shape, or train on volumes like it"
+        f"along {axis}; resample it to the model's voxel shape, or train on volumes like it"
     )
