@@ -18,9 +18,8 @@ from ._layers import image_data, spatial_shape
 
 #: Save-dialog filters: (format, file suffix) each.
 EXPORT_FILTERS = {
-    f"bioimage.io model package (*{FORMATS['bioimageio']})": ("bioimageio", FORMATS["bioimageio"]),
-    f"ONNX (*{FORMATS['onnx']})": ("onnx", FORMATS["onnx"]),
-    f"TorchScript (*{FORMATS['torchscript']})": ("torchscript", FORMATS["torchscript"]),
+    f"{name} (*{FORMATS[kind]})": (kind, FORMATS[kind])
+    for kind, name in (("bioimageio", "bioimage.io model package"), ("onnx", "ONNX"), ("torchscript", "TorchScript"))
 }
 
 

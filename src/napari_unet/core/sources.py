@@ -95,9 +95,8 @@ def source_calibration(source: Any, ndim: int) -> Calibration | None:
             return None
     if zarr is None or not isinstance(group, zarr.Group):
         return None
-    attributes = dict(group.attrs)
     try:
-        multiscale = attributes.get("ome", attributes)["multiscales"][0]
+        multiscale = _first_multiscale(group)
         transforms = multiscale["datasets"][0]["coordinateTransformations"]
         scale = next(tuple(float(v) for v in t["scale"]) for t in transforms if t.get("type") == "scale")
         axes = multiscale.get("axes") or [None] * len(scale)
@@ -168,16 +167,20 @@ def _open_tiff(path: Path) -> Any:
 def full_resolution(group: Any) -> Any:
     """The full-resolution array of an OME-Zarr multiscale image ``group`` (the first
     dataset of its first multiscale), for NGFF 0.4 (zarr v2) and 0.5 (zarr v3)."""
-    attributes = dict(group.attrs)
-    ome = attributes.get("ome", attributes)
-    multiscales = ome.get("multiscales") or []
     try:
-        path = multiscales[0]["datasets"][0]["path"]
-        return group[path]
+        return group[_first_multiscale(group)["datasets"][0]["path"]]
     except (IndexError, KeyError, TypeError) as error:
         arrays = [name for name, _ in group.arrays()] if hasattr(group, "arrays") else []
         hint = f" (it holds arrays {', '.join(sorted(arrays))}: open one of them)" if arrays else ""
         raise SourceError(f"zarr group {group.store_path} is not an OME-Zarr image: no multiscales{hint}") from error
+
+
+def _first_multiscale(group: Any) -> dict:
+    """The first multiscale record of an OME-Zarr image ``group``: under ``ome`` (NGFF
+    0.5, zarr v3) or at the top of its attributes (0.4, zarr v2). Raises
+    ``KeyError``, ``IndexError`` or ``TypeError`` when there is none."""
+    attributes = dict(group.attrs)
+    return attributes.get("ome", attributes)["multiscales"][0]
 
 
 def read_region(array: Any, index: tuple) -> np.ndarray:
