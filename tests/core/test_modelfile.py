@@ -302,3 +302,27 @@ def test_files_of_other_formats_are_refused_with_what_they_are(tmp_path, name, s
     with pytest.raises(ModelFileError) as refused:
         load_model(tmp_path / name)
     assert f"{tmp_path / name} {says}" in str(refused.value)
+
+
+def test_class_names_follow_the_number_of_classes(tmp_path):
+    """Each output class has one name: the paper's 3D network's third class is named,
+    a file from before (two default names for three classes) still loads, and names
+    that do not fit the classes are refused."""
+    model = UNet.paper_3d(in_channels=1)
+    assert model.spec.classes == ("background", "cell", "class 2")
+    assert UNet(base_channels=2, depth=1).spec.classes == ("background", "cell")
+    network = UNet(base_channels=2, depth=1, n_classes=3)
+    path = tmp_path / "three.safetensors"
+    save_model(network, path)
+    assert load_model(path).spec.classes == ("background", "cell", "class 2")
+
+    def saved_with(names):
+        spec = network.spec.to_dict() | {"class_names": names}
+        checkpoint.save_state(path, {"kind": "model", "spec": spec, "metadata": {}, "weights": network.state_dict()})
+        return path
+
+    assert load_model(saved_with(["background", "cell"])).spec.classes == ("background", "cell", "class 2")
+    with pytest.raises(ModelFileError, match="must name each of the model's 3 classes, got 2"):
+        load_model(saved_with(["a", "b"]))
+    named = ModelSpec(model=ModelConfig(n_classes=3), class_names=("background", "nucleus", "border"))
+    assert ModelSpec.from_dict(named.to_dict()).classes == ("background", "nucleus", "border")

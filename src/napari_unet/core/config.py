@@ -315,33 +315,57 @@ class AugmentConfig:
             raise ConfigError(f"zoom must be in [0, 1] (the log of the largest zoom factor), got {self.zoom}")
 
 
+DEFAULT_CLASS_NAMES = ("background", "cell")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything a model file records besides the weights."""
+    """Everything a model file records besides the weights.
+
+    ``class_names`` holds one name per output class (``model.n_classes``) or ``None``,
+    for which :attr:`classes` gives "background", "cell", "class 2", ... Files written
+    before the names had to match the classes recorded "background", "cell" for any
+    number of classes; for more than two classes those are read as ``None``.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     instances: InstanceConfig = field(default_factory=InstanceConfig)
-    class_names: tuple[str, ...] = ("background", "cell")
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
+        n_classes, names = self.model.n_classes, self.class_names
+        if names == DEFAULT_CLASS_NAMES and n_classes != 2:
+            object.__setattr__(self, "class_names", None)
+        elif names is not None and len(names) != n_classes:
+            raise ConfigError(
+                f"ModelSpec.class_names must name each of the model's {n_classes} classes, got {len(names)}: {names!r}"
+            )
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The name of each output class, in order."""
+        if self.class_names is not None:
+            return self.class_names
+        return (*DEFAULT_CLASS_NAMES, *(f"class {index}" for index in range(2, self.model.n_classes)))
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        """A plain ``dict``; the class names are written out, as every version reads them."""
+        return {**to_dict(self), "class_names": self.classes}
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"ModelSpec needs a mapping of settings, got {type(data).__name__}")
-        names = data.get("class_names", ("background", "cell"))
-        if not isinstance(names, (list, tuple)):
+        names = data.get("class_names")
+        if names is not None and not isinstance(names, (list, tuple)):
             raise ConfigError(f"ModelSpec.class_names must be a list of strings, got {names!r}")
         return cls(
             model=from_dict(ModelConfig, data.get("model")),
             normalization=from_dict(NormalizationConfig, data.get("normalization")),
             instances=from_dict(InstanceConfig, data.get("instances")),
-            class_names=tuple(names),
+            class_names=None if names is None else tuple(names),
         )
 
 

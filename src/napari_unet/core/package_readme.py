@@ -83,7 +83,7 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
         "",
         "## Network",
         "",
-        f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.class_names)}), "
+        f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.classes)}), "
         f"{config.base_channels} base channels, depth {depth}, {parameters:,} parameters",
         f"- unpadded 3x3 convolutions: the bare network's output is {lost} px smaller than its input. The",
         f"  exported module mirrors at least {lost // 2} px onto each side itself, so output and input have the",
