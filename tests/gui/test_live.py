@@ -89,7 +89,7 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     assert session.model is widget.live.model and (tmp_path / "live.safetensors").exists()
     assert not session.model.config.batch_norm  # live runs train the plain network (core.live.live_model)
     assert gc.get_freeze_count() == 0  # handed back to the collector
-    assert widget.save_path.value != tmp_path / "live.safetensors"  # the next run gets a new name
+    assert widget.save_path.value == tmp_path / "live-2.safetensors"  # the next run gets a new name, as in Train
     assert widget.step_label.value.startswith(f"step {widget.live.trainer.step},")  # the last step is shown
     assert len(gaps) > 50 and max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
 

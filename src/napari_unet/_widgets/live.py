@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import itertools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from ._layers import (
 )
 from ._strokes import write_as_one_edit
 from ._throttle import Throttle
+from ._training_inputs import free_model_path
 
 ACCEPT_KEY = "a"
 #: Planes up to this many pixels are previewed whole; larger ones around the camera.
@@ -72,13 +71,6 @@ def live_job(save_path: Path, *args, stop, **kwargs):
     return live
 
 
-def unused_path(folder: Path, stem: str) -> Path:
-    """``folder/stem-YYYYmmdd-HHMMSS.safetensors``, never an existing file."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidates = (folder / f"{stem}-{stamp}{'' if n == 0 else f'-{n}'}.safetensors" for n in itertools.count())
-    return next(path for path in candidates if not path.exists())
-
-
 class LiveTrainWidget(DockWidget):
     """Start live training on an image and its annotation; every edit reaches the
     running trainer within about a second, and "<image> live" shows its latest
@@ -94,7 +86,7 @@ class LiveTrainWidget(DockWidget):
         self.save_path = FileEdit(
             label="save model to",
             mode="w",
-            value=unused_path(Path.home() / "napari-unet", "live"),
+            value=free_model_path(stem="live"),
             filter="*.safetensors",
         )
         self.start_button = PushButton(text="Start live training")
@@ -269,7 +261,7 @@ class LiveTrainWidget(DockWidget):
         path = Path(self.save_path.value)
         self.session.set_model(live.model, f"live training ({live.trainer.step} steps)", path)
         self.status.value = f"stopped at step {live.trainer.step}; model saved to {path} and kept in the session"
-        self.save_path.value = unused_path(path.parent, "live")  # the next run never overwrites this one
+        self.save_path.value = free_model_path(path.parent, "live")  # the next run never overwrites this one
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"
