@@ -8,7 +8,7 @@ import pytest
 
 import napari_unet as nu
 from napari_unet import ConfigError, TrainConfig, WeightMapConfig
-from napari_unet.core.config import InstanceConfig, ModelConfig, NormalizationConfig
+from napari_unet.core.config import InstanceConfig, ModelConfig, ModelSpec, NormalizationConfig
 from napari_unet.core.weights import weight_map
 
 
@@ -261,3 +261,11 @@ def test_training_without_labels_is_an_input_error_not_a_type_error():
         nu.train(nu.UNet(base_channels=2, depth=2), image, None, steps=1)
     with pytest.raises(nu.NapariUnetError, match="got int"):
         nu.train(nu.UNet(base_channels=2, depth=2), 3, labels, steps=1)
+
+
+def test_nested_settings_of_the_wrong_kind_are_refused_by_name():
+    """Records find the classes of their nested records in their own module."""
+    with pytest.raises(ConfigError, match="ModelSpec.model must be ModelConfig settings, got 'x'"):
+        ModelSpec(model="x")
+    with pytest.raises(ConfigError, match="TrainConfig.augment must be AugmentConfig settings, got 3"):
+        TrainConfig(augment=3)

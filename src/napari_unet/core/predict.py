@@ -16,7 +16,7 @@ import torch
 
 from . import geometry, sources, tiling
 from .checkpoint import load_model
-from .config import InstanceConfig, with_overrides
+from .config import InstanceConfig
 from .cpu_inference import CpuInference
 from .device_inference import DeviceInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
@@ -27,6 +27,7 @@ from .memory import reuse_freed_memory
 from .model import UNet
 from .object_size import in_voxels
 from .progress import drive
+from .records import with_overrides
 from .rescale import check_rescale, instances_at_scale, resize_planes, scaled_shape, size_mismatch_note
 from .tile_budget import plan_for
 

@@ -53,7 +53,7 @@ import numpy as np
 from .blocks import ChunkGrid
 from .checkpoint import load_model
 from .chunk_work import Run, label_row, make_engine, merge_plane, model_digest, model_file_bytes, predict_chunk
-from .config import InstanceConfig, to_dict
+from .config import InstanceConfig
 from .devices import resolve_device
 from .errors import ConfigError, NapariUnetError, OutputFileError
 from .layout import axes_at_minus3
@@ -61,6 +61,7 @@ from .memory import reuse_freed_memory
 from .model import UNet
 from .predict import PredictOptions
 from .progress import drive
+from .records import to_dict
 from .sources import Calibration, LazyPlanes, normalization_range, open_source, sample_digest, source_calibration
 from .store import (
     LABELLED,

@@ -28,7 +28,7 @@ from .checkpoint import (
     save_model,
     save_state,
 )
-from .config import TrainConfig, with_overrides
+from .config import TrainConfig
 from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare, validation_pairs
 from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
@@ -48,6 +48,7 @@ from .optimisation import make_optimizer, scheduled_learning_rate, weighted_cros
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
+from .records import with_overrides
 from .threads import available_cores
 from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
 from .training_state import checkpoint_record, restore_progress, resumed_config
