@@ -3,6 +3,7 @@
 #   scripts/setup.sh        venv + CPU torch + the package with its napari and test extras
 #   scripts/setup.sh gui    the same, plus (as root) the system libraries napari's GUI tests need
 # A CUDA user installs a CUDA build of torch into .venv first: an installed torch is kept.
+# TORCH_SPEC (default torch==2.13.0) pins another torch; TORCH_INDEX takes it from another index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -24,7 +25,11 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/python -m pip install -q "$TORCH_SPEC"
+    if [ -n "${TORCH_INDEX:-}" ]; then  # e.g. https://download.pytorch.org/whl/cpu for the CPU build
+        .venv/bin/python -m pip install -q --index-url "$TORCH_INDEX" "$TORCH_SPEC"
+    else
+        .venv/bin/python -m pip install -q "$TORCH_SPEC"
+    fi
 fi
 .venv/bin/python -m pip install -q -e ".[test]"
 touch .venv/.installed

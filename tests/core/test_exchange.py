@@ -163,9 +163,22 @@ def test_cli_export_torchscript(tmp_path, capsys):
     assert code == 0
     assert out.is_file() and "torchscript" in capsys.readouterr().out
     assert [p.name for p in out.parent.iterdir()] == ["m.pt"]  # written atomically: no temporary left
-    code = main(["export", str(tmp_path / "m.safetensors"), "--format", "onnx", "--out", "x.onnx", "--author", "A"])
+    code = main(
+        [
+            "export",
+            str(tmp_path / "m.safetensors"),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "x.onnx"),
+            "--author",
+            "A",
+        ]
+    )
     assert code == 2 and "bioimageio only" in capsys.readouterr().err
-    code = main(["export", str(tmp_path / "m.safetensors"), "--out", "x.onnx", "--license", "MIT"])  # went unused
+    code = main(
+        ["export", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "x.onnx"), "--license", "MIT"]
+    )  # went unused
     assert code == 2 and "--license" in capsys.readouterr().err
 
 

@@ -59,6 +59,8 @@ def test_instance_settings_other_than_the_models_apply_chunk_by_chunk(drawn, tmp
     assert 0 < expected.max() < segment(model, drawn).max()  # some objects are smaller
     segment_to(model, drawn, tmp_path / "out.zarr", chunk=32, instances=instances)
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][:], expected)
+    segment_to(model, drawn, tmp_path / "dict.zarr", chunk=32, instances={"min_size": 150})  # as segment takes it
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "dict.zarr", mode="r")["0"][:], expected)
 
 
 def test_the_store_is_an_ome_zarr_image_with_a_pyramid(drawn, tmp_path):

@@ -37,7 +37,8 @@ from .train_events import StepProgress
 
 #: Steps of an open-ended live run (it ends when stopped).
 OPEN_ENDED = 10**9
-#: Output side (px) of a live run's training tiles. Samples are centred on annotated
+#: Output side (px) asked of a live run's training tiles (the valid size nearest it
+#: is taken: input 140 px, output 52 px for the CPU default network). Samples are centred on annotated
 #: pixels, and a live annotation is sparse (a few cells with background around them),
 #: so a tile that holds a few cells sees the same annotated pixels as the batch
 #: default (output 132 px for the CPU default network) at 2.5x less compute: measured

@@ -124,7 +124,7 @@ def size_mismatch_note(
         f"the objects found are {max(ratio, 1 / ratio):.1f}x {bigger} than those the model learned (median "
         f"{what} {ratio * instances.object_size:.0f} against {instances.object_size} {unit}): if this image was "
         f"taken at another magnification, segment it again with rescale {factor:.2g} (a "
-        f"first guess from the objects found)"
+        f"first guess from the objects found; --rescale on the command line)"
     )
 
 

@@ -59,7 +59,7 @@ from .errors import ConfigError, NapariUnetError, OutputFileError
 from .layout import axes_at_minus3
 from .memory import reuse_freed_memory
 from .model import UNet
-from .predict import PredictOptions
+from .predict import PredictOptions, instance_settings
 from .progress import drive
 from .records import to_dict
 from .sources import Calibration, LazyPlanes, normalization_range, open_source, sample_digest, source_calibration
@@ -121,7 +121,7 @@ def iter_segment_to(
     probabilities: bool = False,
     resume: bool = False,
     client: Any = None,
-    instances: InstanceConfig | None = None,
+    instances: InstanceConfig | dict | None = None,
     **options,
 ) -> Generator[ChunkProgress, None, StreamResult]:
     """:func:`segment_to` as a generator of :class:`ChunkProgress` (closing it stops
@@ -143,7 +143,7 @@ def _segment_to(model, source, out, *, chunk, probabilities, resume, client, ins
     began = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
-    instances = instances or model.spec.instances
+    instances = instance_settings(instances, model)
     opts = PredictOptions(**options)
     run, planes = _plan_run(model, source, Path(out), chunk, probabilities, opts, client, instances)
     fingerprint = _fingerprint(run, planes, chunk)
@@ -213,8 +213,9 @@ def segment_to(
     cluster of that many processes; ``scheduler``: over an existing cluster at that
     address; ``client``: over that client's cluster (see
     :mod:`napari_unet.core.cluster`); the result is the same. ``instances``: how
-    probabilities become objects (default: the model's), except that touching objects
-    are never split here. Other ``options`` as for :func:`~napari_unet.predict` (tile,
+    probabilities become objects (an :class:`~napari_unet.InstanceConfig`, or a dict
+    of the settings that differ from the model's; default: the model's), except that
+    touching objects are never split here. Other ``options`` as for :func:`~napari_unet.predict` (tile,
     device, precision, batch_size, memory_bytes, channel_axis). The module docstring
     says what is written and how.
     """
