@@ -23,7 +23,6 @@ RESUME_KEEPS = {
     "sigma": "train.weights.sigma",
     "no_elastic": "train.augment.elastic",  # negated: NEGATED_OPTIONS
     "zoom": "train.augment.zoom",
-    "touching": "train.augment.touching",
     "warm_start": "train.warm_start_steps",
     **{dest: f"model.{dest}" for dest in ("in_channels", "base_channels", "depth")},
 }

@@ -58,7 +58,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
         optimizer=args.optimizer,
         lr=args.lr,
         weights=WeightMapConfig(w0=args.w0, sigma=args.sigma),
-        augment=AugmentConfig(elastic=not args.no_elastic, zoom=args.zoom, touching=args.touching),
+        augment=AugmentConfig(elastic=not args.no_elastic, zoom=args.zoom),
         device=args.device,
         precision=args.precision,
         seed=args.seed,
@@ -369,12 +369,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.augment.zoom,
         help="random zoom of each sample by exp(U[-ZOOM, ZOOM]) (0.25: 0.78-1.28x; default 0: none)",
-    )
-    add(
-        "--touching",
-        type=float,
-        default=defaults.augment.touching,
-        help="fraction of the samples centred between touching cells (default %(default)g: centres anywhere annotated)",
     )
     add("--seed", type=int, default=defaults.seed, help="initial weights and samples (default: %(default)s)")
     add(

@@ -121,34 +121,6 @@ def test_sample_centres_lie_on_annotated_pixels():
         assert weights.max() > 0  # every sample sees annotated pixels
 
 
-def test_touching_centres_that_fraction_of_the_samples_between_touching_cells():
-    """Two discs that touch, one far away: the pixels between touching cells are the
-    gap the target cuts between the two; with ``touching`` 1 every sample is centred
-    there, with 0.5 about half, with 0 (the default) the samples are as before."""
-    image, labels = discs((96, 96), centres=((30, 30), (30, 46), (75, 75)), radius=8)
-    (plane,) = prep([image], [labels])
-    rows, cols = np.unravel_index(plane.between, labels.shape)
-    assert len(plane.between) and np.all(np.abs(rows - 30) <= 8) and np.all(np.abs(cols - 38) <= 6)
-    assert np.all(plane.target.flat[plane.between] == 0) and np.all(plane.weights.flat[plane.between] > 0)
-
-    def centres(touching, count=200):
-        stream = SampleStream([plane], 60, 2, AugmentConfig(touching=touching), seed=3)
-        rng = np.random.default_rng(0)
-        return [tuple(stream._centre(plane, rng)) for _ in range(count)]
-
-    gap = set(zip(rows.tolist(), cols.tolist()))
-    assert all(centre in gap for centre in centres(1.0))
-    assert 70 <= sum(centre in gap for centre in centres(0.5)) <= 130
-    assert sum(centre in gap for centre in centres(0.0)) < 20  # the gap is a few percent of the annotation
-    plain = SampleStream([plane], 60, 2, AugmentConfig(), seed=3).batch([0, 1])
-    same = SampleStream([plane], 60, 2, AugmentConfig(touching=0.0), seed=3).batch([0, 1])
-    np.testing.assert_array_equal(plain.image, same.image)
-    lonely_image, lonely = discs((96, 96), centres=((30, 30),))
-    (alone,) = prep([lonely_image], [lonely])
-    assert len(alone.between) == 0  # no touching cells: every centre anywhere annotated, whatever the fraction
-    SampleStream([alone], 60, 2, AugmentConfig(touching=1.0), seed=3).batch([0, 1])
-
-
 def test_a_constant_image_with_cells_painted_on_it_is_refused():
     """A blank layer chosen as the image by mistake trained quietly to nothing."""
     labels = np.zeros((64, 64), np.int32)

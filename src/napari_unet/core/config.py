@@ -205,13 +205,6 @@ class AugmentConfig:
     [-``zoom``, ``zoom``] (0.25: objects 0.78-1.28 times their size), so that a
     network sees objects a little smaller and larger than the annotated ones; the
     default 0 (the paper's augmentation) leaves every sample as before.
-
-    ``touching`` > 0 centres that fraction of the samples (at random) on the pixels
-    between touching cells (annotated background whose separation weight is at
-    least half of w0) instead of on any annotated pixel, so that the network sees
-    more of the cuts it has to learn; 0 (the default) draws every centre from all
-    annotated pixels alike, and an annotation without touching cells is sampled
-    so whatever the fraction.
     """
 
     elastic: bool = True
@@ -223,12 +216,9 @@ class AugmentConfig:
     brightness: float = 0.1
     gamma: float = 0.2
     zoom: float = 0.0
-    touching: float = 0.0
 
     def __post_init__(self) -> None:
         check_types(self)
-        if not 0.0 <= self.touching <= 1.0:
-            raise ConfigError(f"touching must be a fraction of the samples, from 0 to 1, got {self.touching}")
         if self.grid < 2 or self.elastic_std < 0:
             raise ConfigError(
                 f"need grid >= 2 and elastic_std >= 0, got grid {self.grid}, elastic_std {self.elastic_std}"

@@ -63,9 +63,6 @@ class PreparedPlane:
 
     #: Flat indices of annotated pixels (weight > 0): where sample centres are drawn.
     annotated: np.ndarray
-    #: Flat indices of the annotated background between touching cells (separation
-    #: weight at least half of w0): where ``AugmentConfig.touching`` centres samples.
-    between: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     objects: CompleteObjects = field(default_factory=CompleteObjects.none)
     warnings: tuple[str, ...] = ()
 
@@ -252,13 +249,11 @@ def prepare(
                 balance_classes=weights.balance_classes,
                 spacing=spacing if ndim == 3 else None,
             )
-            target = separation_target(plane_labels)
             planes.append(
                 PreparedPlane(
                     image=normalized,
-                    annotation=np.stack([target.astype(np.float32), w]),
+                    annotation=np.stack([separation_target(plane_labels).astype(np.float32), w]),
                     annotated=np.flatnonzero(w > 0),
-                    between=between_touching(target, w, weights.w0),
                     objects=complete_objects(plane_labels),
                     warnings=(warning,) if warning else (),
                 )
@@ -275,16 +270,6 @@ def prepare(
             raise TrainingDataError(f"no cell is left once the gaps between touching cells are cut. {warnings[0]}")
         raise TrainingDataError("the annotations hold no cells: paint at least one cell")
     return planes
-
-
-def between_touching(target: np.ndarray, weights: np.ndarray, w0: float) -> np.ndarray:
-    """Flat indices of the annotated background pixels (``target`` 0, ``weights`` > 0)
-    whose weight exceeds the background's class weight by at least ``w0 / 2``: the
-    gaps between touching cells and their surroundings (none when ``w0`` is 0)."""
-    background = (target == 0) & (weights > 0)
-    if w0 <= 0 or not background.any():
-        return np.zeros(0, np.int64)
-    return np.flatnonzero(background & (weights >= weights[background].min() + w0 / 2))
 
 
 class SampleStream:
@@ -328,14 +313,6 @@ class SampleStream:
         self.context = geometry.context(depth)
         self.output = geometry.output_size(tile, depth)
 
-    def _centre(self, plane: PreparedPlane, rng: np.random.Generator) -> np.ndarray:
-        """A sample's centre (one index per axis of ``plane``): a random annotated
-        pixel, or with odds ``augment.touching`` one between touching cells."""
-        pool = plane.annotated
-        if self.augment.touching > 0 and rng.random() < self.augment.touching and len(plane.between):
-            pool = plane.between
-        return np.array(np.unravel_index(pool[rng.integers(len(pool))], plane.target.shape))
-
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Sample ``index``: image (C, th, tw), target (oh, ow), weights (oh, ow), dropout seed
         (for volumes (C, tz, ty, tx), (oz, oy, ox), (oz, oy, ox))."""
@@ -343,7 +320,8 @@ class SampleStream:
             return self._sample_volume(index)
         rng = np.random.default_rng([self.seed, index])
         plane = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
-        centre = self._centre(plane, rng)
+        flat = plane.annotated[rng.integers(len(plane.annotated))]
+        centre = np.array(np.unravel_index(flat, plane.target.shape))
         centre += rng.integers(-self.output // 4, self.output // 4 + 1, size=2)
         origin = centre - self.tile // 2  # integer, so unaugmented samples are exact crops
         tile_hw = (self.tile, self.tile)
@@ -359,7 +337,8 @@ class SampleStream:
         annotation), one 3D transform for image (trilinear), target and weights (nearest)."""
         rng = np.random.default_rng([self.seed, index])
         volume = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
-        centre = self._centre(volume, rng)
+        flat = volume.annotated[rng.integers(len(volume.annotated))]
+        centre = np.array(np.unravel_index(flat, volume.target.shape))
         centre += np.array([rng.integers(-(o // 4), o // 4 + 1) for o in self.output])
         origin = centre - np.array(self.tile) // 2  # integer, so unaugmented samples are exact crops
         middle = [o + (t - 1) / 2 for o, t in zip(origin, self.tile)]
