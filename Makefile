@@ -17,7 +17,7 @@ test: $(VENV)/.installed
 	$(BIN)/npe2 validate napari-unet --imports
 	$(BIN)/python -m pytest
 
-# The quick loop while editing the core: no GUI, nothing marked slow (under 30 s).
+# The quicker loop while editing the core: no GUI, nothing marked slow (about 2 minutes).
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest tests/core -m "not slow" -p no:xvfb -q
 
