@@ -21,19 +21,36 @@ from .test_cli import TINY
 from .test_data import discs
 
 
-def test_complete_objects_touch_neither_the_border_nor_unannotated_pixels():
+def test_complete_objects_touch_neither_the_border_nor_many_unannotated_pixels():
     labels = np.zeros((9, 9), np.int32)
     labels[2:4, 2:5] = 1  # complete: 6 px
     labels[0:2, 6:8] = 2  # touches the top border
-    labels[5:8, 5:7] = 3  # beside an unannotated pixel
-    labels[5, 4] = IGNORE_LABEL
-    labels[6:8, 1:3] = 4  # 4 px, beside an unannotated pixel too ...
-    labels[5, 1] = IGNORE_LABEL
+    labels[5:8, 5:7] = 3  # 3 of its 10 neighbours unannotated
+    labels[5:8, 4] = IGNORE_LABEL
+    labels[6:8, 1:3] = 4  # 4 px, 2 of its 8 neighbours unannotated ...
+    labels[5, 1:3] = IGNORE_LABEL
     labels[8, 0] = IGNORE_LABEL  # ... and diagonally next to another
-    assert complete_objects(labels).sizes.tolist() == [6]
-    labels[5, 1] = 0  # now only diagonally: complete
     assert complete_objects(labels).sizes.tolist() == [6, 4]
+    labels[6, 0] = IGNORE_LABEL  # now 3 of 8
+    assert complete_objects(labels).sizes.tolist() == [6]
     assert complete_objects(np.full((4, 4), IGNORE_LABEL)).sizes.size == 0
+
+
+def test_a_cell_painted_with_a_ring_of_background_counts_despite_gaps_at_its_rim():
+    """A brush leaves a few unannotated pixels between a painted cell and the background
+    painted around it: every cell used to count as partial, and training learned no
+    sizes (a new user's walk). A cell cut by the edge of the annotated region still
+    counts as partial."""
+    yy, xx = np.mgrid[:80, :80]
+    radius = np.hypot(yy - 40, xx - 40)
+    labels = np.full((80, 80), IGNORE_LABEL, np.int32)
+    labels[radius <= 22] = 0  # the background painted around it
+    labels[radius <= 10] = 1
+    labels[(radius > 10) & (radius <= 11) & (xx > 49)] = IGNORE_LABEL  # an unpainted arc at its rim (11 of 84)
+    assert complete_objects(labels).sizes.tolist() == [int((radius <= 10).sum())]
+    labels[:, 40:] = IGNORE_LABEL  # only the left half annotated: 19 of its 58 neighbours unannotated
+    labels[(radius <= 10) & (xx < 40)] = 1
+    assert complete_objects(labels).sizes.size == 0
 
 
 def test_volumes_count_voxels_and_their_faces():
@@ -41,7 +58,7 @@ def test_volumes_count_voxels_and_their_faces():
     volume[1:3, 1:3, 1:4] = 1  # 12 voxels, inside
     volume[3:5, 3:5, 3:5] = 2  # reaches the last plane: the volume's border
     assert complete_objects(volume).sizes.tolist() == [12]
-    volume[3, 1, 1] = IGNORE_LABEL  # below object 1 along z
+    volume[0, 1:3, 1:4] = volume[3, 1:3, 1:4] = IGNORE_LABEL  # above and below object 1: 12 of its 32 faces
     planes = complete_objects(volume)  # none complete in 3D: the objects complete within planes
     assert planes.ndim == 2 and planes.sizes.tolist() == [6, 6, 4, 4]
 
@@ -148,10 +165,13 @@ def test_training_gives_the_model_the_minimum_its_annotation_suggests(tmp_path):
     kept = Trainer(tiny_model(), [image], [labels], dataclasses.replace(FAST, fit_sizes=False))
     assert kept.model.spec.instances == InstanceConfig()
 
+    assert not any("no cell is completely annotated" in warning for warning in trainer.data_warnings)
     partial = np.where(labels == 0, IGNORE_LABEL, labels)  # every object touches unannotated pixels
     model = tiny_model()
     model.spec = dataclasses.replace(model.spec, instances=InstanceConfig(min_size=50))
-    assert Trainer(model, [image], [partial], FAST).model.spec.instances.min_size == 50
+    unfitted = Trainer(model, [image], [partial], FAST)
+    assert unfitted.model.spec.instances.min_size == 50
+    assert any("no cell is completely annotated" in warning for warning in unfitted.data_warnings)  # said, not silent
 
 
 def test_new_annotations_of_a_running_training_refit_the_minimum():

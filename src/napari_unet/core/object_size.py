@@ -8,9 +8,10 @@ two where their probability dipped inside; and clumps of nuclei with faint
 boundaries stayed merged (:mod:`.concave` parts them by their shape). A fixed
 number of pixels cannot serve cells of 100 px and of 2000 px alike, nor one
 roundness round nuclei and bent rods, so training reads these off the objects the
-user annotated completely (those that touch neither the image border nor an
-unannotated pixel; in a volume annotated on a few planes, those complete within
-their plane, whose areas :func:`in_voxels` turns into volumes):
+user annotated completely (those that touch the image border nowhere and
+unannotated pixels little: :data:`MAX_UNANNOTATED_CONTACTS`; in a volume annotated on a
+few planes, those complete within their plane, whose areas :func:`in_voxels` turns
+into volumes):
 
 - the minimum object size: half the size below which 5% of them lie, never less than
   InstanceConfig's default;
@@ -37,6 +38,13 @@ import numpy as np
 from .concave import ellipse_fill
 from .config import IGNORE_LABEL, InstanceConfig
 
+#: An object counts as completely annotated when at most this share of the face
+#: neighbours around it are unannotated: painting background around a cell with a
+#: brush leaves a few -1 pixels at its rim (2-6 of some 60 around a 20 px cell in a
+#: new user's walk through the widgets, which left no cell complete when any -1
+#: neighbour made a cell partial), while a cell cut in half by the edge of the
+#: annotated region has about 40% of them unannotated.
+MAX_UNANNOTATED_CONTACTS = 0.25
 #: The minimum size is :data:`SIZE_FRACTION` of this percentile of the complete objects' sizes.
 SIZE_PERCENTILE = 5.0
 SIZE_FRACTION = 0.5
@@ -68,9 +76,9 @@ class CompleteObjects:
 
 
 def complete_objects(labels: np.ndarray) -> CompleteObjects:
-    """The objects of one annotated plane (H, W) or volume (Z, Y, X) that touch
-    neither its border nor an unannotated pixel (``IGNORE_LABEL``, face neighbours).
-    0 is background.
+    """The objects of one annotated plane (H, W) or volume (Z, Y, X) that touch its
+    border nowhere and unannotated pixels (``IGNORE_LABEL``) on at most
+    :data:`MAX_UNANNOTATED_CONTACTS` of their face neighbours. 0 is background.
 
     A volume annotated on a few planes (the rest -1) has no complete object in 3D;
     then the objects complete within its planes stand for it (``ndim`` 2; their sizes
@@ -95,17 +103,29 @@ def _complete_objects(labels: np.ndarray) -> CompleteObjects:
     pixels = np.flatnonzero(labels > 0)
     ids = labels.ravel()[pixels]
     sizes, fills = ellipse_fill(labels.shape, pixels, ids, highest)
-    partial = [np.take(labels, end, axis=axis).ravel() for axis in range(labels.ndim) for end in (0, -1)]
-    unannotated = labels == IGNORE_LABEL
-    if unannotated.any():
-        for axis in range(labels.ndim):
-            after = (slice(None),) * axis + (slice(1, None),)
-            before = (slice(None),) * axis + (slice(None, -1),)
-            partial += [labels[after][unannotated[before]], labels[before][unannotated[after]]]
+    at_border = [np.take(labels, end, axis=axis).ravel() for axis in range(labels.ndim) for end in (0, -1)]
     complete = sizes > 0
     complete[0] = False
-    complete[np.concatenate(partial).clip(min=0)] = False
+    complete[np.concatenate(at_border).clip(min=0)] = False
+    if (labels == IGNORE_LABEL).any():
+        outside, unannotated = _outer_contacts(labels, highest)
+        complete &= unannotated <= MAX_UNANNOTATED_CONTACTS * outside
     return CompleteObjects(sizes[complete].astype(np.int64), fills[complete], labels.ndim)
+
+
+def _outer_contacts(labels: np.ndarray, highest: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per id 0..``highest``: how many face neighbours of its pixels hold another value,
+    and how many of those are unannotated (``IGNORE_LABEL``)."""
+    outside = np.zeros(highest + 1, np.int64)
+    unannotated = np.zeros(highest + 1, np.int64)
+    for axis in range(labels.ndim):
+        before = labels[(slice(None),) * axis + (slice(None, -1),)]
+        after = labels[(slice(None),) * axis + (slice(1, None),)]
+        for own, other in ((before, after), (after, before)):
+            edge = (own > 0) & (own != other)
+            outside += np.bincount(own[edge], minlength=highest + 1)
+            unannotated += np.bincount(own[edge & (other == IGNORE_LABEL)], minlength=highest + 1)
+    return outside, unannotated
 
 
 def fitted_instances(

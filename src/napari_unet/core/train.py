@@ -57,6 +57,13 @@ from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
 log = logging.getLogger(__name__)
 
 
+#: The warning of a run whose annotation holds no completely annotated cell to fit
+#: the model's object sizes to (:mod:`.object_size`).
+NO_COMPLETE_CELL = (
+    "no cell is completely annotated (painted background or other cells all around it, away from the image "
+    "border), so the model keeps its default object sizes and cannot tell when an image was taken at another "
+    "magnification: paint the background around a few cells"
+)
 #: TrainSummary.final_loss is the mean loss of this many last steps.
 SUMMARY_LOSS_STEPS = 20
 #: The most threads that draw training batches ahead of a GPU's steps (see
@@ -123,6 +130,9 @@ class Trainer:
         self.tile = config.tile or default_tile_for(model.config)
         images, labels = as_image_list(images), as_image_list(labels)  # paths read once, here
         self.replace_annotations(images, labels, names=names)
+        if self.config.fit_sizes and not any(len(plane.objects.sizes) for plane in self.stream.planes):
+            log.warning(NO_COMPLETE_CELL)
+            self.data_warnings.append(NO_COMPLETE_CELL)
         #: What the 2D twin trains on before step 1 (:attr:`warm_starts`), until then.
         self._warm_start_data = (images, labels, names) if self.warm_starts else None
         #: Seconds the warm start took (part of :attr:`seconds`).
