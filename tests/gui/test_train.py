@@ -60,7 +60,18 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     assert "cells preview" in viewer.layers and viewer.layers["cells preview"].data.shape == (128, 128)
     saved = load_model(tmp_path / "model.safetensors")
     assert saved.metadata["training"]["steps"] == 6
-    assert "model saved" in widget.status.value
+    assert "model saved" in widget.status.value and "Start trains it further" in widget.status.value
+
+    # Start again trains the session's model further: a second run used to start a new
+    # network and, once stopped early, replaced the better model in the session
+    assert widget.model_source.value == "session model"
+    first = session.model
+    before = {name: tensor.clone() for name, tensor in first.state_dict().items()}
+    widget.save_path.value = tmp_path / "model-2.safetensors"
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert session.model is first and widget.trainer.model is first  # the same network, trained further
+    assert any(not torch.equal(before[name], tensor) for name, tensor in first.state_dict().items())
 
 
 def test_adding_a_layer_keeps_the_chosen_network_settings(viewer, session, annotated, tmp_path):

@@ -454,7 +454,11 @@ class TrainWidget(DockWidget):
         still_true = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
         warnings = "".join(f"\n⚠ {warning}" for warning in still_true)
         twin = f" (after {self.plot.twin_steps} steps of its 2D twin)" if self.plot.twin_steps else ""
-        self.status.value = f"{verb} at step {trainer.step}{twin}; model saved to {path}{warnings}"
+        self.model_source.value = "session model"  # Start again trains this model further, as users expect
+        self.status.value = (
+            f"{verb} at step {trainer.step}{twin}; model saved to {path} and kept in the session: Start trains it "
+            f"further (model: new for a fresh network){warnings}"
+        )
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
             show_warning(f"napari-unet: the last checkpoint could not be written: {trainer.checkpoint_error}")
