@@ -66,8 +66,10 @@ def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(a
     assert (layer.data[painted != -1] == painted[painted != -1]).all()
     assert (layer.data[painted == -1] == 0).all()
     assert "unannotated 0%" in widget.counts.value
+    assert widget.status.value == "the rest of the image is background now (Ctrl+Z undoes it)"
     layer.undo()  # Ctrl+Z takes back the fill, not the stroke before it
     qtbot.waitUntil(lambda: "unannotated 88%" in widget.counts.value, timeout=5000)
+    assert widget.status.value == ""  # no longer true: it went with the fill
     np.testing.assert_array_equal(layer.data, painted)
     layer.redo()
     qtbot.waitUntil(lambda: "unannotated 0%" in widget.counts.value, timeout=5000)
@@ -314,3 +316,17 @@ def test_a_fill_too_large_to_undo_never_lets_ctrl_z_take_an_earlier_cell(viewer,
     assert "too large to undo" in widget.status.value
     layer.undo()  # nothing to undo now: the cell painted before stays
     assert (layer.data[100:120, 100:120] == 1).all() and (layer.data == -1).sum() == 0
+
+
+def test_a_refused_action_is_not_reported_after_the_next_stroke(annotating, qtbot):
+    """'New annotation from segmentation' pressed without a segmentation left its
+    warning in the status through painting, training and segmenting."""
+    widget, layer = annotating
+    widget.source.value = None
+    widget.copy.clicked.emit()
+    assert widget.status.value.startswith("⚠ choose the segmentation") and "segment the image first" in (
+        widget.status.value
+    )
+    widget.new_cell.clicked.emit()
+    layer.paint((40, 30), layer.selected_label)
+    qtbot.waitUntil(lambda: widget.status.value == "", timeout=5000)

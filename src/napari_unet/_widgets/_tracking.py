@@ -106,7 +106,7 @@ class AnnotationTracker:
     def largest_id(self, layer: Labels) -> int:
         """The largest cell id in ``layer``, with every edit made so far counted."""
         if self._queued and layer is self.layer:
-            self._count_edits()  # edits napari has written whose counting waits for the next turn
+            self.count_now()
         if self.stats is not None and self._pending is None and layer is self.layer:
             ids = [value for stats in self.stats.planes.values() for value, n in stats.values.items() if n > 0]
             return max([0, *ids])
@@ -184,6 +184,7 @@ class AnnotationTracker:
         if history != self._history or history is None:
             self._history = history
             if not self._own_refresh:
+                self._clear_hint()  # an undo or redo: what the status said may be untrue now
                 self._recount_timer.start()
 
     def _on_paint(self, event) -> None:
@@ -222,15 +223,24 @@ class AnnotationTracker:
             self._recount_again = False
             self.recount()
 
+    def _clear_hint(self) -> None:
+        """Clear the status when it still shows :attr:`hint` (an edit made it stale)."""
+        status = self.widget.status
+        if self.hint and status.value == self.hint:
+            status.value = ""
+
+    def count_now(self) -> None:
+        """Count the edits napari has written whose counting waits for the next turn
+        of the event loop (so that a message about them is not taken for stale then)."""
+        self._count_edits()
+
     def _count_edits(self) -> None:
         """Update the counts and the highlight from the window around the queued edits."""
         atoms, self._queued = self._queued, []
         layer = self.layer
         if layer is None or not atoms:
             return
-        status = self.widget.status
-        if self.hint and status.value == self.hint:
-            status.value = ""
+        self._clear_hint()
         edited = edited_window(layer.data, atoms, LOCAL_EDIT_LIMIT)
         if edited is None:
             self.recount()

@@ -175,9 +175,17 @@ class AnnotateWidget(DockWidget):
         self._known_stats = AnnotationStats.unannotated(data.shape)  # known without looking: no recount
         layer = self._add_annotation(data, image)
         self.select_new_cell()
-        self.status.value = f"'{layer.name}': unannotated everywhere; paint cells and some background around them"
-        self.tracker.hint = self.status.value  # cleared by the first stroke
+        self._say_until_edited(f"'{layer.name}': unannotated everywhere; paint cells and some background around them")
         return layer
+
+    def _say_until_edited(self, message: str) -> None:
+        """Show ``message`` until the next edit of the annotation (a stroke, an undo)."""
+        self.status.value = self.tracker.hint = message
+
+    def report(self, message: str) -> None:
+        """A refused action's reason, shown until the next edit (it went stale there)."""
+        super().report(message)
+        self.tracker.hint = self.status.value
 
     def select_new_cell(self) -> None:
         """Paint the next free cell id (unique across a whole stack)."""
@@ -251,8 +259,9 @@ class AnnotateWidget(DockWidget):
             found.append((*(np.full(rows.size, i) for i in plane), rows, cols))
         indices = tuple(np.concatenate(axis) for axis in zip(*found))
         write_as_one_edit(layer, indices, 0)
+        self.tracker.count_now()  # the fill itself is no later edit that makes the message below stale
         where = "this plane" if len(planes) == 1 and data.ndim > 2 else "the image"
-        self.status.value = f"the rest of {where} is background now (Ctrl+Z undoes it)"
+        self._say_until_edited(f"the rest of {where} is background now (Ctrl+Z undoes it)")
 
     def _filled(self, layer: Labels, planes) -> None:
         where = "this plane" if len(planes) == 1 and layer.data.ndim > 2 else "the image"
@@ -260,14 +269,17 @@ class AnnotateWidget(DockWidget):
             return
         self.tracker.filled(planes)
         forget_history(layer)
-        self.status.value = f"the rest of {where} is background now (too large to undo: Ctrl+Z starts from here)"
+        self._say_until_edited(f"the rest of {where} is background now (too large to undo: Ctrl+Z starts from here)")
 
     def start_from_segmentation(self) -> None:
         """A new annotation holding a copy of a predicted labels layer, for correction
         and retraining (an existing annotation is never overwritten)."""
         source = self.source.value
         if source is None:
-            raise LayerError("choose the segmentation (labels layer) to start from")
+            raise LayerError(
+                "choose the segmentation to start from: a labels layer that Segment with U-Net made "
+                "(segment the image first)"
+            )
         image = self.image.value
         if image is None:
             raise LayerError("choose the image the segmentation belongs to")
@@ -275,7 +287,7 @@ class AnnotateWidget(DockWidget):
         largest = int(data.max()) if data.size else 0
         layer = self._add_annotation(np.asarray(data).astype(annotation_dtype(largest)), image)
         self.select_new_cell()
-        self.status.value = f"'{layer.name}' is a copy of '{source.name}': correct it, then train"
+        self._say_until_edited(f"'{layer.name}' is a copy of '{source.name}': correct it, then train")
 
     # -- following the annotation ----------------------------------------------
 
