@@ -330,3 +330,16 @@ def test_a_refused_action_is_not_reported_after_the_next_stroke(annotating, qtbo
     widget.new_cell.clicked.emit()
     layer.paint((40, 30), layer.selected_label)
     qtbot.waitUntil(lambda: widget.status.value == "", timeout=5000)
+
+
+def test_deleting_an_annotation_takes_its_helper_layer_with_it(viewer, annotating, qtbot):
+    """Deleting an annotation from the layer list left its touching-cells layer behind;
+    a user's own labels layer of such a name stays."""
+    widget, layer = annotating
+    assert "img annotation touching" in viewer.layers  # added with the annotation, empty
+    viewer.add_labels(np.zeros((80, 120), np.int32), name="mine touching")
+    viewer.add_labels(np.zeros((80, 120), np.int32), name="mine")
+    viewer.layers.remove("mine")
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: "img annotation touching" not in viewer.layers, timeout=5000)
+    assert "mine touching" in viewer.layers and widget.annotation.value is None

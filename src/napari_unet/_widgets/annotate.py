@@ -29,6 +29,7 @@ from ._layers import (
     LayerError,
     annotation_colormap,
     annotations_for,
+    helper_layer,
     labels_data,
     layers_of,
     role_of,
@@ -36,7 +37,7 @@ from ._layers import (
     unique_name,
 )
 from ._strokes import forget_history, write_as_one_edit
-from ._tracking import AnnotationTracker
+from ._tracking import AnnotationTracker, touching_name
 
 NEW_CELL_KEY = "n"
 #: Pixels converted per event-loop turn by "rest ... is background" (about 10 ms).
@@ -113,7 +114,21 @@ class AnnotateWidget(DockWidget):
         self._filling = None
         self.creator = self.make_runner("creating an annotation", None, self._created, lambda: None, self._failed)
         self._creating_for: Image | None = None
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._preselect()
+
+    def shutdown(self) -> None:
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        super().shutdown()
+
+    def _on_layer_removed(self, event) -> None:
+        """An annotation deleted from the layer list takes its touching-cells helper
+        layer with it (removed on the next turn, outside napari's removal)."""
+        removed = event.value
+        if isinstance(removed, Labels) and role_of(removed) == ANNOTATION:
+            helper = helper_layer(self.viewer, touching_name(removed), "touching")
+            if helper is not None:
+                QTimer.singleShot(0, lambda: helper in self.viewer.layers and self.viewer.layers.remove(helper))
 
     def reset_choices(self, *_) -> None:
         super().reset_choices()
