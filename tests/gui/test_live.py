@@ -46,6 +46,7 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     timer.timeout.connect(probe)
     timer.start(10)
     widget.start_button.clicked.emit()
+    assert widget.status.value == "starting live training with a new network…"  # which model, said
     qtbot.waitUntil(lambda: widget.preview is not None, timeout=120_000)
     assert gc.get_freeze_count() > 0  # full collections leave the viewer's heap alone while it runs
     assert "cells live" in viewer.layers
@@ -87,6 +88,8 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
     timer.stop()
     assert session.model is widget.live.model and (tmp_path / "live.safetensors").exists()
+    model, which = widget._model(1)  # a second Start goes on from it, and says so
+    assert model is session.model and which == f"the session's model, live training ({widget.live.trainer.step} steps)"
     assert not session.model.config.batch_norm  # live runs train the plain network (core.live.live_model)
     assert gc.get_freeze_count() == 0  # handed back to the collector
     assert widget.save_path.value == tmp_path / "live-2.safetensors"  # the next run gets a new name, as in Train

@@ -119,12 +119,12 @@ class LiveTrainWidget(DockWidget):
     def _model(self, in_channels: int) -> tuple[UNet, str]:
         """The session's model, which live training goes on teaching, when it is a 2D
         U-Net for images of ``in_channels``; else a new network. With words for the
-        status when a session model is passed over ("" otherwise)."""
+        status that say which (and why a session model is passed over)."""
         model = self.session.model
         if model is None:
-            return live_model(in_channels), ""
+            return live_model(in_channels), "a new network"
         if model.config.ndim == 2 and model.config.in_channels == in_channels:
-            return model, ""
+            return model, f"the session's model, {self.session.source}"
         kind = "a 3D U-Net" if model.config.ndim == 3 else f"for images of {model.config.in_channels} channel(s)"
         return live_model(in_channels), f"a new network (the session's model is {kind})"
 
@@ -145,9 +145,9 @@ class LiveTrainWidget(DockWidget):
         self._edits.watch(annotation)
         annotation.bind_key(ACCEPT_KEY, lambda _layer: self.guarded(self.accept_under_cursor)(), overwrite=True)
         self.start_button.enabled, self.stop_button.enabled = False, True
-        model, passed_over = self._model(in_channels)
-        self.status.value = f"starting live training{f' with {passed_over}' if passed_over else ''}…"
-        self._running = RUNNING_MESSAGE + (f"; {passed_over}" if passed_over else "")
+        model, which = self._model(in_channels)
+        self.status.value = f"starting live training with {which}…"
+        self._running = f"{RUNNING_MESSAGE}; {which}"
         self.runner.start(
             live_job,
             Path(self.save_path.value),
