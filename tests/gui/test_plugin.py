@@ -7,7 +7,7 @@ import torch
 from magicgui.widgets import Container
 from npe2 import PluginManifest
 from qtpy.QtCore import QPoint, QThread
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from napari_unet import UNet, save_model
 from napari_unet._reader import get_reader
@@ -313,3 +313,13 @@ def test_a_dock_s_blocks_and_status_use_its_whole_width(viewer, qtbot, widget_cl
     assert len(blocks) >= 2
     for block in blocks:
         assert block.native.mapTo(widget.native, QPoint(0, 0)).x() <= edge + 1, block
+
+
+@pytest.mark.parametrize("name", ["Live training", "Weight map"])
+def test_short_docks_shrink_by_scrolling_their_settings_and_never_grow(viewer, name):
+    """Docked with Annotate, Train and Segment at 1366x768, Live made the window 972 px
+    tall (Weight map 928): their settings did not scroll, so the docks could not shrink."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", name)
+    native = widget.native
+    assert native.minimumSizeHint().height() < native.sizeHint().height() - 30
+    assert native.sizePolicy().verticalPolicy() == QSizePolicy.Policy.Maximum  # no taller than their content

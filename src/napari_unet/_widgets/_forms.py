@@ -76,13 +76,15 @@ class _SettingsArea(QScrollArea):
         return super().eventFilter(watched, event)
 
 
-def scrolling(widget: Container, layout) -> QScrollArea:
+def scrolling(widget: Container, layout, grow: bool = True) -> QScrollArea:
     """Move ``widget`` (in ``layout``) into a vertically scrolling area at the same
     place, without margins of its own, and return the area: a long block of settings
-    then scrolls within the dock instead of making it taller than the screen, and the
-    dock may take any height (other docks take no more than their content)."""
+    then scrolls within the dock instead of making it taller than the screen. With
+    ``grow`` the dock may take any height (other docks take no more than their
+    content); without, it stays no taller than its content, and only shrinks."""
     widget.margins = (0, 0, 0, 0)
-    layout.parentWidget().setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+    if grow:
+        layout.parentWidget().setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
     area = _SettingsArea()
     held = widget.native  # or the frame magicgui put around it in the layout
     while held.parentWidget() is not layout.parentWidget():

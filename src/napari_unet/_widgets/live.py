@@ -16,7 +16,7 @@ from ..core.model import UNet
 from ..core.threads import use_threads
 from ..core.train_events import StepProgress
 from ._base import DockWidget
-from ._forms import form
+from ._forms import form, scrolling, side_by_side
 from ._jobs import VIEWER_CORES
 from ._layers import (
     EditWatcher,
@@ -94,7 +94,11 @@ class LiveTrainWidget(DockWidget):
         self.accept_button = PushButton(text="Accept all predicted objects in view")
         self.step_label = Label(value="", visible=False)  # shown from the first step on
         controls = form(self.image, self.annotation, self.preview_seconds, self.save_path)
-        self.extend([controls, self.start_button, self.stop_button, self.accept_button, self.step_label, self.status])
+        buttons = side_by_side(self.start_button, self.stop_button)
+        self.extend([controls, buttons, self.accept_button, self.step_label, self.status])
+        # its settings scroll on a short screen, like the other docks': docked with
+        # Annotate, Train and Segment at 1366x768 it made the window 1124 px tall
+        self.controls_area = scrolling(controls, self.native.layout(), grow=False)
         self.live: LiveTraining | None = None
         self.preview: LivePreview | None = None
         self._shown: LivePreview | None = None  # the preview the layer shows

@@ -11,7 +11,7 @@ from ..core.config import WeightMapConfig
 from ..core.label_checks import labels_warning
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
-from ._forms import form
+from ._forms import form, scrolling
 from ._layers import ANNOTATION, EditWatcher, helper_layer, labels_data, layers_of, put_layer, role_of
 
 
@@ -70,6 +70,7 @@ class WeightMapWidget(DockWidget):
         self.compute = PushButton(text="Show weight map")
         controls = form(self.annotation, self.w0, self.sigma, self.balance, self.volume, self.live)
         self.extend([controls, self.compute, self.status])
+        self.controls_area = scrolling(controls, self.native.layout(), grow=False)  # a short form: shrinks only
         self.runner = self.make_runner("weight map", lambda _: None, self._show, self._idle, self._failed)
         self._again = False
         self._edits = EditWatcher(self._refresh_shown, self.native, delay_ms=300)
