@@ -130,7 +130,8 @@ class Trainer:
         self.tile = config.tile or default_tile_for(model.config)
         images, labels = as_image_list(images), as_image_list(labels)  # paths read once, here
         self.replace_annotations(images, labels, names=names)
-        if self.config.fit_sizes and not any(len(plane.objects.sizes) for plane in self.stream.planes):
+        no_complete_cell = not any(len(plane.objects.sizes) for plane in self.stream.planes)
+        if self.config.fit_sizes and no_complete_cell and not self.data_warnings:  # (a warned fault comes first)
             log.warning(NO_COMPLETE_CELL)
             self.data_warnings.append(NO_COMPLETE_CELL)
         #: What the 2D twin trains on before step 1 (:attr:`warm_starts`), until then.
