@@ -325,4 +325,5 @@ def test_class_names_follow_the_number_of_classes(tmp_path):
     with pytest.raises(ModelFileError, match="must name each of the model's 3 classes, got 2"):
         load_model(saved_with(["a", "b"]))
     named = ModelSpec(model=ModelConfig(n_classes=3), class_names=("background", "nucleus", "border"))
-    assert ModelSpec.from_dict(named.to_dict()).classes == ("background", "nucleus", "border")
+    assert ModelSpec.from_dict(named.to_dict()) == named and named.classes == ("background", "nucleus", "border")
+    assert ModelSpec.from_dict(network.spec.to_dict()) == network.spec  # default names: the same spec read back

@@ -194,7 +194,7 @@ class AnnotationTracker:
             return
         self.edited = True
         if not self._queued:
-            QTimer.singleShot(0, self._count_edits)
+            QTimer.singleShot(0, self.count_now)
         self._queued.extend(event.value)
         self._history = history_signature(self.layer)
 
@@ -230,12 +230,9 @@ class AnnotationTracker:
             status.value = ""
 
     def count_now(self) -> None:
-        """Count the edits napari has written whose counting waits for the next turn
-        of the event loop (so that a message about them is not taken for stale then)."""
-        self._count_edits()
-
-    def _count_edits(self) -> None:
-        """Update the counts and the highlight from the window around the queued edits."""
+        """Update the counts and the highlight from the window around the queued edits:
+        those napari has written, whose counting otherwise waits for the next turn of the
+        event loop (a message about them then is not taken for stale)."""
         atoms, self._queued = self._queued, []
         layer = self.layer
         if layer is None or not atoms:

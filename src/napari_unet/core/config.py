@@ -230,6 +230,11 @@ class AugmentConfig:
 DEFAULT_CLASS_NAMES = ("background", "cell")
 
 
+def _default_class_names(n_classes: int) -> tuple[str, ...]:
+    """ "background", "cell", "class 2", ... for ``n_classes`` classes."""
+    return (*DEFAULT_CLASS_NAMES, *(f"class {index}" for index in range(2, n_classes)))[:n_classes]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything a model file records besides the weights.
@@ -248,9 +253,11 @@ class ModelSpec:
     def __post_init__(self) -> None:
         check_types(self)
         n_classes, names = self.model.n_classes, self.class_names
-        if names == DEFAULT_CLASS_NAMES and n_classes != 2:
-            object.__setattr__(self, "class_names", None)
-        elif names is not None and len(names) != n_classes:
+        if names is None:
+            return
+        if names == DEFAULT_CLASS_NAMES or (len(names) == n_classes and names == _default_class_names(n_classes)):
+            object.__setattr__(self, "class_names", None)  # the default names: one spec, however written
+        elif len(names) != n_classes:
             raise ConfigError(
                 f"ModelSpec.class_names must name each of the model's {n_classes} classes, got {len(names)}: {names!r}"
             )
@@ -258,9 +265,7 @@ class ModelSpec:
     @property
     def classes(self) -> tuple[str, ...]:
         """The name of each output class, in order."""
-        if self.class_names is not None:
-            return self.class_names
-        return (*DEFAULT_CLASS_NAMES, *(f"class {index}" for index in range(2, self.model.n_classes)))
+        return self.class_names if self.class_names is not None else _default_class_names(self.model.n_classes)
 
     def to_dict(self) -> dict:
         """A plain ``dict``; the class names are written out, as every version reads them."""
