@@ -121,8 +121,9 @@ def _outer_contacts(labels: np.ndarray, highest: int) -> tuple[np.ndarray, np.nd
     for axis in range(labels.ndim):
         before = labels[(slice(None),) * axis + (slice(None, -1),)]
         after = labels[(slice(None),) * axis + (slice(1, None),)]
+        differ = before != after  # a face between two values, seen from both sides
         for own, other in ((before, after), (after, before)):
-            edge = (own > 0) & (own != other)
+            edge = differ & (own > 0)
             outside += np.bincount(own[edge], minlength=highest + 1)
             unannotated += np.bincount(own[edge & (other == IGNORE_LABEL)], minlength=highest + 1)
     return outside, unannotated
