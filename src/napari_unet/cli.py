@@ -70,21 +70,23 @@ def cmd_segment(args: argparse.Namespace) -> None:
         if not args.as_volume:
             _note_volume_planes(path, image, model, args.channel_axis)
         _note_other_spacing(path, model)
+        spacing = spacing_option(args, path, 3) if args.as_volume else None
         segmentation = iter_segment(
             model,
             image,
             return_probabilities=args.probabilities,
             instances=instances,
             as_volume=args.as_volume,
-            spacing=spacing_option(args, path, 3) if args.as_volume else None,
+            spacing=spacing,
             **prediction_options(args),
         )
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)
-        write_image(files["labels"], labels, pixel_size_of=path, axes=output_axes(path, labels.shape))
+        written = {"pixel_size_of": path, "spacing": args.spacing}  # --spacing over the file's own
+        write_image(files["labels"], labels, axes=output_axes(path, labels.shape), **written)
         if probabilities is not None:
             axes = output_axes(path, probabilities.shape, classes_before=model.config.ndim)
-            write_image(files["probabilities"], probabilities, pixel_size_of=path, axes=axes)
+            write_image(files["probabilities"], probabilities, axes=axes, **written)
         found = objects_found(labels, labelled_ndim(model, args.as_volume))
         print(f"{path}: {found} -> {files['labels']}")
 

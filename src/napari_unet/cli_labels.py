@@ -43,8 +43,9 @@ def cmd_weights(args: argparse.Namespace) -> None:
         spacing = spacing_option(args, path, labels.ndim)
         weights = weight_map(labels, args.w0, args.sigma, spacing=spacing)
         axes = output_axes(path, labels.shape)
-        write_image(weights_path, weights, pixel_size_of=path, axes=axes)
-        write_image(target_path, separation_target(labels), pixel_size_of=path, axes=axes)
+        written = {"pixel_size_of": path, "axes": axes, "spacing": args.spacing}  # --spacing over the file's own
+        write_image(weights_path, weights, **written)
+        write_image(target_path, separation_target(labels), **written)
         print(f"{path}: weights in [{weights.min():.2f}, {weights.max():.2f}] -> {weights_path}")
 
 

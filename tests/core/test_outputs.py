@@ -283,6 +283,18 @@ def test_a_stack_of_unnamed_planes_and_the_python_call_without_axes_keep_the_z_s
     assert io.read_spacing(tmp_path / "out.tif") == (2.0, 0.25, 0.25)
 
 
+def test_a_given_spacing_replaces_the_file_s_and_keeps_its_unit(tmp_path):
+    """``--spacing`` corrects what a file records (or adds what it lacks): the outputs
+    record what the segmentation or weight map was computed with."""
+    source = tmp_path / "vol.tif"
+    tifffile.imwrite(source, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": 2.0, "unit": "micron", "axes": "ZYX"})  # fmt: skip
+    io.write_image(tmp_path / "out.tif", np.ones((3, 8, 8), np.int32), pixel_size_of=source, spacing=(1.0, 0.5, 0.2))
+    assert io.read_spacing(tmp_path / "out.tif") == pytest.approx((1.0, 0.5, 0.2))
+    with tifffile.TiffFile(tmp_path / "out.tif") as written:
+        assert written.imagej_metadata["unit"] == "micron" and written.series[0].axes == "ZYX"
+
+
 def test_labels_keep_their_ids_when_written_in_imagej_s_format(tmp_path):
     source = tmp_path / "source.tif"
     tifffile.imwrite(source, np.zeros((3, 8, 8), np.uint8), imagej=True, metadata={"spacing": 2.0, "axes": "ZYX"})

@@ -115,6 +115,8 @@ def test_weights_follow_the_labels_dimensionality(tmp_path, volume_files, capsys
     assert main(["weights", str(tmp_path / "dense.tif"), "--out-dir", str(out), "--spacing", "2", "1", "1"]) == 0
     written = tifffile.imread(out / "dense_weights.tif")
     np.testing.assert_array_equal(written, weight_map(labels, spacing=(2.0, 1.0, 1.0)))
+    for name in ("dense_weights.tif", "dense_target.tif"):  # written with the voxel size they were made for
+        assert read_spacing(out / name) == pytest.approx((2.0, 1.0, 1.0)), name
     assert tifffile.imread(out / "dense_target.tif").shape == labels.shape
     tifffile.imwrite(tmp_path / "plane.tif", labels[6])
     assert main(["weights", str(tmp_path / "plane.tif"), "--out-dir", str(out), "--spacing", "2", "1", "1"]) == 2
@@ -162,6 +164,11 @@ def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files
     tifffile.imwrite(bare, tifffile.imread(image))  # no voxel size in it: said, with what to do
     assert main(["segment", str(tmp_path / "m2d.safetensors"), str(bare), "--as-volume", "--out-dir", str(out)]) == 0
     assert "bare.tif records no voxel size: cubic voxels assumed" in capsys.readouterr().err
+    given = ["--spacing", "0.5", "0.25", "0.25", "--probabilities", "--overwrite"]  # what the file lacks
+    bare_volume = ["segment", str(tmp_path / "m2d.safetensors"), str(bare), "--as-volume", "--out-dir", str(out)]
+    assert main([*bare_volume, *given]) == 0
+    for name in ("bare_labels.tif", "bare_probabilities.tif"):  # the outputs carry it, for Fiji and napari
+        assert read_spacing(out / name) == pytest.approx((0.5, 0.25, 0.25)), name
     per_plane = tifffile.imread(out / "vol_labels.tif")
     total = sum(int(plane.max()) for plane in per_plane)  # each plane numbers its objects from 1
     assert f"{total} objects in 16 planes" in said.out and total > per_plane.max()

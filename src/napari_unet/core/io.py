@@ -195,14 +195,17 @@ def write_image(
     array: np.ndarray,
     pixel_size_of: str | os.PathLike | None = None,
     axes: str | None = None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> None:
     """Write ``array`` atomically as TIFF (``.tif``/``.tiff``), NPY or PNG.
 
     A TIFF gets the pixel size that the TIFF ``pixel_size_of`` records
     (:func:`pixel_size_tags`), so that an output lines up with its input in other
-    software. ImageJ's z spacing and unit need ImageJ's format, which holds uint8,
-    uint16 and float32 only: labels are then written as uint16 where their ids fit,
-    and arrays of other types keep the x/y resolution alone. ImageJ's format also
+    software; ``spacing`` (z, y, x), when given (a user's ``--spacing``), replaces
+    the file's voxel size, in the file's unit where it names one. ImageJ's z spacing
+    and unit need ImageJ's format, which holds uint8, uint16 and float32 only: labels
+    are then written as uint16 where their ids fit, and arrays of other types keep the
+    x/y resolution alone. ImageJ's format also
     names every axis: ``axes`` are ``array``'s (tifffile's letters, e.g. "ZYX"; by
     default :func:`output_axes` of ``pixel_size_of``); arrays whose axes are not in
     ImageJ's order (T, Z, C, Y, X), e.g. a 3D model's probabilities (C, Z, Y, X), keep
@@ -216,6 +219,8 @@ def write_image(
         import tifffile
 
         tags = pixel_size_tags(pixel_size_of) if pixel_size_of is not None else {}
+        if spacing is not None:
+            tags = spacing_tags(spacing, tags.get("metadata", {}).get("unit"))
         imagej = tags.pop("metadata", None)
         if imagej and array.dtype not in IMAGEJ_TYPES and _fits_uint16(array):
             array = array.astype(np.uint16)
@@ -327,6 +332,14 @@ def pixel_size_tags(path: str | os.PathLike) -> dict:
     if calibration:
         tags["metadata"] = calibration
     return tags
+
+
+def spacing_tags(spacing: tuple[float, float, float], unit: str | None = None) -> dict:
+    """``tifffile.imwrite`` keywords, as :func:`pixel_size_tags` gives them, that
+    record the voxel size ``spacing`` (z, y, x) and ImageJ's ``unit`` if given."""
+    z, y, x = (float(size) for size in spacing)
+    calibration = {"spacing": z} | ({"unit": unit} if unit else {})
+    return {"resolution": (1 / x, 1 / y), "resolutionunit": 1, "metadata": calibration}
 
 
 def read_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
