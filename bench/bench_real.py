@@ -140,8 +140,10 @@ def unlabelled_to_ignore(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
     The labels leave out nuclei cut by the image border, have small holes, and give
     some nuclei stray extra pieces a few pixels large. Each object keeps its largest
-    piece; the holes, the other pieces and bright blobs (Otsu on the smoothed image)
-    that no label touches, widened by 2 px, become unannotated.
+    piece; the holes, the other pieces and bright blobs that no label touches, widened
+    by 2 px, become unannotated. Bright is above Otsu's threshold of the smoothed
+    image, and for blobs that touch the image border (the nuclei the labels leave
+    out, some of them dim) above half way from the image's median to that threshold.
     """
     out = labels.astype(np.int32)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -153,12 +155,26 @@ def unlabelled_to_ignore(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
             out[box][(pieces > 0) & (pieces != largest)] = IGNORE_LABEL
     out[ndimage.binary_fill_holes(labels > 0) & (labels == 0)] = IGNORE_LABEL
     smooth = ndimage.gaussian_filter(image.astype(np.float64), 1.5)
-    blobs, count = ndimage.label(smooth > threshold_otsu(smooth))
-    touched = np.zeros(count + 1, bool)
-    touched[blobs[labels > 0]] = True
-    untouched = ~touched[blobs] & (blobs > 0)
+    otsu = threshold_otsu(smooth)
+    dim = np.median(smooth) + 0.5 * (otsu - np.median(smooth))
+    untouched = _untouched_blobs(smooth > otsu, labels) | _untouched_blobs(smooth > dim, labels, at_border=True)
     out[ndimage.binary_dilation(untouched, iterations=2) & (out == 0)] = IGNORE_LABEL
     return out
+
+
+def _untouched_blobs(mask: np.ndarray, labels: np.ndarray, at_border: bool = False) -> np.ndarray:
+    """The connected parts of ``mask`` that no label touches (with ``at_border``: of
+    those, the ones that reach the image's border)."""
+    blobs, count = ndimage.label(mask)
+    keep = np.ones(count + 1, bool)
+    keep[blobs[labels > 0]] = False
+    if at_border:
+        edges = [np.take(blobs, index, axis) for axis in range(blobs.ndim) for index in (0, -1)]
+        reaching = np.zeros(count + 1, bool)
+        reaching[np.concatenate([edge.ravel() for edge in edges])] = True
+        keep &= reaching
+    keep[0] = False
+    return keep[blobs]
 
 
 def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
