@@ -22,11 +22,11 @@ def few_cells(labels: np.ndarray, count: int, rest: int = 0) -> np.ndarray:
     return np.where(np.isin(labels, keep), labels, rest).astype(np.int32)
 
 
-def prepared_warnings(image, labels, caplog) -> list[str]:
+def prepared_warnings(image, labels, caplog, **options) -> list[str]:
     with caplog.at_level(logging.WARNING, logger="napari_unet"):
         planes = prepare(
             [image], [labels], in_channels=1, normalization=NormalizationConfig(), weights=WeightMapConfig(),
-            names=["cells.tif"],
+            names=["cells.tif"], **options,
         )  # fmt: skip
     logged = [record.getMessage() for record in caplog.records if "painted 0" in record.getMessage()]
     shown = [warning for plane in planes for warning in plane.warnings if "painted 0" in warning]
@@ -97,3 +97,20 @@ def test_out_of_focus_light_at_a_volumes_ends_is_not_suspected_but_cells_painted
     painted = np.stack([few_cells(plane, 2) for plane in labels])
     (warning,) = prepared_warnings(image, painted, caplog)
     assert "in 25 of its 28 annotated planes" in warning
+
+
+def test_a_volume_for_a_3d_network_is_checked_on_its_annotated_planes(caplog):
+    """Annotated on a few planes (the rest -1), a volume is never annotated nearly
+    everywhere as a whole: cells left 0 on its planes went unwarned for a 3D network
+    (only its 2D twin's log said so, not the Train widget)."""
+    from napari_unet._sample_data import nuclei_volume
+
+    (image, _, _), (labels, _, _) = nuclei_volume()
+    sparse = np.full(labels.shape, IGNORE_LABEL, np.int32)
+    sparse[[10, 14]] = labels[[10, 14]]
+    as_volume = {"ndim": 3, "spacing": (2.0, 1.0, 1.0)}
+    assert prepared_warnings(image, sparse, caplog, **as_volume) == []  # complete planes
+    caplog.clear()
+    sparse[[10, 14]] = [few_cells(labels[z], 2) for z in (10, 14)]
+    (warning,) = prepared_warnings(image, sparse, caplog, **as_volume)
+    assert "painted 0, background in 2 of its 2 annotated planes" in warning

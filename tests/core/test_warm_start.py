@@ -206,3 +206,23 @@ def test_a_new_3d_model_on_a_cpu_trains_five_minutes_unless_told_otherwise(tmp_p
     assert minutes("--ndim", "3", "--init", "old.safetensors") is None  # not a new model
     monkeypatch.setattr(cli_train, "resolve_device", lambda device: torch.device("cuda"))
     assert minutes("--ndim", "3") is None  # a GPU trains until its steps
+
+
+def test_the_twin_does_not_repeat_the_warnings_the_3d_run_gave_and_shows(caplog):
+    """Cells left 0 on the annotated planes: the 3D run warns once (its Train widget
+    shows ``data_warnings``); the twin, checking the same planes, stays silent."""
+    from napari_unet._sample_data import nuclei_volume
+
+    (image, _, _), (labels, _, _) = nuclei_volume()
+    sparse = np.full(labels.shape, IGNORE_LABEL, np.int32)
+    for z in (10, 14):  # two cells painted on each plane, the rest of the plane 0
+        keep = np.unique(labels[z][labels[z] > 0])[:2]
+        sparse[z] = np.where(np.isin(labels[z], keep), labels[z], 0)
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        trainer = Trainer(small_3d(spacing=(2.0, 1.0, 1.0)), [image], [sparse], FAST)
+        for event in trainer.run():
+            if isinstance(event, WarmStartProgress):
+                trainer.request_stop()
+    logged = [record.getMessage() for record in caplog.records if "painted 0" in record.getMessage()]
+    assert len(logged) == 1 and "in 2 of its 2 annotated planes" in logged[0]
+    assert logged == [warning for warning in trainer.data_warnings if "painted 0" in warning]

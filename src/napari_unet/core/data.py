@@ -32,7 +32,7 @@ from .label_checks import (
 from .layout import channels_before_spatial
 from .normalize import normalize
 from .object_size import CompleteObjects, complete_objects
-from .unpainted import unpainted_cells, unpainted_cells_warning
+from .unpainted import Unpainted, unpainted_cells, unpainted_cells_warning
 from .weights import separation_target, weight_map
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,17 @@ def _pair_planes(
         yield data[index], labels[index]
 
 
+def _unpainted_in_planes(image: np.ndarray, labels: np.ndarray, ndim: int) -> tuple[list[Unpainted], int]:
+    """:func:`~.unpainted.unpainted_cells` of a plane (H, W), or of each annotated plane
+    of a volume (Z, Y, X): a volume annotated on a few planes, the rest -1, is never
+    annotated nearly everywhere, while each of its planes may hold cells left 0.
+    Returns the results (where there was something to compare) and how many
+    annotated planes were looked at."""
+    pairs = [(image, labels)] if ndim == 2 else [pair for pair in zip(image, labels) if (pair[1] != IGNORE_LABEL).any()]
+    found = [unpainted_cells(plane, plane_labels) for plane, plane_labels in pairs]
+    return [result for result in found if result is not None], len(pairs)
+
+
 def prepare(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -221,7 +232,7 @@ def prepare(
         raise TrainingDataError(f"{len(images)} image(s) but {len(names)} name(s)")
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
         name = names[number - 1] if names is not None else f"training pair {number}"
-        first, unpainted = len(planes), []
+        first, unpainted, checked = len(planes), [], 0
         for plane, plane_labels in _pair_planes(image, label_image, in_channels, channel_axis, name, ndim):
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
@@ -239,9 +250,8 @@ def prepare(
             if warning:
                 log.warning(warning)
             normalized = normalize(plane, normalization)
-            found = unpainted_cells(normalized.mean(axis=0), plane_labels)
-            if found is not None:
-                unpainted.append(found)
+            found, looked_at = _unpainted_in_planes(normalized.mean(axis=0), plane_labels, ndim)
+            unpainted, checked = unpainted + found, checked + looked_at
             w = weight_map(
                 plane_labels,
                 weights.w0,
@@ -258,7 +268,7 @@ def prepare(
                     warnings=(warning,) if warning else (),
                 )
             )
-        warning = unpainted_cells_warning(unpainted, len(planes) - first, name)
+        warning = unpainted_cells_warning(unpainted, checked, name)
         if warning:
             log.warning(warning)
             planes[first] = replace(planes[first], warnings=(*planes[first].warnings, warning))

@@ -14,10 +14,12 @@ that follows learns what the third dimension adds (see the README, "Volumes").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -117,17 +119,38 @@ def iter_warm_start(
     with torch.random.fork_rng(devices=[]):  # the twin's initial weights follow the run's seed alone
         torch.manual_seed(config.seed)
         planes = twin(model)
-    trainer = Trainer(
-        planes,
-        plane_images(images, model.config.in_channels, channel_axis),
-        labels,
-        twin_config(config),
-        channel_axis=-3,
-        names=names,
-        stop=stop,  # one request stops both trainings
-    )
+    with _warnings_already_given():
+        trainer = Trainer(
+            planes,
+            plane_images(images, model.config.in_channels, channel_axis),
+            labels,
+            twin_config(config),
+            channel_axis=-3,
+            names=names,
+            stop=stop,  # one request stops both trainings
+        )
     for event in trainer.run():
         if isinstance(event, StepProgress):
             yield WarmStartProgress(event.step, event.total_steps, event.loss, event.seconds)
     inflate(planes, model)
     return time.perf_counter() - began
+
+
+@contextlib.contextmanager
+def _warnings_already_given() -> Iterator[None]:
+    """Leave out the warnings on the data that this thread logs meanwhile: the 3D
+    trainer checked the same annotation (plane by plane where it matters) and logged,
+    and shows, what the twin would say again. Other threads' records pass."""
+    thread = threading.get_ident()
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return record.thread != thread or record.levelno > logging.WARNING
+
+    loggers = [logging.getLogger(f"napari_unet.core.{name}") for name in ("data", "train")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
