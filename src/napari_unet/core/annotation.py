@@ -297,7 +297,8 @@ class AnnotationStats:
 
     def cell_totals(self) -> tuple[int, int]:
         """(cells counted plane by plane, distinct ids over the whole stack): equal
-        unless ids repeat between planes. The first is the cell count shown."""
+        unless ids repeat between planes, as they do where the user gave a cell one
+        id in every plane (a volume's cells in 3D): then the distinct ids lead."""
         per_plane = list(self.cell_ids().values())
         return sum(len(ids) for ids in per_plane), len(set().union(*per_plane))
 
@@ -320,12 +321,14 @@ class AnnotationStats:
         background = self.value_total(0) / total
         unannotated = self.value_total(IGNORE_LABEL) / total
         cells, distinct = self.cell_totals()
-        text = f"cells {cells}, background {_percent(background)} of the image, unannotated {_percent(unannotated)}"
+        repeated = len(self.shape) > 2 and cells > distinct
+        text = f"cells {distinct if repeated else cells}, background {_percent(background)} of the image, "
+        text += f"unannotated {_percent(unannotated)}"
         if len(self.shape) > 2:
-            if cells > distinct:
-                rule = (  # both conventions are right: which one holds depends on the network
-                    f"ids repeat between planes: counted per plane, {distinct} distinct; "
-                    "an id on several planes is one cell to a 3D network"
+            if repeated:  # both counts are right: which one holds depends on the network
+                rule = (
+                    f"ids repeat between planes: one cell each to a 3D network; {cells} cells counted plane by plane, "
+                    "as a 2D network sees them"
                 )
             else:
                 rule = "ids unique across the stack"
@@ -343,9 +346,13 @@ class AnnotationStats:
 
 
 def _percent(share: float) -> str:
-    if share == 0 or share >= 0.1:
+    """A share in whole percent, with a decimal near 0 and 1 (a few painted cells
+    leave 99.6% background, not 100%), and never rounded to 0% or 100%."""
+    if share in (0, 1) or 0.1 <= share < 0.99:
         return f"{share:.0%}"
-    return f"{share:.1%}" if share >= 0.001 else "<0.1%"
+    if share < 0.001:
+        return "<0.1%"
+    return f"{share:.1%}" if share <= 0.999 else ">99.9%"
 
 
 def box_of(index_arrays: Iterable[np.ndarray]) -> list[tuple[int, int]]:
