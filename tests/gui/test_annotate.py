@@ -301,6 +301,19 @@ def test_a_dock_opened_later_takes_up_the_images_annotation_but_no_other_labels(
     assert ROLE not in viewer.layers["ground truth"].metadata  # never adopted as an annotation
 
 
+def test_the_samples_annotation_is_taken_up_as_train_and_weight_map_take_it_up(viewer, qtbot):
+    """The volume sample opens "nuclei volume annotation" beside "nuclei volume":
+    Annotate said "no annotation layer" while Train and Weight map used it."""
+    from napari_unet._sample_data import nuclei_volume
+
+    for data, meta, kind in nuclei_volume():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    widget = docked(viewer, AnnotateWidget(viewer))
+    assert widget.annotation.value is viewer.layers["nuclei volume annotation"]
+    qtbot.waitUntil(lambda: widget.counts.value.startswith("cells "), timeout=10000)
+    assert "planes annotated 28 of 28" in widget.counts.value
+
+
 def test_a_fill_too_large_to_undo_never_lets_ctrl_z_take_an_earlier_cell(viewer, qtbot):
     image = viewer.add_image(np.zeros((1024, 1024), np.float32), name="big")
     widget = docked(viewer, AnnotateWidget(viewer))

@@ -136,14 +136,17 @@ class AnnotateWidget(DockWidget):
 
     def _preselect(self, *_) -> None:
         """When no annotation is chosen: the chosen image's annotation, if one made
-        here exists (another labels layer is left alone: choosing it converts it)."""
+        here, or one named as this widget names them (the samples' "<image>
+        annotation"), exists; another labels layer is left alone (choosing it
+        converts it)."""
         image = self.image.value
         if self.annotation.value is not None or image is None:
             return
         candidates = annotations_for(self.viewer, image, self.annotation.choices)
-        made_here = [layer for layer in candidates if role_of(layer) == ANNOTATION]
-        if made_here:
-            self.annotation.value = made_here[0]
+        named = annotation_name(image)
+        found = [layer for layer in candidates if role_of(layer) == ANNOTATION or layer.name == named]
+        if found:
+            self.annotation.value = found[0]
 
     # -- actions -------------------------------------------------------------
 
