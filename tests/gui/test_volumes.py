@@ -65,6 +65,7 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
 
     segment = docked(viewer, SegmentWidget(viewer, session))
     assert "(3D U-Net, base 2, depth 2, 1 channel(s)" in segment.model_info.value
+    assert segment.min_size.label == "smallest object (voxels)"  # a 3D model's sizes are voxel counts
     viewer.add_image(np.zeros((8, 8), np.float32), name="another layer")  # napari resets the choices
     assert segment.tile.choices == (None,)  # "auto" alone for a 3D model
     assert train.tile.choices == (None,)  # and for the 3D network chosen in Train

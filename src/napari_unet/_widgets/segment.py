@@ -224,6 +224,7 @@ class SegmentWidget(DockWidget):
         model = self._known_model()
         if model is not None:
             self.min_size.value = model.spec.instances.min_size
+            self.min_size.label = f"smallest object ({'voxels' if model.config.ndim == 3 else 'px'})"
         self.tile.reset_choices()
         self.tile.value = None
         self.planes.visible = self._offers_planes(self.image.value)
