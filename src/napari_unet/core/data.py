@@ -251,7 +251,8 @@ def prepare(
                 log.warning(warning)
             normalized = normalize(plane, normalization)
             found, looked_at = _unpainted_in_planes(normalized.mean(axis=0), plane_labels, ndim)
-            unpainted, checked = unpainted + found, checked + looked_at
+            unpainted += found
+            checked += looked_at
             w = weight_map(
                 plane_labels,
                 weights.w0,

@@ -204,13 +204,12 @@ def write_image(
     software; ``spacing`` (z, y, x), when given (a user's ``--spacing``), replaces
     the file's voxel size, in the file's unit where it names one. ImageJ's z spacing
     and unit need ImageJ's format, which holds uint8, uint16 and float32 only: labels
-    are then written as uint16 where their ids fit, and arrays of other types keep the
-    x/y resolution alone. ImageJ's format also
-    names every axis: ``axes`` are ``array``'s (tifffile's letters, e.g. "ZYX"; by
-    default :func:`output_axes` of ``pixel_size_of``); arrays whose axes are not in
-    ImageJ's order (T, Z, C, Y, X), e.g. a 3D model's probabilities (C, Z, Y, X), keep
-    the x/y resolution alone too (written without names, a volume's planes were read
-    back as channels).
+    are then written as uint16 where their ids fit, and arrays of other types keep
+    the x/y resolution alone. ImageJ's format also names every axis: ``axes`` are
+    ``array``'s (tifffile's letters, e.g. "ZYX"; by default :func:`output_axes` of
+    ``pixel_size_of``); arrays whose axes are not in ImageJ's order (T, Z, C, Y, X),
+    e.g. a 3D model's probabilities (C, Z, Y, X), keep the x/y resolution alone too
+    (written without names, a volume's planes were read back as channels).
     """
     path = Path(path)
     buffer = io.BytesIO()
