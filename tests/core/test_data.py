@@ -38,6 +38,14 @@ def test_stacks_and_channels_count_plane_by_plane():
     assert plane.image.shape == (3, 64, 64)
 
 
+def cells_alone() -> np.ndarray:
+    """Two painted cells and nothing else annotated: no background (0) at all."""
+    labels = np.full((64, 64), IGNORE_LABEL)
+    labels[10:20, 10:20] = 1
+    labels[30:40, 30:40] = 2
+    return labels
+
+
 @pytest.mark.parametrize(
     ("images", "labels", "message"),
     [
@@ -45,6 +53,7 @@ def test_stacks_and_channels_count_plane_by_plane():
         ([np.zeros((64, 64))], [], "one per image"),
         ([np.zeros((64, 64))], [np.full((64, 64), IGNORE_LABEL)], "annotations are empty"),
         ([np.zeros((64, 64))], [np.zeros((64, 64), int)], "hold no cells"),
+        ([np.arange(4096.0).reshape(64, 64)], [cells_alone()], r"no background \(0\): paint background"),
         ([np.zeros((64, 64))], [np.full((64, 64), 0.5)], "must be integers"),
         ([np.full((64, 64), np.nan)], [discs()[1]], "not finite.*replace them"),
         ([np.zeros((2, 64, 64))], [discs()[1]], r"axis 0 of the image holds 2 channels.*--in-channels 2"),

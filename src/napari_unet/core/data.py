@@ -196,6 +196,16 @@ def _unpainted_in_planes(image: np.ndarray, labels: np.ndarray, ndim: int) -> tu
     return [result for result in found if result is not None], len(pairs)
 
 
+#: Why cells without any painted background cannot be trained on: the network would
+#: learn from the cells alone (and the gaps cut between touching ones) that nearly
+#: everything is a cell; a new user's 8 such cells trained a model whose
+#: segmentation scored AP@0.5 0.02, its loss looking excellent all along.
+NO_BACKGROUND = (
+    "the annotations hold cells but no background (0): paint background around and between some cells "
+    "(Annotate: Paint background), or the network learns that everything is a cell"
+)
+
+
 def prepare(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -227,7 +237,7 @@ def prepare(
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
     if not images:
         raise TrainingDataError("no training images given")
-    planes = []
+    planes, background_painted = [], False
     if names is not None and len(names) != len(images):
         raise TrainingDataError(f"{len(images)} image(s) but {len(names)} name(s)")
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
@@ -241,6 +251,7 @@ def prepare(
                     f"{name}: the image annotated here holds NaN or infinite values (not finite): "
                     "replace them (e.g. with 0) before training"
                 )
+            background_painted = background_painted or bool((plane_labels == 0).any())
             if (plane_labels > 0).any() and plane.min() == plane.max():
                 raise TrainingDataError(
                     f"{name}: the image annotated here is constant (every pixel {plane.flat[0]:g}), so there are no "
@@ -280,6 +291,8 @@ def prepare(
         if warnings:
             raise TrainingDataError(f"no cell is left once the gaps between touching cells are cut. {warnings[0]}")
         raise TrainingDataError("the annotations hold no cells: paint at least one cell")
+    if not background_painted:
+        raise TrainingDataError(NO_BACKGROUND)
     return planes
 
 
