@@ -12,7 +12,9 @@ from napari_unet._widgets import _training_inputs as training_inputs
 from napari_unet._widgets import _warm_up as warm_up_module
 from napari_unet._widgets._warm_up import warm_up
 from napari_unet.core.checkpoint import load_state
+from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train import NO_COMPLETE_CELL
 from napari_unet.core.train_events import StepProgress
 
 from .conftest import docked
@@ -261,6 +263,29 @@ def test_closing_napari_or_the_dock_during_training_saves_like_stop(
     step = load_state(tmp_path / "model.safetensors.ckpt")["step"]
     assert step >= 3 and load_model(tmp_path / "model.safetensors").metadata["training"]["steps"] == step
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    # the model stays the session's, as after Stop: Segment offers it (it said "no model yet")
+    assert session.path == tmp_path / "model.safetensors" and session.source == f"trained here ({step} steps)"
+
+
+def test_a_warning_on_the_data_stays_in_view_while_training_runs(viewer, session, nuclei, tmp_path, qtbot):
+    """The step line replaced Start's warning within a second, so a new user never
+    read it; it stays under the step line until the run ends, and after it."""
+    image, labels = nuclei
+    cells_alone = np.where(labels > 0, labels, IGNORE_LABEL)  # no cell has background all around it
+    cells_alone[:3, :3] = 0
+    assert not labels[:3, :3].any()
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value = viewer.add_image(image, name="cells")
+    widget.annotation.value = viewer.add_labels(cells_alone, name="cells annotation")
+    tiny_settings(widget, tmp_path, steps=100_000)
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.progress.value >= 3, timeout=60_000)
+    qtbot.wait(700)  # the throttled step line has been redrawn since
+    step_line, warning = widget.status.value.split("\n")
+    assert step_line.startswith("step ") and warning == f"⚠ {NO_COMPLETE_CELL}"
+    widget.stop_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    assert widget.status.value.startswith("stopped at step ") and widget.status.value.endswith(f"⚠ {NO_COMPLETE_CELL}")
 
 
 @pytest.fixture

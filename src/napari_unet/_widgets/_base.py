@@ -87,9 +87,10 @@ class DockWidget(Container):
         self._dock_watcher = _DockWatcher(self.native, self.shutdown)
         self.native.installEventFilter(self._dock_watcher)
 
-    def make_runner(self, name: str, on_yielded, on_returned, on_idle, on_error) -> JobRunner:
-        """A :class:`JobRunner` whose jobs end with this widget and with napari's window."""
-        runner = JobRunner(name, on_yielded, on_returned, on_idle, on_error, viewer=self.viewer)
+    def make_runner(self, name: str, on_yielded, on_returned, on_idle, on_error, on_closed=None) -> JobRunner:
+        """A :class:`JobRunner` whose jobs end with this widget and with napari's window
+        (``on_closed``: see :class:`JobRunner`)."""
+        runner = JobRunner(name, on_yielded, on_returned, on_idle, on_error, viewer=self.viewer, on_closed=on_closed)
         self._runners.append(runner)
         return runner
 

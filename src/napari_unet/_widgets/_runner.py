@@ -31,11 +31,19 @@ SHUTDOWN_TIMEOUT = 300.0
 
 
 class _SignalsEnd:
-    """A worker that sets ``ended`` once its job has finished in the worker thread."""
+    """A worker that sets ``ended`` once its job has finished in the worker thread,
+    keeping what the job returned in ``result`` (None until then, or if it failed)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.ended = threading.Event()
+        self.result = None
+
+    def work(self):
+        result = super().work()
+        if not isinstance(result, Exception):  # (a deleted worker's RuntimeError comes back as one)
+            self.result = result
+        return result
 
     def run(self) -> None:
         try:
@@ -59,7 +67,9 @@ class JobRunner:
     notifications and ``on_error`` calls (a :class:`NapariUnetError` as its message
     alone, anything else with its traceback in the log); ``on_idle`` runs when the
     job has ended, however it ended. ``viewer`` (optional) is the viewer whose
-    window lists the running job.
+    window lists the running job. ``on_closed`` (optional) takes, in the main
+    thread, what a job returned when :meth:`shutdown` stopped it: the widget is
+    closing and hears nothing else, but what the job made (a model) need not be lost.
     """
 
     def __init__(
@@ -70,12 +80,14 @@ class JobRunner:
         on_idle: Callable[[], None],
         on_error: Callable[[str], None],
         viewer=None,
+        on_closed: Callable | None = None,
     ) -> None:
         self.name = name
         self.on_yielded = on_yielded
         self.on_returned = on_returned
         self.on_idle = on_idle
         self.on_error = on_error
+        self.on_closed = on_closed
         self.viewer = viewer
         self.worker = None
         self.stop_event = threading.Event()
@@ -119,8 +131,8 @@ class JobRunner:
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
         """Stop the job and wait until it has ended (its clean-up included), without
-        reporting anything more to the widget (which may be closing). True when no
-        job is left running."""
+        reporting anything more to the widget (which may be closing) than its result
+        to ``on_closed``. True when no job is left running."""
         worker = self.worker
         if worker is None:
             return True
@@ -138,6 +150,8 @@ class JobRunner:
         self._update_task(ended)
         if not ended:
             log.warning("%s did not stop within %.0f s", self.name, timeout)
+        elif worker.result is not None and self.on_closed is not None:
+            self.on_closed(worker.result)
         return ended
 
     def _errored(self, error: BaseException) -> None:

@@ -187,9 +187,13 @@ class TrainWidget(DockWidget):
         for label in (self.pairs_label, self.validation_label):
             wrap_lines(label)
         self.pairs: list[tuple[Image, Labels]] = []
-        self.runner = self.make_runner("training", self._on_event, self._on_done, self._on_idle, self._on_error)
+        self.runner = self.make_runner(
+            "training", self._on_event, self._on_done, self._on_idle, self._on_error, self._on_closed
+        )
         self.trainer: Trainer | None = None
         self._started_message = ""
+        self._warnings: list[str] = []  # on the chosen layers, found by the last Start
+        self._run_warnings: list[str] = []  # on the data of the latest run, shown under its status
         self.add_pair.changed.connect(self.guarded(self._add_pair))
         self.clear_pairs.changed.connect(self._clear_pairs)
         self.depth.changed.connect(self._set_tile_choices)
@@ -376,9 +380,9 @@ class TrainWidget(DockWidget):
         self.progress.value = 0
         self.validation_label.value = ""
         self.validation_label.visible = False
-        self.status.value = "preparing the training data…"
+        self._run_warnings = list(self._warnings)
+        self.status.value = self._with_warnings("preparing the training data…")
         for warning in self._warnings:
-            self.status.value = f"⚠ {warning}"
             show_warning(warning)
         self._set_running(True)
         self._saving_to = Path(self.save_path.value)
@@ -404,10 +408,10 @@ class TrainWidget(DockWidget):
             threads = f" with {event.threads} CPU thread(s)" if event.trainer.device.type == "cpu" else ""
             self._started_message = f"training on {event.trainer.device}{threads}…"
             for warning in event.trainer.data_warnings:
-                self.status.value = f"⚠ {warning}"
                 show_warning(warning)
-            if not self.status.value.startswith("⚠") and not self.runner.stopping:  # Stop pressed while preparing
-                self.status.value = self._started_message
+            self._run_warnings += event.trainer.data_warnings
+            if not self.runner.stopping:  # Stop pressed while preparing: "stopping…" stays
+                self.status.value = self._with_warnings(self._started_message)
         elif isinstance(event, StepProgress):
             self.plot.record(event.step, event.loss)
             self._show_step(event)
@@ -433,31 +437,47 @@ class TrainWidget(DockWidget):
         self.progress.value = event.step
         stopping = "stopping… " if self.runner.stopping else ""  # steps queued before Stop: it was heard
         if isinstance(event, WarmStartProgress):
-            self.status.value = (
+            line = (
                 f"{stopping}warm start: the 2D twin on the annotated planes, step {event.step}/{event.total_steps}  "
                 f"loss {event.loss:.4f}"
             )
         else:
-            self.status.value = (
+            line = (
                 f"{stopping}step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
                 f"{event.samples_per_second:.1f} samples/s  ETA {format_seconds(event.eta_seconds)}"
             )
+        self.status.value = self._with_warnings(line)
         self.plot.redraw()
+
+    def _with_warnings(self, line: str) -> str:
+        """``line`` with this run's warnings on the data under it: they stay in view
+        while the step line changes (a new user never saw "no background painted"
+        scroll by within a second)."""
+        return line + "".join(f"\n⚠ {warning}" for warning in self._run_warnings)
+
+    def _keep_model(self, done: TrainingDone) -> Path:
+        """Make the run's model the session's; returns the file it was saved to."""
+        self.session.set_model(done.trainer.model, f"trained here ({done.trainer.step} steps)", self._saving_to)
+        return self._saving_to
+
+    def _on_closed(self, done: TrainingDone) -> None:
+        """The dock closed during a run, which stopped it: its model stays the
+        session's (Segment offers it), as when Stop is pressed."""
+        path = self._keep_model(done)
+        show_info(f"napari-unet: training stopped as its dock closed; model saved to {path} and kept in the session")
 
     def _on_done(self, done: TrainingDone) -> None:
         trainer = done.trainer
         self.trainer = trainer
         self._show_step.flush()  # the last step's progress and the whole loss curve
-        path = self._saving_to
-        self.session.set_model(trainer.model, f"trained here ({trainer.step} steps)", path)
+        path = self._keep_model(done)
         verb = "stopped" if done.stopped else "finished"
-        still_true = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
-        warnings = "".join(f"\n⚠ {warning}" for warning in still_true)
+        self._run_warnings = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
         twin = f" (after {self.plot.twin_steps} steps of its 2D twin)" if self.plot.twin_steps else ""
         self.model_source.value = "session model"  # Start again trains this model further, as users expect
-        self.status.value = (
+        self.status.value = self._with_warnings(
             f"{verb} at step {trainer.step}{twin}; model saved to {path} and kept in the session: Start trains it "
-            f"further (model: new for a fresh network){warnings}"
+            f"further (model: new for a fresh network)"
         )
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
