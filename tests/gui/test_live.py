@@ -3,10 +3,12 @@ import time
 
 import numpy as np
 import pytest
+from napari.utils.key_bindings import KeyBinding
 
 from napari_unet import UNet
 from napari_unet._widgets import LiveTrainWidget
 from napari_unet._widgets._layers import ANNOTATION, ROLE, LayerError
+from napari_unet._widgets.live import ACCEPT_KEY
 from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.synthetic import synthetic_nuclei
 
@@ -144,6 +146,7 @@ def test_a_preview_window_that_moves_leaves_nothing_behind(viewer, session):
     annotation = viewer.add_labels(np.full((300, 400), IGNORE_LABEL, np.int32), name="big annotation")
     widget = docked(viewer, LiveTrainWidget(viewer, session))
     widget.image.value, widget.annotation.value = image_layer, annotation
+    widget._image_layer = image_layer  # as a run started on it sets it
     viewer.layers.selection.active = annotation
     first = (slice(0, 100), slice(0, 100))
     second = (slice(150, 250), slice(200, 300))
@@ -189,15 +192,39 @@ def test_closing_napari_or_the_dock_during_live_training_saves_the_model(
 
     viewer = make_napari_viewer()
     path = tmp_path / "live.safetensors"
-    widget, *_ = live_on_two_cells(viewer, session, (96, 96), path)
+    widget, annotation, *_ = live_on_two_cells(viewer, session, (96, 96), path)
     widget.start_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.live is not None and widget.live.trainer.step >= 2, timeout=120_000)
+    accept_key = KeyBinding.from_str(ACCEPT_KEY)
+    assert accept_key in annotation.keymap
     if close == "viewer":
         viewer.close()
     else:
         viewer.window.remove_dock_widget(widget.native)
     assert not widget.runner.busy
     assert load_model(path).config.in_channels == 1
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    assert session.path == path and session.model is widget.live.model  # still the session's, with its file
+    if close == "dock":
+        assert accept_key not in annotation.keymap  # no closed dock answers the key any more
+
+
+@pytest.mark.parametrize("kind", ["image", "annotation"])
+def test_removing_the_image_or_annotation_stops_live_training_and_says_why(
+    viewer, session, qtbot, tmp_path, caplog, kind
+):
+    """Removing the image raised AttributeError at every preview and brush stroke
+    while training went on; the annotation's removal went unnoticed."""
+    path = tmp_path / "live.safetensors"
+    widget, annotation, *_ = live_on_two_cells(viewer, session, (96, 96), path)
+    widget.preview_seconds.value = 0.5
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.preview is not None, timeout=120_000)
+    viewer.layers.remove("cells" if kind == "image" else annotation)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=60_000)
+    name = "cells" if kind == "image" else "cells annotation"
+    assert widget.status.value.startswith(f"the {kind} layer '{name}' was removed: stopped at step ")
+    assert session.path == path and path.is_file()
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
 
 
@@ -212,6 +239,7 @@ def test_accepting_objects_is_one_undo_step_each(viewer, session, qtbot):
     predicted[5:12, 5:12], predicted[20:30, 20:30] = 1, 2
     widget = docked(viewer, LiveTrainWidget(viewer, session))
     widget.image.value, widget.annotation.value = image, annotation
+    widget._image_layer, widget._annotation_layer = image, annotation  # as a run started on them sets them
     viewer.add_labels(predicted, name="cells live", metadata={ROLE: "preview"})  # as a preview shows it
     widget.preview = LivePreview(step=1, seconds=1.0, window=(slice(0, 40), slice(0, 40)), labels=predicted)
     annotation.data_setitem((np.array([35, 35]), np.array([1, 2])), 0)  # the user's stroke

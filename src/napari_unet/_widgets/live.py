@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, PushButton
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
 
 from .._session import Session
 from ..core.config import IGNORE_LABEL, TrainConfig
@@ -105,7 +106,13 @@ class LiveTrainWidget(DockWidget):
         self._problem: str | None = None  # why the latest edit could not be trained on
         self._running = RUNNING_MESSAGE  # what the status says while all is well
         self._show_step = Throttle(self._show_step_now, parent=self.native)
-        self.runner = self.make_runner("live training", self._on_event, self._on_done, self._on_idle, self._on_error)
+        self.runner = self.make_runner(
+            "live training", self._on_event, self._on_done, self._on_idle, self._on_error, self._on_closed
+        )
+        # the layers of the latest run: its previews and accepted objects belong to them
+        self._image_layer: Image | None = None
+        self._annotation_layer: Labels | None = None
+        self._ended_why = ""  # why the run stopped by itself, for the status when it has
         self._edits = EditWatcher(self._send_edit, self.native, delay_ms=300)
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
@@ -119,6 +126,18 @@ class LiveTrainWidget(DockWidget):
         choose_pair(self.viewer, self.image, self.annotation)
         # a running session keeps training the annotation it started from
         self._follower.follow(self.image, switch=not self.runner.busy)
+        self._stop_if_removed()
+
+    def _stop_if_removed(self) -> None:
+        """Stop the run when its image or annotation has left the layer list: its
+        previews would have no place, its edits no source."""
+        if not self.runner.busy or self.runner.stopping:
+            return
+        for kind, layer in (("image", self._image_layer), ("annotation", self._annotation_layer)):
+            if layer is not None and layer not in self.viewer.layers:
+                self._ended_why = f"the {kind} layer '{layer.name}' was removed: "
+                self.stop()
+                return
 
     def _model(self, in_channels: int) -> tuple[UNet, str]:
         """The session's model, which live training goes on teaching, when it is a 2D
@@ -146,6 +165,7 @@ class LiveTrainWidget(DockWidget):
             )
         in_channels = data.shape[channel_axis] if channel_axis is not None else 1
         self.live = None
+        self._image_layer, self._annotation_layer, self._ended_why = self.image.value, annotation, ""
         self._edits.watch(annotation)
         annotation.bind_key(ACCEPT_KEY, lambda _layer: self.guarded(self.accept_under_cursor)(), overwrite=True)
         self.start_button.enabled, self.stop_button.enabled = False, True
@@ -170,7 +190,7 @@ class LiveTrainWidget(DockWidget):
 
     def _view_window(self) -> tuple[slice, slice]:
         """The whole plane when small, else a window around the camera's centre."""
-        layer = self.image.value
+        layer = self._image_layer
         height, width = layer.data.shape[:2] if layer.rgb else layer.data.shape[-2:]
         if height * width <= WHOLE_PLANE_PIXELS:
             return (slice(0, height), slice(0, width))
@@ -187,8 +207,8 @@ class LiveTrainWidget(DockWidget):
         if self._problem is not None and self.status.value == self._problem:
             self.status.value = self._running  # this edit may mend it; if not, the problem comes back
         self._problem = None
-        if self.live is not None and self.runner.busy:
-            self.live.update(np.asarray(self.annotation.value.data))
+        if self.live is not None and self.runner.busy and not self.runner.stopping:
+            self.live.update(np.asarray(self._annotation_layer.data))
             self.live.look_at(self._view_window())
 
     def _on_event(self, event) -> None:
@@ -212,7 +232,9 @@ class LiveTrainWidget(DockWidget):
         """Put the preview into "<image> live" (full plane size); the user's selected
         layer and its mode stay (``put_layer``). Once that layer exists, only the
         previous and the new window are written into it, in place."""
-        image = self.image.value
+        image = self._image_layer
+        if image not in self.viewer.layers:  # removed: the run is stopping
+            return
         height, width = image.data.shape[:2] if image.rgb else image.data.shape[-2:]
         name = f"{image.name} live"
         layer = helper_layer(self.viewer, name, "preview")
@@ -229,7 +251,7 @@ class LiveTrainWidget(DockWidget):
     def _full_preview(self) -> np.ndarray:
         if self.preview is None:
             raise LayerError("no preview yet: start live training and wait for the first preview")
-        shown = helper_layer(self.viewer, f"{self.image.value.name} live", "preview")
+        shown = helper_layer(self.viewer, f"{self._image_layer.name} live", "preview")
         if shown is None:
             raise LayerError("the live preview layer was removed: wait for the next preview")
         return np.asarray(shown.data)
@@ -237,7 +259,7 @@ class LiveTrainWidget(DockWidget):
     def accept_under_cursor(self) -> None:
         """Accept the predicted object under the mouse as a cell of the annotation."""
         preview = self._full_preview()
-        layer = self.annotation.value
+        layer = self._annotation_layer
         position = layer.world_to_data(self.viewer.cursor.position)[-2:]
         y, x = (round(float(v)) for v in position)
         if not (0 <= y < preview.shape[0] and 0 <= x < preview.shape[1]) or preview[y, x] == 0:
@@ -251,21 +273,44 @@ class LiveTrainWidget(DockWidget):
 
     def accept_in_view(self) -> None:
         """Accept every predicted object that lies on unannotated pixels."""
-        layer = self.annotation.value
+        preview = self._full_preview()
+        layer = self._annotation_layer
         data = np.array(layer.data)
         if data.min() > IGNORE_LABEL:
             raise LayerError("the annotation has no unannotated (-1) pixels to accept objects into")
-        count = accept_all(data, self._full_preview())
+        count = accept_all(data, preview)
         changed = np.nonzero(data != np.asarray(layer.data))
         write_as_one_edit(layer, changed, data[changed])
         self.status.value = f"accepted {count} predicted object(s) (Ctrl+Z undoes it)"
 
-    def _on_done(self, live: LiveTraining) -> None:
-        self._show_step.flush()
+    def _keep_model(self, live: LiveTraining) -> Path:
+        """Make the run's model the session's; returns the file it was saved to."""
         path = Path(self.save_path.value)
         self.session.set_model(live.model, f"live training ({live.trainer.step} steps)", path)
-        self.status.value = f"stopped at step {live.trainer.step}; model saved to {path} and kept in the session"
+        return path
+
+    def _on_done(self, live: LiveTraining) -> None:
+        self._show_step.flush()
+        path = self._keep_model(live)
+        self.status.value = (
+            f"{self._ended_why}stopped at step {live.trainer.step}; model saved to {path} and kept in the session"
+        )
         self.save_path.value = free_model_path(path.parent, "live")  # the next run never overwrites this one
+
+    def _on_closed(self, live: LiveTraining) -> None:
+        """The dock closed during a run, which stopped it: its model stays the session's."""
+        path = self._keep_model(live)
+        show_info(
+            f"napari-unet: live training stopped as its dock closed; model saved to {path} and kept in the session"
+        )
+
+    def shutdown(self) -> None:
+        """Stop the run (see :class:`DockWidget`) and give the accept key back to the
+        annotation: the dock that answered it is closing."""
+        super().shutdown()
+        layer, self._annotation_layer = self._annotation_layer, None
+        if layer is not None:
+            layer.bind_key(ACCEPT_KEY, None)
 
     def _on_error(self, message: str) -> None:
         self.status.value = f"⚠ {message}"
