@@ -87,6 +87,28 @@ def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(a
     qtbot.waitUntil(lambda: widget.counts.value.startswith("cells 2,"), timeout=5000)
 
 
+def test_the_background_brush_leaves_painted_cells_whole(annotating):
+    """A background stroke that strayed over a painted cell took part of it (napari
+    paints over labels by default); the cell brush may still paint over background."""
+    widget, layer = annotating
+    widget.new_cell.clicked.emit()
+    layer.paint((40, 30), layer.selected_label)
+    cell = layer.data == 1
+    widget.background.clicked.emit()
+    assert layer.preserve_labels and layer.mode == "paint" and layer.selected_label == 0
+    layer.paint((40, 36), 0)  # a stroke over the cell's edge
+    assert (layer.data[cell] == 1).all() and (layer.data == 0).any()
+    widget.new_cell.clicked.emit()
+    assert not layer.preserve_labels
+    layer.paint((40, 42), layer.selected_label)  # over the background just painted
+    assert (layer.data == 2).sum() > (layer.data == 0).sum() > 0
+    widget.background.clicked.emit()
+    widget.erase.clicked.emit()
+    assert not layer.preserve_labels and layer.mode == "erase"
+    layer.paint((40, 30), layer.colormap.background_value)
+    assert not (layer.data == 1).any()  # the eraser still takes any cell
+
+
 def test_a_new_cell_right_after_a_stroke_gets_a_new_id(annotating):
     """'New cell' pressed before the event loop has counted the last stroke (a fast
     key press, a script) still moves past that stroke's id."""

@@ -75,6 +75,10 @@ class AnnotateWidget(DockWidget):
         self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.new_cell = PushButton(text=f"Paint a new cell ({NEW_CELL_KEY})")
         self.background = PushButton(text="Paint background (0)")
+        self.background.tooltip = (
+            "paints background on unannotated pixels only, so painted cells stay whole (napari's 'preserve "
+            "labels' is turned on; Paint a new cell and Erase turn it off)"
+        )
         self.erase = PushButton(text="Erase to unannotated (-1)")
         self.rest_of_plane = PushButton(text="Rest of this plane is background")
         self.rest_of_image = PushButton(text="Rest of the image is background")
@@ -212,16 +216,23 @@ class AnnotateWidget(DockWidget):
         if largest + 1 >= np.iinfo(np.int16).max and layer.data.dtype.itemsize < 4:
             layer.data = np.asarray(layer.data).astype(np.int32)
         layer.selected_label = largest + 1
+        layer.preserve_labels = False  # a cell may be painted over background (see select_background)
         layer.mode = "paint"
 
     def select_background(self) -> None:
+        """The background brush paints unannotated pixels alone (napari's "preserve
+        labels" turned on): a stroke between touching cells that strays over one
+        leaves it whole. A new user's broad strokes had turned 3424 px of painted
+        nuclei into background, and their model's AP@0.5 fell from 1.0 to 0.57."""
         layer = self._layer_or_raise()
         layer.selected_label = 0
+        layer.preserve_labels = True
         layer.mode = "paint"
 
     def select_erase(self) -> None:
         """The eraser: it paints -1, so erased pixels become unannotated again."""
         layer = self._layer_or_raise()
+        layer.preserve_labels = False  # (it would erase only the label selected before)
         layer.mode = "erase"
 
     def fill_rest(self, plane_only: bool) -> None:
