@@ -244,6 +244,10 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         else:
             loss = "stopped in the 2D warm start: the model holds its twin's weights" if trainer.warm_seconds else ""
         print(f"trained {summary.steps} steps in {summary.seconds:.0f} s{f' ({loss})' if loss else ''} -> {args.out}")
+        validation = summary.validation
+        if validation is not None and validation.step != summary.steps:
+            best = f"AP@0.5 {validation.ap50:.3f}"
+            print(f"the model holds the weights of step {validation.step}, whose validation scored best ({best})")
         print(_segmenting_line(trainer.model))
         if trainer.checkpoint_error:
             print(f"napari-unet: warning: no checkpoint for --resume: {trainer.checkpoint_error}", file=sys.stderr)

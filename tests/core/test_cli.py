@@ -151,6 +151,23 @@ def annotated_files(tmp_path):
 TINY = ["--base-channels", "2", "--depth", "2", "--tile", "60", "--batch-size", "1", "--device", "cpu"]
 
 
+def test_train_says_when_the_model_holds_an_earlier_steps_weights(tmp_path, annotated_files, capsys, monkeypatch):
+    """The best validated weights replace the last step's; only -v said so, and a
+    user read "trained 30 steps" over a model of step 1."""
+    from napari_unet.core.train import Trainer
+    from napari_unet.core.train_events import ValidationResult
+
+    scores = iter([0.9, 0.2, 0.1])
+    monkeypatch.setattr(Trainer, "validate", lambda self: ValidationResult(self.step, next(scores), 0.5))
+    (img0, lab0), (img1, lab1) = annotated_files
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(img0), "--labels", str(lab0), "--out", str(out), "--steps", "3", "--validate-every", "1"]
+    assert main([*args, "--val-images", str(img1), "--val-labels", str(lab1), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "trained 3 steps" in printed
+    assert "the model holds the weights of step 1, whose validation scored best (AP@0.5 0.900)" in printed
+
+
 @pytest.mark.slow
 def test_train_resume_and_fine_tune(tmp_path, annotated_files, capsys):
     (img0, lab0), (img1, lab1) = annotated_files

@@ -71,6 +71,7 @@ def test_progress_events_validation_and_checkpoints(tmp_path):
         (lambda labels: labels + 0.5, "look"),  # fractional: an image given as labels
         (lambda labels: labels - 5, "the value -5 is not a label"),
         (lambda labels: np.full_like(labels, -1), "unannotated \\(-1\\) everywhere"),
+        (np.zeros_like, "hold no cell, so an untrained network"),  # it scored AP 1 at step 1, and was kept
     ],
 )
 def test_validation_pairs_are_checked_before_the_first_step(val_labels, message):
@@ -82,6 +83,14 @@ def test_validation_pairs_are_checked_before_the_first_step(val_labels, message)
     with pytest.raises(nu.NapariUnetError, match=message) as raised:
         Trainer(tiny_model(), images, labels, FAST, val_images=[images[0]], val_labels=[bad], val_names=["val.tif"])
     assert str(raised.value).startswith("val.tif: ")
+
+
+@pytest.mark.parametrize(("fault", "message"), [(np.nan, "NaN or infinite"), (0.0, "constant")])
+def test_a_validation_image_that_training_would_refuse_is_refused(fault, message):
+    images, labels = data()
+    bad = np.full_like(images[0], 5.0) if fault == 0.0 else np.where(labels[0] > 0, fault, images[0])
+    with pytest.raises(nu.NapariUnetError, match=message):
+        Trainer(tiny_model(), images, labels, FAST, val_images=[bad], val_labels=[labels[0]])
 
 
 def test_a_run_that_ends_by_time_is_validated_at_its_last_step():

@@ -150,7 +150,8 @@ def validation_pairs(
     training pairs are (:func:`checked_pair`: found at the first validation, a bad pair
     ended the run there with a traceback and no model written). Labels become
     integers of the image's (*stack, *spatial) shape; labels without an annotated
-    pixel are refused (every prediction would score AP 1 against them). ``names``:
+    pixel or without a cell are refused (a prediction of nothing would score AP 1
+    against them), as are images that are constant or not finite. ``names``:
     what messages call the pairs (default "validation pair N")."""
     images, labels = as_image_list(images), as_image_list(labels)
     if len(images) != len(labels):
@@ -160,11 +161,25 @@ def validation_pairs(
     pairs = []
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
         name = names[number - 1] if names is not None else f"validation pair {number}"
-        _, checked = checked_pair(image, label_image, in_channels, channel_axis, name, ndim)
+        data, checked = checked_pair(image, label_image, in_channels, channel_axis, name, ndim)
         if not (checked != IGNORE_LABEL).any():
             raise TrainingDataError(
                 f"{name}: the validation labels are unannotated (-1) everywhere, so there is nothing to score "
                 "against: give labels with the cells (and background) of the validation image"
+            )
+        if not (checked > 0).any():
+            raise TrainingDataError(
+                f"{name}: the validation labels hold no cell, so an untrained network, finding nothing, would score "
+                "best and its weights be kept: give labels with the cells of the validation image"
+            )
+        if not np.isfinite(data).all():
+            raise TrainingDataError(
+                f"{name}: the validation image holds NaN or infinite values: replace them (e.g. with 0) first"
+            )
+        if data.min() == data.max():
+            raise TrainingDataError(
+                f"{name}: the validation image is constant (every pixel {data.flat[0]:g}): choose the image its "
+                "labels were made on"
             )
         warning = labels_warning(checked, f"the validation labels of {name}")
         if warning:
