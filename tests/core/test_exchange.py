@@ -304,6 +304,23 @@ def test_a_package_whose_weights_carry_code_is_refused_in_one_line(package, tmp_
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("version", "x"), ("weights", ["a"]), ("spec", [1]), ("metadata", "m"), ("version", 99)],
+)
+def test_a_tampered_package_record_is_refused_in_one_line(package, tmp_path, field, value):
+    """A version that is not a number and weights that are not a mapping ended in a
+    TypeError and an AttributeError with their tracebacks."""
+    _, path = package
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(path, folder)
+    record = json.loads((folder / RECORD_NAME).read_text())
+    record[field] = value
+    (folder / RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(nu.ModelFileError, match="newer napari-unet" if value == 99 else "is not as napari-unet writes"):
+        nu.load_model(folder)
+
+
 def test_package_test_tensors_follow_the_spec_preprocessing(package):
     model, path = package
     with zipfile.ZipFile(path) as archive:

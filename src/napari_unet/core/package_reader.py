@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -57,6 +58,8 @@ class _Files:
             return (self.path / name).read_bytes()
         except (KeyError, OSError) as error:
             raise ModelFileError(f"{self.path} is incomplete: {name} is missing") from error
+        except zipfile.BadZipFile as error:  # e.g. a member whose CRC does not match
+            raise ModelFileError(f"{self.path} is damaged: {name} cannot be read ({error})") from error
 
     def close(self) -> None:
         if self.zip is not None:
@@ -114,14 +117,19 @@ def read_package(path: str | os.PathLike) -> UNet:
             raise ModelFileError(f"{root}: {RECORD_NAME} is damaged") from error
         if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
             raise ModelFileError(foreign_package_message(root))
-        if record.get("version", 0) > PACKAGE_VERSION:
-            raise ModelFileError(f"{root} was written by a newer napari-unet (package version {record['version']})")
-        weights = record.get("weights") or {}
+        version, weights = record.get("version", 0), record.get("weights") or {}
+        spec, metadata = record.get("spec") or {}, record.get("metadata") or {}
+        if not (isinstance(version, int) and all(isinstance(part, dict) for part in (weights, spec, metadata))):
+            raise ModelFileError(f"{root} is damaged: {RECORD_NAME} is not as napari-unet writes it")
+        if version > PACKAGE_VERSION:
+            raise ModelFileError(f"{root} was written by a newer napari-unet (package version {version})")
         data = files.read(str(weights.get("source", "")))
         if sha256(data) != weights.get("sha256"):
             raise ModelFileError(f"{root} is damaged: its weights do not match the hash in {RECORD_NAME}")
         try:
-            state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's warnings on an odd pickle: the refusal below says it all
+                warnings.simplefilter("ignore")
+                state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as error:  # any unpickling refusal or corruption: torch's several lines stay out
             raise ModelFileError(
                 f"{root}: its weights file {weights.get('source')} holds more than tensors (objects that loading "
@@ -129,6 +137,5 @@ def read_package(path: str | os.PathLike) -> UNet:
             ) from error
     finally:
         files.close()
-    state = {"kind": "model", "spec": record.get("spec") or {}, "weights": state_dict}
-    state["metadata"] = record.get("metadata") or {}
+    state = {"kind": "model", "spec": spec, "weights": state_dict, "metadata": metadata}
     return model_from_state(state, root).eval()
