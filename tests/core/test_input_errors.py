@@ -208,6 +208,13 @@ def test_segment_takes_a_model_path_a_tensor_and_instance_settings_as_a_dict(tmp
         (lambda small, image: segment(small, image, instances=0.5), "instances must be an InstanceConfig or a dict"),
         (lambda small, image: segment("missing.safetensors", image), "cannot read model file missing.safetensors"),
         (lambda small, image: predict(small.state_dict(), image), "model must be a napari_unet.UNet or the path"),
+        (lambda small, image: save_model(torch.nn.Linear(2, 2), "x.safetensors"), "model must be a napari_unet.UNet"),
+        (lambda small, image: train(small, image, image > 0.5, tile=(60, 60, 60)), "2D network trains on square"),
+        (lambda small, image: train(small, image, image > 0.5, seed=-1), "seed must be >= 0"),
+        (lambda small, image: train(small, image, image > 0.5, tile=0), "tile sizes must be >= 1"),
+        (lambda small, image: weight_map(image > 0.5, spacing=(1.0, 1.0, 1.0)), "needs 2 positive values"),
+        (lambda small, image: nu.write_image("x.tif", image, spacing=(0, 1)), "needs 3 positive values"),
+        (lambda small, image: nu.write_image("x.tif", image, pixel_size_of="none.tif"), "no file at none.tif"),
     ],
 )
 def test_wrong_model_and_instance_arguments_are_one_clear_error(small, rng, call, message):

@@ -17,6 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .config import TrainConfig
+from .errors import ConfigError
 from .io import write_atomic
 from .model import UNet
 from .modelfile import FORMAT, FORMAT_VERSION, HEADER_KEY, ModelFileError, check_model_state, read_checked, unflatten
@@ -64,6 +65,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> None:
     """Save weights, architecture, normalisation, instance settings, class names and
     free JSON-able ``metadata`` (e.g. training summary) to one file, atomically."""
+    if not isinstance(model, UNet):
+        raise ConfigError(f"model must be a napari_unet.UNet, got {type(model).__name__}")
     save_state(path, model_state(model, metadata))
 
 

@@ -340,7 +340,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        tiles = () if self.tile is None else (self.tile,) if isinstance(self.tile, int) else tuple(self.tile)
         checks = [
+            (all(size >= 1 for size in tiles), "tile sizes must be >= 1 (no tile: the default for the network)"),
             (self.steps >= 1, "steps must be >= 1"),
             (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -352,6 +354,7 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.validate_every is None or self.validate_every >= 1, "validate_every must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.seed >= 0, "seed must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -347,6 +347,13 @@ class SampleStream:
             self.tile = tiles
             self.context = tuple(geometry.context(axis) for axis in axes)
             return
+        if not isinstance(tile, int):  # sizes per axis: a 2D network trains on square tiles
+            sizes = tuple(tile)
+            if len(sizes) != 2 or sizes[0] != sizes[1]:
+                raise geometry.InvalidTileSize(
+                    f"tile {sizes}: a 2D network trains on square tiles: give one size (e.g. --tile {sizes[-1]})"
+                )
+            tile = sizes[0]
         geometry.output_size(tile, depth)  # raises a clear error for invalid sizes
         self.tile = tile
         self.context = geometry.context(depth)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NapariUnetError, OutputFileError
+from .errors import ConfigError, NapariUnetError, OutputFileError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
@@ -214,6 +214,10 @@ def write_image(
     path = Path(path)
     buffer = io.BytesIO()
     suffix = path.suffix.lower()
+    if pixel_size_of is not None and not Path(pixel_size_of).is_file():
+        raise OutputFileError(f"pixel_size_of: no file at {pixel_size_of} to take the pixel size from")
+    if spacing is not None and (len(spacing) != 3 or not all(float(size) > 0 for size in spacing)):
+        raise ConfigError(f"spacing {tuple(spacing)} needs 3 positive values (z, y, x)")
     if suffix in (".tif", ".tiff"):
         import tifffile
 

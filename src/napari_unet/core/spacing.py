@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .errors import ConfigError
+
 #: An axis is left out of kernels and pooling while its spacing is this many times
 #: the finest spacing or more.
 ANISOTROPY_RATIO = 2.0
@@ -33,7 +35,7 @@ def level_kernels_and_pools(
     """
     current = [1.0] * ndim if spacing is None else [float(s) for s in spacing]
     if len(current) != ndim:
-        raise ValueError(f"spacing {tuple(spacing)} needs one value per spatial axis ({ndim})")
+        raise ConfigError(f"spacing {tuple(spacing)} needs one value per spatial axis ({ndim})")
     kernels, pools = [], []
     for level in range(depth + 1):
         finest = min(current)

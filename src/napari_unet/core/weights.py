@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import IGNORE_LABEL, WeightMapConfig
-from .errors import NapariUnetError
+from .errors import ConfigError, NapariUnetError
 
 
 class LabelError(NapariUnetError, ValueError):
@@ -224,7 +224,7 @@ def _relative_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float
         return None
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != ndim or min(spacing) <= 0:
-        raise ValueError(f"spacing {spacing} needs {ndim} positive values, one per axis")
+        raise ConfigError(f"spacing {spacing} needs {ndim} positive values, one per axis")
     finest = min(spacing)
     relative = tuple(s / finest for s in spacing)
     return None if all(s == 1.0 for s in relative) else relative
