@@ -122,6 +122,12 @@ def stop_on_signals(trainer: Trainer):
     def first(number, frame) -> None:
         received.append(number)
         trainer.request_stop()
+        print(  # at once: a 3D step can take seconds, and an unanswered Ctrl-C gets pressed again
+            f"\nnapari-unet: stopping after step {trainer.step + 1}, then writing the model and checkpoint "
+            "(Ctrl-C again interrupts at once and keeps only the last checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts at once
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
 

@@ -194,7 +194,9 @@ def test_ctrl_c_stops_training_between_steps_and_resuming_is_exact(tmp_path, cap
     presser.start()
     code = cli.main(argv)
     presser.join()
-    assert code == 130 and "on SIGINT" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert code == 130 and "on SIGINT" in printed.out
+    assert "napari-unet: stopping after step " in printed.err  # answered at once: no second Ctrl-C needed
     assert signal.getsignal(signal.SIGINT) is default  # put back
     _check_stopped_run_resumes_exactly(argv, image, labels)
 
