@@ -10,7 +10,7 @@ import sys
 from .cli_args import check_outputs, check_pairs, output_names, spacing_option
 from .core.config import WeightMapConfig
 from .core.evaluation import evaluate_pairs
-from .core.io import image_shape, output_axes, read_image, write_image
+from .core.io import image_shape, output_axes, read_labels, write_image
 from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message, out_of_range_message
 from .core.layout import ImageShapeError
 from .core.metrics import MatchStats
@@ -28,7 +28,7 @@ def cmd_weights(args: argparse.Namespace) -> None:
         if len(shape) not in (2, 3):
             raise ImageShapeError(f"{path}: weight maps need 2D (H, W) or 3D (Z, Y, X) label images, got shape {shape}")
     check_outputs([path for pair in outputs for path in pair], args.overwrite)
-    every_labels = [read_image(path) for path in args.labels]
+    every_labels = [read_labels(path) for path in args.labels]
     for path, labels in zip(args.labels, every_labels):  # every file before any output, as train checks them
         reason = image_like_reason(labels)
         if reason is not None:  # an image given for labels: a weight map of nothing
@@ -68,7 +68,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     check_pairs(args.predictions, args.truth, "prediction")
     names = output_names(args.predictions)  # distinct, as the files of segment --out-dir
     names = [f"{name} (file)" if name == "overall" else name for name in names]  # not the summary row
-    pairs = [(n, read_image(p), read_image(t)) for n, p, t in zip(names, args.predictions, args.truth)]
+    pairs = [(n, read_labels(p), read_labels(t)) for n, p, t in zip(names, args.predictions, args.truth)]
     sources = [(str(p), str(t)) for p, t in zip(args.predictions, args.truth)]  # errors name the file at fault
     if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):
         print("napari-unet: scored plane by plane; --volumes matches 3D objects", file=sys.stderr)

@@ -39,7 +39,7 @@ from .core.config import (
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, TrainingError
-from .core.io import IMAGE_SUFFIXES, check_writable, read_image, remove_stale_temporaries
+from .core.io import IMAGE_SUFFIXES, check_writable, read_image, read_labels, remove_stale_temporaries
 from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
@@ -212,10 +212,10 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     for stale in remove_stale_temporaries(args.out):
         logging.getLogger(__name__).info("removed %s, left by an interrupted write", stale)
     images = [read_image(p) for p in args.images]
-    labels = [read_image(p) for p in args.labels]
+    labels = [read_labels(p) for p in args.labels]
     options = {
         "val_images": [read_image(p) for p in args.val_images],
-        "val_labels": [read_image(p) for p in args.val_labels],
+        "val_labels": [read_labels(p) for p in args.val_labels],
         "checkpoint_path": checkpoint,
         "channel_axis": args.channel_axis,
         "names": [str(p) for p in args.labels],

@@ -276,3 +276,31 @@ def test_nested_settings_of_the_wrong_kind_are_refused_by_name():
         ModelSpec(model="x")
     with pytest.raises(ConfigError, match="TrainConfig.augment must be AugmentConfig settings, got 3"):
         TrainConfig(augment=3)
+
+
+def colour_label_files(folder, labels: np.ndarray) -> list:
+    """The same labels saved as an RGB TIFF, a planar RGB TIFF and a palette PNG."""
+    import tifffile
+    from PIL import Image
+
+    grey = labels.astype(np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)
+    tifffile.imwrite(folder / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(folder / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    Image.fromarray(grey, mode="L").convert("P").save(folder / "palette.png")
+    return [(folder / "rgb.tif", "RGB"), (folder / "planar.tif", "RGB"), (folder / "palette.png", "indexed")]
+
+
+def test_label_files_that_store_colours_are_refused_as_such(tmp_path, capsys):
+    """An RGB annotation made a 3-pixel-wide volume of weights; a palette PNG (what
+    annotation tools export) was refused as "an image"."""
+    image, labels = synthetic_nuclei((64, 64), seed=1)
+    np.save(tmp_path / "image.npy", image)
+    for path, kind in colour_label_files(tmp_path, labels):
+        message = f"stores colours \\({kind}.*\\), not label ids"
+        with pytest.raises(nu.NapariUnetError, match=message):
+            train(UNet(base_channels=2, depth=1), str(tmp_path / "image.npy"), path, steps=1, device="cpu")
+        assert main(["weights", str(path), "--out-dir", str(tmp_path / "w")]) != 0
+        error = capsys.readouterr().err
+        assert f"stores colours ({kind}" in error and "Traceback" not in error
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())

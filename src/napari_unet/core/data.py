@@ -21,7 +21,7 @@ from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, 
 from .augment3d import resample_volume, sampling_grid_3d
 from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
 from .errors import NapariUnetError
-from .io import read_image
+from .io import read_image, read_labels
 from .label_checks import (
     ids_changing_between_planes_warning,
     image_like_reason,
@@ -89,18 +89,18 @@ def data_digest(images: Sequence, labels: Sequence) -> str:
     return digest.hexdigest()
 
 
-def as_image_list(images) -> list:
+def as_image_list(images, read=read_image) -> list:
     """``images`` as a list of images: a single array (anything with a shape: numpy,
     dask, zarr) or path is one image, and stays one (a stack is one image of several
     planes, not a list of planes); a list or tuple is kept as it is. Paths (str or
-    PathLike) are read (:func:`~napari_unet.core.io.read_image`)."""
+    PathLike) are read with ``read`` (label images: :func:`~napari_unet.core.io.read_labels`)."""
     if hasattr(images, "shape") or isinstance(images, (str, os.PathLike)):
         images = [images]
     if not isinstance(images, (list, tuple)):
         raise TrainingDataError(
             f"expected an image (an array or a file path) or a list of them, got {type(images).__name__}"
         )
-    return [read_image(image) if isinstance(image, (str, os.PathLike)) else image for image in images]
+    return [read(image) if isinstance(image, (str, os.PathLike)) else image for image in images]
 
 
 def _channels_hint(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], in_channels: int) -> str:
@@ -153,7 +153,7 @@ def validation_pairs(
     pixel or without a cell are refused (a prediction of nothing would score AP 1
     against them), as are images that are constant or not finite. ``names``:
     what messages call the pairs (default "validation pair N")."""
-    images, labels = as_image_list(images), as_image_list(labels)
+    images, labels = as_image_list(images), as_image_list(labels, read_labels)
     if len(images) != len(labels):
         raise TrainingDataError("give one validation label image per validation image")
     if names is not None and len(names) != len(images):
@@ -247,7 +247,7 @@ def prepare(
     3D weight map (physical distances for ``spacing``); unannotated planes (-1)
     simply weigh 0.
     """
-    images, labels = as_image_list(images), as_image_list(labels)
+    images, labels = as_image_list(images), as_image_list(labels, read_labels)
     if len(images) != len(labels):
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
     if not images:

@@ -165,6 +165,46 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageFileError(f"cannot read image {path}: {error}") from error
 
 
+def stored_colours(path: str | os.PathLike) -> str | None:
+    """How the TIFF, PNG or JPEG at ``path`` stores colours ("RGB", "indexed-colour
+    (palette)", ...), or None for grey values and other files."""
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if "S" in tif.series[0].axes:
+                    return "RGB"
+                palette = tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+                return "indexed-colour (palette)" if palette else None
+        if suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                mode = image.mode
+            return {"P": "indexed-colour (palette)", "PA": "indexed-colour (palette)"}.get(
+                mode, None if mode in ("1", "L", "I", "F") or mode.startswith("I;") else mode
+            )
+    except Exception:  # unreadable here: read_image will say why
+        return None
+    return None
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """The label image stored in ``path`` (as :func:`read_image`), refusing files that
+    store colours: an RGB or palette image of an annotation was read as (H, W, 3)
+    colours and failed later as a shape mismatch, as "an image", or (``weights``)
+    as a volume 3 pixels wide."""
+    colours = stored_colours(path)
+    if colours is not None:
+        raise ImageFileError(
+            f"{path} stores colours ({colours}), not label ids: labels need one integer id per pixel (0 background, "
+            "1, 2, ... cells, -1 unannotated); save them as a grayscale integer TIFF or PNG"
+        )
+    return read_image(path)
+
+
 def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The shape of the image :func:`read_image` would read from ``path``, from the
     file's header where the format has one (the pixels are not read)."""

@@ -40,7 +40,7 @@ from .distributed import (
     sum_over_processes,
 )
 from .errors import OutputFileError, TrainingError
-from .io import check_writable, remove_stale_temporaries
+from .io import check_writable, read_labels, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
 from .object_size import CompleteObjects, fitted_instances
@@ -128,7 +128,7 @@ class Trainer:
         self.group = current_group()
         self.share = batch_share(config.batch_size, self.group)
         self.tile = config.tile or default_tile_for(model.config)
-        images, labels = as_image_list(images), as_image_list(labels)  # paths read once, here
+        images, labels = as_image_list(images), as_image_list(labels, read_labels)  # paths read once, here
         self.replace_annotations(images, labels, names=names)
         no_complete_cell = not any(len(plane.objects.sizes) for plane in self.stream.planes)
         if self.config.fit_sizes and no_complete_cell and not self.data_warnings:  # (a warned fault comes first)
@@ -155,7 +155,7 @@ class Trainer:
         construction, and while training live as the user paints); model, optimiser
         state and step count stay. Raises :class:`TrainingDataError` for unusable
         annotations and then keeps the previous ones."""
-        images, labels = as_image_list(images), as_image_list(labels)  # paths read once
+        images, labels = as_image_list(images), as_image_list(labels, read_labels)  # paths read once
         planes = prepare(
             images,
             labels,
