@@ -14,6 +14,7 @@ from .cli_args import (
     add_spacing_argument,
     check_outputs,
     drive_tiles,
+    file_channel_axis,
     instance_options,
     model_argument,
     output_names,
@@ -55,8 +56,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
         raise ConfigError("--as-volume is for 2D models: a 3D model labels whole volumes already; drop --as-volume")
     if model.config.ndim == 2 and not args.as_volume:
         for path in args.images:  # an image the model cannot take fails before any output is written
+            shape = image_shape(path)
             try:
-                axes_at_minus3(image_shape(path), model.config.in_channels, args.channel_axis)
+                channel_axis = file_channel_axis(path, shape, model.config.in_channels, args.channel_axis)
+                axes_at_minus3(shape, model.config.in_channels, channel_axis)
             except ImageShapeError as error:  # with one image, the widgets' message word for word
                 if len(args.images) == 1:
                     raise
@@ -67,8 +70,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
     check_outputs([path for files in outputs for path in files.values()], args.overwrite)
     for path, files in zip(args.images, outputs):
         image = read_image(path)
+        channel_axis = file_channel_axis(path, image.shape, model.config.in_channels, args.channel_axis)
         if not args.as_volume:
-            _note_volume_planes(path, image, model, args.channel_axis)
+            _note_volume_planes(path, image, model, channel_axis)
         _note_other_spacing(path, model)
         spacing = spacing_option(args, path, 3) if args.as_volume else None
         segmentation = iter_segment(
@@ -78,7 +82,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
             instances=instances,
             as_volume=args.as_volume,
             spacing=spacing,
-            **prediction_options(args),
+            **(prediction_options(args) | {"channel_axis": channel_axis}),
         )
         result = drive_tiles(segmentation, path.name)
         labels, probabilities = result if args.probabilities else (result, None)

@@ -14,8 +14,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .core.config import InstanceConfig
 from .core.errors import ConfigError, OutputFileError
 from .core.geometry import is_volume
-from .core.io import IMAGE_SUFFIXES, check_writable, read_spacing
-from .core.layout import ImageShapeError, axes_at_minus3
+from .core.io import IMAGE_SUFFIXES, check_writable, named_axes, read_spacing
+from .core.layout import ImageShapeError, axes_at_minus3, rgb_for_one_channel_message
 from .core.predict import TileProgress
 from .core.progress import drive
 
@@ -198,6 +198,34 @@ def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
         raise OutputFileError(f"{existing[0]} exists{more}; pass --overwrite to replace it")
     for folder in dict.fromkeys(path.parent for path in paths):
         check_writable(folder / ".napari-unet-output")
+
+
+def file_channel_axis(path: Path, shape: tuple[int, ...], in_channels: int, given: int | None) -> int | None:
+    """The channel axis of the image of ``shape`` read from ``path``: ``given``
+    (--channel-axis) when set; else the axis the TIFF names colour samples ("S", an
+    RGB TIFF stored planar or not) or, for a model of several channels, channels
+    ("C"); else ``None`` (guessed from the shape). A file that names its axes, none of
+    them channels, is refused by a model of several channels: a ZYX stack of 3
+    planes was segmented as one RGB image, a planar RGB TIFF as 3 planes."""
+    if given is not None:
+        return given
+    axes = named_axes(path, shape)
+    if axes is None:
+        return None
+    if "S" in axes:
+        samples = axes.index("S")
+        if in_channels == 1:
+            as_rgb = shape[:samples] + shape[samples + 1 :] + (shape[samples],)
+            raise ImageShapeError(rgb_for_one_channel_message(as_rgb))
+        return samples
+    if in_channels == 1:
+        return None
+    if "C" in axes:
+        return axes.index("C")
+    raise ImageShapeError(
+        f"the model expects {in_channels} channels, but the file names its axes {axes} and none of them "
+        "holds channels (C, or S for RGB): give the axis that does with --channel-axis, or use a one-channel model"
+    )
 
 
 def volume_planes(path: Path, image, in_channels: int, channel_axis: int | None) -> int | None:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +305,31 @@ def test_label_files_that_store_colours_are_refused_as_such(tmp_path, capsys):
         error = capsys.readouterr().err
         assert f"stores colours ({kind}" in error and "Traceback" not in error
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_segment_reads_channels_where_the_tiff_names_them(tmp_path, capsys):
+    """A 3-channel model took the Z axis of an ImageJ stack of 3 planes for colours,
+    and a 1-channel model segmented a planar RGB TIFF as 3 planes."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    planes = (rng.random((3, 40, 48)) * 1000).astype(np.float32)
+    tifffile.imwrite(tmp_path / "zyx.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "planar.tif", planes.astype(np.uint8), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "unnamed.tif", planes, photometric="minisblack")  # no names: the shape decides
+    for channels in (1, 3):
+        save_model(UNet(in_channels=channels, base_channels=2, depth=1), tmp_path / f"m{channels}.safetensors")
+
+    def segment_file(model, name):
+        out = tmp_path / f"out_{model}_{name}"
+        code = main(["segment", str(tmp_path / f"{model}.safetensors"), str(tmp_path / name), "--out-dir", str(out)])
+        return code, capsys.readouterr().err, out / f"{Path(name).stem}_labels.tif"
+
+    code, error, _ = segment_file("m3", "zyx.tif")
+    assert code != 0 and "names its axes ZYX and none of them holds channels" in error
+    code, error, _ = segment_file("m1", "planar.tif")
+    assert code != 0 and "is RGB" in error
+    for name in ("planar.tif", "unnamed.tif"):  # one 2D image of 3 channels
+        code, error, labels = segment_file("m3", name)
+        assert code == 0, error
+        assert tifffile.imread(labels).shape == (40, 48)

@@ -298,6 +298,23 @@ def _in_imagej_order(axes: str | None, ndim: int) -> bool:
     )
 
 
+def named_axes(path: str | os.PathLike, shape: tuple[int, ...]) -> str | None:
+    """The names (tifffile's letters) that the TIFF at ``path`` gives the axes of an
+    image of ``shape`` read from it, e.g. "ZYX" (ImageJ), "TCZYX" (OME) or "SYX" (RGB
+    stored planar); ``None`` for other files, other shapes, or planes the file leaves
+    unnamed (tifffile's "I" and "Q")."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            axes, sizes = tif.series[0].axes, tuple(tif.series[0].shape)
+    except Exception:  # unreadable here: reading it says why
+        return None
+    return axes if sizes == tuple(shape) and not set(axes) & set("IQ") else None
+
+
 def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before: int | None = None) -> str | None:
     """The axes (tifffile's letters) of an array of ``shape`` made from the TIFF at
     ``path``: the file's own axes where the shapes agree (labels of a one-channel
