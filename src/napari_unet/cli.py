@@ -18,6 +18,7 @@ from .cli_args import (
     instance_options,
     model_argument,
     output_names,
+    positive_int,
     prediction_options,
     spacing_option,
     volume_planes,
@@ -41,12 +42,18 @@ from .core.io import (
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.predict import iter_segment, labelled_ndim
 from .core.spacing import voxel_shape_note
+from .core.threads import use_threads
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
     check_stream_arguments(args)
     if args.spacing is not None and not args.as_volume:
         raise ConfigError("--spacing Z Y X applies with --as-volume (a 3D model brings its own spacing)")
+    elsewhere = args.workers is not None or args.scheduler is not None
+    if args.threads is not None and elsewhere:
+        raise ConfigError("--threads is for this process: with --workers or --scheduler each worker takes its share")
+    if not elsewhere:
+        use_threads(args.threads)
     if args.out is not None:
         return cmd_segment_to(args, prediction_options(args))
     for path in args.images:  # all of them before any work
@@ -270,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_spacing_argument(segment, "with --as-volume: the stack's voxel size, for sizes and distances in 3D")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads (default: the cores other programs leave free; with --workers each worker takes its share)",
+    )
     add_prediction_arguments(segment)
     segment.set_defaults(run=cmd_segment)
 

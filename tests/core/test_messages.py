@@ -99,5 +99,11 @@ def test_threads_follow_the_machine_and_the_command_line(tmp_path, monkeypatch):
         args += [str(tmp_path / "m.safetensors"), "--steps", "1", "--base-channels", "2", "--depth", "2"]
         assert main([*args, "--tile", "60", "--batch-size", "1", "--device", "cpu", "--threads", "1"]) == 0
         assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        segment = ["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "img.tif"), "--out-dir", str(tmp_path)]
+        assert main([*segment, "--threads", "1"]) == 0  # the README promised it; segment had no --threads
+        assert torch.get_num_threads() == 1
+        streamed = [*segment[:3], "--out", str(tmp_path / "o.zarr"), "--workers", "2", "--threads", "1"]
+        assert main(streamed) != 0 and not (tmp_path / "o.zarr").exists()
     finally:
         torch.set_num_threads(before)
