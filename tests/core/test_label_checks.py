@@ -11,6 +11,7 @@ def test_a_binary_mask_given_as_labels_is_warned_about():
     warning = labels_warning(mask, "labels 'mask'")
     assert warning.startswith("labels 'mask' give all 3 separate regions the same id 1: this looks like a binary mask")
     assert "255" in labels_warning(mask * 255)  # 0/255 too, the binary warning first
+    assert "the same id 1:" in labels_warning(mask.astype(bool))  # not "True"
     assert "binary mask" in labels_warning(mask * 255)
     labelled = ndimage.label(mask)[0]
     assert labels_warning(labelled) is None  # one id per cell

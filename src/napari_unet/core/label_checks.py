@@ -45,7 +45,7 @@ def binary_mask_warning(labels: np.ndarray, name: str = "the labels") -> str | N
     if regions < 2:
         return None
     return (
-        f"{name} give all {regions} separate regions the same id {top}: this looks like a binary mask, and "
+        f"{name} give all {regions} separate regions the same id {int(top)}: this looks like a binary mask, and "
         f"training learns cells that touch as one object. Give each cell its own id (0 background, 1, 2, ...; "
         f"in Python skimage.measure.label(mask) does it where cells do not touch)"
     )
