@@ -253,6 +253,36 @@ def test_a_layer_named_after_a_long_file_name_does_not_widen_the_docks(viewer, q
         assert getattr(after.native, hint)().width() <= getattr(before.native, hint)().width() + 2, hint
 
 
+@pytest.mark.parametrize("height", [768, 1000])
+def test_on_a_short_window_the_docks_are_tabs_of_one_another(make_napari_viewer, qtbot, height):
+    """Train docked below Annotate at 1366x768 left Annotate a 40 px scrolling strip for
+    its paint buttons (a new user's walk); below 900 px each new napari-unet dock is a
+    tab beside the others, in front; a taller window stacks them as before."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    window = viewer.window._qt_window
+    window.resize(1366, height)
+    window.show()
+    annotate_dock, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate cells")
+    qtbot.wait(50)
+    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train U-Net")
+    qtbot.wait(50)
+    tabbed = window.tabifiedDockWidgets(train_dock)
+    if height == 768:
+        assert tabbed == [annotate_dock]
+        shown = lambda control: not control.native.visibleRegion().isEmpty()  # noqa: E731
+        assert shown(train.start_button) and not shown(annotate.new_cell)  # Train in front
+        annotate_dock.raise_()
+        qtbot.wait(50)
+        viewport = annotate.controls_area.viewport()
+        bottom = annotate.copy.native.mapTo(viewport, QPoint(0, annotate.copy.native.height())).y()
+        assert bottom <= viewport.height()  # all of Annotate's controls in view, none scrolled away
+    else:
+        assert tabbed == []
+        assert not annotate.new_cell.native.visibleRegion().isEmpty()
+        assert not train.start_button.native.visibleRegion().isEmpty()
+
+
 def test_a_dock_without_a_scrolling_part_leaves_the_height_it_does_not_use_to_the_others(viewer, qtbot):
     """Weight map docked below Annotate (from the Plugins menu) on a 1366x768 screen
     took 543 px, 340 of them blank, while Annotate's controls shrank to two rows

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from magicgui.widgets import Container, Label
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QApplication, QComboBox, QSizePolicy
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QApplication, QComboBox, QDockWidget, QMainWindow, QSizePolicy, QWidget
 
 from ..core.errors import NapariUnetError
 from ._runner import JobRunner
@@ -39,7 +39,52 @@ class _DockWatcher(QObject):
             self.on_closed()
         elif event.type() in (QEvent.Type.ParentChange, QEvent.Type.Show):  # docked (before napari sizes the dock)
             narrow_choice_boxes(watched)
+            if event.type() == QEvent.Type.ParentChange:
+                QTimer.singleShot(0, lambda: tab_on_a_short_window(watched))  # once napari has placed the dock
         return False
+
+
+#: Below this window height a napari-unet dock joins the other napari-unet docks of its
+#: side as a tab instead of taking a share of the height: docked below Train at
+#: 1366x768, Annotate kept a 40 px scrolling strip for its paint buttons.
+TABS_BELOW_HEIGHT = 900
+#: The Qt property that marks the widget of a napari-unet dock (True), and after its
+#: first placement (:func:`tab_on_a_short_window`) says so ("placed").
+DOCK_MARK = "napari_unet_dock"
+
+
+def _is_ours(dock) -> bool:
+    inside = dock.widget()
+    return inside is not None and any(widget.property(DOCK_MARK) for widget in (inside, *inside.findChildren(QWidget)))
+
+
+def tab_on_a_short_window(widget) -> None:
+    """Tab ``widget``'s new dock with the latest napari-unet dock on its side of the
+    window when the window is shorter than :data:`TABS_BELOW_HEIGHT`; it comes to the
+    front. Other plugins' docks and floating docks are left where they are."""
+    dock = widget.parent()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    window = dock.parent() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating() or widget.property(DOCK_MARK) == "placed":
+        return
+    widget.setProperty(DOCK_MARK, "placed")
+    if window.height() >= TABS_BELOW_HEIGHT:
+        return
+    area = window.dockWidgetArea(dock)
+    ours = [
+        other
+        for other in window.findChildren(QDockWidget)
+        if other is not dock
+        and not other.isFloating()
+        and other.isVisible()
+        and window.dockWidgetArea(other) == area
+        and _is_ours(other)
+    ]
+    if ours:
+        window.tabifyDockWidget(ours[-1], dock)
+        dock.show()
+        dock.raise_()
 
 
 def narrow_choice_boxes(widget) -> None:
@@ -84,6 +129,7 @@ class DockWidget(Container):
         # blank while Annotate's controls shrank to two rows with the paint buttons hidden.
         self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self._runners: list[JobRunner] = []
+        self.native.setProperty(DOCK_MARK, True)
         self._dock_watcher = _DockWatcher(self.native, self.shutdown)
         self.native.installEventFilter(self._dock_watcher)
 
