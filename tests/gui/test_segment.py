@@ -52,6 +52,18 @@ def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, mod
     assert len(viewer.layers) == n_layers  # replaced, not piled up
 
 
+def test_an_image_removed_while_it_is_segmented_gets_no_labels(viewer, model_session, nuclei, wait_idle):
+    """Its labels were added all the same, over nothing, as if nothing had happened."""
+    image = viewer.add_image(nuclei[0], name="cells")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = image
+    widget.run_button.clicked.emit()
+    viewer.layers.remove(image)
+    wait_idle(widget)
+    assert [layer.name for layer in viewer.layers] == []
+    assert widget.status.value.startswith("'cells' was removed while it was segmented: its labels (")
+
+
 def test_test_time_augmentation_runs_the_eight_symmetries(viewer, model_session, nuclei, wait_idle):
     image = viewer.add_image(nuclei[0][:60, :90], name="cells")
     widget = docked(viewer, SegmentWidget(viewer, model_session))

@@ -382,8 +382,14 @@ class SegmentWidget(DockWidget):
             objects = objects_counted(result.result.n_objects)
             self.status.value = f"{self._store_view.name}: {objects} in {result.result.path}"
             return
-        self._placeholders = []
         layer, index = self._target
+        if layer not in self.viewer.layers:  # a layer of labels for it would lie over nothing
+            self._drop_placeholders()
+            self.status.value = (
+                f"'{layer.name}' was removed while it was segmented: its labels ({result.found}) are not added"
+            )
+            return
+        self._placeholders = []
         name = f"{layer.name} labels"
         labels = with_layer_axes(result.labels, layer)
         if index is None or labels.shape == spatial_shape(layer):
