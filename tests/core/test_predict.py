@@ -93,6 +93,8 @@ def test_shape_errors_say_what_to_change(rng):
     with pytest.raises(ImageShapeError, match=r"is RGBA \(4 channels\): .*train --in-channels 4\)"):
         predict(small_model(), rgba)
     assert predict(small_model(in_channels=4), rgba).shape == (2, 40, 50)
+    with pytest.raises(ImageShapeError, match=r"is RGBA: drop its alpha channel \(Python: image\[\.\.\., :3\]"):
+        predict(small_model(in_channels=3), rgba)  # it said "no axis of length 3"
     czyx = rng.random((2, 4, 40, 50))  # channels before z: said to be missing ("no axis of length 2")
     with pytest.raises(ImageShapeError, match=r"if axis 0 holds them, say so \(command line: --channel-axis 0;"):
         predict(small_model(in_channels=2), czyx)

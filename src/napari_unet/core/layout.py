@@ -114,6 +114,11 @@ def axes_at_minus3(shape: tuple[int, ...], in_channels: int, channel_axis: int |
             "to the front or the end of the layer, e.g. with the layer's Transpose)"
         )
     example = ", e.g. an RGB layer" if in_channels == 3 else ""
+    if in_channels == 3 and ndim == 3 and shape[-1] == 4:
+        raise ImageShapeError(
+            f"{trained} but the image (shape {shape}) is RGBA: drop its alpha channel (Python: image[..., :3]; "
+            "napari: right-click the layer > Split RGB and keep three), or use a model trained on 4 channels"
+        )
     raise ImageShapeError(
         f"{trained} but the image (shape {shape}) has no axis of length {in_channels}: give it an image with its "
         f"{in_channels} channels first (C, H, W) or last (H, W, C) (napari: a layer of that shape{example}), or use "
