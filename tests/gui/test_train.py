@@ -57,6 +57,8 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     assert widget.batch_norm.value and widget.trainer.model.config.batch_norm  # the CPU default
     assert widget.progress.value == 6 and widget.start_button.enabled
     assert len(widget.plot.network.steps) == 6
+    low, high = widget.plot.getPlotItem().getViewBox().viewRange()[0]
+    assert high - low >= 10  # 6 steps labelled in whole steps (it showed 1.2, 1.4, ...)
     assert "validation at step" in widget.validation_label.value
     assert not widget.validation_label.native.isHidden()  # shown (it was set but hidden)
     assert "cells preview" in viewer.layers and viewer.layers["cells preview"].data.shape == (128, 128)

@@ -13,6 +13,11 @@ TWIN_TOOLTIP = (
 )
 
 
+#: The steps axis spans at least this many: over the first few steps it was labelled
+#: in fractions of a step (1.2, 1.4, ...).
+MIN_STEPS_SHOWN = 10
+
+
 class _Curve:
     """One network's losses: each step (faint) and the running mean (bold), drawn
     ``offset`` steps to the right."""
@@ -63,6 +68,7 @@ class LossPlot(pg.PlotWidget):
             axis = self.getAxis(side)
             axis.enableAutoSIPrefix(False)  # plain numbers: a scale such as "(x0.001)" did not fit beside the axis
             axis.setStyle(maxTickLevel=0)  # major ticks alone: the minor ones' numbers overlapped in a short plot
+        self.getPlotItem().getViewBox().setLimits(minXRange=MIN_STEPS_SHOWN)
         self.twin = _Curve(self, faint=(120, 160, 130), bold=(60, 190, 110))
         self.network = _Curve(self, faint=(120, 120, 160), bold=(255, 170, 0))
 
