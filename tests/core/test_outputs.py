@@ -266,6 +266,20 @@ def test_arrays_whose_axes_imagej_cannot_hold_keep_the_x_y_resolution_alone(tmp_
     with tifffile.TiffFile(tmp_path / "p.tif") as written:
         assert written.imagej_metadata is None and written.series[0].shape == (2, 3, 8, 8)
         assert written.pages[0].tags["XResolution"].value == (2, 1)
+        assert written.series[0].axes == "CZYX"  # tifffile's own description keeps the names (they were "QSYX")
+
+
+def test_a_stack_of_three_or_four_planes_is_written_as_planes_not_as_an_rgb_picture(tmp_path):
+    """tifffile stores (..., 3, H, W) as RGB unless told otherwise: the labels of a
+    stack of 3 planes opened in Fiji as one colour picture, and those of a T, Z stack
+    of 2 x 3 planes were read back with axes "QSYX"."""
+    source = tmp_path / "tzyx.ome.tif"
+    tifffile.imwrite(source, np.zeros((2, 3, 8, 8), np.uint8), metadata={"axes": "TZYX"}, photometric="minisblack")
+    for shape, axes in (((3, 8, 8), None), ((4, 8, 8), None), ((2, 3, 8, 8), io.output_axes(source, (2, 3, 8, 8)))):
+        io.write_image(tmp_path / "labels.tif", np.ones(shape, np.uint16), axes=axes)
+        with tifffile.TiffFile(tmp_path / "labels.tif") as written:
+            assert written.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK and "S" not in written.series[0].axes
+            assert written.series[0].shape == shape and (axes is None or written.series[0].axes == axes)
 
 
 def test_a_stack_of_unnamed_planes_and_the_python_call_without_axes_keep_the_z_spacing(tmp_path):

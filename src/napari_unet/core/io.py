@@ -249,7 +249,9 @@ def write_image(
     ``array``'s (tifffile's letters, e.g. "ZYX"; by default :func:`output_axes` of
     ``pixel_size_of``); arrays whose axes are not in ImageJ's order (T, Z, C, Y, X),
     e.g. a 3D model's probabilities (C, Z, Y, X), keep the x/y resolution alone too
-    (written without names, a volume's planes were read back as channels).
+    (written without names, a volume's planes were read back as channels); their
+    ``axes`` are kept in tifffile's own description. Every TIFF holds grey values:
+    labels of a stack of 3 planes were stored as an RGB picture.
     """
     path = Path(path)
     buffer = io.BytesIO()
@@ -271,7 +273,10 @@ def write_image(
             axes = "YX" if array.ndim == 2 else output_axes(pixel_size_of, array.shape)
         if imagej and array.dtype in IMAGEJ_TYPES and _in_imagej_order(axes, array.ndim):
             tags.update(imagej=True, metadata={**imagej, "axes": axes})
-        tifffile.imwrite(buffer, array, compression="zlib", **tags)
+        elif axes is not None and len(axes) == array.ndim:
+            tags["metadata"] = {"axes": axes}  # tifffile's own description keeps the names
+        # grey values always: tifffile stored 3 or 4 planes (..., 3, H, W) as an RGB picture
+        tifffile.imwrite(buffer, array, compression="zlib", photometric="minisblack", **tags)
     elif suffix == ".npy":
         np.save(buffer, array, allow_pickle=False)
     elif suffix == ".png":
