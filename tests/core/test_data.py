@@ -64,6 +64,22 @@ def test_bad_training_data_says_what_to_change(images, labels, message):
         prep(images, labels)
 
 
+def test_a_few_strokes_of_background_beside_many_cells_are_warned_about():
+    """Cells and a 4x4 corner of background passed the refusal of cells alone, and
+    trained the same useless model."""
+    image = np.arange(4096.0).reshape(64, 64)
+    labels = np.full((64, 64), IGNORE_LABEL)
+    labels[6:36, 6:36], labels[36:61, 36:61] = 1, 2  # 1525 cell pixels
+    labels[:4, :4] = 0
+    (plane,) = prep([image], [labels])
+    assert plane.warnings == (
+        "only 16 background (0) pixels are painted, 1.0% of the annotated ones: the network sees almost no "
+        "background and learns that nearly everything is a cell; paint background around and between some cells",
+    )
+    labels[:8, :8] = 0  # 64 px of background, 4.0%: enough not to be warned about
+    assert prep([image], [labels])[0].warnings == ()
+
+
 def test_one_image_may_be_given_without_a_list():
     image, labels = discs()
     (alone,) = prep(image, labels)

@@ -221,6 +221,12 @@ NO_BACKGROUND = (
 )
 
 
+#: Below this share of the annotated pixels, painted background is warned about as too
+#: little to learn from (cells with a few strokes of background; a complete annotation
+#: of crowded cells still paints the gaps between them).
+LITTLE_BACKGROUND = 0.02
+
+
 def prepare(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -252,7 +258,7 @@ def prepare(
         raise TrainingDataError(f"{len(images)} image(s) but {len(labels)} label image(s): give one per image")
     if not images:
         raise TrainingDataError("no training images given")
-    planes, background_painted = [], False
+    planes, background, cells = [], 0, 0  # painted pixels of each kind
     if names is not None and len(names) != len(images):
         raise TrainingDataError(f"{len(images)} image(s) but {len(names)} name(s)")
     for number, (image, label_image) in enumerate(zip(images, labels), start=1):
@@ -266,7 +272,8 @@ def prepare(
                     f"{name}: the image annotated here holds NaN or infinite values (not finite): "
                     "replace them (e.g. with 0) before training"
                 )
-            background_painted = background_painted or bool((plane_labels == 0).any())
+            background += int(np.count_nonzero(plane_labels == 0))
+            cells += int(np.count_nonzero(plane_labels > 0))
             if (plane_labels > 0).any() and plane.min() == plane.max():
                 raise TrainingDataError(
                     f"{name}: the image annotated here is constant (every pixel {plane.flat[0]:g}), so there are no "
@@ -306,8 +313,16 @@ def prepare(
         if warnings:
             raise TrainingDataError(f"no cell is left once the gaps between touching cells are cut. {warnings[0]}")
         raise TrainingDataError("the annotations hold no cells: paint at least one cell")
-    if not background_painted:
+    if not background:
         raise TrainingDataError(NO_BACKGROUND)
+    if background < LITTLE_BACKGROUND * (background + cells):
+        warning = (
+            f"only {background} background (0) pixels are painted, {background / (background + cells):.1%} of the "
+            "annotated ones: the network sees almost no background and learns that nearly everything is a cell; "
+            "paint background around and between some cells"
+        )
+        log.warning(warning)
+        planes[0] = replace(planes[0], warnings=(*planes[0].warnings, warning))
     return planes
 
 
