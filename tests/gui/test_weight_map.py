@@ -25,6 +25,18 @@ def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_i
     np.testing.assert_allclose(viewer.layers["ann weights"].data, weight_map(labels, 0.0, 5.0), atol=1e-6)
 
 
+def test_an_annotation_removed_while_its_map_is_computed_gets_no_map(viewer, wait_idle):
+    """Its weights and target layers were added all the same, over nothing."""
+    layer = viewer.add_labels(paint_discs((64, 64), [(20, 20), (45, 40)], 6), name="ann")
+    widget = docked(viewer, WeightMapWidget(viewer))
+    widget.annotation.value = layer
+    widget.compute.clicked.emit()
+    viewer.layers.remove(layer)
+    wait_idle(widget)
+    assert [layer.name for layer in viewer.layers] == []
+    assert widget.status.value == "'ann' was removed while its weight map was computed: the map is not added"
+
+
 def test_a_binary_mask_is_warned_about_beside_its_map(viewer, wait_idle):
     """The widget that shows what training sees says what the Train widget would:
     a 0/255 mask's touching cells are one object to the map."""

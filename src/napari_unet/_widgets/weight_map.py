@@ -123,6 +123,9 @@ class WeightMapWidget(DockWidget):
             return
         weights, target, bridged, warning = result
         name = self._source.name
+        if self._source not in self.viewer.layers:  # its map would lie over nothing
+            self.status.value = f"'{name}' was removed while its weight map was computed: the map is not added"
+            return
         shown = put_layer(
             self.viewer,
             f"{name} weights",
