@@ -45,6 +45,20 @@ def test_create_annotation_matches_the_image_grid(viewer, nuclei):
     assert widget.annotation.value is layer and layer.selected_label == 1 and layer.mode == "paint"
 
 
+def test_the_annotation_of_a_rotated_or_sheared_image_lies_on_its_pixels(viewer):
+    """Only scale and translation were copied: on a rotated image a stroke over a
+    cell landed on background pixels of the annotation's array, and trained so."""
+    for transform in ({"rotate": 30, "translate": (40, 10)}, {"shear": [0.3], "scale": (2, 1)}):
+        image = viewer.add_image(np.zeros((64, 80), np.float32), name="img", **transform)
+        widget = docked(viewer, AnnotateWidget(viewer))
+        widget.image.value = image
+        widget.create.clicked.emit()
+        layer = widget.annotation.value
+        for point in ((37.5, 29.6), (0, 0), (63, 79)):
+            np.testing.assert_allclose(layer.data_to_world(point), image.data_to_world(point), atol=1e-9)
+        viewer.layers.clear()
+
+
 def test_a_new_annotation_starts_unannotated_and_no_order_of_steps_loses_paint(annotating, qtbot):
     """Issue 18.1: -1 everywhere at first; painted cells and background survive every action."""
     widget, layer = annotating

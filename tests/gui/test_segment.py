@@ -52,6 +52,16 @@ def test_segment_adds_labels_on_the_image_grid_and_replaces_on_rerun(viewer, mod
     assert len(viewer.layers) == n_layers  # replaced, not piled up
 
 
+def test_the_labels_of_a_rotated_image_lie_on_it(viewer, model_session, nuclei, wait_idle):
+    image = viewer.add_image(nuclei[0], name="cells", rotate=30, translate=(40, 10))
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = image
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    labels = viewer.layers["cells labels"]
+    np.testing.assert_allclose(labels.data_to_world((30, 40)), image.data_to_world((30, 40)), atol=1e-9)
+
+
 def test_an_image_removed_while_it_is_segmented_gets_no_labels(viewer, model_session, nuclei, wait_idle):
     """Its labels were added all the same, over nothing, as if nothing had happened."""
     image = viewer.add_image(nuclei[0], name="cells")

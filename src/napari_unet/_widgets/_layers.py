@@ -204,14 +204,26 @@ def helper_layer(viewer, base: str, role: str) -> Layer | None:
     return layer_named(viewer, helper_name(viewer, base, role))
 
 
+def placement_on(like: Layer, ndim: int) -> dict:
+    """Keywords that lay a new layer of ``ndim`` dimensions exactly on ``like``: its
+    scale and translation (of its last ``ndim`` axes) and, when the dimensions agree,
+    its rotation, shear and affine transform too. With scale and translation alone,
+    the annotation of a rotated image took strokes on other pixels than the image
+    showed under them, and its segmentation was drawn beside it."""
+    placement = {"scale": like.scale[-ndim:], "translate": like.translate[-ndim:]}
+    if like.ndim == ndim:
+        placement.update(rotate=like.rotate, shear=like.shear, affine=like.affine)
+    return placement
+
+
 def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, role: str, **kwargs) -> Layer:
     """Show ``data`` as helper layer ``name`` (of ``role``), replacing that layer's data
     if it exists, without changing which layer is selected. A layer of the user's
     called ``name`` stays as it is: the helper takes the next free name
     (:func:`helper_name`).
 
-    The new layer takes the scale and translation of ``like`` (its last
-    ``data.ndim`` axes), so it lies exactly on top of the image it came from.
+    The new layer takes the placement of ``like`` (:func:`placement_on`), so it
+    lies exactly on top of the image it came from.
     """
     ndim = data.ndim
     name = helper_name(viewer, name, role)
@@ -222,7 +234,7 @@ def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, ro
         for key, value in kwargs.items():
             setattr(existing, key, value)
         return existing
-    placement = {"scale": like.scale[-ndim:], "translate": like.translate[-ndim:], "name": name}
+    placement = {**placement_on(like, ndim), "name": name}
     add = viewer.add_labels if kind == "labels" else viewer.add_image
     with selection_kept(viewer):
         if existing is not None:

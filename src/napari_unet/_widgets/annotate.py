@@ -32,6 +32,7 @@ from ._layers import (
     helper_layer,
     labels_data,
     layers_of,
+    placement_on,
     role_of,
     spatial_shape,
     unique_name,
@@ -167,8 +168,7 @@ class AnnotateWidget(DockWidget):
         layer = self.viewer.add_labels(
             data,
             name=name,
-            scale=image.scale[-ndim:],
-            translate=image.translate[-ndim:],
+            **placement_on(image, ndim),
             colormap=annotation_colormap(),
             metadata={ROLE: ANNOTATION},
         )
