@@ -272,9 +272,10 @@ def prepare(
                     f"{name}: the image annotated here holds NaN or infinite values (not finite): "
                     "replace them (e.g. with 0) before training"
                 )
+            painted_cells = int(np.count_nonzero(plane_labels > 0))
             background += int(np.count_nonzero(plane_labels == 0))
-            cells += int(np.count_nonzero(plane_labels > 0))
-            if (plane_labels > 0).any() and plane.min() == plane.max():
+            cells += painted_cells
+            if painted_cells and plane.min() == plane.max():
                 raise TrainingDataError(
                     f"{name}: the image annotated here is constant (every pixel {plane.flat[0]:g}), so there are no "
                     "cells to learn from: choose the image the cells were painted on"

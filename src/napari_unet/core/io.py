@@ -308,16 +308,23 @@ def named_axes(path: str | os.PathLike, shape: tuple[int, ...]) -> str | None:
     image of ``shape`` read from it, e.g. "ZYX" (ImageJ), "TCZYX" (OME) or "SYX" (RGB
     stored planar); ``None`` for other files, other shapes, or planes the file leaves
     unnamed (tifffile's "I" and "Q")."""
-    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+    series = _first_series(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
+    if series is None:
         return None
+    axes, sizes = series
+    return axes if sizes == tuple(shape) and not set(axes) & set("IQ") else None
+
+
+def _first_series(path: str | os.PathLike) -> tuple[str, tuple[int, ...]] | None:
+    """The axes (tifffile's letters) and shape of the first series of the TIFF at
+    ``path``; ``None`` when it cannot be read as a TIFF (reading it says why)."""
     try:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            axes, sizes = tif.series[0].axes, tuple(tif.series[0].shape)
-    except Exception:  # unreadable here: reading it says why
+            return tif.series[0].axes, tuple(tif.series[0].shape)
+    except Exception:  # every reader has its own exception types
         return None
-    return axes if sizes == tuple(shape) and not set(axes) & set("IQ") else None
 
 
 def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before: int | None = None) -> str | None:
@@ -329,13 +336,10 @@ def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before:
     ``None`` when they cannot be told (not a TIFF, other shapes).
     ``classes_before``: the array also holds a class axis, named "C", before its last
     ``classes_before`` axes (probabilities: 2 for a 2D model, 3 for a 3D one)."""
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            axes, sizes = tif.series[0].axes, tif.series[0].shape
-    except Exception:
+    series = _first_series(path)
+    if series is None:
         return None
+    axes, sizes = series
     shape = tuple(shape)
     if classes_before is not None:
         shape = shape[: len(shape) - classes_before - 1] + shape[len(shape) - classes_before :]
