@@ -253,6 +253,31 @@ def test_a_layer_named_after_a_long_file_name_does_not_widen_the_docks(viewer, q
         assert getattr(after.native, hint)().width() <= getattr(before.native, hint)().width() + 2, hint
 
 
+@pytest.mark.parametrize("widget_class", [AnnotateWidget, WeightMapWidget, TrainWidget, SegmentWidget, LiveTrainWidget])
+def test_renaming_the_chosen_layers_keeps_them_chosen(viewer, widget_class):
+    """magicgui finds the chosen item by its name: renaming the chosen annotation made
+    Train and Live switch to another image's annotation of the same shape, silently."""
+    first = viewer.add_image(np.zeros((64, 64), np.float32), name="A")
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="A annotation")
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="B")
+    labels = viewer.add_labels(np.zeros((64, 64), np.int32), name="B labels")
+    widget = docked(viewer, widget_class(viewer))
+    chosen = {name: layer for name, layer in (("image", image), ("annotation", labels)) if getattr(widget, name, None)}
+    for name, layer in chosen.items():
+        getattr(widget, name).value = layer
+    changes = []
+    for name in chosen:
+        getattr(widget, name).changed.connect(changes.append)
+    labels.name, image.name = "B truth", "B2"
+    assert {name: getattr(widget, name).value for name in chosen} == chosen
+    assert changes == []  # nothing changed, so no widget hears of a change
+    assert {getattr(widget, name).native.currentText() for name in chosen} <= {"B2", "B truth"}
+    name, layer = list(chosen.items())[-1]
+    viewer.layers.remove(layer)
+    assert getattr(widget, name).value is not layer and changes  # a removed layer is still let go
+    assert first in viewer.layers
+
+
 @pytest.mark.parametrize("height", [768, 1000])
 def test_on_a_short_window_the_docks_are_tabs_of_one_another(make_napari_viewer, qtbot, height):
     """Train docked below Annotate at 1366x768 left Annotate a 40 px scrolling strip for

@@ -1,9 +1,9 @@
 """Layout helpers for long dock-widget forms: titled groups, a scrolling part, and
-radio buttons that stay quiet when napari resets a widget's choices."""
+radio buttons and drop-down boxes that stay quiet when napari resets a widget's choices."""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label, RadioButtons
+from magicgui.widgets import ComboBox, Container, Label, RadioButtons
 from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
@@ -20,6 +20,23 @@ class SteadyRadioButtons(RadioButtons):
         with self.changed.blocked():
             super().reset_choices(*args)
         if self.value != value:
+            self.changed.emit(self.value)
+
+
+class SteadyComboBox(ComboBox):
+    """A drop-down box that keeps the object it holds (a layer) when napari resets the
+    choices, and says ``changed`` only when that object changes. magicgui finds the
+    chosen item by its name: renaming the chosen layer dropped it for the first choice,
+    and Train and Live then matched the image with another image's annotation of the
+    same shape and trained on it."""
+
+    def reset_choices(self, *args) -> None:
+        value = self.value
+        with self.changed.blocked():
+            super().reset_choices(*args)
+            if self.value is not value and any(choice is value for choice in self.choices):
+                self.value = value
+        if self.value is not value:
             self.changed.emit(self.value)
 
 

@@ -22,7 +22,7 @@ from ..core.annotation import AnnotationStats, annotation_dtype, as_signed, new_
 from ..core.config import IGNORE_LABEL
 from ..core.label_checks import labels_warning
 from ._base import DockWidget, wrap_lines
-from ._forms import form, scrolling
+from ._forms import SteadyComboBox, form, scrolling
 from ._layers import (
     ANNOTATION,
     ROLE,
@@ -71,9 +71,9 @@ class AnnotateWidget(DockWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
         viewer = self.viewer
-        self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image))
+        self.image = SteadyComboBox(label="image", choices=lambda _: layers_of(viewer, Image))
         self.create = PushButton(text="Create annotation layer for image")
-        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.annotation = SteadyComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.new_cell = PushButton(text=f"Paint a new cell ({NEW_CELL_KEY})")
         self.background = PushButton(text="Paint background (0)")
         self.background.tooltip = (

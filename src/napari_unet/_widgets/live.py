@@ -6,7 +6,7 @@ import gc
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, PushButton
+from magicgui.widgets import FileEdit, FloatSpinBox, Label, PushButton
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 
@@ -17,7 +17,7 @@ from ..core.model import UNet
 from ..core.threads import use_threads
 from ..core.train_events import StepProgress
 from ._base import DockWidget
-from ._forms import form, scrolling, side_by_side
+from ._forms import SteadyComboBox, form, scrolling, side_by_side
 from ._jobs import VIEWER_CORES
 from ._layers import (
     EditWatcher,
@@ -81,8 +81,8 @@ class LiveTrainWidget(DockWidget):
         super().__init__(napari_viewer)
         viewer = self.viewer
         self.session = session or Session.of(viewer)
-        self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
-        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.image = SteadyComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
+        self.annotation = SteadyComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.preview_seconds = FloatSpinBox(label="preview every (s)", value=3.0, min=0.5, max=60.0, step=0.5)
         self.save_path = FileEdit(
             label="save model to",

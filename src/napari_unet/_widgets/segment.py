@@ -29,7 +29,7 @@ from ..core.model import UNet
 from ..core.spacing import voxel_shape_note
 from ._base import DockWidget, wrap_lines
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
-from ._forms import SteadyRadioButtons, form, scrolling, side_by_side
+from ._forms import SteadyComboBox, SteadyRadioButtons, form, scrolling, side_by_side
 from ._jobs import PlaneOfStack, SegmentationDone, read_model_job, segmentation_job
 from ._layers import (
     LayerError,
@@ -54,7 +54,7 @@ class SegmentWidget(DockWidget):
         super().__init__(napari_viewer)
         viewer = self.viewer
         self.session = session or Session.of(viewer)
-        self.image = ComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
+        self.image = SteadyComboBox(label="image", choices=lambda _: layers_of(viewer, Image), nullable=True)
         self.model_source = SteadyRadioButtons(
             label="model", choices=["session model", "file"], value="session model", orientation="horizontal"
         )

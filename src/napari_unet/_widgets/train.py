@@ -42,7 +42,7 @@ from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ..core.warm_start import WARM_START_STEPS
 from ._base import DockWidget, wrap_lines
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
-from ._forms import SteadyRadioButtons, form, group, scrolling, side_by_side
+from ._forms import SteadyComboBox, SteadyRadioButtons, form, group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
     EditWatcher,
@@ -101,13 +101,13 @@ class TrainWidget(DockWidget):
         defaults = TrainConfig()
         images = lambda _: layers_of(viewer, Image)  # noqa: E731
         labels = lambda _: layers_of(viewer, Labels)  # noqa: E731
-        self.image = ComboBox(label="image", choices=images, nullable=True)
-        self.annotation = ComboBox(label="annotation", choices=labels, nullable=True)
+        self.image = SteadyComboBox(label="image", choices=images, nullable=True)
+        self.annotation = SteadyComboBox(label="annotation", choices=labels, nullable=True)
         self.add_pair = PushButton(text="Add pair")
         self.clear_pairs = PushButton(text="Clear pairs")
         self.pairs_label = Label(value="pairs: the image and annotation above")
-        self.val_image = ComboBox(label="validation image", choices=images, nullable=True, value=None)
-        self.val_labels = ComboBox(label="validation labels", choices=labels, nullable=True, value=None)
+        self.val_image = SteadyComboBox(label="validation image", choices=images, nullable=True, value=None)
+        self.val_labels = SteadyComboBox(label="validation labels", choices=labels, nullable=True, value=None)
         self.model_source = SteadyRadioButtons(
             label="model", choices=["new", "session model", "file"], value="new", orientation="horizontal"
         )
@@ -138,7 +138,7 @@ class TrainWidget(DockWidget):
         self.zoom = FloatSpinBox(label="random zoom", value=augment.zoom, min=0.0, max=1.0, step=0.05, tooltip=ZOOM_TIP)
         self.batch_norm = CheckBox(text="batch normalisation", value=cpu.batch_norm, tooltip=BATCH_NORM_TIP)
         self.precision = ComboBox(label="precision", choices=precision_choices(), value="auto")
-        self.preview_image = ComboBox(label="preview on", choices=images, nullable=True, value=None)
+        self.preview_image = SteadyComboBox(label="preview on", choices=images, nullable=True, value=None)
         self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=100_000)
         self.threads = SpinBox(label="CPU threads (0: automatic)", value=0, min=0, max=max(available_cores() * 2, 2))
         self._default_save = free_model_path()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, FloatSpinBox, PushButton
 from napari.layers import Image, Labels
 
 from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
@@ -11,7 +11,7 @@ from ..core.config import WeightMapConfig
 from ..core.label_checks import labels_warning
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
-from ._forms import form, scrolling
+from ._forms import SteadyComboBox, form, scrolling
 from ._layers import ANNOTATION, EditWatcher, helper_layer, labels_data, layers_of, put_layer, role_of
 
 
@@ -55,7 +55,7 @@ class WeightMapWidget(DockWidget):
         super().__init__(napari_viewer)
         viewer = self.viewer
         defaults = WeightMapConfig()
-        self.annotation = ComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
+        self.annotation = SteadyComboBox(label="annotation", choices=lambda _: layers_of(viewer, Labels), nullable=True)
         self.w0 = FloatSpinBox(label="w0", value=defaults.w0, min=0.0, max=100.0, step=0.5)
         self.sigma = FloatSpinBox(label="sigma (px)", value=defaults.sigma, min=0.5, max=50.0, step=0.5)
         self.balance = CheckBox(text="balance class frequencies", value=defaults.balance_classes)
