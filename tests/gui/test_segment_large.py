@@ -88,6 +88,21 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), level)  # what is drawn: it stayed empty
 
 
+def test_the_store_backed_labels_of_a_rotated_image_lie_on_it(viewer, session, wait_idle, tmp_path, monkeypatch):
+    """The store's layer took the image's scale and translation only: on a rotated
+    or sheared image its labels were drawn beside the cells."""
+    monkeypatch.setattr(_stream, "STORE_PIXELS", 100 * 100)
+    session.set_model(threshold_model(), "threshold")
+    image = viewer.add_image(drawn(), name="big", rotate=30, shear=[0.2], translate=(40, 10))
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    widget.image.value, widget.store.value = image, tmp_path / "big.zarr"
+    widget.run_button.clicked.emit()
+    wait_idle(widget)
+    labels = viewer.layers["big labels"]
+    assert isinstance(labels.data, zarr.Array) or isinstance(labels.data[0], zarr.Array)
+    np.testing.assert_allclose(labels.data_to_world((30, 40)), image.data_to_world((30, 40)), atol=1e-9)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("cells", "cells.zarr"), ("day1/ctrl: a*b?", "day1_ctrl_ a_b_.zarr"), ("L" * 300, "L" * 120 + ".zarr")],

@@ -23,7 +23,7 @@ from napari.layers import Image, Labels
 from ..core.progress import until_stopped
 from ..core.store import ATTRIBUTE, refresh_pyramid
 from ..core.stream import DEFAULT_CHUNK, ChunkProgress, StreamResult, iter_segment_to
-from ._layers import ROLE, LayerError, helper_name, selection_kept, spatial_shape
+from ._layers import ROLE, LayerError, helper_name, placement_on, selection_kept, spatial_shape
 
 #: Images with more pixels than this (all planes) go through a zarr store.
 STORE_PIXELS = 1 << 26
@@ -134,10 +134,13 @@ class StoreView:
             return
         ndim = levels[0].ndim
         name = helper_name(self.viewer, self.name, "segmentation")  # never a layer of the user's
-        placement = {"scale": self.like.scale[-ndim:], "translate": self.like.translate[-ndim:], "name": name}
         with selection_kept(self.viewer):  # the user's layer stays selected, in its mode
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
             self.layer = self.viewer.add_labels(
-                data, multiscale=len(levels) > 1, metadata={ROLE: "segmentation"}, **placement
+                data,
+                name=name,
+                multiscale=len(levels) > 1,
+                metadata={ROLE: "segmentation"},
+                **placement_on(self.like, ndim),
             )
