@@ -172,20 +172,25 @@ def validation_pairs(
                 f"{name}: the validation labels hold no cell, so an untrained network, finding nothing, would score "
                 "best and its weights be kept: give labels with the cells of the validation image"
             )
-        if not np.isfinite(data).all():
-            raise TrainingDataError(
-                f"{name}: the validation image holds NaN or infinite values: replace them (e.g. with 0) first"
-            )
-        if data.min() == data.max():
-            raise TrainingDataError(
-                f"{name}: the validation image is constant (every pixel {data.flat[0]:g}): choose the image its "
-                "labels were made on"
-            )
+        _refuse_unusable_values(data, f"{name}: the validation image", "its labels were made on")
         warning = labels_warning(checked, f"the validation labels of {name}")
         if warning:
             log.warning(warning)
         pairs.append((image, checked))
     return pairs
+
+
+def _refuse_unusable_values(image: np.ndarray, what: str, painted_on: str, constant: bool = True) -> None:
+    """Refuse ``image`` (``what``: how messages call it) if any value is NaN or
+    infinite, or (``constant``) if every pixel is the same: nothing to learn or score
+    (``painted_on``: the image that would have done instead)."""
+    if not np.isfinite(image).all():
+        raise TrainingDataError(f"{what} holds NaN or infinite values (not finite): replace them (e.g. with 0) first")
+    if constant and image.min() == image.max():
+        raise TrainingDataError(
+            f"{what} is constant (every pixel {image.flat[0]:g}), so there is nothing to learn or score: "
+            f"choose the image {painted_on}"
+        )
 
 
 def _pair_planes(
@@ -267,19 +272,13 @@ def prepare(
         for plane, plane_labels in _pair_planes(image, label_image, in_channels, channel_axis, name, ndim):
             if not (plane_labels != IGNORE_LABEL).any():
                 continue
-            if not np.isfinite(plane).all():
-                raise TrainingDataError(
-                    f"{name}: the image annotated here holds NaN or infinite values (not finite): "
-                    "replace them (e.g. with 0) before training"
-                )
             painted_cells = int(np.count_nonzero(plane_labels > 0))
             background += int(np.count_nonzero(plane_labels == 0))
             cells += painted_cells
-            if painted_cells and plane.min() == plane.max():
-                raise TrainingDataError(
-                    f"{name}: the image annotated here is constant (every pixel {plane.flat[0]:g}), so there are no "
-                    "cells to learn from: choose the image the cells were painted on"
-                )
+            # a constant plane annotated as background alone (an empty frame) is fine
+            _refuse_unusable_values(
+                plane, f"{name}: the image annotated here", "the cells were painted on", constant=painted_cells > 0
+            )
             warning = ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None
             if warning:
                 log.warning(warning)
