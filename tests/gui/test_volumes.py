@@ -165,6 +165,10 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     assert train.network.value == "2D"
     train.image.value = deep
     assert train.network.value == "3D" and train.minutes.value == 0  # a GPU trains until its steps
+    train.model_source.value = "session model"  # the image changes while a model is trained further
+    train.image.value = short
+    train.model_source.value = "new"  # the suggestion follows the image chosen now
+    assert train.network.value == "2D"
 
     segment = docked(viewer, SegmentWidget(viewer, session))
     segment.image.value = deep

@@ -244,9 +244,10 @@ class TrainWidget(DockWidget):
 
     def _on_source_changed(self, source: str) -> None:
         """The network's shape can be chosen for a new model only (a model trained
-        further keeps its own)."""
+        further keeps its own); back to a new one, the suggestion follows the image."""
         for choice in (self.network, self.base_channels, self.depth, self.batch_norm):
             choice.enabled = source == "new"
+        self._suggest_network()  # for the image chosen meanwhile
         self._enable_warm_start()
 
     def _enable_warm_start(self) -> None:
