@@ -132,7 +132,8 @@ def test_a_stack_is_refused_with_a_way_to_get_one_plane(viewer, session):
     widget = docked(viewer, LiveTrainWidget(viewer, session))
     widget.image.value, widget.annotation.value = image, annotation
     widget.start_button.clicked.emit()
-    assert "stack is a stack" in widget.status.value and "Split Stack" in widget.status.value
+    assert "stack is a stack of 3 planes" in widget.status.value and "Split Stack" in widget.status.value
+    assert "--in-channels" in widget.status.value  # what to do if its planes are channels
     assert not widget.runner.busy
 
 
@@ -226,6 +227,9 @@ def test_removing_the_image_or_annotation_stops_live_training_and_says_why(
     assert widget.status.value.startswith(f"the {kind} layer '{name}' was removed: stopped at step ")
     assert session.path == path and path.is_file()
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    if kind == "annotation":  # accepting into the removed layer "accepted 0 objects" and changed nothing seen
+        widget.accept_button.clicked.emit()
+        assert "the annotation 'cells annotation' the previews were made for was removed" in widget.status.value
 
 
 def test_accepting_objects_is_one_undo_step_each(viewer, session, qtbot):

@@ -159,9 +159,10 @@ class LiveTrainWidget(DockWidget):
         labels = labels_data(annotation, self.image.value)
         if data.ndim - (channel_axis is not None) != 2:
             raise LayerError(
-                f"live training works on one 2D image and {self.image.value.name} is a stack: make a plane a layer "
-                "of its own (layer list: right-click the image > Split Stack) and annotate that one, or train on "
-                "the whole stack with the Train widget"
+                f"live training works on one 2D image and {self.image.value.name} is a stack of "
+                f"{data.shape[0]} planes: make a plane a layer of its own (layer list: right-click the image > "
+                "Split Stack) and annotate that one, or train on the whole stack with the Train widget; images of "
+                "several channels train from the command line (napari-unet train --in-channels N)"
             )
         in_channels = data.shape[channel_axis] if channel_axis is not None else 1
         self.live = None
@@ -251,6 +252,11 @@ class LiveTrainWidget(DockWidget):
     def _full_preview(self) -> np.ndarray:
         if self.preview is None:
             raise LayerError("no preview yet: start live training and wait for the first preview")
+        if self._annotation_layer not in self.viewer.layers:
+            raise LayerError(
+                f"the annotation '{self._annotation_layer.name}' the previews were made for was removed: "
+                "start live training again on an annotation"
+            )
         shown = helper_layer(self.viewer, f"{self._image_layer.name} live", "preview")
         if shown is None:
             raise LayerError("the live preview layer was removed: wait for the next preview")
