@@ -75,12 +75,13 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     assert "objects in" in widget.status.value
     # a second run (into a temporary store) replaces the layer
     n_layers = len(viewer.layers)
-    widget.store.value = ""
+    widget.store.line_edit.value = ""  # cleared, as in the field (setting value "" chooses the current folder)
     getattr(viewer, "scene", viewer).camera.zoom = 0.05  # zoomed out: a coarse level is shown, and must fill in
     widget.run_button.clicked.emit()
     wait_idle(widget)
     qtbot.wait(100)
     assert len(viewer.layers) == n_layers
+    assert not left.parent.exists()  # the replaced layer's temporary store is deleted with it
     labels = viewer.layers["big labels"]
     np.testing.assert_array_equal(labels.data[0][:], segment(threshold_model(), stack))
     assert labels.data_level > 0

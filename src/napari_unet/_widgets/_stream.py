@@ -5,13 +5,16 @@ full-resolution level of a multiscale layer): prediction reads only the windows 
 the tiles it works on. Above :data:`STORE_PIXELS` pixels, or when asked, the labels
 are written chunk by chunk into a zarr store (:func:`napari_unet.segment_to`) and
 shown as a multiscale labels layer backed by that store, refreshed as chunks finish.
-A cancelled run leaves the store; running again with the same store resumes it.
+A cancelled run leaves the store; running again with the same store resumes it. A
+temporary store (no folder chosen) is deleted when the next run's layer replaces its
+layer: nothing shows it any more, and a large image's labels take hundreds of MB.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -31,6 +34,10 @@ STORE_PIXELS = 1 << 26
 STORE_CHUNK = DEFAULT_CHUNK
 #: Least seconds between two refreshes of the labels layer while a store fills in.
 REFRESH_S = 0.5
+#: The temporary folders this session made for stores (:func:`store_for`).
+_TEMPORARY: set[Path] = set()
+#: The metadata key of a store-backed labels layer that holds its store's path.
+STORE_KEY = "napari_unet_store"
 
 
 def lazy_image_data(layer: Image | None):
@@ -62,7 +69,9 @@ def store_for(layer: Image, chosen) -> tuple[Path, bool]:
     """Where to write (the chosen folder, or a new temporary one) and whether to resume:
     a chosen store that an earlier, unfinished run of napari-unet left is resumed."""
     if chosen is None or str(chosen) in ("", "."):
-        return Path(tempfile.mkdtemp(prefix="napari-unet-")) / f"{store_file_name(layer.name)}.zarr", False
+        folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
+        _TEMPORARY.add(folder)
+        return folder / f"{store_file_name(layer.name)}.zarr", False
     path = Path(chosen)
     if not path.exists():
         return path, False
@@ -136,11 +145,21 @@ class StoreView:
         name = helper_name(self.viewer, self.name, "segmentation")  # never a layer of the user's
         with selection_kept(self.viewer):  # the user's layer stays selected, in its mode
             if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+                _drop_temporary_store(self.viewer.layers.pop(self.viewer.layers.index(name)), keep=self.out)
             self.layer = self.viewer.add_labels(
                 data,
                 name=name,
                 multiscale=len(levels) > 1,
-                metadata={ROLE: "segmentation"},
+                metadata={ROLE: "segmentation", STORE_KEY: str(self.out)},
                 **placement_on(self.like, ndim),
             )
+
+
+def _drop_temporary_store(layer, keep: Path) -> None:
+    """Delete the temporary store folder behind a labels layer that was just replaced
+    (unless it holds ``keep``, the store being shown now); chosen stores stay."""
+    store = layer.metadata.get(STORE_KEY)
+    folder = Path(store).parent if store else None
+    if folder in _TEMPORARY and folder != keep.parent:
+        _TEMPORARY.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
