@@ -29,7 +29,7 @@ from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError
-from .core.exchange import FORMATS, check_exportable, export_model
+from .core.exchange import FORMATS, axis_sizes, check_exportable, export_model
 from .core.instances import objects_found
 from .core.io import (
     check_image_file,
@@ -151,7 +151,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     args.format = export_format(args.out, args.format)
     check_outputs([args.out], args.overwrite)
     model = model_argument(args)
-    check_exportable(model)  # before any note on the package's settings
+    check_exportable(model, args.format)  # before any note on the package's settings
     options = {}
     if args.format == "bioimageio":
         options = {
@@ -168,6 +168,22 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise ConfigError("--author, --name, --license, --trained-on and --image apply to --format bioimageio only")
     path = export_model(model, args.out, args.format, **options)
     print(f"{args.model} -> {path} ({args.format}, {path.stat().st_size / 1e6:.2f} MB)")
+    if args.format != "bioimageio":  # a package describes its sizes itself
+        print(exported_sizes(model))
+
+
+def exported_sizes(model) -> str:
+    """How to call an ONNX or TorchScript export of ``model``: its input's axes, the
+    sizes that tile on the pooling grid and the halo a tiled consumer drops."""
+    names = "zyx"[-model.config.ndim :]
+    sizes = axis_sizes(model)
+    declared = ", ".join(f"{name} {axis.smallest} + k*{axis.step}" for name, axis in zip(names, sizes))
+    halos = ", ".join(f"{name} {axis.halo}" for name, axis in zip(names, sizes))
+    return (
+        f"input (N, {model.config.in_channels}, {', '.join(names.upper())}) normalised per image and channel; "
+        f"output (N, 1, ...) the foreground probability. Tile sizes: {declared}; halo to drop at tile borders: "
+        f"{halos} px"
+    )
 
 
 def export_format(out: Path, chosen: str | None) -> str:

@@ -21,7 +21,7 @@ from napari_unet.cli import main
 from napari_unet.core import exchange, standalone_unet
 from napari_unet.core.bioimageio_package import ARCHITECTURE_NAME, example_size, scale_range
 from napari_unet.core.geometry import context, margin
-from napari_unet.core.model import layer_plan
+from napari_unet.core.model import layer_plan, without_batch_norm
 from napari_unet.core.normalize import normalize
 from napari_unet.core.package_reader import RECORD_NAME, STATE_DICT_NAME, read_package
 
@@ -195,12 +195,70 @@ def test_the_export_format_follows_the_file_name_and_never_contradicts_it(tmp_pa
     assert not (tmp_path / "m2.onnx").exists() and not (tmp_path / "m.model").exists()
 
 
-def test_cli_export_of_a_3d_model_is_one_line_without_notes_on_the_package(tmp_path, capsys):
+def test_cli_export_of_a_3d_model_as_a_package_is_one_line_without_notes_on_the_package(tmp_path, capsys):
     nu.save_model(nu.UNet(ndim=3, base_channels=2, depth=1), tmp_path / "v.safetensors")
     assert main(["export", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.zip")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "napari-unet: error: export covers 2D models only; this is a 3D model (use it with napari-unet itself)"
+        "napari-unet: error: bioimage.io packages hold 2D models; export this 3D model as ONNX (.onnx) or "
+        "TorchScript (.pt)"
     ]  # not first "no --author given" for a package it never writes
+    assert main(["export", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.pt")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "input (N, 1, Z, Y, X) normalised per image and channel; output (N, 1, ...) the foreground probability. "
+        "Tile sizes: z 18 + k*2, y 18 + k*2, x 18 + k*2; halo to drop at tile borders: z 8, y 8, x 8 px"
+    )
+    assert torch.jit.load(str(tmp_path / "v.pt"))(torch.zeros(1, 1, 28, 28, 28)).shape == (1, 1, 28, 28, 28)
+
+
+def volume_model(spacing=None, **kwargs) -> nu.UNet:
+    """A small 3D model in eval mode, its batch normalisation (the 3D U-Net's) holding
+    running statistics far from the identity."""
+    torch.manual_seed(0)
+    config = replace(nu.ModelConfig.paper_3d(in_channels=1, n_classes=2, spacing=spacing), base_channels=2, depth=2)
+    model = nu.UNet.from_config(replace(config, **kwargs))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(1, 1, 44, 92, 92) * 3 + 1)
+    return model.eval()
+
+
+THREE_D = [
+    pytest.param({}, id="3D U-Net"),
+    pytest.param({"spacing": (3.0, 1.0, 1.0)}, id="anisotropic"),
+    pytest.param({"double_before_pool": False, "up_bias": True, "batch_norm": False}, id="2D design in 3D"),
+]
+
+
+@pytest.mark.parametrize("settings", THREE_D)
+def test_a_3d_model_exports_as_torchscript_and_onnx_equal_to_predict(tmp_path, rng, settings):
+    """3D models were refused by every export; the standalone network now holds them,
+    anisotropic kernels and poolings included, and equals napari-unet's overlap-tile
+    prediction on a volume of declared and of other sizes."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX Runtime comes with napari-unet[export]")
+    model = volume_model(**settings)
+    network = exchange.same_size_network(model)
+    plain = without_batch_norm(model)
+    assert exchange.plan_signature(plain) == [
+        tuple(layer)
+        for layer in standalone_unet.layer_plan(**exchange._plan_kwargs(exchange.architecture_kwargs(plain)))
+    ]
+    sizes = exchange.axis_sizes(model)
+    declared = tuple(axis.smallest + axis.step for axis in sizes)
+    scripted = torch.jit.load(str(exchange.export_model(model, tmp_path / "m.pt", "torchscript")))
+    session = onnxruntime.InferenceSession(
+        str(exchange.export_model(model, tmp_path / "m.onnx", "onnx")), providers=["CPUExecutionProvider"]
+    )
+    for shape in [declared, tuple(n + 5 for n in declared)]:
+        volume = rng.random(shape).astype(np.float32) * 1000
+        inputs = torch.from_numpy(normalize(volume[None], model.spec.normalization)[None])
+        with torch.no_grad():
+            out = network(inputs)
+        assert out.shape == (1, 1, *shape)
+        expected = 1.0 - nu.predict(model, volume, precision="fp32")[0]
+        np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-5)
+        with torch.no_grad():
+            assert (scripted(inputs) - out).abs().max().item() <= 1e-4
+        assert np.abs(session.run(None, {exchange.INPUT_NAME: inputs.numpy()})[0] - out.numpy()).max() <= 1e-4
 
 
 def test_a_foreign_package_is_refused_with_what_is_supported(tmp_path):

@@ -434,6 +434,27 @@ def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session
     assert not widget.exporter.runner.busy
 
 
+def test_a_3d_model_exports_as_onnx_and_its_package_is_refused_in_the_status(
+    viewer, session, tmp_path, qtbot, monkeypatch
+):
+    """The button refused 3D models before asking where to; ONNX and TorchScript hold them now."""
+    from napari_unet import UNet
+
+    from .conftest import WORKER_TIMEOUT
+
+    session.set_model(UNet(ndim=3, base_channels=2, depth=1), "a 3D model")
+    widget = docked(viewer, SegmentWidget(viewer, session))
+    monkeypatch.setattr(ModelExport, "ask_path", lambda self: (tmp_path / "v.zip", "bioimageio"))
+    widget.exporter.button.clicked.emit()
+    assert "bioimage.io packages hold 2D models; export this 3D model as ONNX" in widget.status.value
+    assert not widget.exporter.runner.busy and not (tmp_path / "v.zip").exists()
+    monkeypatch.setattr(ModelExport, "ask_path", lambda self: (tmp_path / "v.onnx", "onnx"))
+    widget.exporter.button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.exporter.runner.busy, timeout=WORKER_TIMEOUT)
+    qtbot.wait(10)
+    assert (tmp_path / "v.onnx").is_file() and "exported" in widget.status.value
+
+
 def test_the_settings_scroll_above_segment_so_it_shares_a_laptop_dock_with_train(viewer, model_session):
     """Issue 11: docked under the Train widget on a 1366x768 screen (about 630 px for
     both), the 13 settings (520 px) scroll and Segment, Cancel and progress stay in view."""

@@ -51,11 +51,11 @@ class ModelExport:
         if self.runner.busy:
             return
         model = self.model()
-        check_exportable(model)  # before the save dialog: a 3D model cannot be exported
         target = self.ask_path()
         if target is None:
             return
         path, format = target
+        check_exportable(model, format)  # a 3D model as a bioimage.io package: before any work
         options = {}
         layer = self.image()
         large_enough = layer is not None and min(spatial_shape(layer)[-2:]) >= min_size(model.config.depth)

@@ -212,6 +212,7 @@ def write_package(
     ``image``: an example image for the test tensors and cover (default: synthetic
     nuclei). Returns ``path``.
     """
+    exchange.check_exportable(model, "bioimageio")
     _require_spec()
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5

@@ -1,21 +1,26 @@
 """Export a model for other software: TorchScript, ONNX and bioimage.io packages.
 
-Every exported form computes the same thing: an image ``(N, C, H, W)``, already
-normalised like napari-unet normalises it, goes in; the foreground probability
-``(N, 1, H, W)`` of the same size comes out (1 minus the softmax probability of
-class 0, as napari-unet's Segment widget shows it). The network is
+Every exported form computes the same thing: an image ``(N, C, H, W)`` (a 3D
+model: a volume ``(N, C, Z, Y, X)``), already normalised like napari-unet
+normalises it, goes in; the foreground probability ``(N, 1, ...)`` of the same size
+comes out (1 minus the softmax probability of class 0, as napari-unet's Segment
+widget shows it). The network is
 :class:`~napari_unet.core.standalone_unet.SameSizeUNet`, which mirrors the image by
 the network's context internally, so its output equals :func:`napari_unet.predict`
-on the same image. Sizes that step by ``2**depth`` are the declared ones; a tiled
-consumer drops :func:`halo` pixels at every tile border and gets seamless results.
+on the same image. Sizes that step by the pooling grid (``2**depth`` for a 2D model)
+are the declared ones; a tiled consumer drops the halo (:func:`halo`, per axis
+:func:`axis_sizes`) at every tile border and gets seamless results.
 
-ONNX and TorchScript need only torch (and onnx for ONNX); the bioimage.io package
-needs the ``export`` extra (see :mod:`napari_unet.core.bioimageio_package`).
+ONNX and TorchScript need only torch (and onnx for ONNX) and hold 2D and 3D models;
+the bioimage.io package (2D models) needs the ``export`` extra (see
+:mod:`napari_unet.core.bioimageio_package`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +31,7 @@ from . import standalone_unet
 from .errors import ConfigError, NapariUnetError, OutputFileError
 from .io import check_writable, write_atomic
 from .model import UNet, without_batch_norm
+from .spacing import level_kernels_and_pools
 
 #: Export formats and the file name suffix of each.
 FORMATS = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
@@ -65,20 +71,62 @@ def plan_signature(model: UNet) -> list[tuple]:
 
 
 def architecture_kwargs(model: UNet) -> dict:
-    """Keyword arguments of :class:`SameSizeUNet` for ``model``'s architecture."""
+    """Keyword arguments of :class:`SameSizeUNet` for ``model``'s architecture: those
+    of the 2D paper network, and for other networks (3D, anisotropic kernels, doubled
+    channels, up-convolutions without bias) what sets them apart."""
     config = model.config
-    return {
+    kwargs = {
         "in_channels": config.in_channels,
         "n_classes": config.n_classes,
         "base_channels": config.base_channels,
         "depth": config.depth,
     }
+    if config.ndim != 2 or config.double_before_pool or not config.up_bias:
+        kernels, pools = level_kernels_and_pools(config.spacing, config.depth, config.ndim)
+        kwargs.update(
+            ndim=config.ndim,
+            kernels=[list(kernel) for kernel in kernels],
+            pools=[list(factors) for factors in pools],
+            double_before_pool=config.double_before_pool,
+            up_bias=config.up_bias,
+        )
+    return kwargs
 
 
-def check_exportable(model: UNet) -> None:
-    """Raise :class:`ConfigError` for a model the exports cannot hold (3D ones)."""
-    if model.config.ndim != 2:
-        raise ConfigError("export covers 2D models only; this is a 3D model (use it with napari-unet itself)")
+@dataclasses.dataclass(frozen=True)
+class AxisSizes:
+    """What an exported model's consumer needs per spatial axis: the declared sizes
+    are ``smallest + k * step``; tiles drop ``halo`` pixels at each border."""
+
+    step: int
+    halo: int
+
+    @property
+    def smallest(self) -> int:
+        return 2 * self.halo + self.step
+
+
+def axis_sizes(model: UNet) -> tuple[AxisSizes, ...]:
+    """:class:`AxisSizes` of each spatial axis (y, x; a 3D model z, y, x)."""
+    kwargs = architecture_kwargs(model)
+    ndim = kwargs.get("ndim", 2)
+    kernels = kwargs.get("kernels") or [[3] * ndim] * (model.config.depth + 1)
+    pools = kwargs.get("pools") or [[2] * ndim] * model.config.depth
+    sizes = []
+    for axis in range(ndim):
+        step = math.prod(factors[axis] for factors in pools)
+        context = standalone_unet.axis_context([k[axis] for k in kernels], [p[axis] for p in pools])
+        sizes.append(AxisSizes(step, standalone_unet.axis_halo(context, step)))
+    return tuple(sizes)
+
+
+def check_exportable(model: UNet, format: str | None = None) -> None:
+    """Raise :class:`ConfigError` for a model ``format`` cannot hold: bioimage.io
+    packages (and ``format=None``, "any") hold 2D models only."""
+    if model.config.ndim != 2 and format in (None, "bioimageio"):
+        raise ConfigError(
+            "bioimage.io packages hold 2D models; export this 3D model as ONNX (.onnx) or TorchScript (.pt)"
+        )
 
 
 def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
@@ -89,10 +137,9 @@ def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     Raises ``RuntimeError`` (a bug, not a user error) if the standalone file's layer
     plan ever drifts from the core's.
     """
-    check_exportable(model)
     plain = without_batch_norm(model)  # a consistent copy, even while training
     kwargs = architecture_kwargs(plain)
-    standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**kwargs)]
+    standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**_plan_kwargs(kwargs))]
     if standalone_plan != plan_signature(plain):
         raise RuntimeError("standalone_unet.layer_plan differs from napari_unet.core.model.layer_plan")
     network = standalone_unet.SameSizeUNet(**kwargs)
@@ -100,10 +147,15 @@ def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     return network.eval().requires_grad_(False)
 
 
+def _plan_kwargs(kwargs: dict) -> dict:
+    """:func:`standalone_unet.layer_plan`'s share of the network's keyword arguments."""
+    return {key: value for key, value in kwargs.items() if key != "up_bias"}
+
+
 def example_input(model: UNet, batch: int = 1) -> torch.Tensor:
-    """A zero input of the smallest declared size plus one step (for tracing)."""
-    size = min_size(model.config.depth) + 2**model.config.depth
-    return torch.zeros(batch, model.config.in_channels, size, size)
+    """A zero input of the smallest declared size plus one step per axis (for tracing)."""
+    shape = [sizes.smallest + sizes.step for sizes in axis_sizes(model)]
+    return torch.zeros(batch, model.config.in_channels, *shape)
 
 
 def _check_target(path: Path) -> None:
@@ -127,7 +179,7 @@ def export_torchscript(model: UNet, path: str | os.PathLike) -> Path:
 
 
 def export_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
-    """Write ``model`` as ONNX with dynamic batch, height and width.
+    """Write ``model`` as ONNX with dynamic batch and spatial sizes.
 
     Uses torch's TorchScript-based exporter: it records the shape arithmetic of the
     internal mirroring as graph operations in about a second, where the
@@ -139,7 +191,7 @@ def export_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -
         raise ExportError("ONNX export needs the onnx package: pip install 'napari-unet[export]'") from error
     path = Path(path)
     _check_target(path)
-    axes = {0: "batch", 2: "y", 3: "x"}
+    axes = {0: "batch", **{2 + i: name for i, name in enumerate("zyx"[-model.config.ndim :])}}
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
@@ -165,6 +217,7 @@ def export_model(model: UNet, path: str | os.PathLike, format: str, **package_op
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_exportable(model, format)
     if format != "bioimageio" and package_options:
         raise ExportError(f"{', '.join(package_options)} only apply to bioimage.io packages")
     if format == "torchscript":
