@@ -29,7 +29,7 @@ from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
 from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError
-from .core.exchange import FORMATS, axis_sizes, check_exportable, export_model
+from .core.exchange import FORMATS, axis_sizes, export_model
 from .core.instances import objects_found
 from .core.io import (
     check_image_file,
@@ -151,7 +151,6 @@ def cmd_export(args: argparse.Namespace) -> None:
     args.format = export_format(args.out, args.format)
     check_outputs([args.out], args.overwrite)
     model = model_argument(args)
-    check_exportable(model, args.format)  # before any note on the package's settings
     options = {}
     if args.format == "bioimageio":
         options = {

@@ -195,13 +195,9 @@ def test_the_export_format_follows_the_file_name_and_never_contradicts_it(tmp_pa
     assert not (tmp_path / "m2.onnx").exists() and not (tmp_path / "m.model").exists()
 
 
-def test_cli_export_of_a_3d_model_as_a_package_is_one_line_without_notes_on_the_package(tmp_path, capsys):
+def test_cli_export_of_a_3d_model_prints_its_sizes_per_axis(tmp_path, capsys):
+    """3D models were refused by every export."""
     nu.save_model(nu.UNet(ndim=3, base_channels=2, depth=1), tmp_path / "v.safetensors")
-    assert main(["export", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.zip")]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "napari-unet: error: bioimage.io packages hold 2D models; export this 3D model as ONNX (.onnx) or "
-        "TorchScript (.pt)"
-    ]  # not first "no --author given" for a package it never writes
     assert main(["export", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.pt")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         "input (N, 1, Z, Y, X) normalised per image and channel; output (N, 1, ...) the foreground probability. "
@@ -421,3 +417,41 @@ def test_bioimageio_tiled_prediction_is_seamless_and_equals_predict(package):
         blocks = pipeline.predict_sample_with_blocking(sample, skip_preprocessing=True, ns=8)
     difference = whole.members["foreground"].data.values - blocks.members["foreground"].data.values
     assert np.abs(difference).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def volume_package(tmp_path_factory):
+    pytest.importorskip("bioimageio.spec", reason="bioimage.io export needs napari-unet[export]")
+    model = volume_model(spacing=(2.0, 1.0, 1.0))
+    path = tmp_path_factory.mktemp("package") / "volume.zip"
+    return model, exchange.export_model(model, path, "bioimageio", authors=["Ada Lovelace"])
+
+
+def test_a_3d_package_describes_each_axis_and_reads_back_with_identical_predictions(volume_package, rng):
+    """bioimage.io packages held 2D models only."""
+    model, path = volume_package
+    with zipfile.ZipFile(path) as archive:
+        rdf = archive.read("rdf.yaml").decode()
+        readme = archive.read("README.md").decode()
+        raw = np.load(archive.open("test_input.npy"))
+    sizes = exchange.axis_sizes(model)
+    assert [(axis.step, axis.halo) for axis in sizes] == [(2, 8), (4, 20), (4, 20)]  # z is coarse at level 0
+    assert raw.shape == (1, 1, sizes[0].smallest + 2, 128, 128)
+    assert "id: z" in rdf and "halo: 8" in rdf and "3d" in rdf
+    assert "input sizes: z 18 + n * 2, y 44 + n * 4, x 44 + n * 4 px" in readme
+    back = nu.load_model(path)
+    assert back.config.ndim == 3 and back.config.spacing == (2.0, 1.0, 1.0)
+    volume = rng.random((20, 48, 52)).astype(np.float32)
+    np.testing.assert_allclose(
+        nu.predict(back, volume, precision="fp32"), nu.predict(model, volume, precision="fp32"), atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_bioimageio_test_passes_for_every_weight_format_of_a_3d_package(volume_package):
+    core = pytest.importorskip("bioimageio.core", reason="bioimage.io checks need napari-unet[export]")
+    _, path = volume_package
+    for weight_format in ("pytorch_state_dict", "torchscript", "onnx"):
+        summary = core.test_model(path, weight_format=weight_format, devices=["cpu"])
+        failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+        assert summary.status == "passed", failed

@@ -69,9 +69,6 @@ def test_two_annotated_planes_train_a_3d_unet_that_segments_the_stack(viewer, se
     viewer.add_image(np.zeros((8, 8), np.float32), name="another layer")  # napari resets the choices
     assert segment.tile.choices == (None,)  # "auto" alone for a 3D model
     assert train.tile.choices == (None,)  # and for the 3D network chosen in Train
-    segment.exporter.ask_path = lambda: pytest.fail("a 3D model is refused before the save dialog")
-    segment.exporter.button.clicked.emit()
-    assert "export covers 2D models only" in segment.status.value
     segment.image.value = viewer.add_image(stack[6], name="plane 6")
     segment.run_button.clicked.emit()  # refused at once, before any layer or worker
     assert "3D U-Net and plane 6 is one plane: choose a stack or a 2D model" in segment.status.value

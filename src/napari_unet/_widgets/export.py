@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import PushButton
 from napari.layers import Image
 
-from ..core.exchange import FORMATS, check_exportable, min_size
+from ..core.exchange import FORMATS, axis_sizes
 from ..core.model import UNet
 from ._base import DockWidget
 from ._jobs import export_job
@@ -26,7 +26,7 @@ EXPORT_FILTERS = {
 class ModelExport:
     """An *Export model…* button for ``dock``: writes ``model()`` to a file chosen in a
     save dialog. A bioimage.io package takes its test image from the layer ``image()``
-    returns when that is large enough for the network. What it does, the file written
+    returns when that is large enough for the network (a volume for a 3D model). What it does, the file written
     and any problem go to the dock's status line."""
 
     def __init__(self, dock: DockWidget, model: Callable[[], UNet], image: Callable[[], Image | None]) -> None:
@@ -55,10 +55,13 @@ class ModelExport:
         if target is None:
             return
         path, format = target
-        check_exportable(model, format)  # a 3D model as a bioimage.io package: before any work
         options = {}
         layer = self.image()
-        large_enough = layer is not None and min(spatial_shape(layer)[-2:]) >= min_size(model.config.depth)
+        ndim = model.config.ndim
+        large_enough = layer is not None and all(
+            n >= axis.smallest for n, axis in zip(spatial_shape(layer)[-ndim:], axis_sizes(model))
+        )
+        large_enough = large_enough and len(spatial_shape(layer)) >= ndim
         if format == "bioimageio" and large_enough:
             data, channel_axis = image_data(layer)
             options = {"image": np.asarray(data), "channel_axis": channel_axis}

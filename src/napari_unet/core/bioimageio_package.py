@@ -3,11 +3,12 @@
 Writing uses ``bioimageio.spec``'s own description classes and packaging (the
 ``export`` extra). A package holds:
 
-- ``rdf.yaml``, the description: one input ``raw`` (batch, channel, y, x) whose
-  preprocessing is napari-unet's normalisation as ``scale_range`` (same percentiles,
-  per image and channel, not clipped), mirrored when padded; one output
-  ``foreground`` of the input's size with a ``halo`` on y and x; sizes
-  ``min + n * 2**depth``;
+- ``rdf.yaml``, the description: one input ``raw`` (batch, channel, y, x; a 3D
+  model's batch, channel, z, y, x) whose preprocessing is napari-unet's
+  normalisation as ``scale_range`` (same percentiles, per image and channel, not
+  clipped), mirrored when padded; one output ``foreground`` of the input's size with
+  a ``halo`` on every spatial axis; sizes ``min + n * step`` per axis
+  (:func:`napari_unet.core.exchange.axis_sizes`);
 - weights as ``pytorch_state_dict`` (the parent; architecture: the standalone
   ``unet_architecture.py``, which does not import napari_unet), ``torchscript`` and
   ``onnx``, all computing the same network (see :mod:`napari_unet.core.exchange`);
@@ -65,47 +66,90 @@ def _require_spec():
 
 
 def scale_range(image: np.ndarray, normalization: NormalizationConfig, eps: float = SCALE_RANGE_EPS) -> np.ndarray:
-    """The spec's ``scale_range`` per channel of ``image`` (C, H, W), float32:
-    ``(x - p_low) / (p_high - p_low + eps)`` with linearly interpolated percentiles."""
+    """The spec's ``scale_range`` per channel of ``image`` (C, H, W) or (C, Z, Y, X),
+    float32: ``(x - p_low) / (p_high - p_low + eps)`` with linearly interpolated
+    percentiles."""
     data = np.asarray(image, np.float32)
     flat = data.reshape(data.shape[0], -1)
     low, high = np.percentile(flat, [normalization.low, normalization.high], axis=1).astype(np.float32)
-    return ((data - low[:, None, None]) / (high - low + np.float32(eps))[:, None, None]).astype(np.float32)
+    per_channel = (-1,) + (1,) * (data.ndim - 1)
+    return ((data - low.reshape(per_channel)) / (high - low + np.float32(eps)).reshape(per_channel)).astype(np.float32)
+
+
+#: In-plane side the test tensors aim at (px); along z a volume's test tensor is one
+#: pooling step above the smallest declared size.
+EXAMPLE_SIDE = 128
 
 
 def example_size(depth: int) -> int:
-    """Side of the square test tensors: at least 128 px and one declared size."""
+    """Side of a 2D model's square test tensors: at least 128 px and one declared size."""
     step = 2**depth
-    return max(exchange.min_size(depth), -(-128 // step) * step)
+    return max(exchange.min_size(depth), -(-EXAMPLE_SIDE // step) * step)
+
+
+def example_shape(model: UNet) -> tuple[int, ...]:
+    """The spatial shape of the test tensors: (S, S) for a 2D model (:func:`example_size`),
+    (z, y, x) declared sizes for a 3D one."""
+    sizes = exchange.axis_sizes(model)
+    if model.config.ndim == 2:
+        return (example_size(model.config.depth),) * 2
+    in_plane = [max(axis.smallest, -(-EXAMPLE_SIDE // axis.step) * axis.step) for axis in sizes[1:]]
+    return (sizes[0].smallest + sizes[0].step, *in_plane)
+
+
+def _channels_first(model: UNet, image: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """``image`` as (C, *spatial) for ``model``: its first plane (a 2D model) or volume
+    (a 3D one) if it holds more."""
+    ndim, channels = model.config.ndim, model.config.in_channels
+    if ndim == 2:
+        planes = channels_at_minus3(image, channels, channel_axis)
+        return planes.reshape(-1, *planes.shape[-3:])[0]
+    data = np.asarray(image)
+    if channel_axis is not None:
+        data = np.moveaxis(data, channel_axis, -4)
+    elif channels == 1:
+        data = data[..., None, :, :, :]
+    if data.ndim < 4 or data.shape[-4] != channels:
+        raise exchange.ExportError(
+            f"the example image (shape {np.shape(image)}) is no volume of {channels} channel(s) for this 3D model"
+        )
+    return data.reshape(-1, *data.shape[-4:])[0]
 
 
 def example_image(model: UNet, image: np.ndarray | None = None, channel_axis: int | None = None) -> np.ndarray:
-    """The raw test input ``(C, S, S)`` float32: the centre of ``image`` (its first plane
-    if a stack) or, by default, synthetic nuclei in every channel."""
-    depth, channels = model.config.depth, model.config.in_channels
-    size = example_size(depth)
+    """The raw test input ``(C, *spatial)`` float32: the centre of ``image`` (its first
+    plane or volume if it holds more) or, by default, synthetic nuclei in every channel."""
+    channels, shape = model.config.in_channels, example_shape(model)
     if image is None:
-        from .synthetic import synthetic_nuclei
+        if model.config.ndim == 2:
+            from .synthetic import synthetic_nuclei
 
-        nuclei = synthetic_nuclei((size, size), seed=0)[0].astype(np.float32)
-        return np.repeat(nuclei[None], channels, axis=0)
-    planes = channels_at_minus3(image, channels, channel_axis)
-    plane = planes.reshape(-1, *planes.shape[-3:])[0]
-    step, smallest = 2**depth, exchange.min_size(depth)
+            nuclei = synthetic_nuclei(shape, seed=0)[0]
+        else:
+            from .synthetic_volume import synthetic_volume
+
+            nuclei = synthetic_volume(shape, seed=0)[0]
+        return np.repeat(nuclei.astype(np.float32)[None], channels, axis=0)
+    data = _channels_first(model, image, channel_axis)
+    names = "zyx"[-model.config.ndim :]
     sides = []
-    for n in plane.shape[-2:]:
-        if n < smallest:
+    for n, wanted, axis, name in zip(data.shape[1:], shape, exchange.axis_sizes(model), names):
+        if n < axis.smallest:
+            smallest = " x ".join(str(a.smallest) for a in exchange.axis_sizes(model))
             raise exchange.ExportError(
-                f"the example image (shape {np.shape(image)}) is too small for test tensors: "
-                f"a depth-{depth} model needs at least {smallest} x {smallest} px"
+                f"the example image (shape {np.shape(image)}) is too small for test tensors along {name}: "
+                f"this model needs at least {smallest} px"
             )
-        sides.append(min(size, smallest + (n - smallest) // step * step))
-    top, left = ((n - s) // 2 for n, s in zip(plane.shape[-2:], sides))
-    return np.ascontiguousarray(plane[:, top : top + sides[0], left : left + sides[1]], dtype=np.float32)
+        sides.append(min(wanted, axis.smallest + (n - axis.smallest) // axis.step * axis.step))
+    window = tuple(slice((n - side) // 2, (n - side) // 2 + side) for n, side in zip(data.shape[1:], sides))
+    return np.ascontiguousarray(data[(slice(None), *window)], dtype=np.float32)
 
 
 def _cover(raw: np.ndarray, foreground: np.ndarray) -> np.ndarray:
-    """A 2:1 RGB picture: the normalised first channel beside the foreground probability."""
+    """A 2:1 RGB picture: the normalised first channel beside the foreground probability
+    (of a volume: its middle plane)."""
+    if foreground.ndim == 3:
+        raw, foreground = raw[:, raw.shape[1] // 2], foreground[foreground.shape[0] // 2]
     low, high = np.percentile(raw[0], [1.0, 99.8])
     left = np.clip((raw[0] - low) / max(high - low, 1e-12), 0, 1)
     right = np.clip(foreground, 0, 1)
@@ -212,7 +256,6 @@ def write_package(
     ``image``: an example image for the test tensors and cover (default: synthetic
     nuclei). Returns ``path``.
     """
-    exchange.check_exportable(model, "bioimageio")
     _require_spec()
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5
@@ -224,8 +267,8 @@ def write_package(
     check_writable(path)  # its folder is created if need be, as for every other output
     trained, model = model, without_batch_norm(model)  # what every weight format holds; the spec says so
     config, spec = model.config, model.spec
-    depth, step = config.depth, 2**config.depth
-    name = name or f"napari-unet U-Net base{config.base_channels} depth{depth}"
+    depth, sizes, kind = config.depth, exchange.axis_sizes(model), f"{config.ndim}D"
+    name = name or f"napari-unet {'3D ' if config.ndim == 3 else ''}U-Net base{config.base_channels} depth{depth}"
     if len(name.strip()) < MIN_NAME_LENGTH:  # the spec's own message said "at least 5 items"
         raise ConfigError(
             f"the model name {name!r} is too short: bioimage.io needs {MIN_NAME_LENGTH} characters or more"
@@ -255,22 +298,22 @@ def write_package(
         iio.imwrite(folder / "sample_input.tif", raw.squeeze())  # for people: (C,) H, W
         iio.imwrite(folder / "sample_output.tif", expected[0, 0].astype(np.float32))
         trained_on = trained_on or "Not recorded at export (pass `--trained-on` to `napari-unet export`)."
-        readme = package_readme(model, name, trained_on, checks, raw.shape[-1])
+        readme = package_readme(model, name, trained_on, checks, raw.shape[1:])
         (folder / "README.md").write_text(readme, encoding="utf-8")
         record = _record(model, sha256(files[STATE_DICT_NAME]), sha256(files[ARCHITECTURE_NAME]))
         (folder / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
-        space = [v0_5.AxisId("y"), v0_5.AxisId("x")]
+        space = [v0_5.AxisId(axis) for axis in "zyx"[-config.ndim :]]
         input_id, output_id = v0_5.TensorId(exchange.INPUT_NAME), v0_5.TensorId(exchange.OUTPUT_NAME)
         channel_names = [f"channel{i}" for i in range(config.in_channels)]
-        size = v0_5.ParameterizedSize(min=exchange.min_size(depth), step=step)
         torch_version = v0_5.Version(torch.__version__.split("+")[0])
         descr = _describe(
             name=name,
             description=(
-                f"U-Net (Ronneberger et al. 2015) from napari-unet: foreground probability of "
-                f"{config.in_channels}-channel 2D images. Unpadded convolutions with internal mirroring; "
-                f"tiles drop a {exchange.halo(depth)} px halo."
+                f"{'3D U-Net (Cicek et al. 2016, after' if config.ndim == 3 else 'U-Net ('}Ronneberger et al. "
+                f"2015) from napari-unet: foreground probability of {config.in_channels}-channel {kind} "
+                f"{'volumes' if config.ndim == 3 else 'images'}. Unpadded convolutions with internal mirroring; "
+                f"tiles drop a halo of {' x '.join(str(axis.halo) for axis in sizes)} px."
             ),
             authors=[v0_5.Author(name=author) for author in (authors or [DEFAULT_AUTHOR])],
             cite=[v0_5.CiteEntry(text=PAPER_TEXT, doi=v0_5.Doi(PAPER_DOI))],
@@ -278,7 +321,7 @@ def write_package(
             documentation=v0_5.FileDescr(source=folder / "README.md"),
             covers=[v0_5.FileDescr(source=folder / "cover.png")],
             attachments=[v0_5.FileDescr(source=folder / RECORD_NAME)],
-            tags=["2d", "unet", "pytorch", "semantic-segmentation", "napari-unet"],
+            tags=[kind.lower(), "unet", "pytorch", "semantic-segmentation", "napari-unet"],
             inputs=[
                 v0_5.InputTensorDescr(
                     id=input_id,
@@ -286,7 +329,12 @@ def write_package(
                     axes=[
                         v0_5.BatchAxis(),
                         v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in channel_names]),
-                        *(v0_5.SpaceInputAxis(id=axis, size=size) for axis in space),
+                        *(
+                            v0_5.SpaceInputAxis(
+                                id=axis, size=v0_5.ParameterizedSize(min=sized.smallest, step=sized.step)
+                            )
+                            for axis, sized in zip(space, sizes)
+                        ),
                     ],
                     test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
                     sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
@@ -315,9 +363,9 @@ def write_package(
                             v0_5.SpaceOutputAxisWithHalo(
                                 id=axis,
                                 size=v0_5.SizeReference(tensor_id=input_id, axis_id=axis),
-                                halo=exchange.halo(depth),
+                                halo=sized.halo,
                             )
-                            for axis in space
+                            for axis, sized in zip(space, sizes)
                         ),
                     ],
                     test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
@@ -350,7 +398,7 @@ def write_package(
                 bioimageio=v0_5.BioimageioConfig(
                     architecture_type="U-Net",
                     architecture_description=(
-                        f"2D U-Net, {config.base_channels} base channels, depth {depth}, unpadded convolutions"
+                        f"{kind} U-Net, {config.base_channels} base channels, depth {depth}, unpadded convolutions"
                     ),
                     task="segmentation",
                     model_parameter_count=sum(p.numel() for p in model.parameters()),

@@ -11,9 +11,9 @@ on the same image. Sizes that step by the pooling grid (``2**depth`` for a 2D mo
 are the declared ones; a tiled consumer drops the halo (:func:`halo`, per axis
 :func:`axis_sizes`) at every tile border and gets seamless results.
 
-ONNX and TorchScript need only torch (and onnx for ONNX) and hold 2D and 3D models;
-the bioimage.io package (2D models) needs the ``export`` extra (see
-:mod:`napari_unet.core.bioimageio_package`).
+ONNX and TorchScript need only torch (and onnx for ONNX); the bioimage.io package
+needs the ``export`` extra (see :mod:`napari_unet.core.bioimageio_package`). All
+three hold 2D and 3D models.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import standalone_unet
-from .errors import ConfigError, NapariUnetError, OutputFileError
+from .errors import NapariUnetError, OutputFileError
 from .io import check_writable, write_atomic
 from .model import UNet, without_batch_norm
 from .spacing import level_kernels_and_pools
@@ -120,15 +120,6 @@ def axis_sizes(model: UNet) -> tuple[AxisSizes, ...]:
     return tuple(sizes)
 
 
-def check_exportable(model: UNet, format: str | None = None) -> None:
-    """Raise :class:`ConfigError` for a model ``format`` cannot hold: bioimage.io
-    packages (and ``format=None``, "any") hold 2D models only."""
-    if model.config.ndim != 2 and format in (None, "bioimageio"):
-        raise ConfigError(
-            "bioimage.io packages hold 2D models; export this 3D model as ONNX (.onnx) or TorchScript (.pt)"
-        )
-
-
 def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     """The standalone network with a copy of ``model``'s weights, in eval mode on the CPU;
     batch normalisation is folded into the convolutions (see
@@ -217,7 +208,6 @@ def export_model(model: UNet, path: str | os.PathLike, format: str, **package_op
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    check_exportable(model, format)
     if format != "bioimageio" and package_options:
         raise ExportError(f"{', '.join(package_options)} only apply to bioimage.io packages")
     if format == "torchscript":

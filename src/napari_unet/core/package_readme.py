@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import exchange
-from .geometry import margin
+from .geometry import context, model_axes
 from .model import UNet
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
@@ -57,16 +57,25 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
     return lines
 
 
-def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], size: int) -> str:
+def axis_context(config, axis: int) -> int:
+    """Input pixels each side an output pixel depends on along spatial ``axis``."""
+    return context(model_axes(config)[axis])
+
+
+def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], shape: tuple[int, ...]) -> str:
     """The README.md of a package of ``model``: what it was trained on (``trained_on``, the
     user's words) and how, the network, its input and output, how to use it, and the
-    largest differences between its weight formats (``checks``) on the ``size`` x
-    ``size`` px test tensors."""
+    largest differences between its weight formats (``checks``) on the test tensors of
+    spatial ``shape``."""
     config, spec = model.config, model.spec
-    depth, step = config.depth, 2**config.depth
+    depth, sizes = config.depth, exchange.axis_sizes(model)
     norm, inst = spec.normalization, spec.instances
     parameters = sum(p.numel() for p in model.parameters())
-    lost = margin(depth)
+    names = "zyx"[-config.ndim :]
+    axes = ", ".join(names)
+    per_axis = lambda values: " x ".join(str(v) for v in values)  # noqa: E731
+    contexts = [axis_context(model.config, axis) for axis in range(config.ndim)]
+    unit = "voxels" if config.ndim == 3 else "px"
     lines = [
         f"# {name}",
         "",
@@ -85,19 +94,23 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
         "",
         f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.classes)}), "
         f"{config.base_channels} base channels, depth {depth}, {parameters:,} parameters",
-        f"- unpadded 3x3 convolutions: the bare network's output is {lost} px smaller than its input. The",
-        f"  exported module mirrors at least {lost // 2} px onto each side itself, so output and input have the",
-        f"  same size; the outer {exchange.halo(depth)} px of each output tile saw mirrored context and are",
-        "  declared as `halo`.",
-        f"- input sizes: {exchange.min_size(depth)} + n * {step} px per axis (n = 0, 1, 2, ...)",
+        f"- unpadded {'x'.join('3' * config.ndim)} convolutions"
+        + (" (1 wide along an axis at the levels where the voxels are coarse along it)" if config.ndim == 3 else "")
+        + f": the bare network's output is {per_axis(2 * c for c in contexts)} px ({axes}) smaller than its input.",
+        f"  The exported module mirrors at least {per_axis(contexts)} px onto each side itself, so output and input",
+        f"  have the same size; the outer {per_axis(a.halo for a in sizes)} px of each output tile saw mirrored",
+        "  context and are declared as `halo`.",
+        "- input sizes: "
+        + ", ".join(f"{name} {a.smallest} + n * {a.step}" for name, a in zip(names, sizes))
+        + " px (n = 0, 1, 2, ...)",
         "",
         "## Input and output",
         "",
-        f"- input `raw` (batch, channel, y, x): any intensities; the preprocessing maps the {norm.low} and",
+        f"- input `raw` (batch, channel, {axes}): any intensities; the preprocessing maps the {norm.low} and",
         f"  {norm.high} percentiles of each image and channel to 0 and 1 (`scale_range`, values not clipped).",
-        "- output `foreground` (batch, channel, y, x): the foreground probability, 1 minus the softmax",
+        f"- output `foreground` (batch, channel, {axes}): the foreground probability, 1 minus the softmax",
         "  probability of the background class.",
-        f"- napari-unet turns it into instances with threshold {inst.threshold}, minimum size {inst.min_size} px,",
+        f"- napari-unet turns it into instances with threshold {inst.threshold}, minimum size {inst.min_size} {unit},",
         f"  holes filled: {inst.fill_holes}, objects grown by {inst.expand} px, touching objects split where",
         f"  the smoothed probability dips by {inst.split} between two peaks (0: never) unless a piece would",
         f"  have fewer than {inst.min_piece} px, and objects filling less than {inst.min_fill} of the ellipse of",
@@ -112,7 +125,7 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
         "",
         "## Validation",
         "",
-        f"Checked when the package was written, on the {size} x {size} px test tensors:",
+        f"Checked when the package was written, on the {per_axis(shape)} px test tensors:",
         "",
         *(f"- {label}: max |difference| {value:.2e}" for label, value in checks.items()),
         "",
