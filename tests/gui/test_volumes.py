@@ -2,7 +2,6 @@
 
 import dask.array as da
 import numpy as np
-import pytest
 import torch
 
 from napari_unet import load_model
