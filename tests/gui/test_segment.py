@@ -62,6 +62,26 @@ def test_the_labels_of_a_rotated_image_lie_on_it(viewer, model_session, nuclei, 
     np.testing.assert_allclose(labels.data_to_world((30, 40)), image.data_to_world((30, 40)), atol=1e-9)
 
 
+def test_labels_follow_the_image_when_its_scale_is_corrected_and_it_is_segmented_again(
+    viewer, model_session, nuclei, wait_idle
+):
+    """The labels layer was reused with its old scale and translation: after a user
+    corrected the image's pixel size and segmented again, the labels lay beside it."""
+    image = viewer.add_image(np.stack([nuclei[0]] * 2), name="cells")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    widget.image.value = image
+    for planes in ("all planes", "current plane"):
+        widget.planes.value = planes
+        widget.run_button.clicked.emit()
+        wait_idle(widget)
+        image.scale, image.translate = (3, 0.5, 0.5), (0, 10, 20)
+        widget.run_button.clicked.emit()
+        wait_idle(widget)
+        labels = viewer.layers["cells labels"]
+        np.testing.assert_allclose(labels.data_to_world((1, 30, 40)), image.data_to_world((1, 30, 40)), atol=1e-9)
+        image.scale, image.translate = (1, 1, 1), (0, 0, 0)
+
+
 def test_an_image_removed_while_it_is_segmented_gets_no_labels(viewer, model_session, nuclei, wait_idle):
     """Its labels were added all the same, over nothing, as if nothing had happened."""
     image = viewer.add_image(nuclei[0], name="cells")

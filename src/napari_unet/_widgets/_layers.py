@@ -216,6 +216,20 @@ def placement_on(like: Layer, ndim: int) -> dict:
     return placement
 
 
+def follow_placement(layer: Layer, like: Layer) -> None:
+    """Lay an existing helper ``layer`` on ``like`` again (:func:`placement_on`) where
+    it lies elsewhere: a result reused after the image's scale or translation was
+    corrected kept the old one, and was drawn beside the cells."""
+    for key, value in placement_on(like, layer.ndim).items():
+        current = getattr(layer, key)
+        if key == "affine":
+            same = np.allclose(current.affine_matrix, value.affine_matrix)
+        else:
+            same = np.shape(current) == np.shape(value) and np.allclose(current, value)
+        if not same:
+            setattr(layer, key, value)
+
+
 def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, role: str, **kwargs) -> Layer:
     """Show ``data`` as helper layer ``name`` (of ``role``), replacing that layer's data
     if it exists, without changing which layer is selected. A layer of the user's
@@ -233,6 +247,7 @@ def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, ro
         existing.data = data
         for key, value in kwargs.items():
             setattr(existing, key, value)
+        follow_placement(existing, like)
         return existing
     placement = {**placement_on(like, ndim), "name": name}
     add = viewer.add_labels if kind == "labels" else viewer.add_image

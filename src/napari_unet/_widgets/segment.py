@@ -33,6 +33,7 @@ from ._forms import SteadyComboBox, SteadyRadioButtons, form, scrolling, side_by
 from ._jobs import PlaneOfStack, SegmentationDone, read_model_job, segmentation_job
 from ._layers import (
     LayerError,
+    follow_placement,
     helper_layer,
     layer_spacing,
     layers_of,
@@ -418,6 +419,7 @@ class SegmentWidget(DockWidget):
             stack[index] = plane
             return put_layer(self.viewer, name, stack, "labels", layer, role="segmentation", visible=True)
         data[index] = plane
+        follow_placement(shown, layer)
         shown.refresh()
         shown.visible = True
         return shown
