@@ -316,6 +316,23 @@ def test_package_round_trip_gives_identical_predictions(package, tmp_path, rng):
         assert np.array_equal(nu.predict(loaded, image), expected)
 
 
+def test_a_package_member_that_unpacks_to_far_more_than_it_packs_is_refused_unread(package, tmp_path, monkeypatch):
+    """A 6 MB package whose weights unpacked to 2 GiB of zeros took 4.4 GB of memory
+    before its hash was found wrong."""
+    from napari_unet.core import package_reader
+
+    monkeypatch.setattr(package_reader, "BOMB_MIN_BYTES", 1 << 20)  # the same check, on a smaller file
+    _, path = package
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.namelist():
+            data = b"\0" * (8 << 20) if member == STATE_DICT_NAME else source.read(member)
+            target.writestr(member, data)
+    with pytest.raises(nu.ModelFileError, match=r"would unpack from 0\.0 MB to 8 MB"):
+        nu.load_model(bomb)
+    assert nu.load_model(path).config.depth == 2  # real weights pack to about their size
+
+
 def test_package_import_never_runs_the_architecture_and_checks_the_hash(package, tmp_path):
     _, path = package
     folder = tmp_path / "unpacked"
