@@ -333,6 +333,28 @@ def test_a_package_member_that_unpacks_to_far_more_than_it_packs_is_refused_unre
     assert nu.load_model(path).config.depth == 2  # real weights pack to about their size
 
 
+def rewrite_record(folder: Path, record: dict) -> None:
+    """Replace an unpacked package's record, and the SHA-256 rdf.yaml lists for it, as a
+    hostile package would."""
+    old = hashlib.sha256((folder / RECORD_NAME).read_bytes()).hexdigest()
+    (folder / RECORD_NAME).write_text(json.dumps(record))
+    rdf = folder / "rdf.yaml"
+    rdf.write_text(rdf.read_text().replace(old, hashlib.sha256((folder / RECORD_NAME).read_bytes()).hexdigest()))
+
+
+def test_a_record_edited_after_export_is_refused(package, tmp_path):
+    """Percentiles edited into napari_unet.json changed every prediction without a word
+    (67 objects instead of 32), where bioimage.io's tools refuse the package."""
+    _, path = package
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(path, folder)
+    record = json.loads((folder / RECORD_NAME).read_text())
+    record["spec"]["normalization"]["low"] = 40.0
+    (folder / RECORD_NAME).write_text(json.dumps(record))
+    with pytest.raises(nu.ModelFileError, match="napari_unet.json does not match the SHA-256 that rdf.yaml lists"):
+        nu.load_model(folder)
+
+
 def test_package_import_never_runs_the_architecture_and_checks_the_hash(package, tmp_path):
     _, path = package
     folder = tmp_path / "unpacked"
@@ -367,7 +389,7 @@ def test_a_package_whose_weights_carry_code_is_refused_in_one_line(package, tmp_
     torch.save({"weights": Payload(marker)}, folder / STATE_DICT_NAME)
     record = json.loads((folder / RECORD_NAME).read_text())
     record["weights"]["sha256"] = hashlib.sha256((folder / STATE_DICT_NAME).read_bytes()).hexdigest()
-    (folder / RECORD_NAME).write_text(json.dumps(record))
+    rewrite_record(folder, record)
     with pytest.raises(nu.ModelFileError) as refused:
         nu.load_model(folder)
     message = str(refused.value)
@@ -387,7 +409,7 @@ def test_a_tampered_package_record_is_refused_in_one_line(package, tmp_path, fie
     shutil.unpack_archive(path, folder)
     record = json.loads((folder / RECORD_NAME).read_text())
     record[field] = value
-    (folder / RECORD_NAME).write_text(json.dumps(record))
+    rewrite_record(folder, record)
     with pytest.raises(nu.ModelFileError, match="newer napari-unet" if value == 99 else "is not as napari-unet writes"):
         nu.load_model(folder)
 

@@ -116,6 +116,31 @@ def foreign_package_message(path: Path) -> str:
     )
 
 
+def _check_record_hash(files: _Files, root: Path) -> None:
+    """Refuse a package whose record differs from the SHA-256 its description lists for
+    it: a record edited by hand (its normalisation percentiles, say) changed every
+    prediction without a word, where bioimage.io's own tools refuse the package.
+    The description is read as plain YAML data (``safe_load``: no objects built)."""
+    import yaml
+
+    name = next((name for name in DESCRIPTION_NAMES if name in files.names()), None)
+    try:
+        description = yaml.safe_load(files.read(name)) if name else None
+    except yaml.YAMLError as error:
+        raise ModelFileError(f"{root} is damaged: {name} is no valid YAML") from error
+    attachments = description.get("attachments") if isinstance(description, dict) else None
+    listed = [
+        entry.get("sha256")
+        for entry in (attachments if isinstance(attachments, list) else [])
+        if isinstance(entry, dict) and entry.get("source") == RECORD_NAME
+    ]
+    if listed and listed[0] and listed[0] != sha256(files.read(RECORD_NAME)):
+        raise ModelFileError(
+            f"{root} is damaged or was edited: {RECORD_NAME} does not match the SHA-256 that {name} lists for it "
+            "(napari-unet reads its settings from that file; export the model again to change them)"
+        )
+
+
 def read_package(path: str | os.PathLike) -> UNet:
     """The model in a bioimage.io package that napari-unet wrote (zip or folder).
 
@@ -136,6 +161,7 @@ def read_package(path: str | os.PathLike) -> UNet:
             raise ModelFileError(f"{root}: {RECORD_NAME} is damaged") from error
         if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
             raise ModelFileError(foreign_package_message(root))
+        _check_record_hash(files, root)
         version, weights = record.get("version", 0), record.get("weights") or {}
         spec, metadata = record.get("spec") or {}, record.get("metadata") or {}
         if not (isinstance(version, int) and all(isinstance(part, dict) for part in (weights, spec, metadata))):
