@@ -307,6 +307,8 @@ def test_new_annotation_from_segmentation_copies_and_keeps_the_old_one(viewer, n
     assert annotation.data is not predicted.data  # an editable copy
     assert annotation.selected_label == nuclei[1].max() + 1
     assert (first.data[:5, :5] == 0).all()  # nothing overwritten
+    # missed cells would be trained as background unless painted: the status says so
+    assert "every pixel outside its objects is background now, so paint the cells it missed" in widget.status.value
 
 
 def test_shape_mismatch_and_missing_layers_are_reported(viewer):

@@ -316,7 +316,11 @@ class AnnotateWidget(DockWidget):
         largest = int(data.max()) if data.size else 0
         layer = self._add_annotation(np.asarray(data).astype(annotation_dtype(largest)), image)
         self.select_new_cell()
-        self._say_until_edited(f"'{layer.name}' is a copy of '{source.name}': correct it, then train")
+        self._say_until_edited(
+            f"'{layer.name}' is a copy of '{source.name}': every pixel outside its objects is background now, so "
+            f"paint the cells it missed (or erase to unannotated where you are unsure), hide '{source.name}' to "
+            "see your corrections, then train"
+        )
 
     # -- following the annotation ----------------------------------------------
 
