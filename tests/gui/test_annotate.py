@@ -261,6 +261,23 @@ def test_helper_layers_keep_the_selection_and_the_brush(viewer, annotating, qtbo
     assert viewer.layers["img annotation touching"] not in widget.annotation.choices
 
 
+def test_the_touching_marks_show_only_with_their_annotation(viewer, annotating, qtbot):
+    """Hiding an annotation, or creating a new one, left its orange marks on the canvas
+    (over the segmentation, and as if the new empty annotation were painted)."""
+    widget, layer = annotating
+    layer.data_setitem(rect(10, 10, 10, 10), 1)
+    layer.data_setitem(rect(10, 20, 10, 10), 2)
+    counted(qtbot)
+    marks = viewer.layers["img annotation touching"]
+    assert marks.visible
+    layer.visible = False
+    assert not marks.visible
+    layer.visible = True
+    assert marks.visible
+    widget.create.clicked.emit()  # a new annotation for the same image
+    assert widget.annotation.value is not layer and not marks.visible
+
+
 def test_strokes_on_a_large_annotation_never_stall_the_viewer(viewer, qtbot):
     """Issue 18.7: counting a stroke (and its highlight) works on the stroke's
     neighbourhood, so painting a 4096x4096 annotation never stalls the event loop."""

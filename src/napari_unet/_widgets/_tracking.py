@@ -83,6 +83,8 @@ class AnnotationTracker:
             self.layer.events.paint.disconnect(self._on_paint)
             self.layer.events.set_data.disconnect(self._on_redrawn)
             self.layer.events.data.disconnect(self._on_replaced)
+            self.layer.events.visible.disconnect(self._show_touching_with_layer)
+            self._show_touching_with_layer(shown=False)  # the marks of an annotation no longer followed
         self.layer = layer
         self._pending = None
         self._queued = []
@@ -93,11 +95,13 @@ class AnnotationTracker:
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_redrawn)
         layer.events.data.connect(self._on_replaced)
+        layer.events.visible.connect(self._show_touching_with_layer)
         self._history = history_signature(layer)
         if self.show_touching.value and self.touching_layer() is None:
             # added now, empty: adding a layer is what costs napari a moment, and then
             # it does not happen in the middle of painting
             self._put_touching(np.zeros(layer.data.shape, np.uint8))
+        self._show_touching_with_layer()
         if self.stats is None:
             self.recount()
         else:
@@ -283,6 +287,17 @@ class AnnotationTracker:
             colormap=highlight_colormap(),
             opacity=0.9,
         )
+
+    def _show_touching_with_layer(self, *_, shown: bool | None = None) -> None:
+        """Show the touching marks while their annotation shows (``shown``: as given):
+        an annotation hidden by its eye, or left for a new one, left its orange marks
+        over the segmentation and over the new, empty annotation."""
+        if self.layer is None:
+            return
+        helper = helper_layer(self.viewer, touching_name(self.layer), "touching")
+        visible = self.layer.visible if shown is None else shown
+        if helper is not None and helper.visible != visible:
+            helper.visible = visible
 
     def _toggle_touching(self, shown: bool) -> None:
         layer = self.layer
