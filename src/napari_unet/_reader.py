@@ -9,6 +9,7 @@ never freezes napari; the model enters the session when it is loaded.
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 from .core.checkpoint import ModelFileError, load_model
@@ -20,14 +21,17 @@ log = logging.getLogger(__name__)
 def get_reader(path):
     """The reader for a single model file or a bioimage.io package (whose
     reading explains what is supported if it is not ours), or ``None`` for anything
-    else, such as other zip files and folders."""
+    else, such as other programs' zip files and folders. A damaged zip is taken, so
+    that opening it says why it cannot be read (napari's own answer named no cause)."""
     if not isinstance(path, (str, Path)):
         return None
     if is_package(path):
         return read_model
-    if not Path(path).is_file() or Path(path).suffix.lower() == ".zip":
+    if not Path(path).is_file():
         return None
-    return read_model
+    if Path(path).suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        return None  # another program's zip: left to the readers that know it
+    return read_model  # a damaged or empty zip too: the loading says what is wrong with it
 
 
 def read_model(path):

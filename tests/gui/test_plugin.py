@@ -96,14 +96,16 @@ def test_the_model_file_dropped_last_wins_however_long_the_first_takes(viewer, t
     assert Session.of(viewer).path == second
 
 
-def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path, qtbot, monkeypatch):
-    path = tmp_path / "bad.safetensors"
-    path.write_bytes(b"junk")
+@pytest.mark.parametrize("name", ["bad.safetensors", "truncated.zip"])
+def test_opening_a_corrupt_model_file_adds_nothing(viewer, tmp_path, qtbot, monkeypatch, name):
+    """A truncated package got napari's own "refused the file", which named no cause."""
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04junk")
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     assert get_reader(str(path))(str(path)) == [(None,)]
     qtbot.waitUntil(lambda: bool(errors), timeout=20_000)
-    assert "bad.safetensors" in errors[0] and "not a napari-unet model" in errors[0]
+    assert name in errors[0] and "not a napari-unet model" in errors[0]
     assert Session.of(viewer).model is None
 
 
