@@ -427,9 +427,10 @@ def test_package_test_tensors_follow_the_spec_preprocessing(package):
 
 
 @pytest.mark.slow
-def test_bioimageio_test_passes_for_every_weight_format(package):
+@pytest.mark.parametrize("packaged", ["package", "volume_package"])
+def test_bioimageio_test_passes_for_every_weight_format(packaged, request):
     core = pytest.importorskip("bioimageio.core", reason="bioimage.io checks need napari-unet[export]")
-    _, path = package
+    _, path = request.getfixturevalue(packaged)
     for weight_format in ("pytorch_state_dict", "torchscript", "onnx"):
         summary = core.test_model(path, weight_format=weight_format, devices=["cpu"])
         failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
@@ -484,13 +485,3 @@ def test_a_3d_package_describes_each_axis_and_reads_back_with_identical_predicti
     np.testing.assert_allclose(
         nu.predict(back, volume, precision="fp32"), nu.predict(model, volume, precision="fp32"), atol=1e-5
     )
-
-
-@pytest.mark.slow
-def test_bioimageio_test_passes_for_every_weight_format_of_a_3d_package(volume_package):
-    core = pytest.importorskip("bioimageio.core", reason="bioimage.io checks need napari-unet[export]")
-    _, path = volume_package
-    for weight_format in ("pytorch_state_dict", "torchscript", "onnx"):
-        summary = core.test_model(path, weight_format=weight_format, devices=["cpu"])
-        failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
-        assert summary.status == "passed", failed

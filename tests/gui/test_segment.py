@@ -438,15 +438,21 @@ def test_segment_preselects_the_image_resets_its_progress_and_keeps_the_selectio
     wait_idle(widget)
 
 
-def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session, tmp_path, qtbot, monkeypatch):
+def export_through_the_dialog(widget, target, format, qtbot, monkeypatch):
+    """Press Export model…, answer the save dialog with ``target`` as ``format``, wait."""
     from .conftest import WORKER_TIMEOUT
 
-    widget = docked(viewer, SegmentWidget(viewer, model_session))
-    target = tmp_path / "exported.onnx"
-    monkeypatch.setattr(ModelExport, "ask_path", lambda self: (target, "onnx"))
+    monkeypatch.setattr(ModelExport, "ask_path", lambda self: (target, format))
     widget.exporter.button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.exporter.runner.busy, timeout=WORKER_TIMEOUT)
     qtbot.wait(10)
+    return target
+
+
+def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session, tmp_path, qtbot, monkeypatch):
+
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    target = export_through_the_dialog(widget, tmp_path / "exported.onnx", "onnx", qtbot, monkeypatch)
     assert target.is_file() and f"exported {target} (" in widget.status.value  # where it went
     assert widget.exporter.button.enabled
     monkeypatch.setattr(ModelExport, "ask_path", lambda self: None)  # cancelled: nothing happens
@@ -463,16 +469,10 @@ def test_a_3d_model_exports_as_a_package_with_the_chosen_volume_as_its_example(
 
     from napari_unet import UNet
 
-    from .conftest import WORKER_TIMEOUT
-
     session.set_model(UNet(ndim=3, base_channels=2, depth=1), "a 3D model")
     viewer.add_image(np.random.default_rng(0).random((24, 40, 40)).astype(np.float32), name="volume")
     widget = docked(viewer, SegmentWidget(viewer, session))
-    target = tmp_path / "v.zip"
-    monkeypatch.setattr(ModelExport, "ask_path", lambda self: (target, "bioimageio"))
-    widget.exporter.button.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.exporter.runner.busy, timeout=WORKER_TIMEOUT)
-    qtbot.wait(10)
+    target = export_through_the_dialog(widget, tmp_path / "v.zip", "bioimageio", qtbot, monkeypatch)
     assert f"exported {target} (" in widget.status.value
     with zipfile.ZipFile(target) as archive:
         assert np.load(archive.open("test_input.npy")).shape == (1, 1, 20, 40, 40)  # the volume's centre
