@@ -439,3 +439,15 @@ def test_the_warm_up_import_never_raises_in_its_thread(monkeypatch):
 
     monkeypatch.setattr(warm_up_module.importlib, "import_module", failing)
     assert warm_up_module._import_quietly("torch._dynamo") is None
+
+
+def test_an_annotation_lying_elsewhere_than_its_image_is_warned_about(viewer, nuclei):
+    """An image rescaled after its annotation was made trained without a word, though
+    the annotation visibly lay beside the cells."""
+    image = viewer.add_image(nuclei[0], name="cells", scale=(0.5, 0.5), translate=(10, 20))
+    labels = viewer.add_labels(nuclei[1], name="cells annotation")
+    (warning,) = training_inputs.training_inputs([(image, labels)], None, None).warnings
+    assert "annotation 'cells annotation' lies elsewhere in the viewer than image 'cells'" in warning
+    assert "scale and translate differ" in warning
+    labels.scale, labels.translate = image.scale, image.translate
+    assert training_inputs.training_inputs([(image, labels)], None, None).warnings == []

@@ -19,7 +19,7 @@ from ..core.config import TrainConfig
 from ..core.label_checks import labels_warning
 from ..core.model import UNet
 from ..core.train import Trainer
-from ._layers import LayerError, image_data, labels_data
+from ._layers import LayerError, image_data, labels_data, placement_on
 
 #: Where the Train widget saves models unless told otherwise.
 DEFAULT_FOLDER = Path.home() / "napari-unet"
@@ -58,6 +58,29 @@ class TrainingInputs:
         return 1 if self.channel_axis is None else self.images[0].shape[self.channel_axis]
 
 
+def placement_warning(image: Image, labels: Labels) -> str | None:
+    """A warning when an annotation lies elsewhere in the viewer than its image (another
+    scale, translation or transform): training pairs their pixels by index, not what the
+    user sees under each stroke. ``None`` when they lie on each other."""
+    ndim = labels.ndim
+    on_image = placement_on(image, ndim)
+    differs = [
+        key
+        for key, value in on_image.items()
+        if not np.allclose(
+            getattr(labels, key).affine_matrix if key == "affine" else getattr(labels, key),
+            value.affine_matrix if key == "affine" else value,
+        )
+    ]
+    if not differs:
+        return None
+    return (
+        f"annotation '{labels.name}' lies elsewhere in the viewer than image '{image.name}' (its "
+        f"{' and '.join(differs)} differ): training pairs their pixels by index, not the cells you see under "
+        "your strokes; give both layers the same scale and translation"
+    )
+
+
 def training_inputs(
     pairs: list[tuple[Image, Labels]], val_image: Image | None, val_labels: Labels | None
 ) -> TrainingInputs:
@@ -72,6 +95,7 @@ def training_inputs(
         annotations.append(labels)
         names.append(f"annotation '{labels_layer.name}'")
         warnings.append(labels_warning(labels, names[-1]))
+        warnings.append(placement_warning(image_layer, labels_layer))
     if len(channel_axes) > 1:
         raise LayerError("the training images mix RGB and single-channel layers: train on one kind")
     if (val_image is None) != (val_labels is None):
