@@ -216,18 +216,25 @@ def placement_on(like: Layer, ndim: int) -> dict:
     return placement
 
 
+def placement_differences(layer: Layer, like: Layer) -> dict:
+    """The keywords of :func:`placement_on` (``like``'s placement for ``layer``'s
+    dimensions) on which ``layer`` lies elsewhere, with ``like``'s values."""
+    wanted = placement_on(like, layer.ndim)
+    matrix = lambda value: value.affine_matrix if hasattr(value, "affine_matrix") else value  # noqa: E731
+    return {
+        key: value
+        for key, value in wanted.items()
+        if np.shape(matrix(getattr(layer, key))) != np.shape(matrix(value))
+        or not np.allclose(matrix(getattr(layer, key)), matrix(value))
+    }
+
+
 def follow_placement(layer: Layer, like: Layer) -> None:
-    """Lay an existing helper ``layer`` on ``like`` again (:func:`placement_on`) where
-    it lies elsewhere: a result reused after the image's scale or translation was
-    corrected kept the old one, and was drawn beside the cells."""
-    for key, value in placement_on(like, layer.ndim).items():
-        current = getattr(layer, key)
-        if key == "affine":
-            same = np.allclose(current.affine_matrix, value.affine_matrix)
-        else:
-            same = np.shape(current) == np.shape(value) and np.allclose(current, value)
-        if not same:
-            setattr(layer, key, value)
+    """Lay an existing helper ``layer`` on ``like`` again where it lies elsewhere: a
+    result reused after the image's scale or translation was corrected kept the old
+    one, and was drawn beside the cells."""
+    for key, value in placement_differences(layer, like).items():
+        setattr(layer, key, value)
 
 
 def put_layer(viewer, name: str, data: np.ndarray, kind: str, like: Layer, *, role: str, **kwargs) -> Layer:

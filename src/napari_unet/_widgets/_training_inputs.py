@@ -19,7 +19,7 @@ from ..core.config import TrainConfig
 from ..core.label_checks import labels_warning
 from ..core.model import UNet
 from ..core.train import Trainer
-from ._layers import LayerError, image_data, labels_data, placement_on
+from ._layers import LayerError, image_data, labels_data, placement_differences
 
 #: Where the Train widget saves models unless told otherwise.
 DEFAULT_FOLDER = Path.home() / "napari-unet"
@@ -62,16 +62,7 @@ def placement_warning(image: Image, labels: Labels) -> str | None:
     """A warning when an annotation lies elsewhere in the viewer than its image (another
     scale, translation or transform): training pairs their pixels by index, not what the
     user sees under each stroke. ``None`` when they lie on each other."""
-    ndim = labels.ndim
-    on_image = placement_on(image, ndim)
-    differs = [
-        key
-        for key, value in on_image.items()
-        if not np.allclose(
-            getattr(labels, key).affine_matrix if key == "affine" else getattr(labels, key),
-            value.affine_matrix if key == "affine" else value,
-        )
-    ]
+    differs = list(placement_differences(labels, image))
     if not differs:
         return None
     return (

@@ -57,11 +57,8 @@ class ModelExport:
         path, format = target
         options = {}
         layer = self.image()
-        ndim = model.config.ndim
-        large_enough = layer is not None and all(
-            n >= axis.smallest for n, axis in zip(spatial_shape(layer)[-ndim:], axis_sizes(model))
-        )
-        large_enough = large_enough and len(spatial_shape(layer)) >= ndim
+        shape, sizes = (() if layer is None else spatial_shape(layer)), axis_sizes(model)
+        large_enough = len(shape) >= len(sizes) and all(n >= a.smallest for n, a in zip(shape[-len(sizes) :], sizes))
         if format == "bioimageio" and large_enough:
             data, channel_axis = image_data(layer)
             options = {"image": np.asarray(data), "channel_axis": channel_axis}

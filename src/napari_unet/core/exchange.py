@@ -96,10 +96,15 @@ def architecture_kwargs(model: UNet) -> dict:
 @dataclasses.dataclass(frozen=True)
 class AxisSizes:
     """What an exported model's consumer needs per spatial axis: the declared sizes
-    are ``smallest + k * step``; tiles drop ``halo`` pixels at each border."""
+    are ``smallest + k * step``; each output pixel sees ``context`` pixels each side,
+    and tiles drop ``halo`` pixels (the context on the pooling grid) at each border."""
 
     step: int
-    halo: int
+    context: int
+
+    @property
+    def halo(self) -> int:
+        return standalone_unet.axis_halo(self.context, self.step)
 
     @property
     def smallest(self) -> int:
@@ -108,16 +113,15 @@ class AxisSizes:
 
 def axis_sizes(model: UNet) -> tuple[AxisSizes, ...]:
     """:class:`AxisSizes` of each spatial axis (y, x; a 3D model z, y, x)."""
-    kwargs = architecture_kwargs(model)
-    ndim = kwargs.get("ndim", 2)
-    kernels = kwargs.get("kernels") or [[3] * ndim] * (model.config.depth + 1)
-    pools = kwargs.get("pools") or [[2] * ndim] * model.config.depth
-    sizes = []
-    for axis in range(ndim):
-        step = math.prod(factors[axis] for factors in pools)
-        context = standalone_unet.axis_context([k[axis] for k in kernels], [p[axis] for p in pools])
-        sizes.append(AxisSizes(step, standalone_unet.axis_halo(context, step)))
-    return tuple(sizes)
+    config = model.config
+    kernels, pools = level_kernels_and_pools(config.spacing, config.depth, config.ndim)
+    return tuple(
+        AxisSizes(
+            step=math.prod(factors[axis] for factors in pools),
+            context=standalone_unet.axis_context([k[axis] for k in kernels], [p[axis] for p in pools]),
+        )
+        for axis in range(config.ndim)
+    )
 
 
 def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:

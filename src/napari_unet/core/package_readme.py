@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import exchange
-from .geometry import context, model_axes
 from .model import UNet
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
@@ -57,11 +56,6 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
     return lines
 
 
-def axis_context(config, axis: int) -> int:
-    """Input pixels each side an output pixel depends on along spatial ``axis``."""
-    return context(model_axes(config)[axis])
-
-
 def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], shape: tuple[int, ...]) -> str:
     """The README.md of a package of ``model``: what it was trained on (``trained_on``, the
     user's words) and how, the network, its input and output, how to use it, and the
@@ -74,7 +68,7 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
     names = "zyx"[-config.ndim :]
     axes = ", ".join(names)
     per_axis = lambda values: " x ".join(str(v) for v in values)  # noqa: E731
-    contexts = [axis_context(model.config, axis) for axis in range(config.ndim)]
+    contexts = [axis.context for axis in sizes]
     unit = "voxels" if config.ndim == 3 else "px"
     lines = [
         f"# {name}",
