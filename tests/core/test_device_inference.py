@@ -83,4 +83,5 @@ def test_channels_last_gives_the_logits_of_channels_first(monkeypatch, ndim):
     monkeypatch.setattr(device_inference, "inference_layout", lambda *_: last)
     network = DeviceInference(model, CPU, None, batch.ndim)
     assert any(p.dim() == batch.ndim and not p.is_contiguous() for p in network.module.parameters())
-    np.testing.assert_allclose(_forward(network, batch, CPU, None), plain, atol=1e-6)
+    # fp32 either way; oneDNN's AVX-512 kernels sum in another order per layout (1.1e-6 seen)
+    np.testing.assert_allclose(_forward(network, batch, CPU, None), plain, atol=1e-5)
