@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .devices import channels_last
+from .fused_ops import fused_conv_op
 from .model import (
     CONCAT,
     CONV,
@@ -25,16 +26,6 @@ from .model import (
     run_plan,
     weights_lock,
 )
-
-
-def _fused_conv_op():
-    """oneDNN's fused convolution + pointwise op, or ``None`` where this torch lacks it."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._convolution_pointwise
-    except (AttributeError, RuntimeError):
-        return None
 
 
 class _Conv:
@@ -150,7 +141,7 @@ class CpuInference:
     ) -> None:
         self.dtype = dtype
         self.plan = model.plan
-        self.fused = fused and _fused_conv_op() is not None
+        self.fused = fused and fused_conv_op() is not None
         shapes = layer_input_shapes(self.plan, input_shape)
         self.convs: list = [None] * len(self.plan)
         with weights_lock(model), torch.no_grad():

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, ModelSpec
+from .fused_ops import conv_relu
 from .spacing import level_kernels_and_pools
 
 CONV, POOL, DROPOUT, UP, CONCAT = "conv", "pool", "dropout", "up", "concat"
@@ -361,6 +362,8 @@ class UNet(nn.Module):
         def apply(index: int, layer: Layer, x: torch.Tensor) -> torch.Tensor:
             if layer.kind == DROPOUT:
                 return self.dropout(x, dropout_seeds)
+            if layer.relu and not layer.norm:
+                return conv_relu(self._layers[index], x)
             x = self._layers[index](x)
             if layer.norm:
                 x = self.get_submodule(layer.norm)(x)
