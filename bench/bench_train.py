@@ -11,7 +11,7 @@ comes from the same run), the paper's network, and the 3D CPU default in both la
 gradients of the backward pass) is put against the machine's convolution limit, the best
 large 3x3 convolution of bench_limits.py at the training's precision (bf16 where the CPU
 has it, else fp32), measured in the same run. "data wait" is the share of a step spent
-waiting for its samples, which are drawn in a background thread during the step before.
+on its samples, which a CPU draws in the step itself (see ``Trainer.sampling_workers``).
 
 Headless runs drive a ``napari_unet.Trainer`` directly, every setting twice, the
 settings alternating; the widget run starts the same training from napari's Train

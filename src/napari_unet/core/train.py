@@ -40,6 +40,7 @@ from .distributed import (
     sum_over_processes,
 )
 from .errors import OutputFileError, TrainingError
+from .heap import keep_freed_memory
 from .io import check_writable, read_labels, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet, weights_lock
@@ -259,6 +260,8 @@ class Trainer:
         tried_at = self.step
         saved_at = self.step if self.step or self.warm_seconds else None  # the step whose checkpoint exists
         self.model.to(memory_format=self.layout)  # back to channels-first when training stops
+        if self.device.type == "cpu":
+            keep_freed_memory()
         between_steps = True  # whether the state is exactly that after self.step steps
         reported = False
         if self.checkpoint_path is not None:
@@ -332,18 +335,20 @@ class Trainer:
     def sampling_workers(self) -> int:
         """How many batches background threads draw at once, ahead of the steps.
 
-        On a CPU one, while the step computes, when training has every core; none when
-        cores are left free (as the widgets leave one to the viewer: the thread would
-        take it). On a GPU half the cores, at most :data:`MAX_SAMPLING_WORKERS`: there
-        the CPU's sample preparation is what the steps wait for (on an H200 with 16
-        cores and one thread, 49-55% of a step of the paper network with batch 1 in
-        bf16, 74-83% with batch 4, 92% for the 3D network; bench/bench_gpu.py).
+        None on a CPU: the thread's work would take cores from torch's threads, which
+        then wait for each other (on a 2-core Xeon with AMX, drawing every batch in the
+        step gave 1.05x the steps/s of a thread drawing ahead, with all cores or with
+        one left to the viewer). On a GPU half the cores, at most
+        :data:`MAX_SAMPLING_WORKERS`: there the CPU's sample preparation is what the
+        steps wait for (on an H200 with 16 cores and one thread, 49-55% of a step of the
+        paper network with batch 1 in bf16, 74-83% with batch 4, 92% for the 3D
+        network; bench/bench_gpu.py).
         """
         if self._sampling_workers is not None:
             return self._sampling_workers
-        if self.device.type != "cpu":
-            return max(1, min(MAX_SAMPLING_WORKERS, available_cores() // 2))
-        return 1 if torch.get_num_threads() >= available_cores() else 0
+        if self.device.type == "cpu":
+            return 0
+        return max(1, min(MAX_SAMPLING_WORKERS, available_cores() // 2))
 
     @sampling_workers.setter
     def sampling_workers(self, workers: int) -> None:

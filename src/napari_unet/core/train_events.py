@@ -13,7 +13,8 @@ from dataclasses import dataclass
 class StepProgress:
     """One optimiser step: loss, learning rate, timing (seconds since the start of
     training, resumed time included), throughput and the share of the step spent
-    waiting for its samples (drawn ahead in a background thread)."""
+    waiting for its samples (on a CPU drawing them; on a GPU waiting for the threads
+    that draw them ahead)."""
 
     step: int
     total_steps: int
