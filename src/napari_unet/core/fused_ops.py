@@ -1,7 +1,7 @@
 """A convolution and its ReLU in one pass over memory on a CPU, with its gradient.
 
-A training step of the small CPU networks spends about as long in the passes between
-the convolutions (ReLU, pooling, concatenation) as in the convolutions themselves.
+A training step of the small CPU networks spends about a third of its time in the
+passes between the convolutions (ReLU, pooling, concatenation and their gradients).
 :func:`conv_relu` computes a convolution and its ReLU in one oneDNN call (the ReLU
 applied to each output block while it is in cache); its backward is the eager one's
 (``threshold_backward`` of the output, then ``convolution_backward``), so values and
