@@ -5,8 +5,9 @@ tensors of 1-30 MB. glibc's allocator serves such sizes with fresh memory maps
 (``mmap``) and returns them to the system when they are freed, so each step touches
 them again page by page. With larger blocks served from its heap and more freed
 memory kept at the heap's top, they are reused as they are: on a 2-core Xeon with
-AMX, the CPU default network without batch normalisation trained 1.13-1.19x the
-steps per second (``bench/bench_train.py``; the README's "Training speed").
+AMX, one training step of the CPU default network without batch normalisation ran
+about 1.15x as fast (medians of processes alternating with glibc's defaults; the
+README's "Training speed" gives whole runs).
 """
 
 from __future__ import annotations

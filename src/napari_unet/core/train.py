@@ -337,8 +337,8 @@ class Trainer:
 
         None on a CPU: the thread's work would take cores from torch's threads, which
         then wait for each other (on a 2-core Xeon with AMX, drawing every batch in the
-        step gave 1.05x the steps/s of a thread drawing ahead, with all cores or with
-        one left to the viewer). On a GPU half the cores, at most
+        step gave 1.05x the steps/s of a thread drawing ahead; the widgets, which leave a
+        core to the viewer, never had the thread). On a GPU half the cores, at most
         :data:`MAX_SAMPLING_WORKERS`: there the CPU's sample preparation is what the
         steps wait for (on an H200 with 16 cores and one thread, 49-55% of a step of the
         paper network with batch 1 in bf16, 74-83% with batch 4, 92% for the 3D
