@@ -103,14 +103,14 @@ def test_an_interruption_inside_a_step_keeps_the_last_exact_checkpoint(tmp_path,
     checkpoint = tmp_path / "run.ckpt"
     config = dataclasses.replace(FAST, checkpoint_every=3)
     trainer = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=checkpoint)
-    optimise = trainer._optimise
+    optimise = trainer.batch_step
 
-    def interrupted_at_step_5(batch, lr):
+    def interrupted_at_step_5(batch, lr, step):
         if trainer.step == 4:
             raise KeyboardInterrupt  # lands after the batch for step 5 was drawn
-        return optimise(batch, lr)
+        return optimise(batch, lr, step)
 
-    monkeypatch.setattr(trainer, "_optimise", interrupted_at_step_5)
+    monkeypatch.setattr(trainer, "batch_step", interrupted_at_step_5)
     with caplog.at_level(logging.WARNING, logger="napari_unet"), pytest.raises(KeyboardInterrupt):
         nu.core.progress.drive(trainer.run())
     assert load_state(checkpoint)["step"] == 3

@@ -332,6 +332,6 @@ def test_a_loss_that_overflows_fp16_says_to_use_bf16_or_fp32():
         for parameter in model.parameters():
             parameter.mul_(30)  # activations near 1e20, past fp16's 65504
     trainer = nu.Trainer(model, [image], [labels], nu.TrainConfig(steps=2, tile=92, device="cpu", precision="fp32"))
-    trainer.dtype = torch.float16  # what precision="fp16" resolves to on a CUDA GPU
+    trainer.batch_step.dtype = torch.float16  # what precision="fp16" resolves to on a CUDA GPU
     with pytest.raises(nu.TrainingError, match=r"use precision bf16 or fp32 \(fp16 ends at 65504\)"):
         nu.core.progress.drive(trainer.run())

@@ -28,30 +28,30 @@ from .checkpoint import (
     save_model,
     save_state,
 )
+from .checkpoint_schedule import CheckpointSchedule
 from .config import TrainConfig
 from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare, validation_pairs
-from .devices import autocast, precision_name, resolve_device, resolve_precision, training_layout
+from .devices import precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
     any_process,
     batch_share,
     current_group,
     max_over_processes,
-    sum_gradients,
-    sum_over_processes,
 )
-from .errors import OutputFileError, TrainingError
+from .errors import OutputFileError
 from .heap import keep_freed_memory
 from .io import check_writable, read_labels, remove_stale_temporaries
 from .metrics import combine, match_instances, pixel_iou
-from .model import UNet, weights_lock
+from .model import UNet
 from .object_size import CompleteObjects, fitted_instances
-from .optimisation import make_optimizer, scheduled_learning_rate, weighted_cross_entropy
+from .optimisation import make_optimizer, scheduled_learning_rate
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
 from .records import with_overrides
 from .threads import available_cores
-from .train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainEvent, TrainSummary, ValidationResult
+from .train_events import StepProgress, TrainEvent, TrainSummary, ValidationResult
+from .train_step import BatchStep
 from .training_state import checkpoint_record, restore_progress, resumed_config
 from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
 
@@ -141,7 +141,8 @@ class Trainer:
         self.warm_seconds = 0.0
         model.to(self.device)
         self.optimizer = make_optimizer(model, config)
-        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        #: Takes one optimisation step on a batch (:class:`~.train_step.BatchStep`).
+        self.batch_step = BatchStep(model, self.optimizer, self.device, self.dtype, self.layout, self.group)
         self.step = 0
         self.seconds = 0.0
         self.losses: list[float] = []
@@ -257,16 +258,16 @@ class Trainer:
             cfg.optimizer,
         )
         started = time.perf_counter() - self.seconds
-        tried_at = self.step
-        saved_at = self.step if self.step or self.warm_seconds else None  # the step whose checkpoint exists
         self.model.to(memory_format=self.layout)  # back to channels-first when training stops
         if self.device.type == "cpu":
             keep_freed_memory()
         between_steps = True  # whether the state is exactly that after self.step steps
-        reported = False
-        if self.checkpoint_path is not None:
+        checkpoints = None
+        if self.checkpoint_path is not None and self.group.is_main:
             for stale in remove_stale_temporaries(self.checkpoint_path):
                 log.info("removed %s, left by an interrupted write", stale)
+            exists = bool(self.step or self.warm_seconds)
+            checkpoints = CheckpointSchedule(self.checkpoint_path, self._write_checkpoint, self.step, exists)
         if self._warm_start_data is not None and self.step == 0 and not self.warm_seconds:
             images, labels, names = self._warm_start_data
             self._warm_start_data = None
@@ -274,9 +275,8 @@ class Trainer:
             self.warm_seconds = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
             self.seconds = time.perf_counter() - started
             # its weights are work that a stop must not lose
-            if self.group.is_main and self.checkpoint_path and self._write_checkpoint():
-                saved_at = self.step
-                yield CheckpointSaved(self.step, str(self.checkpoint_path))
+            if checkpoints is not None and (saved := checkpoints.write_now(self.step)):
+                yield saved
         prefetch = BatchPrefetcher(self.sampling_workers)
         try:
             while self.step < cfg.steps and not self._should_stop(started):
@@ -286,7 +286,7 @@ class Trainer:
                 batch = prefetch.batch(self.stream, self._sample_indices(self.step), upcoming)
                 data_seconds = time.perf_counter() - begin
                 lr = self.learning_rate(self.step, self._elapsed(started))
-                loss = self._optimise(batch, lr)
+                loss = self.batch_step(batch, lr, self.step + 1)
                 self.step += 1
                 self.losses.append(loss)
                 self.seconds = time.perf_counter() - started
@@ -296,33 +296,15 @@ class Trainer:
                     continue
                 if self.validation and (self.step % cfg.validation_interval == 0 or self.step == cfg.steps):
                     yield self._validated()
-                if self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
-                    tried_at = self.step
-                    if self._write_checkpoint():
-                        saved_at = self.step
-                        yield CheckpointSaved(self.step, str(self.checkpoint_path))
-                    elif not reported:
-                        reported = True
-                        message = f"checkpoint at step {self.step} failed: {self.checkpoint_error}; training goes on"
-                        yield CheckpointFailed(self.step, str(self.checkpoint_path), message)
+                if checkpoints is not None and (event := checkpoints.after_step(self.step, cfg.checkpoint_every)):
+                    yield event
             ended_by_time = self.step < cfg.steps and not self._stop.is_set()  # not stopped: resumes stay exact
             if self.validation and self.group.is_main and ended_by_time and not self._validated_at(self.step):
                 yield self._validated()  # a run that ended by time: its last step too
         finally:
             prefetch.close()
-            if self.group.is_main and self.checkpoint_path and self.step > tried_at:
-                if between_steps:
-                    self._write_checkpoint()
-                else:
-                    kept = (
-                        "no checkpoint is written" if saved_at is None else f"the checkpoint of step {saved_at} is kept"
-                    )
-                    log.warning(
-                        "training was interrupted in the middle of step %d, whose state is half made: %s "
-                        "(a checkpoint is only written between steps, so that resuming is exact)",
-                        self.step + 1,
-                        kept,
-                    )
+            if checkpoints is not None:
+                checkpoints.at_end(self.step, between_steps)
             self._restore_best()
             self.model.to(memory_format=torch.contiguous_format)
             self.model.eval()
@@ -385,56 +367,24 @@ class Trainer:
         another thread or a signal handler."""
         self._stop.set()
 
-    def _write_checkpoint(self) -> bool:
+    def _write_checkpoint(self) -> str | None:
         """Write the checkpoint; on failure log it (the first time as a warning), keep
-        the reason in :attr:`checkpoint_error` and return False."""
+        the reason in :attr:`checkpoint_error` and return it (``None`` when written)."""
         try:
             self.save_checkpoint(self.checkpoint_path)
         except OutputFileError as error:
             report = log.info if self.checkpoint_error else log.warning
             report("checkpoint at step %d failed: %s; training goes on", self.step, error)
             self.checkpoint_error = str(error)
-            return False
+            return self.checkpoint_error
         self.checkpoint_error = None
-        return True
+        return None
 
     def _should_stop(self, started: float) -> bool:
         """Out of time, or asked to stop, on any process (so that all stop together)."""
         minutes = self.config.minutes
         out_of_time = minutes is not None and time.perf_counter() - started >= 60 * minutes
         return any_process(out_of_time or self._stop.is_set(), self.group)
-
-    def _optimise(self, batch, lr: float) -> float:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        image = torch.from_numpy(batch.image).to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
-        target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
-        weights = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
-            logits = self.model(image, dropout_seeds=batch.dropout_seeds)
-        # the weighted mean over the whole batch, whichever process holds which samples
-        loss = weighted_cross_entropy(logits, target, weights, sum_over_processes(weights.sum(), self.group))
-        reported = sum_over_processes(loss.detach(), self.group)
-        if not torch.isfinite(reported):
-            wider = "bf16 or fp32 (fp16 ends at 65504)" if self.dtype == torch.float16 else "fp32"
-            raise TrainingError(
-                f"the loss became {reported.item()} at step {self.step + 1}: lower the learning rate "
-                f"(now {lr:g}) or use precision {wider}"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            sum_gradients(list(self.model.parameters()), self.group)
-            with weights_lock(self.model):
-                self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            sum_gradients(list(self.model.parameters()), self.group)
-            with weights_lock(self.model):
-                self.optimizer.step()
-        return float(reported)
 
     def _progress(self, loss: float, lr: float, begin: float, data_seconds: float) -> StepProgress:
         cfg = self.config
