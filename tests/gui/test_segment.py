@@ -190,6 +190,7 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     labels = viewer.layers["stack labels"].data
     assert labels.shape == (3, 50, 60)
     assert labels[0].max() == 0 and labels[2].max() == 0  # only plane 1 was segmented
+    assert "⚠" not in widget.status.value  # no other plane held labels
     alone = np.array(labels[1])
     segment_planes(widget, "all planes", wait_idle)
     assert viewer.layers["stack labels"].data.shape == (3, 50, 60)
@@ -202,7 +203,10 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     others = set(np.unique(other_planes)) - {0}
     assert others and not others & set(np.unique(labels[1]))  # an id never names two objects
     assert same_partition(labels[1], alone)
-    assert widget.status.value == f"stack labels: {len(set(np.unique(alone)) - {0})} objects"  # of the plane
+    found, note = widget.status.value.split("\n⚠ ")
+    assert found == f"stack labels: {len(set(np.unique(alone)) - {0})} objects"  # of the plane
+    kept = sum(bool(plane.any()) for plane in other_planes)
+    assert note.startswith(f"only plane 1 was segmented: {kept} other plane")  # the user hears of the mix
 
 
 def test_a_plane_whose_ids_outgrow_the_stacks_type_comes_back_as_the_whole_stack():

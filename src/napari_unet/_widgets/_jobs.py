@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -121,15 +122,30 @@ class PlaneOfStack:
     stack: np.ndarray
     index: tuple[int, ...]
 
+    @cached_property
+    def other_planes_largest_ids(self) -> list[int]:
+        """The largest id of every other plane of the stack (0: no objects), read
+        once, plane by plane (a worker's job: a stack can be large)."""
+        planes = np.ndindex(self.stack.shape[: len(self.index)])
+        return [int(self.stack[i].max()) for i in planes if i != self.index]
+
+    def kept_note(self) -> str | None:
+        """What the status should add when other planes hold labels of an earlier
+        run, which this one leaves as they are (``None`` when none do)."""
+        kept = sum(1 for largest in self.other_planes_largest_ids if largest > 0)
+        if not kept:
+            return None
+        planes = "plane keeps its" if kept == 1 else "planes keep their"
+        return (
+            f"only plane {', '.join(map(str, self.index))} was segmented: {kept} other {planes} earlier labels, "
+            "which may come from another model or other settings ('all planes' redoes them)"
+        )
+
     def numbered_after_the_others(self, labels: np.ndarray) -> np.ndarray:
         """``labels`` of the plane with ids past those of the stack's other planes, so
         that no id names two objects: the plane in the stack's type, or, when the ids
-        outgrow that type, the whole stack (int32) with the plane written in. Reads
-        the stack plane by plane (a worker's job: a stack can be large)."""
-        others = max(
-            (int(self.stack[i].max()) for i in np.ndindex(self.stack.shape[: len(self.index)]) if i != self.index),
-            default=0,
-        )
+        outgrow that type, the whole stack (int32) with the plane written in."""
+        others = max(self.other_planes_largest_ids, default=0)
         plane = np.where(labels > 0, labels.astype(np.int64) + others, 0)
         kind = self.stack.dtype
         if np.issubdtype(kind, np.integer) and int(plane.max(initial=0)) <= np.iinfo(kind).max:
@@ -159,8 +175,11 @@ def segmentation_job(
         return None
     labels, probabilities = result if keep_probabilities else (result, None)
     found = objects_found(labels, labelled_ndim(model, options.get("as_volume", False)))  # ids restart per plane
-    shown = display_labels(labels) if plane_of is None else plane_of.numbered_after_the_others(labels)
-    return SegmentationDone(shown, probabilities, found, tuple(notes))
+    if plane_of is None:
+        return SegmentationDone(display_labels(labels), probabilities, found, tuple(notes))
+    kept = plane_of.kept_note()
+    shown = plane_of.numbered_after_the_others(labels)
+    return SegmentationDone(shown, probabilities, found, (*notes, *([kept] if kept else [])))
 
 
 @contextlib.contextmanager
