@@ -360,3 +360,38 @@ def test_a_binary_mask_given_as_labels_gets_a_one_line_warning(tmp_path, capsys)
     assert warnings[0].startswith("napari-unet: warning: the labels of ")
     assert "mask.npy give all" in warnings[0] and "looks like a binary mask" in warnings[0]
     assert all("no cell is completely annotated" in line for line in warnings[1:])  # true too: one id everywhere
+
+
+def test_a_fine_tuned_model_records_the_runs_it_started_from_once(tmp_path):
+    images, labels = nuclei()
+    torch.manual_seed(2)
+    first = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, dataclasses.replace(FAST, steps=3))
+    nu.core.progress.drive(first.run())
+    assert first.model.metadata["training"]["steps"] == 3  # the model kept in memory says how it was trained
+    assert "earlier_training" not in first.model.metadata
+    first.save_model(tmp_path / "first.safetensors")
+
+    parent = nu.load_model(tmp_path / "first.safetensors")
+    checkpoint = tmp_path / "tune.ckpt"
+    tuning = Trainer(parent, images, labels, dataclasses.replace(FAST, steps=6), checkpoint_path=checkpoint)
+    run_steps(tuning, 4)  # stopped: its checkpoint records the run so far
+    resumed = Trainer.resume(checkpoint, images, labels)
+    nu.core.progress.drive(resumed.run())
+    resumed.save_model(tmp_path / "tuned.safetensors")
+
+    record = nu.load_model(tmp_path / "tuned.safetensors").metadata
+    assert record["training"]["steps"] == 6
+    assert [run["steps"] for run in record["earlier_training"]] == [3]  # the parent's run, not the resumed one's
+    assert record["earlier_training"][0] == first.model.metadata["training"]
+    again = Trainer(resumed.model, images, labels, dataclasses.replace(FAST, steps=2))  # from the model in memory
+    nu.core.progress.drive(again.run())
+    assert [run["steps"] for run in again.model.metadata["earlier_training"]] == [3, 6]
+
+
+def test_training_history_leaves_out_what_is_not_a_record():
+    from napari_unet.core.training_state import training_history
+
+    metadata = {"earlier_training": [{"steps": 1}, "edited", 7], "training": {"steps": 2}}
+    assert training_history(metadata) == [{"steps": 1}, {"steps": 2}]
+    assert training_history(metadata, own=False) == [{"steps": 1}]
+    assert training_history({"earlier_training": "not a list", "training": None}) == []

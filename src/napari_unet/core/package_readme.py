@@ -12,6 +12,7 @@ from typing import Any
 
 from . import exchange
 from .model import UNet
+from .training_state import training_history
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
 PAPER_TEXT = (
@@ -41,6 +42,10 @@ def _describe_training(metadata: dict[str, Any]) -> list[str]:
             "- augmentation: "
             + ", ".join(f"{key} {value}" for key, value in augment.items() if not isinstance(value, dict))
         )
+    earlier = training_history(metadata, own=False)
+    if earlier:
+        steps = " + ".join(str(run.get("steps")) for run in earlier)
+        lines.append(f"- fine-tuned from a model trained before, in {len(earlier)} run(s) of {steps} steps")
     validation = training.get("validation")
     if validation:
         lines.append(

@@ -52,7 +52,7 @@ from .records import with_overrides
 from .threads import available_cores
 from .train_events import StepProgress, TrainEvent, TrainSummary, ValidationResult
 from .train_step import BatchStep
-from .training_state import checkpoint_record, restore_progress, resumed_config
+from .training_state import checkpoint_record, restore_progress, resumed_config, training_history
 from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,9 @@ class Trainer:
         self.last_validation: ValidationResult | None = None
         #: The best validation so far and a copy of the weights that reached it.
         self.best = BestWeights()
+        #: The training records of the runs ``model``'s weights came from, oldest
+        #: first (a fine-tuned model's); its file keeps them beside this run's.
+        self.earlier_training = training_history(getattr(model, "metadata", {}))
 
     def replace_annotations(
         self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], names: Sequence[str] | None = None
@@ -308,6 +311,7 @@ class Trainer:
             self._restore_best()
             self.model.to(memory_format=torch.contiguous_format)
             self.model.eval()
+            self.model.metadata = self.metadata()  # what its file records, also for a model kept in memory
         return self.summary()
 
     def _validated_at(self, step: int) -> bool:
@@ -441,6 +445,7 @@ class Trainer:
                 "validation": None if summary.validation is None else vars(summary.validation),
             },
             "weight_map": {"w0": self.config.weights.w0, "sigma": self.config.weights.sigma},
+            **({"earlier_training": self.earlier_training} if self.earlier_training else {}),
         }
 
     def save_model(self, path: str | Path) -> None:

@@ -90,7 +90,19 @@ def restore_progress(trainer: Trainer, state: dict, path: str | Path) -> None:
             path,
         )
     trainer.best = BestWeights.from_state(state.get("validation"), trainer.model, path)
+    # the checkpoint's own training record is this run's, not one it started from
+    trainer.earlier_training = training_history(trainer.model.metadata, own=False)
     trainer.last_validation = trainer.best.last
+
+
+def training_history(metadata: dict, *, own: bool = True) -> list[dict]:
+    """The training records, oldest first, of every run that the weights of a model
+    with this file ``metadata`` went through: the runs its own training started from
+    (``earlier_training``) and, with ``own``, its own (``training``). Entries that are
+    not records (a hand-edited file) are left out."""
+    earlier = metadata.get("earlier_training")
+    runs = [*(earlier if isinstance(earlier, list) else []), metadata.get("training") if own else None]
+    return [run for run in runs if isinstance(run, dict)]
 
 
 def _count(value) -> int:
