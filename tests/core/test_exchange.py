@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import napari_unet as nu
 from napari_unet.cli import main
@@ -353,6 +354,37 @@ def test_a_record_edited_after_export_is_refused(package, tmp_path):
     (folder / RECORD_NAME).write_text(json.dumps(record))
     with pytest.raises(nu.ModelFileError, match="napari_unet.json does not match the SHA-256 that rdf.yaml lists"):
         nu.load_model(folder)
+
+
+def _scale_range(description: dict) -> dict:
+    return next(step for step in description["inputs"][0]["preprocessing"] if step["id"] == "scale_range")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda rdf: _scale_range(rdf)["kwargs"].update(min_percentile=5.0),  # what deepImageJ would then use
+        lambda rdf: _scale_range(rdf)["kwargs"].update(axes=["x"]),
+        lambda rdf: rdf["outputs"][0].update(postprocessing=[{"id": "binarize", "kwargs": {"threshold": 0.5}}]),
+    ],
+    ids=["percentile", "axes", "postprocessing"],
+)
+def test_a_description_edited_after_export_is_refused(package, tmp_path, edit):
+    """rdf.yaml's own processing edited (the record untouched): napari-unet reads its
+    normalisation from the record, bioimage.io's tools from rdf.yaml, so the two would
+    compute different things."""
+    _, path = package
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(path, folder)
+    rdf = folder / "rdf.yaml"
+    exported = rdf.read_text()
+    description = yaml.safe_load(exported)
+    edit(description)
+    rdf.write_text(yaml.safe_dump(description))
+    with pytest.raises(nu.ModelFileError, match="the pre- or postprocessing in rdf.yaml is not what napari-unet wrote"):
+        nu.load_model(folder)
+    rdf.write_text(yaml.safe_dump(yaml.safe_load(exported)))  # the same description, written anew
+    nu.load_model(folder)
 
 
 def test_package_import_never_runs_the_architecture_and_checks_the_hash(package, tmp_path):

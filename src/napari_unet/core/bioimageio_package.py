@@ -42,16 +42,13 @@ from .errors import ConfigError, OutputFileError
 from .io import check_writable
 from .layout import channels_at_minus3
 from .model import UNet, without_batch_norm
-from .package_reader import PACKAGE_FORMAT, PACKAGE_VERSION, RECORD_NAME, STATE_DICT_NAME, sha256
+from .package_reader import PACKAGE_FORMAT, PACKAGE_VERSION, RECORD_NAME, SCALE_RANGE_EPS, STATE_DICT_NAME, sha256
 from .package_readme import PAPER_DOI, PAPER_TEXT, package_readme
 
 ARCHITECTURE_NAME = "unet_architecture.py"
 ARCHITECTURE_CALLABLE = "SameSizeUNet"
 TORCHSCRIPT_NAME = "weights_torchscript.pt"
 ONNX_NAME = "weights.onnx"
-#: Added to the percentile range by ``scale_range`` (the spec requires a positive value;
-#: napari-unet itself adds none, so the smallest keeps the two equal).
-SCALE_RANGE_EPS = 1e-12
 DEFAULT_LICENSE = "CC-BY-4.0"
 DEFAULT_AUTHOR = "Unknown"
 

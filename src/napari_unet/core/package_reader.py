@@ -31,6 +31,9 @@ PACKAGE_VERSION = 1
 RECORD_NAME = "napari_unet.json"
 DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
 STATE_DICT_NAME = "weights.pt"
+#: Added to the percentile range by ``scale_range`` (the spec requires a positive value;
+#: napari-unet itself adds none, so the smallest keeps the two equal).
+SCALE_RANGE_EPS = 1e-12
 
 
 def sha256(data: bytes) -> str:
@@ -116,11 +119,9 @@ def foreign_package_message(path: Path) -> str:
     )
 
 
-def _check_record_hash(files: _Files, root: Path) -> None:
-    """Refuse a package whose record differs from the SHA-256 its description lists for
-    it: a record edited by hand (its normalisation percentiles, say) changed every
-    prediction without a word, where bioimage.io's own tools refuse the package.
-    The description is read as plain YAML data (``safe_load``: no objects built)."""
+def _description(files: _Files, root: Path) -> tuple[str | None, dict | None]:
+    """The package's description file name and contents, read as plain YAML data
+    (``safe_load``: no objects built); ``None`` for what is missing or not a mapping."""
     import yaml
 
     name = next((name for name in DESCRIPTION_NAMES if name in files.names()), None)
@@ -128,7 +129,14 @@ def _check_record_hash(files: _Files, root: Path) -> None:
         description = yaml.safe_load(files.read(name)) if name else None
     except yaml.YAMLError as error:
         raise ModelFileError(f"{root} is damaged: {name} is no valid YAML") from error
-    attachments = description.get("attachments") if isinstance(description, dict) else None
+    return name, description if isinstance(description, dict) else None
+
+
+def _check_record_hash(files: _Files, root: Path, name: str | None, description: dict | None) -> None:
+    """Refuse a package whose record differs from the SHA-256 its description lists for
+    it: a record edited by hand (its normalisation percentiles, say) changed every
+    prediction without a word, where bioimage.io's own tools refuse the package."""
+    attachments = description.get("attachments") if description else None
     listed = [
         entry.get("sha256")
         for entry in (attachments if isinstance(attachments, list) else [])
@@ -138,6 +146,51 @@ def _check_record_hash(files: _Files, root: Path) -> None:
         raise ModelFileError(
             f"{root} is damaged or was edited: {RECORD_NAME} does not match the SHA-256 that {name} lists for it "
             "(napari-unet reads its settings from that file; export the model again to change them)"
+        )
+
+
+def _processing(tensors: object, key: str) -> list | None:
+    """The processing steps ``key`` of the first tensor of ``tensors`` (a description's
+    inputs or outputs), without the ``ensure_dtype`` float32 steps the spec adds;
+    ``None`` when the description does not have them in the form napari-unet writes."""
+    tensor = tensors[0] if isinstance(tensors, list) and tensors else None
+    steps = (tensor.get(key) or []) if isinstance(tensor, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        return None
+    return [step for step in steps if step != {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
+
+
+def _check_processing(model: UNet, root: Path, name: str | None, description: dict | None) -> None:
+    """Refuse a package whose description's pre- or postprocessing is not the one
+    napari-unet wrote for the model: percentiles edited in rdf.yaml (the record
+    untouched) would make bioimage.io's tools compute something else than napari-unet,
+    which reads its normalisation from the record."""
+    if description is None:
+        return
+    low, high = model.spec.normalization.low, model.spec.normalization.high
+    axes = list("zyx"[-model.config.ndim :])
+    steps, after = (
+        _processing(description.get("inputs"), "preprocessing"),
+        _processing(description.get("outputs"), "postprocessing"),
+    )
+    kwargs = steps[0].get("kwargs") if steps and len(steps) == 1 and steps[0].get("id") == "scale_range" else None
+    try:
+        same = (
+            isinstance(kwargs, dict)
+            and kwargs.get("axes") == axes
+            and float(kwargs.get("min_percentile")) == low
+            and float(kwargs.get("max_percentile")) == high
+            and float(kwargs.get("eps")) == SCALE_RANGE_EPS
+            and after == []
+        )
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ModelFileError(
+            f"{root} was edited: the pre- or postprocessing in {name} is not what napari-unet wrote for this model "
+            f"(scale_range over the axes {', '.join(axes)} from percentile {low:g} to {high:g}, nothing after), so "
+            f"bioimage.io's tools would compute something else than napari-unet, which reads its normalisation from "
+            f"{RECORD_NAME}; export the model again to change it"
         )
 
 
@@ -161,7 +214,8 @@ def read_package(path: str | os.PathLike) -> UNet:
             raise ModelFileError(f"{root}: {RECORD_NAME} is damaged") from error
         if not isinstance(record, dict) or record.get("format") != PACKAGE_FORMAT:
             raise ModelFileError(foreign_package_message(root))
-        _check_record_hash(files, root)
+        name, description = _description(files, root)
+        _check_record_hash(files, root, name, description)
         version, weights = record.get("version", 0), record.get("weights") or {}
         spec, metadata = record.get("spec") or {}, record.get("metadata") or {}
         if not (isinstance(version, int) and all(isinstance(part, dict) for part in (weights, spec, metadata))):
@@ -183,4 +237,6 @@ def read_package(path: str | os.PathLike) -> UNet:
     finally:
         files.close()
     state = {"kind": "model", "spec": spec, "weights": state_dict, "metadata": metadata}
-    return model_from_state(state, root).eval()
+    model = model_from_state(state, root).eval()
+    _check_processing(model, root, name, description)
+    return model
