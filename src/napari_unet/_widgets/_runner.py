@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 300.0
 
 
+class _Failed(Exception):
+    """Carries the ``RuntimeError`` a job failed with (a :class:`TrainingError`, an
+    ``ExportError``, torch's own) past superqt, which takes every ``RuntimeError`` for
+    that of a deleted Qt object and drops it: no error, no end, the widget busy for good."""
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _SignalsEnd:
     """A worker that sets ``ended`` once its job has finished in the worker thread,
     keeping what the job returned in ``result`` (None until then, or if it failed)."""
@@ -40,8 +50,10 @@ class _SignalsEnd:
         self.result = None
 
     def work(self):
-        result = super().work()
-        if not isinstance(result, Exception):  # (a deleted worker's RuntimeError comes back as one)
+        result = super().work()  # a job's exception comes back as its result
+        if isinstance(result, RuntimeError):
+            return _Failed(result)
+        if not isinstance(result, Exception):
             self.result = result
         return result
 
@@ -155,6 +167,8 @@ class JobRunner:
         return ended
 
     def _errored(self, error: BaseException) -> None:
+        if isinstance(error, _Failed):
+            error = error.error
         if isinstance(error, NapariUnetError):
             message = str(error)  # the same one line the command line prints; no traceback
             log.info("%s: %s", self.name, message)
