@@ -464,6 +464,19 @@ def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session
     assert not widget.exporter.runner.busy
 
 
+def test_a_failed_export_says_why_and_frees_the_button(viewer, model_session, tmp_path, qtbot, monkeypatch):
+    """The export runs in a process of its own (so that its libraries' loading cannot
+    stall the viewer); its one-line refusal reaches the status line."""
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("a file, chosen as if it were a folder")
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    export_through_the_dialog(widget, not_a_folder / "exported.onnx", "onnx", qtbot, monkeypatch)
+    assert widget.status.value == f"⚠ the export to exported.onnx failed: cannot write {not_a_folder}" + (
+        f"/.napari-unet-output: {not_a_folder} is not a folder"
+    )
+    assert widget.exporter.button.enabled
+
+
 def test_a_3d_model_exports_as_a_package_with_the_chosen_volume_as_its_example(
     viewer, session, tmp_path, qtbot, monkeypatch
 ):
