@@ -89,7 +89,7 @@ def main() -> None:
     import napari
 
     from napari_unet._widgets import AnnotateWidget, SegmentWidget, TrainWidget
-    from napari_unet._widgets._jobs import SegmentationDone
+    from napari_unet._widgets._jobs import SegmentationDone, display_labels
     from napari_unet._widgets._warm_up import warm_up
     from napari_unet.core.synthetic import synthetic_nuclei
 
@@ -134,12 +134,12 @@ def main() -> None:
 
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment)
-    segment._target = (image_layer, None)
+    segment._target, segment._notes = (image_layer, None), ()  # what a Segment click sets
     prepare = getattr(segment, "_prepare_result_layers", None)  # what Segment's click does first (new code)
     if prepare is not None:
         rows.append(["Segment click (empty result layer added)", probe.longest(lambda: prepare(image_layer))])
-    result = np.tile(truth, (n // 512, n // 512)).astype(np.int32)
-    add_result = lambda: segment._on_done(SegmentationDone(result, None))  # noqa: E731 - as the worker's end does
+    result = display_labels(np.tile(truth, (n // 512, n // 512)))  # the type the worker hands over
+    add_result = lambda: segment._on_done(SegmentationDone(result, None, "a result"))  # noqa: E731 - as the worker does
     rows.append(["the segmentation result arrives", probe.longest(add_result)])
 
     annotation = np.full((n, n), -1, np.int16)
@@ -159,6 +159,15 @@ def main() -> None:
         train.runner.stop()
         probe.run_for(0.1, until=lambda: not train.runner.busy)
     rows.append([f"Start training, then {args.train_seconds:g} s of it ({steps} steps)", stall])
+
+    with tempfile.TemporaryDirectory() as folder:  # the model just trained, as ONNX then as a package
+        for format, name in (("onnx", "model.onnx"), ("bioimageio", "model.zip")):
+            target = Path(folder) / name
+            segment.exporter.ask_path = lambda target=target, format=format: (target, format)  # the save dialog
+            began = time.perf_counter()
+            stall = probe.longest(segment.exporter.button.clicked.emit, until=lambda: not segment.exporter.runner.busy)
+            took = time.perf_counter() - began
+            rows.append([f"Export model… as {format} ({took:.1f} s; {segment.status.value[:40]})", stall])
     print(format_table(["step", "longest stall (ms)"], [[name, f"{1000 * s:.0f}"] for name, s in rows]))
     viewer.close()
 
