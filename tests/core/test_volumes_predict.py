@@ -222,3 +222,28 @@ def test_an_rgb_volume_for_a_one_channel_3d_model_gets_the_rgb_message():
 def test_a_single_plane_for_a_3d_model_is_refused_with_what_to_use_instead():
     with pytest.raises(ImageShapeError, match=r"a 3D U-Net needs a volume \(Z, Y, X\).*use a 2D network"):
         segment(small_3d(), np.zeros((20, 20), np.float32))
+
+
+def test_unrelated_planes_are_told_apart_from_a_volume():
+    from napari_unet.core.instances import unrelated_planes_note
+    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.synthetic_volume import synthetic_volume
+
+    separate_images = np.stack([synthetic_nuclei((128, 128), seed=seed)[1] for seed in range(4)])
+    assert "do not look like one volume" in unrelated_planes_note(separate_images)
+    volume = synthetic_volume(seed=0)[1]
+    assert unrelated_planes_note(volume) is None
+    assert unrelated_planes_note(volume[::3]) is None  # planes 6 voxels apart still share their objects
+    assert unrelated_planes_note(np.ones((3, 8, 8), np.int32)) is None  # all foreground: no judgement
+
+
+def test_labelling_unrelated_planes_as_a_volume_says_so_not_what_to_rescale(monkeypatch, caplog):
+    """Separate images labelled as a volume made objects that the size check took for
+    cells at another magnification, and it advised a rescale."""
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    separate_images = np.stack([synthetic_nuclei((64, 64), seed=seed)[1] for seed in range(4)])
+    monkeypatch.setattr("napari_unet.core.predict.volume_labels", lambda *args: separate_images)
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        segment(UNet(base_channels=2, depth=2), np.zeros((4, 64, 64), np.float32), as_volume=True)
+    assert "do not look like one volume" in caplog.text and "rescale" not in caplog.text

@@ -107,6 +107,37 @@ def no_objects_note(labels: np.ndarray, probabilities: np.ndarray, config: Insta
     )
 
 
+#: Neighbouring planes of a volume share far more foreground than chance would give
+#: (objects span several planes); below this many times chance they look unrelated.
+RELATED_PLANES = 1.5
+
+
+def unrelated_planes_note(labels: np.ndarray) -> str | None:
+    """What to say when the planes of ``labels`` (*stack, Z, Y, X), a 2D model's stack
+    labelled as volumes, do not look like the planes of one volume, or ``None``.
+
+    In a volume, a pixel in an object is most often in an object in the next plane
+    too. Per pair of neighbouring planes the foreground they share is compared with
+    what two unrelated planes of the same foreground fractions would share by chance
+    (the product of the fractions); the median over the pairs decides. Pairs with
+    almost no or almost all foreground say nothing and are left out."""
+    masks = np.asarray(labels).reshape(-1, *labels.shape[-3:]) > 0
+    ratios = []
+    for volume in masks:
+        fractions = volume.reshape(len(volume), -1).mean(axis=1)
+        for z in range(len(volume) - 1):
+            pair = fractions[z : z + 2]
+            if pair.min() >= 0.005 and pair.max() <= 0.5:
+                ratios.append(np.mean(volume[z] & volume[z + 1]) / (pair[0] * pair[1]))
+    if not ratios or np.median(ratios) >= RELATED_PLANES:
+        return None
+    return (
+        f"the planes do not look like one volume: neighbouring planes share objects about as often as unrelated "
+        f"images would ({np.median(ratios):.1f}x chance), so linking objects across them makes no sense; segment "
+        "'all planes' (plane by plane; without --as-volume) for a time series or a stack of separate images"
+    )
+
+
 def mask_to_labels(
     mask: np.ndarray,
     config: InstanceConfig,

@@ -21,7 +21,7 @@ from .cpu_inference import CpuInference
 from .device_inference import DeviceInference
 from .devices import autocast, precision_name, resolve_device, resolve_precision
 from .errors import ConfigError
-from .instances import no_objects_note, probabilities_to_labels
+from .instances import no_objects_note, probabilities_to_labels, unrelated_planes_note
 from .layout import axes_at_minus3, channels_before_spatial
 from .memory import reuse_freed_memory
 from .model import UNet
@@ -312,7 +312,8 @@ def iter_segment(
         labels = probabilities_to_labels(probabilities, instances, model.config.ndim, model.config.spacing)
         used = instances
     if notes:
-        note = size_mismatch_note(labels, used, labelled_ndim(model, as_volume), rescale)
+        note = unrelated_planes_note(labels) if as_volume else None  # a wrong choice comes before sizes
+        note = note or size_mismatch_note(labels, used, labelled_ndim(model, as_volume), rescale)
         note = note or no_objects_note(labels, probabilities, used, model.config.ndim)
         if note:
             log.warning(note)
