@@ -495,6 +495,26 @@ def test_a_3d_model_exports_as_a_package_with_the_chosen_volume_as_its_example(
         assert np.load(archive.open("test_input.npy")).shape == (1, 1, 20, 40, 40)  # the volume's centre
 
 
+def test_a_long_status_keeps_all_its_lines_in_view(viewer, model_session, qtbot):
+    """The dock's layout gave the word-wrapped status the height of one line: at
+    1366x768 a failed export's three lines showed one and a half under Segment."""
+    from qtpy.QtCore import QSize
+    from qtpy.QtGui import QResizeEvent
+    from qtpy.QtWidgets import QApplication
+
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    label = widget.status.native
+    label.resize(300, label.height())
+    widget.status.value = "⚠ the export to model.zip failed: " + "a reason that takes many words " * 8
+    wide = label.heightForWidth(300)
+    assert wide // label.fontMetrics().lineSpacing() >= 4 and label.minimumHeight() == wide  # room for every line
+    label.resize(200, label.height())  # a narrower dock: more lines (a hidden widget hears of it when shown)
+    QApplication.sendEvent(label, QResizeEvent(QSize(200, label.height()), QSize(300, label.height())))
+    assert label.minimumHeight() == label.heightForWidth(200) > wide
+    widget.status.value = ""
+    assert label.minimumHeight() < wide  # and the room goes back to the settings
+
+
 def test_the_settings_scroll_above_segment_so_it_shares_a_laptop_dock_with_train(viewer, model_session):
     """Issue 11: docked under the Train widget on a 1366x768 screen (about 630 px for
     both), the 13 settings (520 px) scroll and Segment, Cancel and progress stay in view."""

@@ -110,6 +110,44 @@ def wrap_lines(label: Label) -> Label:
     return label
 
 
+def fit_height(label: QWidget) -> None:
+    """Give the wrapped ``label`` the least height its lines take at its width."""
+    label.setMinimumHeight(0)  # a label's heightForWidth never answers less than its minimum
+    label.setMinimumHeight(max(label.heightForWidth(max(label.width(), 1)), 0))  # (no text: -1)
+
+
+class _RefitOnResize(QObject):
+    """Refits a wrapped label's height (:func:`fit_height`) when its width changes."""
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Resize:
+            fit_height(watched)
+        return False
+
+
+_REFIT_ON_RESIZE = _RefitOnResize()
+
+
+class StatusLine(Label):
+    """A dock's word-wrapped status line, kept at least as tall as its lines at its
+    width: the dock's layout gave it the height of one line, the settings above took
+    the rest, and at 1366x768 a three-line message under Segment showed one and a half."""
+
+    def __init__(self) -> None:
+        super().__init__(value="")
+        wrap_lines(self)
+        self.native.installEventFilter(_REFIT_ON_RESIZE)
+
+    @property
+    def value(self) -> str:
+        return Label.value.fget(self)
+
+    @value.setter
+    def value(self, text: str) -> None:
+        Label.value.fset(self, text)
+        fit_height(self.native)
+
+
 class DockWidget(Container):
     """A vertical form with a word-wrapped ``status`` line at the bottom.
 
@@ -123,7 +161,7 @@ class DockWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=False)  # labelled controls go in a form (_forms.form)
         self.viewer = napari_viewer
-        self.status = wrap_lines(Label(value=""))
+        self.status = StatusLine()
         # No taller than its content (a dock with a scrolling part can use any height,
         # see _forms.scrolling): docked below Annotate, Weight map took 300 px it left
         # blank while Annotate's controls shrank to two rows with the paint buttons hidden.
