@@ -335,3 +335,17 @@ def test_a_loss_that_overflows_fp16_says_to_use_bf16_or_fp32():
     trainer.batch_step.dtype = torch.float16  # what precision="fp16" resolves to on a CUDA GPU
     with pytest.raises(nu.TrainingError, match=r"use precision bf16 or fp32 \(fp16 ends at 65504\)"):
         nu.core.progress.drive(trainer.run())
+
+
+def test_a_loss_that_is_not_finite_in_fp32_asks_for_a_lower_rate_only(monkeypatch):
+    """fp32 runs were told to "use precision fp32", and the rate quoted, the step's in
+    warm-up, was not the one the user set without saying so."""
+    image, labels = nu.synthetic_nuclei((96, 96), seed=0)
+    trainer = nu.Trainer(nu.UNet(base_channels=4, depth=2), [image], [labels], FAST)
+    nan_loss = lambda logits, *args: logits.sum() * float("nan")  # noqa: E731
+    monkeypatch.setattr("napari_unet.core.train_step.weighted_cross_entropy", nan_loss)
+    with pytest.raises(nu.TrainingError) as raised:
+        nu.core.progress.drive(trainer.run())
+    message = str(raised.value)
+    assert message.startswith("the loss became nan at step 1: lower the learning rate (this step's, after warm-up")
+    assert "precision" not in message

@@ -52,10 +52,10 @@ class BatchStep:
         loss = weighted_cross_entropy(logits, target, weights, sum_over_processes(weights.sum(), self.group))
         reported = sum_over_processes(loss.detach(), self.group)
         if not torch.isfinite(reported):
-            wider = "bf16 or fp32 (fp16 ends at 65504)" if self.dtype == torch.float16 else "fp32"
+            wider = {torch.float16: "bf16 or fp32 (fp16 ends at 65504)", torch.bfloat16: "fp32"}.get(self.dtype)
             raise TrainingError(
-                f"the loss became {reported.item()} at step {step}: lower the learning rate "
-                f"(now {lr:g}) or use precision {wider}"
+                f"the loss became {reported.item()} at step {step}: lower the learning rate (this step's, "
+                f"after warm-up and schedule: {lr:g})" + (f" or use precision {wider}" if wider else "")
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
