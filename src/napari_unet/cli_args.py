@@ -196,8 +196,8 @@ def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more output file(s))" if len(existing) > 1 else ""
         raise OutputFileError(f"{existing[0]} exists{more}; pass --overwrite to replace it")
-    for folder in dict.fromkeys(path.parent for path in paths):
-        check_writable(folder / ".napari-unet-output")
+    for path in {path.parent: path for path in reversed(paths)}.values():  # the first output of each folder
+        check_writable(path)
 
 
 def file_channel_axis(path: Path, shape: tuple[int, ...], in_channels: int, given: int | None) -> int | None:

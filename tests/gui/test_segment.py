@@ -464,6 +464,22 @@ def test_export_button_writes_the_chosen_model_in_a_worker(viewer, model_session
     assert not widget.exporter.runner.busy
 
 
+def test_a_name_typed_with_a_formats_suffix_exports_that_format(viewer, model_session, tmp_path, monkeypatch):
+    """Typed as model.onnx with the package filter chosen, the export was refused in the
+    command line's words ("--out ... is named for onnx, but --format is bioimageio")."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_unet._widgets.export import EXPORT_FILTERS
+
+    widget = docked(viewer, SegmentWidget(viewer, model_session))
+    package_filter = next(text for text, (kind, _) in EXPORT_FILTERS.items() if kind == "bioimageio")
+    for typed, expected in (("model.onnx", "onnx"), ("model.PT", "torchscript"), ("model", "bioimageio")):
+        answer = (str(tmp_path / typed), package_filter)
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *args, answer=answer: answer))
+        path, format = widget.exporter.ask_path()
+        assert format == expected and path.name == (typed if "." in typed else "model.zip")
+
+
 def test_a_failed_export_says_why_and_frees_the_button(viewer, model_session, tmp_path, qtbot, monkeypatch):
     """The export runs in a process of its own (so that its libraries' loading cannot
     stall the viewer); its one-line refusal reaches the status line."""
@@ -471,9 +487,9 @@ def test_a_failed_export_says_why_and_frees_the_button(viewer, model_session, tm
     not_a_folder.write_text("a file, chosen as if it were a folder")
     widget = docked(viewer, SegmentWidget(viewer, model_session))
     export_through_the_dialog(widget, not_a_folder / "exported.onnx", "onnx", qtbot, monkeypatch)
-    assert widget.status.value == f"⚠ the export to exported.onnx failed: cannot write {not_a_folder}" + (
-        f"/.napari-unet-output: {not_a_folder} is not a folder"
-    )
+    target = not_a_folder / "exported.onnx"
+    said = f"⚠ the export to exported.onnx failed: cannot write {target}: {not_a_folder} is not a folder"
+    assert widget.status.value == said
     assert widget.exporter.button.enabled
 
 

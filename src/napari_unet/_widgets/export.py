@@ -44,6 +44,9 @@ class ModelExport:
             return None
         format, suffix = EXPORT_FILTERS.get(chosen, ("bioimageio", ".zip"))
         path = Path(name)
+        typed = [kind for kind, ending in EXPORT_FILTERS.values() if ending == path.suffix.lower()]
+        if typed:  # a name typed with another format's suffix: that format (not a refusal in command-line words)
+            return path, typed[0]
         return (path if path.suffix else path.with_suffix(suffix)), format
 
     def export(self) -> None:
