@@ -69,12 +69,14 @@ def test_training_runs_in_a_worker_and_lands_in_the_session(viewer, session, ann
     # Start again trains the session's model further: a second run used to start a new
     # network and, once stopped early, replaced the better model in the session
     assert widget.model_source.value == "session model"
+    assert widget.save_path.value == tmp_path / "model-2.safetensors"  # it replaced the chosen file, silently
     first = session.model
     before = {name: tensor.clone() for name, tensor in first.state_dict().items()}
-    widget.save_path.value = tmp_path / "model-2.safetensors"
     widget.start_button.clicked.emit()
     wait_idle(widget)
     assert session.model is first and widget.trainer.model is first  # the same network, trained further
+    assert session.source == "trained here (6 steps, 12 in 2 runs)"  # it said 6 steps
+    assert load_model(tmp_path / "model.safetensors").metadata["training"]["steps"] == 6  # the first file kept
     assert any(not torch.equal(before[name], tensor) for name, tensor in first.state_dict().items())
 
 

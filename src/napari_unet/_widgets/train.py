@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from ..core.model import UNet
 from ..core.threads import available_cores
 from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
+from ..core.training_state import training_history
 from ..core.warm_start import WARM_START_STEPS
 from ._base import DockWidget, wrap_lines
 from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
@@ -458,7 +460,10 @@ class TrainWidget(DockWidget):
 
     def _keep_model(self, done: TrainingDone) -> Path:
         """Make the run's model the session's; returns the file it was saved to."""
-        self.session.set_model(done.trainer.model, f"trained here ({done.trainer.step} steps)", self._saving_to)
+        runs = training_history(done.trainer.model.metadata)
+        total = sum(run["steps"] for run in runs if isinstance(run.get("steps"), int))
+        steps = f"{done.trainer.step} steps" + (f", {total} in {len(runs)} runs" if len(runs) > 1 else "")
+        self.session.set_model(done.trainer.model, f"trained here ({steps})", self._saving_to)
         return self._saving_to
 
     def _on_closed(self, done: TrainingDone) -> None:
@@ -483,9 +488,13 @@ class TrainWidget(DockWidget):
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
             show_warning(f"napari-unet: the last checkpoint could not be written: {trainer.checkpoint_error}")
-        if Path(self.save_path.value) == self._default_save:  # the next run gets a name of its own
-            self._default_save = free_model_path(self._default_save.parent)
-            self.save_path.value = self._default_save
+        # the next run, which trains this model further, gets a name of its own: it replaced the file
+        # the user had chosen, and the model in it, without a word
+        saved = Path(self.save_path.value)
+        following = free_model_path(saved.parent, re.sub(r"-\d+$", "", saved.stem))
+        if saved == self._default_save:
+            self._default_save = following
+        self.save_path.value = following
 
     def _on_error(self, message: str) -> None:
         self._show_step.flush()
