@@ -453,3 +453,32 @@ def test_an_annotation_lying_elsewhere_than_its_image_is_warned_about(viewer, nu
     assert "scale and translate differ" in warning
     labels.scale, labels.translate = image.scale, image.translate
     assert training_inputs.training_inputs([(image, labels)], None, None).warnings == []
+
+
+def test_a_run_that_fails_midway_says_where_its_model_went(
+    viewer, session, annotated, tmp_path, wait_idle, monkeypatch
+):
+    """A loss that became NaN at step 3 was reported alone; the model of step 2 had
+    been saved and the session's model had changed without a word."""
+    from napari_unet.core import train_step
+
+    calls, plain_loss = [], train_step.weighted_cross_entropy
+
+    def nan_from_the_third_step(logits, *args):
+        calls.append(1)
+        loss = plain_loss(logits, *args)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(train_step, "weighted_cross_entropy", nan_from_the_third_step)
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = annotated
+    tiny_settings(widget, tmp_path)
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    saved = tmp_path / "model.safetensors"
+    assert widget.status.value == (
+        f"⚠ {widget.status.value[2:].splitlines()[0]}\nthe model of step 2 was saved to {saved} and kept in the session"
+    )
+    assert widget.status.value.startswith("⚠ the loss became nan at step 3: lower the learning rate")
+    assert session.model is widget.trainer.model and load_model(saved).metadata["training"]["steps"] == 2
+    assert widget.save_path.value == tmp_path / "model-2.safetensors" and widget.start_button.enabled

@@ -488,8 +488,11 @@ class TrainWidget(DockWidget):
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:
             show_warning(f"napari-unet: the last checkpoint could not be written: {trainer.checkpoint_error}")
-        # the next run, which trains this model further, gets a name of its own: it replaced the file
-        # the user had chosen, and the model in it, without a word
+        self._name_the_next_file()
+
+    def _name_the_next_file(self) -> None:
+        """Give the next run, which trains the model just saved further, a file of its own:
+        it replaced the file the user had chosen, and the model in it, without a word."""
         saved = Path(self.save_path.value)
         following = free_model_path(saved.parent, re.sub(r"-\d+$", "", saved.stem))
         if saved == self._default_save:
@@ -498,6 +501,11 @@ class TrainWidget(DockWidget):
 
     def _on_error(self, message: str) -> None:
         self._show_step.flush()
+        trainer = self.trainer
+        if trainer is not None and trainer.step > 0 and self._saving_to.exists():  # a run that failed midway
+            path = self._keep_model(TrainingDone(trainer, True))  # its model changed, and was saved: say so
+            message += f"\nthe model of step {trainer.step} was saved to {path} and kept in the session"
+            self._name_the_next_file()
         self.status.value = self._refusal = f"⚠ {message}"
 
     def _on_annotation_edited(self) -> None:
