@@ -482,3 +482,12 @@ def test_a_run_that_fails_midway_says_where_its_model_went(
     assert widget.status.value.startswith("⚠ the loss became nan at step 3: lower the learning rate")
     assert session.model is widget.trainer.model and load_model(saved).metadata["training"]["steps"] == 2
     assert widget.save_path.value == tmp_path / "model-2.safetensors" and widget.start_button.enabled
+
+
+def test_the_tile_sizes_stay_in_order_when_the_depth_changes(viewer, session):
+    """After depth 3 -> 2 the list read auto, 100, 108, ..., 1276, 44, 48, ...: the
+    smaller sizes hidden at the end."""
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.depth.value = 2
+    sizes = [size for size in widget.tile.choices if size is not None]
+    assert sizes == sorted(sizes) and sizes[0] < 100 and widget.tile.value is None

@@ -40,3 +40,12 @@ def chosen_file(value) -> Path | None:
     field as '.')."""
     text = str(value).strip()
     return None if text in ("", ".") else Path(text)
+
+
+def reset_tile_choices(tile) -> None:
+    """Fill the ``tile`` combo box anew for another network, in increasing order, at
+    "auto": a plain reset keeps the sizes both networks allow first and appends the
+    others after them (100, ..., 1276, 44, 48, ... after a depth of 3 became 2)."""
+    tile.native.clear()
+    tile.reset_choices()
+    tile.value = None

@@ -72,7 +72,9 @@ class ModelExport:
         self.dock.status.value = message
 
     def _on_exported(self, path: Path) -> None:
-        self._show(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        size = path.stat().st_size
+        amount = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"  # (a small model: not 0.0 MB)
+        self._show(f"exported {path} ({amount})")
 
     def _on_error(self, message: str) -> None:
         self._show(f"⚠ {message}")

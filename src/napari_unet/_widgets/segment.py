@@ -28,7 +28,7 @@ from ..core.layout import ImageShapeError, axes_at_minus3
 from ..core.model import UNet
 from ..core.spacing import voxel_shape_note
 from ._base import DockWidget, wrap_lines
-from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
+from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, reset_tile_choices, tile_choices
 from ._forms import SteadyComboBox, SteadyRadioButtons, form, scrolling, side_by_side
 from ._jobs import PlaneOfStack, SegmentationDone, read_model_job, segmentation_job
 from ._layers import (
@@ -226,8 +226,7 @@ class SegmentWidget(DockWidget):
         if model is not None:
             self.min_size.value = model.spec.instances.min_size
             self.min_size.label = f"smallest object ({'voxels' if model.config.ndim == 3 else 'px'})"
-        self.tile.reset_choices()
-        self.tile.value = None
+        reset_tile_choices(self.tile)
         self.planes.visible = self._offers_planes(self.image.value)
 
     def _known_model(self) -> UNet | None:

@@ -43,7 +43,14 @@ from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult
 from ..core.training_state import training_history
 from ..core.warm_start import WARM_START_STEPS
 from ._base import DockWidget, wrap_lines
-from ._choices import NO_MODEL_FILE, chosen_file, device_choices, precision_choices, tile_choices
+from ._choices import (
+    NO_MODEL_FILE,
+    chosen_file,
+    device_choices,
+    precision_choices,
+    reset_tile_choices,
+    tile_choices,
+)
 from ._forms import SteadyComboBox, SteadyRadioButtons, form, group, scrolling, side_by_side
 from ._jobs import Preview, TrainingDone, TrainingStarted, display_labels, training_job
 from ._layers import (
@@ -237,8 +244,7 @@ class TrainWidget(DockWidget):
             put_layer(self.viewer, f"{layer.name} preview", empty, "labels", layer, role="preview", visible=False)
 
     def _set_tile_choices(self, *_) -> None:
-        self.tile.reset_choices()
-        self.tile.value = None
+        reset_tile_choices(self.tile)
 
     def _network_ndim(self) -> int:
         """2 or 3: the kind of network chosen for a new model."""
