@@ -233,8 +233,9 @@ def export_job(
         command = [sys.executable, "-m", "napari_unet.cli", "export", str(source), "--out", str(path)]
         command += ["--format", format, "--overwrite"]  # the save dialog asked before replacing a file
         if image is not None:
-            np.save(Path(folder) / "image.npy", image)
-            command += ["--image", str(Path(folder) / "image.npy")]
+            example = Path(folder) / "image.npy"
+            np.save(example, image)
+            command += ["--image", str(example)]
             command += [] if channel_axis is None else [f"--channel-axis={channel_axis}"]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -464,25 +464,25 @@ class TrainWidget(DockWidget):
         scroll by within a second)."""
         return line + "".join(f"\n⚠ {warning}" for warning in self._run_warnings)
 
-    def _keep_model(self, done: TrainingDone) -> Path:
+    def _keep_model(self, trainer: Trainer) -> Path:
         """Make the run's model the session's; returns the file it was saved to."""
-        runs = training_history(done.trainer.model.metadata)
+        runs = training_history(trainer.model.metadata)
         total = sum(run["steps"] for run in runs if isinstance(run.get("steps"), int))
-        steps = f"{done.trainer.step} steps" + (f", {total} in {len(runs)} runs" if len(runs) > 1 else "")
-        self.session.set_model(done.trainer.model, f"trained here ({steps})", self._saving_to)
+        steps = f"{trainer.step} steps" + (f", {total} in {len(runs)} runs" if len(runs) > 1 else "")
+        self.session.set_model(trainer.model, f"trained here ({steps})", self._saving_to)
         return self._saving_to
 
     def _on_closed(self, done: TrainingDone) -> None:
         """The dock closed during a run, which stopped it: its model stays the
         session's (Segment offers it), as when Stop is pressed."""
-        path = self._keep_model(done)
+        path = self._keep_model(done.trainer)
         show_info(f"napari-unet: training stopped as its dock closed; model saved to {path} and kept in the session")
 
     def _on_done(self, done: TrainingDone) -> None:
         trainer = done.trainer
         self.trainer = trainer
         self._show_step.flush()  # the last step's progress and the whole loss curve
-        path = self._keep_model(done)
+        path = self._keep_model(done.trainer)
         verb = "stopped" if done.stopped else "finished"
         self._run_warnings = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
         twin = f" (after {self.plot.twin_steps} steps of its 2D twin)" if self.plot.twin_steps else ""
@@ -509,7 +509,7 @@ class TrainWidget(DockWidget):
         self._show_step.flush()
         trainer = self.trainer
         if trainer is not None and trainer.step > 0 and self._saving_to.exists():  # a run that failed midway
-            path = self._keep_model(TrainingDone(trainer, True))  # its model changed, and was saved: say so
+            path = self._keep_model(trainer)  # its model changed, and was saved: say so
             message += f"\nthe model of step {trainer.step} was saved to {path} and kept in the session"
             self._name_the_next_file()
         self.status.value = self._refusal = f"⚠ {message}"

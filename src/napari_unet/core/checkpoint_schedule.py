@@ -34,26 +34,28 @@ class CheckpointSchedule:
 
     def write_now(self, step: int) -> CheckpointSaved | None:
         """Write the state after ``step`` steps; the event to yield when it was written."""
-        self._tried_at = step
-        if self._write() is not None:
-            return None
-        self._saved_at = step
-        return CheckpointSaved(step, str(self.path))
+        return None if self._write_at(step) else CheckpointSaved(step, str(self.path))
 
     def after_step(self, step: int, every: int) -> CheckpointSaved | CheckpointFailed | None:
         """After step ``step``: write every ``every`` steps; the event to yield (a
         failure only the first time in the run)."""
         if step % every:
             return None
-        self._tried_at = step
-        error = self._write()
+        error = self._write_at(step)
         if error is None:
-            self._saved_at = step
             return CheckpointSaved(step, str(self.path))
         if self._reported:
             return None
         self._reported = True
         return CheckpointFailed(step, str(self.path), f"checkpoint at step {step} failed: {error}; training goes on")
+
+    def _write_at(self, step: int) -> str | None:
+        """Write the state after ``step`` steps and note it; why it failed, or ``None``."""
+        self._tried_at = step
+        error = self._write()
+        if error is None:
+            self._saved_at = step
+        return error
 
     def at_end(self, step: int, between_steps: bool) -> None:
         """The run ends after ``step`` steps: write the state unless the last write was

@@ -129,11 +129,12 @@ def unrelated_planes_note(labels: np.ndarray) -> str | None:
             pair = fractions[z : z + 2]
             if pair.min() >= 0.005 and pair.max() <= 0.5:
                 ratios.append(np.mean(volume[z] & volume[z + 1]) / (pair[0] * pair[1]))
-    if not ratios or np.median(ratios) >= RELATED_PLANES:
+    shared = float(np.median(ratios)) if ratios else RELATED_PLANES
+    if shared >= RELATED_PLANES:
         return None
     return (
         f"the planes do not look like one volume: neighbouring planes share objects about as often as unrelated "
-        f"images would ({np.median(ratios):.1f}x chance), so linking objects across them makes no sense; segment "
+        f"images would ({shared:.1f}x chance), so linking objects across them makes no sense; segment "
         "'all planes' (plane by plane; without --as-volume) for a time series or a stack of separate images"
     )
 
