@@ -181,17 +181,25 @@ def smooth_foreground_reference(foreground: np.ndarray) -> np.ndarray:
 def split_objects_reference(
     labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int = 0
 ) -> np.ndarray:
-    """:func:`napari_unet.core.split.split_objects` by recursion over each object.
+    """:func:`napari_unet.core.split.split_objects` object by object, by recursion over
+    its levels, with every dip measured again from the pixels after each join.
 
-    Per object: walk the levels up from ``threshold``; at the first level where the
-    region holds two or more components that rise ``depth`` above it, recurse into
-    each of them; a region that never divides is one seed. Seeds then flood the
-    object (watershed of the smoothed probability); an object whose flood leaves a
-    piece under ``min_piece`` pixels stays whole. Ids as the fast code numbers them.
+    Seeds: walk the levels up from ``threshold``; at the first level where the region
+    holds two or more components that rise ``SEED_DEPTH`` above it, recurse into each
+    of them; a region that never divides is one seed, numbered by the level it was
+    found at, then by its first pixel. The seeds flood the object (watershed of the
+    smoothed probability). Then, over and over: the two neighbouring pieces with the
+    shallowest dip (the lower of their maxima less the mean of the face-neighbour
+    pairs that cross between them with no pixel next to the background, each pair's
+    mean of its two values; all the pairs where none is away from the background)
+    join while it is under
+    ``depth``; then the smallest piece under ``min_piece`` pixels joins the neighbour
+    of its shallowest dip. Ties go to the lower piece numbers; a joined piece keeps
+    the lower number. Ids as the fast code numbers them.
     """
     from skimage.segmentation import watershed
 
-    from napari_unet.core.split import LEVEL_STEP
+    from napari_unet.core.split import LEVEL_STEP, SEED_DEPTH
 
     smooth = smooth_foreground_reference(foreground)
     faces = ndimage.generate_binary_structure(labels.ndim, 1)
@@ -200,10 +208,10 @@ def split_objects_reference(
 
     def seeds_of(region: np.ndarray, first_level: int, found: list) -> None:
         k = first_level
-        while threshold + k * LEVEL_STEP + depth <= 1.0 + 1e-9:
+        while threshold + k * LEVEL_STEP + SEED_DEPTH <= 1.0 + 1e-9:
             level = threshold + k * LEVEL_STEP
             pieces, count = ndimage.label(region & (smooth > level), structure=faces)
-            rising = [pieces == i for i in range(1, count + 1) if (smooth[pieces == i] >= level + depth).any()]
+            rising = [pieces == i for i in range(1, count + 1) if (smooth[pieces == i] >= level + SEED_DEPTH).any()]
             if len(rising) >= 2:
                 for piece in rising:
                     seeds_of(piece, k + 1, found)
@@ -211,7 +219,29 @@ def split_objects_reference(
             if not rising:
                 break
             k += 1
-        found.append((first_level, region))
+        found.append((first_level, int(np.flatnonzero(region)[0]), region))
+
+    def dips(pieces: np.ndarray, region: np.ndarray) -> dict:
+        """(a, b) -> dip, for the pieces a < b that meet somewhere."""
+        inner = region.copy()
+        for axis in range(labels.ndim):
+            for shift in (-1, 1):
+                inner &= np.roll(np.pad(region, 1), shift, axis)[(slice(1, -1),) * labels.ndim]
+        crossings: dict = {}
+        for axis in range(labels.ndim):
+            low = (slice(None),) * axis + (slice(None, -1),)
+            high = (slice(None),) * axis + (slice(1, None),)
+            here, there = pieces[low], pieces[high]
+            meet = (here != there) & (here > 0) & (there > 0)
+            means = (smooth[low][meet].astype(np.float64) + smooth[high][meet]) / 2
+            away = inner[low][meet] & inner[high][meet]
+            for a, b, mean, ok in zip(here[meet].tolist(), there[meet].tolist(), means.tolist(), away.tolist()):
+                crossings.setdefault((min(a, b), max(a, b)), []).append((mean, ok))
+        peak = {p: smooth[pieces == p].max() for p in np.unique(pieces) if p > 0}
+        return {
+            (a, b): min(peak[a], peak[b]) - np.mean([mean for mean, ok in line if ok] or [mean for mean, _ in line])
+            for (a, b), line in crossings.items()
+        }
 
     for object_id in range(1, int(labels.max()) + 1):
         region = labels == object_id
@@ -222,12 +252,23 @@ def split_objects_reference(
         if len(found) < 2:
             continue
         markers = np.zeros(labels.shape, np.int32)
-        for number, (_, seed) in enumerate(found, start=1):
+        for number, (_, _, seed) in enumerate(sorted(found, key=lambda item: item[:2]), start=1):
             markers[seed] = number
         pieces = watershed(-smooth, markers, mask=region, connectivity=1)
-        if min(np.count_nonzero(pieces == number) for number in range(1, len(found) + 1)) < min_piece:
-            continue
-        for number in range(2, len(found) + 1):
+        while True:
+            between = dips(pieces, region)
+            if not between:
+                break
+            (a, b), shallowest = min(between.items(), key=lambda item: (item[1], item[0]))
+            if shallowest >= depth:
+                sizes = sorted((np.count_nonzero(pieces == p), p) for p in np.unique(pieces) if p > 0)
+                small = [p for size, p in sizes if size < min_piece]
+                if not small:
+                    break
+                around = {pair: value for pair, value in between.items() if small[0] in pair}
+                (a, b), _ = min(around.items(), key=lambda item: (item[1], sum(item[0]) - small[0]))
+            pieces[pieces == b] = a
+        for number in [int(p) for p in np.unique(pieces) if p > 0][1:]:
             out[pieces == number] = next_id
             next_id += 1
     return out

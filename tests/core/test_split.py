@@ -65,6 +65,36 @@ def test_a_split_that_would_leave_a_piece_under_min_piece_keeps_the_object_whole
         np.testing.assert_array_equal(labels > 0, fg > 0.5)
 
 
+def test_a_bright_bridge_across_a_deep_meeting_line_does_not_keep_two_cells_together():
+    """The dip is measured along the whole line where the pieces meet: a 3-px bridge
+    at 0.91 across a neck at 0.6 leaves the highest pass only 0.08 below the cells'
+    0.95 (smoothed), but the line's mean far lower, so the cells split. A neck at
+    0.91 all along keeps them one."""
+    fg = two_touching(dip=0.35)
+    fg[18:21, 27:32] = 0.91
+    assert 0.85 < smooth_foreground(fg)[19, 29] < 0.9
+    labels = probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1, min_size=0))
+    assert labels.max() == 2 and labels[20, 20] != labels[20, 38]
+    np.testing.assert_array_equal(labels > 0, fg > 0.5)
+    fg = two_touching(dip=0.04)
+    assert probabilities_to_labels(probabilities(fg), InstanceConfig(split=0.1, min_size=0)).max() == 1
+
+
+def test_a_small_piece_joins_its_neighbour_while_the_others_split():
+    """A piece under min_piece joins the neighbour it dips least towards; the two
+    large cells still split."""
+    shape = (40, 70)
+    fg = np.zeros(shape, np.float32)
+    fg[disc(shape, (20, 15), 10) | disc(shape, (20, 35), 10) | disc(shape, (20, 50), 5)] = 0.95
+    fg[:, 24:27] = np.where(fg[:, 24:27] > 0, 0.6, 0)  # between the large cells
+    fg[:, 44:46] = np.where(fg[:, 44:46] > 0, 0.6, 0)  # before the small one
+    config = InstanceConfig(split=0.1, min_size=0)
+    assert probabilities_to_labels(probabilities(fg), config).max() == 3
+    labels = probabilities_to_labels(probabilities(fg), replace(config, min_piece=120))
+    assert labels.max() == 2 and labels[20, 15] != labels[20, 35] and labels[20, 50] == labels[20, 35]
+    np.testing.assert_array_equal(labels > 0, fg > 0.5)
+
+
 def test_three_peaks_joined_at_two_levels_give_three_pieces():
     shape = (40, 70)
     fg = np.zeros(shape, np.float32)

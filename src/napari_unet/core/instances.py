@@ -166,7 +166,7 @@ def mask_to_labels(
         pixels = np.flatnonzero(mask)  # the object pixels, in raster order
         plateaus = None
         if parallel and split:
-            plateaus = helper.submit(peak_plateaus, mask.shape, pixels, smooth, config.threshold, config.split)
+            plateaus = helper.submit(peak_plateaus, mask.shape, pixels, smooth, config.threshold)
         holes = helper.submit(find_holes, mask) if parallel and config.fill_holes else None
         labels, components = ndimage.label(mask, structure=_faces(mask.ndim))
         count = components

@@ -1,21 +1,31 @@
 """Splitting touching objects at dips of the foreground probability.
 
 A network trained for a few minutes often predicts two touching cells as one
-connected region whose foreground probability still dips between them. Here each
-object of a labelling is split where its smoothed foreground probability has more
-than one peak that rises at least ``depth`` above the level at which the peaks
-join (the peaks' *dynamics*, as in h-maxima markers), and the pieces are grown back
-to the whole object by a watershed of the smoothed probability.
+connected region whose foreground probability still dips between them, if not
+everywhere along the line where they meet: a bright bridge of a few pixels often
+crosses it. So the dip between two pieces is measured along their whole meeting
+line, not at its highest pass.
 
-Only objects with two or more separate local maxima high enough can split. Their
-bounding boxes are packed, 1 px apart, into a small canvas; levels ``LEVEL_STEP``
-apart from the object threshold up are labelled there once each (vectorised over
-all candidates), and one watershed floods the objects that split. Objects with one
-peak keep their pixels and id.
+Each object's smoothed probability is cut into pieces by a watershed from its
+peaks that rise at least :data:`SEED_DEPTH` above the level where they join a
+higher one (the peaks' *dynamics*, as in h-maxima markers, told apart on levels
+:data:`LEVEL_STEP` apart). Two neighbouring pieces meet along the face-neighbour
+pixel pairs that lie one in each, away from the object's rim; their *dip* is the
+lower of their two peaks less the mean value along those pairs. The neighbours
+with the shallowest dip join, again and again, while it is under ``depth``; a
+piece smaller than ``min_piece`` joins the neighbour it dips least towards. What
+is left apart becomes separate objects.
+
+Only objects with two or more such peaks can split. Their bounding boxes are
+packed, 1 px apart, into a small canvas; the levels are labelled there once each
+(vectorised over all candidates), one watershed floods them all, and the joins are
+decided per object from the summed values along each meeting line. Objects that
+do not split keep their pixels and id.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -28,6 +38,12 @@ from .regions import bounding_boxes, pack_boxes
 
 #: Distance between the probability levels at which peaks are told apart.
 LEVEL_STEP = 0.05
+
+#: How far a peak must rise above the level where it joins a higher one to seed a
+#: piece. Low, so that a dip measured along the whole meeting line decides the split,
+#: not the height of its highest pass; ripples under it (most of an untrained
+#: network's plateaus) seed nothing, which keeps the joins few.
+SEED_DEPTH = 0.03
 
 #: Pixels per block of :func:`smooth_foreground` (512 KiB of float32).
 BLOCK_PIXELS = 1 << 17
@@ -106,11 +122,12 @@ def _binomial(taps: list[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> N
 def split_objects(
     labels: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int = 0
 ) -> np.ndarray:
-    """Split the objects of ``labels`` (int, 0 background; (H, W) or (Z, Y, X)) at
-    dips of at least ``depth`` in the foreground probability ``foreground`` (same
-    shape, values in [0, 1]) above ``threshold`` (the level the objects were cut at).
-    An object whose split would leave a piece of fewer than ``min_piece`` pixels
-    stays whole (a dip inside one textured cell, not a gap between two).
+    """Split the objects of ``labels`` (int, 0 background; (H, W) or (Z, Y, X)) where
+    the foreground probability ``foreground`` (same shape, values in [0, 1]) dips
+    between peaks by at least ``depth`` on average along the line where their pieces
+    meet (see the module docstring); ``threshold`` is the level the objects were cut
+    at. A piece of fewer than ``min_piece`` pixels joins its neighbour (a dip inside
+    one textured cell, not a gap between two).
 
     Returns new int32 labels: objects that do not split keep their id, pieces of a
     split object get ids after the largest one (callers renumber). Pixels stay in
@@ -137,18 +154,21 @@ def split_in_place(
     another thread has found it already. Returns the largest id afterwards."""
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
-    levels = _levels(threshold, depth)
+    levels = _levels(threshold, SEED_DEPTH)
 
     def probability_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
         values = np.zeros(canvas.shape, np.float32)
         for window, place in zip(windows, places):
             values[place] = smooth[window]
-        return (values, *_seeds(canvas, values, levels, depth))
+        return (values, *_seeds(canvas, values, levels, SEED_DEPTH))
+
+    def join(pieces: np.ndarray, values: np.ndarray, owners: np.ndarray) -> np.ndarray:
+        return join_shallow_pieces(pieces, values, owners, depth, min_piece)
 
     if plateaus is None:
-        plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold, depth)
+        plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
     candidates = _with_several_plateaus(*plateaus, pixels, ids)
-    return split_at_seeds(labels, pixels, ids, candidates, largest, probability_seeds, min_piece)
+    return split_at_seeds(labels, pixels, ids, candidates, largest, probability_seeds, min_piece, join)
 
 
 def split_at_seeds(
@@ -159,6 +179,7 @@ def split_at_seeds(
     largest: int,
     find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
     min_piece: int,
+    join: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> int:
     """Split the objects ``candidates`` (ids, increasing) of ``labels`` (int32, ids up
     to ``largest``; ``pixels`` its object pixels, flat and increasing, ``ids`` theirs)
@@ -170,9 +191,12 @@ def split_at_seeds(
     canvas) returns the values to flood from the seeds (the highest first, float
     canvas), the seeds (int32 canvas, numbered 1..n) and each seed's object (n,),
     only for objects with two or more seeds. One watershed grows the seeds to those
-    objects; an object whose pieces all have at least ``min_piece`` pixels splits:
-    the piece of its first seed keeps its id, the others get ids after ``largest``.
-    Returns the largest id afterwards."""
+    objects. ``join(pieces, values, owners)``, where given, returns for every seed
+    number 0..n the seed whose piece its piece joins (itself where it stays apart;
+    pieces join only pieces of their own object). An object left with two or more
+    pieces that all have at least ``min_piece`` pixels splits: the piece of its first
+    seed keeps its id, the others get ids after ``largest``. Returns the largest id
+    afterwards."""
     if candidates.size == 0:
         return largest
     is_candidate = np.zeros(largest + 1, bool)
@@ -188,13 +212,18 @@ def split_at_seeds(
     if owners.size == 0:
         return largest
     pieces = watershed(-values, seeds, mask=np.isin(canvas, owners), connectivity=1)
+    kept = np.arange(len(owners) + 1)
+    if join is not None:
+        kept = join(pieces, values, owners)
+        pieces = kept[pieces]
     next_id = largest + 1
     where = {int(object_id): (window, place) for object_id, window, place in zip(candidates, windows, places)}
     piece_sizes = np.bincount(pieces.ravel(), minlength=len(owners) + 1)
     new_ids = np.zeros(len(owners) + 1, np.int32)  # per seed: the id its piece takes (0: keeps the object's)
+    stays_apart = kept[1:] == np.arange(1, len(owners) + 1)
     for object_id in np.unique(owners):
-        numbers = np.flatnonzero(owners == object_id) + 1  # this object's seeds, in seed order
-        if piece_sizes[numbers].min() < min_piece:
+        numbers = np.flatnonzero((owners == object_id) & stays_apart) + 1  # this object's pieces, in seed order
+        if numbers.size < 2 or piece_sizes[numbers].min() < min_piece:
             continue
         new_ids[numbers[1:]] = np.arange(next_id, next_id + len(numbers) - 1)
         next_id += len(numbers) - 1
@@ -215,12 +244,12 @@ def _levels(threshold: float, depth: float) -> list[float]:
 
 
 def peak_plateaus(
-    shape: tuple[int, ...], pixels: np.ndarray, smooth: np.ndarray, threshold: float, depth: float
+    shape: tuple[int, ...], pixels: np.ndarray, smooth: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, int]:
     """The plateaus of local maxima of the level count inside the objects, labelled
     (int32 of ``shape``, 0 elsewhere), and how many there are. The level count of a
     pixel is how many of the split's levels (:func:`_levels` of ``threshold`` and
-    ``depth``) its ``smooth`` value is above; ``pixels`` are the object pixels (flat
+    :data:`SEED_DEPTH`) its ``smooth`` value is above; ``pixels`` are the object pixels (flat
     indices, increasing). Needs the mask alone, not its labelling, so it can run on
     another thread while the objects are labelled.
 
@@ -231,7 +260,7 @@ def peak_plateaus(
     """
     values = np.take(smooth, pixels)
     above = np.zeros(pixels.size, np.int8)  # how many levels lie below the value
-    for level in np.asarray(_levels(threshold, depth), np.float32):
+    for level in np.asarray(_levels(threshold, SEED_DEPTH), np.float32):
         above += values > level
     count = np.full(shape, -1, np.int8)  # -1 outside objects
     np.put(count, pixels, above)
@@ -323,3 +352,137 @@ def _seeds(labels: np.ndarray, smooth: np.ndarray, levels: list[float], depth: f
             roots = parents[i][roots]
         owners += roots.tolist()
     return seeds.reshape(labels.shape), np.asarray(owners, np.int64)
+
+
+def join_shallow_pieces(
+    pieces: np.ndarray, values: np.ndarray, owners: np.ndarray, depth: float, min_piece: int
+) -> np.ndarray:
+    """Which piece each piece of ``pieces`` (int, 1..n, 0 background) joins: for every
+    number 0..n the number of the piece it becomes part of (the smallest number of
+    the joined pieces; itself where it stays apart).
+
+    Two pieces meet along the face-neighbour pixel pairs that lie one in each; their
+    *dip* is the lower of the two pieces' highest ``values`` less the mean, over
+    those pairs away from the rim (:func:`_meeting_lines`), of the pair's mean value
+    (over all their pairs where none is away from the rim: a thin bridge). Within each object (``owners``: the
+    object of piece 1..n), repeatedly: the two neighbours with the shallowest dip
+    join while it is under ``depth``; then, while a piece has fewer than
+    ``min_piece`` pixels, the smallest such piece joins the neighbour with which it
+    has the shallowest dip, and the pieces are looked at again. Ties go to the lower
+    numbers. Dips of joined pieces are exact: their sums and counts add up."""
+    n = len(owners)
+    joined = np.arange(n + 1)
+    first, second, sums = _meeting_lines(pieces, values)
+    if first.size == 0:
+        return joined
+    peaks = ndimage.maximum(values, pieces, np.arange(n + 1)).tolist()
+    sizes = np.bincount(pieces.ravel(), minlength=n + 1).tolist()
+    lines_of_object: dict[int, dict[int, dict[int, list[float]]]] = {}
+    for a, b, line in zip(first.tolist(), second.tolist(), sums.tolist()):  # a line is shared by both ends
+        lines = lines_of_object.setdefault(int(owners[a - 1]), {})
+        lines.setdefault(a, {})[b] = line
+        lines.setdefault(b, {})[a] = line
+    for lines in lines_of_object.values():
+        for gone, into in _joins(lines, peaks, sizes, depth, min_piece):
+            joined[gone] = into
+    while True:  # follow every chain of joins to its end
+        ends = joined[joined]
+        if np.array_equal(ends, joined):
+            return joined
+        joined = ends
+
+
+def _joins(lines: dict, peaks: list, sizes: list, depth: float, min_piece: int) -> list[tuple[int, int]]:
+    """The joins (absorbed piece, piece it joins) of one object's pieces, in order, as
+    :func:`join_shallow_pieces` describes; ``lines`` (piece -> neighbour -> the
+    four sums of :func:`_meeting_lines` for their meeting line), ``peaks`` and
+    ``sizes`` are updated.
+
+    The dips wait in a heap, the small pieces in another, each entry with the value
+    it had when pushed; an entry whose pieces no longer meet, or whose value has
+    changed since, is skipped when it comes up. A join pushes the dips that it
+    changed: the grown piece's lines to the absorbed piece's neighbours, and, when
+    its peak rose, those to neighbours whose peak is above its old one. So a piece
+    that absorbs lower ones one after another does not measure all its lines again
+    each time."""
+
+    def dip(a: int, b: int) -> float:
+        inner_sum, inner_count, total, count = lines[a][b]
+        return min(peaks[a], peaks[b]) - (inner_sum / inner_count if inner_count else total / count)
+
+    def entry(a: int, b: int) -> tuple[float, int, int]:
+        a, b = min(a, b), max(a, b)
+        return dip(a, b), a, b
+
+    def holds(item: tuple[float, int, int]) -> bool:
+        value, a, b = item
+        return a in lines and b in lines[a] and dip(a, b) == value
+
+    dips = [entry(a, b) for a in lines for b in lines[a] if a < b]
+    heapq.heapify(dips)
+    small = [(sizes[p], p) for p in lines if sizes[p] < min_piece]
+    heapq.heapify(small)
+    joins = []
+    while True:
+        while dips and not holds(dips[0]):
+            heapq.heappop(dips)
+        if not dips:
+            break
+        if dips[0][0] < depth:
+            _, a, b = heapq.heappop(dips)
+        else:
+            while small and (small[0][1] not in lines or sizes[small[0][1]] != small[0][0]):
+                heapq.heappop(small)
+            if not small:
+                break
+            piece = small[0][1]
+            _, neighbour = min((dip(piece, n), n) for n in lines[piece])
+            a, b = min(piece, neighbour), max(piece, neighbour)
+        changed = set()
+        for neighbour, line in lines.pop(b).items():
+            del lines[neighbour][b]
+            if neighbour == a:
+                continue
+            changed.add(neighbour)
+            if neighbour in lines[a]:
+                for k, value in enumerate(line):
+                    lines[a][neighbour][k] += value
+            else:
+                lines[a][neighbour] = lines[neighbour][a] = line
+        if peaks[b] > peaks[a]:  # the dips towards neighbours above the old peak deepen
+            changed.update(n for n in lines[a] if peaks[n] > peaks[a])
+            peaks[a] = peaks[b]
+        sizes[a] += sizes[b]
+        for neighbour in changed:
+            heapq.heappush(dips, entry(a, neighbour))
+        if sizes[a] < min_piece:
+            heapq.heappush(small, (sizes[a], a))
+        joins.append((b, a))
+    return joins
+
+
+def _meeting_lines(pieces: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every pair of pieces (first < second) of ``pieces`` that are face neighbours
+    somewhere, and four sums over the face-neighbour pixel pairs between them, one
+    pixel in each: of the pair means of ``values`` over the pairs away from the rim,
+    how many those are, of the pair means over all the pairs, how many those are
+    (float64, shape (pairs, 4)). A pair is away from the rim when neither pixel has a
+    face neighbour outside the pieces (or the array): at the rim the probability falls
+    because the object ends, not because two cells meet."""
+    n = int(pieces.max()) + 1
+    keys, sums = [], []
+    inner = ndimage.binary_erosion(pieces > 0, ndimage.generate_binary_structure(pieces.ndim, 1), border_value=0)
+    for axis in range(pieces.ndim):
+        low = (slice(None),) * axis + (slice(None, -1),)
+        high = (slice(None),) * axis + (slice(1, None),)
+        a, b = pieces[low], pieces[high]
+        across = (a != b) & (a > 0) & (b > 0)
+        away = (inner[low] & inner[high])[across]
+        means = (values[low][across].astype(np.float64) + values[high][across]) / 2
+        a, b = a[across].astype(np.int64), b[across].astype(np.int64)
+        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+        sums.append(np.stack([np.where(away, means, 0), away, means, np.ones_like(means)], axis=1))
+    pairs, which = np.unique(np.concatenate(keys), return_inverse=True)
+    terms = np.concatenate(sums)
+    line_sums = np.stack([np.bincount(which, terms[:, k], minlength=pairs.size) for k in range(4)], axis=1)
+    return pairs // n, pairs % n, line_sums
