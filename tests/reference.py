@@ -189,17 +189,16 @@ def split_objects_reference(
     of them; a region that never divides is one seed, numbered by the level it was
     found at, then by its first pixel. The seeds flood the object (watershed of the
     smoothed probability). Then, over and over: the two neighbouring pieces with the
-    shallowest dip (the lower of their maxima less the mean of the face-neighbour
-    pairs that cross between them with no pixel next to the background, each pair's
-    mean of its two values; all the pairs where none is away from the background)
-    join while it is under
+    shallowest dip (the lower of their maxima less the mean, over the face-neighbour
+    pairs that cross between them, of each pair's mean of the probability averaged
+    with the smoothing's weights over the object's own pixels) join while it is under
     ``depth``; then the smallest piece under ``min_piece`` pixels joins the neighbour
     of its shallowest dip. Ties go to the lower piece numbers; a joined piece keeps
     the lower number. Ids as the fast code numbers them.
     """
     from skimage.segmentation import watershed
 
-    from napari_unet.core.split import LEVEL_STEP, SEED_DEPTH
+    from napari_unet.core.split import BINOMIAL, LEVEL_STEP, SEED_DEPTH
 
     smooth = smooth_foreground_reference(foreground)
     faces = ndimage.generate_binary_structure(labels.ndim, 1)
@@ -221,27 +220,37 @@ def split_objects_reference(
             k += 1
         found.append((first_level, int(np.flatnonzero(region)[0]), region))
 
-    def dips(pieces: np.ndarray, region: np.ndarray) -> dict:
+    def own_mean(region: np.ndarray) -> np.ndarray:
+        """The binomial-weighted mean of the probability over the region's own pixels
+        within 2 px along each axis, at every pixel (shifted copies, no wrap)."""
+        total = np.zeros(region.shape)
+        weight = np.zeros(region.shape)
+        values = np.asarray(foreground, np.float64)
+        for offset in np.ndindex(*(5,) * labels.ndim):
+            shifted_region = np.zeros(region.shape, bool)
+            shifted_values = np.zeros(region.shape)
+            source = tuple(slice(max(0, o - 2), n + min(0, o - 2)) for o, n in zip(offset, region.shape))
+            target = tuple(slice(max(0, 2 - o), n + min(0, 2 - o)) for o, n in zip(offset, region.shape))
+            shifted_region[target] = region[source]
+            shifted_values[target] = values[source]
+            w = float(np.prod([BINOMIAL[o] for o in offset]))
+            total += np.where(shifted_region, w * shifted_values, 0.0)
+            weight += np.where(shifted_region, w, 0.0)
+        return np.where(region, total / np.where(region, weight, 1.0), 0.0)
+
+    def dips(pieces: np.ndarray, near: np.ndarray) -> dict:
         """(a, b) -> dip, for the pieces a < b that meet somewhere."""
-        inner = region.copy()
-        for axis in range(labels.ndim):
-            for shift in (-1, 1):
-                inner &= np.roll(np.pad(region, 1), shift, axis)[(slice(1, -1),) * labels.ndim]
         crossings: dict = {}
         for axis in range(labels.ndim):
             low = (slice(None),) * axis + (slice(None, -1),)
             high = (slice(None),) * axis + (slice(1, None),)
             here, there = pieces[low], pieces[high]
             meet = (here != there) & (here > 0) & (there > 0)
-            means = (smooth[low][meet].astype(np.float64) + smooth[high][meet]) / 2
-            away = inner[low][meet] & inner[high][meet]
-            for a, b, mean, ok in zip(here[meet].tolist(), there[meet].tolist(), means.tolist(), away.tolist()):
-                crossings.setdefault((min(a, b), max(a, b)), []).append((mean, ok))
+            means = (near[low][meet] + near[high][meet]) / 2
+            for a, b, mean in zip(here[meet].tolist(), there[meet].tolist(), means.tolist()):
+                crossings.setdefault((min(a, b), max(a, b)), []).append(mean)
         peak = {p: smooth[pieces == p].max() for p in np.unique(pieces) if p > 0}
-        return {
-            (a, b): min(peak[a], peak[b]) - np.mean([mean for mean, ok in line if ok] or [mean for mean, _ in line])
-            for (a, b), line in crossings.items()
-        }
+        return {(a, b): min(peak[a], peak[b]) - np.mean(line) for (a, b), line in crossings.items()}
 
     for object_id in range(1, int(labels.max()) + 1):
         region = labels == object_id
@@ -255,8 +264,9 @@ def split_objects_reference(
         for number, (_, _, seed) in enumerate(sorted(found, key=lambda item: item[:2]), start=1):
             markers[seed] = number
         pieces = watershed(-smooth, markers, mask=region, connectivity=1)
+        near = own_mean(region)
         while True:
-            between = dips(pieces, region)
+            between = dips(pieces, near)
             if not between:
                 break
             (a, b), shallowest = min(between.items(), key=lambda item: (item[1], item[0]))

@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="DEPTH",
-        help="split objects where the probability dips by DEPTH between two peaks (default: the model's, 0.1; "
+        help="split objects where the probability dips by DEPTH between two peaks, on average along the line "
+        "where their pieces meet (default: the model's, 0.1; "
         "0: keep the network's connected components, as the paper does, without the shape split either)",
     )
     segment.add_argument(

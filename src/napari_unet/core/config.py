@@ -122,15 +122,16 @@ class InstanceConfig:
     0.79-0.80 -> 0.88-0.89; see the README).
 
     ``split`` > 0 splits an object where its (smoothed) foreground probability has
-    peaks that rise at least that much above the level where they join: touching
-    cells that the network separates by a dip rather than by a gap
-    (:mod:`napari_unet.core.split`). 0, the paper's mode, keeps the connected
-    components as they are. The default 0.1 was chosen on the real-data and
-    synthetic benchmarks, where merged touching cells were the main error of
-    networks trained for minutes (real nuclei and bacteria: AP@0.5 0.58-0.89 -> 0.75-0.93;
-    synthetic nuclei: 0.84 -> 0.98; see the README). An object whose split would leave
-    a piece under ``min_piece`` pixels (voxels) stays whole: its dip lies inside one
-    textured cell (training sets it from the annotation, as ``min_size``).
+    peaks whose pieces meet along a line that lies, on average, at least that much
+    below the lower peak: touching cells that the network separates by a dip rather
+    than by a gap (:mod:`napari_unet.core.split`). 0, the paper's mode, keeps the
+    connected components as they are. The default 0.1 was chosen on the real-data
+    and synthetic benchmarks, where merged touching cells were the main error of
+    networks trained for minutes (real nuclei and bacteria: AP@0.5 0.58-0.89 ->
+    0.75-0.93; synthetic nuclei: 0.84 -> 0.98; see the README). A piece under
+    ``min_piece`` pixels (voxels) joins the neighbour it dips least towards: its dip
+    lies inside one textured cell (training sets it from the annotation, as
+    ``min_size``).
 
     ``min_fill`` > 0 also splits objects shaped like several cells, where no dip of
     probability parts them (:mod:`napari_unet.core.concave`): an object that fills

@@ -175,6 +175,7 @@ def mask_to_labels(
                 labels,
                 pixels,
                 smooth,
+                probability,
                 config.threshold,
                 config.split,
                 config.min_piece,

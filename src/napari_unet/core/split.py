@@ -10,8 +10,10 @@ Each object's smoothed probability is cut into pieces by a watershed from its
 peaks that rise at least :data:`SEED_DEPTH` above the level where they join a
 higher one (the peaks' *dynamics*, as in h-maxima markers, told apart on levels
 :data:`LEVEL_STEP` apart). Two neighbouring pieces meet along the face-neighbour
-pixel pairs that lie one in each, away from the object's rim; their *dip* is the
-lower of their two peaks less the mean value along those pairs. The neighbours
+pixel pairs that lie one in each; their *dip* is the lower of their two peaks less
+the mean along those pairs of the probability smoothed over the object's own pixels
+(:func:`object_mean`: it does not fall at the rim, or across a thin part, only
+because the object ends there). The neighbours
 with the shallowest dip join, again and again, while it is under ``depth``; a
 piece smaller than ``min_piece`` joins the neighbour it dips least towards. What
 is left apart becomes separate objects.
@@ -134,7 +136,7 @@ def split_objects(
     the object they belonged to. Deterministic.
     """
     out = labels.astype(np.int32, copy=True)
-    split_in_place(out, np.flatnonzero(out), smooth_foreground(foreground), threshold, depth, min_piece)
+    split_in_place(out, np.flatnonzero(out), smooth_foreground(foreground), foreground, threshold, depth, min_piece)
     return out
 
 
@@ -142,6 +144,7 @@ def split_in_place(
     labels: np.ndarray,
     pixels: np.ndarray,
     smooth: np.ndarray,
+    foreground: np.ndarray,
     threshold: float,
     depth: float,
     min_piece: int = 0,
@@ -150,20 +153,24 @@ def split_in_place(
     """:func:`split_objects` in place: ``labels`` int32, ``pixels`` the flat indices
     of its object pixels in increasing order (the work is done on those, not on the
     whole image), ``smooth`` what :func:`smooth_foreground` gives for the
-    probability. ``plateaus``: what :func:`peak_plateaus` gives for them, when
+    probability ``foreground``. ``plateaus``: what :func:`peak_plateaus` gives for them, when
     another thread has found it already. Returns the largest id afterwards."""
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
     levels = _levels(threshold, SEED_DEPTH)
 
+    probability = []  # the canvas of the foreground probability, once packed
+
     def probability_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
         values = np.zeros(canvas.shape, np.float32)
+        probability.append(np.zeros(canvas.shape, np.float32))
         for window, place in zip(windows, places):
             values[place] = smooth[window]
+            probability[0][place] = foreground[window]
         return (values, *_seeds(canvas, values, levels, SEED_DEPTH))
 
     def join(pieces: np.ndarray, values: np.ndarray, owners: np.ndarray) -> np.ndarray:
-        return join_shallow_pieces(pieces, values, owners, depth, min_piece)
+        return join_shallow_pieces(pieces, values, probability[0], owners, depth, min_piece)
 
     if plateaus is None:
         plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
@@ -355,30 +362,32 @@ def _seeds(labels: np.ndarray, smooth: np.ndarray, levels: list[float], depth: f
 
 
 def join_shallow_pieces(
-    pieces: np.ndarray, values: np.ndarray, owners: np.ndarray, depth: float, min_piece: int
+    pieces: np.ndarray, values: np.ndarray, probability: np.ndarray, owners: np.ndarray, depth: float, min_piece: int
 ) -> np.ndarray:
     """Which piece each piece of ``pieces`` (int, 1..n, 0 background) joins: for every
     number 0..n the number of the piece it becomes part of (the smallest number of
     the joined pieces; itself where it stays apart).
 
     Two pieces meet along the face-neighbour pixel pairs that lie one in each; their
-    *dip* is the lower of the two pieces' highest ``values`` less the mean, over
-    those pairs away from the rim (:func:`_meeting_lines`), of the pair's mean value
-    (over all their pairs where none is away from the rim: a thin bridge). Within each object (``owners``: the
-    object of piece 1..n), repeatedly: the two neighbours with the shallowest dip
-    join while it is under ``depth``; then, while a piece has fewer than
-    ``min_piece`` pixels, the smallest such piece joins the neighbour with which it
-    has the shallowest dip, and the pieces are looked at again. Ties go to the lower
-    numbers. Dips of joined pieces are exact: their sums and counts add up."""
+    *dip* is the lower of the two pieces' highest ``values`` (the smoothed
+    probability) less the mean, over those pairs, of the pair's mean
+    :func:`object_mean` of ``probability`` (the probability itself, same shape).
+    Within each object (``owners``: the object of piece 1..n), repeatedly: the two
+    neighbours with the shallowest dip join while it is under ``depth``; then, while
+    a piece has fewer than ``min_piece`` pixels, the smallest such piece joins the
+    neighbour with which it has the shallowest dip, and the pieces are looked at
+    again. Ties go to the lower numbers. Dips of joined pieces are exact: their sums
+    and counts add up."""
     n = len(owners)
     joined = np.arange(n + 1)
-    first, second, sums = _meeting_lines(pieces, values)
+    first, second, sums, counts = _meeting_lines(pieces, probability, owners)
     if first.size == 0:
         return joined
     peaks = ndimage.maximum(values, pieces, np.arange(n + 1)).tolist()
     sizes = np.bincount(pieces.ravel(), minlength=n + 1).tolist()
     lines_of_object: dict[int, dict[int, dict[int, list[float]]]] = {}
-    for a, b, line in zip(first.tolist(), second.tolist(), sums.tolist()):  # a line is shared by both ends
+    for a, b, total, count in zip(first.tolist(), second.tolist(), sums.tolist(), counts.tolist()):
+        line = [total, count]  # shared by both ends
         lines = lines_of_object.setdefault(int(owners[a - 1]), {})
         lines.setdefault(a, {})[b] = line
         lines.setdefault(b, {})[a] = line
@@ -394,9 +403,8 @@ def join_shallow_pieces(
 
 def _joins(lines: dict, peaks: list, sizes: list, depth: float, min_piece: int) -> list[tuple[int, int]]:
     """The joins (absorbed piece, piece it joins) of one object's pieces, in order, as
-    :func:`join_shallow_pieces` describes; ``lines`` (piece -> neighbour -> the
-    four sums of :func:`_meeting_lines` for their meeting line), ``peaks`` and
-    ``sizes`` are updated.
+    :func:`join_shallow_pieces` describes; ``lines`` (piece -> neighbour -> [sum,
+    count] of its meeting line), ``peaks`` and ``sizes`` are updated.
 
     The dips wait in a heap, the small pieces in another, each entry with the value
     it had when pushed; an entry whose pieces no longer meet, or whose value has
@@ -407,8 +415,8 @@ def _joins(lines: dict, peaks: list, sizes: list, depth: float, min_piece: int) 
     each time."""
 
     def dip(a: int, b: int) -> float:
-        inner_sum, inner_count, total, count = lines[a][b]
-        return min(peaks[a], peaks[b]) - (inner_sum / inner_count if inner_count else total / count)
+        total, count = lines[a][b]
+        return min(peaks[a], peaks[b]) - total / count
 
     def entry(a: int, b: int) -> tuple[float, int, int]:
         a, b = min(a, b), max(a, b)
@@ -445,8 +453,8 @@ def _joins(lines: dict, peaks: list, sizes: list, depth: float, min_piece: int) 
                 continue
             changed.add(neighbour)
             if neighbour in lines[a]:
-                for k, value in enumerate(line):
-                    lines[a][neighbour][k] += value
+                lines[a][neighbour][0] += line[0]
+                lines[a][neighbour][1] += line[1]
             else:
                 lines[a][neighbour] = lines[neighbour][a] = line
         if peaks[b] > peaks[a]:  # the dips towards neighbours above the old peak deepen
@@ -461,28 +469,51 @@ def _joins(lines: dict, peaks: list, sizes: list, depth: float, min_piece: int) 
     return joins
 
 
-def _meeting_lines(pieces: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+def _meeting_lines(pieces: np.ndarray, probability: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, ...]:
     """Every pair of pieces (first < second) of ``pieces`` that are face neighbours
-    somewhere, and four sums over the face-neighbour pixel pairs between them, one
-    pixel in each: of the pair means of ``values`` over the pairs away from the rim,
-    how many those are, of the pair means over all the pairs, how many those are
-    (float64, shape (pairs, 4)). A pair is away from the rim when neither pixel has a
-    face neighbour outside the pieces (or the array): at the rim the probability falls
-    because the object ends, not because two cells meet."""
+    somewhere, with the sum over those neighbouring pixel pairs of the pair's mean
+    :func:`object_mean` of ``probability`` (float64), and how many pairs there are.
+    ``owners``: the object of each piece 1..n."""
     n = int(pieces.max()) + 1
-    keys, sums = [], []
-    inner = ndimage.binary_erosion(pieces > 0, ndimage.generate_binary_structure(pieces.ndim, 1), border_value=0)
+    keys, ends = [], []
+    flat = np.arange(pieces.size).reshape(pieces.shape)
     for axis in range(pieces.ndim):
         low = (slice(None),) * axis + (slice(None, -1),)
         high = (slice(None),) * axis + (slice(1, None),)
         a, b = pieces[low], pieces[high]
         across = (a != b) & (a > 0) & (b > 0)
-        away = (inner[low] & inner[high])[across]
-        means = (values[low][across].astype(np.float64) + values[high][across]) / 2
+        ends.append(np.stack([flat[low][across], flat[high][across]]))
         a, b = a[across].astype(np.int64), b[across].astype(np.int64)
         keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-        sums.append(np.stack([np.where(away, means, 0), away, means, np.ones_like(means)], axis=1))
+    ends = np.concatenate(ends, axis=1)
+    on_line, where = np.unique(ends, return_inverse=True)
+    objects = np.concatenate([[0], owners])[pieces]
+    means = object_mean(probability, objects, on_line)[where.reshape(ends.shape)].mean(axis=0)
     pairs, which = np.unique(np.concatenate(keys), return_inverse=True)
-    terms = np.concatenate(sums)
-    line_sums = np.stack([np.bincount(which, terms[:, k], minlength=pairs.size) for k in range(4)], axis=1)
-    return pairs // n, pairs % n, line_sums
+    return pairs // n, pairs % n, np.bincount(which, means), np.bincount(which).astype(np.float64)
+
+
+#: The binomial filter of :func:`smooth_foreground` along one axis.
+BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
+
+
+def object_mean(probability: np.ndarray, objects: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """At the flat indices ``at`` of ``objects`` (int, 0 background, the shape of
+    ``probability``), the mean of ``probability`` weighted by :data:`BINOMIAL` along
+    every axis over the pixels at most 2 px away along each axis (inside the array)
+    that belong to the same object: the smoothed probability with the object's own
+    pixels only, so that it does not fall at the object's rim, or across a thin part,
+    because the object ends there (float64, in the offsets' fixed order)."""
+    centre = np.unravel_index(at, objects.shape)
+    own = objects.ravel()[at]
+    total = np.zeros(at.size)
+    weight = np.zeros(at.size)
+    for offset in np.ndindex(*(5,) * objects.ndim):
+        coords = [c + o - 2 for c, o in zip(centre, offset)]
+        inside = np.logical_and.reduce([(c >= 0) & (c < n) for c, n in zip(coords, objects.shape)])
+        there = np.ravel_multi_index([np.clip(c, 0, n - 1) for c, n in zip(coords, objects.shape)], objects.shape)
+        same = inside & (objects.ravel()[there] == own)
+        w = math.prod(BINOMIAL[o] for o in offset)
+        total += np.where(same, w * probability.ravel()[there].astype(np.float64), 0.0)
+        weight += np.where(same, w, 0.0)
+    return total / weight
