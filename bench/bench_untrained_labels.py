@@ -1,0 +1,78 @@
+"""Instance post-processing on outputs that are not cells: what labelling costs on the
+probabilities of a barely trained network, as the first previews of live training and
+the Train widget's previews see them.
+
+    PYTHONPATH=SRC .venv/bin/python bench/bench_untrained_labels.py [--repeats 2]
+
+Labels (``probabilities_to_labels``, default settings but no minimum size) the
+2048x2048 output of two untrained tiny networks (4 base channels, depth 2, batch norm;
+torch seeds 0 and 2) on tiled synthetic nuclei, and a field of smoothed noise spanning
+0.52-0.92 (one object, thousands of local maxima), each also cut to its 512x512 corner.
+Prints the best of ``--repeats`` per input. Run it with ``PYTHONPATH`` set to the
+``src`` of two checkouts to compare their post-processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+import napari_unet as nu
+from common import format_table, print_header
+from napari_unet.core.config import InstanceConfig
+from napari_unet.core.instances import probabilities_to_labels
+from napari_unet.core.model import UNet
+from napari_unet.core.synthetic import synthetic_nuclei
+
+
+def untrained_output(seed: int) -> np.ndarray:
+    """(2, 2048, 2048) probabilities of an untrained tiny network on 4 x 4 tiles of a
+    512x512 synthetic nuclei image."""
+    image, _ = synthetic_nuclei((512, 512), seed=3)
+    big = np.tile(image, (4, 4)).astype(np.float32)
+    torch.manual_seed(seed)
+    model = UNet(base_channels=4, depth=2, batch_norm=True).eval()
+    with torch.no_grad():
+        x = torch.from_numpy((big - big.mean()) / big.std())[None, None]
+        x = torch.nn.functional.pad(x, (60,) * 4, mode="reflect")
+        return torch.softmax(model(x), 1)[0, :, :2048, :2048].numpy().copy()
+
+
+def noise_field(size: int) -> np.ndarray:
+    """(2, size, size) probabilities whose foreground is smoothed noise over 0.52-0.92."""
+    field = ndimage.gaussian_filter(np.random.default_rng(0).random((size, size)), 1.0)
+    field = (0.52 + 0.4 * (field - field.min()) / (field.max() - field.min())).astype(np.float32)
+    return np.stack([1 - field, field])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    print_header(f"labelling outputs that are not cells, by {nu.__file__}")
+    inputs = {f"untrained network, seed {seed}": untrained_output(seed) for seed in (0, 2)}
+    inputs["smoothed noise"] = noise_field(2048)
+    config = InstanceConfig(min_size=0)
+    rows = []
+    for name, probabilities in inputs.items():
+        for size in (512, 2048):
+            part = np.ascontiguousarray(probabilities[:, :size, :size])
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                labels = probabilities_to_labels(part, config)
+                times.append(time.perf_counter() - start)
+            rows.append([name, f"{size}x{size}", f"{min(times):.3f}", str(int(labels.max()))])
+    print(format_table(["input", "size", "labels s (best)", "objects"], rows))
+
+
+if __name__ == "__main__":
+    main()
