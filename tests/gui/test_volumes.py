@@ -140,7 +140,7 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     saying so. The Segment widget labels a volume as a volume, other stacks plane by
     plane."""
     from napari_unet._sample_data import nuclei_stack
-    from napari_unet._widgets import train as train_module
+    from napari_unet._widgets import train_settings as settings_module
     from napari_unet._widgets.segment import ALL_PLANES, AS_VOLUME
     from napari_unet.core.config import CPU_3D_MINUTES
 
@@ -148,7 +148,7 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     short = viewer.add_image(image, name="short stack")
     deep = viewer.add_image(np.zeros((24, 64, 64), np.float32), name="deep stack")
     train = docked(viewer, TrainWidget(viewer, session))
-    monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(settings_module, "resolve_device", lambda device: torch.device("cpu"))
     train.image.value = short
     assert train.network.value == "2D" and train.minutes.value == 0
     train.image.value = deep
@@ -156,7 +156,7 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     assert train.minutes.value == CPU_3D_MINUTES and train.config().minutes == CPU_3D_MINUTES
     train.network.value = "2D"  # the user's answer to the suggestion
     assert "a 3D network suggested" not in train.status.value and train.minutes.value == 0
-    monkeypatch.setattr(train_module, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(settings_module, "resolve_device", lambda device: torch.device("cuda"))
     train.image.value = short
     assert train.network.value == "2D"
     train.image.value = deep
