@@ -504,16 +504,21 @@ def object_mean(probability: np.ndarray, objects: np.ndarray, at: np.ndarray) ->
     that belong to the same object: the smoothed probability with the object's own
     pixels only, so that it does not fall at the object's rim, or across a thin part,
     because the object ends there (float64, in the offsets' fixed order)."""
-    centre = np.unravel_index(at, objects.shape)
+    padded = tuple(n + 4 for n in objects.shape)  # 2 px of background around: no neighbour falls outside
+    around = np.zeros(padded, objects.dtype)
+    around[(slice(2, -2),) * objects.ndim] = objects
+    values = np.zeros(padded, np.float64)
+    values[(slice(2, -2),) * objects.ndim] = probability
+    here = np.ravel_multi_index([c + 2 for c in np.unravel_index(at, objects.shape)], padded)
     own = objects.ravel()[at]
+    strides = [math.prod(padded[axis + 1 :]) for axis in range(objects.ndim)]
+    around, values = around.ravel(), values.ravel()
     total = np.zeros(at.size)
     weight = np.zeros(at.size)
     for offset in np.ndindex(*(5,) * objects.ndim):
-        coords = [c + o - 2 for c, o in zip(centre, offset)]
-        inside = np.logical_and.reduce([(c >= 0) & (c < n) for c, n in zip(coords, objects.shape)])
-        there = np.ravel_multi_index([np.clip(c, 0, n - 1) for c, n in zip(coords, objects.shape)], objects.shape)
-        same = inside & (objects.ravel()[there] == own)
+        there = here + sum((o - 2) * stride for o, stride in zip(offset, strides))
+        same = around[there] == own
         w = math.prod(BINOMIAL[o] for o in offset)
-        total += np.where(same, w * probability.ravel()[there].astype(np.float64), 0.0)
+        total += np.where(same, w * values[there], 0.0)
         weight += np.where(same, w, 0.0)
     return total / weight
