@@ -198,7 +198,8 @@ def split_objects_reference(
     """
     from skimage.segmentation import watershed
 
-    from napari_unet.core.split import BINOMIAL, LEVEL_STEP, SEED_DEPTH
+    from napari_unet.core.meeting_lines import BINOMIAL
+    from napari_unet.core.split import LEVEL_STEP, SEED_DEPTH
 
     smooth = smooth_foreground_reference(foreground)
     faces = ndimage.generate_binary_structure(labels.ndim, 1)
