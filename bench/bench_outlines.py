@@ -34,7 +34,7 @@ import numpy as np
 
 import napari_unet as nu
 from bench_real import score
-from common import cpu_default_model, format_table, print_header
+from common import cpu_default_model, format_table, kept_split, print_header
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import foreground, probabilities_to_labels
 from napari_unet.core.io import read_image
@@ -96,9 +96,7 @@ def main() -> None:
     training = [nu.synthetic_nuclei((256, 256), seed=seed)[1] for seed in range(6)]  # cpu_default_model's data
     cases.append(("synthetic, 2 x 512x512", fitted_to(training), probabilities, np.stack([t for _, t in pairs])))
     for folder in sorted(args.kept.iterdir()) if args.kept else []:
-        kept_model = nu.load_model(folder / "model.safetensors")
-        test, truth = read_image(folder / "test.tif"), read_image(folder / "test_truth.npy")
-        planes = test.reshape(truth.shape)
+        kept_model, planes, truth = kept_split(folder)
         training = read_image(folder / "train_labels.npy").reshape(-1, *truth.shape[-2:])
         cases.append((folder.name, fitted_to(training), nu.predict(kept_model, planes, device="cpu"), truth))
     ways = WAYS + tuple((*WAYS[-1], kind, level) for level in args.thresholds for kind in ("threshold", "outline"))

@@ -22,9 +22,8 @@ import numpy as np
 
 import napari_unet as nu
 from bench_real import score
-from common import format_table, print_header
+from common import format_table, kept_split, print_header
 from napari_unet.core.instances import probabilities_to_labels
-from napari_unet.core.io import read_image
 
 
 def main() -> None:
@@ -36,13 +35,12 @@ def main() -> None:
     rows = []
     for kept in args.kept:
         for folder in sorted(p for p in kept.iterdir() if p.is_dir()):
-            model = nu.load_model(folder / "model.safetensors")
-            truth = read_image(folder / "test_truth.npy")
+            model, test, truth = kept_split(folder)
             cache = folder / "probs.npy"
             if cache.exists():
                 probabilities = np.load(cache)
             else:
-                probabilities = nu.predict(model, read_image(folder / "test.tif").reshape(truth.shape), device="cpu")
+                probabilities = nu.predict(model, test, device="cpu")
                 np.save(cache, probabilities)
             instances = model.spec.instances
             if args.split is not None:

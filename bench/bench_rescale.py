@@ -33,8 +33,7 @@ from skimage.transform import rescale as resize_by
 
 import napari_unet as nu
 from bench_real import score
-from common import cpu_default_model, format_table, print_header
-from napari_unet.core.io import read_image
+from common import cpu_default_model, format_table, kept_split, print_header
 from napari_unet.core.object_size import complete_objects, fitted_instances
 
 NOTE_FACTOR = re.compile(r"segment it again with rescale ([0-9.]+)")
@@ -72,14 +71,12 @@ def cases(args: argparse.Namespace):
     synthetic model's held-out images with ``--synthetic``."""
     folders = sorted(path for kept in args.kept for path in kept.iterdir() if (path / "model.safetensors").exists())
     for folder in folders:
-        model = nu.load_model(folder / "model.safetensors")
+        model, image, truth = kept_split(folder)
         if model.spec.instances.object_size == 0:
             train_labels = np.load(folder / "train_labels.npy")
             planes = train_labels.reshape(-1, *train_labels.shape[-2:])
             fitted = fitted_instances(model.spec.instances, [complete_objects(p) for p in planes])
             model.spec = replace(model.spec, instances=replace(model.spec.instances, object_size=fitted.object_size))
-        image = read_image(folder / "test.tif")
-        truth = np.load(folder / "test_truth.npy")
         yield (
             f"{folder.parent.name}/{folder.name}",
             model,

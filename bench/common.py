@@ -236,6 +236,18 @@ def cpu_default_model(steps: int, seed: int = 0):
     return model, f"trained {summary.steps} steps in {summary.seconds:.0f} s, saved to {path}"
 
 
+def kept_split(folder):
+    """What ``bench_real.py --keep DIR`` left in one split's folder: the trained model,
+    the test image shaped as its true labels (planes of a stack: (N, H, W)), and the
+    true labels."""
+    import napari_unet as nu
+    from napari_unet.core.io import read_image
+
+    truth = read_image(os.path.join(folder, "test_truth.npy"))
+    test = read_image(os.path.join(folder, "test.tif")).reshape(truth.shape)
+    return nu.load_model(os.path.join(folder, "model.safetensors")), test, truth
+
+
 def benchmark_image(shape: tuple[int, int], seed: int = 1):
     """A realistic test image (H, W), its labels and a description: synthetic
     fluorescent nuclei (:func:`napari_unet.synthetic_nuclei`)."""

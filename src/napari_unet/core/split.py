@@ -153,24 +153,20 @@ def split_in_place(
     """:func:`split_objects` in place: ``labels`` int32, ``pixels`` the flat indices
     of its object pixels in increasing order (the work is done on those, not on the
     whole image), ``smooth`` what :func:`smooth_foreground` gives for the
-    probability ``foreground``. ``plateaus``: what :func:`peak_plateaus` gives for them, when
-    another thread has found it already. Returns the largest id afterwards."""
+    probability ``foreground``. ``plateaus``: what :func:`peak_plateaus` gives for
+    them, when another thread has found it already. Returns the largest id
+    afterwards."""
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
     levels = _levels(threshold, SEED_DEPTH)
 
-    probability = []  # the canvas of the foreground probability, once packed
-
     def probability_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
-        values = np.zeros(canvas.shape, np.float32)
-        probability.append(np.zeros(canvas.shape, np.float32))
-        for window, place in zip(windows, places):
-            values[place] = smooth[window]
-            probability[0][place] = foreground[window]
+        values = _packed(smooth, canvas.shape, windows, places)
         return (values, *_seeds(canvas, values, levels, SEED_DEPTH))
 
-    def join(pieces: np.ndarray, values: np.ndarray, owners: np.ndarray) -> np.ndarray:
-        return join_shallow_pieces(pieces, values, probability[0], owners, depth, min_piece)
+    def join(pieces: np.ndarray, values: np.ndarray, owners: np.ndarray, windows: list, places: list) -> np.ndarray:
+        probability = _packed(foreground, pieces.shape, windows, places)
+        return join_shallow_pieces(pieces, values, probability, owners, depth, min_piece)
 
     if plateaus is None:
         plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
@@ -186,7 +182,7 @@ def split_at_seeds(
     largest: int,
     find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
     min_piece: int,
-    join: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None,
 ) -> int:
     """Split the objects ``candidates`` (ids, increasing) of ``labels`` (int32, ids up
     to ``largest``; ``pixels`` its object pixels, flat and increasing, ``ids`` theirs)
@@ -198,12 +194,12 @@ def split_at_seeds(
     canvas) returns the values to flood from the seeds (the highest first, float
     canvas), the seeds (int32 canvas, numbered 1..n) and each seed's object (n,),
     only for objects with two or more seeds. One watershed grows the seeds to those
-    objects. ``join(pieces, values, owners)``, where given, returns for every seed
-    number 0..n the seed whose piece its piece joins (itself where it stays apart;
-    pieces join only pieces of their own object). An object left with two or more
-    pieces that all have at least ``min_piece`` pixels splits: the piece of its first
-    seed keeps its id, the others get ids after ``largest``. Returns the largest id
-    afterwards."""
+    objects. ``join(pieces, values, owners, windows, places)``, where given, returns
+    for every seed number 0..n the seed whose piece its piece joins (itself where it
+    stays apart; pieces join only pieces of their own object). An object left with
+    two or more pieces that all have at least ``min_piece`` pixels splits: the piece
+    of its first seed keeps its id, the others get ids after ``largest``. Returns the
+    largest id afterwards."""
     if candidates.size == 0:
         return largest
     is_candidate = np.zeros(largest + 1, bool)
@@ -221,7 +217,7 @@ def split_at_seeds(
     pieces = watershed(-values, seeds, mask=np.isin(canvas, owners), connectivity=1)
     kept = np.arange(len(owners) + 1)
     if join is not None:
-        kept = join(pieces, values, owners)
+        kept = join(pieces, values, owners, windows, places)
         pieces = kept[pieces]
     next_id = largest + 1
     where = {int(object_id): (window, place) for object_id, window, place in zip(candidates, windows, places)}
@@ -238,6 +234,15 @@ def split_at_seeds(
         renamed = new_ids[pieces[place]]
         np.copyto(labels[window], renamed, where=renamed > 0)
     return next_id - 1
+
+
+def _packed(image: np.ndarray, shape: tuple[int, ...], windows: list, places: list) -> np.ndarray:
+    """float32 canvas of ``shape`` holding ``image``'s boxes ``windows`` at ``places``
+    (:func:`split_at_seeds`'s packing), 0 elsewhere."""
+    canvas = np.zeros(shape, np.float32)
+    for window, place in zip(windows, places):
+        canvas[place] = image[window]
+    return canvas
 
 
 def _levels(threshold: float, depth: float) -> list[float]:
