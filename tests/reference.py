@@ -141,7 +141,13 @@ def plane_labels_reference(mask: np.ndarray, config, probability: np.ndarray | N
         if holes.any():  # a hole takes the id of the nearest object pixel
             labels = np.where(holes, segmentation.expand_labels(labels, distance=max(mask.shape)), labels)
     if config.min_size > 0:
-        too_small = np.bincount(labels.ravel()) < config.min_size
+        sizes = np.bincount(labels.ravel())
+        too_small = sizes < config.min_size
+        border = np.zeros(mask.shape, bool)
+        for axis in range(mask.ndim):  # the array's faces
+            border[(slice(None),) * axis + (0,)] = border[(slice(None),) * axis + (-1,)] = True
+        at_border = np.isin(np.arange(len(sizes)), labels[border])
+        too_small |= at_border & (sizes < config.edge_size_factor * config.min_size)
         too_small[0] = False
         labels = np.where(too_small[labels], 0, labels)
     labels = first_pixel_order(labels) if split else segmentation.relabel_sequential(labels)[0]

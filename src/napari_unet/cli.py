@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="drop objects under N pixels (voxels for 3D models; default: the model's, set from its annotation)",
+        help="drop objects under N pixels (voxels for 3D models; default: the model's, set from its annotation); "
+        "objects at the image's border need the model's edge factor times N (1.25 when training set the sizes)",
     )
     segment.add_argument(
         "--as-volume",

@@ -102,7 +102,8 @@ def _segmenting_line(model) -> str:
         if instances.min_fill
         else "no split by shape (segment --min-fill turns it on)"
     )
-    size = f"segmenting drops objects under {instances.min_size} {unit} (segment --min-size changes it)"
+    border = f" ({instances.edge_size_factor:g}x that at the image's border)" if instances.edge_size_factor > 1 else ""
+    size = f"segmenting drops objects under {instances.min_size} {unit}{border} (segment --min-size changes it)"
     return f"{size}{' and ' + pieces if pieces else ''}; {shape}"
 
 

@@ -12,6 +12,7 @@ CONFIGS = [
     InstanceConfig(expand=1),
     InstanceConfig(min_size=40),
     InstanceConfig(fill_holes=False),
+    InstanceConfig(min_size=12, edge_size_factor=2.5),
 ]
 
 

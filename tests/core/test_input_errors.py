@@ -32,6 +32,7 @@ def test_weight_map_settings_refuse_nan_and_infinity(w0):
         (lambda: ModelConfig(dropout=math.nan), "dropout"),
         (lambda: NormalizationConfig(low=math.nan), "low"),
         (lambda: InstanceConfig(fill_holes="yes"), "fill_holes"),
+        (lambda: InstanceConfig(edge_size_factor=0.5), "edge_size_factor must be >= 1"),
         (lambda: TrainConfig(tile=100.5), "tile"),
         (lambda: TrainConfig(steps=[3]), "steps"),
         (lambda: TrainConfig(lr=math.inf), "lr"),

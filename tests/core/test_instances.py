@@ -32,6 +32,24 @@ def test_components_threshold_min_size_and_holes():
     assert unfilled[5, 5] == 0
 
 
+def test_objects_at_the_border_need_edge_size_factor_times_the_minimum():
+    """Pieces of cells that the image's border cuts need more pixels than whole
+    objects inside: here two 6x5 px objects (30 px), one inside and one against each
+    face of a plane and of a volume, with a minimum of 25 px."""
+    mask = np.zeros((40, 40), bool)
+    mask[17:23, 17:22] = True  # inside
+    mask[0:6, 5:10] = mask[34:40, 30:35] = mask[10:16, 0:5] = mask[25:31, 35:40] = True  # one at each face
+    plain, stricter = InstanceConfig(min_size=25), InstanceConfig(min_size=25, edge_size_factor=1.25)
+    assert mask_to_labels(mask, plain).max() == 5
+    kept = mask_to_labels(mask, stricter)
+    assert kept.max() == 1 and kept[17:23, 17:22].all()  # 30 < 1.25 * 25: only the inner one stays
+    assert mask_to_labels(mask, InstanceConfig(min_size=24, edge_size_factor=1.25)).max() == 5  # 30 >= 30
+    volume = np.zeros((12, 20, 20), bool)
+    volume[4:7, 8:11, 8:11] = volume[0:3, 2:5, 2:5] = volume[9:12, 14:17, 14:17] = True  # 27 voxels each
+    assert mask_to_labels(volume, InstanceConfig(min_size=20)).max() == 3
+    assert mask_to_labels(volume, InstanceConfig(min_size=20, edge_size_factor=1.5)).max() == 1  # the z faces
+
+
 def test_expand_grows_without_merging():
     fg = np.zeros((20, 30))
     fg[5:15, 2:10] = 1
@@ -60,6 +78,7 @@ def test_equals_the_plain_whole_image_formulation(kind):
         InstanceConfig(expand=1),
         InstanceConfig(expand=3, min_size=3),
         InstanceConfig(fill_holes=False),
+        InstanceConfig(min_size=12, edge_size_factor=2.5),
     ]
     for _ in range(25):
         shape = tuple(rng.integers(5, 70, 2))
@@ -88,6 +107,7 @@ def test_volumes_equal_the_plain_whole_volume_formulation(kind):
         InstanceConfig(min_size=0, expand=1),
         InstanceConfig(expand=1),
         InstanceConfig(expand=2),
+        InstanceConfig(min_size=12, edge_size_factor=2.5),
     ]
     for _ in range(8):
         shape = tuple(rng.integers(4, 24, 3))

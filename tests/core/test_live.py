@@ -16,6 +16,7 @@ from napari_unet.core.live import (
     accept_all,
     accept_object,
 )
+from napari_unet.core.object_size import SIZE_FRACTION
 from napari_unet.core.train_events import StepProgress
 
 CONFIG = TrainConfig(tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=1, seed=1)
@@ -168,6 +169,6 @@ def test_previews_drop_objects_under_the_minimum_that_the_latest_annotation_sugg
     live.stop()
     for _ in events:
         pass
-    first = int(0.5 * (labels == cell).sum())
+    first = int(SIZE_FRACTION * (labels == cell).sum())
     assert asked[0].min_size == first > 16 and asked[-1].min_size == 16 == live.model.spec.instances.min_size
     assert {instances.min_fill for instances in asked} == {0.0} == {live.model.spec.instances.min_fill}

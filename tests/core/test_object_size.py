@@ -11,7 +11,14 @@ import torch
 from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
 from napari_unet.core.config import IGNORE_LABEL, InstanceConfig, TrainConfig
-from napari_unet.core.object_size import CompleteObjects, complete_objects, fitted_instances, in_voxels
+from napari_unet.core.object_size import (
+    SIZE_FRACTION,
+    CompleteObjects,
+    complete_objects,
+    fitted_instances,
+    in_voxels,
+)
+from napari_unet.core.records import from_dict
 from napari_unet.core.synthetic_volume import SPACING as VOLUME_SPACING
 from napari_unet.core.synthetic_volume import synthetic_volume
 from napari_unet.core.train import Trainer
@@ -116,15 +123,23 @@ def objects(sizes, fills=None, ndim=2):
     return CompleteObjects(sizes, np.ones(sizes.size) if fills is None else np.asarray(fills, float), ndim)
 
 
-def test_the_minimum_is_half_the_small_objects_and_the_smallest_piece_a_third_of_the_typical():
+def test_the_minimum_is_a_fraction_of_the_small_objects_a_larger_one_at_the_border_and_the_piece_of_the_typical():
     sizes = [objects([400] * 19 + [60]), objects([300])]
     fitted = fitted_instances(InstanceConfig(split=0.2), sizes)
     every = np.concatenate([o.sizes for o in sizes])
-    assert fitted.min_size == int(0.5 * np.percentile(every, 5)) and 30 <= fitted.min_size < 200
+    assert fitted.min_size == int(0.4 * np.percentile(every, 5)) and 30 <= fitted.min_size < 200
+    assert fitted.edge_size_factor * fitted.min_size == pytest.approx(0.5 * np.percentile(every, 5))
     assert fitted.min_piece == int(0.3 * 400) and fitted.split == 0.2  # the rest is kept
     assert fitted_instances(InstanceConfig(), [objects([20, 24])]).min_size == InstanceConfig().min_size
     mine = InstanceConfig(min_size=50, min_piece=7)
     assert fitted_instances(mine, [CompleteObjects.none()]) == mine == fitted_instances(mine, [])
+    assert mine.edge_size_factor == 1.0  # nothing learned: the border is like the rest
+
+
+def test_settings_written_before_the_border_minimum_treat_the_border_like_the_rest():
+    written = dataclasses.asdict(InstanceConfig(min_size=85))
+    del written["edge_size_factor"]  # what model files of earlier versions hold
+    assert from_dict(InstanceConfig, written).edge_size_factor == 1.0
 
 
 def test_the_shape_split_takes_the_least_round_annotated_objects_and_the_typical_radius():
@@ -156,7 +171,8 @@ def test_training_gives_the_model_the_minimum_its_annotation_suggests(tmp_path):
     area = int((labels == 1).sum())
     trainer = Trainer(tiny_model(), [image], [labels], FAST)
     fitted = fitted_instances(InstanceConfig(), [complete_objects(labels)])
-    assert fitted.min_size == int(0.5 * area) > InstanceConfig().min_size and fitted.min_piece == int(0.3 * area)
+    assert fitted.min_size == int(SIZE_FRACTION * area) > InstanceConfig().min_size
+    assert fitted.min_piece == int(0.3 * area)
     assert fitted.min_fill == 0.95 and fitted.neck == 1.0  # discs fill ~0.99: capped; 0.1 of a radius of 7.9: 1 px
     assert trainer.model.spec.instances == fitted
     trainer.save_model(tmp_path / "m")
@@ -180,7 +196,7 @@ def test_new_annotations_of_a_running_training_refit_the_minimum():
     trainer = Trainer(tiny_model(), [image], [labels], FAST)
     small, small_labels = discs((80, 80), centres=((25, 25), (45, 52), (60, 20)), radius=5)
     trainer.replace_annotations([small], [small_labels])
-    assert trainer.model.spec.instances.min_size == int(0.5 * (small_labels == 1).sum())
+    assert trainer.model.spec.instances.min_size == int(SIZE_FRACTION * (small_labels == 1).sum())
 
 
 def test_segment_min_size_option_overrides_the_model(tmp_path, capsys):
@@ -211,9 +227,10 @@ def test_train_command_says_what_it_drops_and_can_keep_the_models_sizes(tmp_path
     tifffile.imwrite(tmp_path / "lab.tif", labels)
     args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), *TINY, "--steps", "1"]
     assert main([*args, "--out", str(tmp_path / "fit.safetensors")]) == 0
-    size, piece = int(0.5 * (labels == 1).sum()), int(0.3 * (labels == 1).sum())
+    size, piece = int(SIZE_FRACTION * (labels == 1).sum()), int(0.3 * (labels == 1).sum())
     said = capsys.readouterr().out
-    assert f"segmenting drops objects under {size} px" in said and f"into pieces under {piece} px" in said
+    assert f"segmenting drops objects under {size} px (1.25x that at the image's border)" in said
+    assert f"into pieces under {piece} px" in said
     assert load_model(tmp_path / "fit.safetensors").spec.instances.min_size == size
     assert main([*args, "--out", str(tmp_path / "kept.safetensors"), "--keep-sizes"]) == 0
     assert load_model(tmp_path / "kept.safetensors").spec.instances == InstanceConfig()

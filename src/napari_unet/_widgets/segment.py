@@ -105,7 +105,8 @@ class SegmentWidget(DockWidget):
             min=0,
             max=10**9,
             tooltip="drop objects of fewer pixels (voxels for 3D models; a stack as a volume: a ball of that "
-            "cross-section); set from the model, whose training chose it from the annotated cells",
+            "cross-section); set from the model, whose training chose it from the annotated cells; objects "
+            "at the image's border need the model's edge factor times that (1.25 when training chose it)",
         )
         self.to_store = CheckBox(text="write labels to a zarr store (always for very large images)", value=False)
         self.store = FileEdit(label="store", mode="d", value="", tooltip="empty: a temporary folder")

@@ -7,8 +7,8 @@ pixel, numbering included:
 
 1. :func:`summarize` labels each chunk's foreground and background 4-connected
    components on their own and keeps a small summary: component sizes, the first
-   pixel of each object (raster order), background components' boxes and whether
-   they touch the image border, which background and foreground components touch, and
+   pixel of each object (raster order), background components' boxes, whether
+   components touch the image border, which background and foreground components touch, and
    the component ids along the chunk's four faces.
 2. :func:`merge` joins ids that touch across chunk faces (connected components of the
    graph of face pairs, i.e. a union-find), for the foreground and for the background.
@@ -38,7 +38,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage import segmentation
 
 from .config import InstanceConfig
-from .instances import _grow_one_pixel, first_pixels
+from .instances import _grow_one_pixel, first_pixels, kept_by_size
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
 _FACES = ("top", "bottom", "left", "right")
@@ -88,14 +88,15 @@ class ChunkSummary:
     """What the merge needs of one chunk (small: per-component numbers and the faces).
 
     ``fg_sizes``/``bg_sizes``: pixels per component (index 0 unused); ``fg_first``: the
-    flat plane index of each object's first pixel; ``bg_border``: whether a background
-    component touches the image border; ``bg_box``: its box (y0, y1, x0, x1) in the
+    flat plane index of each object's first pixel; ``fg_border``/``bg_border``: whether
+    a component touches the image border; ``bg_box``: its box (y0, y1, x0, x1) in the
     plane; ``touching``: (background id, foreground id) pairs that are 4-neighbours in
     the chunk; ``faces``: foreground and background ids along the four faces.
     """
 
     fg_sizes: np.ndarray
     fg_first: np.ndarray
+    fg_border: np.ndarray
     bg_sizes: np.ndarray
     bg_border: np.ndarray
     bg_box: np.ndarray
@@ -103,7 +104,7 @@ class ChunkSummary:
     faces: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {name: getattr(self, name) for name in ("fg_sizes", "fg_first", "bg_sizes", "bg_border")}
+        arrays = {name: getattr(self, name) for name in ("fg_sizes", "fg_first", "fg_border", "bg_sizes", "bg_border")}
         arrays.update(bg_box=self.bg_box, touching=self.touching)
         arrays.update({f"face_{name}": value for name, value in self.faces.items()})
         return arrays
@@ -111,7 +112,7 @@ class ChunkSummary:
     @classmethod
     def from_arrays(cls, arrays) -> ChunkSummary:
         faces = {name[5:]: np.asarray(arrays[name]) for name in arrays if name.startswith("face_")}
-        names = ("fg_sizes", "fg_first", "bg_sizes", "bg_border", "bg_box", "touching")
+        names = ("fg_sizes", "fg_first", "fg_border", "bg_sizes", "bg_border", "bg_box", "touching")
         return cls(**{name: np.asarray(arrays[name]) for name in names}, faces=faces)
 
 
@@ -135,14 +136,18 @@ def summarize(mask: np.ndarray, grid: ChunkGrid, i: int, j: int, labelled=None) 
     local_y, local_x = np.divmod(first, mask.shape[1])
     fg_first = (local_y + rows.start) * width + local_x + cols.start
     fg_first[0] = -1
-    border = np.zeros(n_bg + 1, bool)
-    for side, on_border in ((bg[0], rows.start == 0), (bg[-1], rows.stop == height)):
-        if on_border:
-            border[side] = True
-    for side, on_border in ((bg[:, 0], cols.start == 0), (bg[:, -1], cols.stop == width)):
-        if on_border:
-            border[side] = True
-    border[0] = False
+    sides = ((0, rows.start == 0), (-1, rows.stop == height)), ((0, cols.start == 0), (-1, cols.stop == width))
+
+    def on_border(ids: np.ndarray, count: int) -> np.ndarray:
+        """(count + 1,) bool: which of a chunk's components touch the image border."""
+        border = np.zeros(count + 1, bool)
+        for axis, ends in enumerate(sides):
+            for index, reached in ends:
+                if reached:
+                    border[np.take(ids, index, axis=axis)] = True
+        border[0] = False
+        return border
+
     box = np.zeros((n_bg + 1, 4), np.int64)
     for index, window in enumerate(ndimage.find_objects(bg), start=1):
         if window is not None:
@@ -164,8 +169,9 @@ def summarize(mask: np.ndarray, grid: ChunkGrid, i: int, j: int, labelled=None) 
     return ChunkSummary(
         fg_sizes=np.bincount(fg.ravel(), minlength=n_fg + 1).astype(np.int64),
         fg_first=fg_first.astype(np.int64),
+        fg_border=on_border(fg, n_fg),
         bg_sizes=np.bincount(bg.ravel(), minlength=n_bg + 1).astype(np.int64),
-        bg_border=border,
+        bg_border=on_border(bg, n_bg),
         bg_box=box,
         touching=touching.astype(np.int64),
         faces=faces,
@@ -305,7 +311,8 @@ def merge(
             for *_, owners in patches:
                 np.add.at(sizes, owners, 1)
 
-    keep = sizes >= config.min_size
+    at_border = np.bincount(fg_root, weights=_joined(summaries, order, "fg_border"), minlength=n_objects) > 0
+    keep = kept_by_size(np.concatenate([[0], sizes]), np.concatenate([[False], at_border]), config)[1:]
     kept = np.flatnonzero(keep)
     final = np.zeros(n_objects, np.int32)
     final[kept[np.argsort(root_first[kept], kind="stable")]] = np.arange(1, len(kept) + 1, dtype=np.int32)

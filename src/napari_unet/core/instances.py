@@ -5,9 +5,10 @@ Per plane (per volume for 3D models, with 6-connectivity and the same rules in
 objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
 give every hole the id of its nearest object pixel, split objects shaped like
 several cells at their necks when ``min_fill`` asks for it (:mod:`.concave`),
-drop small objects, grow the objects by ``expand`` px into background without
-merging (none by default), and number them 1..n in raster order of their first
-pixels. After the labelling, each step works on the list of object pixels (a
+drop small objects (with a larger minimum at the image's border where
+``edge_size_factor`` asks for one), grow the objects by ``expand`` px into
+background without merging (none by default), and number them 1..n in raster
+order of their first pixels. After the labelling, each step works on the list of object pixels (a
 fraction of the image) or locally around a hole: no whole-image distance
 transform runs for a 1-px grow. On large images a second thread, when the
 process may use two cores, smooths half of the probability for the split, then
@@ -191,8 +192,11 @@ def mask_to_labels(
     if config.min_fill > 0:
         count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing)
     ids = np.take(labels, pixels)
-    keep = np.bincount(ids, minlength=count + 1) >= config.min_size
-    keep[0] = False
+    at_border = None
+    if config.edge_size_factor > 1.0:
+        at_border = np.zeros(count + 1, bool)
+        at_border[border_ids(labels)] = True
+    keep = kept_by_size(np.bincount(ids, minlength=count + 1), at_border, config)
     if count > components:  # pieces of split objects have ids after all others: order by first pixel
         survivors = np.flatnonzero(keep)
         survivors = survivors[np.argsort(_first_pixels_of(labels.size, pixels, ids, count)[survivors], kind="stable")]
@@ -206,6 +210,24 @@ def mask_to_labels(
     elif config.expand > 1:
         labels = segmentation.expand_labels(labels, distance=config.expand).astype(np.int32)
     return labels
+
+
+def border_ids(labels: np.ndarray) -> np.ndarray:
+    """The ids (with 0, where present) of ``labels`` (any number of axes) on its border."""
+    faces = [np.take(labels, index, axis=axis).ravel() for axis in range(labels.ndim) for index in (0, -1)]
+    return np.unique(np.concatenate(faces))
+
+
+def kept_by_size(sizes: np.ndarray, at_border: np.ndarray | None, config: InstanceConfig) -> np.ndarray:
+    """Which objects stay (n + 1,) bool, from their ``sizes`` (n + 1,) in pixels (voxels;
+    index 0 is the background, never kept) and whether they touch the image's border
+    (``at_border`` (n + 1,) bool, ``None``: none does): ``config.min_size``, and
+    ``config.edge_size_factor`` times that at the border."""
+    keep = sizes >= config.min_size
+    if at_border is not None:
+        keep &= ~at_border | (sizes >= config.edge_size_factor * config.min_size)
+    keep[0] = False
+    return keep
 
 
 def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
