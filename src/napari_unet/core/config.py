@@ -150,7 +150,9 @@ class InstanceConfig:
 
     ``object_size``: the median size of the completely annotated objects the model
     learned from (0: not known), set by training like ``min_size``; segmenting notes
-    objects far from it (:mod:`napari_unet.core.rescale`).
+    objects far from it (:mod:`napari_unet.core.rescale`), and with ``split`` splits
+    objects over 1.5 times it once more where their log-odds dip: clumps of cells the
+    network is sure of all the way across (:mod:`napari_unet.core.large_objects`).
     """
 
     threshold: float = 0.5

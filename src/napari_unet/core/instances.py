@@ -5,12 +5,14 @@ Per plane (per volume for 3D models, with 6-connectivity and the same rules in
 objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
 give every hole the id of its nearest object pixel, split objects shaped like
 several cells at their necks when ``min_fill`` asks for it (:mod:`.concave`),
-drop small objects (with a larger minimum at the image's border where
+split objects far larger than the model's cells once more where their log-odds
+dip (:mod:`.large_objects`, with ``split`` and a known ``object_size``), drop
+small objects (with a larger minimum at the image's border where
 ``edge_size_factor`` asks for one), grow the objects by ``expand`` px into
 background without merging (none by default), and number them 1..n in raster
-order of their first pixels. After the labelling, each step works on the list of object pixels (a
-fraction of the image) or locally around a hole: no whole-image distance
-transform runs for a 1-px grow. On large images a second thread, when the
+order of their first pixels. After the labelling, each step works on the list of
+object pixels (a fraction of the image) or locally around a hole: no whole-image
+distance transform runs for a 1-px grow. On large images a second thread, when the
 process may use two cores, smooths half of the probability for the split, then
 finds the plateaus of its peaks and the holes (both depend on the mask alone) while
 this one labels and splits the objects. Without the split by shape, the result equals the plain
@@ -32,6 +34,7 @@ from skimage import segmentation
 
 from .concave import split_concave_in_place
 from .config import InstanceConfig
+from .large_objects import split_large_in_place
 from .regions import bounding_boxes, run_starts
 from .split import peak_plateaus, smooth_foreground, split_in_place
 
@@ -191,6 +194,10 @@ def mask_to_labels(
                 pixels = np.flatnonzero(filled)
     if config.min_fill > 0:
         count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing)
+    if split:
+        count = split_large_in_place(
+            labels, pixels, probability, config.threshold, config.split, config.min_piece, config.object_size, count
+        )
     ids = np.take(labels, pixels)
     at_border = None
     if config.edge_size_factor > 1.0:
