@@ -2,7 +2,7 @@ import numpy as np
 
 from napari_unet import InstanceConfig
 from napari_unet.core.instances import mask_to_labels
-from napari_unet.core.large_objects import LARGE_OBJECT, halved_log_odds
+from napari_unet.core.large_objects import CLUMP_LIMIT, LARGE_OBJECT, halved_log_odds
 
 
 def sure_pair(shape=(40, 56), gap_probability=0.93):
@@ -34,6 +34,8 @@ def test_an_object_far_larger_than_the_cells_learned_splits_where_the_log_odds_d
     assert split.max() == 2 and split[20, 20] != split[20, 35] and (split > 0).sum() == mask.sum()
     learned_larger = InstanceConfig(min_size=10, object_size=int(mask.sum() / LARGE_OBJECT) + 1)
     assert mask_to_labels(mask, learned_larger, probability).max() == 1  # not LARGE_OBJECT times larger: as it is
+    learned_tiny = InstanceConfig(min_size=10, object_size=int(mask.sum() / CLUMP_LIMIT) - 1)
+    assert mask_to_labels(mask, learned_tiny, probability).max() == 1  # no clump of a few cells: as it is
 
 
 def test_a_large_object_without_a_dip_in_its_log_odds_stays_whole():

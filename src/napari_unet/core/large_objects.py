@@ -5,13 +5,14 @@ across the line where they meet: the foreground probability stays within a few
 thousandths of 1 there, so the split at probability dips (:mod:`.split`) sees no
 dip. The log-odds still dip, by several units. An object of over
 :data:`LARGE_OBJECT` times the median size of the completely annotated objects
-(``InstanceConfig.object_size``) is most likely such a clump, so it is split once
-more, alone, with the same depth and smallest piece, in the probability with its
-log-odds halved: ``p' = sqrt(p) / (sqrt(p) + sqrt(1 - p))``, which keeps 0.5 (the
-threshold) where it is and turns 0.9999 against 0.99 into 0.990 against 0.909.
-Done for every object, the same rescaling cut single nuclei and bacteria in two
-(on the real-data benchmark's kept models, mean AP@0.5 0.906 -> 0.882); for objects
-over 1.5 times the typical cell it parted three merged pairs and cut none.
+(``InstanceConfig.object_size``), and at most :data:`CLUMP_LIMIT` times, is most
+likely such a clump, so it is split once more, with the same depth and smallest
+piece, in the probability with its log-odds halved:
+``p' = sqrt(p) / (sqrt(p) + sqrt(1 - p))``, which keeps 0.5 (the threshold) where it
+is and turns 0.9999 against 0.99 into 0.990 against 0.909. Done for every object,
+the same rescaling cut single nuclei and bacteria in two (on the real-data
+benchmark's kept models, mean AP@0.5 0.906 -> 0.882); for objects over 1.5 times the
+typical cell it parted three merged pairs and cut none.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def split_large_in_place(
 ) -> int:
     """Split the objects of ``labels`` (int32, (H, W) or (Z, Y, X), ids up to
     ``count``; ``pixels`` its object pixels, flat and increasing) that have more than
-    :data:`LARGE_OBJECT` x ``object_size`` pixels (up to :data:`CLUMP_LIMIT` x) where the foreground ``probability``
-    (same shape) with halved log-odds dips by ``depth`` between pieces of at least
-    ``min_piece`` pixels (:func:`.split.split_in_place`; ``threshold``: the level the
-    objects were cut at). Pieces get ids after ``count``; returns the largest id.
+    :data:`LARGE_OBJECT` x ``object_size`` pixels (and at most :data:`CLUMP_LIMIT` x)
+    where the foreground ``probability`` (same shape) with halved log-odds dips by
+    ``depth`` between pieces of at least ``min_piece`` pixels
+    (:func:`.split.split_in_place`; ``threshold``: the level the objects were cut at).
+    Pieces get ids after ``count``; returns the largest id.
 
     The large objects' boxes, each with :data:`MARGIN` px of context, are packed into
     one canvas (:func:`.regions.pack_boxes`), which holds each object's own pixels and
