@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
 from common import format_table, print_header
-from napari_unet.core.config import TrainConfig, default_model_config
+from napari_unet.core.config import default_model_config
 from napari_unet.core.model import UNet
 from napari_unet.core.synthetic import synthetic_dataset
 from napari_unet.core.threads import available_cores, choose_threads, other_busy_cores
 from napari_unet.core.train import Trainer
+from napari_unet.core.train_config import TrainConfig
 from napari_unet.core.train_events import StepProgress
 
 WARMUP_STEPS = 2

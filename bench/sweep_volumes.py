@@ -29,8 +29,9 @@ import torch
 
 import napari_unet as nu
 from bench_volumes import load, scores, sparse
-from napari_unet.core.config import AugmentConfig, default_model_config
+from napari_unet.core.config import default_model_config
 from napari_unet.core.instances import probabilities_to_labels
+from napari_unet.core.train_config import AugmentConfig
 
 
 def main() -> None:

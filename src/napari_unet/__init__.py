@@ -11,16 +11,7 @@ The public API below never imports Qt or napari::
 """
 
 from .core.checkpoint import ModelFileError, load_model, save_model
-from .core.config import (
-    AugmentConfig,
-    InstanceConfig,
-    ModelConfig,
-    ModelSpec,
-    NormalizationConfig,
-    TrainConfig,
-    WeightMapConfig,
-    default_model_config,
-)
+from .core.config import InstanceConfig, ModelConfig, ModelSpec, NormalizationConfig, default_model_config
 from .core.data import TrainingDataError
 from .core.errors import ConfigError, NapariUnetError, OutputFileError, TrainingError
 from .core.geometry import InvalidTileSize, best_tile, input_size_for_output, is_valid_size, output_size
@@ -33,6 +24,7 @@ from .core.store import OutputExistsError
 from .core.stream import ChunkProgress, StreamResult, iter_segment_to, segment_to
 from .core.synthetic import synthetic_nuclei
 from .core.train import Trainer, iter_train, train
+from .core.train_config import AugmentConfig, TrainConfig, WeightMapConfig
 from .core.train_events import CheckpointFailed, CheckpointSaved, StepProgress, TrainSummary, ValidationResult
 from .core.weights import LabelError, separation_target, weight_map
 

@@ -27,7 +27,6 @@ from .cli_labels import cmd_evaluate, cmd_weights, format_table
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .cli_train import add_train_arguments, cmd_train, run_training
 from .core.checkpoint import describe
-from .core.config import WeightMapConfig
 from .core.errors import ConfigError, NapariUnetError
 from .core.exchange import FORMATS, axis_sizes, export_model
 from .core.instances import objects_found
@@ -43,6 +42,7 @@ from .core.layout import ImageShapeError, axes_at_minus3
 from .core.predict import iter_segment, labelled_ndim
 from .core.spacing import voxel_shape_note
 from .core.threads import use_threads
+from .core.train_config import WeightMapConfig
 
 
 def cmd_segment(args: argparse.Namespace) -> None:

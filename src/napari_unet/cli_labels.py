@@ -8,12 +8,12 @@ import logging
 import sys
 
 from .cli_args import check_outputs, check_pairs, output_names, spacing_option
-from .core.config import WeightMapConfig
 from .core.evaluation import evaluate_pairs
 from .core.io import image_shape, output_axes, read_labels, write_image
 from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message, out_of_range_message
 from .core.layout import ImageShapeError
 from .core.metrics import MatchStats
+from .core.train_config import WeightMapConfig
 from .core.weights import LabelError, separation_target, weight_map
 
 

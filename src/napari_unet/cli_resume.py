@@ -9,9 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .core.checkpoint import ModelFileError, load_state
-from .core.config import ModelSpec, TrainConfig
+from .core.config import ModelSpec
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.train import Trainer
+from .core.train_config import TrainConfig
 
 #: Training settings a resumed run keeps (so that it continues exactly), as the
 #: command line names them, with where the checkpoint records each: in its training

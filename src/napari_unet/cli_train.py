@@ -27,15 +27,7 @@ from .cli_args import (
 )
 from .cli_resume import refuse_to_replace, resume_trainer
 from .core.checkpoint import load_model, model_bytes
-from .core.config import (
-    CPU_3D_MINUTES,
-    AugmentConfig,
-    ModelConfig,
-    TrainConfig,
-    WeightMapConfig,
-    default_minutes,
-    default_model_config,
-)
+from .core.config import ModelConfig, default_model_config
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, TrainingError
@@ -45,6 +37,7 @@ from .core.model import UNet
 from .core.progress import drive
 from .core.threads import use_threads
 from .core.train import SUMMARY_LOSS_STEPS, Trainer
+from .core.train_config import CPU_3D_MINUTES, AugmentConfig, TrainConfig, WeightMapConfig, default_minutes
 from .core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
 from .core.warm_start import WARM_START_STEPS
 
@@ -72,7 +65,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
 
 def training_minutes(args: argparse.Namespace) -> float | None:
     """``--minutes``; for a new model without ``--steps`` by default
-    :func:`~napari_unet.core.config.default_minutes` (a 3D model on a CPU: its
+    :func:`~napari_unet.core.train_config.default_minutes` (a 3D model on a CPU: its
     steps take seconds there, the default steps would take hours)."""
     if args.minutes is not None or "steps" in args.given or args.init:
         return args.minutes

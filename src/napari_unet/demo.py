@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from .core.config import ModelConfig, NormalizationConfig, TrainConfig, default_model_config
+from .core.config import ModelConfig, NormalizationConfig, default_model_config
 from .core.evaluation import Row, evaluate_pairs
 from .core.io import write_image
 from .core.model import UNet
@@ -20,6 +20,7 @@ from .core.normalize import normalize
 from .core.predict import segment
 from .core.synthetic import synthetic_dataset, synthetic_nuclei
 from .core.train import Trainer
+from .core.train_config import TrainConfig
 
 TRAIN_IMAGES = 6
 TRAIN_SHAPE = (256, 256)

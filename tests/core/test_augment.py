@@ -15,7 +15,8 @@ from napari_unet.core.augment import (
     tile_center,
     zoom_about,
 )
-from napari_unet.core.config import IGNORE_LABEL, AugmentConfig
+from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.train_config import AugmentConfig
 
 STILL = AugmentConfig(elastic=False, flips=False, rotations=False, contrast=0.0, brightness=0.0, gamma=0.0)
 RIGID = AugmentConfig(elastic=False)

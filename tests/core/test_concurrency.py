@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 import napari_unet as nu
-from napari_unet.core.config import TrainConfig
 from napari_unet.core.progress import drive
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import Trainer
+from napari_unet.core.train_config import TrainConfig
 
 
 def test_predicting_in_a_loop_while_training_never_switches_the_trainers_module_to_eval():

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from napari_unet.core import geometry
-from napari_unet.core.config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
+from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig
 from napari_unet.core.data import SampleStream, TrainingDataError, prepare
+from napari_unet.core.train_config import AugmentConfig, WeightMapConfig
 
 NO_AUGMENT = AugmentConfig(elastic=False, flips=False, rotations=False, contrast=0, brightness=0, gamma=0)
 

@@ -13,10 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import napari_unet as nu
-from napari_unet.core.config import TrainConfig
 from napari_unet.core.distributed import ProcessGroup, batch_share
 from napari_unet.core.progress import drive
 from napari_unet.core.train import Trainer
+from napari_unet.core.train_config import TrainConfig
 from napari_unet.core.train_events import CheckpointSaved
 
 from .test_data import discs

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet.core.config import IGNORE_LABEL, TrainConfig
+from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.live import (
     AVERAGE_RATE,
     LIVE_SPLIT,
@@ -17,6 +17,7 @@ from napari_unet.core.live import (
     accept_object,
 )
 from napari_unet.core.object_size import SIZE_FRACTION
+from napari_unet.core.train_config import TrainConfig
 from napari_unet.core.train_events import StepProgress
 
 CONFIG = TrainConfig(tile=60, batch_size=2, device="cpu", precision="fp32", warmup_steps=1, seed=1)

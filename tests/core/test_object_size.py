@@ -10,7 +10,7 @@ import torch
 
 from napari_unet import UNet, load_model, save_model
 from napari_unet.cli import main
-from napari_unet.core.config import IGNORE_LABEL, InstanceConfig, TrainConfig
+from napari_unet.core.config import IGNORE_LABEL, InstanceConfig
 from napari_unet.core.object_size import (
     SIZE_FRACTION,
     CompleteObjects,
@@ -22,6 +22,7 @@ from napari_unet.core.records import from_dict
 from napari_unet.core.synthetic_volume import SPACING as VOLUME_SPACING
 from napari_unet.core.synthetic_volume import synthetic_volume
 from napari_unet.core.train import Trainer
+from napari_unet.core.train_config import TrainConfig
 
 from .lazy import drawn_image, threshold_model
 from .test_cli import TINY

@@ -15,8 +15,8 @@ from napari_unet.cli import main
 from napari_unet.cli_args import output_names
 from napari_unet.core import io, train
 from napari_unet.core.checkpoint import load_state
-from napari_unet.core.config import TrainConfig
 from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.train_config import TrainConfig
 
 FAST = TrainConfig(steps=6, tile=60, batch_size=1, device="cpu", precision="fp32", warmup_steps=2, seed=3)
 

@@ -2,9 +2,9 @@ import threading
 
 import numpy as np
 
-from napari_unet.core.config import AugmentConfig
 from napari_unet.core.data import SampleStream
 from napari_unet.core.prefetch import BatchPrefetcher
+from napari_unet.core.train_config import AugmentConfig
 
 from .test_data import discs, prep
 

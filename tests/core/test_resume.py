@@ -17,9 +17,9 @@ import torch
 import napari_unet as nu
 from napari_unet import cli, cli_train
 from napari_unet.core.checkpoint import load_state, save_state
-from napari_unet.core.config import TrainConfig
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import Trainer
+from napari_unet.core.train_config import TrainConfig
 from napari_unet.core.train_events import StepProgress
 
 SRC = Path(__file__).resolve().parents[2] / "src"

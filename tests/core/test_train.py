@@ -7,10 +7,10 @@ import torch
 import napari_unet as nu
 from napari_unet import UNet, load_model
 from napari_unet.core.checkpoint import load_state
-from napari_unet.core.config import AugmentConfig, TrainConfig
 from napari_unet.core.optimisation import weighted_cross_entropy
 from napari_unet.core.progress import drive
 from napari_unet.core.train import Trainer, iter_train
+from napari_unet.core.train_config import AugmentConfig, TrainConfig
 from napari_unet.core.train_events import CheckpointSaved, StepProgress, TrainSummary, ValidationResult
 
 from .test_data import discs

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig, WeightMapConfig
+from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig
 from napari_unet.core.data import prepare
 from napari_unet.core.synthetic import synthetic_nuclei, synthetic_stack
+from napari_unet.core.train_config import WeightMapConfig
 from napari_unet.core.unpainted import unpainted_cells
 
 

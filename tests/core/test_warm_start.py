@@ -10,10 +10,11 @@ import torch
 import napari_unet as nu
 from napari_unet import cli_train
 from napari_unet.cli import build_parser, given_options
-from napari_unet.core.config import IGNORE_LABEL, TrainConfig
+from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.model import CONV, UP
 from napari_unet.core.progress import drive
 from napari_unet.core.train import Trainer
+from napari_unet.core.train_config import TrainConfig
 from napari_unet.core.train_events import StepProgress, WarmStartProgress
 from napari_unet.core.warm_start import FINE_TUNE_LR_SCALE, WARM_START_STEPS, inflate, plane_images, twin, twin_config
 from tests.core.test_volumes_train import ellipsoids
@@ -194,7 +195,7 @@ def test_the_command_line_warm_starts_new_3d_models_only(tmp_path):
 
 def test_a_new_3d_model_on_a_cpu_trains_five_minutes_unless_told_otherwise(tmp_path, monkeypatch):
     """Its steps take seconds on a CPU: the default 1000 would take hours."""
-    from napari_unet.core.config import CPU_3D_MINUTES
+    from napari_unet.core.train_config import CPU_3D_MINUTES
 
     parser = build_parser()
     base = ["train", "vol.tif", "--labels", "lab.tif", "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"]

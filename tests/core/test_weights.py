@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 
 from napari_unet import NapariUnetError
-from napari_unet.core.config import IGNORE_LABEL, WeightMapConfig
+from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.train_config import WeightMapConfig
 from napari_unet.core.weights import (
     border_cutoff,
     border_weights,

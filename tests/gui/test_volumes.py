@@ -142,7 +142,7 @@ def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(view
     from napari_unet._sample_data import nuclei_stack
     from napari_unet._widgets import train_settings as settings_module
     from napari_unet._widgets.segment import ALL_PLANES, AS_VOLUME
-    from napari_unet.core.config import CPU_3D_MINUTES
+    from napari_unet.core.train_config import CPU_3D_MINUTES
 
     (image, _, _), _ = nuclei_stack()
     short = viewer.add_image(image, name="short stack")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 
-from ..core.config import TrainConfig
 from ..core.label_checks import labels_warning
 from ..core.model import UNet
 from ..core.train import Trainer
+from ..core.train_config import TrainConfig
 from ._layers import LayerError, image_data, labels_data, placement_differences
 
 #: Where the Train widget saves models unless told otherwise.

@@ -11,10 +11,11 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 
 from .._session import Session
-from ..core.config import IGNORE_LABEL, TrainConfig
+from ..core.config import IGNORE_LABEL
 from ..core.live import AnnotationProblem, LivePreview, LiveTraining, accept_all, accept_object, live_model
 from ..core.model import UNet
 from ..core.threads import use_threads
+from ..core.train_config import TrainConfig
 from ..core.train_events import StepProgress
 from ._base import DockWidget
 from ._forms import SteadyComboBox, form, scrolling, side_by_side

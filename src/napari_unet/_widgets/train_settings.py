@@ -1,7 +1,7 @@
 """The Train widget's settings form: the training data (image and annotation pairs,
 validation), the model (new, the session's or a file, and a new one's network), the
 run (steps, minutes, device, file) and the advanced settings, and the
-:class:`~napari_unet.core.config.TrainConfig` and model they describe."""
+:class:`~napari_unet.core.train_config.TrainConfig` and model they describe."""
 
 from __future__ import annotations
 
@@ -12,20 +12,13 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image, Labels
 
 from ..core.checkpoint import load_model
-from ..core.config import (
-    CPU_3D_MINUTES,
-    OPTIMIZERS,
-    AugmentConfig,
-    TrainConfig,
-    WeightMapConfig,
-    default_minutes,
-    default_model_config,
-)
+from ..core.config import default_model_config
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError
 from ..core.geometry import is_volume
 from ..core.model import UNet
 from ..core.threads import available_cores
+from ..core.train_config import CPU_3D_MINUTES, OPTIMIZERS, AugmentConfig, TrainConfig, WeightMapConfig, default_minutes
 from ..core.warm_start import WARM_START_STEPS
 from ._choices import (
     NO_MODEL_FILE,
@@ -71,7 +64,7 @@ class TrainSettings:
     """The settings half of :class:`~napari_unet._widgets.train.TrainWidget` (a mixin
     of it: the fields are its attributes, e.g. ``widget.depth``): builds the form,
     keeps its choices consistent with each other and with the viewer's layers, and
-    turns it into a :class:`~napari_unet.core.config.TrainConfig` and a model.
+    turns it into a :class:`~napari_unet.core.train_config.TrainConfig` and a model.
     Needs the widget's ``viewer``, ``session``, ``status`` and ``runner``."""
 
     def _build_settings(self) -> None:
@@ -219,7 +212,7 @@ class TrainSettings:
 
     def _on_network_changed(self, *_) -> None:
         """The CPU defaults of the chosen kind of network, and its time limit
-        (:func:`~napari_unet.core.config.default_minutes`: a 3D network on a CPU)."""
+        (:func:`~napari_unet.core.train_config.default_minutes`: a 3D network on a CPU)."""
         defaults = default_model_config("cpu", ndim=self._network_ndim())
         if self.network.value == "2D" and "a 3D network suggested" in self.status.value:
             self.status.value = ""  # the user chose: the suggestion is answered

@@ -7,8 +7,8 @@ from magicgui.widgets import CheckBox, FloatSpinBox, PushButton
 from napari.layers import Image, Labels
 
 from ..core.annotation import UNANNOTATED_RIM, AnnotationStats, highlight
-from ..core.config import WeightMapConfig
 from ..core.label_checks import labels_warning
+from ..core.train_config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
 from ._forms import SteadyComboBox, form, scrolling

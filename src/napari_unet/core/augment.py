@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .config import AugmentConfig
+from .train_config import AugmentConfig
 
 #: Extra source pixels kept around the sampled region before cubic interpolation.
 #: The cubic spline prefilter is a recursive filter whose influence decays like

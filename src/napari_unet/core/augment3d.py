@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, zoom_about
-from .config import AugmentConfig
+from .train_config import AugmentConfig
 
 
 def identity_grid_3d(tile: Sequence[int], center: Sequence[float]) -> np.ndarray:

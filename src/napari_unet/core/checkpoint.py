@@ -16,11 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import TrainConfig
 from .errors import ConfigError
 from .io import write_atomic
 from .model import UNet
 from .modelfile import FORMAT, FORMAT_VERSION, HEADER_KEY, ModelFileError, check_model_state, read_checked, unflatten
+from .train_config import TrainConfig
 
 __all__ = ["ModelFileError", "describe", "load_model", "load_state", "model_from_state", "save_model", "save_state"]
 

@@ -19,7 +19,7 @@ from . import geometry
 from .annotation import compact_ids
 from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
 from .augment3d import resample_volume, sampling_grid_3d
-from .config import IGNORE_LABEL, AugmentConfig, NormalizationConfig, WeightMapConfig
+from .config import IGNORE_LABEL, NormalizationConfig
 from .errors import NapariUnetError
 from .io import read_image, read_labels
 from .label_checks import (
@@ -32,6 +32,7 @@ from .label_checks import (
 from .layout import channels_before_spatial
 from .normalize import normalize
 from .object_size import CompleteObjects, complete_objects
+from .train_config import AugmentConfig, WeightMapConfig
 from .unpainted import Unpainted, unpainted_cells, unpainted_cells_warning
 from .weights import separation_target, weight_map
 

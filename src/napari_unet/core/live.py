@@ -28,11 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import IGNORE_LABEL, TrainConfig, default_model_config
+from .config import IGNORE_LABEL, default_model_config
 from .data import TrainingDataError, default_tile_for
 from .model import UNet, snapshot, weights_lock
 from .predict import segment
 from .train import Trainer
+from .train_config import TrainConfig
 from .train_events import StepProgress
 
 #: Steps of an open-ended live run (it ends when stopped).

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 
 def weighted_cross_entropy(

@@ -29,7 +29,6 @@ from .checkpoint import (
     save_state,
 )
 from .checkpoint_schedule import CheckpointSchedule
-from .config import TrainConfig
 from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare, validation_pairs
 from .devices import precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
@@ -50,6 +49,7 @@ from .prefetch import BatchPrefetcher
 from .progress import drive
 from .records import with_overrides
 from .threads import available_cores
+from .train_config import TrainConfig
 from .train_events import StepProgress, TrainEvent, TrainSummary, ValidationResult
 from .train_step import BatchStep
 from .training_state import checkpoint_record, restore_progress, resumed_config, training_history

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from .best_weights import BestWeights
 from .checkpoint import ModelFileError, model_state
-from .config import TrainConfig
 from .devices import resolve_device
 from .errors import ConfigError, NapariUnetError
 from .model import weights_lock
+from .train_config import TrainConfig
 
 if TYPE_CHECKING:
     from .train import Trainer

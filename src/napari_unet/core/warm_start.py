@@ -24,10 +24,11 @@ from collections.abc import Generator, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig
 from .data import as_image_list
 from .layout import channels_before_spatial
 from .model import CONV, UP, UNet
+from .train_config import TrainConfig
 from .train_events import StepProgress, WarmStartProgress
 
 #: The twin's steps before a new 3D network trains, by default (command line, widget);

@@ -43,8 +43,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .config import IGNORE_LABEL, WeightMapConfig
+from .config import IGNORE_LABEL
 from .errors import ConfigError, NapariUnetError
+from .train_config import WeightMapConfig
 
 
 class LabelError(NapariUnetError, ValueError):
