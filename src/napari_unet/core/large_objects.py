@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .regions import bounding_boxes, pack_boxes
-from .split import smooth_foreground, split_in_place
+from .split import dip_rules, smooth_foreground, split_packed
 
 #: Objects over this many times the model's median object size are split again...
 LARGE_OBJECT = 1.5
@@ -59,7 +59,8 @@ def split_large_in_place(
 
     The large objects' boxes, each with :data:`MARGIN` px of context, are packed into
     one canvas (:func:`.regions.pack_boxes`), which holds each object's own pixels and
-    the rescaled probability of its box, and split there in one call."""
+    the rescaled probability of its box, and split there in one call
+    (:func:`.split.split_packed`: the canvas is not packed again)."""
     if object_size <= 0 or pixels.size == 0:
         return count
     ids = np.take(labels, pixels)
@@ -76,18 +77,22 @@ def split_large_in_place(
     ]
     places, shape = pack_boxes([tuple(s.stop - s.start for s in window) for window in windows])
     canvas = np.zeros(shape, np.int32)
-    halved = np.zeros(shape, np.float32)
+    packed = np.zeros(shape, np.float32)
     for number, (object_id, window, place) in enumerate(zip(found, windows, places), start=1):
         canvas[place][labels[window] == object_id] = number
-        halved[place] = halved_log_odds(probability[window])
-    inside = np.flatnonzero(canvas)
+        packed[place] = probability[window]
+    halved = halved_log_odds(packed)  # 0 stays 0 between the boxes
     cut = float(halved_log_odds(np.float64(threshold)))
-    largest = split_in_place(canvas, inside, smooth_foreground(halved), halved, cut, depth, min_piece)
+    find_seeds, join = dip_rules(smooth_foreground(halved), halved, cut, depth, min_piece)
+    objects = canvas.copy()  # the canvas is split in place
+    numbers = np.arange(1, found.size + 1)
+    largest = split_packed(canvas, objects, numbers, places, places, found.size, find_seeds, min_piece, join)
     if largest == found.size:
         return count
     new_ids = np.zeros(largest + 1, labels.dtype)
     new_ids[found.size + 1 :] = np.arange(count + 1, count + 1 + largest - found.size)
-    for window, place in zip(windows, places):
+    for number in np.unique(objects[canvas > found.size]):  # the objects that split
+        window, place = windows[number - 1], places[number - 1]
         renamed = new_ids[canvas[place]]
         np.copyto(labels[window], renamed, where=renamed > 0)
     return count + largest - found.size

@@ -14,7 +14,8 @@ def bounding_boxes(
     array of ``shape``, C order, (n,)) with region ids ``ids`` (n,): the distinct ids
     in increasing order (m,) and, per axis, each one's first and one-past-last index
     ((m,) each). One pass over the given pixels only, not over the array."""
-    order = np.argsort(ids, kind="stable")
+    keys = ids.astype(np.uint16) if ids.size and ids.min() >= 0 and ids.max() <= np.iinfo(np.uint16).max else ids
+    order = np.argsort(keys, kind="stable")  # the same order; 16-bit keys sort by radix, several times faster
     ids = ids[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     coords = np.unravel_index(pixels[order], shape)

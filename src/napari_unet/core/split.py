@@ -20,7 +20,8 @@ What is left apart becomes separate objects.
 
 Only objects with two or more such peaks can split. Their bounding boxes are
 packed, 1 px apart, into a small canvas; the levels are labelled there once each
-(vectorised over all candidates), one watershed floods them all, and the joins are
+(vectorised over all candidates); the few objects that get two or more seeds are
+packed again on their own, where one watershed floods them all and the joins are
 decided per object from the summed values along each meeting line. Objects that
 do not split keep their pixels and id.
 """
@@ -158,9 +159,21 @@ def split_in_place(
     afterwards."""
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
+    if plateaus is None:
+        plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
+    candidates = _with_several_plateaus(*plateaus, pixels, ids)
+    find_seeds, join = dip_rules(smooth, foreground, threshold, depth, min_piece)
+    return split_at_seeds(labels, pixels, ids, candidates, largest, find_seeds, min_piece, join)
+
+
+def dip_rules(smooth: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int) -> tuple:
+    """The ``find_seeds`` and ``join`` of :func:`split_at_seeds` (and
+    :func:`split_packed`) for the split at probability dips of ``foreground``
+    (``smooth``: what :func:`smooth_foreground` gives for it; both of the shape the
+    windows index), with the objects cut at ``threshold``."""
     levels = _levels(threshold, SEED_DEPTH)
 
-    def probability_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
+    def find_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
         values = _packed(smooth, canvas.shape, windows, places)
         return (values, *_seeds(canvas, values, levels, SEED_DEPTH))
 
@@ -168,10 +181,7 @@ def split_in_place(
         probability = _packed(foreground, pieces.shape, windows, places)
         return join_shallow_pieces(pieces, values, probability, owners, depth, min_piece)
 
-    if plateaus is None:
-        plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
-    candidates = _with_several_plateaus(*plateaus, pixels, ids)
-    return split_at_seeds(labels, pixels, ids, candidates, largest, probability_seeds, min_piece, join)
+    return find_seeds, join
 
 
 def split_at_seeds(
@@ -211,10 +221,31 @@ def split_at_seeds(
     canvas = np.zeros(shape, np.int32)
     for object_id, window, place in zip(candidates, windows, places):
         canvas[place][labels[window] == object_id] = object_id
+    return split_packed(labels, canvas, candidates, windows, places, largest, find_seeds, min_piece, join)
+
+
+def split_packed(
+    labels: np.ndarray,
+    canvas: np.ndarray,
+    candidates: np.ndarray,
+    windows: list,
+    places: list,
+    largest: int,
+    find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    min_piece: int,
+    join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None,
+) -> int:
+    """:func:`split_at_seeds` once its candidates are packed: ``canvas`` (int32) holds
+    each of ``candidates`` (ids of ``labels``, increasing) at its place in ``places``
+    (its pixels only), ``windows`` are their boxes in ``labels``, no two places closer
+    than 1 px. ``labels`` may be the canvas itself (``windows`` then equal ``places``):
+    a caller that packed its objects already splits them there."""
     values, seeds, owners = find_seeds(canvas, windows, places)
     if owners.size == 0:
         return largest
-    pieces = watershed(-values, seeds, mask=np.isin(canvas, owners), connectivity=1)
+    seeded = _seeded_only(canvas, values, seeds, owners, candidates, windows, places)
+    canvas, values, seeds, candidates, windows, places = seeded
+    pieces = watershed(-values, seeds, mask=canvas > 0, connectivity=1)
     kept = np.arange(len(owners) + 1)
     if join is not None:
         kept = join(pieces, values, owners, windows, places)
@@ -234,6 +265,39 @@ def split_at_seeds(
         renamed = new_ids[pieces[place]]
         np.copyto(labels[window], renamed, where=renamed > 0)
     return next_id - 1
+
+
+def _seeded_only(
+    canvas: np.ndarray,
+    values: np.ndarray,
+    seeds: np.ndarray,
+    owners: np.ndarray,
+    candidates: np.ndarray,
+    windows: list,
+    places: list,
+) -> tuple:
+    """The boxes of :func:`split_at_seeds`'s objects that hold seeds (``owners``), packed
+    anew into a canvas of their own: (canvas, values, seeds, their ids, windows, places).
+
+    Most candidates get one seed or none; the watershed and the joins then work on
+    the few that split, not on every candidate's box. Each box keeps its content
+    (other objects' pixels left out), and the seed numbers stay, so the pieces are
+    those the whole canvas gives (the flood's ties break in raster order within a
+    box either way)."""
+    seeded = np.isin(candidates, owners)
+    if seeded.all():
+        return canvas, values, seeds, candidates, windows, places
+    kept = np.flatnonzero(seeded)
+    new_places, shape = pack_boxes([tuple(s.stop - s.start for s in windows[i]) for i in kept])
+    objects = np.zeros(shape, canvas.dtype)
+    new_values = np.zeros(shape, values.dtype)
+    new_seeds = np.zeros(shape, seeds.dtype)
+    for i, place in zip(kept, new_places):
+        own = canvas[places[i]] == candidates[i]
+        objects[place][own] = candidates[i]
+        new_values[place] = values[places[i]]
+        new_seeds[place][own] = seeds[places[i]][own]
+    return objects, new_values, new_seeds, candidates[kept], [windows[i] for i in kept], new_places
 
 
 def _packed(image: np.ndarray, shape: tuple[int, ...], windows: list, places: list) -> np.ndarray:
@@ -304,63 +368,63 @@ def _seeds(labels: np.ndarray, smooth: np.ndarray, levels: list[float], depth: f
     """The seeds of the pieces of every object that splits: an int32 image of seed
     numbers 1..n (0 elsewhere) and the object id of each seed (n,).
 
-    ``levels`` (see :func:`_levels`) are labelled inside the objects (only the
-    pixels still above the level are visited again); a component at level
-    ``L`` is significant when it reaches ``L + depth``. Significance passes down the
-    tree (a component's parent below it has the same maximum), so the significant
-    components form a tree under each object. An object splits where that tree
-    branches: the seeds are the significant components whose parent has two or more
-    significant children and below which the tree no longer branches (a branch that
-    branches again gives its own seeds).
+    ``levels`` (see :func:`_levels`) are labelled inside the objects, each as a whole
+    image (vectorised; no list of pixels is carried from level to level); a
+    component at level ``L`` is significant when it reaches ``L + depth``.
+    Significance passes down the tree (a component's parent below it has the same
+    maximum), so the significant components form a tree under each object. An object
+    splits where that tree branches: the seeds are the significant components whose
+    parent has two or more significant children and below which the tree no longer
+    branches (a branch that branches again gives its own seeds).
     """
     faces = ndimage.generate_binary_structure(labels.ndim, 1)
-    flat = labels.ravel()
-    pixels = np.flatnonzero(flat)  # the pixels still above the current level ...
-    values = smooth.ravel()[pixels]
-    component = flat[pixels].astype(np.int64)  # ... and their component one level down
+    inside = labels > 0
+    below = labels  # the components one level down: the objects at first
     n_objects = int(labels.max()) + 1
     parents = [np.zeros(n_objects, np.int64)]  # per level: each component's component one level down
     significant = [np.ones(n_objects, bool)]  # every object is a root
-    at_level = []  # (pixels, component) of every level, for painting the seeds
-    above = np.zeros(labels.size, bool)
-    reaches = None  # which components of the level below reach this level + depth
-    for level in levels:
-        keep = values > level
-        if reaches is not None:  # components that cannot be significant here hold no seed above
-            keep &= reaches[component]
-        pixels, values, below = pixels[keep], values[keep], component[keep]
-        if pixels.size == 0:
+    at_level = []  # the components of every level, for painting the seeds
+    for k, level in enumerate(levels):
+        above = smooth > level
+        above &= inside
+        components, count = ndimage.label(above, structure=faces)
+        if count == 0:
             break
-        above[:] = False
-        above[pixels] = True
-        components, count = ndimage.label(above.reshape(labels.shape), structure=faces)
-        component = components.ravel()[pixels].astype(np.int64)
         parent = np.zeros(count + 1, np.int64)
-        parent[component] = below
+        parent[components] = below  # all pixels of a component lie in one component below
+        parent[0] = 0
+        if k:
+            significant[-1][parent] = True  # the level below's components that hold one of these
+        # the rest of this level's significant components: a pixel >= level + depth below the next level
+        band = smooth >= level + depth
+        if k + 1 < len(levels):
+            band &= smooth <= levels[k + 1]
+        marks = np.zeros(count + 1, bool)
+        marks[components[band]] = True
         parents.append(parent)
-        significant.append(np.bincount(component[values >= level + depth], minlength=count + 1) > 0)
-        reaches = np.bincount(component[values >= level + LEVEL_STEP + depth], minlength=count + 1) > 0
-        at_level.append((pixels, component))
+        significant.append(marks)
+        at_level.append(components)
+        below = components
+    for marks in significant:
+        marks[0] = False  # (set above through the parent of the background)
     depth_count = len(parents)
     children = [np.bincount(parents[j][significant[j]], minlength=len(parents[j - 1])) for j in range(1, depth_count)]
     children.append(np.zeros(len(parents[-1]), np.int64))
     branches = [c >= 2 for c in children]  # the tree branches at or above this component
     for j in range(depth_count - 1, 0, -1):
         branches[j - 1][parents[j][significant[j] & branches[j]]] = True
-    seeds = np.zeros(labels.size, np.int32)
+    seeds = np.zeros(labels.shape, np.int32)
     owners: list[int] = []
     for j in range(1, depth_count):
         chosen = np.flatnonzero(significant[j] & ~branches[j] & (children[j - 1][parents[j]] >= 2))
-        chosen = chosen[chosen > 0]
         if chosen.size == 0:
             continue
         number = np.zeros(len(parents[j]), np.int32)  # component at level j -> seed number
         number[chosen] = np.arange(len(owners) + 1, len(owners) + 1 + chosen.size)
-        pixels, component = at_level[j - 1]
-        hit = number[component] > 0
-        seeds[pixels[hit]] = number[component[hit]]
+        painted = number[at_level[j - 1]]
+        np.copyto(seeds, painted, where=painted > 0)
         roots = chosen
         for i in range(j, 0, -1):  # down the tree to the object
             roots = parents[i][roots]
         owners += roots.tolist()
-    return seeds.reshape(labels.shape), np.asarray(owners, np.int64)
+    return seeds, np.asarray(owners, np.int64)
