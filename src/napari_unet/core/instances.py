@@ -69,6 +69,8 @@ def probabilities_to_labels(
     split by shape (``None``: cubes). Deterministic."""
     config = config or InstanceConfig()
     probability = foreground(probabilities, ndim)
+    if probability.ndim == ndim:  # one plane (volume): its labels are the result, no copy
+        return mask_to_labels(probability > config.threshold, config, probability, spacing)
     labels = np.zeros(probability.shape, np.int32)
     for index in np.ndindex(*probability.shape[: probability.ndim - ndim]):
         plane = probability[index]
@@ -166,12 +168,14 @@ def mask_to_labels(
     split = bool(config.split) and probability is not None
     parallel = mask.size >= PARALLEL_PIXELS and torch.get_num_threads() > 1  # the process may use two cores
     with ThreadPoolExecutor(max_workers=1) if parallel else nullcontext() as helper:
+        holes = plateaus = None
+        if parallel and config.fill_holes and not split:  # the helper has nothing else to do: holes at once
+            holes = helper.submit(find_holes, mask)
         smooth = smooth_foreground(probability, helper) if split else None
         pixels = np.flatnonzero(mask)  # the object pixels, in raster order
-        plateaus = None
-        if parallel and split:
+        if parallel and split:  # the helper's next jobs, in the order they are needed
             plateaus = helper.submit(peak_plateaus, mask.shape, pixels, smooth, config.threshold)
-        holes = helper.submit(find_holes, mask) if parallel and config.fill_holes else None
+            holes = helper.submit(find_holes, mask) if config.fill_holes else None
         labels, components = ndimage.label(mask, structure=_faces(mask.ndim))
         count = components
         if split:
@@ -189,9 +193,7 @@ def mask_to_labels(
             found = holes.result() if holes else find_holes(mask)
             if found is not None:
                 fill_holes(labels, found)
-                filled = mask.copy()
-                np.put(filled, found.pixels, True)
-                pixels = np.flatnonzero(filled)
+                pixels = np.insert(pixels, np.searchsorted(pixels, found.pixels), found.pixels)  # still increasing
     if config.min_fill > 0:
         count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing)
     if split:
