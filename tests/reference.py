@@ -167,7 +167,7 @@ def first_pixel_order(labels: np.ndarray) -> np.ndarray:
 
 
 def smooth_foreground_reference(foreground: np.ndarray) -> np.ndarray:
-    """:func:`napari_unet.core.split.smooth_foreground` over the whole array at once:
+    """:func:`napari_unet.core.smoothing.smooth_foreground` over the whole array at once:
     per axis, pad 2 px mirrored (numpy's "symmetric") and sum the five shifted copies
     with the binomial weights in the same order, float32."""
     smooth = np.asarray(foreground, np.float32)

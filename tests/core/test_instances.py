@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from napari_unet import InstanceConfig
-from napari_unet.core import instances, split
+from napari_unet.core import instances, smoothing
 from napari_unet.core.instances import first_pixels, mask_to_labels, probabilities_to_labels
 from tests.reference import plane_labels_reference
 
@@ -169,12 +169,14 @@ def test_a_second_thread_smooths_and_finds_plateaus_and_holes_with_the_same_labe
     serial = [mask_to_labels(mask, config, probability) for config in configs]
     assert serial[0].max() > serial[1].max() and instances.find_holes(mask) is not None  # splits and holes
     threads = []
-    find, smooth_blocks = instances.find_holes, split._smooth_blocks
+    find, smooth_blocks = instances.find_holes, smoothing._smooth_blocks
     monkeypatch.setattr(
         instances, "find_holes", lambda m: (threads.append(("holes", threading.get_ident())), find(m))[1]
     )
     monkeypatch.setattr(
-        split, "_smooth_blocks", lambda *a: (threads.append(("smooth", threading.get_ident())), smooth_blocks(*a))[1]
+        smoothing,
+        "_smooth_blocks",
+        lambda *a: (threads.append(("smooth", threading.get_ident())), smooth_blocks(*a))[1],
     )
     plateaus = instances.peak_plateaus
     monkeypatch.setattr(
@@ -183,7 +185,7 @@ def test_a_second_thread_smooths_and_finds_plateaus_and_holes_with_the_same_labe
         lambda *a: (threads.append(("plateaus", threading.get_ident())), plateaus(*a))[1],
     )
     monkeypatch.setattr(instances, "PARALLEL_PIXELS", 0)
-    monkeypatch.setattr(split, "BLOCK_PIXELS", 64)  # several blocks to share
+    monkeypatch.setattr(smoothing, "BLOCK_PIXELS", 64)  # several blocks to share
     torch_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -6,11 +6,12 @@ import pytest
 from scipy import ndimage
 
 from napari_unet import InstanceConfig, segment
-from napari_unet.core import split
+from napari_unet.core import smoothing
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
 from napari_unet.core.regions import pack_boxes
-from napari_unet.core.split import smooth_foreground, split_objects
+from napari_unet.core.smoothing import smooth_foreground
+from napari_unet.core.split import split_objects
 from tests.reference import (
     first_pixel_order,
     plane_labels_reference,
@@ -114,12 +115,12 @@ def test_noise_in_one_cell_does_not_split_it():
     assert labels.max() == 1
 
 
-@pytest.mark.parametrize("block_pixels", [1, 7, 300, split.BLOCK_PIXELS])
+@pytest.mark.parametrize("block_pixels", [1, 7, 300, smoothing.BLOCK_PIXELS])
 def test_smoothing_by_blocks_equals_the_whole_array_formulation_exactly(monkeypatch, block_pixels):
     """Blocks of any size (one row or plane at a time, a remainder block, one block
     for everything) give the whole-array sums bit for bit, on 1-4 px wide axes too,
     and so does sharing the blocks with a helper thread."""
-    monkeypatch.setattr(split, "BLOCK_PIXELS", block_pixels)
+    monkeypatch.setattr(smoothing, "BLOCK_PIXELS", block_pixels)
     rng = np.random.default_rng(block_pixels)
     with ThreadPoolExecutor(max_workers=1) as helper:
         for shape in [(37, 53), (5, 300), (3, 2), (4, 1), (1, 9), (13, 17, 19), (2, 1, 1), (6, 3, 4)]:

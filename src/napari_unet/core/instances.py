@@ -36,7 +36,8 @@ from .concave import split_concave_in_place
 from .config import InstanceConfig
 from .large_objects import split_large_in_place
 from .regions import bounding_boxes, run_starts
-from .split import peak_plateaus, smooth_foreground, split_in_place
+from .smoothing import smooth_foreground
+from .split import peak_plateaus, split_in_place
 
 #: Masks of at least this many pixels share the work with a second thread.
 PARALLEL_PIXELS = 1 << 17

@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from .regions import bounding_boxes, pack_boxes
-from .split import dip_rules, smooth_foreground, split_packed
+from .smoothing import smooth_foreground
+from .split import dip_rules, split_packed
 
 #: Objects over this many times the model's median object size are split again...
 LARGE_OBJECT = 1.5

@@ -149,7 +149,7 @@ def _meeting_lines(pieces: np.ndarray, probability: np.ndarray, owners: np.ndarr
     return pairs // n, pairs % n, np.bincount(which, means), np.bincount(which).astype(np.float64)
 
 
-#: The binomial filter of :func:`.split.smooth_foreground` along one axis.
+#: The binomial filter of :func:`.smoothing.smooth_foreground` along one axis.
 BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
 
 
