@@ -26,7 +26,7 @@ from .cli_args import (
 from .cli_labels import cmd_evaluate, cmd_weights, format_table
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
 from .cli_train import add_train_arguments, cmd_train, run_training
-from .core.checkpoint import describe
+from .core.checkpoint import describe, load_model
 from .core.errors import ConfigError, NapariUnetError
 from .core.exchange import FORMATS, axis_sizes, export_model
 from .core.instances import objects_found
@@ -39,6 +39,7 @@ from .core.io import (
     write_image,
 )
 from .core.layout import ImageShapeError, axes_at_minus3
+from .core.model_card import model_card
 from .core.predict import iter_segment, labelled_ndim
 from .core.spacing import voxel_shape_note
 from .core.threads import use_threads
@@ -125,7 +126,11 @@ def _note_other_spacing(path: Path, model) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    print(json.dumps(describe(args.model), indent=2))
+    if args.json:
+        print(json.dumps(describe(args.model), indent=2))
+    else:
+        print(model_card(load_model(args.model), str(args.model)))
+        print(f"(everything the file records: napari-unet info --json {args.model})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -358,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="show what a model file holds")
     info.add_argument("model", type=Path, help="model file (.safetensors) or bioimage.io package")
+    info.add_argument("--json", action="store_true", help="print everything the file records, as JSON")
     info.set_defaults(run=cmd_info)
     for command in commands.choices.values():
         command.allow_abbrev = False

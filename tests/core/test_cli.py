@@ -129,7 +129,7 @@ def test_weights_check_every_label_file_before_writing_any(tmp_path, capsys):
 
 
 def test_info_prints_what_the_file_holds(model_file, capsys):
-    assert main(["info", str(model_file)]) == 0
+    assert main(["info", "--json", str(model_file)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["spec"]["model"]["depth"] == 2 and info["metadata"] == {"note": "cli test"}
     assert info["parameters"] > 0
@@ -149,6 +149,22 @@ def annotated_files(tmp_path):
 
 
 TINY = ["--base-channels", "2", "--depth", "2", "--tile", "60", "--batch-size", "1", "--device", "cpu"]
+
+
+def test_info_says_in_words_what_a_trained_model_is(tmp_path, annotated_files, capsys):
+    (image, labels), _ = annotated_files
+    model = tmp_path / "m.safetensors"
+    assert main(["train", str(image), "--labels", str(labels), "--out", str(model), "--steps", "2", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{model}: a 2D U-Net"
+    assert lines[1].startswith("- network: 1 input channel(s), 2 classes (background, cell), 2 base channels, depth 2")
+    assert "- input: the 1 and 99.8 percentiles" in lines[2]
+    assert lines[3].startswith("- objects: threshold 0.5; smallest object ")
+    assert any(line.startswith("- steps: 2 in ") for line in lines)  # from the training record
+    assert any("w0 = 10.0, sigma = 5.0 px" in line for line in lines)
+    assert lines[-1] == f"(everything the file records: napari-unet info --json {model})"
 
 
 def test_train_says_when_the_model_holds_an_earlier_steps_weights(tmp_path, annotated_files, capsys, monkeypatch):

@@ -520,10 +520,10 @@ def test_a_3d_package_describes_each_axis_and_reads_back_with_identical_predicti
 
 
 def test_a_package_readme_says_which_runs_a_fine_tuned_model_started_from():
-    from napari_unet.core.package_readme import _describe_training
+    from napari_unet.core.model_card import describe_training
 
     record = {"steps": 40, "seconds": 3.0, "config": {}}
-    alone = "\n".join(_describe_training({"training": record}))
-    tuned = "\n".join(_describe_training({"training": record, "earlier_training": [{"steps": 300}, {"steps": 25}]}))
+    alone = "\n".join(describe_training({"training": record}))
+    tuned = "\n".join(describe_training({"training": record, "earlier_training": [{"steps": 300}, {"steps": 25}]}))
     assert "fine-tuned" not in alone
     assert "- fine-tuned from a model trained before, in 2 run(s) of 300 + 25 steps" in tuned

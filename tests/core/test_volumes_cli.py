@@ -79,7 +79,7 @@ def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     loaded = load_model(model)
     assert loaded.config.ndim == 3 and loaded.config.spacing == (0.5, 0.25, 0.25)
     assert loaded.plan[0].kernel == (1, 3, 3)  # z not convolved at the first level: it is twice as coarse
-    assert main(["info", str(model)]) == 0
+    assert main(["info", "--json", str(model)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["spec"]["model"]["ndim"] == 3 and info["spec"]["model"]["spacing"] == [0.5, 0.25, 0.25]
     out = tmp_path / "out"

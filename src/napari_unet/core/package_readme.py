@@ -8,57 +8,15 @@ which paper to cite.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import exchange
 from .model import UNet
-from .training_state import training_history
+from .model_card import describe_training
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
 PAPER_TEXT = (
     "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
     "MICCAI 2015, LNCS 9351, pp. 234-241."
 )
-
-
-def _rounded(value: Any) -> Any:
-    return f"{value:.4g}" if isinstance(value, float) else value
-
-
-def _describe_training(metadata: dict[str, Any]) -> list[str]:
-    training = metadata.get("training")
-    if not training:
-        return ["No training record: the model file did not come from napari-unet's trainer."]
-    config = training.get("config") or {}
-    lines = [
-        f"- steps: {training.get('steps')} in {training.get('seconds')} s on {training.get('device')} "
-        f"({training.get('precision')}), final loss {_rounded(training.get('final_loss'))}",
-        f"- tile: {training.get('tile')} px, batch size {config.get('batch_size')}, optimizer "
-        f"{config.get('optimizer')}, learning rate {config.get('lr') or 'default'}, schedule {config.get('schedule')}",
-    ]
-    augment = config.get("augment") or {}
-    if augment:
-        lines.append(
-            "- augmentation: "
-            + ", ".join(f"{key} {value}" for key, value in augment.items() if not isinstance(value, dict))
-        )
-    earlier = training_history(metadata, own=False)
-    if earlier:
-        steps = " + ".join(str(run.get("steps")) for run in earlier)
-        lines.append(f"- fine-tuned from a model trained before, in {len(earlier)} run(s) of {steps} steps")
-    validation = training.get("validation")
-    if validation:
-        lines.append(
-            f"- validation at step {validation.get('step')}: AP@0.5 {validation.get('ap50')}, "
-            f"pixel IoU {validation.get('pixel_iou')}"
-        )
-    weight_map = metadata.get("weight_map")
-    if weight_map:
-        lines.append(
-            f"- loss: pixel-weighted cross-entropy with the paper's separation weight map, "
-            f"w0 = {weight_map.get('w0')}, sigma = {weight_map.get('sigma')} px"
-        )
-    return lines
 
 
 def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, float], shape: tuple[int, ...]) -> str:
@@ -87,7 +45,7 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
         "",
         "## Training",
         "",
-        *_describe_training(getattr(model, "metadata", {}) or {}),
+        *describe_training(getattr(model, "metadata", {}) or {}),
         "",
         "## Network",
         "",
