@@ -1,6 +1,6 @@
-"""Keeping freed activation memory in the process while predicting (Linux, glibc).
+"""Keeping freed activation memory in the process while predicting or training (Linux, glibc).
 
-:func:`reuse_freed_memory` is what prediction runs under on a CPU;
+:func:`reuse_freed_memory` is what prediction and training run under on a CPU;
 :func:`release_kept_memory` hands the kept memory back at once (benchmarks call it so
 that every method starts from the same state).
 """
@@ -66,11 +66,14 @@ def release_kept_memory() -> None:
 def reuse_freed_memory() -> Iterator[None]:
     """Inside, freed large blocks stay in the process for reuse (Linux with glibc).
 
-    Each layer's activations of a large tile take tens to hundreds of MB. glibc
-    serves blocks above 32 MB with fresh ``mmap`` pages and unmaps them on free, so
-    every forward pass page-faults and the kernel zeroes that memory again: up to a
-    fifth of the forward time of the paper network on a CPU in fp32, less in bf16
-    (measured in bench/). Inside this context glibc keeps freed blocks instead.
+    Each layer's activations of a large tile take tens to hundreds of MB, and every
+    training step allocates and frees the same few dozen tensors of 1-30 MB. glibc
+    serves large blocks with fresh ``mmap`` pages (above 128 kB until a first such
+    block is freed, above 32 MB at most later) and unmaps them, or trims its heap, on
+    free, so every forward pass and every step page-faults and the kernel zeroes that
+    memory again: up to a fifth of the forward time of the paper network on a CPU in
+    fp32, less in bf16, and about a seventh of a training step of the CPU default
+    network (measured in bench/). Inside this context glibc keeps freed blocks instead.
     :data:`RELEASE_DELAY_S` seconds after the last user left (a new user cancels
     the countdown), the thresholds go back to the values glibc's own dynamic ones
     settle at and the kept memory is returned to the system (``malloc_trim``).

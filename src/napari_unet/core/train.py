@@ -7,6 +7,7 @@ checkpoint when a checkpoint path was given.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -38,8 +39,8 @@ from .distributed import (
     max_over_processes,
 )
 from .errors import OutputFileError
-from .heap import keep_freed_memory
 from .io import check_writable, read_labels, remove_stale_temporaries
+from .memory import reuse_freed_memory
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet
 from .object_size import CompleteObjects, fitted_instances
@@ -250,7 +251,12 @@ class Trainer:
         a :class:`ValidationResult` every ``config.validation_interval`` steps and at
         the end (when validation data was given) and :class:`CheckpointSaved` every ``checkpoint_every``;
         before all of them, a :class:`WarmStartProgress` every step of the warm start
-        (:attr:`warm_starts`)."""
+        (:attr:`warm_starts`). On a CPU, freed memory stays in the process for the next
+        step while it runs (:func:`.memory.reuse_freed_memory`) and goes back after."""
+        with reuse_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext():
+            return (yield from self._run())
+
+    def _run(self) -> Generator[TrainEvent, None, TrainSummary]:
         cfg = self.config
         log.info(
             "training on %s in %s: tile %s, batch %d, %s",
@@ -262,8 +268,6 @@ class Trainer:
         )
         started = time.perf_counter() - self.seconds
         self.model.to(memory_format=self.layout)  # back to channels-first when training stops
-        if self.device.type == "cpu":
-            keep_freed_memory()
         between_steps = True  # whether the state is exactly that after self.step steps
         checkpoints = None
         if self.checkpoint_path is not None and self.group.is_main:
