@@ -3,10 +3,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_unet import InstanceConfig, segment
-from napari_unet.core import smoothing
+from napari_unet.core import smoothing, split
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
 from napari_unet.core.regions import pack_boxes
@@ -244,3 +245,34 @@ def test_packed_boxes_keep_a_pixel_apart_inside_a_canvas_near_their_total_size(n
         assert not ((owner[here] > 0) & (owner[there] > 0) & (owner[here] != owner[there])).any()
     total = sum(int(np.prod(shape)) for shape in shapes)
     assert np.prod(canvas) <= (2 if ndim == 2 else 4) * total  # the rows-only 3D packing before: 5.6x
+
+
+@pytest.mark.parametrize("shape", [(200, 240), (24, 60, 72)])
+def test_seeds_found_in_two_halves_of_a_canvas_at_once_give_the_same_labels(monkeypatch, shape):
+    """With a free second thread, the split by shape and the second look at large
+    objects find the seeds of the two halves of their canvas at once: the same labels
+    as one thread, and the canvas was cut."""
+    from napari_unet.core import instances
+
+    rng = np.random.default_rng(3)
+    probability = ndimage.gaussian_filter(rng.random(shape), 2.5)
+    probability = (probability - probability.min()) / (probability.max() - probability.min())
+    mask = probability > 0.45
+    config = InstanceConfig(min_size=0, min_piece=4, min_fill=0.97, neck=0.5, object_size=30)
+    monkeypatch.setattr(instances, "PARALLEL_PIXELS", 0)
+    monkeypatch.setattr(split, "PARALLEL_CANVAS", 0)
+    cuts = []
+    middle_cut = split._middle_cut
+    monkeypatch.setattr(split, "_middle_cut", lambda places: cuts.append(middle_cut(places)) or cuts[-1])
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = mask_to_labels(mask, config, probability)
+        assert not cuts
+        plain = mask_to_labels(mask, replace(config, min_fill=0.0, object_size=0), probability)
+        assert serial.max() > plain.max()  # the split by shape and the large objects' split cut objects
+        torch.set_num_threads(2)
+        np.testing.assert_array_equal(mask_to_labels(mask, config, probability), serial)
+        assert any(cut is not None for cut in cuts)
+    finally:
+        torch.set_num_threads(torch_threads)

@@ -26,6 +26,7 @@ does not change when an axis is stretched.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 
 import numpy as np
 from scipy import ndimage
@@ -111,11 +112,13 @@ def split_concave_in_place(
     neck: float,
     min_piece: int,
     spacing: tuple[float, ...] | None = None,
+    helper: Executor | None = None,
 ) -> int:
     """Split the objects of ``labels`` (ids 1..``count``, int32, (H, W) or (Z, Y, X))
     that the module docstring describes, in place; ``pixels`` are the flat indices of
     all object pixels, increasing. Pieces after the first get ids ``count + 1``, ...
     Returns the new highest id. ``spacing``: the voxel size per axis (``None``: cubes).
+    ``helper``: an executor with a free thread, to share the work (:func:`.split.split_packed`).
 
     The objects under ``min_fill`` are packed into one canvas (as the split at
     probability dips packs its candidates, :func:`.split.split_at_seeds`), where one
@@ -130,7 +133,7 @@ def split_concave_in_place(
     def neck_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
         return _centres(canvas, neck, sampling)
 
-    return split_at_seeds(labels, pixels, ids, np.flatnonzero(concave), count, neck_seeds, min_piece)
+    return split_at_seeds(labels, pixels, ids, np.flatnonzero(concave), count, neck_seeds, min_piece, helper=helper)
 
 
 #: Geodesic dilations :func:`_reconstructed` tries before it hands over to skimage's

@@ -15,9 +15,11 @@ object pixels (a fraction of the image) or locally around a hole: no whole-image
 distance transform runs for a 1-px grow. On large images a second thread, when the
 process may use two cores, smooths half of the probability for the split, then
 finds the plateaus of its peaks and the holes (both depend on the mask alone) while
-this one labels and splits the objects. Without the split by shape, the result equals the plain
-library formulation (whole-image ``binary_fill_holes`` and ``expand_labels``,
-and the recursive split) pixel for pixel, ties included (tests/reference.py).
+this one labels and splits the objects; then it finds the seeds of half of the
+candidates of the split by shape and of the large objects' split. Without the
+split by shape, the result equals the plain library formulation (whole-image
+``binary_fill_holes`` and ``expand_labels``, and the recursive split) pixel for
+pixel, ties included (tests/reference.py).
 """
 
 from __future__ import annotations
@@ -195,12 +197,16 @@ def mask_to_labels(
             if found is not None:
                 fill_holes(labels, found)
                 pixels = np.insert(pixels, np.searchsorted(pixels, found.pixels), found.pixels)  # still increasing
-    if config.min_fill > 0:
-        count = split_concave_in_place(labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing)
-    if split:
-        count = split_large_in_place(
-            labels, pixels, probability, config.threshold, config.split, config.min_piece, config.object_size, count
-        )
+        # the helper is free again: it finds the seeds of half of each split's candidates
+        if config.min_fill > 0:
+            count = split_concave_in_place(
+                labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing, helper
+            )
+        if split:
+            count = split_large_in_place(
+                labels, pixels, probability, config.threshold, config.split, config.min_piece, config.object_size,
+                count, helper,
+            )  # fmt: skip
     ids = np.take(labels, pixels)
     at_border = None
     if config.edge_size_factor > 1.0:

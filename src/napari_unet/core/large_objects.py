@@ -17,6 +17,8 @@ typical cell it parted three merged pairs and cut none.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numpy as np
 
 from .regions import bounding_boxes, pack_boxes
@@ -49,6 +51,7 @@ def split_large_in_place(
     min_piece: int,
     object_size: int,
     count: int,
+    helper: Executor | None = None,
 ) -> int:
     """Split the objects of ``labels`` (int32, (H, W) or (Z, Y, X), ids up to
     ``count``; ``pixels`` its object pixels, flat and increasing) that have more than
@@ -87,7 +90,7 @@ def split_large_in_place(
     find_seeds, join = dip_rules(smooth_foreground(halved), halved, cut, depth, min_piece)
     objects = canvas.copy()  # the canvas is split in place
     numbers = np.arange(1, found.size + 1)
-    largest = split_packed(canvas, objects, numbers, places, places, found.size, find_seeds, min_piece, join)
+    largest = split_packed(canvas, objects, numbers, places, places, found.size, find_seeds, min_piece, join, helper)
     if largest == found.size:
         return count
     new_ids = np.zeros(largest + 1, labels.dtype)

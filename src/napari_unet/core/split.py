@@ -28,7 +28,9 @@ do not split keep their pixels and id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import numpy as np
 from scipy import ndimage
@@ -76,20 +78,22 @@ def split_in_place(
     depth: float,
     min_piece: int = 0,
     plateaus: tuple[np.ndarray, int] | None = None,
+    helper: Executor | None = None,
 ) -> int:
     """:func:`split_objects` in place: ``labels`` int32, ``pixels`` the flat indices
     of its object pixels in increasing order (the work is done on those, not on the
     whole image), ``smooth`` what :func:`.smoothing.smooth_foreground` gives for the
     probability ``foreground``. ``plateaus``: what :func:`peak_plateaus` gives for
-    them, when another thread has found it already. Returns the largest id
-    afterwards."""
+    them, when another thread has found it already. ``helper``: an executor with a
+    free thread, which then finds the seeds of half the candidates
+    (:func:`split_packed`). Returns the largest id afterwards."""
     ids = np.take(labels, pixels)
     largest = int(ids.max()) if ids.size else 0
     if plateaus is None:
         plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
     candidates = _with_several_plateaus(*plateaus, pixels, ids)
     find_seeds, join = dip_rules(smooth, foreground, threshold, depth, min_piece)
-    return split_at_seeds(labels, pixels, ids, candidates, largest, find_seeds, min_piece, join)
+    return split_at_seeds(labels, pixels, ids, candidates, largest, find_seeds, min_piece, join, helper)
 
 
 def dip_rules(smooth: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int) -> tuple:
@@ -119,6 +123,7 @@ def split_at_seeds(
     find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
     min_piece: int,
     join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None,
+    helper: Executor | None = None,
 ) -> int:
     """Split the objects ``candidates`` (ids, increasing) of ``labels`` (int32, ids up
     to ``largest``; ``pixels`` its object pixels, flat and increasing, ``ids`` theirs)
@@ -147,7 +152,7 @@ def split_at_seeds(
     canvas = np.zeros(shape, np.int32)
     for object_id, window, place in zip(candidates, windows, places):
         canvas[place][labels[window] == object_id] = object_id
-    return split_packed(labels, canvas, candidates, windows, places, largest, find_seeds, min_piece, join)
+    return split_packed(labels, canvas, candidates, windows, places, largest, find_seeds, min_piece, join, helper)
 
 
 def split_packed(
@@ -160,13 +165,16 @@ def split_packed(
     find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
     min_piece: int,
     join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None,
+    helper: Executor | None = None,
 ) -> int:
     """:func:`split_at_seeds` once its candidates are packed: ``canvas`` (int32) holds
     each of ``candidates`` (ids of ``labels``, increasing) at its place in ``places``
     (its pixels only), ``windows`` are their boxes in ``labels``, no two places closer
     than 1 px. ``labels`` may be the canvas itself (``windows`` then equal ``places``):
-    a caller that packed its objects already splits them there."""
-    values, seeds, owners = find_seeds(canvas, windows, places)
+    a caller that packed its objects already splits them there. With ``helper`` (an
+    executor with a free thread) a large canvas's seeds are found in two halves at
+    once (:func:`_seeds_in_halves`)."""
+    values, seeds, owners = _seeds_in_halves(find_seeds, canvas, windows, places, helper)
     if owners.size == 0:
         return largest
     seeded = _seeded_only(canvas, values, seeds, owners, candidates, windows, places)
@@ -191,6 +199,50 @@ def split_packed(
         renamed = new_ids[pieces[place]]
         np.copyto(labels[window], renamed, where=renamed > 0)
     return next_id - 1
+
+
+#: Canvases of at least this many pixels have their seeds found in two halves at once.
+PARALLEL_CANVAS = 1 << 16
+
+
+def _seeds_in_halves(find_seeds: Callable, canvas: np.ndarray, windows: list, places: list, helper: Executor | None):
+    """``find_seeds(canvas, windows, places)``, on a canvas of :data:`PARALLEL_CANVAS`
+    pixels or more with ``helper`` as two calls at once: the canvas is cut along its
+    first axis between two rows of boxes, near the middle of their area, and the
+    helper's thread finds the seeds of the upper part while this one finds those of
+    the lower part. Seeds are found object by object, so the halves find what the
+    whole finds; the lower part's seed numbers follow the upper part's, which keeps
+    every object's seeds in the order the whole canvas numbers them (by level, then
+    by first pixel: all that the watershed and the joins depend on)."""
+    cut = _middle_cut(places) if helper is not None and canvas.size >= PARALLEL_CANVAS else None
+    if cut is None:
+        return find_seeds(canvas, windows, places)
+    upper = [i for i, place in enumerate(places) if place[0].stop <= cut]
+    lower = [i for i, place in enumerate(places) if place[0].start >= cut]
+    shifted = [(slice(places[i][0].start - cut, places[i][0].stop - cut), *places[i][1:]) for i in lower]
+    first = helper.submit(find_seeds, canvas[:cut], [windows[i] for i in upper], [places[i] for i in upper])
+    values_low, seeds_low, owners_low = find_seeds(canvas[cut:], [windows[i] for i in lower], shifted)
+    values_up, seeds_up, owners_up = first.result()
+    seeds_low[seeds_low > 0] += len(owners_up)
+    return (
+        np.concatenate([values_up, values_low]),
+        np.concatenate([seeds_up, seeds_low]),
+        np.concatenate([owners_up, owners_low]),
+    )
+
+
+def _middle_cut(places: list) -> int | None:
+    """A place along the first axis that no box of ``places`` spans (a row of boxes
+    ends there), splitting their area most evenly; ``None`` where there is none."""
+    starts = np.array([place[0].start for place in places])
+    stops = np.array([place[0].stop for place in places])
+    areas = np.array([math.prod(s.stop - s.start for s in place) for place in places], float)
+    cuts = np.unique(starts[starts > 0])
+    valid = [c for c in cuts if not np.any((starts < c) & (stops > c))]
+    if not valid:
+        return None
+    above = [areas[stops <= c].sum() for c in valid]
+    return int(valid[int(np.argmin(np.abs(np.array(above) - areas.sum() / 2)))])
 
 
 def _seeded_only(
