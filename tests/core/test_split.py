@@ -7,7 +7,7 @@ import torch
 from scipy import ndimage
 
 from napari_unet import InstanceConfig, segment
-from napari_unet.core import smoothing, split
+from napari_unet.core import seeded_split, smoothing
 from napari_unet.core.errors import ConfigError
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
 from napari_unet.core.regions import pack_boxes
@@ -260,10 +260,10 @@ def test_seeds_found_in_two_halves_of_a_canvas_at_once_give_the_same_labels(monk
     mask = probability > 0.45
     config = InstanceConfig(min_size=0, min_piece=4, min_fill=0.97, neck=0.5, object_size=30)
     monkeypatch.setattr(instances, "PARALLEL_PIXELS", 0)
-    monkeypatch.setattr(split, "PARALLEL_CANVAS", 0)
+    monkeypatch.setattr(seeded_split, "PARALLEL_CANVAS", 0)
     cuts = []
-    middle_cut = split._middle_cut
-    monkeypatch.setattr(split, "_middle_cut", lambda places: cuts.append(middle_cut(places)) or cuts[-1])
+    middle_cut = seeded_split._middle_cut
+    monkeypatch.setattr(seeded_split, "_middle_cut", lambda places: cuts.append(middle_cut(places)) or cuts[-1])
     torch_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -33,7 +33,7 @@ from scipy import ndimage
 from skimage.morphology import local_maxima, reconstruction
 
 from .regions import run_starts
-from .split import split_at_seeds
+from .seeded_split import split_at_seeds
 
 
 def ellipse_fill(
@@ -118,10 +118,10 @@ def split_concave_in_place(
     that the module docstring describes, in place; ``pixels`` are the flat indices of
     all object pixels, increasing. Pieces after the first get ids ``count + 1``, ...
     Returns the new highest id. ``spacing``: the voxel size per axis (``None``: cubes).
-    ``helper``: an executor with a free thread, to share the work (:func:`.split.split_packed`).
+    ``helper``: an executor with a free thread, to share the work (:func:`.seeded_split.split_packed`).
 
     The objects under ``min_fill`` are packed into one canvas (as the split at
-    probability dips packs its candidates, :func:`.split.split_at_seeds`), where one
+    probability dips packs its candidates, :func:`.seeded_split.split_at_seeds`), where one
     distance transform, one reconstruction and one search for maxima serve them all."""
     ids = np.take(labels, pixels)
     sizes, fills = ellipse_fill(labels.shape, pixels, ids, count)

@@ -22,8 +22,9 @@ from concurrent.futures import Executor
 import numpy as np
 
 from .regions import bounding_boxes, pack_boxes
+from .seeded_split import split_packed
 from .smoothing import smooth_foreground
-from .split import dip_rules, split_packed
+from .split import dip_rules
 
 #: Objects over this many times the model's median object size are split again...
 LARGE_OBJECT = 1.5
@@ -64,7 +65,7 @@ def split_large_in_place(
     The large objects' boxes, each with :data:`MARGIN` px of context, are packed into
     one canvas (:func:`.regions.pack_boxes`), which holds each object's own pixels and
     the rescaled probability of its box, and split there in one call
-    (:func:`.split.split_packed`: the canvas is not packed again)."""
+    (:func:`.seeded_split.split_packed`: the canvas is not packed again)."""
     if object_size <= 0 or pixels.size == 0:
         return count
     ids = np.take(labels, pixels)
