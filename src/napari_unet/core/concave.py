@@ -33,7 +33,7 @@ from scipy import ndimage
 from skimage.morphology import local_maxima, reconstruction
 
 from .regions import run_starts
-from .seeded_split import split_at_seeds
+from .seeded_split import SplitRules, split_at_seeds
 
 
 def ellipse_fill(
@@ -133,7 +133,9 @@ def split_concave_in_place(
     def neck_seeds(canvas: np.ndarray, windows: list, places: list) -> tuple[np.ndarray, ...]:
         return _centres(canvas, neck, sampling)
 
-    return split_at_seeds(labels, pixels, ids, np.flatnonzero(concave), count, neck_seeds, min_piece, helper=helper)
+    return split_at_seeds(
+        labels, pixels, ids, np.flatnonzero(concave), count, SplitRules(neck_seeds, min_piece), helper
+    )
 
 
 #: Geodesic dilations :func:`_reconstructed` tries before it hands over to skimage's

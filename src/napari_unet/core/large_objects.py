@@ -88,10 +88,10 @@ def split_large_in_place(
         packed[place] = probability[window]
     halved = halved_log_odds(packed)  # 0 stays 0 between the boxes
     cut = float(halved_log_odds(np.float64(threshold)))
-    find_seeds, join = dip_rules(smooth_foreground(halved), halved, cut, depth, min_piece)
+    rules = dip_rules(smooth_foreground(halved), halved, cut, depth, min_piece)
     objects = canvas.copy()  # the canvas is split in place
     numbers = np.arange(1, found.size + 1)
-    largest = split_packed(canvas, objects, numbers, places, places, found.size, find_seeds, min_piece, join, helper)
+    largest = split_packed(canvas, objects, numbers, places, places, found.size, rules, helper)
     if largest == found.size:
         return count
     new_ids = np.zeros(largest + 1, labels.dtype)

@@ -15,11 +15,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 from skimage.segmentation import watershed
 
 from .regions import bounding_boxes, pack_boxes
+
+
+@dataclass(frozen=True)
+class SplitRules:
+    """What makes one kind of split: where its seeds lie and which pieces stay apart.
+
+    ``find_seeds(canvas, windows, places)``: for a canvas (int32) that holds packed
+    objects (their ids, 0 elsewhere), with their boxes in the image (``windows``) and
+    in the canvas (``places``), the values to flood from the seeds (the highest first,
+    float canvas), the seeds (int32 canvas, numbered 1..n) and each seed's object
+    (n,), only for objects with two or more seeds. ``join(pieces, values, owners,
+    windows, places)``, where given: for every seed number 0..n, the seed whose piece
+    its piece joins (itself where it stays apart; pieces join only pieces of their own
+    object). An object left with two or more pieces splits only when each has at
+    least ``min_piece`` pixels."""
+
+    find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    min_piece: int
+    join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None
 
 
 def split_at_seeds(
@@ -28,27 +48,19 @@ def split_at_seeds(
     ids: np.ndarray,
     candidates: np.ndarray,
     largest: int,
-    find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
-    min_piece: int,
-    join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None,
+    rules: SplitRules,
     helper: Executor | None = None,
 ) -> int:
     """Split the objects ``candidates`` (ids, increasing) of ``labels`` (int32, ids up
     to ``largest``; ``pixels`` its object pixels, flat and increasing, ``ids`` theirs)
-    in place where ``find_seeds`` puts two or more seeds in them.
+    in place where ``rules`` find two or more seeds in them.
 
     The candidates' bounding boxes are packed 1 px apart into a canvas
     (:func:`.regions.pack_boxes`) that holds each candidate's pixels (its id, the rest
-    0); ``find_seeds(canvas, windows, places)`` (the boxes in ``labels`` and in the
-    canvas) returns the values to flood from the seeds (the highest first, float
-    canvas), the seeds (int32 canvas, numbered 1..n) and each seed's object (n,),
-    only for objects with two or more seeds. One watershed grows the seeds to those
-    objects. ``join(pieces, values, owners, windows, places)``, where given, returns
-    for every seed number 0..n the seed whose piece its piece joins (itself where it
-    stays apart; pieces join only pieces of their own object). An object left with
-    two or more pieces that all have at least ``min_piece`` pixels splits: the piece
-    of its first seed keeps its id, the others get ids after ``largest``. Returns the
-    largest id afterwards."""
+    0), where ``rules.find_seeds`` looks for seeds. One watershed grows the seeds to
+    their objects; ``rules.join`` joins pieces. An object left with two or more pieces
+    splits as ``rules`` allow: the piece of its first seed keeps its id, the others get
+    ids after ``largest``. Returns the largest id afterwards."""
     if candidates.size == 0:
         return largest
     is_candidate = np.zeros(largest + 1, bool)
@@ -60,7 +72,7 @@ def split_at_seeds(
     canvas = np.zeros(shape, np.int32)
     for object_id, window, place in zip(candidates, windows, places):
         canvas[place][labels[window] == object_id] = object_id
-    return split_packed(labels, canvas, candidates, windows, places, largest, find_seeds, min_piece, join, helper)
+    return split_packed(labels, canvas, candidates, windows, places, largest, rules, helper)
 
 
 def split_packed(
@@ -70,9 +82,7 @@ def split_packed(
     windows: list,
     places: list,
     largest: int,
-    find_seeds: Callable[[np.ndarray, list, list], tuple[np.ndarray, np.ndarray, np.ndarray]],
-    min_piece: int,
-    join: Callable[[np.ndarray, np.ndarray, np.ndarray, list, list], np.ndarray] | None = None,
+    rules: SplitRules,
     helper: Executor | None = None,
 ) -> int:
     """:func:`split_at_seeds` once its candidates are packed: ``canvas`` (int32) holds
@@ -82,15 +92,15 @@ def split_packed(
     a caller that packed its objects already splits them there. With ``helper`` (an
     executor with a free thread) a large canvas's seeds are found in two halves at
     once (:func:`_seeds_in_halves`)."""
-    values, seeds, owners = _seeds_in_halves(find_seeds, canvas, windows, places, helper)
+    values, seeds, owners = _seeds_in_halves(rules.find_seeds, canvas, windows, places, helper)
     if owners.size == 0:
         return largest
     seeded = _seeded_only(canvas, values, seeds, owners, candidates, windows, places)
     canvas, values, seeds, candidates, windows, places = seeded
     pieces = watershed(-values, seeds, mask=canvas > 0, connectivity=1)
     kept = np.arange(len(owners) + 1)
-    if join is not None:
-        kept = join(pieces, values, owners, windows, places)
+    if rules.join is not None:
+        kept = rules.join(pieces, values, owners, windows, places)
         pieces = kept[pieces]
     next_id = largest + 1
     where = {int(object_id): (window, place) for object_id, window, place in zip(candidates, windows, places)}
@@ -99,7 +109,7 @@ def split_packed(
     stays_apart = kept[1:] == np.arange(1, len(owners) + 1)
     for object_id in np.unique(owners):
         numbers = np.flatnonzero((owners == object_id) & stays_apart) + 1  # this object's pieces, in seed order
-        if numbers.size < 2 or piece_sizes[numbers].min() < min_piece:
+        if numbers.size < 2 or piece_sizes[numbers].min() < rules.min_piece:
             continue
         new_ids[numbers[1:]] = np.arange(next_id, next_id + len(numbers) - 1)
         next_id += len(numbers) - 1

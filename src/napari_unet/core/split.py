@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from .meeting_lines import join_shallow_pieces
-from .seeded_split import split_at_seeds
+from .seeded_split import SplitRules, split_at_seeds
 from .smoothing import smooth_foreground
 
 #: Distance between the probability levels at which peaks are told apart.
@@ -87,12 +87,12 @@ def split_in_place(
     if plateaus is None:
         plateaus = peak_plateaus(labels.shape, pixels, smooth, threshold)
     candidates = _with_several_plateaus(*plateaus, pixels, ids)
-    find_seeds, join = dip_rules(smooth, foreground, threshold, depth, min_piece)
-    return split_at_seeds(labels, pixels, ids, candidates, largest, find_seeds, min_piece, join, helper)
+    rules = dip_rules(smooth, foreground, threshold, depth, min_piece)
+    return split_at_seeds(labels, pixels, ids, candidates, largest, rules, helper)
 
 
-def dip_rules(smooth: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int) -> tuple:
-    """The ``find_seeds`` and ``join`` of :func:`.seeded_split.split_at_seeds` (and
+def dip_rules(smooth: np.ndarray, foreground: np.ndarray, threshold: float, depth: float, min_piece: int) -> SplitRules:
+    """The rules of :func:`.seeded_split.split_at_seeds` (and
     :func:`.seeded_split.split_packed`) for the split at probability dips of ``foreground``
     (``smooth``: what :func:`.smoothing.smooth_foreground` gives for it; both of the shape the
     windows index), with the objects cut at ``threshold``."""
@@ -106,7 +106,7 @@ def dip_rules(smooth: np.ndarray, foreground: np.ndarray, threshold: float, dept
         probability = _packed(foreground, pieces.shape, windows, places)
         return join_shallow_pieces(pieces, values, probability, owners, depth, min_piece)
 
-    return find_seeds, join
+    return SplitRules(find_seeds, min_piece, join)
 
 
 def _packed(image: np.ndarray, shape: tuple[int, ...], windows: list, places: list) -> np.ndarray:
