@@ -53,19 +53,26 @@ def describe_training(metadata: dict[str, Any]) -> list[str]:
     return lines
 
 
+def describe_network(model: UNet) -> str:
+    """The network of ``model`` in one line: channels, classes, width, depth, batch
+    normalisation and parameter count."""
+    config = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    return (
+        f"{config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(model.spec.classes)}), "
+        f"{config.base_channels} base channels, depth {config.depth}"
+        + (", batch normalisation" if config.batch_norm else "")
+        + f", {parameters:,} parameters"
+    )
+
+
 def model_card(model: UNet, source: str) -> str:
     """A few lines on ``model`` (read from ``source``, a path): the network, how its
     input is normalised, how its output becomes objects, and how it was trained."""
     config, spec = model.config, model.spec
     inst, norm = spec.instances, spec.normalization
     unit = "voxels" if config.ndim == 3 else "px"
-    parameters = sum(p.numel() for p in model.parameters())
-    network = (
-        f"{config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.classes)}), "
-        f"{config.base_channels} base channels, depth {config.depth}"
-        + (", batch normalisation" if config.batch_norm else "")
-        + f", {parameters:,} parameters"
-    )
+    network = describe_network(model)
     if config.ndim == 3 and config.spacing:
         network += f"; voxel size (z, y, x) {', '.join(f'{s:g}' for s in config.spacing)}"
     edge = f" ({inst.edge_size_factor:g}x that at the image's border)" if inst.edge_size_factor > 1 else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import exchange
 from .model import UNet
-from .model_card import describe_training
+from .model_card import describe_network, describe_training
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
 PAPER_TEXT = (
@@ -25,9 +25,8 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
     largest differences between its weight formats (``checks``) on the test tensors of
     spatial ``shape``."""
     config, spec = model.config, model.spec
-    depth, sizes = config.depth, exchange.axis_sizes(model)
+    sizes = exchange.axis_sizes(model)
     norm, inst = spec.normalization, spec.instances
-    parameters = sum(p.numel() for p in model.parameters())
     names = "zyx"[-config.ndim :]
     axes = ", ".join(names)
     per_axis = lambda values: " x ".join(str(v) for v in values)  # noqa: E731
@@ -49,8 +48,7 @@ def package_readme(model: UNet, name: str, trained_on: str, checks: dict[str, fl
         "",
         "## Network",
         "",
-        f"- {config.in_channels} input channel(s), {config.n_classes} classes ({', '.join(spec.classes)}), "
-        f"{config.base_channels} base channels, depth {depth}, {parameters:,} parameters",
+        f"- {describe_network(model)}",
         f"- unpadded {'x'.join('3' * config.ndim)} convolutions"
         + (" (1 wide along an axis at the levels where the voxels are coarse along it)" if config.ndim == 3 else "")
         + f": the bare network's output is {per_axis(2 * c for c in contexts)} px ({axes}) smaller than its input.",
