@@ -151,7 +151,7 @@ def test_a_constant_image_with_cells_painted_on_it_is_refused():
     """A blank layer chosen as the image by mistake trained quietly to nothing."""
     labels = np.zeros((64, 64), np.int32)
     labels[20:30, 20:30] = 1
-    with pytest.raises(TrainingDataError, match=r"cells.tif: the image annotated here is constant \(every pixel 7\)"):
+    with pytest.raises(TrainingDataError, match=r"the image of cells.tif is constant \(every pixel 7\)"):
         prepare(
             [np.full((64, 64), 7.0)], [labels], in_channels=1, normalization=NormalizationConfig(),
             weights=WeightMapConfig(), names=["cells.tif"],

@@ -278,7 +278,7 @@ def prepare(
             cells += painted_cells
             # a constant plane annotated as background alone (an empty frame) is fine
             _refuse_unusable_values(
-                plane, f"{name}: the image annotated here", "the cells were painted on", constant=painted_cells > 0
+                plane, f"the image of {name}", "the cells were painted on", constant=painted_cells > 0
             )
             warning = ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None
             if warning:
