@@ -11,10 +11,11 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .core.atomic_files import check_writable
 from .core.config import InstanceConfig
 from .core.errors import ConfigError, OutputFileError
 from .core.geometry import is_volume
-from .core.io import IMAGE_SUFFIXES, check_writable, named_axes, read_spacing
+from .core.io import IMAGE_SUFFIXES, named_axes, read_spacing
 from .core.layout import ImageShapeError, axes_at_minus3, rgb_for_one_channel_message
 from .core.predict import TileProgress
 from .core.progress import drive

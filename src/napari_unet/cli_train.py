@@ -26,12 +26,13 @@ from .cli_args import (
     volume_planes,
 )
 from .cli_resume import refuse_to_replace, resume_trainer
+from .core.atomic_files import check_writable, remove_stale_temporaries
 from .core.checkpoint import load_model, model_bytes
 from .core.config import ModelConfig, default_model_config
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, TrainingError
-from .core.io import IMAGE_SUFFIXES, check_writable, read_image, read_labels, remove_stale_temporaries
+from .core.io import IMAGE_SUFFIXES, read_image, read_labels
 from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive

@@ -13,7 +13,7 @@ import napari_unet as nu
 from napari_unet import OutputFileError, UNet, save_model
 from napari_unet.cli import main
 from napari_unet.cli_args import output_names
-from napari_unet.core import io, train
+from napari_unet.core import atomic_files, io, train
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train_config import TrainConfig
@@ -196,7 +196,7 @@ def test_stale_temporaries_of_a_killed_write_are_removed_when_training_starts(tm
         tmp_path / ".other.ckpt.abcd1234.tmp",  # another file's
         tmp_path / "run.ckpt.abcd1234.tmp",
     ]
-    long_ago = io.PROCESS_STARTED - 3600
+    long_ago = atomic_files.PROCESS_STARTED - 3600
     for path in stale + kept:
         path.write_bytes(b"partial")
         os.utime(path, (long_ago, long_ago))

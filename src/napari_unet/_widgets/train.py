@@ -9,7 +9,7 @@ from magicgui.widgets import Label, ProgressBar, PushButton
 from napari.utils.notifications import show_info, show_warning
 
 from .._session import Session
-from ..core.io import check_writable
+from ..core.atomic_files import check_writable
 from ..core.train import Trainer
 from ..core.train_events import CheckpointFailed, StepProgress, ValidationResult, WarmStartProgress
 from ..core.training_state import training_history

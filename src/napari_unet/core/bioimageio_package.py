@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from . import exchange, standalone_unet
+from .atomic_files import check_writable
 from .config import NormalizationConfig
 from .errors import ConfigError, OutputFileError
-from .io import check_writable
 from .layout import channels_at_minus3
 from .model import UNet, without_batch_norm
 from .package_reader import PACKAGE_FORMAT, PACKAGE_VERSION, RECORD_NAME, SCALE_RANGE_EPS, STATE_DICT_NAME, sha256

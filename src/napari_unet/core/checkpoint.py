@@ -16,8 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .atomic_files import write_atomic
 from .errors import ConfigError
-from .io import write_atomic
 from .model import UNet
 from .modelfile import FORMAT, FORMAT_VERSION, HEADER_KEY, ModelFileError, check_model_state, read_checked, unflatten
 from .train_config import TrainConfig

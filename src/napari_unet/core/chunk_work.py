@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from . import tiling
+from .atomic_files import write_atomic
 from .blocks import ChunkGrid, ChunkSummary, LabelTables, final_chunk, label_chunk, merge, pregrow_chunk, summarize
 from .checkpoint import load_model, save_model
 from .config import InstanceConfig, NormalizationConfig
 from .devices import resolve_device, resolve_precision
 from .instances import foreground
-from .io import write_atomic
 from .model import UNet
 from .predict import PredictOptions, _forward, _network
 from .sources import Calibration, LazyPlane, LazyPlanes, open_source

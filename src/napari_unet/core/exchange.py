@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from . import standalone_unet
+from .atomic_files import check_writable, write_atomic
 from .errors import NapariUnetError, OutputFileError
-from .io import check_writable, write_atomic
 from .model import UNet, without_batch_norm
 from .spacing import level_kernels_and_pools
 

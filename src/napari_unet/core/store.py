@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic_files import write_atomic
 from .errors import ConfigError, OutputFileError
-from .io import write_atomic
 from .sources import Calibration
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import geometry
+from .atomic_files import check_writable, remove_stale_temporaries
 from .best_weights import BestWeights
 from .checkpoint import (
     checkpoint_bytes,
@@ -39,7 +40,7 @@ from .distributed import (
     max_over_processes,
 )
 from .errors import OutputFileError
-from .io import check_writable, read_labels, remove_stale_temporaries
+from .io import read_labels
 from .memory import reuse_freed_memory
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet
