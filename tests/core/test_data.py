@@ -3,7 +3,8 @@ import pytest
 
 from napari_unet.core import geometry
 from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig
-from napari_unet.core.data import SampleStream, TrainingDataError, prepare
+from napari_unet.core.data import TrainingDataError, prepare
+from napari_unet.core.samples import SampleStream
 from napari_unet.core.train_config import AugmentConfig, WeightMapConfig
 
 NO_AUGMENT = AugmentConfig(elastic=False, flips=False, rotations=False, contrast=0, brightness=0, gamma=0)

@@ -2,8 +2,8 @@ import threading
 
 import numpy as np
 
-from napari_unet.core.data import SampleStream
 from napari_unet.core.prefetch import BatchPrefetcher
+from napari_unet.core.samples import SampleStream
 from napari_unet.core.train_config import AugmentConfig
 
 from .test_data import discs, prep

@@ -9,10 +9,11 @@ import napari_unet as nu
 from napari_unet._sample_data import nuclei_volume
 from napari_unet.core.augment3d import elastic_displacement_3d, resample_volume, rigid, sampling_grid_3d
 from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig
-from napari_unet.core.data import PreparedPlane, SampleStream, TrainingDataError, default_tile_for, prepare
+from napari_unet.core.data import PreparedPlane, TrainingDataError, prepare
 from napari_unet.core.geometry import model_axes
 from napari_unet.core.label_checks import ids_changing_between_planes
 from napari_unet.core.optimisation import weighted_cross_entropy
+from napari_unet.core.samples import SampleStream, default_tile_for
 from napari_unet.core.train_config import AugmentConfig, WeightMapConfig
 
 NO_JITTER = dict(contrast=0.0, brightness=0.0, gamma=0.0)

@@ -3,7 +3,7 @@
 Each training step's batch of ``B`` samples has global indices ``step * B + j``;
 every process computes its contiguous share of them (:func:`batch_share`), and
 since a sample is a pure function of the run's seed and its index (see
-``data.SampleStream``), N processes see exactly the samples one process would.
+``samples.SampleStream``), N processes see exactly the samples one process would.
 The loss is the weighted sum over the local samples divided by the weight summed
 over all processes, and gradients are summed across processes, so every process
 takes the step one process would take on the whole batch, up to float rounding.

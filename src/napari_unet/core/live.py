@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from .config import IGNORE_LABEL, default_model_config
-from .data import TrainingDataError, default_tile_for
+from .data import TrainingDataError
 from .model import UNet, snapshot, weights_lock
 from .predict import segment
+from .samples import default_tile_for
 from .train import Trainer
 from .train_config import TrainConfig
 from .train_events import StepProgress

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .data import Batch, SampleStream
+from .samples import Batch, SampleStream
 
 
 class BatchPrefetcher:

@@ -31,7 +31,7 @@ from .checkpoint import (
     save_state,
 )
 from .checkpoint_schedule import CheckpointSchedule
-from .data import SampleStream, as_image_list, data_digest, default_tile_for, prepare, validation_pairs
+from .data import as_image_list, data_digest, prepare, validation_pairs
 from .devices import precision_name, resolve_device, resolve_precision, training_layout
 from .distributed import (
     any_process,
@@ -50,6 +50,7 @@ from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
 from .records import with_overrides
+from .samples import SampleStream, default_tile_for
 from .threads import available_cores
 from .train_config import TrainConfig
 from .train_events import StepProgress, TrainEvent, TrainSummary, ValidationResult

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from .data import Batch
 from .devices import autocast
 from .distributed import ProcessGroup, sum_gradients, sum_over_processes
 from .errors import TrainingError
 from .model import UNet, weights_lock
 from .optimisation import weighted_cross_entropy
+from .samples import Batch
 
 
 class BatchStep:
