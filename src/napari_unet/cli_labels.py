@@ -72,4 +72,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     sources = [(str(p), str(t)) for p, t in zip(args.predictions, args.truth)]  # errors name the file at fault
     if not args.volumes and any(truth.ndim >= 3 for _, _, truth in pairs):
         print("napari-unet: scored plane by plane; --volumes matches 3D objects", file=sys.stderr)
-    print(format_table(evaluate_pairs(pairs, 3 if args.volumes else 2, sources)))
+    rows = evaluate_pairs(pairs, 3 if args.volumes else 2, sources)
+    for (prediction, truth), (_, predicted, true) in zip(sources, pairs):
+        if not (predicted > 0).any():
+            print(f"napari-unet: {prediction} holds no object, so every true object counts as missed", file=sys.stderr)
+        if not (true > 0).any():
+            print(f"napari-unet: {truth} holds no object, so every predicted one counts as false", file=sys.stderr)
+    print(format_table(rows))

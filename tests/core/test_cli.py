@@ -331,6 +331,18 @@ def test_weights_and_evaluate(tmp_path, annotated_files, capsys):
     assert rows[0].startswith("overall (file) ") and rows[1].startswith("overall ")
 
 
+def test_evaluate_says_when_a_file_holds_no_object(tmp_path, annotated_files, capsys):
+    (_, labels), _ = annotated_files
+    empty = tmp_path / "empty.tif"
+    tifffile.imwrite(empty, np.zeros_like(tifffile.imread(labels)))
+    assert main(["evaluate", str(empty), str(labels), "--truth", str(labels), str(labels)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"napari-unet: {empty} holds no object, so every true object counts as missed"]
+    assert out.splitlines()[2].split()[1] == "0.000" and out.splitlines()[3].split()[1] == "1.000"
+    assert main(["evaluate", str(labels), "--truth", str(empty)]) == 0
+    assert f"{empty} holds no object, so every predicted one counts as false" in capsys.readouterr().err
+
+
 def test_evaluate_names_the_file_that_is_an_image(annotated_files, capsys):
     (image, labels), _ = annotated_files
     assert main(["evaluate", str(labels), "--truth", str(image)]) == 2
