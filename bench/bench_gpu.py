@@ -48,8 +48,8 @@ from bench_train import WARMUP_STEPS, timed_steps
 from common import TileRecord, benchmark_image, format_table, median, paper_model, print_header, synchronize
 from gpu_checks import FAILED, checks_section
 from napari_unet.core.devices import precision_name, resolve_precision
+from napari_unet.core.layer_plan import forward_flops
 from napari_unet.core.metrics import match_instances, pixel_iou
-from napari_unet.core.model import forward_flops
 from napari_unet.core.progress import drive
 
 #: (channels, size) of the limit's convolutions on a GPU: large enough that a launch

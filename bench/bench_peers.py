@@ -57,9 +57,9 @@ from common import (
 from napari_unet.core import geometry
 from napari_unet.core.cpu_inference import CpuInference
 from napari_unet.core.devices import autocast, resolve_precision
+from napari_unet.core.layer_plan import forward_flops
 from napari_unet.core.memory import release_kept_memory
 from napari_unet.core.metrics import pixel_iou
-from napari_unet.core.model import forward_flops
 from napari_unet.core.normalize import normalize
 from napari_unet.core.progress import drive
 from napari_unet.core.tiling import extract_tile

@@ -45,9 +45,9 @@ from common import (
     print_header,
 )
 from napari_unet.core.devices import precision_name, resolve_precision
+from napari_unet.core.layer_plan import forward_flops
 from napari_unet.core.memory import RELEASE_DELAY_S
 from napari_unet.core.metrics import match_instances, pixel_iou
-from napari_unet.core.model import forward_flops
 from napari_unet.core.progress import drive
 
 TARGETS = {
@@ -153,7 +153,7 @@ def main() -> None:
     assert counted_flops(model, check_shape) == forward_flops(config, check_shape), (
         "forward_flops disagrees with torch.utils.flop_counter"
     )
-    print("FLOPs (napari_unet.core.model.forward_flops) checked against torch.utils.flop_counter: equal")
+    print("FLOPs (napari_unet.core.layer_plan.forward_flops) checked against torch.utils.flop_counter: equal")
     device = torch.device(args.device)
     print()
     print("## Limits measured at the start of this run (bench_limits.py)")

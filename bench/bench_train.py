@@ -38,7 +38,7 @@ from bench_limits import limits, measure_limits
 from common import format_table, median, print_header
 from napari_unet import ModelConfig, StepProgress, TrainConfig, UNet, default_model_config
 from napari_unet.core.devices import precision_name
-from napari_unet.core.model import forward_flops
+from napari_unet.core.layer_plan import forward_flops
 from napari_unet.core.synthetic import synthetic_dataset
 from napari_unet.core.synthetic_volume import synthetic_volume
 

@@ -68,9 +68,9 @@ from napari_unet.core.config import IGNORE_LABEL, default_model_config
 from napari_unet.core.devices import precision_name, resolve_precision
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.io import read_image
+from napari_unet.core.layer_plan import forward_flops
 from napari_unet.core.memory import release_kept_memory
 from napari_unet.core.metrics import DEFAULT_THRESHOLDS, match_instances
-from napari_unet.core.model import forward_flops
 from napari_unet.core.predict import iter_predict, volume_labels
 from napari_unet.core.progress import drive
 from napari_unet.core.taxonomy import drop_unannotated

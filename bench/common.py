@@ -20,7 +20,7 @@ import napari_unet
 from napari_unet import TileProgress
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.geometry import TilePlan
-from napari_unet.core.model import forward_flops
+from napari_unet.core.layer_plan import forward_flops
 from napari_unet.core.progress import drive
 
 
@@ -193,7 +193,7 @@ def conv_flops(c_in: int, c_out: int, kernel: int, out_h: int, out_w: int) -> in
 
 def plan_flops(plan: TilePlan, config: ModelConfig) -> int:
     """FLOPs of all tiles of ``plan`` (one image plane) through a network of ``config``
-    (:func:`napari_unet.core.model.forward_flops` of a batch of all the tiles)."""
+    (:func:`napari_unet.core.layer_plan.forward_flops` of a batch of all the tiles)."""
     return forward_flops(config, (plan.n_tiles, config.in_channels, *plan.tile))
 
 
@@ -323,7 +323,7 @@ def _train_briefly(minutes: float, seed: int, path: str):
 def counted_flops(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass as torch's FlopCounterMode counts them, on a copy of
     ``module`` on the meta device (no memory, no compute). A cross-check of
-    :func:`napari_unet.core.model.forward_flops` and the counter for networks without
+    :func:`napari_unet.core.layer_plan.forward_flops` and the counter for networks without
     an analytic formula."""
     import copy
 

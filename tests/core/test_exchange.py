@@ -22,7 +22,8 @@ from napari_unet.cli import main
 from napari_unet.core import exchange, standalone_unet
 from napari_unet.core.bioimageio_package import ARCHITECTURE_NAME, example_size, scale_range
 from napari_unet.core.geometry import context, margin
-from napari_unet.core.model import layer_plan, without_batch_norm
+from napari_unet.core.layer_plan import layer_plan
+from napari_unet.core.model import without_batch_norm
 from napari_unet.core.normalize import normalize
 from napari_unet.core.package_reader import RECORD_NAME, STATE_DICT_NAME, read_package
 

@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_unet import UNet
 from napari_unet.core.cpu_inference import CpuInference
 from napari_unet.core.geometry import input_size_for_output, output_size
-from napari_unet.core.model import SampleDropout2d, center_crop, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.layer_plan import center_crop, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.model import SampleDropout2d
 
 
 def conv_layers(model):

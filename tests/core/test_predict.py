@@ -209,7 +209,7 @@ def test_an_empty_segmentation_says_why_and_what_to_change(caplog, as_volume):
     smaller than the smallest object kept, each leave a note naming its cause."""
     import logging
 
-    from napari_unet.core.model import CONV
+    from napari_unet.core.layer_plan import CONV
 
     model = small_model()
     output = model.get_submodule([layer for layer in model.plan if layer.kind == CONV][-1].module)

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet import ModelConfig, ModelSpec, UNet
 from napari_unet.core.cpu_inference import CpuInference
-from napari_unet.core.model import forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.layer_plan import forward_flops, layer_input_shapes, layer_plan
 from napari_unet.core.spacing import level_kernels_and_pools, voxel_shape_note
 
 

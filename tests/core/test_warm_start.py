@@ -11,7 +11,7 @@ import napari_unet as nu
 from napari_unet import cli_train
 from napari_unet.cli import build_parser, given_options
 from napari_unet.core.config import IGNORE_LABEL
-from napari_unet.core.model import CONV, UP
+from napari_unet.core.layer_plan import CONV, UP
 from napari_unet.core.progress import drive
 from napari_unet.core.train import Trainer
 from napari_unet.core.train_config import TrainConfig

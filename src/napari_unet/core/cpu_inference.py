@@ -12,20 +12,8 @@ from torch import nn
 
 from .devices import channels_last
 from .fused_ops import fused_conv_op
-from .model import (
-    CONCAT,
-    CONV,
-    DROPOUT,
-    UP,
-    Layer,
-    UNet,
-    center_window,
-    folded_weights,
-    layer_input_shapes,
-    max_pool,
-    run_plan,
-    weights_lock,
-)
+from .layer_plan import CONCAT, CONV, DROPOUT, UP, Layer, center_window, layer_input_shapes, max_pool, run_plan
+from .model import UNet, folded_weights, weights_lock
 
 
 class _Conv:

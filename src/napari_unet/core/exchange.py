@@ -136,7 +136,7 @@ def same_size_network(model: UNet) -> standalone_unet.SameSizeUNet:
     kwargs = architecture_kwargs(plain)
     standalone_plan = [tuple(layer) for layer in standalone_unet.layer_plan(**_plan_kwargs(kwargs))]
     if standalone_plan != plan_signature(plain):
-        raise RuntimeError("standalone_unet.layer_plan differs from napari_unet.core.model.layer_plan")
+        raise RuntimeError("standalone_unet.layer_plan differs from napari_unet.core.layer_plan.layer_plan")
     network = standalone_unet.SameSizeUNet(**kwargs)
     network.load_state_dict(plain.state_dict())
     return network.eval().requires_grad_(False)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .config import ModelConfig, default_model_config
 from .errors import NapariUnetError
-from .model import POOL, Layer, layer_input_shapes, layer_plan
+from .layer_plan import POOL, Layer, layer_input_shapes, layer_plan
 
 #: One spatial axis of a layer plan: its layers with one-element kernels and factors.
 Axis = tuple[Layer, ...]

@@ -15,7 +15,7 @@ header first and reads the tensor bytes only when all of this holds:
   references all exist;
 - a model's architecture has the right types and lies within :data:`LIMITS`, and
   the file holds exactly the weights that architecture has (names, float dtypes,
-  shapes, as computed from :func:`~napari_unet.core.model.layer_plan`).
+  shapes, as computed from :func:`~napari_unet.core.layer_plan.layer_plan`).
 
 So a small file cannot make the loader allocate more than its own size, and a
 hostile header ends in :class:`ModelFileError`, never in a traceback.
@@ -33,7 +33,7 @@ from typing import Any
 
 from .config import ModelSpec
 from .errors import NapariUnetError
-from .model import CONV, UP, layer_plan
+from .layer_plan import CONV, UP, layer_plan
 
 FORMAT = "napari-unet"
 FORMAT_VERSION = 1

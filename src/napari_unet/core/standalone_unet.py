@@ -8,7 +8,7 @@ The network is napari-unet's: unpadded 3x3 convolutions, 2x2 max pooling,
 crop-and-concatenate skips, 2x2 up-convolutions and a 1x1 head, with the same
 submodule names (so napari-unet's state dicts load into it unchanged). Its
 :func:`layer_plan` lists the layers in the format of napari-unet's
-``napari_unet.core.model.layer_plan``; napari-unet's tests check that the two agree.
+``napari_unet.core.layer_plan.layer_plan``; napari-unet's tests check that the two agree.
 
 What differs is the interface. :class:`SameSizeUNet` takes an image ``(N, C, H,
 W)`` (or a volume ``(N, C, Z, Y, X)`` with ``ndim=3``), mirrors it by the network's

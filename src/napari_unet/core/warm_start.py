@@ -26,8 +26,9 @@ import torch
 
 from .config import ModelConfig
 from .data import as_image_list
+from .layer_plan import CONV, UP
 from .layout import channels_before_spatial
-from .model import CONV, UP, UNet
+from .model import UNet
 from .train_config import TrainConfig
 from .train_events import StepProgress, WarmStartProgress
 
