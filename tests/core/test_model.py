@@ -8,7 +8,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_unet import UNet
 from napari_unet.core.cpu_inference import CpuInference
 from napari_unet.core.geometry import input_size_for_output, output_size
-from napari_unet.core.layer_plan import center_crop, forward_flops, layer_input_shapes, layer_plan
+from napari_unet.core.layer_plan import (
+    center_window,
+    forward_flops,
+    layer_input_shapes,
+    layer_plan,
+    max_pool,
+    pool_and_window,
+)
 from napari_unet.core.model import SampleDropout2d
 
 
@@ -109,16 +116,23 @@ def test_layer_plan_gives_shapes_flops_and_margin():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last, torch.channels_last_3d])
-def test_the_skip_crop_is_the_central_window_and_its_gradient_keeps_the_layout(layout):
-    """The crop copies the central window; its gradient stays in the input's memory
-    format, so in channels-last training a skip's two gradients add in one layout."""
-    shape = (2, 3, 7, 11, 10) if layout == torch.channels_last_3d else (2, 3, 11, 10)
-    features = torch.randn(shape).contiguous(memory_format=layout).requires_grad_()
-    size = (3, 6, 5)[-(len(shape) - 2) :]
-    cropped = center_crop(features, size)
-    window = [slice((have - want) // 2, (have - want) // 2 + want) for have, want in zip(shape[2:], size)]
-    assert torch.equal(cropped, features.detach()[(..., *window)])
-    (gradient,) = torch.autograd.grad(cropped, features, torch.ones_like(cropped))
-    assert gradient.is_contiguous(memory_format=layout)
-    assert gradient.sum() == cropped.numel()
-    assert torch.equal(gradient[(..., *window)], torch.ones_like(cropped))
+def test_pooling_and_the_skip_window_give_the_values_and_gradients_of_two_separate_ops(layout):
+    """The pooling and the skip connection's crop in one autograd node: the same values
+    as max pooling and the central window, the gradient their two gradients' sum, in
+    the input's memory format (channels-last training adds them in one layout)."""
+    torch.manual_seed(0)
+    shape = (2, 3, 8, 12, 10) if layout == torch.channels_last_3d else (2, 3, 12, 10)
+    factor, size = (2,) * (len(shape) - 2), (4, 5, 3)[-(len(shape) - 2) :]
+    values = torch.randn(shape).contiguous(memory_format=layout)
+    fused_input, plain_input = values.clone().requires_grad_(), values.clone().requires_grad_()
+    pooled, window = pool_and_window(fused_input, factor, size)
+    plain_pooled, plain_window = max_pool(plain_input, factor), center_window(plain_input, size)
+    assert torch.equal(pooled, plain_pooled) and torch.equal(window, plain_window)
+    assert window.is_contiguous(memory_format=layout)
+    pooled_grad, window_grad = torch.randn(pooled.shape), torch.randn(window.shape)
+    (pooled * pooled_grad).sum().add((window * window_grad).sum()).backward()
+    (plain_pooled * pooled_grad).sum().add((plain_window * window_grad).sum()).backward()
+    assert torch.equal(fused_input.grad, plain_input.grad)
+    assert fused_input.grad.is_contiguous(memory_format=layout)
+    with torch.no_grad():  # nothing to differentiate: the window is a view
+        assert pool_and_window(fused_input, factor, size)[1]._base is fused_input

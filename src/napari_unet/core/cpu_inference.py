@@ -170,5 +170,9 @@ class CpuInference:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype).contiguous(memory_format=channels_last(x.ndim))
         return run_plan(
-            self.plan, x, self._apply_layer, pool=_pooled, join=lambda skip, up: (center_window(skip, up.shape[2:]), up)
+            self.plan,
+            x,
+            self._apply_layer,
+            pool=lambda x, factor, size: (_pooled(x, factor), center_window(x, size)),
+            join=lambda window, up: (window, up),
         )
