@@ -8,6 +8,7 @@ from napari_unet.core.augment import (
     bicubic_upsample,
     dihedral,
     elastic_displacement,
+    fold_coordinates,
     identity_grid,
     jitter_intensity,
     resample,
@@ -243,6 +244,21 @@ def test_mirroring_matches_numpy_reflect_far_outside_a_tiny_image():
     assert np.array_equal(got, padded[rows + pad, cols + pad])
     cubic = resample(tiny.astype(np.float64), np.stack([rows, cols]).astype(np.float64), 3)
     np.testing.assert_allclose(cubic, padded[rows + pad, cols + pad], atol=1e-9)
+
+
+def test_folding_gives_the_values_of_the_mod_formula_bit_for_bit(rng):
+    """The mirror fold, written as fmod and its sign correction for speed, equals
+    ``last - |mod(c, 2 last) - last|`` exactly, far outside too and on the multiples
+    of the period, for float32 (the sampling grids) and float64 coordinates."""
+    for size in (2, 5, 40, 4097):
+        last = size - 1
+        far = rng.normal(0.0, 10.0 * size, 20_000)
+        coords = np.concatenate([far, np.arange(-5 * size, 5 * size, 0.25), -2.0 * last * np.arange(4), [-0.0]])
+        for dtype in (np.float32, np.float64):
+            values = coords.astype(dtype)
+            expected = last - np.abs(np.mod(values.astype(np.float64), 2 * last) - last)
+            folded = fold_coordinates(values, size)
+            assert np.array_equal(folded, expected) and np.array_equal(np.signbit(folded), np.signbit(expected))
 
 
 def test_fractional_mirroring_matches_padded_interpolation(rng):

@@ -121,8 +121,9 @@ def resample_volume(array: np.ndarray, coords: np.ndarray, order: int) -> np.nda
         out = volumes[(slice(None), *index)]
     elif order == 1:
         # grid_sample wants (x, y, z) in [-1, 1]; the coordinates are already inside
-        scaled = [f * (2.0 / max(n - 1, 1)) - 1.0 for f, n in zip(folded, spatial)]
-        grid = np.stack(scaled[::-1], axis=-1).astype(np.float32)
+        grid = np.empty((*coords.shape[1:], 3), np.float32)
+        for axis, (f, n) in enumerate(zip(folded, spatial)):
+            grid[..., 2 - axis] = f * (2.0 / max(n - 1, 1)) - 1.0  # rounded to float32 once, as a cast would
         source = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
         out = F.grid_sample(source, torch.from_numpy(grid)[None], mode="bilinear", align_corners=True)[0].numpy()
     else:
