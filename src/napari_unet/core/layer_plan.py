@@ -149,10 +149,11 @@ def _window(have: Sequence[int], want: Sequence[int]) -> tuple[slice, ...]:
     return (slice(None), slice(None), *(slice(before, h - after) for (before, after), h in zip(margins, have)))
 
 
-def max_pool(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
-    """Max pooling of ``x`` (N, C, *spatial) by ``factor`` per axis (kernel = stride)."""
+def max_pool(x: torch.Tensor, factor: Sequence[int], return_indices: bool = False):
+    """Max pooling of ``x`` (N, C, *spatial) by ``factor`` per axis (kernel = stride);
+    with ``return_indices`` also where each maximum was (what its gradient needs)."""
     pool = nn.functional.max_pool2d if x.ndim == 4 else nn.functional.max_pool3d
-    return pool(x, tuple(factor))
+    return pool(x, tuple(factor), return_indices=return_indices)
 
 
 def pool_and_window(x: torch.Tensor, factor: Sequence[int], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,8 +175,7 @@ def pool_and_window(x: torch.Tensor, factor: Sequence[int], size: Sequence[int])
 class _PoolAndWindow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: tuple[int, ...], size: tuple[int, ...]):
-        pool = nn.functional.max_pool2d if x.ndim == 4 else nn.functional.max_pool3d
-        pooled, indices = pool(x, factor, return_indices=True)
+        pooled, indices = max_pool(x, factor, return_indices=True)
         ctx.save_for_backward(x, indices)
         ctx.factor, ctx.window = factor, _window(x.shape[2:], size)
         return pooled, x[ctx.window].contiguous(memory_format=_layout_of(x))
