@@ -23,7 +23,7 @@ import numpy as np
 
 import napari_unet as nu
 from bench_real import score
-from common import format_table, kept_split, print_header
+from common import format_table, kept_probabilities, kept_split, print_header
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.object_size import complete_objects, fitted_instances
 
@@ -39,12 +39,7 @@ def main() -> None:
     for kept in args.kept:
         for folder in sorted(p for p in kept.iterdir() if p.is_dir()):
             model, test, truth = kept_split(folder)
-            cache = folder / "probs.npy"
-            if cache.exists():
-                probabilities = np.load(cache)
-            else:
-                probabilities = nu.predict(model, test, device="cpu")
-                np.save(cache, probabilities)
+            probabilities = kept_probabilities(folder, model, test)
             instances = model.spec.instances
             if args.refit:
                 train = np.load(folder / "train_labels.npy")

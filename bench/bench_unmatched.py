@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
 
-import napari_unet as nu
-from common import format_table, kept_split, print_header
+from common import format_table, kept_probabilities, kept_split, print_header
 from napari_unet.core.instances import foreground, probabilities_to_labels
 from napari_unet.core.metrics import contingency, iou_matrix, optimal_matches
 
@@ -58,12 +57,7 @@ def main() -> None:
             if args.splits and folder.name not in args.splits:
                 continue
             model, test, truth = kept_split(folder)
-            cache = folder / "probs.npy"
-            if cache.exists():
-                probabilities = np.load(cache)
-            else:
-                probabilities = nu.predict(model, test, device="cpu")
-                np.save(cache, probabilities)
+            probabilities = kept_probabilities(folder, model, test)
             ndim = model.config.ndim
             labels = probabilities_to_labels(probabilities, model.spec.instances, ndim=ndim).reshape(truth.shape)
             probability = foreground(probabilities, ndim).reshape(truth.shape)

@@ -248,6 +248,21 @@ def kept_split(folder):
     return nu.load_model(os.path.join(folder, "model.safetensors")), test, truth
 
 
+def kept_probabilities(folder, model, test):
+    """The probabilities of ``model`` on ``test`` (from :func:`kept_split` of ``folder``),
+    predicted once and cached in the folder as ``probs.npy``."""
+    import numpy as np
+
+    import napari_unet as nu
+
+    cache = os.path.join(folder, "probs.npy")
+    if os.path.exists(cache):
+        return np.load(cache)
+    probabilities = nu.predict(model, test, device="cpu")
+    np.save(cache, probabilities)
+    return probabilities
+
+
 def benchmark_image(shape: tuple[int, int], seed: int = 1):
     """A realistic test image (H, W), its labels and a description: synthetic
     fluorescent nuclei (:func:`napari_unet.synthetic_nuclei`)."""
