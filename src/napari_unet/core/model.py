@@ -16,6 +16,7 @@ from torch import nn
 from .config import ModelConfig, ModelSpec
 from .fused_ops import conv_relu
 from .layer_plan import CONV, DROPOUT, UP, Layer, layer_plan, run_plan
+from .up_conv import up_convolution
 
 
 class SampleDropout2d(nn.Module):
@@ -183,6 +184,8 @@ class UNet(nn.Module):
                 return self.dropout(x, dropout_seeds)
             if layer.relu and not layer.norm:
                 return conv_relu(self._layers[index], x)
+            if layer.kind == UP:
+                return up_convolution(self._layers[index], x)
             x = self._layers[index](x)
             if layer.norm:
                 x = self.get_submodule(layer.norm)(x)
