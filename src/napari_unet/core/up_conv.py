@@ -4,10 +4,11 @@ An up-convolution whose kernel equals its stride (the U-Net's: 2x2, stride 2) wr
 input pixel's ``K`` output pixels from that pixel alone: ``y[n, o, s * p + k] = sum_i x[n, i,
 p] w[i, o, k] + b[o]``. Its weight gradient is therefore ``sum over n, p of x[n, i, p] g[n, o,
 s * p + k]``: one product of the input's (pixels x in channels) matrix with the gradient's
-(pixels x K * out channels) one. oneDNN's transposed-convolution weight gradient took three to
-eight times as long as that product on a 2-core Xeon with AMX (bf16, the CPU default's three
-up-convolutions: 3.5 ms of a 58 ms training step; bench/README.md). The forward pass and
-the input's gradient are torch's own.
+(pixels x K * out channels) one. On a 2-core Xeon with AMX (bf16, the CPU default's three
+up-convolutions, four tiles of 220 px) oneDNN's transposed-convolution weight gradient took
+3.3-3.7 times as long as that product with the reordering of the gradient it needs, and the
+three backward passes 4.5 ms of a 58 ms training step (bench/README.md, "What makes training
+fast on a CPU"). The forward pass and the input's gradient are torch's own.
 """
 
 from __future__ import annotations
