@@ -76,17 +76,23 @@ def _fusable(conv: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def cast_as_autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """``(x, weight, bias)`` cast as CPU autocast casts a convolution's arguments, as they
+    are where it is off: for a custom operation that then runs with autocast off (the
+    casts' gradients flow back to the fp32 weights as they would)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype("cpu")
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def conv_relu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x))``, fused where :func:`_fusable`; under autocast the input and
     weights are cast as autocast casts them for a convolution (the casts' gradients
     flow back to the fp32 weights as they would)."""
     if not _fusable(conv, x):
         return torch.relu_(conv(x))
-    weight, bias = conv.weight, conv.bias
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = cast_as_autocast(x, conv.weight, conv.bias)
     if not (x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)):
         return torch.relu_(conv(x))
     with torch.autocast("cpu", enabled=False):

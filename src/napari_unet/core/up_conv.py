@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from .fused_ops import cast_as_autocast
+
 
 class _UpConvolution(torch.autograd.Function):
     """``conv_transpose(x, weight, bias, stride=kernel)`` with the weight gradient as a
@@ -84,14 +86,10 @@ def _applies(up: nn.Module, x: torch.Tensor) -> bool:
 
 def up_convolution(up: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``up(x)`` for an up-convolution module ``up``; in training on a CPU, where its
-    kernel equals its stride, with the weight gradient of :func:`weight_gradient`. Under autocast the
-    input and weights are cast as autocast casts them for a convolution."""
+    kernel equals its stride, with the weight gradient of :func:`weight_gradient`. Under
+    autocast the input and weights are cast as autocast casts them for a convolution."""
     if not _applies(up, x):
         return up(x)
-    weight, bias = up.weight, up.bias
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = cast_as_autocast(x, up.weight, up.bias)
     with torch.autocast("cpu", enabled=False):
         return _UpConvolution.apply(x, weight, bias)
