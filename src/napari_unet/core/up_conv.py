@@ -27,18 +27,15 @@ class _UpConvolution(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        kernel = list(weight.shape[2:])
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.aten.convolution(
-            x, weight, bias, kernel, [0] * len(kernel), [1] * len(kernel), True, [0] * len(kernel), 1
-        )
+        kernel, zero, unit = _arguments(weight)
+        return torch.ops.aten.convolution(x, weight, bias, kernel, zero, unit, True, zero, 1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        kernel = list(weight.shape[2:])
-        zero, unit = [0] * len(kernel), [1] * len(kernel)
+        kernel, zero, unit = _arguments(weight)
         d_x = d_weight = d_bias = None
         if ctx.needs_input_grad[0]:
             d_x = torch.ops.aten.convolution_backward(
@@ -49,6 +46,12 @@ class _UpConvolution(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = grad.sum(dim=[0, *range(2, grad.ndim)])
         return d_x, d_weight, d_bias
+
+
+def _arguments(weight: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
+    """The stride (the kernel of ``weight``), padding and dilation of the up-convolution."""
+    kernel = list(weight.shape[2:])
+    return kernel, [0] * len(kernel), [1] * len(kernel)
 
 
 def weight_gradient(x: torch.Tensor, grad: torch.Tensor, kernel: list[int]) -> torch.Tensor:
