@@ -6,12 +6,11 @@ from scipy import ndimage
 
 from napari_unet.core.augment import (
     bicubic_upsample,
-    dihedral,
-    elastic_displacement,
     fold_coordinates,
-    identity_grid,
     jitter_intensity,
     resample,
+    resample_cubic,
+    rigid_steps,
     sampling_grid,
     tile_center,
     zoom_about,
@@ -25,6 +24,25 @@ RIGID = AugmentConfig(elastic=False)
 
 def smooth_image(rng, shape, sigma=2.0):
     return ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+
+
+def identity_grid(tile_hw, center_yx):
+    """Source coordinates (2, th, tw) of the unaugmented tile centred at ``center_yx``."""
+    rows, cols = np.mgrid[: tile_hw[0], : tile_hw[1]].astype(np.float64)
+    return np.stack([rows + center_yx[0] - (tile_hw[0] - 1) / 2, cols + center_yx[1] - (tile_hw[1] - 1) / 2])
+
+
+def rigid_grid(tile_hw, center_yx, flip_y, flip_x, k):
+    """The grid of :func:`rigid_steps` about the tile centre."""
+    half = np.array([(tile_hw[0] - 1) / 2, (tile_hw[1] - 1) / 2])
+    return np.asarray(center_yx)[:, None, None] + np.tensordot(
+        rigid_steps(flip_y, flip_x, k), identity_grid(tile_hw, half) - half[:, None, None], 1
+    )
+
+
+def coarse_nodes(size, grid):
+    """The tile rows (or columns) on which the coarse displacement nodes sit."""
+    return np.linspace(0, size - 1, grid).round().astype(int)
 
 
 def dihedral_set(tile):
@@ -109,7 +127,7 @@ def test_seeded_runs_repeat_exactly():
 
 
 @pytest.mark.parametrize(("flip_y", "flip_x", "k"), list(itertools.product((False, True), (False, True), range(4))))
-def test_dihedral_grid_matches_numpy_flip_and_rot90(flip_y, flip_x, k, rng):
+def test_rigid_steps_match_numpy_flip_and_rot90(flip_y, flip_x, k, rng):
     image = rng.random((30, 30))
     center = tile_center((4, 6), (16, 16))
     tile = resample(image, identity_grid((16, 16), center), 0)
@@ -119,8 +137,25 @@ def test_dihedral_grid_matches_numpy_flip_and_rot90(flip_y, flip_x, k, rng):
     if flip_x:
         expected = np.flip(expected, 1)
     expected = np.rot90(expected, k)
-    got = resample(image, dihedral(identity_grid((16, 16), center), flip_y, flip_x, k), 0)
+    got = resample(image, rigid_grid((16, 16), center, flip_y, flip_x, k), 0)
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("config", [AugmentConfig(), AugmentConfig(elastic=False, zoom=0.2), RIGID])
+def test_the_grid_is_written_into_a_grid_sample_layout_and_viewed_as_y_then_x(config, rng):
+    """What the sampler relies on: one (th, tw, 2) array of (x, y) per pixel, which
+    ``resample`` reads as (2, th, tw) of (y, x) and ``resample_cubic`` without a copy."""
+    state = rng.bit_generator.state
+    out = np.full((21, 21, 2), np.nan, np.float32)
+    coords = sampling_grid((21, 21), (30.0, 40.0), rng, config, out=out)
+    assert coords.shape == (2, 21, 21) and np.shares_memory(coords, out)
+    assert np.array_equal(coords[0], out[..., 1]) and np.array_equal(coords[1], out[..., 0])
+    rng.bit_generator.state = state
+    assert np.array_equal(sampling_grid((21, 21), (30.0, 40.0), rng, config), coords)  # with or without ``out``
+    image = rng.random((1, 70, 80), dtype=np.float32)
+    alone = resample_cubic(image, coords)
+    stacked = resample_cubic(image, np.stack([coords, coords[:, ::-1]]))
+    assert np.array_equal(stacked[0], alone) and not np.array_equal(stacked[1], alone)
 
 
 def test_random_rigid_tiles_are_flips_and_rotations_of_the_tile(rng):
@@ -188,30 +223,40 @@ def test_rotations_without_flips(rng):
     assert seen == set(range(4))
 
 
-def test_odd_rotation_of_non_square_grid_is_refused():
-    with pytest.raises(ValueError):
-        dihedral(identity_grid((4, 6), (5.0, 5.0)), False, False, 1)
-
-
 # --- elastic deformation -------------------------------------------------------------
+
+
+ELASTIC_ONLY = AugmentConfig(flips=False, rotations=False, grid=3, elastic_std=10.0)
 
 
 def test_displacement_std_matches_config_on_coarse_nodes():
     rng = np.random.default_rng(1)
-    nodes = np.ix_([0, 32, 64], [0, 32, 64])
-    samples = np.concatenate(
-        [elastic_displacement((65, 65), rng, grid=3, std=10.0)[:, nodes[0], nodes[1]].ravel() for _ in range(300)]
-    )
+    nodes = np.ix_(coarse_nodes(65, 3), coarse_nodes(65, 3))
+    center = (40.0, 40.0)
+    displacements = [
+        sampling_grid((65, 65), center, rng, ELASTIC_ONLY) - identity_grid((65, 65), center) for _ in range(300)
+    ]
+    samples = np.concatenate([d[:, nodes[0], nodes[1]].ravel() for d in displacements])
     assert samples.size == 300 * 18
     assert abs(samples.std() - 10.0) < 0.5
     assert abs(samples.mean()) < 0.5
 
 
 def test_displacement_is_smooth_between_nodes():
-    field = elastic_displacement((65, 65), np.random.default_rng(2), grid=3, std=10.0)
+    center = (40.0, 40.0)
+    field = sampling_grid((65, 65), center, np.random.default_rng(2), ELASTIC_ONLY) - identity_grid((65, 65), center)
     step = np.abs(np.diff(field, axis=1)).max()
     # A 3x3 grid over 64 px: neighbouring pixels move by a small fraction of the std.
     assert 0 < step < 2.0
+
+
+def test_the_displacement_is_the_bicubic_interpolation_of_the_coarse_vectors():
+    center = (40.0, 40.0)
+    field = sampling_grid((65, 65), center, np.random.default_rng(3), ELASTIC_ONLY) - identity_grid((65, 65), center)
+    rng = np.random.default_rng(3)
+    rng.random(2), rng.integers(4)  # what the flips and turns draw, used or not
+    coarse = rng.normal(0.0, 10.0, (2, 3, 3))
+    np.testing.assert_allclose(field, bicubic_upsample(coarse, (65, 65)), atol=1e-4)
 
 
 def test_bicubic_upsample_equals_2d_cubic_spline(rng):

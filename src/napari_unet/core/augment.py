@@ -10,12 +10,13 @@ the sample is resampled through it, so image, target and weight map stay aligned
    sampled from a Gaussian distribution with 10 pixels standard deviation. Per-pixel
    displacements are then computed using bicubic interpolation"); when
    ``AugmentConfig.zoom`` > 0, a random zoom about the tile centre comes before the
-   elastic displacement (:func:`zoom_about`).
-2. :func:`resample` reads an array at those coordinates: order 3 (cubic spline) for
-   images, order 0 (nearest, dtype kept, no new label ids) for labels and targets,
-   order 1 for weight maps. Coordinates outside the array are mirrored like
+   elastic displacement (:func:`zoom_factor`).
+2. :func:`resample_cubic` reads the image at those coordinates (cubic convolution,
+   several tiles of one image in one call) and :func:`resample` the target and the
+   weight map (order 0: nearest, dtype kept, no new label ids; it also has orders 1
+   and 3). Coordinates outside the array are mirrored like
    ``numpy.pad(mode="reflect")``, however far out they go.
-3. :func:`jitter_intensity` varies the gray values of the image only.
+3. :func:`apply_jitter` varies the gray values of the image only.
 
 Shifts (the paper's other augmentation) come from the caller's choice of
 ``center_yx``.
@@ -48,28 +49,19 @@ def tile_center(origin_yx: tuple[float, float], tile_hw: tuple[int, int]) -> tup
     return (origin_yx[0] + (tile_hw[0] - 1) / 2, origin_yx[1] + (tile_hw[1] - 1) / 2)
 
 
-def identity_grid(tile_hw: tuple[int, int], center_yx: tuple[float, float]) -> np.ndarray:
-    """Source coordinates (2, th, tw) float64 of an unaugmented tile centred at ``center_yx``."""
-    th, tw = tile_hw
-    rows = np.arange(th) + (center_yx[0] - (th - 1) / 2)
-    cols = np.arange(tw) + (center_yx[1] - (tw - 1) / 2)
-    return np.stack(np.meshgrid(rows, cols, indexing="ij"))
-
-
-def dihedral(coords: np.ndarray, flip_y: bool, flip_x: bool, k: int) -> np.ndarray:
-    """``coords`` (2, th, tw) flipped (rows, then columns) then rotated by ``k`` x 90 degrees.
-
-    The grid itself is flipped/rotated, so sampling through the result gives exactly
-    ``np.rot90(np.flip(tile, axes), k)`` of the tile sampled through ``coords``. Odd
-    ``k`` needs a square tile.
-    """
-    if k % 2 and coords.shape[1] != coords.shape[2]:
-        raise ValueError(f"90/270 degree rotations need a square tile, got {coords.shape[1:]}")
+def rigid_steps(flip_y: bool, flip_x: bool, k: int) -> np.ndarray:
+    """How the source coordinates (y, x) change per tile row and per tile column (2, 2)
+    for a tile flipped (rows, then columns) and then turned by ``k`` x 90 degrees about
+    its centre, as ``np.rot90(np.flip(tile, axes), k)``: ``steps[:, 0]`` per row,
+    ``steps[:, 1]`` per column. Odd ``k`` needs a square tile."""
+    steps = np.eye(2)
     if flip_y:
-        coords = coords[:, ::-1, :]
+        steps[:, 0] *= -1
     if flip_x:
-        coords = coords[:, :, ::-1]
-    return np.rot90(coords, k, axes=(1, 2))
+        steps[:, 1] *= -1
+    for _ in range(k % 4):  # a quarter turn reads row i from what was column -i
+        steps = np.stack([-steps[:, 1], steps[:, 0]], axis=1)
+    return steps
 
 
 def draw_flips_and_turns(
@@ -99,13 +91,19 @@ def draw_dihedral(rng: np.random.Generator, tile_hw: tuple[int, int], config: Au
     return flip_y, flip_x, k
 
 
+def zoom_factor(rng: np.random.Generator, zoom: float) -> float:
+    """``exp(u)``, ``u`` drawn from U[-``zoom``, ``zoom``]: a factor above 1 reads a
+    larger region, so objects appear smaller. Draws one number; ``zoom`` 0 draws none
+    and returns 1."""
+    return float(np.exp(rng.uniform(-zoom, zoom))) if zoom > 0 else 1.0
+
+
 def zoom_about(coords: np.ndarray, center: Sequence[float], rng: np.random.Generator, zoom: float) -> np.ndarray:
-    """``coords`` (D, ...) scaled about ``center`` (D floats) by ``exp(u)``, ``u`` drawn
-    from U[-``zoom``, ``zoom``]: a factor above 1 reads a larger region, so objects
-    appear smaller. Draws one number; ``zoom`` 0 draws none and returns ``coords``."""
+    """``coords`` (D, ...) scaled about ``center`` (D floats) by :func:`zoom_factor`;
+    ``zoom`` 0 draws nothing and returns ``coords``."""
     if zoom <= 0:
         return coords
-    factor = float(np.exp(rng.uniform(-zoom, zoom)))
+    factor = zoom_factor(rng, zoom)
     middle = np.asarray(center, dtype=np.float64).reshape(-1, *([1] * (coords.ndim - 1)))
     return middle + (coords - middle) * factor
 
@@ -146,38 +144,54 @@ def bicubic_upsample(coarse: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def elastic_displacement(
-    tile_hw: tuple[int, int], rng: np.random.Generator, grid: int = 3, std: float = 10.0
-) -> np.ndarray:
-    """Elastic displacement field (2, th, tw) float64 in px (paper section 3.1).
-
-    Displacement vectors on a coarse ``grid`` x ``grid`` grid are drawn from
-    N(0, ``std``) px per component and interpolated bicubically to every pixel; the
-    coarse nodes sit on the tile's first/last rows and columns and evenly between.
-    """
-    coarse = rng.normal(0.0, std, (2, grid, grid))
-    return bicubic_upsample(coarse, tile_hw)
-
-
 def sampling_grid(
-    tile_hw: tuple[int, int], center_yx: tuple[float, float], rng: np.random.Generator, config: AugmentConfig
+    tile_hw: tuple[int, int],
+    center_yx: tuple[float, float],
+    rng: np.random.Generator,
+    config: AugmentConfig,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Source coordinates (2, th, tw) float32 for one augmented tile of input size ``tile_hw``.
+    """Source coordinates (2, th, tw) float32, (y, x), for one augmented tile of input
+    size ``tile_hw``.
 
-    Start from the identity grid centred at ``center_yx`` (float source coordinates;
-    see :func:`tile_center`), flip along each axis with probability 1/2 if
-    ``config.flips``, rotate by a random multiple of 90 degrees about the tile centre
-    if ``config.rotations`` (only 0/180 degrees when th != tw), zoom about the centre
-    if ``config.zoom`` (:func:`zoom_about`), then add the elastic displacement of
-    :func:`elastic_displacement` if ``config.elastic``. Feed the result to
-    :func:`resample` for every array of the sample.
+    The tile centred at ``center_yx`` (float source coordinates; see :func:`tile_center`),
+    flipped along each axis with probability 1/2 if ``config.flips``, turned by a random
+    multiple of 90 degrees about its centre if ``config.rotations`` (only 0/180 degrees
+    when th != tw), zoomed about its centre if ``config.zoom`` (:func:`zoom_factor`);
+    then, if ``config.elastic``, displaced elastically (paper section 3.1): vectors on a
+    coarse ``config.grid`` x ``config.grid`` grid whose nodes sit on the tile's
+    first/last rows and columns and evenly between, drawn from N(0, ``config.elastic_std``)
+    px per component, interpolated bicubically to every pixel (:func:`bicubic_upsample`).
+
+    The rigid part is affine in the tile's row and column and the displacement a tensor
+    product of row and column weights, so the grid is one small matrix product (rank 2
+    plus the coarse grid's rows), written into a (th, tw, 2) array of (x, y) per pixel:
+    ``out`` where given, the layout ``torch.nn.functional.grid_sample`` reads. The result
+    is a (y, x) view of it; without deformation and zoom its values are exact.
     """
+    th, tw = tile_hw
     flip_y, flip_x, k = draw_dihedral(rng, tile_hw, config)
-    coords = dihedral(identity_grid(tile_hw, center_yx), flip_y, flip_x, k)
-    coords = zoom_about(coords, center_yx, rng, config.zoom)
+    steps = rigid_steps(flip_y, flip_x, k) * zoom_factor(rng, config.zoom)
+    offset = np.asarray(center_yx, dtype=np.float64) - steps @ [(th - 1) / 2, (tw - 1) / 2]
+    # grid[:, i, j] = sum over m of per_row[m][i] * per_column[m][:, j]
+    per_row = [np.ones(th), np.arange(th, dtype=np.float64)]
+    per_column = [offset[:, None] + steps[:, 1:] * np.arange(tw), np.repeat(steps[:, :1], tw, axis=1)]
     if config.elastic and config.elastic_std > 0:
-        coords = coords + elastic_displacement(tile_hw, rng, config.grid, config.elastic_std)
-    return np.ascontiguousarray(coords, dtype=np.float32)
+        coarse = rng.normal(0.0, config.elastic_std, (2, config.grid, config.grid))
+        per_row.extend(_cubic_weights(config.grid, th).T)
+        per_column.extend(np.moveaxis(coarse @ _cubic_weights(config.grid, tw).T, 1, 0))
+    rows = np.stack(per_row, axis=1).astype(np.float32)  # (th, m)
+    columns = np.ascontiguousarray(np.stack(per_column)[:, ::-1].transpose(0, 2, 1), dtype=np.float32)  # (m, tw, 2)
+    grid = np.empty((th, tw, 2), np.float32) if out is None else out
+    torch.mm(
+        torch.from_numpy(rows), torch.from_numpy(columns).view(-1, 2 * tw), out=torch.from_numpy(grid).view(th, -1)
+    )
+    return yx_coordinates(grid)
+
+
+def yx_coordinates(grid: np.ndarray) -> np.ndarray:
+    """The (..., 2, th, tw) (y, x) view of a grid (..., th, tw, 2) of (x, y) per pixel."""
+    return np.moveaxis(grid[..., ::-1], -1, -3)
 
 
 def fold_coordinates(coords: np.ndarray, size: int, mode: str = "mirror") -> np.ndarray:
@@ -249,7 +263,8 @@ def resample(array: np.ndarray, coords: np.ndarray, order: int, *, mode: str = "
     if order == 0:
         rows = np.clip(np.floor(folded_y + 0.5).astype(np.intp), 0, hw[0] - 1)
         cols = np.clip(np.floor(folded_x + 0.5).astype(np.intp), 0, hw[1] - 1)
-        out = planes[:, rows, cols]
+        # one flat index: numpy gathers along one axis several times faster than by two index arrays
+        out = np.take(planes.reshape(len(planes), -1), rows * hw[1] + cols, axis=1)
     else:
         out = _interpolate(planes, folded_y, folded_x, order)
     return out if array.ndim == 3 else out[0]
@@ -269,34 +284,50 @@ def _interpolate(planes: np.ndarray, folded_y: np.ndarray, folded_x: np.ndarray,
 
 
 def resample_cubic(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Bicubic samples of ``image`` (C, H, W) at ``coords`` (2, th, tw) -> float32 (C, th, tw).
+    """Bicubic samples of ``image`` (C, H, W) at ``coords`` (2, th, tw) -> float32 (C, th, tw),
+    or at a stack of grids (n, 2, th, tw) -> (n, C, th, tw), in one call on all cores.
 
     Cubic convolution (Keys, a = -0.75) through ``torch.nn.functional.grid_sample``,
     with the same mirrored borders as :func:`resample` (reflection about the edge
     pixel centres, repeated as far as needed). It interpolates exactly at integer
     coordinates and runs several times faster than the spline of :func:`resample`
-    (which holds the GIL); the training sampler uses it for images.
+    (which holds the GIL); the training sampler uses it for images. Each tile's values
+    are the same whether it is sampled alone or in a stack. Coordinates that are
+    :func:`yx_coordinates` views of a contiguous grid are read without a copy.
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
     height, width = image.shape[-2:]
-    grid = np.stack(
-        [coords[1] * (2.0 / max(width - 1, 1)) - 1.0, coords[0] * (2.0 / max(height - 1, 1)) - 1.0], axis=-1
-    )
+    grids = np.moveaxis(coords, -3, -1)[..., ::-1]  # (x, y) last, as grid_sample reads them
+    grids = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
+    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=torch.float32)
+    grids = (grids * scale - 1.0).reshape(-1, *grids.shape[-3:])
     sampled = F.grid_sample(
-        torch.from_numpy(image)[None],
-        torch.from_numpy(grid.astype(np.float32))[None],
+        torch.from_numpy(image)[None].expand(len(grids), -1, -1, -1),
+        grids,
         mode="bicubic",
         padding_mode="reflection",
         align_corners=True,
     )
-    return sampled[0].numpy()
+    return sampled.numpy() if coords.ndim == 4 else sampled[0].numpy()
+
+
+def draw_jitter(rng: np.random.Generator, config: AugmentConfig) -> tuple[float, float, float]:
+    """The (scale, shift, gamma) of one :func:`jitter_intensity`: ``scale`` ~ U[1 -
+    contrast, 1 + contrast], ``shift`` ~ U[-brightness, brightness], ``log(gamma)`` ~
+    U[-gamma, gamma]; three draws, whatever the config."""
+    scale = rng.uniform(1.0 - config.contrast, 1.0 + config.contrast)
+    shift = rng.uniform(-config.brightness, config.brightness)
+    return scale, shift, float(np.exp(rng.uniform(-config.gamma, config.gamma)))
 
 
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
-    """Random gray-value variation of a normalised image (C, H, W) -> float32, same shape.
+    """Random gray-value variation of a normalised image (C, H, W) -> float32, same
+    shape: :func:`apply_jitter` with the values of :func:`draw_jitter`."""
+    return apply_jitter(np.array(image, dtype=np.float32), *draw_jitter(rng, config))
 
-    One draw per call, shared by all channels: ``scale`` ~ U[1 - contrast, 1 + contrast],
-    ``shift`` ~ U[-brightness, brightness], ``log(gamma)`` ~ U[-gamma, gamma]. Then
+
+def apply_jitter(image: np.ndarray, scale: float, shift: float, gamma: float) -> np.ndarray:
+    """``image`` (float32, any shape) varied in gray value, in place, and returned:
 
         y = x * scale + shift
         z = clip(y, 0, 1)
@@ -305,11 +336,11 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator, config: Augmen
     i.e. the gamma curve acts on the [0, 1] part of the normalised range and values
     below 0 or above 1 pass through unchanged; the map is continuous and monotonic
     non-decreasing (strictly increasing where ``scale > 0``), so the gray-value order
-    of pixels is kept. With all three config values 0 it is the identity.
+    of pixels is kept. With scale 1, shift 0 and gamma 1 it is the identity.
     """
-    scale = rng.uniform(1.0 - config.contrast, 1.0 + config.contrast)
-    shift = rng.uniform(-config.brightness, config.brightness)
-    gamma = float(np.exp(rng.uniform(-config.gamma, config.gamma)))
-    out = np.asarray(image, dtype=np.float32) * np.float32(scale) + np.float32(shift)
-    clipped = np.clip(out, 0.0, 1.0)
-    return (out - clipped + clipped ** np.float32(gamma)).astype(np.float32, copy=False)
+    image *= np.float32(scale)
+    image += np.float32(shift)
+    clipped = np.clip(image, 0.0, 1.0)
+    image -= clipped
+    image += np.power(clipped, np.float32(gamma), out=clipped)
+    return image

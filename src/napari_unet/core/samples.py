@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import geometry
-from .augment import jitter_intensity, resample, resample_cubic, sampling_grid, tile_center
+from .augment import (
+    apply_jitter,
+    draw_jitter,
+    jitter_intensity,
+    resample,
+    resample_cubic,
+    sampling_grid,
+    tile_center,
+    yx_coordinates,
+)
 from .augment3d import resample_volume, sampling_grid_3d
 from .data import PreparedPlane
 from .train_config import AugmentConfig
@@ -83,19 +92,22 @@ class SampleStream:
         (for volumes (C, tz, ty, tx), (oz, oy, ox), (oz, oy, ox))."""
         if isinstance(self.tile, tuple):
             return self._sample_volume(index)
+        batch = self.batch([index])
+        return batch.image[0], batch.target[0], batch.weights[0], batch.dropout_seeds[0]
+
+    def _draw(self, index: int, grid: np.ndarray) -> tuple[int, tuple[float, float, float], int]:
+        """Everything random about 2D sample ``index``: its sampling grid, written into
+        ``grid`` (th, tw, 2); returns its plane's index, gray-value jitter and dropout seed."""
         rng = np.random.default_rng([self.seed, index])
-        plane = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
+        plane_index = int(rng.choice(len(self.planes), p=self.plane_odds))
+        plane = self.planes[plane_index]
         flat = plane.annotated[rng.integers(len(plane.annotated))]
         centre = np.array(np.unravel_index(flat, plane.target.shape))
         centre += rng.integers(-self.output // 4, self.output // 4 + 1, size=2)
         origin = centre - self.tile // 2  # integer, so unaugmented samples are exact crops
         tile_hw = (self.tile, self.tile)
-        coords = sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), rng, self.augment)
-        inner = coords[:, self.context : self.context + self.output, self.context : self.context + self.output]
-        image = resample_cubic(plane.image, coords)
-        image = jitter_intensity(image, rng, self.augment)
-        target, weights = resample(plane.annotation, inner, order=0)  # nearest: ignore stays 0
-        return image, target, weights, int(rng.integers(2**63))
+        sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), rng, self.augment, out=grid)
+        return plane_index, draw_jitter(rng, self.augment), int(rng.integers(2**63))
 
     def _sample_volume(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """One volume sample: centred near a random annotated voxel (so every crop holds
@@ -115,14 +127,33 @@ class SampleStream:
         return image, target, weights, int(rng.integers(2**63))
 
     def batch(self, indices: Sequence[int]) -> Batch:
-        """The samples with these global indices, stacked."""
-        samples = [self.sample(index) for index in indices]
-        return Batch(
-            image=np.stack([s[0] for s in samples]).astype(np.float32),
-            target=np.stack([s[1] for s in samples]).astype(np.int64),
-            weights=np.stack([s[2] for s in samples]).astype(np.float32),
-            dropout_seeds=tuple(s[3] for s in samples),
-        )
+        """The samples with these global indices, stacked. Planes: each sample's grid
+        drawn alone, then the images of all samples of one plane in one call (image
+        bicubic, target and weights nearest, then the gray-value jitter)."""
+        if isinstance(self.tile, tuple):
+            samples = [self._sample_volume(index) for index in indices]
+            return Batch(
+                image=np.stack([s[0] for s in samples]).astype(np.float32),
+                target=np.stack([s[1] for s in samples]).astype(np.int64),
+                weights=np.stack([s[2] for s in samples]).astype(np.float32),
+                dropout_seeds=tuple(s[3] for s in samples),
+            )
+        count, tile, output = len(indices), self.tile, self.output
+        grids = np.empty((count, tile, tile, 2), np.float32)
+        drawn = [self._draw(index, grids[position]) for position, index in enumerate(indices)]
+        image = np.empty((count, self.planes[0].image.shape[0], tile, tile), np.float32)
+        target = np.empty((count, output, output), np.int64)
+        weights = np.empty((count, output, output), np.float32)
+        for plane_index in sorted({plane_index for plane_index, _, _ in drawn}):
+            members = [position for position, (p, _, _) in enumerate(drawn) if p == plane_index]
+            image[members] = resample_cubic(self.planes[plane_index].image, yx_coordinates(grids[members]))
+        inner = slice(self.context, self.context + output)
+        for position, (plane_index, jitter, _) in enumerate(drawn):
+            apply_jitter(image[position], *jitter)
+            window = yx_coordinates(grids[position, inner, inner])
+            # nearest: ignore stays 0
+            target[position], weights[position] = resample(self.planes[plane_index].annotation, window, order=0)
+        return Batch(image, target, weights, tuple(seed for _, _, seed in drawn))
 
 
 def default_tile(depth: int, output: int = 128) -> int:
