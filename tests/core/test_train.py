@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 import napari_unet as nu
 from napari_unet import UNet, load_model
 from napari_unet.core.checkpoint import load_state
-from napari_unet.core.optimisation import weighted_cross_entropy
+from napari_unet.core.optimisation import lay_out_like_weights, make_optimizer, weighted_cross_entropy
 from napari_unet.core.progress import drive
 from napari_unet.core.train import Trainer, iter_train
 from napari_unet.core.train_config import AugmentConfig, TrainConfig
@@ -294,6 +295,34 @@ def test_the_memory_layout_changes_results_by_rounding_only():
     np.testing.assert_allclose(last.losses, first.losses, rtol=1e-5)
     for (name, a), b in zip(last.model.state_dict().items(), first.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_adam_is_fused_and_its_state_is_laid_out_as_the_weights_it_updates():
+    """torch's fused Adam reads a weight and its moments as flat memory: moments read
+    back channels-first for channels-last weights updated the wrong elements."""
+    model = tiny_model()
+    optimizer = make_optimizer(model, FAST)
+    assert optimizer.param_groups[0]["fused"]
+    model.to(memory_format=torch.channels_last)
+    twin = copy.deepcopy(model)
+    twin_optimizer = make_optimizer(twin, FAST)
+    for weights, opt in ((model, optimizer), (twin, twin_optimizer)):
+        for p in weights.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+    state = twin_optimizer.state_dict()
+    for moments in state["state"].values():
+        moments["exp_avg"], moments["exp_avg_sq"] = moments["exp_avg"].contiguous(), moments["exp_avg_sq"].contiguous()
+    twin_optimizer.load_state_dict(state)  # as a resumed run reads it
+    lay_out_like_weights(twin_optimizer)
+    for weights, opt in ((model, optimizer), (twin, twin_optimizer)):
+        for p in weights.parameters():
+            p.grad = torch.linspace(-1, 1, p.numel()).view(p.shape)
+        opt.step()
+    kernel = next(p for p in twin.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    assert twin_optimizer.state[kernel]["exp_avg"].stride() == kernel.stride() != kernel.contiguous().stride()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_a_cpu_draws_its_samples_in_the_step(monkeypatch):

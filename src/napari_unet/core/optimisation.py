@@ -30,13 +30,30 @@ def weighted_cross_entropy(
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """``config.optimizer`` ("adam" or "sgd" with momentum) over ``model``'s parameters,
-    at ``config``'s peak learning rate and weight decay."""
-    params = model.parameters()
+    at ``config``'s peak learning rate and weight decay. Adam runs torch's fused kernel
+    (one pass over all weights instead of a dozen small operations per tensor) where
+    the weights are float tensors on one CPU or GPU; a checkpoint's optimiser state
+    keeps the kernel it was written with, so resumed runs repeat exactly."""
+    params = list(model.parameters())
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
         )
-    return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    devices = {p.device.type for p in params}
+    fused = len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None)
+
+
+def lay_out_like_weights(optimizer: torch.optim.Optimizer) -> None:
+    """Lay each per-weight tensor of ``optimizer``'s state (Adam's moments, momentum)
+    out in memory as its weight is (e.g. channels-last), copying those that differ.
+    Fused kernels read a weight and its state as flat memory, so a state read back
+    channels-first from a checkpoint would update the wrong elements of a
+    channels-last weight (and elementwise updates over mismatched strides are slower)."""
+    for weight, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == weight.shape and value.stride() != weight.stride():
+                state[key] = torch.empty_like(weight, dtype=value.dtype).copy_(value)
 
 
 def scheduled_learning_rate(config: TrainConfig, peak: float, step: int, seconds: float = 0.0) -> float:

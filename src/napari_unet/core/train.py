@@ -45,7 +45,7 @@ from .memory import reuse_freed_memory
 from .metrics import combine, match_instances, pixel_iou
 from .model import UNet
 from .object_size import CompleteObjects, fitted_instances
-from .optimisation import make_optimizer, scheduled_learning_rate
+from .optimisation import lay_out_like_weights, make_optimizer, scheduled_learning_rate
 from .predict import segment
 from .prefetch import BatchPrefetcher
 from .progress import drive
@@ -270,6 +270,7 @@ class Trainer:
         )
         started = time.perf_counter() - self.seconds
         self.model.to(memory_format=self.layout)  # back to channels-first when training stops
+        lay_out_like_weights(self.optimizer)  # a resumed run's state was read channels-first
         between_steps = True  # whether the state is exactly that after self.step steps
         checkpoints = None
         if self.checkpoint_path is not None and self.group.is_main:
