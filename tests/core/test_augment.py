@@ -385,6 +385,28 @@ def test_cubic_convolution_resampling_is_exact_on_the_grid_and_mirrors_like_nump
     np.testing.assert_allclose(resample_cubic(image, coords), expected, atol=1e-5)
 
 
+def test_cubic_convolution_gives_the_same_values_on_any_number_of_threads():
+    """Tiles are split into bands of rows to keep all threads busy; bands join seamlessly."""
+    import torch
+
+    from napari_unet.core.augment import resample_cubic
+
+    rng = np.random.default_rng(5)
+    image = rng.random((2, 40, 50)).astype(np.float32)
+    coords = sampling_grid((21, 21), (20.0, 25.0), rng, AugmentConfig())
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3, 6):
+            torch.set_num_threads(count)
+            results.append((resample_cubic(image, coords), resample_cubic(image, np.stack([coords, coords[:, ::-1]]))))
+    finally:
+        torch.set_num_threads(threads)
+    for alone, stacked in results:
+        assert np.array_equal(alone, results[0][0]) and np.array_equal(stacked, results[0][1])
+        assert np.array_equal(stacked[0], alone)
+
+
 def test_cubic_convolution_stays_close_to_the_spline_on_smooth_images():
     from napari_unet.core.augment import resample, resample_cubic
 

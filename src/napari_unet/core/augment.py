@@ -301,13 +301,20 @@ def resample_cubic(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
     grids = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
     scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=torch.float32)
     grids = (grids * scale - 1.0).reshape(-1, *grids.shape[-3:])
+    count, rows, columns = grids.shape[:3]
+    # grid_sample spreads the tiles of its batch over the threads: tiles split into
+    # bands of rows where there are fewer tiles than threads
+    bands = min(-(-torch.get_num_threads() // count), rows)
+    while rows % bands:
+        bands -= 1
     sampled = F.grid_sample(
-        torch.from_numpy(image)[None].expand(len(grids), -1, -1, -1),
-        grids,
+        torch.from_numpy(image)[None].expand(count * bands, -1, -1, -1),
+        grids.view(count * bands, rows // bands, columns, 2),
         mode="bicubic",
         padding_mode="reflection",
         align_corners=True,
     )
+    sampled = sampled.view(count, bands, -1, rows // bands, columns).transpose(1, 2).reshape(count, -1, rows, columns)
     return sampled.numpy() if coords.ndim == 4 else sampled[0].numpy()
 
 
