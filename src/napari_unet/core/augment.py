@@ -283,33 +283,34 @@ def _interpolate(planes: np.ndarray, folded_y: np.ndarray, folded_x: np.ndarray,
     return out
 
 
-def resample_cubic(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+def resample_cubic(image: np.ndarray, coords: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Bicubic samples of ``image`` (C, H, W) at ``coords`` (2, th, tw) -> float32 (C, th, tw),
-    or at a stack of grids (n, 2, th, tw) -> (n, C, th, tw), in one call on all cores.
+    or at a stack of grids (n, 2, th, tw) -> (n, C, th, tw), in one call.
 
     Cubic convolution (Keys, a = -0.75) through ``torch.nn.functional.grid_sample``,
     with the same mirrored borders as :func:`resample` (reflection about the edge
     pixel centres, repeated as far as needed). It interpolates exactly at integer
     coordinates and runs several times faster than the spline of :func:`resample`
-    (which holds the GIL); the training sampler uses it for images. Each tile's values
-    are the same whether it is sampled alone or in a stack. Coordinates that are
-    :func:`yx_coordinates` views of a contiguous grid are read without a copy.
+    (which holds the GIL); the training sampler uses it for images. grid_sample spreads
+    the tiles of its stack over ``threads`` (default: torch's thread count; pass 1 from
+    threads that already run side by side), so fewer tiles than threads are split into
+    bands of rows; a tile's values are the same alone, in a stack or in bands.
+    Coordinates that are :func:`yx_coordinates` views of a contiguous grid are read
+    without a copy.
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
     height, width = image.shape[-2:]
     grids = np.moveaxis(coords, -3, -1)[..., ::-1]  # (x, y) last, as grid_sample reads them
-    grids = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
-    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=torch.float32)
-    grids = (grids * scale - 1.0).reshape(-1, *grids.shape[-3:])
+    scale = np.array([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=np.float32)
+    grids = np.multiply(grids, scale, dtype=np.float32).reshape(-1, *grids.shape[-3:])
+    grids -= 1.0
     count, rows, columns = grids.shape[:3]
-    # grid_sample spreads the tiles of its batch over the threads: tiles split into
-    # bands of rows where there are fewer tiles than threads
-    bands = min(-(-torch.get_num_threads() // count), rows)
+    bands = min(-(-(threads or torch.get_num_threads()) // count), rows)
     while rows % bands:
         bands -= 1
     sampled = F.grid_sample(
         torch.from_numpy(image)[None].expand(count * bands, -1, -1, -1),
-        grids.view(count * bands, rows // bands, columns, 2),
+        torch.from_numpy(grids).view(count * bands, rows // bands, columns, 2),
         mode="bicubic",
         padding_mode="reflection",
         align_corners=True,

@@ -44,7 +44,7 @@ class BatchPrefetcher:
             self._drop(keep=wanted)
             for key in wanted:
                 if key not in self._ahead:
-                    self._ahead[key] = self._pool.submit(stream.batch, list(key))
+                    self._ahead[key] = self._pool.submit(stream.batch, list(key), 1)  # the threads run side by side
         return batch
 
     def _drop(self, keep: Sequence[tuple[int, ...]]) -> None:

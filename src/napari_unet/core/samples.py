@@ -126,10 +126,11 @@ class SampleStream:
         target, weights = resample_volume(volume.annotation, inner, order=0)  # nearest: ignore stays 0
         return image, target, weights, int(rng.integers(2**63))
 
-    def batch(self, indices: Sequence[int]) -> Batch:
+    def batch(self, indices: Sequence[int], threads: int | None = None) -> Batch:
         """The samples with these global indices, stacked. Planes: each sample's grid
-        drawn alone, then the images of all samples of one plane in one call (image
-        bicubic, target and weights nearest, then the gray-value jitter)."""
+        drawn alone, then the images of all samples of one plane in one call on
+        ``threads`` threads (see :func:`~.augment.resample_cubic`), target and weights
+        nearest, then the gray-value jitter."""
         if isinstance(self.tile, tuple):
             samples = [self._sample_volume(index) for index in indices]
             return Batch(
@@ -146,7 +147,7 @@ class SampleStream:
         weights = np.empty((count, output, output), np.float32)
         for plane_index in sorted({plane_index for plane_index, _, _ in drawn}):
             members = [position for position, (p, _, _) in enumerate(drawn) if p == plane_index]
-            image[members] = resample_cubic(self.planes[plane_index].image, yx_coordinates(grids[members]))
+            image[members] = resample_cubic(self.planes[plane_index].image, yx_coordinates(grids[members]), threads)
         inner = slice(self.context, self.context + output)
         for position, (plane_index, jitter, _) in enumerate(drawn):
             apply_jitter(image[position], *jitter)
