@@ -7,7 +7,7 @@ import torch
 
 import napari_unet as nu
 from napari_unet._sample_data import nuclei_volume
-from napari_unet.core.augment3d import elastic_displacement_3d, resample_volume, rigid, sampling_grid_3d
+from napari_unet.core.augment3d import resample_volume, rigid_steps_3d, sampling_grid_3d
 from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig
 from napari_unet.core.data import PreparedPlane, TrainingDataError, prepare
 from napari_unet.core.geometry import model_axes
@@ -40,15 +40,32 @@ def coded_volume(shape, code):
     return PreparedPlane(image=values[None], annotation=annotation, annotated=np.arange(values.size))
 
 
-def test_rigid_transforms_are_flips_and_in_plane_quarter_turns(rng):
-    tile = rng.normal(size=(3, 5, 6, 6))
-    for fz, fy, fx, k in [(True, False, False, 1), (False, True, True, 3), (True, True, False, 2)]:
-        expected = tile
-        for axis, flip in zip((1, 2, 3), (fz, fy, fx)):
+def identity_grid_3d(tile, center):
+    """Source coordinates (3, tz, ty, tx) of the unaugmented tile centred at ``center``."""
+    grid = np.mgrid[: tile[0], : tile[1], : tile[2]].astype(np.float64)
+    return grid + (np.asarray(center, dtype=np.float64) - (np.asarray(tile) - 1) / 2)[:, None, None, None]
+
+
+def test_rigid_steps_are_flips_and_in_plane_quarter_turns(rng):
+    volume = rng.normal(size=(9, 12, 12))
+    tile, center = (5, 6, 6), (4.0, 5.5, 6.5)
+    identity = identity_grid_3d(tile, center)
+    crop = resample_volume(volume, identity, order=0)
+    half = (np.asarray(tile) - 1) / 2
+    for fz, fy, fx, k in [
+        (True, False, False, 1),
+        (False, True, True, 3),
+        (True, True, False, 2),
+        (False, False, True, 0),
+    ]:
+        expected = crop
+        for axis, flip in enumerate((fz, fy, fx)):
             expected = np.flip(expected, axis) if flip else expected
-        np.testing.assert_array_equal(rigid(tile, fz, fy, fx, k), np.rot90(expected, k, axes=(2, 3)))
-    with pytest.raises(ValueError, match="equal y and x"):
-        rigid(rng.normal(size=(3, 4, 5, 6)), False, False, False, 1)
+        steps = rigid_steps_3d(fz, fy, fx, k)
+        coords = np.asarray(center)[:, None, None, None] + np.tensordot(
+            steps, identity_grid_3d(tile, half) - half[:, None, None, None], 1
+        )
+        np.testing.assert_array_equal(resample_volume(volume, coords, order=0), np.rot90(expected, k, axes=(1, 2)))
 
 
 def test_rigid_3d_samples_keep_image_target_and_weights_exactly_aligned():
@@ -86,16 +103,22 @@ def test_elastic_3d_samples_stay_aligned_within_rounding():
 
 
 def test_elastic_field_is_smooth_and_physical_along_z():
-    rng = np.random.default_rng(0)
-    field = elastic_displacement_3d((20, 30, 30), rng, grid=3, std=10.0)
-    assert field.shape == (3, 20, 30, 30) and np.abs(np.diff(field, axis=3)).max() < 3.0
-    iso = [elastic_displacement_3d((9, 9, 9), np.random.default_rng(s), 3, 10.0)[:, ::4, ::4, ::4] for s in range(30)]
-    aniso = [
-        elastic_displacement_3d((9, 9, 9), np.random.default_rng(s), 3, 10.0, (2.5, 1.0, 1.0))[:, ::4, ::4, ::4]
-        for s in range(30)
-    ]
-    np.testing.assert_allclose(np.stack(aniso)[:, 0], np.stack(iso)[:, 0] / 2.5)  # fewer voxels along coarse z
-    np.testing.assert_allclose(np.stack(aniso)[:, 1:], np.stack(iso)[:, 1:])
+    elastic = AugmentConfig(flips=False, rotations=False, grid=3, elastic_std=10.0)
+
+    def field(tile, seed, spacing=None):
+        center = (20.0, 20.0, 20.0)
+        grid = sampling_grid_3d(tile, center, np.random.default_rng(seed), elastic, spacing)
+        return grid - identity_grid_3d(tile, center)
+
+    smooth = field((20, 30, 30), 0)
+    # nodes 14.5 voxels apart: neighbouring voxels move by a fraction of the std (a field
+    # drawn voxel by voxel would jump by about 14)
+    assert smooth.shape == (3, 20, 30, 30) and np.abs(np.diff(smooth, axis=3)).max() < 5.0
+    iso = [field((9, 9, 9), s)[:, ::4, ::4, ::4] for s in range(30)]
+    aniso = [field((9, 9, 9), s, (2.5, 1.0, 1.0))[:, ::4, ::4, ::4] for s in range(30)]
+    # fewer voxels along coarse z
+    np.testing.assert_allclose(np.stack(aniso)[:, 0], np.stack(iso)[:, 0] / 2.5, atol=1e-5)
+    np.testing.assert_allclose(np.stack(aniso)[:, 1:], np.stack(iso)[:, 1:], atol=1e-5)
     assert 7 < np.std(np.stack(iso)) < 13
 
 

@@ -28,14 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, zoom_about
+from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, rigid_steps, zoom_factor
 from .train_config import AugmentConfig
-
-
-def identity_grid_3d(tile: Sequence[int], center: Sequence[float]) -> np.ndarray:
-    """Source coordinates (3, tz, ty, tx) float64 of an unaugmented tile centred at ``center``."""
-    axes = [np.arange(n) + (c - (n - 1) / 2) for n, c in zip(tile, center)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"))
 
 
 def draw_rigid(rng: np.random.Generator, tile: Sequence[int], config: AugmentConfig) -> tuple[bool, bool, bool, int]:
@@ -46,45 +40,15 @@ def draw_rigid(rng: np.random.Generator, tile: Sequence[int], config: AugmentCon
     return flip_z, flip_y, flip_x, k
 
 
-def rigid(coords: np.ndarray, flip_z: bool, flip_y: bool, flip_x: bool, k: int) -> np.ndarray:
-    """``coords`` (3, tz, ty, tx) flipped along z, y, x and then turned ``k`` quarter
-    turns in the (y, x) plane: sampling through the result gives
-    ``np.rot90(np.flip(tile, axes), k, axes=(1, 2))`` of the tile sampled through ``coords``."""
-    if k % 2 and coords.shape[2] != coords.shape[3]:
-        raise ValueError(f"90/270 degree rotations need equal y and x sizes, got {coords.shape[1:]}")
-    for axis, flip in zip((1, 2, 3), (flip_z, flip_y, flip_x)):
-        if flip:
-            coords = np.flip(coords, axis)
-    return np.rot90(coords, k, axes=(2, 3))
-
-
-def tricubic_upsample(coarse: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
-    """Interpolate ``coarse`` (..., gz, gy, gx) with cubic splines to (..., Z, Y, X), the
-    nodes spanning the output (separable, as the 2D ``bicubic_upsample``). float64."""
-    coarse = np.asarray(coarse, dtype=np.float64)
-    wz, wy, wx = (_cubic_weights(g, n) for g, n in zip(coarse.shape[-3:], out_shape))
-    return np.einsum("...abc,za,yb,xc->...zyx", coarse, wz, wy, wx, optimize=True)
-
-
-def elastic_displacement_3d(
-    tile: Sequence[int],
-    rng: np.random.Generator,
-    grid: int = 3,
-    std: float = 10.0,
-    spacing: Sequence[float] | None = None,
-) -> np.ndarray:
-    """Elastic displacement field (3, tz, ty, tx) float64 in voxels.
-
-    Vectors on a coarse ``grid``^3 lattice are drawn from N(0, ``std``) in units of
-    the finest spacing (in-plane pixels) and interpolated with cubic splines; along
-    an axis with a coarser ``spacing`` the displacement in voxels is smaller by that
-    ratio.
-    """
-    coarse = rng.normal(0.0, std, (3, grid, grid, grid))
-    if spacing is not None:
-        finest = min(spacing)
-        coarse *= np.array([finest / s for s in spacing])[:, None, None, None]
-    return tricubic_upsample(coarse, tile)
+def rigid_steps_3d(flip_z: bool, flip_y: bool, flip_x: bool, k: int) -> np.ndarray:
+    """How the source coordinates (z, y, x) change per tile step along z, y and x
+    (the columns of a 3 x 3 array) for a tile flipped along z, y and x and then turned
+    by ``k`` quarter turns in the (y, x) plane, as ``np.rot90(np.flip(tile, axes), k,
+    axes=(1, 2))``. Odd ``k`` needs equal y and x sizes."""
+    steps = np.zeros((3, 3))
+    steps[0, 0] = -1.0 if flip_z else 1.0
+    steps[1:, 1:] = rigid_steps(flip_y, flip_x, k)
+    return steps
 
 
 def sampling_grid_3d(
@@ -94,13 +58,46 @@ def sampling_grid_3d(
     config: AugmentConfig,
     spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Source coordinates (3, tz, ty, tx) float32 for one augmented tile of input size ``tile``."""
+    """Source coordinates (3, tz, ty, tx) float32, (z, y, x), for one augmented tile of
+    input size ``tile`` centred at ``center``.
+
+    Flips and turns of :func:`rigid_steps_3d` as ``config`` allows them (see
+    :func:`draw_rigid`), the zoom of :func:`~.augment.zoom_factor` about the centre, and
+    the elastic displacement: vectors on a coarse ``config.grid``^3 lattice spanning the
+    tile, drawn from N(0, ``config.elastic_std``) in units of the finest spacing (so
+    along an axis with a coarser ``spacing`` the displacement in voxels is smaller by
+    that ratio), interpolated with cubic splines. As in 2D (:func:`~.augment.sampling_grid`)
+    the grid is one small matrix product, (tile planes x 2 + grid) times (2 + grid x
+    the plane's voxels and coordinates); the result is a (z, y, x) view of a
+    (tz, ty, tx, 3) array of (x, y, z) per voxel, exact without deformation and zoom.
+    """
     flip_z, flip_y, flip_x, k = draw_rigid(rng, tile, config)
-    coords = rigid(identity_grid_3d(tile, center), flip_z, flip_y, flip_x, k)
-    coords = zoom_about(coords, center, rng, config.zoom)
+    steps = rigid_steps_3d(flip_z, flip_y, flip_x, k) * zoom_factor(rng, config.zoom)
+    depth, height, width = tile
+    offset = np.asarray(center, dtype=np.float64) - steps @ [(n - 1) / 2 for n in tile]
+    # grid[:, z, y, x] = sum over m of per_plane[m][z] * in_plane[m][:, y, x]
+    rows, columns = np.arange(height)[:, None], np.arange(width)[None, :]
+    per_plane = [np.ones(depth), np.arange(depth, dtype=np.float64)]
+    in_plane = [
+        offset[:, None, None] + steps[:, 1, None, None] * rows + steps[:, 2, None, None] * columns,
+        np.broadcast_to(steps[:, 0, None, None], (3, height, width)),
+    ]
     if config.elastic and config.elastic_std > 0:
-        coords = coords + elastic_displacement_3d(tile, rng, config.grid, config.elastic_std, spacing)
-    return np.ascontiguousarray(coords, dtype=np.float32)
+        coarse = rng.normal(0.0, config.elastic_std, (3, config.grid, config.grid, config.grid))
+        if spacing is not None:
+            coarse *= np.array([min(spacing) / s for s in spacing])[:, None, None, None]
+        along_z, along_y, along_x = (_cubic_weights(config.grid, n) for n in tile)
+        per_plane.extend(along_z.T)
+        in_plane.extend(np.einsum("cabd,yb,xd->acyx", coarse, along_y, along_x))
+    planes = np.stack(per_plane, axis=1).astype(np.float32)  # (depth, m)
+    voxels = np.ascontiguousarray(np.stack(in_plane)[:, ::-1].transpose(0, 2, 3, 1), dtype=np.float32)  # (m, y, x, 3)
+    grid = np.empty((depth, height, width, 3), np.float32)
+    torch.mm(
+        torch.from_numpy(planes),
+        torch.from_numpy(voxels).view(len(in_plane), -1),
+        out=torch.from_numpy(grid).view(depth, -1),
+    )
+    return np.moveaxis(grid[..., ::-1], -1, 0)
 
 
 def resample_volume(array: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
