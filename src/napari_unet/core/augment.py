@@ -173,20 +173,30 @@ def sampling_grid(
     flip_y, flip_x, k = draw_dihedral(rng, tile_hw, config)
     steps = rigid_steps(flip_y, flip_x, k) * zoom_factor(rng, config.zoom)
     offset = np.asarray(center_yx, dtype=np.float64) - steps @ [(th - 1) / 2, (tw - 1) / 2]
-    # grid[:, i, j] = sum over m of per_row[m][i] * per_column[m][:, j]
+    # grid[:, i, j] = sum over m of per_row[m][i] * per_column[m][:, j] (see grid_product)
     per_row = [np.ones(th), np.arange(th, dtype=np.float64)]
     per_column = [offset[:, None] + steps[:, 1:] * np.arange(tw), np.repeat(steps[:, :1], tw, axis=1)]
     if config.elastic and config.elastic_std > 0:
         coarse = rng.normal(0.0, config.elastic_std, (2, config.grid, config.grid))
         per_row.extend(_cubic_weights(config.grid, th).T)
         per_column.extend(np.moveaxis(coarse @ _cubic_weights(config.grid, tw).T, 1, 0))
-    rows = np.stack(per_row, axis=1).astype(np.float32)  # (th, m)
-    columns = np.ascontiguousarray(np.stack(per_column)[:, ::-1].transpose(0, 2, 1), dtype=np.float32)  # (m, tw, 2)
-    grid = np.empty((th, tw, 2), np.float32) if out is None else out
+    return yx_coordinates(grid_product(per_row, per_column, out))
+
+
+def grid_product(first: list[np.ndarray], rest: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """The sampling grid ``sum over m of first[m][i] * rest[m][:, ...]`` (``first``: arrays
+    (n,) along the tile's first axis; ``rest``: arrays (D, ...) of the D coordinates over
+    its other axes) as one float32 matrix product, written into ``out`` (n, ..., D) with
+    the coordinates in reverse order (x first), the layout ``grid_sample`` reads."""
+    along_first = np.stack(first, axis=1).astype(np.float32)  # (n, m)
+    across = np.ascontiguousarray(np.moveaxis(np.stack(rest)[:, ::-1], 1, -1), dtype=np.float32)  # (m, ..., D)
+    grid = np.empty((len(along_first), *across.shape[1:]), np.float32) if out is None else out
     torch.mm(
-        torch.from_numpy(rows), torch.from_numpy(columns).view(-1, 2 * tw), out=torch.from_numpy(grid).view(th, -1)
+        torch.from_numpy(along_first),
+        torch.from_numpy(across).view(len(rest), -1),
+        out=torch.from_numpy(grid).view(len(grid), -1),
     )
-    return yx_coordinates(grid)
+    return grid
 
 
 def yx_coordinates(grid: np.ndarray) -> np.ndarray:

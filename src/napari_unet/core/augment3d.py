@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, rigid_steps, zoom_factor
+from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, grid_product, rigid_steps, zoom_factor
 from .train_config import AugmentConfig
 
 
@@ -75,7 +75,7 @@ def sampling_grid_3d(
     steps = rigid_steps_3d(flip_z, flip_y, flip_x, k) * zoom_factor(rng, config.zoom)
     depth, height, width = tile
     offset = np.asarray(center, dtype=np.float64) - steps @ [(n - 1) / 2 for n in tile]
-    # grid[:, z, y, x] = sum over m of per_plane[m][z] * in_plane[m][:, y, x]
+    # grid[:, z, y, x] = sum over m of per_plane[m][z] * in_plane[m][:, y, x] (see grid_product)
     rows, columns = np.arange(height)[:, None], np.arange(width)[None, :]
     per_plane = [np.ones(depth), np.arange(depth, dtype=np.float64)]
     in_plane = [
@@ -89,14 +89,7 @@ def sampling_grid_3d(
         along_z, along_y, along_x = (_cubic_weights(config.grid, n) for n in tile)
         per_plane.extend(along_z.T)
         in_plane.extend(np.einsum("cabd,yb,xd->acyx", coarse, along_y, along_x))
-    planes = np.stack(per_plane, axis=1).astype(np.float32)  # (depth, m)
-    voxels = np.ascontiguousarray(np.stack(in_plane)[:, ::-1].transpose(0, 2, 3, 1), dtype=np.float32)  # (m, y, x, 3)
-    grid = np.empty((depth, height, width, 3), np.float32)
-    torch.mm(
-        torch.from_numpy(planes),
-        torch.from_numpy(voxels).view(len(in_plane), -1),
-        out=torch.from_numpy(grid).view(depth, -1),
-    )
+    grid = grid_product(per_plane, in_plane)  # (depth, height, width, 3) of (x, y, z)
     return np.moveaxis(grid[..., ::-1], -1, 0)
 
 
