@@ -98,16 +98,6 @@ def zoom_factor(rng: np.random.Generator, zoom: float) -> float:
     return float(np.exp(rng.uniform(-zoom, zoom))) if zoom > 0 else 1.0
 
 
-def zoom_about(coords: np.ndarray, center: Sequence[float], rng: np.random.Generator, zoom: float) -> np.ndarray:
-    """``coords`` (D, ...) scaled about ``center`` (D floats) by :func:`zoom_factor`;
-    ``zoom`` 0 draws nothing and returns ``coords``."""
-    if zoom <= 0:
-        return coords
-    factor = zoom_factor(rng, zoom)
-    middle = np.asarray(center, dtype=np.float64).reshape(-1, *([1] * (coords.ndim - 1)))
-    return middle + (coords - middle) * factor
-
-
 @functools.lru_cache(maxsize=64)
 def _cubic_weights(n_nodes: int, n_out: int) -> np.ndarray:
     """Matrix (n_out, n_nodes): cubic-spline interpolation from nodes to ``n_out`` samples.
