@@ -162,15 +162,27 @@ def sampling_grid(
     th, tw = tile_hw
     flip_y, flip_x, k = draw_dihedral(rng, tile_hw, config)
     steps = rigid_steps(flip_y, flip_x, k) * zoom_factor(rng, config.zoom)
-    offset = np.asarray(center_yx, dtype=np.float64) - steps @ [(th - 1) / 2, (tw - 1) / 2]
     # grid[:, i, j] = sum over m of per_row[m][i] * per_column[m][:, j] (see grid_product)
-    per_row = [np.ones(th), np.arange(th, dtype=np.float64)]
-    per_column = [offset[:, None] + steps[:, 1:] * np.arange(tw), np.repeat(steps[:, :1], tw, axis=1)]
+    per_row, per_column = rigid_factors(tile_hw, center_yx, steps)
     if config.elastic and config.elastic_std > 0:
         coarse = rng.normal(0.0, config.elastic_std, (2, config.grid, config.grid))
         per_row.extend(_cubic_weights(config.grid, th).T)
         per_column.extend(np.moveaxis(coarse @ _cubic_weights(config.grid, tw).T, 1, 0))
     return yx_coordinates(grid_product(per_row, per_column, out))
+
+
+def rigid_factors(tile: Sequence[int], center: Sequence[float], steps: np.ndarray) -> tuple[list, list]:
+    """The rigid grid ``center + steps @ (index - (tile - 1) / 2)`` over a tile (2D or
+    3D; ``steps`` (D, D) from :func:`rigid_steps`, scaled by the zoom) as the factors of
+    :func:`grid_product`: along the first axis 1 and the index, over the other axes the
+    offset plus their steps, and the first axis' step."""
+    dims = len(tile)
+    column = (dims, *[1] * (dims - 1))  # a (D, 1, ..) array broadcast over the other axes
+    across = (np.asarray(center, dtype=np.float64) - steps @ [(n - 1) / 2 for n in tile]).reshape(column)
+    for axis, index in enumerate(np.ix_(*[np.arange(n) for n in tile[1:]]), start=1):
+        across = across + steps[:, axis].reshape(column) * index
+    first_step = np.broadcast_to(steps[:, 0].reshape(column), (dims, *tile[1:]))
+    return [np.ones(tile[0]), np.arange(tile[0], dtype=np.float64)], [across, first_step]
 
 
 def grid_product(first: list[np.ndarray], rest: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:

@@ -28,7 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import _cubic_weights, draw_flips_and_turns, fold_coordinates, grid_product, rigid_steps, zoom_factor
+from .augment import (
+    _cubic_weights,
+    draw_flips_and_turns,
+    fold_coordinates,
+    grid_product,
+    rigid_factors,
+    rigid_steps,
+    zoom_factor,
+)
 from .train_config import AugmentConfig
 
 
@@ -73,15 +81,8 @@ def sampling_grid_3d(
     """
     flip_z, flip_y, flip_x, k = draw_rigid(rng, tile, config)
     steps = rigid_steps_3d(flip_z, flip_y, flip_x, k) * zoom_factor(rng, config.zoom)
-    depth, height, width = tile
-    offset = np.asarray(center, dtype=np.float64) - steps @ [(n - 1) / 2 for n in tile]
     # grid[:, z, y, x] = sum over m of per_plane[m][z] * in_plane[m][:, y, x] (see grid_product)
-    rows, columns = np.arange(height)[:, None], np.arange(width)[None, :]
-    per_plane = [np.ones(depth), np.arange(depth, dtype=np.float64)]
-    in_plane = [
-        offset[:, None, None] + steps[:, 1, None, None] * rows + steps[:, 2, None, None] * columns,
-        np.broadcast_to(steps[:, 0, None, None], (3, height, width)),
-    ]
+    per_plane, in_plane = rigid_factors(tile, center, steps)
     if config.elastic and config.elastic_std > 0:
         coarse = rng.normal(0.0, config.elastic_std, (3, config.grid, config.grid, config.grid))
         if spacing is not None:
