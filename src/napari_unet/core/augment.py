@@ -312,9 +312,12 @@ def resample_cubic(image: np.ndarray, coords: np.ndarray, threads: int | None = 
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
     height, width = image.shape[-2:]
-    grids = np.moveaxis(coords, -3, -1)[..., ::-1]  # (x, y) last, as grid_sample reads them
-    scale = np.array([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=np.float32)
-    grids = np.multiply(grids, scale, dtype=np.float32).reshape(-1, *grids.shape[-3:])
+    pixels = np.moveaxis(coords, -3, -1)[..., ::-1]  # (x, y) last, as grid_sample reads them
+    grids = np.empty(pixels.shape, np.float32)
+    # x and y each times a scalar: numpy multiplies by a broadcast pair 20x slower
+    for axis, size in enumerate((width, height)):
+        np.multiply(pixels[..., axis], np.float32(2.0 / max(size - 1, 1)), out=grids[..., axis], dtype=np.float32)
+    grids = grids.reshape(-1, *grids.shape[-3:])
     grids -= 1.0
     count, rows, columns = grids.shape[:3]
     bands = min(-(-(threads or torch.get_num_threads()) // count), rows)
