@@ -8,14 +8,15 @@ from napari_unet.core.augment import (
     bicubic_upsample,
     fold_coordinates,
     jitter_intensity,
-    resample,
     resample_cubic,
+    resample_nearest,
     rigid_steps,
     sampling_grid,
     tile_center,
     zoom_factor,
 )
 from napari_unet.core.config import IGNORE_LABEL
+from napari_unet.core.tiling import reflect_index
 from napari_unet.core.train_config import AugmentConfig
 
 STILL = AugmentConfig(elastic=False, flips=False, rotations=False, contrast=0.0, brightness=0.0, gamma=0.0)
@@ -38,6 +39,14 @@ def rigid_grid(tile_hw, center_yx, flip_y, flip_x, k):
     return np.asarray(center_yx)[:, None, None] + np.tensordot(
         rigid_steps(flip_y, flip_x, k), identity_grid(tile_hw, half) - half[:, None, None], 1
     )
+
+
+def nearest(array, coords):
+    """``array`` (H, W) or (C, H, W) read at its pixels nearest to ``coords`` (2, th, tw),
+    through the training sampler's :func:`resample_nearest` (float32)."""
+    planes = np.asarray(array, np.float32).reshape(-1, *np.shape(array)[-2:])
+    out = resample_nearest(planes, coords)
+    return out if np.ndim(array) == 3 else out[0]
 
 
 def coarse_nodes(size, grid):
@@ -66,27 +75,25 @@ def test_no_augmentation_is_identity_resampling(rng):
     center = tile_center((5, 7), (24, 31))
     coords = sampling_grid((24, 31), center, rng, STILL)
     assert coords.dtype == np.float32 and coords.shape == (2, 24, 31)
-    assert np.array_equal(resample(labels, coords, 0), labels[5:29, 7:38])
-    np.testing.assert_allclose(resample(image, coords, 3), image[5:29, 7:38], atol=1e-5)
-    np.testing.assert_allclose(resample(image, coords, 1), image[5:29, 7:38], atol=1e-6)
+    assert np.array_equal(nearest(labels, coords), labels[5:29, 7:38])
+    np.testing.assert_allclose(resample_cubic(image[None], coords)[0], image[5:29, 7:38], atol=1e-5)
 
 
 def test_coordinates_are_y_then_x():
-    ramp = np.add.outer(0.5 * np.arange(30.0), 0.25 * np.arange(40.0))
-    coords = np.stack([np.full((3, 3), 10.3), np.full((3, 3), 20.6)])
-    np.testing.assert_allclose(resample(ramp, coords, 1), 0.5 * 10.3 + 0.25 * 20.6, atol=1e-5)
+    ramp = np.add.outer(0.5 * np.arange(30.0), 0.25 * np.arange(40.0)).astype(np.float32)[None]
+    coords = np.stack([np.full((3, 3), 10.3), np.full((3, 3), 20.6)]).astype(np.float32)
+    # cubic convolution with a = -0.75 bends a ramp by a few hundredths; x then y would give 12.875
+    np.testing.assert_allclose(resample_cubic(ramp, coords), 0.5 * 10.3 + 0.25 * 20.6, atol=0.05)
 
 
 # --- labels, shapes, dtypes, seeds ---------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int8])
-def test_labels_keep_dtype_and_get_no_new_ids(dtype, rng):
-    low = 0 if np.dtype(dtype).kind == "u" else IGNORE_LABEL
-    labels = ndimage.zoom(rng.integers(low, 9, (8, 8)), 6, order=0).astype(dtype)
+def test_labels_get_no_new_ids(rng):
+    labels = ndimage.zoom(rng.integers(IGNORE_LABEL, 9, (8, 8)), 6, order=0)
     coords = sampling_grid((45, 45), (20.0, 25.0), rng, AugmentConfig(elastic_std=15.0))
-    out = resample(labels, coords, 0)
-    assert out.dtype == labels.dtype and out.shape == (45, 45)
+    out = nearest(labels, coords)
+    assert out.shape == (45, 45)
     assert set(np.unique(out)) <= set(np.unique(labels))
     assert len(np.unique(out)) > 3
 
@@ -95,21 +102,17 @@ def test_shapes_and_dtypes(rng):
     coords = sampling_grid((20, 28), (30.0, 30.0), rng, AugmentConfig())
     assert coords.shape == (2, 20, 28)
     stack = rng.random((3, 60, 60), dtype=np.float32)
-    assert resample(stack, coords, 3).shape == (3, 20, 28)
-    assert resample(stack, coords, 3).dtype == np.float32
-    assert resample(stack, coords, 0).dtype == np.float32
-    assert resample(stack.astype(np.float64), coords, 1).dtype == np.float64
-    assert resample((stack[0] * 1000).astype(np.uint16), coords, 3).dtype == np.float32
-    with pytest.raises(ValueError):
-        resample(stack[None], coords, 1)
+    for resampled in (resample_cubic(stack, coords), resample_nearest(stack, coords)):
+        assert resampled.shape == (3, 20, 28) and resampled.dtype == np.float32
+    assert resample_cubic((stack * 1000).astype(np.uint16), coords).dtype == np.float32
 
 
 def test_channels_are_resampled_alike(rng):
-    plane = smooth_image(rng, (50, 50))
+    plane = smooth_image(rng, (50, 50)).astype(np.float32)
     coords = sampling_grid((30, 30), (25.0, 25.0), rng, AugmentConfig())
-    stacked = resample(np.stack([plane, 2 * plane]), coords, 3)
-    np.testing.assert_allclose(stacked[0], resample(plane, coords, 3))
-    np.testing.assert_allclose(stacked[1], 2 * stacked[0], rtol=1e-12)
+    stacked = resample_cubic(np.stack([plane, 2 * plane]), coords)
+    np.testing.assert_array_equal(stacked[0], resample_cubic(plane[None], coords)[0])
+    np.testing.assert_allclose(stacked[1], 2 * stacked[0], rtol=1e-6)
 
 
 def test_seeded_runs_repeat_exactly():
@@ -130,21 +133,21 @@ def test_seeded_runs_repeat_exactly():
 def test_rigid_steps_match_numpy_flip_and_rot90(flip_y, flip_x, k, rng):
     image = rng.random((30, 30))
     center = tile_center((4, 6), (16, 16))
-    tile = resample(image, identity_grid((16, 16), center), 0)
+    tile = nearest(image, identity_grid((16, 16), center))
     expected = tile
     if flip_y:
         expected = np.flip(expected, 0)
     if flip_x:
         expected = np.flip(expected, 1)
     expected = np.rot90(expected, k)
-    got = resample(image, rigid_grid((16, 16), center, flip_y, flip_x, k), 0)
+    got = nearest(image, rigid_grid((16, 16), center, flip_y, flip_x, k))
     assert np.array_equal(got, expected)
 
 
 @pytest.mark.parametrize("config", [AugmentConfig(), AugmentConfig(elastic=False, zoom=0.2), RIGID])
 def test_the_grid_is_written_into_a_grid_sample_layout_and_viewed_as_y_then_x(config, rng):
     """What the sampler relies on: one (th, tw, 2) array of (x, y) per pixel, which
-    ``resample`` reads as (2, th, tw) of (y, x) and ``resample_cubic`` without a copy."""
+    ``resample_cubic`` and ``resample_nearest`` read as (2, th, tw) of (y, x) without a copy."""
     state = rng.bit_generator.state
     out = np.full((21, 21, 2), np.nan, np.float32)
     coords = sampling_grid((21, 21), (30.0, 40.0), rng, config, out=out)
@@ -161,10 +164,9 @@ def test_the_grid_is_written_into_a_grid_sample_layout_and_viewed_as_y_then_x(co
 def test_random_rigid_tiles_are_flips_and_rotations_of_the_tile(rng):
     image = rng.random((40, 40))
     center = tile_center((3, 9), (12, 12))
-    candidates = dihedral_set(resample(image, identity_grid((12, 12), center), 0))
+    candidates = dihedral_set(nearest(image, identity_grid((12, 12), center)))
     seen = {
-        matching_transform(resample(image, sampling_grid((12, 12), center, rng, RIGID), 0), candidates)
-        for _ in range(80)
+        matching_transform(nearest(image, sampling_grid((12, 12), center, rng, RIGID)), candidates) for _ in range(80)
     }
     assert seen == set(range(8))
 
@@ -180,7 +182,7 @@ def test_zoom_rescales_objects_about_the_tile_centre_within_its_range(rng):
     config = AugmentConfig(elastic=False, flips=False, rotations=False, zoom=zoom)
     radii = []
     for _ in range(40):
-        tile = resample(disk, sampling_grid((101, 101), center, rng, config), 0)
+        tile = nearest(disk, sampling_grid((101, 101), center, rng, config))
         radii.append(np.sqrt(tile.sum() / np.pi))
         y, x = ndimage.center_of_mass(tile)
         assert abs(y - 50) < 0.5 and abs(x - 50) < 0.5
@@ -200,11 +202,10 @@ def test_zoom_must_be_between_0_and_1():
 def test_non_square_tiles_are_only_flipped_or_half_turned(rng):
     image = rng.random((40, 40))
     center = tile_center((2, 5), (10, 14))
-    candidates = dihedral_set(resample(image, identity_grid((10, 14), center), 0))
+    candidates = dihedral_set(nearest(image, identity_grid((10, 14), center)))
     assert len(candidates) == 4
     seen = {
-        matching_transform(resample(image, sampling_grid((10, 14), center, rng, RIGID), 0), candidates)
-        for _ in range(40)
+        matching_transform(nearest(image, sampling_grid((10, 14), center, rng, RIGID)), candidates) for _ in range(40)
     }
     assert seen == set(range(4))
 
@@ -212,12 +213,11 @@ def test_non_square_tiles_are_only_flipped_or_half_turned(rng):
 def test_rotations_without_flips(rng):
     image = rng.random((30, 30))
     center = tile_center((0, 0), (20, 20))
-    tile = resample(image, identity_grid((20, 20), center), 0)
+    tile = nearest(image, identity_grid((20, 20), center))
     rotations = [np.rot90(tile, k) for k in range(4)]
     config = AugmentConfig(elastic=False, flips=False)
     seen = {
-        matching_transform(resample(image, sampling_grid((20, 20), center, rng, config), 0), rotations)
-        for _ in range(30)
+        matching_transform(nearest(image, sampling_grid((20, 20), center, rng, config)), rotations) for _ in range(30)
     }
     assert seen == set(range(4))
 
@@ -280,14 +280,13 @@ def test_elastic_grid_deforms_by_about_the_std(rng):
 
 
 def test_mirroring_matches_numpy_reflect_far_outside_a_tiny_image():
-    tiny = np.arange(12).reshape(3, 4)
+    tiny = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
     pad = 40
-    padded = np.pad(tiny, pad, mode="reflect")
+    padded = np.pad(tiny[0], pad, mode="reflect")
     rows, cols = np.mgrid[-33:36, -31:38]
-    got = resample(tiny, np.stack([rows, cols]).astype(np.float32), 0)
-    assert np.array_equal(got, padded[rows + pad, cols + pad])
-    cubic = resample(tiny.astype(np.float64), np.stack([rows, cols]).astype(np.float64), 3)
-    np.testing.assert_allclose(cubic, padded[rows + pad, cols + pad], atol=1e-9)
+    coords = np.stack([rows, cols]).astype(np.float32)
+    assert np.array_equal(resample_nearest(tiny, coords)[0], padded[rows + pad, cols + pad])
+    np.testing.assert_allclose(resample_cubic(tiny, coords)[0], padded[rows + pad, cols + pad], atol=1e-4)
 
 
 def test_folding_gives_the_values_of_the_mod_formula_bit_for_bit(rng):
@@ -305,37 +304,25 @@ def test_folding_gives_the_values_of_the_mod_formula_bit_for_bit(rng):
             assert np.array_equal(folded, expected) and np.array_equal(np.signbit(folded), np.signbit(expected))
 
 
-def test_fractional_mirroring_matches_padded_interpolation(rng):
-    tiny = rng.random((3, 4))
+def test_fractional_mirroring_matches_interpolation_of_the_padded_image(rng):
+    """Between pixels too, and however far out: the image's mirror is the padded image."""
+    tiny = rng.random((1, 3, 4), dtype=np.float32)
     pad = 36  # a multiple of both mirror half-periods (H - 1 = 2, W - 1 = 3)
-    padded = np.pad(tiny, pad, mode="reflect")
-    coords = rng.uniform(-30, 33, (2, 25, 25))
-    for order in (1, 3):
-        got = resample(tiny, coords, order)
-        ref = ndimage.map_coordinates(padded, coords + pad, order=order, mode="mirror")
-        np.testing.assert_allclose(got, ref, atol=1e-9)
+    padded = np.pad(tiny, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    coords = rng.uniform(-30, 33, (2, 25, 25)).astype(np.float32)
+    inside = coords + np.float32(pad)  # the same points of the padded image, all away from its border
+    np.testing.assert_allclose(resample_cubic(tiny, coords), resample_cubic(padded, inside), atol=1e-5)
+    off_ties = (np.abs(coords % 1 - 0.5) > 1e-3).all(0)
+    got, expected = resample_nearest(tiny, coords), resample_nearest(padded, inside)
+    assert np.array_equal(got[:, off_ties], expected[:, off_ties])
 
 
-def test_single_pixel_axis_and_nearest_mode():
-    column = np.arange(5.0)[:, None]
-    coords = np.stack(np.meshgrid(np.arange(-7, 12.0), np.arange(-3, 4.0), indexing="ij"))
-    np.testing.assert_allclose(resample(column, coords, 1), np.pad(column, ((7, 7), (0, 0)), "reflect")[:, [0] * 7])
-    edge = resample(column, coords, 0, mode="nearest")
-    assert np.array_equal(edge[:, 0], np.clip(np.arange(-7, 12), 0, 4))
-    with pytest.raises(ValueError):
-        resample(column, coords, 0, mode="wrap")
-
-
-# --- cropping optimisation ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("center", [(150.0, 150.0), (4.0, 290.0), (-30.0, 320.0)])
-@pytest.mark.parametrize("order", [1, 3])
-def test_cropped_sampling_equals_whole_image_sampling(center, order, rng):
-    image = rng.random((300, 320))
-    coords = sampling_grid((64, 64), center, rng, AugmentConfig(elastic_std=12.0)).astype(np.float64)
-    ref = ndimage.map_coordinates(image, coords, order=order, mode="mirror")
-    np.testing.assert_allclose(resample(image, coords, order), ref, atol=1e-8)
+def test_an_axis_of_one_pixel_reads_that_pixel():
+    column = np.arange(5, dtype=np.float32)[None, :, None]
+    coords = np.stack(np.meshgrid(np.arange(-7, 12.0), np.arange(-3, 4.0), indexing="ij")).astype(np.float32)
+    expected = np.pad(column[0], ((7, 7), (0, 0)), "reflect")[:, [0] * 7]
+    assert np.array_equal(resample_nearest(column, coords)[0], expected)
+    np.testing.assert_allclose(resample_cubic(column, coords)[0], expected, atol=1e-4)
 
 
 # --- gray values ----------------------------------------------------------------------
@@ -376,8 +363,6 @@ def test_cubic_convolution_resampling_is_exact_on_the_grid_and_mirrors_like_nump
     image = rng.random((2, 9, 13)).astype(np.float32)
     rows, cols = np.meshgrid(np.arange(-20, 30), np.arange(-25, 40), indexing="ij")
     coords = np.stack([rows, cols]).astype(np.float32)
-    from napari_unet.core.tiling import reflect_index
-
     expected = image[:, reflect_index(rows, 9), reflect_index(cols, 13)]
     np.testing.assert_allclose(resample_cubic(image, coords), expected, atol=1e-5)
 
@@ -395,8 +380,29 @@ def test_cubic_convolution_gives_the_same_values_on_any_number_of_threads():
         assert np.array_equal(resample_cubic(image, stack, threads), stacked)
 
 
+def test_nearest_resampling_keeps_values_and_mirrors_like_numpy():
+    """Targets and weights of training samples: values kept (labels, ignore, weights), the
+    pixel nearest the mirrored coordinate, on non-square images; stacks and threads alike."""
+    rng = np.random.default_rng(6)
+    annotation = np.stack([rng.integers(-1, 3, (9, 13)), rng.random((9, 13)) * 10]).astype(np.float32)
+    rows, cols = np.meshgrid(np.arange(-20, 30), np.arange(-25, 40), indexing="ij")
+    on_pixels = np.stack([rows, cols]).astype(np.float32)
+    expected = annotation[:, reflect_index(rows, 9), reflect_index(cols, 13)]
+    assert np.array_equal(resample_nearest(annotation, on_pixels), expected)
+    # off the pixel centres: the pixel the folded coordinate rounds to, away from half-pixel ties
+    coords = (rng.random((2, 40, 40)) * 60 - 20).astype(np.float32)
+    folded = [np.floor(fold_coordinates(c, n) + 0.5).astype(int) for c, n in zip(coords, (9, 13))]
+    off_ties = (np.abs(coords % 1 - 0.5) > 1e-3).all(0)
+    got = resample_nearest(annotation, coords)
+    assert np.array_equal(got[:, off_ties], annotation[:, folded[0], folded[1]][:, off_ties])
+    stack = np.stack([coords, on_pixels[:, :40, :40]])
+    for threads in (1, 2, 3):
+        assert np.array_equal(resample_nearest(annotation, stack, threads)[0], got)
+
+
 def test_cubic_convolution_stays_close_to_the_spline_on_smooth_images():
     yy, xx = np.mgrid[:64, :64]
     smooth = (np.sin(yy / 7.0) * np.cos(xx / 5.0)).astype(np.float32)[None]
     coords = (np.random.default_rng(0).random((2, 30, 30)) * 60 + 1).astype(np.float32)
-    np.testing.assert_allclose(resample_cubic(smooth, coords), resample(smooth, coords, order=3), atol=1e-2)
+    spline = ndimage.map_coordinates(smooth[0], coords, order=3, mode="mirror")
+    np.testing.assert_allclose(resample_cubic(smooth, coords)[0], spline, atol=1e-2)

@@ -11,11 +11,11 @@ the sample is resampled through it, so image, target and weight map stay aligned
    displacements are then computed using bicubic interpolation"); when
    ``AugmentConfig.zoom`` > 0, a random zoom about the tile centre comes before the
    elastic displacement (:func:`zoom_factor`).
-2. :func:`resample_cubic` reads the image at those coordinates (cubic convolution,
-   several tiles of one image in one call) and :func:`resample` the target and the
-   weight map (order 0: nearest, dtype kept, no new label ids; it also has orders 1
-   and 3). Coordinates outside the array are mirrored like
-   ``numpy.pad(mode="reflect")``, however far out they go.
+2. :func:`resample_cubic` reads the image at those coordinates (cubic convolution)
+   and :func:`resample_nearest` the target and the weight map (nearest pixel, values
+   kept, no new label ids), several tiles of one image in one call each. Coordinates
+   outside the array are mirrored like ``numpy.pad(mode="reflect")``, however far out
+   they go.
 3. :func:`apply_jitter` varies the gray values of the image only.
 
 Shifts (the paper's other augmentation) come from the caller's choice of
@@ -33,12 +33,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .train_config import AugmentConfig
-
-#: Extra source pixels kept around the sampled region before cubic interpolation.
-#: The cubic spline prefilter is a recursive filter whose influence decays like
-#: (2 - sqrt(3))**k = 0.268**k over k pixels, so cropping this far from the
-#: sampled region changes results by a relative ~1e-9 at most.
-SPLINE_MARGIN = 16
 
 
 def tile_center(origin_yx: tuple[float, float], tile_hw: tuple[int, int]) -> tuple[float, float]:
@@ -206,23 +200,18 @@ def yx_coordinates(grid: np.ndarray) -> np.ndarray:
     return np.moveaxis(grid[..., ::-1], -1, -3)
 
 
-def fold_coordinates(coords: np.ndarray, size: int, mode: str = "mirror") -> np.ndarray:
-    """Map float coordinates along one axis of length ``size`` into ``[0, size - 1]``.
-
-    ``mode="mirror"`` reflects about the first and last pixel centres without
-    repeating them (``numpy.pad(mode="reflect")``, scipy's ``"mirror"``), repeated
-    with period ``2 * (size - 1)`` so any distance works; ``mode="nearest"`` clamps.
+def fold_coordinates(coords: np.ndarray, size: int) -> np.ndarray:
+    """Map float coordinates along one axis of length ``size`` into ``[0, size - 1]``
+    (float64), reflected about the first and last pixel centres without repeating them
+    (``numpy.pad(mode="reflect")``, scipy's ``"mirror"``), repeated with period
+    ``2 * (size - 1)`` so any distance works.
     """
-    if mode not in ("mirror", "nearest"):
-        raise ValueError(f"mode must be 'mirror' or 'nearest', got {mode!r}")
     coords = np.asarray(coords, dtype=np.float64)
     last = size - 1
     if last == 0:
         return np.zeros_like(coords)
     if coords.size == 0 or (coords.min() >= 0 and coords.max() <= last):
         return coords  # the common case of a tile inside the image: nothing to fold
-    if mode == "nearest":
-        return np.clip(coords, 0.0, last)
     # numpy's mod of floats is fmod plus the period where the two differ in sign, and
     # several times slower than the two steps written out (the same values)
     period = 2.0 * last
@@ -233,83 +222,37 @@ def fold_coordinates(coords: np.ndarray, size: int, mode: str = "mirror") -> np.
     return np.subtract(last, folded, out=folded)
 
 
-def _bounding_box(folded_y: np.ndarray, folded_x: np.ndarray, hw: tuple[int, int], margin: int):
-    """Slices (rows, cols) covering the folded coordinates plus ``margin`` px, inside the image."""
-    y0 = max(int(np.floor(folded_y.min())) - margin, 0)
-    y1 = min(int(np.ceil(folded_y.max())) + margin + 1, hw[0])
-    x0 = max(int(np.floor(folded_x.min())) - margin, 0)
-    x1 = min(int(np.ceil(folded_x.max())) + margin + 1, hw[1])
-    return slice(y0, y1), slice(x0, x1)
-
-
-def _output_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64; everything else interpolates to float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
-
-
-def resample(array: np.ndarray, coords: np.ndarray, order: int, *, mode: str = "mirror") -> np.ndarray:
-    """Sample ``array`` (H, W) or (C, H, W) at ``coords`` (2, th, tw) -> (th, tw) or (C, th, tw).
-
-    ``order=0``: nearest pixel, by direct indexing; the dtype and the set of values
-    are kept (use it for labels and targets, including ``IGNORE_LABEL``).
-    ``order=1``: bilinear (weight maps). ``order=3``: cubic spline (images; may
-    overshoot slightly). Orders >= 1 return float32 (float64 for float64 input).
-
-    Outside the array, ``mode="mirror"`` reflects without repeating the edge pixel
-    (``numpy.pad(mode="reflect")``), as often as needed; ``mode="nearest"`` clamps
-    coordinates to the edge pixel (splines near the edge still use mirror boundary
-    conditions). Coordinates are folded into the array first and the source is
-    cropped to their bounding box (plus ``SPLINE_MARGIN`` px for order >= 2) before
-    interpolating, so the cost scales with the tile, not the image; the crop changes
-    cubic results only by a relative ~1e-9.
-    """
-    array = np.asarray(array)
-    if array.ndim not in (2, 3):
-        raise ValueError(f"array must be (H, W) or (C, H, W), got shape {array.shape}")
-    if coords.ndim != 3 or coords.shape[0] != 2:
-        raise ValueError(f"coords must be (2, th, tw), got shape {coords.shape}")
-    planes = array if array.ndim == 3 else array[None]
-    hw = planes.shape[1:]
-    folded_y = fold_coordinates(coords[0], hw[0], mode)
-    folded_x = fold_coordinates(coords[1], hw[1], mode)
-    if order == 0:
-        rows = np.clip(np.floor(folded_y + 0.5).astype(np.intp), 0, hw[0] - 1)
-        cols = np.clip(np.floor(folded_x + 0.5).astype(np.intp), 0, hw[1] - 1)
-        # one flat index: numpy gathers along one axis several times faster than by two index arrays
-        out = np.take(planes.reshape(len(planes), -1), rows * hw[1] + cols, axis=1)
-    else:
-        out = _interpolate(planes, folded_y, folded_x, order)
-    return out if array.ndim == 3 else out[0]
-
-
-def _interpolate(planes: np.ndarray, folded_y: np.ndarray, folded_x: np.ndarray, order: int) -> np.ndarray:
-    """Spline interpolation of ``planes`` (C, H, W) at in-range coordinates, on a cropped source."""
-    margin = SPLINE_MARGIN if order >= 2 else 1
-    rows, cols = _bounding_box(folded_y, folded_x, planes.shape[1:], margin)
-    dtype = _output_dtype(planes.dtype)
-    local = np.stack([folded_y - rows.start, folded_x - cols.start])
-    out = np.empty((planes.shape[0], *folded_y.shape), dtype)
-    for channel, plane in enumerate(planes):
-        source = np.asarray(plane[rows, cols], dtype=dtype)
-        ndimage.map_coordinates(source, local, output=out[channel], order=order, mode="mirror")
-    return out
-
-
 def resample_cubic(image: np.ndarray, coords: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Bicubic samples of ``image`` (C, H, W) at ``coords`` (2, th, tw) -> float32 (C, th, tw),
     or at a stack of grids (n, 2, th, tw) -> (n, C, th, tw), in one call.
 
     Cubic convolution (Keys, a = -0.75) through ``torch.nn.functional.grid_sample``,
-    with the same mirrored borders as :func:`resample` (reflection about the edge
-    pixel centres, repeated as far as needed). It interpolates exactly at integer
-    coordinates and runs several times faster than the spline of :func:`resample`
-    (which holds the GIL); the training sampler uses it for images. grid_sample spreads
+    mirrored at the borders (reflection about the edge pixel centres, repeated as far
+    as needed, :func:`fold_coordinates`). It interpolates exactly at integer
+    coordinates and runs several times faster than scipy's cubic spline (which holds
+    the GIL); the training sampler uses it for images. grid_sample spreads
     the tiles of its stack over ``threads`` (default: torch's thread count; pass 1 from
     threads that already run side by side), so fewer tiles than threads are split into
     bands of rows; a tile's values are the same alone, in a stack or in bands.
     Coordinates that are :func:`yx_coordinates` views of a contiguous grid are read
     without a copy.
     """
+    return _grid_sample(image, coords, "bicubic", threads)
+
+
+def resample_nearest(image: np.ndarray, coords: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """The nearest pixels of ``image`` (C, H, W) at ``coords`` as :func:`resample_cubic`
+    takes them -> float32, values kept (targets and weight maps), borders mirrored.
+
+    The pixel is that of the coordinate rounded after the mirror fold, half-pixels to
+    even (as grid_sample rounds, in float32).
+    """
+    return _grid_sample(image, coords, "nearest", threads)
+
+
+def _grid_sample(image: np.ndarray, coords: np.ndarray, mode: str, threads: int | None) -> np.ndarray:
+    """``grid_sample`` of ``image`` at pixel ``coords`` (2, th, tw) or (n, 2, th, tw), mirrored,
+    the tiles of a stack (or bands of a lone tile's rows) spread over ``threads``."""
     image = np.ascontiguousarray(image, dtype=np.float32)
     height, width = image.shape[-2:]
     pixels = np.moveaxis(coords, -3, -1)[..., ::-1]  # (x, y) last, as grid_sample reads them
@@ -326,7 +269,7 @@ def resample_cubic(image: np.ndarray, coords: np.ndarray, threads: int | None = 
     sampled = F.grid_sample(
         torch.from_numpy(image)[None].expand(count * bands, -1, -1, -1),
         torch.from_numpy(grids).view(count * bands, rows // bands, columns, 2),
-        mode="bicubic",
+        mode=mode,
         padding_mode="reflection",
         align_corners=True,
     )

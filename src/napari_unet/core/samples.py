@@ -17,8 +17,8 @@ from .augment import (
     apply_jitter,
     draw_jitter,
     jitter_intensity,
-    resample,
     resample_cubic,
+    resample_nearest,
     sampling_grid,
     tile_center,
     yx_coordinates,
@@ -129,8 +129,8 @@ class SampleStream:
     def batch(self, indices: Sequence[int], threads: int | None = None) -> Batch:
         """The samples with these global indices, stacked. Planes: each sample's grid
         drawn alone, then the images of all samples of one plane in one call on
-        ``threads`` threads (see :func:`~.augment.resample_cubic`), target and weights
-        nearest, then the gray-value jitter."""
+        ``threads`` threads (see :func:`~.augment.resample_cubic`), their targets and
+        weights likewise (nearest pixel), then the gray-value jitter."""
         if isinstance(self.tile, tuple):
             samples = [self._sample_volume(index) for index in indices]
             return Batch(
@@ -145,15 +145,16 @@ class SampleStream:
         image = np.empty((count, self.planes[0].image.shape[0], tile, tile), np.float32)
         target = np.empty((count, output, output), np.int64)
         weights = np.empty((count, output, output), np.float32)
+        inner = slice(self.context, self.context + output)
         for plane_index in sorted({plane_index for plane_index, _, _ in drawn}):
             members = [position for position, (p, _, _) in enumerate(drawn) if p == plane_index]
-            image[members] = resample_cubic(self.planes[plane_index].image, yx_coordinates(grids[members]), threads)
-        inner = slice(self.context, self.context + output)
-        for position, (plane_index, jitter, _) in enumerate(drawn):
+            plane, member_grids = self.planes[plane_index], grids[members]
+            image[members] = resample_cubic(plane.image, yx_coordinates(member_grids), threads)
+            # target and weights over the output's window, nearest: ignore stays 0
+            annotation = resample_nearest(plane.annotation, yx_coordinates(member_grids[:, inner, inner]), threads)
+            target[members], weights[members] = annotation[:, 0], annotation[:, 1]
+        for position, (_, jitter, _) in enumerate(drawn):
             apply_jitter(image[position], *jitter)
-            window = yx_coordinates(grids[position, inner, inner])
-            # nearest: ignore stays 0
-            target[position], weights[position] = resample(self.planes[plane_index].annotation, window, order=0)
         return Batch(image, target, weights, tuple(seed for _, _, seed in drawn))
 
 
