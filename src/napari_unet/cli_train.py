@@ -375,7 +375,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.augment.zoom,
         help="random zoom of each sample by exp(U[-ZOOM, ZOOM]) (0.25: 0.78-1.28x; default 0: none)",
     )
-    add("--seed", type=int, default=defaults.seed, help="initial weights and samples (default: %(default)s)")
+    add(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="initial weights and samples (default: %(default)s); exact repeats also need the same --threads",
+    )
     add(
         "--decay-by-time",
         action="store_true",

@@ -132,7 +132,9 @@ def _training_argv(folder: Path, image, labels) -> list[str]:
     np.save(folder / "lab.npy", labels)
     argv = ["train", str(folder / "img.npy"), "--labels", str(folder / "lab.npy"), "--out", str(folder / "m")]
     argv += ["--steps", "100000", "--minutes", "2", "--base-channels", "4", "--depth", "2", "--tile", "60"]
-    return [*argv, "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--seed", "5"]
+    argv += ["--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--seed", "5"]
+    # the thread count of the checks below: batch normalisation's sums depend on it
+    return [*argv, "--threads", str(torch.get_num_threads())]
 
 
 def _check_stopped_run_resumes_exactly(argv, image, labels):
