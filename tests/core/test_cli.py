@@ -390,7 +390,7 @@ def test_a_bug_surfaces_as_a_traceback_not_as_bad_input(tmp_path, model_file, mo
 
 
 def test_seed_makes_training_repeatable(tmp_path, annotated_files):
-    """With the same thread count: batch normalisation sums over the threads (README,
+    """With the same thread count: some sums are split over the threads (README,
     "Guarantees"), and without --threads the count follows the machine's load."""
     image, labels = annotated_files[0]
     for name in ("first", "second"):

@@ -66,6 +66,38 @@ def test_request_stop_ends_between_steps_and_resuming_is_exact(tmp_path):
     assert_same_weights(resumed.model, alone)
 
 
+def test_resuming_on_another_number_of_cpu_threads_says_how_to_continue_exactly(tmp_path, caplog):
+    """Some sums are split over the threads: a run resumed on another thread count ends
+    within rounding of the uninterrupted one, and the warning names the count that
+    continues it exactly; on the same count (or from a checkpoint without one) nothing."""
+    images, labels = nuclei()
+    checkpoint = tmp_path / "run.ckpt"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(1)
+        first = Trainer(nu.UNet(base_channels=4, depth=2), images, labels, FAST, checkpoint_path=checkpoint)
+        run_steps(first, 3)
+        assert load_state(checkpoint)["threads"] == 1
+        for count, warned in ((2, True), (1, False)):
+            torch.set_num_threads(count)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="napari_unet"):
+                Trainer.resume(checkpoint, images, labels)
+            said = "ran on 1 CPU thread(s) and goes on on 2" in caplog.text and "--threads 1" in caplog.text
+            assert said == warned, caplog.text
+        state = load_state(checkpoint)
+        del state["threads"]  # a checkpoint of an earlier version
+        save_state(checkpoint, state)
+        torch.set_num_threads(2)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="napari_unet"):
+            Trainer.resume(checkpoint, images, labels)
+        assert "thread" not in caplog.text
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_resumed_run_ends_with_the_best_validated_weights_as_the_uninterrupted_one(tmp_path, monkeypatch):
     """Validation every 2 steps scores best at step 4; the run is stopped at step 6."""
     from napari_unet.core.train_events import ValidationResult
@@ -133,7 +165,7 @@ def _training_argv(folder: Path, image, labels) -> list[str]:
     argv = ["train", str(folder / "img.npy"), "--labels", str(folder / "lab.npy"), "--out", str(folder / "m")]
     argv += ["--steps", "100000", "--minutes", "2", "--base-channels", "4", "--depth", "2", "--tile", "60"]
     argv += ["--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--seed", "5"]
-    # the thread count of the checks below: batch normalisation's sums depend on it
+    # the thread count of the checks below: sums split over threads depend on it
     return [*argv, "--threads", str(torch.get_num_threads())]
 
 

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from .best_weights import BestWeights
 from .checkpoint import ModelFileError, model_state
 from .devices import resolve_device
@@ -41,6 +43,8 @@ def checkpoint_record(trainer: Trainer) -> dict:
         "losses": trainer.losses,
         "validation": trainer.best.to_state(),
         "data": trainer.data_digest,
+        # a CPU run's sums split over its threads: the count an exact continuation needs
+        **({"threads": torch.get_num_threads()} if trainer.device.type == "cpu" else {}),
     }
 
 
@@ -73,7 +77,9 @@ def restore_progress(trainer: Trainer, state: dict, path: str | Path) -> None:
     """Give ``trainer`` (made with the checkpoint's model and settings) the optimiser
     state, step, clock, losses and best validation that ``state`` recorded. Raises
     :class:`ModelFileError` when they cannot be restored; warns when ``trainer``'s data
-    differ from the checkpoint's."""
+    differ from the checkpoint's, or when a CPU run goes on on another number of
+    threads than it ran on (some sums are split over the threads, so it then ends
+    within rounding of an uninterrupted run, not bit for bit)."""
     try:
         with weights_lock(trainer.model):
             trainer.optimizer.load_state_dict(state["optimizer"])
@@ -88,6 +94,18 @@ def restore_progress(trainer: Trainer, state: dict, path: str | Path) -> None:
             "the training images or labels differ from those %s was started with: the run goes on with these, "
             "so it ends where an uninterrupted run on the old data would not",
             path,
+        )
+    recorded, threads = state.get("threads"), torch.get_num_threads()
+    if trainer.device.type == "cpu" and isinstance(recorded, int) and recorded != threads:
+        log.warning(
+            "%s ran on %d CPU thread(s) and goes on on %d: it ends within rounding of an uninterrupted run, "
+            "not bit for bit (--threads %d on the command line, torch.set_num_threads(%d) in Python, "
+            "continues it exactly)",
+            path,
+            recorded,
+            threads,
+            recorded,
+            recorded,
         )
     trainer.best = BestWeights.from_state(state.get("validation"), trainer.model, path)
     # the checkpoint's own training record is this run's, not one it started from
