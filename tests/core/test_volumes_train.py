@@ -135,6 +135,17 @@ def test_zoom_scales_a_volume_sample_alike_on_every_axis(rng):
     assert 10 * np.exp(-0.3) - 0.5 <= min(radii) < 9.5 and 10.5 < max(radii) <= 10 * np.exp(0.3) + 0.5
 
 
+def test_a_volume_sample_has_the_same_values_on_any_number_of_threads(rng):
+    """The image's trilinear sampling splits the tile's planes into bands over the
+    threads (a grid_sample call spreads a stack, not one volume); bands join seamlessly."""
+    volume = rng.random((2, 12, 30, 26), dtype=np.float32)
+    coords = sampling_grid_3d((12, 20, 20), (5.5, 14.0, 13.0), rng, AugmentConfig())
+    alone = resample_volume(volume, coords, order=1, threads=1)
+    assert alone.shape == (2, 12, 20, 20) and alone.dtype == np.float32
+    for threads in (None, 2, 3, 5, 100):
+        assert np.array_equal(resample_volume(volume, coords, order=1, threads=threads), alone), threads
+
+
 def test_samples_are_seeded_by_index():
     _, labels = ellipsoids()
     volume = coded_volume(labels.shape, lambda z, y, x: z + y + x)

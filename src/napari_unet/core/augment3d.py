@@ -94,12 +94,15 @@ def sampling_grid_3d(
     return np.moveaxis(grid[..., ::-1], -1, 0)
 
 
-def resample_volume(array: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
+def resample_volume(array: np.ndarray, coords: np.ndarray, order: int, threads: int | None = None) -> np.ndarray:
     """Sample ``array`` (Z, Y, X) or (C, Z, Y, X) at ``coords`` (3, tz, ty, tx).
 
     ``order=0``: nearest voxel by indexing (dtype and values kept: labels, targets,
-    weights). ``order=1``: trilinear, float32 (images). Outside the array the
-    coordinates are mirrored without repeating the edge voxel, as often as needed.
+    weights). ``order=1``: trilinear, float32 (images), the tile's planes split into
+    bands over ``threads`` (default: torch's thread count; grid_sample spreads a stack
+    over threads, not one volume); the values are the same on any number. Outside the
+    array the coordinates are mirrored without repeating the edge voxel, as often as
+    needed.
     """
     array = np.asarray(array)
     if array.ndim not in (3, 4) or coords.ndim != 4 or coords.shape[0] != 3:
@@ -115,8 +118,18 @@ def resample_volume(array: np.ndarray, coords: np.ndarray, order: int) -> np.nda
         grid = np.empty((*coords.shape[1:], 3), np.float32)
         for axis, (f, n) in enumerate(zip(folded, spatial)):
             grid[..., 2 - axis] = f * (2.0 / max(n - 1, 1)) - 1.0  # rounded to float32 once, as a cast would
+        planes = grid.shape[0]
+        bands = min(threads or torch.get_num_threads(), planes)
+        while planes % bands:
+            bands -= 1
         source = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
-        out = F.grid_sample(source, torch.from_numpy(grid)[None], mode="bilinear", align_corners=True)[0].numpy()
+        out = F.grid_sample(
+            source.expand(bands, -1, -1, -1, -1),
+            torch.from_numpy(grid).view(bands, planes // bands, *grid.shape[1:]),
+            mode="bilinear",
+            align_corners=True,
+        )
+        out = out.transpose(0, 1).reshape(len(volumes), *grid.shape[:-1]).numpy()
     else:
         raise ValueError(f"order must be 0 or 1 for volumes, got {order}")
     return out if array.ndim == 4 else out[0]

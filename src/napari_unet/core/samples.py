@@ -109,9 +109,10 @@ class SampleStream:
         sampling_grid(tile_hw, tile_center(tuple(origin), tile_hw), rng, self.augment, out=grid)
         return plane_index, draw_jitter(rng, self.augment), int(rng.integers(2**63))
 
-    def _sample_volume(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _sample_volume(self, index: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """One volume sample: centred near a random annotated voxel (so every crop holds
-        annotation), one 3D transform for image (trilinear), target and weights (nearest)."""
+        annotation), one 3D transform for image (trilinear, on ``threads``), target and
+        weights (nearest)."""
         rng = np.random.default_rng([self.seed, index])
         volume = self.planes[rng.choice(len(self.planes), p=self.plane_odds)]
         flat = volume.annotated[rng.integers(len(volume.annotated))]
@@ -121,7 +122,7 @@ class SampleStream:
         middle = [o + (t - 1) / 2 for o, t in zip(origin, self.tile)]
         coords = sampling_grid_3d(self.tile, middle, rng, self.augment, self.spacing)
         inner = coords[(slice(None), *(slice(c, c + o) for c, o in zip(self.context, self.output)))]
-        image = resample_volume(volume.image, coords, order=1)
+        image = resample_volume(volume.image, coords, order=1, threads=threads)
         image = jitter_intensity(image, rng, self.augment)
         target, weights = resample_volume(volume.annotation, inner, order=0)  # nearest: ignore stays 0
         return image, target, weights, int(rng.integers(2**63))
@@ -130,9 +131,10 @@ class SampleStream:
         """The samples with these global indices, stacked. Planes: each sample's grid
         drawn alone, then the images of all samples of one plane in one call on
         ``threads`` threads (see :func:`~.augment.resample_cubic`), their targets and
-        weights likewise (nearest pixel), then the gray-value jitter."""
+        weights likewise (nearest pixel), then the gray-value jitter. Volumes: one
+        sample after the other, each image on ``threads`` threads."""
         if isinstance(self.tile, tuple):
-            samples = [self._sample_volume(index) for index in indices]
+            samples = [self._sample_volume(index, threads) for index in indices]
             return Batch(
                 image=np.stack([s[0] for s in samples]).astype(np.float32),
                 target=np.stack([s[1] for s in samples]).astype(np.int64),
