@@ -7,7 +7,8 @@ import torch
 
 import napari_unet as nu
 from napari_unet._sample_data import nuclei_volume
-from napari_unet.core.augment3d import resample_volume, rigid_steps_3d, sampling_grid_3d
+from napari_unet.core.augment import fold_coordinates
+from napari_unet.core.augment3d import mirrored_grid, resample_volume, rigid_steps_3d, sampling_grid_3d
 from napari_unet.core.config import IGNORE_LABEL, NormalizationConfig
 from napari_unet.core.data import PreparedPlane, TrainingDataError, prepare
 from napari_unet.core.geometry import model_axes
@@ -133,6 +134,22 @@ def test_zoom_scales_a_volume_sample_alike_on_every_axis(rng):
         assert max(extents) - min(extents) <= 1  # one factor for z, y and x
         radii.append(np.cbrt(sample.sum() * 3 / (4 * np.pi)))
     assert 10 * np.exp(-0.3) - 0.5 <= min(radii) < 9.5 and 10.5 < max(radii) <= 10 * np.exp(0.3) + 0.5
+
+
+def test_the_image_grid_is_the_float64_mirror_fold_scaled_for_grid_sample(rng):
+    """Far outside, on the edges and inside, along axes of 1 to 97 voxels: within a few
+    float32 roundings of folding in float64 and scaling to [-1, 1], in (x, y, z) order."""
+    spatial = (1, 9, 97)
+    coords = np.stack(
+        [rng.uniform(-300, 300, (6, 7, 8)), rng.integers(-40, 50, (6, 7, 8)), rng.uniform(-5, 101, (6, 7, 8))]
+    ).astype(np.float32)
+    coords[2, 0, 0, :3] = (0.0, 96.0, 192.0)  # the edges and a whole period out
+    grid = mirrored_grid(coords, spatial)
+    assert grid.shape == (6, 7, 8, 3) and grid.dtype == np.float32
+    for axis, size in enumerate(spatial[1:], start=1):  # (grid_sample reads an axis of one voxel anywhere)
+        expected = fold_coordinates(coords[axis], size) * (2.0 / (size - 1)) - 1.0
+        np.testing.assert_allclose(grid[..., 2 - axis], expected, atol=3e-7)
+    np.testing.assert_allclose(grid[0, 0, :3, 0], (-1.0, 1.0, -1.0), atol=1e-7)
 
 
 def test_a_volume_sample_has_the_same_values_on_any_number_of_threads(rng):

