@@ -136,9 +136,9 @@ class SampleStream:
         if isinstance(self.tile, tuple):
             samples = [self._sample_volume(index, threads) for index in indices]
             return Batch(
-                image=np.stack([s[0] for s in samples]).astype(np.float32),
+                image=np.stack([s[0] for s in samples]).astype(np.float32, copy=False),
                 target=np.stack([s[1] for s in samples]).astype(np.int64),
-                weights=np.stack([s[2] for s in samples]).astype(np.float32),
+                weights=np.stack([s[2] for s in samples]).astype(np.float32, copy=False),
                 dropout_seeds=tuple(s[3] for s in samples),
             )
         count, tile, output = len(indices), self.tile, self.output
