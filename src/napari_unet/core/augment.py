@@ -263,9 +263,7 @@ def _grid_sample(image: np.ndarray, coords: np.ndarray, mode: str, threads: int 
     grids = grids.reshape(-1, *grids.shape[-3:])
     grids -= 1.0
     count, rows, columns = grids.shape[:3]
-    bands = min(-(-(threads or torch.get_num_threads()) // count), rows)
-    while rows % bands:
-        bands -= 1
+    bands = band_count(rows, count, threads)
     sampled = F.grid_sample(
         torch.from_numpy(image)[None].expand(count * bands, -1, -1, -1),
         torch.from_numpy(grids).view(count * bands, rows // bands, columns, 2),
@@ -275,6 +273,16 @@ def _grid_sample(image: np.ndarray, coords: np.ndarray, mode: str, threads: int 
     )
     sampled = sampled.view(count, bands, -1, rows // bands, columns).transpose(1, 2).reshape(count, -1, rows, columns)
     return sampled.numpy() if coords.ndim == 4 else sampled[0].numpy()
+
+
+def band_count(rows: int, tiles: int, threads: int | None) -> int:
+    """Into how many bands of rows (a divisor of ``rows``) to split each of ``tiles``
+    tiles so that ``threads`` threads (default: torch's count) all get one: grid_sample
+    spreads the tiles of a stack over its threads, and a band is a tile to it."""
+    bands = min(-(-(threads or torch.get_num_threads()) // tiles), rows)
+    while rows % bands:
+        bands -= 1
+    return bands
 
 
 def draw_jitter(rng: np.random.Generator, config: AugmentConfig) -> tuple[float, float, float]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .augment import (
     _cubic_weights,
+    band_count,
     draw_flips_and_turns,
     fold_coordinates,
     grid_product,
@@ -116,9 +117,7 @@ def resample_volume(array: np.ndarray, coords: np.ndarray, order: int, threads: 
     elif order == 1:
         grid = mirrored_grid(coords, spatial)
         planes = grid.shape[0]
-        bands = min(threads or torch.get_num_threads(), planes)
-        while planes % bands:
-            bands -= 1
+        bands = band_count(planes, 1, threads)
         source = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
         out = F.grid_sample(
             source.expand(bands, -1, -1, -1, -1),
