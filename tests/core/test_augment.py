@@ -5,9 +5,10 @@ import pytest
 from scipy import ndimage
 
 from napari_unet.core.augment import (
+    apply_jitter,
     bicubic_upsample,
+    draw_jitter,
     fold_coordinates,
-    jitter_intensity,
     resample_cubic,
     resample_nearest,
     rigid_steps,
@@ -47,6 +48,11 @@ def nearest(array, coords):
     planes = np.asarray(array, np.float32).reshape(-1, *np.shape(array)[-2:])
     out = resample_nearest(planes, coords)
     return out if np.ndim(array) == 3 else out[0]
+
+
+def jitter_intensity(image, rng, config):
+    """One sample's gray-value jitter as the sampler draws and applies it, on a copy."""
+    return apply_jitter(np.array(image, dtype=np.float32), *draw_jitter(rng, config))
 
 
 def coarse_nodes(size, grid):

@@ -253,7 +253,6 @@ def resample_nearest(image: np.ndarray, coords: np.ndarray, threads: int | None 
 def _grid_sample(image: np.ndarray, coords: np.ndarray, mode: str, threads: int | None) -> np.ndarray:
     """``grid_sample`` of ``image`` at pixel ``coords`` (2, th, tw) or (n, 2, th, tw), mirrored,
     the tiles of a stack (or bands of a lone tile's rows) spread over ``threads``."""
-    image = np.ascontiguousarray(image, dtype=np.float32)
     height, width = image.shape[-2:]
     pixels = np.moveaxis(coords, -3, -1)[..., ::-1]  # (x, y) last, as grid_sample reads them
     grids = np.empty(pixels.shape, np.float32)
@@ -262,42 +261,45 @@ def _grid_sample(image: np.ndarray, coords: np.ndarray, mode: str, threads: int 
         np.multiply(pixels[..., axis], np.float32(2.0 / max(size - 1, 1)), out=grids[..., axis], dtype=np.float32)
     grids = grids.reshape(-1, *grids.shape[-3:])
     grids -= 1.0
-    count, rows, columns = grids.shape[:3]
-    bands = band_count(rows, count, threads)
-    sampled = F.grid_sample(
-        torch.from_numpy(image)[None].expand(count * bands, -1, -1, -1),
-        torch.from_numpy(grids).view(count * bands, rows // bands, columns, 2),
-        mode=mode,
-        padding_mode="reflection",
-        align_corners=True,
-    )
-    sampled = sampled.view(count, bands, -1, rows // bands, columns).transpose(1, 2).reshape(count, -1, rows, columns)
-    return sampled.numpy() if coords.ndim == 4 else sampled[0].numpy()
+    sampled = sample_in_bands(image, grids, mode, "reflection", threads)
+    return sampled if coords.ndim == 4 else sampled[0]
 
 
-def band_count(rows: int, tiles: int, threads: int | None) -> int:
-    """Into how many bands of rows (a divisor of ``rows``) to split each of ``tiles``
-    tiles so that ``threads`` threads (default: torch's count) all get one: grid_sample
-    spreads the tiles of a stack over its threads, and a band is a tile to it."""
-    bands = min(-(-(threads or torch.get_num_threads()) // tiles), rows)
+def sample_in_bands(source: np.ndarray, grids: np.ndarray, mode: str, padding: str, threads: int | None) -> np.ndarray:
+    """``grid_sample`` (align_corners) of ``source`` (C, *spatial) at each of ``grids``
+    (n, rows, *rest, D), float32 in [-1, 1] as grid_sample reads them -> (n, C, rows,
+    *rest) float32. grid_sample spreads the tiles of a stack over its threads, not the
+    rows of one, so each tile is split into as many bands of rows (a divisor of
+    ``rows``) as keep ``threads`` threads (default: torch's count) busy; a band is a
+    tile to it, and the values are the same on any number of threads."""
+    count, rows, *rest = grids.shape[:-1]
+    bands = min(-(-(threads or torch.get_num_threads()) // count), rows)
     while rows % bands:
         bands -= 1
-    return bands
+    image = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
+    sampled = F.grid_sample(
+        image[None].expand(count * bands, *[-1] * image.ndim),
+        torch.from_numpy(grids).view(count * bands, rows // bands, *rest, grids.shape[-1]),
+        mode=mode,
+        padding_mode=padding,
+        align_corners=True,
+    )
+    channels = image.shape[0]
+    return (
+        sampled.view(count, bands, channels, rows // bands, *rest)
+        .transpose(1, 2)
+        .reshape(count, channels, rows, *rest)
+        .numpy()
+    )
 
 
 def draw_jitter(rng: np.random.Generator, config: AugmentConfig) -> tuple[float, float, float]:
-    """The (scale, shift, gamma) of one :func:`jitter_intensity`: ``scale`` ~ U[1 -
+    """The (scale, shift, gamma) of one :func:`apply_jitter`: ``scale`` ~ U[1 -
     contrast, 1 + contrast], ``shift`` ~ U[-brightness, brightness], ``log(gamma)`` ~
     U[-gamma, gamma]; three draws, whatever the config."""
     scale = rng.uniform(1.0 - config.contrast, 1.0 + config.contrast)
     shift = rng.uniform(-config.brightness, config.brightness)
     return scale, shift, float(np.exp(rng.uniform(-config.gamma, config.gamma)))
-
-
-def jitter_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
-    """Random gray-value variation of a normalised image (C, H, W) -> float32, same
-    shape: :func:`apply_jitter` with the values of :func:`draw_jitter`."""
-    return apply_jitter(np.array(image, dtype=np.float32), *draw_jitter(rng, config))
 
 
 def apply_jitter(image: np.ndarray, scale: float, shift: float, gamma: float) -> np.ndarray:

@@ -25,17 +25,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .augment import (
     _cubic_weights,
-    band_count,
     draw_flips_and_turns,
     fold_coordinates,
     grid_product,
     rigid_factors,
     rigid_steps,
+    sample_in_bands,
     zoom_factor,
 )
 from .train_config import AugmentConfig
@@ -115,17 +113,7 @@ def resample_volume(array: np.ndarray, coords: np.ndarray, order: int, threads: 
         index = tuple(np.clip(np.floor(f + 0.5).astype(np.intp), 0, n - 1) for f, n in zip(folded, spatial))
         out = volumes[(slice(None), *index)]
     elif order == 1:
-        grid = mirrored_grid(coords, spatial)
-        planes = grid.shape[0]
-        bands = band_count(planes, 1, threads)
-        source = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
-        out = F.grid_sample(
-            source.expand(bands, -1, -1, -1, -1),
-            torch.from_numpy(grid).view(bands, planes // bands, *grid.shape[1:]),
-            mode="bilinear",
-            align_corners=True,
-        )
-        out = out.transpose(0, 1).reshape(len(volumes), *grid.shape[:-1]).numpy()
+        out = sample_in_bands(volumes, mirrored_grid(coords, spatial)[None], "bilinear", "zeros", threads)[0]
     else:
         raise ValueError(f"order must be 0 or 1 for volumes, got {order}")
     return out if array.ndim == 4 else out[0]

@@ -16,7 +16,6 @@ from . import geometry
 from .augment import (
     apply_jitter,
     draw_jitter,
-    jitter_intensity,
     resample_cubic,
     resample_nearest,
     sampling_grid,
@@ -123,7 +122,7 @@ class SampleStream:
         coords = sampling_grid_3d(self.tile, middle, rng, self.augment, self.spacing)
         inner = coords[(slice(None), *(slice(c, c + o) for c, o in zip(self.context, self.output)))]
         image = resample_volume(volume.image, coords, order=1, threads=threads)
-        image = jitter_intensity(image, rng, self.augment)
+        image = apply_jitter(image, *draw_jitter(rng, self.augment))  # in place: the sample is new
         target, weights = resample_volume(volume.annotation, inner, order=0)  # nearest: ignore stays 0
         return image, target, weights, int(rng.integers(2**63))
 
