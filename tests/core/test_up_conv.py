@@ -1,5 +1,5 @@
-"""The up-convolution of CPU training: torch's values and input gradient, and a weight
-gradient (one matrix product) equal to torch's up to rounding."""
+"""The up-convolution of CPU training: torch's values, and input and weight gradients
+(matrix products) equal to torch's up to rounding and laid out as torch's."""
 
 import itertools
 
@@ -35,8 +35,8 @@ def test_the_up_convolution_equals_torchs(kernel, dtype, channels_last, bias):
         if a is None:
             assert b is None, name
             continue
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        if name in ("output", "input gradient"):  # torch's own operations
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), name
+        if name == "output":  # torch's own operation
             assert torch.equal(a, b), name
         else:  # summed in another order, then rounded to the precision computed in
             tolerance = 1e-5 if dtype is None else 2.0**-7  # (bfloat16: 8 bits of mantissa)

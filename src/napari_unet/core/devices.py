@@ -93,6 +93,12 @@ def channels_last(tensor_ndim: int) -> torch.memory_format:
     return torch.channels_last if tensor_ndim == 4 else torch.channels_last_3d
 
 
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last where ``x`` (N, C, *spatial) is laid out so, else channels-first."""
+    last = channels_last(x.ndim)
+    return last if x.is_contiguous(memory_format=last) else torch.contiguous_format
+
+
 def training_layout(device: torch.device, ndim: int) -> torch.memory_format:
     """The memory format that training keeps the network's weights and inputs in.
 

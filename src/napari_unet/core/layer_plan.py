@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .devices import channels_last
+from .devices import layout_of
 from .spacing import level_kernels_and_pools
 
 CONV, POOL, DROPOUT, UP, CONCAT = "conv", "pool", "dropout", "up", "concat"
@@ -178,7 +178,7 @@ class _PoolAndWindow(torch.autograd.Function):
         pooled, indices = max_pool(x, factor, return_indices=True)
         ctx.save_for_backward(x, indices)
         ctx.factor, ctx.window = factor, _window(x.shape[2:], size)
-        return pooled, x[ctx.window].contiguous(memory_format=_layout_of(x))
+        return pooled, x[ctx.window].contiguous(memory_format=layout_of(x))
 
     @staticmethod
     def backward(ctx, pooled_grad: torch.Tensor, window_grad: torch.Tensor):
@@ -191,14 +191,8 @@ class _PoolAndWindow(torch.autograd.Function):
         # the window's gradient is a slice of the concatenation's along the channels:
         # in channels-last its pixels are not contiguous, and a sum over such strides is
         # several times slower than a copy followed by a sum over contiguous rows
-        grad[ctx.window] += window_grad.contiguous(memory_format=_layout_of(grad))
+        grad[ctx.window] += window_grad.contiguous(memory_format=layout_of(grad))
         return grad, None, None
-
-
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    """Channels-last where ``x`` (N, C, *spatial) is laid out so, else channels-first."""
-    last = channels_last(x.ndim)
-    return last if x.is_contiguous(memory_format=last) else torch.contiguous_format
 
 
 def concatenate(kept: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
