@@ -1,5 +1,6 @@
 """Objects shaped like several cells are split at the necks of their mask."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from napari_unet.core import concave
 from napari_unet.core.concave import ellipse_fill
 from napari_unet.core.config import InstanceConfig
 from napari_unet.core.instances import mask_to_labels, probabilities_to_labels
+from napari_unet.core.large_objects import CLUMP_LIMIT
 
 from .lazy import dented_and_touching_nuclei, drawn_image, threshold_model
 
@@ -80,6 +82,19 @@ def test_touching_cells_without_a_dip_between_them_become_two_objects_at_the_nec
     assert mask_to_labels(mask, too_big, probability).max() == 1  # a piece would be too small
     shallow = InstanceConfig(min_fill=0.95, neck=11.0, min_piece=200)
     assert mask_to_labels(mask, shallow, probability).max() == 1  # the centres lie 15 px deep, the neck 5.4
+
+
+def test_an_object_far_larger_than_the_learned_cells_is_not_split_by_shape():
+    """Past CLUMP_LIMIT times the model's object size a region is no clump of a few cells
+    (a barely trained network's foreground across the image): the split by shape leaves
+    it, as the second look at large objects does; models without learned sizes split it."""
+    mask = discs_mask((64, 80), [(32, 26), (32, 54)], 15)  # 1330 px, split at the neck above
+    probability = np.where(mask, 0.9, 0.1).astype(np.float32)
+    shape_split = InstanceConfig(min_fill=0.95, neck=2.0, min_piece=200)
+    reach = math.ceil(mask.sum() / CLUMP_LIMIT)  # the smallest object size whose limit still covers it
+    assert mask_to_labels(mask, replace(shape_split, object_size=reach), probability).max() == 2
+    assert mask_to_labels(mask, replace(shape_split, object_size=reach - 1), probability).max() == 1
+    assert mask_to_labels(mask, replace(shape_split, object_size=0), probability).max() == 2
 
 
 def test_round_cells_and_rods_that_fill_their_ellipse_stay_whole():

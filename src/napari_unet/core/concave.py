@@ -12,7 +12,12 @@ far less than one cell does. An object is split here when
   above the saddle where it meets the others (h-maxima: the centres of the cells,
   deeper inside than the neck between them), and
 - every piece that a watershed of the distance transform from those maxima leaves
-  has at least ``min_piece`` pixels (voxels).
+  has at least ``min_piece`` pixels (voxels), and
+- it is at most ``largest`` pixels: a model that learned its cells' size passes
+  :data:`~.large_objects.CLUMP_LIMIT` times that, past which a region is no clump of a
+  few cells but a barely trained network's foreground across the image (a 2048x2048
+  preview after 4 training steps took 6.4 s to label with such regions split by shape,
+  3.9 s without; bench/bench_untrained_labels.py).
 
 Training reads ``min_fill`` and ``neck`` off the completely annotated objects
 (:mod:`.object_size`), so bent rods or lobed cells that the user annotated as one
@@ -113,11 +118,13 @@ def split_concave_in_place(
     min_piece: int,
     spacing: tuple[float, ...] | None = None,
     helper: Executor | None = None,
+    largest: float = math.inf,
 ) -> int:
     """Split the objects of ``labels`` (ids 1..``count``, int32, (H, W) or (Z, Y, X))
     that the module docstring describes, in place; ``pixels`` are the flat indices of
     all object pixels, increasing. Pieces after the first get ids ``count + 1``, ...
     Returns the new highest id. ``spacing``: the voxel size per axis (``None``: cubes).
+    ``largest``: objects of more pixels are left whole.
     ``helper``: an executor with a free thread, to share the work (:func:`.seeded_split.split_packed`).
 
     The objects under ``min_fill`` are packed into one canvas (as the split at
@@ -125,7 +132,7 @@ def split_concave_in_place(
     distance transform, one reconstruction and one search for maxima serve them all."""
     ids = np.take(labels, pixels)
     sizes, fills = ellipse_fill(labels.shape, pixels, ids, count)
-    concave = (fills < min_fill) & (sizes >= 2 * max(min_piece, 1))
+    concave = (fills < min_fill) & (sizes >= 2 * max(min_piece, 1)) & (sizes <= largest)
     concave[0] = False
 
     sampling = None if spacing is None else tuple(size / spacing[-1] for size in spacing)

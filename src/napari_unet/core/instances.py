@@ -4,7 +4,8 @@ Per plane (per volume for 3D models, with 6-connectivity and the same rules in
 3D): threshold the foreground probability, label 4-connected components, split
 objects at dips of the probability when ``split`` asks for it (:mod:`.split`),
 give every hole the id of its nearest object pixel, split objects shaped like
-several cells at their necks when ``min_fill`` asks for it (:mod:`.concave`),
+several cells at their necks when ``min_fill`` asks for it (:mod:`.concave`; with a
+known ``object_size`` none over ``CLUMP_LIMIT`` times it),
 split objects far larger than the model's cells once more where their log-odds
 dip (:mod:`.large_objects`, with ``split`` and a known ``object_size``), drop
 small objects (with a larger minimum at the image's border where
@@ -24,6 +25,7 @@ pixel, ties included (tests/reference.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -36,7 +38,7 @@ from skimage import segmentation
 
 from .concave import split_concave_in_place
 from .config import InstanceConfig
-from .large_objects import split_large_in_place
+from .large_objects import CLUMP_LIMIT, split_large_in_place
 from .regions import bounding_boxes, run_starts
 from .smoothing import smooth_foreground
 from .split import peak_plateaus, split_in_place
@@ -199,8 +201,9 @@ def mask_to_labels(
                 pixels = np.insert(pixels, np.searchsorted(pixels, found.pixels), found.pixels)  # still increasing
         # the helper is free again: it finds the seeds of half of each split's candidates
         if config.min_fill > 0:
+            largest = CLUMP_LIMIT * config.object_size if config.object_size > 0 else math.inf
             count = split_concave_in_place(
-                labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing, helper
+                labels, pixels, count, config.min_fill, config.neck, config.min_piece, spacing, helper, largest
             )
         if split:
             count = split_large_in_place(

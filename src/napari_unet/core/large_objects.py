@@ -29,7 +29,8 @@ from .split import dip_rules
 #: Objects over this many times the model's median object size are split again...
 LARGE_OBJECT = 1.5
 #: ... up to this many times: a larger region is no clump of a few cells but what a
-#: barely trained network makes of a whole field (its split would cost seconds).
+#: barely trained network makes of a whole field (its split would cost seconds). The
+#: split by shape stops there too (:mod:`.concave`).
 CLUMP_LIMIT = 8.0
 
 #: Context around an object's box that its smoothing sees (the binomial filter's reach).
