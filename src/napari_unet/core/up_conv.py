@@ -47,7 +47,7 @@ class _UpConvolution(torch.autograd.Function):
             d_x = rows.view(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
             d_x = d_x.contiguous(memory_format=layout_of(x))
         if ctx.needs_input_grad[1]:
-            d_weight = _weight_gradient(x, gathered, kernel, grad.shape[1])
+            d_weight = _weight_gradient(x, gathered, kernel)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = grad.sum(dim=[0, *range(2, grad.ndim)])
         return d_x, d_weight, d_bias
@@ -76,14 +76,14 @@ def weight_gradient(x: torch.Tensor, grad: torch.Tensor, kernel: list[int]) -> t
     from its input ``x`` (N, I, *spatial) and the gradient of its output ``grad`` (N, O,
     *(spatial * kernel)): the input's channels-last matrix (N * pixels, I), transposed,
     times the gathered gradient (:func:`gathered_gradient`)."""
-    return _weight_gradient(x, gathered_gradient(grad, kernel), kernel, grad.shape[1])
+    return _weight_gradient(x, gathered_gradient(grad, kernel), kernel)
 
 
-def _weight_gradient(x: torch.Tensor, gathered: torch.Tensor, kernel: list[int], channels_out: int) -> torch.Tensor:
+def _weight_gradient(x: torch.Tensor, gathered: torch.Tensor, kernel: list[int]) -> torch.Tensor:
     rows = x.movedim(1, -1).reshape(-1, x.shape[1])  # a view when x is channels-last
     product = rows.t() @ gathered  # (I, k.. * O)
     ndim = len(kernel)
-    return product.reshape(x.shape[1], *kernel, channels_out).permute(0, ndim + 1, *range(1, ndim + 1))
+    return product.reshape(x.shape[1], *kernel, -1).permute(0, ndim + 1, *range(1, ndim + 1))
 
 
 def _applies(up: nn.Module, x: torch.Tensor) -> bool:
