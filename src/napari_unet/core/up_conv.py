@@ -39,6 +39,9 @@ class _UpConvolution(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        # the gradient arrives as the concatenation's channel slice: gathered and summed
+        # over such strides it took twice as long as a copy and the same over contiguous rows
+        grad = grad.contiguous(memory_format=layout_of(x))
         kernel = list(weight.shape[2:])
         gathered = gathered_gradient(grad, kernel)
         d_x = d_weight = d_bias = None
