@@ -14,6 +14,7 @@ from napari_unet._reader import get_reader
 from napari_unet._sample_data import nuclei_2d, nuclei_stack, nuclei_volume
 from napari_unet._session import Session
 from napari_unet._widgets import AnnotateWidget, LiveTrainWidget, SegmentWidget, TrainWidget, WeightMapWidget
+from napari_unet._widgets._base import STACKED_HEIGHT_RESERVE
 
 from .conftest import docked
 
@@ -308,6 +309,28 @@ def test_on_a_short_window_the_docks_are_tabs_of_one_another(make_napari_viewer,
         assert tabbed == []
         assert not annotate.new_cell.native.visibleRegion().isEmpty()
         assert not train.start_button.native.visibleRegion().isEmpty()
+
+
+def test_docks_that_would_not_fit_a_tall_window_stacked_are_tabs(make_napari_viewer, qtbot):
+    """All five docks stacked at 1600x1000 needed 994 px, and 1118 px once Train showed
+    its loss plot: the window grew past the screen and Live training's buttons went
+    below its edge (a new user's walk). A dock that would leave the window less than
+    STACKED_HEIGHT_RESERVE px to spare is a tab instead, and the window keeps its height."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    window = viewer.window._qt_window
+    window.resize(1600, 1000)
+    window.show()
+    names = ["Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net", "Live training"]
+    docks, widgets = zip(*(viewer.window.add_plugin_dock_widget("napari-unet", name) for name in names))
+    qtbot.wait(50)
+    tabbed = {name: window.tabifiedDockWidgets(dock) for name, dock in zip(names, docks)}
+    assert tabbed["Annotate cells"] == tabbed["Train U-Net"] == []  # the first ones stack
+    assert tabbed["Live training"] != []
+    assert window.height() == 1000
+    assert window.minimumSizeHint().height() + STACKED_HEIGHT_RESERVE <= 1000
+    for button in (widgets[-1].start_button, widgets[-1].accept_button):  # the new dock in front, in view
+        assert not button.native.visibleRegion().isEmpty()
 
 
 def test_a_dock_without_a_scrolling_part_leaves_the_height_it_does_not_use_to_the_others(viewer, qtbot):

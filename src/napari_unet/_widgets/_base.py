@@ -13,7 +13,7 @@ from collections.abc import Callable
 from magicgui.widgets import Container, Label
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import QApplication, QComboBox, QDockWidget, QMainWindow, QSizePolicy, QWidget
+from qtpy.QtWidgets import QApplication, QComboBox, QDockWidget, QMainWindow, QSizePolicy, QStyle, QWidget
 
 from ..core.errors import NapariUnetError
 from ._runner import JobRunner
@@ -48,6 +48,12 @@ class _DockWatcher(QObject):
 #: side as a tab instead of taking a share of the height: docked below Train at
 #: 1366x768, Annotate kept a 40 px scrolling strip for its paint buttons.
 TABS_BELOW_HEIGHT = 900
+#: In a taller window a dock is a tab too where the docks stacked with it would leave
+#: the window less free height than this (px): room for Train's loss plot and a few
+#: more status lines, which appear later. All five docks stacked at 1600x1000 needed
+#: 994 px, and 1118 px once Train showed its plot: the window grew past the screen and
+#: Live training's buttons went below its edge.
+STACKED_HEIGHT_RESERVE = 150
 #: The Qt property that marks the widget of a napari-unet dock (True), and after its
 #: first placement (:func:`tab_on_a_short_window`) says so ("placed").
 DOCK_MARK = "napari_unet_dock"
@@ -60,8 +66,10 @@ def _is_ours(dock) -> bool:
 
 def tab_on_a_short_window(widget) -> None:
     """Tab ``widget``'s new dock with the latest napari-unet dock on its side of the
-    window when the window is shorter than :data:`TABS_BELOW_HEIGHT`; it comes to the
-    front. Other plugins' docks and floating docks are left where they are."""
+    window when the window is shorter than :data:`TABS_BELOW_HEIGHT`, or when the
+    window, with the dock stacked, would have less than :data:`STACKED_HEIGHT_RESERVE`
+    of its height to spare; it comes to the front. Other plugins' docks and floating
+    docks are left where they are."""
     dock = widget.parent()
     while dock is not None and not isinstance(dock, QDockWidget):
         dock = dock.parent()
@@ -69,22 +77,30 @@ def tab_on_a_short_window(widget) -> None:
     if not isinstance(window, QMainWindow) or dock.isFloating() or widget.property(DOCK_MARK) == "placed":
         return
     widget.setProperty(DOCK_MARK, "placed")
-    if window.height() >= TABS_BELOW_HEIGHT:
-        return
     area = window.dockWidgetArea(dock)
-    ours = [
+    stacked = [
         other
         for other in window.findChildren(QDockWidget)
-        if other is not dock
-        and not other.isFloating()
-        and other.isVisible()
-        and window.dockWidgetArea(other) == area
-        and _is_ours(other)
+        if other is not dock and not other.isFloating() and other.isVisible() and window.dockWidgetArea(other) == area
     ]
+    height = window.height()
+    if height >= TABS_BELOW_HEIGHT and _stacked_height(window, [*stacked, dock]) + STACKED_HEIGHT_RESERVE <= height:
+        return
+    ours = [other for other in stacked if _is_ours(other)]
     if ours:
         window.tabifyDockWidget(ours[-1], dock)
         dock.show()
         dock.raise_()
+        window.resize(window.width(), height)  # as tall as before, if stacking had made it grow
+
+
+def _stacked_height(window: QMainWindow, docks: list[QDockWidget]) -> int:
+    """The least height of ``window`` with ``docks`` stacked on one side: their minimum
+    heights, the separators between them and the window's menu and status bars (the
+    window's own minimum does not count a dock added since its last layout pass)."""
+    separator = window.style().pixelMetric(QStyle.PixelMetric.PM_DockWidgetSeparatorExtent, None, window)
+    bars = sum(bar.sizeHint().height() for bar in (window.menuBar(), window.statusBar()) if bar.isVisible())
+    return sum(dock.minimumSizeHint().height() for dock in docks) + separator * (len(docks) - 1) + bars
 
 
 def narrow_choice_boxes(widget) -> None:
