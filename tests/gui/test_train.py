@@ -5,7 +5,7 @@ import pytest
 import torch
 from qtpy.QtCore import QTimer
 
-from napari_unet import load_model
+from napari_unet import UNet, load_model
 from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import AnnotateWidget, TrainWidget
 from napari_unet._widgets import _training_inputs as training_inputs
@@ -175,6 +175,26 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
         empty.data_setitem((np.arange(10, 20), np.arange(10, 20)), 1)
         widget._edits.timer.timeout.emit()
         assert message not in widget.status.value and "Start checks it again" in widget.status.value
+
+
+def test_an_rgb_image_and_the_session_s_one_channel_model_ask_for_a_new_model(viewer, session, tmp_path, wait_idle):
+    """After a first run Train's model is "session model"; pressing Start on an RGB layer
+    then advised to "train on the RGB layer", which the user was doing (a new user's
+    walk): the way out is a new network."""
+    session.set_model(UNet(base_channels=2, depth=1), "trained")
+    annotation = np.full((64, 64), IGNORE_LABEL, np.int32)
+    annotation[10:40, 10:40] = 0
+    annotation[20:30, 20:30] = 1
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="rgb")
+    labels = viewer.add_labels(annotation, name="rgb annotation")
+    widget = docked(viewer, TrainWidget(viewer, session))
+    tiny_settings(widget, tmp_path)
+    widget.image.value, widget.annotation.value = rgb, labels
+    widget.model_source.value = "session model"
+    widget.start_button.clicked.emit()
+    wait_idle(widget)
+    assert "choose model: new" in widget.status.value and "train on the RGB layer" not in widget.status.value
+    assert widget.start_button.enabled and session.model.config.in_channels == 1
 
 
 def test_a_refused_start_keeps_the_last_runs_loss_curve(viewer, session, annotated, tmp_path, wait_idle):

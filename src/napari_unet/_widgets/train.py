@@ -214,7 +214,7 @@ class TrainWidget(TrainSettings, DockWidget):
         self.model_source.value = "session model"  # Start again trains this model further, as users expect
         self.status.value = self._with_warnings(
             f"{verb} at step {trainer.step}{twin}; model saved to {path} and kept in the session: Start trains it "
-            f"further (model: new for a fresh network)"
+            f"further; for a fresh network, choose model: new"
         )
         show_info(f"napari-unet: training {verb}; model saved to {path}")
         if trainer.checkpoint_error:

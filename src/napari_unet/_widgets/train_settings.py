@@ -272,6 +272,11 @@ class TrainSettings:
             model = self.session.model
             if model is None:
                 raise LayerError("there is no model in this session yet: train a new one or open a file")
+            if model.config.in_channels != in_channels:
+                raise LayerError(
+                    f"the session model takes images of {model.config.in_channels} channel(s), this image has "
+                    f"{in_channels}: choose model: new to train a fresh network on it"
+                )
             return lambda: model
         if source == "file":
             path = chosen_file(self.model_file.value)
