@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_unet._widgets import WeightMapWidget
+from napari_unet._sample_data import nuclei_2d
+from napari_unet._widgets import AnnotateWidget, WeightMapWidget
 from napari_unet._widgets._layers import ANNOTATION, ROLE
 from napari_unet.core.weights import separation_target, weight_map
 
@@ -128,3 +129,24 @@ def test_the_contrast_follows_the_map_until_the_user_sets_their_own(viewer, wait
     widget._edits.timer.timeout.emit()
     wait_idle(widget)
     assert float(shown.data.max()) < top and tuple(shown.contrast_limits) == (0.0, 3.0)
+
+
+def test_an_annotation_made_after_the_dock_opened_is_the_one_shown(viewer):
+    """Annotate's Create moved Train and Live to the new annotation, and Weight map
+    stayed on the sample's complete one: its map was of an annotation not the user's
+    (a new user's walk)."""
+    for data, meta, kind in nuclei_2d():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    image, first = viewer.layers["nuclei"], viewer.layers["nuclei annotation"]
+    widget = docked(viewer, WeightMapWidget(viewer))
+    assert widget.annotation.value is first
+    annotate = docked(viewer, AnnotateWidget(viewer))
+    annotate.image.value = image
+    annotate.create.clicked.emit()
+    created = annotate.annotation.value
+    assert created is not first and widget.annotation.value is created
+    viewer.add_labels(np.zeros(image.data.shape, np.int32), name="plain labels")  # not an annotation: ignored
+    assert widget.annotation.value is created
+    widget.annotation.value = first  # the user's own choice afterwards stays
+    viewer.add_image(np.zeros((32, 32), np.float32), name="other")
+    assert widget.annotation.value is first

@@ -97,15 +97,20 @@ class NewAnnotationFollower:
     def _annotations(self) -> list[Labels]:
         return [layer for layer in self.labels_choice.choices if layer is not None and role_of(layer) == ANNOTATION]
 
-    def follow(self, image_choice, switch: bool = True) -> None:
-        """Call after the choices were reset (a layer was added or removed);
-        ``switch=False`` only notes the new annotations."""
+    def follow(self, image_choice=None, switch: bool = True) -> None:
+        """Call after the choices were reset (a layer was added or removed): switches
+        to the newest annotation the shape of ``image_choice``'s image, or to the
+        newest of any shape for a widget without an image choice (``None``, Weight
+        map); ``switch=False`` only notes the new annotations."""
         new = [layer for layer in self._annotations() if layer not in self.seen]
         self.seen.update(new)
-        image = image_choice.value if switch else None
-        fitting = [layer for layer in new if image is not None and layer.data.shape == spatial_shape(image)]
-        if fitting:
-            self.labels_choice.value = fitting[-1]
+        if not switch:
+            return
+        if image_choice is not None:
+            image = image_choice.value
+            new = [layer for layer in new if image is not None and layer.data.shape == spatial_shape(image)]
+        if new:
+            self.labels_choice.value = new[-1]
 
 
 def _first_name(viewer, base: str, reusable: Callable[[Layer], bool]) -> str:

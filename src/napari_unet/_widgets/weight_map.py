@@ -12,7 +12,16 @@ from ..core.train_config import WeightMapConfig
 from ..core.weights import separation_target, weight_map
 from ._base import DockWidget
 from ._forms import SteadyComboBox, form, scrolling
-from ._layers import ANNOTATION, EditWatcher, helper_layer, labels_data, layers_of, put_layer, role_of
+from ._layers import (
+    ANNOTATION,
+    EditWatcher,
+    NewAnnotationFollower,
+    helper_layer,
+    labels_data,
+    layers_of,
+    put_layer,
+    role_of,
+)
 
 
 def weight_job(
@@ -80,10 +89,12 @@ class WeightMapWidget(DockWidget):
         self.annotation.changed.connect(self._edits.watch)
         self.annotation.changed.connect(self._offer_volume)
         self._preselect()
+        self._follower = NewAnnotationFollower(self.annotation)
 
     def reset_choices(self, *_) -> None:
         super().reset_choices()
         self._preselect()
+        self._follower.follow()  # an annotation made after the dock opened, as Train and Live do
 
     def _preselect(self) -> None:
         """When no layer is chosen: the newest annotation, else the newest labels layer."""
