@@ -120,6 +120,27 @@ def test_stop_keeps_a_checkpoint_and_the_model(viewer, session, annotated, tmp_p
 
 
 @pytest.mark.slow
+def test_a_training_layer_removed_while_the_run_goes_on_is_noted(
+    viewer, session, annotated, tmp_path, wait_idle, qtbot
+):
+    """Removing the annotation while Train ran went unnoticed (a new user's walk): the
+    run goes on with the data it read, and the status says so to the end."""
+    image, annotation = annotated
+    widget = docked(viewer, TrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image, annotation
+    tiny_settings(widget, tmp_path, steps=100_000)
+    widget.start_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=60_000)
+    viewer.layers.remove(annotation)
+    note = "the layer 'cells annotation' was removed: this run goes on with the data it read at Start"
+    qtbot.waitUntil(lambda: note in widget.status.value, timeout=10_000)  # under the next steps' lines
+    assert widget.runner.busy
+    widget.stop_button.clicked.emit()
+    wait_idle(widget)
+    assert "stopped" in widget.status.value and note in widget.status.value
+    assert widget.status.value.count(note) == 1
+
+
 def test_napari_stays_responsive_while_training(viewer, session, annotated, tmp_path, wait_idle, qtbot):
     widget = docked(viewer, TrainWidget(viewer, session))
     widget.image.value, widget.annotation.value = annotated

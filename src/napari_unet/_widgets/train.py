@@ -72,6 +72,8 @@ class TrainWidget(TrainSettings, DockWidget):
         self._started_message = ""
         self._warnings: list[str] = []  # on the chosen layers, found by the last Start
         self._run_warnings: list[str] = []  # on the data of the latest run, shown under its status
+        self._run_layers: list = []  # the layers the running training read its data from
+        self._removal_notes: list[str] = []  # which of them were removed while it ran
         self._connect_settings()
         self.start_button.changed.connect(self.guarded(self.start))
         self.stop_button.changed.connect(self.stop)
@@ -85,6 +87,19 @@ class TrainWidget(TrainSettings, DockWidget):
         self._preselect()
         self._follower.follow(self.image)
         self._drop_removed_pairs()
+        self._note_removed_layers()
+
+    def _note_removed_layers(self) -> None:
+        """Say so when a layer the running training read its data from is removed: the
+        run goes on with the data it read (Live training stops instead, its edits gone)."""
+        if not self.runner.busy:
+            return
+        for layer in [layer for layer in self._run_layers if layer not in self.viewer.layers]:
+            note = f"the layer '{layer.name}' was removed: this run goes on with the data it read at Start"
+            self._removal_notes.append(note)
+            self._run_warnings.append(note)
+            show_warning(f"napari-unet: {note}")
+        self._run_layers = [layer for layer in self._run_layers if layer in self.viewer.layers]
 
     def trainer_factory(self):
         """Check the chosen layers and settings (raises on bad input) and return a
@@ -106,6 +121,10 @@ class TrainWidget(TrainSettings, DockWidget):
         if self.runner.busy:
             return
         make_trainer = self.trainer_factory()
+        pairs = self.pairs or [(self.image.value, self.annotation.value)]
+        self._run_layers = [layer for pair in pairs for layer in pair]
+        self._run_layers += [layer for layer in (self.val_image.value, self.val_labels.value) if layer is not None]
+        self._removal_notes = []
         preview = None
         if self.preview_image.value is not None:
             preview = image_data(self.preview_image.value)
@@ -209,7 +228,8 @@ class TrainWidget(TrainSettings, DockWidget):
         self._show_step.flush()  # the last step's progress and the whole loss curve
         path = self._keep_model(done.trainer)
         verb = "stopped" if done.stopped else "finished"
-        self._run_warnings = [*self._warnings, *trainer.data_warnings]  # of the annotation this model learnt from
+        # of the annotation this model learnt from
+        self._run_warnings = [*self._warnings, *trainer.data_warnings, *self._removal_notes]
         twin = f" (after {self.plot.twin_steps} steps of its 2D twin)" if self.plot.twin_steps else ""
         self.model_source.value = "session model"  # Start again trains this model further, as users expect
         self.status.value = self._with_warnings(
