@@ -10,6 +10,7 @@ from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import AnnotateWidget, TrainWidget
 from napari_unet._widgets import _training_inputs as training_inputs
 from napari_unet._widgets import _warm_up as warm_up_module
+from napari_unet._widgets._plot import MIN_LABEL_SPACING_PX, LossPlot
 from napari_unet._widgets._warm_up import warm_up
 from napari_unet.core.checkpoint import load_state
 from napari_unet.core.config import IGNORE_LABEL
@@ -532,3 +533,22 @@ def test_the_tile_sizes_stay_in_order_when_the_depth_changes(viewer, session):
     widget.depth.value = 2
     sizes = [size for size in widget.tile.choices if size is not None]
     assert sizes == sorted(sizes) and sizes[0] < 100 and widget.tile.value is None
+
+
+def test_the_numbers_of_a_short_loss_axis_do_not_overlap(qtbot):
+    """In a loss plot 70 px tall, the loss axis numbered 1.0, 0.8, 0.6, 0.4 and 0.2
+    one over another (a new user's screenshot)."""
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(330, 70)
+    plot.show()
+    for step in range(1, 21):
+        plot.record(step, 1.0 - 0.04 * step)
+    plot.redraw()
+    qtbot.wait(50)
+    box = plot.getViewBox()
+    low, high = box.viewRange()[1]
+    ticks = [value for _, values in plot.getAxis("left").tickValues(low, high, box.height()) for value in values]
+    assert len(ticks) >= 2
+    pixels_apart = np.diff(sorted(ticks)) * box.height() / (high - low)
+    assert pixels_apart.min() >= MIN_LABEL_SPACING_PX

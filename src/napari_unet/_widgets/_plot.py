@@ -18,6 +18,25 @@ TWIN_TOOLTIP = (
 MIN_STEPS_SHOWN = 10
 
 
+#: Pixels between the numbers of the loss axis at least: in a plot 70 px tall its five
+#: numbers (1.0, 0.8, ..., 0.2) overlapped.
+MIN_LABEL_SPACING_PX = 20
+
+
+class _SparseAxis(pg.AxisItem):
+    """An axis whose numbered ticks are at least :data:`MIN_LABEL_SPACING_PX` apart:
+    pyqtgraph keeps at least two intervals and more numbers than a short axis holds."""
+
+    def tickSpacing(self, minVal: float, maxVal: float, size: float):
+        levels = super().tickSpacing(minVal, maxVal, size)
+        if not levels or size <= 0:
+            return levels
+        spacing, offset = levels[0]
+        while spacing * size / abs(maxVal - minVal) < MIN_LABEL_SPACING_PX:
+            spacing *= 2
+        return [(spacing, offset), *levels[1:]]
+
+
 class _Curve:
     """One network's losses: each step (faint) and the running mean (bold), drawn
     ``offset`` steps to the right."""
@@ -55,7 +74,7 @@ class LossPlot(pg.PlotWidget):
     steps after them on the same axis of optimiser steps."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(axisItems={"left": _SparseAxis("left")})
         self.setBackground(None)
         # Short enough that Annotate, Train and Segment docked together still fit a
         # 1366x768 screen while training; taller (up to 200 px) where there is room.
