@@ -315,7 +315,8 @@ def test_docks_that_would_not_fit_a_tall_window_stacked_are_tabs(make_napari_vie
     """All five docks stacked at 1600x1000 needed 994 px, and 1118 px once Train showed
     its loss plot: the window grew past the screen and Live training's buttons went
     below its edge (a new user's walk). A dock that would leave the window less than
-    STACKED_HEIGHT_RESERVE px to spare is a tab instead, and the window keeps its height."""
+    STACKED_HEIGHT_RESERVE px to spare is a tab instead, and the window keeps its height;
+    Annotate's paint buttons stay in view."""
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     window = viewer.window._qt_window
@@ -325,12 +326,15 @@ def test_docks_that_would_not_fit_a_tall_window_stacked_are_tabs(make_napari_vie
     docks, widgets = zip(*(viewer.window.add_plugin_dock_widget("napari-unet", name) for name in names))
     qtbot.wait(50)
     tabbed = {name: window.tabifiedDockWidgets(dock) for name, dock in zip(names, docks)}
-    assert tabbed["Annotate cells"] == tabbed["Train U-Net"] == []  # the first ones stack
+    assert tabbed["Annotate cells"] == tabbed["Weight map"] == []  # the first ones stack
     assert tabbed["Live training"] != []
     assert window.height() == 1000
     assert window.minimumSizeHint().height() + STACKED_HEIGHT_RESERVE <= 1000
     for button in (widgets[-1].start_button, widgets[-1].accept_button):  # the new dock in front, in view
         assert not button.native.visibleRegion().isEmpty()
+    viewport = widgets[0].controls_area.viewport()
+    bottom = widgets[0].copy.native.mapTo(viewport, QPoint(0, widgets[0].copy.native.height())).y()
+    assert bottom <= viewport.height()  # all of Annotate's controls in view, none scrolled away
 
 
 def test_a_dock_without_a_scrolling_part_leaves_the_height_it_does_not_use_to_the_others(viewer, qtbot):

@@ -49,11 +49,13 @@ class _DockWatcher(QObject):
 #: 1366x768, Annotate kept a 40 px scrolling strip for its paint buttons.
 TABS_BELOW_HEIGHT = 900
 #: In a taller window a dock is a tab too where the docks stacked with it would leave
-#: the window less free height than this (px): room for Train's loss plot and a few
-#: more status lines, which appear later. All five docks stacked at 1600x1000 needed
-#: 994 px, and 1118 px once Train showed its plot: the window grew past the screen and
-#: Live training's buttons went below its edge.
-STACKED_HEIGHT_RESERVE = 150
+#: the window less free height than this (px) beyond their minimum heights: room for
+#: what appears later (Train's loss plot, 70 px, and more status lines) and for the
+#: controls that scroll. All five docks stacked at 1600x1000 needed 994 px, and 1118 px
+#: once Train showed its plot: the window grew past the screen and Live training's
+#: buttons went below its edge; four of them (793 px) left Annotate's paint buttons a
+#: scrolling strip. Annotate, Train and Segment stack at 1000 px.
+STACKED_HEIGHT_RESERVE = 250
 #: The Qt property that marks the widget of a napari-unet dock (True), and after its
 #: first placement (:func:`tab_on_a_short_window`) says so ("placed").
 DOCK_MARK = "napari_unet_dock"
