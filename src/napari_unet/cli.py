@@ -136,6 +136,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from . import demo
 
+    demo.check_out_dir(args.out_dir)  # before minutes of training
     data = demo.demo_data(args.seed)
     trainer = demo.demo_trainer(data, minutes=args.minutes, seed=args.seed, device=args.device)
     config = trainer.model.config

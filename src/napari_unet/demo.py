@@ -13,6 +13,7 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from .core.config import ModelConfig, NormalizationConfig, default_model_config
+from .core.errors import ConfigError
 from .core.evaluation import Row, evaluate_pairs
 from .core.io import write_image
 from .core.model import UNet
@@ -90,7 +91,31 @@ def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> np.n
     return (rgb * 255).astype(np.uint8)
 
 
+def output_names() -> list[str]:
+    """The names of the files the demo writes into its folder."""
+    tests = [f"test_{i}{part}.tif" for i in range(TEST_IMAGES) for part in ("", "_truth", "_labels")]
+    return ["model.safetensors", *tests, "overlay.png", "metrics.txt"]
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse a folder the demo would write into that holds anything but an earlier
+    demo's output (its metrics.txt among its files): a user's own model.safetensors
+    there was replaced without a word."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file: choose a folder for the demo's output with --out-dir")
+    present = {path.name for path in out_dir.iterdir()}
+    if present and not (present <= set(output_names()) and "metrics.txt" in present):
+        raise ConfigError(
+            f"{out_dir} holds files that are not an earlier demo's output, and the demo writes "
+            f"model.safetensors, test images, overlay.png and metrics.txt there: choose another --out-dir"
+        )
+
+
 def write_outputs(out_dir: Path, trainer: Trainer, data: DemoData, predicted: list[np.ndarray], table: str) -> None:
+    """Write the demo's model, test images and labels, overlay and metrics into ``out_dir``
+    (:func:`output_names`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(out_dir / "model.safetensors")
     for i, ((image, truth), labels) in enumerate(zip(data.test, predicted)):

@@ -372,6 +372,25 @@ def test_demo_writes_everything(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "metrics.txt", "overlay.png", "test_0.tif", "test_0_labels.tif"} <= names
     assert "overall" in capsys.readouterr().out
+    assert main(["demo", "--out-dir", str(out), "--minutes", "0.02", "--device", "cpu"]) == 0  # again: its own output
+
+
+def test_the_demo_never_writes_over_a_folder_of_the_user_s_files(tmp_path, capsys):
+    """`demo --out-dir mydata` replaced the model.safetensors in a folder of the user's
+    files without a word (a new user's walk); it is refused before any training."""
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"the user's model")
+    (mine / "notes.txt").write_text("notes")
+    assert main(["demo", "--out-dir", str(mine), "--minutes", "0.02", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "not an earlier demo's output" in err and "choose another --out-dir" in err
+    assert (mine / "model.safetensors").read_bytes() == b"the user's model"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.safetensors").write_bytes(b"the user's model")  # a demo's name, but no demo wrote it
+    assert main(["demo", "--out-dir", str(alone), "--minutes", "0.02", "--device", "cpu"]) == 2
+    assert (alone / "model.safetensors").read_bytes() == b"the user's model"
 
 
 def test_a_bug_surfaces_as_a_traceback_not_as_bad_input(tmp_path, model_file, monkeypatch):
