@@ -213,8 +213,10 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         "val_labels": [read_labels(p) for p in args.val_labels],
         "checkpoint_path": checkpoint,
         "channel_axis": args.channel_axis,
-        "names": [str(p) for p in args.labels],
-        "val_names": [str(p) for p in args.val_labels],
+        # messages name a pair by its labels file, and its image ("the image of lab.tif" alone
+        # sent a user looking for NaNs in the labels)
+        "names": [f"{labels} (image {image})" for image, labels in zip(args.images, args.labels)],
+        "val_names": [f"{labels} (image {image})" for image, labels in zip(args.val_images, args.val_labels)],
     }
     if args.resume:
         trainer = resume_trainer(args, images, labels, **options)

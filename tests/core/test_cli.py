@@ -216,6 +216,21 @@ def test_train_with_mismatched_files_is_one_clear_line(tmp_path, annotated_files
     assert code == 2 and "2 training image(s) but 1 label file(s)" in capsys.readouterr().err
 
 
+def test_an_image_that_is_not_finite_is_named_in_the_message(tmp_path, annotated_files, capsys):
+    """ "the image of lab1.tif holds NaN" sent a user looking in the labels file (a new
+    user's walk): a pair is named by its labels file and its image."""
+    (img0, lab0), (img1, lab1) = annotated_files
+    broken = tifffile.imread(img1).astype(np.float32)
+    broken[5, 5] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", broken)
+    nan = str(tmp_path / "nan.tif")
+    code = main(["train", str(img0), nan, "--labels", str(lab0), str(lab1), "--out", str(tmp_path / "m"), *TINY])
+    assert code == 2 and f"the image of {lab1} (image {nan}) holds NaN" in capsys.readouterr().err
+    args = ["--val-images", nan, "--val-labels", str(lab1)]
+    code = main(["train", str(img0), "--labels", str(lab0), "--out", str(tmp_path / "m"), *args, *TINY])
+    assert code == 2 and f"{lab1} (image {nan}): the validation image holds NaN" in capsys.readouterr().err
+
+
 def test_a_model_named_like_an_image_is_refused_before_training(tmp_path, annotated_files, capsys):
     image, labels = annotated_files[0]
     code = main(["train", str(image), "--labels", str(labels), "--out", str(tmp_path / "model.tif"), *TINY])
