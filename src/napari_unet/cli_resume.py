@@ -13,6 +13,7 @@ from .core.config import ModelSpec
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.train import Trainer
 from .core.train_config import TrainConfig
+from .core.training_state import require_checkpoint
 
 #: Training settings a resumed run keeps (so that it continues exactly), as the
 #: command line names them, with where the checkpoint records each: in its training
@@ -77,6 +78,12 @@ def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
     resumed run writing its own checkpoint again and the model named after it (MODEL
     beside MODEL.ckpt): a run resumed with another --out had replaced whatever model
     and checkpoint were there."""
+    if args.resume:  # what it is, before any advice about what the run would replace
+        if not args.resume.is_file():
+            raise ModelFileError(
+                f"no checkpoint file at {args.resume}: give the MODEL.ckpt that a run wrote beside its model MODEL"
+            )
+        require_checkpoint(load_state(args.resume), args.resume)
     if args.overwrite:
         return
     own = []

@@ -231,6 +231,22 @@ def test_an_image_that_is_not_finite_is_named_in_the_message(tmp_path, annotated
     assert code == 2 and f"{lab1} (image {nan}): the validation image holds NaN" in capsys.readouterr().err
 
 
+def test_a_missing_checkpoint_is_said_before_any_advice_to_overwrite(tmp_path, annotated_files, capsys):
+    """`--resume nosuch.ckpt` with an existing --out advised --overwrite, which would have
+    thrown the model away, and only then said the checkpoint was missing (a new user's walk)."""
+    (img0, lab0), _ = annotated_files
+    out = tmp_path / "m.safetensors"
+    assert main(["train", str(img0), "--labels", str(lab0), "--out", str(out), "--steps", "1", *TINY]) == 0
+    capsys.readouterr()
+    missing = tmp_path / "nosuch.ckpt"
+    args = ["train", str(img0), "--labels", str(lab0), "--out", str(out), "--resume", str(missing), *TINY]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint file at {missing}" in err and "--overwrite" not in err
+    assert main([*args[: -len(TINY)], "--resume", str(out), *TINY]) == 2  # a model file: fine-tune it with --init
+    assert f"--init {out}" in capsys.readouterr().err
+
+
 def test_a_model_named_like_an_image_is_refused_before_training(tmp_path, annotated_files, capsys):
     image, labels = annotated_files[0]
     code = main(["train", str(image), "--labels", str(labels), "--out", str(tmp_path / "model.tif"), *TINY])

@@ -392,7 +392,9 @@ def test_a_binary_mask_given_as_labels_gets_a_one_line_warning(tmp_path, capsys)
     assert cli.main([*argv, "--steps", "1", "--base-channels", "2", "--depth", "2", "--device", "cpu"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings[0].startswith("napari-unet: warning: the labels of ")
-    assert "mask.npy give all" in warnings[0] and "looks like a binary mask" in warnings[0]
+    assert (
+        f"mask.npy (image {tmp_path / 'img.npy'}) give all" in warnings[0] and "looks like a binary mask" in warnings[0]
+    )
     assert all("no cell is completely annotated" in line for line in warnings[1:])  # true too: one id everywhere
 
 

@@ -48,13 +48,22 @@ def checkpoint_record(trainer: Trainer) -> dict:
     }
 
 
+def require_checkpoint(state, path: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``state`` (read from ``path``) is a training
+    checkpoint: a model file is fine-tuned, not resumed."""
+    if not isinstance(state, dict) or state.get("kind") != "checkpoint":
+        raise ConfigError(
+            f"{path} is a model file, not a training checkpoint: fine-tune it instead (command line: --init {path}; "
+            "Python: train load_model(path))"
+        )
+
+
 def resumed_config(state, path: str | Path, device: str | None, precision: str | None) -> TrainConfig:
     """The settings a checkpoint's run was started with; ``device`` and ``precision``
     replace the recorded ones, and a recorded device this machine lacks becomes "auto"
     (with a logged warning). Raises :class:`ConfigError` for a model file and
     :class:`ModelFileError` for unusable settings."""
-    if not isinstance(state, dict) or state.get("kind") != "checkpoint":
-        raise ConfigError(f"{path} is a model file, not a training checkpoint: use it to fine-tune instead")
+    require_checkpoint(state, path)
     try:
         config = TrainConfig.from_dict(state["config"])
     except (KeyError, NapariUnetError) as error:
