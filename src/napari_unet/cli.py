@@ -236,12 +236,18 @@ def given_options(argv: Sequence[str]) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake in one line, with where to read more: argparse's own printed its
+    usage block of 15 lines above it. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line. Options must be spelled out: an abbreviation such as
     ``weights --out w.tif`` (meaning a file) used to be taken for ``--out-dir``."""
-    parser = argparse.ArgumentParser(
-        prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)", allow_abbrev=False
-    )
+    parser = _Parser(prog="napari-unet", description="U-Net segmentation (Ronneberger et al. 2015)", allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 

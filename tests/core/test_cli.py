@@ -602,7 +602,11 @@ def test_new_cpu_models_normalise_batches_unless_told_not_to(tmp_path, annotated
 def test_counts_below_one_are_refused_by_the_parser(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as stop:
         main(["train", "a.tif", "--labels", "b.tif", "--out", str(tmp_path / "m"), option, "0"])
-    assert stop.value.code == 2 and f"argument {option}: must be 1 or more, got 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {option}: must be 1 or more, got 0" in err
+    assert err.strip().splitlines() == [  # one line, not the 15 lines of usage above it
+        f"napari-unet train: error: argument {option}: must be 1 or more, got 0 (see napari-unet train --help)"
+    ]
 
 
 def test_options_must_be_spelled_out(tmp_path, capsys):
