@@ -10,7 +10,13 @@ import sys
 from .cli_args import check_outputs, check_pairs, output_names, spacing_option
 from .core.evaluation import evaluate_pairs
 from .core.io import image_shape, output_axes, read_labels, write_image
-from .core.label_checks import image_like_reason, labels_warning, looks_like_image_message, out_of_range_message
+from .core.label_checks import (
+    image_like_reason,
+    labels_warning,
+    looks_like_image_message,
+    out_of_range_message,
+    unsigned_max_warning,
+)
 from .core.layout import ImageShapeError
 from .core.metrics import MatchStats
 from .core.train_config import WeightMapConfig
@@ -78,4 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"napari-unet: {prediction} holds no object, so every true object counts as missed", file=sys.stderr)
         if not (true > 0).any():
             print(f"napari-unet: {truth} holds no object, so every predicted one counts as false", file=sys.stderr)
+        warning = unsigned_max_warning(true, f"the true labels of {truth}", use="scored")
+        if warning:  # a truth file with 255 for its background scored AP@0.5 0.97 without a word
+            print(f"napari-unet: warning: {warning}", file=sys.stderr)
     print(format_table(rows))

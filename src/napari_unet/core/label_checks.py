@@ -51,11 +51,12 @@ def binary_mask_warning(labels: np.ndarray, name: str = "the labels") -> str | N
     )
 
 
-def unsigned_max_warning(labels: np.ndarray, name: str = "the labels") -> str | None:
+def unsigned_max_warning(labels: np.ndarray, name: str = "the labels", use: str = "trained") -> str | None:
     """A warning when an unsigned label image reaches its type's largest value.
 
     255 in a uint8 (65535 in a uint16) file usually stands for "unannotated" in a
-    format that cannot hold -1; trained as it is, it becomes one giant cell.
+    format that cannot hold -1; trained (or scored: ``use``) as it is, it becomes one
+    giant cell.
     """
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.unsignedinteger) or labels.size == 0:
@@ -66,7 +67,7 @@ def unsigned_max_warning(labels: np.ndarray, name: str = "the labels") -> str | 
     share = np.count_nonzero(labels == top) / labels.size
     return (
         f"{name} are {labels.dtype} and {share:.0%} of their pixels hold {top}, the largest {labels.dtype} value: "
-        f"if {top} means 'unannotated', it is trained as one giant cell. Save unannotated pixels as -1 in a "
+        f"if {top} means 'unannotated', it is {use} as one giant cell. Save unannotated pixels as -1 in a "
         f"signed integer file (int16 or int32), or mark them -1 in the Annotate widget"
     )
 
