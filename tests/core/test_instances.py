@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from napari_unet import InstanceConfig
 from napari_unet.core import instances, smoothing
-from napari_unet.core.instances import first_pixels, mask_to_labels, probabilities_to_labels
+from napari_unet.core.instances import first_pixels, mask_to_labels, objects_counted, probabilities_to_labels
 from tests.reference import plane_labels_reference
 
 
@@ -212,3 +212,11 @@ def test_first_pixels_are_the_first_occurrences_in_raster_order(shape):
     expected = np.full(46, labels.size, np.int64)
     expected[ids[ids > 0]] = where[ids > 0]
     np.testing.assert_array_equal(first, expected)
+
+
+def test_object_counts_are_said_in_words():
+    """ "small40.tif: 1 objects" (a new user's walk)."""
+    assert objects_counted([1]) == "1 object"
+    assert objects_counted([0]) == "0 objects"
+    assert objects_counted([1, 0]) == "1 object in 2 planes"
+    assert objects_counted([3, 4], unit_ndim=3) == "7 objects in 2 volumes"

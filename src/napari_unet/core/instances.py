@@ -95,7 +95,8 @@ def objects_counted(counts: Sequence[int], unit_ndim: int = 2) -> str:
     """:func:`objects_found`'s words for the object counts of each plane (``unit_ndim``
     2) or volume (3)."""
     where = f" in {len(counts)} {'planes' if unit_ndim == 2 else 'volumes'}" if len(counts) > 1 else ""
-    return f"{sum(counts)} objects{where}"
+    total = sum(counts)
+    return f"{total} object{'' if total == 1 else 's'}{where}"
 
 
 def no_objects_note(labels: np.ndarray, probabilities: np.ndarray, config: InstanceConfig, ndim: int = 2) -> str | None:
