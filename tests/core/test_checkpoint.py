@@ -98,6 +98,38 @@ def test_damaged_or_foreign_files_name_the_file(tmp_path, damage):
         load_model(path)
 
 
+@pytest.mark.parametrize("where", ["first weight", "last byte"])
+def test_weight_bytes_changed_on_disk_are_found(tmp_path, where):
+    """200 weight bytes flipped in place (the file's size and header intact) loaded
+    without a word and segmented 64 objects instead of 32 (a new user's walk)."""
+    path = tmp_path / "model.safetensors"
+    save_model(UNet(base_channels=2, depth=1), path)
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # the tensors follow the header
+    at = start if where == "first weight" else len(data) - 1
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        ModelFileError, match=r"model.safetensors is damaged: its weights are not the ones it was saved"
+    ):
+        load_model(path)
+
+
+def test_a_file_without_a_digest_loads_as_before(tmp_path, monkeypatch):
+    """Model files written before the digest was recorded have none: they load."""
+    monkeypatch.setattr(checkpoint, "tensors_digest", lambda tensors: None)  # what save_state wrote then: no key
+    path = tmp_path / "old.safetensors"
+    model = UNet(base_channels=2, depth=1)
+    save_model(model, path)
+    monkeypatch.undo()
+    from napari_unet.core.modelfile import read_checked
+
+    assert read_checked(path)[0].get("sha256") is None
+    loaded = load_model(path)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ModelFileError, match="cannot read"):
         load_model(tmp_path / "nope.safetensors")

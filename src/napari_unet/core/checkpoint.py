@@ -2,11 +2,15 @@
 
 A file holds tensors plus one JSON document in the safetensors header. Nested
 state (an optimizer's state, RNG states) is stored as a JSON skeleton whose tensor
-leaves point at named tensors, so nothing in a file is ever executed on load.
+leaves point at named tensors, so nothing in a file is ever executed on load. The
+document records a SHA-256 digest of the tensors (:func:`tensors_digest`), checked on
+load: weight bytes changed on disk (a bad copy, a flipped sector) were read without a
+word and segmented differently. Files written before it have none and load as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -39,12 +43,23 @@ def _flatten(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in a model file")
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The SHA-256 (hex) of ``tensors``' names, types, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Save nested ``state`` (dicts, lists, tensors, JSON scalars) atomically."""
+    """Save nested ``state`` (dicts, lists, tensors, JSON scalars) atomically, with the
+    digest of its tensors."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors, "t")
-    header = {HEADER_KEY: json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "state": skeleton})}
-    write_atomic(path, save_safetensors(tensors, metadata=header))
+    document = {"format": FORMAT, "version": FORMAT_VERSION, "state": skeleton, "sha256": tensors_digest(tensors)}
+    write_atomic(path, save_safetensors(tensors, metadata={HEADER_KEY: json.dumps(document)}))
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -54,12 +69,18 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     file, or the model in a checkpoint, must hold exactly the weights its recorded
     architecture has, and nothing larger than the file itself is ever allocated.
     """
-    skeleton, data = read_checked(path)
+    document, data = read_checked(path)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, OverflowError) as error:
         raise ModelFileError(f"{path} is damaged: its tensors cannot be read ({error})") from error
-    return unflatten(skeleton, tensors, path)
+    recorded = document.get("sha256")
+    if recorded is not None and recorded != tensors_digest(tensors):
+        raise ModelFileError(
+            f"{path} is damaged: its weights are not the ones it was saved with (their checksum differs); "
+            "use another copy of the file"
+        )
+    return unflatten(document["state"], tensors, path)
 
 
 def save_model(model: UNet, path: str | os.PathLike, **metadata: Any) -> None:

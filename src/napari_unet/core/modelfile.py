@@ -319,9 +319,10 @@ def _parse_document(metadata: dict, path: Path) -> dict:
     return document
 
 
-def read_checked(path: str | os.PathLike) -> tuple[Any, bytes]:
-    """The JSON state skeleton and the raw bytes of the model file at ``path``, after
-    the checks in the module docstring (the bytes are read last)."""
+def read_checked(path: str | os.PathLike) -> tuple[dict, bytes]:
+    """The JSON document (its ``"state"``: the state skeleton) and the raw bytes of the
+    model file at ``path``, after the checks in the module docstring (the bytes are
+    read last)."""
     path = Path(path)
     with os.fdopen(_open_regular(path), "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
@@ -348,4 +349,4 @@ def read_checked(path: str | os.PathLike) -> tuple[Any, bytes]:
         data = _read_exactly(stream, size, path)
     if not data.startswith(prefix):
         raise ModelFileError(f"{path} changed while being read")
-    return document["state"], data
+    return document, data
