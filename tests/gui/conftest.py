@@ -46,6 +46,16 @@ def docked(viewer, widget):
     return widget
 
 
+def created_annotation(viewer, image):
+    """The annotation layer Annotate's *Create* makes for ``image``."""
+    from napari_unet._widgets import AnnotateWidget
+
+    annotate = docked(viewer, AnnotateWidget(viewer))
+    annotate.image.value = image
+    annotate.create.clicked.emit()
+    return annotate.annotation.value
+
+
 def paint_discs(shape, centres, radius):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.int32)

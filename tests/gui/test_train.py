@@ -7,7 +7,7 @@ from qtpy.QtCore import QTimer
 
 from napari_unet import UNet, load_model
 from napari_unet._sample_data import nuclei_2d
-from napari_unet._widgets import AnnotateWidget, TrainWidget
+from napari_unet._widgets import TrainWidget
 from napari_unet._widgets import _training_inputs as training_inputs
 from napari_unet._widgets import _warm_up as warm_up_module
 from napari_unet._widgets._plot import MIN_LABEL_SPACING_PX, LossPlot
@@ -18,7 +18,7 @@ from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import NO_COMPLETE_CELL
 from napari_unet.core.train_events import StepProgress
 
-from .conftest import docked
+from .conftest import created_annotation, docked
 
 
 def tiny_settings(widget, tmp_path, steps=6):
@@ -350,10 +350,7 @@ def test_an_annotation_made_for_the_image_later_is_the_one_trained(viewer, sessi
     unrelated = viewer.add_labels(np.zeros((30, 30), np.int32), name="other grid")
     widget = docked(viewer, TrainWidget(viewer, session))
     assert widget.annotation.value is first
-    annotate = docked(viewer, AnnotateWidget(viewer))
-    annotate.image.value = image
-    annotate.create.clicked.emit()
-    corrected = annotate.annotation.value
+    corrected = created_annotation(viewer, image)
     assert corrected is not first and widget.annotation.value is corrected
     viewer.add_labels(np.zeros(image.data.shape, np.int32), name="plain labels")  # not an annotation: ignored
     widget.annotation.value = first  # the user's own choice afterwards stays

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from napari_unet._sample_data import nuclei_2d
-from napari_unet._widgets import AnnotateWidget, WeightMapWidget
+from napari_unet._widgets import WeightMapWidget
 from napari_unet._widgets._layers import ANNOTATION, ROLE
 from napari_unet.core.weights import separation_target, weight_map
 
-from .conftest import docked, paint_discs
+from .conftest import created_annotation, docked, paint_discs
 
 
 def test_weight_map_layer_matches_the_core_and_follows_parameters(viewer, wait_idle):
@@ -140,10 +140,7 @@ def test_an_annotation_made_after_the_dock_opened_is_the_one_shown(viewer):
     image, first = viewer.layers["nuclei"], viewer.layers["nuclei annotation"]
     widget = docked(viewer, WeightMapWidget(viewer))
     assert widget.annotation.value is first
-    annotate = docked(viewer, AnnotateWidget(viewer))
-    annotate.image.value = image
-    annotate.create.clicked.emit()
-    created = annotate.annotation.value
+    created = created_annotation(viewer, image)
     assert created is not first and widget.annotation.value is created
     viewer.add_labels(np.zeros(image.data.shape, np.int32), name="plain labels")  # not an annotation: ignored
     assert widget.annotation.value is created
