@@ -204,7 +204,8 @@ def test_current_plane_of_a_stack(viewer, model_session, wait_idle):
     assert others and not others & set(np.unique(labels[1]))  # an id never names two objects
     assert same_partition(labels[1], alone)
     found, note = widget.status.value.split("\n⚠ ")
-    assert found == f"stack labels: {len(set(np.unique(alone)) - {0})} objects"  # of the plane
+    count = len(set(np.unique(alone)) - {0})
+    assert found == f"stack labels: {count} object{'' if count == 1 else 's'}"  # of the plane
     kept = sum(bool(plane.any()) for plane in other_planes)
     assert note.startswith(f"only plane 1 was segmented: {kept} other plane")  # the user hears of the mix
 
