@@ -150,14 +150,14 @@ def run_training(trainer: Trainer) -> int | None:
                     bar.set_description("2D warm start")
                 bar.total = event.total_steps
                 bar.update(event.step - bar.n)
-                bar.set_postfix(loss=f"{event.loss:.4f}")
+                bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)  # shown at the bar's own pace
             elif isinstance(event, StepProgress):
                 if event.step == 1:
                     bar.reset(total=event.total_steps)
                     bar.set_description("training")
                 bar.total = event.total_steps
                 bar.update(event.step - bar.n)
-                bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s")
+                bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s", refresh=False)
             elif isinstance(event, ValidationResult):
                 bar.write(f"step {event.step}: validation AP@0.5 {event.ap50:.3f}, pixel IoU {event.pixel_iou:.3f}")
             elif isinstance(event, CheckpointFailed):
