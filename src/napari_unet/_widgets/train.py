@@ -94,7 +94,8 @@ class TrainWidget(TrainSettings, DockWidget):
         run goes on with the data it read (Live training stops instead, its edits gone)."""
         if not self.runner.busy:
             return
-        for layer in [layer for layer in self._run_layers if layer not in self.viewer.layers]:
+        removed = dict.fromkeys(layer for layer in self._run_layers if layer not in self.viewer.layers)  # once each
+        for layer in removed:
             note = f"the layer '{layer.name}' was removed: this run goes on with the data it read at Start"
             self._removal_notes.append(note)
             self._run_warnings.append(note)
