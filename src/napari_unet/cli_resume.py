@@ -32,10 +32,11 @@ RESUME_KEEPS = {
 NEGATED_OPTIONS = {"no_elastic"}
 
 
-def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Trainer:
-    """A trainer continuing ``args.resume``; options that would change the run are
-    refused, --device and --precision are applied."""
-    state = load_state(args.resume)
+def resume_trainer(args: argparse.Namespace, images, labels, state: dict | None = None, **kwargs) -> Trainer:
+    """A trainer continuing ``args.resume`` (``state``: its checkpoint when already
+    read); options that would change the run are refused, --device and --precision
+    are applied."""
+    state = load_state(args.resume) if state is None else state
     given = args.given
     if isinstance(state, dict) and state.get("kind") == "checkpoint":
         try:
@@ -73,19 +74,22 @@ def resume_trainer(args: argparse.Namespace, images, labels, **kwargs) -> Traine
     )
 
 
-def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
+def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> dict | None:
     """An existing model or checkpoint is replaced only with --overwrite, except by a
     resumed run writing its own checkpoint again and the model named after it (MODEL
     beside MODEL.ckpt): a run resumed with another --out had replaced whatever model
-    and checkpoint were there."""
+    and checkpoint were there. Returns the checkpoint of --resume, read to check it
+    (for :func:`resume_trainer`, which then need not read it again)."""
+    state = None
     if args.resume:  # what it is, before any advice about what the run would replace
         if not args.resume.is_file():
             raise ModelFileError(
                 f"no checkpoint file at {args.resume}: give the MODEL.ckpt that a run wrote beside its model MODEL"
             )
-        require_checkpoint(load_state(args.resume), args.resume)
+        state = load_state(args.resume)
+        require_checkpoint(state, args.resume)
     if args.overwrite:
-        return
+        return state
     own = []
     if args.resume:
         own = [path for path in (checkpoint, args.out) if _same_file(_checkpoint_of(path, checkpoint), args.resume)]
@@ -99,6 +103,7 @@ def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> None:
     if existing:
         resume = f", or continue its run with --resume {checkpoint}" if checkpoint.exists() else ""
         raise OutputFileError(f"{existing[0]} exists: pass --overwrite to replace it{resume}")
+    return state
 
 
 def _checkpoint_of(path: Path, checkpoint: Path) -> Path:

@@ -202,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if checkpoint.absolute() == args.out.absolute():
         raise ConfigError(f"the checkpoint and the model would both be {args.out}: give another --checkpoint")
-    refuse_to_replace(args, checkpoint)
+    resumed_state = refuse_to_replace(args, checkpoint)
     check_writable(args.out)  # before any work, not after the training
     for stale in remove_stale_temporaries(args.out):
         logging.getLogger(__name__).info("removed %s, left by an interrupted write", stale)
@@ -219,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         "val_names": [f"{labels} (image {image})" for image, labels in zip(args.val_images, args.val_labels)],
     }
     if args.resume:
-        trainer = resume_trainer(args, images, labels, **options)
+        trainer = resume_trainer(args, images, labels, resumed_state, **options)
     else:
         config = train_config_from(args)
         model = initial_model(args) if args.init else new_model(args, images[0])

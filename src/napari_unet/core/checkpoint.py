@@ -47,7 +47,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     """The SHA-256 (hex) of ``tensors``' names, types, shapes and bytes, in name order."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
+        tensor = tensors[name]  # on the CPU: saved or read from a file
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
