@@ -318,3 +318,19 @@ def test_labels_keep_their_ids_when_written_in_imagej_s_format(tmp_path):
     io.write_image(tmp_path / "few.tif", labels // 300, pixel_size_of=source, axes="ZYX")  # fit uint16: ImageJ's
     np.testing.assert_array_equal(io.read_image(tmp_path / "few.tif"), labels // 300)
     assert io.read_spacing(tmp_path / "few.tif") == (2.0, 1.0, 1.0)
+
+
+def test_outputs_of_a_png_plane_name_their_axes_as_those_of_a_tiff_plane(tmp_path, model_file, capsys):
+    """The probabilities of a PNG read back as "QYX" (a stack of unnamed planes),
+    those of a TIFF as "CYX"."""
+    import imageio.v3 as iio
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 50)).astype(np.uint8)
+    iio.imwrite(tmp_path / "plane.png", image)
+    tifffile.imwrite(tmp_path / "other.tif", image)
+    command = ["segment", str(model_file), str(tmp_path / "plane.png"), str(tmp_path / "other.tif")]
+    assert main([*command, "--probabilities", "--out-dir", str(tmp_path / "out")]) == 0
+    for name in ("plane", "other"):
+        for kind, axes in (("labels", "YX"), ("probabilities", "CYX")):
+            with tifffile.TiffFile(tmp_path / "out" / f"{name}_{kind}.tif") as written:
+                assert written.series[0].axes == axes, (name, kind)

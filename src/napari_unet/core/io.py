@@ -228,16 +228,19 @@ def output_axes(path: str | os.PathLike, shape: tuple[int, ...], classes_before:
     stack keep its names, "ZYX", or "CYX" for a stack that names its planes
     channels; a stack of unnamed planes, "IYX" or "QYX", is taken for "ZYX"), else
     the file's axes without its channels (labels of a "ZCYX" stack are "ZYX");
-    ``None`` when they cannot be told (not a TIFF, other shapes).
+    for another file (PNG, JPEG, NPY), "YX" for a plane's ("CYX" for its
+    probabilities), so that they read back alike from every input; ``None`` when
+    they cannot be told (other shapes, a stack from a file that does not name it).
     ``classes_before``: the array also holds a class axis, named "C", before its last
     ``classes_before`` axes (probabilities: 2 for a 2D model, 3 for a 3D one)."""
-    series = _first_series(path)
-    if series is None:
-        return None
-    axes, sizes = series
     shape = tuple(shape)
     if classes_before is not None:
         shape = shape[: len(shape) - classes_before - 1] + shape[len(shape) - classes_before :]
+    series = _first_series(path)
+    if series is None:
+        plane = len(shape) == 2 and classes_before in (None, 2)
+        return ("YX" if classes_before is None else "CYX") if plane else None
+    axes, sizes = series
     if "Z" not in axes and sum(axis in "IQ" for axis in axes) == 1:  # ImageJ's plain stack: "images", no "slices"
         axes = axes.replace("I", "Z").replace("Q", "Z")
     whole = list(zip(axes, sizes))
