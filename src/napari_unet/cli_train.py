@@ -212,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         "val_images": [read_image(p) for p in args.val_images],
         "val_labels": [read_labels(p) for p in args.val_labels],
         "checkpoint_path": checkpoint,
+        "overwrite": True,  # refuse_to_replace has had its say
         "channel_axis": args.channel_axis,
         # messages name a pair by its labels file, and its image ("the image of lab.tif" alone
         # sent a user looking for NaNs in the labels)

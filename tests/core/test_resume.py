@@ -431,3 +431,25 @@ def test_training_history_leaves_out_what_is_not_a_record():
     assert training_history(metadata) == [{"steps": 1}, {"steps": 2}]
     assert training_history(metadata, own=False) == [{"steps": 1}]
     assert training_history({"earlier_training": "not a list", "training": None}) == []
+
+
+def test_a_new_run_refuses_to_write_over_an_earlier_run_s_checkpoint(tmp_path):
+    """train(..., checkpoint_path=P) wrote over the checkpoint an earlier run had left
+    at P without a word; now the new run says how to continue or replace it, the
+    earlier checkpoint untouched. Resuming with the run's own checkpoint writes on."""
+    images, labels = nuclei()
+    checkpoint = tmp_path / "run.ckpt"
+    config = dataclasses.replace(FAST, steps=4)
+    run_steps(Trainer(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=checkpoint), 2)
+    earlier = checkpoint.read_bytes()
+    with pytest.raises(nu.OutputFileError, match=r"earlier run's checkpoint.*Trainer\.resume.*overwrite=True") as error:
+        nu.train(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=checkpoint)
+    assert str(checkpoint) in str(error.value) and checkpoint.read_bytes() == earlier
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(earlier)
+    with pytest.raises(nu.OutputFileError, match="earlier run's checkpoint"):  # a resumed run's new file too
+        Trainer.resume(checkpoint, images, labels, checkpoint_path=copy)
+    nu.core.progress.drive(Trainer.resume(checkpoint, images, labels, checkpoint_path=checkpoint).run())
+    assert load_state(checkpoint)["step"] == 4
+    nu.train(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=copy, overwrite=True)
+    assert load_state(copy)["step"] == 4

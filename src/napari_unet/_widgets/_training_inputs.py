@@ -117,6 +117,7 @@ def trainer_factory(
             snapshot,
             config,
             checkpoint_path=save.with_name(save.name + ".ckpt"),
+            overwrite=True,  # the save dialog asks before a model is replaced; its checkpoint goes with it
             channel_axis=inputs.channel_axis,
             names=inputs.names,
             stop=stop,

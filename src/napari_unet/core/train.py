@@ -55,7 +55,13 @@ from .threads import available_cores
 from .train_config import TrainConfig
 from .train_events import StepProgress, TrainEvent, TrainSummary, ValidationResult
 from .train_step import BatchStep
-from .training_state import checkpoint_record, restore_progress, resumed_config, training_history
+from .training_state import (
+    checkpoint_record,
+    refuse_earlier_checkpoint,
+    restore_progress,
+    resumed_config,
+    training_history,
+)
 from .warm_start import FINE_TUNE_LR_SCALE, iter_warm_start
 
 log = logging.getLogger(__name__)
@@ -86,7 +92,9 @@ class Trainer:
     every ``config.checkpoint_every`` steps and when training stops between two steps.
 
     The checkpoint's location is checked before anything else happens
-    (:class:`~napari_unet.core.errors.OutputFileError` if it cannot be written); a
+    (:class:`~napari_unet.core.errors.OutputFileError` if it cannot be written, or
+    if it holds an earlier run's checkpoint and ``overwrite`` is false; resuming a
+    run with its own checkpoint writes on there); a
     checkpoint that fails later (a full disk) is reported once as
     :class:`CheckpointFailed` and training goes on. :meth:`request_stop` (from another
     thread or a signal handler) ends training after the current step.
@@ -106,6 +114,7 @@ class Trainer:
         val_images: Sequence[np.ndarray] = (),
         val_labels: Sequence[np.ndarray] = (),
         checkpoint_path: str | Path | None = None,
+        overwrite: bool = False,
         channel_axis: int | None = None,
         names: Sequence[str] | None = None,
         val_names: Sequence[str] | None = None,
@@ -124,6 +133,7 @@ class Trainer:
         )  # fmt: skip
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         if self.checkpoint_path is not None:
+            refuse_earlier_checkpoint(self.checkpoint_path, overwrite)
             keeps_best = bool(self.validation) and config.keep_best
             check_writable(self.checkpoint_path, checkpoint_bytes(model, config, keeps_best))
         #: Why the last checkpoint could not be written (``None`` when it was).
@@ -236,6 +246,8 @@ class Trainer:
         """
         state = load_state(path) if state is None else state
         config = resumed_config(state, path, device, precision)
+        if kwargs.get("checkpoint_path") and Path(kwargs["checkpoint_path"]).resolve() == Path(path).resolve():
+            kwargs.setdefault("overwrite", True)  # the run's own checkpoint, written on as it continues
         trainer = cls(model_from_state(state["model"], path), images, labels, config, **kwargs)
         restore_progress(trainer, state, path)
         return trainer

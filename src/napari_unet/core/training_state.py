@@ -20,7 +20,7 @@ import torch
 from .best_weights import BestWeights
 from .checkpoint import ModelFileError, model_state
 from .devices import resolve_device
-from .errors import ConfigError, NapariUnetError
+from .errors import ConfigError, NapariUnetError, OutputFileError
 from .model import weights_lock
 from .train_config import TrainConfig
 
@@ -55,6 +55,18 @@ def require_checkpoint(state, path: str | Path) -> None:
         raise ConfigError(
             f"{path} is a model file, not a training checkpoint: fine-tune it instead (command line: --init {path}; "
             "Python: train load_model(path))"
+        )
+
+
+def refuse_earlier_checkpoint(path: Path, replace: bool) -> None:
+    """Raise :class:`~.errors.OutputFileError` when a new run would write its
+    checkpoints over the file at ``path`` (an earlier run's work) and ``replace`` is
+    false."""
+    if path.is_file() and not replace:
+        raise OutputFileError(
+            f"checkpoint_path {path} holds an earlier run's checkpoint: continue that run with "
+            f"nu.Trainer.resume({str(path)!r}, images, labels, checkpoint_path={str(path)!r}), pass "
+            "overwrite=True to replace it, or choose another checkpoint_path"
         )
 
 
