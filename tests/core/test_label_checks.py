@@ -1,7 +1,15 @@
 import numpy as np
+import tifffile
 from scipy import ndimage
 
-from napari_unet.core.label_checks import image_like_reason, labels_warning, unsigned_max_warning
+import napari_unet as nu
+from napari_unet.cli import main
+from napari_unet.core.label_checks import (
+    ids_as_image_warning,
+    image_like_reason,
+    labels_warning,
+    unsigned_max_warning,
+)
 from napari_unet.core.synthetic import synthetic_nuclei
 
 
@@ -34,3 +42,31 @@ def test_images_given_as_labels_are_recognised():
     assert "neighbouring pixels" in image_like_reason(image)
     assert "fractional" in image_like_reason(image.astype(np.float32) / 7)
     assert image_like_reason(labels.astype(np.float32)) is None
+
+
+def test_ids_given_as_the_image_are_warned_about():
+    """A label image given as the image too trained without a word (the reverse is
+    refused); microscope images, binary drawings and partial annotations pass."""
+    image, labels = synthetic_nuclei((128, 128), seed=0)
+    warning = ids_as_image_warning(labels[None].astype(np.uint16), labels, "'cells.tif'")
+    cells = len(np.unique(labels)) - 1
+    assert warning.startswith(f"the image of 'cells.tif' looks like a label image: each of its {cells} annotated cells")
+    partial = np.where(np.arange(128)[:, None] < 64, labels, -1)  # half the image annotated, ids elsewhere too
+    assert "looks like a label image" in ids_as_image_warning(labels[None].astype(np.int32), partial, "x")
+    for picture in ((image * 4000).astype(np.uint16), (labels > 0).astype(np.uint8), labels * 0 + 7):
+        assert ids_as_image_warning(picture[None], labels, "x") is None
+    assert ids_as_image_warning(labels[None].astype(np.float32), labels, "x") is None  # a float image: a picture
+    assert ids_as_image_warning(np.stack([labels, labels]), labels, "x") is None  # two channels
+    two = np.where(np.isin(labels, (1, 2)), labels, 0)
+    assert ids_as_image_warning(two[None], two, "x") is None  # too few cells to tell
+
+
+def test_training_on_the_labels_file_as_image_warns_on_the_command_line(tmp_path, capsys):
+    _, labels = synthetic_nuclei((96, 96), seed=0)
+    tifffile.imwrite(tmp_path / "lab.tif", labels.astype(np.uint16))
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(tmp_path / "lab.tif"), "--labels", str(tmp_path / "lab.tif"), "--out", str(out)]
+    assert main([*args, "--steps", "1", "--tile", "92", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the image of {tmp_path / 'lab.tif'} (image " in err and "looks like a label image" in err
+    assert nu.load_model(out).config.in_channels == 1  # a warning: the run goes on

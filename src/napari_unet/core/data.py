@@ -17,6 +17,7 @@ from .config import IGNORE_LABEL, NormalizationConfig
 from .errors import NapariUnetError
 from .io import read_image, read_labels
 from .label_checks import (
+    ids_as_image_warning,
     ids_changing_between_planes_warning,
     image_like_reason,
     labels_warning,
@@ -263,8 +264,13 @@ def prepare(
             _refuse_unusable_values(
                 plane, f"the image of {name}", "the cells were painted on", constant=painted_cells > 0
             )
-            warning = ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None
-            if warning:
+            plane_warnings = [
+                ids_changing_between_planes_warning(plane_labels, name) if ndim == 3 else None,
+                # a label image given as the image shows in its first annotated plane
+                ids_as_image_warning(plane, plane_labels, name) if len(planes) == first else None,
+            ]
+            plane_warnings = tuple(warning for warning in plane_warnings if warning)
+            for warning in plane_warnings:
                 log.warning(warning)
             normalized = normalize(plane, normalization)
             found, looked_at = _unpainted_in_planes(normalized.mean(axis=0), plane_labels, ndim)
@@ -283,7 +289,7 @@ def prepare(
                     annotation=np.stack([separation_target(plane_labels).astype(np.float32), w]),
                     annotated=np.flatnonzero(w > 0),
                     objects=complete_objects(plane_labels),
-                    warnings=(warning,) if warning else (),
+                    warnings=plane_warnings,
                 )
             )
         warning = unpainted_cells_warning(unpainted, checked, name)

@@ -4,8 +4,8 @@ Each answers with what to tell the user, or None: images given where labels are
 expected (:func:`image_like_reason`, an error), values no label may take
 (:func:`out_of_range_message`, an error), and label images that train but most
 likely not as the user means them (warnings): binary masks, unsigned images whose
-largest value stands for "unannotated", and volumes whose cells change id from one
-plane to the next.
+largest value stands for "unannotated", volumes whose cells change id from one
+plane to the next, and ids given as the image too (:func:`ids_as_image_warning`).
 """
 
 from __future__ import annotations
@@ -149,6 +149,41 @@ def image_like_reason(labels: np.ndarray) -> str | None:
     if same < 0.5:
         return f"only {same:.0%} of horizontally neighbouring pixels share a value (labels: most do)"
     return None
+
+
+#: A label image given as the image is told apart only with at least this many cells.
+IDS_AS_IMAGE_CELLS = 3
+
+
+def ids_as_image_warning(image: np.ndarray, labels: np.ndarray, name: str) -> str | None:
+    """The warning for an ``image`` (C, *spatial) that holds ids rather than a
+    picture of the cells: one channel of integers, one value of its own on each of the
+    (at least :data:`IDS_AS_IMAGE_CELLS`) cells of ``labels`` (*spatial) and one on
+    their background. No microscope image is constant over its cells; a labels file
+    given for both image and labels is, and so is a label file opened as an image
+    layer. ``None`` otherwise (most images: at the first two neighbouring pixels of a
+    cell that differ)."""
+    if image.shape[0] != 1 or not (np.issubdtype(image.dtype, np.integer) or image.dtype == bool):
+        return None
+    values = image[0]
+    for axis in range(labels.ndim):  # constant across every pair of neighbours of one id
+        before = (slice(None),) * axis + (slice(None, -1),)
+        after = (slice(None),) * axis + (slice(1, None),)
+        same = (labels[before] == labels[after]) & (labels[before] != IGNORE_LABEL)
+        if np.any(values[before][same] != values[after][same]):
+            return None
+    annotated = labels != IGNORE_LABEL
+    ids, ids_values = np.unique(np.stack([labels[annotated], values[annotated]]), axis=1)
+    cells = ids > 0
+    if np.count_nonzero(cells) < IDS_AS_IMAGE_CELLS or len(np.unique(ids)) != len(ids):
+        return None  # few cells, or an id with several values (pieces of another annotation)
+    if len(np.unique(ids_values[cells])) != np.count_nonzero(cells):
+        return None  # cells sharing a value: a drawing of cells, not ids
+    return (
+        f"the image of {name} looks like a label image: each of its {np.count_nonzero(cells)} annotated cells has "
+        "one value of its own in it, as ids do. Train on the microscope image (were the labels given as the image "
+        "too?)"
+    )
 
 
 def looks_like_image_message(name: str, reason: str) -> str:
