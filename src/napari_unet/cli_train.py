@@ -140,9 +140,9 @@ def run_training(trainer: Trainer) -> int | None:
     current step and keeps its checkpoint; returns that signal's number, if any."""
     quiet = not trainer.group.is_main  # the other processes of a data-parallel run stay quiet
     quiet = quiet or trainer.step >= trainer.config.steps  # a finished run resumed: nothing to show
-    with progress_bar(
-        total=trainer.config.steps, initial=trainer.step, desc="training", unit="step", disable=quiet
-    ) as bar:
+    # a run limited by time learns its number of steps from the first ones (0/100000 was shown till then)
+    total = None if trainer.config.minutes is not None else trainer.config.steps
+    with progress_bar(total=total, initial=trainer.step, desc="training", unit="step", disable=quiet) as bar:
 
         def show(event) -> None:
             if isinstance(event, WarmStartProgress):  # the bar counts the twin's steps until the first 3D one

@@ -416,7 +416,9 @@ def test_demo_writes_everything(tmp_path, capsys):
     assert main(["demo", "--out-dir", str(out), "--minutes", "0.05", "--device", "cpu"]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "metrics.txt", "overlay.png", "test_0.tif", "test_0_labels.tif"} <= names
-    assert "overall" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "overall" in printed.out
+    assert "training: 0step" in printed.err and "100000" not in printed.err  # steps unknown until the first ones
     assert main(["demo", "--out-dir", str(out), "--minutes", "0.02", "--device", "cpu"]) == 0  # again: its own output
 
 
