@@ -316,10 +316,13 @@ def test_all_planes_as_a_volume_give_a_cell_one_id_across_planes(viewer, session
     total = sum(len(np.unique(plane)) - 1 for plane in per_plane)
     assert total > per_plane.max()  # the largest id counted one plane's objects: "2 objects"
     assert widget.status.value == f"stack labels: {total} objects in 6 planes"
-    widget.image.value = viewer.add_image(stack[2], name="one plane")
-    widget.planes.value = "all planes as a volume"
+    segment_planes(widget, "all planes as a volume", wait_idle)
+    widget.image.value = viewer.add_image(stack[4], name="one plane")  # the choice, hidden, applies to stacks alone
+    assert not widget.planes.visible
     widget.run_button.clicked.emit()
-    assert "needs a stack" in widget.status.value and "one plane labels" not in viewer.layers
+    wait_idle(widget)
+    assert widget.status.value == "one plane labels: 2 objects"
+    assert same_partition(viewer.layers["one plane labels"].data, balls[0][4] * 1 + balls[1][4] * 2)
 
 
 def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot):

@@ -279,9 +279,9 @@ class SegmentWidget(DockWidget):
         if volumes and spacing is not None and set(spacing) != {1.0}:  # napari's scale of 1: nothing recorded
             note = voxel_shape_note(spacing, model.config.spacing, f"the scale of {layer.name} gives")
             self._notes = (note,) if note else ()
-        as_volume = self.planes.value == AS_VOLUME and not volumes
-        if as_volume and len(spatial_shape(layer)) < 3:
-            raise LayerError(f"{layer.name} is one plane: 'all planes as a volume' needs a stack")
+        # the stacks choice is shown, and applies, for stacks alone: kept from a stack segmented
+        # before, it refused a plane chosen after it, with the choice hidden
+        as_volume = self.planes.value == AS_VOLUME and self._offers_planes(layer)
         if as_volume and self.to_store.value:
             raise LayerError("a volume is labelled at once, not plane by plane into a store: untick the zarr store")
         if not volumes and not as_volume and wants_store(layer, self.to_store.value):
