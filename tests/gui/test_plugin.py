@@ -14,7 +14,6 @@ from napari_unet._reader import get_reader
 from napari_unet._sample_data import nuclei_2d, nuclei_stack, nuclei_volume
 from napari_unet._session import Session
 from napari_unet._widgets import AnnotateWidget, LiveTrainWidget, SegmentWidget, TrainWidget, WeightMapWidget
-from napari_unet._widgets._base import STACKED_HEIGHT_RESERVE
 
 from .conftest import docked
 
@@ -281,11 +280,22 @@ def test_renaming_the_chosen_layers_keeps_them_chosen(viewer, widget_class):
     assert first in viewer.layers
 
 
-@pytest.mark.parametrize("height", [768, 1000])
-def test_on_a_short_window_the_docks_are_tabs_of_one_another(make_napari_viewer, qtbot, height):
+def in_view(control) -> bool:
+    return not control.native.visibleRegion().isEmpty()
+
+
+def scrolled_into_view(widget, control) -> bool:
+    """Whether ``control`` lies wholly inside ``widget``'s scrolling settings' view."""
+    viewport = widget.controls_area.viewport()
+    return control.native.mapTo(viewport, QPoint(0, control.native.height())).y() <= viewport.height()
+
+
+@pytest.mark.parametrize("height", [768, 1000, 1440])
+def test_docks_are_tabs_of_one_another_unless_the_window_shows_both_whole(make_napari_viewer, qtbot, height):
     """Train docked below Annotate at 1366x768 left Annotate a 40 px scrolling strip for
-    its paint buttons (a new user's walk); below 900 px each new napari-unet dock is a
-    tab beside the others, in front; a taller window stacks them as before."""
+    its paint buttons, and at 1600x1000 a 67 px one (new users' walks): Train is a tab
+    beside Annotate, in front, unless the window shows both docks' controls whole
+    (1440 px), and then each keeps its controls in view."""
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     window = viewer.window._qt_window
@@ -296,27 +306,23 @@ def test_on_a_short_window_the_docks_are_tabs_of_one_another(make_napari_viewer,
     train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train U-Net")
     qtbot.wait(50)
     tabbed = window.tabifiedDockWidgets(train_dock)
-    if height == 768:
+    if height < 1440:
         assert tabbed == [annotate_dock]
-        shown = lambda control: not control.native.visibleRegion().isEmpty()  # noqa: E731
-        assert shown(train.start_button) and not shown(annotate.new_cell)  # Train in front
+        assert in_view(train.start_button) and not in_view(annotate.new_cell)  # Train in front
         annotate_dock.raise_()
         qtbot.wait(50)
-        viewport = annotate.controls_area.viewport()
-        bottom = annotate.copy.native.mapTo(viewport, QPoint(0, annotate.copy.native.height())).y()
-        assert bottom <= viewport.height()  # all of Annotate's controls in view, none scrolled away
     else:
-        assert tabbed == []
-        assert not annotate.new_cell.native.visibleRegion().isEmpty()
-        assert not train.start_button.native.visibleRegion().isEmpty()
+        assert tabbed == [] and in_view(train.start_button)
+    assert in_view(annotate.new_cell) and scrolled_into_view(annotate, annotate.copy)  # none scrolled away
 
 
 def test_docks_that_would_not_fit_a_tall_window_stacked_are_tabs(make_napari_viewer, qtbot):
     """All five docks stacked at 1600x1000 needed 994 px, and 1118 px once Train showed
     its loss plot: the window grew past the screen and Live training's buttons went
-    below its edge (a new user's walk). A dock that would leave the window less than
-    STACKED_HEIGHT_RESERVE px to spare is a tab instead, and the window keeps its height;
-    Annotate's paint buttons stay in view."""
+    below its edge (a new user's walk); stacked as tabs beside Live training (whose form
+    is short), Train showed 116 px of its settings. A dock that would not leave the
+    window STACKED_HEIGHT_RESERVE px beyond every stacked dock's controls whole is a tab
+    instead, the window keeps its height, and each tab shows its controls."""
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     window = viewer.window._qt_window
@@ -325,25 +331,31 @@ def test_docks_that_would_not_fit_a_tall_window_stacked_are_tabs(make_napari_vie
     names = ["Annotate cells", "Weight map", "Train U-Net", "Segment with U-Net", "Live training"]
     docks, widgets = zip(*(viewer.window.add_plugin_dock_widget("napari-unet", name) for name in names))
     qtbot.wait(50)
-    tabbed = {name: window.tabifiedDockWidgets(dock) for name, dock in zip(names, docks)}
-    assert tabbed["Annotate cells"] == tabbed["Weight map"] == []  # the first ones stack
-    assert tabbed["Live training"] != []
+    annotate, weights, train, segment, live = widgets
+    assert window.tabifiedDockWidgets(docks[1]) == []  # Weight map's short form stacks
+    assert set(window.tabifiedDockWidgets(docks[0])) == {docks[2], docks[3], docks[4]}
     assert window.height() == 1000
-    assert window.minimumSizeHint().height() + STACKED_HEIGHT_RESERVE <= 1000
-    for button in (widgets[-1].start_button, widgets[-1].accept_button):  # the new dock in front, in view
-        assert not button.native.visibleRegion().isEmpty()
-    viewport = widgets[0].controls_area.viewport()
-    bottom = widgets[0].copy.native.mapTo(viewport, QPoint(0, widgets[0].copy.native.height())).y()
-    assert bottom <= viewport.height()  # all of Annotate's controls in view, none scrolled away
+    assert in_view(live.start_button) and in_view(live.accept_button)  # the new dock in front, in view
+    assert in_view(weights.compute)
+    for dock, last in ((docks[0], annotate.copy), (docks[2], train.start_button), (docks[3], segment.run_button)):
+        dock.raise_()
+        qtbot.wait(50)
+        assert in_view(last), dock.windowTitle()
+    assert scrolled_into_view(annotate, annotate.copy)
+    docks[2].raise_()
+    qtbot.wait(50)
+    settings = train.settings_area
+    assert settings.viewport().height() >= 0.85 * settings.widget().sizeHint().height()
 
 
 def test_a_dock_without_a_scrolling_part_leaves_the_height_it_does_not_use_to_the_others(viewer, qtbot):
     """Weight map docked below Annotate (from the Plugins menu) on a 1366x768 screen
     took 543 px, 340 of them blank, while Annotate's controls shrank to two rows
-    (image, Create): its paint buttons could only be reached by scrolling a 44 px box."""
+    (image, Create): its paint buttons could only be reached by scrolling a 44 px box.
+    Stacked, it takes the height of its controls alone."""
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     window = viewer.window._qt_window
-    window.resize(1366, 768)
+    window.resize(1366, 1000)  # (at 768 px a second dock is a tab now, see above)
     window.show()
     # napari's test fixture keeps the status bar's thread off; in napari it runs, and the
     # window is laid out again as its updates arrive (without it the docks split right)

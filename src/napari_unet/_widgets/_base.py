@@ -13,7 +13,16 @@ from collections.abc import Callable
 from magicgui.widgets import Container, Label
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import QApplication, QComboBox, QDockWidget, QMainWindow, QSizePolicy, QStyle, QWidget
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDockWidget,
+    QMainWindow,
+    QScrollArea,
+    QSizePolicy,
+    QStyle,
+    QWidget,
+)
 
 from ..core.errors import NapariUnetError
 from ._runner import JobRunner
@@ -48,14 +57,14 @@ class _DockWatcher(QObject):
 #: side as a tab instead of taking a share of the height: docked below Train at
 #: 1366x768, Annotate kept a 40 px scrolling strip for its paint buttons.
 TABS_BELOW_HEIGHT = 900
-#: In a taller window a dock is a tab too where the docks stacked with it would leave
-#: the window less free height than this (px) beyond their minimum heights: room for
-#: what appears later (Train's loss plot, 70 px, and more status lines) and for the
-#: controls that scroll. All five docks stacked at 1600x1000 needed 994 px, and 1118 px
-#: once Train showed its plot: the window grew past the screen and Live training's
-#: buttons went below its edge; four of them (793 px) left Annotate's paint buttons a
-#: scrolling strip. Annotate, Train and Segment stack at 1000 px.
-STACKED_HEIGHT_RESERVE = 250
+#: In a taller window a dock is a tab too where the window cannot show every dock on
+#: its side whole (each dock's fixed parts and all of its scrolling settings, tabs
+#: counting once, at their tallest) with this much height (px) to spare for what
+#: appears later (Train's loss plot, 70 px, and more status lines). Counting the docks'
+#: minimum heights alone (their settings scroll) stacked Annotate, Train and Segment at
+#: 1600x1000: Annotate's paint buttons and Train's settings were strips of 67 and 76 px
+#: to scroll, and all five docks made the window grow past the screen.
+STACKED_HEIGHT_RESERVE = 100
 #: The Qt property that marks the widget of a napari-unet dock (True), and after its
 #: first placement (:func:`tab_on_a_short_window`) says so ("placed").
 DOCK_MARK = "napari_unet_dock"
@@ -67,11 +76,12 @@ def _is_ours(dock) -> bool:
 
 
 def tab_on_a_short_window(widget) -> None:
-    """Tab ``widget``'s new dock with the latest napari-unet dock on its side of the
-    window when the window is shorter than :data:`TABS_BELOW_HEIGHT`, or when the
-    window, with the dock stacked, would have less than :data:`STACKED_HEIGHT_RESERVE`
-    of its height to spare; it comes to the front. Other plugins' docks and floating
-    docks are left where they are."""
+    """Tab ``widget``'s new dock with a napari-unet dock on its side of the window when
+    the window is shorter than :data:`TABS_BELOW_HEIGHT`, or when, stacked, the docks of
+    that side would not all fit whole with :data:`STACKED_HEIGHT_RESERVE` to spare; it
+    comes to the front. Of the napari-unet tab groups it could join, the one that
+    leaves the side shortest is chosen (the latest on a tie). Other plugins' docks and
+    floating docks are left where they are."""
     dock = widget.parent()
     while dock is not None and not isinstance(dock, QDockWidget):
         dock = dock.parent()
@@ -85,24 +95,105 @@ def tab_on_a_short_window(widget) -> None:
         for other in window.findChildren(QDockWidget)
         if other is not dock and not other.isFloating() and other.isVisible() and window.dockWidgetArea(other) == area
     ]
+    groups = _tab_groups(window, stacked)
     height = window.height()
-    if height >= TABS_BELOW_HEIGHT and _stacked_height(window, [*stacked, dock]) + STACKED_HEIGHT_RESERVE <= height:
-        return
-    ours = [other for other in stacked if _is_ours(other)]
-    if ours:
-        window.tabifyDockWidget(ours[-1], dock)
+    joinable = [index for index, group in enumerate(groups) if any(_is_ours(other) for other in group)]
+    fits = _stacked_height(window, [*groups, [dock]]) + STACKED_HEIGHT_RESERVE <= height
+    if joinable and (height < TABS_BELOW_HEIGHT or not fits):
+
+        def height_with_dock_in(index: int) -> int:
+            return _stacked_height(window, [[*group, dock] if n == index else group for n, group in enumerate(groups)])
+
+        best = min(reversed(joinable), key=height_with_dock_in)  # the latest group on a tie
+        window.tabifyDockWidget([other for other in groups[best] if _is_ours(other)][-1], dock)
         dock.show()
         dock.raise_()
+        for member in [*groups[best], dock]:
+            _lift_height_cap(member)
+        groups[best].append(dock)
         window.resize(window.width(), height)  # as tall as before, if stacking had made it grow
+    else:
+        groups.append([dock])
+    QTimer.singleShot(0, lambda: _share_height(window, groups))
 
 
-def _stacked_height(window: QMainWindow, docks: list[QDockWidget]) -> int:
-    """The least height of ``window`` with ``docks`` stacked on one side: their minimum
-    heights, the separators between them and the window's menu and status bars (the
-    window's own minimum does not count a dock added since its last layout pass)."""
+def _share_height(window: QMainWindow, groups: list[list[QDockWidget]]) -> None:
+    """Share the side's height among the tab ``groups``: a group no taller than its
+    content (a short form alone) gets that height, the others what is left in
+    proportion to their heights whole. napari sizes a new dock's neighbours small:
+    Annotate stacked above Train kept 128 px of its 345 px of controls in a 1440 px
+    window, Train 1012 px for 619."""
+    groups = [[dock for dock in group if dock.parent() is window and dock.isVisible()] for group in groups]
+    groups = [group for group in groups if group]
+    if len(groups) < 2:
+        return
+    wanted = list(map(_tallest, groups))
+    capped = [all(_height_capped(dock) for dock in group) for group in groups]
+    left = sum(group[-1].height() for group in groups) - sum(h for h, cap in zip(wanted, capped) if cap)
+    growing = sum(h for h, cap in zip(wanted, capped) if not cap)
+    sizes = [h if cap else max(1, round(left * h / growing)) for h, cap in zip(wanted, capped)]
+    window.resizeDocks([group[-1] for group in groups], sizes, Qt.Orientation.Vertical)
+
+
+def _capped_widgets(dock: QDockWidget) -> list[QWidget]:
+    """The napari-unet widgets in ``dock`` that are no taller than their content
+    (:class:`DockWidget` without a growing scroll area, see :func:`._forms.scrolling`)."""
+    inside = dock.widget()
+    return [
+        widget
+        for widget in ((inside, *inside.findChildren(QWidget)) if inside is not None else ())
+        if widget.property(DOCK_MARK) and widget.sizePolicy().verticalPolicy() == QSizePolicy.Policy.Maximum
+    ]
+
+
+def _height_capped(dock: QDockWidget) -> bool:
+    return bool(_capped_widgets(dock))
+
+
+def _lift_height_cap(dock: QDockWidget) -> None:
+    """Let a napari-unet widget no taller than its content take any height: in a tab
+    group, Qt holds every tab to the lowest cap among them, and Train, tabbed with Live
+    training, showed 116 px of its 619 px of settings."""
+    for widget in _capped_widgets(dock):
+        widget.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+
+
+def _tab_groups(window: QMainWindow, docks: list[QDockWidget]) -> list[list[QDockWidget]]:
+    """``docks`` in their tab groups (a dock alone is a group of one), in order."""
+    groups: list[list[QDockWidget]] = []
+    for dock in docks:
+        for group in groups:
+            if dock in window.tabifiedDockWidgets(group[0]):
+                group.append(dock)
+                break
+        else:
+            groups.append([dock])
+    return groups
+
+
+def _whole_height(dock: QDockWidget) -> int:
+    """``dock``'s height with all of its scrolling settings in view: its minimum
+    height plus what each of its scroll areas holds beyond that area's minimum (or
+    its size hint, where that is more: a few px for a short form)."""
+    hidden = 0
+    for area in dock.findChildren(QScrollArea):
+        inside = area.widget()
+        if inside is not None and area.isVisibleTo(dock):
+            hidden += max(0, inside.sizeHint().height() - area.minimumSizeHint().height())
+    return max(dock.minimumSizeHint().height() + hidden, dock.sizeHint().height())
+
+
+def _stacked_height(window: QMainWindow, groups: list[list[QDockWidget]]) -> int:
+    """The height of ``window`` that shows the tab ``groups`` stacked on one side, each
+    as tall as its tallest dock whole (:func:`_whole_height`), with the separators
+    between them and the window's menu and status bars."""
     separator = window.style().pixelMetric(QStyle.PixelMetric.PM_DockWidgetSeparatorExtent, None, window)
     bars = sum(bar.sizeHint().height() for bar in (window.menuBar(), window.statusBar()) if bar.isVisible())
-    return sum(dock.minimumSizeHint().height() for dock in docks) + separator * (len(docks) - 1) + bars
+    return sum(map(_tallest, groups)) + separator * (len(groups) - 1) + bars
+
+
+def _tallest(group: list[QDockWidget]) -> int:
+    return max(_whole_height(dock) for dock in group)
 
 
 def narrow_choice_boxes(widget) -> None:

@@ -76,9 +76,16 @@ class _SettingsArea(QScrollArea):
         return self._as_wide_as_content(super().minimumSizeHint(), minimum=True)
 
     def sizeHint(self) -> QSize:
-        # QScrollArea keeps the width its content asked for first (before its drop-down
-        # boxes were narrowed, see _base.narrow_choice_boxes); ask the content again
-        return self._as_wide_as_content(super().sizeHint(), minimum=False)
+        # QScrollArea keeps the size its content asked for first: the width before its
+        # drop-down boxes were narrowed (see _base.narrow_choice_boxes), the height before
+        # napari's style made its rows taller (Live training's form then scrolled by 6
+        # px); ask the content again, within QScrollArea's bound of 24 lines
+        hint = self._as_wide_as_content(super().sizeHint(), minimum=False)
+        content = self.widget()
+        if content is None:
+            return hint
+        height = content.sizeHint().height() + 2 * self.frameWidth()
+        return QSize(hint.width(), min(height, 24 * self.fontMetrics().height()))
 
     def _as_wide_as_content(self, hint: QSize, minimum: bool) -> QSize:
         content = self.widget()
