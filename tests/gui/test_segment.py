@@ -338,6 +338,7 @@ def test_model_from_file_and_cancel(viewer, session, tmp_path, wait_idle, qtbot)
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
     widget.cancel_button.clicked.emit()
+    assert widget.status.value == "cancelling…" and not widget.cancel_button.enabled  # said at once
     wait_idle(widget)
     assert widget.status.value == "cancelled" and "big labels" not in viewer.layers
 

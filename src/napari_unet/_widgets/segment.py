@@ -131,7 +131,7 @@ class SegmentWidget(DockWidget):
         self.model_source.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.guarded(self.run))
-        self.cancel_button.changed.connect(self.runner.stop)
+        self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._reset_progress)
         self.image.changed.connect(self._suggest_stacks)
         self._on_model_changed()
@@ -317,6 +317,14 @@ class SegmentWidget(DockWidget):
         }
         keep = self.probabilities.value
         self.runner.start(segmentation_job, model, data, keep_probabilities=keep, plane_of=plane_of, **options)
+
+    def cancel(self, *_) -> None:
+        """Stop the segmentation after the tile or chunk in hand (a chunk of a store can
+        take a second or more), saying so at once."""
+        if self.runner.busy:
+            self.runner.stop()
+            self.cancel_button.enabled = False
+            self.status.value = "cancelling…"
 
     def _instances(self, model: UNet) -> InstanceConfig:
         """The model's instance settings with this widget's split and smallest object."""
