@@ -5,7 +5,7 @@ import pytest
 import torch
 from qtpy.QtCore import QTimer
 
-from napari_unet import UNet, load_model
+from napari_unet import UNet, load_model, save_model
 from napari_unet._sample_data import nuclei_2d
 from napari_unet._widgets import TrainWidget
 from napari_unet._widgets import _training_inputs as training_inputs
@@ -199,11 +199,13 @@ def test_bad_input_is_reported_not_raised(viewer, session, tmp_path, setup, mess
         assert message not in widget.status.value and "Start checks it again" in widget.status.value
 
 
-def test_an_rgb_image_and_the_session_s_one_channel_model_ask_for_a_new_model(viewer, session, tmp_path, wait_idle):
+@pytest.mark.parametrize("source", ["session model", "file"])
+def test_an_rgb_image_and_a_one_channel_model_ask_for_a_new_model(viewer, session, tmp_path, wait_idle, source):
     """After a first run Train's model is "session model"; pressing Start on an RGB layer
     then advised to "train on the RGB layer", which the user was doing (a new user's
-    walk): the way out is a new network."""
+    walk), and so did a one-channel model file: the way out is a new network."""
     session.set_model(UNet(base_channels=2, depth=1), "trained")
+    save_model(session.model, tmp_path / "grey.safetensors")
     annotation = np.full((64, 64), IGNORE_LABEL, np.int32)
     annotation[10:40, 10:40] = 0
     annotation[20:30, 20:30] = 1
@@ -212,10 +214,12 @@ def test_an_rgb_image_and_the_session_s_one_channel_model_ask_for_a_new_model(vi
     widget = docked(viewer, TrainWidget(viewer, session))
     tiny_settings(widget, tmp_path)
     widget.image.value, widget.annotation.value = rgb, labels
-    widget.model_source.value = "session model"
+    widget.model_source.value = source
+    widget.model_file.value = tmp_path / "grey.safetensors"
     widget.start_button.clicked.emit()
     wait_idle(widget)
     assert "choose model: new" in widget.status.value and "train on the RGB layer" not in widget.status.value
+    assert ("grey.safetensors takes" in widget.status.value) == (source == "file")
     assert widget.start_button.enabled and session.model.config.in_channels == 1
 
 

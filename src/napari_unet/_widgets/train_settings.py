@@ -284,7 +284,17 @@ class TrainSettings:
                 raise LayerError(f"{NO_MODEL_FILE}, or train a new model")
             if not path.is_file():
                 raise LayerError(f"no model file at {path}: choose one, or train a new model")
-            return lambda: load_model(path)
+
+            def from_file() -> UNet:
+                model = load_model(path)
+                if model.config.in_channels != in_channels:  # the core's advice ("train on the RGB layer") did not fit
+                    raise LayerError(
+                        f"{path.name} takes images of {model.config.in_channels} channel(s), this image has "
+                        f"{in_channels}: choose model: new to train a fresh network on it"
+                    )
+                return model
+
+            return from_file
         ndim = self._network_ndim()
         config = default_model_config("cpu", in_channels, ndim=ndim, spacing=self.spacing() if ndim == 3 else None)
         chosen = dataclasses.replace(
