@@ -47,9 +47,11 @@ def test_live_training_follows_edits_accepts_objects_and_keeps_the_model(viewer,
     timer = QTimer()
     timer.timeout.connect(probe)
     timer.start(10)
+    assert not widget.accept_button.enabled  # nothing to accept before a preview
     widget.start_button.clicked.emit()
     assert widget.status.value == "starting live training with a new network…"  # which model, said
     qtbot.waitUntil(lambda: widget.preview is not None, timeout=120_000)
+    assert widget.accept_button.enabled
     assert gc.get_freeze_count() > 0  # full collections leave the viewer's heap alone while it runs
     assert "cells live" in viewer.layers
     assert viewer.layers.selection.active is annotation and annotation.mode == "paint"  # the user's place kept
@@ -257,3 +259,16 @@ def test_accepting_objects_is_one_undo_step_each(viewer, session, qtbot):
     assert (annotation.data[20:30, 20:30] == IGNORE_LABEL).all() and (annotation.data[5:12, 5:12] == 1).all()
     annotation.undo()
     np.testing.assert_array_equal(annotation.data, stroked)  # the stroke is still there
+
+
+@pytest.mark.parametrize(("painted", "message"), [(IGNORE_LABEL, "is empty: paint some cells"), (0, "holds no cells")])
+def test_an_annotation_without_cells_is_refused_before_the_start(viewer, session, painted, message):
+    """Live training started on an empty or background-only annotation said "starting
+    live training…" and then, from the worker, that it could not."""
+    image = viewer.add_image(np.zeros((40, 40), np.float32), name="cells")
+    annotation = viewer.add_labels(np.full((40, 40), painted, np.int32), name="cells annotation")
+    widget = docked(viewer, LiveTrainWidget(viewer, session))
+    widget.image.value, widget.annotation.value = image, annotation
+    widget.start_button.clicked.emit()
+    assert f"the annotation 'cells annotation' {message}" in widget.status.value
+    assert not widget.runner.busy and widget.start_button.enabled

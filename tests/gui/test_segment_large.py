@@ -58,6 +58,7 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     viewer.layers.selection.active = annotation
     # cancel after the first chunks: the store (a temporary one) is left for a resume
     widget.run_button.clicked.emit()
+    assert widget.progress.label == "chunks"  # (in memory: tiles)
     qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=120_000)
     widget.cancel_button.clicked.emit()
     wait_idle(widget)
@@ -76,7 +77,10 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     np.testing.assert_array_equal(labels.data[0][:], segment(threshold_model(), stack))
     np.testing.assert_array_equal(labels.data[1][:], labels.data[0][:, ::2, ::2])
     assert "objects in" in widget.status.value
+    # the split of touching cells, ticked, is said not to apply (too large for memory: no advice to untick the store)
+    assert "touching cells are not split in a zarr store" in widget.status.value and "untick" not in widget.status.value
     # a second run (into a temporary store) replaces the layer
+    widget.split.value = False  # the network's components: nothing to say
     n_layers = len(viewer.layers)
     widget.store.line_edit.value = ""  # cleared, as in the field (setting value "" chooses the current folder)
     getattr(viewer, "scene", viewer).camera.zoom = 0.05  # zoomed out: a coarse level is shown, and must fill in
@@ -85,6 +89,7 @@ def test_large_images_fill_a_store_backed_layer(viewer, session, wait_idle, qtbo
     qtbot.wait(100)
     assert len(viewer.layers) == n_layers
     assert not left.parent.exists()  # the replaced layer's temporary store is deleted with it
+    assert "objects in" in widget.status.value and "not split" not in widget.status.value
     labels = viewer.layers["big labels"]
     np.testing.assert_array_equal(labels.data[0][:], segment(threshold_model(), stack))
     assert labels.data_level > 0

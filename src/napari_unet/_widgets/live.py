@@ -93,7 +93,8 @@ class LiveTrainWidget(DockWidget):
         )
         self.start_button = PushButton(text="Start live training")
         self.stop_button = PushButton(text="Stop", enabled=False)
-        self.accept_button = PushButton(text="Accept all predicted objects in view")
+        # usable once a preview shows predicted objects
+        self.accept_button = PushButton(text="Accept all predicted objects in view", enabled=False)
         self.step_label = Label(value="", visible=False)  # shown from the first step on
         controls = form(self.image, self.annotation, self.preview_seconds, self.save_path)
         buttons = side_by_side(self.start_button, self.stop_button)
@@ -166,6 +167,11 @@ class LiveTrainWidget(DockWidget):
                 "several channels train from the command line (napari-unet train --in-channels N)"
             )
         in_channels = data.shape[channel_axis] if channel_axis is not None else 1
+        painted = int(np.max(labels)) if labels.size else IGNORE_LABEL  # said before a start that would end at once
+        if painted < 0:
+            raise LayerError(f"the annotation '{annotation.name}' is empty: paint some cells (and background) first")
+        if painted == 0:
+            raise LayerError(f"the annotation '{annotation.name}' holds no cells: paint at least one cell")
         self.live = None
         self._image_layer, self._annotation_layer, self._ended_why = self.image.value, annotation, ""
         self._edits.watch(annotation)
@@ -228,6 +234,7 @@ class LiveTrainWidget(DockWidget):
             self.status.value = self._problem
         elif isinstance(event, LivePreview):
             self.preview = event
+            self.accept_button.enabled = True
             self._show(event)
 
     def _show(self, preview: LivePreview) -> None:
