@@ -19,6 +19,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .concave import ellipse_fill
 from .config import InstanceConfig
 from .errors import ConfigError
 
@@ -35,6 +36,9 @@ MIN_OBJECTS = 5
 SAMPLED_FROM = 1 << 20
 #: Objects this many times the learned median send the check to the regions they form.
 CUT_HINT = 1.15
+#: A region of the foreground counts as one cell when it fills this much of its
+#: ellipse (models without a fitted shape split; others use their ``min_fill``).
+ROUND_FILL = 0.9
 
 
 def check_rescale(factor) -> float:
@@ -99,8 +103,11 @@ def size_mismatch_note(
     foreground, where the median object is at least :data:`CUT_HINT` times the
     learned one too. Cells larger than a model knows come out cut in pieces, whose
     median stays near the learned size (DSB nuclei at 2x: pieces 1.2-1.9x, regions
-    3.3-3.4x), while the regions keep the cells' size; objects that touch make one
-    region, so regions alone would call touching cells of the right size too large.
+    3.3-3.4x), while the regions keep the cells' size. Cells that touch make one
+    region, a clump, so only round regions count (filling at least the model's
+    ``min_fill``, and :data:`ROUND_FILL`, of the ellipse of their moments), and with
+    fewer than :data:`MIN_OBJECTS` of them nothing is said: a volume of touching
+    nuclei, each segmented right, was called 2.9x too large.
     """
     if instances.object_size <= 0:
         return None
@@ -113,8 +120,10 @@ def size_mismatch_note(
     ratio = float(np.median(sizes)) / instances.object_size
     what = "size"
     if ratio >= CUT_HINT:
-        regions = _sizes(ndimage.label(unit > 0)[0] for unit in units) * step * step
-        ratio, what = float(np.median(regions)) / instances.object_size, "connected region of the foreground"
+        regions = _round_region_sizes(units, max(instances.min_fill, ROUND_FILL)) * step * step
+        if regions.size < MIN_OBJECTS:
+            return None  # clumps of cells that touch: their size says nothing of the magnification
+        ratio, what = float(np.median(regions)) / instances.object_size, "round connected region of the foreground"
     factor = rescale / math.sqrt(ratio)
     if 1 / MISMATCH < ratio < MISMATCH or not SMALLEST <= factor <= LARGEST:
         return None  # far outside rescale's range, the model is the problem, not the magnification
@@ -126,6 +135,20 @@ def size_mismatch_note(
         f"taken at another magnification, segment it again with rescale {factor:.2g} (a "
         f"first guess from the objects found; --rescale on the command line)"
     )
+
+
+def _round_region_sizes(units, fill: float) -> np.ndarray:
+    """The sizes of the connected regions of the foreground of ``units`` (label images)
+    that fill at least ``fill`` of the ellipse of their moments: single cells, not the
+    clumps that touching cells make (two touching discs fill 0.89 of theirs, balls
+    0.82)."""
+    found = []
+    for unit in units:
+        regions, count = ndimage.label(np.asarray(unit) > 0)
+        pixels = np.flatnonzero(regions)
+        sizes, fills = ellipse_fill(regions.shape, pixels, regions.ravel()[pixels], count)
+        found.append(sizes[1:][(fills[1:] >= fill) & (sizes[1:] > 0)])
+    return np.concatenate(found)
 
 
 def _sizes(units) -> np.ndarray:
