@@ -28,7 +28,16 @@ from napari.layers import Image, Labels
 from ..core.progress import until_stopped
 from ..core.store import ATTRIBUTE, refresh_pyramid
 from ..core.stream import DEFAULT_CHUNK, ChunkProgress, StreamResult, iter_segment_to
-from ._layers import ROLE, LayerError, helper_name, placement_on, selection_kept, spatial_shape
+from ._layers import (
+    ROLE,
+    LayerError,
+    follow_placement,
+    helper_name,
+    layer_named,
+    placement_on,
+    selection_kept,
+    spatial_shape,
+)
 
 #: Images with more pixels than this (all planes) go through a zarr store.
 STORE_PIXELS = 1 << 26
@@ -153,9 +162,21 @@ class StoreView:
             return
         ndim = levels[0].ndim
         name = helper_name(self.viewer, self.name, "segmentation")  # never a layer of the user's
+        earlier = layer_named(self.viewer, name)
+        if _shows_alike(earlier, levels):
+            # the earlier run's layer shows this one's store: napari took 0.3-0.8 s to remove a
+            # large layer and add another, while the window froze
+            stored = earlier.metadata.get(STORE_KEY)
+            earlier.data = data
+            earlier.metadata = {**earlier.metadata, STORE_KEY: str(self.out)}
+            follow_placement(earlier, self.like)
+            _drop_temporary_store(stored, keep=self.out)
+            self.layer = earlier
+            return
         with selection_kept(self.viewer):  # the user's layer stays selected, in its mode
-            if name in self.viewer.layers:
-                _drop_temporary_store(self.viewer.layers.pop(self.viewer.layers.index(name)), keep=self.out)
+            if earlier is not None:
+                self.viewer.layers.remove(earlier)
+                _drop_temporary_store(earlier.metadata.get(STORE_KEY), keep=self.out)
             self.layer = self.viewer.add_labels(
                 data,
                 name=name,
@@ -165,10 +186,19 @@ class StoreView:
             )
 
 
-def _drop_temporary_store(layer, keep: Path) -> None:
-    """Delete the temporary store folder behind a labels layer that was just replaced
-    (unless it holds ``keep``, the store being shown now); chosen stores stay."""
-    store = layer.metadata.get(STORE_KEY)
+def _shows_alike(layer, levels: list) -> bool:
+    """Whether labels ``layer`` can show the store ``levels`` instead of its data: as
+    many levels, the same shape and type (as napari-unet's helper layers are reused)."""
+    if not isinstance(layer, Labels) or layer.multiscale != (len(levels) > 1):
+        return False
+    first = layer.data[0] if layer.multiscale else layer.data
+    return first.shape == levels[0].shape and first.dtype == levels[0].dtype
+
+
+def _drop_temporary_store(store: str | None, keep: Path) -> None:
+    """Delete the temporary folder of ``store`` (the path a labels layer showed before
+    it was replaced or given another store) unless it holds ``keep``, the store shown
+    now; chosen stores stay."""
     folder = Path(store).parent if store else None
     if folder in _TEMPORARY and folder != keep.parent:
         _TEMPORARY.discard(folder)
