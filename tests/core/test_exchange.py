@@ -528,3 +528,14 @@ def test_a_package_readme_says_which_runs_a_fine_tuned_model_started_from():
     tuned = "\n".join(describe_training({"training": record, "earlier_training": [{"steps": 300}, {"steps": 25}]}))
     assert "fine-tuned" not in alone
     assert "- fine-tuned from a model trained before, in 2 run(s) of 300 + 25 steps" in tuned
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (2, 3, 20, 40, 40)])
+def test_an_example_image_that_is_no_volume_of_the_3d_model_s_channels_is_one_line(shape):
+    """A 2D example image for a 3D model raised IndexError from deep inside the export
+    (a new user's walk); it is the export's own error now, as for a wrong channel count."""
+    from napari_unet.core.bioimageio_package import example_image
+
+    model = nu.UNet(ndim=3, base_channels=2, depth=1)
+    with pytest.raises(exchange.ExportError, match=r"is no volume of 1 channel\(s\) for this 3D model"):
+        example_image(model, np.zeros(shape, np.float32), channel_axis=0 if len(shape) == 5 else None)

@@ -102,9 +102,9 @@ def _channels_first(model: UNet, image: np.ndarray, channel_axis: int | None) ->
         planes = channels_at_minus3(image, channels, channel_axis)
         return planes.reshape(-1, *planes.shape[-3:])[0]
     data = np.asarray(image)
-    if channel_axis is not None:
+    if channel_axis is not None and data.ndim >= 4:
         data = np.moveaxis(data, channel_axis, -4)
-    elif channels == 1:
+    elif channel_axis is None and channels == 1 and data.ndim >= 3:
         data = data[..., None, :, :, :]
     if data.ndim < 4 or data.shape[-4] != channels:
         raise exchange.ExportError(
