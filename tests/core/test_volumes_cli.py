@@ -54,6 +54,19 @@ def test_training_a_2d_network_on_a_volume_suggests_the_3d_one(tmp_path, volume_
     assert "add --ndim 3" not in capsys.readouterr().err
 
 
+def test_a_3d_network_given_two_tile_sizes_is_one_line_and_leaves_no_checkpoint(tmp_path, volume_files, capsys):
+    """--tile 40 88 for a 3D network raised a numpy broadcasting error and left a
+    step-0 checkpoint that refused the corrected command (a new user's walk)."""
+    image, labels, _ = volume_files
+    out = tmp_path / "m.safetensors"
+    train = ["train", str(image), "--labels", str(labels), "--ndim", "3", "--base-channels", "2", "--depth", "1"]
+    train += ["--steps", "1", "--warm-start", "0", "--device", "cpu", "--out", str(out)]
+    assert main([*train, "--tile", "40", "88"]) == 2
+    assert "error: tile (40, 88) has 2 sizes for a 3D network: give one size, or three (z, y, x)" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.safetensors*"))
+    assert main([*train, "--tile", "20", "28", "28"]) == 0
+
+
 @pytest.mark.slow
 def test_train_3d_segment_and_info(tmp_path, volume_files, capsys):
     image, labels, _ = volume_files

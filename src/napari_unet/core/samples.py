@@ -70,6 +70,10 @@ class SampleStream:
         if planes and planes[0].image.ndim == 4:  # volumes: per-axis tile and geometry
             axes = (depth,) * 3 if isinstance(depth, int) else tuple(depth)
             tiles = (tile,) * 3 if isinstance(tile, int) else tuple(tile)
+            if len(tiles) != 3:  # zip below would pair two sizes with three axes
+                raise geometry.InvalidTileSize(
+                    f"tile {tiles} has {len(tiles)} sizes for a 3D network: give one size, or three (z, y, x)"
+                )
             self.output = geometry.along_axes(geometry.output_size, tiles, axes)  # a clear error for invalid sizes
             self.tile = tiles
             self.context = tuple(geometry.context(axis) for axis in axes)
