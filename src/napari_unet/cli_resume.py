@@ -8,7 +8,7 @@ from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
-from .core.checkpoint import ModelFileError, load_state
+from .core.checkpoint import ModelFileError, load_model, load_state
 from .core.config import ModelSpec
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
 from .core.train import Trainer
@@ -93,6 +93,8 @@ def refuse_to_replace(args: argparse.Namespace, checkpoint: Path) -> dict | None
     own = []
     if args.resume:
         own = [path for path in (checkpoint, args.out) if _same_file(_checkpoint_of(path, checkpoint), args.resume)]
+        if args.out not in own and _written_by_run(args.out, state):  # a --checkpoint not named after the model
+            own.append(args.out)
     existing = [path for path in (args.out, checkpoint) if path.exists() and path not in own]
     if existing and args.resume:
         model = _model_of(args.resume)
@@ -114,6 +116,19 @@ def _checkpoint_of(path: Path, checkpoint: Path) -> Path:
 
 def _same_file(a: Path, b: Path) -> bool:
     return a.absolute().resolve() == b.absolute().resolve()
+
+
+def _written_by_run(model: Path, state: dict) -> bool:
+    """Whether the model file ``model`` was written by the run of the checkpoint
+    ``state``: the same settings (seed included), at or before its step."""
+    if not model.is_file():
+        return False
+    try:
+        training = load_model(model).metadata.get("training") or {}
+    except NapariUnetError:  # not a model file: not the run's
+        return False
+    steps = training.get("steps")
+    return training.get("config") == state["config"] and isinstance(steps, int) and steps <= state["step"]
 
 
 def _model_of(checkpoint: Path) -> Path | None:

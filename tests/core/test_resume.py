@@ -320,9 +320,33 @@ def test_a_run_resumed_into_another_model_s_files_replaces_them_only_with_overwr
     assert precious.read_bytes() != before
     assert cli.main([*argv, "--resume", str(checkpoint)]) == 0  # its own model and checkpoint: no --overwrite
     other = [*other, "--checkpoint", str(checkpoint)]  # its own checkpoint given: the model at --out is still not its
+    nu.save_model(nu.UNet(base_channels=2, depth=2), precious)  # another run's model (that run wrote it above)
     before = precious.read_bytes()
     assert cli.main(other) == 2 and precious.read_bytes() == before
     assert "precious.safetensors exists and is not the run of" in capsys.readouterr().err
+
+
+def test_a_run_with_its_own_checkpoint_name_resumes_into_its_model_without_overwrite(tmp_path, capsys):
+    """A run given --checkpoint C (not named after its model) and stopped was refused
+    when resumed with the same command plus --resume C: "MODEL exists and is not the
+    run of C" (a new user's walk). The model that run wrote is its own."""
+    image, labels = synthetic_nuclei((96, 96), seed=3)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", labels)
+    out, checkpoint = tmp_path / "m.safetensors", tmp_path / "run.ckpt"
+    argv = ["train", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"), "--out", str(out)]
+    argv += ["--base-channels", "2", "--depth", "2", "--tile", "60", "--batch-size", "1", "--device", "cpu"]
+    argv += ["--steps", "2", "--checkpoint", str(checkpoint)]
+    assert cli.main(argv) == 0
+    state = load_state(checkpoint)
+    state["config"]["steps"] = 4  # as if stopped at step 2 of 4
+    save_state(checkpoint, state)
+    model = nu.load_model(out)
+    model.metadata["training"]["config"]["steps"] = 4
+    nu.save_model(model, out, **model.metadata)
+    capsys.readouterr()
+    assert cli.main([*argv[:-4], "--checkpoint", str(checkpoint), "--resume", str(checkpoint)]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out and load_state(checkpoint)["step"] == 4
 
 
 def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run, capsys):

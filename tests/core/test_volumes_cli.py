@@ -62,7 +62,8 @@ def test_a_3d_network_given_two_tile_sizes_is_one_line_and_leaves_no_checkpoint(
     train = ["train", str(image), "--labels", str(labels), "--ndim", "3", "--base-channels", "2", "--depth", "1"]
     train += ["--steps", "1", "--warm-start", "0", "--device", "cpu", "--out", str(out)]
     assert main([*train, "--tile", "40", "88"]) == 2
-    assert "error: tile (40, 88) has 2 sizes for a 3D network: give one size, or three (z, y, x)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: tile (40, 88) has 2 sizes for a 3D network: give one size, or three (z, y, x)" in err
     assert not list(tmp_path.glob("m.safetensors*"))
     assert main([*train, "--tile", "20", "28", "28"]) == 0
 
