@@ -32,6 +32,7 @@ from .core.config import ModelConfig, default_model_config
 from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, TrainingError
+from .core.exchange import FORMATS
 from .core.io import IMAGE_SUFFIXES, read_image, read_labels
 from .core.layout import channels_before_spatial
 from .core.model import UNet
@@ -183,6 +184,12 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         raise ConfigError(
             f"--out is the trained model's file, not an image: name it {args.out.with_suffix('.safetensors')}"
         )
+    if args.out.suffix.lower() in EXPORT_SUFFIXES:  # a safetensors file by that name would pass for one
+        raise ConfigError(
+            f"--out is the trained model's file (safetensors), not {args.out.suffix}: name it "
+            f"{args.out.with_suffix('.safetensors')}, then napari-unet export {args.out.with_suffix('.safetensors')} "
+            f"--out {args.out} writes the {args.out.suffix} file"
+        )
     if args.out.is_dir():  # --overwrite would not help: it is not a file to replace
         raise ConfigError(f"--out {args.out} is a folder: name the model's file, e.g. {args.out / 'model.safetensors'}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
@@ -260,8 +267,13 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     return None if stopped_by is None else 128 + stopped_by
 
 
-#: Options that shape a new model's architecture (a model given with --init keeps its own).
-ARCHITECTURE_OPTIONS = ("in_channels", "base_channels", "depth", "batch_norm", "ndim")
+#: The suffixes of the files ``napari-unet export`` writes (and ".pth", torch's other one).
+EXPORT_SUFFIXES = (*FORMATS.values(), ".pth")
+
+
+#: Options that shape a new model's architecture (a model given with --init keeps its own),
+#: and its voxel shape (--spacing was accepted with --init and silently ignored).
+ARCHITECTURE_OPTIONS = ("in_channels", "base_channels", "depth", "batch_norm", "ndim", "spacing")
 
 
 def initial_model(args: argparse.Namespace) -> UNet:
@@ -269,12 +281,21 @@ def initial_model(args: argparse.Namespace) -> UNet:
     model = load_model(args.init)
     for dest in ARCHITECTURE_OPTIONS:
         value, architecture = getattr(args, dest), getattr(model.config, dest)
+        if dest == "spacing" and value is not None and architecture is not None:
+            value, architecture = tuple(map(float, value)), tuple(map(float, architecture))
         if dest not in args.given or value == architecture:
             continue
         if dest == "batch_norm":
             option, has = ("--batch-norm" if value else "--no-batch-norm"), ("no " * (not architecture)) + "batch norm"
         else:
-            option, has = f"--{dest.replace('_', '-')}", f"{dest.replace('_', ' ')} {architecture}"
+            shown = (
+                "none"
+                if architecture is None
+                else " ".join(map("{:g}".format, architecture))
+                if dest == "spacing"
+                else architecture
+            )
+            option, has = f"--{dest.replace('_', '-')}", f"{dest.replace('_', ' ')} {shown}"
         raise ConfigError(
             f"{option} shapes a new model, but the --init model {args.init} has {has}, which fine-tuning keeps: "
             f"drop {option}, or leave out --init to train a new model"
@@ -400,7 +421,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-sizes",
         action="store_true",
         help="keep the model's minimum object and split-piece sizes (default: set from the completely annotated "
-        "objects: half the size 5%% of them fall below, at least 16 px, and 30%% of their median size)",
+        "objects: 40%% of the size 5%% of them fall below, at least 16 px, and 30%% of their median size)",
     )
     add("--checkpoint", type=Path, default=None, help="checkpoint file (default: OUT.ckpt)")
     add(

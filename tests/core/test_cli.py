@@ -261,6 +261,17 @@ def test_evaluate_warns_of_truth_whose_background_is_255(tmp_path, capsys):
     assert "it is scored as one giant cell" in err
 
 
+@pytest.mark.parametrize("suffix", [".onnx", ".pt", ".zip"])
+def test_a_model_named_like_an_exported_file_is_refused_before_training(tmp_path, annotated_files, capsys, suffix):
+    """train --out m.onnx wrote a safetensors file by that name, which onnx.load refused."""
+    image, labels = annotated_files[0]
+    out = tmp_path / f"m{suffix}"
+    assert main(["train", str(image), "--labels", str(labels), "--out", str(out), *TINY]) == 2
+    error = capsys.readouterr().err
+    assert f"not {suffix}: name it {tmp_path / 'm.safetensors'}, then napari-unet export" in error
+    assert not out.exists()
+
+
 def test_a_model_named_like_an_image_is_refused_before_training(tmp_path, annotated_files, capsys):
     image, labels = annotated_files[0]
     code = main(["train", str(image), "--labels", str(labels), "--out", str(tmp_path / "model.tif"), *TINY])
@@ -309,6 +320,7 @@ def test_a_new_run_never_replaces_a_model_or_checkpoint_unless_told(tmp_path, an
         ),
         (["--no-batch-norm"], "--no-batch-norm shapes a new model, but the --init model {init} has batch norm"),
         (["--in-channels", "3"], "--in-channels shapes a new model, but the --init model {init} has in channels 1"),
+        (["--spacing", "2", "1", "1"], "--spacing shapes a new model, but the --init model {init} has spacing none"),
     ],
 )
 def test_fine_tuning_refuses_options_that_would_change_the_architecture(
