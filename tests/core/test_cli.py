@@ -668,3 +668,15 @@ def test_verbose_goes_before_or_after_the_command(model_file, where):
     argv = ["-v", "info", str(model_file)] if where == "before" else ["info", str(model_file), "-v"]
     assert build_parser().parse_args(argv).verbose is True
     assert build_parser().parse_args(["info", str(model_file)]).verbose is False
+
+
+def test_output_cut_short_by_the_reader_ends_quietly(model_file):
+    """`napari-unet info MODEL | head -3` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "napari_unet.cli", "info", "--json", str(model_file)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line (the import takes a second)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err

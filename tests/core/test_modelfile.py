@@ -327,3 +327,13 @@ def test_class_names_follow_the_number_of_classes(tmp_path):
     named = ModelSpec(model=ModelConfig(n_classes=3), class_names=("background", "nucleus", "border"))
     assert ModelSpec.from_dict(named.to_dict()) == named and named.classes == ("background", "nucleus", "border")
     assert ModelSpec.from_dict(network.spec.to_dict()) == network.spec  # default names: the same spec read back
+
+
+def test_the_model_card_rounds_the_validation_scores():
+    """`info` printed "pixel IoU 0.94828666945257"."""
+    from napari_unet.core.model_card import model_card
+
+    model = UNet(base_channels=2, depth=1)
+    model.metadata = {"training": {"steps": 3, "validation": {"step": 3, "ap50": 0.9, "pixel_iou": 0.94828666945257}}}
+    card = model_card(model, "m.safetensors")
+    assert "validation at step 3: AP@0.5 0.900, pixel IoU 0.948" in card

@@ -41,8 +41,8 @@ def describe_training(metadata: dict[str, Any]) -> list[str]:
     validation = training.get("validation")
     if validation:
         lines.append(
-            f"- validation at step {validation.get('step')}: AP@0.5 {validation.get('ap50')}, "
-            f"pixel IoU {validation.get('pixel_iou')}"
+            f"- validation at step {validation.get('step')}: AP@0.5 {_rounded(validation.get('ap50'))}, "
+            f"pixel IoU {_rounded(validation.get('pixel_iou'))}"
         )
     weight_map = metadata.get("weight_map")
     if weight_map:
@@ -99,3 +99,8 @@ def model_card(model: UNet, source: str) -> str:
             *describe_training(getattr(model, "metadata", {}) or {}),
         ]
     )
+
+
+def _rounded(score) -> str:
+    """A score as three decimals ("pixel IoU 0.94828666945257" was printed in full)."""
+    return f"{score:.3f}" if isinstance(score, (int, float)) else str(score)
