@@ -69,6 +69,9 @@ def test_segment_split_option_overrides_the_model(tmp_path, capsys):
     code = main(["segment", model, str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "x"), "--split", "1.5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "split must be in [0, 1)" in err[0]
+    code = main(["segment", model, str(tmp_path / "a.npy"), "--out-dir", str(tmp_path / "x"), "--min-fill", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()  # a fill is at most 1: 1.5 was taken and split every object
+    assert code == 2 and len(err) == 1 and "segment --min-fill" in err[0] and "from 0 (never) to 1, got 1.5" in err[0]
 
 
 @pytest.mark.parametrize(

@@ -182,11 +182,13 @@ class InstanceConfig:
             )
         if not 0.0 <= self.split < 1.0:
             raise ConfigError(f"split must be in [0, 1) (0 keeps touching objects together), got {self.split}")
-        if not 0.0 <= self.min_fill < 2.0 or self.neck <= 0.0:
+        if not 0.0 <= self.min_fill <= 1.0:  # 1.5 was taken, and split every object
             raise ConfigError(
-                "need min_fill in [0, 2) (0 splits no object by its shape) and neck > 0, "
-                f"got {self.min_fill}, {self.neck}"
+                "min_fill (segment --min-fill) is the share of the ellipse of its moments an object fills, below "
+                f"which it is split by its shape: from 0 (never) to 1, got {self.min_fill}"
             )
+        if self.neck <= 0.0:
+            raise ConfigError(f"neck must be > 0 px, got {self.neck}")
 
     def components(self) -> InstanceConfig:
         """These settings without either split: the paper's connected components."""

@@ -37,7 +37,7 @@ class MatchStats:
     ``precision = tp / (tp + fp)``, ``recall = tp / (tp + fn)``,
     ``f1 = 2 tp / (2 tp + fp + fn)``, each 0 when its denominator is 0;
     ``ap = tp / (tp + fp + fn)`` (the "average precision" of the cell-tracking and
-    DSB benchmarks), 1 when both images are empty. ``mean_matched_iou`` is the mean
+    DSB benchmarks); all four are 1 when both images are empty. ``mean_matched_iou`` is the mean
     IoU of the matched pairs (0 when there are none).
     """
 
@@ -61,14 +61,15 @@ def _ratio(numerator: float, denominator: float, empty: float = 0.0) -> float:
 def make_stats(threshold: float, tp: int, n_pred: int, n_true: int, matched_iou_sum: float) -> MatchStats:
     """:class:`MatchStats` from the number of matches and objects and the summed matched IoU."""
     fp, fn = n_pred - tp, n_true - tp
+    agree = 1.0 if n_pred == n_true == 0 else 0.0  # two empty images agree entirely (F1 0 beside AP 1 before)
     return MatchStats(
         threshold=float(threshold),
         tp=int(tp),
         fp=int(fp),
         fn=int(fn),
-        precision=_ratio(tp, tp + fp),
-        recall=_ratio(tp, tp + fn),
-        f1=_ratio(2 * tp, 2 * tp + fp + fn),
+        precision=_ratio(tp, tp + fp, empty=agree),
+        recall=_ratio(tp, tp + fn, empty=agree),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn, empty=agree),
         ap=_ratio(tp, tp + fp + fn, empty=1.0),
         mean_matched_iou=_ratio(matched_iou_sum, tp),
         n_pred=int(n_pred),
