@@ -501,11 +501,19 @@ def test_segment_out_streams_into_an_ome_zarr_store(tmp_path, model_file, capsys
     # an existing store is refused, untouched, unless resumed
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out", str(out), "--chunk", "64"])
-    assert code == 2 and "exists; choose another output, or resume it (--resume)" in capsys.readouterr().err
+    assert (
+        code == 2 and "exists; choose another output, or resume it (command line: --resume" in capsys.readouterr().err
+    )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out", str(out), "--chunk", "64",
                  "--probabilities", "--resume"])  # fmt: skip
     assert code == 0
+    (tmp_path / "empty.zarr").mkdir()  # not a store: resuming it would not help, so --resume is not offered
+    code = main(["segment", str(model_file), str(tmp_path / "big.tif"), "--out", str(tmp_path / "empty.zarr")])
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "empty.zarr exists and is not a napari-unet segmentation store" in err and "--resume" not in err
+    )
 
 
 def test_a_stack_streamed_is_counted_as_in_memory_and_ctrl_c_points_to_resume(

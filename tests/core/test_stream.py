@@ -132,13 +132,14 @@ def test_an_existing_output_is_never_touched(drawn, tmp_path):
     out = tmp_path / "out.zarr"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(OutputExistsError, match="exists; choose another output, or resume"):
-        segment_to(threshold_model(), drawn, out, chunk=32)
-    with pytest.raises(OutputExistsError, match="not a napari-unet segmentation store"):
-        segment_to(threshold_model(), drawn, out, chunk=32, resume=True)
+    for resume in (False, True):  # not a store: resuming it is not offered, as it would not help
+        with pytest.raises(OutputExistsError, match="exists and is not a napari-unet segmentation store; it was left"):
+            segment_to(threshold_model(), drawn, out, chunk=32, resume=resume)
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32)
-    with pytest.raises(OutputExistsError, match="written with other chunk; resume it"):
+    with pytest.raises(OutputExistsError, match=r"exists; choose another output, or resume it \(command line"):
+        segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=32)
+    with pytest.raises(OutputExistsError, match=r"written with other chunk \(chunk \[32, 32\]\); resume it"):
         segment_to(threshold_model(), drawn, tmp_path / "done.zarr", chunk=64, resume=True)
     other = drawn.copy()
     other[-1, -1] += 1  # one pixel, in the last window the store's fingerprint samples

@@ -129,11 +129,15 @@ def open_store(path: Path, run: Run, fingerprint: dict, resume: bool) -> bool:
     if not path.exists():
         create_store(path, run, fingerprint)
         return False
-    if not resume:
-        raise OutputExistsError(f"{path} exists; choose another output, or resume it (--resume)")
     found = read_fingerprint(path)
-    if found is None:
-        raise OutputExistsError(f"{path} exists but is not a napari-unet segmentation store; it was left as it is")
+    if found is None:  # said first: resuming it would not help (an empty folder named as the output)
+        raise OutputExistsError(
+            f"{path} exists and is not a napari-unet segmentation store; it was left as it is: choose another output"
+        )
+    if not resume:
+        raise OutputExistsError(
+            f"{path} exists; choose another output, or resume it (command line: --resume; Python: resume=True)"
+        )
     found = dict(found)
     complete = found.pop("complete", False)
     found.pop("objects", None)
@@ -146,7 +150,11 @@ def open_store(path: Path, run: Run, fingerprint: dict, resume: bool) -> bool:
     if different:
         image = ["from another image"] if any(key.startswith("image_") for key in different) else []
         settings = sorted(key for key in different if not key.startswith("image_"))
-        how = [*image, *([f"with other {', '.join(settings)}"] if settings else [])]
+        recorded = ", ".join(f"{key} {found[key]}" for key in settings if found.get(key) is not None)
+        how = [
+            *image,
+            *([f"with other {', '.join(settings)}" + (f" ({recorded})" if recorded else "")] if settings else []),
+        ]
         raise OutputExistsError(
             f"{path} was written {' and '.join(how)}; resume it with the same image, model and settings, "
             "or choose another output"

@@ -137,7 +137,7 @@ def iter_segment_to(
         raise
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
-        then = "; once fixed, run again with resume (--resume) to continue" if Path(out).exists() else ""
+        then = "; once fixed, run again with resume=True (--resume) to continue" if Path(out).exists() else ""
         raise OutputFileError(f"segmenting into {out} stopped: {error.strerror or error}{where}{then}") from error
 
 
