@@ -253,7 +253,12 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         if summary.steps:
             loss = f"mean loss of the last {min(summary.steps, SUMMARY_LOSS_STEPS)} steps {summary.final_loss:.4f}"
         else:
-            loss = "stopped in the 2D warm start: the model holds its twin's weights" if trainer.warm_seconds else ""
+            loss = (
+                "stopped in the 2D warm start: the model holds its twin's weights so far; --resume does the warm "
+                "start again from its beginning, so that the run continues exactly"
+                if trainer.warm_start_stopped
+                else ""
+            )
         print(f"trained {summary.steps} steps in {summary.seconds:.0f} s{f' ({loss})' if loss else ''} -> {args.out}")
         validation = summary.validation
         if validation is not None and validation.step != summary.steps:

@@ -152,6 +152,8 @@ class Trainer:
         self._warm_start_data = (images, labels, names) if self.warm_starts else None
         #: Seconds the warm start took (part of :attr:`seconds`).
         self.warm_seconds = 0.0
+        #: Whether a stop came inside the 2D warm start (a resumed run does it again).
+        self.warm_start_stopped = False
         model.to(self.device)
         self.optimizer = make_optimizer(model, config)
         #: Takes one optimisation step on a batch (:class:`~.train_step.BatchStep`).
@@ -294,7 +296,11 @@ class Trainer:
             images, labels, names = self._warm_start_data
             self._warm_start_data = None
             options = {"channel_axis": self.channel_axis, "names": names}
-            self.warm_seconds = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
+            seconds, whole = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
+            # a warm start stopped midway is done again whole by a resumed run, which then continues
+            # exactly (it skipped the steps left, and ended elsewhere than the uninterrupted run)
+            self.warm_seconds = seconds if whole else 0.0
+            self.warm_start_stopped = not whole
             self.seconds = time.perf_counter() - started
             # its weights are work that a stop must not lose
             if checkpoints is not None and (saved := checkpoints.write_now(self.step)):

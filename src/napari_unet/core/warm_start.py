@@ -109,12 +109,14 @@ def iter_warm_start(
     *,
     channel_axis: int | None = None,
     names: Sequence[str] | None = None,
-) -> Generator[WarmStartProgress, None, float]:
+) -> Generator[WarmStartProgress, None, tuple[float, bool]]:
     """Train ``model``'s 2D twin on the annotated planes of ``images`` (volumes) and
     ``labels`` with :func:`twin_config` of ``config``, yielding a
     :class:`WarmStartProgress` per step, then inflate it into ``model``; returns the
-    seconds it took. Setting ``stop`` ends the twin's training early (its weights so
-    far are inflated all the same). The twin's initial weights follow ``config.seed``."""
+    seconds it took and whether it ran to its end (its steps or its time). Setting
+    ``stop`` ends the twin's training early (its weights so far are inflated all the
+    same). The twin's initial weights follow ``config.seed``, and it overwrites every
+    weight of ``model``: a warm start done again from the beginning is the same."""
     from .train import Trainer  # train.py runs this generator
 
     began = time.perf_counter()
@@ -135,7 +137,7 @@ def iter_warm_start(
         if isinstance(event, StepProgress):
             yield WarmStartProgress(event.step, event.total_steps, event.loss, event.seconds)
     inflate(planes, model)
-    return time.perf_counter() - began
+    return time.perf_counter() - began, trainer.step >= trainer.config.steps or not stop.is_set()
 
 
 @contextlib.contextmanager
