@@ -119,3 +119,23 @@ def test_a_volume_for_a_3d_network_is_checked_on_its_annotated_planes(caplog):
     sparse[[10, 14]] = [few_cells(labels[z], 2) for z in (10, 14)]
     (warning,) = prepared_warnings(image, sparse, caplog, **as_volume)
     assert "painted 0, background in 2 of its 2 annotated planes" in warning
+
+
+def test_a_volume_s_planes_left_at_0_instead_of_minus_1_are_warned_about(caplog):
+    """A volume annotated on every 4th plane with the other planes saved as 0, not -1,
+    trained a 3D network without a word (a new user's walk): the planes without any
+    cell are compared with the cells painted on the others."""
+    from napari_unet._sample_data import nuclei_volume
+
+    (image, _, _), (labels, _, _) = nuclei_volume()
+    as_volume = {"ndim": 3, "spacing": (2.0, 1.0, 1.0)}
+    assert prepared_warnings(image, labels.astype(np.int32), caplog, **as_volume) == []  # complete: its ends are 0
+    caplog.clear()
+    zeros = np.zeros(labels.shape, np.int32)
+    zeros[::4] = labels[::4]
+    (warning,) = prepared_warnings(image, zeros, caplog, **as_volume)
+    assert "of these planes hold no cell at all: a plane left unannotated is -1, not 0" in warning
+    caplog.clear()
+    zeros[zeros == 0] = IGNORE_LABEL  # (and background painted around the cells would do too)
+    zeros[::4] = labels[::4]
+    assert prepared_warnings(image, zeros, caplog, **as_volume) == []

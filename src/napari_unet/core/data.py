@@ -28,7 +28,7 @@ from .layout import channels_before_spatial
 from .normalize import normalize
 from .object_size import CompleteObjects, complete_objects
 from .train_config import WeightMapConfig
-from .unpainted import Unpainted, unpainted_cells, unpainted_cells_warning
+from .unpainted import Unpainted, cell_look, unpainted_cells, unpainted_cells_warning
 from .weights import separation_target, weight_map
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,8 @@ def _unpainted_in_planes(image: np.ndarray, labels: np.ndarray, ndim: int) -> tu
     Returns the results (where there was something to compare) and how many
     annotated planes were looked at."""
     pairs = [(image, labels)] if ndim == 2 else [pair for pair in zip(image, labels) if (pair[1] != IGNORE_LABEL).any()]
-    found = [unpainted_cells(plane, plane_labels) for plane, plane_labels in pairs]
+    look = cell_look(pairs) if ndim == 3 else None  # for its planes painted 0 all over
+    found = [unpainted_cells(plane, plane_labels, look) for plane, plane_labels in pairs]
     return [result for result in found if result is not None], len(pairs)
 
 

@@ -65,30 +65,60 @@ class Unpainted:
         return self.painted_share <= PAINTED_SHARE and self.regions >= UNPAINTED_REGIONS
 
 
-def unpainted_cells(image: np.ndarray, labels: np.ndarray) -> Unpainted | None:
+@dataclass(frozen=True)
+class CellLook:
+    """What the painted cells of a volume's annotated planes look like, for its planes
+    painted 0 all over: the smoothed gray value that parts them from the background,
+    whether they are the brighter side, and their median area (px)."""
+
+    threshold: float
+    brighter: bool
+    area: float
+
+
+def cell_look(pairs) -> CellLook | None:
+    """:class:`CellLook` of the planes ``pairs`` ((image, labels) each, 2D) together;
+    ``None`` without painted cells and background, or on a flat image."""
+    smooth = [ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTHING) for image, _ in pairs]
+    cells = np.concatenate([plane[labels > 0] for plane, (_, labels) in zip(smooth, pairs)])
+    background = np.concatenate([plane[labels == 0] for plane, (_, labels) in zip(smooth, pairs)])
+    values = np.concatenate([cells, background])
+    if not cells.size or not background.size or values.min() == values.max():
+        return None
+    areas = np.concatenate([np.unique(labels[labels > 0], return_counts=True)[1] for _, labels in pairs])
+    return CellLook(float(threshold_otsu(values)), bool(cells.mean() > background.mean()), float(np.median(areas)))
+
+
+def unpainted_cells(image: np.ndarray, labels: np.ndarray, look: CellLook | None = None) -> Unpainted | None:
     """Compare ``labels`` (any shape: -1 unannotated, 0 background, 1.. cells) with
     the single-channel ``image`` of the same shape; ``None`` where there is nothing
-    to compare (no cell, few annotated pixels, or a flat image)."""
+    to compare (no cell, few annotated pixels, or a flat image). Labels without a
+    cell are compared with the cells of other planes, ``look``, where given: a
+    volume's planes left unannotated were saved as 0 (no warning) instead of -1."""
     annotated = labels != IGNORE_LABEL
     cells = labels > 0
     background = labels == 0
-    if not cells.any() or not background.any() or annotated.mean() < ANNOTATED_SHARE:
+    borrowed = look is not None and not cells.any()
+    if not (cells.any() or borrowed) or not background.any() or annotated.mean() < ANNOTATED_SHARE:
         return None
     smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTHING)
-    if smooth.min() == smooth.max():
-        return None
-    threshold = threshold_otsu(smooth)
-    cells_brighter = smooth[cells].mean() > smooth[background].mean()
+    if borrowed:
+        threshold, cells_brighter, cell_area = look.threshold, look.brighter, look.area
+    else:
+        if smooth.min() == smooth.max():
+            return None
+        threshold = threshold_otsu(smooth)
+        cells_brighter = smooth[cells].mean() > smooth[background].mean()
+        cell_area = np.median(np.unique(labels[cells], return_counts=True)[1])  # any ids, however large
     cell_like = smooth > threshold if cells_brighter else smooth < threshold
     painted = int(np.count_nonzero(cell_like & cells))
     near_cells = ndimage.binary_dilation(cells, iterations=CELL_RIM)
     left = cell_like & background & ~near_cells
     regions, _ = ndimage.label(left)
     region_sizes = np.bincount(regions.ravel())[1:]
-    cell_sizes = np.unique(labels[cells], return_counts=True)[1]  # any ids, however large
-    large = int(np.count_nonzero(region_sizes >= 0.5 * np.median(cell_sizes)))
+    large = int(np.count_nonzero(region_sizes >= 0.5 * cell_area))
     share = painted / max(painted + int(np.count_nonzero(cell_like & background)), 1)
-    return Unpainted(painted_cells=len(cell_sizes), regions=large, painted_share=share)
+    return Unpainted(painted_cells=len(np.unique(labels[cells])), regions=large, painted_share=share)
 
 
 def unpainted_cells_warning(found: list[Unpainted], checked: int, name: str) -> str | None:
@@ -100,10 +130,13 @@ def unpainted_cells_warning(found: list[Unpainted], checked: int, name: str) -> 
         return None
     regions = sum(result.regions for result in suspicious)
     cells = sum(result.painted_cells for result in suspicious)
+    empty = sum(result.painted_cells == 0 for result in suspicious)
     where = f" in {len(suspicious)} of its {checked} annotated planes" if checked > 1 else ""
+    painted = f"the {cells} painted cells" if cells else "its painted cells"
+    of_which = f" ({empty} of these planes hold no cell at all: a plane left unannotated is -1, not 0)" if empty else ""
     return (
-        f"{name}: {regions} regions as bright (or as dark) as the {cells} painted cells and at least half their "
-        f"size are painted 0, background{where}: the network learns that they are not cells. Paint every cell, "
-        f"or leave what you did not paint unannotated (-1): napari's 'new labels' layer starts at 0 everywhere, "
-        f"the Annotate widget's annotations at -1"
+        f"{name}: {regions} regions as bright (or as dark) as {painted} and at least half their "
+        f"size are painted 0, background{where}{of_which}: the network learns that they are not cells. Paint every "
+        f"cell, or leave what you did not paint unannotated (-1): napari's 'new labels' layer starts at 0 "
+        f"everywhere, the Annotate widget's annotations at -1"
     )
