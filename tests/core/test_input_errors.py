@@ -334,3 +334,20 @@ def test_segment_reads_channels_where_the_tiff_names_them(tmp_path, capsys):
         code, error, labels = segment_file("m3", name)
         assert code == 0, error
         assert tifffile.imread(labels).shape == (40, 48)
+
+
+def test_a_one_channel_model_refuses_a_tiff_that_names_several_channels(tmp_path, capsys):
+    """A ZCYX stack of 2 channels went to a one-channel 3D model as 8 volumes of 2
+    planes ("173 objects in 32 volumes"), and to a 2D model as planes, without a word."""
+    import tifffile
+
+    stack = np.random.default_rng(0).random((8, 2, 40, 40)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "zcyx.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "zyx.tif", stack[:, 0], imagej=True, metadata={"axes": "ZYX"})
+    for ndim in (2, 3):
+        save_model(UNet(ndim=ndim, base_channels=2, depth=1), tmp_path / "m.safetensors")
+        command = ["segment", str(tmp_path / "m.safetensors"), "--out-dir", str(tmp_path / f"out{ndim}")]
+        assert main([*command[:2], str(tmp_path / "zcyx.tif"), *command[2:]]) == 2
+        error = capsys.readouterr().err
+        assert "the model takes images of 1 channel, and the file names its axes ZCYX with 2 channels (C)" in error
+        assert main([*command[:2], str(tmp_path / "zyx.tif"), *command[2:]]) == 0  # one channel: as before
