@@ -207,9 +207,9 @@ def file_channel_axis(path: Path, shape: tuple[int, ...], in_channels: int, give
     RGB TIFF stored planar or not) or, for a model of several channels, channels
     ("C"); else ``None`` (guessed from the shape). A file that names its axes, none of
     them channels, is refused by a model of several channels: a ZYX stack of 3
-    planes was segmented as one RGB image, a planar RGB TIFF as 3 planes; and one
-    that names several channels by a model of one (a ZCYX stack went as volumes of
-    2 planes)."""
+    planes was segmented as one RGB image, a planar RGB TIFF as 3 planes; and a
+    hyperstack that names several channels beside other axes by a model of one (a
+    ZCYX stack went as volumes of 2 planes)."""
     if given is not None:
         return given
     axes = named_axes(path, shape)
@@ -221,7 +221,9 @@ def file_channel_axis(path: Path, shape: tuple[int, ...], in_channels: int, give
             as_rgb = shape[:samples] + shape[samples + 1 :] + (shape[samples],)
             raise ImageShapeError(rgb_for_one_channel_message(as_rgb))
         return samples
-    if in_channels == 1 and "C" in axes and shape[axes.index("C")] > 1:  # it went as planes, or as volumes of 2
+    # a hyperstack's channels (ZCYX) went as volumes of 2 planes; a plain stack's planes may be named
+    # channels (tifffile's ImageJ stacks read back as CYX), and go as before
+    if in_channels == 1 and "C" in axes and len(axes) > 3 and shape[axes.index("C")] > 1:
         raise ImageShapeError(
             f"the model takes images of 1 channel, and the file names its axes {axes} with "
             f"{shape[axes.index('C')]} channels (C): save the channel to segment as a file of its own, or use a "
