@@ -58,7 +58,8 @@ def _require_spec():
         import bioimageio.spec  # noqa: F401
     except ImportError as error:
         raise exchange.ExportError(
-            "writing bioimage.io packages needs bioimageio.spec: pip install -e '.[export]' in the napari-unet source folder"
+            "writing bioimage.io packages needs bioimageio.spec: pip install -e '.[export]' in the napari-unet "
+            "source folder"
         ) from error
 
 

@@ -183,7 +183,9 @@ def export_onnx(model: UNet, path: str | os.PathLike, opset: int = ONNX_OPSET) -
     try:
         import onnx  # noqa: F401 - the exporter needs it
     except ImportError as error:
-        raise ExportError("ONNX export needs the onnx package: pip install -e '.[export]' in the napari-unet source folder") from error
+        raise ExportError(
+            "ONNX export needs the onnx package: pip install -e '.[export]' in the napari-unet source folder"
+        ) from error
     path = Path(path)
     _check_target(path)
     axes = {0: "batch", **{2 + i: name for i, name in enumerate("zyx"[-model.config.ndim :])}}
