@@ -131,7 +131,8 @@ def test_stop_in_the_warm_start_keeps_the_twins_weights_and_a_checkpoint(viewer,
     assert first[:, :, 0].abs().sum() == 0 and first[:, :, 2].abs().sum() == 0  # the inflated twin's kernels
     assert torch.equal(load_model(save).state_dict()[f"{session.model.plan[0].module}.weight"], first)
     state = load_state(save.with_name(save.name + ".ckpt"))
-    assert state["step"] == 0 and state["warm_seconds"] > 0  # a run to resume from
+    assert state["step"] == 0 and state["warm_seconds"] == 0  # resumed, it does the stopped warm start again
+    assert torch.equal(state["model"]["weights"][f"{session.model.plan[0].module}.weight"], first)  # the twin's, kept
 
 
 def test_the_network_suggested_for_a_stack_follows_its_depth_and_the_device(viewer, session, monkeypatch):
