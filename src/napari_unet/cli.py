@@ -49,18 +49,20 @@ from .core.train_config import WeightMapConfig
 
 def cmd_segment(args: argparse.Namespace) -> None:
     check_stream_arguments(args)
-    if args.spacing is not None and not args.as_volume:
-        raise ConfigError("--spacing Z Y X applies with --as-volume (a 3D model brings its own spacing)")
     elsewhere = args.workers is not None or args.scheduler is not None
     if args.threads is not None and elsewhere:
         raise ConfigError("--threads is for this process: with --workers or --scheduler each worker takes its share")
     if not elsewhere:
         use_threads(args.threads)
     if args.out is not None:
+        if args.spacing is not None and not args.as_volume:
+            raise ConfigError("--spacing Z Y X applies to volumes in memory (--as-volume, or a 3D model), not --out")
         return cmd_segment_to(args, prediction_options(args))
     for path in args.images:  # all of them before any work
         check_image_file(path)
     model = model_argument(args)
+    if args.spacing is not None and not args.as_volume and model.config.ndim == 2:
+        raise ConfigError("--spacing Z Y X applies to volumes: add --as-volume, or use a 3D model")
     if model.config.ndim == 3 and args.as_volume:
         raise ConfigError("--as-volume is for 2D models: a 3D model labels whole volumes already; drop --as-volume")
     if model.config.ndim == 2 and not args.as_volume:
@@ -82,7 +84,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         channel_axis = file_channel_axis(path, image.shape, model.config.in_channels, args.channel_axis)
         if not args.as_volume:
             _note_volume_planes(path, image, model, channel_axis)
-        _note_other_spacing(path, model)
+        _note_other_spacing(path, model, args.spacing)
         spacing = spacing_option(args, path, 3) if args.as_volume else None
         segmentation = iter_segment(
             model,
@@ -116,12 +118,13 @@ def _note_volume_planes(path: Path, image, model, channel_axis: int | None) -> N
         )
 
 
-def _note_other_spacing(path: Path, model) -> None:
-    """One line on stderr when a 3D model is about to segment a volume whose file
-    records voxels of another shape than the model was made for
-    (:func:`~napari_unet.core.spacing.voxel_shape_note`)."""
+def _note_other_spacing(path: Path, model, given: list[float] | None) -> None:
+    """One line on stderr when a 3D model is about to segment a volume whose voxels
+    (``given`` by --spacing, else as its file records them) are of another shape than
+    the model was made for (:func:`~napari_unet.core.spacing.voxel_shape_note`)."""
     if model.config.ndim == 3:
-        note = voxel_shape_note(read_spacing(path), model.config.spacing, f"{path} records")
+        spacing, said = (tuple(given), "--spacing gives") if given else (read_spacing(path), f"{path} records")
+        note = voxel_shape_note(spacing, model.config.spacing, said)
         if note:
             print(f"napari-unet: {note}", file=sys.stderr)
 

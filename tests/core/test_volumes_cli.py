@@ -116,10 +116,30 @@ def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_file
     assert main(["segment", str(model), str(image), "--out-dir", str(tmp_path / "o"), "--device", "cpu"]) == 0
     note = "records voxels of (0.5, 0.25, 0.25) (z, y, x), the model was made for voxels shaped (1.0, 1.0, 1.0)"
     assert note in capsys.readouterr().err  # segmented as if its voxels were the model's, without a word
+    # a 3D model takes --spacing for the volume's voxels, as the outputs record them (it was refused)
+    given = ["--spacing", "1", "1", "1", "--overwrite"]
+    assert main(["segment", str(model), str(image), "--out-dir", str(tmp_path / "o"), "--device", "cpu", *given]) == 0
+    assert "records voxels of" not in capsys.readouterr().err
+    assert read_spacing(tmp_path / "o" / "vol_labels.tif") == (1.0, 1.0, 1.0)
     assert main([*train, "--overwrite"]) == 2
     assert "--spacing Z Y X applies to 3D models: add --ndim 3, or drop --spacing" in capsys.readouterr().err
     assert main(["segment", str(model), str(image), "--as-volume", "--out-dir", str(tmp_path / "v")]) == 2
     assert "--as-volume is for 2D models: a 3D model labels whole volumes already" in capsys.readouterr().err
+
+
+def test_training_on_volumes_of_other_voxel_shapes_says_so(tmp_path, volume_files, capsys):
+    """Volumes of 2:1:1 and 1:1:1 voxels trained one 3D model on the first's voxel
+    shape without a word (segment notes the same mismatch)."""
+    image, labels, _ = volume_files  # its voxels: 0.5 x 0.25 x 0.25
+    cubic = tmp_path / "cubic.tif"
+    tifffile.imwrite(cubic, tifffile.imread(image), imagej=True, resolution=(4.0, 4.0), metadata={"spacing": 0.25})
+    train = ["train", str(image), str(cubic), "--labels", str(labels), str(labels), "--ndim", "3", "--warm-start", "0"]
+    train += ["--base-channels", "2", "--depth", "1", "--steps", "1", "--device", "cpu", "--out"]
+    assert main([*train, str(tmp_path / "m.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert f"{cubic} records voxels of (0.25, 0.25, 0.25) (z, y, x), {image} of (0.5, 0.25, 0.25)" in err
+    assert main([*train, str(tmp_path / "m2.safetensors"), "--spacing", "0.5", "0.25", "0.25"]) == 0
+    assert "records voxels of" not in capsys.readouterr().err  # the user's spacing: for all of them
 
 
 def test_weights_follow_the_labels_dimensionality(tmp_path, volume_files, capsys):
@@ -169,7 +189,7 @@ def test_segment_as_volume_labels_a_2d_models_stack_in_3d(tmp_path, volume_files
     assert "--as-volume labels a whole stack at once" in capsys.readouterr().err
     plain = [arg for arg in command if arg != "--as-volume"]
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--spacing", "0.5", "0.25", "0.25"]) == 2
-    assert "--spacing Z Y X applies with --as-volume" in capsys.readouterr().err
+    assert "--spacing Z Y X applies to volumes: add --as-volume, or use a 3D model" in capsys.readouterr().err
     assert main([*plain, "--out-dir", str(out), "--overwrite", "--precision", "fp32"]) == 0  # plane by plane
     said = capsys.readouterr()
     assert "is a volume of 16 planes" in said.err and "add --as-volume" in said.err
