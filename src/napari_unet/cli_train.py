@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from .cli_args import (
@@ -33,10 +34,11 @@ from .core.devices import resolve_device
 from .core.distributed import join_from_environment, launch
 from .core.errors import ConfigError, TrainingError
 from .core.exchange import FORMATS
-from .core.io import IMAGE_SUFFIXES, read_image, read_labels
+from .core.io import IMAGE_SUFFIXES, read_image, read_labels, read_spacing
 from .core.layout import channels_before_spatial
 from .core.model import UNet
 from .core.progress import drive
+from .core.spacing import voxel_shape_note
 from .core.threads import use_threads
 from .core.train import SUMMARY_LOSS_STEPS, Trainer
 from .core.train_config import CPU_3D_MINUTES, AugmentConfig, TrainConfig, WeightMapConfig, default_minutes
@@ -118,12 +120,13 @@ def stop_on_signals(trainer: Trainer):
     def first(number, frame) -> None:
         received.append(number)
         trainer.request_stop()
-        print(  # at once: a 3D step can take seconds, and an unanswered Ctrl-C gets pressed again
-            f"\nnapari-unet: stopping after step {trainer.step + 1}, then writing the model and checkpoint "
-            "(Ctrl-C again interrupts at once and keeps only the last checkpoint)",
-            file=sys.stderr,
-            flush=True,
-        )
+        if trainer.group.is_main:  # (Ctrl-C reaches every process of a data-parallel run: said once)
+            print(  # at once: a 3D step can take seconds, and an unanswered Ctrl-C gets pressed again
+                f"\nnapari-unet: stopping after step {trainer.step + 1}, then writing the model and checkpoint "
+                "(Ctrl-C again interrupts at once and keeps only the last checkpoint)",
+                file=sys.stderr,
+                flush=True,
+            )
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts at once
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
 
@@ -173,8 +176,8 @@ def run_training(trainer: Trainer) -> int | None:
                 bar.write(f"interrupted during step {trainer.step + 1}{kept}")
                 raise
         if received:
-            name = signal.Signals(received[0]).name
-            bar.write(f"stopped at step {trainer.step} on {name}")
+            if trainer.group.is_main:
+                bar.write(f"stopped at step {trainer.step} on {signal.Signals(received[0]).name}")
             return received[0]
     return None
 
@@ -195,6 +198,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
         try:
             launch(args.nproc, args.argv)
+        except SignalException as error:  # Ctrl-C or SIGTERM: the processes stopped as one process does
+            return 128 + int(error.sigval)
         except ChildFailedError as error:
             raise TrainingError(
                 f"a training process failed, so all {args.nproc} stopped ({error.get_first_failure()[1].message}); "
@@ -316,6 +321,16 @@ def new_model(args: argparse.Namespace, first_image) -> UNet:
     spacing = spacing_option(args, args.images[0], ndim)
     if spacing is not None:
         print(f"voxel spacing (z, y, x): {', '.join(f'{s:g}' for s in spacing)}")
+    if ndim == 3 and args.spacing is None:  # the first volume's voxels make the model's: said where others differ
+        for path in args.images[1:]:
+            other = read_spacing(path)
+            if voxel_shape_note(other, spacing, str(path)):
+                print(
+                    f"napari-unet: {path} records voxels of {other} (z, y, x), {args.images[0]} of {spacing}: a 3D "
+                    f"model takes one voxel shape, here the first volume's, and sees the objects of {path} "
+                    "stretched or squashed; resample it to that shape, or train on volumes of one shape",
+                    file=sys.stderr,
+                )
     defaults = default_model_config(args.device, ndim=ndim, spacing=spacing)
     chosen = {
         "in_channels": args.in_channels,
