@@ -16,6 +16,7 @@ trains the same way: :class:`~napari_unet.core.train.Trainer` detects the group.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -152,5 +153,10 @@ def launch(nproc: int, cli_arguments: Sequence[str]) -> None:
     when one of them fails."""
     from torch.distributed import run as torchrun
 
+    # the launcher's own notes on a Ctrl-C ("Sending process 10125 closing signal SIGINT", one
+    # per process) are not the user's business; the processes say what they do
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     # "--" ends torchrun's own options, so none of ours is read as an abbreviation of one of its
     torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "--", "napari_unet.cli", *cli_arguments])
