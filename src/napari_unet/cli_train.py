@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -104,6 +105,11 @@ def _segmenting_line(model) -> str:
     return f"{size}{' and ' + pieces if pieces else ''}; {shape}"
 
 
+#: Seconds after a first Ctrl-C in which a process of a data-parallel run takes a second
+#: one for the launcher's passing on of the first, not for the user's second.
+LAUNCHER_ECHO_S = 1.0
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer):
     """While inside, SIGINT (Ctrl-C) and SIGTERM ask ``trainer`` to stop after its
@@ -116,9 +122,11 @@ def stop_on_signals(trainer: Trainer):
         return
     signals = [signal.SIGINT, signal.SIGTERM]
     previous = {number: signal.getsignal(number) for number in signals}
+    first_at: list[float] = []
 
     def first(number, frame) -> None:
         received.append(number)
+        first_at.append(time.monotonic())
         trainer.request_stop()
         if trainer.group.is_main:  # (Ctrl-C reaches every process of a data-parallel run: said once)
             print(  # at once: a 3D step can take seconds, and an unanswered Ctrl-C gets pressed again
@@ -127,8 +135,15 @@ def stop_on_signals(trainer: Trainer):
                 file=sys.stderr,
                 flush=True,
             )
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one interrupts at once
+        for number in signals:  # a second one interrupts at once
+            signal.signal(number, second)
+
+    def second(number, frame) -> None:
+        if trainer.group.distributed and time.monotonic() - first_at[0] < LAUNCHER_ECHO_S:
+            return  # torchrun passes on the Ctrl-C that reached every process of the run already
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+        signal.raise_signal(number)
 
     for number in signals:
         signal.signal(number, first)

@@ -477,3 +477,26 @@ def test_a_new_run_refuses_to_write_over_an_earlier_run_s_checkpoint(tmp_path):
     assert load_state(checkpoint)["step"] == 4
     nu.train(nu.UNet(base_channels=4, depth=2), images, labels, config, checkpoint_path=copy, overwrite=True)
     assert load_state(copy)["step"] == 4
+
+
+def test_a_data_parallel_process_takes_the_launchers_echo_of_a_ctrl_c_for_the_first(monkeypatch, capsys):
+    """A Ctrl-C reaches every process of a --nproc run, and torchrun passes it on to
+    them again: that echo, taken for a second Ctrl-C, interrupted the run mid-step
+    without its model. Within LAUNCHER_ECHO_S it is the first one; later a second
+    Ctrl-C interrupts at once, as in a run of one process."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(cli_train, "LAUNCHER_ECHO_S", 0.3)
+    stops = []
+    group = SimpleNamespace(distributed=True, is_main=False)
+    trainer = SimpleNamespace(step=4, group=group, request_stop=lambda: stops.append(1))
+    with cli_train.stop_on_signals(trainer) as received:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher's echo
+        time.sleep(0.05)
+        assert received == [signal.SIGINT] and stops == [1]
+        time.sleep(0.4)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert "stopping after" not in capsys.readouterr().err  # said by the first process alone
