@@ -79,7 +79,7 @@ def test_segment_split_option_overrides_the_model(tmp_path, capsys):
     [
         (lambda tmp, model: [str(model), str(tmp / "missing.tif")], "no such image file"),
         (lambda tmp, model: [str(model), str(tmp)], "is a folder: give the image files in it (for example"),
-        (lambda tmp, model: [str(model), str(tmp / "big.zarr")], "is a zarr store, which is segmented chunk by chunk"),
+        (lambda tmp, model: [str(model), str(tmp / "big.zarr")], "is a zarr store, not an image file"),
         (lambda tmp, model: [str(tmp / "nomodel"), str(tmp / "img.npy")], "cannot read model file"),
         (
             lambda tmp, model: [str(tmp / "img.npy"), str(model)],

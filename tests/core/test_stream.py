@@ -223,3 +223,17 @@ def test_labels_can_go_into_the_input_images_labels_group(drawn, tmp_path):
     assert zarr.open_group(out, mode="r").attrs["ome"]["image-label"]["source"] == {"image": "../../"}
     np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[:], segment(threshold_model(), drawn))
     np.testing.assert_array_equal(np.asarray(open_source(tmp_path / "image.zarr")), drawn)  # the image is intact
+
+
+def test_the_labels_of_a_store_are_evaluated_from_the_command_line(drawn, tmp_path, capsys):
+    """evaluate refused the store that segment --out wrote ("a zarr store, which is
+    segmented chunk by chunk"), so large labels could not be scored."""
+    from napari_unet.cli import main
+
+    segment_to(threshold_model(), drawn, tmp_path / "out.zarr", chunk=32, instances={"split": 0})
+    np.save(tmp_path / "truth.npy", zarr.open_array(tmp_path / "out.zarr" / "0", mode="r")[...])
+    assert main(["evaluate", str(tmp_path / "out.zarr"), "--truth", str(tmp_path / "truth.npy")]) == 0
+    assert "1.000" in capsys.readouterr().out
+    (tmp_path / "empty.zarr").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty.zarr"), "--truth", str(tmp_path / "truth.npy")]) == 2
+    assert "empty.zarr holds no labels at" in capsys.readouterr().err

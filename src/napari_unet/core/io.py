@@ -30,8 +30,9 @@ def check_image_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if is_zarr_store(path) and path.exists():
         raise ImageFileError(
-            f"{path} is a zarr store, which is segmented chunk by chunk into another store "
-            f"(command line: napari-unet segment MODEL {path} --out OUT.zarr; Python: segment_to)"
+            f"{path} is a zarr store, not an image file: a store is segmented chunk by chunk into another store "
+            f"(command line: napari-unet segment MODEL {path} --out OUT.zarr; Python: segment_to); elsewhere give "
+            "a TIFF, PNG or NPY file"
         )
     if path.is_dir():
         raise ImageFileError(f"{path} is a folder: give the image files in it (for example {path / '*.tif'})")
@@ -87,10 +88,13 @@ def stored_colours(path: str | os.PathLike) -> str | None:
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """The label image stored in ``path`` (as :func:`read_image`), refusing files that
-    store colours: an RGB or palette image of an annotation was read as (H, W, 3)
-    colours and failed later as a shape mismatch, as "an image", or (``weights``)
-    as a volume 3 pixels wide."""
+    """The label image stored in ``path`` (as :func:`read_image`, or the labels of a
+    zarr store that ``segment --out`` wrote), refusing files that store colours: an
+    RGB or palette image of an annotation was read as (H, W, 3) colours and failed
+    later as a shape mismatch, as "an image", or (``weights``) as a volume 3 pixels
+    wide."""
+    if is_zarr_store(Path(path)) and Path(path).is_dir():
+        return _store_labels(Path(path))
     colours = stored_colours(path)
     if colours is not None:
         raise ImageFileError(
@@ -98,6 +102,20 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
             "1, 2, ... cells, -1 unannotated); save them as a grayscale integer TIFF or PNG"
         )
     return read_image(path)
+
+
+def _store_labels(path: Path) -> np.ndarray:
+    """The full-resolution labels (array "0") of the zarr store at ``path``, as
+    ``segment --out`` writes them (an OME-Zarr labels image), read whole: the labels
+    of a large image could not be evaluated from the command line."""
+    import zarr
+
+    try:
+        return np.asarray(zarr.open_array(path / "0", mode="r")[...])
+    except Exception as error:  # zarr's own exception types
+        raise ImageFileError(
+            f"{path} holds no labels at {path / '0'}, where segment --out writes them ({type(error).__name__})"
+        ) from error
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
