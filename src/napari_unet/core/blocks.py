@@ -323,7 +323,8 @@ def merge(
         fg_tables[chunk] = np.concatenate([[0], final[fg_root[start : start + count]]]).astype(np.int32)
         start, count = bg_start[chunk], len(summaries[chunk].bg_sizes) - 1
         owners = bg_owner[start : start + count]
-        owned = np.where(owners >= 0, final[np.maximum(owners, 0)], 0)
+        owned = np.zeros(len(owners), np.int32)  # (a plane without objects has no final ids to index)
+        owned[owners >= 0] = final[owners[owners >= 0]]
         bg_tables[chunk] = np.concatenate([[0], owned]).astype(np.int32)
     final_patches = [Patch(rows, cols, hole, final[owners]) for rows, cols, hole, owners in patches]
     return LabelTables(grid, config, fg_tables, bg_tables, final_patches, len(kept))
