@@ -6,7 +6,8 @@ import pytest
 import tifffile
 import zarr
 
-from napari_unet import ConfigError, predict, segment
+from napari_unet import ConfigError, UNet, predict, segment
+from napari_unet.core.layout import ImageShapeError
 from napari_unet.core.store import OutputExistsError
 from napari_unet.core.stream import iter_segment_to, segment_to
 
@@ -201,6 +202,32 @@ def test_labels_keep_the_pixel_size_and_unit_of_their_image(drawn, tmp_path):
     segment_to(threshold_model(), tmp_path / "stack.tif", tmp_path / "stack.zarr", chunk=32)
     labels = zarr.open_group(tmp_path / "stack.zarr", mode="r").attrs["ome"]["multiscales"][0]
     assert labels["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]  # as napari shows TIFFs
+
+
+def test_a_plane_without_objects_gives_empty_labels(drawn, tmp_path):
+    """A plane where nothing is found (an empty frame of a stack) raised IndexError
+    in the merge of the chunks' tables."""
+    stack = np.stack([np.zeros_like(drawn), drawn])
+    result = segment_to(threshold_model(), stack, tmp_path / "out.zarr", chunk=32, instances={"split": 0})
+    expected = segment(threshold_model(), stack, instances={"split": 0})
+    assert result.n_objects[0] == 0 and result.n_objects[1] > 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "out.zarr" / "0", mode="r")[:], expected)
+
+
+def test_an_ome_zarr_image_s_named_channels_are_its_channels(drawn, tmp_path):
+    """An OME-Zarr image of axes c, y, x went to a one-channel model as 2 planes, its
+    labels' axes written as z, y, x: it is refused, and a model of 2 channels reads
+    the named axis as its channels."""
+    axes = [{"name": "c", "type": "channel"}, *({"name": name, "type": "space"} for name in ("y", "x"))]
+    image = zarr.open_group(tmp_path / "cyx.zarr", mode="w")
+    image.create_array("0", data=np.stack([drawn, drawn]), chunks=(1, 32, 32))
+    unit = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
+    image.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [unit]}]}
+    with pytest.raises(ImageShapeError, match="names its axis c with 2 channels"):
+        segment_to(threshold_model(), tmp_path / "cyx.zarr", tmp_path / "one.zarr", chunk=32)
+    two = UNet(in_channels=2, base_channels=2, depth=2)
+    segment_to(two, tmp_path / "cyx.zarr", tmp_path / "two.zarr", chunk=32, instances={"split": 0})
+    assert zarr.open_array(tmp_path / "two.zarr" / "0", mode="r").shape == drawn.shape  # one image of 2 channels
 
 
 def test_a_stack_without_planes_gives_an_empty_store(tmp_path):

@@ -56,7 +56,7 @@ from .chunk_work import Run, label_row, make_engine, merge_plane, model_digest, 
 from .config import InstanceConfig
 from .devices import resolve_device
 from .errors import ConfigError, NapariUnetError, OutputFileError
-from .layout import axes_at_minus3
+from .layout import ImageShapeError, axes_at_minus3
 from .memory import reuse_freed_memory
 from .model import UNet
 from .predict import PredictOptions, instance_settings
@@ -253,6 +253,7 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
     if opts.rescale != 1.0:
         raise ConfigError("rescale resizes whole planes: use it with segment, not segment_to")
     opened = open_source(source)
+    opts = _with_named_channels(opts, source, opened.shape, model.config.in_channels)
     axes = axes_at_minus3(opened.shape, model.config.in_channels, opts.channel_axis)
     planes = LazyPlanes(opened, axes)
     chunk = (chunk, chunk) if isinstance(chunk, int) else tuple(int(c) for c in chunk)
@@ -284,6 +285,22 @@ def _plan_run(model: UNet, source: Any, out: Path, chunk, probabilities: bool, o
         calibration=_labels_calibration(source, opened.ndim, axes),
     )
     return run, planes
+
+
+def _with_named_channels(opts: PredictOptions, source: Any, shape: tuple[int, ...], in_channels: int) -> PredictOptions:
+    """``opts`` with the channel axis an OME-Zarr image names ("c"), where none was
+    given; an image that names several channels is refused by a one-channel model (an
+    image of axes c, y, x went as 2 planes, its labels' axes written as z, y, x)."""
+    found = source_calibration(source, len(shape)) if opts.channel_axis is None else None
+    named = [axis for axis, name in enumerate(found.names if found else ()) if name and name.lower() == "c"]
+    if not named:
+        return opts
+    if in_channels == 1 and shape[named[0]] > 1:
+        raise ImageShapeError(
+            f"the model takes images of 1 channel, and the image names its axis c with {shape[named[0]]} channels: "
+            "write the channel to segment as an image of its own, or use a model trained on that many channels"
+        )
+    return opts if in_channels == 1 else replace(opts, channel_axis=named[0])
 
 
 def _labels_calibration(source: Any, ndim: int, axes: tuple[int | None, ...]) -> Calibration | None:
