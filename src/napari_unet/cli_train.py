@@ -161,7 +161,10 @@ def run_training(trainer: Trainer) -> int | None:
     quiet = quiet or trainer.step >= trainer.config.steps  # a finished run resumed: nothing to show
     # a run limited by time learns its number of steps from the first ones (0/100000 was shown till then)
     total = None if trainer.config.minutes is not None else trainer.config.steps
-    with progress_bar(total=total, initial=trainer.step, desc="training", unit="step", disable=quiet) as bar:
+    desc = "training"
+    if trainer.warm_starts and trainer.step == 0:  # the twin's steps come first (a log showed "training 0/20")
+        total, desc = (None if trainer.config.minutes is not None else trainer.config.warm_start_steps), "2D warm start"
+    with progress_bar(total=total, initial=trainer.step, desc=desc, unit="step", disable=quiet) as bar:
 
         def show(event) -> None:
             if isinstance(event, WarmStartProgress):  # the bar counts the twin's steps until the first 3D one
@@ -172,8 +175,8 @@ def run_training(trainer: Trainer) -> int | None:
                 bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)  # shown at the bar's own pace
             elif isinstance(event, StepProgress):
                 if event.step == 1:
+                    bar.set_description("training", refresh=False)  # (before the reset draws the bar)
                     bar.reset(total=event.total_steps)
-                    bar.set_description("training")
                 bar.total = event.total_steps
                 bar.update(event.step - bar.n)
                 bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{event.eta_seconds:.0f}s", refresh=False)

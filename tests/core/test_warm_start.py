@@ -9,7 +9,7 @@ import torch
 
 import napari_unet as nu
 from napari_unet import cli_train
-from napari_unet.cli import build_parser, given_options
+from napari_unet.cli import build_parser, given_options, main
 from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.layer_plan import CONV, UP
 from napari_unet.core.progress import drive
@@ -199,6 +199,20 @@ def test_the_command_line_warm_starts_new_3d_models_only(tmp_path):
         config("--warm-start", "5")
     with pytest.raises(nu.ConfigError, match="drop one"):
         config("--ndim", "3", "--warm-start", "5", "--init", "old.safetensors")
+
+
+def test_the_command_line_s_bar_names_the_warm_start_first(tmp_path, capsys):
+    """A log of a warm-started run began "training: 0/20" (the 3D steps) and the bar
+    said "2D warm start" over the 3D steps' count at their first step."""
+    image, annotation = sparse_volume()
+    np.save(tmp_path / "vol.npy", image)
+    np.save(tmp_path / "lab.npy", annotation)
+    argv = ["train", str(tmp_path / "vol.npy"), "--labels", str(tmp_path / "lab.npy"), "--ndim", "3"]
+    argv += ["--warm-start", "3", "--steps", "2", "--base-channels", "2", "--depth", "1", "--batch-size", "1"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "m.safetensors")]) == 0
+    bars = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "|" in line]
+    assert bars[0].startswith("2D warm start:") and "0/3" in bars[0]
+    assert all(line.startswith("training:") for line in bars if "/2 " in line)
 
 
 def test_a_new_3d_model_on_a_cpu_trains_five_minutes_unless_told_otherwise(tmp_path, monkeypatch):
