@@ -270,7 +270,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         if args.resume and trainer.step == resumed_at and stopped_by is None:
             print(
                 f"{args.resume} holds a finished run ({summary.steps} steps): nothing was left to train; its model "
-                f"is written to {args.out} again (to train further, start a new run from it: --init {args.out})"
+                f"is written to {args.out}{' again' if args.resume.name == args.out.name + '.ckpt' else ''} (to "
+                f"train further, start a new run from it: --init {args.out})"
             )
             return None
         if summary.steps:

@@ -360,6 +360,10 @@ def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run
     assert "holds a finished run (4 steps): nothing was left to train" in said and "--init" in said
     assert "training:" not in err  # no progress bar of a run with nothing to do
     assert "trained" not in said and nu.load_model(out).metadata["training"]["steps"] == 4  # the model is there
+    assert f"is written to {out} again" in said
+    other = out.with_name("other.safetensors")  # written there for the first time: not "again"
+    elsewhere = [*argv[: argv.index("--out")], "--out", str(other), "--resume", str(checkpoint)]
+    assert cli.main(elsewhere) == 0 and f"is written to {other} (to train further" in capsys.readouterr().out
 
 
 def test_resuming_on_other_data_is_said_once_and_on_the_same_data_not_at_all(stopped_run, capsys):
