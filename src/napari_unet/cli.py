@@ -41,7 +41,7 @@ from .core.io import (
 )
 from .core.layout import ImageShapeError, axes_at_minus3
 from .core.model_card import model_card
-from .core.predict import iter_segment, labelled_ndim
+from .core.predict import check_volume_of_planes, iter_segment, labelled_ndim
 from .core.spacing import voxel_shape_note
 from .core.threads import use_threads
 from .core.train_config import WeightMapConfig
@@ -85,6 +85,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
         if not args.as_volume:
             _note_volume_planes(path, image, model, channel_axis)
         _note_other_spacing(path, model, args.spacing)
+        if args.as_volume:  # a plane is refused before any note on its voxels
+            check_volume_of_planes(model, image, channel_axis, None)
         spacing = spacing_option(args, path, 3) if args.as_volume else None
         segmentation = iter_segment(
             model,

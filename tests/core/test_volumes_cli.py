@@ -127,6 +127,17 @@ def test_spacing_flag_overrides_the_file_and_needs_volumes(tmp_path, volume_file
     assert "--as-volume is for 2D models: a 3D model labels whole volumes already" in capsys.readouterr().err
 
 
+def test_a_plane_segmented_as_a_volume_gets_the_error_alone(tmp_path, capsys):
+    """ "records no voxel size: cubic voxels assumed" came before the error that the
+    plane is no stack, which made it moot."""
+    save_model(UNet(base_channels=2, depth=1), tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "plane.tif", np.zeros((40, 40), np.float32))
+    command = ["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "plane.tif"), "--as-volume"]
+    assert main([*command, "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a stack of planes (Z, Y, X)" in err[0]
+
+
 def test_training_on_volumes_of_other_voxel_shapes_says_so(tmp_path, volume_files, capsys):
     """Volumes of 2:1:1 and 1:1:1 voxels trained one 3D model on the first's voxel
     shape without a word (segment notes the same mismatch)."""

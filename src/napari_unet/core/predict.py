@@ -301,7 +301,7 @@ def iter_segment(
     rescale = check_rescale(options.get("rescale", 1.0))
     instances = instances_at_scale(instance_settings(instances, model), rescale)
     if as_volume:
-        _check_volume_of_planes(model, image, options.get("channel_axis"), spacing)
+        check_volume_of_planes(model, image, options.get("channel_axis"), spacing)
     elif spacing is not None:
         raise ConfigError("spacing applies with as_volume (a 3D model brings its own)")
     probabilities = yield from iter_predict(model, image, **options)
@@ -327,7 +327,7 @@ def labelled_ndim(model: UNet, as_volume: bool = False) -> int:
     return 3 if as_volume or model.config.ndim == 3 else 2
 
 
-def _check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacing) -> None:
+def check_volume_of_planes(model: UNet, image, channel_axis: int | None, spacing) -> None:
     """Refuse ``as_volume`` for a 3D model, an image without a stack axis or a bad
     ``spacing``, before any work."""
     if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
