@@ -8,10 +8,12 @@ from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
 from .core.checkpoint import ModelFileError, load_model, load_state
 from .core.config import ModelSpec
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
-from .core.train import Trainer
+from .core.train import SUMMARY_LOSS_STEPS, Trainer
 from .core.train_config import TrainConfig
 from .core.training_state import require_checkpoint
 
@@ -120,15 +122,18 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _written_by_run(model: Path, state: dict) -> bool:
     """Whether the model file ``model`` was written by the run of the checkpoint
-    ``state``: the same settings (seed included), at or before its step."""
+    ``state``: the same settings (seed included) and, at a step the checkpoint
+    passed, the same mean of the last losses, which no run on other data shares."""
     if not model.is_file():
         return False
     try:
         training = load_model(model).metadata.get("training") or {}
     except NapariUnetError:  # not a model file: not the run's
         return False
-    steps = training.get("steps")
-    return training.get("config") == state["config"] and isinstance(steps, int) and steps <= state["step"]
+    steps, losses = training.get("steps"), state.get("losses") or []
+    if training.get("config") != state["config"] or not isinstance(steps, int) or not 0 < steps <= len(losses):
+        return False
+    return training.get("final_loss") == float(np.mean(losses[:steps][-SUMMARY_LOSS_STEPS:]))
 
 
 def _model_of(checkpoint: Path) -> Path | None:

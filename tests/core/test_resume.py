@@ -347,6 +347,20 @@ def test_a_run_with_its_own_checkpoint_name_resumes_into_its_model_without_overw
     capsys.readouterr()
     assert cli.main([*argv[:-4], "--checkpoint", str(checkpoint), "--resume", str(checkpoint)]) == 0
     assert "trained 4 steps" in capsys.readouterr().out and load_state(checkpoint)["step"] == 4
+    # a model of the same settings trained on other data is not the run's (the settings alone matched)
+    other, _ = synthetic_nuclei((96, 96), seed=8)
+    np.save(tmp_path / "other.npy", other)
+    precious = tmp_path / "precious.safetensors"
+    elsewhere = [str(tmp_path / "other.npy") if arg == str(tmp_path / "img.npy") else arg for arg in argv]
+    elsewhere[elsewhere.index("--out") + 1] = str(precious)
+    elsewhere[elsewhere.index("--steps") + 1] = "4"  # the checkpoint's settings exactly
+    assert cli.main([*elsewhere[:-2], "--checkpoint", str(tmp_path / "other.ckpt")]) == 0
+    assert nu.load_model(precious).metadata["training"]["config"] == load_state(checkpoint)["config"]
+    before = precious.read_bytes()
+    resumed = [*argv[:-4], "--checkpoint", str(checkpoint), "--resume", str(checkpoint)]
+    resumed[resumed.index("--out") + 1] = str(precious)
+    assert cli.main(resumed) == 2 and precious.read_bytes() == before
+    assert "precious.safetensors exists and is not the run of" in capsys.readouterr().err
 
 
 def test_resuming_a_finished_run_says_that_nothing_was_left_to_train(stopped_run, capsys):

@@ -2,6 +2,7 @@
 its weights, inflated, are where the 3D training begins."""
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import napari_unet as nu
 from napari_unet import cli_train
 from napari_unet.cli import build_parser, given_options, main
+from napari_unet.core.checkpoint import load_state
 from napari_unet.core.config import IGNORE_LABEL
 from napari_unet.core.layer_plan import CONV, UP
 from napari_unet.core.progress import drive
@@ -160,12 +162,15 @@ def test_a_stop_in_the_warm_start_keeps_its_weights_and_a_resumed_run_does_it_ag
 
     checkpoint = tmp_path / "run.ckpt"
     stopped = Trainer(small_3d(), [image], [annotation], FAST, checkpoint_path=checkpoint)
-    events = []
+    events, began = [], time.perf_counter()
     for event in stopped.run():
         events.append(event)
         if isinstance(event, WarmStartProgress) and event.step == 1:
             stopped.request_stop()
+    elapsed = time.perf_counter() - began
     assert stopped.step == 0 and stopped.warm_start_stopped and stopped.warm_seconds == 0
+    # nor is its time counted: a run limited by minutes would lose it from its 3D steps
+    assert load_state(checkpoint)["seconds"] < 0.25 * elapsed
     assert [type(event).__name__ for event in events] == ["WarmStartProgress", "CheckpointSaved"]
     saved = {name: tensor.clone() for name, tensor in stopped.model.state_dict().items()}
 

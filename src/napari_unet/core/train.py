@@ -298,10 +298,11 @@ class Trainer:
             options = {"channel_axis": self.channel_axis, "names": names}
             seconds, whole = yield from iter_warm_start(self.model, images, labels, cfg, self._stop, **options)
             # a warm start stopped midway is done again whole by a resumed run, which then continues
-            # exactly (it skipped the steps left, and ended elsewhere than the uninterrupted run)
+            # exactly (it skipped the steps left, and ended elsewhere than the uninterrupted run); its
+            # time is not counted either, or a run limited by minutes would lose it from its 3D steps
             self.warm_seconds = seconds if whole else 0.0
             self.warm_start_stopped = not whole
-            self.seconds = time.perf_counter() - started
+            self.seconds = time.perf_counter() - started - (0.0 if whole else seconds)
             # its weights are work that a stop must not lose
             if checkpoints is not None and (saved := checkpoints.write_now(self.step)):
                 yield saved
@@ -497,7 +498,7 @@ def iter_train(
     ``config`` (default :class:`TrainConfig()`) with any of its fields given as
     keywords (``steps=500, device="cpu", seed=0``); the other keywords are
     :class:`Trainer`'s (``val_images``, ``val_labels``, ``checkpoint_path``,
-    ``channel_axis``, ``names``, ``val_names``, ``stop``).
+    ``overwrite``, ``channel_axis``, ``names``, ``val_names``, ``stop``).
     """
     trainer_options = {name: kwargs.pop(name) for name in _TRAINER_OPTIONS if name in kwargs}
     trainer = Trainer(model, images, labels, with_overrides(config or TrainConfig(), kwargs), **trainer_options)
