@@ -139,3 +139,10 @@ def test_a_volume_s_planes_left_at_0_instead_of_minus_1_are_warned_about(caplog)
     zeros[zeros == 0] = IGNORE_LABEL  # (and background painted around the cells would do too)
     zeros[::4] = labels[::4]
     assert prepared_warnings(image, zeros, caplog, **as_volume) == []
+    # a plane painted 0 beyond the planes with cells (plane 0: a volume's end, here with the cells'
+    # out-of-focus light) is right, and is not compared with their cells (a reviewer's case)
+    blurred = ndimage.gaussian_filter(image.astype(np.float32), (2.0, 0, 0))
+    every_8th = np.full(labels.shape, IGNORE_LABEL, np.int32)
+    every_8th[::8] = labels[::8]
+    assert not (every_8th[0] > 0).any() and (every_8th[8] > 0).any()
+    assert prepared_warnings(blurred, every_8th, caplog, **as_volume) == []
