@@ -115,3 +115,19 @@ def test_small_collectives_are_made_where_the_backend_reduces_them(monkeypatch, 
     monkeypatch.setattr(distributed.dist, "get_backend", lambda: backend)
     monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 0)
     assert distributed.collective_device() == expected
+
+
+def test_the_launchers_notes_on_a_ctrl_c_are_left_out_and_a_kill_is_not():
+    """A Ctrl-C of --nproc 2 printed torchrun's 'Sending process N closing signal
+    SIGINT' per process; a process it had to kill after its shutdown timeout must
+    still be said."""
+    import logging
+
+    from napari_unet.core.distributed import _signal_notes_left_out
+
+    def record(message):
+        return logging.LogRecord("torch.distributed.elastic", logging.WARNING, "", 0, message, (), None)
+
+    assert not _signal_notes_left_out(record("Sending process 10125 closing signal SIGINT"))
+    assert not _signal_notes_left_out(record("Received 2 death signal, shutting down workers"))
+    assert _signal_notes_left_out(record("Unable to shutdown process 10125 via 2, forcefully exiting via 9"))

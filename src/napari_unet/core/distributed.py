@@ -154,9 +154,24 @@ def launch(nproc: int, cli_arguments: Sequence[str]) -> None:
     from torch.distributed import run as torchrun
 
     # the launcher's own notes on a Ctrl-C ("Sending process 10125 closing signal SIGINT", one
-    # per process) are not the user's business; the processes say what they do
+    # per process) are not the user's business: the processes say what they do; a process it had
+    # to kill is (it is given SHUTDOWN_TIMEOUT_S to finish its step and write its files)
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).addFilter(_signal_notes_left_out)
     # "--" ends torchrun's own options, so none of ours is read as an abbreviation of one of its
-    torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "--", "napari_unet.cli", *cli_arguments])
+    torchrun.main([
+        "--standalone", f"--nproc-per-node={nproc}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
+        "-m", "--", "napari_unet.cli", *cli_arguments,
+    ])  # fmt: skip
+
+
+#: Seconds the launcher gives the processes to stop after a Ctrl-C before it kills them:
+#: a step of the 3D network on a CPU and the writing of model and checkpoint take more
+#: than torchrun's 30.
+SHUTDOWN_TIMEOUT_S = 600
+
+
+def _signal_notes_left_out(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("closing signal" in message or "death signal" in message)
