@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -393,6 +394,13 @@ class _Formatter(logging.Formatter):
         return f"napari-unet: warning: {message}" if record.levelno >= logging.WARNING else message
 
 
+def _stdout_is_a_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # no file behind it (captured, closed)
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -414,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `napari-unet info MODEL | head -3`: the reader has what it wanted
+        if not _stdout_is_a_pipe():
+            raise  # another pipe (a worker's): not the reader's doing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
         return 141
     finally:

@@ -206,10 +206,11 @@ def cmd_train(args: argparse.Namespace) -> int | None:
             f"--out is the trained model's file, not an image: name it {args.out.with_suffix('.safetensors')}"
         )
     if args.out.suffix.lower() in EXPORT_SUFFIXES:  # a safetensors file by that name would pass for one
+        model = args.out.with_suffix(".safetensors")
+        exported = args.out if args.out.suffix.lower() in FORMATS.values() else args.out.with_suffix(".pt")
         raise ConfigError(
-            f"--out is the trained model's file (safetensors), not {args.out.suffix}: name it "
-            f"{args.out.with_suffix('.safetensors')}, then napari-unet export {args.out.with_suffix('.safetensors')} "
-            f"--out {args.out} writes the {args.out.suffix} file"
+            f"--out is the trained model's file (safetensors), not {args.out.suffix}: name it {model}, then "
+            f"napari-unet export {model} --out {exported} writes the {exported.suffix} file"
         )
     if args.out.is_dir():  # --overwrite would not help: it is not a file to replace
         raise ConfigError(f"--out {args.out} is a folder: name the model's file, e.g. {args.out / 'model.safetensors'}")

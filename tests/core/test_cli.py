@@ -264,14 +264,20 @@ def test_evaluate_warns_of_truth_whose_background_is_255(tmp_path, capsys):
     assert "it is scored as one giant cell" in err
 
 
-@pytest.mark.parametrize("suffix", [".onnx", ".pt", ".zip"])
-def test_a_model_named_like_an_exported_file_is_refused_before_training(tmp_path, annotated_files, capsys, suffix):
-    """train --out m.onnx wrote a safetensors file by that name, which onnx.load refused."""
+@pytest.mark.parametrize(
+    ("suffix", "exported"), [(".onnx", ".onnx"), (".pt", ".pt"), (".zip", ".zip"), (".pth", ".pt")]
+)
+def test_a_model_named_like_an_exported_file_is_refused_before_training(
+    tmp_path, annotated_files, capsys, suffix, exported
+):
+    """train --out m.onnx wrote a safetensors file by that name, which onnx.load refused;
+    the export offered writes a format export takes (it refuses .pth)."""
     image, labels = annotated_files[0]
     out = tmp_path / f"m{suffix}"
     assert main(["train", str(image), "--labels", str(labels), "--out", str(out), *TINY]) == 2
     error = capsys.readouterr().err
-    assert f"not {suffix}: name it {tmp_path / 'm.safetensors'}, then napari-unet export" in error
+    model = tmp_path / "m.safetensors"
+    assert f"not {suffix}: name it {model}, then napari-unet export {model} --out {tmp_path / 'm'}{exported}" in error
     assert not out.exists()
 
 
