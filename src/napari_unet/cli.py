@@ -66,16 +66,16 @@ def cmd_segment(args: argparse.Namespace) -> None:
         raise ConfigError("--spacing Z Y X applies to volumes: add --as-volume, or use a 3D model")
     if model.config.ndim == 3 and args.as_volume:
         raise ConfigError("--as-volume is for 2D models: a 3D model labels whole volumes already; drop --as-volume")
-    if model.config.ndim == 2 and not args.as_volume:
-        for path in args.images:  # an image the model cannot take fails before any output is written
-            shape = image_shape(path)
-            try:
-                channel_axis = file_channel_axis(path, shape, model.config.in_channels, args.channel_axis)
+    for path in args.images:  # an image the model cannot take fails before any output is written
+        shape = image_shape(path)
+        try:
+            channel_axis = file_channel_axis(path, shape, model.config.in_channels, args.channel_axis)
+            if model.config.ndim == 2 and not args.as_volume:
                 axes_at_minus3(shape, model.config.in_channels, channel_axis)
-            except ImageShapeError as error:  # with one image, the widgets' message word for word
-                if len(args.images) == 1:
-                    raise
-                raise ImageShapeError(f"{path}: {error}") from error
+        except ImageShapeError as error:  # with one image, the widgets' message word for word
+            if len(args.images) == 1:
+                raise
+            raise ImageShapeError(f"{path}: {error}") from error
     instances = instance_options(args, model.spec.instances)
     suffixes = ["labels", "probabilities"] if args.probabilities else ["labels"]
     outputs = [{kind: args.out_dir / f"{base}_{kind}.tif" for kind in suffixes} for base in output_names(args.images)]
@@ -311,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="2D models on stacks (Z, Y, X): label the planes' probabilities as one volume, so that an object "
         "keeps one id across planes (the model's sizes, areas in its planes, become volumes of balls)",
     )
-    add_spacing_argument(segment, "with --as-volume: the stack's voxel size, for sizes and distances in 3D")
+    add_spacing_argument(
+        segment, "with --as-volume or a 3D model: the volume's voxel size (sizes and distances in 3D; the outputs')"
+    )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     segment.add_argument(
         "--threads",

@@ -351,3 +351,7 @@ def test_a_one_channel_model_refuses_a_tiff_that_names_several_channels(tmp_path
         error = capsys.readouterr().err
         assert "the model takes images of 1 channel, and the file names its axes ZCYX with 2 channels (C)" in error
         assert main([*command[:2], str(tmp_path / "zyx.tif"), *command[2:]]) == 0  # one channel: as before
+    both = ["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "zyx.tif"), str(tmp_path / "zcyx.tif")]
+    assert main([*both, "--out-dir", str(tmp_path / "both")]) == 2  # (a 3D model) before any output, by name
+    assert f"{tmp_path / 'zcyx.tif'}: the model takes images of 1 channel" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()

@@ -187,8 +187,9 @@ class StoreView:
 
 
 def _shows_alike(layer, levels: list) -> bool:
-    """Whether labels ``layer`` can show the store ``levels`` instead of its data: as
-    many levels, the same shape and type (as napari-unet's helper layers are reused)."""
+    """Whether labels ``layer`` can show the store ``levels`` instead of its data: both
+    multiscale or both not, the same shape and type at full resolution (as napari-unet's
+    helper layers are reused)."""
     if not isinstance(layer, Labels) or layer.multiscale != (len(levels) > 1):
         return False
     first = layer.data[0] if layer.multiscale else layer.data

@@ -32,7 +32,7 @@ def check_image_file(path: str | os.PathLike) -> None:
         raise ImageFileError(
             f"{path} is a zarr store, not an image file: a store is segmented chunk by chunk into another store "
             f"(command line: napari-unet segment MODEL {path} --out OUT.zarr; Python: segment_to); elsewhere give "
-            "a TIFF, PNG or NPY file"
+            "a TIFF, PNG, JPEG or NPY file"
         )
     if path.is_dir():
         raise ImageFileError(f"{path} is a folder: give the image files in it (for example {path / '*.tif'})")

@@ -37,7 +37,7 @@ SAMPLED_FROM = 1 << 20
 #: Objects this many times the learned median send the check to the regions they form.
 CUT_HINT = 1.15
 #: A region of the foreground counts as one cell when it fills this much of its
-#: ellipse (models without a fitted shape split; others use their ``min_fill``).
+#: ellipse, and the model's ``min_fill`` where that is more.
 ROUND_FILL = 0.9
 
 
