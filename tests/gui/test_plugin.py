@@ -346,6 +346,12 @@ def test_docks_that_would_not_fit_a_tall_window_stacked_are_tabs(make_napari_vie
     qtbot.wait(50)
     settings = train.settings_area
     assert settings.viewport().height() >= 0.85 * settings.widget().sizeHint().height()
+    # Live training's short form takes any height as a tab, and is no taller than its content again out of it
+    maximum = QSizePolicy.Policy.Maximum
+    assert live.native.sizePolicy().verticalPolicy() != maximum
+    docks[4].setFloating(True)
+    qtbot.wait(50)
+    assert live.native.sizePolicy().verticalPolicy() == maximum
 
 
 def test_a_dock_without_a_scrolling_part_leaves_the_height_it_does_not_use_to_the_others(viewer, qtbot):

@@ -151,11 +151,24 @@ def _height_capped(dock: QDockWidget) -> bool:
 
 
 def _lift_height_cap(dock: QDockWidget) -> None:
-    """Let a napari-unet widget no taller than its content take any height: in a tab
-    group, Qt holds every tab to the lowest cap among them, and Train, tabbed with Live
-    training, showed 116 px of its 619 px of settings."""
-    for widget in _capped_widgets(dock):
+    """Let a napari-unet widget no taller than its content take any height while it
+    is a tab: in a tab group, Qt holds every tab to the lowest cap among them, and
+    Train, tabbed with Live training, showed 116 px of its 619 px of settings. Moved
+    out of the group (stacked, or floating), it is capped again."""
+    lifted = _capped_widgets(dock)
+    if not lifted:
+        return
+    for widget in lifted:
         widget.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+
+    def cap_again_out_of_a_tab_group(*_) -> None:
+        window = dock.parent()
+        if isinstance(window, QMainWindow) and (dock.isFloating() or not window.tabifiedDockWidgets(dock)):
+            for widget in lifted:
+                widget.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+
+    dock.dockLocationChanged.connect(cap_again_out_of_a_tab_group)
+    dock.topLevelChanged.connect(cap_again_out_of_a_tab_group)
 
 
 def _tab_groups(window: QMainWindow, docks: list[QDockWidget]) -> list[list[QDockWidget]]:
