@@ -26,8 +26,9 @@ from .cli_args import (
     volume_planes,
 )
 from .cli_labels import cmd_evaluate, cmd_weights, format_table
+from .cli_run import run_training
 from .cli_stream import add_stream_arguments, check_stream_arguments, cmd_segment_to
-from .cli_train import add_train_arguments, cmd_train, run_training
+from .cli_train import add_train_arguments, cmd_train
 from .core.checkpoint import describe, load_model
 from .core.errors import ConfigError, NapariUnetError
 from .core.exchange import FORMATS, axis_sizes, export_model

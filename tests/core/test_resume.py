@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet import cli, cli_train
+from napari_unet import cli, cli_run, cli_train
 from napari_unet.core.checkpoint import load_state, save_state
 from napari_unet.core.synthetic import synthetic_nuclei
 from napari_unet.core.train import Trainer
@@ -504,11 +504,11 @@ def test_a_data_parallel_process_takes_the_launchers_echo_of_a_ctrl_c_for_the_fi
     Ctrl-C interrupts at once, as in a run of one process."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr(cli_train, "LAUNCHER_ECHO_S", 0.3)
+    monkeypatch.setattr(cli_run, "LAUNCHER_ECHO_S", 0.3)
     stops = []
     group = SimpleNamespace(distributed=True, is_main=False)
     trainer = SimpleNamespace(step=4, group=group, request_stop=lambda: stops.append(1))
-    with cli_train.stop_on_signals(trainer) as received:
+    with cli_run.stop_on_signals(trainer) as received:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # the launcher's echo
         time.sleep(0.05)
