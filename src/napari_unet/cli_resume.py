@@ -8,12 +8,10 @@ from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-
 from .core.checkpoint import ModelFileError, load_model, load_state
 from .core.config import ModelSpec
 from .core.errors import ConfigError, NapariUnetError, OutputFileError
-from .core.train import SUMMARY_LOSS_STEPS, Trainer
+from .core.train import Trainer, final_loss
 from .core.train_config import TrainConfig
 from .core.training_state import require_checkpoint
 
@@ -133,7 +131,7 @@ def _written_by_run(model: Path, state: dict) -> bool:
     steps, losses = training.get("steps"), state.get("losses") or []
     if training.get("config") != state["config"] or not isinstance(steps, int) or not 0 < steps <= len(losses):
         return False
-    return training.get("final_loss") == float(np.mean(losses[:steps][-SUMMARY_LOSS_STEPS:]))
+    return training.get("final_loss") == final_loss(losses[:steps])
 
 
 def _model_of(checkpoint: Path) -> Path | None:

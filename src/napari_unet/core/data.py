@@ -197,11 +197,11 @@ def _unpainted_in_planes(image: np.ndarray, labels: np.ndarray, ndim: int) -> tu
     Returns the results (where there was something to compare) and how many
     annotated planes were looked at."""
     pairs = [(image, labels)] if ndim == 2 else [pair for pair in zip(image, labels) if (pair[1] != IGNORE_LABEL).any()]
-    look = cell_look(pairs) if ndim == 3 else None
     with_cells = [index for index, (_, plane_labels) in enumerate(pairs) if (plane_labels > 0).any()]
     # a plane painted 0 all over between planes with cells is compared with their cells; one beyond
     # them (a volume's end, out-of-focus light of the cells) is left alone, as 0 is right there
-    inside = range(with_cells[0], with_cells[-1] + 1) if with_cells else range(0)
+    inside = range(with_cells[0], with_cells[-1] + 1) if ndim == 3 and with_cells else range(0)
+    look = cell_look(pairs) if len(inside) > len(with_cells) else None  # (only where such a plane is)
     found = [
         unpainted_cells(plane, plane_labels, look if index in inside else None)
         for index, (plane, plane_labels) in enumerate(pairs)

@@ -81,6 +81,12 @@ SUMMARY_LOSS_STEPS = 20
 MAX_SAMPLING_WORKERS = 4
 
 
+def final_loss(losses: Sequence[float]) -> float:
+    """The loss a run reports: the mean of its last :data:`SUMMARY_LOSS_STEPS` steps' (NaN before any)."""
+    tail = losses[-SUMMARY_LOSS_STEPS:]
+    return float(np.mean(tail)) if len(tail) else math.nan
+
+
 class Trainer:
     """Trains ``model`` on images with instance labels (0 background, 1.. cells, -1 ignore).
 
@@ -448,11 +454,10 @@ class Trainer:
         return ValidationResult(self.step, combine(matches)[0].ap, float(np.average(ious, weights=areas)))
 
     def summary(self) -> TrainSummary:
-        tail = self.losses[-SUMMARY_LOSS_STEPS:]
         return TrainSummary(
             steps=self.step,
             seconds=self.seconds,
-            final_loss=float(np.mean(tail)) if tail else math.nan,
+            final_loss=final_loss(self.losses),
             validation=self.last_validation,
         )
 

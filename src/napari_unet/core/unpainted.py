@@ -102,6 +102,7 @@ def unpainted_cells(image: np.ndarray, labels: np.ndarray, look: CellLook | None
     if not (cells.any() or borrowed) or not background.any() or annotated.mean() < ANNOTATED_SHARE:
         return None
     smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTHING)
+    cell_sizes = np.unique(labels[cells], return_counts=True)[1]  # any ids, however large
     if borrowed:
         threshold, cells_brighter, cell_area = look.threshold, look.brighter, look.area
     else:
@@ -109,7 +110,7 @@ def unpainted_cells(image: np.ndarray, labels: np.ndarray, look: CellLook | None
             return None
         threshold = threshold_otsu(smooth)
         cells_brighter = smooth[cells].mean() > smooth[background].mean()
-        cell_area = np.median(np.unique(labels[cells], return_counts=True)[1])  # any ids, however large
+        cell_area = np.median(cell_sizes)
     cell_like = smooth > threshold if cells_brighter else smooth < threshold
     painted = int(np.count_nonzero(cell_like & cells))
     near_cells = ndimage.binary_dilation(cells, iterations=CELL_RIM)
@@ -118,7 +119,7 @@ def unpainted_cells(image: np.ndarray, labels: np.ndarray, look: CellLook | None
     region_sizes = np.bincount(regions.ravel())[1:]
     large = int(np.count_nonzero(region_sizes >= 0.5 * cell_area))
     share = painted / max(painted + int(np.count_nonzero(cell_like & background)), 1)
-    return Unpainted(painted_cells=len(np.unique(labels[cells])), regions=large, painted_share=share)
+    return Unpainted(painted_cells=len(cell_sizes), regions=large, painted_share=share)
 
 
 def unpainted_cells_warning(found: list[Unpainted], checked: int, name: str) -> str | None:
