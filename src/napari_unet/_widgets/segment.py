@@ -50,6 +50,13 @@ STORE_KEEPS_TOUCHING = (
     "touching cells are not split in a zarr store (the split needs whole images in memory): cells the network "
     "joined stay one object"
 )
+
+
+def with_notes(status: str, notes) -> str:
+    """``status`` with each of ``notes`` on a line of its own after it."""
+    return status + "".join(f"\n⚠ {note}" for note in notes)
+
+
 CURRENT_PLANE, ALL_PLANES, AS_VOLUME = "current plane", "all planes", "all planes as a volume"
 
 
@@ -345,7 +352,7 @@ class SegmentWidget(DockWidget):
         if instances != instances.components():  # the in-memory count had 2400 more nuclei of 8300 (a user's walk)
             asked = not wants_store(layer, False)  # the image would fit in memory
             self._notes = (STORE_KEEPS_TOUCHING + ("; untick the zarr store to split them" if asked else ""),)
-        self.status.value = f"segmenting {layer.name} into {out}…" + "".join(f"\n⚠ {note}" for note in self._notes)
+        self.status.value = with_notes(f"segmenting {layer.name} into {out}…", self._notes)
         self.progress.value = 0
         self.progress.label = "chunks"  # a store fills in chunk by chunk
         self.cancel_button.enabled, self.run_button.enabled = True, False
@@ -400,8 +407,7 @@ class SegmentWidget(DockWidget):
         if isinstance(result, StoreDone):
             self._store_view.finish()
             objects = objects_counted(result.result.n_objects)
-            notes = "".join(f"\n⚠ {note}" for note in self._notes)
-            self.status.value = f"{self._store_view.name}: {objects} in {result.result.path}{notes}"
+            self.status.value = with_notes(f"{self._store_view.name}: {objects} in {result.result.path}", self._notes)
             return
         layer, index = self._target
         if layer not in self.viewer.layers:  # a layer of labels for it would lie over nothing
@@ -425,7 +431,7 @@ class SegmentWidget(DockWidget):
                 self.viewer, shown, foreground, "image", layer, role="probability", colormap="viridis", visible=True
             )
         notes = (*self._notes, *result.notes)
-        self.status.value = f"{labels_layer.name}: {result.found}" + "".join(f"\n⚠ {note}" for note in notes)
+        self.status.value = with_notes(f"{labels_layer.name}: {result.found}", notes)
 
     def _show_plane(self, layer: Image, index: tuple[int, ...], plane: np.ndarray) -> Labels:
         """Write the segmented ``plane`` at ``index`` into ``layer``'s labels layer in
